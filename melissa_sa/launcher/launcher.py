@@ -1,0 +1,883 @@
+"""The launcher: starts the server under ``mpiexec``, runs the clients it asks
+for, watches both, and stops everything cleanly.
+
+    >>> from melissa_sa.config import load_config
+    >>> from melissa_sa.launcher import Launcher
+    >>> Launcher(load_config("study.json"), "study.json").run()   # exit code
+    0
+
+What it does (``docs/running.md`` is the user's version, ``docs/internals.md``
+the contract with the server):
+
+1. creates ``OUT/``, ``OUT/client_scripts/`` and ``OUT/logs/``;
+2. binds a ZeroMQ ROUTER on ``tcp://127.0.0.1:<free port>``;
+3. starts ``<venv>/bin/mpiexec -n P [mpiexec_args] <python> -m
+   melissa_sa.server.main <config>`` in a new session, with
+   ``MELISSA_LAUNCHER_ADDRESS``, ``MELISSA_RESTART``,
+   ``MELISSA_FAULT_TOLERANCE``, one Numba/OpenMP thread per rank and the
+   venv's ``bin/`` first on ``PATH``; its output goes to
+   ``OUT/logs/server.log``;
+4. loops on a ZeroMQ poller (``poll_interval`` s timeout, never a busy loop):
+   runs the client scripts the server submits, at most ``job_limit`` at a time,
+   reports each job's state, kills groups on request, shows progress, and
+   watches the server (exit, silence longer than ``server_timeout``);
+5. on the server's ``stop`` waits for it to exit and returns its status; on
+   Ctrl-C / SIGTERM asks the server to checkpoint and stop, then terminates
+   every process it started, by pid / process group.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import zmq
+
+from melissa_sa.launcher.schedulers import (
+    ProcessTree,
+    Scheduler,
+    SchedulerError,
+    get_scheduler,
+    terminate_trees,
+)
+
+__all__ = ["Launcher", "LauncherError", "Progress", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG",
+           "EXIT_INTERRUPTED", "find_mpiexec", "format_duration"]
+
+PREFIX = "[melissa-sa]"
+
+#: exit codes of ``melissa-sa run``
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143
+
+JOB_STATES = ("running", "finished", "failed")
+
+
+class LauncherError(RuntimeError):
+    """The launcher cannot start the study (e.g. no mpiexec)."""
+
+
+def find_mpiexec() -> str:
+    """``mpiexec`` next to ``sys.executable`` (the ``mpich`` wheel puts it there).
+
+    Falls back to the first ``mpiexec`` on ``PATH``; raises
+    :class:`LauncherError` if there is none.
+    """
+    candidate = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+        return candidate
+    import shutil
+
+    found = shutil.which("mpiexec")
+    if found:
+        return found
+    raise LauncherError(f"mpiexec not found next to {sys.executable} nor on PATH; "
+                        f"install the MPI runtime into this environment: "
+                        f"pip install mpich")
+
+
+def format_duration(seconds: float) -> str:
+    """``25 s``, ``3 min 20 s``, ``2 h 05 min``."""
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(round(max(seconds, 0.0)))
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {(s % 3600) // 60:02d} min"
+
+
+def _format_rate(rate: float) -> str:
+    if rate <= 0 or not math.isfinite(rate):
+        return "? groups/s"
+    if rate >= 0.1:
+        return f"{rate:.2g} groups/s" if rate < 10 else f"{rate:.0f} groups/s"
+    return f"{rate * 60:.2g} groups/min"
+
+
+def _tail(path: str | os.PathLike, n: int = 15, max_bytes: int = 16384) -> list[str]:
+    """The last ``n`` lines of a text file ([] if unreadable)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    if size > max_bytes and lines:
+        lines = lines[1:]  # probably cut in the middle
+    return lines[-n:]
+
+
+def _describe_exit(rc: int) -> str:
+    if rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        return f"was killed by {name}"
+    return f"exited with code {rc}"
+
+
+# ---------------------------------------------------------------------------
+# progress display
+
+
+class Progress:
+    """Groups done / total, rate and ETA: a tqdm bar or plain log lines.
+
+    ``mode`` is ``"bar"`` (a terminal), ``"lines"`` (logs, CI: at most one line
+    every ``interval`` seconds when the count changes, plus the last one) or
+    ``"off"``. :meth:`write` prints a message without breaking the bar.
+    """
+
+    def __init__(self, mode: str, total: int | None, stream: TextIO | None = None,
+                 interval: float = 5.0, resume: bool = False) -> None:
+        if mode not in ("bar", "lines", "off"):
+            raise ValueError(f"unknown progress mode {mode!r}")
+        self.mode = mode
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.interval = interval
+        self.done = 0
+        self._resume = resume
+        self._t0 = time.monotonic()
+        self._done0: int | None = None if resume else 0
+        self._last_line = -math.inf
+        self._last_printed: int | None = None
+        self._bar = None
+
+    @staticmethod
+    def auto_mode(stream: TextIO | None = None) -> str:
+        """``"bar"`` on a terminal outside CI, else ``"lines"``."""
+        stream = stream if stream is not None else sys.stderr
+        try:
+            tty = stream.isatty()
+        except (AttributeError, ValueError):
+            tty = False
+        ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+        return "bar" if tty and not ci else "lines"
+
+    def rate(self) -> float:
+        if self._done0 is None:
+            return 0.0
+        elapsed = time.monotonic() - self._t0
+        return (self.done - self._done0) / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float:
+        rate = self.rate()
+        if self.total is None or rate <= 0:
+            return math.inf
+        return max(self.total - self.done, 0) / rate
+
+    def line(self) -> str:
+        total = "?" if self.total is None else str(self.total)
+        text = f"{PREFIX} {self.done}/{total} groups done, {_format_rate(self.rate())}"
+        if self.total is not None and self.done < self.total:
+            text += f", ETA {format_duration(self.eta())}"
+        return text
+
+    def update(self, done: int, total: int | None = None) -> None:
+        if total is not None and total > 0:
+            self.total = int(total)
+        done = int(done)
+        if self._done0 is None:  # resuming: the rate counts from the first report
+            self._done0, self._t0 = done, time.monotonic()
+        self.done = done
+        if self.mode == "bar":
+            self._update_bar()
+        elif self.mode == "lines":
+            now = time.monotonic()
+            final = self.total is not None and done >= self.total
+            if done != self._last_printed and (now - self._last_line >= self.interval or final):
+                self._print(self.line())
+                self._last_line, self._last_printed = now, done
+
+    def _update_bar(self) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, initial=self.done, desc=f"{PREFIX} groups",
+                             unit="group", file=self.stream, dynamic_ncols=True,
+                             smoothing=0.1, leave=True)
+        if self.total is not None and self._bar.total != self.total:
+            self._bar.total = self.total
+        if self.done != self._bar.n:
+            self._bar.n = self.done
+            self._bar.refresh()
+
+    def _print(self, text: str) -> None:
+        try:
+            print(text, file=self.stream, flush=True)
+        except (OSError, ValueError):
+            pass
+
+    def write(self, text: str) -> None:
+        if self._bar is not None:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=self.stream)
+        else:
+            self._print(text)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+# ---------------------------------------------------------------------------
+# the launcher
+
+
+@dataclass
+class _Pending:
+    sim_id: int
+    group_id: int | None
+    script: str
+
+
+@dataclass
+class _Job:
+    sim_id: int
+    group_id: int | None
+    script: str
+    log_path: str
+    report: bool = True  # False once superseded / killed / stopping: the server asked
+
+
+class Launcher:
+    """Run one study: the server under mpiexec and the clients it submits.
+
+    ``cfg`` is a :class:`melissa_sa.config.StudyConfig`, ``config_path`` the
+    file it came from (given to the server). ``resume`` (or
+    ``launcher_config.load_from_checkpoint``) sets ``MELISSA_RESTART=1``.
+
+    ``server_cmd`` replaces the server command (tests use a stand-in server;
+    the environment is the same). ``progress`` is None (auto: a bar on a
+    terminal, log lines otherwise), ``False``/``"off"``, ``True``/``"bar"`` or
+    ``"lines"``. Messages go to ``stream`` (default ``sys.stderr``).
+
+    :meth:`run` returns the exit code: 0 success, 1 study failed, 130 / 143
+    interrupted by SIGINT / SIGTERM.
+    """
+
+    #: seconds the event loop waits on the poller per iteration
+    poll_interval = 0.1
+    #: seconds the server gets to checkpoint and exit after the launcher's ``stop``
+    stop_grace = 15.0
+    #: seconds between SIGTERM and SIGKILL when terminating processes
+    kill_grace = 3.0
+    #: seconds between two plain progress lines
+    progress_interval = 5.0
+
+    def __init__(self, cfg, config_path: str | os.PathLike, resume: bool = False, *,
+                 server_cmd: list[str] | None = None, verbose: bool = False,
+                 progress: bool | str | None = None, stream: TextIO | None = None) -> None:
+        self.cfg = cfg
+        self.config_path = os.path.abspath(os.fspath(config_path))
+        self.resume = bool(resume or cfg.launcher_config.load_from_checkpoint)
+        self.verbose = verbose
+        self.stream = stream
+        self._server_cmd = list(server_cmd) if server_cmd is not None else None
+        self._progress_opt = progress
+
+        self.output_dir = Path(cfg.output_dir)
+        self.scripts_dir = self.output_dir / "client_scripts"
+        self.logs_dir = self.output_dir / "logs"
+        self.server_log = self.logs_dir / "server.log"
+
+        self.address: str | None = None
+        self.server: subprocess.Popen | None = None
+        self.server_pid: int | None = None  # the server's own pid (its hello), if told
+        self.scheduler: Scheduler | None = None
+        self.exit_message = ""  # why the run ended (for callers)
+
+        self._ctx: zmq.Context | None = None
+        self._sock: zmq.Socket | None = None
+        self._poller: zmq.Poller | None = None
+        self._server_tree: ProcessTree | None = None
+        self._identity: bytes | None = None
+        self._delimiter = False
+        self._last_msg = 0.0
+        self._last_scan = -math.inf
+        self._stop_msg: dict | None = None
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._jobs: dict[int, _Job] = {}
+        self._sim_job: dict[int, int] = {}
+        self._keys = itertools.count()
+        self._signals: list[int] = []
+        self._warned: set[str] = set()
+        self._bad_messages = 0
+        self._groups_total: int | None = cfg.n_groups
+        self._progress: Progress | None = None
+        self._client_env: dict[str, str] = {}
+        self._t0 = time.monotonic()
+        #: counters, for summaries and tests
+        self.stats = collections.Counter()
+        self.max_running = 0
+
+    # -- commands and environments ---------------------------------------------
+    def server_command(self) -> list[str]:
+        """The command that starts the server (``server_cmd`` if one was given)."""
+        if self._server_cmd is not None:
+            return list(self._server_cmd)
+        lc = self.cfg.launcher_config
+        return [find_mpiexec(), "-n", str(self.cfg.server_config.server_processes),
+                *lc.mpiexec_args, sys.executable, "-m", "melissa_sa.server.main",
+                self.config_path]
+
+    @staticmethod
+    def _path_with_venv(env: dict[str, str]) -> str:
+        venv_bin = os.path.dirname(sys.executable)
+        parts = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != venv_bin]
+        return os.pathsep.join([venv_bin, *parts])
+
+    def server_env(self) -> dict[str, str]:
+        """The server's environment (see docs/internals.md, Environment)."""
+        env = dict(os.environ)
+        env.update({
+            "MELISSA_LAUNCHER_ADDRESS": self.address or "",
+            "MELISSA_RESTART": "1" if self.resume else "0",
+            "MELISSA_FAULT_TOLERANCE": "ON" if self.cfg.launcher_config.fault_tolerance else "OFF",
+            "NUMBA_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PATH": self._path_with_venv(env),
+        })
+        return env
+
+    def client_env(self) -> dict[str, str]:
+        """The clients' environment: the launcher's, with the venv first on PATH.
+
+        ``MELISSA_SERVER_ADDRESS`` and ``MELISSA_SIMULATION_ID`` are set by the
+        client script itself (docs/internals.md).
+        """
+        env = dict(os.environ)
+        for key in ("MELISSA_LAUNCHER_ADDRESS", "MELISSA_RESTART"):
+            env.pop(key, None)
+        env["PATH"] = self._path_with_venv(env)
+        return env
+
+    # -- output -------------------------------------------------------------------
+    def _out(self) -> TextIO:
+        return self.stream if self.stream is not None else sys.stderr
+
+    def _write(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.write(text)
+        else:
+            try:
+                print(text, file=self._out(), flush=True)
+            except (OSError, ValueError):
+                pass
+
+    def log(self, text: str) -> None:
+        self._write(f"{PREFIX} {text}")
+
+    def debug(self, text: str) -> None:
+        if self.verbose:
+            self._write(f"{PREFIX} {text}")
+
+    def error(self, text: str) -> None:
+        self._write(f"{PREFIX} error: {text}")
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._write(f"{PREFIX} warning: {text}")
+
+    def _server_log_tail(self, n: int = 15) -> str:
+        lines = _tail(self.server_log, n)
+        if not lines:
+            return ""
+        body = "\n".join(f"    {line}" for line in lines)
+        return f"\n  last lines of {self.server_log}:\n{body}"
+
+    # -- run ------------------------------------------------------------------------
+    def run(self) -> int:
+        """Run the study to its end; return the exit code."""
+        self._t0 = time.monotonic()
+        old_handlers = self._install_signal_handlers()
+        try:
+            try:
+                self._prepare()
+                self._start_server()
+            except (LauncherError, SchedulerError, NotImplementedError, OSError,
+                    zmq.ZMQError) as exc:
+                self.exit_message = str(exc)
+                self.error(str(exc))
+                return EXIT_FAILED
+            return self._loop()
+        except KeyboardInterrupt:  # only without our handlers (not the main thread)
+            return self._interrupt(signal.SIGINT)
+        finally:
+            self._cleanup()
+            self._restore_signal_handlers(old_handlers)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, self._on_signal)
+        return old
+
+    @staticmethod
+    def _restore_signal_handlers(old: dict[int, Any]) -> None:
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signals.append(signum)
+
+    def _prepare(self) -> None:
+        for d in (self.output_dir, self.scripts_dir, self.logs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        mode = self._progress_opt
+        if mode is None:
+            mode = Progress.auto_mode(self._out())
+        elif mode is True:
+            mode = "bar"
+        elif mode is False:
+            mode = "off"
+        self._progress = Progress(mode, self._groups_total, self._out(),
+                                  interval=self.progress_interval, resume=self.resume)
+        cls = get_scheduler(self.cfg.launcher_config.scheduler)
+        self._client_env = self.client_env()
+        self.scheduler = cls(cwd=self.cfg.base_dir, env=self._client_env, grace=self.kill_grace)
+
+        self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.bind("tcp://127.0.0.1:*")
+        self._sock = sock
+        self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+
+    def _start_server(self) -> None:
+        """Start (or, from a failure hook, restart) the server process."""
+        cmd = self.server_command()
+        env = self.server_env()
+        with open(self.server_log, "ab") as log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            log.write(f"=== melissa-sa launcher: server started {stamp} "
+                      f"(MELISSA_RESTART={env['MELISSA_RESTART']}): "
+                      f"{shlex.join(cmd)} ===\n".encode())
+            log.flush()
+            try:
+                self.server = subprocess.Popen(cmd, cwd=self.cfg.base_dir, env=env,
+                                               stdin=subprocess.DEVNULL, stdout=log,
+                                               stderr=subprocess.STDOUT,
+                                               start_new_session=True, close_fds=True)
+            except OSError as exc:
+                raise LauncherError(f"cannot start the server ({cmd[0]}): "
+                                    f"{exc.strerror or exc}") from None
+        self._server_tree = ProcessTree(self.server.pid)
+        self._identity = None
+        self._stop_msg = None
+        self._last_msg = time.monotonic()
+        self.stats["server_starts"] += 1
+        restart = " from the checkpoint" if self.resume else ""
+        self.log(f"server started{restart} (pid {self.server.pid}, "
+                 f"{self.cfg.server_config.server_processes} process(es)); "
+                 f"log: {self.server_log}")
+        self.debug(f"server command: {shlex.join(cmd)}; launcher at {self.address}")
+
+    # -- the event loop ------------------------------------------------------------
+    def _loop(self) -> int:
+        while True:
+            if self._signals:
+                return self._interrupt(self._signals[0])
+            self._receive(self.poll_interval)
+            if self._stop_msg is not None:
+                return self._finish()
+            self._reap_jobs()
+            self._start_jobs()
+            reason = self._check_server()
+            if reason is not None:
+                code = self._on_server_failure(reason)
+                if code is not None:
+                    return code
+            if self.scheduler is not None and self.scheduler.running > self.max_running:
+                self.max_running = self.scheduler.running
+
+    def _receive(self, timeout: float) -> None:
+        """Wait up to ``timeout`` s for messages from the server; handle all queued."""
+        events = dict(self._poller.poll(int(timeout * 1000)))
+        if self._sock not in events:
+            return
+        for _ in range(10000):
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._handle(frames)
+
+    def _check_server(self) -> str | None:
+        """Why the server is to be considered failed, or None if it is fine."""
+        rc = self.server.poll()
+        if rc is not None:
+            # it may have said stop just before exiting: drain what is in flight
+            self._receive(0.2)
+            if self._stop_msg is not None:
+                return None
+            return (f"server {_describe_exit(rc)} before the end of the study; "
+                    f"see {self.server_log}")
+        silent = time.monotonic() - self._last_msg
+        timeout = self.cfg.launcher_config.server_timeout
+        if silent > timeout:
+            return (f"server silent for {timeout:g} s (no message, not even a ping; "
+                    f"launcher_config.server_timeout); see {self.server_log}")
+        now = time.monotonic()
+        if now - self._last_scan >= 2.0:  # remember the ranks while mpiexec lives
+            self._server_tree.refresh()
+            self._last_scan = now
+        return None
+
+    def _on_server_failure(self, reason: str) -> int | None:
+        """The server died or went silent: the hook for server restarts.
+
+        Return an exit code to end the run, or None to go on (after, e.g.,
+        ``self._kill_server(); self.resume = True; self._start_server()``).
+        Jobs still running can be kept: the restarted server learns about
+        them from its checkpoint. This version does not restart: it reports
+        the failure, stops the clients and the server, and returns 1.
+        """
+        self.stats["server_failures"] += 1
+        self.exit_message = reason
+        self.error(reason + self._server_log_tail())
+        stopped = self._stop_clients()
+        if stopped:
+            self.log(f"terminated {len(stopped)} running client job(s) "
+                     f"(pids {', '.join(map(str, stopped))})")
+        if self.server is not None and self.server.poll() is None:
+            self.log(f"terminating the server (pid {self.server.pid})")
+        self._kill_server()
+        return EXIT_FAILED
+
+    # -- messages -------------------------------------------------------------------
+    def _handle(self, frames: list[bytes]) -> None:
+        self._last_msg = time.monotonic()
+        if len(frames) < 2:
+            self._bad("a message without payload")
+            return
+        identity, rest = frames[0], frames[1:]
+        payload = rest[-1]
+        try:
+            msg = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            self._bad(f"a message that is not JSON ({exc})")
+            return
+        if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+            self._bad(f"a message without a type: {payload[:80]!r}")
+            return
+        self._identity = identity
+        self._delimiter = len(rest) > 1 and rest[0] == b""
+        kind = msg["type"]
+        self.stats[f"recv_{kind}"] += 1
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is None:
+            self._warn_once(f"type:{kind}", f"ignoring server message of unknown type {kind!r}")
+            return
+        try:
+            handler(msg)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._bad(f"a malformed {kind!r} message ({exc}): {payload[:200]!r}")
+
+    def _bad(self, what: str) -> None:
+        self._bad_messages += 1
+        self.stats["bad_messages"] += 1
+        if self._bad_messages <= 5 or self.verbose:
+            self._write(f"{PREFIX} warning: ignoring {what} from the server")
+
+    def send(self, msg: dict) -> bool:
+        """Send one JSON message to the server; False if it cannot be delivered."""
+        if self._identity is None or self._sock is None:
+            self.debug(f"not sent (the server has not said hello yet): {msg}")
+            return False
+        frames = [self._identity]
+        if self._delimiter:
+            frames.append(b"")
+        frames.append(json.dumps(msg, separators=(",", ":")).encode())
+        try:
+            self._sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            self.stats["send_failures"] += 1
+            if exc.errno == zmq.EHOSTUNREACH:
+                # the server closed its socket (it is exiting); its exit is
+                # watched separately, so this is no news
+                self.debug(f"server unreachable, message dropped: {msg}")
+            else:
+                self._warn_once(f"send:{exc.errno}", f"cannot send to the server ({exc}); "
+                                                     f"message dropped: {msg}")
+            return False
+        self.stats[f"sent_{msg.get('type')}"] += 1
+        return True
+
+    def _on_hello(self, msg: dict) -> None:
+        self.server_pid = msg.get("pid")
+        total = msg.get("groups_total", msg.get("nb_groups"))
+        if isinstance(total, int) and total > 0:
+            self._groups_total = total
+        done = msg.get("groups_done")
+        self.debug(f"server says hello (pid {self.server_pid}, groups_total {total})")
+        if isinstance(done, int):
+            self._progress.update(done, self._groups_total)
+
+    def _on_ping(self, msg: dict) -> None:
+        pass
+
+    def _on_progress(self, msg: dict) -> None:
+        done = int(msg["groups_done"])
+        total = msg.get("groups_total")
+        if total is not None:
+            self._groups_total = int(total)
+        self._progress.update(done, self._groups_total)
+
+    def _on_submit(self, msg: dict) -> None:
+        sim_ids = [int(s) for s in msg["sim_ids"]]
+        scripts = [str(s) for s in msg["scripts"]]
+        if len(sim_ids) != len(scripts):
+            raise ValueError(f"{len(sim_ids)} sim_ids but {len(scripts)} scripts")
+        group = msg.get("group_id")
+        group = int(group) if group is not None else None
+        for sim_id, script in zip(sim_ids, scripts):
+            if not os.path.isabs(script):
+                script = os.path.join(self.output_dir, script)
+            self._supersede(sim_id)
+            self._queue.append(_Pending(sim_id, group, script))
+        self.stats["submitted"] += len(sim_ids)
+        self.debug(f"group {group}: {len(sim_ids)} job(s) queued (sims {sim_ids}); "
+                   f"{len(self._queue)} waiting, {self.scheduler.running} running")
+
+    def _supersede(self, sim_id: int) -> None:
+        """A sim submitted again replaces its queued or running predecessor."""
+        before = len(self._queue)
+        self._queue = collections.deque(p for p in self._queue if p.sim_id != sim_id)
+        key = self._sim_job.pop(sim_id, None)
+        if key is not None:
+            self._jobs[key].report = False
+            self.scheduler.cancel(key)
+        if key is not None or len(self._queue) != before:
+            self.debug(f"sim {sim_id} resubmitted: previous attempt dropped")
+
+    def _on_kill(self, msg: dict) -> None:
+        group = int(msg["group_id"])
+        before = len(self._queue)
+        self._queue = collections.deque(p for p in self._queue if p.group_id != group)
+        dropped = before - len(self._queue)
+        killed = []
+        for key, job in self._jobs.items():
+            if job.group_id == group and job.report:
+                job.report = False
+                self._sim_job.pop(job.sim_id, None)
+                self.scheduler.cancel(key)
+                killed.append(job.sim_id)
+        self.stats["killed"] += len(killed)
+        self.log(f"group {group} killed at the server's request: "
+                 f"{len(killed)} running job(s) terminated, {dropped} queued dropped")
+
+    def _on_stop(self, msg: dict) -> None:
+        self._stop_msg = msg
+
+    def _on_job(self, msg: dict) -> None:  # a server echo of a state: nothing to do
+        pass
+
+    # -- jobs -----------------------------------------------------------------------
+    def _report(self, job: _Job, state: str, returncode: int | None) -> None:
+        self.send({"type": "job", "sim_id": job.sim_id, "group_id": job.group_id,
+                   "state": state, "returncode": returncode})
+
+    def _start_jobs(self) -> None:
+        limit = self.cfg.launcher_config.job_limit
+        while self._queue and self.scheduler.running < limit:
+            pending = self._queue.popleft()
+            key = next(self._keys)
+            log_path = str(self.logs_dir / f"client.{pending.sim_id}.log")
+            job = _Job(pending.sim_id, pending.group_id, pending.script, log_path)
+            try:
+                handle = self.scheduler.submit(key, pending.script, log_path)
+            except SchedulerError as exc:
+                self.stats["failed"] += 1
+                self.error(f"sim {pending.sim_id} (group {pending.group_id}): {exc}")
+                self._report(job, "failed", 127)
+                continue
+            self._jobs[key] = job
+            self._sim_job[pending.sim_id] = key
+            self.stats["started"] += 1
+            self._report(job, "running", None)
+            self.debug(f"sim {job.sim_id} (group {job.group_id}) running, pid {handle.pid}")
+        self.max_running = max(self.max_running, self.scheduler.running)
+
+    def _reap_jobs(self) -> None:
+        for key, state, rc in self.scheduler.poll():
+            job = self._jobs.pop(key, None)
+            if job is None:
+                continue
+            if self._sim_job.get(job.sim_id) == key:
+                del self._sim_job[job.sim_id]
+            if not job.report or state == "cancelled":
+                self.debug(f"sim {job.sim_id} (group {job.group_id}) ended after being "
+                           f"stopped ({'code ' + str(rc) if rc is not None else 'no code'})")
+                continue
+            self.stats[state] += 1
+            self._report(job, state, rc)
+            if state == "failed":
+                self.log(f"sim {job.sim_id} (group {job.group_id}) {_describe_exit(rc)}; "
+                         f"see {job.log_path}")
+            else:
+                self.debug(f"sim {job.sim_id} (group {job.group_id}) finished")
+
+    def _stop_clients(self) -> list[int]:
+        """Drop the queue and terminate every running client (bounded wait)."""
+        self._queue.clear()
+        if self.scheduler is None:
+            return []
+        for job in self._jobs.values():
+            job.report = False
+        pids = self.scheduler.cancel_all(self.kill_grace)
+        self._jobs.clear()
+        self._sim_job.clear()
+        return pids
+
+    def _kill_server(self) -> None:
+        """Terminate the server's process tree (SIGTERM, SIGKILL after kill_grace)."""
+        if self.server is None or self._server_tree is None:
+            return
+        terminate_trees([(self._server_tree, self.server)], grace=self.kill_grace)
+        try:
+            self.server.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            pass
+
+    # -- endings ---------------------------------------------------------------------
+    def _finish(self) -> int:
+        """The server said stop: wait for it to exit and return its verdict."""
+        msg = self._stop_msg
+        status = msg.get("status", 1)
+        message = str(msg.get("message") or "")
+        self._reap_jobs()
+        if self._queue or self._jobs:
+            self.log(f"server stopped with {len(self._jobs)} job(s) running and "
+                     f"{len(self._queue)} queued: stopping them")
+            self._stop_clients()
+        wait = max(30.0, self.cfg.launcher_config.server_timeout)
+        deadline = time.monotonic() + wait
+        while self.server.poll() is None and time.monotonic() < deadline:
+            if self._signals:
+                self.log("interrupted while waiting for the server to exit")
+                self._kill_server()
+                return 128 + self._signals[0]
+            self._receive(self.poll_interval)
+        rc = self.server.poll()
+        if rc is None:
+            self.exit_message = (f"the server said stop but did not exit within {wait:g} s; "
+                                 f"killed it")
+            self.error(self.exit_message + self._server_log_tail())
+            self._kill_server()
+            return EXIT_FAILED
+        elapsed = format_duration(time.monotonic() - self._t0)
+        if status == 0 and rc == 0:
+            self._progress.close()
+            done = self._progress.done
+            total = self._groups_total
+            self.exit_message = message or "study finished"
+            self.log(f"study finished in {elapsed}: {done}/{total} groups; "
+                     f"results: {self.cfg.results_path}"
+                     + (f" ({message})" if message else ""))
+            return EXIT_OK
+        why = message or "no message"
+        self.exit_message = f"study failed: {why} (server status {status}, {_describe_exit(rc)})"
+        self.error(f"{self.exit_message} after {elapsed}; see {self.server_log}"
+                   + self._server_log_tail())
+        return EXIT_FAILED
+
+    def _interrupt(self, signum: int) -> int:
+        """Ctrl-C / SIGTERM: checkpoint-and-stop the server, terminate everything."""
+        name = signal.Signals(signum).name
+        code = 128 + signum
+        self.exit_message = f"interrupted by {name}"
+        if self._progress is not None:
+            self._progress.close()
+        self.log(f"{name} received: asking the server to checkpoint and stop "
+                 f"(again to kill at once)")
+        n_signals = len(self._signals)
+        self._queue.clear()
+        client_pids = self.scheduler.pids() if self.scheduler is not None else []
+        if self.scheduler is not None:
+            for key, job in self._jobs.items():
+                job.report = False
+                self.scheduler.cancel(key)  # SIGTERM now, SIGKILL after kill_grace
+        server_alive = self.server is not None and self.server.poll() is None
+        if server_alive:
+            sent = self.send({"type": "stop", "reason": name})
+            if not sent:
+                self.log("the server has not connected yet: terminating it")
+            else:
+                deadline = time.monotonic() + self.stop_grace
+                while self.server.poll() is None and time.monotonic() < deadline:
+                    if len(self._signals) > max(n_signals, 1):
+                        self.log("second signal: killing everything now")
+                        break
+                    self._receive(self.poll_interval)  # stop / progress messages
+                    if self.scheduler is not None:
+                        self.scheduler.poll()
+            rc = self.server.poll()
+            if rc is not None:
+                self.log(f"server (pid {self.server.pid}) {_describe_exit(rc)}")
+            else:
+                self.log(f"server (pid {self.server.pid}) still running: terminating it")
+                self._kill_server()
+                rc = self.server.poll()
+                self.log(f"server {_describe_exit(rc) if rc is not None else 'did not die'}")
+        if self.scheduler is not None:
+            self.scheduler.cancel_all(self.kill_grace)
+            self._jobs.clear()
+            self._sim_job.clear()
+        if client_pids:
+            self.log(f"terminated {len(client_pids)} client job(s) "
+                     f"(pids {', '.join(map(str, client_pids))})")
+        self.log(f"checkpoint (if the server wrote one): {self.cfg.checkpoint_dir}; "
+                 f"continue with: melissa-sa run {shlex.quote(self.config_path)} --resume")
+        return code
+
+    def _cleanup(self) -> None:
+        """Whatever happened, leave no process and no socket behind."""
+        try:
+            if self.scheduler is not None and self.scheduler.running:
+                self._stop_clients()
+            if self.server is not None:
+                if self.server.poll() is None or (
+                        self._server_tree is not None and self._server_tree.alive()):
+                    self._kill_server()
+                else:
+                    self.server.wait()
+        finally:
+            if self._progress is not None:
+                self._progress.close()
+            if self._sock is not None:
+                self._sock.close(linger=0)
+                self._sock = None
+            if self._ctx is not None:
+                self._ctx.term()
+                self._ctx = None

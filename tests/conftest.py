@@ -1,0 +1,123 @@
+"""Shared helpers for tests that start real processes.
+
+Every process a test starts is started in its own session and killed by
+process group id in teardown (never by name), with bounded waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MPIEXEC = str(BIN / "mpiexec")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (with a gap after it)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 60000:
+            return port
+    return port
+
+
+def child_env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = str(BIN) + os.pathsep + env.get("PATH", "")
+    env["NUMBA_NUM_THREADS"] = "1"
+    env["OMP_NUM_THREADS"] = "1"
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """Terminate ``proc``'s process group, then kill it; reap ``proc``."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+class Processes:
+    """Starts processes in new sessions and kills them all at teardown."""
+
+    def __init__(self):
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, cmd, log_path=None, **kwargs) -> subprocess.Popen:
+        out = open(log_path, "wb") if log_path else subprocess.DEVNULL
+        kwargs.setdefault("env", child_env())
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, **kwargs)
+        if log_path:
+            out.close()
+        self.started.append(proc)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.started:
+            kill_group(proc)
+
+
+@pytest.fixture
+def processes():
+    procs = Processes()
+    yield procs
+    procs.cleanup()
+
+
+def write_study(tmp_path: Path, **sections) -> Path:
+    """Write a small study.json in ``tmp_path``; ``sections`` update the base."""
+    base = {
+        "output_dir": "out",
+        "study_options": {"field_names": ["f"], "nb_parameters": 2,
+                          "parameter_sweep_size": 2, "nb_time_steps": 2, "seed": 0},
+        "sa_config": {"mean": True, "variance": True},
+        "server_config": {"server_processes": 1, "connection_port": free_port(),
+                          "data_puller_port": free_port()},
+        "launcher_config": {"job_limit": 2, "server_timeout": 30},
+        "client_config": {"executable_command": "python client.py"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key].update(value)
+        else:
+            base[key] = value
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(base, indent=1))
+    return path
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what}")

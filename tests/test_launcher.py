@@ -1,0 +1,572 @@
+"""The launcher, the local scheduler and the ``melissa-sa`` command.
+
+The launcher runs with ``tests/fake_server.py`` in place of the real server
+(``Launcher(..., server_cmd=[...])``): it speaks the launcher link of
+docs/internals.md and records every message it receives. Every process a test
+starts is tracked by pid and checked (and, if need be, killed by pid) in
+teardown.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from melissa_sa.config import load_config
+from melissa_sa.launcher import (
+    Launcher,
+    LocalScheduler,
+    Progress,
+    SchedulerError,
+    get_scheduler,
+    scheduler_names,
+)
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FAKE = str(HERE / "fake_server.py")
+PY = sys.executable
+MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_gone(pids, timeout: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [p for p in pids if _alive(p)]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+class Study:
+    """A config file, a fake-server scenario, and the pids to check afterwards."""
+
+    def __init__(self, tmp_path: Path, scenario: dict | None = None,
+                 launcher_config: dict | None = None) -> None:
+        self.dir = tmp_path
+        self.out = tmp_path / "out"
+        self.record = tmp_path / "record.jsonl"
+        lc = {"job_limit": 2, "server_timeout": 5, "timer_delay": 0.2}
+        lc.update(launcher_config or {})
+        self.config = tmp_path / "study.json"
+        self.config.write_text(json.dumps({
+            "output_dir": "out",
+            "study_options": {"field_names": ["u"], "nb_parameters": 2,
+                              "parameter_sweep_size": 3, "nb_time_steps": 2},
+            "launcher_config": lc,
+            "client_config": {"executable_command": "true"},
+        }))
+        sc = {"record": str(self.record), "out_dir": str(self.out),
+              "timer_delay": lc["timer_delay"]}
+        sc.update(scenario or {})
+        self.scenario = tmp_path / "scenario.json"
+        self.scenario.write_text(json.dumps(sc))
+        self.server_cmd = [PY, FAKE, str(self.scenario)]
+
+    def cfg(self):
+        return load_config(self.config)
+
+    def launcher(self, mpiexec: bool = False, **kw) -> Launcher:
+        cmd = [MPIEXEC, "-n", "1", *self.server_cmd] if mpiexec else self.server_cmd
+        kw.setdefault("stream", io.StringIO())
+        return Launcher(self.cfg(), self.config, server_cmd=cmd, **kw)
+
+    def events(self) -> list[dict]:
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+
+    def received(self, kind: str | None = None) -> list[dict]:
+        return [e["msg"] for e in self.events()
+                if e["event"] == "recv" and (kind is None or e["msg"]["type"] == kind)]
+
+    def pids(self) -> list[int]:
+        """The fake server's pid and every pid the clients wrote down."""
+        pids = [e["pid"] for e in self.events() if e["event"] == "start"]
+        for f in [*self.dir.glob("c*.pid"), *self.dir.glob("c*.child")]:
+            text = f.read_text().strip()
+            if text:  # a client killed while writing its pid leaves an empty file
+                pids.append(int(text))
+        return pids
+
+
+@pytest.fixture
+def studies(tmp_path):
+    made: list[Study] = []
+    counter = iter(range(100))
+
+    def make(scenario=None, launcher_config=None) -> Study:
+        d = tmp_path / f"s{next(counter)}"
+        d.mkdir()
+        s = Study(d, scenario, launcher_config)
+        made.append(s)
+        return s
+
+    yield make
+    survivors = []
+    for s in made:
+        for pid in s.pids():
+            if _alive(pid):
+                survivors.append(pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    assert not survivors, f"processes left running: {survivors}"
+
+
+def _sleeper(seconds: int = 30) -> str:
+    """A client body: a shell with a background child, both pids written down."""
+    return (f"sh -c 'echo $$ > {{dir}}/c{{sim}}.child; exec sleep {seconds}' & "
+            f"echo $$ > {{dir}}/c{{sim}}.pid; wait")
+
+
+def _wait_for(pred, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ---------------------------------------------------------------------------
+# a study runs
+
+
+def test_study_runs_and_reports_job_states(studies):
+    s = studies({"groups": 3, "group_size": 2, "client": "echo out {sim}; sleep 0.1"})
+    la = s.launcher()
+    t0 = time.monotonic()
+    assert la.run() == 0
+    assert time.monotonic() - t0 < 15
+    out = la.stream.getvalue()
+    jobs = s.received("job")
+    for sim in range(6):
+        states = [(m["state"], m["returncode"]) for m in jobs if m["sim_id"] == sim]
+        assert states == [("running", None), ("finished", 0)], (sim, states)
+        assert {m["group_id"] for m in jobs if m["sim_id"] == sim} == {sim // 2}
+        assert f"out {sim}" in (s.out / "logs" / f"client.{sim}.log").read_text()
+    assert (s.out / "client_scripts").is_dir()
+    assert (s.out / "logs" / "server.log").exists()
+    assert "3/3 groups done" in out
+    assert "study finished" in out
+    start = [e for e in s.events() if e["event"] == "start"][0]
+    env = start["env"]
+    assert env["MELISSA_LAUNCHER_ADDRESS"] == la.address
+    assert la.address.startswith("tcp://127.0.0.1:")
+    assert env["MELISSA_RESTART"] == "0"
+    assert env["MELISSA_FAULT_TOLERANCE"] == "ON"
+    assert env["NUMBA_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert start["cwd"] == str(s.dir)
+
+
+def test_failed_client_is_reported_with_its_returncode(studies):
+    s = studies({"groups": 2, "group_size": 2,
+                 "clients": {"1": "echo boom >&2; exit 1"}})
+    la = s.launcher()
+    assert la.run() == 0  # the server decides what a failed client means
+    final = {m["sim_id"]: (m["state"], m["returncode"]) for m in s.received("job")
+             if m["state"] != "running"}
+    assert final == {0: ("finished", 0), 1: ("failed", 1), 2: ("finished", 0),
+                     3: ("finished", 0)}
+    out = la.stream.getvalue()
+    assert "sim 1 (group 0) exited with code 1" in out
+    assert "client.1.log" in out
+    assert "boom" in (s.out / "logs" / "client.1.log").read_text()
+
+
+def test_job_limit_is_respected(studies):
+    body = ("echo start $(date +%s.%N) >> {dir}/t{sim}; sleep 0.3; "
+            "echo end $(date +%s.%N) >> {dir}/t{sim}")
+    s = studies({"groups": 4, "group_size": 2, "client": body},
+                launcher_config={"job_limit": 3})
+    la = s.launcher()
+    assert la.run() == 0
+    events = []
+    for sim in range(8):
+        lines = dict(line.split() for line in (s.dir / f"t{sim}").read_text().splitlines())
+        events += [(float(lines["start"]), 1), (float(lines["end"]), -1)]
+    running = peak = 0
+    for _, delta in sorted(events):
+        running += delta
+        peak = max(peak, running)
+    assert peak == 3
+    assert la.max_running == 3
+
+
+def test_progress_bar_mode(studies):
+    s = studies({"groups": 2, "group_size": 1})
+    la = s.launcher(progress=True, verbose=True)
+    assert la.run() == 0
+    out = la.stream.getvalue()
+    assert "2/2" in out and "study finished" in out
+    assert "sim 1 (group 1) running" in out  # verbose lines go around the bar
+
+
+def test_resume_and_fault_tolerance_reach_the_server(studies):
+    s = studies({"groups": 1, "group_size": 1}, launcher_config={"fault_tolerance": False})
+    assert s.launcher(resume=True).run() == 0
+    env = [e for e in s.events() if e["event"] == "start"][0]["env"]
+    assert env["MELISSA_RESTART"] == "1"
+    assert env["MELISSA_FAULT_TOLERANCE"] == "OFF"
+
+
+def test_kill_terminates_the_group_and_is_not_reported(studies):
+    s = studies({"groups": 2, "group_size": 2, "kill_group": 0,
+                 "clients": {"0": _sleeper(), "1": _sleeper()}},
+                launcher_config={"job_limit": 4})
+    la = s.launcher()
+    t0 = time.monotonic()
+    assert la.run() == 0
+    assert time.monotonic() - t0 < 15
+    client_pids = s.pids()[1:]
+    assert len(client_pids) == 4
+    assert _wait_gone(client_pids) == []
+    final = [m for m in s.received("job") if m["state"] != "running"]
+    assert sorted(m["sim_id"] for m in final) == [2, 3]
+    assert "group 0 killed" in la.stream.getvalue()
+
+
+def test_server_stop_with_failure_status(studies):
+    s = studies({"groups": 1, "group_size": 1, "stop_status": 1,
+                 "stop_message": "sobol exploded", "exit_code": 1})
+    la = s.launcher()
+    assert la.run() == 1
+    out = la.stream.getvalue()
+    assert "study failed: sobol exploded" in out
+    assert "server.log" in out
+
+
+# ---------------------------------------------------------------------------
+# the server fails
+
+
+def test_server_that_dies_is_reported(studies):
+    s = studies({"groups": 2, "group_size": 2, "client": _sleeper(),
+                 "die_after_running": 3})
+    la = s.launcher()
+    t0 = time.monotonic()
+    assert la.run() == 1
+    assert time.monotonic() - t0 < 10
+    out = la.stream.getvalue()
+    assert "server exited with code 3" in out
+    assert str(s.out / "logs" / "server.log") in out
+    assert "fake server: dying on purpose" in out  # the log's last lines
+    assert _wait_gone(s.pids()) == []
+
+
+def test_server_that_goes_silent_is_detected(studies):
+    s = studies({"after_hello": "silent"}, launcher_config={"server_timeout": 1.5})
+    la = s.launcher()
+    t0 = time.monotonic()
+    assert la.run() == 1
+    elapsed = time.monotonic() - t0
+    assert 1.4 < elapsed < 10
+    assert "server silent for 1.5 s" in la.stream.getvalue()
+    assert _wait_gone(s.pids()) == []
+
+
+def test_server_failure_hook_is_called(studies):
+    s = studies({"after_hello": "die"})
+    seen = []
+
+    class Hooked(Launcher):
+        def _on_server_failure(self, reason):
+            seen.append(reason)
+            return super()._on_server_failure(reason)
+
+    la = Hooked(s.cfg(), s.config, server_cmd=s.server_cmd, stream=io.StringIO())
+    assert la.run() == 1
+    assert len(seen) == 1 and "exited with code 3" in seen[0]
+
+
+def test_server_that_cannot_start(studies):
+    s = studies()
+    la = Launcher(s.cfg(), s.config, server_cmd=[str(s.dir / "no-such-server")],
+                  stream=io.StringIO())
+    assert la.run() == 1
+    assert "cannot start the server" in la.stream.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# Ctrl-C / SIGTERM
+
+
+DRIVER = textwrap.dedent("""
+    import functools, sys
+    import melissa_sa.cli as cli
+    import melissa_sa.launcher
+    from melissa_sa.launcher import Launcher
+    Launcher.stop_grace = {stop_grace}
+    Launcher.kill_grace = {kill_grace}
+    melissa_sa.launcher.Launcher = functools.partial(Launcher, server_cmd={cmd!r})
+    sys.exit(cli.main(["run", {config!r}, "--no-progress"]))
+""")
+
+
+def _start_driver(s: Study, stop_grace=5.0, kill_grace=1.0) -> subprocess.Popen:
+    cmd = [MPIEXEC, "-n", "1", *s.server_cmd]
+    script = s.dir / "driver.py"
+    script.write_text(DRIVER.format(cmd=cmd, config=str(s.config), stop_grace=stop_grace,
+                                    kill_grace=kill_grace))
+    return subprocess.Popen([PY, str(script)], cwd=s.dir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _interrupt(s: Study, sig, **kw) -> tuple[int, str, float]:
+    proc = _start_driver(s, **kw)
+    try:
+        # job_limit 2: the server and 2 x (script + child) wrote their pids
+        assert _wait_for(lambda: len(s.pids()) >= 5, timeout=20), "the clients did not start"
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+        return proc.returncode, err, time.monotonic() - t0
+    finally:
+        if proc.poll() is None:  # let the launcher clean up its children first
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def test_ctrl_c_stops_server_and_clients(studies):
+    s = studies({"groups": 3, "group_size": 2, "client": _sleeper()})
+    rc, err, elapsed = _interrupt(s, signal.SIGINT)
+    assert rc == 130, err
+    assert elapsed < 10
+    assert any(m["type"] == "stop" for m in s.received()), "the server was not told to stop"
+    assert "SIGINT" in err
+    assert "terminated 2 client job(s)" in err
+    assert "--resume" in err
+    pids = s.pids()
+    assert len(pids) == 5  # the server and 2 x (script + child)
+    assert _wait_gone(pids) == []
+
+
+def test_sigterm_with_a_stubborn_server_kills_everything(studies):
+    s = studies({"groups": 2, "group_size": 2, "client": _sleeper(),
+                 "on_launcher_stop": "ignore"})
+    rc, err, elapsed = _interrupt(s, signal.SIGTERM, stop_grace=1.0, kill_grace=0.5)
+    assert rc == 143, err
+    assert elapsed < 10
+    assert "still running: terminating it" in err
+    pids = s.pids()
+    assert len(pids) == 5
+    assert _wait_gone(pids) == []
+
+
+# ---------------------------------------------------------------------------
+# the command line
+
+
+def _cli(*args, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "melissa_sa.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_config_error_exits_2_naming_the_key(tmp_path):
+    cfg = tmp_path / "bad.json"
+    cfg.write_text(json.dumps({
+        "study_options": {"field_names": ["u"], "nb_parametres": 2,
+                          "parameter_sweep_size": 3, "nb_time_steps": 2},
+        "client_config": {"executable_command": "true"}}))
+    r = _cli("run", str(cfg))
+    assert r.returncode == 2
+    assert "study_options.nb_parametres" in r.stderr
+    assert "bad.json" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "study_out").exists()
+
+
+def test_missing_config_file_exits_2(tmp_path):
+    r = _cli("run", str(tmp_path / "nope.json"))
+    assert r.returncode == 2
+    assert "nope.json" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_dry_run_prints_the_config(tmp_path):
+    s = Study(tmp_path)
+    r = _cli("run", str(s.config), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    assert cfg["launcher_config"]["job_limit"] == 2
+    assert cfg["output_dir"] == str(s.out)
+    assert "nothing started" in r.stderr
+    assert "sim 0" in r.stderr  # the first parameter sets
+    assert not s.out.exists()
+
+
+def test_usage_error_exits_2():
+    r = _cli("frobnicate")
+    assert r.returncode == 2
+
+
+# ---------------------------------------------------------------------------
+# pieces
+
+
+def test_server_command_and_environment(tmp_path):
+    s = Study(tmp_path, launcher_config={"mpiexec_args": ["-bind-to", "none"]})
+    cfg = s.cfg()
+    la = Launcher(cfg, s.config)
+    assert la.server_command() == [
+        MPIEXEC, "-n", str(cfg.server_config.server_processes), "-bind-to", "none",
+        sys.executable, "-m", "melissa_sa.server.main", str(s.config)]
+    la.address = "tcp://127.0.0.1:1234"
+    env = la.server_env()
+    assert env["MELISSA_LAUNCHER_ADDRESS"] == "tcp://127.0.0.1:1234"
+    assert env["MELISSA_RESTART"] == "0"
+    assert env["MELISSA_FAULT_TOLERANCE"] == "ON"
+    assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    resumed = Launcher(cfg.updated({"launcher_config": {"load_from_checkpoint": True}}),
+                       s.config)
+    assert resumed.server_env()["MELISSA_RESTART"] == "1"
+
+
+def test_scheduler_registry():
+    assert get_scheduler("local") is LocalScheduler
+    assert "local" in scheduler_names()
+    with pytest.raises(NotImplementedError, match="slurm"):
+        get_scheduler("slurm")
+    with pytest.raises(NotImplementedError, match="openmpi"):
+        get_scheduler("openmpi")
+    with pytest.raises(SchedulerError, match="known: local"):
+        get_scheduler("pbs")
+
+
+def test_local_scheduler_cancel_kills_the_whole_tree(tmp_path):
+    # the child leaves the job's process group (as mpiexec's ranks do)
+    script = tmp_path / "job.sh"
+    script.write_text(f"{PY} -c 'import os, time; os.setsid(); "
+                      f"open(\"{tmp_path}/child\", \"w\").write(str(os.getpid())); "
+                      f"time.sleep(30)' &\nwait\n")
+    sched = LocalScheduler(cwd=str(tmp_path), grace=0.5)
+    handle = sched.submit("j", str(script), str(tmp_path / "job.log"))
+    child = None
+    try:
+        assert _wait_for(lambda: (tmp_path / "child").exists()
+                         and (tmp_path / "child").read_text() != "")
+        child = int((tmp_path / "child").read_text())
+        assert sched.running == 1
+        sched.cancel("j")
+        ended = []
+        assert _wait_for(lambda: ended.extend(sched.poll()) or ended, timeout=5)
+        assert ended[0][0] == "j" and ended[0][1] == "cancelled"
+        assert sched.running == 0
+        assert _wait_gone([handle.pid, child]) == []
+    finally:
+        sched.cancel_all(0.5)
+        if child is not None and _alive(child):
+            os.kill(child, signal.SIGKILL)
+
+
+def test_local_scheduler_states(tmp_path):
+    ok, bad = tmp_path / "ok.sh", tmp_path / "bad.sh"
+    ok.write_text("echo fine\n")
+    bad.write_text("exit 7\n")
+    sched = LocalScheduler(cwd=str(tmp_path))
+    sched.submit(1, str(ok), str(tmp_path / "1.log"))
+    sched.submit(2, str(bad), str(tmp_path / "2.log"))
+    with pytest.raises(SchedulerError):
+        sched.submit(1, str(ok), str(tmp_path / "1.log"))
+    ended = []
+    assert _wait_for(lambda: ended.extend(sched.poll()) or len(ended) == 2)
+    assert sorted(ended) == [(1, "finished", 0), (2, "failed", 7)]
+    assert "fine" in (tmp_path / "1.log").read_text()
+
+
+def test_progress_lines():
+    buf = io.StringIO()
+    p = Progress("lines", 32, buf, interval=3600)
+    p.update(4)       # first change: printed
+    p.update(5)       # within the interval: not printed
+    p.update(32)      # the last one: always printed
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("[melissa-sa] 4/32 groups done, ")
+    assert "groups/" in lines[0] and ", ETA " in lines[0]
+    assert lines[1].startswith("[melissa-sa] 32/32 groups done")
+    assert Progress.auto_mode(io.StringIO()) == "lines"
+
+
+# ---------------------------------------------------------------------------
+# info and plot
+
+
+@pytest.fixture
+def results_file(tmp_path):
+    np = pytest.importorskip("numpy")
+    from melissa_sa.results import ResultsLayout, write_results
+
+    T, N = 3, 16
+    layout = ResultsLayout(fields=("u",), n_cells=N, n_time_steps=T,
+                           statistics=("mean", "variance", "sobol"),
+                           parameter_names=("a", "b"))
+    rng = np.random.default_rng(0)
+    first = rng.uniform(0.1, 0.4, (2, T, N))
+    total = first + 0.1
+    stats = {"mean": rng.normal(size=(T, N)), "variance": rng.uniform(size=(T, N)),
+             "sobol_first": first, "sobol_total": total,
+             "sobol_first_low": first - 0.05, "sobol_first_high": first + 0.05,
+             "sobol_total_low": total - 0.05, "sobol_total_high": total + 0.05,
+             "n_samples": np.full(T, 10), "n_groups": np.full(T, 5)}
+    path = tmp_path / "results.h5"
+    write_results(path, layout, {"u": (0, N, stats)}, config_json={"output_dir": "x"},
+                  durable=False)
+    return path
+
+
+def test_info(results_file):
+    r = _cli("info", str(results_file))
+    assert r.returncode == 0, r.stderr
+    assert "field u: 16 cells x 3 time steps" in r.stdout
+
+
+def test_info_missing_file(tmp_path):
+    r = _cli("info", str(tmp_path / "none.h5"))
+    assert r.returncode == 1
+    assert "none.h5" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("stat", ["mean", "sobol"])
+def test_plot(results_file, tmp_path, stat):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / f"{stat}.png"
+    r = _cli("plot", str(results_file), "--field", "u", "--stat", stat, "--time-step", "1",
+             "-o", str(png))
+    assert r.returncode == 0, r.stderr
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_unknown_statistic(results_file, tmp_path):
+    pytest.importorskip("matplotlib")
+    r = _cli("plot", str(results_file), "--stat", "quantiles", "-o", str(tmp_path / "q.png"))
+    assert r.returncode == 1
+    assert "quantiles" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,107 @@
+"""Malformed messages, sent with raw ZeroMQ sockets, never hurt the server.
+
+One real server rank under mpiexec; a hand-written client says hello, then
+sends every kind of bad message, then the valid data. The server must
+survive, count each kind, and fold exactly the valid data.
+"""
+
+import json
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+
+from conftest import MPIEXEC, write_study
+from melissa_sa.server.protocol import HEADER, MAGIC, PROTOCOL_VERSION, encode_header
+
+N_CELLS = 8
+
+
+def hello(ctx, address, sim_id, n_cells=N_CELLS, field="f"):
+    req = ctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(address)
+    req.send_json({"type": "hello", "sim_id": sim_id, "field": field, "n_cells": n_cells,
+                   "protocol": 1})
+    assert req.poll(20000), "server did not answer the hello"
+    reply = req.recv_json()
+    req.close()
+    return reply
+
+
+def raw_header(magic=MAGIC, version=PROTOCOL_VERSION, dtype=1, sim_id=0, member=0,
+               field_id=0, step=0, offset=0, count=N_CELLS):
+    return HEADER.pack(magic, version, dtype, 0, sim_id, member, field_id, step, 0,
+                       offset, count, 0)
+
+
+@pytest.fixture
+def server(tmp_path, processes):
+    study = write_study(tmp_path, study_options={"parameter_sweep_size": 2,
+                                                 "nb_time_steps": 2})
+    cfg = json.loads(study.read_text())
+    proc = processes.start([MPIEXEC, "-n", "1", sys.executable,
+                            "-m", "melissa_sa.server.main", study],
+                           log_path=tmp_path / "server.log", cwd=tmp_path)
+    address = f"tcp://127.0.0.1:{cfg['server_config']['connection_port']}"
+    return proc, address, tmp_path
+
+
+def test_every_malformed_kind_is_counted_and_dropped(server):
+    proc, address, tmp_path = server
+    ctx = zmq.Context()
+    try:
+        # a hello for a field the study does not have, and one for an unknown sim
+        assert hello(ctx, address, 0, field="nope")["type"] == "error"
+        assert hello(ctx, address, 99)["type"] == "error"
+        welcome = hello(ctx, address, 0)
+        assert welcome["type"] == "welcome", welcome
+        assert hello(ctx, address, 1, n_cells=N_CELLS + 1)["type"] == "error"
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.LINGER, 5000)
+        push.connect(welcome["endpoints"][0])
+        good = np.arange(N_CELLS, dtype=np.float64)
+        payload = good.tobytes()
+        bad = {
+            "bad_magic": [raw_header(magic=b"XXXX"), payload],
+            "bad_version": [raw_header(version=PROTOCOL_VERSION + 1), payload],
+            "truncated_header": [raw_header()[:20], payload],
+            "bad_size": [raw_header(count=N_CELLS - 1), payload],
+            "bad_range": [raw_header(offset=4, count=N_CELLS), payload],
+            "unknown_field": [raw_header(field_id=3), payload],
+            "unknown_simulation": [raw_header(sim_id=1000), payload],
+            "bad_dtype": [raw_header(dtype=7), payload],
+            "bad_frames": [raw_header()],
+            "bad_time_step": [raw_header(step=5), payload],
+            "bad_member": [raw_header(sim_id=0, member=1), payload],
+        }
+        for frames in bad.values():
+            push.send_multipart(frames)
+        # float32 payload announced as float64: a size mismatch, not a crash
+        push.send_multipart([raw_header(), good.astype(np.float32).tobytes()])
+        # the valid data of both simulations; step 0 of sim 0 sent twice
+        for sim_id in (0, 1):
+            for step in (0, 1):
+                values = good * (sim_id + 1) + step
+                header = encode_header(sim_id, 0, 0, step, 0, 0, N_CELLS, np.float64)
+                push.send_multipart([header, values.tobytes()])
+                if sim_id == 0 and step == 0:
+                    push.send_multipart([header, (values + 100).tobytes()])
+        push.close()
+        proc.wait(60)
+    finally:
+        ctx.term()
+    log = (tmp_path / "server.log").read_text()
+    assert proc.returncode == 0, log
+    with h5py.File(tmp_path / "out" / "results.h5") as f:
+        dropped = json.loads(f.attrs["dropped_messages"])
+        for kind in bad:
+            # bad_size also counts the float32 payload announced as float64
+            assert dropped.get(kind) == (2 if kind == "bad_size" else 1), (kind, dropped)
+        assert dropped["duplicate"] == 1
+        np.testing.assert_array_equal(f["f/n_samples"][()], [2, 2])
+        mean = f["f/mean"][()]
+    expected = np.stack([(good * 1 + t + good * 2 + t) / 2 for t in (0, 1)])
+    np.testing.assert_allclose(mean, expected, rtol=1e-15)
