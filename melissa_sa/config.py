@@ -123,6 +123,7 @@ class SAConfig:
     sobol_indices: bool = False
     second_order: bool = False
     confidence_level: float = 0.95
+    confidence_method: str = "delta"
     checkpoint_interval: int = 100
     checkpoint_seconds: float | None = None
 
@@ -533,6 +534,7 @@ _SA_SPEC = {
     "sobol_indices": (_bool, False),
     "second_order": (_bool, False),
     "confidence_level": (_num(unit_open=True, what="confidence level"), 0.95),
+    "confidence_method": (_choice(("delta", "fisher"), "confidence method"), "delta"),
     "checkpoint_interval": (_int(1), 100),
     "checkpoint_seconds": (_num(positive=True, nullable=True), None),
 }

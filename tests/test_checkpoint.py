@@ -232,9 +232,24 @@ def test_resuming_from_fallback_drops_the_corrupt_set(tmp_path):
     cset = find_latest_checkpoint(tmp_path, 1)
     assert cset.set_id == 2
     w = CheckpointWriter(tmp_path, previous=cset)
+    with pytest.raises(CheckpointError, match="nope"):
+        w.write(lambda f: (_ for _ in ()).throw(OSError("nope")))
+    # a failed write deletes nothing the manifest on disk still names
+    assert set_files(tmp_path) == ["manifest.json"] + [set_file_name(i, 0) for i in (2, 3)]
+    assert w.write(state_of(4.0)) == 5
+    assert [s["set_id"] for s in read_manifest(tmp_path)["sets"]] == [5, 2]
+    assert set_files(tmp_path) == ["manifest.json", set_file_name(2, 0), set_file_name(5, 0)]
+
+
+def test_unreadable_manifest_files_survive_a_failed_write(tmp_path):
+    write_sets(tmp_path, [1.0, 2.0])
+    (tmp_path / "manifest.json").write_text("{")
+    w = CheckpointWriter(tmp_path)
+    with pytest.raises(CheckpointError):
+        w.write(lambda f: 1 / 0)
+    assert set_files(tmp_path) == ["manifest.json"] + [set_file_name(i, 0) for i in (1, 2)]
     assert w.write(state_of(4.0)) == 4
-    assert [s["set_id"] for s in read_manifest(tmp_path)["sets"]] == [4, 2]
-    assert set_files(tmp_path) == ["manifest.json", set_file_name(2, 0), set_file_name(4, 0)]
+    assert [s["set_id"] for s in read_manifest(tmp_path)["sets"]] == [4]
 
 
 def test_pause_hook_sees_every_stage_in_order(tmp_path, monkeypatch):
@@ -333,7 +348,15 @@ def value_of(cset):
 if phase == "write":
     t = time.perf_counter()
     w = CheckpointWriter(d, comm)
-    out["ids"] = [w.write(state(v, 1000 + rank), meta={"groups_done": v}) for v in (1, 2, 3)]
+    # rank 1 is slow: rank 0 must wait for it without spinning the CPU
+    from melissa_sa.server import checkpoint as ck
+    if rank == 1:
+        ck.pause_hook = lambda stage, info: time.sleep(1.5) if stage == "renamed" else None
+    c0, t0 = time.process_time(), time.perf_counter()
+    out["ids"] = [w.write(state(1, 1000 + rank), meta={"groups_done": 1})]
+    out["wait_cpu"], out["wait_wall"] = time.process_time() - c0, time.perf_counter() - t0
+    ck.pause_hook = None
+    out["ids"] += [w.write(state(v, 1000 + rank), meta={"groups_done": v}) for v in (2, 3)]
     def fail_on_1(f):
         if rank == 1:
             raise RuntimeError("disk full on rank 1")
@@ -397,6 +420,8 @@ def test_two_mpi_ranks(tmp_path, processes, capsys):
         assert "checkpoint set 4" in r["failure"]
         assert "rank 1: RuntimeError: disk full on rank 1" in r["failure"]
     assert r0["last"] == r1["last"] == 7
+    # rank 0 waited ~1.5 s for rank 1 in the non-blocking gather, nearly idle
+    assert r0["wait_wall"] > 1.4 and r0["wait_cpu"] < 0.5, (r0["wait_wall"], r0["wait_cpu"])
     m = read_manifest(d)
     assert [s["set_id"] for s in m["sets"]] == [7, 6]
     assert set_files(d) == ["manifest.json"] + [set_file_name(s, r) for s in (6, 7)
@@ -412,7 +437,9 @@ def test_two_mpi_ranks(tmp_path, processes, capsys):
         find_latest_checkpoint(d, 3)
     with capsys.disabled():
         print(f"\n[checkpoint] 2 ranks, 10^6 cells x 4 float64 arrays, fsync: "
-              f"{', '.join(f'{t:.3f}' for t in r0['big_seconds'])} s per set")
+              f"{', '.join(f'{t:.3f}' for t in r0['big_seconds'])} s per set; rank 0 "
+              f"waited {r0['wait_wall']:.2f} s for a slow rank 1 using "
+              f"{r0['wait_cpu']:.3f} s of CPU")
 
     # damage rank 1's file of the newest set: both ranks agree on the previous set
     with open(d / set_file_name(7, 1), "r+b") as f:

@@ -159,3 +159,33 @@ def test_ishigami_field_indices_near_analytic_512_groups(tmp_path):
         check_near_analytic(r, first, total, Z999_OVER_Z95)
         s1 = r.get("y", "sobol_first")[:, 0, 0]
         assert np.all(np.abs(s1 - first[:, 0]) < 0.15), s1
+
+
+def test_user_server_subclass_is_loaded(tmp_path):
+    (tmp_path / "analytic_client.py").write_text((CLIENTS / "analytic_client.py").read_text())
+    (tmp_path / "my_server.py").write_text(
+        "from melissa_sa.server import SensitivityAnalysisServer\n\n"
+        "class MyServer(SensitivityAnalysisServer):\n"
+        "    def on_group_finished(self, group_id):\n"
+        "        super().on_group_finished(group_id)\n"
+        "        with open('groups_seen.txt', 'a') as f:\n"
+        "            f.write(f'{group_id}\\n')\n")
+    study = write_study(
+        tmp_path, server_filename="my_server.py", server_class="MyServer",
+        study_options={"nb_time_steps": NB_STEPS, "parameter_sweep_size": 3},
+        client_config={"executable_command": "python analytic_client.py"})
+    done = run_study(study)
+    assert done.returncode == 0, done.stdout[-4000:]
+    seen = sorted(int(v) for v in (tmp_path / "groups_seen.txt").read_text().split())
+    assert seen == [0, 1, 2]
+
+
+def test_failed_client_without_fault_tolerance_ends_the_study(tmp_path):
+    (tmp_path / "crash.py").write_text("import sys; sys.exit(3)\n")
+    study = write_study(
+        tmp_path, study_options={"parameter_sweep_size": 2},
+        launcher_config={"fault_tolerance": False, "job_limit": 1},
+        client_config={"executable_command": "python crash.py"})
+    done = run_study(study, timeout=120)
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert "exited with code 3 and fault tolerance is off" in done.stdout

@@ -750,17 +750,26 @@ class CheckpointWriter:
         except Exception as e:
             if not errors:
                 log.exception("checkpoint set %d: writing the manifest failed", set_id)
-            history = self._history
             outcome = {"set_id": set_id, "error": str(e) if errors else
                        f"rank 0: {type(e).__name__}: {e}"}
+            # keep whatever the manifest on disk names (it may differ from the
+            # history when resuming from a fallback); if it is unreadable,
+            # delete nothing: a human may want those files
+            try:
+                manifest = read_manifest(self.directory)
+                history = [] if manifest is None else manifest["sets"]
+            except CheckpointError:
+                history = None
         try:
-            self._sweep(history)
+            if history is not None:
+                self._sweep(history)
         except OSError as e:  # pragma: no cover - cleaning is best effort
             log.warning("checkpoint: cleaning %s failed: %s", self.directory, e)
         return outcome
 
     def _sweep(self, history: list[dict]) -> None:
-        """Delete the set files that ``history`` (the manifest on disk) does not name."""
+        """Delete the set files (and ``.tmp`` files) that ``history`` (the
+        sets of the manifest on disk) does not name."""
         keep = {fe["name"] for entry in history for fe in entry["files"]}
         for p in self.directory.iterdir():
             if (_parse_name(p.name) and p.name not in keep) or p.name == MANIFEST_TMP:

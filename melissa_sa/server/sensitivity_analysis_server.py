@@ -51,7 +51,8 @@ class StepStatistics:
         self.threshold = (ThresholdExceedance(n_cells, sa.threshold_exceedance)
                           if sa.threshold_exceedance else None)
         self.quantiles = Quantiles(n_cells, sa.quantiles) if sa.quantiles else None
-        self.sobol = (SobolMartinez(n_cells, config.study_options.nb_parameters)
+        self.sobol = (SobolMartinez(n_cells, config.study_options.nb_parameters,
+                                    ci=sa.confidence_method)
                       if sa.sobol_indices else None)
         self.n_samples = 0
 
@@ -108,7 +109,7 @@ class SensitivityAnalysisServer(BaseServer):
         self._folded: dict[int, np.ndarray] = {}       # sim -> (fields, steps) bool
         self._assemblies: dict[tuple[int, int, int], Assembly] = {}
         self.duplicates = 0
-        self.ci_method = "delta"
+        self.ci_method = config.sa_config.confidence_method
         self._ranks_done: Counter = Counter()          # rank 0: sim -> ranks reporting
         self._job_finished_at: dict[int, float] = {}   # rank 0: sim -> exit time
         self._sims_done: set[int] = set()              # rank 0: complete on every rank
