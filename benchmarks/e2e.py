@@ -178,6 +178,60 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
     return busy
 
 
+def proc_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def proc_thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of ``pid``, summed by thread name
+    (``main``, ``ZMQbg/IO/0``, ...)."""
+    out: dict[str, float] = {}
+    tck = os.sysconf("SC_CLK_TCK")
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                raw = f.read()
+        except OSError:
+            continue
+        name = "main" if int(tid) == pid else raw[raw.index("(") + 1:raw.rindex(")")]
+        fields = raw.rsplit(")", 1)[1].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tck
+    return out
+
+
+def self_cpu_seconds() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def find_rank_pid(mpiexec_pid: int, marker: str, timeout: float = 30) -> int | None:
+    """The pid of the (single) MPI rank started by ``mpiexec_pid``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in _children_of({mpiexec_pid}):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().split(b"\0")
+            except OSError:
+                continue
+            if any(marker.encode() in c for c in cmd) and b"mpiexec" not in cmd[0]:
+                return pid
+        time.sleep(0.05)
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,12 +245,16 @@ class LineReader:
         self.lines: list[tuple[float, str]] = []
         self.cond = threading.Condition()
         self._echo = echo
+        self.cpu_pid: int | None = None          # sample this process's CPU time ...
+        self.cpu_at: dict[int, float] = {}       # ... at each line: line index -> cpu s
         self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
         self._thread.start()
 
     def _run(self, stream):
         for raw in iter(stream.readline, b""):
             t = time.time()
+            if self.cpu_pid is not None:
+                self.cpu_at[len(self.lines)] = proc_thread_cpu(self.cpu_pid)
             line = raw.decode(errors="replace").rstrip("\n")
             with self.cond:
                 self.lines.append((t, line))
@@ -206,6 +264,13 @@ class LineReader:
         with self.cond:
             self.lines.append((time.time(), None))  # EOF
             self.cond.notify_all()
+
+    def cpu_of_line(self, pattern: str) -> dict | None:
+        rx = re.compile(pattern)
+        for i, (_, line) in enumerate(self.lines):
+            if line is not None and rx.search(line):
+                return self.cpu_at.get(i)
+        return None
 
     def wait_for(self, pattern: str, timeout: float) -> tuple[float, re.Match]:
         rx = re.compile(pattern)
@@ -261,13 +326,15 @@ def role_melissa_client(a) -> None:
     melissa_init(FIELD, a.cells, None)
     print("ready", flush=True)
     sys.stdin.readline()
+    c0 = self_cpu_seconds()
     t0 = time.time()
     for _ in range(a.steps):
         melissa_send(FIELD, arr)
     t1 = time.time()
     melissa_finalize()
     t2 = time.time()
-    print(json.dumps({"first_send": t0, "last_send": t1, "finalized": t2}), flush=True)
+    print(json.dumps({"first_send": t0, "last_send": t1, "finalized": t2,
+                      "cpu_s": self_cpu_seconds() - c0}), flush=True)
 
 
 def role_raw_send(a) -> None:
@@ -282,6 +349,7 @@ def role_raw_send(a) -> None:
     header = bytes(HEADER_BYTES)
     print("ready", flush=True)
     sys.stdin.readline()
+    c0 = self_cpu_seconds()
     t0 = time.time()
     for _ in range(a.steps):
         if a.track:
@@ -293,7 +361,8 @@ def role_raw_send(a) -> None:
     push.close()
     ctx.term()
     t2 = time.time()
-    print(json.dumps({"first_send": t0, "last_send": t1, "finalized": t2}), flush=True)
+    print(json.dumps({"first_send": t0, "last_send": t1, "finalized": t2,
+                      "cpu_s": self_cpu_seconds() - c0}), flush=True)
 
 
 def role_raw_recv(a) -> None:
@@ -310,6 +379,8 @@ def role_raw_recv(a) -> None:
     for _ in range(a.warm):
         frames = pull.recv_multipart(copy=False)
     print("warm", flush=True)
+    c0 = self_cpu_seconds()
+    th0 = proc_thread_cpu(os.getpid())
     t_first = None
     for _ in range(a.messages):
         frames = pull.recv_multipart(copy=False)
@@ -317,10 +388,12 @@ def role_raw_recv(a) -> None:
             t_first = time.time()
         nbytes += len(frames[1])
     t_last = time.time()
+    cpu = self_cpu_seconds() - c0
+    threads = {k: v - th0.get(k, 0.0) for k, v in proc_thread_cpu(os.getpid()).items()}
     pull.close()
     ctx.term()
-    print(json.dumps({"first_recv": t_first, "last_recv": t_last, "bytes": nbytes}),
-          flush=True)
+    print(json.dumps({"first_recv": t_first, "last_recv": t_last, "bytes": nbytes,
+                      "cpu_s": cpu, "threads_cpu_s": threads}), flush=True)
 
 
 def role_postprocess(a) -> None:
@@ -509,6 +582,7 @@ def run_server_ingest(work: Path, clients: int, cells: int, steps: int, sobol: b
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = LineReader(server.stderr)
     try:
+        log.cpu_pid = find_rank_pid(server.pid, "melissa_sa.server.main")
         _, m = log.wait_for(r"connection socket (tcp://\S+),", 120)
         t_listening = time.time()
         cenv = dict(env, MELISSA_SERVER_ADDRESS=m.group(1))
@@ -530,10 +604,13 @@ def run_server_ingest(work: Path, clients: int, cells: int, steps: int, sobol: b
         for c in measured:
             read_ready(c, "client")
         busy = wait_quiet(QUIET_WAIT[0])
+        cpu_go = proc_thread_cpu(log.cpu_pid) if log.cpu_pid else {}
         t_go = time.time()
         _go(measured)
         res = _client_results(measured, timeout)
         t_done = max(log.wait_for(rf"group {g} done", timeout)[0] for g in range(warm_group))
+        cpu_done = max((log.cpu_of_line(rf"group {g} done") or {} for g in range(warm_group)),
+                       key=lambda d: sum(d.values()))
         t_results, _ = log.wait_for(r"results written", timeout)
         _, mg = log.wait_for(r"received ([0-9.]+) GB", timeout)
         server.wait(timeout)
@@ -557,6 +634,11 @@ def run_server_ingest(work: Path, clients: int, cells: int, steps: int, sobol: b
         "server_received_gb": float(mg.group(1)),
         "cold_gbps": gs * steps * cells * 8 / cold_t / 1e9,
         "cpu_busy_before": busy,
+        "server_cpu_s_per_gb": (sum(cpu_done.values()) - sum(cpu_go.values()))
+        / (payload / 1e9) if cpu_done else float("nan"),
+        "server_threads_cpu_s_per_gb": {k: (v - cpu_go.get(k, 0.0)) / (payload / 1e9)
+                                        for k, v in cpu_done.items()},
+        "clients_cpu_s_per_gb": sum(r["cpu_s"] for r in res) / (payload / 1e9),
     }
 
 
@@ -600,7 +682,11 @@ def run_raw(work: Path, clients: int, cells: int, steps: int, track: bool,
     return {"payload_bytes": payload, "seconds": r["last_recv"] - start_t,
             "gbps": payload / (r["last_recv"] - start_t) / 1e9,
             "clients_send_seconds": max(x["last_send"] for x in res) - start_t,
-            "cpu_busy_before": busy}
+            "cpu_busy_before": busy,
+            "server_cpu_s_per_gb": r["cpu_s"] / (payload / 1e9),
+            "server_threads_cpu_s_per_gb": {k: v / (payload / 1e9)
+                                            for k, v in r["threads_cpu_s"].items()},
+            "clients_cpu_s_per_gb": sum(x["cpu_s"] for x in res) / (payload / 1e9)}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -640,11 +726,12 @@ def bench_ingest(args, scratch: Path) -> dict:
                         "warmup_runs": gs, "server_processes": 1}
         out[name] = res
     if args.profile:
-        prof = scratch / "server.prof"
-        run_server_ingest(scratch / "srv_profile", args.clients, args.cells, args.steps,
-                          False, args.sobol_params, profile=prof)
-        out["profile_mean+variance"] = profile_summary(prof)
-        _rm(scratch / "srv_profile")
+        for name, sobol, clients, steps in variants:
+            prof = scratch / "server.prof"
+            run_server_ingest(scratch / "srv_profile", clients, args.cells, steps, sobol,
+                              args.sobol_params, profile=prof)
+            out[name]["server_profile"] = profile_summary(prof)
+            _rm(scratch / "srv_profile")
     return out
 
 
@@ -822,9 +909,10 @@ def compare_results(work: Path, design) -> dict:
 def bench_study(args, scratch: Path) -> dict:
     sim = scratch / "sim.py"
     sim.write_text(SIM_SOURCE)
-    configs = [("small", args.study_cells, args.study_steps, args.study_groups, False)]
-    if not args.quick:
-        configs.append(("large", args.big_cells, args.big_steps, args.big_groups, True))
+    configs = [c for c in (("small", args.study_cells, args.study_steps, args.study_groups,
+                            False),
+                           ("large", args.big_cells, args.big_steps, args.big_groups, True))
+               if c[0] in args.study_sizes.split(",")]
     out = {}
     for name, cells, steps, groups, cold in configs:
         work = scratch / f"study_{name}"
@@ -878,8 +966,6 @@ def print_table(res: dict) -> None:
         print(f"{'variant':28} {'clients':>7} {'msgs':>6} {'raw':>12} {'raw tracked':>12} "
               f"{'server':>12} {'ratio':>6} {'target':>6}")
         for name, r in ing.items():
-            if not name.startswith("mean"):
-                continue
             s = r["setup"]
 
             def bm(k):
@@ -887,10 +973,27 @@ def print_table(res: dict) -> None:
             print(f"{name:28} {s['clients']:>7} {s['clients'] * s['steps']:>6} {bm('raw'):>12} "
                   f"{bm('raw_tracked'):>12} {bm('server'):>12} {r['ratio_best']:>6.2f} "
                   f"{TARGET_INGEST_RATIO:>6.2f}")
-        if "profile_mean+variance" in ing:
-            print("\nServer profile (cProfile, main thread, mean+variance), top tottime:")
-            for row in ing["profile_mean+variance"][:10]:
-                print(f"  {row['tottime_s']:8.3f} s {row['calls']:>7}  {row['function']}")
+        print("\nCPU seconds per GB ingested (median; all threads, user + system):")
+        print(f"{'':28} {'---- raw receiver ----':>26}  {'------ server ------':>26}")
+        print(f"{'variant':28} {'all':>6} {'main':>6} {'ZMQ IO':>6} {'send':>6}  "
+              f"{'all':>6} {'main':>6} {'ZMQ IO':>6} {'client':>6}")
+        for name, r in ing.items():
+            def med(k, key, thread=None):
+                vals = [x[key] if thread is None else x[key].get(thread, float("nan"))
+                        for x in r[k]["runs"]]
+                return statistics.median(vals)
+            th = "server_threads_cpu_s_per_gb"
+            print(f"{name:28} {med('raw', 'server_cpu_s_per_gb'):>6.3f} "
+                  f"{med('raw', th, 'main'):>6.3f} {med('raw', th, 'ZMQbg/IO/0'):>6.3f} "
+                  f"{med('raw', 'clients_cpu_s_per_gb'):>6.3f}  "
+                  f"{med('server', 'server_cpu_s_per_gb'):>6.3f} "
+                  f"{med('server', th, 'main'):>6.3f} {med('server', th, 'ZMQbg/IO/0'):>6.3f} "
+                  f"{med('server', 'clients_cpu_s_per_gb'):>6.3f}")
+        for name, r in ing.items():
+            if "server_profile" in r:
+                print(f"\nServer profile, {name} (cProfile, main thread), top tottime:")
+                for row in r["server_profile"][:8]:
+                    print(f"  {row['tottime_s']:8.3f} s {row['calls']:>7}  {row['function']}")
     st = res.get("study")
     if st:
         print("\nWhole Sobol' study (p=3): melissa-sa run vs classic (files + numpy)")
@@ -931,6 +1034,8 @@ def main(argv=None) -> int:
     ap.add_argument("--big-cells", type=int, default=10 ** 6)
     ap.add_argument("--big-steps", type=int, default=10)
     ap.add_argument("--big-groups", type=int, default=16)
+    ap.add_argument("--study-sizes", default="small,large",
+                    help="which study configurations to run (small, large)")
     ap.add_argument("--job-limit", type=int, default=2)
     ap.add_argument("--server-processes", type=int, default=1)
     ap.add_argument("--no-drop-caches", action="store_true")
@@ -945,6 +1050,7 @@ def main(argv=None) -> int:
         args.clients, args.steps = 2, 10
         args.sobol_groups, args.sobol_steps = 1, 4
         args.study_cells, args.study_steps, args.study_groups = 10_000, 3, 6
+        args.study_sizes = "small"
     QUIET_WAIT[0] = args.quiet_wait if not args.quick else min(args.quiet_wait, 5.0)
     scratch = args.scratch or SCRATCH_BASE / f"run_{os.getpid()}"
     scratch.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,7 @@ class LauncherConfig:
     timer_delay: float = 1.0
     load_from_checkpoint: bool = False
     mpiexec_args: tuple[str, ...] = ()
+    max_server_restarts: int = 3
 
 
 @dataclass(frozen=True)
@@ -555,6 +556,7 @@ _LAUNCHER_SPEC = {
     "timer_delay": (_num(positive=True), 1.0),
     "load_from_checkpoint": (_bool, False),
     "mpiexec_args": (_list(_str(nonempty=False)), ()),
+    "max_server_restarts": (_int(0), 3),
 }
 
 _CLIENT_SPEC = {

@@ -12,7 +12,6 @@ import os
 import signal
 import statistics
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -324,7 +323,7 @@ def test_kill_9_mid_checkpoint_leaves_a_loadable_set(tmp_path, processes, stage,
 
 # -- two MPI ranks ---------------------------------------------------------------------------
 MPI_SCRIPT = """
-import json, sys, time
+import json, os, sys, time
 import numpy as np
 from mpi4py import MPI
 from melissa_sa.server.checkpoint import (CheckpointError, CheckpointWriter,
@@ -380,6 +379,12 @@ if phase == "write":
     out["big_seconds"] = times
     out["last"] = w.last_set_id
     w.close()
+elif phase == "crash":
+    w = CheckpointWriter(d, comm)
+    for v in (1, 2):
+        w.write(state(v, 1000), meta={"groups_done": v})
+    os.environ["MELISSA_CHECKPOINT_PAUSE"] = sys.argv[3]
+    w.write(state(3, 1000), meta={"groups_done": 3})   # killed in here
 else:
     cset = find_latest_checkpoint(d, size, comm)
     out["found"] = cset.set_id
@@ -451,6 +456,41 @@ def test_two_mpi_ranks(tmp_path, processes, capsys):
     assert r0["new"] == r1["new"] == 8
     assert [s["set_id"] for s in read_manifest(d)["sets"]] == [8, 6]
     assert set_file_name(7, 0) not in set_files(d)
+
+
+@pytest.mark.parametrize("stage", ["partial", "renamed"])
+def test_kill_9_one_mpi_rank_mid_checkpoint(tmp_path, processes, stage):
+    """Rank 1 dies (kill -9) inside set 3; the job dies; set 2 loads."""
+    d = tmp_path / "checkpoint"
+    script = tmp_path / "mpi_ckpt.py"
+    script.write_text(MPI_SCRIPT)
+    log_path = tmp_path / "mpi_crash.log"
+    proc = processes.start([MPIEXEC, "-n", 2, sys.executable, script, d, "crash",
+                            f"{stage}:120"], log_path=log_path, cwd=ROOT)
+
+    def rank1_pid():
+        for line in log_path.read_text().splitlines():
+            if "pausing" in line and "rank 1," in line:
+                return int(line.split("pid ")[1].split(",")[0])
+        assert proc.poll() is None, log_path.read_text()
+        return None
+
+    pid = wait_for(rank1_pid, 90, f"rank 1 to pause at stage {stage}")
+    os.kill(pid, signal.SIGKILL)
+    try:
+        proc.wait(30)                 # mpiexec tears the job down
+    except Exception:
+        kill_group(proc)
+    cset = find_latest_checkpoint(d, 2)
+    assert cset.set_id == 2 and cset.skipped == []
+    for rank in (0, 1):
+        with cset.open_rank(rank) as f:
+            assert f["completion"].attrs["sampler_position"] == 2
+            assert f["fields/temperature/step_0/mean"][0] == 2 + rank
+    w = CheckpointWriter(d, durable=False)      # leftovers go at the next write
+    w.write(state_of(1.0))
+    assert set_files(d) == ["manifest.json", set_file_name(2, 0), set_file_name(2, 1),
+                            set_file_name(4, 0)]
 
 
 # -- cost ------------------------------------------------------------------------------------

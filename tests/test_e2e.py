@@ -12,67 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import child_env, kill_group, write_study
+from conftest import write_study
 from melissa_sa.results import open_results
-
-CLIENTS = Path(__file__).parent / "clients"
-sys.path.insert(0, str(CLIENTS))
-from analytic_client import NB_STEPS, field_values  # noqa: E402
-
-MELISSA = str(Path(sys.executable).parent / "melissa-sa")
-
-
-def run_study(study: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen([MELISSA, "run", str(study), "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=child_env(), start_new_session=True, cwd=study.parent)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_group(proc)
-        out, _ = proc.communicate()
-        raise AssertionError(f"study timed out:\n{out.decode(errors='replace')[-3000:]}")
-    finally:
-        kill_group(proc)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(errors="replace"))
-
-
-def offline(results, n_cells: int, p: int):
-    """Every statistic recomputed from the recorded design, two-pass."""
-    params = results.parameters
-    order = np.lexsort((params.member, params.group_id))
-    values, member = params.values[order], params.member[order]
-    n_groups = len(values) // (p + 2)
-    y = np.stack([np.stack([field_values(v, n_cells, t) for t in range(NB_STEPS)])
-                  for v in values])  # (runs, steps, cells)
-    y = y.reshape(n_groups, p + 2, NB_STEPS, n_cells)
-    assert np.all(member.reshape(n_groups, p + 2) == np.arange(p + 2))
-    ab = y[:, :2].reshape(2 * n_groups, NB_STEPS, n_cells)
-    ref = {
-        "mean": ab.mean(axis=0), "variance": ab.var(axis=0, ddof=1),
-        "min": ab.min(axis=0), "max": ab.max(axis=0),
-        "threshold_exceedance": np.stack([(ab > 5.0).mean(axis=0)]),
-        "quantiles": np.stack([np.quantile(ab, q, axis=0) for q in (0.25, 0.5)]),
-    }
-    dev = ab - ab.mean(axis=0)
-    m2, m3, m4 = [(dev ** k).mean(axis=0) for k in (2, 3, 4)]
-    constant = m2 == 0  # scipy.stats.skew would warn and give NaN there
-    safe = np.where(constant, 1.0, m2)
-    ref["skewness"] = np.where(constant, 0.0, m3 / safe ** 1.5)
-    ref["kurtosis"] = np.where(constant, 0.0, m4 / safe ** 2 - 3.0)
-    first = np.zeros((p, NB_STEPS, n_cells))
-    total = np.zeros((p, NB_STEPS, n_cells))
-    for k in range(p):
-        for t in range(NB_STEPS):
-            for c in range(n_cells):
-                a, b, ck = y[:, 0, t, c], y[:, 1, t, c], y[:, 2 + k, t, c]
-                if np.std(b) > 0 and np.std(ck) > 0:
-                    first[k, t, c] = np.corrcoef(b, ck)[0, 1]
-                if np.std(a) > 0 and np.std(ck) > 0:
-                    total[k, t, c] = 1.0 - np.corrcoef(a, ck)[0, 1]
-    ref["sobol_first"], ref["sobol_total"] = first, total
-    return ref, n_groups
-
+from studyutil import CLIENTS, NB_STEPS, offline, run_study
 
 def test_two_server_ranks_uneven_mpi_clients_match_offline(tmp_path):
     n_cells, p, groups = 11, 2, 4  # 8 independent runs: quantiles are still exact

@@ -30,6 +30,8 @@ from melissa_sa.launcher import (
     get_scheduler,
     scheduler_names,
 )
+from melissa_sa.launcher.launcher import STATE_FORMAT, read_launcher_state
+from melissa_sa.launcher.schedulers import process_start_time
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -101,6 +103,13 @@ class Study:
     def received(self, kind: str | None = None) -> list[dict]:
         return [e["msg"] for e in self.events()
                 if e["event"] == "recv" and (kind is None or e["msg"]["type"] == kind)]
+
+    def starts(self) -> list[dict]:
+        """The fake server's ``start`` events, one per server start."""
+        return [e for e in self.events() if e["event"] == "start"]
+
+    def state(self) -> dict | None:
+        return read_launcher_state(self.out / "launcher.json")
 
     def pids(self) -> list[int]:
         """The fake server's pid and every pid the clients wrote down."""
@@ -182,6 +191,12 @@ def test_study_runs_and_reports_job_states(studies):
     assert env["NUMBA_NUM_THREADS"] == env["OMP_NUM_THREADS"] == "1"
     assert env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert start["cwd"] == str(s.dir)
+    state = s.state()  # a clean end: marked finished, nothing left running
+    assert state["format"] == STATE_FORMAT
+    assert state["state"] == "finished" and state["exit_code"] == 0
+    assert state["launcher"] == {"pid": os.getpid(), "start_time": process_start_time(os.getpid())}
+    assert state["server"] is None and state["clients"] == []
+    assert not list(s.out.glob(".launcher.json.*"))  # no temporary file left
 
 
 def test_failed_client_is_reported_with_its_returncode(studies):
@@ -267,12 +282,14 @@ def test_server_stop_with_failure_status(studies):
 
 def test_server_that_dies_is_reported(studies):
     s = studies({"groups": 2, "group_size": 2, "client": _sleeper(),
-                 "die_after_running": 3})
+                 "die_after_running": 3}, launcher_config={"fault_tolerance": False})
     la = s.launcher()
     t0 = time.monotonic()
     assert la.run() == 1
     assert time.monotonic() - t0 < 10
     out = la.stream.getvalue()
+    assert len(s.starts()) == 1  # fault_tolerance off: no restart
+    assert "fault_tolerance is off" in out and "--resume" in out
     assert "server exited with code 3" in out
     assert str(s.out / "logs" / "server.log") in out
     assert "fake server: dying on purpose" in out  # the log's last lines
@@ -280,18 +297,20 @@ def test_server_that_dies_is_reported(studies):
 
 
 def test_server_that_goes_silent_is_detected(studies):
-    s = studies({"after_hello": "silent"}, launcher_config={"server_timeout": 1.5})
+    s = studies({"after_hello": "silent"},
+                launcher_config={"server_timeout": 1.5, "fault_tolerance": False})
     la = s.launcher()
     t0 = time.monotonic()
     assert la.run() == 1
     elapsed = time.monotonic() - t0
     assert 1.4 < elapsed < 10
     assert "server silent for 1.5 s" in la.stream.getvalue()
+    assert len(s.starts()) == 1
     assert _wait_gone(s.pids()) == []
 
 
 def test_server_failure_hook_is_called(studies):
-    s = studies({"after_hello": "die"})
+    s = studies({"after_hello": "die"}, launcher_config={"fault_tolerance": False})
     seen = []
 
     class Hooked(Launcher):
@@ -310,6 +329,125 @@ def test_server_that_cannot_start(studies):
                   stream=io.StringIO())
     assert la.run() == 1
     assert "cannot start the server" in la.stream.getvalue()
+
+
+def test_server_lock_exit_is_not_restarted(studies):
+    s = studies({"after_hello": "die", "die_code": 75})
+    la = s.launcher()
+    assert la.run() == 1
+    out = la.stream.getvalue()
+    assert f"another server holds {s.out / 'server.lock'}" in out
+    assert len(s.starts()) == 1  # fault_tolerance is on, but a restart cannot help
+
+
+# ---------------------------------------------------------------------------
+# fault tolerance: heartbeat, kills by simulation, server restarts
+
+
+def test_launcher_pings_the_server(studies):
+    s = studies({"groups": 1, "group_size": 1, "client": "sleep 1.5"},
+                launcher_config={"timer_delay": 0.2})
+    assert s.launcher().run() == 0
+    times = [e["t"] for e in s.events() if e["event"] == "recv" and e["msg"] == {"type": "ping"}]
+    assert len(times) >= 5
+    gaps = sorted(b - a for a, b in zip(times, times[1:]))
+    assert 0.15 < gaps[len(gaps) // 2] < 0.35  # the median gap is timer_delay
+
+
+def test_kill_by_sim_ids_terminates_just_those_jobs(studies):
+    s = studies({"groups": 2, "group_size": 2, "kill_sims": [1, 2],
+                 "clients": {"0": "sleep 0.5", "1": _sleeper(), "2": _sleeper(),
+                             "3": "sleep 0.5"}},
+                launcher_config={"job_limit": 4})
+    la = s.launcher()
+    assert la.run() == 0
+    jobs = s.received("job")
+    for sim in (1, 2):  # killed (not reported), submitted again, then finished
+        states = [(m["state"], m["returncode"]) for m in jobs if m["sim_id"] == sim]
+        assert states == [("running", None), ("running", None), ("finished", 0)], (sim, states)
+    for sim in (0, 3):  # untouched
+        states = [(m["state"], m["returncode"]) for m in jobs if m["sim_id"] == sim]
+        assert states == [("running", None), ("finished", 0)], (sim, states)
+    assert "sim(s) 1, 2 killed at the server's request: 2 running job(s) terminated" in \
+        la.stream.getvalue()
+    sleepers = [int((s.dir / f"c{sim}.{kind}").read_text()) for sim in (1, 2)
+                for kind in ("pid", "child")]
+    assert _wait_gone(sleepers, 1.0) == []
+
+
+def test_dead_server_is_restarted_from_its_checkpoint(studies):
+    s = studies({"groups": 4, "group_size": 1, "checkpoint": True, "client": "sleep 0.1",
+                 "starts": {"1": {"die_after_groups": 2}}},
+                launcher_config={"job_limit": 1})
+    la = s.launcher(verbose=True)
+    t0 = time.monotonic()
+    assert la.run() == 0, la.stream.getvalue()
+    assert time.monotonic() - t0 < 15
+    out = la.stream.getvalue()
+    starts = s.starts()
+    assert [st["env"]["MELISSA_RESTART"] for st in starts] == ["0", "1"]
+    assert starts[1]["earlier_alive"] == []  # never two servers
+    assert [e["groups_done"] for e in s.events() if e["event"] == "restored"] == [[0, 1]]
+    assert "server exited with code 3 before the end of the study" in out
+    assert f"restarting the server (1/3) from the checkpoint {s.out / 'checkpoint'}" in out
+    assert "MELISSA_RESTART=1" in out
+    assert "groups_done 2" in out  # the restarted server's hello
+    assert "study finished" in out and "4/4 groups" in out
+    assert la.server_restarts == 1 and la.stats["server_starts"] == 2
+    # the groups in the checkpoint were not run again
+    running = [m["sim_id"] for m in s.received("job") if m["state"] == "running"]
+    assert running.count(0) == 1 and running.count(1) == 1
+    assert sorted(set(running)) == [0, 1, 2, 3]
+    headers = [line for line in (s.out / "logs" / "server.log").read_text().splitlines()
+               if line.startswith("=== melissa-sa launcher: server started")]
+    assert ["MELISSA_RESTART=0" in headers[0], "MELISSA_RESTART=1" in headers[1]] == [True, True]
+
+
+def test_silent_server_is_killed_with_its_clients_and_restarted(studies):
+    s = studies({"groups": 2, "group_size": 2, "client": _sleeper(),
+                 "starts": {"1": {"silent_after_running": True}, "2": {"client": "true"}}},
+                launcher_config={"server_timeout": 1.0})
+    la = s.launcher(mpiexec=True)
+    t0 = time.monotonic()
+    assert la.run() == 0, la.stream.getvalue()
+    assert time.monotonic() - t0 < 20
+    out = la.stream.getvalue()
+    starts = s.starts()
+    assert len(starts) == 2
+    assert [st["env"]["MELISSA_RESTART"] for st in starts] == ["0", "0"]  # no manifest
+    assert starts[1]["earlier_alive"] == []
+    assert "server silent for 1 s" in out
+    assert "restarting the server (1/3) from scratch" in out and "MELISSA_RESTART=0" in out
+    assert "terminated 2 running client job(s)" in out
+    # the first server (an mpiexec rank) and the clients it had were all gone
+    first = [starts[0]["pid"]] + [int(f.read_text()) for f in s.dir.glob("c*.*")
+                                  if f.suffix in (".pid", ".child") and f.read_text().strip()]
+    assert len(first) == 5
+    assert [p for p in first if _alive(p)] == []
+    final = {m["sim_id"]: m["state"] for m in s.received("job") if m["state"] != "running"}
+    assert final == {0: "finished", 1: "finished", 2: "finished", 3: "finished"}
+
+
+def test_gives_up_after_max_server_restarts(studies):
+    s = studies({"after_hello": "die"}, launcher_config={"max_server_restarts": 2})
+    la = s.launcher()
+    assert la.run() == 1
+    out = la.stream.getvalue()
+    assert len(s.starts()) == 3
+    assert all(st["earlier_alive"] == [] for st in s.starts())
+    assert "restarting the server (2/2)" in out
+    assert ("giving up: the server failed 3 time(s) and was restarted 2 time(s) "
+            "(launcher_config.max_server_restarts = 2)") in out
+    assert "giving up" in la.exit_message
+    assert s.state()["state"] == "finished" and s.state()["server_restarts"] == 2
+
+
+def test_no_restart_with_max_server_restarts_0(studies):
+    s = studies({"after_hello": "die"}, launcher_config={"max_server_restarts": 0})
+    la = s.launcher()
+    assert la.run() == 1
+    assert len(s.starts()) == 1
+    assert "max_server_restarts = 0" in la.stream.getvalue()
 
 
 # ---------------------------------------------------------------------------
@@ -368,6 +506,9 @@ def test_ctrl_c_stops_server_and_clients(studies):
     pids = s.pids()
     assert len(pids) == 5  # the server and 2 x (script + child)
     assert _wait_gone(pids) == []
+    state = s.state()
+    assert state["state"] == "finished" and state["exit_code"] == 130
+    assert state["server"] is None and state["clients"] == []
 
 
 def test_sigterm_with_a_stubborn_server_kills_everything(studies):

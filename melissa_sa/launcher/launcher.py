@@ -10,6 +10,10 @@ What it does (``docs/running.md`` is the user's version, ``docs/internals.md``
 the contract with the server):
 
 1. creates ``OUT/``, ``OUT/client_scripts/`` and ``OUT/logs/``;
+   claims the study: locks ``OUT/launcher.lock``, refuses to run if
+   ``OUT/launcher.json`` names a launcher that is still alive, terminates the
+   processes (server, clients) left behind by one that was killed, and from
+   then on keeps ``OUT/launcher.json`` up to date (see :meth:`Launcher.state`);
 2. binds a ZeroMQ ROUTER on ``tcp://127.0.0.1:<free port>``;
 3. starts ``<venv>/bin/mpiexec -n P [mpiexec_args] <python> -m
    melissa_sa.server.main <config>`` in a new session, with
@@ -19,8 +23,13 @@ the contract with the server):
    ``OUT/logs/server.log``;
 4. loops on a ZeroMQ poller (``poll_interval`` s timeout, never a busy loop):
    runs the client scripts the server submits, at most ``job_limit`` at a time,
-   reports each job's state, kills groups on request, shows progress, and
-   watches the server (exit, silence longer than ``server_timeout``);
+   reports each job's state, kills groups or simulations on request, pings
+   the server every ``timer_delay`` s, shows progress, and watches the
+   server (exit, silence longer than ``server_timeout``); with
+   ``fault_tolerance`` a failed server is killed (whole process tree), the
+   clients are cancelled and the server is started again, with
+   ``MELISSA_RESTART=1`` if a checkpoint manifest exists, at most
+   ``max_server_restarts`` times;
 5. on the server's ``stop`` waits for it to exit and returns its status; on
    Ctrl-C / SIGTERM asks the server to checkpoint and stop, then terminates
    every process it started, by pid / process group.
@@ -29,12 +38,14 @@ the contract with the server):
 from __future__ import annotations
 
 import collections
+import errno
 import itertools
 import json
 import math
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -50,11 +61,18 @@ from melissa_sa.launcher.schedulers import (
     Scheduler,
     SchedulerError,
     get_scheduler,
+    process_start_time,
     terminate_trees,
 )
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, OUT/launcher.json only
+    fcntl = None
+
 __all__ = ["Launcher", "LauncherError", "Progress", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG",
-           "EXIT_INTERRUPTED", "find_mpiexec", "format_duration"]
+           "EXIT_INTERRUPTED", "EXIT_SERVER_LOCKED", "STATE_FORMAT", "find_mpiexec",
+           "format_duration", "read_launcher_state"]
 
 PREFIX = "[melissa-sa]"
 
@@ -63,6 +81,15 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143
+#: the server's exit code when another server holds ``OUT/server.lock``
+#: (EX_TEMPFAIL); never restarted
+EXIT_SERVER_LOCKED = 75
+
+#: ``format`` of ``OUT/launcher.json``
+STATE_FORMAT = "melissa-sa-launcher/1"
+
+# output directories (resolved) of the launchers running in this process
+_ACTIVE_OUTPUT_DIRS: set[str] = set()
 
 JOB_STATES = ("running", "finished", "failed")
 
@@ -124,6 +151,52 @@ def _tail(path: str | os.PathLike, n: int = 15, max_bytes: int = 16384) -> list[
     if size > max_bytes and lines:
         lines = lines[1:]  # probably cut in the middle
     return lines[-n:]
+
+
+def _boot_id() -> str | None:
+    """This boot's id (start times in /proc count from the boot)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip() or None
+    except OSError:
+        return None
+
+
+def read_launcher_state(path: str | os.PathLike) -> dict | None:
+    """``OUT/launcher.json`` as a dict, or None if absent or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _recorded_trees(state: dict) -> list[tuple[str, ProcessTree]]:
+    """The process trees ``OUT/launcher.json`` records: ``("server", tree)``
+    and ``("sim N", tree)``; entries without a usable pid and start time are
+    skipped (they could not be told from a recycled pid)."""
+    trees = []
+
+    def tree_of(entry) -> ProcessTree | None:
+        try:
+            pid, start = int(entry["pid"]), int(entry["start_time"])
+            members = {int(p): int(t) for p, t in entry.get("processes", [])}
+        except (KeyError, TypeError, ValueError):
+            return None
+        return ProcessTree.from_record(pid, start, members) if pid > 0 else None
+
+    server = state.get("server")
+    if isinstance(server, dict):
+        tree = tree_of(server)
+        if tree is not None:
+            trees.append(("server", tree))
+    for client in state.get("clients") or []:
+        if isinstance(client, dict):
+            tree = tree_of(client)
+            if tree is not None:
+                trees.append((f"sim {client.get('sim_id')}", tree))
+    return trees
 
 
 def _describe_exit(rc: int) -> str:
@@ -275,8 +348,8 @@ class Launcher:
     terminal, log lines otherwise), ``False``/``"off"``, ``True``/``"bar"`` or
     ``"lines"``. Messages go to ``stream`` (default ``sys.stderr``).
 
-    :meth:`run` returns the exit code: 0 success, 1 study failed, 130 / 143
-    interrupted by SIGINT / SIGTERM.
+    :meth:`run` returns the exit code: 0 success, 1 study failed (or another
+    launcher runs the study), 130 / 143 interrupted by SIGINT / SIGTERM.
     """
 
     #: seconds the event loop waits on the poller per iteration
@@ -287,6 +360,12 @@ class Launcher:
     kill_grace = 3.0
     #: seconds between two plain progress lines
     progress_interval = 5.0
+    #: seconds between two /proc scans for the server's processes (mpiexec's
+    #: ranks leave its process group); ``server_scan_early`` during the
+    #: server's first ``server_scan_early_for`` seconds, while mpiexec starts them
+    server_scan_interval = 2.0
+    server_scan_early = 0.25
+    server_scan_early_for = 5.0
 
     def __init__(self, cfg, config_path: str | os.PathLike, resume: bool = False, *,
                  server_cmd: list[str] | None = None, verbose: bool = False,
@@ -303,12 +382,17 @@ class Launcher:
         self.scripts_dir = self.output_dir / "client_scripts"
         self.logs_dir = self.output_dir / "logs"
         self.server_log = self.logs_dir / "server.log"
+        self.state_path = self.output_dir / "launcher.json"
+        self.lock_path = self.output_dir / "launcher.lock"
+        self.manifest_path = Path(cfg.checkpoint_dir) / "manifest.json"
+        self.server_lock_path = self.output_dir / "server.lock"
 
         self.address: str | None = None
         self.server: subprocess.Popen | None = None
         self.server_pid: int | None = None  # the server's own pid (its hello), if told
         self.scheduler: Scheduler | None = None
         self.exit_message = ""  # why the run ended (for callers)
+        self.server_restarts = 0  # servers started again after a failure
 
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
@@ -317,7 +401,15 @@ class Launcher:
         self._identity: bytes | None = None
         self._delimiter = False
         self._last_msg = 0.0
+        self._last_ping = -math.inf
         self._last_scan = -math.inf
+        self._server_t0 = 0.0
+        self._stale_identities: set[bytes] = set()  # servers that were replaced
+        self._claimed = False  # this launcher owns OUT/launcher.json
+        self._lock_fd: int | None = None
+        self._state_key: str | None = None
+        self._state_written: Any = None
+        self._pid_start = process_start_time(os.getpid())
         self._stop_msg: dict | None = None
         self._queue: collections.deque[_Pending] = collections.deque()
         self._jobs: dict[int, _Job] = {}
@@ -416,21 +508,28 @@ class Launcher:
         """Run the study to its end; return the exit code."""
         self._t0 = time.monotonic()
         old_handlers = self._install_signal_handlers()
+        code = EXIT_FAILED
         try:
             try:
                 self._prepare()
+                self._claim_study()
                 self._start_server()
             except (LauncherError, SchedulerError, NotImplementedError, OSError,
                     zmq.ZMQError) as exc:
                 self.exit_message = str(exc)
                 self.error(str(exc))
                 return EXIT_FAILED
-            return self._loop()
+            code = self._loop()
+            return code
         except KeyboardInterrupt:  # only without our handlers (not the main thread)
-            return self._interrupt(signal.SIGINT)
+            code = self._interrupt(signal.SIGINT)
+            return code
         finally:
-            self._cleanup()
-            self._restore_signal_handlers(old_handlers)
+            try:
+                self._cleanup()
+            finally:
+                self._release_study(code)
+                self._restore_signal_handlers(old_handlers)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -474,6 +573,173 @@ class Launcher:
         self._poller = zmq.Poller()
         self._poller.register(sock, zmq.POLLIN)
 
+    # -- one launcher, one server per study: OUT/launcher.lock, OUT/launcher.json ------
+    def _claim_study(self) -> None:
+        """Make sure no other launcher runs this study and nothing is left of
+        one that was killed; then own ``OUT/launcher.json``.
+
+        Raises :class:`LauncherError` if another launcher is alive (it holds
+        ``OUT/launcher.lock``, or ``OUT/launcher.json`` names a live process),
+        or if the processes a killed launcher left behind cannot be stopped.
+        """
+        key = str(self.output_dir.resolve())
+        previous = read_launcher_state(self.state_path)
+        if key in _ACTIVE_OUTPUT_DIRS:
+            raise LauncherError(self._refusal(os.getpid()))
+        if fcntl is not None:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0),
+                         0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    previous = read_launcher_state(self.state_path)  # fresher
+                    pid = ((previous or {}).get("launcher") or {}).get("pid")
+                    raise LauncherError(self._refusal(pid)) from None
+                self._warn_once("lock", f"cannot lock {self.lock_path} ({exc.strerror or exc}); "
+                                        f"relying on {self.state_path} alone")
+            else:
+                self._lock_fd = fd
+        if previous is not None:
+            self._check_previous(previous)
+        self._state_key = key
+        _ACTIVE_OUTPUT_DIRS.add(key)
+        self._claimed = True
+        self._write_state(force=True)
+
+    def _refusal(self, pid) -> str:
+        who = f"another launcher (pid {pid})" if pid else "another launcher"
+        return (f"{who} is running this study ({self.output_dir}); stop it first "
+                f"(it holds {self.lock_path}; see {self.state_path})")
+
+    def _check_previous(self, prev: dict) -> None:
+        """``OUT/launcher.json`` of an earlier launcher: refuse if that
+        launcher lives, terminate what it left running if it is dead."""
+        launcher = prev.get("launcher") if isinstance(prev.get("launcher"), dict) else {}
+        pid, start = launcher.get("pid"), launcher.get("start_time")
+        host = prev.get("host")
+        if host and host != socket.gethostname():
+            if prev.get("state") == "running":
+                raise LauncherError(
+                    f"{self.state_path} says a launcher (pid {pid}) on host {host} is running "
+                    f"this study; it cannot be checked from {socket.gethostname()}: stop it "
+                    f"first, or delete {self.state_path} if it is gone")
+            return
+        boot = _boot_id()
+        if prev.get("boot_id") and boot and prev["boot_id"] != boot:
+            self.debug(f"{self.state_path} is from before a reboot: nothing of it can be running")
+            return
+        if prev.get("state") != "finished" and isinstance(pid, int) \
+                and isinstance(start, int) and pid != os.getpid() \
+                and process_start_time(pid) == start:
+            raise LauncherError(self._refusal(pid))
+        trees = [(what, tree) for what, tree in _recorded_trees(prev)
+                 if tree.alive() or tree.group_alive()]
+        if not trees:
+            return
+        for _, tree in trees:
+            tree.refresh()  # what a still-living root started since
+        pids = sorted({p for _, tree in trees for p in tree.alive()})
+        what = ", ".join(dict.fromkeys(w for w, _ in trees))
+        self.log(f"the previous launcher (pid {pid}) is gone but left processes running "
+                 f"({what}; pids {', '.join(map(str, pids))}): terminating these orphans")
+        left = terminate_trees([(tree, None) for _, tree in trees], grace=self.kill_grace)
+        if left:
+            raise LauncherError(
+                f"orphan processes of the previous launcher survive SIGKILL (pids "
+                f"{', '.join(map(str, left))}); not starting another server")
+        self.log(f"terminated {len(pids)} orphan process(es) of the previous launcher "
+                 f"(pids {', '.join(map(str, pids))})")
+        self.stats["orphans_killed"] += len(pids)
+
+    def state(self, final: bool = False, exit_code: int | None = None) -> dict:
+        """What ``OUT/launcher.json`` says now (see docs/internals.md).
+
+        Start times are clock ticks after boot (``/proc/<pid>/stat`` field
+        22): a pid and its start time name one process, never a recycled pid.
+        ``final``: the launcher is ending; only processes still alive are
+        listed (normally none).
+        """
+        def alive_only(members: dict) -> dict:
+            if not final:
+                return members
+            return {p: t for p, t in members.items() if process_start_time(p) == t}
+
+        server = None
+        if self.server is not None and self._server_tree is not None:
+            root_start = self._server_tree.members.get(self.server.pid)
+            members = alive_only({p: t for p, t in self._server_tree.members.items()
+                                  if t is not None})
+            if root_start is not None and (members or not final):
+                server = {"pid": self.server.pid, "start_time": root_start,
+                          "reported_pid": self.server_pid,
+                          "restart": self.resume,
+                          "processes": sorted([p, t] for p, t in members.items())}
+        clients = []
+        if self.scheduler is not None:
+            for key, pid, members in self.scheduler.processes():
+                job = self._jobs.get(key)
+                start = members.get(pid)
+                members = alive_only(members)
+                if start is None or (final and not members):
+                    continue
+                clients.append({"sim_id": job.sim_id if job else None,
+                                "group_id": job.group_id if job else None,
+                                "pid": pid, "start_time": start,
+                                "processes": sorted([p, t] for p, t in members.items())})
+        return {
+            "format": STATE_FORMAT,
+            "state": "finished" if final else "running",
+            "exit_code": exit_code,
+            "host": socket.gethostname(),
+            "boot_id": _boot_id(),
+            "config": self.config_path,
+            "launcher": {"pid": os.getpid(), "start_time": self._pid_start},
+            "server": server,
+            "server_restarts": self.server_restarts,
+            "clients": sorted(clients, key=lambda c: (c["sim_id"] is None, c["sim_id"] or 0)),
+        }
+
+    def _write_state(self, force: bool = False, final: bool = False,
+                     exit_code: int | None = None) -> None:
+        """Rewrite ``OUT/launcher.json`` atomically if it changed."""
+        if not self._claimed:
+            return
+        state = self.state(final=final, exit_code=exit_code)
+        if not force and state == self._state_written:
+            return
+        text = json.dumps({**state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
+        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text + "\n")
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            self._warn_once("state", f"cannot write {self.state_path} "
+                                     f"({exc.strerror or exc}); another launcher could not "
+                                     f"find the processes of this one if it is killed")
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            return
+        self._state_written = state
+
+    def _release_study(self, code: int) -> None:
+        """The launcher ends: mark ``OUT/launcher.json`` finished, unlock."""
+        try:
+            if self._claimed:
+                self._write_state(force=True, final=True, exit_code=code)
+        finally:
+            self._claimed = False
+            if self._state_key is not None:
+                _ACTIVE_OUTPUT_DIRS.discard(self._state_key)
+                self._state_key = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the flock
+                self._lock_fd = None
+
     def _start_server(self) -> None:
         """Start (or, from a failure hook, restart) the server process."""
         cmd = self.server_command()
@@ -493,15 +759,20 @@ class Launcher:
                 raise LauncherError(f"cannot start the server ({cmd[0]}): "
                                     f"{exc.strerror or exc}") from None
         self._server_tree = ProcessTree(self.server.pid)
+        if self._identity is not None:
+            self._stale_identities.add(self._identity)
         self._identity = None
+        self.server_pid = None
         self._stop_msg = None
-        self._last_msg = time.monotonic()
+        self._last_msg = self._server_t0 = time.monotonic()
+        self._last_scan = -math.inf
         self.stats["server_starts"] += 1
         restart = " from the checkpoint" if self.resume else ""
         self.log(f"server started{restart} (pid {self.server.pid}, "
                  f"{self.cfg.server_config.server_processes} process(es)); "
                  f"log: {self.server_log}")
         self.debug(f"server command: {shlex.join(cmd)}; launcher at {self.address}")
+        self._write_state()
 
     # -- the event loop ------------------------------------------------------------
     def _loop(self) -> int:
@@ -520,9 +791,21 @@ class Launcher:
                     return code
             if self.scheduler is not None and self.scheduler.running > self.max_running:
                 self.max_running = self.scheduler.running
+            self._write_state()
+
+    def _ping(self) -> None:
+        """The launcher's heartbeat: ``ping`` every ``timer_delay`` s once the
+        server has spoken (the server gives up, after a checkpoint, when it
+        hears nothing for ``server_timeout`` s)."""
+        now = time.monotonic()
+        if self._identity is not None and now - self._last_ping >= \
+                self.cfg.launcher_config.timer_delay:
+            self._last_ping = now
+            self.send({"type": "ping"})
 
     def _receive(self, timeout: float) -> None:
         """Wait up to ``timeout`` s for messages from the server; handle all queued."""
+        self._ping()
         events = dict(self._poller.poll(int(timeout * 1000)))
         if self._sock not in events:
             return
@@ -541,6 +824,10 @@ class Launcher:
             self._receive(0.2)
             if self._stop_msg is not None:
                 return None
+            if rc == EXIT_SERVER_LOCKED:
+                return (f"another server holds {self.server_lock_path} (the server exited "
+                        f"with code {rc}): a server of this study is still running, started "
+                        f"by another launcher or by hand; stop it first; see {self.server_log}")
             return (f"server {_describe_exit(rc)} before the end of the study; "
                     f"see {self.server_log}")
         silent = time.monotonic() - self._last_msg
@@ -549,34 +836,106 @@ class Launcher:
             return (f"server silent for {timeout:g} s (no message, not even a ping; "
                     f"launcher_config.server_timeout); see {self.server_log}")
         now = time.monotonic()
-        if now - self._last_scan >= 2.0:  # remember the ranks while mpiexec lives
+        interval = (self.server_scan_early if now - self._server_t0 < self.server_scan_early_for
+                    else self.server_scan_interval)
+        if now - self._last_scan >= interval:  # remember the ranks while mpiexec lives
             self._server_tree.refresh()
             self._last_scan = now
         return None
 
     def _on_server_failure(self, reason: str) -> int | None:
-        """The server died or went silent: the hook for server restarts.
+        """The server died or went silent: restart it, or end the study.
 
-        Return an exit code to end the run, or None to go on (after, e.g.,
-        ``self._kill_server(); self.resume = True; self._start_server()``).
-        Jobs still running can be kept: the restarted server learns about
-        them from its checkpoint. This version does not restart: it reports
-        the failure, stops the clients and the server, and returns 1.
+        Returns an exit code to end the run, or None to go on. In order:
+
+        1. the server's whole process tree is terminated (SIGTERM, SIGKILL
+           after ``kill_grace``) and every one of its pids is waited for, so
+           that two servers never run at once;
+        2. the running clients are cancelled and the queued ones forgotten
+           (the new server submits again what it still needs);
+        3. unless ``fault_tolerance`` is off, the server exited with 75
+           (another server holds ``OUT/server.lock``) or
+           ``max_server_restarts`` restarts were used, the server is started
+           again, with ``MELISSA_RESTART=1`` if ``OUT/checkpoint/manifest.json``
+           exists, else ``MELISSA_RESTART=0``.
         """
+        lc = self.cfg.launcher_config
         self.stats["server_failures"] += 1
+        rc = self.server.poll() if self.server is not None else None
         self.exit_message = reason
         self.error(reason + self._server_log_tail())
+        if self.server is not None and self.server.poll() is None:
+            self.log(f"terminating the server (pid {self.server.pid})")
+        left = self._kill_server()
+        self._drain_stale()
         stopped = self._stop_clients()
         if stopped:
             self.log(f"terminated {len(stopped)} running client job(s) "
                      f"(pids {', '.join(map(str, stopped))})")
-        if self.server is not None and self.server.poll() is None:
-            self.log(f"terminating the server (pid {self.server.pid})")
-        self._kill_server()
-        return EXIT_FAILED
+        self._write_state()
+        resume_hint = (f"continue with: melissa-sa run {shlex.quote(self.config_path)} "
+                       f"--resume")
+        if left:
+            self.exit_message = (f"server processes survive SIGKILL (pids "
+                                 f"{', '.join(map(str, left))}); not starting another server")
+            self.error(self.exit_message)
+            return EXIT_FAILED
+        if rc == EXIT_SERVER_LOCKED:
+            return EXIT_FAILED
+        if not lc.fault_tolerance:
+            self.log(f"launcher_config.fault_tolerance is off: the server is not restarted; "
+                     f"{resume_hint}")
+            return EXIT_FAILED
+        if self.server_restarts >= lc.max_server_restarts:
+            self.exit_message = (f"giving up: the server failed {self.stats['server_failures']} "
+                                 f"time(s) and was restarted {self.server_restarts} time(s) "
+                                 f"(launcher_config.max_server_restarts = "
+                                 f"{lc.max_server_restarts}); last failure: {reason}")
+            self.error(f"{self.exit_message}; {resume_hint}")
+            return EXIT_FAILED
+        self.server_restarts += 1
+        self.resume = self.manifest_path.is_file()
+        n = f"{self.server_restarts}/{lc.max_server_restarts}"
+        if self.resume:
+            try:
+                age = format_duration(time.time() - self.manifest_path.stat().st_mtime)
+            except OSError:
+                age = "?"
+            self.log(f"restarting the server ({n}) from the checkpoint {self.manifest_path} "
+                     f"(written {age} ago): MELISSA_RESTART=1")
+        else:
+            self.log(f"restarting the server ({n}) from scratch: no checkpoint "
+                     f"({self.manifest_path} does not exist): MELISSA_RESTART=0")
+        try:
+            self._start_server()
+        except LauncherError as exc:
+            self.exit_message = str(exc)
+            self.error(str(exc))
+            return EXIT_FAILED
+        self.exit_message = ""
+        return None
+
+    def _drain_stale(self) -> None:
+        """Drop what the dead server sent but was not read yet (a restarted
+        server must not inherit its messages)."""
+        if self._sock is None:
+            return
+        dropped = 0
+        while self._sock.poll(50, zmq.POLLIN):
+            try:
+                frames = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._stale_identities.add(frames[0])
+            dropped += 1
+        if dropped:
+            self.debug(f"dropped {dropped} message(s) of the failed server")
 
     # -- messages -------------------------------------------------------------------
     def _handle(self, frames: list[bytes]) -> None:
+        if frames and frames[0] in self._stale_identities:
+            self.stats["stale_messages"] += 1  # from a server that was replaced
+            return
         self._last_msg = time.monotonic()
         if len(frames) < 2:
             self._bad("a message without payload")
@@ -640,7 +999,12 @@ class Launcher:
         if isinstance(total, int) and total > 0:
             self._groups_total = total
         done = msg.get("groups_done")
-        self.debug(f"server says hello (pid {self.server_pid}, groups_total {total})")
+        text = (f"server says hello (pid {self.server_pid}, groups_total {total}"
+                f"{f', groups_done {done}' if isinstance(done, int) else ''})")
+        if self.server_restarts:
+            self.log(f"restarted {text}")
+        else:
+            self.debug(text)
         if isinstance(done, int):
             self._progress.update(done, self._groups_total)
 
@@ -682,19 +1046,32 @@ class Launcher:
             self.debug(f"sim {sim_id} resubmitted: previous attempt dropped")
 
     def _on_kill(self, msg: dict) -> None:
-        group = int(msg["group_id"])
+        """``kill`` with ``sim_ids`` (just those simulations, e.g. silent for
+        ``simulation_timeout``) or ``group_id`` (the whole group): running jobs
+        are terminated, queued ones dropped; none of them is reported."""
+        if msg.get("sim_ids") is not None:
+            sims = {int(x) for x in msg["sim_ids"]}
+            match = lambda sim_id, group_id: sim_id in sims  # noqa: E731
+            what = f"sim(s) {', '.join(map(str, sorted(sims)))}"
+        elif msg.get("group_id") is not None:
+            group = int(msg["group_id"])
+            match = lambda sim_id, group_id: group_id == group  # noqa: E731
+            what = f"group {group}"
+        else:
+            raise ValueError("a kill needs sim_ids or group_id")
         before = len(self._queue)
-        self._queue = collections.deque(p for p in self._queue if p.group_id != group)
+        self._queue = collections.deque(p for p in self._queue
+                                        if not match(p.sim_id, p.group_id))
         dropped = before - len(self._queue)
         killed = []
         for key, job in self._jobs.items():
-            if job.group_id == group and job.report:
+            if job.report and match(job.sim_id, job.group_id):
                 job.report = False
                 self._sim_job.pop(job.sim_id, None)
                 self.scheduler.cancel(key)
                 killed.append(job.sim_id)
         self.stats["killed"] += len(killed)
-        self.log(f"group {group} killed at the server's request: "
+        self.log(f"{what} killed at the server's request: "
                  f"{len(killed)} running job(s) terminated, {dropped} queued dropped")
 
     def _on_stop(self, msg: dict) -> None:
@@ -760,15 +1137,18 @@ class Launcher:
         self._sim_job.clear()
         return pids
 
-    def _kill_server(self) -> None:
-        """Terminate the server's process tree (SIGTERM, SIGKILL after kill_grace)."""
+    def _kill_server(self) -> list[int]:
+        """Terminate the server's process tree (SIGTERM, SIGKILL after
+        kill_grace) and wait until all of it is gone; return the pids that
+        survive (only a process stuck in the kernel does)."""
         if self.server is None or self._server_tree is None:
-            return
-        terminate_trees([(self._server_tree, self.server)], grace=self.kill_grace)
+            return []
+        left = terminate_trees([(self._server_tree, self.server)], grace=self.kill_grace)
         try:
             self.server.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
-            pass
+            left = sorted({*left, self.server.pid})
+        return left
 
     # -- endings ---------------------------------------------------------------------
     def _finish(self) -> int:

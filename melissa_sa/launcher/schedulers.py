@@ -17,6 +17,10 @@ scheduler through the small :class:`Scheduler` interface only:
     stop every job and wait until all are gone (SIGKILL after ``grace``).
 ``running``
     how many jobs still have a live process (cancelled ones included).
+``processes() -> [(job_id, root_pid, {pid: start_time}), ...]``
+    the processes of the running jobs as far as known (the launcher records
+    them in ``OUT/launcher.json``; a scheduler without local processes
+    returns ``[]``).
 
 Schedulers are registered by name (:func:`register_scheduler`,
 :func:`get_scheduler`). ``"local"`` (:class:`LocalScheduler`) runs jobs as
@@ -52,6 +56,8 @@ __all__ = [
     "scheduler_names",
     "PLANNED_SCHEDULERS",
     "ProcessTree",
+    "terminate_trees",
+    "process_start_time",
 ]
 
 
@@ -76,6 +82,19 @@ def _stat(pid: int) -> tuple[int, int, str] | None:
         return int(rest[1]), int(rest[19]), rest[0]
     except (IndexError, ValueError):
         return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` (clock ticks after boot, field 22 of
+    ``/proc/<pid>/stat``), or None if it is gone or a zombie.
+
+    With the pid it names one process for the life of the machine: a recycled
+    pid has another start time.
+    """
+    st = _stat(pid)
+    if st is None or st[2] == "Z":
+        return None
+    return st[1]
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -122,6 +141,19 @@ class ProcessTree:
         self.pid = pid
         st = _stat(pid)
         self.members: dict[int, int | None] = {pid: st[1] if st else None}
+
+    @classmethod
+    def from_record(cls, pid: int, start: int,
+                    members: Mapping[int, int] | None = None) -> "ProcessTree":
+        """A tree recorded earlier (e.g. by a launcher that was killed): the
+        root ``pid`` started at ``start`` and the other ``members`` (pid: start
+        time). Only processes that still match their start time are signalled."""
+        tree = cls.__new__(cls)
+        tree.pid = int(pid)
+        tree.members = {int(pid): int(start)}
+        for member, member_start in (members or {}).items():
+            tree.members.setdefault(int(member), int(member_start))
+        return tree
 
     def refresh(self, children: dict[int, list[int]] | None = None) -> None:
         """Record the root's current descendants (``children``: a shared
@@ -180,10 +212,13 @@ class ProcessTree:
 
 
 def terminate_trees(trees: Iterable[tuple[ProcessTree, subprocess.Popen | None]],
-                    grace: float = 3.0, poll_interval: float = 0.05) -> None:
+                    grace: float = 3.0, poll_interval: float = 0.05,
+                    kill_wait: float = 5.0) -> list[int]:
     """SIGTERM every tree, wait up to ``grace`` s, then SIGKILL what is left.
 
-    Waits (bounded) until every recorded process is gone and reaps the roots.
+    Waits until every recorded process is gone and reaps the roots; gives up
+    ``kill_wait`` s after the SIGKILL (a process stuck in the kernel) and
+    returns the pids still alive then (``[]``: all gone).
     """
     trees = list(trees)
     for tree, _ in trees:
@@ -196,12 +231,14 @@ def terminate_trees(trees: Iterable[tuple[ProcessTree, subprocess.Popen | None]]
                 popen.poll()
         left = [t for t, _ in trees if t.alive() or t.group_alive()]
         if not left:
-            return
+            return []
         now = time.monotonic()
         if now >= deadline:
             if killed:
-                if now >= deadline + 5.0:
-                    return  # unkillable (D state); give up rather than hang
+                if now >= deadline + kill_wait:
+                    # unkillable (D state); give up rather than hang
+                    return sorted({pid for t in left for pid in t.alive()}
+                                  | {t.pid for t in left if t.group_alive()})
             else:
                 for tree in left:
                     tree.signal(signal.SIGKILL)
@@ -264,6 +301,12 @@ class Scheduler(ABC):
 
     def pids(self) -> list[int]:
         """Root pids of the jobs still running (for messages and tests)."""
+        return []
+
+    def processes(self) -> list[tuple[Hashable, int, dict[int, int]]]:
+        """``(job_id, root pid, {pid: start time})`` of each running job, as
+        far as known (recorded in ``OUT/launcher.json`` so that a later
+        launcher can find the jobs of one that was killed)."""
         return []
 
 
@@ -371,6 +414,10 @@ class LocalScheduler(Scheduler):
 
     def pids(self) -> list[int]:
         return [job.pid for job in self._jobs.values()]
+
+    def processes(self) -> list[tuple[Hashable, int, dict[int, int]]]:
+        return [(job_id, job.pid, {p: t for p, t in job.tree.members.items() if t is not None})
+                for job_id, job in self._jobs.items()]
 
     def job(self, job_id) -> JobHandle | None:
         return self._jobs.get(job_id)

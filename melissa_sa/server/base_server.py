@@ -81,7 +81,9 @@ class Group:
     crashes: Counter = field(default_factory=Counter)
     members_done: set = field(default_factory=set)
     submitted_at: float = 0.0
-    redraws: int = 0
+    redraws: int = 0            # how many redraws led to this group
+    replaces: int | None = None  # the abandoned group this one replaces
+    abandoned: bool = False     # crashed too often; replaced by a redraw
 
     @property
     def finished(self) -> bool:
@@ -192,6 +194,10 @@ class BaseServer(ABC):
         self._stop_requested = False
         self._finishing = False
         self._last_ping = 0.0
+        self._last_launcher_message = time.monotonic()
+        self._launcher_pings = False
+        # simulation ids accepted: grows when groups are redrawn
+        self._sim_id_limit = config.n_groups * config.group_size
         self._launcher_address = os.environ.get("MELISSA_LAUNCHER_ADDRESS")
         self.context: zmq.Context | None = None
         self.data_socket = self.connection_socket = self.launcher_socket = None
@@ -368,7 +374,8 @@ class BaseServer(ABC):
 
     def _submit_groups(self) -> None:
         """Rank 0: draw and submit groups while the window allows."""
-        in_flight = self.nb_submitted_groups - len(self.finished_groups)
+        in_flight = sum(1 for g in self._groups.values()
+                        if g.group_id not in self.finished_groups and not g.abandoned)
         while (self.nb_submitted_groups < self.nb_groups
                and in_flight < self._submission_window()):
             group = self._draw_group(self.nb_submitted_groups)
@@ -390,6 +397,10 @@ class BaseServer(ABC):
         group.submitted_at = time.monotonic()
         self._send_to_launcher({"type": "submit", "group_id": group.group_id,
                                 "sim_ids": sim_ids, "scripts": scripts})
+
+    def _kill_simulations(self, sim_ids) -> None:
+        """Ask the launcher to stop these simulations' jobs."""
+        self._send_to_launcher({"type": "kill", "sim_ids": [int(s) for s in sim_ids]})
 
     # -- polling --------------------------------------------------------------
     def poll_sockets(self, timeout: float = 10):
@@ -445,8 +456,11 @@ class BaseServer(ABC):
         name = self.fields[h.field_id]
         if name not in self.field_sizes:
             self._wait_for_field(name)
-        if not 0 <= h.sim_id < self.nb_groups * self.group_size:
-            raise ProtocolError(f"unknown simulation id {h.sim_id}", "unknown_simulation")
+        if not 0 <= h.sim_id < self._sim_id_limit:
+            self._drain_mpi()  # a redraw announced by rank 0 may be in flight
+            if not 0 <= h.sim_id < self._sim_id_limit:
+                raise ProtocolError(f"unknown simulation id {h.sim_id}",
+                                    "unknown_simulation")
         if h.member != h.sim_id % self.group_size:
             raise ProtocolError(f"simulation {h.sim_id} is member "
                                 f"{h.sim_id % self.group_size}, header says {h.member}",
@@ -513,6 +527,11 @@ class BaseServer(ABC):
         elif kind == "finish":
             self._finishing = True
             self._stop_requested = True
+        else:
+            self.on_control(message)
+
+    def on_control(self, message) -> None:
+        """Hook: a control message from rank 0 that the base does not know."""
 
     def _on_report(self, message) -> None:
         """Rank 0: another rank (or itself) reports progress; see subclasses."""
@@ -543,7 +562,7 @@ class BaseServer(ABC):
         if name not in self.fields:
             raise ProtocolError(f"unknown field {name!r}; the study's fields are "
                                 f"{', '.join(self.fields)}")
-        if not isinstance(sim_id, int) or not 0 <= sim_id < self.nb_groups * self.group_size:
+        if not isinstance(sim_id, int) or not 0 <= sim_id < self._sim_id_limit:
             raise ProtocolError(f"unknown simulation id {sim_id!r}")
         if self._launcher_address and sim_id not in self._active_sim_ids:
             raise ProtocolError(f"simulation {sim_id} is not running in this study")
@@ -570,7 +589,10 @@ class BaseServer(ABC):
             log.warning("bad message from the launcher: %s", exc.reason)
             return
         kind = msg["type"]
-        if kind == "stop":
+        self._last_launcher_message = time.monotonic()
+        if kind == "ping":
+            self._launcher_pings = True
+        elif kind == "stop":
             log.info("the launcher asks to stop")
             self.on_stop_request()
         elif kind == "job":

@@ -7,8 +7,11 @@ uneven, contiguous part (``--split``).
 """
 
 import argparse
+import json
 import os
+import signal
 import sys
+import time
 
 import numpy as np
 
@@ -24,6 +27,34 @@ def field_values(x: np.ndarray, n_cells: int, step: int) -> np.ndarray:
         y = y + 0.5 * x[2] * c / n_cells
     y[0] = 3.0  # a constant cell
     return y + 1e3 * step
+
+
+def planned_fault(sim_id: int):
+    """The fault this attempt of ``sim_id`` must inject, from the environment.
+
+    ``TEST_FAULT_PLAN`` is JSON ``{"<sim_id>": {"mode": "kill" | "hang" | "exit",
+    "step": k, "times": n}}``: the first ``n`` attempts of that simulation
+    kill themselves with SIGKILL (as ``kill -9``), hang, or exit 1 just before
+    sending step ``k``. Attempts are counted in files under ``TEST_FAULT_DIR``.
+    """
+    plan = json.loads(os.environ.get("TEST_FAULT_PLAN", "{}")).get(str(sim_id))
+    if not plan:
+        return None
+    counter = os.path.join(os.environ["TEST_FAULT_DIR"], f"attempts.{sim_id}")
+    with open(counter, "a") as f:
+        f.write("x")
+    with open(counter) as f:
+        attempt = len(f.read())
+    return plan if attempt <= plan.get("times", 1) else None
+
+
+def inject(plan) -> None:
+    if plan["mode"] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif plan["mode"] == "hang":
+        time.sleep(3600)
+    else:
+        os._exit(1)
 
 
 def main() -> int:
@@ -48,8 +79,14 @@ def main() -> int:
 
     melissa_init("f", hi - lo, comm)
     x = np.asarray(args.params)
+    sim_id = int(os.environ.get("MELISSA_SIMULATION_ID", "-1"))
+    fault = planned_fault(sim_id) if rank == 0 else None
+    delay = float(os.environ.get("TEST_STEP_DELAY", "0"))
     for step in range(NB_STEPS):
+        if fault is not None and step == fault["step"]:
+            inject(fault)
         melissa_send("f", field_values(x, n_cells, step)[lo:hi])
+        time.sleep(delay)
     melissa_finalize()
     return 0
 

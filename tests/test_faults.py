@@ -1,0 +1,168 @@
+"""Injected faults, real processes, bounded time: nothing lost, nothing twice.
+
+Every study here runs the same design (same seed) as a fault-free baseline;
+the final results must equal the baseline's to 1e-12 relative, per-time-step
+sample counts included. Clients inject their faults themselves
+(tests/clients/analytic_client.py: SIGKILL of themselves, a hang, an exit 1)
+on their first attempts; server and launcher are killed by pid from here.
+"""
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import child_env, kill_group, wait_for, write_study
+from melissa_sa.results import open_results
+from studyutil import CLIENTS, MELISSA, NB_STEPS, offline, run_study
+
+P, GROUPS, N_CELLS = 2, 4, 11  # 8 independent runs: quantiles exact as well
+STATS = ["mean", "variance", "skewness", "kurtosis", "min", "max",
+         "threshold_exceedance", "quantiles", "sobol_first", "sobol_total",
+         "sobol_first_low", "sobol_first_high", "sobol_total_low", "sobol_total_high"]
+
+
+def make_study(tmp_path: Path, **overrides) -> Path:
+    (tmp_path / "analytic_client.py").write_text((CLIENTS / "analytic_client.py").read_text())
+    (tmp_path / "faults").mkdir(exist_ok=True)
+    sections = dict(
+        study_options={"field_names": ["f"], "nb_parameters": P,
+                       "parameter_sweep_size": GROUPS, "nb_time_steps": NB_STEPS,
+                       "l_bounds": [-3.0, -1.0], "u_bounds": [3.0, 2.0],
+                       "simulation_timeout": 30, "crashes_before_redraw": 3},
+        sa_config={"mean": True, "variance": True, "skewness": True, "kurtosis": True,
+                   "min": True, "max": True, "threshold_exceedance": [5.0],
+                   "quantiles": [0.25, 0.5], "sobol_indices": True,
+                   "checkpoint_interval": 4},
+        server_config={"server_processes": 2},
+        launcher_config={"job_limit": 4, "server_timeout": 20, "timer_delay": 0.5},
+        client_config={"executable_command": "python analytic_client.py"},
+    )
+    for key, value in overrides.items():
+        sections[key] = {**sections.get(key, {}), **value}
+    return write_study(tmp_path, **sections)
+
+
+def fault_env(tmp_path: Path, plan: dict, **extra) -> dict:
+    return child_env(TEST_FAULT_PLAN=json.dumps({str(k): v for k, v in plan.items()}),
+                     TEST_FAULT_DIR=tmp_path / "faults", **extra)
+
+
+def read(path: Path) -> dict:
+    with open_results(path) as r:
+        out = {name: r.get("f", name) for name in STATS}
+        out["n_samples"] = r.n_samples("f")
+        out["n_groups"] = r.n_groups("f")
+        table = r.parameters
+        out["design"] = table.values[np.lexsort((table.member, table.group_id))][table.folded]
+    return out
+
+
+def assert_same_results(got: dict, expected: dict) -> None:
+    np.testing.assert_array_equal(got["n_samples"], expected["n_samples"])
+    np.testing.assert_array_equal(got["n_groups"], expected["n_groups"])
+    for name in STATS:
+        scale = np.nanmax(np.abs(expected[name])) or 1.0
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-12,
+                                   atol=1e-12 * scale, err_msg=name)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """The fault-free run of the design every test below runs."""
+    tmp = tmp_path_factory.mktemp("baseline")
+    study = make_study(tmp)
+    done = run_study(study)
+    assert done.returncode == 0, done.stdout[-3000:]
+    results = read(tmp / "out" / "results.h5")
+    with open_results(tmp / "out" / "results.h5") as r:
+        ref, _ = offline(r, N_CELLS, P)
+    for name, value in ref.items():  # the baseline itself is right
+        np.testing.assert_allclose(results[name], value, rtol=1e-10, atol=1e-10)
+    return results
+
+
+def test_clients_killed_9_are_restarted(tmp_path, baseline):
+    plan = {1: {"mode": "kill", "step": 1}, 6: {"mode": "kill", "step": 2, "times": 2},
+            11: {"mode": "kill", "step": 0}}
+    done = run_study(make_study(tmp_path), env=fault_env(tmp_path, plan))
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert_same_results(read(tmp_path / "out" / "results.h5"), baseline)
+    log = (tmp_path / "out" / "logs" / "server.log").read_text()
+    assert log.count("restarting it") == 4, log[-3000:]
+
+
+def test_client_hanging_past_simulation_timeout_is_restarted(tmp_path, baseline):
+    plan = {5: {"mode": "hang", "step": 1}}
+    study = make_study(tmp_path, study_options={"simulation_timeout": 3})
+    done = run_study(study, env=fault_env(tmp_path, plan))
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert_same_results(read(tmp_path / "out" / "results.h5"), baseline)
+    log = (tmp_path / "out" / "logs" / "server.log").read_text()
+    assert "was silent for more than 3 s (simulation_timeout)" in log
+
+
+def test_redraw_after_crashes_before_redraw_records_the_design(tmp_path):
+    plan = {6: {"mode": "exit", "step": 0, "times": 5}}  # group 1 never completes
+    study = make_study(tmp_path, study_options={"crashes_before_redraw": 2})
+    done = run_study(study, env=fault_env(tmp_path, plan))
+    assert done.returncode == 0, done.stdout[-3000:]
+    path = tmp_path / "out" / "results.h5"
+    with open_results(path) as r:
+        table = r.parameters
+        abandoned = table.group_id == 1
+        assert not table.folded[abandoned].any()
+        replacement = table.redrawn & table.folded
+        assert replacement.sum() == P + 2 and set(table.group_id[replacement]) == {GROUPS}
+        assert table.folded.sum() == GROUPS * (P + 2)
+        ref, n_groups = offline(r, N_CELLS, P)
+        assert n_groups == GROUPS
+        for name, value in ref.items():
+            np.testing.assert_allclose(r.get("f", name), value, rtol=1e-10, atol=1e-10,
+                                       err_msg=name)
+        np.testing.assert_array_equal(r.n_samples("f"), [2 * GROUPS] * NB_STEPS)
+    log = (tmp_path / "out" / "logs" / "server.log").read_text()
+    assert "group 1 abandoned, its parameters redrawn as group 4" in log
+
+
+def test_failure_without_fault_tolerance_leaves_a_checkpoint_to_resume(tmp_path, baseline):
+    """Fault tolerance off: the study stops with a message and a checkpoint;
+    --resume then finishes it (the failed client succeeds the second time)."""
+    plan = {9: {"mode": "exit", "step": 1}}
+    study = make_study(tmp_path, launcher_config={"fault_tolerance": False, "job_limit": 2})
+    env = fault_env(tmp_path, plan)
+    done = run_study(study, env=env)
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert "simulation 9 exited with code 1 and fault tolerance is off" in done.stdout
+    manifest = json.loads((tmp_path / "out" / "checkpoint" / "manifest.json").read_text())
+    assert manifest["sets"], manifest
+    done = run_study(study, env=env, args=["--resume"])
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert_same_results(read(tmp_path / "out" / "results.h5"), baseline)
+
+
+def test_truncated_checkpoint_is_detected_and_the_previous_set_used(tmp_path, baseline):
+    plan = {13: {"mode": "exit", "step": 2}}
+    study = make_study(tmp_path, launcher_config={"fault_tolerance": False, "job_limit": 1},
+                       sa_config={"checkpoint_interval": 2})
+    env = fault_env(tmp_path, plan)
+    done = run_study(study, env=env)
+    assert done.returncode == 1, done.stdout[-3000:]
+    ckpt = tmp_path / "out" / "checkpoint"
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    assert len(manifest["sets"]) == 2, manifest
+    newest = ckpt / manifest["sets"][0]["files"][1]["name"]
+    size = newest.stat().st_size
+    with open(newest, "r+b") as f:
+        f.truncate(size // 2)
+    done = run_study(study, env=env, args=["--resume"])
+    assert done.returncode == 0, done.stdout[-3000:]
+    log = (tmp_path / "out" / "logs" / "server.log").read_text()
+    assert f"{newest}: truncated" in log, log[-3000:]
+    assert f"restarted from checkpoint set {manifest['sets'][1]['set_id']}" in log
+    assert_same_results(read(tmp_path / "out" / "results.h5"), baseline)
