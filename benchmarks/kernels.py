@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import logging
+
 import numpy as np
 
 # Targets from the statistics-core issue: traffic as a fraction of copy bandwidth.
@@ -108,12 +110,14 @@ def iterative_stats_cases(n_cells: int, x, group):
             IterativeSensitivityMartinez)
     except ImportError:
         return {}
+    logging.disable(logging.INFO)  # iterative-stats logs every increment at DEBUG
     var = IterativeVariance(n_cells)
     mom = IterativeMoments(4, dim=n_cells)
     ext = IterativeExtrema(n_cells)
-    thr = [IterativeThreshold(n_cells, min_threshold=v) for v in (0.5, 1.0)]
-    for t in thr:
-        t.dim = n_cells  # iterative-stats 0.1.2 reads self.dim, never sets it
+    # iterative-stats 0.1.2 needs both bounds (None gives a float array that
+    # cannot be and-ed with the boolean one); it counts min <= x <= max.
+    thr = [IterativeThreshold(n_cells, min_threshold=v, max_threshold=np.inf)
+           for v in (0.5, 1.0)]
     qua = [IterativeQuantile(n_cells, alpha=a, max_it=1000) for a in (0.05, 0.5, 0.95)]
     sob = IterativeSensitivityMartinez(3, dim=n_cells)
     for obj in [var, mom, ext, sob]:

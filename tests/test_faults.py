@@ -166,3 +166,102 @@ def test_truncated_checkpoint_is_detected_and_the_previous_set_used(tmp_path, ba
     assert f"{newest}: truncated" in log, log[-3000:]
     assert f"restarted from checkpoint set {manifest['sets'][1]['set_id']}" in log
     assert_same_results(read(tmp_path / "out" / "results.h5"), baseline)
+
+
+# -- server and launcher faults: the launcher runs in the background ----------------------
+def start_launcher(processes, study: Path, env: dict, args=()):
+    return processes.start([MELISSA, "run", str(study), "--no-progress", *args],
+                           log_path=study.parent / f"launcher{len(processes.started)}.log",
+                           cwd=study.parent, env=env)
+
+
+def server_rank0_pid(out: Path) -> int:
+    text = (out / "server.lock").read_text().strip()
+    return int(text)
+
+
+def wait_exit(proc, timeout: float) -> int:
+    try:
+        return proc.wait(timeout)
+    except Exception:  # noqa: BLE001 - report the log below
+        kill_group(proc)
+        raise
+
+
+def launcher_log(study: Path, index: int = 0) -> str:
+    return (study.parent / f"launcher{index}.log").read_text(errors="replace")
+
+
+def test_server_killed_9_mid_study_is_relaunched(tmp_path, baseline, processes):
+    study = make_study(tmp_path, launcher_config={"job_limit": 2})
+    proc = start_launcher(processes, study, fault_env(tmp_path, {}, TEST_STEP_DELAY=0.3))
+    out = tmp_path / "out"
+    wait_for(lambda: (out / "checkpoint" / "manifest.json").exists(), 120, "a checkpoint")
+    os.kill(server_rank0_pid(out), signal.SIGKILL)
+    assert wait_exit(proc, 300) == 0, launcher_log(study)[-3000:]
+    log = (out / "logs" / "server.log").read_text()
+    assert "restarted from checkpoint set" in log, log[-3000:]
+    assert_same_results(read(out / "results.h5"), baseline)
+
+
+def test_server_killed_9_while_writing_a_checkpoint(tmp_path, baseline, processes):
+    study = make_study(tmp_path, launcher_config={"job_limit": 2},
+                       sa_config={"checkpoint_interval": 3})
+    env = fault_env(tmp_path, {}, TEST_STEP_DELAY=0.2, MELISSA_CHECKPOINT_PAUSE="partial:120@2")
+    proc = start_launcher(processes, study, env)
+    out = tmp_path / "out"
+    log_path = out / "logs" / "server.log"
+    pausing = wait_for(lambda: log_path.exists() and "checkpoint: pausing" in log_path.read_text()
+                       and log_path.read_text(), 180, "the server to pause inside set 2")
+    assert "(set 2," in pausing
+    os.kill(server_rank0_pid(out), signal.SIGKILL)
+    assert wait_exit(proc, 300) == 0, launcher_log(study)[-3000:]
+    log = log_path.read_text()
+    assert "restarted from checkpoint set 1" in log, log[-3000:]
+    assert_same_results(read(out / "results.h5"), baseline)
+
+
+def test_launcher_killed_9_then_resume(tmp_path, baseline, processes):
+    study = make_study(tmp_path, launcher_config={"job_limit": 2, "server_timeout": 4})
+    env = fault_env(tmp_path, {}, TEST_STEP_DELAY=0.3)
+    proc = start_launcher(processes, study, env)
+    out = tmp_path / "out"
+    wait_for(lambda: (out / "checkpoint" / "manifest.json").exists(), 120, "a checkpoint")
+    proc.send_signal(signal.SIGKILL)  # the launcher only, not its process group
+    proc.wait(10)
+    second = start_launcher(processes, study, env, args=["--resume"])
+    assert wait_exit(second, 300) == 0, launcher_log(study, 1)[-3000:]
+    assert_same_results(read(out / "results.h5"), baseline)
+
+
+@pytest.mark.slow
+def test_soak_many_random_kills(tmp_path, processes):
+    """A larger study under many random client kills and two server kills;
+    the result must equal the offline computation over the recorded design."""
+    rng = np.random.default_rng(7)
+    groups = 40
+    plan = {int(s): {"mode": "kill", "step": int(rng.integers(0, NB_STEPS)),
+                     "times": int(rng.integers(1, 3))}
+            for s in rng.choice(groups * (P + 2), size=40, replace=False)}
+    study = make_study(tmp_path, study_options={"parameter_sweep_size": groups,
+                                                "crashes_before_redraw": 5},
+                       sa_config={"quantiles": False, "checkpoint_interval": 10})
+    proc = start_launcher(processes, study, fault_env(tmp_path, plan, TEST_STEP_DELAY=0.05))
+    out = tmp_path / "out"
+    for k in range(2):
+        wait_for(lambda: len(json.loads((out / "checkpoint" / "manifest.json").read_text())
+                             ["sets"]) >= 1 if (out / "checkpoint" / "manifest.json").exists()
+                 else False, 600, "a checkpoint")
+        time.sleep(3 + 4 * k)
+        os.kill(server_rank0_pid(out), signal.SIGKILL)
+        time.sleep(5)
+    assert wait_exit(proc, 1800) == 0, launcher_log(study)[-3000:]
+    with open_results(out / "results.h5") as r:
+        ref, n_groups = offline(r, N_CELLS, P)
+        assert n_groups == groups
+        np.testing.assert_array_equal(r.n_samples("f"), [2 * groups] * NB_STEPS)
+        for name, value in ref.items():
+            if name == "quantiles":
+                continue
+            np.testing.assert_allclose(r.get("f", name), value, rtol=1e-10, atol=1e-10,
+                                       err_msg=name)

@@ -524,6 +524,150 @@ def test_sigterm_with_a_stubborn_server_kills_everything(studies):
 
 
 # ---------------------------------------------------------------------------
+# one launcher and one server per study: OUT/launcher.lock, OUT/launcher.json
+
+
+def _recorded_pids(state: dict | None) -> set[int]:
+    """Every pid ``OUT/launcher.json`` records (server tree and client jobs)."""
+    if not state:
+        return set()
+    entries = [state["server"]] if state.get("server") else []
+    entries += state.get("clients") or []
+    return {p for e in entries for p, _ in e["processes"]} | {e["pid"] for e in entries}
+
+
+def _stop_driver(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:  # let the launcher clean up its children first
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_orphans_of_a_killed_launcher_are_terminated(studies):
+    s = studies({"groups": 2, "group_size": 2, "client": _sleeper(),
+                 "starts": {"2": {"client": "true"}}})
+    proc = _start_driver(s)
+    try:
+        assert _wait_for(lambda: len(s.pids()) >= 5, timeout=20), "the clients did not start"
+        rank = s.starts()[0]["pid"]
+        clients = set(s.pids()[1:])
+        # launcher.json names the server's processes (mpiexec, its proxy, the
+        # rank in a session of its own) and the clients' processes
+        assert _wait_for(lambda: {rank} | clients <= _recorded_pids(s.state()), timeout=10), \
+            (s.state(), s.pids())
+        state = s.state()
+        assert state["state"] == "running"
+        assert state["launcher"] == {"pid": proc.pid, "start_time": process_start_time(proc.pid)}
+        assert state["server"]["pid"] != rank and len(state["server"]["processes"]) >= 3
+        assert sorted(c["sim_id"] for c in state["clients"]) == [0, 1]
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher dies, nothing cleans up
+        proc.communicate(timeout=10)
+    finally:
+        _stop_driver(proc)
+    orphans = sorted(_recorded_pids(state) | set(s.pids()))
+    assert [p for p in orphans if not _alive(p)] == [], "the orphans died on their own"
+
+    la = s.launcher()  # a new launcher for the same study
+    try:
+        assert la.run() == 0, la.stream.getvalue()
+    finally:
+        for p in orphans:  # do not leave them behind if the launcher failed
+            if _alive(p):
+                os.kill(p, signal.SIGKILL)
+    out = la.stream.getvalue()
+    assert f"the previous launcher (pid {proc.pid}) is gone but left processes running" in out
+    assert "terminated" in out and "orphan process(es)" in out
+    assert [p for p in orphans if _alive(p)] == []
+    starts = s.starts()
+    assert len(starts) == 2 and starts[1]["earlier_alive"] == []  # never two servers
+    assert s.state()["state"] == "finished" and s.state()["launcher"]["pid"] == os.getpid()
+
+
+def test_a_running_launcher_is_not_disturbed(studies):
+    s = studies({"groups": 2, "group_size": 2, "client": _sleeper()})
+    proc = _start_driver(s)
+    try:
+        assert _wait_for(lambda: len(s.pids()) >= 5, timeout=20), "the clients did not start"
+        la = s.launcher()
+        assert la.run() == 1
+        assert (f"another launcher (pid {proc.pid}) is running this study; stop it first"
+                in la.stream.getvalue())
+        assert len(s.starts()) == 1
+        assert all(_alive(p) for p in s.pids())
+        state = s.state()  # still the first launcher's
+        assert state["state"] == "running" and state["launcher"]["pid"] == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 143, err
+    finally:
+        _stop_driver(proc)
+    assert _wait_gone(s.pids()) == []
+
+
+def _sleep_process() -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "60"], start_new_session=True)
+
+
+def _write_state(s: Study, launcher: subprocess.Popen | None, **entries) -> None:
+    import socket as _socket
+
+    def entry(p, start=None):
+        start = process_start_time(p.pid) if start is None else start
+        return {"pid": p.pid, "start_time": start, "processes": [[p.pid, start]]}
+
+    state = {"format": STATE_FORMAT, "state": "running", "exit_code": None,
+             "host": _socket.gethostname(),
+             "boot_id": Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+             "launcher": entry(launcher) if launcher else {"pid": 2 ** 22 + 1, "start_time": 1},
+             "server": None, "clients": []}
+    for key, (p, start) in entries.items():
+        if key == "server":
+            state["server"] = entry(p, start)
+        else:
+            state["clients"].append({"sim_id": int(key[1:]), **entry(p, start)})
+    s.out.mkdir(parents=True, exist_ok=True)
+    (s.out / "launcher.json").write_text(json.dumps(state))
+
+
+def test_launcher_json_live_launcher_and_stale_pids(studies):
+    s = studies({"groups": 1, "group_size": 1})
+    fake_launcher, other, orphan = _sleep_process(), _sleep_process(), _sleep_process()
+    try:
+        # a launcher that is alive (same pid, same start time): refuse, touch nothing
+        _write_state(s, fake_launcher, server=(orphan, None))
+        la = s.launcher()
+        assert la.run() == 1
+        assert (f"another launcher (pid {fake_launcher.pid}) is running this study; "
+                f"stop it first") in la.stream.getvalue()
+        assert orphan.poll() is None and s.starts() == []
+        # the same pid with another start time is another process (a recycled
+        # pid): the launcher is dead; its server is an orphan and is
+        # terminated, a client entry whose pid was recycled is left alone
+        start = process_start_time(fake_launcher.pid)
+        _write_state(s, None, server=(orphan, None), s3=(other, start - 1))
+        state = json.loads((s.out / "launcher.json").read_text())
+        state["launcher"] = {"pid": fake_launcher.pid, "start_time": start - 1}
+        (s.out / "launcher.json").write_text(json.dumps(state))
+        la = s.launcher()
+        assert la.run() == 0, la.stream.getvalue()
+        out = la.stream.getvalue()
+        assert f"left processes running (server; pids {orphan.pid})" in out
+        assert orphan.wait(timeout=5) == -signal.SIGTERM
+        assert other.poll() is None and fake_launcher.poll() is None
+        assert len(s.starts()) == 1
+    finally:
+        for p in (fake_launcher, other, orphan):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+# ---------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------
 # the command line
 
 

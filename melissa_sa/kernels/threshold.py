@@ -19,8 +19,7 @@ def threshold_update(thresholds, counts, x):
     for i in prange(x.shape[0]):
         v = x[i]
         for k in range(n_thr):
-            if v > thresholds[k]:
-                counts[i, k] += 1
+            counts[i, k] += v > thresholds[k]  # branch-free: a bool adds 0 or 1
 
 
 @njit(cache=True, parallel=True)

@@ -10,10 +10,12 @@ from melissa_sa.launcher.launcher import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_SERVER_LOCKED,
     Launcher,
     LauncherError,
     Progress,
     find_mpiexec,
+    read_launcher_state,
 )
 from melissa_sa.launcher.schedulers import (
     PLANNED_SCHEDULERS,
@@ -34,6 +36,8 @@ __all__ = [
     "EXIT_FAILED",
     "EXIT_CONFIG",
     "EXIT_INTERRUPTED",
+    "EXIT_SERVER_LOCKED",
+    "read_launcher_state",
     "Scheduler",
     "LocalScheduler",
     "SchedulerError",

@@ -410,6 +410,8 @@ class Launcher:
         self._state_key: str | None = None
         self._state_written: Any = None
         self._pid_start = process_start_time(os.getpid())
+        self._host = socket.gethostname()
+        self._boot = _boot_id()
         self._stop_msg: dict | None = None
         self._queue: collections.deque[_Pending] = collections.deque()
         self._jobs: dict[int, _Job] = {}
@@ -610,8 +612,7 @@ class Launcher:
 
     def _refusal(self, pid) -> str:
         who = f"another launcher (pid {pid})" if pid else "another launcher"
-        return (f"{who} is running this study ({self.output_dir}); stop it first "
-                f"(it holds {self.lock_path}; see {self.state_path})")
+        return f"{who} is running this study; stop it first (see {self.state_path})"
 
     def _check_previous(self, prev: dict) -> None:
         """``OUT/launcher.json`` of an earlier launcher: refuse if that
@@ -619,15 +620,14 @@ class Launcher:
         launcher = prev.get("launcher") if isinstance(prev.get("launcher"), dict) else {}
         pid, start = launcher.get("pid"), launcher.get("start_time")
         host = prev.get("host")
-        if host and host != socket.gethostname():
+        if host and host != self._host:
             if prev.get("state") == "running":
                 raise LauncherError(
                     f"{self.state_path} says a launcher (pid {pid}) on host {host} is running "
-                    f"this study; it cannot be checked from {socket.gethostname()}: stop it "
+                    f"this study; it cannot be checked from {self._host}: stop it "
                     f"first, or delete {self.state_path} if it is gone")
             return
-        boot = _boot_id()
-        if prev.get("boot_id") and boot and prev["boot_id"] != boot:
+        if prev.get("boot_id") and self._boot and prev["boot_id"] != self._boot:
             self.debug(f"{self.state_path} is from before a reboot: nothing of it can be running")
             return
         if prev.get("state") != "finished" and isinstance(pid, int) \
@@ -641,16 +641,22 @@ class Launcher:
         for _, tree in trees:
             tree.refresh()  # what a still-living root started since
         pids = sorted({p for _, tree in trees for p in tree.alive()})
-        what = ", ".join(dict.fromkeys(w for w, _ in trees))
+        groups = [tree.pid for _, tree in trees if not tree.alive()]  # root gone, group not
+        names = ", ".join(dict.fromkeys(kind for kind, _ in trees))
+        ids = ", ".join([*map(str, pids), *(f"group {g}" for g in groups)])
         self.log(f"the previous launcher (pid {pid}) is gone but left processes running "
-                 f"({what}; pids {', '.join(map(str, pids))}): terminating these orphans")
-        left = terminate_trees([(tree, None) for _, tree in trees], grace=self.kill_grace)
+                 f"({names}; pids {ids}): terminating these orphans")
+        # the server first, with the time it gets to checkpoint on a stop
+        left = terminate_trees([(tree, None) for kind, tree in trees if kind == "server"],
+                               grace=self.stop_grace)
+        left += terminate_trees([(tree, None) for kind, tree in trees if kind != "server"],
+                                grace=self.kill_grace)
         if left:
             raise LauncherError(
                 f"orphan processes of the previous launcher survive SIGKILL (pids "
                 f"{', '.join(map(str, left))}); not starting another server")
         self.log(f"terminated {len(pids)} orphan process(es) of the previous launcher "
-                 f"(pids {', '.join(map(str, pids))})")
+                 f"(pids {ids})")
         self.stats["orphans_killed"] += len(pids)
 
     def state(self, final: bool = False, exit_code: int | None = None) -> dict:
@@ -692,8 +698,8 @@ class Launcher:
             "format": STATE_FORMAT,
             "state": "finished" if final else "running",
             "exit_code": exit_code,
-            "host": socket.gethostname(),
-            "boot_id": _boot_id(),
+            "host": self._host,
+            "boot_id": self._boot,
             "config": self.config_path,
             "launcher": {"pid": os.getpid(), "start_time": self._pid_start},
             "server": server,
@@ -798,7 +804,7 @@ class Launcher:
         server has spoken (the server gives up, after a checkpoint, when it
         hears nothing for ``server_timeout`` s)."""
         now = time.monotonic()
-        if self._identity is not None and now - self._last_ping >= \
+        if self._identity is not None and self._stop_msg is None and now - self._last_ping >= \
                 self.cfg.launcher_config.timer_delay:
             self._last_ping = now
             self.send({"type": "ping"})

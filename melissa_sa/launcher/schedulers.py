@@ -112,6 +112,32 @@ def _children_map() -> dict[int, list[int]]:
     return children
 
 
+def _group_has_live_member(pgid: int) -> bool:
+    """True if a non-zombie process is in process group ``pgid`` (/proc scan).
+
+    ``killpg(pgid, 0)`` also succeeds for a group of zombies (orphans whose
+    new parent does not reap them, as PID 1 of some containers)."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                data = fh.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        rest = data[data.rfind(")") + 2:].split()
+        try:
+            if int(rest[2]) == pgid and rest[0] != "Z":
+                return True
+        except (IndexError, ValueError):
+            continue
+    return False
+
+
 def _alive(pid: int, start: int | None) -> bool:
     """True if ``pid`` is a live (non-zombie) process started at ``start``."""
     st = _stat(pid)
@@ -194,7 +220,7 @@ class ProcessTree:
             os.killpg(self.pid, 0)
         except (ProcessLookupError, PermissionError):
             return False
-        return True
+        return _group_has_live_member(self.pid) if os.path.isdir("/proc") else True
 
     def signal(self, sig: int) -> None:
         self.refresh()
