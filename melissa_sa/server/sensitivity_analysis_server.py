@@ -208,6 +208,11 @@ class SensitivityAnalysisServer(BaseServer):
 
     # -- rank 0 bookkeeping ---------------------------------------------------------
     def _on_report(self, message) -> None:
+        if message[0] == "stop_request":
+            if not self._stop_requested:
+                log.info("rank %d was asked to stop (SIGTERM)", message[1])
+                self.on_stop_request()
+            return
         if message[0] != "done":
             return
         rank = message[1]
@@ -546,7 +551,26 @@ class SensitivityAnalysisServer(BaseServer):
             self._report_to_root(("done", self.rank, complete))
 
     # -- main loop -------------------------------------------------------------------
+    def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
+        self._sigterm = True
+
+    def _check_sigterm(self) -> None:
+        """SIGTERM (from mpiexec, a scheduler, the launcher) stops the study
+        with a checkpoint; a rank other than 0 asks rank 0 to start it."""
+        if not self._sigterm or self._sigterm_handled:
+            return
+        self._sigterm_handled = True
+        if self.rank == 0:
+            if not self._stop_requested:
+                log.info("SIGTERM: stopping with a checkpoint")
+                self.on_stop_request()
+        else:
+            self._report_to_root(("stop_request", self.rank))
+
     def start(self) -> int:
+        import signal
+        self._sigterm = self._sigterm_handled = False
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         self.configure_logger()
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -597,6 +621,7 @@ class SensitivityAnalysisServer(BaseServer):
 
     def _loop(self) -> int:
         while True:
+            self._check_sigterm()
             item = self.poll_sockets(timeout=0.05)
             if isinstance(item, SimulationData):
                 if self.rank == 0:
