@@ -131,3 +131,23 @@ def test_failed_client_without_fault_tolerance_ends_the_study(tmp_path):
     done = run_study(study, timeout=120)
     assert done.returncode == 1, done.stdout[-3000:]
     assert "exited with code 3 and fault tolerance is off" in done.stdout
+
+
+def test_offline_study_runs_the_design_without_streaming(tmp_path):
+    """make_study_offline: clients run without a server address; each exit 0
+    completes its simulation; the results hold the design and no samples."""
+    (tmp_path / "analytic_client.py").write_text((CLIENTS / "analytic_client.py").read_text())
+    (tmp_path / "offline_server.py").write_text(
+        "from melissa_sa.server import SensitivityAnalysisServer\n\n"
+        "class OfflineServer(SensitivityAnalysisServer):\n"
+        "    def setup_environment(self):\n"
+        "        self.make_study_offline()\n")
+    study = write_study(
+        tmp_path, server_filename="offline_server.py", server_class="OfflineServer",
+        study_options={"nb_time_steps": NB_STEPS, "parameter_sweep_size": 3},
+        client_config={"executable_command": "python analytic_client.py"})
+    done = run_study(study, timeout=120)
+    assert done.returncode == 0, done.stdout[-4000:]
+    with open_results(tmp_path / "out" / "results.h5") as r:
+        assert r.parameters.n_runs == 3 and r.parameters.folded.all()
+        np.testing.assert_array_equal(r.n_samples("f"), [0] * NB_STEPS)

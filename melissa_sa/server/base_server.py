@@ -250,7 +250,14 @@ class BaseServer(ABC):
         """Hook for flavour-specific initialisation (nothing by default)."""
 
     def make_study_offline(self) -> None:
-        """Run clients without streaming (data production only)."""
+        """Run the clients without streaming: data production only.
+
+        Call it from ``setup_environment`` in a server subclass. Client
+        scripts then start the simulations without ``MELISSA_SERVER_ADDRESS``
+        (the client calls do nothing; the simulation writes its own output),
+        and a simulation counts as done when its job exits 0. The results
+        file then holds the design actually run and no statistics samples.
+        """
         self._offline_mode = True
 
     def set_parameter_sampler(self, sampler_t, **kwargs) -> None:
@@ -354,7 +361,8 @@ class BaseServer(ABC):
             f"# melissa-sa simulation {sim_id}: group {sim_id // self.group_size}, "
             f"member {sim_id % self.group_size}\n"
             f"export MELISSA_SIMULATION_ID={sim_id}\n"
-            f"export MELISSA_SERVER_ADDRESS={self.connection_address}\n"
+            + ("export MELISSA_OFFLINE=1\n" if self._offline_mode else
+               f"export MELISSA_SERVER_ADDRESS={self.connection_address}\n") +
             f"exec {command} {args}\n"
         )
         tmp = script_path.with_suffix(".tmp")

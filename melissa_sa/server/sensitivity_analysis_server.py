@@ -265,6 +265,10 @@ class SensitivityAnalysisServer(BaseServer):
             self._last_seen[sim_id] = time.monotonic()
             return
         if state == "finished" and returncode in (0, None):
+            if self._offline_mode:  # nothing is streamed: the exit is the completion
+                self._ranks_done[sim_id] = set(range(self.comm_size))
+                self._on_simulation_complete(sim_id)
+                return
             self._job_finished_at[sim_id] = time.monotonic()
             return
         self._on_client_failure(sim_id, f"exited with code {returncode}")
@@ -710,6 +714,13 @@ class SensitivityAnalysisServer(BaseServer):
         return out
 
     def write_results(self) -> None:
-        """Write ``OUT/results.h5``; each rank writes only its own slices."""
+        """Write ``OUT/results.h5``; each rank writes only its own slices.
+
+        A field no client ever declared (an offline study) is written with one
+        cell per rank and no samples, so the file still has its layout.
+        """
+        for name in self.fields:
+            if name not in self.field_sizes:
+                self._declare_field(name, self.comm_size)
         from melissa_sa.server.results_io import write_study_results
         write_study_results(self)
