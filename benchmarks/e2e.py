@@ -2,8 +2,8 @@
 """End-to-end benchmarks: server ingest against raw ZeroMQ, and a whole study
 through ``melissa-sa run`` against "the classic way" (files + post-processing).
 
-    python benchmarks/e2e.py               # full run (about 10 minutes on 2 cores)
-    python benchmarks/e2e.py --quick       # small run (< 1 min)
+    python benchmarks/e2e.py               # full run (about 7 minutes on 2 cores)
+    python benchmarks/e2e.py --quick       # small run (about 30 s)
     python benchmarks/e2e.py --only ingest # or --only study
     python benchmarks/e2e.py --profile     # + cProfile of the server during ingest
 
@@ -42,7 +42,16 @@ What is timed, and why it is fair:
   and senders that wait for ZeroMQ to release each message before the next,
   as ``melissa_send`` does (``track=True`` + ``tracker.wait``).
 * Every configuration runs ``--repeat`` times, alternating raw and server, and
-  the best and the median are kept: the machine may be shared.
+  the best and the median are kept: the machine may be shared (before each
+  measurement the benchmark waits, up to ``--quiet-wait`` s, for an idle CPU).
+* CPU accounting, which does not depend on how the scheduler shares 2 cores
+  between 5+ busy threads: CPU seconds per GB of the receiving process (by
+  thread: Python main thread vs ZeroMQ I/O thread, from /proc) and of the
+  senders, over the same window. On a machine where clients and server share
+  the cores, throughput ~ cores / (receiver + senders CPU s per GB).
+* Defaults: 10^6 cells (8 MB messages); mean+variance: 4 clients x 50 steps;
+  Sobol' (p = 2, groups of 4): 1 group x 20 steps. ``--profile`` reruns both
+  under cProfile (main thread) and keeps the top functions.
 
 2. A whole study: ``melissa-sa run`` against the classic way
 ------------------------------------------------------------
@@ -67,8 +76,10 @@ study writes to a parallel file system and must have its data durable).
   twice: after dropping the page cache (``echo 3 > /proc/sys/vm/drop_caches``,
   when permitted: the files of a real study are not in the post-processing
   node's memory), then warm; both totals are reported.
-* Two configurations: a small one (start-up cost dominates) and a large one
-  (10^6 cells x 10 steps: data volume matters).
+* Two configurations: a small one (5 x 10^4 cells, 5 steps, 32 groups = 160
+  runs: start-up cost dominates) and a large one (10^6 cells x 10 steps, 16
+  groups = 80 runs, 6.4 GB of field data: data volume matters); p = 3,
+  ``job_limit`` 2; melissa-sa with 1 and with 2 server ranks.
 """
 
 from __future__ import annotations
@@ -176,16 +187,6 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
         time.sleep(1.0)
         busy = cpu_busy()
     return busy
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
 
 
 def proc_thread_cpu(pid: int) -> dict[str, float]:
@@ -983,17 +984,17 @@ def print_table(res: dict) -> None:
     ing = res.get("ingest")
     if ing:
         print("\nIngest, 1 server rank (GB/s of float64 field data; best / median of "
-              f"{len(next(iter(ing.values()))['raw']['all_gbps'])})")
+              f"{len(next(iter(ing.values()))['raw']['all_gbps'])}; ratio = server / raw)")
         print(f"{'variant':28} {'clients':>7} {'msgs':>6} {'raw':>12} {'raw tracked':>12} "
-              f"{'server':>12} {'ratio':>6} {'target':>6}")
+              f"{'server':>12} {'ratio':>11} {'target':>6}")
         for name, r in ing.items():
             s = r["setup"]
 
             def bm(k):
                 return f"{r[k]['best_gbps']:.2f}/{r[k]['median_gbps']:.2f}"
             print(f"{name:28} {s['clients']:>7} {s['clients'] * s['steps']:>6} {bm('raw'):>12} "
-                  f"{bm('raw_tracked'):>12} {bm('server'):>12} {r['ratio_best']:>6.2f} "
-                  f"{TARGET_INGEST_RATIO:>6.2f}")
+                  f"{bm('raw_tracked'):>12} {bm('server'):>12} "
+                  f"{r['ratio_best']:>5.2f}/{r['ratio_median']:.2f} {TARGET_INGEST_RATIO:>6.2f}")
         print("\nCPU seconds per GB ingested (median; all threads, user + system):")
         print(f"{'':28} {'---- raw receiver ----':>26}  {'------ server ------':>26}")
         print(f"{'variant':28} {'all':>6} {'main':>6} {'ZMQ IO':>6} {'send':>6}  "
@@ -1075,8 +1076,13 @@ def main(argv=None) -> int:
                     help="wait up to this many seconds for an idle machine before each "
                          "measurement (the machine may be shared)")
     ap.add_argument("--scratch", type=Path, default=None)
-    ap.add_argument("--output", type=Path, default=ROOT / "benchmarks" / "results" / "e2e.json")
+    ap.add_argument("--output", type=Path, default=None,
+                    help="JSON results (default benchmarks/results/e2e.json; "
+                         "e2e_quick.json with --quick, so a quick run keeps the full numbers)")
     args = ap.parse_args(argv)
+    if args.output is None:
+        args.output = ROOT / "benchmarks" / "results" / ("e2e_quick.json" if args.quick
+                                                         else "e2e.json")
     if args.quick:
         args.repeat = 1
         args.clients, args.steps = 2, 10

@@ -146,7 +146,7 @@ def test_property_any_split_merges_to_two_pass(data, cut):
     ref_m2 = ((data - ref_mean) ** 2).sum(axis=0)
     scale = np.abs(data).max(axis=0) + 1.0
     assert np.all(np.abs(a.mean - ref_mean) <= 1e-12 * scale)
-    assert np.all(np.abs(a._state[:, 2] - ref_m2) <= 1e-9 * (ref_m2 + scale**2))
+    assert np.all(np.abs(a._state[2] - ref_m2) <= 1e-9 * (ref_m2 + scale**2))
 
 
 def test_save_load_round_trip_continues_identically(tmp_path):

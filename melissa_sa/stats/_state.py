@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: moments, extrema and thresholds in (accumulator, cell) layout
 
 
 def save_state(group, kind: str, arrays: dict, attrs: dict) -> None:

@@ -51,12 +51,12 @@ class Extrema:
     @property
     def min(self) -> np.ndarray:
         """Per-cell minimum (+inf before the first sample)."""
-        return self._state[:, 0].copy()
+        return self._state[0].copy()
 
     @property
     def max(self) -> np.ndarray:
         """Per-cell maximum (-inf before the first sample)."""
-        return self._state[:, 1].copy()
+        return self._state[1].copy()
 
     @property
     def nbytes(self) -> int:

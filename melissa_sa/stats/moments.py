@@ -63,7 +63,7 @@ class Moments:
         self.n_cells = int(n_cells)
         self.order = order
         self._n = 0
-        self._state = np.zeros((self.n_cells, order + 1), dtype=np.float64)
+        self._state = np.zeros((order + 1, self.n_cells), dtype=np.float64)
 
     # -- streaming -------------------------------------------------------
     def update(self, x) -> None:
@@ -103,22 +103,22 @@ class Moments:
         """Sample mean per cell (NaN before the first sample)."""
         if self._n == 0:
             return np.full(self.n_cells, np.nan)
-        return self._state[:, 0] + self._state[:, 1]
+        return self._state[0] + self._state[1]
 
     @property
     def variance(self) -> np.ndarray:
         """Unbiased sample variance ``M2 / (n - 1)``; NaN while ``n < 2``."""
         if self._n < 2:
             return np.full(self.n_cells, np.nan)
-        return self._state[:, 2] / (self._n - 1)
+        return self._state[2] / (self._n - 1)
 
     def _standardised(self, k: int) -> np.ndarray:
         if self.order < k:
             raise AttributeError(f"order-{k} moments need Moments(order=4)")
         if self._n < 2:
             return np.full(self.n_cells, np.nan)
-        m2 = self._state[:, 2] / self._n
-        mk = self._state[:, k] / self._n
+        m2 = self._state[2] / self._n
+        mk = self._state[k] / self._n
         out = np.zeros(self.n_cells)
         ok = m2 > 0
         out[ok] = mk[ok] / m2[ok] ** (k / 2)
@@ -135,7 +135,7 @@ class Moments:
     def kurtosis(self) -> np.ndarray:
         """Fisher excess kurtosis ``g2 = m4 / m2**2 - 3`` (biased, as scipy)."""
         g = self._standardised(4)
-        constant = self._state[:, 2] == 0
+        constant = self._state[2] == 0
         g -= 3.0
         g[constant] = 0.0
         return g

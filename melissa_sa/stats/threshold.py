@@ -44,7 +44,7 @@ class ThresholdExceedance:
         self.n_cells = int(n_cells)
         self.thresholds = thr
         self._n = 0
-        self._counts = np.zeros((self.n_cells, thr.size), dtype=np.int64)
+        self._counts = np.zeros((thr.size, self.n_cells), dtype=np.int64)
 
     def update(self, x) -> None:
         """Fold one sample ``x`` of shape ``(n_cells,)`` into the counts."""
@@ -69,14 +69,14 @@ class ThresholdExceedance:
     @property
     def counts(self) -> np.ndarray:
         """Exceedance counts, shape ``(n_thresholds, n_cells)``."""
-        return self._counts.T.copy()
+        return self._counts.copy()
 
     @property
     def probability(self) -> np.ndarray:
         """``counts / n``, shape ``(n_thresholds, n_cells)``; NaN before any sample."""
         if self._n == 0:
             return np.full((self.thresholds.size, self.n_cells), np.nan)
-        return self._counts.T / self._n
+        return self._counts / self._n
 
     def confidence_interval(self, level: float = 0.95):
         """Wilson score interval ``(low, high)``, each ``(n_thresholds, n_cells)``.
@@ -92,7 +92,7 @@ class ThresholdExceedance:
             return nan, nan.copy()
         n = float(self._n)
         z = float(ndtri(0.5 + level / 2.0))
-        p = self._counts.T / n
+        p = self._counts / n
         denom = 1.0 + z * z / n
         centre = (p + z * z / (2.0 * n)) / denom
         half = z * np.sqrt(p * (1.0 - p) / n + z * z / (4.0 * n * n)) / denom
