@@ -236,30 +236,44 @@ def test_launcher_killed_9_then_resume(tmp_path, baseline, processes):
 
 @pytest.mark.slow
 def test_soak_many_random_kills(tmp_path, processes):
-    """A larger study under many random client kills and two server kills;
-    the result must equal the offline computation over the recorded design."""
-    rng = np.random.default_rng(7)
-    groups = 40
+    """A larger study under many random client kills and several server
+    kills; the result must equal the offline computation over the recorded
+    design. Size: SOAK_GROUPS groups (default 80), a quarter of the runs
+    killed once or twice, SOAK_SERVER_KILLS server kills (default 3)."""
+    rng = np.random.default_rng(int(os.environ.get("SOAK_SEED", "7")))
+    groups = int(os.environ.get("SOAK_GROUPS", "80"))
+    server_kills = int(os.environ.get("SOAK_SERVER_KILLS", "3"))
+    runs = groups * (P + 2)
     plan = {int(s): {"mode": "kill", "step": int(rng.integers(0, NB_STEPS)),
                      "times": int(rng.integers(1, 3))}
-            for s in rng.choice(groups * (P + 2), size=40, replace=False)}
+            for s in rng.choice(runs, size=runs // 4, replace=False)}
     study = make_study(tmp_path, study_options={"parameter_sweep_size": groups,
                                                 "crashes_before_redraw": 5},
-                       sa_config={"quantiles": False, "checkpoint_interval": 10})
+                       sa_config={"quantiles": False, "checkpoint_interval": 10},
+                       launcher_config={"max_server_restarts": server_kills + 1})
+    t0 = time.monotonic()
     proc = start_launcher(processes, study, fault_env(tmp_path, plan, TEST_STEP_DELAY=0.05))
     out = tmp_path / "out"
-    for k in range(2):
-        wait_for(lambda: len(json.loads((out / "checkpoint" / "manifest.json").read_text())
-                             ["sets"]) >= 1 if (out / "checkpoint" / "manifest.json").exists()
-                 else False, 600, "a checkpoint")
+    manifest = out / "checkpoint" / "manifest.json"
+    for k in range(server_kills):
+        wait_for(lambda: manifest.exists(), 600, "a checkpoint")
         time.sleep(3 + 4 * k)
+        if proc.poll() is not None:
+            break
         os.kill(server_rank0_pid(out), signal.SIGKILL)
         time.sleep(5)
     assert wait_exit(proc, 1800) == 0, launcher_log(study)[-3000:]
+    log = (out / "logs" / "server.log").read_text()
+    print(f"soak: {groups} groups, {runs} runs, {len(plan)} runs with injected kills "
+          f"({sum(p['times'] for p in plan.values())} kills), "
+          f"{log.count('restarting it')} client restarts logged, "
+          f"{log.count('restarted from checkpoint set')} server restarts from a checkpoint, "
+          f"{time.monotonic() - t0:.0f} s")
     with open_results(out / "results.h5") as r:
         ref, n_groups = offline(r, N_CELLS, P)
         assert n_groups == groups
         np.testing.assert_array_equal(r.n_samples("f"), [2 * groups] * NB_STEPS)
+        np.testing.assert_array_equal(r.n_groups("f"), [groups] * NB_STEPS)
         for name, value in ref.items():
             if name == "quantiles":
                 continue
