@@ -515,6 +515,7 @@ class Launcher:
             try:
                 self._prepare()
                 self._claim_study()
+                self._compile_kernels()
                 self._start_server()
             except (LauncherError, SchedulerError, NotImplementedError, OSError,
                     zmq.ZMQError) as exc:
@@ -745,6 +746,22 @@ class Launcher:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)  # releases the flock
                 self._lock_fd = None
+
+    def _compile_kernels(self) -> None:
+        """Compile the statistics kernels once, before the first server after
+        an install (about 20 s), so that no server makes clients wait."""
+        from melissa_sa.warmup import cache_is_stale
+
+        if self._server_cmd is not None or not cache_is_stale():
+            return
+        self.log("compiling the statistics kernels (first study after an install; "
+                 "about 20 s, once)")
+        env = dict(self.server_env(), NUMBA_NUM_THREADS="1")
+        done = subprocess.run([sys.executable, "-m", "melissa_sa.warmup"], env=env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise LauncherError("compiling the statistics kernels failed:\n"
+                                + done.stderr[-2000:])
 
     def _start_server(self) -> None:
         """Start (or, from a failure hook, restart) the server process."""

@@ -584,6 +584,7 @@ class SensitivityAnalysisServer(BaseServer):
         self._take_study_lock()
         self.setup_environment()
         restored = self.restore() if self._restart else False
+        self._warm_up_kernels()  # before listening: clients never wait on Numba
         self.initialize_connections()
         self._last_checkpoint = time.monotonic()
         if restored:
@@ -596,15 +597,16 @@ class SensitivityAnalysisServer(BaseServer):
                 self._submit_groups()
             else:
                 log.info("no launcher: accepting simulations 0..%d", self.nb_clients - 1)
-        self._warm_up_kernels()
         status = self._loop()
         self._finalize(status)
         return status
 
     def _warm_up_kernels(self) -> None:
-        """Load the compiled kernels now (0.4-0.9 s from Numba's cache, on a
-        two-cell field, for float32 and float64), while the first clients
-        start, rather than on their first message."""
+        """Load the compiled kernels (about 1 s from Numba's cache, on a
+        two-cell field, float32 and float64) before listening, rather than
+        on the first message. The launcher compiles them beforehand when the
+        cache is stale (:mod:`melissa_sa.warmup`); a server started alone
+        compiles here, and clients' hellos wait for it (ZeroMQ queues them)."""
         p = self.nb_parameters
         for dtype in (np.float64, np.float32):
             step = StepStatistics(2, self.config)
