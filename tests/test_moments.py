@@ -182,3 +182,13 @@ def test_bad_input_is_rejected():
         Moments(4, order=3)
     m.update(np.arange(4))  # integers are converted
     np.testing.assert_array_equal(m.mean, [0, 1, 2, 3])
+
+
+def test_load_refuses_a_state_of_another_shape(tmp_path):
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        g = f.create_group("m")
+        Moments(3).save(g)
+        del g["state"]
+        g.create_dataset("state", data=np.zeros((5, 4)))
+        with pytest.raises(ValueError, match=r"/m: state shape \(5, 4\), expected \(5, 3\)"):
+            Moments.load(g)

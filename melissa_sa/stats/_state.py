@@ -56,6 +56,14 @@ def load_state(group, kind: str, names) -> tuple[dict, dict]:
     return arrays, attrs
 
 
+def restore_array(group, name: str, target: np.ndarray, source: np.ndarray) -> None:
+    """Copy a loaded array into an object's state, refusing another shape."""
+    if source.shape != target.shape:
+        where = getattr(group, "name", "<group>")
+        raise ValueError(f"{where}: {name} shape {source.shape}, expected {target.shape}")
+    target[...] = source
+
+
 def as_sample(x, n_cells: int) -> np.ndarray:
     """Return ``x`` as a 1-D float32 or float64 array of ``n_cells`` values.
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from melissa_sa.kernels.extrema import extrema_init, extrema_merge, extrema_update
-from melissa_sa.stats._state import as_sample, load_state, run_kernel, save_state
+from melissa_sa.stats._state import (as_sample, load_state, restore_array, run_kernel,
+                                     save_state)
 
 
 class Extrema:
@@ -73,6 +74,6 @@ class Extrema:
         """Rebuild an :class:`Extrema` from a group written by :meth:`save`."""
         arrays, attrs = load_state(group, "Extrema", ["state"])
         obj = cls(int(attrs["n_cells"]))
-        obj._state[...] = arrays["state"]
+        restore_array(group, "state", obj._state, arrays["state"])
         obj._n = int(attrs["n"])
         return obj

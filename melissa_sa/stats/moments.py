@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from melissa_sa.kernels.moments import moments_merge, pebay_update, welford_update
-from melissa_sa.stats._state import as_sample, load_state, run_kernel, save_state
+from melissa_sa.stats._state import (as_sample, load_state, restore_array, run_kernel,
+                                     save_state)
 
 
 class Moments:
@@ -156,9 +157,6 @@ class Moments:
         """Rebuild a :class:`Moments` from a group written by :meth:`save`."""
         arrays, attrs = load_state(group, "Moments", ["state"])
         obj = cls(int(attrs["n_cells"]), order=int(attrs["order"]))
-        if arrays["state"].shape != obj._state.shape:
-            raise ValueError(f"{group.name}: state shape {arrays['state'].shape}, "
-                             f"expected {obj._state.shape}")
-        obj._state[...] = arrays["state"]
+        restore_array(group, "state", obj._state, arrays["state"])
         obj._n = int(attrs["n"])
         return obj

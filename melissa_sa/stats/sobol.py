@@ -17,7 +17,7 @@ from melissa_sa.kernels.sobol import (
     martinez_update_compact,
     row_width,
 )
-from melissa_sa.stats._state import load_state, save_state
+from melissa_sa.stats._state import load_state, restore_array, save_state
 
 _METHODS = {"delta": DELTA, "fisher": FISHER, "delta-linear": DELTA_LINEAR}
 
@@ -262,9 +262,6 @@ class SobolMartinez:
         if isinstance(ci, bytes):
             ci = ci.decode()
         obj = cls(int(attrs["n_cells"]), int(attrs["n_params"]), ci=str(ci))
-        if arrays["state"].shape != obj._state.shape:
-            raise ValueError(f"{group.name}: state shape {arrays['state'].shape}, "
-                             f"expected {obj._state.shape}")
-        obj._state[...] = arrays["state"]
+        restore_array(group, "state", obj._state, arrays["state"])
         obj._n = int(attrs["n"])
         return obj

@@ -6,7 +6,8 @@ import numpy as np
 from scipy.special import ndtri
 
 from melissa_sa.kernels.threshold import threshold_merge, threshold_update
-from melissa_sa.stats._state import as_sample, load_state, run_kernel, save_state
+from melissa_sa.stats._state import (as_sample, load_state, restore_array, run_kernel,
+                                     save_state)
 
 
 class ThresholdExceedance:
@@ -114,6 +115,6 @@ class ThresholdExceedance:
         """Rebuild from a group written by :meth:`save`."""
         arrays, attrs = load_state(group, "ThresholdExceedance", ["counts", "thresholds"])
         obj = cls(int(attrs["n_cells"]), arrays["thresholds"])
-        obj._counts[...] = arrays["counts"]
+        restore_array(group, "counts", obj._counts, arrays["counts"])
         obj._n = int(attrs["n"])
         return obj
