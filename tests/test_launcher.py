@@ -376,6 +376,18 @@ def test_kill_by_sim_ids_terminates_just_those_jobs(studies):
     assert _wait_gone(sleepers, 1.0) == []
 
 
+def test_restart_budget_counts_failures_in_a_row(studies):
+    """max_server_restarts bounds restarts without progress: a server that
+    fails now and then but finishes groups in between is always restarted."""
+    s = studies({"groups": 4, "group_size": 1, "checkpoint": True, "client": "sleep 0.1",
+                 "starts": {"1": {"die_after_groups": 1}, "2": {"die_after_groups": 2}}},
+                launcher_config={"job_limit": 1, "max_server_restarts": 1})
+    la = s.launcher(verbose=True)
+    assert la.run() == 0, la.stream.getvalue()
+    assert la.server_restarts == 2 and la.stats["server_starts"] == 3
+    assert la.stream.getvalue().count("restarting the server (1/1)") == 2
+
+
 def test_dead_server_is_restarted_from_its_checkpoint(studies):
     s = studies({"groups": 4, "group_size": 1, "checkpoint": True, "client": "sleep 0.1",
                  "starts": {"1": {"die_after_groups": 2}}},
@@ -436,8 +448,9 @@ def test_gives_up_after_max_server_restarts(studies):
     assert len(s.starts()) == 3
     assert all(st["earlier_alive"] == [] for st in s.starts())
     assert "restarting the server (2/2)" in out
-    assert ("giving up: the server failed 3 time(s) and was restarted 2 time(s) "
-            "(launcher_config.max_server_restarts = 2)") in out
+    assert ("giving up: the server failed 3 time(s) and was restarted 2 time(s), "
+            "2 in a row without finishing a group (launcher_config.max_server_restarts = 2)"
+            in out)
     assert "giving up" in la.exit_message
     assert s.state()["state"] == "finished" and s.state()["server_restarts"] == 2
 

@@ -393,6 +393,7 @@ class Launcher:
         self.scheduler: Scheduler | None = None
         self.exit_message = ""  # why the run ended (for callers)
         self.server_restarts = 0  # servers started again after a failure
+        self._restarts_in_a_row = 0  # since the last group finished: the budget
 
         self._ctx: zmq.Context | None = None
         self._sock: zmq.Socket | None = None
@@ -909,16 +910,18 @@ class Launcher:
             self.log(f"launcher_config.fault_tolerance is off: the server is not restarted; "
                      f"{resume_hint}")
             return EXIT_FAILED
-        if self.server_restarts >= lc.max_server_restarts:
+        if self._restarts_in_a_row >= lc.max_server_restarts:
             self.exit_message = (f"giving up: the server failed {self.stats['server_failures']} "
-                                 f"time(s) and was restarted {self.server_restarts} time(s) "
+                                 f"time(s) and was restarted {self.server_restarts} time(s), "
+                                 f"{self._restarts_in_a_row} in a row without finishing a group "
                                  f"(launcher_config.max_server_restarts = "
                                  f"{lc.max_server_restarts}); last failure: {reason}")
             self.error(f"{self.exit_message}; {resume_hint}")
             return EXIT_FAILED
         self.server_restarts += 1
+        self._restarts_in_a_row += 1
         self.resume = self.manifest_path.is_file()
-        n = f"{self.server_restarts}/{lc.max_server_restarts}"
+        n = f"{self._restarts_in_a_row}/{lc.max_server_restarts}"
         if self.resume:
             try:
                 age = format_duration(time.time() - self.manifest_path.stat().st_mtime)
@@ -1030,6 +1033,7 @@ class Launcher:
             self.debug(text)
         if isinstance(done, int):
             self._progress.update(done, self._groups_total)
+        self._done_at_hello = done if isinstance(done, int) else None
 
     def _on_ping(self, msg: dict) -> None:
         pass
@@ -1040,6 +1044,13 @@ class Launcher:
         if total is not None:
             self._groups_total = int(total)
         self._progress.update(done, self._groups_total)
+        start = getattr(self, "_done_at_hello", None)
+        if self._restarts_in_a_row and start is not None and done > start:
+            # the restarted server finished a group: max_server_restarts
+            # bounds failures in a row, not over a study of many days
+            self.debug(f"the restarted server makes progress ({done} groups done); "
+                       f"{self._restarts_in_a_row} restart(s) in a row forgiven")
+            self._restarts_in_a_row = 0
 
     def _on_submit(self, msg: dict) -> None:
         sim_ids = [int(s) for s in msg["sim_ids"]]
