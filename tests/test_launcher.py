@@ -380,7 +380,7 @@ def test_restart_budget_counts_failures_in_a_row(studies):
     """max_server_restarts bounds restarts without progress: a server that
     fails now and then but finishes groups in between is always restarted."""
     s = studies({"groups": 4, "group_size": 1, "checkpoint": True, "client": "sleep 0.1",
-                 "starts": {"1": {"die_after_groups": 1}, "2": {"die_after_groups": 2}}},
+                 "starts": {"1": {"die_after_groups": 1}, "2": {"die_after_groups": 3}}},
                 launcher_config={"job_limit": 1, "max_server_restarts": 1})
     la = s.launcher(verbose=True)
     assert la.run() == 0, la.stream.getvalue()
