@@ -510,9 +510,7 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
     ``stats`` maps statistic names to arrays shaped ``(time_step, hi - lo)``
     (or ``(k, time_step, hi - lo)`` for thresholds, quantiles and Sobol'), or
     to a callable ``t -> array`` giving one time step (``(hi - lo,)`` or
-    ``(k, hi - lo)``), which keeps only one step in memory. A key may also be
-    a tuple of names with a callable ``t -> tuple of arrays``, one per name,
-    for statistics computed together (Sobol' indices and their bounds). Values are
+    ``(k, hi - lo)``), which keeps only one step in memory. Values are
     fetched one at a time and released before the next, so a lazy Mapping
     holds at most one statistic. ``n_samples`` / ``n_groups`` entries (shape
     ``(time_step,)``) are written whole: rank 0 passes them. Any real dtype
@@ -529,9 +527,6 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
     n = hi - lo
     written = []
     for name in list(stats):
-        if isinstance(name, tuple):  # several datasets computed together, step by step
-            written += _write_joint(g, field, lo, hi, T, name, stats[name])
-            continue
         if name not in g or name in SCALES or not isinstance(g[name], h5py.Dataset):
             present = [s for s in list(STATISTICS) + list(COUNTS) if s in g]
             raise KeyError(f"field {field!r}: statistic {name!r} is not in the results "
@@ -565,27 +560,6 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
         del value
         written.append(name)
     return written
-
-
-def _write_joint(g, field: str, lo: int, hi: int, T: int, names: tuple, fn) -> list[str]:
-    """Write datasets ``names`` one time step at a time from ``fn(t)``."""
-    for nm in names:
-        if nm not in g or not isinstance(g[nm], h5py.Dataset):
-            raise KeyError(f"field {field!r}: statistic {nm!r} is not in the results file")
-    for t in range(T):
-        arrays = fn(t)
-        if len(arrays) != len(names):
-            raise ValueError(f"field {field!r}: {len(arrays)} arrays for {names}")
-        for nm, arr in zip(names, arrays):
-            d = g[nm]
-            arr = np.asarray(arr)
-            step_shape = d.shape[:-2] + (hi - lo,)
-            if arr.shape != step_shape:
-                raise ValueError(f"field {field!r}: {nm} at time step {t} has shape "
-                                 f"{arr.shape}, expected {step_shape}")
-            if hi > lo:
-                d[..., t, lo:hi] = arr
-    return list(names)
 
 
 def _check_coverage(layout: ResultsLayout, covered) -> list[str]:
@@ -680,9 +654,7 @@ def _write_local(path: Path, layout: ResultsLayout, local_slices: SliceSource,
             if s is None:
                 continue
             if s.hi > s.lo:
-                given = {n for key in s.stats
-                         for n in (key if isinstance(key, tuple) else (key,))}
-                missing = [st for st in layout.statistics if st not in given]
+                missing = [st for st in layout.statistics if st not in s.stats]
                 if missing:
                     raise ValueError(f"rank {rank}, field {fname!r}: slice [{s.lo}, {s.hi}) "
                                      f"lacks enabled statistic(s) {missing}")

@@ -7,7 +7,9 @@ compiles them (about 20 s on one core for all of them, float32 and float64),
 later uses load them from ``melissa_sa/kernels/__pycache__`` in about a
 second. The launcher runs this before starting the server when the cache is
 missing or older than the sources (:func:`cache_is_stale`), so that no server
-spends its first minute compiling while clients wait for it.
+spends its first minute compiling while clients wait for it; the server calls
+:func:`warm_up` before it listens, so that the kernels are loaded before the
+first message rather than on it.
 """
 
 from __future__ import annotations

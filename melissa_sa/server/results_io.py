@@ -32,24 +32,16 @@ def parameter_table(server) -> ParameterTable:
         folded=np.isin(sim_id, sorted(server._sims_done)))
 
 
-def _precompute_joint(stats: dict, n_steps: int) -> dict:
-    """Evaluate the joint (tuple-keyed) statistics for every time step now."""
-    for key in [k for k in stats if isinstance(k, tuple)]:
-        steps = [stats[key](t) for t in range(n_steps)]
-        stats[key] = lambda t, steps=steps: steps[t]
-    return stats
-
-
 def write_study_results(server) -> None:
     """Write ``OUT/results.h5`` from every rank (call on all ranks)."""
     layout = ResultsLayout.from_config(server.config, dict(server.field_sizes),
                                        ci_method=server.ci_method)
 
-    # The Sobol' indices and intervals are the costly part (about 0.1 s per
-    # time step per 10^6 cells): every rank computes its own slice's now, all
-    # ranks at once, before the ranks take turns to write.
-    prepared = {name: _precompute_joint(server.collect_results(name), server.nb_time_steps)
-                for name in server.slices}
+    # collect_results computes the costly part, the Sobol' indices and
+    # intervals (about 0.1 s per time step per 10^6 cells), at once: every
+    # rank does its own slice now, all ranks together, before they take
+    # turns to write.
+    prepared = {name: server.collect_results(name) for name in server.slices}
 
     def local(name: str):
         if name not in server.slices:

@@ -34,6 +34,7 @@ from melissa_sa.server.base_server import (BaseServer, Group, ServerStatus, Simu
 from melissa_sa.server.protocol import ProtocolError
 from melissa_sa.stats import (Extrema, Moments, Quantiles, SobolMartinez,
                               ThresholdExceedance)
+from melissa_sa.warmup import warm_up
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -485,8 +486,6 @@ class SensitivityAnalysisServer(BaseServer):
         return True
 
     def _load_state(self, f) -> None:
-        from melissa_sa.stats import (Extrema, Moments, Quantiles, SobolMartinez,
-                                      ThresholdExceedance)
         classes = {"moments": Moments, "extrema": Extrema, "threshold": ThresholdExceedance,
                    "quantiles": Quantiles, "sobol": SobolMartinez}
         for name, g in f["fields"].items():
@@ -584,7 +583,10 @@ class SensitivityAnalysisServer(BaseServer):
         self._take_study_lock()
         self.setup_environment()
         restored = self.restore() if self._restart else False
-        self._warm_up_kernels()  # before listening: clients never wait on Numba
+        # load the compiled kernels before listening, not on the first message;
+        # the launcher compiles them first when Numba's cache is stale, and a
+        # server started alone compiles here while ZeroMQ queues the hellos
+        warm_up(self.nb_parameters)
         self.initialize_connections()
         self._last_checkpoint = time.monotonic()
         if restored:
@@ -600,25 +602,6 @@ class SensitivityAnalysisServer(BaseServer):
         status = self._loop()
         self._finalize(status)
         return status
-
-    def _warm_up_kernels(self) -> None:
-        """Load the compiled kernels (about 1 s from Numba's cache, on a
-        two-cell field, float32 and float64) before listening, rather than
-        on the first message. The launcher compiles them beforehand when the
-        cache is stale (:mod:`melissa_sa.warmup`); a server started alone
-        compiles here, and clients' hellos wait for it (ZeroMQ queues them)."""
-        p = self.nb_parameters
-        for dtype in (np.float64, np.float32):
-            step = StepStatistics(2, self.config)
-            rows = np.linspace(0.0, 1.0, 2 * (p + 2)).reshape(p + 2, 2).astype(dtype)
-            for _ in range(2):
-                if step.sobol is not None:
-                    step.fold_group(rows)
-                else:
-                    step.fold_sample(rows[0])
-            if step.sobol is not None:
-                step.sobol.indices
-                step.sobol.confidence_interval(0.9)
 
     def _take_study_lock(self) -> None:
         """Rank 0 holds an exclusive lock on OUT/server.lock: never two servers."""
@@ -697,11 +680,13 @@ class SensitivityAnalysisServer(BaseServer):
         """This rank's slice of every statistic of field ``name``.
 
         Each statistic is a callable ``t -> array`` giving time step ``t``
-        (``(cells,)`` or ``(k, cells)`` with k thresholds, quantile levels or
-        parameters), so the writer holds one step at a time; ``n_samples``
-        (and ``n_groups``) are arrays over time steps. Sobol' indices and
-        their intervals are computed once per step and shared by the six
-        datasets that need them.
+        (``(cells,)`` or ``(k, cells)`` with k thresholds or quantile levels),
+        so the writer holds one step at a time; ``n_samples`` (and
+        ``n_groups``) are arrays over time steps. The six Sobol' datasets
+        are computed here, at once, as ``(parameter, time step, cell)``
+        arrays: indices and intervals come from one pass per step, and the
+        server computes them on every rank before the ranks take turns to
+        write.
         """
         fs = self.slices[name]
         sa = self.config.sa_config
@@ -723,14 +708,15 @@ class SensitivityAnalysisServer(BaseServer):
             out["n_groups"] = np.array([s.sobol.count for s in steps], dtype=np.int64)
             names = ("sobol_first", "sobol_total", "sobol_first_low", "sobol_first_high",
                      "sobol_total_low", "sobol_total_high")
-
-            def sobol(t: int):
-                first, total = steps[t].sobol.indices
-                (f_lo, f_hi), (t_lo, t_hi) = steps[t].sobol.confidence_interval(
+            shape = (self.nb_parameters, len(steps), fs.n_cells)
+            arrays = {key: np.empty(shape) for key in names}
+            for t, step in enumerate(steps):
+                first, total = step.sobol.indices
+                (f_lo, f_hi), (t_lo, t_hi) = step.sobol.confidence_interval(
                     sa.confidence_level)
-                return first, total, f_lo, f_hi, t_lo, t_hi
-
-            out[names] = sobol
+                for key, value in zip(names, (first, total, f_lo, f_hi, t_lo, t_hi)):
+                    arrays[key][:, t] = value
+            out.update(arrays)
         return out
 
     def write_results(self) -> None:
