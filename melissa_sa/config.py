@@ -36,7 +36,6 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 from melissa_sa.sampling import LAWS, SAMPLER_NAMES

@@ -12,6 +12,12 @@ CLIENTS = Path(__file__).parent / "clients"
 sys.path.insert(0, str(CLIENTS))
 from analytic_client import NB_STEPS, field_values  # noqa: E402
 
+
+def copy_client(directory: Path) -> None:
+    """Put the analytic test client beside a study file (the launcher runs
+    clients from the study's directory)."""
+    (directory / "analytic_client.py").write_text((CLIENTS / "analytic_client.py").read_text())
+
 MELISSA = str(Path(sys.executable).parent / "melissa-sa")
 
 

@@ -5,7 +5,6 @@ recorded in results.h5, to 1e-10.
 """
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,11 +13,11 @@ import pytest
 
 from conftest import write_study
 from melissa_sa.results import open_results
-from studyutil import CLIENTS, NB_STEPS, offline, run_study
+from studyutil import NB_STEPS, copy_client, offline, run_study
 
 def test_two_server_ranks_uneven_mpi_clients_match_offline(tmp_path):
     n_cells, p, groups = 11, 2, 4  # 8 independent runs: quantiles are still exact
-    (tmp_path / "analytic_client.py").write_text((CLIENTS / "analytic_client.py").read_text())
+    copy_client(tmp_path)
     study = write_study(
         tmp_path,
         study_options={"field_names": ["f"], "nb_parameters": p,
@@ -104,7 +103,7 @@ def test_ishigami_field_indices_near_analytic_512_groups(tmp_path):
 
 
 def test_user_server_subclass_is_loaded(tmp_path):
-    (tmp_path / "analytic_client.py").write_text((CLIENTS / "analytic_client.py").read_text())
+    copy_client(tmp_path)
     (tmp_path / "my_server.py").write_text(
         "from melissa_sa.server import SensitivityAnalysisServer\n\n"
         "class MyServer(SensitivityAnalysisServer):\n"
@@ -136,7 +135,7 @@ def test_failed_client_without_fault_tolerance_ends_the_study(tmp_path):
 def test_offline_study_runs_the_design_without_streaming(tmp_path):
     """make_study_offline: clients run without a server address; each exit 0
     completes its simulation; the results hold the design and no samples."""
-    (tmp_path / "analytic_client.py").write_text((CLIENTS / "analytic_client.py").read_text())
+    copy_client(tmp_path)
     (tmp_path / "offline_server.py").write_text(
         "from melissa_sa.server import SensitivityAnalysisServer\n\n"
         "class OfflineServer(SensitivityAnalysisServer):\n"

@@ -13,13 +13,12 @@ import signal
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
 from conftest import child_env, kill_group, wait_for, write_study
 from melissa_sa.results import open_results
-from studyutil import CLIENTS, MELISSA, NB_STEPS, offline, run_study
+from studyutil import MELISSA, NB_STEPS, copy_client, offline, run_study
 
 P, GROUPS, N_CELLS = 2, 4, 11  # 8 independent runs: quantiles exact as well
 STATS = ["mean", "variance", "skewness", "kurtosis", "min", "max",
@@ -28,7 +27,7 @@ STATS = ["mean", "variance", "skewness", "kurtosis", "min", "max",
 
 
 def make_study(tmp_path: Path, **overrides) -> Path:
-    (tmp_path / "analytic_client.py").write_text((CLIENTS / "analytic_client.py").read_text())
+    copy_client(tmp_path)
     (tmp_path / "faults").mkdir(exist_ok=True)
     sections = dict(
         study_options={"field_names": ["f"], "nb_parameters": P,

@@ -31,7 +31,6 @@ import numpy as np
 
 from melissa_sa.server.base_server import (BaseServer, Group, ServerStatus, SimulationData,
                                           partition)
-from melissa_sa.server.protocol import ProtocolError
 from melissa_sa.stats import (Extrema, Moments, Quantiles, SobolMartinez,
                               ThresholdExceedance)
 from melissa_sa.warmup import warm_up
