@@ -1,0 +1,185 @@
+"""Typed control messages between the launcher and the server's rank 0.
+
+Every message is a frozen dataclass; on the wire it is one JSON object whose
+``type`` names the class (``Hello.type == "hello"``). Never pickles.
+:func:`decode` validates the type name against the set the receiver accepts
+and every field's type, and raises :class:`melissa_sa.protocol.ProtocolError`
+otherwise, so a receiver dispatches only messages it expects, through an
+explicit handler table::
+
+    HANDLERS = {Submit: on_submit, Kill: on_kill, ...}
+    msg = decode(raw, accept=tuple(HANDLERS))
+    HANDLERS[type(msg)](msg)
+
+Server -> launcher: :class:`Hello`, :class:`Ping`, :class:`Progress`,
+:class:`Submit`, :class:`Kill`, :class:`Stop`.
+Launcher -> server: :class:`Ping`, :class:`JobState`, :class:`StopRequest`.
+"""
+
+from __future__ import annotations
+
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+
+__all__ = ["Message", "Hello", "Ping", "Progress", "Submit", "Kill", "Stop", "JobState",
+           "StopRequest", "SERVER_TO_LAUNCHER", "LAUNCHER_TO_SERVER", "encode", "decode",
+           "MessageError"]
+
+MAX_MESSAGE_BYTES = 1 << 20
+
+
+class MessageError(ValueError):
+    """A control message that is not JSON, of an unexpected type, or malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """Base of all control messages; ``type`` is the wire name."""
+
+    type: typing.ClassVar[str] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """The server is up (first start or restart) and says where it listens."""
+
+    type: typing.ClassVar[str] = "hello"
+    pid: int
+    groups_total: int
+    groups_done: int
+    group_size: int
+    connection: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    """Liveness, both ways, every ``launcher_config.timer_delay`` seconds."""
+
+    type: typing.ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress(Message):
+    """Groups finished so far; ``group_id`` the one just finished, if any."""
+
+    type: typing.ClassVar[str] = "progress"
+    groups_done: int
+    groups_total: int
+    group_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Submit(Message):
+    """Start these runs of a group: one client script per simulation id."""
+
+    type: typing.ClassVar[str] = "submit"
+    group_id: int
+    sim_ids: list[int] = field(default_factory=list)
+    scripts: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if len(self.sim_ids) != len(self.scripts):
+            raise MessageError(f"submit: {len(self.sim_ids)} sim_ids but "
+                               f"{len(self.scripts)} scripts")
+
+
+@dataclass(frozen=True, slots=True)
+class Kill(Message):
+    """Stop these simulations' jobs (queued ones are dropped); not reported back."""
+
+    type: typing.ClassVar[str] = "kill"
+    sim_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(Message):
+    """The server ends the study with exit ``status`` (see :mod:`exit_codes`)."""
+
+    type: typing.ClassVar[str] = "stop"
+    status: int
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class JobState(Message):
+    """The launcher reports a client job's state: ``running``, ``done`` or ``failed``."""
+
+    type: typing.ClassVar[str] = "job"
+    sim_id: int
+    group_id: int | None
+    state: str
+    returncode: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StopRequest(Message):
+    """The launcher asks the server to checkpoint and stop (Ctrl-C, SIGTERM)."""
+
+    type: typing.ClassVar[str] = "stop_request"
+    reason: str = ""
+
+
+SERVER_TO_LAUNCHER: tuple[type[Message], ...] = (Hello, Ping, Progress, Submit, Kill, Stop)
+LAUNCHER_TO_SERVER: tuple[type[Message], ...] = (Ping, JobState, StopRequest)
+_BY_NAME = {cls.type: cls for cls in (*SERVER_TO_LAUNCHER, *LAUNCHER_TO_SERVER)}
+
+
+def encode(msg: Message) -> bytes:
+    """One message as compact JSON bytes."""
+    return json.dumps({"type": msg.type, **asdict(msg)}, separators=(",", ":")).encode()
+
+
+def _check(value, hint, where: str):
+    """``value`` converted to the annotated type ``hint``; MessageError if it is not."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(value, inner, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise MessageError(f"{where} must be a list, got {type(value).__name__}")
+        (inner,) = typing.get_args(hint)
+        return [_check(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MessageError(f"{where} must be an integer, got {value!r:.60}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise MessageError(f"{where} must be a string, got {value!r:.60}")
+        return value
+    raise TypeError(f"unsupported field type {hint!r}")  # a programming error
+
+
+def decode(raw: bytes, accept: tuple[type[Message], ...]) -> Message:
+    """Parse and validate one message whose class is one of ``accept``."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise MessageError(f"message of {len(raw)} bytes is too large")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(f"not JSON ({exc})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise MessageError(f"not a JSON object with a type: {bytes(raw)[:80]!r}")
+    name = obj.pop("type")
+    cls = _BY_NAME.get(name)
+    if cls is None or cls not in accept:
+        raise MessageError(f"unexpected message type {name!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(obj) - known)
+    if unknown:
+        raise MessageError(f"{name}: unknown field(s) {', '.join(unknown)}")
+    values = {}
+    for f in fields(cls):
+        if f.name in obj:
+            values[f.name] = _check(obj[f.name], hints[f.name], f"{name}.{f.name}")
+    try:
+        return cls(**values)
+    except TypeError as exc:  # a required field is missing
+        raise MessageError(f"{name}: {exc}") from None
