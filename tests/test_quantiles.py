@@ -33,7 +33,7 @@ from scipy import stats
 
 import melissa_sa.stats.quantiles as quantiles_module
 from melissa_sa.kernels import quantiles as kernels
-from melissa_sa.stats import Quantiles
+from melissa_sa.stats import MergeError, Quantiles
 
 LEVELS = [0.05, 0.5, 0.95]
 
@@ -335,7 +335,7 @@ def test_bad_n_cells_rejected(bad):
 
 def test_merge_is_refused_clearly():
     q = Quantiles(3, [0.5])
-    with pytest.raises(NotImplementedError, match="cannot be merged"):
+    with pytest.raises(MergeError, match="cannot be merged"):
         q.merge(Quantiles(3, [0.5]))
 
 

@@ -1,4 +1,4 @@
-"""Saving and loading statistic state to and from an h5py group.
+"""The saved form of a statistic's state, and the sample check every update shares.
 
 Every statistic stores its arrays as datasets and its scalars as attributes
 of one group, tagged with ``kind`` (the class name) and ``state_version`` so
@@ -82,27 +82,3 @@ def as_sample(x, n_cells: int) -> np.ndarray:
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
     return x
-
-
-# Below this many cells a parallel region costs more than it saves: waking
-# the worker threads takes ~10 us on an idle machine and milliseconds on a
-# loaded one, against ~1 ns per cell of work.
-PARALLEL_MIN_CELLS = 1 << 15
-
-
-def run_kernel(kernel, n_cells: int, *args) -> None:
-    """Call a ``parallel=True`` kernel, on one thread for small meshes."""
-    if n_cells >= PARALLEL_MIN_CELLS:
-        kernel(*args)
-        return
-    import numba
-
-    previous = numba.get_num_threads()
-    if previous == 1:
-        kernel(*args)
-        return
-    numba.set_num_threads(1)
-    try:
-        kernel(*args)
-    finally:
-        numba.set_num_threads(previous)

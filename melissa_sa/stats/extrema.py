@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from melissa_sa.kernels.extrema import extrema_init, extrema_merge, extrema_update
-from melissa_sa.stats._state import (as_sample, load_state, restore_array, run_kernel,
-                                     save_state)
+from melissa_sa.stats._state import as_sample, load_state, restore_array, save_state
+from melissa_sa.stats.base import Statistic
 
 
-class Extrema:
+class Extrema(Statistic):
     """Per-cell minimum and maximum over all samples seen.
 
     Exact (no rounding: the extremes are sample values). Before any sample,
@@ -34,20 +34,14 @@ class Extrema:
 
     def update(self, x) -> None:
         """Fold one sample ``x`` of shape ``(n_cells,)`` into the state."""
-        run_kernel(extrema_update, self.n_cells, self._state, as_sample(x, self.n_cells))
+        extrema_update(self._state, as_sample(x, self.n_cells))
         self._n += 1
 
     def merge(self, other: "Extrema") -> None:
         """Fold ``other``'s extremes in (exact)."""
-        if not isinstance(other, Extrema) or other.n_cells != self.n_cells:
-            raise ValueError("can only merge an Extrema of the same n_cells")
-        run_kernel(extrema_merge, self.n_cells, self._state, other._state)
+        self._check_merge(other, n_cells=self.n_cells)
+        extrema_merge(self._state, other._state)
         self._n += other._n
-
-    @property
-    def n(self) -> int:
-        """Number of samples folded in."""
-        return self._n
 
     @property
     def min(self) -> np.ndarray:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from melissa_sa.kernels.moments import moments_merge, pebay_update, welford_update
-from melissa_sa.stats._state import (as_sample, load_state, restore_array, run_kernel,
-                                     save_state)
+from melissa_sa.stats._state import as_sample, load_state, restore_array, save_state
+from melissa_sa.stats.base import Statistic
 
 
-class Moments:
+class Moments(Statistic):
     """One-pass central moments of a field, per cell.
 
     Keeps, for every cell, the running mean and the centred sums
@@ -71,29 +71,19 @@ class Moments:
         """Fold one sample ``x`` of shape ``(n_cells,)`` into the state."""
         x = as_sample(x, self.n_cells)
         if self.order == 2:
-            run_kernel(welford_update, self.n_cells, self._n, self._state, x)
+            welford_update(self._n, self._state, x)
         else:
-            run_kernel(pebay_update, self.n_cells, self._n, self._state, x)
+            pebay_update(self._n, self._state, x)
         self._n += 1
 
     def merge(self, other: "Moments") -> None:
         """Fold ``other``'s samples in, exactly as if this object saw them."""
-        if not isinstance(other, Moments):
-            raise TypeError(f"cannot merge {type(other).__name__} into Moments")
-        if other.n_cells != self.n_cells or other.order != self.order:
-            raise ValueError(
-                f"cannot merge Moments(n_cells={other.n_cells}, order={other.order}) "
-                f"into Moments(n_cells={self.n_cells}, order={self.order})"
-            )
-        run_kernel(moments_merge, self.n_cells, self._n, self._state, other._n, other._state)
+        self._check_merge(other, n_cells=self.n_cells, order=self.order)
+        other_state = other._state.copy() if other is self else other._state
+        moments_merge(self._n, self._state, other._n, other_state)
         self._n += other._n
 
     # -- results ---------------------------------------------------------
-    @property
-    def n(self) -> int:
-        """Number of samples folded in (the same for every cell)."""
-        return self._n
-
     @property
     def count(self) -> np.ndarray:
         """Samples per cell, shape ``(n_cells,)`` (a read-only broadcast view)."""

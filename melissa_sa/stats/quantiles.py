@@ -7,7 +7,8 @@ import numbers
 import numpy as np
 
 from melissa_sa.kernels import quantiles as _k
-from melissa_sa.stats._state import as_sample, load_state, run_kernel, save_state
+from melissa_sa.stats._state import as_sample, load_state, save_state
+from melissa_sa.stats.base import MergeError, Statistic
 
 __all__ = ["Quantiles"]
 
@@ -28,7 +29,7 @@ def _check_levels(levels) -> np.ndarray:
     return np.array(out, dtype=np.float64)
 
 
-class Quantiles:
+class Quantiles(Statistic):
     """Per-cell quantiles of a stream of samples, in one pass and O(1) memory.
 
     For every cell ``c`` and level ``alpha`` it estimates the alpha-quantile
@@ -66,7 +67,8 @@ class Quantiles:
     exact sample quantile's (``benchmarks/quantile_accuracy.py``).
 
     State: ``8 * (3 + L + max(2 L, 8))`` bytes per cell for ``L`` levels
-    (112 bytes for 3 levels). Quantiles do not merge: partial states of a
+    (112 bytes for 3 levels). Quantiles do not merge (:meth:`merge` raises
+    :class:`~melissa_sa.stats.MergeError`): partial states of a
     stochastic approximation cannot be combined exactly.
 
     NaN policy: a non-finite value (NaN or +-inf) in a sample poisons that
@@ -126,24 +128,24 @@ class Quantiles:
         self._levels = _check_levels(levels)
         self._order = np.argsort(self._levels, kind="stable").astype(np.int64)
         self._state = _k.quantiles_new_state(self._n_cells, self._levels.size)
-        self._count = 0
+        self._n = 0
 
     # -- updating ---------------------------------------------------------
     def update(self, x) -> None:
         """Fold in one sample ``x``: ``n_cells`` values, float32 or float64."""
         x = as_sample(x, self._n_cells)
-        run_kernel(_k.quantiles_update, self._n_cells, self._count, self._levels, self._state, x)
-        self._count += 1
+        _k.quantiles_update(self._n, self._levels, self._state, x)
+        self._n += 1
 
     def merge(self, other) -> None:
-        """Not supported: raises ``NotImplementedError``.
+        """Not supported: raises :class:`~melissa_sa.stats.MergeError`.
 
         A stochastic-approximation quantile state summarises a stream in a
         way that depends on the order of the samples; two partial states
         cannot be combined into the state of the joint stream. Feed every
         sample of a cell to one ``Quantiles`` object instead.
         """
-        raise NotImplementedError(
+        raise MergeError(
             "Quantiles cannot be merged: streaming quantile estimates of two "
             "partial streams do not combine exactly; feed all samples of a "
             "cell to one Quantiles object"
@@ -154,9 +156,7 @@ class Quantiles:
     def values(self) -> np.ndarray:
         """Estimates, shape ``(n_levels, n_cells)``, float64 (a new array)."""
         out = np.empty((self._levels.size, self._n_cells), dtype=np.float64)
-        run_kernel(
-            _k.quantiles_values, self._n_cells, self._count, self._levels, self._order, self._state, out
-        )
+        _k.quantiles_values(self._n, self._levels, self._order, self._state, out)
         return out
 
     @property
@@ -167,12 +167,7 @@ class Quantiles:
     @property
     def count(self) -> int:
         """Number of samples folded in."""
-        return self._count
-
-    @property
-    def n(self) -> int:
-        """Number of samples folded in (same as :attr:`count`)."""
-        return self._count
+        return self._n
 
     @property
     def n_cells(self) -> int:
@@ -186,7 +181,7 @@ class Quantiles:
 
     def __repr__(self) -> str:
         lv = ", ".join(f"{v:g}" for v in self._levels)
-        return f"Quantiles(n_cells={self._n_cells}, levels=[{lv}], count={self._count})"
+        return f"Quantiles(n_cells={self._n_cells}, levels=[{lv}], count={self._n})"
 
     # -- checkpoint ---------------------------------------------------------
     def save(self, group) -> None:
@@ -195,7 +190,7 @@ class Quantiles:
             group,
             "Quantiles",
             {"state": self._state, "levels": self._levels},
-            {"count": self._count, "n_cells": self._n_cells, "warmup": _k.WARMUP},
+            {"count": self._n, "n_cells": self._n_cells, "warmup": _k.WARMUP},
         )
 
     @classmethod
@@ -220,5 +215,5 @@ class Quantiles:
         if count < 0:
             raise ValueError(f"{where}: Quantiles count {count} is negative")
         obj._state = np.ascontiguousarray(state)
-        obj._count = count
+        obj._n = count
         return obj

@@ -18,6 +18,7 @@ from melissa_sa.kernels.sobol import (
     row_width,
 )
 from melissa_sa.stats._state import load_state, restore_array, save_state
+from melissa_sa.stats.base import Statistic
 
 _METHODS = {"delta": DELTA, "fisher": FISHER, "delta-linear": DELTA_LINEAR}
 
@@ -45,7 +46,7 @@ def as_group(group, n_params: int, n_cells: int) -> np.ndarray:
     return group
 
 
-class SobolMartinez:
+class SobolMartinez(Statistic):
     r"""First- and total-order Sobol' indices by Martinez' estimator, per cell.
 
     **Definitions.** For an output ``Y = f(X_1, .., X_p)`` with independent
@@ -177,13 +178,7 @@ class SobolMartinez:
 
     def merge(self, other: "SobolMartinez") -> None:
         """Fold ``other``'s groups in, as if this object had seen them too."""
-        if not isinstance(other, SobolMartinez):
-            raise TypeError(f"cannot merge {type(other).__name__} into SobolMartinez")
-        if (other.n_cells, other.n_params, other.ci) != (self.n_cells, self.n_params, self.ci):
-            raise ValueError(
-                f"cannot merge {other!r} into {self!r}: "
-                "n_cells, n_params and ci must match"
-            )
+        self._check_merge(other, n_cells=self.n_cells, n_params=self.n_params, ci=self.ci)
         other_state = other._state.copy() if other is self else other._state
         martinez_merge(self._state, self._n, other_state, other._n, self.n_params)
         self._n += other._n

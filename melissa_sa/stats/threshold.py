@@ -6,11 +6,11 @@ import numpy as np
 from scipy.special import ndtri
 
 from melissa_sa.kernels.threshold import threshold_merge, threshold_update
-from melissa_sa.stats._state import (as_sample, load_state, restore_array, run_kernel,
-                                     save_state)
+from melissa_sa.stats._state import as_sample, load_state, restore_array, save_state
+from melissa_sa.stats.base import Statistic
 
 
-class ThresholdExceedance:
+class ThresholdExceedance(Statistic):
     """Per-cell probability that the output exceeds each threshold.
 
     ``probability[k, i] = #{samples with x[i] > thresholds[k]} / n`` (strict
@@ -49,23 +49,15 @@ class ThresholdExceedance:
 
     def update(self, x) -> None:
         """Fold one sample ``x`` of shape ``(n_cells,)`` into the counts."""
-        run_kernel(threshold_update, self.n_cells, self.thresholds, self._counts,
-                   as_sample(x, self.n_cells))
+        threshold_update(self.thresholds, self._counts, as_sample(x, self.n_cells))
         self._n += 1
 
     def merge(self, other: "ThresholdExceedance") -> None:
         """Add ``other``'s counts (same cells and thresholds) to this one."""
-        if (not isinstance(other, ThresholdExceedance) or other.n_cells != self.n_cells
-                or not np.array_equal(other.thresholds, self.thresholds)):
-            raise ValueError("can only merge a ThresholdExceedance with the same "
-                             "n_cells and thresholds")
-        run_kernel(threshold_merge, self.n_cells, self._counts, other._counts)
+        self._check_merge(other, n_cells=self.n_cells, thresholds=self.thresholds)
+        other_counts = other._counts.copy() if other is self else other._counts
+        threshold_merge(self._counts, other_counts)
         self._n += other._n
-
-    @property
-    def n(self) -> int:
-        """Number of samples folded in."""
-        return self._n
 
     @property
     def counts(self) -> np.ndarray:
