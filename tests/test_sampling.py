@@ -214,6 +214,18 @@ def test_pick_freeze_a_and_b_come_from_one_2p_sequence():
         pick_freeze_groups(make_sampler("sobol", nb_parameters=3), 2)
 
 
+def test_pick_freeze_rows_are_the_group_layouts():
+    """The design asks melissa_sa.design.GroupLayout for its rows: one home."""
+    from melissa_sa.design import GroupLayout
+
+    p = 3
+    design = make_sampler("halton", nb_parameters=p, seed=1, apply_pick_freeze=True)
+    assert design.layout == GroupLayout(p) and design.group_size == GroupLayout(p).size
+    g = design.draw_groups(6)
+    joint = make_sampler("halton", nb_parameters=2 * p, seed=1).draw(6)
+    assert np.array_equal(g, GroupLayout(p).build(joint[:, :p], joint[:, p:]))
+
+
 def test_pick_freeze_a_b_independent():
     g = make_sampler("sobol", nb_parameters=3, seed=0, apply_pick_freeze=True).draw_groups(1024)
     corr = np.corrcoef(np.hstack([g[:, 0], g[:, 1]]).T)[:3, 3:]
