@@ -76,6 +76,20 @@ def table() -> ParameterTable:
                                       folded=[True, True, False])
 
 
+def test_parameter_table_numbers_runs_as_the_group_layout():
+    from melissa_sa.design import GroupLayout
+
+    t = table()
+    layout = GroupLayout(3)
+    assert np.array_equal(t.sim_id, layout.sim_id(t.group_id, t.member))
+    assert [layout.split(s) for s in t.sim_id] == list(zip(t.group_id, t.member))
+    second = GroupLayout(3, second_order=True)
+    t2 = ParameterTable.from_groups(np.zeros((2, second.size, 3)), NAMES, layout=second)
+    assert t2.sim_id.tolist() == list(range(2 * second.size))
+    with pytest.raises(ValueError, match=r"expected \(n_groups, 5, 3\)"):
+        ParameterTable.from_groups(np.zeros((2, 4, 3)), NAMES)
+
+
 CONFIG = {"study_options": {"field_names": ["temperature", "pressure"]}, "x": 1}
 
 

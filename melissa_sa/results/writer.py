@@ -1,0 +1,410 @@
+"""Writing ``OUT/results.h5``: serial or MPI, never gathered.
+
+**Parallel write without gathering.** The PyPI h5py has no MPI-IO driver, so
+the ranks take turns: rank 0 creates ``results.h5.tmp`` with every dataset at
+full size and writes its own slices; each rank ``k > 0`` waits for a token
+from rank ``k - 1`` (polling ``Iprobe`` with short sleeps: a blocking MPI
+receive busy-spins), opens the file ``r+``, writes its hyperslabs, closes it
+and passes the token on. The last rank checks that the slices tile every
+field exactly and that the sample counts were written, marks the file
+complete, ``fsync``\\ s it and renames it to ``results.h5``: a ``results.h5``
+that exists is complete. No rank ever holds more than its own slice.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import h5py
+import numpy as np
+
+from melissa_sa.results.layout import ParameterTable, ResultsLayout, as_table
+from melissa_sa.results.schema import (CI_METHODS, COUNT_FILL, COUNTS, FLOAT_FILL, FORMAT,
+                                           SCALES, STATISTICS, ResultsWriteError, version)
+
+__all__ = [
+    "FieldSlice", "create_results_file", "write_field_slice", "complete_results_file",
+    "write_results_parallel", "write_results",
+]
+
+_DEFAULT_TAG = 0x4D5352  # "MSR": token tag of write_results_parallel
+
+
+def _str_scale(group, name: str, values) -> h5py.Dataset:
+    return group.create_dataset(name, data=np.array(list(values), dtype=object),
+                                dtype=h5py.string_dtype())
+
+
+def _chunks(layout: ResultsLayout, shape: tuple[int, ...]) -> tuple[int, ...]:
+    T, N = shape[-2], shape[-1]
+    cells = min(N, layout.chunk_elements)
+    steps = max(1, min(T, layout.chunk_elements // cells))
+    return (1,) * (len(shape) - 2) + (steps, cells)
+
+
+def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping | None = None,
+                        parameters=None, attrs: Mapping | None = None) -> Path:
+    """Create ``path`` with every dataset of ``layout`` at full size (rank 0's job).
+
+    Statistics are float64, filled with NaN until written; counts are int64,
+    filled with -1. ``config_json`` is the study config (a JSON string or a
+    mapping); ``parameters`` a :class:`ParameterTable`, a mapping of its
+    fields, an ``(n_runs, n_params)`` array or None. The file is marked
+    incomplete (root attr ``complete = False``) until
+    :func:`complete_results_file`. Memory used is independent of the mesh size.
+    ``attrs`` adds root attributes (e.g. the server's dropped-message counts).
+    """
+    path = Path(path)
+    if config_json is None:
+        config_json = "{}"
+    elif not isinstance(config_json, str):
+        config_json = json.dumps(config_json)
+    else:
+        json.loads(config_json)  # must be valid JSON
+    table = as_table(parameters, layout)
+    T = layout.n_time_steps
+    comp = {} if layout.gzip is None else {"compression": "gzip",
+                                            "compression_opts": int(layout.gzip)}
+    with h5py.File(path, "w", libver=("v108", "v110"), track_order=True) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["melissa_sa_version"] = version()
+        f.attrs["config"] = config_json
+        f.attrs["fields"] = list(layout.fields)
+        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        f.attrs["complete"] = False
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+
+        # -- /parameters
+        pg = f.create_group("parameters", track_order=True)
+        pg.attrs["description"] = ("the design actually run, one row per run; member 0 = A, "
+                                   "1 = B, 2 + k = C_k (A with column k from B) under Sobol'")
+        run = pg.create_dataset("run", data=np.arange(len(table), dtype=np.int64))
+        run.make_scale("run")
+        pscale = _str_scale(pg, "parameter", table.names)
+        pscale.make_scale("parameter")
+        v = pg.create_dataset("value", data=table.values)
+        v.attrs["names"] = list(table.names)
+        v.dims[0].attach_scale(run)
+        v.dims[1].attach_scale(pscale)
+        for col in ("sim_id", "group_id", "member", "redrawn", "folded"):
+            d = pg.create_dataset(col, data=getattr(table, col))
+            d.dims[0].attach_scale(run)
+        pg["redrawn"].attrs["definition"] = ("parameters redrawn to replace a group that "
+                                             "crashed too often")
+        pg["folded"].attrs["definition"] = "the run's data was folded into the statistics"
+
+        # -- one group per field
+        for fname in layout.fields:
+            N = layout.n_cells[fname]
+            g = f.create_group(fname, track_order=True)
+            g.attrs["n_cells"] = N
+            g.attrs["n_time_steps"] = T
+            scales = {}
+            ts = g.create_dataset("time_step", data=np.arange(T, dtype=np.int64))
+            cell = g.create_dataset("cell", shape=(N,), dtype=np.int64,
+                                    chunks=(min(N, layout.chunk_elements),))
+            block = 1 << 20  # bounded memory, whatever the mesh size
+            for lo in range(0, N, block):
+                hi = min(N, lo + block)
+                cell[lo:hi] = np.arange(lo, hi, dtype=np.int64)
+            scales["time_step"], scales["cell"] = ts, cell
+            if layout.thresholds:
+                scales["threshold"] = g.create_dataset(
+                    "threshold", data=np.array(layout.thresholds, dtype=np.float64))
+            if layout.quantile_levels:
+                scales["quantile_level"] = g.create_dataset(
+                    "quantile_level", data=np.array(layout.quantile_levels, dtype=np.float64))
+            if layout.has_sobol:
+                scales["parameter"] = _str_scale(g, "parameter", layout.parameter_names)
+                g.attrs["confidence_level"] = layout.confidence_level
+                g.attrs["ci_method"] = layout.ci_method
+            for name, ds in scales.items():
+                ds.make_scale(name)
+
+            for stat in layout.statistics:
+                shape = layout.shape(fname, stat)
+                d = g.create_dataset(stat, shape=shape, dtype=np.float64,
+                                     chunks=_chunks(layout, shape), fillvalue=FLOAT_FILL, **comp)
+                lead = STATISTICS[stat]
+                dims = ([lead] if lead else []) + ["time_step", "cell"]
+                for i, dim in enumerate(dims):
+                    d.dims[i].attach_scale(scales[dim])
+                d.attrs["definition"] = layout.definition(stat)
+                if stat.endswith(("_low", "_high")):
+                    d.attrs["confidence_level"] = layout.confidence_level
+                    d.attrs["method"] = layout.ci_method
+                    if layout.ci_method in CI_METHODS:
+                        d.attrs["method_description"] = CI_METHODS[layout.ci_method]
+            for cname in layout.counts:
+                d = g.create_dataset(cname, shape=(T,), dtype=np.int64, fillvalue=COUNT_FILL)
+                d.dims[0].attach_scale(ts)
+                d.attrs["definition"] = layout.definition(cname)
+    return path
+
+
+def write_field_slice(h5file, field: str, lo: int, hi: int,
+                      stats: Mapping[str, Any]) -> list[str]:
+    """Write one rank's cells ``[lo, hi)`` of ``field`` into an open results file.
+
+    ``stats`` maps statistic names to arrays shaped ``(time_step, hi - lo)``
+    (or ``(k, time_step, hi - lo)`` for thresholds, quantiles and Sobol'), or
+    to a callable ``t -> array`` giving one time step (``(hi - lo,)`` or
+    ``(k, hi - lo)``), which keeps only one step in memory. Values are
+    fetched one at a time and released before the next, so a lazy Mapping
+    holds at most one statistic. ``n_samples`` / ``n_groups`` entries (shape
+    ``(time_step,)``) are written whole: rank 0 passes them. Any real dtype
+    is accepted and stored as float64. Returns the names written.
+    """
+    if field not in h5file or not isinstance(h5file[field], h5py.Group):
+        raise KeyError(f"{h5file.filename}: no field {field!r}")
+    g = h5file[field]
+    N = int(g.attrs["n_cells"])
+    T = int(g.attrs["n_time_steps"])
+    lo, hi = int(lo), int(hi)
+    if not 0 <= lo <= hi <= N:
+        raise ValueError(f"field {field!r}: slice [{lo}, {hi}) outside [0, {N})")
+    n = hi - lo
+    written = []
+    for name in list(stats):
+        if name not in g or name in SCALES or not isinstance(g[name], h5py.Dataset):
+            present = [s for s in list(STATISTICS) + list(COUNTS) if s in g]
+            raise KeyError(f"field {field!r}: statistic {name!r} is not in the results "
+                           f"file; it holds {present}")
+        d = g[name]
+        value = stats[name]
+        if name in COUNTS:
+            arr = np.asarray(value)
+            if arr.shape != (T,):
+                raise ValueError(f"field {field!r}: {name} shape {arr.shape}, expected ({T},)")
+            d[...] = arr
+        elif callable(value):
+            step_shape = d.shape[:-2] + (n,)
+            for t in range(T):
+                arr = np.asarray(value(t))
+                if arr.shape != step_shape:
+                    raise ValueError(f"field {field!r}: {name} at time step {t} has shape "
+                                     f"{arr.shape}, expected {step_shape}")
+                if n:
+                    d[..., t, lo:hi] = arr
+        else:
+            arr = np.asarray(value)
+            expected = d.shape[:-1] + (n,)
+            if arr.shape != expected:
+                raise ValueError(f"field {field!r}: {name} slice shape {arr.shape}, expected "
+                                 f"{expected} for cells [{lo}, {hi})")
+            if arr.dtype.kind not in "biuf":
+                raise TypeError(f"field {field!r}: {name} dtype {arr.dtype} is not real")
+            if n:
+                d[..., lo:hi] = arr
+        del value
+        written.append(name)
+    return written
+
+
+def _check_coverage(layout: ResultsLayout, covered) -> list[str]:
+    problems = []
+    for fname in layout.fields:
+        N = layout.n_cells[fname]
+        spans = sorted((lo, hi, rank) for f, lo, hi, rank in covered if f == fname and hi > lo)
+        pos = 0
+        for lo, hi, rank in spans:
+            if lo < pos:
+                problems.append(f"field {fname!r}: rank {rank}'s cells [{lo}, {hi}) overlap "
+                                f"cells already written (up to {pos})")
+            elif lo > pos:
+                problems.append(f"field {fname!r}: no rank wrote cells [{pos}, {lo})")
+            pos = max(pos, hi)
+        if pos < N:
+            problems.append(f"field {fname!r}: no rank wrote cells [{pos}, {N})")
+    return problems
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:  # pragma: no cover - e.g. directories on some platforms
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def complete_results_file(tmp_path, final_path=None, *, durable: bool = True) -> Path:
+    """Check the counts, mark ``tmp_path`` complete, fsync it and rename it.
+
+    ``final_path`` defaults to ``tmp_path`` without its ``.tmp`` suffix. The
+    rename is atomic: a file under the final name is always complete.
+    Raises :class:`ResultsWriteError` if a field's sample counts were never
+    written.
+    """
+    tmp_path = Path(tmp_path)
+    if final_path is None:
+        if tmp_path.suffix != ".tmp":
+            raise ValueError(f"{tmp_path}: give final_path (the name has no .tmp suffix)")
+        final_path = tmp_path.with_suffix("")
+    final_path = Path(final_path)
+    with h5py.File(tmp_path, "r+") as f:
+        for fname in f.attrs["fields"]:
+            for cname in COUNTS:
+                if cname in f[fname] and np.any(f[fname][cname][...] == COUNT_FILL):
+                    raise ResultsWriteError(
+                        f"{tmp_path}: field {fname!r}: {cname} was not written for every "
+                        f"time step (rank 0 passes it in its slice)")
+        f.attrs["complete"] = True
+    if durable:
+        _fsync_path(tmp_path)
+    os.replace(tmp_path, final_path)
+    if durable:
+        _fsync_path(final_path.parent if str(final_path.parent) else Path("."), directory=True)
+    return final_path
+
+
+class FieldSlice(NamedTuple):
+    """One rank's part of one field: cells ``[lo, hi)`` and their statistics."""
+
+    lo: int
+    hi: int
+    stats: Mapping[str, Any]
+
+
+SliceSource = Mapping[str, Any] | Callable[[str], Any]
+
+
+def _get_slice(local_slices: SliceSource, field: str) -> FieldSlice | None:
+    if callable(local_slices) and not isinstance(local_slices, Mapping):
+        s = local_slices(field)
+    else:
+        s = local_slices.get(field)
+    if s is None:
+        return None
+    return s if isinstance(s, FieldSlice) else FieldSlice(*s)
+
+
+def _write_local(path: Path, layout: ResultsLayout, local_slices: SliceSource,
+                 rank: int) -> list[tuple[str, int, int, int]]:
+    covered = []
+    with h5py.File(path, "r+", rdcc_nbytes=64 << 20, rdcc_nslots=10007) as f:
+        for fname in layout.fields:
+            s = _get_slice(local_slices, fname)
+            if s is None:
+                continue
+            if s.hi > s.lo:
+                missing = [st for st in layout.statistics if st not in s.stats]
+                if missing:
+                    raise ValueError(f"rank {rank}, field {fname!r}: slice [{s.lo}, {s.hi}) "
+                                     f"lacks enabled statistic(s) {missing}")
+            write_field_slice(f, fname, s.lo, s.hi, s.stats)
+            covered.append((fname, int(s.lo), int(s.hi), rank))
+            del s
+    return covered
+
+
+def _wait_message(comm, source: int, tag: int, poll_interval: float,
+                  timeout: float | None, what: str):
+    """Receive one message by polling Iprobe with growing sleeps (no busy-spin)."""
+    start = time.monotonic()
+    sleep = 0.0005
+    while not comm.Iprobe(source=source, tag=tag):
+        if timeout is not None and time.monotonic() - start > timeout:
+            raise TimeoutError(f"rank {comm.Get_rank()}: no {what} from rank {source} "
+                               f"after {timeout:g} s")
+        time.sleep(sleep)
+        sleep = min(poll_interval, sleep * 2)
+    return comm.recv(source=source, tag=tag)
+
+
+def _send_all(comm, messages, poll_interval: float) -> None:
+    """Non-blocking sends, completed by polling (no busy-spin in MPI_Wait)."""
+    reqs = [comm.isend(obj, dest=dest, tag=tag) for dest, tag, obj in messages]
+    sleep = 0.0005
+    while not all(r.Test() for r in reqs):
+        time.sleep(sleep)
+        sleep = min(poll_interval, sleep * 2)
+
+
+def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: SliceSource, *,
+                           config_json: str | Mapping | None = None, parameters=None,
+                           attrs: Mapping | None = None, poll_interval: float = 0.02, timeout: float | None = None,
+                           durable: bool = True, tag: int = _DEFAULT_TAG) -> Path:
+    """Write ``path`` (``OUT/results.h5``) from every rank's own slices; call on every rank.
+
+    ``comm`` is an mpi4py communicator or None (one process). ``local_slices``
+    gives this rank's part of each field: a mapping ``field -> FieldSlice(lo,
+    hi, stats)`` (or a ``(lo, hi, stats)`` tuple), or a callable ``field ->``
+    the same, called during this rank's turn only, so the statistics can be
+    finalised lazily, one field at a time. ``stats`` is as in
+    :func:`write_field_slice`; a rank with a non-empty slice must give every
+    enabled statistic, and the rank that writes the counts (rank 0 by
+    convention) adds ``n_samples`` (and ``n_groups`` with Sobol'). A missing
+    field or ``lo == hi`` means the rank owns no cells of it.
+
+    ``config_json`` and ``parameters`` are used on rank 0 only (see
+    :func:`create_results_file`). Ranks write in turn into
+    ``path + ".tmp"``, waiting by ``Iprobe`` polling (sleeps up to
+    ``poll_interval`` s; ``timeout``: seconds allowed per rank's turn, None =
+    wait forever; on expiry :class:`TimeoutError`); ``tag`` (and ``tag + 1``)
+    are the MPI tags used on ``comm``, distinct from the server's. The last
+    rank checks that the slices tile ``[0, n_cells)`` of every field exactly,
+    then renames the file to ``path``. Every rank returns the final path
+    after the rename, or raises :class:`ResultsWriteError` (naming the rank
+    that failed) on every rank if any rank failed; the ``.tmp`` file is then
+    left for inspection.
+    """
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    rank, size = (0, 1) if comm is None else (comm.Get_rank(), comm.Get_size())
+    token = {"error": None, "covered": []}
+    local_exc: BaseException | None = None
+    if rank > 0:
+        token = _wait_message(comm, rank - 1, tag, poll_interval, timeout, "results token")
+    if token["error"] is None:
+        try:
+            if rank == 0:
+                if tmp.exists():
+                    tmp.unlink()
+                create_results_file(tmp, layout, config_json, parameters, attrs)
+            token["covered"].extend(_write_local(tmp, layout, local_slices, rank))
+        except Exception as exc:  # passed on so that no rank waits forever
+            local_exc = exc
+            token["error"] = f"rank {rank}: {type(exc).__name__}: {exc}"
+    if rank < size - 1:
+        _send_all(comm, [(rank + 1, tag, token)], poll_interval)
+        # the outcome comes after every later rank's turn: allow each its timeout
+        final = _wait_message(comm, size - 1, tag + 1, poll_interval,
+                              None if timeout is None else timeout * (size - rank),
+                              "results outcome")
+    else:
+        final = {"error": token["error"]}
+        if final["error"] is None:
+            try:
+                problems = _check_coverage(layout, token["covered"])
+                if problems:
+                    raise ResultsWriteError(f"{tmp}: " + "; ".join(problems))
+                complete_results_file(tmp, path, durable=durable)
+            except Exception as exc:
+                local_exc = exc
+                final["error"] = f"rank {rank}: {type(exc).__name__}: {exc}"
+        if size > 1:
+            _send_all(comm, [(r, tag + 1, final) for r in range(size - 1)], poll_interval)
+    if final["error"] is not None:
+        raise ResultsWriteError(f"writing {path} failed: {final['error']}") from local_exc
+    return path
+
+
+def write_results(path, layout: ResultsLayout, slices: SliceSource, *,
+                  config_json: str | Mapping | None = None, parameters=None,
+                  durable: bool = True) -> Path:
+    """One-process :func:`write_results_parallel` (``comm=None``)."""
+    return write_results_parallel(None, path, layout, slices, config_json=config_json,
+                                  parameters=parameters, durable=durable)
