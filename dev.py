@@ -3,7 +3,7 @@
 the project into it (numpy, numba, scipy, h5py, pyzmq, mpi4py and the MPICH
 runtime, all wheels from PyPI), then runs.
 
-    python3 dev.py test       # the whole test suite (what CI runs)
+    python3 dev.py test       # ruff check, then the whole test suite (what CI runs)
     python3 dev.py example    # the main job (see README.md)
     python3 dev.py bench      # the kernel benchmark on 10^6 and 10^7 cells
 
@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("MELISSA_SA_VENV", ROOT / ".venv"))
 EXTRAS = "test,bench,plot"
+#: what `dev.py test` checks with ruff (configured in pyproject.toml) before pytest
+LINTED = ["melissa_sa", "tests", "benchmarks", "examples"]
 
 
 def venv_python() -> Path:
@@ -31,7 +33,7 @@ def venv_python() -> Path:
 
 def ensure_venv() -> Path:
     """Create the venv if missing; (re)install when pyproject.toml changed."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs under any python3
         sys.exit(f"melissa-sa needs Python >= 3.11, this is {sys.version.split()[0]}")
     py = venv_python()
     if not py.exists():
@@ -58,6 +60,11 @@ def main(argv: list[str]) -> int:
     # the venv's bin/ first so that mpiexec and python are the venv's own
     env["PATH"] = str(venv_python().parent) + os.pathsep + env.get("PATH", "")
     if what == "test":
+        # lint first: a finding fails the command before any test runs
+        lint = [py, "-m", "ruff", "check", *LINTED]
+        print("[dev] " + " ".join(lint), flush=True)
+        if subprocess.call(lint, cwd=ROOT, env=env) != 0:
+            return 1
         # compile the Numba kernels once up front (about 20 s after an
         # install), so that no test's server spends its time budget on it
         subprocess.run([py, "-m", "melissa_sa.warmup"], cwd=ROOT,

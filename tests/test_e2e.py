@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_study
-from melissa_sa.results import open_results
 from studyutil import NB_STEPS, copy_client, offline, run_study
+
+from melissa_sa.results import open_results
+
 
 def test_two_server_ranks_uneven_mpi_clients_match_offline(tmp_path):
     n_cells, p, groups = 11, 2, 4  # 8 independent runs: quantiles are still exact

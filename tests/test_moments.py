@@ -49,7 +49,7 @@ def test_matches_two_pass(order):
         np.testing.assert_allclose(m.kurtosis, ref["kurtosis"], rtol=1e-11)
     else:
         with pytest.raises(AttributeError):
-            m.skewness
+            _ = m.skewness
 
 
 def test_offset_1e9_keeps_spread():
@@ -113,7 +113,8 @@ def test_merge_equals_whole(order):
     data = 100 + 5 * rng.standard_t(5, size=(400, 20))
     whole = feed(data, order)
     for cut in (0, 1, 7, 200, 399, 400):
-        a, b = feed(data[:cut], order) if cut else Moments(20, order), feed(data[cut:], order) if cut < 400 else Moments(20, order)
+        a = feed(data[:cut], order) if cut else Moments(20, order)
+        b = feed(data[cut:], order) if cut < 400 else Moments(20, order)
         a.merge(b)
         assert a.n == 400
         np.testing.assert_allclose(a._state, whole._state, rtol=1e-11, atol=1e-9)
@@ -124,7 +125,7 @@ def test_merge_many_chunks_tree():
     data = rng.lognormal(size=(256, 8))
     parts = [feed(data[i:i + 32]) for i in range(0, 256, 32)]
     while len(parts) > 1:
-        parts = [p.merge(q) or p for p, q in zip(parts[::2], parts[1::2])]
+        parts = [p.merge(q) or p for p, q in zip(parts[::2], parts[1::2], strict=True)]
     assert_matches(parts[0], data, rtol=1e-11)
 
 

@@ -10,8 +10,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from melissa_sa.stats import (Extrema, Moments, Quantiles, SobolMartinez,
-                              ThresholdExceedance)
+from melissa_sa.stats import Extrema, Moments, Quantiles, SobolMartinez, ThresholdExceedance
 
 N = 200_000  # 1.6 MB per float64 array: any mesh-sized temporary is obvious
 

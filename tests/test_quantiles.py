@@ -21,7 +21,6 @@ picked from the spread measured over 20-30 seeds of each test's setting
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import h5py
@@ -31,7 +30,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-import melissa_sa.stats.quantiles as quantiles_module
 from melissa_sa.kernels import quantiles as kernels
 from melissa_sa.stats import MergeError, Quantiles
 
@@ -97,7 +95,8 @@ def test_close_to_numpy_quantile_after_warm_up():
     assert np.all(np.abs(diff).max(axis=1) < 2.2 * sd), np.abs(diff).max(axis=1) / sd
     # and not worse than the exact sample quantile against the truth
     truth = stats.norm.ppf(LEVELS)[:, None]
-    ratio = np.sqrt(np.mean((q.values - truth) ** 2, axis=1) / np.mean((exact - truth) ** 2, axis=1))
+    ratio = np.sqrt(np.mean((q.values - truth) ** 2, axis=1)
+                    / np.mean((exact - truth) ** 2, axis=1))
     assert np.all(ratio < 1.1), ratio
 
 
@@ -370,8 +369,3 @@ def test_kernel_parallel_equals_one_thread():
             numba.set_num_threads(previous)
         states.append(s)
     np.testing.assert_array_equal(states[0], states[1])
-
-
-def test_docstring_examples():
-    result = doctest.testmod(quantiles_module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

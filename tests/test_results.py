@@ -82,7 +82,7 @@ def test_parameter_table_numbers_runs_as_the_group_layout():
     t = table()
     layout = GroupLayout(3)
     assert np.array_equal(t.sim_id, layout.sim_id(t.group_id, t.member))
-    assert [layout.split(s) for s in t.sim_id] == list(zip(t.group_id, t.member))
+    assert [layout.split(s) for s in t.sim_id] == list(zip(t.group_id, t.member, strict=True))
     second = GroupLayout(3, second_order=True)
     t2 = ParameterTable.from_groups(np.zeros((2, second.size, 3)), NAMES, layout=second)
     assert t2.sim_id.tolist() == list(range(2 * second.size))
@@ -394,13 +394,13 @@ class FakeComm:
     def __init__(self, rank, size, box, log):
         self.rank, self.size, self.box, self.log = rank, size, box, log
 
-    def Get_rank(self):
+    def Get_rank(self):  # noqa: N802 - mpi4py's name
         return self.rank
 
-    def Get_size(self):
+    def Get_size(self):  # noqa: N802 - mpi4py's name
         return self.size
 
-    def Iprobe(self, source, tag):
+    def Iprobe(self, source, tag):  # noqa: N802 - mpi4py's name
         with self.box["lock"]:
             return bool(self.box.get((source, self.rank, tag)))
 
@@ -415,7 +415,7 @@ class FakeComm:
             self.log.append(("send", self.rank, dest, tag))
 
         class Req:
-            def Test(self):
+            def Test(self):  # noqa: N802 - mpi4py's name
                 return True
         return Req()
 

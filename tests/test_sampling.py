@@ -121,7 +121,7 @@ def test_load_state_refuses_other_seed_or_sampler():
 def test_names_and_enum_resolution():
     assert SAMPLER_NAMES == ("random_uniform", "lhs", "halton", "sobol")
     classes = [RandomUniformSampler, LHSSampler, HaltonSampler, SobolSampler]
-    for t, cls in zip(TYPES, classes):
+    for t, cls in zip(TYPES, classes, strict=True):
         assert type(make_sampler(t, nb_parameters=2)) is cls
         assert type(make_sampler(t.value, nb_parameters=2)) is cls
         assert type(make_sampler(t.name, nb_parameters=2)) is cls  # "SOBOL"
@@ -310,7 +310,8 @@ def test_truncnorm_defaults_to_bounds_and_pick_freeze_with_laws():
     ([{"law": "normal", "mean": 0}, {"law": "uniform"}], "needs 'std'"),
     ([{"law": "normal", "mean": 0, "std": -1}, {"law": "uniform"}], "std"),
     ([{"law": "uniform"}], "2 entries"),
-    ([{"law": "truncnorm", "mean": 0, "std": 1, "low": 1, "high": 0}, {"law": "uniform"}], "low < high"),
+    ([{"law": "truncnorm", "mean": 0, "std": 1, "low": 1, "high": 0}, {"law": "uniform"}],
+     "low < high"),
 ])
 def test_bad_distributions(dists, match):
     with pytest.raises(ValueError, match=match):

@@ -6,17 +6,26 @@ MergeError / the threading rule, checked through each class's public API only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import h5py
 import numba
 import numpy as np
 import pytest
 
+from melissa_sa.stats import (
+    Extrema,
+    MergeError,
+    Moments,
+    Quantiles,
+    SobolMartinez,
+    Statistic,
+    ThresholdExceedance,
+    load_statistic,
+    set_threads,
+)
 from melissa_sa.stats.base import PARALLEL_MIN_CELLS
-from melissa_sa.stats import (Extrema, MergeError, Moments, Quantiles, SobolMartinez, Statistic,
-                              ThresholdExceedance, load_statistic, set_threads)
 
 N_CELLS = 6
 P = 3

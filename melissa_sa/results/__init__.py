@@ -12,10 +12,23 @@
 
 from melissa_sa.results.layout import ParameterTable, ResultsLayout
 from melissa_sa.results.reader import Results, open_results
-from melissa_sa.results.schema import (CI_METHODS, COUNTS, DEFINITIONS, FORMAT, STATISTICS,
-                                       ResultsFileError, ResultsWriteError)
-from melissa_sa.results.writer import (FieldSlice, complete_results_file, create_results_file,
-                                       write_field_slice, write_results, write_results_parallel)
+from melissa_sa.results.schema import (
+                                       CI_METHODS,
+                                       COUNTS,
+                                       DEFINITIONS,
+                                       FORMAT,
+                                       STATISTICS,
+                                       ResultsFileError,
+                                       ResultsWriteError,
+)
+from melissa_sa.results.writer import (
+                                       FieldSlice,
+                                       complete_results_file,
+                                       create_results_file,
+                                       write_field_slice,
+                                       write_results,
+                                       write_results_parallel,
+)
 
 __all__ = [
     "FORMAT", "STATISTICS", "COUNTS", "DEFINITIONS", "CI_METHODS",

@@ -14,13 +14,20 @@ import h5py
 import numpy as np
 
 from melissa_sa.results.layout import ParameterTable
-from melissa_sa.results.schema import (COUNTS, FORMAT, SOBOL_STATISTICS, STATISTICS,
-                                           ResultsFileError, as_text, version)
+from melissa_sa.results.schema import (
+    COUNTS,
+    FORMAT,
+    SOBOL_STATISTICS,
+    STATISTICS,
+    ResultsFileError,
+    as_text,
+    version,
+)
 
 __all__ = ["Results", "open_results"]
 
 
-def open_results(path) -> "Results":
+def open_results(path) -> Results:
     """Open a results file for reading; raises :class:`ResultsFileError` naming it
     if it is not a complete melissa-sa results file."""
     return Results(path)
@@ -74,7 +81,7 @@ class Results:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "Results":
+    def __enter__(self) -> Results:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -193,8 +200,8 @@ class Results:
         threshold, quantile_level, parameter). Needs xarray and h5netcdf."""
         self._group(field)
         try:
-            import xarray as xr
             import h5netcdf  # noqa: F401
+            import xarray as xr
         except ImportError as exc:
             raise ImportError(
                 f"Results.to_xarray needs xarray and h5netcdf ({exc}); install them with "
@@ -251,7 +258,7 @@ class Results:
             names = tuple(as_text(x) for x in g["parameter"][...])
             for kind in ("first", "total"):
                 widths = _block_width(g[f"sobol_{kind}_low"], g[f"sobol_{kind}_high"], last)
-                cells = "  ".join(f"{n} {w:.3g}" for n, w in zip(names, widths))
+                cells = "  ".join(f"{n} {w:.3g}" for n, w in zip(names, widths, strict=True))
                 hints.append(f"    mean {_pct(conf[0])} CI width, {kind}-order: {cells}")
         if hints:
             out.append(f"    convergence at the last time step ({last}):")

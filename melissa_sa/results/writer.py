@@ -24,9 +24,18 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-from melissa_sa.results.layout import ParameterTable, ResultsLayout, as_table
-from melissa_sa.results.schema import (CI_METHODS, COUNT_FILL, COUNTS, FLOAT_FILL, FORMAT,
-                                           SCALES, STATISTICS, ResultsWriteError, version)
+from melissa_sa.results.layout import ResultsLayout, as_table
+from melissa_sa.results.schema import (
+    CI_METHODS,
+    COUNT_FILL,
+    COUNTS,
+    FLOAT_FILL,
+    FORMAT,
+    SCALES,
+    STATISTICS,
+    ResultsWriteError,
+    version,
+)
 
 __all__ = [
     "FieldSlice", "create_results_file", "write_field_slice", "complete_results_file",
@@ -76,7 +85,7 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
         f.attrs["melissa_sa_version"] = version()
         f.attrs["config"] = config_json
         f.attrs["fields"] = list(layout.fields)
-        f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         f.attrs["complete"] = False
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
@@ -335,7 +344,8 @@ def _send_all(comm, messages, poll_interval: float) -> None:
 
 def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: SliceSource, *,
                            config_json: str | Mapping | None = None, parameters=None,
-                           attrs: Mapping | None = None, poll_interval: float = 0.02, timeout: float | None = None,
+                           attrs: Mapping | None = None, poll_interval: float = 0.02,
+                           timeout: float | None = None,
                            durable: bool = True, tag: int = _DEFAULT_TAG) -> Path:
     """Write ``path`` (``OUT/results.h5``) from every rank's own slices; call on every rank.
 

@@ -17,9 +17,15 @@ SciPy is imported lazily, so importing this package (and
 from melissa_sa.sampling.factory import make_sampler, restore_sampler, sampler_from_config
 from melissa_sa.sampling.laws import LAWS
 from melissa_sa.sampling.pickfreeze import PickFreezeDesign, pick_freeze_groups
-from melissa_sa.sampling.samplers import (SAMPLER_NAMES, HaltonSampler, LHSSampler,
-                                          ParameterSampler, ParameterSamplerType,
-                                          RandomUniformSampler, SobolSampler)
+from melissa_sa.sampling.samplers import (
+                                          SAMPLER_NAMES,
+                                          HaltonSampler,
+                                          LHSSampler,
+                                          ParameterSampler,
+                                          ParameterSamplerType,
+                                          RandomUniformSampler,
+                                          SobolSampler,
+)
 
 __all__ = [
     "ParameterSamplerType",

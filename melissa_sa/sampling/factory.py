@@ -13,9 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from melissa_sa.sampling.pickfreeze import PickFreezeDesign
-from melissa_sa.sampling.samplers import (BUILTIN_SAMPLERS, SAMPLER_NAMES, LHSSampler,
-                                          ParameterSampler, ParameterSamplerType,
-                                          build_sampler)
+from melissa_sa.sampling.samplers import (
+    BUILTIN_SAMPLERS,
+    SAMPLER_NAMES,
+    LHSSampler,
+    ParameterSampler,
+    ParameterSamplerType,
+    build_sampler,
+)
 
 __all__ = ["make_sampler", "sampler_from_config", "restore_sampler"]
 

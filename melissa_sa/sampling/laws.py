@@ -39,7 +39,8 @@ def distribution_dict(dist: Any) -> dict:
     if hasattr(dist, "to_dict"):
         dist = dist.to_dict()
     if not isinstance(dist, Mapping):
-        raise TypeError(f"a distribution must be a dict like {{'law': 'normal', ...}}, got {dist!r}")
+        raise TypeError(f"a distribution must be a dict like {{'law': 'normal', ...}}, "
+                        f"got {dist!r}")
     return dict(dist)
 
 

@@ -387,7 +387,8 @@ class LHSSampler(ParameterSampler):
 
     def __init__(self, nb_parameters: int, *, block_size: int | None = None, **kwargs) -> None:
         block_size = self.DEFAULT_BLOCK_SIZE if block_size is None else block_size
-        if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        if (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
+                or block_size < 1):
             raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
         self.block_size = int(block_size)
         super().__init__(nb_parameters, **kwargs)

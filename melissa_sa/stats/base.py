@@ -36,10 +36,11 @@ thread, so a thread that updates statistics sets it for itself.
 >>> a += b
 >>> a.n, a.min
 (2, array([ 1., -1.]))
->>> a += Extrema(3)
-Traceback (most recent call last):
-...
-melissa_sa.stats.base.MergeError: cannot merge Extrema(n_cells=3) into Extrema(n_cells=2): n_cells differ
+>>> try:
+...     a += Extrema(3)
+... except MergeError as exc:
+...     print(exc)
+cannot merge Extrema(n_cells=3) into Extrema(n_cells=2): n_cells differ
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class Extrema(Statistic):
         extrema_update(self._state, as_sample(x, self.n_cells))
         self._n += 1
 
-    def merge(self, other: "Extrema") -> None:
+    def merge(self, other: Extrema) -> None:
         """Fold ``other``'s extremes in (exact)."""
         self._check_merge(other, n_cells=self.n_cells)
         extrema_merge(self._state, other._state)
@@ -64,7 +64,7 @@ class Extrema(Statistic):
                    {"n": self._n, "n_cells": self.n_cells})
 
     @classmethod
-    def load(cls, group) -> "Extrema":
+    def load(cls, group) -> Extrema:
         """Rebuild an :class:`Extrema` from a group written by :meth:`save`."""
         arrays, attrs = load_state(group, "Extrema", ["state"])
         obj = cls(int(attrs["n_cells"]))

@@ -76,7 +76,7 @@ class Moments(Statistic):
             pebay_update(self._n, self._state, x)
         self._n += 1
 
-    def merge(self, other: "Moments") -> None:
+    def merge(self, other: Moments) -> None:
         """Fold ``other``'s samples in, exactly as if this object saw them."""
         self._check_merge(other, n_cells=self.n_cells, order=self.order)
         other_state = other._state.copy() if other is self else other._state
@@ -143,7 +143,7 @@ class Moments(Statistic):
                    {"n": self._n, "order": self.order, "n_cells": self.n_cells})
 
     @classmethod
-    def load(cls, group) -> "Moments":
+    def load(cls, group) -> Moments:
         """Rebuild a :class:`Moments` from a group written by :meth:`save`."""
         arrays, attrs = load_state(group, "Moments", ["state"])
         obj = cls(int(attrs["n_cells"]), order=int(attrs["order"]))

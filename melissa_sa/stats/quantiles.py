@@ -194,7 +194,7 @@ class Quantiles(Statistic):
         )
 
     @classmethod
-    def load(cls, group) -> "Quantiles":
+    def load(cls, group) -> Quantiles:
         """Rebuild a ``Quantiles`` from what :meth:`save` wrote in ``group``."""
         arrays, attrs = load_state(group, "Quantiles", ["state", "levels"])
         where = getattr(group, "name", "<group>")

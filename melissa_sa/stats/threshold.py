@@ -52,7 +52,7 @@ class ThresholdExceedance(Statistic):
         threshold_update(self.thresholds, self._counts, as_sample(x, self.n_cells))
         self._n += 1
 
-    def merge(self, other: "ThresholdExceedance") -> None:
+    def merge(self, other: ThresholdExceedance) -> None:
         """Add ``other``'s counts (same cells and thresholds) to this one."""
         self._check_merge(other, n_cells=self.n_cells, thresholds=self.thresholds)
         other_counts = other._counts.copy() if other is self else other._counts
@@ -103,7 +103,7 @@ class ThresholdExceedance(Statistic):
                    {"n": self._n, "n_cells": self.n_cells})
 
     @classmethod
-    def load(cls, group) -> "ThresholdExceedance":
+    def load(cls, group) -> ThresholdExceedance:
         """Rebuild from a group written by :meth:`save`."""
         arrays, attrs = load_state(group, "ThresholdExceedance", ["counts", "thresholds"])
         obj = cls(int(attrs["n_cells"]), arrays["thresholds"])
