@@ -388,6 +388,29 @@ def test_write_results_single_process(tmp_path):
         assert r.config == CONFIG
 
 
+def test_an_unclosed_results_file_warns(tmp_path):
+    import gc
+    import warnings
+
+    layout = full_layout()
+    ref = reference(layout)
+    out = write_results(tmp_path / "results.h5", layout,
+                        {f: FieldSlice(0, layout.n_cells[f], ref[f]) for f in layout.fields},
+                        parameters=table())
+    r = open_results(out)
+    with pytest.warns(ResourceWarning, match="unclosed results file .*results.h5"):
+        del r
+        gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        with open_results(out) as r:
+            assert r.fields == layout.fields
+        r = open_results(out)
+        r.close()
+        del r
+        gc.collect()
+
+
 class FakeComm:
     """Just enough of an mpi4py communicator for the token passing, over threads."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import h5py
@@ -36,7 +37,8 @@ def open_results(path) -> Results:
 class Results:
     """Read access to a results file. Arrays are read lazily, on request.
 
-    Use as a context manager, or call :meth:`close`.
+    Use as a context manager, or call :meth:`close`; one left open warns
+    (``ResourceWarning``) when it is garbage collected.
     """
 
     def __init__(self, path) -> None:
@@ -80,6 +82,14 @@ class Results:
     # -- basics
     def close(self) -> None:
         self._f.close()
+
+    def __del__(self) -> None:
+        # like an unclosed Python file: say so (visible with -W error::ResourceWarning)
+        f = getattr(self, "_f", None)
+        if f is not None and f.id.valid:
+            warnings.warn(f"unclosed results file {self.path}: use `with open_results(...)`"
+                          " or call close()", ResourceWarning, stacklevel=2)
+            f.close()
 
     def __enter__(self) -> Results:
         return self
