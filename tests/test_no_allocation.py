@@ -40,3 +40,27 @@ def test_update_allocates_nothing_mesh_sized(name, obj, x):
     finally:
         tracemalloc.stop()
     assert peak < N, f"{name}: update allocated {peak} bytes at peak"
+
+
+
+TWINS = {"moments2": lambda: Moments(N, order=2), "moments4": lambda: Moments(N, order=4),
+         "moments4-f32": lambda: Moments(N, order=4), "extrema": lambda: Extrema(N),
+         "threshold": lambda: ThresholdExceedance(N, [0.0, 1.0]),
+         "sobol": lambda: SobolMartinez(N, 3)}
+
+
+@pytest.mark.parametrize("name,obj,x", [c for c in make_cases() if c[0] in TWINS],
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_merge_allocates_nothing_mesh_sized(name, obj, x):
+    twin = TWINS[name]()
+    for _ in range(2):
+        obj.update(x)
+        twin.update(x)
+    obj += twin  # compile or load the merge kernel
+    tracemalloc.start()
+    try:
+        obj += twin
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < N, f"{name}: merge allocated {peak} bytes at peak"
