@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from conftest import MPIEXEC, write_study
-from melissa_sa.server.protocol import HEADER, MAGIC, PROTOCOL_VERSION, encode_header
+from melissa_sa.protocol import HEADER, MAGIC, PROTOCOL_VERSION, encode_header
 
 N_CELLS = 8
 
