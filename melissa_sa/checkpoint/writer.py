@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 
 from melissa_sa import __version__
-from melissa_sa.checkpoint.store import (DEFAULT_CHECKSUM, FORMAT, MANIFEST_TMP,
+from melissa_sa.checkpoint.store import (DEFAULT_CHECKSUM, FORMAT, MANIFEST, MANIFEST_TMP,
                                          CheckpointError, CheckpointSet, bcast, dup,
                                          file_checksum, gather, parse_name, pause,
                                          read_manifest, set_file_name, unlink,

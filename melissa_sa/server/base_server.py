@@ -41,6 +41,7 @@ from melissa_sa.design import GroupLayout
 from melissa_sa.mpi_wait import MPIWaitTimeout
 from melissa_sa.protocol import DataHeader, ProtocolError, decode_header, decode_payload
 from melissa_sa.server import ranks
+from melissa_sa.server.intake import check_header
 from melissa_sa.server.launcher_link import LauncherLink
 from melissa_sa.server.study_state import StudyLimits, StudyState
 from melissa_sa.server.transport import FatalError, Transport
@@ -371,21 +372,9 @@ class BaseServer(LauncherLink, ABC):
             self._wait_for_field(name)
         if not 0 <= h.sim_id < self._sim_id_limit:
             self.ranks.drain()  # a redraw announced by rank 0 may be in flight
-            if not 0 <= h.sim_id < self._sim_id_limit:
-                raise ProtocolError(f"unknown simulation id {h.sim_id}",
-                                    "unknown_simulation")
-        member = self.layout.member_of(h.sim_id)
-        if h.member != member:
-            raise ProtocolError(f"simulation {h.sim_id} is member {member}, header says "
-                                f"{h.member}", "bad_member")
-        if h.time_step >= self.nb_time_steps:
-            raise ProtocolError(f"time step {h.time_step} >= nb_time_steps "
-                                f"{self.nb_time_steps}", "bad_time_step")
-        lo, hi = self.field_partitions[name][self.rank]
-        if h.count == 0 or h.offset < lo or h.offset + h.count > hi:
-            raise ProtocolError(f"cells [{h.offset}, {h.offset + h.count}) of {name!r} "
-                                f"are not all on rank {self.rank} ([{lo}, {hi}))",
-                                "bad_range")
+        check_header(h, field=name, cells=self.field_partitions[name][self.rank],
+                     rank=self.rank, layout=self.layout, sim_id_limit=self._sim_id_limit,
+                     nb_time_steps=self.nb_time_steps)
 
     def _wait_for_field(self, name: str) -> None:
         """A data message names a field whose size rank 0 may have sent but this
