@@ -41,7 +41,7 @@ from melissa_sa.design import GroupLayout
 from melissa_sa.mpi_wait import MPIWaitTimeout
 from melissa_sa.protocol import DataHeader, ProtocolError, decode_header, decode_payload
 from melissa_sa.server import ranks
-from melissa_sa.server.intake import check_header
+from melissa_sa.server.intake import check_header, partition
 from melissa_sa.server.launcher_link import LauncherLink
 from melissa_sa.server.study_state import StudyLimits, StudyState
 from melissa_sa.server.transport import FatalError, Transport
@@ -73,21 +73,6 @@ class SimulationData:
     header: DataHeader
     values: np.ndarray
     group_id: int
-
-
-def partition(n_cells: int, n_ranks: int) -> list[tuple[int, int]]:
-    """Split ``n_cells`` into ``n_ranks`` contiguous ``(lo, hi)`` slices.
-
-    The first ``n_cells % n_ranks`` ranks get one cell more, as
-    :func:`numpy.array_split`.
-    """
-    base, extra = divmod(n_cells, n_ranks)
-    bounds, lo = [], 0
-    for r in range(n_ranks):
-        hi = lo + base + (1 if r < extra else 0)
-        bounds.append((lo, hi))
-        lo = hi
-    return bounds
 
 
 class BaseServer(LauncherLink, ABC):

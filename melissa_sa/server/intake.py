@@ -1,8 +1,9 @@
-"""Checks of a decoded data header against what a server rank knows (pure).
+"""What a server rank accepts: its cells of each field, and the header checks (pure).
 
-:func:`check_header` raises :class:`~melissa_sa.protocol.ProtocolError`
-whose ``kind`` names the counter the message is dropped under in
-``dropped_messages`` (see ``docs/results.md``).
+:func:`partition` splits a field's cells over the ranks; :func:`check_header`
+raises :class:`~melissa_sa.protocol.ProtocolError` whose ``kind`` names the
+counter the message is dropped under in ``dropped_messages`` (see
+``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,22 @@ from __future__ import annotations
 from melissa_sa.design import GroupLayout
 from melissa_sa.protocol import DataHeader, ProtocolError
 
-__all__ = ["check_header"]
+__all__ = ["check_header", "partition"]
+
+
+def partition(n_cells: int, n_ranks: int) -> list[tuple[int, int]]:
+    """Split ``n_cells`` into ``n_ranks`` contiguous ``(lo, hi)`` slices.
+
+    The first ``n_cells % n_ranks`` ranks get one cell more, as
+    :func:`numpy.array_split`.
+    """
+    base, extra = divmod(n_cells, n_ranks)
+    bounds, lo = [], 0
+    for r in range(n_ranks):
+        hi = lo + base + (1 if r < extra else 0)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
 
 
 def check_header(h: DataHeader, *, field: str, cells: tuple[int, int], rank: int,
