@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["fsync_path", "durable_replace"]
+__all__ = ["durable_replace", "fsync_path"]
 
 
 def fsync_path(path, *, directory: bool = False) -> None:

@@ -20,8 +20,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["MPIWaitTimeout", "wait_until", "wait_requests", "recv_when_ready",
-           "gather_json", "bcast_json", "dup_comm"]
+__all__ = [
+    "MPIWaitTimeout",
+    "bcast_json",
+    "dup_comm",
+    "gather_json",
+    "recv_when_ready",
+    "wait_requests",
+    "wait_until",
+]
 
 FIRST_SLEEP = 0.0002
 

@@ -18,13 +18,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import MPIEXEC, ROOT, child_env, kill_group, wait_for
+
 from melissa_sa import __version__
+from melissa_sa.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointWriter,
+    file_checksum,
+    find_latest_checkpoint,
+    read_manifest,
+    set_file_name,
+)
 from melissa_sa.checkpoint import store as ckpt
-from melissa_sa.checkpoint import (CheckpointCorruptError, CheckpointError,
-                                   CheckpointMismatchError, CheckpointWriter, file_checksum,
-                                   find_latest_checkpoint, read_manifest, set_file_name)
 
 
 def state_of(value: float, n: int = 1000):

@@ -12,8 +12,8 @@ import h5py
 import numpy as np
 import pytest
 import zmq
-
 from conftest import MPIEXEC, write_study
+
 from melissa_sa.protocol import HEADER, MAGIC, PROTOCOL_VERSION, encode_header
 
 N_CELLS = 8

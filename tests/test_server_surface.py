@@ -5,8 +5,8 @@ import logging
 import threading
 
 import pytest
-
 from conftest import write_study
+
 from melissa_sa import messages
 from melissa_sa.config import load_config
 from melissa_sa.server import SensitivityAnalysisServer
@@ -14,10 +14,10 @@ from melissa_sa.server.study_state import Begin, JobStarted, RunFolded
 
 
 class OneRank:
-    def Get_rank(self):  # noqa: N802 - mpi4py's names
+    def Get_rank(self):
         return 0
 
-    def Get_size(self):  # noqa: N802
+    def Get_size(self):
         return 1
 
 

@@ -74,14 +74,37 @@ system visible to all ranks (rank 0 writes the manifest and deletes files).
 """
 
 from melissa_sa.checkpoint.reader import find_latest_checkpoint
-from melissa_sa.checkpoint.store import (DEFAULT_CHECKSUM, FORMAT, MANIFEST, PAUSE_ENV, STAGES,
-                                         CheckpointCorruptError, CheckpointError,
-                                         CheckpointFile, CheckpointMismatchError,
-                                         CheckpointSet, file_checksum, read_manifest,
-                                         set_file_name)
+from melissa_sa.checkpoint.store import (
+                                         DEFAULT_CHECKSUM,
+                                         FORMAT,
+                                         MANIFEST,
+                                         PAUSE_ENV,
+                                         STAGES,
+                                         CheckpointCorruptError,
+                                         CheckpointError,
+                                         CheckpointFile,
+                                         CheckpointMismatchError,
+                                         CheckpointSet,
+                                         file_checksum,
+                                         read_manifest,
+                                         set_file_name,
+)
 from melissa_sa.checkpoint.writer import CheckpointWriter
 
-__all__ = ["CheckpointWriter", "CheckpointSet", "CheckpointFile", "find_latest_checkpoint",
-           "read_manifest", "file_checksum", "set_file_name", "CheckpointError",
-           "CheckpointCorruptError", "CheckpointMismatchError", "FORMAT", "MANIFEST",
-           "PAUSE_ENV", "STAGES", "DEFAULT_CHECKSUM"]
+__all__ = [
+                                         "DEFAULT_CHECKSUM",
+                                         "FORMAT",
+                                         "MANIFEST",
+                                         "PAUSE_ENV",
+                                         "STAGES",
+                                         "CheckpointCorruptError",
+                                         "CheckpointError",
+                                         "CheckpointFile",
+                                         "CheckpointMismatchError",
+                                         "CheckpointSet",
+                                         "CheckpointWriter",
+                                         "file_checksum",
+                                         "find_latest_checkpoint",
+                                         "read_manifest",
+                                         "set_file_name",
+]

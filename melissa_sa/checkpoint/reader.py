@@ -10,9 +10,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from melissa_sa.checkpoint.store import (MANIFEST, CheckpointCorruptError, CheckpointError,
-                                         CheckpointMismatchError, CheckpointSet, bcast, dup,
-                                         gather, read_manifest)
+from melissa_sa.checkpoint.store import (
+    MANIFEST,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointSet,
+    bcast,
+    dup,
+    gather,
+    read_manifest,
+)
 
 log = logging.getLogger("melissa_sa.checkpoint")
 
@@ -90,9 +98,9 @@ def _find(directory: Path, n_ranks: int, comm, verify: bool, poll_interval: floa
         if multi:
             mine = cset.verify([rank], checksum=verify)
             gathered = gather(comm, mine, poll_interval, timeout,
-                                    "the checkpoint verification")
-            found = bcast(comm, None if gathered is None else sum(gathered, []),
-                                poll_interval, timeout, "the checkpoint verification")
+                              "the checkpoint verification")
+            merged = None if gathered is None else [p for ps in gathered for p in ps]
+            found = bcast(comm, merged, poll_interval, timeout, "the checkpoint verification")
         else:
             found = cset.verify(checksum=verify)
         if not found:

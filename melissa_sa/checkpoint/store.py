@@ -266,7 +266,7 @@ class CheckpointSet:
     entry: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_entry(cls, directory, entry: Mapping) -> "CheckpointSet":
+    def from_entry(cls, directory, entry: Mapping) -> CheckpointSet:
         return cls(directory=Path(directory), set_id=int(entry["set_id"]),
                    n_ranks=int(entry["n_ranks"]),
                    files=[CheckpointFile(int(f["rank"]), str(f["name"]), int(f["size"]),
@@ -298,7 +298,7 @@ class CheckpointSet:
                                   f"rank {rank}: {e}") from e
         try:
             found = (int(f.attrs.get("checkpoint_set", -1)), int(f.attrs.get("rank", -1)))
-        except Exception:  # pragma: no cover - damaged attributes
+        except Exception:  # noqa: BLE001 - damaged attributes
             found = (-1, -1)
         if found != (self.set_id, rank):
             f.close()

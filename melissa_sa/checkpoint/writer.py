@@ -19,11 +19,24 @@ from typing import Any
 import h5py
 
 from melissa_sa import __version__
-from melissa_sa.checkpoint.store import (DEFAULT_CHECKSUM, FORMAT, MANIFEST, MANIFEST_TMP,
-                                         CheckpointError, CheckpointSet, bcast, dup,
-                                         file_checksum, gather, parse_name, pause,
-                                         read_manifest, set_file_name, unlink,
-                                         write_manifest)
+from melissa_sa.checkpoint.store import (
+    DEFAULT_CHECKSUM,
+    FORMAT,
+    MANIFEST,
+    MANIFEST_TMP,
+    CheckpointError,
+    CheckpointSet,
+    bcast,
+    dup,
+    file_checksum,
+    gather,
+    parse_name,
+    pause,
+    read_manifest,
+    set_file_name,
+    unlink,
+    write_manifest,
+)
 from melissa_sa.durable import durable_replace
 
 log = logging.getLogger("melissa_sa.checkpoint")
@@ -91,7 +104,7 @@ class CheckpointWriter:
                         else [previous.entry])
             self._history = sets
         start = bcast(self.comm, start, poll_interval, timeout,
-                            "the checkpoint writer's start")
+                      "the checkpoint writer's start")
         if start["error"]:
             raise CheckpointError(f"cannot use the checkpoint directory {start['error']}")
         self.next_set_id = int(start["next"])
@@ -148,7 +161,7 @@ class CheckpointWriter:
         info = {"set_id": set_id, "rank": rank}
         name = set_file_name(set_id, rank)
         tmp = self.directory / (name + ".tmp")
-        created = _dt.datetime.now(_dt.timezone.utc)
+        created = _dt.datetime.now(_dt.UTC)
         record: dict = {"error": None}
         meta_json = None
         try:
@@ -185,12 +198,12 @@ class CheckpointWriter:
                 pass
         t3 = time.perf_counter()
         records = gather(self.comm, record, self.poll_interval, self.timeout,
-                               f"the other ranks' files of checkpoint set {set_id}")
+                         f"the other ranks' files of checkpoint set {set_id}")
         outcome = None
         if rank == 0:
             outcome = self._commit(set_id, records, meta_json, created, info)
         outcome = bcast(self.comm, outcome, self.poll_interval, self.timeout,
-                              f"the outcome of checkpoint set {set_id}")
+                        f"the outcome of checkpoint set {set_id}")
         timings["commit"] = time.perf_counter() - t3
         timings["total"] = time.perf_counter() - t0
         self.last_timings = timings
@@ -259,6 +272,6 @@ class CheckpointWriter:
         sets of the manifest on disk) does not name."""
         keep = {fe["name"] for entry in history for fe in entry["files"]}
         for p in self.directory.iterdir():
-            if (parse_name(p.name) and p.name not in keep) or p.name == MANIFEST_TMP:
-                if unlink(p):
-                    log.debug("removed %s", p)
+            stale = (parse_name(p.name) and p.name not in keep) or p.name == MANIFEST_TMP
+            if stale and unlink(p):
+                log.debug("removed %s", p)

@@ -18,7 +18,7 @@ Names are imported lazily so that importing the package does not load
 ZeroMQ, the NumPy kernels and Numba.
 """
 
-__all__ = ["BaseServer", "ServerStatus", "SimulationData", "SensitivityAnalysisServer"]
+__all__ = ["BaseServer", "SensitivityAnalysisServer", "ServerStatus", "SimulationData"]
 
 
 def __getattr__(name):

@@ -46,7 +46,7 @@ from melissa_sa.server.launcher_link import LauncherLink
 from melissa_sa.server.study_state import StudyLimits, StudyState
 from melissa_sa.server.transport import FatalError, Transport
 
-__all__ = ["BaseServer", "ServerStatus", "SimulationData", "FatalError", "partition"]
+__all__ = ["BaseServer", "FatalError", "ServerStatus", "SimulationData", "partition"]
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -341,8 +341,8 @@ class BaseServer(LauncherLink, ABC):
             self.bad_messages[exc.kind] += 1
             sender = ""
             if len(frames) >= 1 and len(frames[0].buffer) >= 12:
-                sender = " from simulation %d" % int.from_bytes(
-                    bytes(frames[0].buffer[8:12]), "little")
+                sim = int.from_bytes(bytes(frames[0].buffer[8:12]), "little")
+                sender = f" from simulation {sim}"
             log.warning("dropped data message%s: %s", sender, exc.reason)
             return ServerStatus.BAD_MESSAGE
         self._total_bytes_recv += values.nbytes

@@ -16,7 +16,7 @@ import numpy as np
 from melissa_sa.design import GroupLayout
 from melissa_sa.stats import Extrema, Moments, Quantiles, SobolMartinez, ThresholdExceedance
 
-__all__ = ["StepStatistics", "LocalField", "collect_results", "STAT_CLASSES"]
+__all__ = ["STAT_CLASSES", "LocalField", "StepStatistics", "collect_results"]
 
 #: the statistic kept under each attribute name (and checkpoint group name)
 STAT_CLASSES = {"moments": Moments, "extrema": Extrema, "threshold": ThresholdExceedance,

@@ -22,6 +22,7 @@ import os
 import shlex
 import sys
 import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -206,10 +207,10 @@ class LauncherLink:
     def _do_stop(self, ins: st.StopStudy) -> None:
         self._fail(ins.reason, ins.status)
 
-    _INSTRUCTIONS = {st.DrawGroup: _do_draw, st.SubmitRuns: _do_submit, st.KillRuns: _do_kill,
-                     st.AbandonGroup: _do_abandon, st.GroupFinished: _do_group_finished,
-                     st.ReportProgress: _do_progress, st.FinishStudy: _do_finish,
-                     st.StopStudy: _do_stop}
+    _INSTRUCTIONS: typing.ClassVar[dict] = {
+        st.DrawGroup: _do_draw, st.SubmitRuns: _do_submit, st.KillRuns: _do_kill,
+        st.AbandonGroup: _do_abandon, st.GroupFinished: _do_group_finished,
+        st.ReportProgress: _do_progress, st.FinishStudy: _do_finish, st.StopStudy: _do_stop}
 
     def on_group_finished(self, group_id: int) -> None:
         """Hook: every member of ``group_id`` is folded in on every rank."""

@@ -18,8 +18,17 @@ from dataclasses import dataclass
 
 from melissa_sa.mpi_wait import wait_requests, wait_until
 
-__all__ = ["FieldDeclared", "Redraw", "CheckpointNow", "StopRanks", "RunsFolded",
-           "RankStopRequest", "RankLink", "TAG_CONTROL", "TAG_REPORT"]
+__all__ = [
+    "TAG_CONTROL",
+    "TAG_REPORT",
+    "CheckpointNow",
+    "FieldDeclared",
+    "RankLink",
+    "RankStopRequest",
+    "Redraw",
+    "RunsFolded",
+    "StopRanks",
+]
 
 TAG_CONTROL = 11  # rank 0 -> others
 TAG_REPORT = 12   # others -> rank 0

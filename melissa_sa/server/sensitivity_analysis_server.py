@@ -40,7 +40,7 @@ from melissa_sa.warmup import warm_up
 
 log = logging.getLogger("melissa_sa.server")
 
-__all__ = ["SensitivityAnalysisServer", "StepStatistics", "LocalField"]
+__all__ = ["LocalField", "SensitivityAnalysisServer", "StepStatistics"]
 
 
 class SensitivityAnalysisServer(BaseServer):
@@ -271,7 +271,7 @@ class SensitivityAnalysisServer(BaseServer):
             self.ranks.report(ranks.RunsFolded(self.rank, complete))
 
     # -- main loop -------------------------------------------------------------------
-    def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002
+    def _on_sigterm(self, signum, frame) -> None:
         self._sigterm = True
 
     def _check_sigterm(self) -> None:
@@ -322,7 +322,7 @@ class SensitivityAnalysisServer(BaseServer):
         if self.rank == 0:
             import fcntl
             path = self.output_dir / "server.lock"
-            self._lock_file = open(path, "a+")
+            self._lock_file = open(path, "a+")  # noqa: SIM115 - held for the run
             try:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 self._lock_file.seek(0)

@@ -25,7 +25,7 @@ import numpy as np
 
 from melissa_sa.server.field_stats import STAT_CLASSES, LocalField, StepStatistics
 
-__all__ = ["RankSnapshot", "save_rank", "load_rank", "SnapshotError"]
+__all__ = ["RankSnapshot", "SnapshotError", "load_rank", "save_rank"]
 
 
 class SnapshotError(RuntimeError):

@@ -9,9 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Begin", "JobStarted", "DataSeen", "JobExited", "RunFolded", "Tick",
-           "DrawGroup", "SubmitRuns", "KillRuns", "AbandonGroup", "GroupFinished",
-           "ReportProgress", "FinishStudy", "StopStudy"]
+__all__ = [
+    "AbandonGroup",
+    "Begin",
+    "DataSeen",
+    "DrawGroup",
+    "FinishStudy",
+    "GroupFinished",
+    "JobExited",
+    "JobStarted",
+    "KillRuns",
+    "ReportProgress",
+    "RunFolded",
+    "StopStudy",
+    "SubmitRuns",
+    "Tick",
+]
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -32,22 +32,50 @@ Rules:
 from __future__ import annotations
 
 import logging
+import typing
 from collections import Counter
 from dataclasses import dataclass, field
 
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
-from melissa_sa.server.study_events import (AbandonGroup, Begin, DataSeen, DrawGroup,
-                                            FinishStudy, GroupFinished, JobExited,
-                                            JobStarted, KillRuns, ReportProgress, RunFolded,
-                                            StopStudy, SubmitRuns, Tick)
+from melissa_sa.server.study_events import (
+    AbandonGroup,
+    Begin,
+    DataSeen,
+    DrawGroup,
+    FinishStudy,
+    GroupFinished,
+    JobExited,
+    JobStarted,
+    KillRuns,
+    ReportProgress,
+    RunFolded,
+    StopStudy,
+    SubmitRuns,
+    Tick,
+)
 
 log = logging.getLogger("melissa_sa.server")
 
-__all__ = ["StudyState", "StudyLimits", "GroupRecord",
-           "Begin", "JobStarted", "DataSeen", "JobExited", "RunFolded", "Tick",
-           "DrawGroup", "SubmitRuns", "KillRuns", "AbandonGroup", "GroupFinished",
-           "ReportProgress", "FinishStudy", "StopStudy"]
+__all__ = [
+    "AbandonGroup",
+    "Begin",
+    "DataSeen",
+    "DrawGroup",
+    "FinishStudy",
+    "GroupFinished",
+    "GroupRecord",
+    "JobExited",
+    "JobStarted",
+    "KillRuns",
+    "ReportProgress",
+    "RunFolded",
+    "StopStudy",
+    "StudyLimits",
+    "StudyState",
+    "SubmitRuns",
+    "Tick",
+]
 
 
 # -- state ----------------------------------------------------------------------------------
@@ -67,7 +95,7 @@ class StudyLimits:
 
     @classmethod
     def from_config(cls, config, *, window: int, fault_tolerance: bool, offline: bool,
-                    completion_grace: float = 10.0) -> "StudyLimits":
+                    completion_grace: float = 10.0) -> StudyLimits:
         so = config.study_options
         return cls(n_groups=config.n_groups, window=window,
                    crashes_before_redraw=so.crashes_before_redraw,
@@ -237,8 +265,9 @@ class StudyState:
                             "(simulation_timeout)", ev.now)
         return out
 
-    _HANDLERS = {Begin: _on_begin, JobStarted: _on_job_started, DataSeen: _on_data_seen,
-                 JobExited: _on_job_exited, RunFolded: _on_run_folded, Tick: _on_tick}
+    _HANDLERS: typing.ClassVar[dict] = {Begin: _on_begin, JobStarted: _on_job_started, DataSeen: _on_data_seen,
+                                        JobExited: _on_job_exited, RunFolded: _on_run_folded,
+                                        Tick: _on_tick}
 
     # -- rules --------------------------------------------------------------------------
     def _in_flight(self) -> int:
