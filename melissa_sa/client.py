@@ -20,7 +20,7 @@ the environment. Rank 0 of the client says hello to the server's rank 0 and
 learns the server ranks' data endpoints and which cells each owns; then every
 client rank pushes to each server rank exactly the cells that rank owns
 (N-to-M redistribution), as raw arrays behind a fixed header (see
-:mod:`melissa_sa.server.protocol`). A client that cannot reach the server
+:mod:`melissa_sa.protocol`). A client that cannot reach the server
 fails with :class:`MelissaConnectionError` within ``MELISSA_CONNECT_TIMEOUT``
 seconds (default 30); it never hangs.
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from melissa_sa.server.protocol import (PROTOCOL_VERSION, ProtocolError, decode_json,
+from melissa_sa.protocol import (PROTOCOL_VERSION, ProtocolError, decode_json,
                                         encode_header, encode_json)
 
 __all__ = ["melissa_init", "melissa_send", "melissa_finalize", "MelissaConnectionError"]

@@ -107,6 +107,15 @@ class StudyOptions:
     distributions: tuple[Distribution, ...] = ()
     simulation_timeout: float = 60.0
     crashes_before_redraw: int = 3
+    max_consecutive_failures: int = 20
+    max_redrawn_groups: int | None = None
+
+    @property
+    def effective_max_redrawn_groups(self) -> int:
+        """``max_redrawn_groups``, or its default ``max(5, parameter_sweep_size // 10)``."""
+        if self.max_redrawn_groups is not None:
+            return self.max_redrawn_groups
+        return max(5, self.parameter_sweep_size // 10)
 
 
 @dataclass(frozen=True)
@@ -344,8 +353,10 @@ class _Reader:
 # -- checkers: (reader, path, value) -> converted value or _BAD ---------------
 
 
-def _int(minimum: int | None = None, what: str | None = None):
+def _int(minimum: int | None = None, what: str | None = None, nullable: bool = False):
     def check(r: _Reader, path: str, v: Any):
+        if v is None and nullable:
+            return None
         if isinstance(v, bool) or not isinstance(v, int):
             r.err(path, f"expected an integer, got {_show(v)}")
             return _BAD
@@ -519,6 +530,8 @@ _STUDY_SPEC = {
     "distributions": (_list(_distribution, false_is_empty=True), None),
     "simulation_timeout": (_num(positive=True), 60.0),
     "crashes_before_redraw": (_int(1), 3),
+    "max_consecutive_failures": (_int(1), 20),
+    "max_redrawn_groups": (_int(0, nullable=True), None),
 }
 
 _SA_SPEC = {

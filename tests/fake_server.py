@@ -186,7 +186,7 @@ def main() -> int:
             continue
         msg = json.loads(sock.recv())
         rec("recv", msg=msg)
-        if msg["type"] == "stop":
+        if msg["type"] in ("stop", "stop_request"):
             if sc.get("on_launcher_stop", "exit") == "exit":
                 send({"type": "stop", "status": 130, "message": "stopped by the launcher"})
                 sock.close()

@@ -18,14 +18,20 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from conftest import MPIEXEC, ROOT, child_env, kill_group, wait_for
+
 from melissa_sa import __version__
-from melissa_sa.server import checkpoint as ckpt
-from melissa_sa.server.checkpoint import (CheckpointCorruptError, CheckpointError,
-                                          CheckpointMismatchError, CheckpointWriter,
-                                          file_checksum, find_latest_checkpoint,
-                                          read_manifest, set_file_name)
+from melissa_sa.checkpoint import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointWriter,
+    file_checksum,
+    find_latest_checkpoint,
+    read_manifest,
+    set_file_name,
+)
+from melissa_sa.checkpoint import store as ckpt
 
 
 def state_of(value: float, n: int = 1000):
@@ -116,7 +122,7 @@ def test_no_manifest_means_no_checkpoint(tmp_path, caplog):
     assert find_latest_checkpoint(tmp_path / "absent", 1) is None
     assert find_latest_checkpoint(tmp_path, 1) is None
     (tmp_path / set_file_name(1, 0)).write_bytes(b"orphan of a first, crashed checkpoint")
-    with caplog.at_level(logging.WARNING, "melissa_sa.server.checkpoint"):
+    with caplog.at_level(logging.WARNING, "melissa_sa.checkpoint"):
         assert find_latest_checkpoint(tmp_path, 1) is None
     assert "ignoring 1 checkpoint file(s) of incomplete sets" in caplog.text
 
@@ -127,7 +133,7 @@ def test_truncated_file_is_named_and_previous_set_used(tmp_path, caplog):
     size = newest.stat().st_size
     with open(newest, "r+b") as f:
         f.truncate(size // 2)
-    with caplog.at_level(logging.WARNING, "melissa_sa.server.checkpoint"):
+    with caplog.at_level(logging.WARNING, "melissa_sa.checkpoint"):
         cset = find_latest_checkpoint(tmp_path, 1)
     assert cset.set_id == 1 and loaded_value(cset) == 1.0
     (msg,) = cset.skipped
@@ -275,7 +281,7 @@ def test_pause_env_is_validated(tmp_path, monkeypatch):
 CHILD = """
 import sys
 import numpy as np
-from melissa_sa.server.checkpoint import CheckpointWriter
+from melissa_sa.checkpoint import CheckpointWriter
 
 def state(f):
     f.create_dataset("fields/temperature/step_0/mean", data=np.full(200_000, 3.0))
@@ -326,8 +332,7 @@ MPI_SCRIPT = """
 import json, os, sys, time
 import numpy as np
 from mpi4py import MPI
-from melissa_sa.server.checkpoint import (CheckpointError, CheckpointWriter,
-                                          find_latest_checkpoint)
+from melissa_sa.checkpoint import CheckpointError, CheckpointWriter, find_latest_checkpoint
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -348,7 +353,7 @@ if phase == "write":
     t = time.perf_counter()
     w = CheckpointWriter(d, comm)
     # rank 1 is slow: rank 0 must wait for it without spinning the CPU
-    from melissa_sa.server import checkpoint as ck
+    from melissa_sa.checkpoint import store as ck
     if rank == 1:
         ck.pause_hook = lambda stage, info: time.sleep(1.5) if stage == "renamed" else None
     c0, t0 = time.process_time(), time.perf_counter()

@@ -278,3 +278,20 @@ def test_soak_many_random_kills(tmp_path, processes):
                 continue
             np.testing.assert_allclose(r.get("f", name), value, rtol=1e-10, atol=1e-10,
                                        err_msg=name)
+
+
+def test_a_client_command_that_always_fails_stops_the_study(tmp_path):
+    """Defect 1: a typo in the client's path ends the study (exit 1) with the reason,
+    instead of redrawing groups without end."""
+    study = make_study(tmp_path, study_options={"max_consecutive_failures": 6},
+                       client_config={"executable_command": "python no_such_client.py"})
+    t0 = time.monotonic()
+    done = run_study(study)
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert time.monotonic() - t0 < 120
+    assert "6 runs failed in a row with no run completing" in done.stdout, done.stdout[-3000:]
+    assert "study_options.max_consecutive_failures = 6" in done.stdout
+    scripts = list((tmp_path / "out" / "client_scripts").glob("client.*.sh"))
+    assert len(scripts) <= 2 * (P + 2) + 4           # no endless redraws
+    # the checkpoint left behind resumes (and fails the same way: the command is wrong)
+    assert (tmp_path / "out" / "checkpoint" / "manifest.json").exists()

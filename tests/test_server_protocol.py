@@ -12,9 +12,9 @@ import h5py
 import numpy as np
 import pytest
 import zmq
-
 from conftest import MPIEXEC, write_study
-from melissa_sa.server.protocol import HEADER, MAGIC, PROTOCOL_VERSION, encode_header
+
+from melissa_sa.protocol import HEADER, MAGIC, PROTOCOL_VERSION, encode_header
 
 N_CELLS = 8
 
@@ -105,3 +105,64 @@ def test_every_malformed_kind_is_counted_and_dropped(server):
         mean = f["f/mean"][()]
     expected = np.stack([(good * 1 + t + good * 2 + t) / 2 for t in (0, 1)])
     np.testing.assert_allclose(mean, expected, rtol=1e-15)
+
+
+def test_drops_and_bytes_are_summed_over_ranks(tmp_path, processes):
+    """Defect 2: messages dropped on rank 1 count in results.h5, summed and per rank."""
+    study = write_study(tmp_path, study_options={"parameter_sweep_size": 1,
+                                                 "nb_time_steps": 1},
+                        server_config={"server_processes": 2})
+    cfg = json.loads(study.read_text())
+    proc = processes.start([MPIEXEC, "-n", "2", sys.executable,
+                            "-m", "melissa_sa.server.main", study],
+                           log_path=tmp_path / "server.log", cwd=tmp_path)
+    address = f"tcp://127.0.0.1:{cfg['server_config']['connection_port']}"
+    ctx = zmq.Context()
+    try:
+        welcome = hello(ctx, address, 0)
+        assert welcome["type"] == "welcome", welcome
+        (lo0, hi0), (lo1, hi1) = welcome["partition"]
+        pushes = []
+        for endpoint in welcome["endpoints"]:
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.LINGER, 5000)
+            push.connect(endpoint)
+            pushes.append(push)
+        values = np.arange(N_CELLS, dtype=np.float64)
+        # hostile messages to rank 1 only: 3 bad magics, 2 out-of-range
+        for _ in range(3):
+            pushes[1].send_multipart([raw_header(magic=b"XXXX"), values.tobytes()])
+        for _ in range(2):
+            pushes[1].send_multipart([raw_header(offset=lo0, count=hi0 - lo0),
+                                      values[lo0:hi0].tobytes()])
+        pushes[0].send_multipart([raw_header(magic=b"XXXX"), values.tobytes()])
+        for rank, (lo, hi) in enumerate(((lo0, hi0), (lo1, hi1))):
+            header = encode_header(0, 0, 0, 0, 0, lo, hi - lo, np.float64)
+            pushes[rank].send_multipart([header, values[lo:hi].tobytes()])
+        for push in pushes:
+            push.close()
+        proc.wait(60)
+    finally:
+        ctx.term()
+    log = (tmp_path / "server.log").read_text()
+    assert proc.returncode == 0, log
+    with h5py.File(tmp_path / "out" / "results.h5") as f:
+        assert json.loads(f.attrs["dropped_messages"]) == {"bad_magic": 4, "bad_range": 2}
+        assert json.loads(f.attrs["dropped_messages_per_rank"]) == [
+            {"bad_magic": 1}, {"bad_magic": 3, "bad_range": 2}]
+        assert f.attrs["bytes_received"] == N_CELLS * 8
+        assert list(f.attrs["bytes_received_per_rank"]) == [(hi0 - lo0) * 8, (hi1 - lo1) * 8]
+        np.testing.assert_array_equal(f["f/mean"][0], values)
+
+
+def test_server_refuses_a_communicator_of_the_wrong_size(tmp_path, processes):
+    """Issue 11: one rank where server_processes says 2 fails loudly, naming both."""
+    study = write_study(tmp_path, server_config={"server_processes": 2})
+    proc = processes.start([MPIEXEC, "-n", "1", sys.executable,
+                            "-m", "melissa_sa.server.main", study],
+                           log_path=tmp_path / "server.log", cwd=tmp_path)
+    assert proc.wait(60) == 1
+    log = (tmp_path / "server.log").read_text()
+    assert "the MPI communicator has 1 rank but server_config.server_processes is 2" in log
+    assert "srun --mpi=pmi2" in log
+    assert not (tmp_path / "out" / "server.lock").exists()

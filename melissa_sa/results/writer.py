@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +22,8 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
+from melissa_sa.durable import durable_replace
+from melissa_sa.mpi_wait import recv_when_ready, wait_requests
 from melissa_sa.results.layout import ResultsLayout, as_table
 from melissa_sa.results.schema import (
     CI_METHODS,
@@ -235,20 +235,6 @@ def _check_coverage(layout: ResultsLayout, covered) -> list[str]:
     return problems
 
 
-def _fsync_path(path: Path, directory: bool = False) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:  # pragma: no cover - e.g. directories on some platforms
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 def complete_results_file(tmp_path, final_path=None, *, durable: bool = True) -> Path:
     """Check the counts, mark ``tmp_path`` complete, fsync it and rename it.
 
@@ -271,12 +257,7 @@ def complete_results_file(tmp_path, final_path=None, *, durable: bool = True) ->
                         f"{tmp_path}: field {fname!r}: {cname} was not written for every "
                         f"time step (rank 0 passes it in its slice)")
         f.attrs["complete"] = True
-    if durable:
-        _fsync_path(tmp_path)
-    os.replace(tmp_path, final_path)
-    if durable:
-        _fsync_path(final_path.parent if str(final_path.parent) else Path("."), directory=True)
-    return final_path
+    return durable_replace(tmp_path, final_path, durable=durable)
 
 
 class FieldSlice(NamedTuple):
@@ -321,25 +302,16 @@ def _write_local(path: Path, layout: ResultsLayout, local_slices: SliceSource,
 
 def _wait_message(comm, source: int, tag: int, poll_interval: float,
                   timeout: float | None, what: str):
-    """Receive one message by polling Iprobe with growing sleeps (no busy-spin)."""
-    start = time.monotonic()
-    sleep = 0.0005
-    while not comm.Iprobe(source=source, tag=tag):
-        if timeout is not None and time.monotonic() - start > timeout:
-            raise TimeoutError(f"rank {comm.Get_rank()}: no {what} from rank {source} "
-                               f"after {timeout:g} s")
-        time.sleep(sleep)
-        sleep = min(poll_interval, sleep * 2)
-    return comm.recv(source=source, tag=tag)
+    """Receive one message without spinning (see :mod:`melissa_sa.mpi_wait`)."""
+    return recv_when_ready(comm, source, tag, what, timeout=timeout,
+                           poll_interval=poll_interval)
 
 
 def _send_all(comm, messages, poll_interval: float) -> None:
-    """Non-blocking sends, completed by polling (no busy-spin in MPI_Wait)."""
-    reqs = [comm.isend(obj, dest=dest, tag=tag) for dest, tag, obj in messages]
-    sleep = 0.0005
-    while not all(r.Test() for r in reqs):
-        time.sleep(sleep)
-        sleep = min(poll_interval, sleep * 2)
+    """Non-blocking sends, completed without spinning."""
+    wait_requests([comm.isend(obj, dest=dest, tag=tag) for dest, tag, obj in messages],
+                  "the results file's messages to the other ranks",
+                  poll_interval=poll_interval)
 
 
 def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: SliceSource, *,

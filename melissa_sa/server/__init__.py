@@ -1,10 +1,24 @@
-"""The melissa-sa server: ZeroMQ core, groups, SA flavour, wire protocol.
+"""The melissa-sa server: transport, ranks, study state, assembly, SA flavour.
 
-Names are imported lazily so that the client, which only needs
-:mod:`melissa_sa.server.protocol`, does not pay for NumPy kernels and Numba.
+Modules, by role: :mod:`~melissa_sa.server.transport` (ZeroMQ sockets),
+:mod:`~melissa_sa.server.ranks` (typed messages between server ranks),
+:mod:`~melissa_sa.server.study_state` (groups, runs, crashes, redraws,
+completion: a pure state machine), :mod:`~melissa_sa.server.launcher_link`
+(launcher messages, client handshakes, client scripts),
+:mod:`~melissa_sa.server.assembly` (group buffers),
+:mod:`~melissa_sa.server.field_stats` (statistics per field slice),
+:mod:`~melissa_sa.server.snapshot` (a rank's checkpoint content),
+:mod:`~melissa_sa.server.base_server` and
+:mod:`~melissa_sa.server.sensitivity_analysis_server` (the classes users
+subclass), :mod:`~melissa_sa.server.results_io` and
+:mod:`~melissa_sa.server.main` (the entry point). The wire protocol is
+:mod:`melissa_sa.protocol`; checkpoints are :mod:`melissa_sa.checkpoint`.
+
+Names are imported lazily so that importing the package does not load
+ZeroMQ, the NumPy kernels and Numba.
 """
 
-__all__ = ["BaseServer", "ServerStatus", "SimulationData", "SensitivityAnalysisServer"]
+__all__ = ["BaseServer", "SensitivityAnalysisServer", "ServerStatus", "SimulationData"]
 
 
 def __getattr__(name):

@@ -1,12 +1,17 @@
-"""The base server: sockets, ports, launcher link, groups, sampler, scripts.
+"""The base server: the reference framework's surface over transport, ranks and study state.
 
 :class:`BaseServer` offers the public surface of the reference framework's
 ``melissa.server.base_server.BaseServer`` (properties, ``initialize_connections``,
 ``set_parameter_sampler``, ``poll_sockets``, ``close_connection``,
 ``get_memory_info_in_gb``, ``setup_environment``, ``configure_logger``,
 ``make_study_offline`` and the abstract ``start``) so that a user of the
-reference recognises it. What a flavour does with the data is left to
-:meth:`start`; :class:`~melissa_sa.server.sensitivity_analysis_server.SensitivityAnalysisServer`
+reference recognises it. The parts live in their own modules: sockets in
+:mod:`~melissa_sa.server.transport`, messages between ranks in
+:mod:`~melissa_sa.server.ranks`, the study's bookkeeping (groups, crashes,
+redraws, completion, timeouts) in :mod:`~melissa_sa.server.study_state`,
+the launcher link in :mod:`~melissa_sa.server.launcher_link`. What a
+flavour does with the data is left to :meth:`start`;
+:class:`~melissa_sa.server.sensitivity_analysis_server.SensitivityAnalysisServer`
 is the sensitivity-analysis flavour.
 
 Ranks never block in an MPI call while idle: both MPICH and Open MPI spin
@@ -20,34 +25,33 @@ import enum
 import logging
 import math
 import os
-import shlex
-import socket
 import sys
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import zmq
 
+from melissa_sa import exit_codes
 from melissa_sa.config import StudyConfig
-from melissa_sa.server.protocol import (DataHeader, ProtocolError, decode_header,
-                                        decode_json, decode_payload, encode_json)
+from melissa_sa.design import GroupLayout
+from melissa_sa.mpi_wait import MPIWaitTimeout
+from melissa_sa.protocol import DataHeader, ProtocolError, decode_header, decode_payload
+from melissa_sa.server import ranks
+from melissa_sa.server.intake import check_header, partition
+from melissa_sa.server.launcher_link import LauncherLink
+from melissa_sa.server.study_state import StudyLimits, StudyState
+from melissa_sa.server.transport import FatalError, Transport
+
+__all__ = ["BaseServer", "FatalError", "ServerStatus", "SimulationData", "partition"]
 
 log = logging.getLogger("melissa_sa.server")
 
-# MPI tags between server ranks
-TAG_CONTROL = 11  # rank 0 -> others: field sizes, stop
-TAG_REPORT = 12   # others -> rank 0: simulations complete on that rank
-
-PORT_ATTEMPTS = 200
-
-
-class FatalError(RuntimeError):
-    """An error that ends the study (no port, bad user class, ...)."""
+#: seconds a rank waits for rank 0's declaration of a field a message names
+FIELD_WAIT_S = 10.0
 
 
 class ServerStatus(enum.Enum):
@@ -71,59 +75,7 @@ class SimulationData:
     group_id: int
 
 
-@dataclass
-class Group:
-    """A group of simulations run together (p + 2 for pick-freeze, else 1)."""
-
-    group_id: int
-    sim_ids: list[int]
-    parameters: np.ndarray           # (group_size, nb_parameters)
-    crashes: Counter = field(default_factory=Counter)
-    members_done: set = field(default_factory=set)
-    submitted_at: float = 0.0
-    redraws: int = 0            # how many redraws led to this group
-    replaces: int | None = None  # the abandoned group this one replaces
-    abandoned: bool = False     # crashed too often; replaced by a redraw
-
-    @property
-    def finished(self) -> bool:
-        return len(self.members_done) == len(self.sim_ids)
-
-
-def partition(n_cells: int, n_ranks: int) -> list[tuple[int, int]]:
-    """Split ``n_cells`` into ``n_ranks`` contiguous ``(lo, hi)`` slices.
-
-    The first ``n_cells % n_ranks`` ranks get one cell more, as
-    :func:`numpy.array_split`.
-    """
-    base, extra = divmod(n_cells, n_ranks)
-    bounds, lo = [], 0
-    for r in range(n_ranks):
-        hi = lo + base + (1 if r < extra else 0)
-        bounds.append((lo, hi))
-        lo = hi
-    return bounds
-
-
-def _bind_first_free(sock: zmq.Socket, host: str, port: int, step: int = 1) -> int:
-    """Bind ``sock`` on ``host`` at ``port``, ``port + step``, ... ; return it."""
-    last_error = None
-    for attempt in range(PORT_ATTEMPTS):
-        candidate = port + attempt * step
-        if candidate > 65535:
-            break
-        try:
-            sock.bind(f"tcp://{host}:{candidate}")
-            return candidate
-        except zmq.ZMQError as exc:
-            if exc.errno != zmq.EADDRINUSE:
-                raise
-            last_error = exc
-    raise FatalError(f"no free port on {host} from {port} in {PORT_ATTEMPTS} attempts "
-                     f"(step {step}): {last_error}")
-
-
-class BaseServer(ABC):
+class BaseServer(LauncherLink, ABC):
     """Connections, groups, sampler and launcher link of a melissa-sa server.
 
     Parameters
@@ -152,6 +104,8 @@ class BaseServer(ABC):
         self.nb_parameters = so.nb_parameters
         self.nb_time_steps = so.nb_time_steps
         self._sobol_op = bool(sa.sobol_indices)
+        self.layout = GroupLayout(so.nb_parameters, sobol=self._sobol_op,
+                                  second_order=bool(sa.sobol_indices and sa.second_order))
         self.group_size = config.group_size
         self.nb_groups = config.n_groups
         self.nb_clients = config.n_runs
@@ -160,8 +114,10 @@ class BaseServer(ABC):
         self.max_delay = so.simulation_timeout
         self.zmq_hwm = sc.zmq_hwm
         self.bind_address = sc.bind
+        #: remove a group's client scripts once the group is finished
         self.rm_script = False
-        self.verbose_level = 1
+        #: 0: warnings and errors, 1: progress (default), 2: debug (or MELISSA_DEBUG=1)
+        self.verbose_level = 2 if os.environ.get("MELISSA_DEBUG") else 1
         self._job_limit = lc.job_limit
         self._restart = int(os.environ.get("MELISSA_RESTART", "0") or 0) or int(
             lc.load_from_checkpoint)
@@ -170,39 +126,36 @@ class BaseServer(ABC):
             or not lc.fault_tolerance)
         self._offline_mode = False
         self._learning = 0
+        #: True while the server's loop receives data
         self._is_receiving = False
         self._is_online = False
         self._consistency_lock = threading.RLock()
         self._total_bytes_recv = 0
-        self._active_sim_ids: set[int] = set()
-        self._groups: dict[int, Group] = {}
-        self.finished_groups: set[int] = set()
-        self.nb_submitted_groups = 0
-        self.mtt_simulation_completion = 0.0
-        self._n_sims_completed = 0
+        self._parameters: dict[int, np.ndarray] = {}
         self._parameter_sampler = None
         self.bad_messages: Counter = Counter()
         self.output_dir = Path(config.output_dir)
         self.script_dir = self.output_dir / "client_scripts"
         self.connection_port = sc.connection_port
         self.data_puller_port = sc.data_puller_port
+        self.connection_address = ""
         self._t0 = time.monotonic()
         # field name -> global size and partition, known after the first hello
         self.field_sizes: dict[str, int] = {}
         self.field_partitions: dict[str, list[tuple[int, int]]] = {}
-        self._pending_isends: list = []
         self._stop_requested = False
         self._finishing = False
-        self._last_ping = 0.0
-        self._last_launcher_message = time.monotonic()
-        self._launcher_pings = False
+        self._exit_status = 0
+        self._exit_message = ""
         # simulation ids accepted: grows when groups are redrawn
         self._sim_id_limit = config.n_groups * config.group_size
         self._launcher_address = os.environ.get("MELISSA_LAUNCHER_ADDRESS")
-        self.context: zmq.Context | None = None
-        self.data_socket = self.connection_socket = self.launcher_socket = None
-        self.poller = None
+        self.study = StudyState(self.layout, StudyLimits(n_groups=self.nb_groups),
+                                managed=bool(self._launcher_address))
+        self.transport: Transport | None = None
+        self.ranks = ranks.RankLink(comm, self._rank_handlers())
         self.data_endpoints: list[str] = []
+        LauncherLink.__init__(self)
 
     # -- properties of the reference surface -----------------------------
     @property
@@ -227,17 +180,57 @@ class BaseServer(ABC):
 
     @property
     def consistency_lock(self) -> threading.RLock:
-        """Re-entrant lock guarding shared state (for active-sampling hooks)."""
+        """Re-entrant lock held while the server changes the study's state or folds
+        data: another thread (active sampling) holding it sees a consistent state."""
         return self._consistency_lock
 
     @property
+    def finished_groups(self) -> set[int]:
+        """Groups whose every member is folded on every rank (rank 0)."""
+        return self.study.finished_groups
+
+    @property
+    def nb_submitted_groups(self) -> int:
+        return self.study.nb_submitted_groups
+
+    @property
     def nb_groups_done(self) -> int:
-        return len(self.finished_groups)
+        return self.study.groups_done
+
+    @property
+    def mtt_simulation_completion(self) -> float:
+        """Mean seconds from a run's submission to its completion (rank 0)."""
+        return self.study.mean_run_seconds
+
+    @property
+    def _groups(self):
+        """The study's groups by id (reference name; see :attr:`study`)."""
+        return self.study.groups
+
+    @property
+    def _active_sim_ids(self) -> frozenset[int]:
+        return self.study.active_sim_ids
+
+    @property
+    def bytes_received(self) -> int:
+        """Payload bytes this rank received in valid data messages."""
+        return self._total_bytes_recv
+
+    @property
+    def group_parameters(self) -> dict[int, np.ndarray]:
+        """Rank 0: the parameters drawn for each group, ``(group_size, nb_parameters)``."""
+        return dict(self._parameters)
+
+    @property
+    def completed_sim_ids(self) -> frozenset[int]:
+        """Rank 0: runs folded on every rank."""
+        return frozenset(self.study.sims_done)
 
     # -- set-up -----------------------------------------------------------
     def configure_logger(self) -> None:
-        """Log to stderr with the rank in every line (the launcher keeps it)."""
-        level = logging.DEBUG if os.environ.get("MELISSA_DEBUG") else logging.INFO
+        """Log to stderr with the rank in every line (the launcher keeps it);
+        ``verbose_level`` 0, 1, 2 = WARNING, INFO, DEBUG."""
+        level = {0: logging.WARNING, 1: logging.INFO}.get(self.verbose_level, logging.DEBUG)
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(
             f"%(asctime)s server[{self.rank}] %(levelname)s %(message)s", "%H:%M:%S"))
@@ -276,140 +269,39 @@ class BaseServer(ABC):
         else:
             self._parameter_sampler = sampling.sampler_from_config(self.config, sampler_t)
 
+    def _study_limits(self) -> StudyLimits:
+        window = max(1, math.ceil(self._job_limit / self.group_size)) + 1
+        return StudyLimits.from_config(self.config, window=window,
+                                       fault_tolerance=not self.no_fault_tolerance,
+                                       offline=self._offline_mode)
+
     def initialize_connections(self) -> None:
         """Bind the data socket on every rank, the connection socket on rank 0,
         connect to the launcher, and share the data endpoints with rank 0."""
-        self.context = zmq.Context()
-        host = self.bind_address
-        advertised = host if host not in ("0.0.0.0", "*") else socket.gethostname()
-        self.data_socket = self.context.socket(zmq.PULL)
-        self.data_socket.setsockopt(zmq.RCVHWM, self.zmq_hwm)
-        self.data_socket.setsockopt(zmq.LINGER, 0)
-        port = _bind_first_free(self.data_socket, host, self.data_puller_port + self.rank,
-                                step=self.comm_size)
-        endpoint = f"tcp://{advertised}:{port}"
+        t = self.transport = Transport(rank=self.rank, size=self.comm_size,
+                                       bind=self.bind_address, hwm=self.zmq_hwm)
+        endpoint = t.bind_data(self.data_puller_port)
         # one short collective at start-up; every rank is here at once
         endpoints = self.comm.gather(endpoint, root=0)
-        self.poller = zmq.Poller()
-        self.poller.register(self.data_socket, zmq.POLLIN)
         if self.rank == 0:
             self.data_endpoints = endpoints
-            self.connection_socket = self.context.socket(zmq.REP)
-            self.connection_socket.setsockopt(zmq.LINGER, 0)
             used = {int(e.rsplit(":", 1)[1]) for e in endpoints}
-            port = self.connection_port
-            while True:
-                port = _bind_first_free(self.connection_socket, host, port)
-                if port not in used:
-                    break
-                self.connection_socket.unbind(f"tcp://{host}:{port}")
-                port += 1
-            self.connection_port = port
-            self.connection_address = f"tcp://{advertised}:{port}"
-            self.poller.register(self.connection_socket, zmq.POLLIN)
+            self.connection_address = t.bind_connection(self.connection_port, used)
+            self.connection_port = t.connection_port
             if self._launcher_address:
-                self.launcher_socket = self.context.socket(zmq.DEALER)
-                self.launcher_socket.setsockopt(zmq.LINGER, 2000)
-                self.launcher_socket.connect(self._launcher_address)
-                self.poller.register(self.launcher_socket, zmq.POLLIN)
+                t.connect_launcher(self._launcher_address)
             log.info("connection socket %s, data endpoints %s", self.connection_address,
                      ", ".join(endpoints))
-            self._send_to_launcher({"type": "hello", "pid": os.getpid(),
-                                    "groups_total": self.nb_groups,
-                                    "groups_done": len(self.finished_groups),
-                                    "group_size": self.group_size,
-                                    "connection": self.connection_address})
+            self.say_hello()
         self._is_online = True
-
-    # -- launcher link ------------------------------------------------------
-    def _send_to_launcher(self, message: dict) -> None:
-        if self.launcher_socket is not None:
-            self.launcher_socket.send(encode_json(message))
-
-    def _ping_launcher(self) -> None:
-        now = time.monotonic()
-        if now - self._last_ping >= self.config.launcher_config.timer_delay:
-            self._last_ping = now
-            self._send_to_launcher({"type": "ping"})
 
     def close_connection(self, exit_: int = 0, message: str = "") -> None:
         """Tell the launcher the study ended with status ``exit_``; close sockets."""
         if self.rank == 0:
-            self._send_to_launcher({"type": "stop", "status": int(exit_), "message": message})
-        for sock in (self.data_socket, self.connection_socket, self.launcher_socket):
-            if sock is not None:
-                sock.close()
-        if self.context is not None:
-            self.context.term()
-            self.context = None
+            self.say_stop(exit_, message)
+        if self.transport is not None:
+            self.transport.close()
         self._is_online = False
-
-    # -- groups and client scripts -------------------------------------------
-    def _sim_ids_of(self, group_id: int) -> list[int]:
-        return [group_id * self.group_size + m for m in range(self.group_size)]
-
-    def _generate_client_script(self, sim_id: int, parameters, script_path: Path) -> None:
-        """Write the shell script that runs simulation ``sim_id``."""
-        cc = self.config.client_config
-        args = " ".join(repr(float(v)) for v in parameters)
-        command = cc.executable_command
-        if cc.client_processes > 1:
-            mpiexec = Path(sys.executable).parent / "mpiexec"
-            command = f"{shlex.quote(str(mpiexec))} -n {cc.client_processes} {command}"
-        text = (
-            "#!/bin/sh\n"
-            f"# melissa-sa simulation {sim_id}: group {sim_id // self.group_size}, "
-            f"member {sim_id % self.group_size}\n"
-            f"export MELISSA_SIMULATION_ID={sim_id}\n"
-            + ("export MELISSA_OFFLINE=1\n" if self._offline_mode else
-               f"export MELISSA_SERVER_ADDRESS={self.connection_address}\n") +
-            f"exec {command} {args}\n"
-        )
-        tmp = script_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, script_path)
-
-    def _draw_group(self, group_id: int) -> Group:
-        if self._parameter_sampler is None:
-            self.set_parameter_sampler(self.config.study_options.sampler)
-        params = np.asarray(self._parameter_sampler.next_group(), dtype=np.float64)
-        return Group(group_id, self._sim_ids_of(group_id),
-                     params.reshape(self.group_size, self.nb_parameters))
-
-    def _submission_window(self) -> int:
-        """Groups in flight at once: enough to keep ``job_limit`` jobs busy."""
-        return max(1, math.ceil(self._job_limit / self.group_size)) + 1
-
-    def _submit_groups(self) -> None:
-        """Rank 0: draw and submit groups while the window allows."""
-        in_flight = sum(1 for g in self._groups.values()
-                        if g.group_id not in self.finished_groups and not g.abandoned)
-        while (self.nb_submitted_groups < self.nb_groups
-               and in_flight < self._submission_window()):
-            group = self._draw_group(self.nb_submitted_groups)
-            self._submit(group)
-            self.nb_submitted_groups += 1
-            in_flight += 1
-
-    def _submit(self, group: Group, sim_ids=None) -> None:
-        self.script_dir.mkdir(parents=True, exist_ok=True)
-        self._groups[group.group_id] = group
-        sim_ids = list(group.sim_ids if sim_ids is None else sim_ids)
-        scripts = []
-        for sim_id in sim_ids:
-            member = sim_id % self.group_size
-            path = self.script_dir / f"client.{sim_id}.sh"
-            self._generate_client_script(sim_id, group.parameters[member], path)
-            scripts.append(str(path.resolve()))
-            self._active_sim_ids.add(sim_id)
-        group.submitted_at = time.monotonic()
-        self._send_to_launcher({"type": "submit", "group_id": group.group_id,
-                                "sim_ids": sim_ids, "scripts": scripts})
-
-    def _kill_simulations(self, sim_ids) -> None:
-        """Ask the launcher to stop these simulations' jobs."""
-        self._send_to_launcher({"type": "kill", "sim_ids": [int(s) for s in sim_ids]})
 
     # -- polling --------------------------------------------------------------
     def poll_sockets(self, timeout: float = 10):
@@ -418,21 +310,22 @@ class BaseServer(ABC):
         Returns a :class:`SimulationData` for a valid data message, otherwise
         a :class:`ServerStatus` saying what happened.
         """
-        status = self._drain_mpi()
+        status = ServerStatus.CONTROL if self.ranks.drain() else None
         if self._stop_requested:
             return ServerStatus.STOP
         if self.rank == 0:
-            self._ping_launcher()
-        events = dict(self.poller.poll(int(timeout * 1000)))
+            self.ping_launcher()
+        t = self.transport
+        events = t.poll(timeout)
         if self.rank == 0:
-            if self.launcher_socket is not None and self.launcher_socket in events:
-                self._handle_launcher(self.launcher_socket.recv())
+            if t.launcher_socket is not None and t.launcher_socket in events:
+                self.handle_launcher(t.launcher_socket.recv())
                 status = ServerStatus.CONTROL
-            if self.connection_socket in events:
-                self._handle_hello(self.connection_socket.recv())
+            if t.connection_socket in events:
+                t.connection_socket.send(self.handle_hello(t.connection_socket.recv()))
                 status = ServerStatus.CONTROL
-        if self.data_socket in events:
-            frames = self.data_socket.recv_multipart(copy=False)
+        if t.data_socket in events:
+            frames = t.data_socket.recv_multipart(copy=False)
             return self._receive_data(frames)
         return status if status is not None else ServerStatus.TIMEOUT
 
@@ -447,16 +340,13 @@ class BaseServer(ABC):
         except ProtocolError as exc:
             self.bad_messages[exc.kind] += 1
             sender = ""
-            if len(frames) >= 1 and len(frames[0].buffer) >= 14:
-                try:
-                    sender = " from simulation %d" % int.from_bytes(
-                        bytes(frames[0].buffer[8:12]), "little")
-                except Exception:  # noqa: BLE001 - a header too broken to name
-                    sender = ""
+            if len(frames) >= 1 and len(frames[0].buffer) >= 12:
+                sim = int.from_bytes(bytes(frames[0].buffer[8:12]), "little")
+                sender = f" from simulation {sim}"
             log.warning("dropped data message%s: %s", sender, exc.reason)
             return ServerStatus.BAD_MESSAGE
         self._total_bytes_recv += values.nbytes
-        return SimulationData(header, values, header.sim_id // self.group_size)
+        return SimulationData(header, values, self.layout.group_of(header.sim_id))
 
     def _validate_header(self, h: DataHeader) -> None:
         """Check a header against what this rank knows; raise ProtocolError."""
@@ -466,84 +356,55 @@ class BaseServer(ABC):
         if name not in self.field_sizes:
             self._wait_for_field(name)
         if not 0 <= h.sim_id < self._sim_id_limit:
-            self._drain_mpi()  # a redraw announced by rank 0 may be in flight
-            if not 0 <= h.sim_id < self._sim_id_limit:
-                raise ProtocolError(f"unknown simulation id {h.sim_id}",
-                                    "unknown_simulation")
-        if h.member != h.sim_id % self.group_size:
-            raise ProtocolError(f"simulation {h.sim_id} is member "
-                                f"{h.sim_id % self.group_size}, header says {h.member}",
-                                "bad_member")
-        if h.time_step >= self.nb_time_steps:
-            raise ProtocolError(f"time step {h.time_step} >= nb_time_steps "
-                                f"{self.nb_time_steps}", "bad_time_step")
-        lo, hi = self.field_partitions[name][self.rank]
-        if h.count == 0 or h.offset < lo or h.offset + h.count > hi:
-            raise ProtocolError(f"cells [{h.offset}, {h.offset + h.count}) of {name!r} "
-                                f"are not all on rank {self.rank} ([{lo}, {hi}))",
-                                "bad_range")
-
-    # -- MPI between server ranks ---------------------------------------------
-    def _drain_mpi(self):
-        """Handle every MPI message waiting for this rank (never blocks)."""
-        status = None
-        self._pending_isends = [r for r in self._pending_isends if not r.Test()]
-        if self.comm_size == 1:
-            return status
-        if self.rank == 0:
-            while self.comm.Iprobe(source=MPI_ANY_SOURCE(), tag=TAG_REPORT):
-                self._on_report(self.comm.recv(source=MPI_ANY_SOURCE(), tag=TAG_REPORT))
-                status = ServerStatus.CONTROL
-        else:
-            while self.comm.Iprobe(source=0, tag=TAG_CONTROL):
-                self._on_control(self.comm.recv(source=0, tag=TAG_CONTROL))
-                status = ServerStatus.CONTROL
-        return status
+            self.ranks.drain()  # a redraw announced by rank 0 may be in flight
+        check_header(h, field=name, cells=self.field_partitions[name][self.rank],
+                     rank=self.rank, layout=self.layout, sim_id_limit=self._sim_id_limit,
+                     nb_time_steps=self.nb_time_steps)
 
     def _wait_for_field(self, name: str) -> None:
-        """A data message named a field whose size rank 0 has sent but this
-        rank has not read yet: read control messages until it is known."""
+        """A data message names a field whose size rank 0 may have sent but this
+        rank not read yet: read control messages until it is known."""
+        undeclared = ProtocolError(f"field {name!r} has not been declared by a client",
+                                   "unknown_field")
         if self.rank == 0:
-            raise ProtocolError(f"field {name!r} has not been declared by a client",
-                                "unknown_field")
-        deadline = time.monotonic() + 10.0
-        while name not in self.field_sizes:
-            if self.comm.Iprobe(source=0, tag=TAG_CONTROL):
-                self._on_control(self.comm.recv(source=0, tag=TAG_CONTROL))
-            elif time.monotonic() > deadline:
-                raise ProtocolError(f"field {name!r} has not been declared by a client",
-                                    "unknown_field")
-            else:
-                time.sleep(0.0005)
+            raise undeclared
+        try:
+            self.ranks.wait_for(lambda: name in self.field_sizes,
+                                f"rank 0's declaration of field {name!r}", FIELD_WAIT_S)
+        except MPIWaitTimeout as exc:
+            log.warning("%s", exc)
+            raise undeclared from exc
 
-    def _broadcast_control(self, message) -> None:
-        for r in range(1, self.comm_size):
-            self._pending_isends.append(self.comm.isend(message, dest=r, tag=TAG_CONTROL))
+    # -- messages between ranks -----------------------------------------------
+    def _rank_handlers(self) -> dict:
+        return {ranks.FieldDeclared: lambda m: self._declare_field(m.name, m.n_cells),
+                ranks.StopRanks: self._on_stop_ranks,
+                ranks.Redraw: self._on_redraw,
+                ranks.CheckpointNow: lambda m: self.on_checkpoint_request(),
+                ranks.RunsFolded: self.on_runs_folded,
+                ranks.RankStopRequest: self._on_rank_stop_request}
 
-    def _report_to_root(self, message) -> None:
-        if self.rank == 0:
-            self._on_report(message)
-        else:
-            self._pending_isends.append(self.comm.isend(message, dest=0, tag=TAG_REPORT))
+    def _on_stop_ranks(self, msg: ranks.StopRanks) -> None:
+        self._finishing = self._finishing or msg.finished
+        self._stop_requested = True
 
-    def _on_control(self, message) -> None:
-        kind = message[0]
-        if kind == "field":
-            _, name, n_cells = message
-            self._declare_field(name, n_cells)
-        elif kind == "stop":
-            self._stop_requested = True
-        elif kind == "finish":
-            self._finishing = True
-            self._stop_requested = True
-        else:
-            self.on_control(message)
+    def _on_redraw(self, msg: ranks.Redraw) -> None:
+        self._sim_id_limit = max(self._sim_id_limit, msg.sim_id_limit)
+        self.on_group_abandoned(msg.group_id)
 
-    def on_control(self, message) -> None:
-        """Hook: a control message from rank 0 that the base does not know."""
+    def _on_rank_stop_request(self, msg: ranks.RankStopRequest) -> None:
+        if not self._stop_requested:
+            log.info("rank %d was asked to stop (SIGTERM)", msg.rank)
+            self.on_stop_request()
 
-    def _on_report(self, message) -> None:
-        """Rank 0: another rank (or itself) reports progress; see subclasses."""
+    def on_runs_folded(self, msg: ranks.RunsFolded) -> None:
+        """Rank 0: a rank folded these runs completely; see subclasses."""
+
+    def on_checkpoint_request(self) -> None:
+        """Every rank but 0: rank 0 started a checkpoint; see subclasses."""
+
+    def on_group_abandoned(self, group_id: int) -> None:
+        """Every rank: ``group_id`` was redrawn; drop what is buffered of it."""
 
     def _declare_field(self, name: str, n_cells: int) -> None:
         self.field_sizes[name] = n_cells
@@ -553,68 +414,16 @@ class BaseServer(ABC):
     def on_field_declared(self, name: str, n_cells: int) -> None:
         """Hook: a field's global size is now known on this rank."""
 
-    # -- rank 0: handshake and launcher messages ----------------------------
-    def _handle_hello(self, raw: bytes) -> None:
-        try:
-            msg = decode_json(raw, required=("type", "sim_id", "field", "n_cells"))
-            reply = self._welcome(msg)
-        except ProtocolError as exc:
-            self.bad_messages["bad_hello"] += 1
-            log.warning("refused a client hello: %s", exc.reason)
-            reply = {"type": "error", "message": exc.reason}
-        self.connection_socket.send(encode_json(reply))
-
-    def _welcome(self, msg: dict) -> dict:
-        name, n_cells, sim_id = msg["field"], msg["n_cells"], msg["sim_id"]
-        if msg.get("type") != "hello":
-            raise ProtocolError(f"expected a hello, got {msg.get('type')!r}")
-        if name not in self.fields:
-            raise ProtocolError(f"unknown field {name!r}; the study's fields are "
-                                f"{', '.join(self.fields)}")
-        if not isinstance(sim_id, int) or not 0 <= sim_id < self._sim_id_limit:
-            raise ProtocolError(f"unknown simulation id {sim_id!r}")
-        if self._launcher_address and sim_id not in self._active_sim_ids:
-            raise ProtocolError(f"simulation {sim_id} is not running in this study")
-        if not isinstance(n_cells, int) or n_cells < self.comm_size:
-            raise ProtocolError(f"field {name!r}: {n_cells!r} cells; need an integer >= "
-                                f"{self.comm_size} (one per server rank)")
-        known = self.field_sizes.get(name)
-        if known is None:
-            self._declare_field(name, n_cells)
-            self._broadcast_control(("field", name, n_cells))
-        elif known != n_cells:
-            raise ProtocolError(f"field {name!r} has {known} cells in this study, "
-                                f"simulation {sim_id} declares {n_cells}")
-        return {"type": "welcome", "endpoints": self.data_endpoints,
-                "partition": self.field_partitions[name],
-                "field_id": self.fields.index(name),
-                "member": sim_id % self.group_size,
-                "nb_time_steps": self.nb_time_steps}
-
-    def _handle_launcher(self, raw: bytes) -> None:
-        try:
-            msg = decode_json(raw, required=("type",))
-        except ProtocolError as exc:
-            log.warning("bad message from the launcher: %s", exc.reason)
-            return
-        kind = msg["type"]
-        self._last_launcher_message = time.monotonic()
-        if kind == "ping":
-            self._launcher_pings = True
-        elif kind == "stop":
-            log.info("the launcher asks to stop")
-            self.on_stop_request()
-        elif kind == "job":
-            self.on_job_state(int(msg.get("sim_id", -1)), str(msg.get("state")),
-                              msg.get("returncode"))
-
     def on_stop_request(self) -> None:
-        """Rank 0: the launcher asked the study to stop (Ctrl-C)."""
+        """Rank 0: stop the study with a checkpoint (launcher request, SIGTERM, failure)."""
         self._stop_requested = True
-        self._broadcast_control(("stop",))
+        self.ranks.broadcast(ranks.StopRanks())
 
-    def on_job_state(self, sim_id: int, state: str, returncode) -> None:
-        """Rank 0: the launcher reports a job's state; see subclasses."""
+    def _fail(self, message: str, status: int = exit_codes.FAILED) -> None:
+        log.error("%s", message)
+        self._exit_status = status
+        self._exit_message = message
+        self.on_stop_request()
 
     # -- misc ------------------------------------------------------------------
     def get_memory_info_in_gb(self) -> tuple[float, float]:
@@ -633,8 +442,3 @@ class BaseServer(ABC):
     @abstractmethod
     def start(self) -> int:
         """Run the study; return the exit status."""
-
-
-def MPI_ANY_SOURCE():  # noqa: N802 - mirrors the MPI constant
-    from mpi4py import MPI
-    return MPI.ANY_SOURCE

@@ -1,8 +1,9 @@
 """Server entry point: ``mpiexec -n P python -m melissa_sa.server.main study.json``.
 
-Loads the config, picks the server class (the config's ``server_filename`` /
+Loads the config, checks that the MPI job has ``server_config.server_processes``
+ranks, picks the server class (the config's ``server_filename`` /
 ``server_class`` or :class:`SensitivityAnalysisServer`), runs it on every
-rank and exits with its status.
+rank and exits with its status (:mod:`melissa_sa.exit_codes`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+
+from melissa_sa import exit_codes
 
 
 def load_server_class(config):
@@ -34,20 +37,37 @@ def load_server_class(config):
     return cls
 
 
+def check_comm_size(size: int, config) -> str | None:
+    """Why an MPI job of ``size`` ranks cannot serve ``config``, or None if it can."""
+    wanted = config.server_config.server_processes
+    if size == wanted:
+        return None
+    hint = (" Each rank started as a job of its own: under Slurm, give srun the MPI "
+            "plugin of this MPI library, e.g. `srun --mpi=pmi2`." if size == 1 else "")
+    return (f"melissa-sa server: the MPI communicator has {size} rank"
+            f"{'s' if size != 1 else ''} but server_config.server_processes is {wanted}: "
+            f"start the server with {wanted} MPI processes.{hint}")
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m melissa_sa.server.main study.json", file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     from melissa_sa.config import ConfigError, load_config
 
     try:
         config = load_config(argv[0])
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 2
+        return exit_codes.USAGE
     from mpi4py import MPI
 
+    problem = check_comm_size(MPI.COMM_WORLD.Get_size(), config)
+    if problem:
+        if MPI.COMM_WORLD.Get_rank() == 0:
+            print(problem, file=sys.stderr, flush=True)
+        return exit_codes.FAILED
     if MPI.COMM_WORLD.Get_size() > 1 and "NUMBA_NUM_THREADS" not in os.environ:
         import numba
         numba.set_num_threads(1)

@@ -1,35 +1,58 @@
 """Glue between the SA server and :mod:`melissa_sa.results`.
 
-Every rank hands the writer its own slice of each field, lazily, during its
-turn; no rank ever gathers the mesh.
+Every rank hands the writer its own slice of each field, one field at a
+time during its turn (the statistics are finalised then); no rank ever
+gathers the mesh. The per-rank counters (dropped messages by kind, bytes
+received) are summed over the ranks by a non-blocking gather; the file
+holds the sums and each rank's numbers (see ``docs/results.md``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 
 import numpy as np
 
+from melissa_sa.mpi_wait import gather_json
 from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results_parallel
 
 log = logging.getLogger("melissa_sa.server")
 
 
 def parameter_table(server) -> ParameterTable:
-    """The design actually run, from rank 0's groups."""
+    """The design actually run, from rank 0's study state."""
     names = tuple(server.config.study_options.parameter_names) or tuple(
         f"p{k + 1}" for k in range(server.nb_parameters))
-    groups = [server._groups[g] for g in sorted(server._groups)]
+    params = server.group_parameters
+    groups = [g for gid, g in sorted(server.study.groups.items()) if gid in params]
     if not groups:
         return ParameterTable(names=names, values=np.zeros((0, len(names))))
-    values = np.concatenate([g.parameters for g in groups])
+    layout = server.layout
+    values = np.concatenate([params[g.group_id] for g in groups])
     sim_id = np.concatenate([g.sim_ids for g in groups])
     return ParameterTable(
         names=names, values=values, sim_id=sim_id,
-        group_id=sim_id // server.group_size, member=sim_id % server.group_size,
+        group_id=layout.group_of(sim_id), member=layout.member_of(sim_id),
         redrawn=np.concatenate([[g.redraws > 0] * len(g.sim_ids) for g in groups]),
-        folded=np.isin(sim_id, sorted(server._sims_done)))
+        folded=np.isin(sim_id, sorted(server.completed_sim_ids)))
+
+
+def rank_counters(server) -> dict | None:
+    """Rank 0: dropped messages and bytes received, summed and per rank (collective)."""
+    mine = {"dropped": dict(server.bad_messages), "bytes": int(server.bytes_received)}
+    every = gather_json(server.comm if server.comm_size > 1 else None, mine,
+                        "every rank's message counters for results.h5", timeout=120)
+    if every is None:
+        return None
+    total: Counter = Counter()
+    for r in every:
+        total.update(r["dropped"])
+    return {"dropped_messages": json.dumps(dict(total)),
+            "dropped_messages_per_rank": json.dumps([r["dropped"] for r in every]),
+            "bytes_received": int(sum(r["bytes"] for r in every)),
+            "bytes_received_per_rank": np.array([r["bytes"] for r in every], dtype=np.int64)}
 
 
 def write_study_results(server) -> None:
@@ -46,19 +69,15 @@ def write_study_results(server) -> None:
     def local(name: str):
         if name not in server.slices:
             return None
-        fs = server.slices[name]
+        lf = server.slices[name]
         stats = prepared.pop(name)
         if server.rank != 0:
             stats.pop("n_samples", None)
             stats.pop("n_groups", None)
-        return FieldSlice(fs.lo, fs.hi, stats)
+        return FieldSlice(lf.lo, lf.hi, stats)
 
-    attrs = None
-    parameters = None
-    if server.rank == 0:
-        parameters = parameter_table(server)
-        attrs = {"dropped_messages": json.dumps(dict(server.bad_messages)),
-                 "bytes_received_rank0": int(server._total_bytes_recv)}
+    attrs = rank_counters(server)
+    parameters = parameter_table(server) if server.rank == 0 else None
     path = write_results_parallel(server.comm if server.comm_size > 1 else None,
                                   server.config.results_path, layout, local,
                                   config_json=server.config.to_json(), parameters=parameters,

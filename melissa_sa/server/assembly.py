@@ -1,0 +1,85 @@
+"""Group assembly: buffer a group's rows of one time step until every member sent it.
+
+With Sobol' indices a group's time step is folded only when all its members
+(A, B, C_k[, D_k]) have sent it over this rank's slice. Until then the rows
+that arrived wait here, one buffer per ``(group, field, time step)``, **in
+the dtype they arrived in** (float32 stays float32; a buffer is promoted to
+float64 only if a member sends float64 into a float32 buffer).
+
+Bound: one buffer holds ``group_size x local_cells x itemsize`` bytes, and
+buffers exist only for the groups in flight (``launcher_config.job_limit /
+group_size + 1`` groups, see :mod:`melissa_sa.server.study_state`), per field
+and per time step that some member has sent and another has not yet. When a
+group's members run together (the launcher starts them together where
+``job_limit`` allows) that is a few steps; in the worst case (one member
+runs only after the others ended) it is every time step of the group:
+``groups_in_flight x n_fields x nb_time_steps x group_size x local_cells x
+itemsize``. :attr:`GroupAssembler.buffered_bytes` reports the current size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["GroupAssembler", "Overlap"]
+
+
+class Overlap(ValueError):
+    """The cells of a message were already received for that member (a duplicate)."""
+
+
+@dataclass
+class _Buffer:
+    rows: np.ndarray                                   # (group_size, n_cells)
+    filled: np.ndarray                                 # cells received per member
+    pieces: list[list[tuple[int, int]]] = field(default_factory=list)
+
+
+class GroupAssembler:
+    """The open buffers of this rank, keyed by ``(group_id, field_id, time_step)``."""
+
+    def __init__(self, group_size: int):
+        self.group_size = group_size
+        self._buffers: dict[tuple[int, int, int], _Buffer] = {}
+
+    def add(self, key: tuple[int, int, int], member: int, start: int, values: np.ndarray,
+            n_cells: int) -> np.ndarray | None:
+        """Put ``values`` at cells ``[start, start + len)`` of row ``member``.
+
+        Returns the complete ``(group_size, n_cells)`` rows when this message
+        completes the group's time step (the buffer is then released), else
+        None. Raises :class:`Overlap` if those cells were already received.
+        """
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = _Buffer(np.empty((self.group_size, n_cells), dtype=values.dtype),
+                          np.zeros(self.group_size, dtype=np.int64),
+                          [[] for _ in range(self.group_size)])
+            self._buffers[key] = buf
+        stop = start + values.size
+        for a, b in buf.pieces[member]:
+            if start < b and a < stop:
+                raise Overlap(f"cells [{start}, {stop}) overlap [{a}, {b}) already received")
+        if np.result_type(buf.rows.dtype, values.dtype) != buf.rows.dtype:
+            buf.rows = buf.rows.astype(np.result_type(buf.rows.dtype, values.dtype))
+        buf.rows[member, start:stop] = values
+        buf.pieces[member].append((start, stop))
+        buf.filled[member] += values.size
+        if np.all(buf.filled == n_cells):
+            del self._buffers[key]
+            return buf.rows
+        return None
+
+    def drop_group(self, group_id: int) -> None:
+        """Forget the buffered, unfolded data of an abandoned group."""
+        for key in [k for k in self._buffers if k[0] == group_id]:
+            del self._buffers[key]
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(b.rows.nbytes for b in self._buffers.values())

@@ -1,0 +1,122 @@
+"""The statistics one server rank keeps: per field slice, per time step.
+
+:class:`LocalField` is this rank's part of one field (cells ``[lo, hi)``)
+with one :class:`StepStatistics` per time step; :func:`collect_results`
+turns it into the arrays the results writer takes. Independent rows (A and
+B, or the one run of a group without Sobol') feed the moments, extrema,
+thresholds and quantiles; the whole group feeds the Martinez accumulators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from melissa_sa.design import GroupLayout
+from melissa_sa.stats import Extrema, Moments, Quantiles, SobolMartinez, ThresholdExceedance
+
+__all__ = ["STAT_CLASSES", "LocalField", "StepStatistics", "collect_results"]
+
+#: the statistic kept under each attribute name (and checkpoint group name)
+STAT_CLASSES = {"moments": Moments, "extrema": Extrema, "threshold": ThresholdExceedance,
+                "quantiles": Quantiles, "sobol": SobolMartinez}
+
+
+class StepStatistics:
+    """The statistics of one field slice at one time step."""
+
+    def __init__(self, n_cells: int, config):
+        sa = config.sa_config
+        self.layout = GroupLayout(config.study_options.nb_parameters,
+                                  sobol=bool(sa.sobol_indices))
+        self.moments = None
+        order = 4 if (sa.skewness or sa.kurtosis) else 2
+        if sa.mean or sa.variance or sa.skewness or sa.kurtosis:
+            self.moments = Moments(n_cells, order=order)
+        self.extrema = Extrema(n_cells) if (sa.min or sa.max) else None
+        self.threshold = (ThresholdExceedance(n_cells, sa.threshold_exceedance)
+                          if sa.threshold_exceedance else None)
+        self.quantiles = Quantiles(n_cells, sa.quantiles) if sa.quantiles else None
+        self.sobol = (SobolMartinez(n_cells, config.study_options.nb_parameters,
+                                    ci=sa.confidence_method)
+                      if sa.sobol_indices else None)
+        self.n_samples = 0
+
+    def items_names(self) -> list[str]:
+        """Names of the statistics kept (attribute names)."""
+        return [k for k in STAT_CLASSES if getattr(self, k) is not None]
+
+    def items(self):
+        """(name, statistic) pairs of the statistics kept."""
+        return [(k, getattr(self, k)) for k in self.items_names()]
+
+    def fold_sample(self, x: np.ndarray) -> None:
+        """One independent run's values over the slice."""
+        for stat in (self.moments, self.extrema, self.threshold, self.quantiles):
+            if stat is not None:
+                stat.update(x)
+        self.n_samples += 1
+
+    def fold_group(self, rows: np.ndarray) -> None:
+        """A complete group: its independent rows, and all rows into Sobol'."""
+        for row in self.layout.independent_rows:
+            self.fold_sample(rows[row])
+        if self.sobol is not None:
+            self.sobol.update(rows)
+
+
+@dataclass
+class LocalField:
+    """This rank's part of one field: cells ``[lo, hi)`` and their statistics."""
+
+    name: str
+    field_id: int
+    lo: int
+    hi: int
+    steps: list[StepStatistics]
+
+    @property
+    def n_cells(self) -> int:
+        return self.hi - self.lo
+
+
+def collect_results(lf: LocalField, config) -> dict:
+    """This rank's slice of every statistic of one field, for the results writer.
+
+    Each statistic is a callable ``t -> array`` giving time step ``t``
+    (``(cells,)`` or ``(k, cells)`` with k thresholds or quantile levels),
+    so the writer holds one step at a time; ``n_samples`` (and ``n_groups``)
+    are arrays over time steps. The six Sobol' datasets are computed here,
+    at once, as ``(parameter, time step, cell)`` arrays: indices and
+    intervals come from one pass per step, and the server computes them on
+    every rank before the ranks take turns to write.
+    """
+    sa = config.sa_config
+    steps = lf.steps
+    out: dict = {"n_samples": np.array([s.n_samples for s in steps], dtype=np.int64)}
+    if steps[0].moments is not None:
+        for stat in ("mean", "variance", "skewness", "kurtosis"):
+            if getattr(sa, stat):
+                out[stat] = lambda t, stat=stat: getattr(steps[t].moments, stat)
+    if sa.min:
+        out["min"] = lambda t: steps[t].extrema.min
+    if sa.max:
+        out["max"] = lambda t: steps[t].extrema.max
+    if steps[0].threshold is not None:
+        out["threshold_exceedance"] = lambda t: steps[t].threshold.probability
+    if steps[0].quantiles is not None:
+        out["quantiles"] = lambda t: steps[t].quantiles.values
+    if steps[0].sobol is not None:
+        out["n_groups"] = np.array([s.sobol.count for s in steps], dtype=np.int64)
+        names = ("sobol_first", "sobol_total", "sobol_first_low", "sobol_first_high",
+                 "sobol_total_low", "sobol_total_high")
+        shape = (config.study_options.nb_parameters, len(steps), lf.n_cells)
+        arrays = {key: np.empty(shape) for key in names}
+        for t, step in enumerate(steps):
+            first, total = step.sobol.indices
+            (f_lo, f_hi), (t_lo, t_hi) = step.sobol.confidence_interval(sa.confidence_level)
+            for key, value in zip(names, (first, total, f_lo, f_hi, t_lo, t_hi)):
+                arrays[key][:, t] = value
+        out.update(arrays)
+    return out

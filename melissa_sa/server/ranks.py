@@ -1,0 +1,143 @@
+"""Messages between server ranks: typed, non-blocking, never spinning.
+
+Rank 0 tells the other ranks what the study decided (:class:`FieldDeclared`,
+:class:`Redraw`, :class:`CheckpointNow`, :class:`StopRanks`); the other
+ranks tell rank 0 what they folded (:class:`RunsFolded`) or that they were
+asked to stop (:class:`RankStopRequest`). Each message is a frozen
+dataclass sent with ``isend`` (mpi4py pickles it: the peers are the
+server's own ranks, never the network) and read with ``Iprobe``, so an idle
+rank waits in the ZeroMQ poller rather than in a spinning MPI call.
+:class:`RankLink` keeps the pending sends and dispatches what arrives
+through the handler table its owner gives it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from melissa_sa.mpi_wait import wait_requests, wait_until
+
+__all__ = [
+    "TAG_CONTROL",
+    "TAG_REPORT",
+    "CheckpointNow",
+    "FieldDeclared",
+    "RankLink",
+    "RankStopRequest",
+    "Redraw",
+    "RunsFolded",
+    "StopRanks",
+]
+
+TAG_CONTROL = 11  # rank 0 -> others
+TAG_REPORT = 12   # others -> rank 0
+
+
+@dataclass(frozen=True)
+class FieldDeclared:
+    """Rank 0 -> all: a client declared field ``name`` with ``n_cells`` cells."""
+
+    name: str
+    n_cells: int
+
+
+@dataclass(frozen=True)
+class Redraw:
+    """Rank 0 -> all: group ``group_id`` was abandoned; ids below ``sim_id_limit`` are valid."""
+
+    group_id: int
+    sim_id_limit: int
+
+
+@dataclass(frozen=True)
+class CheckpointNow:
+    """Rank 0 -> all: take part in a checkpoint now."""
+
+
+@dataclass(frozen=True)
+class StopRanks:
+    """Rank 0 -> all: leave the loop; ``finished``: the study completed (write results)."""
+
+    finished: bool = False
+
+
+@dataclass(frozen=True)
+class RunsFolded:
+    """Rank ``rank`` -> 0: these runs are completely folded on ``rank``."""
+
+    rank: int
+    sim_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RankStopRequest:
+    """Rank ``rank`` -> 0: this rank received SIGTERM; please stop with a checkpoint."""
+
+    rank: int
+
+
+CONTROL = (FieldDeclared, Redraw, CheckpointNow, StopRanks)
+REPORT = (RunsFolded, RankStopRequest)
+
+
+class RankLink:
+    """Typed messages over ``comm``; ``handlers`` maps a message class to its handler."""
+
+    def __init__(self, comm, handlers: dict[type, Callable]):
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.handlers = handlers
+        self._pending: list = []
+
+    def broadcast(self, message) -> None:
+        """Rank 0: send a control message to every other rank."""
+        assert isinstance(message, CONTROL), message
+        for r in range(1, self.size):
+            self._pending.append(self.comm.isend(message, dest=r, tag=TAG_CONTROL))
+
+    def report(self, message) -> None:
+        """Send a report to rank 0 (rank 0 handles its own at once)."""
+        assert isinstance(message, REPORT), message
+        if self.rank == 0:
+            self._dispatch(message)
+        else:
+            self._pending.append(self.comm.isend(message, dest=0, tag=TAG_REPORT))
+
+    def drain(self) -> bool:
+        """Handle every message waiting for this rank (never blocks); True if any."""
+        self._pending = [r for r in self._pending if not r.Test()]
+        if self.size == 1:
+            return False
+        source, tag = (self._any_source(), TAG_REPORT) if self.rank == 0 else (0, TAG_CONTROL)
+        handled = False
+        while self.comm.Iprobe(source=source, tag=tag):
+            self._dispatch(self.comm.recv(source=source, tag=tag))
+            handled = True
+        return handled
+
+    def wait_for(self, done: Callable[[], bool], what: str, timeout: float) -> None:
+        """Handle control messages until ``done()``; MPIWaitTimeout after ``timeout`` s."""
+        def check() -> bool:
+            self.drain()
+            return done()
+
+        wait_until(check, what, timeout=timeout, poll_interval=0.005)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Complete the pending sends (before closing); MPIWaitTimeout if they cannot."""
+        wait_requests(self._pending, f"rank {self.rank}'s last messages to be received",
+                      timeout=timeout)
+        self._pending = []
+
+    def _dispatch(self, message) -> None:
+        handler = self.handlers.get(type(message))
+        if handler is None:
+            raise TypeError(f"rank {self.rank}: no handler for {type(message).__name__}")
+        handler(message)
+
+    @staticmethod
+    def _any_source() -> int:
+        from mpi4py import MPI
+        return MPI.ANY_SOURCE

@@ -1,0 +1,397 @@
+"""The study's state as a pure object: groups, runs, crashes, redraws, completion.
+
+:class:`StudyState` is fed typed events (:mod:`~melissa_sa.server.study_events`:
+:class:`Begin`, :class:`JobStarted`,
+:class:`DataSeen`, :class:`JobExited`, :class:`RunFolded`, :class:`Tick`) and
+answers each with a list of typed instructions (:class:`DrawGroup`,
+:class:`SubmitRuns`, :class:`KillRuns`, :class:`AbandonGroup`,
+:class:`GroupFinished`, :class:`ReportProgress`, :class:`FinishStudy`,
+:class:`StopStudy`) that rank 0 of the server carries out. It knows no
+socket, no MPI and no clock: the time comes in the events (``now``, seconds
+on any monotonic clock), so it is tested without a server
+(``tests/test_study_state.py``). Modelled on Dask's
+``distributed/worker_state_machine.py``.
+
+Rules:
+
+* at most ``window`` groups are in flight (submitted, not finished, not
+  abandoned); a finished group makes room for the next one;
+* a run fails when its job exits non-zero, when it exits 0 without all its
+  data folded within ``completion_grace`` s, or when nothing of it was seen
+  for ``simulation_timeout`` s (its job is then killed);
+* a failed run is resubmitted, until one member of a group failed
+  ``crashes_before_redraw`` times: the group is then abandoned and its
+  parameters redrawn as a new group;
+* the study stops with :data:`~melissa_sa.exit_codes.FAILED` when fault
+  tolerance is off and a run fails, after ``max_consecutive_failures`` failed
+  runs in a row with no completed run in between, or once more than
+  ``max_redrawn_groups`` groups were redrawn;
+* it finishes when ``n_groups`` groups are finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import typing
+from collections import Counter
+from dataclasses import dataclass, field
+
+from melissa_sa import exit_codes
+from melissa_sa.design import GroupLayout
+from melissa_sa.server.study_events import (
+    AbandonGroup,
+    Begin,
+    DataSeen,
+    DrawGroup,
+    FinishStudy,
+    GroupFinished,
+    JobExited,
+    JobStarted,
+    KillRuns,
+    ReportProgress,
+    RunFolded,
+    StopStudy,
+    SubmitRuns,
+    Tick,
+)
+
+log = logging.getLogger("melissa_sa.server")
+
+__all__ = [
+    "AbandonGroup",
+    "Begin",
+    "DataSeen",
+    "DrawGroup",
+    "FinishStudy",
+    "GroupFinished",
+    "GroupRecord",
+    "JobExited",
+    "JobStarted",
+    "KillRuns",
+    "ReportProgress",
+    "RunFolded",
+    "StopStudy",
+    "StudyLimits",
+    "StudyState",
+    "SubmitRuns",
+    "Tick",
+]
+
+
+# -- state ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudyLimits:
+    """The rules' numbers (see the module docstring); from the config by :meth:`from_config`."""
+
+    n_groups: int
+    window: int = 2
+    crashes_before_redraw: int = 3
+    simulation_timeout: float = 60.0
+    completion_grace: float = 10.0
+    fault_tolerance: bool = True
+    max_consecutive_failures: int = 20
+    max_redrawn_groups: int = 5
+    offline: bool = False
+
+    @classmethod
+    def from_config(cls, config, *, window: int, fault_tolerance: bool, offline: bool,
+                    completion_grace: float = 10.0) -> StudyLimits:
+        so = config.study_options
+        return cls(n_groups=config.n_groups, window=window,
+                   crashes_before_redraw=so.crashes_before_redraw,
+                   simulation_timeout=float(so.simulation_timeout),
+                   completion_grace=completion_grace, fault_tolerance=fault_tolerance,
+                   max_consecutive_failures=so.max_consecutive_failures,
+                   max_redrawn_groups=so.effective_max_redrawn_groups,
+                   offline=offline)
+
+
+@dataclass
+class GroupRecord:
+    """One group's runs: ids, crash counts per member, members done."""
+
+    group_id: int
+    sim_ids: list[int]
+    crashes: Counter = field(default_factory=Counter)
+    members_done: set = field(default_factory=set)
+    submitted_at: float = 0.0
+    redraws: int = 0             # how many redraws led to this group
+    replaces: int | None = None  # the abandoned group this one replaces
+    abandoned: bool = False      # crashed too often; replaced by a redraw
+
+    @property
+    def finished(self) -> bool:
+        return len(self.members_done) == len(self.sim_ids)
+
+
+class StudyState:
+    """The study's bookkeeping on rank 0; see the module docstring.
+
+    ``managed=False`` (no launcher): runs are not submitted, any sim id below
+    the design's size may stream, and groups appear as their runs complete.
+    """
+
+    def __init__(self, layout: GroupLayout, limits: StudyLimits, *, managed: bool = True):
+        self.layout = layout
+        self.limits = limits
+        self.managed = managed
+        self.groups: dict[int, GroupRecord] = {}
+        self.finished_groups: set[int] = set()
+        self.sims_done: set[int] = set()
+        self.nb_submitted_groups = 0
+        self.next_group_id = limits.n_groups
+        self.n_sims_completed = 0
+        self.consecutive_failures = 0
+        self.redrawn_groups = 0
+        #: mean seconds from a run's submission to its completion
+        self.mean_run_seconds = 0.0
+        self.stopped: StopStudy | None = None
+        self._last_seen: dict[int, float] = {}
+        self._exited_at: dict[int, float] = {}
+        self._active: set[int] = set()
+
+    # -- read-only views ----------------------------------------------------------------
+    @property
+    def sim_id_limit(self) -> int:
+        """Simulation ids ``0 .. limit - 1`` may stream (grows with redraws)."""
+        return self.next_group_id * self.layout.size
+
+    @property
+    def active_sim_ids(self) -> frozenset[int]:
+        """Runs submitted and neither completed nor given up."""
+        return frozenset(self._active)
+
+    @property
+    def groups_done(self) -> int:
+        return len(self.finished_groups)
+
+    @property
+    def all_done(self) -> bool:
+        return len(self.finished_groups) >= self.limits.n_groups
+
+    def is_abandoned(self, group_id: int) -> bool:
+        g = self.groups.get(group_id)
+        return g is not None and g.abandoned
+
+    # -- events -------------------------------------------------------------------------
+    def handle(self, event) -> list:
+        """Apply one event; return the instructions to carry out, in order."""
+        handler = self._HANDLERS.get(type(event))
+        if handler is None:
+            raise TypeError(f"StudyState cannot handle {type(event).__name__}")
+        if self.stopped is not None:
+            return []
+        return handler(self, event)
+
+    def _on_begin(self, ev: Begin) -> list:
+        out: list = []
+        if self.all_done:  # restarted after the last run, before the results
+            return [FinishStudy()]
+        if not self.managed:
+            return out
+        if ev.resume:
+            for group in sorted(self.groups.values(), key=lambda g: g.group_id):
+                if group.abandoned or group.group_id in self.finished_groups:
+                    continue
+                todo = [s for s in group.sim_ids if s not in self.sims_done]
+                if todo:
+                    log.info("resubmitting group %d: simulations %s", group.group_id, todo)
+                    out += self._submit(group, todo, ev.now)
+            out.append(ReportProgress(self.groups_done, self.limits.n_groups))
+        return out + self._fill_window(ev.now)
+
+    def _on_job_started(self, ev: JobStarted) -> list:
+        if ev.sim_id in self._active:
+            self._last_seen[ev.sim_id] = ev.now
+        return []
+
+    def _on_data_seen(self, ev: DataSeen) -> list:
+        if ev.sim_id in self._active and ev.sim_id not in self._exited_at:
+            self._last_seen[ev.sim_id] = ev.now
+        return []
+
+    def _on_job_exited(self, ev: JobExited) -> list:
+        if ev.ok:
+            if self.limits.offline:  # nothing is streamed: the exit is the completion
+                return self._on_run_folded(RunFolded(ev.sim_id, ev.now))
+            if ev.sim_id in self._active:
+                self._exited_at[ev.sim_id] = ev.now
+            return []
+        why = (f"exited with code {ev.returncode}" if ev.returncode not in (0, None)
+               else f"{ev.state} (exit code {ev.returncode})")
+        return self._failure(ev.sim_id, why, ev.now)
+
+    def _on_run_folded(self, ev: RunFolded) -> list:
+        sim_id = ev.sim_id
+        if sim_id in self.sims_done:
+            return []
+        self.sims_done.add(sim_id)
+        self._forget(sim_id)
+        self.n_sims_completed += 1
+        self.consecutive_failures = 0
+        group_id, member = self.layout.split(sim_id)
+        group = self.groups.get(group_id)
+        if group is None:
+            if self.managed:
+                return []  # a run of no known group (cannot happen with a launcher)
+            group = self.groups[group_id] = GroupRecord(
+                group_id, [self.layout.sim_id(group_id, m) for m in range(self.layout.size)],
+                submitted_at=ev.now)
+        elapsed = ev.now - group.submitted_at
+        self.mean_run_seconds += (elapsed - self.mean_run_seconds) / self.n_sims_completed
+        group.members_done.add(member)
+        out: list = []
+        if group.finished and group_id not in self.finished_groups and not group.abandoned:
+            self.finished_groups.add(group_id)
+            out.append(GroupFinished(group_id, self.groups_done, self.limits.n_groups))
+            out += self._fill_window(ev.now)
+        if self.all_done:
+            out.append(FinishStudy())
+        return out
+
+    def _on_tick(self, ev: Tick) -> list:
+        out: list = []
+        for sim_id, at in list(self._exited_at.items()):
+            if ev.now - at > self.limits.completion_grace and sim_id in self._exited_at:
+                out += self._failure(sim_id, "exited before sending all its time steps",
+                                     ev.now)
+        for sim_id, seen in list(self._last_seen.items()):
+            if sim_id in self._exited_at or sim_id not in self._last_seen:
+                continue
+            if ev.now - seen > self.limits.simulation_timeout:
+                out.append(KillRuns((sim_id,)))
+                out += self._failure(
+                    sim_id, f"was silent for more than {self.limits.simulation_timeout:g} s "
+                            "(simulation_timeout)", ev.now)
+        return out
+
+    _HANDLERS: typing.ClassVar[dict] = {Begin: _on_begin, JobStarted: _on_job_started, DataSeen: _on_data_seen,
+                                        JobExited: _on_job_exited, RunFolded: _on_run_folded,
+                                        Tick: _on_tick}
+
+    # -- rules --------------------------------------------------------------------------
+    def _in_flight(self) -> int:
+        return sum(1 for g in self.groups.values()
+                   if g.group_id not in self.finished_groups and not g.abandoned)
+
+    def _fill_window(self, now: float) -> list:
+        out: list = []
+        if not self.managed:
+            return out
+        in_flight = self._in_flight()
+        while self.nb_submitted_groups < self.limits.n_groups and in_flight < self.limits.window:
+            gid = self.nb_submitted_groups
+            group = self.groups[gid] = GroupRecord(gid, self._sim_ids(gid))
+            out.append(DrawGroup(gid))
+            out += self._submit(group, group.sim_ids, now)
+            self.nb_submitted_groups += 1
+            in_flight += 1
+        return out
+
+    def _sim_ids(self, group_id: int) -> list[int]:
+        return [self.layout.sim_id(group_id, m) for m in range(self.layout.size)]
+
+    def _submit(self, group: GroupRecord, sim_ids, now: float) -> list:
+        group.submitted_at = now
+        for s in sim_ids:
+            self._active.add(s)
+            self._last_seen.pop(s, None)
+            self._exited_at.pop(s, None)
+        return [SubmitRuns(group.group_id, tuple(sim_ids))]
+
+    def _forget(self, sim_id: int) -> None:
+        self._active.discard(sim_id)
+        self._last_seen.pop(sim_id, None)
+        self._exited_at.pop(sim_id, None)
+
+    def _stop(self, reason: str) -> list:
+        log.error("%s", reason)
+        self.stopped = StopStudy(exit_codes.FAILED, reason)
+        return [self.stopped]
+
+    def _failure(self, sim_id: int, why: str, now: float) -> list:
+        group_id, member = self.layout.split(sim_id)
+        group = self.groups.get(group_id)
+        if group is None or group.abandoned or sim_id in self.sims_done:
+            return []
+        self._forget(sim_id)
+        group.crashes[member] += 1
+        self.consecutive_failures += 1
+        lim = self.limits
+        if not lim.fault_tolerance:
+            return self._stop(f"simulation {sim_id} {why} and fault tolerance is off")
+        if self.consecutive_failures >= lim.max_consecutive_failures:
+            return self._stop(
+                f"{self.consecutive_failures} runs failed in a row with no run completing "
+                f"(study_options.max_consecutive_failures = {lim.max_consecutive_failures}); "
+                f"the last: simulation {sim_id} {why}. Check the client command and its "
+                f"log")
+        if group.crashes[member] < lim.crashes_before_redraw:
+            log.warning("simulation %d %s; restarting it (%d/%d)", sim_id, why,
+                        group.crashes[member], lim.crashes_before_redraw)
+            return self._submit(group, [sim_id], now)
+        return self._redraw(group, f"simulation {sim_id} failed {group.crashes[member]} "
+                                   f"times (crashes_before_redraw); last: {why}", now)
+
+    def _redraw(self, group: GroupRecord, why: str, now: float) -> list:
+        group.abandoned = True
+        self.redrawn_groups += 1
+        alive = tuple(s for s in group.sim_ids if s not in self.sims_done)
+        for s in group.sim_ids:
+            self._forget(s)
+        out: list = [KillRuns(alive)] if alive else []
+        if self.redrawn_groups > self.limits.max_redrawn_groups:
+            return out + self._stop(
+                f"{self.redrawn_groups} groups were redrawn, more than "
+                f"study_options.max_redrawn_groups = {self.limits.max_redrawn_groups}; "
+                f"the last because {why}")
+        new_id = self.next_group_id
+        self.next_group_id += 1
+        new = self.groups[new_id] = GroupRecord(new_id, self._sim_ids(new_id),
+                                                redraws=group.redraws + 1,
+                                                replaces=group.group_id)
+        log.warning("%s; group %d abandoned, its parameters redrawn as group %d "
+                    "(time steps it completed stay folded in)", why, group.group_id, new_id)
+        out += [AbandonGroup(group.group_id, self.sim_id_limit),
+                DrawGroup(new_id, replaces=group.group_id)]
+        return out + self._submit(new, new.sim_ids, now)
+
+    # -- checkpoint ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-able state (the ``completion`` of a checkpoint, without parameters)."""
+        return {
+            "finished_groups": sorted(self.finished_groups),
+            "nb_submitted_groups": self.nb_submitted_groups,
+            "next_group_id": self.next_group_id,
+            "sims_done": sorted(self.sims_done),
+            "n_sims_completed": self.n_sims_completed,
+            "consecutive_failures": self.consecutive_failures,
+            "redrawn_groups": self.redrawn_groups,
+            "mean_run_seconds": self.mean_run_seconds,
+            "groups": [{"group_id": g.group_id, "sim_ids": g.sim_ids,
+                        "crashes": {str(k): v for k, v in g.crashes.items()},
+                        "redraws": g.redraws, "replaces": g.replaces,
+                        "abandoned": g.abandoned}
+                       for g in self.groups.values()],
+        }
+
+    def load_dict(self, state: dict) -> None:
+        """Restore :meth:`to_dict`'s output (older checkpoints lack the newer keys)."""
+        self.finished_groups = set(state["finished_groups"])
+        self.nb_submitted_groups = int(state["nb_submitted_groups"])
+        self.next_group_id = int(state["next_group_id"])
+        self.sims_done = set(state["sims_done"])
+        self.n_sims_completed = int(state["n_sims_completed"])
+        self.consecutive_failures = int(state.get("consecutive_failures", 0))
+        self.redrawn_groups = int(state.get("redrawn_groups",
+                                            sum(bool(g["abandoned"]) for g in state["groups"])))
+        self.mean_run_seconds = float(state.get("mean_run_seconds", 0.0))
+        self.groups = {}
+        for g in state["groups"]:
+            group = GroupRecord(int(g["group_id"]), [int(s) for s in g["sim_ids"]],
+                                Counter({int(k): v for k, v in g["crashes"].items()}),
+                                redraws=int(g["redraws"]), replaces=g["replaces"],
+                                abandoned=bool(g["abandoned"]))
+            group.members_done = {self.layout.member_of(s) for s in group.sim_ids
+                                  if s in self.sims_done}
+            self.groups[group.group_id] = group

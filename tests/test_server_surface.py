@@ -1,0 +1,108 @@
+"""The reference-surface attributes of BaseServer do what docs/internals.md says
+(defect 5), checked on a server object without sockets or MPI."""
+
+import logging
+import threading
+
+import pytest
+from conftest import write_study
+
+from melissa_sa import messages
+from melissa_sa.config import load_config
+from melissa_sa.server import SensitivityAnalysisServer
+from melissa_sa.server.study_state import Begin, JobStarted, RunFolded
+
+
+class OneRank:
+    def Get_rank(self):
+        return 0
+
+    def Get_size(self):
+        return 1
+
+
+class Recorder:
+    def __init__(self):
+        self.sent = []
+
+    def send_launcher(self, raw):
+        self.sent.append(messages.decode(raw, accept=messages.SERVER_TO_LAUNCHER))
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    monkeypatch.setenv("MELISSA_LAUNCHER_ADDRESS", "tcp://127.0.0.1:1")
+    monkeypatch.delenv("MELISSA_DEBUG", raising=False)
+    study = write_study(tmp_path, study_options={"parameter_sweep_size": 2})
+    s = SensitivityAnalysisServer(load_config(study), comm=OneRank())
+    s.transport = Recorder()
+    s.connection_address = "tcp://127.0.0.1:2"
+    s.study.limits = s._study_limits()
+    return s
+
+
+def test_scripts_rm_script_and_mean_run_time(server):
+    server.feed(Begin(0.0))
+    submits = [m for m in server.transport.sent if isinstance(m, messages.Submit)]
+    assert [m.sim_ids for m in submits] == [[0], [1]]
+    script = server.script_dir / "client.0.sh"
+    text = script.read_text()
+    assert "MELISSA_OFFLINE" not in text and "MELISSA_SERVER_ADDRESS=tcp://127.0.0.1:2" in text
+    server.rm_script = True
+    server.feed(RunFolded(0, 4.0))
+    assert not script.exists() and (server.script_dir / "client.1.sh").exists()
+    assert server.mtt_simulation_completion == pytest.approx(4.0)
+    progress = [m for m in server.transport.sent if isinstance(m, messages.Progress)]
+    assert progress == [messages.Progress(groups_done=1, groups_total=2, group_id=0)]
+
+
+def test_offline_scripts_set_no_server_address(server):
+    server.make_study_offline()
+    server.study.limits = server._study_limits()
+    server.feed(Begin(0.0))
+    text = (server.script_dir / "client.0.sh").read_text()
+    assert "MELISSA_SERVER_ADDRESS" not in text and "MELISSA_OFFLINE" not in text
+
+
+def test_the_consistency_lock_is_held_while_the_state_changes(server):
+    seen = []
+
+    def on_group_finished(group_id):
+        # another thread cannot take the lock while the server applies the event
+        got = []
+        t = threading.Thread(target=lambda: got.append(
+            server.consistency_lock.acquire(blocking=False)))
+        t.start()
+        t.join()
+        seen.append(got[0])
+
+    server.on_group_finished = on_group_finished
+    server.feed(Begin(0.0))
+    server.feed(JobStarted(0, 1.0))
+    server.feed(RunFolded(0, 2.0))
+    assert seen == [False]
+    assert server.consistency_lock.acquire(blocking=False)   # released afterwards
+    server.consistency_lock.release()
+
+
+@pytest.mark.parametrize("level,expected", [(0, logging.WARNING), (1, logging.INFO),
+                                            (2, logging.DEBUG)])
+def test_verbose_level_sets_the_log_level(server, level, expected):
+    root = logging.getLogger("melissa_sa")
+    saved = root.handlers[:], root.level, root.propagate
+    server.verbose_level = level
+    try:
+        server.configure_logger()
+        assert root.level == expected
+    finally:
+        root.handlers[:], root.level, root.propagate = saved
+
+
+def test_launcher_messages_go_through_the_handler_table(server, caplog):
+    server.feed(Begin(0.0))
+    server.handle_launcher(messages.encode(messages.StopRequest(reason="SIGINT")))
+    assert server._stop_requested
+    with caplog.at_level(logging.WARNING, "melissa_sa.server"):
+        server.handle_launcher(b'{"type": "server_failure"}')
+        server.handle_launcher(messages.encode(messages.Submit(group_id=0)))
+    assert caplog.text.count("dropped a message from the launcher") == 2

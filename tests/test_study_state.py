@@ -1,0 +1,212 @@
+"""The study's state machine, without sockets, MPI or a clock (time is in the events)."""
+
+import pytest
+
+from melissa_sa import exit_codes
+from melissa_sa.design import GroupLayout
+from melissa_sa.server.study_state import (
+    AbandonGroup,
+    Begin,
+    DataSeen,
+    DrawGroup,
+    FinishStudy,
+    GroupFinished,
+    JobExited,
+    JobStarted,
+    KillRuns,
+    ReportProgress,
+    RunFolded,
+    StopStudy,
+    StudyLimits,
+    StudyState,
+    SubmitRuns,
+    Tick,
+)
+
+
+def state(n_groups=3, n_params=2, sobol=True, managed=True, **limits):
+    limits = {"window": 2, "crashes_before_redraw": 2, "simulation_timeout": 30.0,
+              "completion_grace": 5.0, **limits}
+    return StudyState(GroupLayout(n_params, sobol=sobol),
+                      StudyLimits(n_groups=n_groups, **limits), managed=managed)
+
+
+def of(kind, instructions):
+    return [i for i in instructions if isinstance(i, kind)]
+
+
+def finish_group(s, group_id, now):
+    out = []
+    for sim in s.groups[group_id].sim_ids:
+        out += s.handle(RunFolded(sim, now))
+    return out
+
+
+def test_begin_fills_the_window_and_completion_refills_it():
+    s = state()
+    out = s.handle(Begin(0.0))
+    assert of(DrawGroup, out) == [DrawGroup(0), DrawGroup(1)]
+    assert of(SubmitRuns, out) == [SubmitRuns(0, (0, 1, 2, 3)), SubmitRuns(1, (4, 5, 6, 7))]
+    assert s.active_sim_ids == frozenset(range(8))
+    out = finish_group(s, 0, 10.0)
+    assert of(GroupFinished, out) == [GroupFinished(0, 1, 3)]
+    assert of(SubmitRuns, out) == [SubmitRuns(2, (8, 9, 10, 11))]
+    assert s.mean_run_seconds == pytest.approx(10.0)
+    finish_group(s, 1, 12.0)
+    out = finish_group(s, 2, 20.0)
+    assert of(FinishStudy, out) == [FinishStudy()] and s.all_done
+    assert s.handle(RunFolded(0, 21.0)) == []     # already counted
+
+
+def test_a_failed_run_is_resubmitted_then_its_group_redrawn():
+    s = state(n_groups=2)
+    s.handle(Begin(0.0))
+    out = s.handle(JobExited(1, 3, 1.0))
+    assert out == [SubmitRuns(0, (1,))]
+    out = s.handle(JobExited(1, 3, 2.0))           # crashes_before_redraw = 2
+    assert of(KillRuns, out) == [KillRuns((0, 1, 2, 3))]
+    assert of(AbandonGroup, out) == [AbandonGroup(0, 12)]
+    assert of(DrawGroup, out) == [DrawGroup(2, replaces=0)]
+    assert of(SubmitRuns, out) == [SubmitRuns(2, (8, 9, 10, 11))]
+    assert s.is_abandoned(0) and s.groups[2].redraws == 1 and s.groups[2].replaces == 0
+    assert s.sim_id_limit == 12 and s.redrawn_groups == 1
+    # a late exit of the abandoned group changes nothing
+    assert s.handle(JobExited(0, 1, 3.0)) == []
+
+
+def test_exit_0_without_data_fails_after_the_grace_period():
+    s = state()
+    s.handle(Begin(0.0))
+    s.handle(JobStarted(0, 0.5))
+    assert s.handle(JobExited(0, 0, 1.0)) == []
+    assert s.handle(Tick(5.0)) == []
+    assert s.handle(Tick(6.5)) == [SubmitRuns(0, (0,))]
+
+
+def test_silence_past_simulation_timeout_kills_and_restarts():
+    s = state()
+    s.handle(Begin(0.0))
+    s.handle(JobStarted(3, 1.0))
+    s.handle(DataSeen(3, 20.0))
+    assert s.handle(Tick(49.0)) == []
+    assert s.handle(Tick(51.0)) == [KillRuns((3,)), SubmitRuns(0, (3,))]
+
+
+def test_without_fault_tolerance_one_failure_stops_the_study():
+    s = state(fault_tolerance=False)
+    s.handle(Begin(0.0))
+    (stop,) = s.handle(JobExited(2, 1, 1.0, state="failed"))
+    assert isinstance(stop, StopStudy) and stop.status == exit_codes.FAILED
+    assert "simulation 2 exited with code 1 and fault tolerance is off" in stop.reason
+    assert s.handle(Tick(100.0)) == []            # stopped: nothing more
+
+
+def test_a_command_that_always_fails_stops_after_max_consecutive_failures():
+    """Defect 1: a client that always fails no longer redraws without end."""
+    s = state(n_groups=100, crashes_before_redraw=3, max_consecutive_failures=7,
+              max_redrawn_groups=1000)
+    s.handle(Begin(0.0))
+    stops, t = [], 1.0
+    for _ in range(50):
+        for sim in sorted(s.active_sim_ids):
+            out = s.handle(JobExited(sim, 127, t))
+            stops += of(StopStudy, out)
+            t += 1
+            if stops:
+                break
+        if stops:
+            break
+    (stop,) = stops
+    assert stop.status == exit_codes.FAILED
+    assert "7 runs failed in a row" in stop.reason
+    assert "max_consecutive_failures = 7" in stop.reason and "exited with code 127" in stop.reason
+
+
+def test_a_completed_run_resets_the_failure_streak():
+    s = state(n_groups=5, crashes_before_redraw=100, max_consecutive_failures=3)
+    s.handle(Begin(0.0))
+    s.handle(JobExited(0, 1, 1.0))
+    s.handle(JobExited(0, 1, 2.0))
+    s.handle(RunFolded(5, 3.0))
+    assert s.consecutive_failures == 0
+    s.handle(JobExited(0, 1, 4.0))
+    s.handle(JobExited(0, 1, 5.0))
+    assert s.stopped is None
+    assert of(StopStudy, s.handle(JobExited(0, 1, 6.0)))
+
+
+def test_too_many_redrawn_groups_stop_the_study():
+    s = state(n_groups=10, crashes_before_redraw=1, max_consecutive_failures=1000,
+              max_redrawn_groups=2)
+    s.handle(Begin(0.0))
+    t = 1.0
+    out = s.handle(JobExited(0, 1, t))                       # redraw 1
+    assert of(AbandonGroup, out)
+    out = s.handle(JobExited(4, 1, t + 1))                   # redraw 2 (group 1)
+    assert of(AbandonGroup, out)
+    sim = s.groups[s.next_group_id - 1].sim_ids[0]
+    out = s.handle(JobExited(sim, 1, t + 2))                 # redraw 3 > 2
+    (stop,) = of(StopStudy, out)
+    assert "3 groups were redrawn, more than study_options.max_redrawn_groups = 2" in \
+        stop.reason
+    assert not of(DrawGroup, out)
+
+
+def test_limits_from_config_default_max_redrawn_groups(tmp_path):
+    from melissa_sa.config import config_from_dict
+    cfg = config_from_dict({
+        "output_dir": str(tmp_path),
+        "study_options": {"field_names": ["f"], "nb_parameters": 2,
+                          "parameter_sweep_size": 300, "nb_time_steps": 1},
+        "client_config": {"executable_command": "true"}})
+    limits = StudyLimits.from_config(cfg, window=2, fault_tolerance=True, offline=False)
+    assert limits.max_redrawn_groups == 30 and limits.max_consecutive_failures == 20
+    small = cfg.updated({"study_options": {"parameter_sweep_size": 10,
+                                           "max_consecutive_failures": 4}})
+    limits = StudyLimits.from_config(small, window=2, fault_tolerance=True, offline=False)
+    assert limits.max_redrawn_groups == 5 and limits.max_consecutive_failures == 4
+
+
+def test_offline_exit_0_is_the_completion():
+    s = state(n_groups=1, n_params=1, sobol=False, offline=True)
+    s.handle(Begin(0.0))
+    out = s.handle(JobExited(0, 0, 2.0))
+    assert of(GroupFinished, out) and of(FinishStudy, out)
+
+
+def test_unmanaged_groups_appear_as_their_runs_complete():
+    s = state(n_groups=2, sobol=False, managed=False)
+    assert s.handle(Begin(0.0)) == []
+    assert of(GroupFinished, s.handle(RunFolded(1, 1.0))) == [GroupFinished(1, 1, 2)]
+    assert of(FinishStudy, s.handle(RunFolded(0, 2.0)))
+
+
+def test_checkpoint_round_trip_and_resume_resubmits_unfinished_members():
+    s = state(n_groups=3)
+    s.handle(Begin(0.0))
+    s.handle(JobExited(1, 2, 1.0))
+    finish_group(s, 0, 2.0)
+    s.handle(RunFolded(5, 3.0))
+    saved = s.to_dict()
+    r = state(n_groups=3)
+    r.load_dict(saved)
+    assert r.to_dict() == saved
+    out = r.handle(Begin(10.0, resume=True))
+    assert of(SubmitRuns, out)[:2] == [SubmitRuns(1, (4, 6, 7)), SubmitRuns(2, (8, 9, 10, 11))]
+    assert of(ReportProgress, out) == [ReportProgress(1, 3)]
+    assert not of(DrawGroup, out)                  # every group was drawn before
+    assert r.groups[0].crashes[1] == 1
+
+
+def test_restart_after_the_last_run_finishes_at_once():
+    s = state(n_groups=1)
+    s.handle(Begin(0.0))
+    finish_group(s, 0, 1.0)
+    r = state(n_groups=1)
+    r.load_dict(s.to_dict())
+    assert r.handle(Begin(5.0, resume=True)) == [FinishStudy()]
+
+
+def test_unknown_events_are_a_type_error():
+    with pytest.raises(TypeError, match="cannot handle str"):
+        state().handle("tick")
