@@ -6,7 +6,8 @@ It connects a DEALER to ``MELISSA_LAUNCHER_ADDRESS``, says ``hello``, writes
 one client script per simulation into ``<out_dir>/client_scripts`` (setting
 ``MELISSA_SIMULATION_ID`` and ``MELISSA_SERVER_ADDRESS`` as the real server
 does), submits the groups, pings every ``timer_delay`` s, sends ``progress``
-when every member of a group has ended, and ``stop`` at the end. Everything it
+when every member of a group has ended, and ``stop`` at the end; on the
+launcher's ``stop_request`` it says ``stop`` and exits. Everything it
 receives is appended to the ``record`` file as JSON lines, flushed at once, so a
 test can read it even if this process is killed.
 
@@ -26,8 +27,8 @@ Scenario keys (all optional but ``record`` and ``out_dir``):
 ``die_after_groups``: exit with ``die_code`` (3) once this many groups are done;
 ``silent_after_running``: once a job is reported running, send nothing any
 more (no ping either) and sleep;
-``kill_group``: send ``kill`` for this group ``kill_delay`` (0.5) s after all
-its members run;
+``kill_group``: send ``kill`` for this group's sims ``kill_delay`` (0.5) s
+after all its members run, and count the group as done;
 ``kill_sims``: send ``kill`` with these ``sim_ids`` ``kill_delay`` s after they
 all run, then submit them again with the body ``resubmit_client`` (``true``),
 as the real server does after ``simulation_timeout``;
@@ -176,8 +177,9 @@ def main() -> int:
                     send({"type": "submit", "group_id": s // gsize, "sim_ids": [s],
                           "scripts": [path]})
                 continue
-            send({"type": "kill", "group_id": kill_group})
-            rec("sent_kill", group_id=kill_group)
+            group_sims = list(range(kill_group * gsize, (kill_group + 1) * gsize))
+            send({"type": "kill", "sim_ids": group_sims})
+            rec("sent_kill", sim_ids=group_sims)
             done_groups.add(kill_group)
             send({"type": "progress", "groups_done": len(done_groups),
                   "groups_total": n_groups})
@@ -186,7 +188,7 @@ def main() -> int:
             continue
         msg = json.loads(sock.recv())
         rec("recv", msg=msg)
-        if msg["type"] == "stop":
+        if msg["type"] == "stop_request":
             if sc.get("on_launcher_stop", "exit") == "exit":
                 send({"type": "stop", "status": 130, "message": "stopped by the launcher"})
                 sock.close()

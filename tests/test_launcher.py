@@ -30,8 +30,8 @@ from melissa_sa.launcher import (
     get_scheduler,
     scheduler_names,
 )
-from melissa_sa.launcher.launcher import STATE_FORMAT, read_launcher_state
-from melissa_sa.launcher.schedulers import process_start_time
+from melissa_sa.launcher import STATE_FORMAT, read_launcher_state
+from melissa_sa.launcher.processes import process_start_time
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -214,23 +214,52 @@ def test_failed_client_is_reported_with_its_returncode(studies):
     assert "boom" in (s.out / "logs" / "client.1.log").read_text()
 
 
+def _run_spans(s: Study, sims) -> dict[int, tuple[float, float]]:
+    """(start, end) wall times the clients of ``_timed_body`` wrote down."""
+    spans = {}
+    for sim in sims:
+        lines = dict(line.split() for line in (s.dir / f"t{sim}").read_text().splitlines())
+        spans[sim] = (float(lines["start"]), float(lines["end"]))
+    return spans
+
+
+def _timed_body(seconds: float) -> str:
+    return (f"echo start $(date +%s.%N) >> {{dir}}/t{{sim}}; sleep {seconds}; "
+            f"echo end $(date +%s.%N) >> {{dir}}/t{{sim}}")
+
+
+def _peak(spans) -> int:
+    events = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
 def test_job_limit_is_respected(studies):
-    body = ("echo start $(date +%s.%N) >> {dir}/t{sim}; sleep 0.3; "
-            "echo end $(date +%s.%N) >> {dir}/t{sim}")
-    s = studies({"groups": 4, "group_size": 2, "client": body},
+    s = studies({"groups": 8, "group_size": 1, "client": _timed_body(0.3)},
                 launcher_config={"job_limit": 3})
     la = s.launcher()
     assert la.run() == 0
-    events = []
-    for sim in range(8):
-        lines = dict(line.split() for line in (s.dir / f"t{sim}").read_text().splitlines())
-        events += [(float(lines["start"]), 1), (float(lines["end"]), -1)]
-    running = peak = 0
-    for _, delta in sorted(events):
-        running += delta
-        peak = max(peak, running)
-    assert peak == 3
+    assert _peak(_run_spans(s, range(8))) == 3
     assert la.max_running == 3
+
+
+def test_a_group_s_members_start_together(studies):
+    """job_limit 3, groups of 2: a group never starts in part with its other
+    member queued behind another group's (defect 9); one slot stays idle."""
+    s = studies({"groups": 3, "group_size": 2, "client": _timed_body(0.4)},
+                launcher_config={"job_limit": 3})
+    la = s.launcher()
+    assert la.run() == 0
+    spans = _run_spans(s, range(6))
+    assert _peak(spans) == 2 and la.max_running == 2
+    running = [m["sim_id"] for m in s.received("job") if m["state"] == "running"]
+    assert running == [0, 1, 2, 3, 4, 5]
+    for g in range(3):  # both members started in the same launcher turn
+        assert abs(spans[2 * g][0] - spans[2 * g + 1][0]) < 0.25, spans
+    assert spans[2][0] >= max(spans[0][1], spans[1][1]) - 0.05  # group 1 after group 0
 
 
 def test_progress_bar_mode(studies):
@@ -263,7 +292,8 @@ def test_kill_terminates_the_group_and_is_not_reported(studies):
     assert _wait_gone(client_pids) == []
     final = [m for m in s.received("job") if m["state"] != "running"]
     assert sorted(m["sim_id"] for m in final) == [2, 3]
-    assert "group 0 killed" in la.stream.getvalue()
+    assert ("sim(s) 0, 1 killed at the server's request: 2 running job(s) terminated"
+            in la.stream.getvalue())
 
 
 def test_server_stop_with_failure_status(studies):
@@ -512,7 +542,8 @@ def test_ctrl_c_stops_server_and_clients(studies):
     rc, err, elapsed = _interrupt(s, signal.SIGINT)
     assert rc == 130, err
     assert elapsed < 10
-    assert any(m["type"] == "stop" for m in s.received()), "the server was not told to stop"
+    assert any(m == {"type": "stop_request", "reason": "SIGINT"} for m in s.received()), \
+        "the server was not asked to stop"
     assert "SIGINT" in err
     assert "terminated 2 client job(s)" in err
     assert "--resume" in err
