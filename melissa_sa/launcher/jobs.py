@@ -25,7 +25,8 @@ they were submitted; the head group's queued members start together when
 they fit in the free slots; when they do not fit yet, they wait (slots may
 stay idle) and only later groups that fit whole may use the free slots; a
 group with more queued members than ``job_limit`` can never start whole, so
-its members start as slots free, before any later group's.
+its members start as slots free, before any later group's (and so do the
+rest of its members once it started in part).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class JobTable:
         self._jobs: dict[int, Job] = {}     # every job started and not ended yet
         self._reported: dict[int, int] = {}  # sim_id -> key of its live, reported job
         self._keys = itertools.count()
+        self._partial: Hashable | None = None  # the group started in part, if any
         #: the last job that failed, with its return code (for the user's error)
         self.last_failure: tuple[Job, int | None] | None = None
 
@@ -152,8 +154,8 @@ class JobTable:
                 break
             if len(runs) <= free:
                 take = len(runs)
-            elif len(runs) > limit and not blocked:
-                take = free  # it can never start whole: member by member, first
+            elif (len(runs) > limit or group == self._partial) and not blocked:
+                take = free  # it cannot start whole: member by member, first
             else:
                 blocked = True
                 continue
@@ -161,8 +163,10 @@ class JobTable:
             free -= take
             del runs[:take]
             if runs:
+                self._partial = group
                 break  # a big group started in part: no group overtakes it
             del self._queue[group]
+            self._partial = None
         return starts
 
     def started(self, key: int) -> list[JobState]:
@@ -209,6 +213,7 @@ class JobTable:
     def stop_all(self) -> list[CancelJob]:
         """Forget the queue; every running job is to be cancelled, unreported."""
         self._queue.clear()
+        self._partial = None
         self._reported.clear()
         return [CancelJob(key, job.sim_id) for key, job in self._jobs.items()]
 
@@ -232,6 +237,8 @@ class JobTable:
             dropped += [r.sim_id for r in runs if r.sim_id in sims]
             if not keep:
                 del self._queue[group]
+                if group == self._partial:
+                    self._partial = None
             elif len(keep) != len(runs):
                 self._queue[group] = keep
         return dropped
