@@ -36,6 +36,9 @@ as the real server does after ``simulation_timeout``;
 each time a group is done; with ``MELISSA_RESTART=1`` and a manifest, say
 ``groups_done`` in the hello and submit only the other groups;
 ``stop_status`` (0), ``stop_message`` (""), ``exit_code`` (0);
+``stop_after_failures``: once this many jobs are reported failed, send
+``stop`` with ``stop_status`` (1) and ``stop_message`` and exit with
+``exit_code`` (1), as the real server does when clients always fail;
 ``on_launcher_stop``: ``"exit"`` (record it, exit 0; the default) or
 ``"ignore"`` (keep going and ignore SIGTERM, to test the forced kill);
 ``stderr``: a line printed to stderr at start (to find in server.log).
@@ -153,6 +156,7 @@ def main() -> int:
         os.replace(manifest + ".tmp", manifest)
 
     states: dict[int, str] = {}
+    failures = 0
     running: set[int] = set()
     kill_group = sc.get("kill_group")
     kill_sims = [int(x) for x in sc.get("kill_sims", [])]
@@ -200,6 +204,14 @@ def main() -> int:
             continue
         sim, state = msg["sim_id"], msg["state"]
         states[sim] = state
+        failures += state == "failed"
+        if failures and failures >= int(sc.get("stop_after_failures", 0) or failures + 1):
+            send({"type": "stop", "status": int(sc.get("stop_status", 1)),
+                  "message": sc.get("stop_message", "")})
+            sock.close()
+            ctx.term()
+            rec("exit", code=int(sc.get("exit_code", 1)))
+            return int(sc.get("exit_code", 1))
         if state == "running":
             running.add(sim)
             if "die_after_running" in sc:

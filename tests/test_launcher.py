@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -304,6 +305,50 @@ def test_server_stop_with_failure_status(studies):
     out = la.stream.getvalue()
     assert "study failed: sobol exploded" in out
     assert "server.log" in out
+
+
+def test_failed_study_shows_the_failing_client_s_last_lines(studies):
+    """Defect 1, launcher half: the server ends the study with a failed stop
+    because clients always fail; the launcher exits 1 and shows the last
+    failed client's log lines."""
+    s = studies({"groups": 2, "group_size": 2, "stop_after_failures": 2,
+                 "stop_message": "2 runs failed in a row, none succeeded",
+                 "client": "echo 'python: cannot open file no_such.py' >&2; exit 2"})
+    la = s.launcher()
+    t0 = time.monotonic()
+    assert la.run() == 1
+    assert time.monotonic() - t0 < 15
+    out = la.stream.getvalue()
+    assert "study failed: 2 runs failed in a row, none succeeded" in out
+    found = re.search(r"the last client that failed: sim (\d) \(group (\d)\) exited with "
+                      r"code 2; last lines of (\S+):\n", out)
+    assert found, out
+    sim, group, log = found.groups()
+    assert int(group) == int(sim) // 2 and log == str(s.out / "logs" / f"client.{sim}.log")
+    assert "    python: cannot open file no_such.py" in out
+    assert "=== melissa-sa: job" not in out  # the scheduler's header is not the error
+    assert s.state()["exit_code"] == 1
+
+
+def test_missing_client_script_ends_the_study_non_zero(tmp_path):
+    """Defect 1 end to end: ``executable_command`` names a script that does
+    not exist. The study must end, non-zero, in bounded time, showing the
+    client's error (the server bounds failures, the launcher shows them)."""
+    from conftest import write_study
+    from studyutil import run_study
+
+    study = write_study(tmp_path, study_options={"parameter_sweep_size": 2},
+                        launcher_config={"job_limit": 2, "server_timeout": 30},
+                        client_config={"executable_command": "python no_such_client.py"})
+    t0 = time.monotonic()
+    done = run_study(study, timeout=120)
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert elapsed < 120
+    assert "study failed" in done.stdout, done.stdout[-3000:]
+    assert "the last client that failed" in done.stdout
+    assert "no_such_client.py" in done.stdout and "No such file or directory" in done.stdout
+    assert done.stdout.count("exited with code 2") < 100  # bounded, not thousands of runs
 
 
 # ---------------------------------------------------------------------------

@@ -336,9 +336,10 @@ class Launcher(EndingsMixin):
         cancels, dropped = self.jobs.kill(msg.sim_ids)
         for cancel in cancels:
             self.scheduler.cancel(cancel.key)
-        self.log(f"sim(s) {', '.join(map(str, sorted(set(msg.sim_ids))))} killed at the "
-                 f"server's request: {len(cancels)} running job(s) terminated, "
-                 f"{len(dropped)} queued dropped")
+        say = self.log if cancels or dropped else self.debug  # nothing ran: no news
+        say(f"sim(s) {', '.join(map(str, sorted(set(msg.sim_ids))))} killed at the "
+            f"server's request: {len(cancels)} running job(s) terminated, "
+            f"{len(dropped)} queued dropped")
 
     def _on_stop(self, msg: msgs.Stop) -> None:
         self._stop_msg = msg
