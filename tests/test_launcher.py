@@ -249,18 +249,21 @@ def test_job_limit_is_respected(studies):
 
 def test_a_group_s_members_start_together(studies):
     """job_limit 3, groups of 2: a group never starts in part with its other
-    member queued behind another group's (defect 9); one slot stays idle."""
+    member queued behind another group's (defect 9); a slot may stay idle."""
     s = studies({"groups": 3, "group_size": 2, "client": _timed_body(0.4)},
                 launcher_config={"job_limit": 3})
     la = s.launcher()
     assert la.run() == 0
     spans = _run_spans(s, range(6))
-    assert _peak(spans) == 2 and la.max_running == 2
-    running = [m["sim_id"] for m in s.received("job") if m["state"] == "running"]
-    assert running == [0, 1, 2, 3, 4, 5]
-    for g in range(3):  # both members started in the same launcher turn
-        assert abs(spans[2 * g][0] - spans[2 * g + 1][0]) < 0.25, spans
-    assert spans[2][0] >= max(spans[0][1], spans[1][1]) - 0.05  # group 1 after group 0
+    assert _peak(spans) <= 3 and la.max_running <= 3
+    # both members of a group start in the same launcher turn: their
+    # "running" reports are sent back to back, nothing in between
+    seq = [(m["sim_id"], m["state"]) for m in s.received() if m["type"] == "job"]
+    for g in range(3):
+        i = seq.index((2 * g, "running"))
+        assert seq[i + 1] == (2 * g + 1, "running"), seq
+    # group 1 started once a member of group 0 ended (two free slots), not before
+    assert spans[2][0] >= min(spans[0][1], spans[1][1]) - 0.05, spans
 
 
 def test_progress_bar_mode(studies):
