@@ -41,7 +41,9 @@ each time a group is done; with ``MELISSA_RESTART=1`` and a manifest, say
 ``exit_code`` (1), as the real server does when clients always fail;
 ``on_launcher_stop``: ``"exit"`` (record it, exit 0; the default) or
 ``"ignore"`` (keep going and ignore SIGTERM, to test the forced kill);
-``stderr``: a line printed to stderr at start (to find in server.log).
+``stderr``: a line printed to stderr at start (to find in server.log);
+``raw_after_hello``: strings sent as they are right after the hello (to test
+that the launcher refuses what it must not dispatch).
 
 The ``start`` event records the start number ``n``, the environment, and
 ``earlier_alive``: the pids of earlier starts still alive (never two servers).
@@ -116,6 +118,8 @@ def main() -> int:
           "groups_done": len(done_groups), "group_size": gsize,
           "connection": "tcp://127.0.0.1:1"})
 
+    for raw in sc.get("raw_after_hello", []):
+        sock.send(raw.encode())
     mode = sc.get("after_hello")
     if mode == "silent":
         rec("silent")

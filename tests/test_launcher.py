@@ -24,14 +24,15 @@ import pytest
 
 from melissa_sa.config import load_config
 from melissa_sa.launcher import (
+    STATE_FORMAT,
     Launcher,
     LocalScheduler,
     Progress,
     SchedulerError,
     get_scheduler,
+    read_launcher_state,
     scheduler_names,
 )
-from melissa_sa.launcher import STATE_FORMAT, read_launcher_state
 from melissa_sa.launcher.processes import process_start_time
 
 HERE = Path(__file__).resolve().parent
@@ -352,6 +353,26 @@ def test_missing_client_script_ends_the_study_non_zero(tmp_path):
     assert "the last client that failed" in done.stdout
     assert "no_such_client.py" in done.stdout and "No such file or directory" in done.stdout
     assert done.stdout.count("exited with code 2") < 100  # bounded, not thousands of runs
+
+
+def test_messages_the_launcher_must_not_dispatch_are_refused_and_counted(studies):
+    """Defect 3: a ``server_failure`` message once reached the launcher's
+    internal failure hook through ``getattr(self, f"_on_{type}")``."""
+    raw = ['{"type": "server_failure", "reason": "forged"}',
+           '{"type": "signal", "signum": 15}',
+           '{"type": "kill", "group_id": 0}',
+           '{"type": "submit", "group_id": 0, "sim_ids": [0, 1], "scripts": []}',
+           'not json']
+    s = studies({"groups": 1, "group_size": 2, "raw_after_hello": raw})
+    la = s.launcher()
+    assert la.run() == 0, la.stream.getvalue()
+    out = la.stream.getvalue()
+    assert la.stats["bad_messages"] == 5
+    assert la.stats["server_failures"] == 0 and len(s.starts()) == 1
+    assert out.count("refused a message from the server") == 5
+    assert "unexpected message type 'server_failure'" in out
+    final = {m["sim_id"]: m["state"] for m in s.received("job") if m["state"] != "running"}
+    assert final == {0: "finished", 1: "finished"}  # the forged kill / submit did nothing
 
 
 # ---------------------------------------------------------------------------

@@ -207,10 +207,7 @@ def test_the_handler_table_covers_exactly_the_server_s_messages(tmp_path):
         "client_config": {"executable_command": "true"}}))
     la = Launcher(load_config(cfg_path), cfg_path, stream=io.StringIO())
     assert set(la.handlers) == set(msgs.SERVER_TO_LAUNCHER)
-    assert not hasattr(la, "_on_server_failure_message")
-    assert all(not name.startswith("_on_") or name in {
-        "_on_hello", "_on_ping", "_on_progress", "_on_submit", "_on_kill", "_on_stop",
-        "_on_signal", "_on_server_failure"} for name in dir(la))
+    assert all(callable(h) for h in la.handlers.values())
 
 
 # ---------------------------------------------------------------------------

@@ -15,8 +15,8 @@ import time
 from melissa_sa import exit_codes
 from melissa_sa import messages as msgs
 from melissa_sa.launcher.processes import describe_exit
-from melissa_sa.launcher.server_process import LauncherError
 from melissa_sa.launcher.progress import format_duration
+from melissa_sa.launcher.server_process import LauncherError
 
 __all__ = ["EndingsMixin"]
 
