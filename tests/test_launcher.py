@@ -408,6 +408,19 @@ def test_server_that_goes_silent_is_detected(studies):
     assert _wait_gone(s.pids()) == []
 
 
+def test_server_that_never_says_hello_is_given_up_in_bounded_time(studies):
+    s = studies(launcher_config={"server_timeout": 1.0, "max_server_restarts": 1})
+    la = Launcher(s.cfg(), s.config, server_cmd=[PY, "-c", "import time; time.sleep(60)"],
+                  stream=io.StringIO())
+    t0 = time.monotonic()
+    assert la.run() == 1
+    assert time.monotonic() - t0 < 15
+    out = la.stream.getvalue()
+    assert out.count("error: server silent for 1 s (no hello;") == 2  # start + 1 restart
+    assert "giving up" in out and la.server_restarts == 1
+    assert la.server.popen.poll() is not None and not la.server.tree.alive()
+
+
 def test_server_failure_hook_is_called(studies):
     s = studies({"after_hello": "die"}, launcher_config={"fault_tolerance": False})
     seen = []
