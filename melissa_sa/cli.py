@@ -7,9 +7,9 @@
     melissa-sa plot OUT/results.h5 [--field F] [--stat mean] [--time-step T]
                     [--cell C] [--index K] -o out.png
 
-Exit codes of ``run``: 0 success, 1 study failed (or another launcher runs
-this study), 2 invalid config or usage, 130 interrupted (Ctrl-C), 143
-terminated (SIGTERM). ``docs/running.md`` has the details.
+Exit codes (:mod:`melissa_sa.exit_codes`): 0 success, 1 study failed (or
+another launcher runs this study), 2 invalid config or usage, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM). ``docs/running.md`` has the details.
 """
 
 from __future__ import annotations
@@ -19,11 +19,9 @@ import math
 import os
 import sys
 
-from melissa_sa import __version__
+from melissa_sa import __version__, exit_codes
 
 PROG = "melissa-sa"
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _err(text: str) -> None:
@@ -62,15 +60,7 @@ def cmd_run(args) -> int:
     except ConfigError as exc:
         for line in exc.errors:
             _err(line)
-        return EXIT_USAGE
-    from melissa_sa.launcher.schedulers import SchedulerError, get_scheduler
-
-    try:
-        get_scheduler(cfg.launcher_config.scheduler)
-    except (SchedulerError, NotImplementedError) as exc:
-        _err(f"{args.config}: launcher_config.scheduler: {exc}")
-        return EXIT_USAGE
-
+        return exit_codes.USAGE
     if args.dry_run:
         sys.stdout.write(format_config(cfg))
         sys.stdout.flush()
@@ -91,7 +81,7 @@ def cmd_run(args) -> int:
             for line in lines:
                 print(line, file=out)
         print(f"{PROG}: dry run: nothing started", file=out)
-        return EXIT_OK
+        return exit_codes.OK
 
     from melissa_sa.launcher import Launcher
 
@@ -112,8 +102,8 @@ def cmd_info(args) -> int:
             print(res.summary())
     except (FileNotFoundError, ResultsFileError, OSError, KeyError) as exc:
         _err(str(exc).strip("'\""))
-        return EXIT_FAILED
-    return EXIT_OK
+        return exit_codes.FAILED
+    return exit_codes.OK
 
 
 # ---------------------------------------------------------------------------
@@ -149,7 +139,7 @@ def cmd_plot(args) -> int:
         import matplotlib
     except ImportError:
         _err("plot needs matplotlib: pip install 'melissa-sa[plot]' (or pip install matplotlib)")
-        return EXIT_FAILED
+        return exit_codes.FAILED
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -160,12 +150,12 @@ def cmd_plot(args) -> int:
         res = open_results(args.results)
     except (FileNotFoundError, ResultsFileError, OSError) as exc:
         _err(str(exc))
-        return EXIT_FAILED
+        return exit_codes.FAILED
     try:
         field = args.field or res.fields[0]
         if field not in res.fields:
             _err(f"{args.results}: no field {field!r}; fields: {', '.join(res.fields)}")
-            return EXIT_FAILED
+            return exit_codes.FAILED
         present = res.statistics(field)
         stat = args.stat
         need = {"std": "variance", "sobol": "sobol_first",
@@ -173,17 +163,17 @@ def cmd_plot(args) -> int:
         if need not in present:
             _err(f"{args.results}: field {field!r} has no {need!r}; "
                  f"it has {', '.join(present) or 'no statistics'}")
-            return EXIT_FAILED
+            return exit_codes.FAILED
         T, N = res.n_time_steps(field), res.n_cells(field)
         t = T - 1 if args.time_step is None else args.time_step
         if not -T <= t < T:
             _err(f"--time-step {t} out of range: {field!r} has {T} time steps (0..{T - 1})")
-            return EXIT_FAILED
+            return exit_codes.FAILED
         t %= T
         cell = args.cell
         if cell is not None and not 0 <= cell < N:
             _err(f"--cell {cell} out of range: {field!r} has {N} cells (0..{N - 1})")
-            return EXIT_FAILED
+            return exit_codes.FAILED
         names = res.parameter_names()
         fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
 
@@ -233,7 +223,7 @@ def cmd_plot(args) -> int:
                 k = args.index
                 if not 0 <= k < values.shape[0]:
                     _err(f"--index {k} out of range for {stat} (0..{values.shape[0] - 1})")
-                    return EXIT_FAILED
+                    return exit_codes.FAILED
                 if stat == "threshold_exceedance":
                     label = f"P({field} > {res.thresholds(field)[k]:g})"
                 elif stat == "quantiles":
@@ -248,7 +238,7 @@ def cmd_plot(args) -> int:
     finally:
         res.close()
     print(f"{PROG}: wrote {out}", file=sys.stderr)
-    return EXIT_OK
+    return exit_codes.OK
 
 
 # ---------------------------------------------------------------------------
@@ -317,13 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
     except BrokenPipeError:
         try:
             sys.stdout = open(os.devnull, "w")
         except OSError:
             pass
-        return EXIT_OK
+        return exit_codes.OK
 
 
 if __name__ == "__main__":

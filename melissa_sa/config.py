@@ -52,13 +52,11 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "format_config",
-    "KNOWN_SCHEDULERS",
     "SAMPLER_NAMES",
     "DEFAULTS",
 ]
 
 #: Schedulers the launcher knows.
-KNOWN_SCHEDULERS: tuple[str, ...] = ("local",)
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -415,15 +413,24 @@ def _str(nonempty: bool = True, nullable: bool = False):
     return check
 
 
-def _choice(options: tuple[str, ...], noun: str):
+def _registered_schedulers() -> tuple[str, ...]:
+    """The scheduler names of the registry (``register_scheduler``): the one list."""
+    from melissa_sa.launcher.schedulers import scheduler_names
+
+    return tuple(scheduler_names())
+
+
+def _choice(options, noun: str):
+    """A string among ``options`` (a tuple, or a function returning one when checked)."""
     def check(r: _Reader, path: str, v: Any):
         if not isinstance(v, str):
             r.err(path, f"expected a string, got {_show(v)}")
             return _BAD
-        if v not in options:
-            near = difflib.get_close_matches(v.lower(), options, n=1, cutoff=0.5)
+        options_now = options() if callable(options) else options
+        if v not in options_now:
+            near = difflib.get_close_matches(v.lower(), options_now, n=1, cutoff=0.5)
             hint = f'; did you mean "{near[0]}"?' if near else ""
-            r.err(path, f'unknown {noun} "{v}"{hint} (known: {", ".join(options)})')
+            r.err(path, f'unknown {noun} "{v}"{hint} (known: {", ".join(options_now)})')
             return _BAD
         return v
     return check
@@ -561,7 +568,7 @@ _SERVER_SPEC = {
 }
 
 _LAUNCHER_SPEC = {
-    "scheduler": (_choice(KNOWN_SCHEDULERS, "scheduler"), "local"),
+    "scheduler": (_choice(_registered_schedulers, "scheduler"), "local"),
     "job_limit": (_int(1), 2),
     "fault_tolerance": (_bool, True),
     "server_timeout": (_num(positive=True), 60.0),

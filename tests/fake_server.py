@@ -6,7 +6,8 @@ It connects a DEALER to ``MELISSA_LAUNCHER_ADDRESS``, says ``hello``, writes
 one client script per simulation into ``<out_dir>/client_scripts`` (setting
 ``MELISSA_SIMULATION_ID`` and ``MELISSA_SERVER_ADDRESS`` as the real server
 does), submits the groups, pings every ``timer_delay`` s, sends ``progress``
-when every member of a group has ended, and ``stop`` at the end. Everything it
+when every member of a group has ended, and ``stop`` at the end; on the
+launcher's ``stop_request`` it says ``stop`` and exits. Everything it
 receives is appended to the ``record`` file as JSON lines, flushed at once, so a
 test can read it even if this process is killed.
 
@@ -26,8 +27,8 @@ Scenario keys (all optional but ``record`` and ``out_dir``):
 ``die_after_groups``: exit with ``die_code`` (3) once this many groups are done;
 ``silent_after_running``: once a job is reported running, send nothing any
 more (no ping either) and sleep;
-``kill_group``: send ``kill`` for this group ``kill_delay`` (0.5) s after all
-its members run;
+``kill_group``: send ``kill`` for this group's sims ``kill_delay`` (0.5) s
+after all its members run, and count the group as done;
 ``kill_sims``: send ``kill`` with these ``sim_ids`` ``kill_delay`` s after they
 all run, then submit them again with the body ``resubmit_client`` (``true``),
 as the real server does after ``simulation_timeout``;
@@ -35,9 +36,14 @@ as the real server does after ``simulation_timeout``;
 each time a group is done; with ``MELISSA_RESTART=1`` and a manifest, say
 ``groups_done`` in the hello and submit only the other groups;
 ``stop_status`` (0), ``stop_message`` (""), ``exit_code`` (0);
+``stop_after_failures``: once this many jobs are reported failed, send
+``stop`` with ``stop_status`` (1) and ``stop_message`` and exit with
+``exit_code`` (1), as the real server does when clients always fail;
 ``on_launcher_stop``: ``"exit"`` (record it, exit 0; the default) or
 ``"ignore"`` (keep going and ignore SIGTERM, to test the forced kill);
-``stderr``: a line printed to stderr at start (to find in server.log).
+``stderr``: a line printed to stderr at start (to find in server.log);
+``raw_after_hello``: strings sent as they are right after the hello (to test
+that the launcher refuses what it must not dispatch).
 
 The ``start`` event records the start number ``n``, the environment, and
 ``earlier_alive``: the pids of earlier starts still alive (never two servers).
@@ -112,6 +118,8 @@ def main() -> int:
           "groups_done": len(done_groups), "group_size": gsize,
           "connection": "tcp://127.0.0.1:1"})
 
+    for raw in sc.get("raw_after_hello", []):
+        sock.send(raw.encode())
     mode = sc.get("after_hello")
     if mode == "silent":
         rec("silent")
@@ -152,6 +160,7 @@ def main() -> int:
         os.replace(manifest + ".tmp", manifest)
 
     states: dict[int, str] = {}
+    failures = 0
     running: set[int] = set()
     kill_group = sc.get("kill_group")
     kill_sims = [int(x) for x in sc.get("kill_sims", [])]
@@ -176,8 +185,9 @@ def main() -> int:
                     send({"type": "submit", "group_id": s // gsize, "sim_ids": [s],
                           "scripts": [path]})
                 continue
-            send({"type": "kill", "group_id": kill_group})
-            rec("sent_kill", group_id=kill_group)
+            group_sims = list(range(kill_group * gsize, (kill_group + 1) * gsize))
+            send({"type": "kill", "sim_ids": group_sims})
+            rec("sent_kill", sim_ids=group_sims)
             done_groups.add(kill_group)
             send({"type": "progress", "groups_done": len(done_groups),
                   "groups_total": n_groups})
@@ -186,7 +196,7 @@ def main() -> int:
             continue
         msg = json.loads(sock.recv())
         rec("recv", msg=msg)
-        if msg["type"] in ("stop", "stop_request"):
+        if msg["type"] == "stop_request":
             if sc.get("on_launcher_stop", "exit") == "exit":
                 send({"type": "stop", "status": 130, "message": "stopped by the launcher"})
                 sock.close()
@@ -198,6 +208,14 @@ def main() -> int:
             continue
         sim, state = msg["sim_id"], msg["state"]
         states[sim] = state
+        failures += state == "failed"
+        if failures and failures >= int(sc.get("stop_after_failures", 0) or failures + 1):
+            send({"type": "stop", "status": int(sc.get("stop_status", 1)),
+                  "message": sc.get("stop_message", "")})
+            sock.close()
+            ctx.term()
+            rec("exit", code=int(sc.get("exit_code", 1)))
+            return int(sc.get("exit_code", 1))
         if state == "running":
             running.add(sim)
             if "die_after_running" in sc:

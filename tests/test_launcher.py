@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,15 +24,16 @@ import pytest
 
 from melissa_sa.config import load_config
 from melissa_sa.launcher import (
+    STATE_FORMAT,
     Launcher,
     LocalScheduler,
     Progress,
     SchedulerError,
     get_scheduler,
+    read_launcher_state,
     scheduler_names,
 )
-from melissa_sa.launcher.launcher import STATE_FORMAT, read_launcher_state
-from melissa_sa.launcher.schedulers import process_start_time
+from melissa_sa.launcher.processes import process_start_time
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -214,23 +216,55 @@ def test_failed_client_is_reported_with_its_returncode(studies):
     assert "boom" in (s.out / "logs" / "client.1.log").read_text()
 
 
+def _run_spans(s: Study, sims) -> dict[int, tuple[float, float]]:
+    """(start, end) wall times the clients of ``_timed_body`` wrote down."""
+    spans = {}
+    for sim in sims:
+        lines = dict(line.split() for line in (s.dir / f"t{sim}").read_text().splitlines())
+        spans[sim] = (float(lines["start"]), float(lines["end"]))
+    return spans
+
+
+def _timed_body(seconds: float) -> str:
+    return (f"echo start $(date +%s.%N) >> {{dir}}/t{{sim}}; sleep {seconds}; "
+            f"echo end $(date +%s.%N) >> {{dir}}/t{{sim}}")
+
+
+def _peak(spans) -> int:
+    events = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
 def test_job_limit_is_respected(studies):
-    body = ("echo start $(date +%s.%N) >> {dir}/t{sim}; sleep 0.3; "
-            "echo end $(date +%s.%N) >> {dir}/t{sim}")
-    s = studies({"groups": 4, "group_size": 2, "client": body},
+    s = studies({"groups": 8, "group_size": 1, "client": _timed_body(0.3)},
                 launcher_config={"job_limit": 3})
     la = s.launcher()
     assert la.run() == 0
-    events = []
-    for sim in range(8):
-        lines = dict(line.split() for line in (s.dir / f"t{sim}").read_text().splitlines())
-        events += [(float(lines["start"]), 1), (float(lines["end"]), -1)]
-    running = peak = 0
-    for _, delta in sorted(events):
-        running += delta
-        peak = max(peak, running)
-    assert peak == 3
+    assert _peak(_run_spans(s, range(8))) == 3
     assert la.max_running == 3
+
+
+def test_a_group_s_members_start_together(studies):
+    """job_limit 3, groups of 2: a group never starts in part with its other
+    member queued behind another group's (defect 9); a slot may stay idle."""
+    s = studies({"groups": 3, "group_size": 2, "client": _timed_body(0.4)},
+                launcher_config={"job_limit": 3})
+    la = s.launcher()
+    assert la.run() == 0
+    spans = _run_spans(s, range(6))
+    assert _peak(spans) <= 3 and la.max_running <= 3
+    # both members of a group start in the same launcher turn: their
+    # "running" reports are sent back to back, nothing in between
+    seq = [(m["sim_id"], m["state"]) for m in s.received() if m["type"] == "job"]
+    for g in range(3):
+        i = seq.index((2 * g, "running"))
+        assert seq[i + 1] == (2 * g + 1, "running"), seq
+    # group 1 started once a member of group 0 ended (two free slots), not before
+    assert spans[2][0] >= min(spans[0][1], spans[1][1]) - 0.05, spans
 
 
 def test_progress_bar_mode(studies):
@@ -263,7 +297,8 @@ def test_kill_terminates_the_group_and_is_not_reported(studies):
     assert _wait_gone(client_pids) == []
     final = [m for m in s.received("job") if m["state"] != "running"]
     assert sorted(m["sim_id"] for m in final) == [2, 3]
-    assert "group 0 killed" in la.stream.getvalue()
+    assert ("sim(s) 0, 1 killed at the server's request: 2 running job(s) terminated"
+            in la.stream.getvalue())
 
 
 def test_server_stop_with_failure_status(studies):
@@ -274,6 +309,70 @@ def test_server_stop_with_failure_status(studies):
     out = la.stream.getvalue()
     assert "study failed: sobol exploded" in out
     assert "server.log" in out
+
+
+def test_failed_study_shows_the_failing_client_s_last_lines(studies):
+    """Defect 1, launcher half: the server ends the study with a failed stop
+    because clients always fail; the launcher exits 1 and shows the last
+    failed client's log lines."""
+    s = studies({"groups": 2, "group_size": 2, "stop_after_failures": 2,
+                 "stop_message": "2 runs failed in a row, none succeeded",
+                 "client": "echo 'python: cannot open file no_such.py' >&2; exit 2"})
+    la = s.launcher()
+    t0 = time.monotonic()
+    assert la.run() == 1
+    assert time.monotonic() - t0 < 15
+    out = la.stream.getvalue()
+    assert "study failed: 2 runs failed in a row, none succeeded" in out
+    found = re.search(r"the last client that failed: sim (\d) \(group (\d)\) exited with "
+                      r"code 2; last lines of (\S+):\n", out)
+    assert found, out
+    sim, group, log = found.groups()
+    assert int(group) == int(sim) // 2 and log == str(s.out / "logs" / f"client.{sim}.log")
+    assert "    python: cannot open file no_such.py" in out
+    assert "=== melissa-sa: job" not in out  # the scheduler's header is not the error
+    assert s.state()["exit_code"] == 1
+
+
+def test_missing_client_script_ends_the_study_non_zero(tmp_path):
+    """Defect 1 end to end: ``executable_command`` names a script that does
+    not exist. The study must end, non-zero, in bounded time, showing the
+    client's error (the server bounds failures, the launcher shows them)."""
+    from conftest import write_study
+    from studyutil import run_study
+
+    study = write_study(tmp_path, study_options={"parameter_sweep_size": 2},
+                        launcher_config={"job_limit": 2, "server_timeout": 30},
+                        client_config={"executable_command": "python no_such_client.py"})
+    t0 = time.monotonic()
+    done = run_study(study, timeout=120)
+    elapsed = time.monotonic() - t0
+    assert done.returncode == 1, done.stdout[-3000:]
+    assert elapsed < 120
+    assert "study failed" in done.stdout, done.stdout[-3000:]
+    assert "the last client that failed" in done.stdout
+    assert "no_such_client.py" in done.stdout and "No such file or directory" in done.stdout
+    assert done.stdout.count("exited with code 2") < 100  # bounded, not thousands of runs
+
+
+def test_messages_the_launcher_must_not_dispatch_are_refused_and_counted(studies):
+    """Defect 3: a ``server_failure`` message once reached the launcher's
+    internal failure hook through ``getattr(self, f"_on_{type}")``."""
+    raw = ['{"type": "server_failure", "reason": "forged"}',
+           '{"type": "signal", "signum": 15}',
+           '{"type": "kill", "group_id": 0}',
+           '{"type": "submit", "group_id": 0, "sim_ids": [0, 1], "scripts": []}',
+           'not json']
+    s = studies({"groups": 1, "group_size": 2, "raw_after_hello": raw})
+    la = s.launcher()
+    assert la.run() == 0, la.stream.getvalue()
+    out = la.stream.getvalue()
+    assert la.stats["bad_messages"] == 5
+    assert la.stats["server_failures"] == 0 and len(s.starts()) == 1
+    assert out.count("refused a message from the server") == 5
+    assert "unexpected message type 'server_failure'" in out
+    final = {m["sim_id"]: m["state"] for m in s.received("job") if m["state"] != "running"}
+    assert final == {0: "finished", 1: "finished"}  # the forged kill / submit did nothing
 
 
 # ---------------------------------------------------------------------------
@@ -307,6 +406,19 @@ def test_server_that_goes_silent_is_detected(studies):
     assert "server silent for 1.5 s" in la.stream.getvalue()
     assert len(s.starts()) == 1
     assert _wait_gone(s.pids()) == []
+
+
+def test_server_that_never_says_hello_is_given_up_in_bounded_time(studies):
+    s = studies(launcher_config={"server_timeout": 1.0, "max_server_restarts": 1})
+    la = Launcher(s.cfg(), s.config, server_cmd=[PY, "-c", "import time; time.sleep(60)"],
+                  stream=io.StringIO())
+    t0 = time.monotonic()
+    assert la.run() == 1
+    assert time.monotonic() - t0 < 15
+    out = la.stream.getvalue()
+    assert out.count("error: server silent for 1 s (no hello;") == 2  # start + 1 restart
+    assert "giving up" in out and la.server_restarts == 1
+    assert la.server.popen.poll() is not None and not la.server.tree.alive()
 
 
 def test_server_failure_hook_is_called(studies):
@@ -512,7 +624,8 @@ def test_ctrl_c_stops_server_and_clients(studies):
     rc, err, elapsed = _interrupt(s, signal.SIGINT)
     assert rc == 130, err
     assert elapsed < 10
-    assert any(m["type"] == "stop" for m in s.received()), "the server was not told to stop"
+    assert any(m == {"type": "stop_request", "reason": "SIGINT"} for m in s.received()), \
+        "the server was not asked to stop"
     assert "SIGINT" in err
     assert "terminated 2 client job(s)" in err
     assert "--resume" in err

@@ -2,23 +2,24 @@
 
 :class:`Launcher` starts the server under ``mpiexec``, runs the client jobs
 the server submits through a :class:`~melissa_sa.launcher.schedulers.Scheduler`
-and watches both; see ``docs/running.md`` and ``docs/internals.md``.
+and watches both; see ``docs/running.md`` and ``docs/internals.md``. Exit
+codes are those of :mod:`melissa_sa.exit_codes`.
+
+Modules, by role: ``launcher`` (the loop), ``shutdown`` (how a run ends),
+``server_link`` (typed messages with the server), ``server_process`` (the
+server under mpiexec), ``jobs`` (the job table, a pure state object),
+``claim`` (one launcher per study, ``OUT/launcher.json``), ``processes``
+(process trees by pid), ``progress`` (what the user sees), ``schedulers``
+(the Scheduler interface, the registry, the local scheduler).
 """
 
-from melissa_sa.launcher.launcher import (
-    EXIT_CONFIG,
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_SERVER_LOCKED,
-    Launcher,
-    LauncherError,
-    Progress,
-    find_mpiexec,
-    read_launcher_state,
-)
+from melissa_sa.launcher.claim import STATE_FORMAT, ClaimError, read_launcher_state
+from melissa_sa.launcher.jobs import JobTable
+from melissa_sa.launcher.launcher import Launcher
+from melissa_sa.launcher.progress import Progress, format_duration
 from melissa_sa.launcher.schedulers import (
     PLANNED_SCHEDULERS,
+    JobHandle,
     LocalScheduler,
     Scheduler,
     SchedulerError,
@@ -26,19 +27,20 @@ from melissa_sa.launcher.schedulers import (
     register_scheduler,
     scheduler_names,
 )
+from melissa_sa.launcher.server_process import LauncherError, find_mpiexec
 
 __all__ = [
     "Launcher",
     "LauncherError",
+    "ClaimError",
     "Progress",
+    "JobTable",
     "find_mpiexec",
-    "EXIT_OK",
-    "EXIT_FAILED",
-    "EXIT_CONFIG",
-    "EXIT_INTERRUPTED",
-    "EXIT_SERVER_LOCKED",
+    "format_duration",
     "read_launcher_state",
+    "STATE_FORMAT",
     "Scheduler",
+    "JobHandle",
     "LocalScheduler",
     "SchedulerError",
     "get_scheduler",

@@ -27,13 +27,12 @@ Schedulers are registered by name (:func:`register_scheduler`,
 subprocesses of the launcher. ``"openmpi"`` and ``"slurm"`` are planned
 plug-ins: naming them raises :class:`NotImplementedError`.
 
-Processes are always stopped by process id / process group, never by name.
-Each job runs in its own session (``start_new_session=True``), so
-``os.killpg`` reaches the script and everything it started in its group;
-processes that left the group (``mpiexec`` puts every rank in a session of its
-own) are found by walking ``/proc`` from the job's pid and are signalled by
-pid, after checking that the pid still names the same process (its start
-time), so a recycled pid is never hit.
+A new scheduler (OAR, PBS, ...) is one small subclass of :class:`Scheduler`
+registered with :func:`register_scheduler`; ``launcher_config.scheduler`` then
+accepts its name (the config validation consults this registry).
+
+The local scheduler stops processes by process id / process group, never by
+name (:mod:`melissa_sa.launcher.processes`).
 """
 
 from __future__ import annotations
@@ -44,7 +43,16 @@ import subprocess
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Hashable, Iterable, Mapping
+from typing import Hashable, Mapping
+
+# re-exported: the process helpers lived here before (schedulers import them from here)
+from melissa_sa.launcher.processes import (
+    ProcessTree,
+    children_map,
+    process_start_time,
+    start_in_session,
+    terminate_trees,
+)
 
 __all__ = [
     "Scheduler",
@@ -63,213 +71,6 @@ __all__ = [
 
 class SchedulerError(RuntimeError):
     """A scheduler could not be created or could not start a job."""
-
-
-# ---------------------------------------------------------------------------
-# process-tree helpers (Linux /proc; elsewhere only the process group is used)
-
-
-def _stat(pid: int) -> tuple[int, int, str] | None:
-    """(ppid, start time, state) of ``pid`` from /proc, or None if unknown/gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read().decode("ascii", "replace")
-    except OSError:
-        return None
-    # the command name (field 2) may contain spaces and parentheses
-    rest = data[data.rfind(")") + 2:].split()
-    try:
-        return int(rest[1]), int(rest[19]), rest[0]
-    except (IndexError, ValueError):
-        return None
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` (clock ticks after boot, field 22 of
-    ``/proc/<pid>/stat``), or None if it is gone or a zombie.
-
-    With the pid it names one process for the life of the machine: a recycled
-    pid has another start time.
-    """
-    st = _stat(pid)
-    if st is None or st[2] == "Z":
-        return None
-    return st[1]
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return children
-    for name in names:
-        if not name.isdigit():
-            continue
-        st = _stat(int(name))
-        if st is not None:
-            children.setdefault(st[0], []).append(int(name))
-    return children
-
-
-def _group_has_live_member(pgid: int) -> bool:
-    """True if a non-zombie process is in process group ``pgid`` (/proc scan).
-
-    ``killpg(pgid, 0)`` also succeeds for a group of zombies (orphans whose
-    new parent does not reap them, as PID 1 of some containers)."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return True
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                data = fh.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        rest = data[data.rfind(")") + 2:].split()
-        try:
-            if int(rest[2]) == pgid and rest[0] != "Z":
-                return True
-        except (IndexError, ValueError):
-            continue
-    return False
-
-
-def _alive(pid: int, start: int | None) -> bool:
-    """True if ``pid`` is a live (non-zombie) process started at ``start``."""
-    st = _stat(pid)
-    if st is None:
-        if os.path.isdir("/proc"):
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return st[2] != "Z" and (start is None or st[1] == start)
-
-
-class ProcessTree:
-    """A process, its process group and all its descendants, by pid.
-
-    :meth:`refresh` records descendants while the root is alive (once the
-    root dies they are re-parented and can no longer be found from it);
-    :meth:`signal` signals the root's group and every recorded pid that still
-    names the same process.
-    """
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        st = _stat(pid)
-        self.members: dict[int, int | None] = {pid: st[1] if st else None}
-
-    @classmethod
-    def from_record(cls, pid: int, start: int,
-                    members: Mapping[int, int] | None = None) -> "ProcessTree":
-        """A tree recorded earlier (e.g. by a launcher that was killed): the
-        root ``pid`` started at ``start`` and the other ``members`` (pid: start
-        time). Only processes that still match their start time are signalled."""
-        tree = cls.__new__(cls)
-        tree.pid = int(pid)
-        tree.members = {int(pid): int(start)}
-        for member, member_start in (members or {}).items():
-            tree.members.setdefault(int(member), int(member_start))
-        return tree
-
-    def refresh(self, children: dict[int, list[int]] | None = None) -> None:
-        """Record the root's current descendants (``children``: a shared
-        :func:`_children_map` snapshot, to scan /proc once for many trees)."""
-        if not _alive(self.pid, self.members[self.pid]):
-            return
-        if children is None:
-            children = _children_map()
-        todo = [self.pid]
-        while todo:
-            for child in children.get(todo.pop(), ()):
-                if child not in self.members:
-                    st = _stat(child)
-                    self.members[child] = st[1] if st else None
-                    todo.append(child)
-
-    def alive(self) -> list[int]:
-        """The recorded pids still alive (zombies count as gone)."""
-        return [pid for pid, start in self.members.items() if _alive(pid, start)]
-
-    def _group_is_ours(self) -> bool:
-        """True unless the root's pid now names another process.
-
-        While any member of group ``pid`` lives, the kernel does not hand the
-        number ``pid`` to a new process; so if a process with that pid exists
-        and started at another time, the group is no longer ours.
-        """
-        st = _stat(self.pid)
-        if st is None:
-            return True
-        start = self.members[self.pid]
-        return start is None or st[1] == start
-
-    def group_alive(self) -> bool:
-        if not self._group_is_ours():
-            return False
-        try:
-            os.killpg(self.pid, 0)
-        except (ProcessLookupError, PermissionError):
-            return False
-        return _group_has_live_member(self.pid) if os.path.isdir("/proc") else True
-
-    def signal(self, sig: int) -> None:
-        self.refresh()
-        if self._group_is_ours():
-            try:
-                os.killpg(self.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        for pid, start in list(self.members.items()):
-            if _alive(pid, start):
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-
-
-def terminate_trees(trees: Iterable[tuple[ProcessTree, subprocess.Popen | None]],
-                    grace: float = 3.0, poll_interval: float = 0.05,
-                    kill_wait: float = 5.0) -> list[int]:
-    """SIGTERM every tree, wait up to ``grace`` s, then SIGKILL what is left.
-
-    Waits until every recorded process is gone and reaps the roots; gives up
-    ``kill_wait`` s after the SIGKILL (a process stuck in the kernel) and
-    returns the pids still alive then (``[]``: all gone).
-    """
-    trees = list(trees)
-    for tree, _ in trees:
-        tree.signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    killed = False
-    while True:
-        for _, popen in trees:
-            if popen is not None:
-                popen.poll()
-        left = [t for t, _ in trees if t.alive() or t.group_alive()]
-        if not left:
-            return []
-        now = time.monotonic()
-        if now >= deadline:
-            if killed:
-                if now >= deadline + kill_wait:
-                    # unkillable (D state); give up rather than hang
-                    return sorted({pid for t in left for pid in t.alive()}
-                                  | {t.pid for t in left if t.group_alive()})
-            else:
-                for tree in left:
-                    tree.signal(signal.SIGKILL)
-                killed = True
-        time.sleep(poll_interval)
 
 
 # ---------------------------------------------------------------------------
@@ -361,23 +162,15 @@ class LocalScheduler(Scheduler):
         full_env = dict(self.env)
         if env:
             full_env.update(env)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         try:
-            log = open(log_path, "ab")
+            popen = start_in_session(
+                [self.shell, os.fspath(script_path)], log_path,
+                f"melissa-sa: job {job_id} started {stamp}: {self.shell} {script_path}",
+                cwd=self.cwd, env=full_env)
         except OSError as exc:
-            raise SchedulerError(f"cannot open log {log_path}: {exc.strerror or exc}") from None
-        try:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            log.write(f"=== melissa-sa: job {job_id} started {stamp}: "
-                      f"{self.shell} {script_path} ===\n".encode())
-            log.flush()
-            popen = subprocess.Popen(
-                [self.shell, os.fspath(script_path)], cwd=self.cwd, env=full_env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, close_fds=True)
-        except OSError as exc:
-            raise SchedulerError(f"cannot start {script_path}: {exc.strerror or exc}") from None
-        finally:
-            log.close()
+            raise SchedulerError(f"cannot start {script_path} (log {log_path}): "
+                                 f"{exc.strerror or exc}") from None
         handle = JobHandle(job_id, os.fspath(script_path), os.fspath(log_path),
                            pid=popen.pid, popen=popen, tree=ProcessTree(popen.pid))
         self._jobs[job_id] = handle
@@ -389,7 +182,7 @@ class LocalScheduler(Scheduler):
         children = None
         if self._jobs and now - self._last_scan >= self.scan_interval:
             # remember descendants while the roots live (one /proc scan for all)
-            children = _children_map()
+            children = children_map()
             self._last_scan = now
         for job_id, job in list(self._jobs.items()):
             rc = job.popen.poll()
