@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from melissa_sa.convergence import (ConvergenceConfigError, ConvergenceRule,
+from melissa_sa.convergence import (MIN_GROUPS_FLOOR, CheckSchedule, ConvergenceConfigError, ConvergenceRule,
                                     ConvergenceSummary, combine, combine_variance_totals,
                                     decide, local_summary, next_check, parse_rule,
                                     step_summary, variance_totals)
@@ -317,30 +317,32 @@ def test_parse_rule_accepts_and_defaults():
     assert parse(None, sobol=False) is None
     rule = parse({"ci_width": 0.05, "min_groups": 200})
     assert rule == ConvergenceRule(0.05, 200, 1e-6)
+    assert MIN_GROUPS_FLOOR == 200
     assert parse({"ci_width": 1, "min_groups": 1000, "negligible_variance": 0}) == \
         ConvergenceRule(1.0, 1000, 0.0)
     assert ConvergenceRule(**rule.to_dict()) == rule
 
 
 @pytest.mark.parametrize("value, sobol, path, words", [
-    ({"ci_width": 0, "min_groups": 10}, True, "sa_config.convergence.ci_width", "> 0"),
-    ({"ci_width": -0.1, "min_groups": 10}, True, "sa_config.convergence.ci_width", "> 0"),
-    ({"ci_width": float("nan"), "min_groups": 10}, True, "sa_config.convergence.ci_width",
+    ({"ci_width": 0, "min_groups": 300}, True, "sa_config.convergence.ci_width", "> 0"),
+    ({"ci_width": -0.1, "min_groups": 300}, True, "sa_config.convergence.ci_width", "> 0"),
+    ({"ci_width": float("nan"), "min_groups": 300}, True, "sa_config.convergence.ci_width",
      "nan"),
-    ({"ci_width": "0.1", "min_groups": 10}, True, "sa_config.convergence.ci_width", "'0.1'"),
-    ({"ci_width": True, "min_groups": 10}, True, "sa_config.convergence.ci_width", "True"),
-    ({"min_groups": 10}, True, "sa_config.convergence.ci_width", "missing"),
+    ({"ci_width": "0.1", "min_groups": 300}, True, "sa_config.convergence.ci_width", "'0.1'"),
+    ({"ci_width": True, "min_groups": 300}, True, "sa_config.convergence.ci_width", "True"),
+    ({"min_groups": 300}, True, "sa_config.convergence.ci_width", "missing"),
     ({"ci_width": 0.1, "min_groups": 1001}, True, "sa_config.convergence.min_groups",
      "larger than study_options.parameter_sweep_size = 1000"),
-    ({"ci_width": 0.1, "min_groups": 2}, True, "sa_config.convergence.min_groups", ">= 4"),
-    ({"ci_width": 0.1, "min_groups": 10.0}, True, "sa_config.convergence.min_groups",
+    ({"ci_width": 0.1, "min_groups": 199}, True, "sa_config.convergence.min_groups",
+     "must be >= 200"),
+    ({"ci_width": 0.1, "min_groups": 300.0}, True, "sa_config.convergence.min_groups",
      "integer"),
     ({"ci_width": 0.1}, True, "sa_config.convergence.min_groups", "missing"),
-    ({"ci_width": 0.1, "min_groups": 10}, False, "sa_config.convergence",
+    ({"ci_width": 0.1, "min_groups": 300}, False, "sa_config.convergence",
      "sa_config.sobol_indices: true"),
-    ({"ci_width": 0.1, "min_groups": 10, "width": 3}, True, "sa_config.convergence.width",
+    ({"ci_width": 0.1, "min_groups": 300, "width": 3}, True, "sa_config.convergence.width",
      "unknown key"),
-    ({"ci_width": 0.1, "min_groups": 10, "negligible_variance": 1}, True,
+    ({"ci_width": 0.1, "min_groups": 300, "negligible_variance": 1}, True,
      "sa_config.convergence.negligible_variance", "[0, 1)"),
     ([0.1, 10], True, "sa_config.convergence", "expected an object"),
 ])
@@ -358,3 +360,16 @@ def test_parse_rule_lists_every_problem():
     paths = [p for p, _ in info.value.errors]
     assert paths == ["sa_config.convergence", "sa_config.convergence.bogus",
                      "sa_config.convergence.ci_width", "sa_config.convergence.min_groups"]
+
+
+def test_check_schedule_keeps_checks_within_the_time_budget():
+    sched = CheckSchedule(RULE)
+    assert not sched.due(49, 0.0) and sched.due(50, 0.0)
+    sched.done(50, started=10.0, ended=12.0)             # a 2 s check
+    assert sched.next_groups == 53
+    assert not sched.due(60, 51.9)                       # 20 x 2 s after its end
+    assert sched.due(60, 52.0) and not sched.due(52, 60.0)
+    sched.done(60, started=52.0, ended=52.0)
+    assert sched.due(63, 52.0)
+    resumed = CheckSchedule(RULE, groups_folded=400)     # after --resume: check at once
+    assert resumed.due(400, 0.0) and not CheckSchedule(RULE, 10).due(10, 0.0)
