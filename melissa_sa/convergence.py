@@ -13,7 +13,7 @@ output in cell ``c`` (over the independent runs, rows A and B) and
 ``vbar_t`` the mean of ``v_c`` over the field's cells with a finite
 variance. A (cell, step) counts when ``v_c > r * vbar_t`` (``r`` is
 ``negligible_variance``, default 1e-6) and its interval is finite. The cells
-left out together carry less than ``r`` of the field's total variance at that
+left out together carry at most ``r`` of the field's total variance at that
 step, so they cannot matter to an index of the whole field; a constant cell
 (``v_c = 0``, interval ``[0, 0]``) never counts. A cell with a NaN (a broken
 run) has no defined interval: it is left out and counted apart
@@ -32,13 +32,20 @@ to a few numbers, in two tiny rounds:
 Both combinations are exact: any split of the field over ranks gives the
 summary of the whole field (tested).
 
-**Cadence.** :func:`next_check` schedules the checks geometrically: the
-first at ``M`` groups, then each time the group count has grown by
-``CHECK_GROWTH`` (5 %), at least one group later. A check costs about one
-interval computation per time step (0.1 s per 10^6 cells and step, about
-1.4 group updates at p = 3), so the checks cost at most a few percent of the
-folding, and the study runs at most 5 % more groups than the first count that
-met the target.
+**Cadence.** :class:`CheckSchedule` (kept by rank 0) makes a check due
+when the group count reached :func:`next_check` (``M``, then every
+``CHECK_GROWTH`` = 5 % more groups, at least one more) *and* at least
+``CHECK_BUDGET`` (20) times the last check's duration has passed since it
+ended. A check costs one interval computation per time step and rank slice
+(measured 0.1 to 0.9 s of CPU per 10^6 cells and time step, i.e. 1 to 7
+group updates at p = 3); the geometric spacing bounds the extra groups run
+after the target is met to 5 %, and the time budget bounds the checks to
+about 5 % of the server's time on any mesh.
+
+**Floor.** The config check refuses ``min_groups < MIN_GROUPS_FLOOR`` (200):
+studies stopped earlier report intervals that cover measurably less than
+their level (optional stopping plus the small-sample bias of the delta
+interval; see ``benchmarks/stopping_coverage.py``).
 
 Everything here is pure (NumPy arrays and small frozen dataclasses): the
 server, launcher and results code call it.
@@ -258,6 +265,18 @@ def decide(summary: ConvergenceSummary, groups_folded: int,
                                   f"{rule.ci_width:g} ({summary.where()})")
 
 
+def progress_text(width: float | None, rule: ConvergenceRule) -> str:
+    """The convergence part of a progress line or of ``melissa-sa info``.
+
+    ``width`` is the last checked (or final) widest interval, ``None`` before
+    the first check: ``"CI width 0.0831 / target 0.05"`` or
+    ``"CI width - / target 0.05 (from 200 groups)"``.
+    """
+    if width is None or not math.isfinite(width):
+        return f"CI width - / target {rule.ci_width:g} (from {rule.min_groups} groups)"
+    return f"CI width {width:.3g} / target {rule.ci_width:g}"
+
+
 def next_check(groups_folded: int, rule: ConvergenceRule) -> int:
     """The group count at which the next check is due, after one at ``groups_folded``.
 
@@ -321,8 +340,8 @@ def parse_rule(value, *, sobol_indices: bool, parameter_sweep_size: int,
 
     ``value`` is ``None`` (absent: off) or a mapping with ``ci_width`` (a
     number > 0, at most 2, required), ``min_groups`` (an integer, at least
-    ``MIN_GROUPS_FLOOR`` = 200 and at most ``parameter_sweep_size``, required) and ``negligible_variance``
-    (a number in [0, 1), optional). Raises :class:`ConvergenceConfigError`
+    ``MIN_GROUPS_FLOOR`` = 200 and at most ``parameter_sweep_size``,
+    required) and ``negligible_variance`` (a number in [0, 1), optional). Raises :class:`ConvergenceConfigError`
     (a ``ValueError``) listing every problem with its key path.
     """
     if value is None:
