@@ -37,8 +37,8 @@ when the group count reached :func:`next_check` (``M``, then every
 ``CHECK_GROWTH`` = 5 % more groups, at least one more) *and* at least
 ``CHECK_BUDGET`` (20) times the last check's duration has passed since it
 ended. A check costs one interval computation per time step and rank slice
-(measured 0.1 to 0.9 s of CPU per 10^6 cells and time step, i.e. 1 to 7
-group updates at p = 3); the geometric spacing bounds the extra groups run
+(measured 0.7 s of CPU per 10^6 cells and time step at p = 3, about 10
+group updates, plus about 0.1 s for :func:`step_summary`); the geometric spacing bounds the extra groups run
 after the target is met to 5 %, and the time budget bounds the checks to
 about 5 % of the server's time on any mesh.
 
