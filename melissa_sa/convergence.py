@@ -38,9 +38,9 @@ when the group count reached :func:`next_check` (``M``, then every
 ``CHECK_BUDGET`` (20) times the last check's duration has passed since it
 ended. A check costs one interval computation per time step and rank slice
 (measured 0.7 s of CPU per 10^6 cells and time step at p = 3, about 10
-group updates, plus about 0.1 s for :func:`step_summary`); the geometric spacing bounds the extra groups run
-after the target is met to 5 %, and the time budget bounds the checks to
-about 5 % of the server's time on any mesh.
+group updates, plus about 0.1 s for :func:`step_summary`); the geometric
+spacing bounds the extra groups run after the target is met to 5 %, and the
+time budget bounds the checks to about 5 % of the server's time on any mesh.
 
 **Floor.** The config check refuses ``min_groups < MIN_GROUPS_FLOOR`` (200):
 studies stopped earlier report intervals that cover measurably less than
@@ -341,8 +341,9 @@ def parse_rule(value, *, sobol_indices: bool, parameter_sweep_size: int,
     ``value`` is ``None`` (absent: off) or a mapping with ``ci_width`` (a
     number > 0, at most 2, required), ``min_groups`` (an integer, at least
     ``MIN_GROUPS_FLOOR`` = 200 and at most ``parameter_sweep_size``,
-    required) and ``negligible_variance`` (a number in [0, 1), optional). Raises :class:`ConvergenceConfigError`
-    (a ``ValueError``) listing every problem with its key path.
+    required) and ``negligible_variance`` (a number in [0, 1), optional).
+    Raises :class:`ConvergenceConfigError` (a ``ValueError``) listing every
+    problem with its key path.
     """
     if value is None:
         return None
