@@ -199,9 +199,10 @@ def step_summary(first_ci, total_ci, variance, floor: float, *, step: int = 0,
     n_negligible = int(variance.size) - n_undefined - n_counted
     if n_counted == 0:
         return ConvergenceSummary(n_negligible=n_negligible, n_undefined=n_undefined)
-    masked = np.where(counted, widths, -np.inf)
-    kind, param, cell = np.unravel_index(int(np.argmax(masked)), masked.shape)
-    return ConvergenceSummary(width=float(masked[kind, param, cell]), kind=KINDS[kind],
+    # (cell, kind, param) order: the first maximum is the one combine() keeps
+    masked = np.where(counted, widths, -np.inf).transpose(2, 0, 1)
+    cell, kind, param = np.unravel_index(int(np.argmax(masked)), masked.shape)
+    return ConvergenceSummary(width=float(masked[cell, kind, param]), kind=KINDS[kind],
                               param=int(param), step=int(step),
                               cell=int(cell) + int(cell_offset), n_counted=n_counted,
                               n_negligible=n_negligible, n_undefined=n_undefined)

@@ -175,6 +175,26 @@ def test_rank_local_objects_equal_the_sliced_field():
     assert whole.n_counted == 2 * (n_cells - 3)
 
 
+def test_ties_resolve_the_same_way_whatever_the_split():
+    """Cell 0's ST ties cell 1's S: the lowest cell wins, split or not."""
+    lo = np.zeros((P, 3))
+    f_hi = np.array([[0.1, 0.5, 0.2]] * P)
+    t_hi = np.array([[0.5, 0.1, 0.5]] * P)
+    intervals, variances = [((lo, f_hi), (lo, t_hi))], [np.ones(3)]
+    whole = summary_of_split(intervals, variances, [0, 3])
+    assert (whole.width, whole.cell, whole.kind, whole.param) == (0.5, 0, "total", 0)
+    for bounds in ([0, 1, 3], [0, 2, 3], [0, 1, 2, 3]):
+        assert summary_of_split(intervals, variances, bounds) == whole
+    # whole-range intervals before 4 groups: every width ties
+    s = SobolMartinez(6, P)
+    for group in field_groups(np.random.default_rng(1), 3, 6):
+        s.update(group)
+    intervals, variances = [s.confidence_interval(LEVEL)], [np.ones(6)]
+    whole = summary_of_split(intervals, variances, [0, 6])
+    assert (whole.width, whole.cell, whole.kind, whole.param) == (2.0, 2, "first", 0)
+    assert summary_of_split(intervals, variances, [0, 3, 4, 6]) == whole
+
+
 def test_combine_is_order_independent_with_ties():
     a = ConvergenceSummary(width=0.2, kind="total", param=1, step=2, cell=9, n_counted=3)
     b = ConvergenceSummary(width=0.2, kind="first", param=0, step=0, cell=40, n_counted=1,
