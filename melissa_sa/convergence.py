@@ -109,16 +109,19 @@ class ConvergenceSummary:
     """What one rank (or, combined, the whole field) says about convergence.
 
     ``width`` is the widest interval over the counted (cell, step, index)
-    entries, 0.0 when none counts; ``kind`` (``"first"`` or ``"total"``),
-    ``param``, ``step`` and ``cell`` (global index) say where it is, -1 / ""
-    when none counts. ``n_counted``, ``n_negligible`` and ``n_undefined``
-    count (cell, step) pairs.
+    entries, 0.0 when none counts; ``field``, ``kind`` (``"first"`` or
+    ``"total"``), ``param``, ``step`` and ``cell`` (global index) say where it
+    is, "" / -1 when none counts. Floors are per field and time step: run
+    rounds 1 and 2 per field, then :func:`combine` the fields' summaries.
+    ``n_counted``, ``n_negligible`` and ``n_undefined`` count (cell, step)
+    pairs.
     """
 
     width: float = 0.0
     kind: str = ""
     param: int = -1
     step: int = -1
+    field: str = ""
     cell: int = -1
     n_counted: int = 0
     n_negligible: int = 0
@@ -129,7 +132,8 @@ class ConvergenceSummary:
         if self.param < 0:
             return "no counted cell"
         name = ("S" if self.kind == "first" else "ST") + str(self.param + 1)
-        return f"{name}, step {self.step}, cell {self.cell}"
+        of = f" of {self.field}" if self.field else ""
+        return f"{name}{of}, step {self.step}, cell {self.cell}"
 
 
 @dataclass(frozen=True)
@@ -176,7 +180,7 @@ def combine_variance_totals(parts: Iterable[VarianceTotals]) -> VarianceTotals:
 # -- round 2: the widths -----------------------------------------------------------
 
 def step_summary(first_ci, total_ci, variance, floor: float, *, step: int = 0,
-                 cell_offset: int = 0) -> ConvergenceSummary:
+                 cell_offset: int = 0, field: str = "") -> ConvergenceSummary:
     """Summary of one time step of a slice, from its intervals and variances.
 
     ``first_ci`` and ``total_ci`` are ``(low, high)`` pairs of
@@ -203,13 +207,13 @@ def step_summary(first_ci, total_ci, variance, floor: float, *, step: int = 0,
     masked = np.where(counted, widths, -np.inf).transpose(2, 0, 1)
     cell, kind, param = np.unravel_index(int(np.argmax(masked)), masked.shape)
     return ConvergenceSummary(width=float(masked[cell, kind, param]), kind=KINDS[kind],
-                              param=int(param), step=int(step),
+                              param=int(param), step=int(step), field=field,
                               cell=int(cell) + int(cell_offset), n_counted=n_counted,
                               n_negligible=n_negligible, n_undefined=n_undefined)
 
 
 def local_summary(sobols: Sequence, variances: Sequence, floors: Sequence[float],
-                  level: float, *, cell_offset: int = 0,
+                  level: float, *, cell_offset: int = 0, field: str = "",
                   method: str | None = None) -> ConvergenceSummary:
     """Summary of a rank's slice over all time steps.
 
@@ -225,14 +229,14 @@ def local_summary(sobols: Sequence, variances: Sequence, floors: Sequence[float]
     for t, (sobol, variance, floor) in enumerate(zip(sobols, variances, floors)):
         first_ci, total_ci = sobol.confidence_interval(level, method=method)
         parts.append(step_summary(first_ci, total_ci, variance, float(floor), step=t,
-                                  cell_offset=cell_offset))
+                                  cell_offset=cell_offset, field=field))
     return combine(parts)
 
 
 def combine(parts: Iterable[ConvergenceSummary]) -> ConvergenceSummary:
     """Combine summaries of disjoint slices (ranks, steps): max width, summed counts.
 
-    Ties on the width go to the lowest (step, cell, kind, param), so the
+    Ties on the width go to the lowest (field, step, cell, kind, param), so the
     result does not depend on the order of ``parts``.
     """
     parts = list(parts)
@@ -242,9 +246,10 @@ def combine(parts: Iterable[ConvergenceSummary]) -> ConvergenceSummary:
                   n_undefined=sum(p.n_undefined for p in parts))
     if not counted:
         return ConvergenceSummary(**totals)
-    best = min(counted, key=lambda p: (-p.width, p.step, p.cell, p.kind, p.param))
+    best = min(counted, key=lambda p: (-p.width, p.field, p.step, p.cell, p.kind, p.param))
     return ConvergenceSummary(width=best.width, kind=best.kind, param=best.param,
-                              step=best.step, cell=best.cell, **totals)
+                              step=best.step, cell=best.cell, field=best.field,
+                              **totals)
 
 
 # -- the decision and its cadence --------------------------------------------------------

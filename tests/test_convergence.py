@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from melissa_sa.convergence import (MIN_GROUPS_FLOOR, CheckSchedule, ConvergenceConfigError,
-                                    ConvergenceRule, ConvergenceSummary, combine, combine_variance_totals,
-                                    decide, local_summary, next_check, parse_rule,
-                                    progress_text, step_summary, variance_totals)
+                                    ConvergenceRule, ConvergenceSummary, combine,
+                                    combine_variance_totals, decide, local_summary,
+                                    next_check, parse_rule, progress_text, step_summary,
+                                    variance_totals)
 from melissa_sa.stats import Moments, SobolMartinez
 
 P = 3
@@ -399,3 +400,17 @@ def test_progress_text():
     assert progress_text(None, RULE) == "CI width - / target 0.1 (from 50 groups)"
     assert progress_text(float("nan"), RULE) == "CI width - / target 0.1 (from 50 groups)"
     assert progress_text(0.08314, RULE) == "CI width 0.0831 / target 0.1"
+
+
+def test_fields_have_their_own_floors_and_name_the_widest():
+    """A field of large values must not make another field's cells negligible."""
+    first, total, var = synthetic([0.2, 0.1], [1e-9, 2e-9])       # field "p": tiny values
+    big_first, big_total, big_var = synthetic([0.05, 0.05], [1e6, 1e6])
+    parts = []
+    for name, (f, t, v) in {"p": (first, total, var),
+                            "T": (big_first, big_total, big_var)}.items():
+        floors = variance_totals([v]).floors(1e-6)
+        parts.append(step_summary(f, t, v, floors[0], field=name))
+    out = combine(parts)
+    assert (out.width, out.field, out.cell, out.n_counted) == (pytest.approx(0.2), "p", 0, 4)
+    assert out.where() == "S1 of p, step 0, cell 0"
