@@ -104,7 +104,7 @@ class Stop(Message):
 
 @dataclass(frozen=True, slots=True)
 class JobState(Message):
-    """The launcher reports a client job's state: ``running``, ``done`` or ``failed``."""
+    """The launcher reports a client job's state: ``running``, ``finished`` or ``failed``."""
 
     type: typing.ClassVar[str] = "job"
     sim_id: int
