@@ -38,7 +38,7 @@ import numpy as np
 from melissa_sa import exit_codes
 from melissa_sa.config import StudyConfig
 from melissa_sa.design import GroupLayout
-from melissa_sa.mpi_wait import MPIWaitTimeout
+from melissa_sa.mpi_wait import MPIWaitTimeout, gather_json
 from melissa_sa.protocol import DataHeader, ProtocolError, decode_header, decode_payload
 from melissa_sa.server import ranks
 from melissa_sa.server.intake import check_header, partition
@@ -282,7 +282,7 @@ class BaseServer(LauncherLink, ABC):
                                        bind=self.bind_address, hwm=self.zmq_hwm)
         endpoint = t.bind_data(self.data_puller_port)
         # one short collective at start-up; every rank is here at once
-        endpoints = self.comm.gather(endpoint, root=0)
+        endpoints = gather_json(self.comm, endpoint, "every rank's data endpoint")
         if self.rank == 0:
             self.data_endpoints = endpoints
             used = {int(e.rsplit(":", 1)[1]) for e in endpoints}

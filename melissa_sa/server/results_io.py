@@ -43,7 +43,7 @@ def rank_counters(server) -> dict | None:
     """Rank 0: dropped messages and bytes received, summed and per rank (collective)."""
     mine = {"dropped": dict(server.bad_messages), "bytes": int(server.bytes_received)}
     every = gather_json(server.comm if server.comm_size > 1 else None, mine,
-                        "every rank's message counters for results.h5", timeout=120)
+                        "every rank's message counters for results.h5")
     if every is None:
         return None
     total: Counter = Counter()

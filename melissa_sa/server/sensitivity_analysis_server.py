@@ -30,6 +30,7 @@ import time
 import numpy as np
 
 from melissa_sa import exit_codes
+from melissa_sa.mpi_wait import bcast_json
 from melissa_sa.server import ranks
 from melissa_sa.server.assembly import GroupAssembler, Overlap
 from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData, partition
@@ -335,7 +336,7 @@ class SensitivityAnalysisServer(BaseServer):
                 log.error("another server (pid %s) holds %s: refusing to run a second "
                           "server on this study", holder, path)
                 ok = False
-        ok = self.comm.bcast(ok, root=0)  # once, at start-up
+        ok = bcast_json(self.comm, ok, "rank 0's study lock")  # once, at start-up
         if not ok:
             raise SystemExit(exit_codes.SERVER_LOCKED)
 
