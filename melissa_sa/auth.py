@@ -282,8 +282,9 @@ class ZapGuard:
                     else:
                         self._event(sock.recv_multipart())
                 self._flush_log()
-        except zmq.ContextTerminated:
-            pass
+        except zmq.ZMQError as exc:  # the context was terminated or destroyed under us
+            if exc.errno not in (zmq.ETERM, zmq.ENOTSOCK):
+                raise
         finally:
             for s in socks:
                 s.close(0)

@@ -1,7 +1,8 @@
 """A one-node Slurm for the tests: munged, slurmctld and slurmd on this machine.
 
-:func:`slurm_cluster` (used by the ``slurm`` fixture in ``tests/test_slurm.py``)
-returns a :class:`SlurmCluster` whose :attr:`~SlurmCluster.env` makes the Slurm
+:func:`slurm_cluster`, and the session fixture :func:`slurm` built on it (import
+it into a test module: ``from slurm_cluster import slurm``), give a
+:class:`SlurmCluster` whose :attr:`~SlurmCluster.env` makes the Slurm
 commands (``sbatch``, ``squeue``, ...) talk to it.
 
 * If a Slurm already answers (``sinfo`` succeeds with the caller's
@@ -35,7 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["SlurmCluster", "Unavailable", "slurm_cluster", "slurm_answers"]
+import pytest
+
+__all__ = ["SlurmCluster", "Unavailable", "slurm_cluster", "slurm_answers", "shared_cluster",
+           "slurm"]
 
 CLIENT_COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "srun", "sinfo", "salloc")
 DAEMONS = {"slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "munged": "munge"}
@@ -87,7 +91,7 @@ class SlurmCluster:
         self.env = env
         self.started = started
         self.workdir = workdir
-        self.procs = procs or {}
+        self.procs = procs if procs is not None else {}
         self.admin = started
 
     # -- helpers for tests -------------------------------------------------------
@@ -120,6 +124,16 @@ class SlurmCluster:
         """Stop the daemons this object started (by pid): slurmd, slurmctld, munged."""
         if not self.started:
             return
+        if self.procs.get("slurmctld") is not None and self.procs["slurmctld"].poll() is None:
+            # a private cluster: every job in it is a test's; let slurmd end them
+            # (its slurmstepd processes would outlive it otherwise)
+            self.run("scancel", f"--user={os.getuid()}", timeout=20)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                out = self.run("squeue", "--noheader", "--format=%i", timeout=10)
+                if out.returncode != 0 or not out.stdout.strip():
+                    break
+                time.sleep(0.5)
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
@@ -131,9 +145,6 @@ class SlurmCluster:
                 proc.kill()
                 proc.wait(5)
         self.procs.clear()
-        # job processes a killed slurmd may have left (linuxproc tracks them by
-        # their parent slurmstepd): slurmstepd exits on its own when slurmd is
-        # gone, nothing else was started here.
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -304,6 +315,37 @@ def slurm_cluster(base_env: dict[str, str] | None = None,
             raise Unavailable(f"{exc}\n{tail}") from None
         raise
     return cluster
+
+
+_SHARED: list[SlurmCluster] = []
+
+
+def shared_cluster() -> SlurmCluster:
+    """One cluster per test session, whichever module asks first."""
+    if not _SHARED:
+        _SHARED.append(slurm_cluster())
+    return _SHARED[0]
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The Slurm of the test session (skips, naming what is missing, if none).
+
+    ``SLURM_CONF`` is set in ``os.environ`` while it lives, so that every
+    process a test starts finds the cluster."""
+    try:
+        cluster = shared_cluster()
+    except Unavailable as exc:
+        pytest.skip(f"no Slurm to test with: {exc}")
+    old = os.environ.get("SLURM_CONF")
+    if "SLURM_CONF" in cluster.env:
+        os.environ["SLURM_CONF"] = cluster.env["SLURM_CONF"]
+    yield cluster
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    else:
+        os.environ["SLURM_CONF"] = old
+    cluster.stop()
 
 
 if __name__ == "__main__":  # start one by hand: python tests/slurm_cluster.py
