@@ -261,6 +261,36 @@ def test_find_study_jobs(slurm, prefix, tmp_path):  # noqa: F811
     sched.cancel_all(timeout=30)
 
 
+def test_cancel_study_jobs_touches_only_the_study(slurm, prefix, tmp_path):  # noqa: F811
+    mod = _slurm_module()
+    ours = make(slurm, prefix, tmp_path)
+    theirs = make(slurm, prefix + "x", tmp_path)  # a prefix that only starts like ours
+    ours.submit("a", script(tmp_path, "a", "sleep 60"), str(tmp_path / "a.log"))
+    theirs.submit("b", script(tmp_path, "b", "sleep 60"), str(tmp_path / "b.log"))
+    assert mod.cancel_study_jobs(prefix, env=slurm.env) == [ours.slurm_job_ids()["a"]]
+    assert wait_done(ours, 1)["a"][0] == "failed"  # cancelled behind its back: a crash
+    assert [n for _, n, _ in mod.find_study_jobs(prefix + "x", env=slurm.env)] == \
+        [f"{prefix}x-b"]
+    theirs.cancel_all(timeout=30)
+
+
+def test_squeue_failure_is_not_a_crash(slurm, prefix, tmp_path):  # noqa: F811
+    logs = []
+    sched = make(slurm, prefix, tmp_path, logs)
+    sched.submit("q", script(tmp_path, "q", "sleep 2"), str(tmp_path / "q.log"))
+    good_env = sched.slurm.env
+    # a controller that does not answer: squeue hangs (here: gets no config and
+    # retries) until the command timeout
+    sched.slurm.env = {**good_env, "SLURM_CONF": str(tmp_path / "missing.conf")}
+    sched.slurm.timeout = 1.0
+    time.sleep(3)
+    sched.poll_interval = 0.0
+    assert sched.poll() == [] and sched.poll() == []
+    assert sum("squeue fails" in line for line in logs) == 1, logs
+    sched.slurm.env, sched.slurm.timeout = good_env, 60.0
+    assert wait_done(sched, 1) == {"q": ("finished", 0)}
+
+
 def _mod_jobs(slurm, prefix):  # noqa: F811
     return _slurm_module().find_study_jobs(prefix, env=slurm.env)
 

@@ -52,7 +52,7 @@ from typing import Callable, Hashable, Iterable, Mapping, Sequence
 from melissa_sa.launcher.schedulers import JobHandle, Scheduler, SchedulerError, register_scheduler
 
 __all__ = ["SlurmScheduler", "SlurmAllocationScheduler", "SlurmServerJob", "CRASH_STATES",
-           "study_job_prefix", "find_study_jobs"]
+           "study_job_prefix", "find_study_jobs", "cancel_study_jobs"]
 
 _LOG = logging.getLogger("melissa_sa.slurm")
 
@@ -588,6 +588,19 @@ def find_study_jobs(prefix: str, env: Mapping[str, str] | None = None,
         if len(parts) == 3 and (parts[1] == prefix or parts[1].startswith(prefix + "-")):
             jobs.append((parts[0], parts[1], parts[2]))
     return jobs
+
+
+def cancel_study_jobs(prefix: str, env: Mapping[str, str] | None = None,
+                      timeout: float = 60.0) -> list[str]:
+    """scancel the user's jobs named ``prefix`` or ``prefix-*`` (what a killed
+    launcher of the study left in the queue) and return their ids. Jobs of
+    other studies and other users are never touched."""
+    ids = [job for job, _, _ in find_study_jobs(prefix, env, timeout)]
+    if ids:
+        res = _Slurm(dict(os.environ if env is None else env), timeout).run(["scancel", *ids])
+        if res.returncode != 0:
+            raise SchedulerError(f"scancel {' '.join(ids)} failed: {_short(res.stderr)}")
+    return ids
 
 
 register_scheduler(SlurmScheduler)
