@@ -426,3 +426,8 @@ def test_from_config_reads_the_options(tmp_path):
     assert sched.prefix == mod.study_job_prefix(cfg.output_dir)
     assert sched.prefix.startswith("melissa-") and len(sched.prefix) == 16
     assert sched.server_args == [] and sched.client_processes == 1
+    steps = mod.SlurmAllocationScheduler.from_config(cfg, env={"SLURM_JOB_ID": "42"})
+    assert steps.allocation == "42" and steps.prefix == sched.prefix
+    cmd = steps.server_command(["python", "-m", "x"], ntasks=3)
+    assert cmd[0] == "srun" and "--jobid=42" in cmd and "--exclusive" in cmd
+    assert "--ntasks=3" in cmd and "--mpi=pmi2" in cmd and cmd[-3:] == ["python", "-m", "x"]

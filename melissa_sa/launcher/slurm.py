@@ -9,14 +9,10 @@
     of the study; a job that left ``squeue`` is looked up with ``scontrol show
     job``, then ``sacct`` (which fails on clusters without accounting: that is
     fine). Jobs are stopped with ``scancel``.
-``"slurm-allocation"`` (:class:`SlurmAllocationScheduler`)
-    The launcher runs inside one allocation (``salloc`` or an sbatch script);
-    every client is a job step ``srun --exclusive -N1 -n k`` (``--exclusive``:
-    dedicated CPUs, which implies ``--exact`` since Slurm 21.08, so steps run
-    side by side instead of each taking the whole allocation), the server a
-    step ``srun --exclusive -n P --mpi=pmi2`` (:meth:`server_command`). The
-    ``srun`` processes are children of the launcher; a SIGTERM to ``srun``
-    cancels its step.
+``"slurm-allocation"`` (:class:`SlurmAllocationScheduler`, in
+:mod:`melissa_sa.launcher.slurm_allocation`; importing this module registers both)
+    Clients and the server as job steps inside the allocation the launcher
+    runs in.
 
 A job that ends FAILED, TIMEOUT, NODE_FAIL, PREEMPTED, OUT_OF_MEMORY,
 CANCELLED (by anyone but us), BOOT_FAIL or DEADLINE is reported ``"failed"``
@@ -38,7 +34,6 @@ them from a study config).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shlex
@@ -50,104 +45,23 @@ from pathlib import Path
 from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
 from melissa_sa.launcher.schedulers import JobHandle, Scheduler, SchedulerError, register_scheduler
+from melissa_sa.launcher.slurm_commands import (
+    CRASH_STATES,
+    FINAL_STATES,
+    SlurmCommands,
+    cancel_study_jobs,
+    find_study_jobs,
+    pattern_safe,
+    scheduler_options,
+    short,
+    split_options,
+    study_job_prefix,
+)
 
 __all__ = ["SlurmScheduler", "SlurmAllocationScheduler", "SlurmServerJob", "CRASH_STATES",
            "study_job_prefix", "find_study_jobs", "cancel_study_jobs"]
 
 _LOG = logging.getLogger("melissa_sa.slurm")
-
-#: final Slurm states that are crashes for fault tolerance, with the signal
-#: reported when Slurm records no exit code
-CRASH_STATES: dict[str, int] = {
-    "FAILED": 0, "TIMEOUT": signal.SIGTERM, "NODE_FAIL": signal.SIGKILL,
-    "PREEMPTED": signal.SIGTERM, "OUT_OF_MEMORY": signal.SIGKILL,
-    "CANCELLED": signal.SIGTERM, "BOOT_FAIL": signal.SIGKILL, "DEADLINE": signal.SIGTERM,
-    "REVOKED": signal.SIGTERM,
-}
-FINAL_STATES = frozenset({"COMPLETED", *CRASH_STATES})
-
-
-def study_job_prefix(output_dir: str | os.PathLike) -> str:
-    """``melissa-<8 hex>``: the name prefix of every Slurm job of the study
-    in ``output_dir`` (so that its jobs, and only they, can be found again)."""
-    digest = hashlib.sha256(str(Path(output_dir).resolve()).encode()).hexdigest()[:8]
-    return f"melissa-{digest}"
-
-
-def _short(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _split_options(options: Iterable[str]) -> list[str]:
-    """``["-p debug", "--time=10"]`` -> ``["-p", "debug", "--time=10"]``."""
-    out: list[str] = []
-    for opt in options:
-        out.extend(shlex.split(opt))
-    return out
-
-
-class _Slurm:
-    """Runs the Slurm commands with the scheduler's environment and a timeout."""
-
-    def __init__(self, env: Mapping[str, str], timeout: float) -> None:
-        self.env = dict(env)
-        self.timeout = timeout
-
-    def run(self, args: Sequence[str], env: Mapping[str, str] | None = None
-            ) -> subprocess.CompletedProcess:
-        """Run one command; a command that cannot run or hangs gives rc 127/124."""
-        try:
-            return subprocess.run(list(args), env=dict(env or self.env), capture_output=True,
-                                  text=True, stdin=subprocess.DEVNULL, timeout=self.timeout)
-        except FileNotFoundError:
-            return subprocess.CompletedProcess(args, 127, "", f"{args[0]}: command not found")
-        except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(args, 124, "",
-                                               f"{args[0]} did not answer in {self.timeout:g} s")
-
-    def queue(self, ids: Sequence[str]) -> dict[str, str] | None:
-        """``{job id: state}`` from one ``squeue`` call (jobs Slurm forgot are
-        absent); None if squeue itself failed."""
-        if not ids:
-            return {}
-        res = self.run(["squeue", "--noheader", "--states=all", f"--jobs={','.join(ids)}",
-                        "--format=%i|%T"])
-        if res.returncode != 0:
-            if "Invalid job id" in res.stderr:  # every job asked for is forgotten
-                return {}
-            return None
-        states = {}
-        for line in res.stdout.splitlines():
-            job, _, state = line.strip().partition("|")
-            if job:
-                states[job] = state.strip()
-        return states
-
-    def final(self, job: str) -> tuple[str, int | None] | None:
-        """``(state, return code or None)`` of a finished job from ``scontrol``,
-        else ``sacct``; None if neither knows it."""
-        res = self.run(["scontrol", "--oneliner", "show", "job", job])
-        if res.returncode == 0:
-            fields = dict(f.split("=", 1) for f in res.stdout.split() if "=" in f)
-            state = fields.get("JobState", "")
-            return state, _exit_code(fields.get("ExitCode", ""))
-        res = self.run(["sacct", "--noheader", "--parsable2", "--allocations",
-                        f"--jobs={job}", "--format=State,ExitCode"])
-        if res.returncode == 0 and res.stdout.strip():
-            state, _, code = res.stdout.splitlines()[0].partition("|")
-            return state.split()[0] if state else "", _exit_code(code)
-        return None
-
-
-def _exit_code(text: str) -> int | None:
-    """Slurm's ``ExitCode=code:signal`` -> code, or -signal, or None."""
-    code, _, sig = text.partition(":")
-    try:
-        code_i, sig_i = int(code), int(sig or 0)
-    except ValueError:
-        return None
-    return -sig_i if sig_i else code_i
 
 
 @dataclass
@@ -189,6 +103,7 @@ class SlurmServerJob:
 
     def poll(self) -> int | None:
         if self.returncode is None:
+            self._scheduler._submit_waiting()  # a refused submission is retried here too
             self._scheduler._refresh()
             if self._job.result is not None:
                 self.returncode = self._job.result[1]
@@ -230,13 +145,13 @@ class SlurmScheduler(Scheduler):
                  command_timeout: float = 60.0,
                  log: Callable[[str], None] | None = None) -> None:
         super().__init__(cwd, env, grace)
-        self.client_args = _split_options(client_args)
-        self.server_args = _split_options(server_args)
+        self.client_args = split_options(client_args)
+        self.server_args = split_options(server_args)
         self.client_processes = int(client_processes)
         self.prefix = prefix
         self.backoff = backoff
         self.log = log or _LOG.warning
-        self.slurm = _Slurm(self.env, command_timeout)
+        self.slurm = SlurmCommands(self.env, command_timeout)
         self._jobs: dict[Hashable, _BatchJob] = {}   # clients, in submission order
         self._server: _BatchJob | None = None
         self._retry_at = 0.0
@@ -250,11 +165,7 @@ class SlurmScheduler(Scheduler):
     def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
                     grace: float = 3.0, **kwargs) -> "SlurmScheduler":
         """The scheduler for a :class:`~melissa_sa.config.StudyConfig`."""
-        lc = cfg.launcher_config
-        kwargs.setdefault("prefix", study_job_prefix(cfg.output_dir))
-        return cls(cwd, env, grace, client_args=lc.scheduler_arg_client,
-                   server_args=lc.scheduler_arg_server,
-                   client_processes=cfg.client_config.client_processes, **kwargs)
+        return cls(cwd, env, grace, **{**scheduler_options(cfg), **kwargs})
 
     # -- the Scheduler interface ---------------------------------------------------
     def submit(self, job_id, script_path, log_path, env=None) -> JobHandle:
@@ -265,7 +176,7 @@ class SlurmScheduler(Scheduler):
         full_env = {**self.env, **(env or {})}
         name = f"{self.prefix}-{job_id}"
         argv = ["sbatch", *self.client_args, "--parsable", f"--job-name={name}",
-                f"--ntasks={self.client_processes}", f"--output={log_path}",
+                f"--ntasks={self.client_processes}", f"--output={pattern_safe(log_path)}",
                 "--open-mode=append", *([f"--chdir={self.cwd}"] if self.cwd else [])]
         job = _BatchJob(job_id, name, argv, os.fspath(script_path), full_env)
         job.handle = JobHandle(job_id, os.fspath(script_path), os.fspath(log_path))
@@ -342,7 +253,7 @@ class SlurmScheduler(Scheduler):
         os.replace(tmp, path)
         name = f"{self.prefix}-server"
         sbatch = ["sbatch", *self.server_args, "--parsable", f"--job-name={name}",
-                  f"--ntasks={ntasks}", f"--output={log_path}", "--open-mode=append",
+                  f"--ntasks={ntasks}", f"--output={pattern_safe(log_path)}", "--open-mode=append",
                   *([f"--chdir={self.cwd}"] if self.cwd else [])]
         job = _BatchJob("server", name, sbatch, str(path), {**self.env, **(env or {})})
         self._server = job
@@ -374,7 +285,7 @@ class SlurmScheduler(Scheduler):
         self.stats["refused"] += 1
         self._delay = min(self.backoff[1], max(self.backoff[0], 2 * self._delay))
         self._retry_at = time.monotonic() + self._delay
-        why = _short(res.stderr or res.stdout or f"exit code {res.returncode}")
+        why = short(res.stderr or res.stdout or f"exit code {res.returncode}")
         self.log(f"slurm: sbatch refused {job.name} ({why}); it stays queued, next attempt "
                  f"in {self._delay:g} s")
         return False
@@ -395,7 +306,7 @@ class SlurmScheduler(Scheduler):
         if ids:
             res = self.slurm.run(["scancel", *ids])
             if res.returncode != 0:
-                self.log(f"slurm: scancel {' '.join(ids)}: {_short(res.stderr)}")
+                self.log(f"slurm: scancel {' '.join(ids)}: {short(res.stderr)}")
         return ids
 
     def _refresh(self, force: bool = False) -> None:
@@ -450,158 +361,7 @@ class SlurmScheduler(Scheduler):
                                        "longer know it; counted as a crash"))
 
 
-class SlurmAllocationScheduler(Scheduler):
-    """Clients (and the server) as job steps inside the allocation the launcher
-    runs in (``SLURM_JOB_ID``, or ``allocation``); see the module docstring.
-
-    ``client_args`` / ``server_args`` are srun options (e.g. ``--mem-per-cpu``).
-    Without a memory option a step gets ``--mem=0``: it may use the
-    allocation's memory without reserving it, so steps never wait for each
-    other's memory.
-    """
-
-    name = "slurm-allocation"
-
-    def __init__(self, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                 grace: float = 3.0, *, client_args: Sequence[str] = (),
-                 server_args: Sequence[str] = (), client_processes: int = 1,
-                 allocation: str | None = None, prefix: str = "melissa",
-                 log: Callable[[str], None] | None = None) -> None:
-        super().__init__(cwd, env, grace)
-        self.allocation = allocation or self.env.get("SLURM_JOB_ID")
-        if not self.allocation:
-            raise SchedulerError(
-                'scheduler "slurm-allocation" runs inside an allocation: start the launcher '
-                "from salloc or an sbatch script (SLURM_JOB_ID is not set)")
-        self.client_args = _split_options(client_args)
-        self.server_args = _split_options(server_args)
-        self.client_processes = int(client_processes)
-        self.prefix = prefix
-        self.log = log or _LOG.warning
-        self._procs: dict[Hashable, JobHandle] = {}
-
-    from_config = classmethod(SlurmScheduler.from_config.__func__)
-
-    def _srun(self, name: str, ntasks: int, extra: Sequence[str],
-              mpi: Sequence[str] = ()) -> list[str]:
-        mem = [] if any(a.startswith("--mem") for a in extra) else ["--mem=0"]
-        return ["srun", f"--jobid={self.allocation}", *extra, "--exclusive", *mem,
-                f"--job-name={name}", f"--ntasks={ntasks}", *mpi, "--kill-on-bad-exit=1"]
-
-    def server_command(self, argv: Sequence[str], ntasks: int,
-                       mpi: Sequence[str] = ("--mpi=pmi2",)) -> list[str]:
-        """The command that starts the server as a step: ``srun ... -n P
-        --mpi=pmi2 <argv>`` (run it like today's ``mpiexec`` command: the
-        launcher's SIGTERM to srun cancels the step)."""
-        return [*self._srun(f"{self.prefix}-server", ntasks, self.server_args, mpi), *argv]
-
-    def submit(self, job_id, script_path, log_path, env=None) -> JobHandle:
-        if job_id in self._procs:
-            raise SchedulerError(f"job {job_id!r} is already running")
-        cmd = [*self._srun(f"{self.prefix}-{job_id}", self.client_processes,
-                           self.client_args, ("--nodes=1", "--mpi=pmi2")),
-               "/bin/sh", os.fspath(script_path)]
-        try:
-            log = open(log_path, "ab")
-        except OSError as exc:
-            raise SchedulerError(f"cannot open log {log_path}: {exc.strerror or exc}") from None
-        try:
-            log.write(f"=== melissa-sa: job {job_id} started {time.strftime('%Y-%m-%d %H:%M:%S')}"
-                      f": {shlex.join(cmd)} ===\n".encode())
-            log.flush()
-            popen = subprocess.Popen(cmd, cwd=self.cwd, env={**self.env, **(env or {})},
-                                     stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        except OSError as exc:
-            raise SchedulerError(f"cannot start srun for {script_path}: "
-                                 f"{exc.strerror or exc}") from None
-        finally:
-            log.close()
-        handle = JobHandle(job_id, os.fspath(script_path), os.fspath(log_path),
-                           pid=popen.pid, popen=popen)
-        self._procs[job_id] = handle
-        return handle
-
-    def poll(self) -> list[tuple[Hashable, str, int | None]]:
-        done, now = [], time.monotonic()
-        for key, job in list(self._procs.items()):
-            rc = job.popen.poll()
-            if rc is None:
-                if job.cancelled and job.kill_at is not None and now >= job.kill_at:
-                    job.popen.kill()
-                    job.kill_at = None
-                continue
-            del self._procs[key]
-            if rc > 128 and rc != 253:  # srun: 128 + the signal that killed a task
-                rc = -(rc - 128)
-            if job.cancelled:
-                done.append((key, "cancelled", rc))
-            elif rc == 0:
-                done.append((key, "finished", 0))
-            else:
-                what = "OUT_OF_MEMORY" if rc == 253 else f"exit {rc}"
-                self.log(f"slurm: step of job {key} ({self.prefix}-{key}) ended: {what}")
-                done.append((key, "failed", rc))
-        return done
-
-    def cancel(self, job_id) -> None:
-        job = self._procs.get(job_id)
-        if job is None or job.cancelled:
-            return
-        job.cancelled = True
-        job.kill_at = time.monotonic() + self.grace
-        job.popen.terminate()  # srun cancels its step
-
-    def cancel_all(self, timeout: float | None = None) -> list[int]:
-        jobs = list(self._procs.values())
-        for key in list(self._procs):
-            self.cancel(key)
-        deadline = time.monotonic() + (self.grace if timeout is None else timeout)
-        for job in jobs:
-            try:
-                job.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                job.popen.kill()
-                job.popen.wait(10)
-        self._procs.clear()
-        return [job.pid for job in jobs]
-
-    @property
-    def running(self) -> int:
-        return len(self._procs)
-
-    def pids(self) -> list[int]:
-        return [job.pid for job in self._procs.values()]
-
-
-def find_study_jobs(prefix: str, env: Mapping[str, str] | None = None,
-                    timeout: float = 60.0) -> list[tuple[str, str, str]]:
-    """``(job id, name, state)`` of the user's queued or running jobs whose
-    name starts with ``prefix`` (a killed launcher's jobs, before a resume)."""
-    env = dict(os.environ if env is None else env)
-    res = _Slurm(env, timeout).run(["squeue", "--noheader", "--me", "--format=%i|%j|%T"])
-    if res.returncode != 0:
-        raise SchedulerError(f"squeue failed: {_short(res.stderr)}")
-    jobs = []
-    for line in res.stdout.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3 and (parts[1] == prefix or parts[1].startswith(prefix + "-")):
-            jobs.append((parts[0], parts[1], parts[2]))
-    return jobs
-
-
-def cancel_study_jobs(prefix: str, env: Mapping[str, str] | None = None,
-                      timeout: float = 60.0) -> list[str]:
-    """scancel the user's jobs named ``prefix`` or ``prefix-*`` (what a killed
-    launcher of the study left in the queue) and return their ids. Jobs of
-    other studies and other users are never touched."""
-    ids = [job for job, _, _ in find_study_jobs(prefix, env, timeout)]
-    if ids:
-        res = _Slurm(dict(os.environ if env is None else env), timeout).run(["scancel", *ids])
-        if res.returncode != 0:
-            raise SchedulerError(f"scancel {' '.join(ids)} failed: {_short(res.stderr)}")
-    return ids
-
-
 register_scheduler(SlurmScheduler)
-register_scheduler(SlurmAllocationScheduler)
+
+# the allocation scheduler lives next door; importing it registers it too
+from melissa_sa.launcher.slurm_allocation import SlurmAllocationScheduler  # noqa: E402
