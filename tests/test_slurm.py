@@ -7,6 +7,7 @@ tests that need it skip with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -431,3 +432,67 @@ def test_from_config_reads_the_options(tmp_path):
     cmd = steps.server_command(["python", "-m", "x"], ntasks=3)
     assert cmd[0] == "srun" and "--jobid=42" in cmd and "--exclusive" in cmd
     assert "--ntasks=3" in cmd and "--mpi=pmi2" in cmd and cmd[-3:] == ["python", "-m", "x"]
+
+
+# ---------------------------------------------------------------------------
+# a whole study whose clients are Slurm jobs, through today's launcher
+
+
+def test_study_with_client_jobs_in_slurm_matches_offline(slurm, tmp_path):  # noqa: F811
+    """The launcher as it is (server under its local mpiexec, 2 ranks) with
+    ``scheduler: "slurm"``: every client is an sbatch job of 2 tasks whose
+    ranks the client script's mpiexec starts inside the job."""
+    import numpy as np
+
+    from conftest import write_study
+    from melissa_sa.config import load_config
+    from melissa_sa.launcher import Launcher
+    from melissa_sa.results import open_results
+    from studyutil import NB_STEPS, copy_client, offline
+
+    mod = _slurm_module()
+    n_cells, p, groups = 11, 2, 3
+    copy_client(tmp_path)
+    study = write_study(
+        tmp_path,
+        study_options={"field_names": ["f"], "nb_parameters": p,
+                       "parameter_sweep_size": groups, "nb_time_steps": NB_STEPS,
+                       "l_bounds": [-3.0, -1.0], "u_bounds": [3.0, 2.0]},
+        sa_config={"mean": True, "variance": True, "skewness": True, "kurtosis": True,
+                   "min": True, "max": True, "threshold_exceedance": [5.0],
+                   "quantiles": [0.25, 0.5], "sobol_indices": True},
+        server_config={"server_processes": 2},
+        launcher_config={"scheduler": "slurm", "job_limit": 4, "server_timeout": 120,
+                         "fault_tolerance": False},
+        client_config={"executable_command": "python analytic_client.py --split 3,8",
+                       "client_processes": 2},
+    )
+    launcher = Launcher(load_config(study), str(study))
+    code = launcher.run()
+    assert code == 0, (tmp_path / "out" / "logs" / "server.log").read_text()[-3000:]
+    assert isinstance(launcher.scheduler, mod.SlurmScheduler)
+    assert launcher.scheduler.stats["submitted"] == groups * (p + 2)
+    assert mod.find_study_jobs("melissa", env=slurm.env) == []  # nothing left in squeue
+    with open_results(tmp_path / "out" / "results.h5") as r:
+        ref, n_groups = offline(r, n_cells, p)
+        assert n_groups == groups
+        for name, expected in ref.items():
+            np.testing.assert_allclose(r.get("f", name), expected, rtol=1e-10, atol=1e-10,
+                                       err_msg=name)
+        slurm_results = {name: r.get("f", name) for name in ref}
+        slurm_design = r.parameters.values
+
+    # the same study with the local scheduler: the same numbers
+    local_dir = tmp_path / "local"
+    local_dir.mkdir()
+    copy_client(local_dir)
+    config = json.loads(study.read_text())
+    config["launcher_config"]["scheduler"] = "local"
+    (local_dir / "study.json").write_text(json.dumps(config))
+    assert Launcher(load_config(local_dir / "study.json"),
+                    str(local_dir / "study.json")).run() == 0
+    with open_results(local_dir / "out" / "results.h5") as r:
+        order = lambda v: v[np.lexsort(v.T[::-1])]  # noqa: E731  (runs in any order)
+        np.testing.assert_array_equal(order(r.parameters.values), order(slurm_design))
+        for name, got in slurm_results.items():
+            np.testing.assert_allclose(got, r.get("f", name), rtol=0, atol=1e-12, err_msg=name)
