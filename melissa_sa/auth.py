@@ -202,7 +202,7 @@ class ZapGuard:
         self._details_logged = 0
         self._mlock = threading.Lock()
         self._monitors: list[str] = []
-        self._new_monitors: list[str] = []
+        self._new_monitors: list[tuple[str, threading.Event]] = []
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -230,13 +230,19 @@ class ZapGuard:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def watch(self, sock: zmq.Socket) -> None:
-        """Count the handshakes of ``sock`` (call from the thread that owns it)."""
+    def watch(self, sock: zmq.Socket, timeout: float = 5.0) -> None:
+        """Count the handshakes of ``sock`` (call from the thread that owns it,
+        before it binds). Returns once the guard listens to its events (libzmq
+        drops the events nobody listens to)."""
+        connected = threading.Event()
         with self._mlock:
             n = len(self._monitors) + len(self._new_monitors)
             endpoint = f"inproc://melissa-zap-monitor.{id(self)}.{n}"
             sock.monitor(endpoint, zmq.EVENT_HANDSHAKE_SUCCEEDED | sum(_REFUSED_EVENTS))
-            self._new_monitors.append(endpoint)
+            self._new_monitors.append((endpoint, connected))
+        if not connected.wait(timeout) and self.alive:
+            raise SecretError(f"the ZAP handler did not start watching {endpoint} in "
+                              f"{timeout:g} s")
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the handler thread (before ``context.term()``; a terminated
@@ -269,14 +275,15 @@ class ZapGuard:
             while not self._stop.is_set():
                 with self._mlock:
                     new, self._new_monitors = self._new_monitors, []
-                for endpoint in new:
+                for endpoint, connected in new:
                     mon = self.context.socket(zmq.PAIR)
                     mon.linger = 0
                     mon.connect(endpoint)
                     socks.append(mon)
                     poller.register(mon, zmq.POLLIN)
                     self._monitors.append(endpoint)
-                for sock, _ in poller.poll(200):
+                    connected.set()
+                for sock, _ in poller.poll(50 if self._new_monitors else 200):
                     if sock is zap:
                         zap.send_multipart(self._reply(zap.recv_multipart()))
                     else:
