@@ -496,3 +496,84 @@ def test_study_with_client_jobs_in_slurm_matches_offline(slurm, tmp_path):  # no
         np.testing.assert_array_equal(order(r.parameters.values), order(slurm_design))
         for name, got in slurm_results.items():
             np.testing.assert_allclose(got, r.get("f", name), rtol=0, atol=1e-12, err_msg=name)
+
+
+def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # noqa: F811
+                                                            monkeypatch, caplog):
+    """Fault tolerance through today's launcher with client jobs in Slurm:
+    sim 1's first attempt hangs and is scancel'ed from outside, sim 4's hangs
+    until its 1-minute walltime (SBATCH_TIMELIMIT): both are crashes, rerun,
+    and the statistics equal NumPy's over the design.
+
+    Plain sampling (no Sobol' groups): with pick-freeze groups, the server
+    today restarts the finished siblings of a hanging member (their steps are
+    buffered, not folded) and abandons the group before the walltime."""
+    import threading
+
+    import numpy as np
+
+    from conftest import write_study
+    from melissa_sa.config import load_config
+    from melissa_sa.launcher import Launcher
+    from melissa_sa.results import open_results
+    from studyutil import NB_STEPS, copy_client, field_values
+
+    mod = _slurm_module()
+    n_cells, runs = 11, 6
+    copy_client(tmp_path)
+    study = write_study(
+        tmp_path,
+        study_options={"field_names": ["f"], "nb_parameters": 2,
+                       "parameter_sweep_size": runs, "nb_time_steps": NB_STEPS,
+                       "l_bounds": [-3.0, -1.0], "u_bounds": [3.0, 2.0],
+                       "simulation_timeout": 600},
+        sa_config={"mean": True, "variance": True, "min": True, "max": True},
+        server_config={"server_processes": 2},
+        launcher_config={"scheduler": "slurm", "job_limit": 6, "server_timeout": 300,
+                         "fault_tolerance": True},
+        client_config={"executable_command": "python analytic_client.py"},
+    )
+    monkeypatch.setenv("TEST_FAULT_PLAN", json.dumps({"1": {"mode": "hang", "step": 1},
+                                                      "4": {"mode": "hang", "step": 1}}))
+    monkeypatch.setenv("TEST_FAULT_DIR", str(tmp_path))
+    monkeypatch.setenv("SBATCH_TIMELIMIT", "1")  # every client job: a 1-minute walltime
+    stop, cancelled = threading.Event(), []
+
+    def cancel_sim_1():  # what a user's scancel does
+        while not stop.is_set() and not cancelled:
+            if (tmp_path / "attempts.1").exists():
+                out = slurm.run("squeue", "--noheader", "--format=%i|%o|%T").stdout
+                for line in out.splitlines():
+                    job, command, state = line.split("|")
+                    if command.endswith("client.1.sh") and state == "RUNNING":
+                        slurm.run("scancel", job)
+                        cancelled.append(job)
+            time.sleep(0.5)
+
+    injector = threading.Thread(target=cancel_sim_1, daemon=True)
+    injector.start()
+    caplog.set_level("WARNING", logger="melissa_sa.slurm")
+    launcher = Launcher(load_config(study), str(study))
+    try:
+        code = launcher.run()
+    finally:
+        stop.set()
+        injector.join(10)
+    assert code == 0, (tmp_path / "out" / "logs" / "server.log").read_text()[-3000:]
+    assert len(cancelled) == 1
+    assert (tmp_path / "attempts.1").read_text() == "xx"  # cancelled, then rerun
+    assert (tmp_path / "attempts.4").read_text() == "xx"  # TIMEOUT, then rerun
+    slurm_lines = [r.getMessage() for r in caplog.records if r.name == "melissa_sa.slurm"]
+    assert any(f"Slurm job {cancelled[0]}," in m and "CANCELLED" in m for m in slurm_lines)
+    assert any("TIMEOUT" in m for m in slurm_lines), slurm_lines
+    assert mod.find_study_jobs("melissa", env=slurm.env) == []
+    with open_results(tmp_path / "out" / "results.h5") as r:
+        values = r.parameters.values[r.parameters.folded]
+        assert len(values) == runs
+        y = np.stack([np.stack([field_values(v, n_cells, t) for t in range(NB_STEPS)])
+                      for v in values])
+        expected = {"mean": y.mean(axis=0), "variance": y.var(axis=0, ddof=1),
+                    "min": y.min(axis=0), "max": y.max(axis=0)}
+        for name, ref in expected.items():
+            np.testing.assert_allclose(r.get("f", name), ref, rtol=1e-12, atol=1e-10,
+                                       err_msg=name)
