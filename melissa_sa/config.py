@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -56,7 +57,6 @@ __all__ = [
     "DEFAULTS",
 ]
 
-#: Schedulers the launcher knows.
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -153,6 +153,8 @@ class LauncherConfig:
     load_from_checkpoint: bool = False
     mpiexec_args: tuple[str, ...] = ()
     max_server_restarts: int = 3
+    scheduler_arg_client: tuple[str, ...] = ()
+    scheduler_arg_server: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -471,6 +473,23 @@ def _list(item: Callable, nonempty: bool = False, unique: bool = False,
     return check
 
 
+def _scheduler_option(r: _Reader, path: str, v: Any):
+    """One sbatch / srun option, e.g. ``"--time=00:10:00"`` or ``"-p debug"``."""
+    v = _str()(r, path, v)
+    if v is _BAD:
+        return _BAD
+    try:
+        words = shlex.split(v)
+    except ValueError as exc:
+        r.err(path, f"cannot split {_show(v)} into words: {exc}")
+        return _BAD
+    if not words or not words[0].startswith("-"):
+        r.err(path, f'expected a Slurm option such as "--time=00:10:00" or "-p debug", '
+                    f"got {_show(v)}")
+        return _BAD
+    return v
+
+
 def _identifier(r: _Reader, path: str, v: Any):
     if not isinstance(v, str):
         r.err(path, f"expected a string, got {_show(v)}")
@@ -576,6 +595,8 @@ _LAUNCHER_SPEC = {
     "load_from_checkpoint": (_bool, False),
     "mpiexec_args": (_list(_str(nonempty=False)), ()),
     "max_server_restarts": (_int(0), 3),
+    "scheduler_arg_client": (_list(_scheduler_option), ()),
+    "scheduler_arg_server": (_list(_scheduler_option), ()),
 }
 
 _CLIENT_SPEC = {

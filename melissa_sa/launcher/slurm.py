@@ -1,0 +1,367 @@
+"""Slurm schedulers: clients (and the server) as Slurm jobs or job steps.
+
+``"slurm"`` (:class:`SlurmScheduler`)
+    Each client run is one batch job (``sbatch --parsable``, options from
+    ``launcher_config.scheduler_arg_client``); the server is one batch job
+    whose ``server_processes`` tasks start with ``srun --mpi=pmi2``
+    (:meth:`SlurmScheduler.submit_server`, options from
+    ``scheduler_arg_server``). One ``squeue`` call per poll watches every job
+    of the study; a job that left ``squeue`` is looked up with ``scontrol show
+    job``, then ``sacct`` (which fails on clusters without accounting: that is
+    fine). Jobs are stopped with ``scancel``.
+``"slurm-allocation"`` (:class:`SlurmAllocationScheduler`, in
+:mod:`melissa_sa.launcher.slurm_allocation`; importing this module registers both)
+    Clients and the server as job steps inside the allocation the launcher
+    runs in.
+
+A job that ends FAILED, TIMEOUT, NODE_FAIL, PREEMPTED, OUT_OF_MEMORY,
+CANCELLED (by anyone but us), BOOT_FAIL or DEADLINE is reported ``"failed"``
+(a crash for fault tolerance) with a return code: the job's exit code, or
+``-signal`` (TIMEOUT and CANCELLED: SIGTERM; NODE_FAIL and OUT_OF_MEMORY:
+SIGKILL when Slurm records none), and one log line naming the Slurm state.
+
+A refused submission (``sbatch`` exits non-zero: MaxSubmitJobs, a partition
+not accepting jobs, a controller that does not answer) loses nothing: the job
+stays queued inside the scheduler (it counts in :attr:`running`, so
+``job_limit`` still bounds what is queued or running), a log line quotes
+sbatch's error, and the submission is retried after a back-off that doubles
+from ``backoff[0]`` to ``backoff[1]`` seconds; jobs are submitted in order.
+
+The interface is the one of :mod:`melissa_sa.launcher.schedulers`; the
+constructor also takes the sbatch / srun options (:meth:`from_config` reads
+them from a study config).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Hashable, Iterable, Mapping, Sequence
+
+from melissa_sa.launcher.schedulers import JobHandle, Scheduler, SchedulerError, register_scheduler
+from melissa_sa.launcher.slurm_commands import (
+    CRASH_STATES,
+    FINAL_STATES,
+    SlurmCommands,
+    cancel_study_jobs,
+    find_study_jobs,
+    pattern_safe,
+    scheduler_options,
+    short,
+    split_options,
+    study_job_prefix,
+)
+
+__all__ = ["SlurmScheduler", "SlurmAllocationScheduler", "SlurmServerJob", "CRASH_STATES",
+           "study_job_prefix", "find_study_jobs", "cancel_study_jobs"]
+
+_LOG = logging.getLogger("melissa_sa.slurm")
+
+
+@dataclass
+class _BatchJob:
+    """One job of :class:`SlurmScheduler` (client or server)."""
+
+    key: Hashable
+    name: str
+    argv: list[str]                       # the sbatch command, without the script
+    script: str
+    env: dict[str, str]
+    handle: JobHandle | None = None
+    slurm_id: str | None = None           # None: not accepted by sbatch yet
+    state: str = "SUBMITTING"
+    result: tuple[str, int] | None = None  # ("finished"/"failed"/"cancelled", rc)
+    cancelled: bool = False
+    submitted_at: float = field(default_factory=time.monotonic)
+
+
+class SlurmServerJob:
+    """The server's batch job, shaped like the :class:`subprocess.Popen` the
+    launcher watches: :meth:`poll` is None while the job is queued or running,
+    then its return code (a crash state gives the job's code, or ``-signal``)."""
+
+    def __init__(self, scheduler: "SlurmScheduler", job: _BatchJob) -> None:
+        self._scheduler = scheduler
+        self._job = job
+        self.pid = None
+        self.returncode: int | None = None
+
+    @property
+    def job_id(self) -> str | None:
+        """The Slurm job id (None while sbatch refuses it)."""
+        return self._job.slurm_id
+
+    @property
+    def state(self) -> str:
+        return self._job.state
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self._scheduler._submit_waiting()  # a refused submission is retried here too
+            self._scheduler._refresh()
+            if self._job.result is not None:
+                self.returncode = self._job.result[1]
+        return self.returncode
+
+    def terminate(self) -> None:
+        self._scheduler._cancel_job(self._job)
+
+    kill = terminate
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"slurm job {self.job_id}", timeout)
+            time.sleep(0.5)
+        return self.returncode
+
+
+class SlurmScheduler(Scheduler):
+    """Client runs (and the server) as Slurm batch jobs; see the module docstring.
+
+    ``client_args`` / ``server_args``: sbatch options (each string may hold an
+    option and its value, ``"-p debug"``); ours (``--job-name``, ``--output``,
+    ``--ntasks``...) come after them and win. ``client_processes``: tasks per
+    client job (the client script starts its ranks with ``mpiexec``, which
+    runs them on the job's tasks). ``prefix``: the job name prefix
+    (:func:`study_job_prefix`). ``log``: where the scheduler's lines go.
+    """
+
+    name = "slurm"
+    #: seconds between two squeue calls
+    poll_interval = 2.0
+
+    def __init__(self, cwd: str | None = None, env: Mapping[str, str] | None = None,
+                 grace: float = 3.0, *, client_args: Sequence[str] = (),
+                 server_args: Sequence[str] = (), client_processes: int = 1,
+                 prefix: str = "melissa", backoff: tuple[float, float] = (5.0, 300.0),
+                 command_timeout: float = 60.0,
+                 log: Callable[[str], None] | None = None) -> None:
+        super().__init__(cwd, env, grace)
+        self.client_args = split_options(client_args)
+        self.server_args = split_options(server_args)
+        self.client_processes = int(client_processes)
+        self.prefix = prefix
+        self.backoff = backoff
+        self.log = log or _LOG.warning
+        self.slurm = SlurmCommands(self.env, command_timeout)
+        self._jobs: dict[Hashable, _BatchJob] = {}   # clients, in submission order
+        self._server: _BatchJob | None = None
+        self._retry_at = 0.0
+        self._delay = 0.0
+        self._refused = 0
+        self._last_query = -float("inf")
+        self._squeue_failing = False
+        self.stats = {"submitted": 0, "refused": 0, "squeue_calls": 0}
+
+    @classmethod
+    def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
+                    grace: float = 3.0, **kwargs) -> "SlurmScheduler":
+        """The scheduler for a :class:`~melissa_sa.config.StudyConfig`."""
+        return cls(cwd, env, grace, **{**scheduler_options(cfg), **kwargs})
+
+    # -- the Scheduler interface ---------------------------------------------------
+    def submit(self, job_id, script_path, log_path, env=None) -> JobHandle:
+        if job_id in self._jobs:
+            raise SchedulerError(f"job {job_id!r} is already running")
+        if not os.path.isfile(script_path):
+            raise SchedulerError(f"cannot submit {script_path}: no such file")
+        full_env = {**self.env, **(env or {})}
+        name = f"{self.prefix}-{job_id}"
+        argv = ["sbatch", *self.client_args, "--parsable", f"--job-name={name}",
+                f"--ntasks={self.client_processes}", f"--output={pattern_safe(log_path)}",
+                "--open-mode=append", *([f"--chdir={self.cwd}"] if self.cwd else [])]
+        job = _BatchJob(job_id, name, argv, os.fspath(script_path), full_env)
+        job.handle = JobHandle(job_id, os.fspath(script_path), os.fspath(log_path))
+        self._jobs[job_id] = job
+        self._submit_waiting()
+        return job.handle
+
+    def poll(self) -> list[tuple[Hashable, str, int | None]]:
+        self._submit_waiting()
+        self._refresh()
+        done = []
+        for key, job in list(self._jobs.items()):
+            if job.result is not None:
+                del self._jobs[key]
+                done.append((key, *job.result))
+        return done
+
+    def cancel(self, job_id) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            self._cancel_job(job)
+
+    def cancel_all(self, timeout: float | None = None) -> list[int]:
+        """scancel every client job (one call) and wait, up to ``timeout``
+        (default: ``grace`` + 30 s), until Slurm lists none as active; return
+        their Slurm job ids. The server's job is stopped by its own
+        :meth:`SlurmServerJob.terminate`."""
+        jobs = list(self._jobs.values())
+        ids = self._cancel_jobs(jobs)
+        deadline = time.monotonic() + (self.grace + 30.0 if timeout is None else timeout)
+        while time.monotonic() < deadline:
+            self._refresh(force=True)
+            if all(j.result is not None for j in jobs):
+                break
+            time.sleep(0.5)
+        left = [j.slurm_id for j in jobs if j.result is None]
+        if left:
+            self.log(f"slurm: jobs {', '.join(left)} still listed by squeue after scancel")
+        self._jobs.clear()
+        return [int(i) for i in ids]
+
+    @property
+    def running(self) -> int:
+        """Client jobs queued or running in Slurm, or waiting to be accepted."""
+        return len(self._jobs)
+
+    def pids(self) -> list[int]:
+        """The Slurm job ids of the client jobs (there are no local pids)."""
+        return [int(j.slurm_id) for j in self._jobs.values() if j.slurm_id]
+
+    def slurm_job_ids(self) -> dict[Hashable, str]:
+        """``{job_id: Slurm job id}`` of the accepted client jobs."""
+        return {k: j.slurm_id for k, j in self._jobs.items() if j.slurm_id}
+
+    # -- the server ---------------------------------------------------------------
+    def submit_server(self, argv: Sequence[str], script_path: str | os.PathLike,
+                      log_path: str | os.PathLike, ntasks: int,
+                      env: Mapping[str, str] | None = None,
+                      mpi: Sequence[str] = ("srun", "--mpi=pmi2")) -> SlurmServerJob:
+        """Submit the server: a batch script (written to ``script_path``) that
+        runs ``argv`` (``python -m melissa_sa.server.main study.json``) as
+        ``ntasks`` MPI tasks with ``mpi`` (``srun --mpi=pmi2``: one
+        communicator across nodes; the mpich wheel's ``mpiexec`` also works
+        inside a job). Refusals are retried like a client's."""
+        if self._server is not None and self._server.result is None:
+            raise SchedulerError(f"the server job {self._server.slurm_id} is still active")
+        launch = [*mpi, "-n", str(ntasks)] if mpi else []
+        text = ("#!/bin/sh\n# melissa-sa server as a Slurm job (melissa_sa.launcher.slurm)\n"
+                f"exec {shlex.join([*launch, *argv])}\n")
+        path = Path(script_path)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+        name = f"{self.prefix}-server"
+        sbatch = ["sbatch", *self.server_args, "--parsable", f"--job-name={name}",
+                  f"--ntasks={ntasks}", f"--output={pattern_safe(log_path)}", "--open-mode=append",
+                  *([f"--chdir={self.cwd}"] if self.cwd else [])]
+        job = _BatchJob("server", name, sbatch, str(path), {**self.env, **(env or {})})
+        self._server = job
+        self._submit(job)
+        return SlurmServerJob(self, job)
+
+    # -- internals -------------------------------------------------------------------
+    def _submit_waiting(self) -> None:
+        """Submit, in order, the jobs sbatch has not accepted yet (unless backing off)."""
+        waiting = [j for j in ([self._server] if self._server else []) + list(self._jobs.values())
+                   if j.slurm_id is None and j.result is None and not j.cancelled]
+        for job in waiting:
+            if time.monotonic() < self._retry_at or not self._submit(job):
+                break
+
+    def _submit(self, job: _BatchJob) -> bool:
+        if time.monotonic() < self._retry_at:
+            return False
+        res = self.slurm.run([*job.argv, job.script], env=job.env)
+        slurm_id = res.stdout.strip().split(";")[0] if res.returncode == 0 else ""
+        if res.returncode == 0 and slurm_id.isdigit():
+            job.slurm_id, job.state = slurm_id, "PENDING"
+            self.stats["submitted"] += 1
+            if self._refused:
+                self.log(f"slurm: sbatch accepts jobs again after {self._refused} refusal(s)")
+            self._refused, self._delay = 0, 0.0
+            return True
+        self._refused += 1
+        self.stats["refused"] += 1
+        self._delay = min(self.backoff[1], max(self.backoff[0], 2 * self._delay))
+        self._retry_at = time.monotonic() + self._delay
+        why = short(res.stderr or res.stdout or f"exit code {res.returncode}")
+        self.log(f"slurm: sbatch refused {job.name} ({why}); it stays queued, next attempt "
+                 f"in {self._delay:g} s")
+        return False
+
+    def _cancel_job(self, job: _BatchJob) -> None:
+        self._cancel_jobs([job])
+
+    def _cancel_jobs(self, jobs: Iterable[_BatchJob]) -> list[str]:
+        ids = []
+        for job in jobs:
+            if job.result is not None:
+                continue
+            job.cancelled = True
+            if job.slurm_id is None:  # never accepted: nothing to stop
+                job.result = ("cancelled", -signal.SIGTERM)
+            else:
+                ids.append(job.slurm_id)
+        if ids:
+            res = self.slurm.run(["scancel", *ids])
+            if res.returncode != 0:
+                self.log(f"slurm: scancel {' '.join(ids)}: {short(res.stderr)}")
+        return ids
+
+    def _refresh(self, force: bool = False) -> None:
+        """One squeue call for every active job (at most every poll_interval s)."""
+        now = time.monotonic()
+        if not force and now - self._last_query < self.poll_interval:
+            return
+        jobs = [j for j in ([self._server] if self._server else []) + list(self._jobs.values())
+                if j.slurm_id is not None and j.result is None]
+        if not jobs:
+            return
+        self._last_query = now
+        self.stats["squeue_calls"] += 1
+        states = self.slurm.queue([j.slurm_id for j in jobs])
+        if states is None:
+            if not self._squeue_failing:
+                self.log("slurm: squeue fails; jobs keep their last known state until it "
+                         "answers again")
+            self._squeue_failing = True
+            return
+        self._squeue_failing = False
+        for job in jobs:
+            state = states.get(job.slurm_id)
+            if state is not None and state not in FINAL_STATES:
+                job.state = state
+                continue
+            self._finish(job, state)
+
+    def _finish(self, job: _BatchJob, state: str | None) -> None:
+        """The job left the queue (final ``state``, or None if squeue forgot it)."""
+        rc = 0 if state == "COMPLETED" else None
+        if state != "COMPLETED":
+            final = self.slurm.final(job.slurm_id)
+            if final is not None:
+                state, rc = final[0] or state, final[1]
+        job.state = state or "UNKNOWN"
+        if job.cancelled:
+            job.result = ("cancelled", rc if rc is not None else -signal.SIGTERM)
+        elif state == "COMPLETED" and (rc or 0) == 0:
+            job.result = ("finished", 0)
+        else:
+            if state in CRASH_STATES and not rc:
+                rc = -int(CRASH_STATES[state]) if CRASH_STATES[state] else 1
+            elif rc is None or rc == 0:
+                rc = 1  # unknown end: a crash (the run is redone, never lost)
+            job.result = ("failed", rc)
+            # a preempted / failed job Slurm may requeue must not run twice
+            self.slurm.run(["scancel", job.slurm_id])
+            what = "the server" if job is self._server else f"job {job.key}"
+            self.log(f"slurm: {what} (Slurm job {job.slurm_id}, {job.name}) ended "
+                     f"{job.state}" + ("" if state else ": squeue, scontrol and sacct no "
+                                       "longer know it; counted as a crash"))
+
+
+register_scheduler(SlurmScheduler)
+
+# the allocation scheduler lives next door; importing it registers it too
+from melissa_sa.launcher.slurm_allocation import SlurmAllocationScheduler  # noqa: E402
