@@ -37,7 +37,6 @@ from melissa_sa.config.format import format_config
 from melissa_sa.config.loader import config_from_dict, load_config
 from melissa_sa.config.model import (
     DEFAULTS,
-    KNOWN_SCHEDULERS,
     ClientConfig,
     Distribution,
     LauncherConfig,
@@ -60,7 +59,6 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "format_config",
-    "KNOWN_SCHEDULERS",
     "SAMPLER_NAMES",
     "DEFAULTS",
 ]

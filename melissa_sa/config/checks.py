@@ -13,11 +13,12 @@ import difflib
 import json
 import math
 import re
+import shlex
 from typing import Any, Callable
 
 __all__ = ["ConfigError", "Reader", "BAD", "REQUIRED", "ok", "show", "fmt", "join",
            "pairs_hook", "integer", "number", "boolean", "string", "choice", "port",
-           "listof", "identifier", "IDENTIFIER"]
+           "listof", "identifier", "scheduler_option", "IDENTIFIER"]
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -125,8 +126,10 @@ class Reader:
 # -- checkers: (reader, path, value) -> converted value or BAD
 
 
-def integer(minimum: int | None = None, what: str | None = None):
+def integer(minimum: int | None = None, what: str | None = None, nullable: bool = False):
     def check(r: Reader, path: str, v: Any):
+        if v is None and nullable:
+            return None
         if isinstance(v, bool) or not isinstance(v, int):
             r.err(path, f"expected an integer, got {show(v)}")
             return BAD
@@ -185,15 +188,17 @@ def string(nonempty: bool = True, nullable: bool = False):
     return check
 
 
-def choice(options: tuple[str, ...], noun: str):
+def choice(options, noun: str):
+    """A string among ``options`` (a tuple, or a function returning one when checked)."""
     def check(r: Reader, path: str, v: Any):
         if not isinstance(v, str):
             r.err(path, f"expected a string, got {show(v)}")
             return BAD
-        if v not in options:
-            near = difflib.get_close_matches(v.lower(), options, n=1, cutoff=0.5)
+        options_now = options() if callable(options) else options
+        if v not in options_now:
+            near = difflib.get_close_matches(v.lower(), options_now, n=1, cutoff=0.5)
             hint = f'; did you mean "{near[0]}"?' if near else ""
-            r.err(path, f'unknown {noun} "{v}"{hint} (known: {", ".join(options)})')
+            r.err(path, f'unknown {noun} "{v}"{hint} (known: {", ".join(options_now)})')
             return BAD
         return v
     return check
@@ -232,6 +237,23 @@ def listof(item: Callable, nonempty: bool = False, unique: bool = False,
                 seen.add(x)
         return tuple(out)
     return check
+
+
+def scheduler_option(r: Reader, path: str, v: Any):
+    """One sbatch / srun option, e.g. ``"--time=00:10:00"`` or ``"-p debug"``."""
+    v = string()(r, path, v)
+    if v is BAD:
+        return BAD
+    try:
+        words = shlex.split(v)
+    except ValueError as exc:
+        r.err(path, f"cannot split {show(v)} into words: {exc}")
+        return BAD
+    if not words or not words[0].startswith("-"):
+        r.err(path, f'expected a Slurm option such as "--time=00:10:00" or "-p debug", '
+                    f"got {show(v)}")
+        return BAD
+    return v
 
 
 def identifier(r: Reader, path: str, v: Any):

@@ -21,11 +21,16 @@ from melissa_sa.design import GroupLayout
 from melissa_sa.sampling import LAWS, SAMPLER_NAMES
 
 __all__ = ["Distribution", "StudyOptions", "SAConfig", "ServerConfig", "LauncherConfig",
-           "ClientConfig", "StudyConfig", "SECTIONS", "DEFAULTS", "KNOWN_SCHEDULERS",
+           "ClientConfig", "StudyConfig", "SECTIONS", "DEFAULTS", "registered_schedulers",
            "section_spec"]
 
-#: Schedulers the launcher knows.
-KNOWN_SCHEDULERS: tuple[str, ...] = ("local",)
+
+
+def registered_schedulers() -> tuple[str, ...]:
+    """The scheduler names of the registry (``register_scheduler``): the one list."""
+    from melissa_sa.launcher.schedulers import scheduler_names
+
+    return tuple(scheduler_names())
 
 #: a key absent from the file whose value :mod:`loader` derives from others
 DERIVED = object()
@@ -119,6 +124,15 @@ class StudyOptions:
         (), c.listof(_distribution, false_is_empty=True), absent=DERIVED)
     simulation_timeout: float = key(60.0, c.number(positive=True))
     crashes_before_redraw: int = key(3, c.integer(1))
+    max_consecutive_failures: int = key(20, c.integer(1))
+    max_redrawn_groups: int | None = key(None, c.integer(0, nullable=True))
+
+    @property
+    def effective_max_redrawn_groups(self) -> int:
+        """``max_redrawn_groups``, or its default ``max(5, parameter_sweep_size // 10)``."""
+        if self.max_redrawn_groups is not None:
+            return self.max_redrawn_groups
+        return max(5, self.parameter_sweep_size // 10)
 
 
 @dataclass(frozen=True)
@@ -153,7 +167,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class LauncherConfig:
-    scheduler: str = key("local", c.choice(KNOWN_SCHEDULERS, "scheduler"))
+    scheduler: str = key("local", c.choice(registered_schedulers, "scheduler"))
     job_limit: int = key(2, c.integer(1))
     fault_tolerance: bool = key(True, c.boolean)
     server_timeout: float = key(60.0, c.number(positive=True))
@@ -161,12 +175,16 @@ class LauncherConfig:
     load_from_checkpoint: bool = key(False, c.boolean)
     mpiexec_args: tuple[str, ...] = key((), c.listof(c.string(nonempty=False)))
     max_server_restarts: int = key(3, c.integer(0))
+    scheduler_arg_client: tuple[str, ...] = key((), c.listof(c.scheduler_option))
+    scheduler_arg_server: tuple[str, ...] = key((), c.listof(c.scheduler_option))
 
 
 @dataclass(frozen=True)
 class ClientConfig:
     executable_command: str = key(c.REQUIRED, c.string())
     client_processes: int = key(1, c.integer(1))
+    #: MPI launcher of clients when client_processes > 1 ("" = the venv's)
+    mpiexec: str = key("", c.string(nonempty=False))
 
 
 #: section name -> (dataclass, whether the section is required)
