@@ -37,6 +37,13 @@ def raw_header(magic=MAGIC, version=PROTOCOL_VERSION, dtype=1, sim_id=0, member=
                        offset, count, 0)
 
 
+def server_results(proc, tmp_path):
+    """The results file of a server that must exit 0 within 60 s."""
+    proc.wait(60)
+    assert proc.returncode == 0, (tmp_path / "server.log").read_text()
+    return tmp_path / "out" / "results.h5"
+
+
 @pytest.fixture
 def server(tmp_path, processes):
     study = write_study(tmp_path, study_options={"parameter_sweep_size": 2,
@@ -90,12 +97,9 @@ def test_every_malformed_kind_is_counted_and_dropped(server):
                 if sim_id == 0 and step == 0:
                     push.send_multipart([header, (values + 100).tobytes()])
         push.close()
-        proc.wait(60)
     finally:
         ctx.term()
-    log = (tmp_path / "server.log").read_text()
-    assert proc.returncode == 0, log
-    with h5py.File(tmp_path / "out" / "results.h5") as f:
+    with h5py.File(server_results(proc, tmp_path)) as f:
         dropped = json.loads(f.attrs["dropped_messages"])
         for kind in bad:
             # bad_size also counts the float32 payload announced as float64
@@ -141,12 +145,9 @@ def test_drops_and_bytes_are_summed_over_ranks(tmp_path, processes):
             pushes[rank].send_multipart([header, values[lo:hi].tobytes()])
         for push in pushes:
             push.close()
-        proc.wait(60)
     finally:
         ctx.term()
-    log = (tmp_path / "server.log").read_text()
-    assert proc.returncode == 0, log
-    with h5py.File(tmp_path / "out" / "results.h5") as f:
+    with h5py.File(server_results(proc, tmp_path)) as f:
         assert json.loads(f.attrs["dropped_messages"]) == {"bad_magic": 4, "bad_range": 2}
         assert json.loads(f.attrs["dropped_messages_per_rank"]) == [
             {"bad_magic": 1}, {"bad_magic": 3, "bad_range": 2}]

@@ -10,7 +10,7 @@ from conftest import write_study
 from melissa_sa import messages
 from melissa_sa.config import load_config
 from melissa_sa.server import SensitivityAnalysisServer
-from melissa_sa.server.study_state import Begin, JobStarted, RunFolded
+from melissa_sa.server.study_events import Begin, JobStarted, RunFolded
 
 
 class OneRank:

@@ -4,24 +4,11 @@ import pytest
 
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
-from melissa_sa.server.study_state import (
-    AbandonGroup,
-    Begin,
-    DataSeen,
-    DrawGroup,
-    FinishStudy,
-    GroupFinished,
-    JobExited,
-    JobStarted,
-    KillRuns,
-    ReportProgress,
-    RunFolded,
-    StopStudy,
-    StudyLimits,
-    StudyState,
-    SubmitRuns,
-    Tick,
-)
+from melissa_sa.server.study_events import (AbandonGroup, Begin, DataSeen, DrawGroup,
+                                            FinishStudy, GroupFinished, JobExited, JobStarted,
+                                            KillRuns, ReportProgress, RunFolded, StopStudy,
+                                            SubmitRuns, Tick)
+from melissa_sa.server.study_state import StudyLimits, StudyState
 
 
 def state(n_groups=3, n_params=2, sobol=True, managed=True, **limits):

@@ -31,7 +31,7 @@ from melissa_sa import messages
 from melissa_sa.durable import durable_replace
 from melissa_sa.protocol import ProtocolError, decode_json, encode_json
 from melissa_sa.server import ranks
-from melissa_sa.server import study_state as st
+from melissa_sa.server import study_events as st
 
 log = logging.getLogger("melissa_sa.server")
 

@@ -36,7 +36,7 @@ from melissa_sa.server.assembly import GroupAssembler, Overlap
 from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData, partition
 from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
 from melissa_sa.server.snapshot import RankSnapshot, SnapshotError, load_rank, save_rank
-from melissa_sa.server.study_state import Begin, DataSeen, RunFolded, Tick
+from melissa_sa.server.study_events import Begin, DataSeen, RunFolded, Tick
 from melissa_sa.warmup import warm_up
 
 log = logging.getLogger("melissa_sa.server")

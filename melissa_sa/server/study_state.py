@@ -38,44 +38,14 @@ from dataclasses import dataclass, field
 
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
-from melissa_sa.server.study_events import (
-    AbandonGroup,
-    Begin,
-    DataSeen,
-    DrawGroup,
-    FinishStudy,
-    GroupFinished,
-    JobExited,
-    JobStarted,
-    KillRuns,
-    ReportProgress,
-    RunFolded,
-    StopStudy,
-    SubmitRuns,
-    Tick,
-)
+from melissa_sa.server.study_events import (AbandonGroup, Begin, DataSeen, DrawGroup,
+                                            FinishStudy, GroupFinished, JobExited,
+                                            JobStarted, KillRuns, ReportProgress, RunFolded,
+                                            StopStudy, SubmitRuns, Tick)
 
 log = logging.getLogger("melissa_sa.server")
 
-__all__ = [
-    "AbandonGroup",
-    "Begin",
-    "DataSeen",
-    "DrawGroup",
-    "FinishStudy",
-    "GroupFinished",
-    "GroupRecord",
-    "JobExited",
-    "JobStarted",
-    "KillRuns",
-    "ReportProgress",
-    "RunFolded",
-    "StopStudy",
-    "StudyLimits",
-    "StudyState",
-    "SubmitRuns",
-    "Tick",
-]
+__all__ = ["GroupRecord", "StudyLimits", "StudyState"]
 
 
 # -- state ----------------------------------------------------------------------------------
@@ -265,9 +235,9 @@ class StudyState:
                             "(simulation_timeout)", ev.now)
         return out
 
-    _HANDLERS: typing.ClassVar[dict] = {Begin: _on_begin, JobStarted: _on_job_started, DataSeen: _on_data_seen,
-                                        JobExited: _on_job_exited, RunFolded: _on_run_folded,
-                                        Tick: _on_tick}
+    _HANDLERS: typing.ClassVar[dict] = {
+        Begin: _on_begin, JobStarted: _on_job_started, DataSeen: _on_data_seen,
+        JobExited: _on_job_exited, RunFolded: _on_run_folded, Tick: _on_tick}
 
     # -- rules --------------------------------------------------------------------------
     def _in_flight(self) -> int:
