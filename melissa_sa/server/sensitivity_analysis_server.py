@@ -37,6 +37,7 @@ from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationDa
 from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
 from melissa_sa.server.snapshot import RankSnapshot, SnapshotError, load_rank, save_rank
 from melissa_sa.server.study_events import Begin, DataSeen, RunFolded, Tick
+from melissa_sa.stats import set_threads
 from melissa_sa.warmup import warm_up
 
 log = logging.getLogger("melissa_sa.server")
@@ -74,6 +75,16 @@ class SensitivityAnalysisServer(BaseServer):
         steps = [StepStatistics(hi - lo, self.config) for _ in range(self.nb_time_steps)]
         self.slices[name] = LocalField(name, self.fields.index(name), lo, hi, steps)
         log.info("field %r: %d cells, this rank holds [%d, %d)", name, n_cells, lo, hi)
+        self._choose_threads()
+
+    def _choose_threads(self) -> None:
+        """Numba threads for this rank, once its cells are known (see stats.set_threads).
+
+        Several ranks share the machine's cores: ``main`` gives each one thread.
+        A single rank uses every core on a large slice and one on a small one.
+        """
+        if self.comm_size == 1:
+            set_threads(n_cells=sum(f.hi - f.lo for f in self.slices.values()))
 
     # -- data path ----------------------------------------------------------------
     def process_simulation_data(self, data: SimulationData) -> None:
@@ -237,6 +248,7 @@ class SensitivityAnalysisServer(BaseServer):
         except (CheckpointError, SnapshotError) as exc:
             raise SystemExit(f"cannot restart from {self.config.checkpoint_dir}: {exc}")
         self._load_snapshot(snap)
+        self._choose_threads()
         self._restored_from = found
         if self.rank == 0:
             log.info("restarted from checkpoint set %d: %d/%d groups done",
