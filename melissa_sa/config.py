@@ -152,6 +152,7 @@ class LauncherConfig:
 class ClientConfig:
     executable_command: str
     client_processes: int = 1
+    mpiexec: str = ""  # MPI launcher of clients when client_processes > 1 ("" = the venv's)
 
 
 @dataclass(frozen=True)
@@ -561,6 +562,7 @@ _LAUNCHER_SPEC = {
 _CLIENT_SPEC = {
     "executable_command": (_str(), _REQUIRED),
     "client_processes": (_int(1), 1),
+    "mpiexec": (_str(nonempty=False), ""),
 }
 
 _SECTIONS = {

@@ -34,8 +34,10 @@ import numpy as np
 import zmq
 
 from melissa_sa.config import StudyConfig
-from melissa_sa.server.protocol import (DataHeader, ProtocolError, decode_header,
-                                        decode_json, decode_payload, encode_json)
+from melissa_sa.server.protocol import (DataHeader, Hello, ProtocolError, Welcome,
+                                        decode_header, decode_hello, decode_json,
+                                        decode_payload, encode_json, encode_refusal,
+                                        encode_welcome)
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -354,8 +356,8 @@ class BaseServer(ABC):
         args = " ".join(repr(float(v)) for v in parameters)
         command = cc.executable_command
         if cc.client_processes > 1:
-            mpiexec = Path(sys.executable).parent / "mpiexec"
-            command = f"{shlex.quote(str(mpiexec))} -n {cc.client_processes} {command}"
+            mpiexec = cc.mpiexec or shlex.quote(str(Path(sys.executable).parent / "mpiexec"))
+            command = f"{mpiexec} -n {cc.client_processes} {command}"
         text = (
             "#!/bin/sh\n"
             f"# melissa-sa simulation {sim_id}: group {sim_id // self.group_size}, "
@@ -556,26 +558,23 @@ class BaseServer(ABC):
     # -- rank 0: handshake and launcher messages ----------------------------
     def _handle_hello(self, raw: bytes) -> None:
         try:
-            msg = decode_json(raw, required=("type", "sim_id", "field", "n_cells"))
-            reply = self._welcome(msg)
+            reply = encode_welcome(self._welcome(decode_hello(raw)))
         except ProtocolError as exc:
             self.bad_messages["bad_hello"] += 1
             log.warning("refused a client hello: %s", exc.reason)
-            reply = {"type": "error", "message": exc.reason}
-        self.connection_socket.send(encode_json(reply))
+            reply = encode_refusal(exc.reason)
+        self.connection_socket.send(reply)
 
-    def _welcome(self, msg: dict) -> dict:
-        name, n_cells, sim_id = msg["field"], msg["n_cells"], msg["sim_id"]
-        if msg.get("type") != "hello":
-            raise ProtocolError(f"expected a hello, got {msg.get('type')!r}")
+    def _welcome(self, hello: Hello) -> Welcome:
+        name, n_cells, sim_id = hello.field, hello.n_cells, hello.sim_id
         if name not in self.fields:
             raise ProtocolError(f"unknown field {name!r}; the study's fields are "
                                 f"{', '.join(self.fields)}")
-        if not isinstance(sim_id, int) or not 0 <= sim_id < self._sim_id_limit:
+        if not 0 <= sim_id < self._sim_id_limit:
             raise ProtocolError(f"unknown simulation id {sim_id!r}")
         if self._launcher_address and sim_id not in self._active_sim_ids:
             raise ProtocolError(f"simulation {sim_id} is not running in this study")
-        if not isinstance(n_cells, int) or n_cells < self.comm_size:
+        if n_cells < self.comm_size:
             raise ProtocolError(f"field {name!r}: {n_cells!r} cells; need an integer >= "
                                 f"{self.comm_size} (one per server rank)")
         known = self.field_sizes.get(name)
@@ -585,11 +584,9 @@ class BaseServer(ABC):
         elif known != n_cells:
             raise ProtocolError(f"field {name!r} has {known} cells in this study, "
                                 f"simulation {sim_id} declares {n_cells}")
-        return {"type": "welcome", "endpoints": self.data_endpoints,
-                "partition": self.field_partitions[name],
-                "field_id": self.fields.index(name),
-                "member": sim_id % self.group_size,
-                "nb_time_steps": self.nb_time_steps}
+        return Welcome(field_id=self.fields.index(name), member=sim_id % self.group_size,
+                       nb_time_steps=self.nb_time_steps,
+                       partition=self.field_partitions[name], endpoints=self.data_endpoints)
 
     def _handle_launcher(self, raw: bytes) -> None:
         try:
