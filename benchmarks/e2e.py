@@ -108,7 +108,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from e2e_ingest import bench_ingest  # noqa: E402
 from e2e_procs import QUIET_WAIT, rm, stop_all  # noqa: E402
-from e2e_study import bench_study  # noqa: E402
+from e2e_study import bench_study, bench_study_c  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRATCH_BASE = Path("/work/scratch_e2ebench")
@@ -192,12 +192,23 @@ def print_table(res: dict) -> None:
               "+ fsync'd write of the statistics; melissa end = after the last client exits")
 
 
+    hc = res.get("study_heat_c")
+    if hc:
+        s, c = hc["setup"], hc["classic"]
+        print(f"\nWhole Sobol' study of the C heat solver ({s['cells']} cells x {s['steps']} "
+              f"steps, {s['runs']} serial runs, {s['data_gb']:.2f} GB, job_limit "
+              f"{s['job_limit']}): classic {c['total_warm_s']:.1f} s (jobs {c['jobs_s']:.1f} s"
+              f" + NumPy post {c['post_warm']['wall_s']:.1f} s)")
+        for sp, m in hc["melissa"].items():
+            print(f"  melissa-sa, {sp} server rank(s): {m['wall_s']:.1f} s; classic / "
+                  f"melissa-sa = {m['speedup']:.2f}x")
+
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small run (< 1 min)")
-    ap.add_argument("--only", choices=("ingest", "study"), default=None)
+    ap.add_argument("--only", choices=("ingest", "study", "study-c"), default=None)
     ap.add_argument("--profile", action="store_true",
                     help="also run the mean+variance ingest with the server under cProfile")
     ap.add_argument("--repeat", type=int, default=3)
@@ -219,6 +230,11 @@ def main(argv=None) -> int:
     ap.add_argument("--server-processes", default="1,2",
                     help="server ranks of the melissa-sa study runs (comma-separated list)")
     ap.add_argument("--no-drop-caches", action="store_true")
+    ap.add_argument("--heat-n", type=int, default=200,
+                    help="C heat study: an N x N mesh (default 200)")
+    ap.add_argument("--heat-steps", type=int, default=20)
+    ap.add_argument("--heat-groups", type=int, default=16)
+    ap.add_argument("--heat-dt", type=float, default=1e-5)
     ap.add_argument("--no-c-client", action="store_true",
                     help="skip the ingest of C clients (libmelissa)")
     ap.add_argument("--quiet-wait", type=float, default=60.0,
@@ -239,6 +255,7 @@ def main(argv=None) -> int:
         args.study_cells, args.study_steps, args.study_groups = 10_000, 3, 6
         args.study_sizes = "small"
         args.server_processes = "1"
+        args.heat_n, args.heat_steps, args.heat_groups = 40, 5, 4
     QUIET_WAIT[0] = args.quiet_wait if not args.quick else min(args.quiet_wait, 2.0)
     scratch = args.scratch or SCRATCH_BASE / f"run_{os.getpid()}"
     scratch.mkdir(parents=True, exist_ok=True)
@@ -250,6 +267,8 @@ def main(argv=None) -> int:
             res["ingest"] = bench_ingest(args, scratch)
         if args.only in (None, "study"):
             res["study"] = bench_study(args, scratch)
+        if args.only in (None, "study-c"):
+            res["study_heat_c"] = bench_study_c(args, scratch)
     finally:
         stop_all()
         rm(scratch)

@@ -119,7 +119,13 @@ def role_postprocess(a) -> None:
     t0 = time.perf_counter()
     p, g, steps, n = a.params, a.groups, a.steps, a.cells
     gs = p + 2
-    mms = [np.load(Path(a.dir) / f"sim_{s}.npy", mmap_mode="r") for s in range(g * gs)]
+    def open_run(s):  # .npy (the Python simulation) or raw float64 (the C heat solver)
+        path = Path(a.dir) / f"sim_{s}.{a.suffix}"
+        if a.suffix == "bin":
+            return np.memmap(path, dtype="<f8", mode="r", shape=(steps, n))
+        return np.load(path, mmap_mode="r")
+
+    mms = [open_run(s) for s in range(g * gs)]
     q = statistics.NormalDist().inv_cdf(0.5 + a.level / 2)
     out = {k: np.empty((steps, n)) for k in ("mean", "variance")}
     for k in ("sobol_first", "sobol_total", "sobol_first_low", "sobol_first_high",
@@ -200,6 +206,7 @@ def child_main(argv) -> int:
     ap.add_argument("--messages", type=int)
     ap.add_argument("--dir")
     ap.add_argument("--params", type=int)
+    ap.add_argument("--suffix", choices=("npy", "bin"), default="npy")
     ap.add_argument("--groups", type=int)
     ap.add_argument("--level", type=float)
     ap.add_argument("--out")

@@ -94,7 +94,14 @@ def run_melissa_study(work: Path, study: Path, timeout: float) -> dict:
 
 
 def run_classic_study(work: Path, study: Path, sim: Path, cells: int, steps: int,
-                      groups: int, job_limit: int, cold: bool, timeout: float) -> dict:
+                      groups: int, job_limit: int, cold: bool, timeout: float,
+                      job_command=None, suffix: str = "npy") -> dict:
+    """The classic way: every run writes its file (``job_command(out, x)``, default
+    the Python simulation ``sim``), then one NumPy post-processing process."""
+    if job_command is None:
+        def job_command(out, x):
+            return [PY, sim, "--cells", cells, "--steps", steps, "--out", out,
+                    *[repr(float(v)) for v in x]]
     import numpy as np
 
     from melissa_sa.config import load_config
@@ -117,10 +124,8 @@ def run_classic_study(work: Path, study: Path, sim: Path, cells: int, steps: int
         while jobs or running:
             while jobs and len(running) < job_limit:
                 sim_id, x = jobs.pop(0)
-                running.append(spawn(
-                    [PY, sim, "--cells", cells, "--steps", steps, "--out",
-                     files / f"sim_{sim_id}.npy", *[repr(float(v)) for v in x]],
-                    cwd=work, env=env))
+                running.append(spawn(job_command(files / f"sim_{sim_id}.{suffix}", x),
+                                     cwd=work, env=env))
             # wait for any child (like a scheduler would), without busy-spinning
             done = [p for p in running if p.poll() is not None]
             if not done:
@@ -145,7 +150,7 @@ def run_classic_study(work: Path, study: Path, sim: Path, cells: int, steps: int
 
     def post(tag):
         cmd = [PY, ROLES, "_postprocess", "--dir", files, "--params", 3, "--groups", groups,
-               "--steps", steps, "--cells", cells, "--level", 0.95,
+               "--steps", steps, "--cells", cells, "--level", 0.95, "--suffix", suffix,
                "--out", work / f"classic_stats_{tag}.npz"]
         t = time.perf_counter()
         proc = spawn(cmd, stdout=subprocess.PIPE, cwd=work)
@@ -169,7 +174,7 @@ def run_classic_study(work: Path, study: Path, sim: Path, cells: int, steps: int
     return res
 
 
-def compare_results(work: Path, design) -> dict:
+def compare_results(work: Path, design, field: str = "y") -> dict:
     import h5py
     import numpy as np
 
@@ -181,7 +186,7 @@ def compare_results(work: Path, design) -> dict:
         diff = {"design_max_abs_diff": float(np.abs(params[order] - design).max())}
         for k in ("mean", "variance", "sobol_first", "sobol_total", "sobol_first_low",
                   "sobol_first_high", "sobol_total_low", "sobol_total_high"):
-            a = f["y"][k][()]
+            a = f[field][k][()]
             scale = max(1.0, float(np.abs(ref[k]).max())) if k in ("mean", "variance") else 1.0
             diff[k] = float(np.abs(a - ref[k]).max() / scale)
     return diff
@@ -229,3 +234,59 @@ def bench_study(args, scratch: Path) -> dict:
     return out
 
 
+
+
+def build_heat_c(scratch: Path) -> Path:
+    """libmelissa and examples/heat_pde_c (CMake, find_package(Melissa)), in ``scratch``."""
+    from melissa_sa.cclient import build
+
+    prefix, build_dir = scratch / "melissa_prefix_heat", scratch / "heat_c_build"
+    build(prefix, zmq="wheel", quiet=True)
+    for cmd in (["cmake", "-S", HERE_DIR.parent / "examples" / "heat_pde_c", "-B", build_dir,
+                 f"-DCMAKE_PREFIX_PATH={prefix}", f"-DCMAKE_C_COMPILER={BIN / 'mpicc'}"],
+                ["cmake", "--build", build_dir]):
+        done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{cmd} failed:\n{done.stdout}{done.stderr}")
+    return build_dir / "heat"
+
+
+def bench_study_c(args, scratch: Path) -> dict:
+    """The Sobol' study of the C heat solver (serial runs, p = 3): melissa-sa run
+    against the same binary writing fsync'd raw files, then NumPy."""
+    heat = build_heat_c(scratch)
+    n, steps, groups = args.heat_n, args.heat_steps, args.heat_groups
+    cells = n * n
+    solver = [heat, "--nx", n, "--ny", n, "--steps", steps, "--dt", args.heat_dt]
+    work = scratch / "study_heat_c"
+    rm(work)
+    work.mkdir(parents=True)
+    out = {}
+    for sp in [int(x) for x in str(args.server_processes).split(",")]:
+        study = study_config(work, Path("unused"), cells, steps, groups, args.job_limit, sp)
+        cfg = json.loads(study.read_text())
+        cfg["study_options"].update(field_names=["temperature"], l_bounds=[100.0] * 3,
+                                    u_bounds=[500.0] * 3,
+                                    parameter_names=["T_initial", "T_left", "T_other_walls"])
+        cfg["client_config"]["executable_command"] = " ".join(map(str, solver))
+        study.write_text(json.dumps(cfg, indent=1))
+        if "classic" not in out:
+            classic = run_classic_study(
+                work, study, heat, cells, steps, groups, args.job_limit, False, 1800,
+                job_command=lambda path, x: [*solver, "--output", path,
+                                             *[repr(float(v)) for v in x]],
+                suffix="bin")
+            design = classic.pop("design")
+            out["classic"] = classic
+        m = run_melissa_study(work, study, 1800)
+        m["check_max_abs_diff"] = compare_results(work, design, "temperature")
+        m["speedup"] = out["classic"]["total_warm_s"] / m["wall_s"]
+        out.setdefault("melissa", {})[str(sp)] = m
+        rm(work / "out")
+        print(f"  [study heat C] melissa-sa ({sp} server process(es)) {m['wall_s']:.1f} s, "
+              f"classic {out['classic']['total_warm_s']:.1f} s", file=sys.stderr, flush=True)
+    out["setup"] = {"cells": cells, "steps": steps, "groups": groups, "runs": groups * 5,
+                    "nb_parameters": 3, "job_limit": args.job_limit, "dt": args.heat_dt,
+                    "data_gb": out["classic"]["data_bytes"] / 1e9}
+    rm(work)
+    return out

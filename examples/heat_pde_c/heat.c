@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <melissa/api.h>
 
@@ -181,7 +182,8 @@ int main(int argc, char **argv) {
         }
     }
     melissa_finalize();
-    if (out && fclose(out) != 0) {
+    /* durable output, as a study's files must be */
+    if (out && (fflush(out) != 0 || fsync(fileno(out)) != 0 || fclose(out) != 0)) {
         perror(output);
         MPI_Abort(MPI_COMM_WORLD, 1);
     }
