@@ -190,6 +190,27 @@ def test_fortran_and_debian_mpich_clients(baseline, tmp_path):
     assert "mpiexec.mpich -n 2 sh pick.sh" in (script_dir / "client.0.sh").read_text()
 
 
+def test_cli_build_then_a_makefile_build_with_pkg_config(tmp_path, prefix):
+    """`melissa-sa client build` prints the flags; melissa.pc lets a plain C compiler
+    (not the MPI wrapper) build a client: the MPI flags come with it."""
+    if missing("pkg-config"):
+        pytest.skip("needs pkg-config")
+    cli = Path(sys.executable).parent / "melissa-sa"
+    done = run([cli, "client", "build", "--prefix", tmp_path / "p", "--zmq", "wheel"])
+    assert f"-DCMAKE_PREFIX_PATH={tmp_path / 'p'}" in done.stdout
+    assert f"-lmelissa -Wl,-rpath,{tmp_path / 'p'}/lib" in done.stdout
+    flags = run(["pkg-config", "--cflags", "--libs", "melissa"],
+                env=dict(os.environ, PKG_CONFIG_PATH=str(tmp_path / "p/lib/pkgconfig")))
+    exe = tmp_path / "misuse"
+    run(["cc", CLIENTS / "misuse.c", "-o", exe, *flags.stdout.split()])
+    done, _ = client(exe, "normal")
+    assert done.returncode == 0 and done.stdout.startswith("done melissa-sa 0.1.0 ")
+    bad = subprocess.run([cli, "client", "build", "--prefix", tmp_path / "q", "--mpicc",
+                          tmp_path / "nope"], capture_output=True, text=True)
+    assert bad.returncode == 1
+    assert f"MPI C compiler '{tmp_path / 'nope'}' not found (--mpicc)" in bad.stderr
+
+
 # ---------------------------------------------------------------------------
 # misuse and failures
 

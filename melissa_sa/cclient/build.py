@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from melissa_sa import __version__
+from melissa_sa.exit_codes import FAILED, OK
 
 HERE = Path(__file__).resolve().parent
 #: the Melissa client API whose signatures the library offers
@@ -222,8 +223,8 @@ def cmd_client(args) -> int:
         build(Path(args.prefix), args.mpicc, args.mpifort, args.zmq)
     except BuildError as exc:
         print(f"melissa-sa client build: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return FAILED
+    return OK
 
 
 def add_client_parser(sub) -> None:
