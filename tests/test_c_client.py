@@ -255,7 +255,7 @@ def test_unreachable_server_fails_within_the_timeout(misuse, mpi):
     address = f"tcp://127.0.0.1:{free_port()}"
     done, elapsed = client(misuse, "normal", mpi, MELISSA_SERVER_ADDRESS=address,
                            MELISSA_SIMULATION_ID=0, MELISSA_CONNECT_TIMEOUT=1.5)
-    assert done.returncode != 0 if mpi else done.returncode == 1
+    assert done.returncode == 1  # MPI_Abort(comm, 1) ends mpiexec and every rank
     assert (f'melissa_init("f"): no answer from the melissa-sa server at {address} within '
             f'1.5 s (MELISSA_CONNECT_TIMEOUT)') in done.stderr
     assert "done" not in done.stdout
@@ -296,6 +296,22 @@ def test_misuse_names_the_call_and_the_field(misuse, scenario, message):
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert f"melissa: {message}" in done.stderr
     assert "done" not in done.stdout
+
+
+def test_misuse_on_two_ranks_aborts_the_simulation(misuse):
+    """Both ranks send one step too many: MPI_Abort on the simulation's
+    communicator, exit status 1, no rank left waiting."""
+    server = FakeServer(nb_time_steps=2)
+    try:
+        done, elapsed = client(misuse, "too_many_steps", 2,
+                               MELISSA_SERVER_ADDRESS=server.address, MELISSA_SIMULATION_ID=3)
+    finally:
+        server.close()
+    assert done.returncode == 1
+    assert ('melissa: melissa_send("f"): the study has 2 time steps; this is send number 3'
+            in done.stderr)
+    assert server.hellos == [server.hellos[0]] and server.hellos[0].n_cells == 8
+    assert elapsed < 30
 
 
 @pytest.mark.parametrize("scenario,expected", [("normal", 2), ("no_mpi", 2)])
