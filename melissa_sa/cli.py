@@ -296,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", default="plot.png", help="output PNG (default plot.png)")
     plot.add_argument("--dpi", type=int, default=120)
     plot.set_defaults(func=cmd_plot)
+
+    from melissa_sa.cclient.build import add_client_parser
+    add_client_parser(sub)  # melissa-sa client build
     return parser
 
 

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from melissa_sa.protocol import (PROTOCOL_VERSION, ProtocolError, decode_json,
-                                        encode_header, encode_json)
+from melissa_sa.protocol import (Hello, ProtocolError, decode_welcome, encode_header,
+                                 encode_hello)
 
 __all__ = ["melissa_init", "melissa_send", "melissa_finalize", "MelissaConnectionError"]
 
@@ -98,6 +98,8 @@ def _start_session(comm) -> _Session | None:
     raw_id = os.environ.get("MELISSA_SIMULATION_ID", "")
     try:
         sim_id = int(raw_id)
+        if not 0 <= sim_id < 1 << 32:
+            raise ValueError
     except ValueError:
         raise MelissaConnectionError(
             f"MELISSA_SIMULATION_ID={raw_id!r} is not an integer") from None
@@ -107,23 +109,27 @@ def _start_session(comm) -> _Session | None:
                     send_timeout=_env_float("MELISSA_SEND_TIMEOUT", 300.0))
 
 
-def _hello(s: _Session, field_name: str, n_total: int) -> dict:
-    """Rank 0: ask the server for the route of ``field_name``; bounded time."""
+def _hello(s: _Session, field_name: str, n_total: int):
+    """Rank 0: ask the server for the route of ``field_name``; bounded time.
+
+    Returns the decoded :class:`~melissa_sa.protocol.Welcome`, or the
+    reason of a failure as a string (broadcast to the other ranks either way).
+    """
     timeout = _env_float("MELISSA_CONNECT_TIMEOUT", 30.0)
     req = s.context.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     try:
         req.connect(s.address)
-        req.send(encode_json({"type": "hello", "sim_id": s.sim_id, "field": field_name,
-                              "n_cells": n_total, "protocol": PROTOCOL_VERSION}))
+        req.send(encode_hello(Hello(s.sim_id, field_name, n_total)))
         if not req.poll(int(timeout * 1000)):
-            return {"type": "error", "message":
-                    f"no answer from the melissa-sa server at {s.address} within "
-                    f"{timeout:g} s (MELISSA_CONNECT_TIMEOUT)"}
+            return (f"no answer from the melissa-sa server at {s.address} within "
+                    f"{timeout:g} s (MELISSA_CONNECT_TIMEOUT)")
         try:
-            return decode_json(req.recv(), required=("type",))
+            return decode_welcome(req.recv())
         except ProtocolError as exc:
-            return {"type": "error", "message": f"bad reply from {s.address}: {exc}"}
+            if exc.kind == "refused":
+                return f"the server at {s.address} refused: {exc.reason}"
+            return f"bad reply from {s.address}: {exc.reason}"
     finally:
         req.close()
 
@@ -158,17 +164,10 @@ def melissa_init(field_name: str, local_vect_size: int, comm=None) -> None:
     reply = _hello(s, field_name, n_total) if s.rank == 0 else None
     if s.comm is not None:
         reply = s.comm.bcast(reply, root=0)
-    if reply.get("type") != "welcome":
-        raise MelissaConnectionError(
-            f"melissa_init({field_name!r}): {reply.get('message', reply)}")
-    try:
-        endpoints = [str(e) for e in reply["endpoints"]]
-        partition = [(int(lo), int(hi)) for lo, hi in reply["partition"]]
-        field_id = int(reply["field_id"])
-        s.member = int(reply["member"])
-        s.nb_time_steps = int(reply["nb_time_steps"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise MelissaConnectionError(f"melissa_init: malformed welcome: {exc}") from None
+    if isinstance(reply, str):
+        raise MelissaConnectionError(f"melissa_init({field_name!r}): {reply}")
+    endpoints, partition, field_id = reply.endpoints, reply.partition, reply.field_id
+    s.member, s.nb_time_steps = reply.member, reply.nb_time_steps
     s.endpoints = endpoints
     routes = []
     for server_rank, (lo, hi) in enumerate(partition):

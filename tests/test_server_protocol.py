@@ -14,7 +14,8 @@ import pytest
 import zmq
 from conftest import MPIEXEC, write_study
 
-from melissa_sa.protocol import HEADER, MAGIC, PROTOCOL_VERSION, encode_header
+from melissa_sa.protocol import (HEADER, MAGIC, PROTOCOL_VERSION, Hello, ProtocolError,
+                                 decode_welcome, encode_header, encode_hello)
 
 N_CELLS = 8
 
@@ -23,12 +24,16 @@ def hello(ctx, address, sim_id, n_cells=N_CELLS, field="f"):
     req = ctx.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     req.connect(address)
-    req.send_json({"type": "hello", "sim_id": sim_id, "field": field, "n_cells": n_cells,
-                   "protocol": 1})
+    req.send(encode_hello(Hello(sim_id, field, n_cells)))
     assert req.poll(20000), "server did not answer the hello"
-    reply = req.recv_json()
+    raw = req.recv()
     req.close()
-    return reply
+    try:
+        welcome = decode_welcome(raw)
+    except ProtocolError as exc:
+        assert exc.kind == "refused", exc
+        return {"type": "error", "message": exc.reason}
+    return {"type": "welcome", "endpoints": welcome.endpoints}
 
 
 def raw_header(magic=MAGIC, version=PROTOCOL_VERSION, dtype=1, sim_id=0, member=0,

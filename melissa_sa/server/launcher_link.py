@@ -29,7 +29,8 @@ import numpy as np
 
 from melissa_sa import messages
 from melissa_sa.durable import durable_replace
-from melissa_sa.protocol import ProtocolError, decode_json, encode_json
+from melissa_sa.protocol import (Hello, ProtocolError, Welcome, decode_hello, encode_refusal,
+                                 encode_welcome)
 from melissa_sa.server import ranks
 from melissa_sa.server import study_events as st
 
@@ -113,27 +114,24 @@ class LauncherLink:
     def handle_hello(self, raw: bytes) -> bytes:
         """A client's hello on the connection socket: the reply to send."""
         try:
-            reply = self.welcome(decode_json(raw, required=("type", "sim_id", "field",
-                                                             "n_cells")))
+            reply = encode_welcome(self.welcome(decode_hello(raw)))
         except ProtocolError as exc:
             self.bad_messages["bad_hello"] += 1
             log.warning("refused a client hello: %s", exc.reason)
-            reply = {"type": "error", "message": exc.reason}
-        return encode_json(reply)
+            reply = encode_refusal(exc.reason)
+        return reply
 
-    def welcome(self, msg: dict) -> dict:
+    def welcome(self, hello: Hello) -> Welcome:
         """Check a decoded hello; declare its field; the welcome (ProtocolError if refused)."""
-        name, n_cells, sim_id = msg["field"], msg["n_cells"], msg["sim_id"]
-        if msg.get("type") != "hello":
-            raise ProtocolError(f"expected a hello, got {msg.get('type')!r}")
+        name, n_cells, sim_id = hello.field, hello.n_cells, hello.sim_id
         if name not in self.fields:
             raise ProtocolError(f"unknown field {name!r}; the study's fields are "
                                 f"{', '.join(self.fields)}")
-        if not isinstance(sim_id, int) or not 0 <= sim_id < self._sim_id_limit:
+        if not 0 <= sim_id < self._sim_id_limit:
             raise ProtocolError(f"unknown simulation id {sim_id!r}")
         if self._launcher_address and sim_id not in self.study.active_sim_ids:
             raise ProtocolError(f"simulation {sim_id} is not running in this study")
-        if not isinstance(n_cells, int) or n_cells < self.comm_size:
+        if n_cells < self.comm_size:
             raise ProtocolError(f"field {name!r}: {n_cells!r} cells; need an integer >= "
                                 f"{self.comm_size} (one per server rank)")
         known = self.field_sizes.get(name)
@@ -143,11 +141,9 @@ class LauncherLink:
         elif known != n_cells:
             raise ProtocolError(f"field {name!r} has {known} cells in this study, "
                                 f"simulation {sim_id} declares {n_cells}")
-        return {"type": "welcome", "endpoints": self.data_endpoints,
-                "partition": self.field_partitions[name],
-                "field_id": self.fields.index(name),
-                "member": self.layout.member_of(sim_id),
-                "nb_time_steps": self.nb_time_steps}
+        return Welcome(field_id=self.fields.index(name), member=self.layout.member_of(sim_id),
+                       nb_time_steps=self.nb_time_steps,
+                       partition=self.field_partitions[name], endpoints=self.data_endpoints)
 
     # -- the study state --------------------------------------------------------------
     def feed(self, event) -> None:
@@ -227,8 +223,8 @@ class LauncherLink:
         args = " ".join(repr(float(v)) for v in parameters)
         command = cc.executable_command
         if cc.client_processes > 1:
-            mpiexec = Path(sys.executable).parent / "mpiexec"
-            command = f"{shlex.quote(str(mpiexec))} -n {cc.client_processes} {command}"
+            mpiexec = cc.mpiexec or shlex.quote(str(Path(sys.executable).parent / "mpiexec"))
+            command = f"{mpiexec} -n {cc.client_processes} {command}"
         group, member = self.layout.split(sim_id)
         text = (
             "#!/bin/sh\n"

@@ -1,0 +1,11 @@
+"""The C, C++ and Fortran client library (Melissa's API) and its build.
+
+The sources (``src/``), headers and Fortran include files (``include/``) and
+the CMake / pkg-config templates (``cmake/``) ship inside the package;
+:func:`build` (``melissa-sa client build --prefix P``) compiles and installs
+them. See ``docs/client.md``.
+"""
+
+from melissa_sa.cclient.build import BuildError, build
+
+__all__ = ["build", "BuildError"]

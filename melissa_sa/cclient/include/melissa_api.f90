@@ -1,0 +1,2 @@
+! melissa-sa: Melissa's Fortran client API (older include name).
+include "melissa/api.f90"
