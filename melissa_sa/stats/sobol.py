@@ -10,16 +10,21 @@ from melissa_sa.kernels.sobol import (
     DELTA,
     DELTA_LINEAR,
     FISHER,
+    LAYOUT,
+    martinez_from_centred,
     martinez_indices,
     martinez_interval,
     martinez_merge,
+    martinez_recentre,
     martinez_update,
     martinez_update_compact,
     row_width,
 )
-from melissa_sa.stats._state import load_state, restore_array, save_state
+from melissa_sa.stats._state import load_state, restore_array, run_kernel, save_state
 
 _METHODS = {"delta": DELTA, "fisher": FISHER, "delta-linear": DELTA_LINEAR}
+#: group counts after which the shift moves to A's running mean
+RECENTRE_AT = (2, 16, 256)
 
 
 def as_group(group, n_params: int, n_cells: int) -> np.ndarray:
@@ -67,10 +72,12 @@ class SobolMartinez:
     with ``corr`` the sample Pearson correlation. The estimates are not
     clipped: sampling noise can put ``S_k`` slightly below 0 when the true
     index is 0. The correlations are computed from one-pass, numerically
-    stable centred co-moments (Welford / Pébay updates on deviations, never
-    raw power sums; see :mod:`melissa_sa.kernels.sobol`), so outputs with a
-    large offset (``1e9 + noise``) lose no accuracy, and two partial states
-    merge exactly (Chan / Pébay pairwise formulas).
+    stable centred co-moments (shifted Welford updates on deviations; see
+    :mod:`melissa_sa.kernels.sobol`), so outputs with a large offset
+    (``1e9 + noise``) lose no accuracy, and two partial states merge
+    exactly (Chan's pairwise formulas). The interval's fourth-order
+    co-moments are power sums of the cell-shifted values (multiply-adds
+    only), centred at finalisation.
 
     **Constant cells.** A pair whose sample variance is zero on either side
     (a constant cell, or fewer than two groups) has an undefined correlation;
@@ -170,10 +177,18 @@ class SobolMartinez:
         """
         group = as_group(group, self.n_params, self.n_cells)
         if self.ci == "delta":
-            martinez_update(self._state, group, self._n)
+            run_kernel(martinez_update, self.n_cells, self._state, group, self._n)
         else:
-            martinez_update_compact(self._state, group, self._n)
+            run_kernel(martinez_update_compact, self.n_cells, self._state, group, self._n)
         self._n += 1
+        if self._n in RECENTRE_AT:
+            self._recentre()
+
+    def _recentre(self) -> None:
+        """Move each cell's shift to A's running mean: the power sums of a
+        full state are best conditioned about the mean (a compact state
+        moves too, so that both keep the same block 1)."""
+        run_kernel(martinez_recentre, self.n_cells, self._state, self._n, self.n_params)
 
     def merge(self, other: "SobolMartinez") -> None:
         """Fold ``other``'s groups in, as if this object had seen them too."""
@@ -185,7 +200,8 @@ class SobolMartinez:
                 "n_cells, n_params and ci must match"
             )
         other_state = other._state.copy() if other is self else other._state
-        martinez_merge(self._state, self._n, other_state, other._n, self.n_params)
+        run_kernel(martinez_merge, self.n_cells, self._state, self._n, other_state,
+                   other._n, self.n_params)
         self._n += other._n
 
     # -- results ---------------------------------------------------------
@@ -202,7 +218,7 @@ class SobolMartinez:
     def _indices(self):
         first = np.empty((self.n_params, self.n_cells))
         total = np.empty((self.n_params, self.n_cells))
-        martinez_indices(self._state, self.n_params, first, total)
+        run_kernel(martinez_indices, self.n_cells, self._state, self.n_params, first, total)
         return first, total
 
     @property
@@ -244,24 +260,37 @@ class SobolMartinez:
         q = NormalDist().inv_cdf(0.5 + 0.5 * level)
         shape = (self.n_params, self.n_cells)
         out = [np.empty(shape) for _ in range(4)]
-        martinez_interval(self._state, self._n, self.n_params, q, _METHODS[method], *out)
+        run_kernel(martinez_interval, self.n_cells, self._state, self._n, self.n_params, q,
+                   _METHODS[method], *out)
         return (out[0], out[1]), (out[2], out[3])
 
     # -- checkpoint ------------------------------------------------------
     def save(self, group) -> None:
-        """Write the state into an h5py group."""
+        """Write the state into an h5py group (attribute ``layout``: the
+        meaning of the row's slots, see :mod:`melissa_sa.kernels.sobol`)."""
         save_state(group, "SobolMartinez", {"state": self._state},
                    {"n": self._n, "n_cells": self.n_cells,
-                    "n_params": self.n_params, "ci": self.ci})
+                    "n_params": self.n_params, "ci": self.ci, "layout": LAYOUT})
 
     @classmethod
     def load(cls, group) -> "SobolMartinez":
-        """Rebuild a :class:`SobolMartinez` from a group written by :meth:`save`."""
+        """Rebuild a :class:`SobolMartinez` from a group written by :meth:`save`.
+
+        A state saved before layout 2 (no ``layout`` attribute: centred
+        fourth-order sums) is converted; a newer layout is refused.
+        """
         arrays, attrs = load_state(group, "SobolMartinez", ["state"])
         ci = attrs["ci"]
         if isinstance(ci, bytes):
             ci = ci.decode()
+        layout = int(attrs.get("layout", 1))
+        if layout not in (1, LAYOUT):
+            where = getattr(group, "name", "<group>")
+            raise ValueError(f"{where}: SobolMartinez state layout {layout}, "
+                             f"this melissa-sa reads layouts 1 and {LAYOUT}")
         obj = cls(int(attrs["n_cells"]), int(attrs["n_params"]), ci=str(ci))
         restore_array(group, "state", obj._state, arrays["state"])
         obj._n = int(attrs["n"])
+        if layout == 1 and obj.ci == "delta":
+            run_kernel(martinez_from_centred, obj.n_cells, obj._state, obj._n, obj.n_params)
         return obj
