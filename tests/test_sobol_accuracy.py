@@ -245,3 +245,38 @@ def test_unknown_layout_is_refused(tmp_path):
         f["sobol"].attrs["layout"] = LAYOUT + 1
         with pytest.raises(ValueError, match=rf"/sobol: SobolMartinez state layout {LAYOUT + 1}"):
             SobolMartinez.load(f["sobol"])
+
+
+# -- aggregated indices of the whole field ---------------------------------------
+
+
+def test_aggregated_indices_match_numpy_and_reduce_over_parts():
+    from melissa_sa.stats.sobol import aggregate_indices
+
+    rng = np.random.default_rng(21)
+    data = pick_freeze(rng, rng.standard_normal, n_groups=400, n_cells=40)
+    data *= np.linspace(0.5, 3.0, 40)  # cells of different variances
+    data[:, :, 7] = 2.0                # a constant cell adds nothing
+    x = data - data[:1, :1]
+    d = x - x.mean(axis=0)
+    cov = lambda u, v: (u * v).sum(axis=0) / (len(u) - 1)  # noqa: E731
+    first_ref = np.empty(P)
+    total_ref = np.empty(P)
+    for k in range(P):
+        c = d[:, 2 + k]
+        first_ref[k] = cov(d[:, 1], c).sum() / np.sqrt(cov(d[:, 1], d[:, 1]) * cov(c, c)).sum()
+        total_ref[k] = 1 - cov(d[:, 0], c).sum() / np.sqrt(cov(d[:, 0], d[:, 0]) * cov(c, c)).sum()
+    whole = feed(data)
+    first, total = aggregate_indices(whole.aggregated_sums())
+    np.testing.assert_allclose(first, first_ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(total, total_ref, rtol=0, atol=1e-10)
+    # ranks owning disjoint cells reduce a few numbers each
+    parts = [feed(data[:, :, lo:hi]).aggregated_sums() for lo, hi in [(0, 13), (13, 14), (14, 40)]]
+    first_r, total_r = aggregate_indices(sum(parts))
+    np.testing.assert_allclose(first_r, first_ref, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(total_r, total_ref, rtol=0, atol=1e-10)
+    # a constant field gives 0, like a constant cell
+    flat = aggregate_indices(feed(np.full((10, P + 2, 3), 4.0)).aggregated_sums())
+    assert np.all(flat[0] == 0) and np.all(flat[1] == 0)
+    with pytest.raises(ValueError, match="aggregated_sums"):
+        aggregate_indices(np.zeros((3, P)))

@@ -6,6 +6,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from melissa_sa.design import GroupLayout
 from melissa_sa.kernels.sobol import (
     DELTA,
     DELTA_LINEAR,
@@ -30,6 +31,8 @@ RECENTRE_AT = (2, 16, 256)
 def as_group(group, n_params: int, n_cells: int) -> np.ndarray:
     """Return ``group`` as a C-contiguous float32/float64 (p + 2, n_cells) array.
 
+    The rows are those of :class:`melissa_sa.design.GroupLayout`: A, B, C_1..C_p.
+
     float32 and float64 C-contiguous arrays pass through without a copy; other
     real dtypes become float64. Raises ``ValueError`` naming the expected
     shape and ``TypeError`` for a non-real dtype.
@@ -39,15 +42,41 @@ def as_group(group, n_params: int, n_cells: int) -> np.ndarray:
         if group.dtype.kind not in "biuf":
             raise TypeError(f"group dtype {group.dtype} is not a real number type")
         group = group.astype(np.float64)
-    expected = (n_params + 2, n_cells)
+    layout = GroupLayout(n_params)
+    expected = (layout.size, n_cells)
     if group.shape != expected:
+        rows = ", ".join(layout.member_name(m) for m in range(layout.size))
         raise ValueError(
             f"group shape {group.shape}, expected {expected} "
-            f"(rows A, B, C_1..C_{n_params}; one column per cell)"
+            f"(rows {rows}; one column per cell)"
         )
     if not group.flags.c_contiguous:
         group = np.ascontiguousarray(group)
     return group
+
+
+def aggregate_indices(sums) -> tuple[np.ndarray, np.ndarray]:
+    """Aggregated first- and total-order indices of a whole field.
+
+    ``sums``: :meth:`SobolMartinez.aggregated_sums`, summed over every part
+    of the field. Gamboa, Janon, Klein & Lagnoux (2014) in Martinez'
+    correlation form, per parameter ``k``::
+
+        S_k  = sum_c Cov_c(Y_B, Y_Ck) / sum_c sqrt(Var_c(Y_B) Var_c(Y_Ck))
+        ST_k = 1 - sum_c Cov_c(Y_A, Y_Ck) / sum_c sqrt(Var_c(Y_A) Var_c(Y_Ck))
+
+    (the ``1/(n-1)`` factors cancel). Constant cells add nothing to either
+    sum; a field with no variance at all gives 0, like a constant cell.
+    Returns ``(first, total)``, each of shape ``(n_params,)``.
+    """
+    sums = np.asarray(sums, dtype=np.float64)
+    if sums.ndim != 2 or sums.shape[0] != 4:
+        raise ValueError(f"sums shape {sums.shape}, expected (4, n_params) "
+                         "from SobolMartinez.aggregated_sums")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        first = np.where(sums[1] == 0, 0.0, sums[0] / sums[1])
+        total = np.where(sums[3] == 0, 0.0, 1.0 - sums[2] / sums[3])
+    return first, total
 
 
 class SobolMartinez:
@@ -263,6 +292,25 @@ class SobolMartinez:
         run_kernel(martinez_interval, self.n_cells, self._state, self._n, self.n_params, q,
                    _METHODS[method], *out)
         return (out[0], out[1]), (out[2], out[3])
+
+    def aggregated_sums(self) -> np.ndarray:
+        """This object's partial sums for the field's aggregated indices.
+
+        Shape ``(4, n_params)``, rows ``sum_c XY11(B, C_k)``,
+        ``sum_c sqrt(B2 Ck2)``, ``sum_c XY11(A, C_k)``, ``sum_c sqrt(A2 Ck2)``
+        over this object's cells. Sums from disjoint sets of cells (server
+        ranks) add up: reduce them with a sum, then call
+        :func:`aggregate_indices`. No cell is gathered.
+        """
+        st = self._state
+        out = np.empty((4, self.n_params))
+        for k in range(self.n_params):
+            i = 5 + 4 * k
+            out[0, k] = st[:, i + 3].sum()
+            out[1, k] = np.sqrt(st[:, 4] * st[:, i + 1]).sum()
+            out[2, k] = st[:, i + 2].sum()
+            out[3, k] = np.sqrt(st[:, 3] * st[:, i + 1]).sum()
+        return out
 
     # -- checkpoint ------------------------------------------------------
     def save(self, group) -> None:
