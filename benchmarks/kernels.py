@@ -106,9 +106,10 @@ def state_bytes(obj, n_cells: int) -> int:
 
 
 def our_cases(n_cells: int, rng, only: str = ""):
-    """(name, object, update callable, input bytes per update) for each kernel
-    whose name contains ``only``; builds only those (a 10^7-cell Sobol' state
-    is 4.6 GB)."""
+    """[(name, build)] for each kernel whose name contains ``only``;
+    ``build()`` returns (object, update callable, input bytes per update).
+    Objects are built one at a time by the caller and dropped after their
+    measurement (a 10^7-cell Sobol' state is 4.6 GB)."""
     from melissa_sa.stats import (Extrema, Moments, Quantiles, SobolMartinez,
                                   ThresholdExceedance)
 
@@ -151,12 +152,13 @@ def our_cases(n_cells: int, rng, only: str = ""):
         "sobol p=3 layout-1 fold": layout1_case,
         "sobol p=3 fisher-only": lambda: sobol_case("fisher"),
     }
-    cases = [(name, *build()) for name, build in builders.items() if only in name]
+    cases = [(name, build) for name, build in builders.items() if only in name]
     return cases, x, group
 
 
 def iterative_stats_cases(n_cells: int, x, group, only: str = ""):
-    """The same updates done by iterative-stats 0.1.2, or {} if absent."""
+    """{name: build} for the same updates done by iterative-stats 0.1.2 (or
+    {} if absent); ``build()`` returns the update callable."""
     try:
         from iterative_stats.iterative_extrema import IterativeExtrema
         from iterative_stats.iterative_moments import IterativeMoments
@@ -203,10 +205,36 @@ def iterative_stats_cases(n_cells: int, x, group, only: str = ""):
     sobol_names = ("sobol martinez p=3", "sobol p=3 layout-1 fold", "sobol p=3 fisher-only")
     for name, build in builders.items():
         names = sobol_names if name == "sobol" else (name,)
-        names = [n for n in names if only in n]
-        if names:
-            fn = build()  # one iterative-stats object serves every Sobol' row
-            out.update({n: fn for n in names})
+        out.update({n: build for n in names if only in n})
+    return out
+
+
+def sobol_fold_ab(n_cells: int, repeat: int, rng) -> dict:
+    """Layout-2 fold (``SobolMartinez.update``) against the layout-1 fold,
+    calls alternated so that both see the same load; times on :data:`CLOCK`.
+    Holds both states (2 x 456 bytes per cell)."""
+    from melissa_sa.stats import SobolMartinez
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sobol_layout1 import layout1_update
+
+    group = rng.standard_normal((5, n_cells))
+    new = SobolMartinez(n_cells, 3)
+    old = np.zeros((n_cells, 9 + 16 * 3))
+    for k in range(3):  # first touch, past the re-centring at 2 groups
+        new.update(group)
+        layout1_update(old, group, k)
+    t_new, t_old = [], []
+    for k in range(repeat):
+        t0 = CLOCK()
+        new.update(group)
+        t_new.append(CLOCK() - t0)
+        t0 = CLOCK()
+        layout1_update(old, group, 3 + k)
+        t_old.append(CLOCK() - t0)
+    out = {"layout2_best": min(t_new), "layout2_median": statistics.median(t_new),
+           "layout1_best": min(t_old), "layout1_median": statistics.median(t_old)}
+    out["speedup_best"] = out["layout1_best"] / out["layout2_best"]
+    out["speedup_median"] = out["layout1_median"] / out["layout2_median"]
     return out
 
 
@@ -246,10 +274,12 @@ def run(cells: list[int], repeat: int, compare: bool, only: str = "") -> dict:
         print(header)
         print("-" * len(header))
         rows = []
-        for name, obj, fn, in_bytes in cases:
+        for name, build in cases:
+            obj, fn, in_bytes = build()
             times = wall_times(fn, repeat)
             t = statistics.median(times)
             st = state_bytes(obj, n)
+            del obj, fn  # free the state before iterative-stats builds its own
             traffic = 2 * st + in_bytes
             frac = traffic / t / 1e9 / bw["update_GBps"]
             row = {"kernel": name, "seconds": t, "best_seconds": min(times),
@@ -259,7 +289,7 @@ def run(cells: list[int], repeat: int, compare: bool, only: str = "") -> dict:
                    "state_bytes_per_cell": st / n, "target_fraction": TARGETS.get(name),
                    "cells_x_samples_per_s": n * (in_bytes // (8 * n)) / t}
             if name in theirs:
-                t_is = wall_times(theirs[name], max(3, repeat // 4))
+                t_is = wall_times(theirs[name](), max(3, repeat // 4))
                 row["iterative_stats_seconds"] = statistics.median(t_is)
                 row["iterative_stats_best_seconds"] = min(t_is)
                 row["speedup"] = statistics.median(t_is) / t
@@ -270,15 +300,17 @@ def run(cells: list[int], repeat: int, compare: bool, only: str = "") -> dict:
             print(f"{name:<24}{min(times) * 1e3:>9.2f}{t * 1e3:>10.2f}{row['input_GBps']:>11.2f}"
                   f"{row['traffic_GBps']:>13.2f}{frac:>7.0%}{target:>7}{st / n:>7.0f}"
                   + (f"{t_is * 1e3:>14.1f}{row['speedup']:>8.1f}x" if t_is else f"{'-':>14}{'-':>9}"))
-        by_name = {row["kernel"]: row for row in rows}
-        new, old = by_name.get("sobol martinez p=3"), by_name.get("sobol p=3 layout-1 fold")
-        if new and old:
-            new["speedup_over_layout1"] = old["seconds"] / new["seconds"]
-            new["speedup_over_layout1_best"] = old["best_seconds"] / new["best_seconds"]
-            print(f"sobol p=3 fold against layout 1: {new['speedup_over_layout1_best']:.2f}x "
-                  f"(best), {new['speedup_over_layout1']:.2f}x (median); target 2x")
-        out["sizes"].append({"n_cells": n, "bandwidth": bw, "kernels": rows,
-                             "load_average_end": os.getloadavg()})
+        size = {"n_cells": n, "bandwidth": bw, "kernels": rows}
+        if "layout-1" in " ".join(name for name, _ in cases):
+            ab = sobol_fold_ab(n, repeat, rng)
+            size["sobol_fold_ab"] = ab
+            print(f"sobol p=3 fold, layout 2 against layout 1, calls alternated: "
+                  f"{ab['layout2_best'] * 1e3:.1f} / {ab['layout2_median'] * 1e3:.1f} ms "
+                  f"against {ab['layout1_best'] * 1e3:.1f} / {ab['layout1_median'] * 1e3:.1f} "
+                  f"ms (best / median): {ab['speedup_best']:.2f}x / "
+                  f"{ab['speedup_median']:.2f}x; target 2x")
+        size["load_average_end"] = os.getloadavg()
+        out["sizes"].append(size)
     return out
 
 

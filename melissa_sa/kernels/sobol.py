@@ -41,28 +41,16 @@ A "compact" state is block 1 only (``width = 5 + 4 p``, 136 bytes per cell at
 
 Why two kinds of sums
 ---------------------
-The indices need only block 1, kept by the exact Welford recursions on
-deviations from the running mean: they match a two-pass computation whatever
-the offset. The delta-method interval is a variance *estimate*; it needs the
-centred fourth-order (co-)moments only to a few digits. Plain power sums are
-pure multiply-adds (no division, no recursion: 2.3x faster than the Pébay
-recursions of layout 1) and are converted to centred sums at finalisation
-(:func:`_move_pair`), using the exact means and second-order sums of block 1.
-That conversion loses about ``eps (d / sigma)^4`` relative, ``d`` being the
-distance of the shift from the mean: 1e-13 at ``d = 5 sigma``. The shift is
-an ``A`` value, so ``d`` is that of one sample and the loss stays small even
-for heavy tails; re-centring bounds it for outliers.
-
-Re-centring
------------
-:func:`martinez_recentre` moves each cell's shift to ``s + mean_A`` and the
-power sums with it (binomial expansion, :func:`_move_pair`); block 1 only
-moves its means. The object calls it after 2, 16 and 256 groups (and the
-merge moves to the merged mean), so that later samples are summed about a
-shift within a fraction of a standard deviation of the mean, whatever the
-first sample was: a first sample ``D`` standard deviations out leaves an
-absolute error of about ``3 eps D^4 sigma^4`` in the fourth-order sums, a
-relative ``eps D^4 / n``.
+The indices need only block 1, kept by exact Welford recursions on
+deviations from the running mean: they match a two-pass computation
+whatever the offset. The delta-method interval is a variance estimate: power
+sums (multiply-adds, no division) suffice, moved to the means at
+finalisation (:func:`_move_pair`) with block 1's exact means and second-order
+sums. That loses about ``eps (d / sd)^4`` relative, ``d`` the distance of the
+shift from the mean; :func:`martinez_recentre` (called by the object after 2,
+16 and 256 groups; the merge moves to the merged mean) keeps ``d`` small
+whatever the first sample was. Details and measurements:
+``docs/statistics.md``.
 
 Update (one group, ``n`` groups already folded in, ``n' = n + 1``)
 -------------------------------------------------------------------
