@@ -123,8 +123,9 @@ def test_matches_numpy_corrcoef(ci):
     np.testing.assert_array_equal(total, s.total_order)
 
 
-def test_fourth_order_accumulators_match_two_pass():
-    """Every accumulator of the documented row layout, against two-pass sums."""
+def test_accumulators_match_two_pass():
+    """Every accumulator of the documented row layout (layout 2), against
+    two-pass sums: block 1 centred, block 2 power sums about the shift."""
     rng = np.random.default_rng(2)
     p = 2
     data = correlated_groups(rng, 300, p, 5)
@@ -132,15 +133,18 @@ def test_fourth_order_accumulators_match_two_pass():
     h = 5 + 4 * p
     for cell in range(5):
         x = data[:, :, cell]
+        row = s._state[cell]
+        shift = row[0]
+        # re-centred after 2, 16 and 256 groups: the shift is A's mean at 256
+        np.testing.assert_allclose(shift, x[:256, 0].mean(), rtol=1e-14)
         d = x - x.mean(axis=0)
         A, B = d[:, 0], d[:, 1]
-        row = s._state[cell]
-        assert row[0] == x[0, 0]  # shift: first A value
         np.testing.assert_allclose(row[0] + row[1:3], x[:, :2].mean(axis=0), rtol=1e-14)
-        expected = [(A**2).sum(), (B**2).sum()]
-        np.testing.assert_allclose(row[3:5], expected, rtol=1e-12)
-        np.testing.assert_allclose(row[h:h + 4], [(A**3).sum(), (A**4).sum(),
-                                                  (B**3).sum(), (B**4).sum()], rtol=1e-12)
+        np.testing.assert_allclose(row[3:5], [(A**2).sum(), (B**2).sum()], rtol=1e-12)
+        u = x - shift
+        uA, uB = u[:, 0], u[:, 1]
+        np.testing.assert_allclose(row[h:h + 4], [(uA**3).sum(), (uA**4).sum(),
+                                                  (uB**3).sum(), (uB**4).sum()], rtol=1e-11)
         for k in range(p):
             i = 5 + 4 * k
             j = h + 4 + 12 * k
@@ -148,11 +152,12 @@ def test_fourth_order_accumulators_match_two_pass():
             np.testing.assert_allclose(row[0] + row[i], x[:, 2 + k].mean(), rtol=1e-14)
             np.testing.assert_allclose(
                 row[i + 1:i + 4], [(C**2).sum(), (A * C).sum(), (B * C).sum()], rtol=1e-12)
-            expected = [(C**3).sum(), (C**4).sum()]
-            for X in (A, B):
-                expected += [(X**2 * C).sum(), (X * C**2).sum(), (X**3 * C).sum(),
-                             (X**2 * C**2).sum(), (X * C**3).sum()]
-            np.testing.assert_allclose(row[j:j + 12], expected, rtol=1e-11)
+            uC = u[:, 2 + k]
+            expected = [(uC**3).sum(), (uC**4).sum()]
+            for X in (uA, uB):
+                expected += [(X**2 * uC).sum(), (X * uC**2).sum(), (X**3 * uC).sum(),
+                             (X**2 * uC**2).sum(), (X * uC**3).sum()]
+            np.testing.assert_allclose(row[j:j + 12], expected, rtol=1e-10)
 
 
 def test_delta_interval_matches_two_pass():
@@ -317,17 +322,30 @@ def test_output_equal_to_c_k_gives_exact_index_and_zero_width():
 
 
 def assert_same_state(a, b):
+    """Same stream to rounding. Shifts may differ (re-centring happens at
+    other counts in a merged stream), so block 1 is compared as absolute
+    means and centred sums, and block 2 through the delta interval."""
     assert a.count == b.count
-    scale = np.abs(b._state).max(axis=0) + 1e-300
-    np.testing.assert_allclose(a._state / scale, b._state / scale, rtol=0, atol=1e-12)
+    p = a.n_params
+    means = [1, 2] + [5 + 4 * k for k in range(p)]
+    sums = [3, 4] + [5 + 4 * k + t for k in range(p) for t in (1, 2, 3)]
+    mean_a, mean_b = (s._state[:, :1] + s._state[:, means] for s in (a, b))
+    np.testing.assert_allclose(mean_a, mean_b, rtol=1e-13, atol=1e-13)
+    scale = np.abs(b._state[:, sums]).max(axis=0) + 1e-300
+    np.testing.assert_allclose(a._state[:, sums] / scale, b._state[:, sums] / scale,
+                               rtol=0, atol=1e-12)
     np.testing.assert_allclose(a.first_order, b.first_order, rtol=1e-11, atol=1e-14)
     np.testing.assert_allclose(a.total_order, b.total_order, rtol=1e-11, atol=1e-14)
     for x, y in zip(a.confidence_interval(method="fisher"),
                     b.confidence_interval(method="fisher")):
         np.testing.assert_allclose(x, y, rtol=1e-11, atol=1e-14)
     if a.ci == "delta":
+        # the fourth-order block is power sums, centred at finalisation: its
+        # rounding (about eps (shift distance / sd)^4), amplified by the
+        # cancellation in V when |r| -> 1, reaches ~1e-11 on the bounds here
+        # (the contract, tests/test_sobol_accuracy.py: 1e-6 relative)
         for x, y in zip(a.confidence_interval(), b.confidence_interval()):
-            np.testing.assert_allclose(x, y, rtol=1e-10, atol=1e-11)
+            np.testing.assert_allclose(x, y, rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("ci", CI_MODES)

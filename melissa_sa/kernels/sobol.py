@@ -8,22 +8,17 @@ the Martinez (2011) estimators are correlations::
     S_k  = corr(Y_B, Y_Ck)          (first order)
     ST_k = 1 - corr(Y_A, Y_Ck)      (total order)
 
-so the state holds the running means and centred (co-)moments those
-correlations need, and -- for the delta-method confidence interval -- the
-centred moments up to order four of the ``2 p`` pairs ``(A, C_k)`` and
-``(B, C_k)``.
-
-State layout
-------------
+State layout (``LAYOUT = 2``)
+-----------------------------
 ``state`` is a C-contiguous float64 array of shape ``(n_cells, width)``, one
-row per cell (all accumulators of a cell are contiguous). For a variable
-``X`` (values ``x_i``, running mean ``x̄``) ``X2 = sum (x_i - x̄)^2`` and for a
-pair ``XY_ij = sum (x_i - x̄)^i (y_i - ȳ)^j``. Means are kept relative to the
-cell's ``shift`` (the ``A`` value of the first group), so outputs like
-``1e9 + noise`` are handled as accurately as a two-pass computation (``x -
-shift`` is exact by Sterbenz' lemma and the recursion runs on small numbers).
+row per cell. Every value of a cell is taken relative to the cell's
+``shift`` ``s`` (the ``A`` value of the first group, later moved to ``A``'s
+running mean, see *Re-centring*): ``x = value - s``, exact by Sterbenz' lemma
+for outputs like ``1e9 + noise``.
 
-Block 1, ``5 + 4 p`` values (all the point estimates and Fisher-z need)::
+Block 1, ``5 + 4 p`` values, exact shifted Welford sums: all the point
+estimates and Fisher's interval need. For a variable ``X``
+``X2 = sum (x_i - x̄)^2``, for a pair ``XY11 = sum (x_i - x̄)(y_i - ȳ)``::
 
     0          shift
     1, 2       mean_A, mean_B          (relative to shift)
@@ -31,52 +26,48 @@ Block 1, ``5 + 4 p`` values (all the point estimates and Fisher-z need)::
     5 + 4k ..  mean_Ck, Ck2, ACk11, BCk11          k = 0 .. p-1
 
 Block 2, ``4 + 12 p`` more values (the delta-method interval), from
-``h = 5 + 4 p``::
+``h = 5 + 4 p``: *power sums* of the shifted values, ``P3_X = sum x_i^3``,
+``P_XY_ij = sum x_i^i y_i^j``::
 
-    h .. h+3            A3, A4, B3, B4
-    h + 4 + 12k ..      Ck3, Ck4,
-                        ACk21, ACk12, ACk31, ACk22, ACk13,
-                        BCk21, BCk12, BCk31, BCk22, BCk13
+    h .. h+3            P3_A, P4_A, P3_B, P4_B
+    h + 4 + 12k ..      P3_Ck, P4_Ck,
+                        P_ACk 21, 12, 31, 22, 13,
+                        P_BCk 21, 12, 31, 22, 13
 
 A "compact" state is block 1 only (``width = 5 + 4 p``, 136 bytes per cell at
 ``p = 3``); a "full" state is both blocks (``width = 9 + 16 p``, 456 bytes at
-``p = 3``). Block 1 has the same positions in both, so the finalising
-kernels read either.
+``p = 3``). Layout 1 (before) had the same slots holding *centred* sums
+(``X3 = sum (x_i - x̄)^3`` ...): :func:`martinez_from_centred` converts it.
+
+Why two kinds of sums
+---------------------
+The indices need only block 1, kept by exact Welford recursions on
+deviations from the running mean: they match a two-pass computation
+whatever the offset. The delta-method interval is a variance estimate: power
+sums (multiply-adds, no division) suffice, moved to the means at
+finalisation (:func:`_move_pair`) with block 1's exact means and second-order
+sums. That loses about ``eps (d / sd)^4`` relative, ``d`` the distance of the
+shift from the mean; :func:`martinez_recentre` (called by the object after 2,
+16 and 256 groups; the merge moves to the merged mean) keeps ``d`` small
+whatever the first sample was. Details and measurements:
+``docs/statistics.md``.
 
 Update (one group, ``n`` groups already folded in, ``n' = n + 1``)
 -------------------------------------------------------------------
-With ``dx = x - x̄`` (deviation from the old mean), ``r = 1/n'`` and the
-scalars ``c2 = n/n'``, ``c3 = n (n-1)/n'^2``, ``c4 = n (n^2-n+1)/n'^3``
-(computed once per call, the count is the same for all cells)::
-
-    x̄    += r dx
-    X2   += c2 dx^2
-    X3   += -3 r dx X2 + c3 dx^3
-    X4   += -4 r dx X3 + 6 r^2 dx^2 X2 + c4 dx^4
-    XY11 += c2 dx dy
-    XY21 += -2 r dx XY11 - r dy X2 + c3 dx^2 dy
-    XY31 += -3 r dx XY21 - r dy X3 + 3 r^2 dx^2 XY11 + 3 r^2 dx dy X2
-            + c4 dx^3 dy
-    XY22 += -2 r dx XY12 - 2 r dy XY21 + r^2 dx^2 Y2 + r^2 dy^2 X2
-            + 4 r^2 dx dy XY11 + c4 dx^2 dy^2
-
-(and the mirror images for ``XY12``, ``XY13``), every right-hand side using
-the old values: Welford (1962) for order two and Pébay (2008, SAND2008-6212)
-for the higher orders, all built from deviations, never raw power sums.
+With ``dx = x - x̄`` (deviation from the old mean), ``r = 1/n'`` and
+``c2 = n/n'``: ``x̄ += r dx``, ``X2 += c2 dx^2``, ``XY11 += c2 dx dy``
+(Welford 1962), then ``P3 += x^3``, ``P_XY_21 += x^2 y`` ... One pass over
+the row per cell, rows indexed directly (``state[c, i]``), nothing allocated.
 
 Merge
 -----
-Two partial states ``a`` (``n_a`` groups) and ``b`` (``n_b``) merge exactly
-(Chan, Golub & LeVeque 1979; Pébay 2008): with ``δ = x̄_b - x̄_a`` and
-``n = n_a + n_b`` each side's deviations move by ``u_a = -(n_b/n) δ``,
-``u_b = (n_a/n) δ``, and a centred sum moved by ``u`` (``v`` for ``y``) is::
-
-    XY11 + N u v
-    XY21 + 2 u XY11 + v X2 + N u^2 v
-    XY31 + 3 u XY21 + v X3 + 3 u^2 XY11 + 3 u v X2 + N u^3 v
-    XY22 + 2 v XY21 + 2 u XY12 + v^2 X2 + u^2 Y2 + 4 u v XY11 + N u^2 v^2
-
-(binomial expansion; ``X10 = 0``), summed over both sides.
+Block 1 merges by Chan, Golub & LeVeque (1979): with ``δ = x̄_b - x̄_a``
+(shifts accounted for) and ``n = n_a + n_b``, ``X2 = X2_a + X2_b +
+n_a n_b/n δ_x^2``, ``XY11`` likewise with ``δ_x δ_y``. Both sides' block 2
+is moved to the merged shift (the merged mean of ``A``, :func:`_move_pair`)
+and added. Both are exact in
+exact arithmetic: the merged state is that of one stream that saw both sets
+of groups, to rounding.
 
 NaN in a group propagates to that cell only. Kernels allocate nothing inside
 their cell loop and touch no Python object.
@@ -90,6 +81,9 @@ from numba import njit, prange
 FISHER = 0
 DELTA = 1
 DELTA_LINEAR = 2
+
+#: meaning of block 2: 1 = centred sums (Pébay), 2 = power sums about the shift
+LAYOUT = 2
 
 
 def row_width(n_params, full=True):
@@ -115,25 +109,22 @@ def martinez_update_compact(state, group, n):
     c2 = nf * r
     first = n == 0
     for c in prange(group.shape[1]):
-        row = state[c]
         if first:
-            row[0] = group[0, c]
-        s = row[0]
-        ma = row[1]
-        mb = row[2]
-        da = (group[0, c] - s) - ma
-        db = (group[1, c] - s) - mb
+            state[c, 0] = group[0, c]
+        s = state[c, 0]
+        da = (group[0, c] - s) - state[c, 1]
+        db = (group[1, c] - s) - state[c, 2]
         for k in range(p):
             i = 5 + 4 * k
-            dc = (group[2 + k, c] - s) - row[i]
-            row[i] += r * dc
-            row[i + 1] += c2 * dc * dc
-            row[i + 2] += c2 * da * dc
-            row[i + 3] += c2 * db * dc
-        row[1] = ma + r * da
-        row[2] = mb + r * db
-        row[3] += c2 * da * da
-        row[4] += c2 * db * db
+            dc = (group[2 + k, c] - s) - state[c, i]
+            state[c, i] += r * dc
+            state[c, i + 1] += c2 * dc * dc
+            state[c, i + 2] += c2 * da * dc
+            state[c, i + 3] += c2 * db * dc
+        state[c, 1] += r * da
+        state[c, 2] += r * db
+        state[c, 3] += c2 * da * da
+        state[c, 4] += c2 * db * db
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -146,76 +137,215 @@ def martinez_update(state, group, n):
     p = group.shape[0] - 2
     nf = float(n)
     r = 1.0 / (nf + 1.0)
-    r2 = r * r
     c2 = nf * r
-    c3 = nf * (nf - 1.0) * r2
-    c4 = nf * (nf * nf - nf + 1.0) * r2 * r
     h = 5 + 4 * p
     first = n == 0
     for c in prange(group.shape[1]):
-        row = state[c]
         if first:
-            row[0] = group[0, c]
-        s = row[0]
-        da = (group[0, c] - s) - row[1]
-        db = (group[1, c] - s) - row[2]
-        a2 = row[3]
-        b2 = row[4]
-        a3 = row[h]
-        a4 = row[h + 1]
-        b3 = row[h + 2]
-        b4 = row[h + 3]
-        rda = r * da
-        rdb = r * db
+            state[c, 0] = group[0, c]
+        s = state[c, 0]
+        xa = group[0, c] - s
+        xb = group[1, c] - s
+        da = xa - state[c, 1]
+        db = xb - state[c, 2]
+        xa2 = xa * xa
+        xb2 = xb * xb
         for k in range(p):
             i = 5 + 4 * k
             j = h + 4 + 12 * k
-            dc = (group[2 + k, c] - s) - row[i]
-            rdc = r * dc
-            y2 = row[i + 1]
-            y3 = row[j]
-            y4 = row[j + 1]
-            # pair (A, C_k): slots i+2 and j+2 .. j+6
-            m11 = row[i + 2]
-            m21 = row[j + 2]
-            m12 = row[j + 3]
-            row[j + 4] += (-3.0 * rda * m21 - rdc * a3 + 3.0 * rda * rda * m11
-                           + 3.0 * rda * rdc * a2 + c4 * da * da * da * dc)
-            row[j + 5] += (-2.0 * rda * m12 - 2.0 * rdc * m21 + rda * rda * y2
-                           + rdc * rdc * a2 + 4.0 * rda * rdc * m11
-                           + c4 * da * da * dc * dc)
-            row[j + 6] += (-3.0 * rdc * m12 - rda * y3 + 3.0 * rdc * rdc * m11
-                           + 3.0 * rda * rdc * y2 + c4 * da * dc * dc * dc)
-            row[j + 2] = m21 - 2.0 * rda * m11 - rdc * a2 + c3 * da * da * dc
-            row[j + 3] = m12 - 2.0 * rdc * m11 - rda * y2 + c3 * da * dc * dc
-            row[i + 2] = m11 + c2 * da * dc
-            # pair (B, C_k): slots i+3 and j+7 .. j+11
-            m11 = row[i + 3]
-            m21 = row[j + 7]
-            m12 = row[j + 8]
-            row[j + 9] += (-3.0 * rdb * m21 - rdc * b3 + 3.0 * rdb * rdb * m11
-                           + 3.0 * rdb * rdc * b2 + c4 * db * db * db * dc)
-            row[j + 10] += (-2.0 * rdb * m12 - 2.0 * rdc * m21 + rdb * rdb * y2
-                            + rdc * rdc * b2 + 4.0 * rdb * rdc * m11
-                            + c4 * db * db * dc * dc)
-            row[j + 11] += (-3.0 * rdc * m12 - rdb * y3 + 3.0 * rdc * rdc * m11
-                            + 3.0 * rdb * rdc * y2 + c4 * db * dc * dc * dc)
-            row[j + 7] = m21 - 2.0 * rdb * m11 - rdc * b2 + c3 * db * db * dc
-            row[j + 8] = m12 - 2.0 * rdc * m11 - rdb * y2 + c3 * db * dc * dc
-            row[i + 3] = m11 + c2 * db * dc
-            # C_k itself
-            row[j + 1] = y4 - 4.0 * rdc * y3 + 6.0 * rdc * rdc * y2 + c4 * dc * dc * dc * dc
-            row[j] = y3 - 3.0 * rdc * y2 + c3 * dc * dc * dc
-            row[i + 1] = y2 + c2 * dc * dc
-            row[i] += rdc
-        row[h + 1] = a4 - 4.0 * rda * a3 + 6.0 * rda * rda * a2 + c4 * da * da * da * da
-        row[h] = a3 - 3.0 * rda * a2 + c3 * da * da * da
-        row[h + 3] = b4 - 4.0 * rdb * b3 + 6.0 * rdb * rdb * b2 + c4 * db * db * db * db
-        row[h + 2] = b3 - 3.0 * rdb * b2 + c3 * db * db * db
-        row[3] = a2 + c2 * da * da
-        row[4] = b2 + c2 * db * db
-        row[1] += rda
-        row[2] += rdb
+            xc = group[2 + k, c] - s
+            dc = xc - state[c, i]
+            state[c, i] += r * dc
+            state[c, i + 1] += c2 * dc * dc
+            state[c, i + 2] += c2 * da * dc
+            state[c, i + 3] += c2 * db * dc
+            xc2 = xc * xc
+            state[c, j] += xc2 * xc
+            state[c, j + 1] += xc2 * xc2
+            ac = xa * xc
+            state[c, j + 2] += ac * xa
+            state[c, j + 3] += ac * xc
+            state[c, j + 4] += ac * xa2
+            state[c, j + 5] += ac * ac
+            state[c, j + 6] += ac * xc2
+            bc = xb * xc
+            state[c, j + 7] += bc * xb
+            state[c, j + 8] += bc * xc
+            state[c, j + 9] += bc * xb2
+            state[c, j + 10] += bc * bc
+            state[c, j + 11] += bc * xc2
+        state[c, 1] += r * da
+        state[c, 2] += r * db
+        state[c, 3] += c2 * da * da
+        state[c, 4] += c2 * db * db
+        state[c, h] += xa2 * xa
+        state[c, h + 1] += xa2 * xa2
+        state[c, h + 2] += xb2 * xb
+        state[c, h + 3] += xb2 * xb2
+
+
+# ---------------------------------------------------------------------------
+# moving power sums to another origin (binomial expansion)
+# ---------------------------------------------------------------------------
+
+
+@njit(cache=True, inline="always")
+def _move_single(n, a, p1, p2, p3, p4):
+    """``(sum (x-a)^3, sum (x-a)^4)`` from ``p_k = sum x^k`` and ``n``."""
+    aa = a * a
+    q3 = p3 - 3.0 * a * p2 + 3.0 * aa * p1 - n * aa * a
+    q4 = p4 - 4.0 * a * p3 + 6.0 * aa * p2 - 4.0 * aa * a * p1 + n * aa * aa
+    return q3, q4
+
+
+@njit(cache=True, inline="always")
+def _move_pair(n, a, b, x1, x2, x3, y1, y2, y3, p11, p21, p12, p31, p22, p13):
+    """Mixed sums of ``(x - a, y - b)`` from those of ``(x, y)``.
+
+    ``x1..x3``, ``y1..y3``: ``sum x^k``, ``sum y^k``; ``pij = sum x^i y^j``.
+    Returns the moved ``(p21, p12, p31, p22, p13)``.
+    """
+    aa = a * a
+    # first x -> X = x - a (sums of X^i y^j) ...
+    X1 = x1 - n * a
+    X2 = x2 - 2.0 * a * x1 + n * aa
+    X3 = x3 - 3.0 * a * x2 + 3.0 * aa * x1 - n * aa * a
+    X1Y1 = p11 - a * y1
+    X2Y1 = p21 - 2.0 * a * p11 + aa * y1
+    X3Y1 = p31 - 3.0 * a * p21 + 3.0 * aa * p11 - aa * a * y1
+    X1Y2 = p12 - a * y2
+    X2Y2 = p22 - 2.0 * a * p12 + aa * y2
+    X1Y3 = p13 - a * y3
+    # ... then y -> y - b
+    bb = b * b
+    return (X2Y1 - b * X2,
+            X1Y2 - 2.0 * b * X1Y1 + bb * X1,
+            X3Y1 - b * X3,
+            X2Y2 - 2.0 * b * X2Y1 + bb * X2,
+            X1Y3 - 3.0 * b * X1Y2 + 3.0 * bb * X1Y1 - bb * b * X1)
+
+
+@njit(cache=True, inline="always")
+def _move_row(src, cs, dst, cd, nf, p, centred, d, add):
+    """Block 2 of ``src[cs]`` moved to another origin, into ``dst[cd]``.
+
+    ``centred=False``: ``src`` holds power sums about its shift; every
+    variable moves by ``d`` (lower-order sums from ``src``'s block 1:
+    ``sum x = n x̄``, ``sum x^2 = X2 + n x̄^2``). ``centred=True``: ``src``
+    holds layout-1 centred sums; each variable moves by minus its own mean
+    (``sum x = 0``, ``sum x^2 = X2``), giving power sums about the shift.
+    ``add``: add into ``dst`` (merge) instead of overwriting it. ``src`` and
+    ``dst`` may be the same row: pairs are written before the singles they
+    read.
+    """
+    h = 5 + 4 * p
+    ma = src[cs, 1]
+    mb = src[cs, 2]
+    if centred:
+        ua = -ma
+        ub = -mb
+        a1 = 0.0
+        a2 = src[cs, 3]
+        b1 = 0.0
+        b2 = src[cs, 4]
+    else:
+        ua = d
+        ub = d
+        a1 = nf * ma
+        a2 = src[cs, 3] + nf * ma * ma
+        b1 = nf * mb
+        b2 = src[cs, 4] + nf * mb * mb
+    a3 = src[cs, h]
+    b3 = src[cs, h + 2]
+    for k in range(p):
+        i = 5 + 4 * k
+        j = h + 4 + 12 * k
+        mc = src[cs, i]
+        if centred:
+            uc = -mc
+            c1 = 0.0
+            c2 = src[cs, i + 1]
+            ac11 = src[cs, i + 2]
+            bc11 = src[cs, i + 3]
+        else:
+            uc = d
+            c1 = nf * mc
+            c2 = src[cs, i + 1] + nf * mc * mc
+            ac11 = src[cs, i + 2] + nf * ma * mc
+            bc11 = src[cs, i + 3] + nf * mb * mc
+        c3 = src[cs, j]
+        for side in range(2):
+            o = j + 2 + 5 * side
+            if side == 0:
+                q = _move_pair(nf, ua, uc, a1, a2, a3, c1, c2, c3, ac11,
+                               src[cs, o], src[cs, o + 1], src[cs, o + 2],
+                               src[cs, o + 3], src[cs, o + 4])
+            else:
+                q = _move_pair(nf, ub, uc, b1, b2, b3, c1, c2, c3, bc11,
+                               src[cs, o], src[cs, o + 1], src[cs, o + 2],
+                               src[cs, o + 3], src[cs, o + 4])
+            for t in range(5):
+                if add:
+                    dst[cd, o + t] += q[t]
+                else:
+                    dst[cd, o + t] = q[t]
+        q3, q4 = _move_single(nf, uc, c1, c2, c3, src[cs, j + 1])
+        if add:
+            dst[cd, j] += q3
+            dst[cd, j + 1] += q4
+        else:
+            dst[cd, j] = q3
+            dst[cd, j + 1] = q4
+    qa3, qa4 = _move_single(nf, ua, a1, a2, a3, src[cs, h + 1])
+    qb3, qb4 = _move_single(nf, ub, b1, b2, b3, src[cs, h + 3])
+    if add:
+        dst[cd, h] += qa3
+        dst[cd, h + 1] += qa4
+        dst[cd, h + 2] += qb3
+        dst[cd, h + 3] += qb4
+    else:
+        dst[cd, h] = qa3
+        dst[cd, h + 1] = qa4
+        dst[cd, h + 2] = qb3
+        dst[cd, h + 3] = qb4
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def martinez_recentre(state, n, n_params):
+    """Move every cell's shift to ``shift + mean_A``, in place.
+
+    Block 1 keeps its sums and moves its means; block 2 (full states) is
+    re-expanded about the new shift. A cell whose new shift would not be
+    finite (a NaN sample) keeps its shift.
+    """
+    if n == 0:
+        return
+    p = n_params
+    full = state.shape[1] == 9 + 16 * p
+    nf = float(n)
+    for c in prange(state.shape[0]):
+        s = state[c, 0]
+        target = s + state[c, 1]
+        if not math.isfinite(target):
+            continue
+        d = target - s
+        if d == 0.0:
+            continue
+        if full:
+            _move_row(state, c, state, c, nf, p, False, d, False)
+        state[c, 0] = target
+        state[c, 1] -= d
+        state[c, 2] -= d
+        for k in range(p):
+            state[c, 5 + 4 * k] -= d
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def martinez_from_centred(state, n, n_params):
+    """Convert a full layout-1 state (centred block 2) to layout 2, in place."""
+    nf = float(n)
+    for c in prange(state.shape[0]):
+        _move_row(state, c, state, c, nf, n_params, True, 0.0, False)
 
 
 # ---------------------------------------------------------------------------
@@ -228,7 +358,10 @@ def martinez_merge(state_a, n_a, state_b, n_b, n_params):
     """Merge state ``b`` (``n_b`` groups) into state ``a`` (``n_a``), in place.
 
     Both states have the same width: compact (``5 + 4p``) or full
-    (``9 + 16p``). Keeps ``a``'s shift. The result is the state of one
+    (``9 + 16p``). The merged shift is the merged mean of ``A`` (both sides'
+    power sums are moved there before they are added: each side is moved
+    from a shift that is one of its own samples, to the mean, which keeps
+    the conditioning of a single stream). The result is the state of one
     stream that saw both sets of groups, up to rounding.
     """
     if n_b == 0:
@@ -241,122 +374,37 @@ def martinez_merge(state_a, n_a, state_b, n_b, n_params):
         return
     p = n_params
     full = width == 9 + 16 * p
-    h = 5 + 4 * p
     na = float(n_a)
     nb = float(n_b)
     n = na + nb
-    wa = -nb / n  # a's deviations move by wa * delta
-    wb = na / n   # b's deviations move by wb * delta
+    w = na * nb / n
+    fb = nb / n
     for c in prange(state_a.shape[0]):
-        ra = state_a[c]
-        rb = state_b[c]
-        ds = rb[0] - ra[0]
-        dA = ds + rb[1] - ra[1]
-        dB = ds + rb[2] - ra[2]
-        uA = wa * dA
-        vA = wb * dA
-        uB = wa * dB
-        vB = wb * dB
-        a2a = ra[3]
-        a2b = rb[3]
-        b2a = ra[4]
-        b2b = rb[4]
+        sa = state_a[c, 0]
+        ds = state_b[c, 0] - sa
+        dA = ds + state_b[c, 1] - state_a[c, 1]
+        dB = ds + state_b[c, 2] - state_a[c, 2]
+        target = sa + (state_a[c, 1] + fb * dA)  # merged mean of A
+        if not math.isfinite(target):
+            target = sa
+        move = target - sa
         if full:
-            a3a = ra[h]
-            a3b = rb[h]
-            b3a = ra[h + 2]
-            b3b = rb[h + 2]
-        else:
-            a3a = 0.0
-            a3b = 0.0
-            b3a = 0.0
-            b3b = 0.0
+            # a's and b's power sums about the new shift, added (each move
+            # reads its side's block 1, so block 1 is merged after)
+            _move_row(state_a, c, state_a, c, na, p, False, move, False)
+            _move_row(state_b, c, state_a, c, nb, p, False, move - ds, True)
+        state_a[c, 3] += state_b[c, 3] + w * dA * dA
+        state_a[c, 4] += state_b[c, 4] + w * dB * dB
         for k in range(p):
             i = 5 + 4 * k
-            dC = ds + rb[i] - ra[i]
-            uC = wa * dC
-            vC = wb * dC
-            y2a = ra[i + 1]
-            y2b = rb[i + 1]
-            if full:
-                j = h + 4 + 12 * k
-                y3a = ra[j]
-                y3b = rb[j]
-                # pair (A, C_k) then pair (B, C_k)
-                for side in range(2):
-                    if side == 0:
-                        o11 = i + 2
-                        o = j + 2
-                        ux = uA
-                        vx = vA
-                        x2a = a2a
-                        x2b = a2b
-                        x3a = a3a
-                        x3b = a3b
-                    else:
-                        o11 = i + 3
-                        o = j + 7
-                        ux = uB
-                        vx = vB
-                        x2a = b2a
-                        x2b = b2b
-                        x3a = b3a
-                        x3b = b3b
-                    m11a = ra[o11]
-                    m11b = rb[o11]
-                    m21a = ra[o]
-                    m21b = rb[o]
-                    m12a = ra[o + 1]
-                    m12b = rb[o + 1]
-                    ra[o + 2] = (
-                        ra[o + 2] + 3.0 * ux * m21a + uC * x3a + 3.0 * ux * ux * m11a
-                        + 3.0 * ux * uC * x2a + na * ux * ux * ux * uC
-                        + rb[o + 2] + 3.0 * vx * m21b + vC * x3b + 3.0 * vx * vx * m11b
-                        + 3.0 * vx * vC * x2b + nb * vx * vx * vx * vC)
-                    ra[o + 3] = (
-                        ra[o + 3] + 2.0 * uC * m21a + 2.0 * ux * m12a + uC * uC * x2a
-                        + ux * ux * y2a + 4.0 * ux * uC * m11a + na * ux * ux * uC * uC
-                        + rb[o + 3] + 2.0 * vC * m21b + 2.0 * vx * m12b + vC * vC * x2b
-                        + vx * vx * y2b + 4.0 * vx * vC * m11b + nb * vx * vx * vC * vC)
-                    ra[o + 4] = (
-                        ra[o + 4] + 3.0 * uC * m12a + ux * y3a + 3.0 * uC * uC * m11a
-                        + 3.0 * ux * uC * y2a + na * ux * uC * uC * uC
-                        + rb[o + 4] + 3.0 * vC * m12b + vx * y3b + 3.0 * vC * vC * m11b
-                        + 3.0 * vx * vC * y2b + nb * vx * vC * vC * vC)
-                    ra[o] = (m21a + 2.0 * ux * m11a + uC * x2a + na * ux * ux * uC
-                             + m21b + 2.0 * vx * m11b + vC * x2b + nb * vx * vx * vC)
-                    ra[o + 1] = (m12a + 2.0 * uC * m11a + ux * y2a + na * ux * uC * uC
-                                 + m12b + 2.0 * vC * m11b + vx * y2b + nb * vx * vC * vC)
-                    ra[o11] = m11a + na * ux * uC + m11b + nb * vx * vC
-                # C_k's own third and fourth moments
-                ra[j + 1] = (ra[j + 1] + 4.0 * uC * y3a + 6.0 * uC * uC * y2a
-                             + na * uC * uC * uC * uC
-                             + rb[j + 1] + 4.0 * vC * y3b + 6.0 * vC * vC * y2b
-                             + nb * vC * vC * vC * vC)
-                ra[j] = (y3a + 3.0 * uC * y2a + na * uC * uC * uC
-                         + y3b + 3.0 * vC * y2b + nb * vC * vC * vC)
-            else:
-                ra[i + 2] = ra[i + 2] + na * uA * uC + rb[i + 2] + nb * vA * vC
-                ra[i + 3] = ra[i + 3] + na * uB * uC + rb[i + 3] + nb * vB * vC
-            ra[i + 1] = y2a + na * uC * uC + y2b + nb * vC * vC
-            ra[i] += (nb / n) * dC
-        if full:
-            ra[h + 1] = (ra[h + 1] + 4.0 * uA * a3a + 6.0 * uA * uA * a2a
-                         + na * uA * uA * uA * uA
-                         + rb[h + 1] + 4.0 * vA * a3b + 6.0 * vA * vA * a2b
-                         + nb * vA * vA * vA * vA)
-            ra[h] = (a3a + 3.0 * uA * a2a + na * uA * uA * uA
-                     + a3b + 3.0 * vA * a2b + nb * vA * vA * vA)
-            ra[h + 3] = (ra[h + 3] + 4.0 * uB * b3a + 6.0 * uB * uB * b2a
-                         + na * uB * uB * uB * uB
-                         + rb[h + 3] + 4.0 * vB * b3b + 6.0 * vB * vB * b2b
-                         + nb * vB * vB * vB * vB)
-            ra[h + 2] = (b3a + 3.0 * uB * b2a + na * uB * uB * uB
-                         + b3b + 3.0 * vB * b2b + nb * vB * vB * vB)
-        ra[3] = a2a + na * uA * uA + a2b + nb * vA * vA
-        ra[4] = b2a + na * uB * uB + b2b + nb * vB * vB
-        ra[1] += (nb / n) * dA
-        ra[2] += (nb / n) * dB
+            dC = ds + state_b[c, i] - state_a[c, i]
+            state_a[c, i + 1] += state_b[c, i + 1] + w * dC * dC
+            state_a[c, i + 2] += state_b[c, i + 2] + w * dA * dC
+            state_a[c, i + 3] += state_b[c, i + 3] + w * dB * dC
+            state_a[c, i] += fb * dC - move
+        state_a[c, 1] += fb * dA - move
+        state_a[c, 2] += fb * dB - move
+        state_a[c, 0] = target
 
 
 # ---------------------------------------------------------------------------
@@ -389,15 +437,14 @@ def martinez_indices(state, n_params, first, total):
     groups) gives index 0.
     """
     for c in prange(state.shape[0]):
-        row = state[c]
-        a2 = row[3]
-        b2 = row[4]
+        a2 = state[c, 3]
+        b2 = state[c, 4]
         for k in range(n_params):
             i = 5 + 4 * k
-            y2 = row[i + 1]
-            rho, ok = _corr(row[i + 3], b2, y2)
+            y2 = state[c, i + 1]
+            rho, ok = _corr(state[c, i + 3], b2, y2)
             first[k, c] = rho
-            rho, ok = _corr(row[i + 2], a2, y2)
+            rho, ok = _corr(state[c, i + 2], a2, y2)
             total[k, c] = 1.0 - rho if ok else 0.0
 
 
@@ -406,8 +453,8 @@ def _delta_var(n, m11, x2, y2, x4, y4, m22, m31, m13, rho):
     """Asymptotic variance ``n Var(r)`` of a sample correlation, any law.
 
     ``V = r22 (1 + rho^2/2) - rho (r31 + r13) + rho^2/4 (r40 + r04)`` with the
-    standardised moments ``rij = E[x~^i y~^j]`` estimated from the sums. It
-    is the mean square of the influence function
+    standardised moments ``rij = E[x~^i y~^j]`` estimated from the centred
+    sums. It is the mean square of the influence function
     ``x~ y~ - rho/2 (x~^2 + y~^2)``, hence >= 0 (clipped for rounding).
     """
     sx = math.sqrt(x2)
@@ -435,6 +482,32 @@ def _interval(rho, se, q, method):
     return math.tanh(z - q * se), math.tanh(z + q * se)
 
 
+@njit(cache=True, inline="always")
+def _pair_delta_var(state, c, nf, xm, x2, x3, x4, m11, i, j, o, rho):
+    """``V`` of the pair (X, C_k) of cell ``c`` from its slots.
+
+    ``xm, x2, x3, x4``: X's slots of mean, X2, P3, P4; ``m11``: the pair's
+    centred co-moment; ``i``, ``j``: C_k's first slot in blocks 1 and 2;
+    ``o``: the pair's first block-2 slot (``P_XC 21``). Block 2's power sums are moved to the means
+    (centred) with block 1's exact means and second-order sums.
+    """
+    mx = state[c, xm]
+    my = state[c, i]
+    sx2 = state[c, x2]
+    sy2 = state[c, i + 1]
+    x1 = nf * mx
+    xp2 = sx2 + nf * mx * mx
+    y1 = nf * my
+    yp2 = sy2 + nf * my * my
+    p11 = m11 + nf * mx * my
+    q = _move_pair(nf, mx, my, x1, xp2, state[c, x3], y1, yp2, state[c, j],
+                   p11, state[c, o], state[c, o + 1], state[c, o + 2],
+                   state[c, o + 3], state[c, o + 4])
+    x4c = _move_single(nf, mx, x1, xp2, state[c, x3], state[c, x4])[1]
+    y4c = _move_single(nf, my, y1, yp2, state[c, j], state[c, j + 1])[1]
+    return _delta_var(nf, m11, sx2, sy2, x4c, y4c, q[3], q[2], q[4], rho)
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def martinez_interval(state, n, n_params, q, method, first_lo, first_hi,
                       total_lo, total_hi):
@@ -454,20 +527,14 @@ def martinez_interval(state, n, n_params, q, method, first_lo, first_hi,
     few = n < 4
     se_f = 1.0 / math.sqrt(nf - 3.0) if not few else 0.0
     for c in prange(state.shape[0]):
-        row = state[c]
-        a2 = row[3]
-        b2 = row[4]
         for k in range(p):
             i = 5 + 4 * k
-            y2 = row[i + 1]
+            y2 = state[c, i + 1]
             for side in range(2):
-                if side == 0:
-                    x2 = b2
-                    m11 = row[i + 3]
-                else:
-                    x2 = a2
-                    m11 = row[i + 2]
-                rho, ok = _corr(m11, x2, y2)
+                # side 0: first order, pair (B, C_k); side 1: total, (A, C_k)
+                x = 2 - side
+                m11 = state[c, i + 3 - side]
+                rho, ok = _corr(m11, state[c, x + 2], y2)
                 if not ok:
                     lo = 0.0
                     hi = 0.0
@@ -481,15 +548,10 @@ def martinez_interval(state, n, n_params, q, method, first_lo, first_hi,
                     if method == FISHER:
                         se = se_f
                     else:
+                        xb = h + 2 * (x - 1)
                         j = h + 4 + 12 * k
-                        if side == 0:
-                            x4 = row[h + 3]
-                            o = j + 7
-                        else:
-                            x4 = row[h + 1]
-                            o = j + 2
-                        v = _delta_var(nf, m11, x2, y2, x4, row[j + 1],
-                                       row[o + 3], row[o + 2], row[o + 4], rho)
+                        v = _pair_delta_var(state, c, nf, x, x + 2, xb, xb + 1,
+                                            m11, i, j, j + 7 - 5 * side, rho)
                         se = math.sqrt(v / (nf - 3.0))
                     lo, hi = _interval(rho, se, q, method)
                 if side == 0:

@@ -6,13 +6,17 @@ from statistics import NormalDist
 
 import numpy as np
 
+from melissa_sa.design import GroupLayout
 from melissa_sa.kernels.sobol import (
     DELTA,
     DELTA_LINEAR,
     FISHER,
+    LAYOUT,
+    martinez_from_centred,
     martinez_indices,
     martinez_interval,
     martinez_merge,
+    martinez_recentre,
     martinez_update,
     martinez_update_compact,
     row_width,
@@ -21,10 +25,14 @@ from melissa_sa.stats._state import load_state, restore_array, save_state
 from melissa_sa.stats.base import Statistic
 
 _METHODS = {"delta": DELTA, "fisher": FISHER, "delta-linear": DELTA_LINEAR}
+#: group counts after which the shift moves to A's running mean
+RECENTRE_AT = (2, 16, 256)
 
 
 def as_group(group, n_params: int, n_cells: int) -> np.ndarray:
     """Return ``group`` as a C-contiguous float32/float64 (p + 2, n_cells) array.
+
+    The rows are those of :class:`melissa_sa.design.GroupLayout`: A, B, C_1..C_p.
 
     float32 and float64 C-contiguous arrays pass through without a copy; other
     real dtypes become float64. Raises ``ValueError`` naming the expected
@@ -35,15 +43,41 @@ def as_group(group, n_params: int, n_cells: int) -> np.ndarray:
         if group.dtype.kind not in "biuf":
             raise TypeError(f"group dtype {group.dtype} is not a real number type")
         group = group.astype(np.float64)
-    expected = (n_params + 2, n_cells)
+    layout = GroupLayout(n_params)
+    expected = (layout.size, n_cells)
     if group.shape != expected:
+        rows = ", ".join(layout.member_name(m) for m in range(layout.size))
         raise ValueError(
             f"group shape {group.shape}, expected {expected} "
-            f"(rows A, B, C_1..C_{n_params}; one column per cell)"
+            f"(rows {rows}; one column per cell)"
         )
     if not group.flags.c_contiguous:
         group = np.ascontiguousarray(group)
     return group
+
+
+def aggregate_indices(sums) -> tuple[np.ndarray, np.ndarray]:
+    """Aggregated first- and total-order indices of a whole field.
+
+    ``sums``: :meth:`SobolMartinez.aggregated_sums`, summed over every part
+    of the field. Gamboa, Janon, Klein & Lagnoux (2014) in Martinez'
+    correlation form, per parameter ``k``::
+
+        S_k  = sum_c Cov_c(Y_B, Y_Ck) / sum_c sqrt(Var_c(Y_B) Var_c(Y_Ck))
+        ST_k = 1 - sum_c Cov_c(Y_A, Y_Ck) / sum_c sqrt(Var_c(Y_A) Var_c(Y_Ck))
+
+    (the ``1/(n-1)`` factors cancel). Constant cells add nothing to either
+    sum; a field with no variance at all gives 0, like a constant cell.
+    Returns ``(first, total)``, each of shape ``(n_params,)``.
+    """
+    sums = np.asarray(sums, dtype=np.float64)
+    if sums.ndim != 2 or sums.shape[0] != 4:
+        raise ValueError(f"sums shape {sums.shape}, expected (4, n_params) "
+                         "from SobolMartinez.aggregated_sums")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        first = np.where(sums[1] == 0, 0.0, sums[0] / sums[1])
+        total = np.where(sums[3] == 0, 0.0, 1.0 - sums[2] / sums[3])
+    return first, total
 
 
 class SobolMartinez(Statistic):
@@ -68,10 +102,12 @@ class SobolMartinez(Statistic):
     with ``corr`` the sample Pearson correlation. The estimates are not
     clipped: sampling noise can put ``S_k`` slightly below 0 when the true
     index is 0. The correlations are computed from one-pass, numerically
-    stable centred co-moments (Welford / Pébay updates on deviations, never
-    raw power sums; see :mod:`melissa_sa.kernels.sobol`), so outputs with a
-    large offset (``1e9 + noise``) lose no accuracy, and two partial states
-    merge exactly (Chan / Pébay pairwise formulas).
+    stable centred co-moments (shifted Welford updates on deviations; see
+    :mod:`melissa_sa.kernels.sobol`), so outputs with a large offset
+    (``1e9 + noise``) lose no accuracy, and two partial states merge
+    exactly (Chan's pairwise formulas). The interval's fourth-order
+    co-moments are power sums of the cell-shifted values (multiply-adds
+    only), centred at finalisation.
 
     **Constant cells.** A pair whose sample variance is zero on either side
     (a constant cell, or fewer than two groups) has an undefined correlation;
@@ -175,12 +211,21 @@ class SobolMartinez(Statistic):
         else:
             martinez_update_compact(self._state, group, self._n)
         self._n += 1
+        if self._n in RECENTRE_AT:
+            self._recentre()
+
+    def _recentre(self) -> None:
+        """Move each cell's shift to A's running mean: the power sums of a
+        full state are best conditioned about the mean (a compact state
+        moves too, so that both keep the same block 1)."""
+        martinez_recentre(self._state, self._n, self.n_params)
 
     def merge(self, other: "SobolMartinez") -> None:
         """Fold ``other``'s groups in, as if this object had seen them too."""
         self._check_merge(other, n_cells=self.n_cells, n_params=self.n_params, ci=self.ci)
         other_state = other._state.copy() if other is self else other._state
-        martinez_merge(self._state, self._n, other_state, other._n, self.n_params)
+        martinez_merge(self._state, self._n, other_state,
+                   other._n, self.n_params)
         self._n += other._n
 
     # -- results ---------------------------------------------------------
@@ -239,24 +284,56 @@ class SobolMartinez(Statistic):
         q = NormalDist().inv_cdf(0.5 + 0.5 * level)
         shape = (self.n_params, self.n_cells)
         out = [np.empty(shape) for _ in range(4)]
-        martinez_interval(self._state, self._n, self.n_params, q, _METHODS[method], *out)
+        martinez_interval(self._state, self._n, self.n_params, q,
+                   _METHODS[method], *out)
         return (out[0], out[1]), (out[2], out[3])
+
+    def aggregated_sums(self) -> np.ndarray:
+        """This object's partial sums for the field's aggregated indices.
+
+        Shape ``(4, n_params)``, rows ``sum_c XY11(B, C_k)``,
+        ``sum_c sqrt(B2 Ck2)``, ``sum_c XY11(A, C_k)``, ``sum_c sqrt(A2 Ck2)``
+        over this object's cells. Sums from disjoint sets of cells (server
+        ranks) add up: reduce them with a sum, then call
+        :func:`aggregate_indices`. No cell is gathered.
+        """
+        st = self._state
+        out = np.empty((4, self.n_params))
+        for k in range(self.n_params):
+            i = 5 + 4 * k
+            out[0, k] = st[:, i + 3].sum()
+            out[1, k] = np.sqrt(st[:, 4] * st[:, i + 1]).sum()
+            out[2, k] = st[:, i + 2].sum()
+            out[3, k] = np.sqrt(st[:, 3] * st[:, i + 1]).sum()
+        return out
 
     # -- checkpoint ------------------------------------------------------
     def save(self, group) -> None:
-        """Write the state into an h5py group."""
+        """Write the state into an h5py group (attribute ``layout``: the
+        meaning of the row's slots, see :mod:`melissa_sa.kernels.sobol`)."""
         save_state(group, "SobolMartinez", {"state": self._state},
                    {"n": self._n, "n_cells": self.n_cells,
-                    "n_params": self.n_params, "ci": self.ci})
+                    "n_params": self.n_params, "ci": self.ci, "layout": LAYOUT})
 
     @classmethod
     def load(cls, group) -> "SobolMartinez":
-        """Rebuild a :class:`SobolMartinez` from a group written by :meth:`save`."""
+        """Rebuild a :class:`SobolMartinez` from a group written by :meth:`save`.
+
+        A state saved before layout 2 (no ``layout`` attribute: centred
+        fourth-order sums) is converted; a newer layout is refused.
+        """
         arrays, attrs = load_state(group, "SobolMartinez", ["state"])
         ci = attrs["ci"]
         if isinstance(ci, bytes):
             ci = ci.decode()
+        layout = int(attrs.get("layout", 1))
+        if layout not in (1, LAYOUT):
+            where = getattr(group, "name", "<group>")
+            raise ValueError(f"{where}: SobolMartinez state layout {layout}, "
+                             f"this melissa-sa reads layouts 1 and {LAYOUT}")
         obj = cls(int(attrs["n_cells"]), int(attrs["n_params"]), ci=str(ci))
         restore_array(group, "state", obj._state, arrays["state"])
         obj._n = int(attrs["n"])
+        if layout == 1 and obj.ci == "delta":
+            martinez_from_centred(obj._state, obj._n, obj.n_params)
         return obj
