@@ -33,7 +33,8 @@ def hello(ctx, address, sim_id, n_cells=N_CELLS, field="f"):
     except ProtocolError as exc:
         assert exc.kind == "refused", exc
         return {"type": "error", "message": exc.reason}
-    return {"type": "welcome", "endpoints": welcome.endpoints}
+    return {"type": "welcome", "endpoints": welcome.endpoints,
+            "partition": welcome.partition}
 
 
 def raw_header(magic=MAGIC, version=PROTOCOL_VERSION, dtype=1, sim_id=0, member=0,
