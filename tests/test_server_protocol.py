@@ -14,8 +14,16 @@ import pytest
 import zmq
 from conftest import MPIEXEC, write_study
 
-from melissa_sa.protocol import (HEADER, MAGIC, PROTOCOL_VERSION, Hello, ProtocolError,
-                                 decode_welcome, encode_header, encode_hello)
+from melissa_sa.protocol import (
+    HEADER,
+    MAGIC,
+    PROTOCOL_VERSION,
+    Hello,
+    ProtocolError,
+    decode_welcome,
+    encode_header,
+    encode_hello,
+)
 
 N_CELLS = 8
 
