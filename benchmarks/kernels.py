@@ -209,10 +209,11 @@ def iterative_stats_cases(n_cells: int, x, group, only: str = ""):
     return out
 
 
-def sobol_fold_ab(n_cells: int, repeat: int, rng) -> dict:
-    """Layout-2 fold (``SobolMartinez.update``) against the layout-1 fold,
-    calls alternated so that both see the same load; times on :data:`CLOCK`.
-    Holds both states (2 x 456 bytes per cell)."""
+def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
+    """Layout-2 fold (``SobolMartinez.update``) against the layout-1 fold and
+    iterative-stats' Martinez (if installed and ``compare``), calls
+    alternated so that all see the same load; times on :data:`CLOCK`. Holds
+    all three states at once (about 1.3 kB per cell)."""
     from melissa_sa.stats import SobolMartinez
     sys.path.insert(0, str(Path(__file__).parent))
     from sobol_layout1 import layout1_update
@@ -223,7 +224,9 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng) -> dict:
     for k in range(3):  # first touch, past the re-centring at 2 groups
         new.update(group)
         layout1_update(old, group, k)
-    t_new, t_old = [], []
+    theirs = iterative_stats_cases(n_cells, None, group, "sobol martinez") if compare else {}
+    their_update = theirs["sobol martinez p=3"]() if theirs else None
+    t_new, t_old, t_is = [], [], []
     for k in range(repeat):
         t0 = CLOCK()
         new.update(group)
@@ -231,10 +234,19 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng) -> dict:
         t0 = CLOCK()
         layout1_update(old, group, 3 + k)
         t_old.append(CLOCK() - t0)
+        if their_update is not None:
+            t0 = CLOCK()
+            their_update()
+            t_is.append(CLOCK() - t0)
     out = {"layout2_best": min(t_new), "layout2_median": statistics.median(t_new),
            "layout1_best": min(t_old), "layout1_median": statistics.median(t_old)}
     out["speedup_best"] = out["layout1_best"] / out["layout2_best"]
     out["speedup_median"] = out["layout1_median"] / out["layout2_median"]
+    if t_is:
+        out["iterative_stats_best"] = min(t_is)
+        out["iterative_stats_median"] = statistics.median(t_is)
+        out["speedup_over_iterative_stats_best"] = min(t_is) / min(t_new)
+        out["speedup_over_iterative_stats_median"] = statistics.median(t_is) / statistics.median(t_new)
     return out
 
 
@@ -302,13 +314,18 @@ def run(cells: list[int], repeat: int, compare: bool, only: str = "") -> dict:
                   + (f"{t_is * 1e3:>14.1f}{row['speedup']:>8.1f}x" if t_is else f"{'-':>14}{'-':>9}"))
         size = {"n_cells": n, "bandwidth": bw, "kernels": rows}
         if "layout-1" in " ".join(name for name, _ in cases):
-            ab = sobol_fold_ab(n, repeat, rng)
+            ab = sobol_fold_ab(n, repeat, rng, compare)
             size["sobol_fold_ab"] = ab
             print(f"sobol p=3 fold, layout 2 against layout 1, calls alternated: "
                   f"{ab['layout2_best'] * 1e3:.1f} / {ab['layout2_median'] * 1e3:.1f} ms "
                   f"against {ab['layout1_best'] * 1e3:.1f} / {ab['layout1_median'] * 1e3:.1f} "
                   f"ms (best / median): {ab['speedup_best']:.2f}x / "
                   f"{ab['speedup_median']:.2f}x; target 2x")
+            if "iterative_stats_best" in ab:
+                print(f"  iterative-stats in the same loop: {ab['iterative_stats_best'] * 1e3:.1f}"
+                      f" / {ab['iterative_stats_median'] * 1e3:.1f} ms: layout 2 is "
+                      f"{ab['speedup_over_iterative_stats_best']:.1f}x / "
+                      f"{ab['speedup_over_iterative_stats_median']:.1f}x faster; target 10x")
         size["load_average_end"] = os.getloadavg()
         out["sizes"].append(size)
     return out
