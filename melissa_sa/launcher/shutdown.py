@@ -88,7 +88,7 @@ class EndingsMixin:
         self.exit_message = reason
         self.error(reason + self.server.log_tail())
         if self.server.running:
-            self.log(f"terminating the server (pid {self.server.pid})")
+            self.log(f"terminating the server ({self.server.describe()})")
         left = self.server.kill(self.kill_grace)
         dropped = self.link.drain_stale()
         if dropped:
@@ -166,9 +166,9 @@ class EndingsMixin:
                     self.scheduler.poll()
             rc = self.server.poll()
             if rc is not None:
-                self.log(f"server (pid {self.server.pid}) {describe_exit(rc)}")
+                self.log(f"server ({self.server.describe()}) {describe_exit(rc)}")
             else:
-                self.log(f"server (pid {self.server.pid}) still running: terminating it")
+                self.log(f"server ({self.server.describe()}) still running: terminating it")
                 self.server.kill(self.kill_grace)
                 rc = self.server.poll()
                 self.log(f"server {describe_exit(rc) if rc is not None else 'did not die'}")

@@ -156,7 +156,8 @@ def cancel_study_jobs(prefix: str, env: Mapping[str, str] | None = None,
     other studies and other users are never touched."""
     ids = [job for job, _, _ in find_study_jobs(prefix, env, timeout)]
     if ids:
-        res = SlurmCommands(dict(os.environ if env is None else env), timeout).run(["scancel", *ids])
+        commands = SlurmCommands(dict(os.environ if env is None else env), timeout)
+        res = commands.run(["scancel", *ids])
         if res.returncode != 0:
             raise SchedulerError(f"scancel {' '.join(ids)} failed: {short(res.stderr)}")
     return ids
