@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from slurm_cluster import slurm  # noqa: F401  (the session fixture)
 
 from melissa_sa.config import ConfigError, config_from_dict
@@ -443,12 +442,12 @@ def test_study_with_client_jobs_in_slurm_matches_offline(slurm, tmp_path):  # no
     ``scheduler: "slurm"``: every client is an sbatch job of 2 tasks whose
     ranks the client script's mpiexec starts inside the job."""
     import numpy as np
-
     from conftest import write_study
+    from studyutil import NB_STEPS, copy_client, offline
+
     from melissa_sa.config import load_config
     from melissa_sa.launcher import Launcher
     from melissa_sa.results import open_results
-    from studyutil import NB_STEPS, copy_client, offline
 
     mod = _slurm_module()
     n_cells, p, groups = 11, 2, 3
@@ -511,12 +510,12 @@ def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # 
     import threading
 
     import numpy as np
-
     from conftest import write_study
+    from studyutil import NB_STEPS, copy_client, field_values
+
     from melissa_sa.config import load_config
     from melissa_sa.launcher import Launcher
     from melissa_sa.results import open_results
-    from studyutil import NB_STEPS, copy_client, field_values
 
     mod = _slurm_module()
     n_cells, runs = 11, 6

@@ -40,9 +40,9 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
 from melissa_sa.launcher.schedulers import JobHandle, Scheduler, SchedulerError, register_scheduler
 from melissa_sa.launcher.slurm_commands import (
@@ -86,7 +86,7 @@ class SlurmServerJob:
     launcher watches: :meth:`poll` is None while the job is queued or running,
     then its return code (a crash state gives the job's code, or ``-signal``)."""
 
-    def __init__(self, scheduler: "SlurmScheduler", job: _BatchJob) -> None:
+    def __init__(self, scheduler: SlurmScheduler, job: _BatchJob) -> None:
         self._scheduler = scheduler
         self._job = job
         self.pid = None
@@ -163,7 +163,7 @@ class SlurmScheduler(Scheduler):
 
     @classmethod
     def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                    grace: float = 3.0, **kwargs) -> "SlurmScheduler":
+                    grace: float = 3.0, **kwargs) -> SlurmScheduler:
         """The scheduler for a :class:`~melissa_sa.config.StudyConfig`."""
         return cls(cwd, env, grace, **{**scheduler_options(cfg), **kwargs})
 

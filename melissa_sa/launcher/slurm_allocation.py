@@ -18,7 +18,7 @@ import os
 import shlex
 import subprocess
 import time
-from typing import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from melissa_sa.launcher.processes import process_start_time
 from melissa_sa.launcher.schedulers import JobHandle, Scheduler, SchedulerError, register_scheduler
@@ -61,7 +61,7 @@ class SlurmAllocationScheduler(Scheduler):
 
     @classmethod
     def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                    grace: float = 3.0, **kwargs) -> "SlurmAllocationScheduler":
+                    grace: float = 3.0, **kwargs) -> SlurmAllocationScheduler:
         """The scheduler for a :class:`~melissa_sa.config.StudyConfig`."""
         return cls(cwd, env, grace, **{**scheduler_options(cfg), **kwargs})
 

@@ -16,8 +16,8 @@ import os
 import shlex
 import signal
 import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from melissa_sa.launcher.schedulers import SchedulerError
 
