@@ -35,7 +35,8 @@ STATS = ("mean", "variance", "skewness", "kurtosis", "min", "max", "threshold_ex
 
 
 def sobol_study(directory: Path, launcher: dict, *, client_processes: int = 1,
-                checkpoint_interval: int = 100, partition: str | None = None) -> Path:
+                checkpoint_interval: int = 100, partition: str | None = None,
+                **study_options) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     copy_client(directory)
     part = [f"--partition={partition}"] if partition else []
@@ -45,7 +46,8 @@ def sobol_study(directory: Path, launcher: dict, *, client_processes: int = 1,
         directory,
         study_options={"field_names": ["f"], "nb_parameters": P,
                        "parameter_sweep_size": GROUPS, "nb_time_steps": NB_STEPS,
-                       "l_bounds": [-3.0, -1.0], "u_bounds": [3.0, 2.0], "seed": 7},
+                       "l_bounds": [-3.0, -1.0], "u_bounds": [3.0, 2.0], "seed": 7,
+                       **study_options},
         sa_config={"mean": True, "variance": True, "skewness": True, "kurtosis": True,
                    "min": True, "max": True, "threshold_exceedance": [5.0],
                    "quantiles": [0.25, 0.5], "sobol_indices": True,
@@ -299,3 +301,26 @@ def test_peer_without_the_secret_is_refused_and_counted(tmp_path, local_referenc
     assert dropped == {}, dropped  # nothing of the intruder reached the server's code
     assert_same_as_local(study, local_reference)
     assert "refused a peer" in (study.parent / "out" / "logs" / "server.log").read_text()
+
+
+# ---------------------------------------------------------------------------
+# a hanging group member (what a walltime looks like before it strikes)
+
+
+def test_siblings_of_a_hanging_member_are_not_rerun(tmp_path, local_reference):
+    """Sim 1 hangs before its step 1; its siblings (sims 0, 2, 3) send every
+    step and exit: their data waits in the group assembler for sim 1. They
+    have completed: only sim 1 is killed (simulation_timeout) and rerun,
+    even though completion_grace (10 s) passes first."""
+    study = sobol_study(tmp_path / "h", {"scheduler": "local"}, simulation_timeout=15)
+    plan = {"1": {"mode": "hang", "step": 1}}
+    plan.update({str(s): {"mode": "exit", "step": 10 ** 6, "times": 0} for s in (0, 2, 3)})
+    env = child_env(TEST_FAULT_PLAN=json.dumps(plan), TEST_FAULT_DIR=str(tmp_path))
+    done = run_study(study, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:]
+    attempts = {s: (tmp_path / f"attempts.{s}").read_text() for s in range(4)}
+    assert attempts == {0: "x", 1: "xx", 2: "x", 3: "x"}, attempts
+    log = (study.parent / "out" / "logs" / "server.log").read_text()
+    assert "exited before sending all its time steps" not in log
+    assert "simulation 1 was silent" in log
+    assert_same_as_local(study, local_reference)

@@ -294,7 +294,10 @@ class Launcher(EndingsMixin):
                 return self._interrupt(self._signals[0])
             self._receive(self.poll_interval)
             if self._stop_msg is not None:
-                return self._finish()
+                code = self._finish()
+                if code is not None:
+                    return code
+                continue
             self._reap_jobs()
             self._start_jobs()
             reason = self._check_server()

@@ -24,8 +24,9 @@ __all__ = ["EndingsMixin"]
 class EndingsMixin:
     """The endings of :class:`~melissa_sa.launcher.Launcher` (see the module docstring)."""
 
-    def _finish(self) -> int:
-        """The server said stop: wait for it to exit and return the verdict.
+    def _finish(self) -> int | None:
+        """The server said stop: wait for it to exit and return the verdict
+        (None: it was relaunched, the study goes on).
 
         A stop with a failed status (e.g. clients that always fail) ends the
         run with :data:`~melissa_sa.exit_codes.FAILED`, the server's message,
@@ -53,6 +54,14 @@ class EndingsMixin:
             self.error(self.exit_message + self.server.log_tail())
             self.server.kill(self.kill_grace)
             return exit_codes.FAILED
+        if msg.status > 128 and self.cfg.launcher_config.scheduler != "local":
+            # on Slurm a signal to the server is scancel, its walltime or a
+            # preemption (the launcher's own stop request ends in _interrupt):
+            # a server failure, relaunched from the checkpoint it just wrote
+            return self._on_server_failure(
+                f"the server was stopped by a signal before the end of the study "
+                f"({describe_exit(msg.status)}: scancel, walltime or preemption); "
+                f"see {self.server_log}")
         if msg.status == exit_codes.OK and rc == 0:
             self._progress.close()
             self.exit_message = msg.message or "study finished"
