@@ -124,7 +124,7 @@ def test_slurm_study_equals_local(slurm, tmp_path, local_reference):  # noqa: F8
     assert state["slurm"]["job_prefix"] == study_job_prefix(out)
     assert state["slurm"]["server_job_id"].isdigit()
     script = (out / "server.sh").read_text()
-    assert "srun --mpi=pmi2 -n 2" in script
+    assert "srun --mpi=pmi2 --kill-on-bad-exit=1 -n 2" in script
     client = (out / "client_scripts" / "client.0.sh").read_text()
     assert f"MELISSA_SECRET_FILE={out / 'secret'}" in client
     assert "127.0.0.1" not in client and "0.0.0.0" not in client

@@ -25,8 +25,6 @@ PY = sys.executable
 
 
 def _slurm_module():
-    # imported here, not at collection: importing it registers "slurm", which
-    # test_launcher's registry test still expects to be a planned plug-in
     from melissa_sa.launcher import slurm as mod
     return mod
 
@@ -236,7 +234,7 @@ def test_server_job_has_one_communicator(slurm, prefix, tmp_path):  # noqa: F811
     assert job.poll() is None
     assert job.wait(60) == 0
     assert log.read_text().split("\n").count("size 2") == 2, log.read_text()
-    assert "srun --mpi=pmi2 -n 2" in (tmp_path / "server.sh").read_text()
+    assert "srun --mpi=pmi2 --kill-on-bad-exit=1 -n 2" in (tmp_path / "server.sh").read_text()
 
 
 def test_server_job_crash_and_terminate(slurm, prefix, tmp_path):  # noqa: F811
@@ -504,9 +502,8 @@ def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # 
     until its 1-minute walltime (SBATCH_TIMELIMIT): both are crashes, rerun,
     and the statistics equal NumPy's over the design.
 
-    Plain sampling (no Sobol' groups): with pick-freeze groups, the server
-    today restarts the finished siblings of a hanging member (their steps are
-    buffered, not folded) and abandons the group before the walltime."""
+    Plain sampling (no Sobol' groups); the siblings of a hanging Sobol' member
+    are covered by tests/test_cluster_study.py (they are not rerun)."""
     import threading
 
     import numpy as np

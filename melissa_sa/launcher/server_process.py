@@ -117,7 +117,7 @@ class ServerProcess:
         if hasattr(self.scheduler, "server_command"):  # slurm-allocation: a job step
             return self.scheduler.server_command(self.server_argv(), ntasks=n)
         if self.batch:
-            return ["srun", "--mpi=pmi2", "-n", str(n), *self.server_argv()]
+            return ["srun", "--mpi=pmi2", "--kill-on-bad-exit=1", "-n", str(n), *self.server_argv()]
         return [find_mpiexec(), "-n", str(n), *lc.mpiexec_args, *self.server_argv()]
 
     def env(self, address: str | None, restart: bool) -> dict[str, str]:

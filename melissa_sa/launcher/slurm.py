@@ -235,12 +235,15 @@ class SlurmScheduler(Scheduler):
     def submit_server(self, argv: Sequence[str], script_path: str | os.PathLike,
                       log_path: str | os.PathLike, ntasks: int,
                       env: Mapping[str, str] | None = None,
-                      mpi: Sequence[str] = ("srun", "--mpi=pmi2")) -> SlurmServerJob:
+                      mpi: Sequence[str] = ("srun", "--mpi=pmi2", "--kill-on-bad-exit=1"),
+                      ) -> SlurmServerJob:
         """Submit the server: a batch script (written to ``script_path``) that
         runs ``argv`` (``python -m melissa_sa.server.main study.json``) as
         ``ntasks`` MPI tasks with ``mpi`` (``srun --mpi=pmi2``: one
         communicator across nodes; the mpich wheel's ``mpiexec`` also works
-        inside a job). Refusals are retried like a client's."""
+        inside a job; ``--kill-on-bad-exit=1``: a rank that fails ends the
+        job at once, so that it is relaunched instead of waiting for
+        ``server_timeout``). Refusals are retried like a client's."""
         if self._server is not None and self._server.result is None:
             raise SchedulerError(f"the server job {self._server.slurm_id} is still active")
         launch = [*mpi, "-n", str(ntasks)] if mpi else []
