@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -324,3 +325,71 @@ def test_siblings_of_a_hanging_member_are_not_rerun(tmp_path, local_reference):
     assert "exited before sending all its time steps" not in log
     assert "simulation 1 was silent" in log
     assert_same_as_local(study, local_reference)
+
+
+# ---------------------------------------------------------------------------
+# the launcher's control link (no Slurm needed)
+
+
+def test_launcher_link_accepts_only_the_study_secret():
+    import io
+
+    from melissa_sa.launcher.progress import Console
+    from melissa_sa.launcher.server_link import ServerLink
+    from melissa_sa.messages import Ping, encode
+
+    stream = io.StringIO()
+    link = ServerLink(Console(stream))
+    address = link.bind("127.0.0.1", "s3cret")
+    ctx = zmq.Context()
+    try:
+        intruder, server = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+        intruder.linger = server.linger = 0
+        intruder.plain_username, intruder.plain_password = b"melissa-sa", b"wrong"
+        server.plain_username, server.plain_password = b"melissa-sa", b"s3cret"
+        intruder.connect(address)
+        intruder.send(encode(Ping()))  # queued, never delivered
+        got = []
+        deadline = time.monotonic() + 10
+        while link.refused < 1 and time.monotonic() < deadline:
+            got += link.receive(0.1)
+        assert got == [] and link.refused >= 1 and not link.connected
+        server.connect(address)
+        server.send(encode(Ping()))
+        got = wait_for(lambda: link.receive(0.1), 10, "the server's ping")
+        assert got == [Ping()] and link.connected
+        assert "refused a peer" in stream.getvalue()
+    finally:
+        ctx.destroy(0)
+        link.close()
+
+
+# ---------------------------------------------------------------------------
+# Ctrl-C on Slurm
+
+
+def test_ctrl_c_cancels_every_job_of_the_study_and_no_other(slurm, tmp_path):  # noqa: F811
+    part = [f"--partition={slurm.partition}"] if slurm.partition else []
+    other = slurm.run("sbatch", "--parsable", *part, "--job-name=not-melissa",
+                      f"--output={tmp_path}/other.log", "--wrap=sleep 120").stdout.strip()
+    try:
+        study = sobol_study(tmp_path / "c", {"scheduler": "slurm"}, partition=slurm.partition)
+        os.environ["TEST_STEP_DELAY"] = "2"
+        try:
+            proc = start_launcher(study, slurm)
+        finally:
+            os.environ.pop("TEST_STEP_DELAY")
+        running_job(study, slurm, "server")
+        running_job(study, slurm, "0")
+        os.kill(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(120)
+        finally:
+            kill_group(proc)
+        text = (study.parent / "launcher.out").read_text(errors="replace")
+        assert proc.returncode == 130, text[-3000:]
+        assert study_jobs(study, slurm) == [], text[-3000:]
+        state = slurm.run("squeue", "--noheader", f"--jobs={other}", "--format=%T").stdout
+        assert state.strip() in ("RUNNING", "PENDING"), state
+    finally:
+        slurm.run("scancel", other)
