@@ -150,6 +150,7 @@ def test_cancel_by_the_launcher_is_reported_cancelled(slurm, prefix, tmp_path): 
     assert len(ids) == 1 and sched.running == 0
 
 
+@pytest.mark.slow  # Slurm's smallest walltime is 1 minute
 def test_walltime_is_a_crash(slurm, prefix, tmp_path):  # noqa: F811
     logs = []
     args = [f"--partition={slurm.partition}"] if slurm.partition else []
@@ -468,7 +469,7 @@ def test_study_with_client_jobs_in_slurm_matches_offline(slurm, tmp_path):  # no
     code = launcher.run()
     assert code == 0, (tmp_path / "out" / "logs" / "server.log").read_text()[-3000:]
     assert isinstance(launcher.scheduler, mod.SlurmScheduler)
-    assert launcher.scheduler.stats["submitted"] == groups * (p + 2)
+    assert launcher.scheduler.stats["submitted"] == groups * (p + 2) + 1  # + the server
     assert mod.find_study_jobs("melissa", env=slurm.env) == []  # nothing left in squeue
     with open_results(tmp_path / "out" / "results.h5") as r:
         ref, n_groups = offline(r, n_cells, p)
@@ -495,8 +496,9 @@ def test_study_with_client_jobs_in_slurm_matches_offline(slurm, tmp_path):  # no
             np.testing.assert_allclose(got, r.get("f", name), rtol=0, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.slow  # Slurm's smallest walltime is 1 minute
 def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # noqa: F811
-                                                            monkeypatch, caplog):
+                                                            monkeypatch):
     """Fault tolerance through today's launcher with client jobs in Slurm:
     sim 1's first attempt hangs and is scancel'ed from outside, sim 4's hangs
     until its 1-minute walltime (SBATCH_TIMELIMIT): both are crashes, rerun,
@@ -504,6 +506,7 @@ def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # 
 
     Plain sampling (no Sobol' groups); the siblings of a hanging Sobol' member
     are covered by tests/test_cluster_study.py (they are not rerun)."""
+    import io
     import threading
 
     import numpy as np
@@ -526,7 +529,8 @@ def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # 
         sa_config={"mean": True, "variance": True, "min": True, "max": True},
         server_config={"server_processes": 2},
         launcher_config={"scheduler": "slurm", "job_limit": 6, "server_timeout": 300,
-                         "fault_tolerance": True},
+                         "fault_tolerance": True,
+                         "scheduler_arg_server": ["--time=10"]},  # beats SBATCH_TIMELIMIT
         client_config={"executable_command": "python analytic_client.py"},
     )
     monkeypatch.setenv("TEST_FAULT_PLAN", json.dumps({"1": {"mode": "hang", "step": 1},
@@ -548,8 +552,8 @@ def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # 
 
     injector = threading.Thread(target=cancel_sim_1, daemon=True)
     injector.start()
-    caplog.set_level("WARNING", logger="melissa_sa.slurm")
-    launcher = Launcher(load_config(study), str(study))
+    stream = io.StringIO()  # the scheduler's lines go to the launcher's console
+    launcher = Launcher(load_config(study), str(study), stream=stream)
     try:
         code = launcher.run()
     finally:
@@ -559,7 +563,7 @@ def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # 
     assert len(cancelled) == 1
     assert (tmp_path / "attempts.1").read_text() == "xx"  # cancelled, then rerun
     assert (tmp_path / "attempts.4").read_text() == "xx"  # TIMEOUT, then rerun
-    slurm_lines = [r.getMessage() for r in caplog.records if r.name == "melissa_sa.slurm"]
+    slurm_lines = [line for line in stream.getvalue().splitlines() if "slurm:" in line]
     assert any(f"Slurm job {cancelled[0]}," in m and "CANCELLED" in m for m in slurm_lines)
     assert any("TIMEOUT" in m for m in slurm_lines), slurm_lines
     assert mod.find_study_jobs("melissa", env=slurm.env) == []
