@@ -11,7 +11,7 @@ scanning ``/proc`` while ``mpiexec`` lives (:meth:`ServerProcess.watch`).
 
 Under ``"slurm"`` the server is a batch job instead
 (:meth:`~melissa_sa.launcher.slurm.SlurmScheduler.submit_server`, script
-``OUT/server.sh``, tasks started by ``srun --mpi=pmi2``): :attr:`popen` is
+``OUT/server.sh``, ranks started by the venv's ``mpiexec`` inside the job): :attr:`popen` is
 then a :class:`~melissa_sa.launcher.slurm.SlurmServerJob` (``poll`` /
 ``terminate``, no local pid). Under ``"slurm-allocation"`` it is the job step
 ``srun ... -n P --mpi=pmi2 python -m melissa_sa.server.main`` run like
@@ -116,8 +116,8 @@ class ServerProcess:
         n = self.cfg.server_config.server_processes
         if hasattr(self.scheduler, "server_command"):  # slurm-allocation: a job step
             return self.scheduler.server_command(self.server_argv(), ntasks=n)
-        if self.batch:
-            return ["srun", "--mpi=pmi2", "--kill-on-bad-exit=1", "-n", str(n), *self.server_argv()]
+        if self.batch:  # what OUT/server.sh runs inside the job
+            return [find_mpiexec(), *lc.mpiexec_args, "-n", str(n), *self.server_argv()]
         return [find_mpiexec(), "-n", str(n), *lc.mpiexec_args, *self.server_argv()]
 
     def env(self, address: str | None, restart: bool) -> dict[str, str]:
@@ -143,9 +143,13 @@ class ServerProcess:
         env = self.env(address, restart)
         if self.batch:
             script = Path(self.cfg.output_dir) / "server.sh"
+            # the venv's mpiexec (hydra) inside the job: it starts the ranks on
+            # the job's nodes through Slurm; srun --mpi=pmi2 failed here in
+            # MPI_Init now and then (mpich wheel + UCX, docs/cluster.md)
             self.popen = self.scheduler.submit_server(
                 self.server_argv(), script, self.log_path,
-                ntasks=self.cfg.server_config.server_processes, env=env)
+                ntasks=self.cfg.server_config.server_processes, env=env,
+                mpi=[find_mpiexec(), *self.cfg.launcher_config.mpiexec_args])
             self.tree = None
             self.started_at = time.monotonic()
             return ["sbatch", str(script)]

@@ -3,8 +3,9 @@
 ``"slurm"`` (:class:`SlurmScheduler`)
     Each client run is one batch job (``sbatch --parsable``, options from
     ``launcher_config.scheduler_arg_client``); the server is one batch job
-    whose ``server_processes`` tasks start with ``srun --mpi=pmi2``
-    (:meth:`SlurmScheduler.submit_server`, options from
+    whose ``server_processes`` tasks start with the given MPI launcher
+    (:meth:`SlurmScheduler.submit_server`: ``srun --mpi=pmi2`` by default; the
+    launcher passes the venv's ``mpiexec``, see docs/cluster.md; options from
     ``scheduler_arg_server``). One ``squeue`` call per poll watches every job
     of the study; a job that left ``squeue`` is looked up with ``scontrol show
     job``, then ``sacct`` (which fails on clusters without accounting: that is
