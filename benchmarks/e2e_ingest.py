@@ -73,9 +73,11 @@ def _client_results(clients, timeout: float) -> list[dict]:
 
 def run_server_ingest(work: Path, clients: int, cells: int, steps: int, sobol: bool,
                       p: int, profile: Path | None = None, timeout: float = 300,
-                      c_client: Path | None = None) -> dict:
+                      c_client: Path | None = None, auth: bool = False) -> dict:
     """K measured clients (+ one warm-up simulation or group) into the real server:
-    Python clients, or the C client ``c_client`` (``e2e_cclient.c``)."""
+    Python clients, or the C client ``c_client`` (``e2e_cclient.c``). ``auth``:
+    the study has a secret (``OUT/secret``, as every launched study): the server's
+    sockets check it (ZeroMQ PLAIN + ZAP) and the clients present it."""
     gs = p + 2 if sobol else 1
     if clients % gs:
         raise ValueError(f"{clients} clients do not make whole groups of {gs}")
@@ -83,8 +85,12 @@ def run_server_ingest(work: Path, clients: int, cells: int, steps: int, sobol: b
     work.mkdir(parents=True, exist_ok=True)
     study = ingest_config(work, n_runs, steps, sobol, p)
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    for k in ("MELISSA_LAUNCHER_ADDRESS", "MELISSA_RESTART"):
+    for k in ("MELISSA_LAUNCHER_ADDRESS", "MELISSA_RESTART", "MELISSA_SECRET_FILE",
+              "MELISSA_SECRET"):
         env.pop(k, None)
+    if auth:
+        from melissa_sa.auth import study_secret
+        env["MELISSA_SECRET_FILE"] = str(study_secret(work / "out")[1])
     py_args = [PY, "-m", "melissa_sa.server.main", study]
     if profile is not None:
         py_args = [PY, "-m", "cProfile", "-o", profile, "-m", "melissa_sa.server.main", study]
@@ -236,7 +242,7 @@ def bench_ingest(args, scratch: Path) -> dict:
     out = {}
     for name, sobol, clients, steps in variants:
         gs = args.sobol_params + 2 if sobol else 1
-        runs = {"raw": [], "raw_tracked": [], "server": [], "server_c": []}
+        runs = {"raw": [], "raw_tracked": [], "server": [], "server_auth": [], "server_c": []}
         for rep in range(args.repeat):
             tag = f"{'sobol' if sobol else 'mv'}_{rep}"
             runs["raw"].append(run_raw(scratch / f"raw_{tag}", clients, args.cells, steps,
@@ -247,6 +253,10 @@ def bench_ingest(args, scratch: Path) -> dict:
                                                     args.cells, steps, sobol,
                                                     args.sobol_params))
             rm(scratch / f"srv_{tag}")
+            runs["server_auth"].append(run_server_ingest(scratch / f"srva_{tag}", clients,
+                                                         args.cells, steps, sobol,
+                                                         args.sobol_params, auth=True))
+            rm(scratch / f"srva_{tag}")
             if c_client is not None:
                 runs["server_c"].append(run_server_ingest(
                     scratch / f"srvc_{tag}", clients, args.cells, steps, sobol,
@@ -254,12 +264,15 @@ def bench_ingest(args, scratch: Path) -> dict:
                 rm(scratch / f"srvc_{tag}")
             print(f"  [{name} rep {rep}] raw {runs['raw'][-1]['gbps']:.2f} GB/s, "
                   f"raw tracked {runs['raw_tracked'][-1]['gbps']:.2f} GB/s, "
-                  f"server {runs['server'][-1]['gbps']:.2f} GB/s"
+                  f"server {runs['server'][-1]['gbps']:.2f} GB/s, "
+                  f"server authenticated {runs['server_auth'][-1]['gbps']:.2f} GB/s"
                   + (f", server with C clients {runs['server_c'][-1]['gbps']:.2f} GB/s"
                      if runs["server_c"] else ""), file=sys.stderr, flush=True)
         res = {k: summarise(v) for k, v in runs.items() if v}
         res["ratio_best"] = res["server"]["best_gbps"] / res["raw"]["best_gbps"]
         res["ratio_median"] = res["server"]["median_gbps"] / res["raw"]["median_gbps"]
+        res["auth_over_plain_median"] = (res["server_auth"]["median_gbps"]
+                                         / res["server"]["median_gbps"])
         if "server_c" in res:
             res["c_ratio_best"] = res["server_c"]["best_gbps"] / res["raw"]["best_gbps"]
             res["c_ratio_median"] = (res["server_c"]["median_gbps"]

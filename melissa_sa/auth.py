@@ -36,8 +36,8 @@ import secrets
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import zmq
 
@@ -183,7 +183,7 @@ class ZapGuard:
     ``log_interval`` seconds.
     """
 
-    _guards: dict[int, "ZapGuard"] = {}
+    _guards: dict[int, ZapGuard] = {}
     _lock = threading.Lock()
 
     def __init__(self, context: zmq.Context, secret: str,
@@ -213,7 +213,7 @@ class ZapGuard:
             raise SecretError(f"cannot start the ZAP handler: {self._error}")
 
     @classmethod
-    def for_context(cls, context: zmq.Context, secret: str, **kwargs) -> "ZapGuard":
+    def for_context(cls, context: zmq.Context, secret: str, **kwargs) -> ZapGuard:
         """The guard of ``context``, started on first use (one per context:
         the ZAP endpoint is fixed)."""
         with cls._lock:

@@ -24,6 +24,10 @@ client rank pushes to each server rank exactly the cells that rank owns
 fails with :class:`MelissaConnectionError` within ``MELISSA_CONNECT_TIMEOUT``
 seconds (default 30); it never hangs.
 
+With ``MELISSA_SECRET_FILE`` (the launcher sets it to ``OUT/secret``) every
+socket presents the study secret (:mod:`melissa_sa.auth`, ZeroMQ PLAIN); a
+server that authenticates never answers a client without it.
+
 Outside a study (no ``MELISSA_SERVER_ADDRESS``), the three functions do
 nothing unless ``MELISSA_REQUIRE_SERVER=1``, so an instrumented simulation
 still runs on its own.
@@ -37,8 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from melissa_sa.protocol import (Hello, ProtocolError, decode_welcome, encode_header,
-                                 encode_hello)
+from melissa_sa.auth import SecretError, secret_from_env, secure_client_socket
+from melissa_sa.protocol import Hello, ProtocolError, decode_welcome, encode_header, encode_hello
 
 __all__ = ["melissa_init", "melissa_send", "melissa_finalize", "MelissaConnectionError"]
 
@@ -70,6 +74,15 @@ class _Session:
     pushes: dict[int, zmq.Socket] = field(default_factory=dict)
     fields: dict[str, _Field] = field(default_factory=dict)
     send_timeout: float = 300.0
+    #: the study secret (``MELISSA_SECRET_FILE``), presented on every socket; None: none
+    secret: str | None = None
+
+    def socket(self, kind: int) -> zmq.Socket:
+        """A new socket of the session, with the study's credentials if any."""
+        sock = self.context.socket(kind)
+        if self.secret:
+            secure_client_socket(sock, self.secret)
+        return sock
 
 
 _session: _Session | None = None
@@ -104,9 +117,13 @@ def _start_session(comm) -> _Session | None:
         raise MelissaConnectionError(
             f"MELISSA_SIMULATION_ID={raw_id!r} is not an integer") from None
     rank = comm.Get_rank() if comm is not None else 0
+    try:
+        secret = secret_from_env()
+    except SecretError as exc:
+        raise MelissaConnectionError(f"{exc} (MELISSA_SECRET_FILE)") from None
     return _Session(address=address, sim_id=sim_id, member=-1, rank=rank, comm=comm,
                     context=zmq.Context(),
-                    send_timeout=_env_float("MELISSA_SEND_TIMEOUT", 300.0))
+                    send_timeout=_env_float("MELISSA_SEND_TIMEOUT", 300.0), secret=secret)
 
 
 def _hello(s: _Session, field_name: str, n_total: int):
@@ -116,7 +133,7 @@ def _hello(s: _Session, field_name: str, n_total: int):
     reason of a failure as a string (broadcast to the other ranks either way).
     """
     timeout = _env_float("MELISSA_CONNECT_TIMEOUT", 30.0)
-    req = s.context.socket(zmq.REQ)
+    req = s.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     try:
         req.connect(s.address)
@@ -175,7 +192,7 @@ def melissa_init(field_name: str, local_vect_size: int, comm=None) -> None:
         if start < stop:
             routes.append((server_rank, start - offset, stop - offset))
             if server_rank not in s.pushes:
-                push = s.context.socket(zmq.PUSH)
+                push = s.socket(zmq.PUSH)
                 push.setsockopt(zmq.LINGER, int(s.send_timeout * 1000))
                 push.connect(endpoints[server_rank])
                 s.pushes[server_rank] = push

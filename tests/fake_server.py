@@ -59,6 +59,8 @@ import time
 
 import zmq
 
+from melissa_sa.auth import secret_from_env, secure_client_socket
+
 
 def _alive(pid: int) -> bool:
     try:
@@ -98,6 +100,9 @@ def main() -> int:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 2000)
+    secret = secret_from_env()  # the launcher's link accepts only the study's peers
+    if secret and not sc.get("no_secret"):
+        secure_client_socket(sock, secret)
     sock.connect(os.environ["MELISSA_LAUNCHER_ADDRESS"])
 
     def send(msg: dict) -> None:

@@ -13,13 +13,15 @@ commands (``sbatch``, ``squeue``, ...) talk to it.
   in the foreground as children of the test process and are stopped by pid at
   the end (:meth:`SlurmCluster.stop`).
 * When that is impossible (not root, Debian's ``slurm-wlm`` / ``munge`` not
-  installed, no munge key, a daemon that does not come up), :class:`Unavailable`
+  installed, no munge key, a daemon that does not come up), :class:`UnavailableError`
   says what is missing; the fixture turns it into a skip.
 
 The configuration is the one measured to work on a small machine:
 ``select/cons_tres``, ``proctrack/linuxproc``, ``task/none``, no accounting
 (``sacct`` fails, as on many clusters) and one partition with
-``OverSubscribe=FORCE:8`` so that 2 cores run several jobs at once. A second
+``OverSubscribe=FORCE:8`` so that 2 cores run several jobs at once; the node
+declares at least 8 CPUs (``SlurmdParameters=config_overrides``), so that one
+allocation holds a 2-rank server step beside client steps. A second
 partition, ``gate``, exists for tests that need sbatch to refuse a
 submission (``scontrol update PartitionName=gate State=INACTIVE``).
 """
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["SlurmCluster", "Unavailable", "slurm_cluster", "slurm_answers", "shared_cluster",
+__all__ = ["SlurmCluster", "UnavailableError", "slurm_cluster", "slurm_answers", "shared_cluster",
            "slurm"]
 
 CLIENT_COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "srun", "sinfo", "salloc")
@@ -48,7 +50,7 @@ PARTITION = "debug"
 GATE_PARTITION = "gate"
 
 
-class Unavailable(RuntimeError):
+class UnavailableError(RuntimeError):
     """Slurm cannot be started here; the message says what is missing."""
 
 
@@ -152,22 +154,22 @@ class SlurmCluster:
 def _check_can_start() -> None:
     missing = []
     if os.geteuid() != 0:
-        raise Unavailable("a private Slurm needs root (slurmd runs as root); "
+        raise UnavailableError("a private Slurm needs root (slurmd runs as root); "
                           "run as root or point SLURM_CONF at a running Slurm")
     for cmd in (*DAEMONS, *CLIENT_COMMANDS):
         if shutil.which(cmd) is None and not Path("/usr/sbin", cmd).exists():
             pkg = DAEMONS.get(cmd, "slurm-client")
             missing.append(f"{cmd} (Debian package {pkg})")
     if missing:
-        raise Unavailable("Slurm is not installed: missing " + ", ".join(missing) +
+        raise UnavailableError("Slurm is not installed: missing " + ", ".join(missing) +
                           "; install with `apt-get install slurm-wlm munge` as root")
     if not MUNGE_KEY.exists():
-        raise Unavailable(f"no munge key at {MUNGE_KEY} (created by the munge package; "
+        raise UnavailableError(f"no munge key at {MUNGE_KEY} (created by the munge package; "
                           f"or run `mungekey`/`create-munge-key`)")
     try:
         pwd.getpwnam("munge")
     except KeyError:
-        raise Unavailable("no `munge` user (created by the munge package)") from None
+        raise UnavailableError("no `munge` user (created by the munge package)") from None
 
 
 def _daemon(name: str) -> str:
@@ -179,16 +181,17 @@ def _wait(what: str, ok, timeout: float, procs: dict, workdir: Path) -> None:
     while time.monotonic() < deadline:
         for name, proc in procs.items():
             if proc.poll() is not None:
-                raise Unavailable(f"{name} exited with code {proc.returncode} while waiting "
+                raise UnavailableError(f"{name} exited with code {proc.returncode} while waiting "
                                   f"for {what}; logs in {workdir}")
         if ok():
             return
         time.sleep(0.2)
-    raise Unavailable(f"timed out after {timeout:g} s waiting for {what}; logs in {workdir}")
+    raise UnavailableError(f"timed out after {timeout:g} s waiting for {what}; logs in {workdir}")
 
 
 def _write_conf(workdir: Path, host: str, munge_socket: Path) -> Path:
     cpus = os.cpu_count() or 1
+    partition = "MaxTime=INFINITE State=UP OverSubscribe=FORCE:8"
     conf = workdir / "slurm.conf"
     conf.write_text(f"""\
 # one-node Slurm for melissa-sa's tests (tests/slurm_cluster.py)
@@ -226,9 +229,10 @@ OverTimeLimit=0
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=60
-NodeName={host} CPUs={cpus} RealMemory={_real_memory_mb()} State=UNKNOWN
-PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
-PartitionName={GATE_PARTITION} Nodes={host} Default=NO MaxTime=INFINITE State=UP OverSubscribe=FORCE:8
+SlurmdParameters=config_overrides
+NodeName={host} CPUs={max(cpus, 8)} RealMemory={_real_memory_mb()} State=UNKNOWN
+PartitionName={PARTITION} Nodes={host} Default=YES {partition}
+PartitionName={GATE_PARTITION} Nodes={host} Default=NO {partition}
 """)
     return conf
 
@@ -269,7 +273,7 @@ def slurm_cluster(base_env: dict[str, str] | None = None,
                   timeout: float = 60.0) -> SlurmCluster:
     """A Slurm to test against: the running one, or a private one started here.
 
-    Raises :class:`Unavailable` (message: what is missing) when there is none
+    Raises :class:`UnavailableError` (message: what is missing) when there is none
     and one cannot be started.
     """
     env = dict(os.environ if base_env is None else base_env)
@@ -311,8 +315,8 @@ def slurm_cluster(base_env: dict[str, str] | None = None,
     except BaseException as exc:
         tail = cluster.log_tail()
         cluster.stop()
-        if isinstance(exc, Unavailable):
-            raise Unavailable(f"{exc}\n{tail}") from None
+        if isinstance(exc, UnavailableError):
+            raise UnavailableError(f"{exc}\n{tail}") from None
         raise
     return cluster
 
@@ -335,7 +339,7 @@ def slurm():
     process a test starts finds the cluster."""
     try:
         cluster = shared_cluster()
-    except Unavailable as exc:
+    except UnavailableError as exc:
         pytest.skip(f"no Slurm to test with: {exc}")
     old = os.environ.get("SLURM_CONF")
     if "SLURM_CONF" in cluster.env:

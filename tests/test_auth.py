@@ -21,7 +21,6 @@ from melissa_sa.auth import (
     study_secret,
 )
 
-
 # ---------------------------------------------------------------------------
 # the secret file
 

@@ -279,6 +279,11 @@ def test_unreachable_server_fails_within_the_timeout(misuse, mpi):
     ("MELISSA_CONNECT_TIMEOUT", "soon",
      "MELISSA_CONNECT_TIMEOUT=soon is not a positive number of seconds"),
     ("MELISSA_SEND_TIMEOUT", "0", "MELISSA_SEND_TIMEOUT=0 is not a positive number"),
+    ("MELISSA_SECRET_FILE", "/nonexistent/secret",
+     "MELISSA_SECRET_FILE=/nonexistent/secret: cannot read the study secret"),
+    ("MELISSA_SECRET_FILE", "/etc/hostname",
+     "MELISSA_SECRET_FILE=/etc/hostname: the study secret must be a regular file that only "
+     "its owner can read"),
 ])
 def test_bad_environment(misuse, var, value, message):
     env = {"MELISSA_SERVER_ADDRESS": "tcp://127.0.0.1:9", "MELISSA_SIMULATION_ID": 0,

@@ -275,7 +275,7 @@ def test_missing_required_section(tmp_path, section):
     ("study_options.simulation_timeout", "60", 'expected a number, got "60"'),
     ("sa_config.mean", 1, "expected true or false, got 1"),
     ("launcher_config.fault_tolerance", "yes", 'expected true or false, got "yes"'),
-    ("server_config.bind", 127, "expected a string, got 127"),
+    ("server_config.bind", 127, "expected a string or null, got 127"),
     ("study_options.l_bounds", 0, "expected a list, got 0"),
     ("study_options.field_names", "temperature", 'expected a list, got "temperature"'),
     ("sa_config", [1], "expected an object, got [1]"),

@@ -863,12 +863,14 @@ def test_server_command_and_environment(tmp_path):
 
 def test_scheduler_registry():
     assert get_scheduler("local") is LocalScheduler
-    assert "local" in scheduler_names()
-    with pytest.raises(NotImplementedError, match="slurm"):
-        get_scheduler("slurm")
+    from melissa_sa.launcher import SlurmAllocationScheduler, SlurmScheduler
+
+    assert get_scheduler("slurm") is SlurmScheduler
+    assert get_scheduler("slurm-allocation") is SlurmAllocationScheduler
+    assert {"local", "slurm", "slurm-allocation"} <= set(scheduler_names())
     with pytest.raises(NotImplementedError, match="openmpi"):
         get_scheduler("openmpi")
-    with pytest.raises(SchedulerError, match="known: local"):
+    with pytest.raises(SchedulerError, match="known: local, slurm, slurm-allocation"):
         get_scheduler("pbs")
 
 

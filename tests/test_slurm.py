@@ -16,7 +16,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from slurm_cluster import slurm  # noqa: F401  (the session fixture)
 
 from melissa_sa.config import ConfigError, config_from_dict
@@ -26,8 +25,6 @@ PY = sys.executable
 
 
 def _slurm_module():
-    # imported here, not at collection: importing it registers "slurm", which
-    # test_launcher's registry test still expects to be a planned plug-in
     from melissa_sa.launcher import slurm as mod
     return mod
 
@@ -153,6 +150,7 @@ def test_cancel_by_the_launcher_is_reported_cancelled(slurm, prefix, tmp_path): 
     assert len(ids) == 1 and sched.running == 0
 
 
+@pytest.mark.slow  # Slurm's smallest walltime is 1 minute
 def test_walltime_is_a_crash(slurm, prefix, tmp_path):  # noqa: F811
     logs = []
     args = [f"--partition={slurm.partition}"] if slurm.partition else []
@@ -237,7 +235,7 @@ def test_server_job_has_one_communicator(slurm, prefix, tmp_path):  # noqa: F811
     assert job.poll() is None
     assert job.wait(60) == 0
     assert log.read_text().split("\n").count("size 2") == 2, log.read_text()
-    assert "srun --mpi=pmi2 -n 2" in (tmp_path / "server.sh").read_text()
+    assert "srun --mpi=pmi2 --kill-on-bad-exit=1 -n 2" in (tmp_path / "server.sh").read_text()
 
 
 def test_server_job_crash_and_terminate(slurm, prefix, tmp_path):  # noqa: F811
@@ -443,12 +441,12 @@ def test_study_with_client_jobs_in_slurm_matches_offline(slurm, tmp_path):  # no
     ``scheduler: "slurm"``: every client is an sbatch job of 2 tasks whose
     ranks the client script's mpiexec starts inside the job."""
     import numpy as np
-
     from conftest import write_study
+    from studyutil import NB_STEPS, copy_client, offline
+
     from melissa_sa.config import load_config
     from melissa_sa.launcher import Launcher
     from melissa_sa.results import open_results
-    from studyutil import NB_STEPS, copy_client, offline
 
     mod = _slurm_module()
     n_cells, p, groups = 11, 2, 3
@@ -471,7 +469,7 @@ def test_study_with_client_jobs_in_slurm_matches_offline(slurm, tmp_path):  # no
     code = launcher.run()
     assert code == 0, (tmp_path / "out" / "logs" / "server.log").read_text()[-3000:]
     assert isinstance(launcher.scheduler, mod.SlurmScheduler)
-    assert launcher.scheduler.stats["submitted"] == groups * (p + 2)
+    assert launcher.scheduler.stats["submitted"] == groups * (p + 2) + 1  # + the server
     assert mod.find_study_jobs("melissa", env=slurm.env) == []  # nothing left in squeue
     with open_results(tmp_path / "out" / "results.h5") as r:
         ref, n_groups = offline(r, n_cells, p)
@@ -498,25 +496,26 @@ def test_study_with_client_jobs_in_slurm_matches_offline(slurm, tmp_path):  # no
             np.testing.assert_allclose(got, r.get("f", name), rtol=0, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.slow  # Slurm's smallest walltime is 1 minute
 def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # noqa: F811
-                                                            monkeypatch, caplog):
+                                                            monkeypatch):
     """Fault tolerance through today's launcher with client jobs in Slurm:
     sim 1's first attempt hangs and is scancel'ed from outside, sim 4's hangs
     until its 1-minute walltime (SBATCH_TIMELIMIT): both are crashes, rerun,
     and the statistics equal NumPy's over the design.
 
-    Plain sampling (no Sobol' groups): with pick-freeze groups, the server
-    today restarts the finished siblings of a hanging member (their steps are
-    buffered, not folded) and abandons the group before the walltime."""
+    Plain sampling (no Sobol' groups); the siblings of a hanging Sobol' member
+    are covered by tests/test_cluster_study.py (they are not rerun)."""
+    import io
     import threading
 
     import numpy as np
-
     from conftest import write_study
+    from studyutil import NB_STEPS, copy_client, field_values
+
     from melissa_sa.config import load_config
     from melissa_sa.launcher import Launcher
     from melissa_sa.results import open_results
-    from studyutil import NB_STEPS, copy_client, field_values
 
     mod = _slurm_module()
     n_cells, runs = 11, 6
@@ -530,7 +529,8 @@ def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # 
         sa_config={"mean": True, "variance": True, "min": True, "max": True},
         server_config={"server_processes": 2},
         launcher_config={"scheduler": "slurm", "job_limit": 6, "server_timeout": 300,
-                         "fault_tolerance": True},
+                         "fault_tolerance": True,
+                         "scheduler_arg_server": ["--time=10"]},  # beats SBATCH_TIMELIMIT
         client_config={"executable_command": "python analytic_client.py"},
     )
     monkeypatch.setenv("TEST_FAULT_PLAN", json.dumps({"1": {"mode": "hang", "step": 1},
@@ -552,8 +552,8 @@ def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # 
 
     injector = threading.Thread(target=cancel_sim_1, daemon=True)
     injector.start()
-    caplog.set_level("WARNING", logger="melissa_sa.slurm")
-    launcher = Launcher(load_config(study), str(study))
+    stream = io.StringIO()  # the scheduler's lines go to the launcher's console
+    launcher = Launcher(load_config(study), str(study), stream=stream)
     try:
         code = launcher.run()
     finally:
@@ -563,7 +563,7 @@ def test_client_jobs_cancelled_or_out_of_walltime_are_rerun(slurm, tmp_path,  # 
     assert len(cancelled) == 1
     assert (tmp_path / "attempts.1").read_text() == "xx"  # cancelled, then rerun
     assert (tmp_path / "attempts.4").read_text() == "xx"  # TIMEOUT, then rerun
-    slurm_lines = [r.getMessage() for r in caplog.records if r.name == "melissa_sa.slurm"]
+    slurm_lines = [line for line in stream.getvalue().splitlines() if "slurm:" in line]
     assert any(f"Slurm job {cancelled[0]}," in m and "CANCELLED" in m for m in slurm_lines)
     assert any("TIMEOUT" in m for m in slurm_lines), slurm_lines
     assert mod.find_study_jobs("melissa", env=slurm.env) == []

@@ -4,10 +4,23 @@ import pytest
 
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
-from melissa_sa.server.study_events import (AbandonGroup, Begin, DataSeen, DrawGroup,
-                                            FinishStudy, GroupFinished, JobExited, JobStarted,
-                                            KillRuns, ReportProgress, RunFolded, StopStudy,
-                                            SubmitRuns, Tick)
+from melissa_sa.server.study_events import (
+    AbandonGroup,
+    Begin,
+    DataSeen,
+    DrawGroup,
+    FinishStudy,
+    GroupFinished,
+    JobExited,
+    JobStarted,
+    KillRuns,
+    ReportProgress,
+    RunFolded,
+    RunReceived,
+    StopStudy,
+    SubmitRuns,
+    Tick,
+)
 from melissa_sa.server.study_state import StudyLimits, StudyState
 
 
@@ -68,6 +81,53 @@ def test_exit_0_without_data_fails_after_the_grace_period():
     assert s.handle(JobExited(0, 0, 1.0)) == []
     assert s.handle(Tick(5.0)) == []
     assert s.handle(Tick(6.5)) == [SubmitRuns(0, (0,))]
+
+
+def test_members_received_in_full_are_not_restarted_while_a_sibling_hangs():
+    # group 0 = sims 0..3; sim 3 hangs after its first steps. Its siblings sent
+    # every step: buffered in the assembler, not folded (waiting for sim 3)
+    s = state()
+    s.handle(Begin(0.0))
+    for sim in range(4):
+        s.handle(JobStarted(sim, 0.5))
+        s.handle(DataSeen(sim, 1.0))
+    for sim in range(3):
+        assert s.handle(RunReceived(sim, 2.0)) == []
+        assert s.handle(JobExited(sim, 0, 2.5)) == []
+    # past completion_grace: the siblings are done, nothing is resubmitted
+    assert s.handle(Tick(10.0)) == []
+    # past simulation_timeout: only the hanging member is killed and restarted
+    assert s.handle(Tick(31.5)) == [KillRuns((3,)), SubmitRuns(0, (3,))]
+    assert s.active_sim_ids == frozenset(range(8))
+    # a received run that is killed afterwards (e.g. its walltime) loses nothing
+    assert s.handle(JobExited(1, -15, 32.0, state="failed")) == []
+    assert s.groups[0].crashes[1] == 0
+    # the restarted member completes the group: every member is folded
+    out = finish_group(s, 0, 40.0)
+    assert of(GroupFinished, out) == [GroupFinished(0, 1, 3)]
+    assert s.handle(Tick(100.0)) == []  # nothing of group 0 is watched any more
+
+
+def test_exit_0_with_steps_missing_still_fails_after_the_grace_period():
+    # the completion rule is unchanged for a run that did not send everything
+    s = state()
+    s.handle(Begin(0.0))
+    s.handle(JobStarted(0, 0.5))
+    s.handle(RunReceived(1, 0.8))           # a sibling's, not this run's
+    assert s.handle(JobExited(0, 0, 1.0)) == []
+    assert s.handle(Tick(6.5)) == [SubmitRuns(0, (0,))]
+
+
+def test_a_run_received_then_resubmitted_after_a_redraw_is_watched_again():
+    s = state(n_groups=2)
+    s.handle(Begin(0.0))
+    s.handle(RunReceived(0, 1.0))
+    s.handle(JobExited(1, 3, 1.0))
+    out = s.handle(JobExited(1, 3, 2.0))           # group 0 redrawn as group 2
+    assert of(AbandonGroup, out) == [AbandonGroup(0, 12)]
+    # sim 0 belonged to the abandoned group: forgotten, late events do nothing
+    assert s.handle(JobExited(0, 0, 3.0)) == []
+    assert 0 not in s.active_sim_ids
 
 
 def test_silence_past_simulation_timeout_kills_and_restarts():

@@ -26,6 +26,7 @@ from melissa_sa.config.model import (
     ServerConfig,
     StudyConfig,
     StudyOptions,
+    default_bind,
     section_spec,
 )
 
@@ -104,6 +105,8 @@ def config_from_dict(d: Mapping, source: str = "<dict>",
         if dist.law == "truncnorm" else dist
         for k, dist in enumerate(so["distributions"])
     )
+    if sv["bind"] is None:
+        sv = {**sv, "bind": default_bind(raw["launcher_config"]["scheduler"])}
     return StudyConfig(
         output_dir=os.path.normpath(os.path.join(base, os.path.expanduser(output_dir))),
         study_options=StudyOptions(**{**so, "distributions": distributions}),

@@ -22,8 +22,22 @@ from melissa_sa.sampling import LAWS, SAMPLER_NAMES
 
 __all__ = ["Distribution", "StudyOptions", "SAConfig", "ServerConfig", "LauncherConfig",
            "ClientConfig", "StudyConfig", "SECTIONS", "DEFAULTS", "registered_schedulers",
+           "default_bind", "BIND_DEFAULTS",
            "section_spec"]
 
+
+
+#: ``server_config.bind`` when the config does not set it, per scheduler: the
+#: local scheduler keeps the server on loopback; on Slurm the server runs on
+#: another node than the launcher and the clients, so it binds the address of
+#: its node's host name ("node", resolved by the server where it runs)
+BIND_DEFAULTS: dict[str, str] = {"local": "127.0.0.1", "slurm": "node",
+                                 "slurm-allocation": "node"}
+
+
+def default_bind(scheduler: str) -> str:
+    """``server_config.bind`` when unset: 127.0.0.1, or "node" on Slurm."""
+    return BIND_DEFAULTS.get(scheduler, "127.0.0.1")
 
 
 def registered_schedulers() -> tuple[str, ...]:
@@ -161,7 +175,8 @@ class ServerConfig:
     server_processes: int = key(1, c.integer(1))
     connection_port: int = key(2003, c.port)
     data_puller_port: int = key(5000, c.port)
-    bind: str = key("127.0.0.1", c.string())
+    #: None: :func:`default_bind` of the scheduler (the loader fills it in)
+    bind: str | None = key(None, c.string(nullable=True))
     zmq_hwm: int = key(0, c.integer(0))
 
 

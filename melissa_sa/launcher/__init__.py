@@ -10,7 +10,8 @@ Modules, by role: ``launcher`` (the loop), ``shutdown`` (how a run ends),
 server under mpiexec), ``jobs`` (the job table, a pure state object),
 ``claim`` (one launcher per study, ``OUT/launcher.json``), ``processes``
 (process trees by pid), ``progress`` (what the user sees), ``schedulers``
-(the Scheduler interface, the registry, the local scheduler).
+(the Scheduler interface, the registry, the local scheduler), ``slurm``,
+``slurm_allocation`` and ``slurm_commands`` (the Slurm schedulers).
 """
 
 from melissa_sa.launcher.claim import STATE_FORMAT, ClaimError, read_launcher_state
@@ -28,6 +29,7 @@ from melissa_sa.launcher.schedulers import (
     scheduler_names,
 )
 from melissa_sa.launcher.server_process import LauncherError, find_mpiexec
+from melissa_sa.launcher.slurm import SlurmAllocationScheduler, SlurmScheduler  # registers both
 
 __all__ = [
     "Launcher",
@@ -42,6 +44,8 @@ __all__ = [
     "Scheduler",
     "JobHandle",
     "LocalScheduler",
+    "SlurmScheduler",
+    "SlurmAllocationScheduler",
     "SchedulerError",
     "get_scheduler",
     "register_scheduler",

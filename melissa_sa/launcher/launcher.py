@@ -39,6 +39,7 @@ import zmq
 
 from melissa_sa import exit_codes
 from melissa_sa import messages as msgs
+from melissa_sa.auth import SecretError, study_secret
 from melissa_sa.launcher.claim import ClaimError, StudyClaim, launcher_state
 from melissa_sa.launcher.jobs import JobTable
 from melissa_sa.launcher.processes import describe_exit, tail_lines
@@ -47,6 +48,8 @@ from melissa_sa.launcher.schedulers import Scheduler, SchedulerError, get_schedu
 from melissa_sa.launcher.server_link import ServerLink
 from melissa_sa.launcher.server_process import LauncherError, ServerProcess, path_with_venv
 from melissa_sa.launcher.shutdown import EndingsMixin
+from melissa_sa.launcher.slurm import SlurmScheduler, cancel_study_jobs, find_study_jobs
+from melissa_sa.server.transport import node_address
 
 __all__ = ["Launcher"]
 
@@ -106,6 +109,7 @@ class Launcher(EndingsMixin):
         self.claim = StudyClaim(self.output_dir, self.console)
         self.scheduler: Scheduler | None = None
         self.address: str | None = None
+        self.secret: str | None = None  # the study secret (OUT/secret)
         self.server_pid: int | None = None  # the server's own pid (its hello), if told
         self.exit_message = ""  # why the run ended (for callers)
         self.server_restarts = 0  # servers started again after a failure
@@ -167,6 +171,7 @@ class Launcher(EndingsMixin):
                 self._prepare()
                 self.claim.acquire(self.stop_grace, self.kill_grace)
                 self.stats["orphans_killed"] += self.claim.orphans_killed
+                self._cancel_orphan_jobs()
                 self.claim.write(self.state(), force=True)
                 self.server.compile_kernels(self.console)
                 self._start_server()
@@ -211,8 +216,37 @@ class Launcher(EndingsMixin):
                                   interval=self.progress_interval, resume=self.resume)
         self.console.progress = self._progress
         cls = get_scheduler(self.cfg.launcher_config.scheduler)
-        self.scheduler = cls(cwd=self.cfg.base_dir, env=self.client_env(), grace=self.kill_grace)
-        self.address = self.link.bind()
+        options = dict(cwd=self.cfg.base_dir, env=self.client_env(), grace=self.kill_grace)
+        if hasattr(cls, "from_config"):
+            self.scheduler = cls.from_config(self.cfg, log=self.log, **options)
+        else:
+            self.scheduler = cls(**options)
+        self.server.scheduler = self.scheduler
+        try:
+            self.secret = study_secret(self.output_dir)[0]
+        except SecretError as exc:
+            raise LauncherError(str(exc)) from None
+        # on Slurm the server runs on another node: the link listens on this
+        # node's address (authenticated, like every socket of the study)
+        host = "127.0.0.1" if self.cfg.launcher_config.scheduler == "local" else node_address()
+        self.address = self.link.bind(host, self.secret)
+
+    def _cancel_orphan_jobs(self) -> None:
+        """Slurm: scancel every job named after this study (those of a killed
+        launcher: its server and clients), before a new server starts."""
+        prefix = getattr(self.scheduler, "prefix", None)
+        if not isinstance(self.scheduler, SlurmScheduler) or not prefix:
+            return
+        found = find_study_jobs(prefix, self.scheduler.env)
+        if found:
+            ids = ", ".join(job for job, _, _ in found)
+            self.log(f"Slurm jobs of this study left by a previous launcher ({ids}): "
+                     f"cancelling them")
+            cancel_study_jobs(prefix, self.scheduler.env)
+            deadline = time.monotonic() + 60.0
+            while find_study_jobs(prefix, self.scheduler.env) and time.monotonic() < deadline:
+                time.sleep(0.5)
+            self.stats["orphans_killed"] += len(found)
 
     def _start_server(self) -> None:
         """Start (or, after a failure, restart) the server process."""
@@ -222,7 +256,7 @@ class Launcher(EndingsMixin):
         self._stop_msg = None
         self.stats["server_starts"] += 1
         restart = " from the checkpoint" if self.resume else ""
-        self.log(f"server started{restart} (pid {self.server.pid}, "
+        self.log(f"server started{restart} ({self.server.describe()}, "
                  f"{self.cfg.server_config.server_processes} process(es)); "
                  f"log: {self.server_log}")
         self.debug(f"server command: {shlex.join(cmd)}; launcher at {self.address}")
@@ -239,10 +273,19 @@ class Launcher(EndingsMixin):
             clients.append({"sim_id": job.sim_id if job else None,
                             "group_id": job.group_id if job else None,
                             "pid": pid, "start_time": members.get(pid), "processes": members})
-        return launcher_state(final=final, exit_code=exit_code, config_path=self.config_path,
-                              host=self.claim.host, boot=self.claim.boot,
-                              pid_start=self.claim.pid_start, server=server,
-                              server_restarts=self.server_restarts, clients=clients)
+        state = launcher_state(final=final, exit_code=exit_code, config_path=self.config_path,
+                               host=self.claim.host, boot=self.claim.boot,
+                               pid_start=self.claim.pid_start, server=server,
+                               server_restarts=self.server_restarts, clients=clients)
+        if isinstance(self.scheduler, SlurmScheduler):
+            jobs = self.scheduler.slurm_job_ids()
+            state["slurm"] = {
+                "job_prefix": self.scheduler.prefix,
+                "server_job_id": self.server.slurm_job_id,
+                "client_job_ids": [{"sim_id": job.sim_id if job else None, "job_id": jid}
+                                   for key, jid in jobs.items()
+                                   for job in [self.jobs.job(key)]]}
+        return state
 
     # -- the event loop ------------------------------------------------------------
     def _loop(self) -> int:
@@ -251,7 +294,10 @@ class Launcher(EndingsMixin):
                 return self._interrupt(self._signals[0])
             self._receive(self.poll_interval)
             if self._stop_msg is not None:
-                return self._finish()
+                code = self._finish()
+                if code is not None:
+                    return code
+                continue
             self._reap_jobs()
             self._start_jobs()
             reason = self._check_server()

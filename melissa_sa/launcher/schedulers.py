@@ -24,8 +24,10 @@ scheduler through the small :class:`Scheduler` interface only:
 
 Schedulers are registered by name (:func:`register_scheduler`,
 :func:`get_scheduler`). ``"local"`` (:class:`LocalScheduler`) runs jobs as
-subprocesses of the launcher. ``"openmpi"`` and ``"slurm"`` are planned
-plug-ins: naming them raises :class:`NotImplementedError`.
+subprocesses of the launcher; ``"slurm"`` and ``"slurm-allocation"`` are in
+:mod:`melissa_sa.launcher.slurm` (registered when :mod:`melissa_sa.launcher`
+is imported). ``"openmpi"`` is a planned plug-in: naming it raises
+:class:`NotImplementedError`.
 
 A new scheduler (OAR, PBS, ...) is one small subclass of :class:`Scheduler`
 registered with :func:`register_scheduler`; ``launcher_config.scheduler`` then
@@ -250,7 +252,6 @@ _REGISTRY: dict[str, type[Scheduler]] = {}
 #: Schedulers that are planned but not written yet, with what they will do.
 PLANNED_SCHEDULERS: dict[str, str] = {
     "openmpi": "clients started with OpenMPI's mpirun on an allocation (direct scheduler)",
-    "slurm": "clients submitted as Slurm jobs with sbatch and watched with squeue/sacct",
 }
 
 

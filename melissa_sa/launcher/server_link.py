@@ -1,7 +1,10 @@
 """The launcher's end of the control link with the server's rank 0.
 
-A ZeroMQ ROUTER bound on ``tcp://127.0.0.1:<free port>`` (the server's
-DEALER connects to it, ``MELISSA_LAUNCHER_ADDRESS``). Every frame received is
+A ZeroMQ ROUTER bound on ``tcp://127.0.0.1:<free port>``, or on the
+launcher node's address under Slurm (the server's DEALER connects to it,
+``MELISSA_LAUNCHER_ADDRESS``). Given the study secret, the ROUTER is a PLAIN
+server (:func:`melissa_sa.auth.secure_server_socket`): a peer without the
+secret never gets a message through; :attr:`ServerLink.refused` counts them. Every frame received is
 validated by :func:`melissa_sa.messages.decode` against
 :data:`~melissa_sa.messages.SERVER_TO_LAUNCHER` only: a message of another
 type (``server_failure``, ``job``, anything unknown), a malformed one or one
@@ -23,6 +26,7 @@ import time
 
 import zmq
 
+from melissa_sa.auth import ZapGuard, secure_server_socket
 from melissa_sa.messages import SERVER_TO_LAUNCHER, Message, MessageError, decode, encode
 
 __all__ = ["ServerLink"]
@@ -52,15 +56,24 @@ class ServerLink:
         self._identity: bytes | None = None
         self._delimiter = False
         self._stale: set[bytes] = set()
+        self.guard: ZapGuard | None = None
+
+    @property
+    def refused(self) -> int:
+        """Peers refused by authentication."""
+        return self.guard.refused if self.guard is not None else 0
 
     # -- socket ------------------------------------------------------------------
-    def bind(self) -> str:
-        """Bind the ROUTER on 127.0.0.1, a free port; return its address."""
+    def bind(self, host: str = "127.0.0.1", secret: str | None = None) -> str:
+        """Bind the ROUTER on ``host``, a free port; return its address.
+        With ``secret``, only peers presenting it are accepted."""
         self._ctx = zmq.Context()
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.bind("tcp://127.0.0.1:*")
+        if secret:
+            self.guard = secure_server_socket(sock, secret, log=self.console.log)
+        sock.bind(f"tcp://{host}:*")
         self._sock = sock
         self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         return self.address
@@ -69,6 +82,9 @@ class ServerLink:
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
+        if self.guard is not None:
+            self.guard.close()
+            self.guard = None
         if self._ctx is not None:
             self._ctx.term()
             self._ctx = None

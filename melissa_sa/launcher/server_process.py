@@ -8,6 +8,14 @@ one Numba/OpenMP thread per rank and the venv's ``bin/`` first on ``PATH``;
 its output is appended to ``OUT/logs/server.log`` after a header line.
 ``mpiexec``'s ranks leave its process group, so their pids are recorded by
 scanning ``/proc`` while ``mpiexec`` lives (:meth:`ServerProcess.watch`).
+
+Under ``"slurm"`` the server is a batch job instead
+(:meth:`~melissa_sa.launcher.slurm.SlurmScheduler.submit_server`, script
+``OUT/server.sh``, ranks started by the venv's ``mpiexec`` inside the job): :attr:`popen` is
+then a :class:`~melissa_sa.launcher.slurm.SlurmServerJob` (``poll`` /
+``terminate``, no local pid). Under ``"slurm-allocation"`` it is the job step
+``srun ... -n P --mpi=pmi2 python -m melissa_sa.server.main`` run like
+``mpiexec`` (SIGTERM to srun cancels the step).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from melissa_sa.auth import SECRET_FILE, SECRET_FILE_ENV
 from melissa_sa.launcher.processes import (
     ProcessTree,
     start_in_session,
@@ -79,8 +88,10 @@ class ServerProcess:
         self.config_path = config_path
         self._command = list(command) if command is not None else None
         self.log_path = Path(cfg.output_dir) / "logs" / "server.log"
-        self.popen: subprocess.Popen | None = None
+        self.popen = None  # subprocess.Popen, or a SlurmServerJob under "slurm"
         self.tree: ProcessTree | None = None
+        #: the launcher's scheduler (set before :meth:`start`): Slurm ones start the server
+        self.scheduler = None
         self.started_at = 0.0
         self._last_scan = -math.inf
 
@@ -89,17 +100,32 @@ class ServerProcess:
         """True if a stand-in command replaces the real server."""
         return self._command is not None
 
+    def server_argv(self) -> list[str]:
+        """The server's own command, without the MPI launcher."""
+        return [sys.executable, "-m", "melissa_sa.server.main", self.config_path]
+
+    @property
+    def batch(self) -> bool:
+        """True if the server is a Slurm batch job (no local process)."""
+        return not self.custom and hasattr(self.scheduler, "submit_server")
+
     def command(self) -> list[str]:
         if self._command is not None:
             return list(self._command)
         lc = self.cfg.launcher_config
-        return [find_mpiexec(), "-n", str(self.cfg.server_config.server_processes),
-                *lc.mpiexec_args, sys.executable, "-m", "melissa_sa.server.main",
-                self.config_path]
+        n = self.cfg.server_config.server_processes
+        if hasattr(self.scheduler, "server_command"):  # slurm-allocation: a job step
+            return self.scheduler.server_command(self.server_argv(), ntasks=n)
+        if self.batch:  # what OUT/server.sh runs inside the job
+            return [find_mpiexec(), *lc.mpiexec_args, "-n", str(n), *self.server_argv()]
+        return [find_mpiexec(), "-n", str(n), *lc.mpiexec_args, *self.server_argv()]
 
     def env(self, address: str | None, restart: bool) -> dict[str, str]:
         """The server's environment (see docs/internals.md, Environment)."""
         env = dict(os.environ)
+        secret_file = Path(self.cfg.output_dir) / SECRET_FILE
+        if secret_file.exists():
+            env[SECRET_FILE_ENV] = str(secret_file)
         env.update({
             "MELISSA_LAUNCHER_ADDRESS": address or "",
             "MELISSA_RESTART": "1" if restart else "0",
@@ -115,6 +141,18 @@ class ServerProcess:
         """Start the server; return its command. Raises :class:`LauncherError`."""
         cmd = self.command()
         env = self.env(address, restart)
+        if self.batch:
+            script = Path(self.cfg.output_dir) / "server.sh"
+            # the venv's mpiexec (hydra) inside the job: it starts the ranks on
+            # the job's nodes through Slurm; srun --mpi=pmi2 failed here in
+            # MPI_Init now and then (mpich wheel + UCX, docs/cluster.md)
+            self.popen = self.scheduler.submit_server(
+                self.server_argv(), script, self.log_path,
+                ntasks=self.cfg.server_config.server_processes, env=env,
+                mpi=[find_mpiexec(), *self.cfg.launcher_config.mpiexec_args])
+            self.tree = None
+            self.started_at = time.monotonic()
+            return ["sbatch", str(script)]
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         header = (f"melissa-sa launcher: server started {stamp} "
                   f"(MELISSA_RESTART={env['MELISSA_RESTART']}): {shlex.join(cmd)}")
@@ -149,6 +187,17 @@ class ServerProcess:
     def pid(self) -> int | None:
         return self.popen.pid if self.popen is not None else None
 
+    @property
+    def slurm_job_id(self) -> str | None:
+        """The server's Slurm job id (``"slurm"`` only)."""
+        return getattr(self.popen, "job_id", None)
+
+    def describe(self) -> str:
+        """``pid N`` or ``Slurm job N``, for messages."""
+        if self.batch:
+            return f"Slurm job {self.slurm_job_id or '(not accepted yet)'}"
+        return f"pid {self.pid}"
+
     def poll(self) -> int | None:
         """The exit code, or None while it runs (or was never started)."""
         return self.popen.poll() if self.popen is not None else None
@@ -170,6 +219,8 @@ class ServerProcess:
         """Terminate the whole tree (SIGTERM, SIGKILL after ``grace``) and wait
         until all of it is gone; return the pids that survive (only a process
         stuck in the kernel does)."""
+        if self.batch and self.popen is not None:
+            return self._cancel_job(grace)
         if self.popen is None or self.tree is None:
             return []
         left = terminate_trees([(self.tree, self.popen)], grace=grace)
@@ -179,12 +230,24 @@ class ServerProcess:
             left = sorted({*left, self.popen.pid})
         return left
 
+    def _cancel_job(self, grace: float) -> list[int]:
+        """scancel the server's job and wait until Slurm says it ended."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=grace + 60.0)
+            except subprocess.TimeoutExpired:
+                return [int(self.slurm_job_id)] if self.slurm_job_id else []
+        return []
+
     def leftovers(self) -> bool:
         """True if the server or a process of its tree still runs."""
         return self.running or (self.tree is not None and bool(self.tree.alive()))
 
     def record(self) -> dict | None:
         """The server's processes as ``OUT/launcher.json`` records them."""
+        if self.batch and self.popen is not None:
+            return {"slurm_job_id": self.slurm_job_id, "pid": None, "processes": {}}
         if self.popen is None or self.tree is None:
             return None
         return {"pid": self.popen.pid, "start_time": self.tree.members.get(self.popen.pid),

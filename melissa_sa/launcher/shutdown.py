@@ -24,8 +24,9 @@ __all__ = ["EndingsMixin"]
 class EndingsMixin:
     """The endings of :class:`~melissa_sa.launcher.Launcher` (see the module docstring)."""
 
-    def _finish(self) -> int:
-        """The server said stop: wait for it to exit and return the verdict.
+    def _finish(self) -> int | None:
+        """The server said stop: wait for it to exit and return the verdict
+        (None: it was relaunched, the study goes on).
 
         A stop with a failed status (e.g. clients that always fail) ends the
         run with :data:`~melissa_sa.exit_codes.FAILED`, the server's message,
@@ -53,6 +54,14 @@ class EndingsMixin:
             self.error(self.exit_message + self.server.log_tail())
             self.server.kill(self.kill_grace)
             return exit_codes.FAILED
+        if msg.status > 128 and self.cfg.launcher_config.scheduler != "local":
+            # on Slurm a signal to the server is scancel, its walltime or a
+            # preemption (the launcher's own stop request ends in _interrupt):
+            # a server failure, relaunched from the checkpoint it just wrote
+            return self._on_server_failure(
+                f"the server was stopped by a signal before the end of the study "
+                f"({describe_exit(msg.status)}: scancel, walltime or preemption); "
+                f"see {self.server_log}")
         if msg.status == exit_codes.OK and rc == 0:
             self._progress.close()
             self.exit_message = msg.message or "study finished"
@@ -88,7 +97,7 @@ class EndingsMixin:
         self.exit_message = reason
         self.error(reason + self.server.log_tail())
         if self.server.running:
-            self.log(f"terminating the server (pid {self.server.pid})")
+            self.log(f"terminating the server ({self.server.describe()})")
         left = self.server.kill(self.kill_grace)
         dropped = self.link.drain_stale()
         if dropped:
@@ -166,9 +175,9 @@ class EndingsMixin:
                     self.scheduler.poll()
             rc = self.server.poll()
             if rc is not None:
-                self.log(f"server (pid {self.server.pid}) {describe_exit(rc)}")
+                self.log(f"server ({self.server.describe()}) {describe_exit(rc)}")
             else:
-                self.log(f"server (pid {self.server.pid}) still running: terminating it")
+                self.log(f"server ({self.server.describe()}) still running: terminating it")
                 self.server.kill(self.kill_grace)
                 rc = self.server.poll()
                 self.log(f"server {describe_exit(rc) if rc is not None else 'did not die'}")

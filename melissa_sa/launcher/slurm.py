@@ -3,8 +3,9 @@
 ``"slurm"`` (:class:`SlurmScheduler`)
     Each client run is one batch job (``sbatch --parsable``, options from
     ``launcher_config.scheduler_arg_client``); the server is one batch job
-    whose ``server_processes`` tasks start with ``srun --mpi=pmi2``
-    (:meth:`SlurmScheduler.submit_server`, options from
+    whose ``server_processes`` tasks start with the given MPI launcher
+    (:meth:`SlurmScheduler.submit_server`: ``srun --mpi=pmi2`` by default; the
+    launcher passes the venv's ``mpiexec``, see docs/cluster.md; options from
     ``scheduler_arg_server``). One ``squeue`` call per poll watches every job
     of the study; a job that left ``squeue`` is looked up with ``scontrol show
     job``, then ``sacct`` (which fails on clusters without accounting: that is
@@ -40,9 +41,9 @@ import shlex
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
 from melissa_sa.launcher.schedulers import JobHandle, Scheduler, SchedulerError, register_scheduler
 from melissa_sa.launcher.slurm_commands import (
@@ -86,7 +87,7 @@ class SlurmServerJob:
     launcher watches: :meth:`poll` is None while the job is queued or running,
     then its return code (a crash state gives the job's code, or ``-signal``)."""
 
-    def __init__(self, scheduler: "SlurmScheduler", job: _BatchJob) -> None:
+    def __init__(self, scheduler: SlurmScheduler, job: _BatchJob) -> None:
         self._scheduler = scheduler
         self._job = job
         self.pid = None
@@ -163,7 +164,7 @@ class SlurmScheduler(Scheduler):
 
     @classmethod
     def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                    grace: float = 3.0, **kwargs) -> "SlurmScheduler":
+                    grace: float = 3.0, **kwargs) -> SlurmScheduler:
         """The scheduler for a :class:`~melissa_sa.config.StudyConfig`."""
         return cls(cwd, env, grace, **{**scheduler_options(cfg), **kwargs})
 
@@ -235,12 +236,15 @@ class SlurmScheduler(Scheduler):
     def submit_server(self, argv: Sequence[str], script_path: str | os.PathLike,
                       log_path: str | os.PathLike, ntasks: int,
                       env: Mapping[str, str] | None = None,
-                      mpi: Sequence[str] = ("srun", "--mpi=pmi2")) -> SlurmServerJob:
+                      mpi: Sequence[str] = ("srun", "--mpi=pmi2", "--kill-on-bad-exit=1"),
+                      ) -> SlurmServerJob:
         """Submit the server: a batch script (written to ``script_path``) that
         runs ``argv`` (``python -m melissa_sa.server.main study.json``) as
         ``ntasks`` MPI tasks with ``mpi`` (``srun --mpi=pmi2``: one
         communicator across nodes; the mpich wheel's ``mpiexec`` also works
-        inside a job). Refusals are retried like a client's."""
+        inside a job; ``--kill-on-bad-exit=1``: a rank that fails ends the
+        job at once, so that it is relaunched instead of waiting for
+        ``server_timeout``). Refusals are retried like a client's."""
         if self._server is not None and self._server.result is None:
             raise SchedulerError(f"the server job {self._server.slurm_id} is still active")
         launch = [*mpi, "-n", str(ntasks)] if mpi else []

@@ -18,8 +18,9 @@ import os
 import shlex
 import subprocess
 import time
-from typing import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
+from melissa_sa.launcher.processes import process_start_time
 from melissa_sa.launcher.schedulers import JobHandle, Scheduler, SchedulerError, register_scheduler
 from melissa_sa.launcher.slurm_commands import scheduler_options, split_options
 
@@ -60,7 +61,7 @@ class SlurmAllocationScheduler(Scheduler):
 
     @classmethod
     def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                    grace: float = 3.0, **kwargs) -> "SlurmAllocationScheduler":
+                    grace: float = 3.0, **kwargs) -> SlurmAllocationScheduler:
         """The scheduler for a :class:`~melissa_sa.config.StudyConfig`."""
         return cls(cwd, env, grace, **{**scheduler_options(cfg), **kwargs})
 
@@ -155,7 +156,15 @@ class SlurmAllocationScheduler(Scheduler):
     def pids(self) -> list[int]:
         return [job.pid for job in self._procs.values()]
 
-
+    def processes(self) -> list[tuple[Hashable, int, dict[int, int]]]:
+        """The ``srun`` of each step (recorded in ``OUT/launcher.json``: a
+        later launcher terminates a killed one's, which cancels the steps)."""
+        found = []
+        for key, job in self._procs.items():
+            start = process_start_time(job.pid)
+            if start is not None:
+                found.append((key, job.pid, {job.pid: start}))
+        return found
 
 
 register_scheduler(SlurmAllocationScheduler)

@@ -16,8 +16,8 @@ import os
 import shlex
 import signal
 import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 from melissa_sa.launcher.schedulers import SchedulerError
 
@@ -156,7 +156,8 @@ def cancel_study_jobs(prefix: str, env: Mapping[str, str] | None = None,
     other studies and other users are never touched."""
     ids = [job for job, _, _ in find_study_jobs(prefix, env, timeout)]
     if ids:
-        res = SlurmCommands(dict(os.environ if env is None else env), timeout).run(["scancel", *ids])
+        commands = SlurmCommands(dict(os.environ if env is None else env), timeout)
+        res = commands.run(["scancel", *ids])
         if res.returncode != 0:
             raise SchedulerError(f"scancel {' '.join(ids)} failed: {short(res.stderr)}")
     return ids

@@ -72,6 +72,12 @@ class GroupAssembler:
             return buf.rows
         return None
 
+    def member_complete(self, key: tuple[int, int, int], member: int) -> bool:
+        """True if the open buffer ``key`` holds every cell of ``member``'s row
+        (received, waiting for a sibling); False if no buffer is open."""
+        buf = self._buffers.get(key)
+        return buf is not None and int(buf.filled[member]) == buf.rows.shape[1]
+
     def drop_group(self, group_id: int) -> None:
         """Forget the buffered, unfolded data of an abandoned group."""
         for key in [k for k in self._buffers if k[0] == group_id]:

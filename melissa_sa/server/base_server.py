@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from melissa_sa import exit_codes
+from melissa_sa.auth import SECRET_FILE, SecretError, study_secret
 from melissa_sa.config import StudyConfig
 from melissa_sa.design import GroupLayout
 from melissa_sa.mpi_wait import MPIWaitTimeout, gather_json
@@ -44,7 +45,7 @@ from melissa_sa.server import ranks
 from melissa_sa.server.intake import check_header, partition
 from melissa_sa.server.launcher_link import LauncherLink
 from melissa_sa.server.study_state import StudyLimits, StudyState
-from melissa_sa.server.transport import FatalError, Transport
+from melissa_sa.server.transport import FatalError, Transport, is_loopback_bind
 
 __all__ = ["BaseServer", "FatalError", "ServerStatus", "SimulationData", "partition"]
 
@@ -279,7 +280,8 @@ class BaseServer(LauncherLink, ABC):
         """Bind the data socket on every rank, the connection socket on rank 0,
         connect to the launcher, and share the data endpoints with rank 0."""
         t = self.transport = Transport(rank=self.rank, size=self.comm_size,
-                                       bind=self.bind_address, hwm=self.zmq_hwm)
+                                       bind=self.bind_address, hwm=self.zmq_hwm,
+                                       secret=self._study_secret(), log=log.warning)
         endpoint = t.bind_data(self.data_puller_port)
         # one short collective at start-up; every rank is here at once
         endpoints = gather_json(self.comm, endpoint, "every rank's data endpoint")
@@ -294,6 +296,22 @@ class BaseServer(LauncherLink, ABC):
                      ", ".join(endpoints))
             self.say_hello()
         self._is_online = True
+
+    def _study_secret(self) -> str | None:
+        """The study secret (``OUT/secret``): always when listening beyond
+        loopback (created if missing), and on loopback whenever the study has
+        one (the launcher creates it: every launched study is authenticated)."""
+        if is_loopback_bind(self.bind_address) and not (self.output_dir / SECRET_FILE).exists():
+            return None
+        try:
+            return study_secret(self.output_dir)[0]
+        except SecretError as exc:
+            raise FatalError(str(exc)) from None
+
+    @property
+    def refused_peers(self) -> int:
+        """Peers refused by authentication on this rank's sockets."""
+        return self.transport.refused if self.transport is not None else 0
 
     def close_connection(self, exit_: int = 0, message: str = "") -> None:
         """Tell the launcher the study ended with status ``exit_``; close sockets."""
@@ -382,6 +400,7 @@ class BaseServer(LauncherLink, ABC):
                 ranks.Redraw: self._on_redraw,
                 ranks.CheckpointNow: lambda m: self.on_checkpoint_request(),
                 ranks.RunsFolded: self.on_runs_folded,
+                ranks.RunsReceived: self.on_runs_received,
                 ranks.RankStopRequest: self._on_rank_stop_request}
 
     def _on_stop_ranks(self, msg: ranks.StopRanks) -> None:
@@ -399,6 +418,9 @@ class BaseServer(LauncherLink, ABC):
 
     def on_runs_folded(self, msg: ranks.RunsFolded) -> None:
         """Rank 0: a rank folded these runs completely; see subclasses."""
+
+    def on_runs_received(self, msg: ranks.RunsReceived) -> None:
+        """Rank 0: a rank received every step of these runs; see subclasses."""
 
     def on_checkpoint_request(self) -> None:
         """Every rank but 0: rank 0 started a checkpoint; see subclasses."""

@@ -28,9 +28,16 @@ from pathlib import Path
 import numpy as np
 
 from melissa_sa import messages
+from melissa_sa.auth import SECRET_FILE
 from melissa_sa.durable import durable_replace
-from melissa_sa.protocol import (Hello, ProtocolError, Welcome, decode_hello, encode_refusal,
-                                 encode_welcome)
+from melissa_sa.protocol import (
+    Hello,
+    ProtocolError,
+    Welcome,
+    decode_hello,
+    encode_refusal,
+    encode_welcome,
+)
 from melissa_sa.server import ranks
 from melissa_sa.server import study_events as st
 
@@ -213,16 +220,26 @@ class LauncherLink:
         log.info("group %d done (%d/%d)", group_id, self.study.groups_done, self.nb_groups)
 
     # -- client scripts -------------------------------------------------------------
+    @property
+    def _authenticated(self) -> bool:
+        """True if this server's sockets accept only holders of the study secret."""
+        return self.transport is not None and bool(self.transport.secret)
+
     def _generate_client_script(self, sim_id: int, parameters, script_path: Path) -> None:
         """Write the shell script that runs simulation ``sim_id``.
 
         Offline (:meth:`make_study_offline`) the script sets no
-        ``MELISSA_SERVER_ADDRESS``: the client calls then do nothing.
+        ``MELISSA_SERVER_ADDRESS``: the client calls then do nothing. When the
+        server authenticates, it exports ``MELISSA_SECRET_FILE=OUT/secret``
+        (the path, never the secret). Under ``slurm-allocation`` the job step
+        starts ``client_processes`` tasks itself: no ``mpiexec`` is added.
         """
         cc = self.config.client_config
         args = " ".join(repr(float(v)) for v in parameters)
         command = cc.executable_command
-        if cc.client_processes > 1:
+        # under slurm-allocation the job step already runs client_processes tasks
+        in_step = self.config.launcher_config.scheduler == "slurm-allocation"
+        if cc.client_processes > 1 and not in_step:
             mpiexec = cc.mpiexec or shlex.quote(str(Path(sys.executable).parent / "mpiexec"))
             command = f"{mpiexec} -n {cc.client_processes} {command}"
         group, member = self.layout.split(sim_id)
@@ -233,6 +250,8 @@ class LauncherLink:
             f"export MELISSA_SIMULATION_ID={sim_id}\n"
             + ("" if self._offline_mode else
                f"export MELISSA_SERVER_ADDRESS={self.connection_address}\n") +
+            ("" if self._offline_mode or not self._authenticated else
+             f"export MELISSA_SECRET_FILE={shlex.quote(str(self.output_dir / SECRET_FILE))}\n") +
             f"exec {command} {args}\n"
         )
         tmp = script_path.with_suffix(".tmp")

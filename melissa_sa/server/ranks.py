@@ -2,7 +2,8 @@
 
 Rank 0 tells the other ranks what the study decided (:class:`FieldDeclared`,
 :class:`Redraw`, :class:`CheckpointNow`, :class:`StopRanks`); the other
-ranks tell rank 0 what they folded (:class:`RunsFolded`) or that they were
+ranks tell rank 0 what they folded (:class:`RunsFolded`) or received
+completely (:class:`RunsReceived`) or that they were
 asked to stop (:class:`RankStopRequest`). Each message is a frozen
 dataclass sent with ``isend`` (mpi4py pickles it: the peers are the
 server's own ranks, never the network) and read with ``Iprobe``, so an idle
@@ -27,6 +28,7 @@ __all__ = [
     "RankStopRequest",
     "Redraw",
     "RunsFolded",
+    "RunsReceived",
     "StopRanks",
 ]
 
@@ -71,6 +73,15 @@ class RunsFolded:
 
 
 @dataclass(frozen=True)
+class RunsReceived:
+    """Rank ``rank`` -> 0: every step of these runs arrived on ``rank``
+    (folded, or buffered waiting for a sibling of the group)."""
+
+    rank: int
+    sim_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class RankStopRequest:
     """Rank ``rank`` -> 0: this rank received SIGTERM; please stop with a checkpoint."""
 
@@ -78,7 +89,7 @@ class RankStopRequest:
 
 
 CONTROL = (FieldDeclared, Redraw, CheckpointNow, StopRanks)
-REPORT = (RunsFolded, RankStopRequest)
+REPORT = (RunsFolded, RunsReceived, RankStopRequest)
 
 
 class RankLink:

@@ -3,8 +3,8 @@
 Every rank hands the writer its own slice of each field, one field at a
 time during its turn (the statistics are finalised then); no rank ever
 gathers the mesh. The per-rank counters (dropped messages by kind, bytes
-received) are summed over the ranks by a non-blocking gather; the file
-holds the sums and each rank's numbers (see ``docs/results.md``).
+received, peers refused by authentication) are summed over the ranks by a
+non-blocking gather; the file holds the sums and each rank's numbers (see ``docs/results.md``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def parameter_table(server) -> ParameterTable:
 
 def rank_counters(server) -> dict | None:
     """Rank 0: dropped messages and bytes received, summed and per rank (collective)."""
-    mine = {"dropped": dict(server.bad_messages), "bytes": int(server.bytes_received)}
+    mine = {"dropped": dict(server.bad_messages), "bytes": int(server.bytes_received),
+            "refused": int(getattr(server, "refused_peers", 0))}
     every = gather_json(server.comm if server.comm_size > 1 else None, mine,
                         "every rank's message counters for results.h5")
     if every is None:
@@ -52,7 +53,9 @@ def rank_counters(server) -> dict | None:
     return {"dropped_messages": json.dumps(dict(total)),
             "dropped_messages_per_rank": json.dumps([r["dropped"] for r in every]),
             "bytes_received": int(sum(r["bytes"] for r in every)),
-            "bytes_received_per_rank": np.array([r["bytes"] for r in every], dtype=np.int64)}
+            "bytes_received_per_rank": np.array([r["bytes"] for r in every], dtype=np.int64),
+            "refused_peers": int(sum(r["refused"] for r in every)),
+            "refused_peers_per_rank": np.array([r["refused"] for r in every], dtype=np.int64)}
 
 
 def write_study_results(server) -> None:

@@ -36,7 +36,7 @@ from melissa_sa.server.assembly import GroupAssembler, Overlap
 from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData, partition
 from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
 from melissa_sa.server.snapshot import RankSnapshot, SnapshotError, load_rank, save_rank
-from melissa_sa.server.study_events import Begin, DataSeen, RunFolded, Tick
+from melissa_sa.server.study_events import Begin, DataSeen, RunFolded, RunReceived, Tick
 from melissa_sa.stats import set_threads
 from melissa_sa.warmup import warm_up
 
@@ -58,10 +58,13 @@ class SensitivityAnalysisServer(BaseServer):
         super().__init__(config, comm, checkpoint_file)
         self.slices: dict[str, LocalField] = {}
         self._folded: dict[int, np.ndarray] = {}       # sim -> (fields, steps) bool
+        self._buffered: dict[int, np.ndarray] = {}     # the same, complete in the assembler
+        self._received_sent: set[int] = set()         # runs reported RunsReceived
         self._assembler = GroupAssembler(self.group_size)
         self.duplicates = 0
         self.ci_method = config.sa_config.confidence_method
         self._ranks_done: dict[int, set] = {}          # rank 0: sim -> ranks reporting
+        self._ranks_received: dict[int, set] = {}      # rank 0: sim -> ranks reporting
         self._abandoned_groups: set[int] = set()
         self._runs_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
@@ -102,12 +105,18 @@ class SensitivityAnalysisServer(BaseServer):
             lf.steps[h.time_step].fold_sample(data.values)
             self._mark_folded([h.sim_id], h.field_id, h.time_step)
             return
+        key = (data.group_id, h.field_id, h.time_step)
         try:
-            rows = self._assembler.add((data.group_id, h.field_id, h.time_step), h.member,
-                                       h.offset - lf.lo, data.values, lf.n_cells)
+            rows = self._assembler.add(key, h.member, h.offset - lf.lo, data.values, lf.n_cells)
         except Overlap as exc:
             self._duplicate(h, str(exc))
             return
+        if rows is None and self._assembler.member_complete(key, h.member):
+            bits = self._buffered.get(h.sim_id)
+            if bits is None:
+                bits = self._buffered[h.sim_id] = np.zeros_like(self._folded_bits(h.sim_id))
+            bits[h.field_id, h.time_step] = True
+            self._check_received(h.sim_id)
         if rows is not None:
             lf.steps[h.time_step].fold_group(rows)
             group_sims = [self.layout.sim_id(data.group_id, m) for m in range(self.group_size)]
@@ -133,10 +142,26 @@ class SensitivityAnalysisServer(BaseServer):
             bits[field_id, step] = True
             if bits.all():
                 complete.append(sim_id)
+                self._buffered.pop(sim_id, None)
+                self._received_sent.discard(sim_id)
+            else:
+                self._check_received(sim_id)
         if complete:
             self.ranks.report(ranks.RunsFolded(self.rank, tuple(complete)))
 
+    def _check_received(self, sim_id: int) -> None:
+        """Report a run whose every step arrived on this rank, folded or buffered
+        (so that a hanging sibling does not make it look unfinished)."""
+        buffered = self._buffered.get(sim_id)
+        if buffered is None or sim_id in self._received_sent:
+            return
+        if (buffered | self._folded_bits(sim_id)).all():
+            self._received_sent.add(sim_id)
+            self.ranks.report(ranks.RunsReceived(self.rank, (sim_id,)))
+
     def on_group_abandoned(self, group_id: int) -> None:
+        for sim_id in [s for s in self._buffered if self.layout.group_of(s) == group_id]:
+            del self._buffered[sim_id]
         self._assembler.drop_group(group_id)
         self._abandoned_groups.add(group_id)
 
@@ -149,6 +174,14 @@ class SensitivityAnalysisServer(BaseServer):
             if len(ranks_done) == self.comm_size and sim_id not in self.study.sims_done:
                 self._runs_since_checkpoint += 1
                 self.feed(RunFolded(sim_id, now))
+
+    def on_runs_received(self, msg: ranks.RunsReceived) -> None:
+        now = time.monotonic()
+        for sim_id in msg.sim_ids:
+            ranks_in = self._ranks_received.setdefault(sim_id, set())
+            ranks_in.add(msg.rank)
+            if len(ranks_in) == self.comm_size and sim_id not in self.study.sims_done:
+                self.feed(RunReceived(sim_id, now))
 
     # -- checkpoints -------------------------------------------------------------------
     def _checkpoint_due(self) -> bool:

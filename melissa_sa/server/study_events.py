@@ -21,6 +21,7 @@ __all__ = [
     "KillRuns",
     "ReportProgress",
     "RunFolded",
+    "RunReceived",
     "StopStudy",
     "SubmitRuns",
     "Tick",
@@ -70,6 +71,16 @@ class JobExited:
 @dataclass(frozen=True)
 class RunFolded:
     """Every rank folded every field and time step of the run."""
+
+    sim_id: int
+    now: float
+
+
+@dataclass(frozen=True)
+class RunReceived:
+    """Every rank received every field and time step of the run: folded, or
+    buffered in the group assembler until a sibling sends the same step. The
+    run has completed; only its group's folding waits (on a sibling)."""
 
     sim_id: int
     now: float

@@ -2,7 +2,8 @@
 
 :class:`StudyState` is fed typed events (:mod:`~melissa_sa.server.study_events`:
 :class:`Begin`, :class:`JobStarted`,
-:class:`DataSeen`, :class:`JobExited`, :class:`RunFolded`, :class:`Tick`) and
+:class:`DataSeen`, :class:`JobExited`, :class:`RunReceived`, :class:`RunFolded`,
+:class:`Tick`) and
 answers each with a list of typed instructions (:class:`DrawGroup`,
 :class:`SubmitRuns`, :class:`KillRuns`, :class:`AbandonGroup`,
 :class:`GroupFinished`, :class:`ReportProgress`, :class:`FinishStudy`,
@@ -17,8 +18,13 @@ Rules:
 * at most ``window`` groups are in flight (submitted, not finished, not
   abandoned); a finished group makes room for the next one;
 * a run fails when its job exits non-zero, when it exits 0 without all its
-  data folded within ``completion_grace`` s, or when nothing of it was seen
+  data received within ``completion_grace`` s, or when nothing of it was seen
   for ``simulation_timeout`` s (its job is then killed);
+* a run whose every time step was received on every rank (:class:`RunReceived`:
+  folded, or buffered until a sibling of its group sends the same step) has
+  completed: its exit, whatever its code, and its silence are no failure (a
+  hanging sibling must not make the members that sent everything run again);
+  it counts as done once its group's steps are folded (:class:`RunFolded`);
 * a failed run is resubmitted, until one member of a group failed
   ``crashes_before_redraw`` times: the group is then abandoned and its
   parameters redrawn as a new group;
@@ -38,10 +44,23 @@ from dataclasses import dataclass, field
 
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
-from melissa_sa.server.study_events import (AbandonGroup, Begin, DataSeen, DrawGroup,
-                                            FinishStudy, GroupFinished, JobExited,
-                                            JobStarted, KillRuns, ReportProgress, RunFolded,
-                                            StopStudy, SubmitRuns, Tick)
+from melissa_sa.server.study_events import (
+    AbandonGroup,
+    Begin,
+    DataSeen,
+    DrawGroup,
+    FinishStudy,
+    GroupFinished,
+    JobExited,
+    JobStarted,
+    KillRuns,
+    ReportProgress,
+    RunFolded,
+    RunReceived,
+    StopStudy,
+    SubmitRuns,
+    Tick,
+)
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -119,6 +138,7 @@ class StudyState:
         self._last_seen: dict[int, float] = {}
         self._exited_at: dict[int, float] = {}
         self._active: set[int] = set()
+        self._received: set[int] = set()  # active runs whose every step was received
 
     # -- read-only views ----------------------------------------------------------------
     @property
@@ -171,16 +191,29 @@ class StudyState:
         return out + self._fill_window(ev.now)
 
     def _on_job_started(self, ev: JobStarted) -> list:
-        if ev.sim_id in self._active:
+        if ev.sim_id in self._active and ev.sim_id not in self._received:
             self._last_seen[ev.sim_id] = ev.now
         return []
 
     def _on_data_seen(self, ev: DataSeen) -> list:
-        if ev.sim_id in self._active and ev.sim_id not in self._exited_at:
+        if ev.sim_id in self._active and ev.sim_id not in self._exited_at \
+                and ev.sim_id not in self._received:
             self._last_seen[ev.sim_id] = ev.now
         return []
 
+    def _on_run_received(self, ev: RunReceived) -> list:
+        if ev.sim_id in self._active and ev.sim_id not in self.sims_done:
+            self._received.add(ev.sim_id)
+            self._last_seen.pop(ev.sim_id, None)
+            self._exited_at.pop(ev.sim_id, None)
+        return []
+
     def _on_job_exited(self, ev: JobExited) -> list:
+        if ev.sim_id in self._received:
+            if not ev.ok:
+                log.info("simulation %d %s after sending every time step: nothing to redo",
+                         ev.sim_id, ev.state)
+            return []
         if ev.ok:
             if self.limits.offline:  # nothing is streamed: the exit is the completion
                 return self._on_run_folded(RunFolded(ev.sim_id, ev.now))
@@ -237,7 +270,8 @@ class StudyState:
 
     _HANDLERS: typing.ClassVar[dict] = {
         Begin: _on_begin, JobStarted: _on_job_started, DataSeen: _on_data_seen,
-        JobExited: _on_job_exited, RunFolded: _on_run_folded, Tick: _on_tick}
+        JobExited: _on_job_exited, RunReceived: _on_run_received, RunFolded: _on_run_folded,
+        Tick: _on_tick}
 
     # -- rules --------------------------------------------------------------------------
     def _in_flight(self) -> int:
@@ -265,12 +299,14 @@ class StudyState:
         group.submitted_at = now
         for s in sim_ids:
             self._active.add(s)
+            self._received.discard(s)
             self._last_seen.pop(s, None)
             self._exited_at.pop(s, None)
         return [SubmitRuns(group.group_id, tuple(sim_ids))]
 
     def _forget(self, sim_id: int) -> None:
         self._active.discard(sim_id)
+        self._received.discard(sim_id)
         self._last_seen.pop(sim_id, None)
         self._exited_at.pop(sim_id, None)
 

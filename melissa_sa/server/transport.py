@@ -3,17 +3,34 @@
 Every rank binds a PULL data socket; rank 0 also binds the REP connection
 socket (client handshakes) and connects a DEALER to the launcher. Ports are
 tried upward from the configured ones (``data_puller_port + rank``, stepping
-by the number of ranks, so ranks on one node never collide). Binding
-happens on ``server_config.bind`` (127.0.0.1 unless configured); the address
-advertised to clients is the host name when binding all interfaces.
+by the number of ranks, so ranks on one node never collide).
+
+Binding happens on ``server_config.bind`` (:func:`resolve_bind`): an address
+or host name; ``"node"`` (the Slurm default) is the IPv4 address of this
+node's host name, or, where that name resolves to loopback, the address of the
+interface of the default route; ``"*"`` / ``"0.0.0.0"`` is every interface.
+The address advertised to clients and to the launcher is the bound one, or the
+node's address when binding every interface: never 0.0.0.0, and never
+loopback when bound beyond it.
+
+Authentication (:mod:`melissa_sa.auth`): given the study secret, the REP and
+PULL sockets become PLAIN servers checked by the context's ZAP guard (before
+they bind) and the DEALER to the launcher presents the secret. The server
+passes the secret always (``OUT/secret``); :attr:`Transport.refused` counts
+the peers turned away.
 """
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import logging
 import socket
+import struct
 
 import zmq
+
+from melissa_sa.auth import ZapGuard, secure_client_socket, secure_server_socket
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -42,15 +59,95 @@ def bind_first_free(sock: zmq.Socket, host: str, port: int, step: int = 1) -> in
                      f"(step {step}): {last_error}")
 
 
-class Transport:
-    """The sockets of one server rank and their poller."""
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
-    def __init__(self, *, rank: int, size: int, bind: str, hwm: int):
+
+def _interface_addresses() -> list[str]:
+    """IPv4 addresses of this machine's interfaces (Linux ioctl), loopback last."""
+    found = []
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for _, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(sock.fileno(), 0x8915,  # SIOCGIFADDR
+                                     struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            found.append(socket.inet_ntoa(packed[20:24]))
+    finally:
+        sock.close()
+    return sorted(found, key=_is_loopback)
+
+
+def node_address() -> str:
+    """The IPv4 address other nodes reach this one at: the host name's
+    (FQDN's) address unless it is loopback (Debian maps the host name to
+    127.0.1.1), else the default route's source address, else the first
+    interface's. Raises :class:`FatalError` if only loopback is found."""
+    for name in (socket.getfqdn(), socket.gethostname()):
+        try:
+            infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        for info in infos:
+            if not _is_loopback(info[4][0]):
+                return info[4][0]
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.255", 9))  # no packet is sent: only the route is looked up
+        address = probe.getsockname()[0]
+        if address and not _is_loopback(address) and address != "0.0.0.0":
+            return address
+    except OSError:
+        pass
+    finally:
+        probe.close()
+    for address in _interface_addresses():
+        if not _is_loopback(address):
+            return address
+    raise FatalError(f'server_config.bind "node": host {socket.gethostname()} has no address '
+                     f"but loopback; set server_config.bind to an address of this node")
+
+
+def is_loopback_bind(bind: str) -> bool:
+    """True if ``server_config.bind`` keeps the server on loopback."""
+    return bind == "localhost" or _is_loopback(bind)
+
+
+def resolve_bind(bind: str) -> tuple[str, str]:
+    """``(address to bind, address to advertise)`` for ``server_config.bind``."""
+    if bind == "node":
+        address = node_address()
+        return address, address
+    if bind in ("*", "0.0.0.0"):
+        return "0.0.0.0", node_address()
+    return bind, bind
+
+
+class Transport:
+    """The sockets of one server rank and their poller.
+
+    ``secret``: the study secret (None: no authentication, only for loopback
+    sockets in tests); ``log``: where the guard's lines go.
+    """
+
+    def __init__(self, *, rank: int, size: int, bind: str, hwm: int,
+                 secret: str | None = None, log=None):
         self.rank, self.size = rank, size
-        self.host = bind
-        self.advertised = bind if bind not in ("0.0.0.0", "*") else socket.gethostname()
+        self.host, self.advertised = resolve_bind(bind)
+        self.loopback_only = is_loopback_bind(self.host)
+        if secret is None and not self.loopback_only:
+            raise FatalError(f"server_config.bind {bind!r} listens beyond loopback: the "
+                             f"study secret is required")
+        self.secret = secret
         self.hwm = hwm
         self.context = zmq.Context()
+        self.guard: ZapGuard | None = None
+        self._guard_log = log
         self.poller = zmq.Poller()
         self.data_socket = self.connection_socket = self.launcher_socket = None
         self.data_endpoint = ""
@@ -62,6 +159,7 @@ class Transport:
         s = self.data_socket = self.context.socket(zmq.PULL)
         s.setsockopt(zmq.RCVHWM, self.hwm)
         s.setsockopt(zmq.LINGER, 0)
+        self._secure(s)
         port = bind_first_free(s, self.host, base_port + self.rank, step=self.size)
         self.poller.register(s, zmq.POLLIN)
         self.data_endpoint = f"tcp://{self.advertised}:{port}"
@@ -71,6 +169,7 @@ class Transport:
         """Rank 0: bind the REP handshake socket on a port not in ``avoid``."""
         s = self.connection_socket = self.context.socket(zmq.REP)
         s.setsockopt(zmq.LINGER, 0)
+        self._secure(s)
         port = base_port
         while True:
             port = bind_first_free(s, self.host, port)
@@ -87,8 +186,20 @@ class Transport:
         """Rank 0: a DEALER to the launcher's ROUTER."""
         s = self.launcher_socket = self.context.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 2000)
+        if self.secret:
+            secure_client_socket(s, self.secret)
         s.connect(address)
         self.poller.register(s, zmq.POLLIN)
+
+    def _secure(self, sock: zmq.Socket) -> None:
+        if self.secret:
+            options = {"log": self._guard_log} if self._guard_log else {}
+            self.guard = secure_server_socket(sock, self.secret, **options)
+
+    @property
+    def refused(self) -> int:
+        """Peers refused by authentication on this rank's sockets."""
+        return self.guard.refused if self.guard is not None else 0
 
     def send_launcher(self, raw: bytes) -> None:
         if self.launcher_socket is not None:
@@ -103,6 +214,8 @@ class Transport:
             if sock is not None:
                 sock.close()
         self.data_socket = self.connection_socket = self.launcher_socket = None
+        if self.guard is not None:
+            self.guard.close()
         if self.context is not None:
             self.context.term()
             self.context = None

@@ -3,8 +3,10 @@
  * The same behaviour as the Python client (melissa_sa/client.py) and the same
  * environment: MELISSA_SERVER_ADDRESS, MELISSA_SIMULATION_ID,
  * MELISSA_CONNECT_TIMEOUT (default 30 s), MELISSA_SEND_TIMEOUT (default
- * 300 s), MELISSA_REQUIRE_SERVER. Rank 0 says hello to the server's rank 0
- * (binary handshake, handshake.c), the answer is broadcast over the
+ * 300 s), MELISSA_REQUIRE_SERVER, and the study secret from
+ * MELISSA_SECRET_FILE (a file only its owner can read) or MELISSA_SECRET,
+ * presented on every socket as ZeroMQ PLAIN credentials (user "melissa-sa").
+ * Rank 0 says hello to the server's rank 0 (binary handshake, handshake.c), the answer is broadcast over the
  * simulation's communicator, then every rank pushes to each server rank the
  * cells it owns: a 44-byte header and the caller's values, sent without
  * copying; melissa_send returns once ZeroMQ has released every slice.
@@ -21,7 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include "handshake.h"
 #include "melissa/config.h"
@@ -30,6 +35,8 @@
 
 #define MAX_FIELDS 64
 #define MAX_REPLY (1 << 22)
+#define MAX_SECRET 255
+#define SECRET_USER "melissa-sa"
 
 typedef struct {
     char name[MSA_MAX_NAME + 1];
@@ -53,6 +60,7 @@ static struct {
     unsigned member;
     uint32_t nb_time_steps;
     double connect_timeout, send_timeout;
+    char secret[MAX_SECRET + 1];  /* empty: no authentication */
     void *ctx;
     int n_ranks;
     void **push;
@@ -125,6 +133,50 @@ static double env_seconds(const char *call, const char *field, const char *var,
     return v;
 }
 
+/* The study secret: MELISSA_SECRET_FILE (refused if others can read it, as
+ * melissa_sa.auth does), else MELISSA_SECRET, else none. */
+static void read_secret(const char *call, const char *field) {
+    S.secret[0] = '\0';
+    const char *path = getenv("MELISSA_SECRET_FILE");
+    if (path && *path) {
+        int fd = open(path, O_RDONLY);
+        if (fd < 0) fail(call, field, "MELISSA_SECRET_FILE=%s: cannot read the study secret: "
+                         "%s", path, strerror(errno));
+        struct stat st;
+        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 077)) {
+            close(fd);
+            fail(call, field, "MELISSA_SECRET_FILE=%s: the study secret must be a regular "
+                 "file that only its owner can read (chmod 600)", path);
+        }
+        char buf[MAX_SECRET + 2];
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n < 0) n = 0;
+        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
+            --n;
+        if (n == 0 || n > MAX_SECRET)
+            fail(call, field, "MELISSA_SECRET_FILE=%s: not a study secret (1 to %d "
+                 "characters on one line)", path, MAX_SECRET);
+        memcpy(S.secret, buf, (size_t)n);
+        S.secret[n] = '\0';
+        return;
+    }
+    const char *raw = getenv("MELISSA_SECRET");
+    if (raw && *raw) {
+        if (strlen(raw) > MAX_SECRET) fail(call, field, "MELISSA_SECRET is too long");
+        strcpy(S.secret, raw);
+    }
+}
+
+/* Present the study secret on a socket (before it connects). */
+static void credentials(const char *call, const char *field, void *sock) {
+    if (!S.secret[0]) return;
+    if (zmq_setsockopt(sock, ZMQ_PLAIN_USERNAME, SECRET_USER, strlen(SECRET_USER)) != 0 ||
+        zmq_setsockopt(sock, ZMQ_PLAIN_PASSWORD, S.secret, strlen(S.secret)) != 0)
+        fail(call, field, "cannot set the ZeroMQ PLAIN credentials: %s",
+             zmq_strerror(zmq_errno()));
+}
+
 /* Whether this process runs in a study; a first call outside one disables
  * the library (every later call does nothing). */
 static int in_study(const char *call, const char *field) {
@@ -149,6 +201,7 @@ static void open_session(const char *call, const char *field, int use_mpi, MPI_C
     S.sim_id = (uint32_t)id;
     S.connect_timeout = env_seconds(call, field, "MELISSA_CONNECT_TIMEOUT", 30.0);
     S.send_timeout = env_seconds(call, field, "MELISSA_SEND_TIMEOUT", 300.0);
+    read_secret(call, field);
     S.use_mpi = use_mpi;
     S.rank = 0;
     if (use_mpi) {
@@ -179,6 +232,7 @@ static size_t hello(const char *call, const char *field, uint64_t n_total,
     int linger = 0, timeout_ms = (int)(S.connect_timeout * 1000);
     zmq_setsockopt(req, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(req, ZMQ_SNDTIMEO, &timeout_ms, sizeof timeout_ms);
+    credentials(call, field, req);
     if (zmq_connect(req, S.address) != 0)
         fail(call, field, "cannot connect to MELISSA_SERVER_ADDRESS=%s: %s", S.address,
              zmq_strerror(zmq_errno()));
@@ -215,10 +269,12 @@ static size_t hello(const char *call, const char *field, uint64_t n_total,
 static void *push_socket(const char *call, const char *field, int server_rank) {
     if (S.push[server_rank]) return S.push[server_rank];
     void *push = zmq_socket(S.ctx, ZMQ_PUSH);
+    if (!push) fail(call, field, "cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
     int ms = (int)(S.send_timeout * 1000);
     zmq_setsockopt(push, ZMQ_LINGER, &ms, sizeof ms);
     zmq_setsockopt(push, ZMQ_SNDTIMEO, &ms, sizeof ms);
-    if (!push || zmq_connect(push, S.endpoints[server_rank]) != 0)
+    credentials(call, field, push);
+    if (zmq_connect(push, S.endpoints[server_rank]) != 0)
         fail(call, field, "cannot connect to server rank %d at %s: %s", server_rank,
              S.endpoints[server_rank], zmq_strerror(zmq_errno()));
     return S.push[server_rank] = push;

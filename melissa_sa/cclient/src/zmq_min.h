@@ -13,6 +13,8 @@
 #define ZMQ_SNDHWM 23
 #define ZMQ_LINGER 17
 #define ZMQ_SNDTIMEO 28
+#define ZMQ_PLAIN_USERNAME 45
+#define ZMQ_PLAIN_PASSWORD 46
 #define ZMQ_DONTWAIT 1
 #define ZMQ_SNDMORE 2
 #define ZMQ_POLLIN 1
