@@ -4,10 +4,23 @@ import pytest
 
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
-from melissa_sa.server.study_events import (AbandonGroup, Begin, Converged, DataSeen, DrawGroup,
-                                            FinishStudy, GroupFinished, JobExited, JobStarted,
-                                            KillRuns, ReportProgress, RunFolded, StopStudy,
-                                            SubmitRuns, Tick)
+from melissa_sa.server.study_events import (
+    AbandonGroup,
+    Begin,
+    Converged,
+    DataSeen,
+    DrawGroup,
+    FinishStudy,
+    GroupFinished,
+    JobExited,
+    JobStarted,
+    KillRuns,
+    ReportProgress,
+    RunFolded,
+    StopStudy,
+    SubmitRuns,
+    Tick,
+)
 from melissa_sa.server.study_state import StudyLimits, StudyState
 
 
