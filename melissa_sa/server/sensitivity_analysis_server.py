@@ -34,6 +34,7 @@ from melissa_sa.mpi_wait import bcast_json
 from melissa_sa.server import ranks
 from melissa_sa.server.assembly import GroupAssembler, Overlap
 from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData, partition
+from melissa_sa.server.convergence_check import ConvergenceCheck
 from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
 from melissa_sa.server.snapshot import RankSnapshot, SnapshotError, load_rank, save_rank
 from melissa_sa.server.study_events import Begin, DataSeen, RunFolded, Tick
@@ -68,6 +69,10 @@ class SensitivityAnalysisServer(BaseServer):
         self._writer = None
         self._restored_from = None
         self._sigterm = self._sigterm_handled = False
+        rule = config.sa_config.convergence
+        self.convergence = None if rule is None else ConvergenceCheck(self, rule)
+        if self.convergence is not None:
+            self.ranks.handlers.update(self.convergence.handlers())
 
     # -- fields -----------------------------------------------------------------
     def on_field_declared(self, name: str, n_cells: int) -> None:
@@ -268,6 +273,10 @@ class SensitivityAnalysisServer(BaseServer):
         if self.rank == 0 and snap.completion is not None:
             state = snap.completion
             self.study.load_dict(state)
+            rule = self.config.sa_config.convergence
+            changed = self.study.reconcile_rule(None if rule is None else rule.to_dict())
+            if changed:
+                log.warning("%s", changed)
             self._sim_id_limit = self.study.sim_id_limit
             for sim_id in self.study.sims_done:
                 self._ranks_done[sim_id] = set(range(self.comm_size))
