@@ -152,8 +152,6 @@ class BaseServer(LauncherLink, ABC):
         self._launcher_address = os.environ.get("MELISSA_LAUNCHER_ADDRESS")
         self.study = StudyState(self.layout, StudyLimits(n_groups=self.nb_groups),
                                 managed=bool(self._launcher_address))
-        rule = config.sa_config.convergence
-        self.study.convergence_rule = None if rule is None else rule.to_dict()
         self.transport: Transport | None = None
         self.ranks = ranks.RankLink(comm, self._rank_handlers())
         self.data_endpoints: list[str] = []

@@ -69,10 +69,19 @@ class SensitivityAnalysisServer(BaseServer):
         self._writer = None
         self._restored_from = None
         self._sigterm = self._sigterm_handled = False
-        rule = config.sa_config.convergence
+        rule = self.convergence_rule()
+        self.study.convergence_rule = None if rule is None else rule.to_dict()
         self.convergence = None if rule is None else ConvergenceCheck(self, rule)
         if self.convergence is not None:
             self.ranks.handlers.update(self.convergence.handlers())
+
+    def convergence_rule(self):
+        """The :class:`~melissa_sa.convergence.ConvergenceRule` of the study, or None.
+
+        ``sa_config.convergence`` by default; a subclass (e.g. a test) may return
+        another rule, such as one below the config's ``min_groups`` floor.
+        """
+        return self.config.sa_config.convergence
 
     # -- fields -----------------------------------------------------------------
     def on_field_declared(self, name: str, n_cells: int) -> None:
@@ -273,7 +282,7 @@ class SensitivityAnalysisServer(BaseServer):
         if self.rank == 0 and snap.completion is not None:
             state = snap.completion
             self.study.load_dict(state)
-            rule = self.config.sa_config.convergence
+            rule = self.convergence_rule()
             changed = self.study.reconcile_rule(None if rule is None else rule.to_dict())
             if changed:
                 log.warning("%s", changed)
