@@ -9,10 +9,12 @@ path (two-round check over ranks, stop, in-flight groups finished, results
 attributes) is the one a config rule takes.
 """
 
+import subprocess
+
 import h5py
 import numpy as np
 from conftest import write_study
-from studyutil import NB_STEPS, copy_client, offline, run_study
+from studyutil import MELISSA, NB_STEPS, copy_client, offline, run_study
 
 from melissa_sa.results import open_results
 
@@ -59,6 +61,12 @@ def test_a_converged_study_stops_early_and_matches_offline(tmp_path):
     assert 8 <= attrs["convergence_groups_at_stop"] <= n_groups < SWEEP
     assert attrs["groups_finished"] == n_groups == attrs["groups_submitted"]
     assert 0 < attrs["convergence_width_reached"] <= 100.0
+    info = subprocess.run([MELISSA, "info", str(tmp_path / "out" / "results.h5")],
+                          capture_output=True, text=True, timeout=60)
+    assert info.returncode == 0, info.stderr
+    at_stop = attrs["convergence_groups_at_stop"]
+    assert f"stopped by: convergence after {at_stop} groups (CI width " in info.stdout
+    assert "/ target 100)" in info.stdout
 
 
 def test_an_unmet_target_runs_the_whole_sweep(tmp_path):
