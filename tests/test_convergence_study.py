@@ -9,6 +9,7 @@ path (two-round check over ranks, stop, in-flight groups finished, results
 attributes) is the one a config rule takes.
 """
 
+import json
 import subprocess
 
 import h5py
@@ -21,14 +22,28 @@ from melissa_sa.results import open_results
 N_CELLS, P, SWEEP = 11, 2, 40
 
 
-def small_rule_study(tmp_path, ci_width: float, min_groups: int):
+def fail_after_stop(marker) -> str:
+    """Server subclass code: once the rule stopped the draws, the first finished
+    group fails the study (with a checkpoint), once; ``marker`` records the state."""
+    return (
+        "    def on_group_finished(self, group_id):\n"
+        "        super().on_group_finished(group_id)\n"
+        "        import json, os\n"
+        f"        if self.study.converged is not None and not os.path.exists({str(marker)!r}):\n"
+        f"            with open({str(marker)!r}, 'w') as f:\n"
+        "                json.dump({'submitted': self.study.nb_submitted_groups,\n"
+        "                           **self.study.converged}, f)\n"
+        "            self._fail('test: failing once after the convergence stop')\n")
+
+
+def small_rule_study(tmp_path, ci_width: float, min_groups: int, extra: str = ""):
     copy_client(tmp_path)
     (tmp_path / "small_rule.py").write_text(
         "from melissa_sa.convergence import ConvergenceRule\n"
         "from melissa_sa.server import SensitivityAnalysisServer\n\n"
         "class SmallRuleServer(SensitivityAnalysisServer):\n"
         "    def convergence_rule(self):\n"
-        f"        return ConvergenceRule({ci_width!r}, {min_groups!r})\n")
+        f"        return ConvergenceRule({ci_width!r}, {min_groups!r})\n" + extra)
     return write_study(
         tmp_path, server_filename="small_rule.py", server_class="SmallRuleServer",
         study_options={"field_names": ["f"], "nb_parameters": P,
@@ -80,3 +95,23 @@ def test_an_unmet_target_runs_the_whole_sweep(tmp_path):
     assert attrs["stopped_by"] == "sweep_size"
     assert attrs["convergence_groups_at_stop"] == -1
     assert attrs["convergence_width_reached"] > 1e-9   # the last check's width
+
+
+def test_the_stop_survives_a_checkpoint_and_resume(tmp_path):
+    marker = tmp_path / "failed.json"
+    study = small_rule_study(tmp_path, ci_width=100.0, min_groups=8,
+                             extra=fail_after_stop(marker))
+    done = run_study(study)
+    assert done.returncode == 1, done.stdout[-4000:]
+    saved = json.loads(marker.read_text())
+    assert saved["submitted"] < SWEEP
+    done = run_study(study, args=["--resume"])
+    assert done.returncode == 0, done.stdout[-4000:]
+    with open_results(tmp_path / "out" / "results.h5") as r:
+        n_groups = check_offline(r)
+    with h5py.File(tmp_path / "out" / "results.h5", "r") as h5:
+        attrs = dict(h5.attrs)
+    assert attrs["stopped_by"] == "convergence"
+    assert attrs["convergence_groups_at_stop"] == saved["groups_at_stop"]
+    # no group was drawn after the resume: the in-flight ones finished
+    assert attrs["groups_submitted"] == saved["submitted"] == n_groups
