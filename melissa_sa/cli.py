@@ -95,11 +95,15 @@ def cmd_run(args) -> int:
 
 
 def cmd_info(args) -> int:
+    from melissa_sa.convergence import stopping_text
     from melissa_sa.results import ResultsFileError, open_results
 
     try:
         with open_results(args.results) as res:
             print(res.summary())
+            stopping = stopping_text(res.h5.attrs)
+            if stopping:
+                print(stopping)
     except (FileNotFoundError, ResultsFileError, OSError, KeyError) as exc:
         _err(str(exc).strip("'\""))
         return exit_codes.FAILED

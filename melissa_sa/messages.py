@@ -19,6 +19,7 @@ Launcher -> server: :class:`Ping`, :class:`JobState`, :class:`StopRequest`.
 from __future__ import annotations
 
 import json
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -68,6 +69,20 @@ class Progress(Message):
     groups_done: int
     groups_total: int
     group_id: int | None = None
+    #: with ``sa_config.convergence``: the last check's widest interval (None
+    #: before the first check), the target width and the rule's min_groups
+    ci_width: float | None = None
+    ci_target: float | None = None
+    ci_min_groups: int | None = None
+
+    def __post_init__(self):
+        for name in ("ci_width", "ci_target"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise MessageError(f"progress.{name} must be a finite number >= 0, "
+                                   f"got {value!r}")
+        if self.ci_width is not None and self.ci_target is None:
+            raise MessageError("progress.ci_width needs progress.ci_target")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +164,10 @@ def _check(value, hint, where: str):
         if isinstance(value, bool) or not isinstance(value, int):
             raise MessageError(f"{where} must be an integer, got {value!r:.60}")
         return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise MessageError(f"{where} must be a number, got {value!r:.60}")
+        return float(value)
     if hint is str:
         if not isinstance(value, str):
             raise MessageError(f"{where} must be a string, got {value!r:.60}")

@@ -526,3 +526,58 @@ def test_sampler_from_config(tmp_path):
                                              "study_options": {"sampler": "lhs"}}))
     assert plain.draw_groups(4).shape == (4, 1, 3)
     assert plain.block_size == cfg.study_options.parameter_sweep_size
+
+
+# --------------------------------------------------------------------- convergence
+
+
+def test_convergence_off_by_default(tmp_path):
+    cfg = load_config(write(tmp_path, FULL))
+    assert cfg.sa_config.convergence is None
+    assert cfg.to_dict()["sa_config"]["convergence"] is None
+
+
+def test_convergence_parsed_and_round_trips(tmp_path):
+    data = patched(FULL, "sa_config.convergence", {"ci_width": 0.05, "min_groups": 300})
+    cfg = load_config(write(tmp_path, data))
+    rule = cfg.sa_config.convergence
+    assert (rule.ci_width, rule.min_groups) == (0.05, 300)
+    assert rule.negligible_variance == pytest.approx(1e-6)
+    saved = cfg.to_dict()["sa_config"]["convergence"]
+    assert saved == rule.to_dict()
+    again = load_config(write(tmp_path, cfg.to_dict(), name="again.json"))
+    assert again.sa_config.convergence == rule
+    assert cfg.updated({}).sa_config.convergence == rule
+
+
+@pytest.mark.parametrize("value, where, text", [
+    ({"ci_width": 0, "min_groups": 300}, "sa_config.convergence.ci_width", "must be a number > 0"),
+    ({"ci_width": -0.1, "min_groups": 300}, "sa_config.convergence.ci_width", "got -0.1"),
+    ({"ci_width": 0.05, "min_groups": 2000}, "sa_config.convergence.min_groups",
+     "larger than study_options.parameter_sweep_size = 1000"),
+    ({"ci_width": 0.05, "min_groups": 50}, "sa_config.convergence.min_groups", "must be >= 200"),
+    ({"ci_width": 0.05}, "sa_config.convergence.min_groups", "missing"),
+    ({"ci_width": 0.05, "min_groups": 300, "width": 1}, "sa_config.convergence.width",
+     "unknown key"),
+    ([0.05, 300], "sa_config.convergence", "expected an object"),
+])
+def test_convergence_errors_name_the_key(tmp_path, value, where, text):
+    message = error_of(tmp_path, patched(FULL, "sa_config.convergence", value))
+    assert f": {where}: " in message
+    assert text in message
+
+
+def test_convergence_needs_sobol_indices(tmp_path):
+    data = patched(FULL, "sa_config.sobol_indices", False)
+    data = patched(data, "sa_config.convergence", {"ci_width": 0.05, "min_groups": 300})
+    message = error_of(tmp_path, data)
+    assert ": sa_config.convergence: needs sa_config.sobol_indices: true" in message
+
+
+def test_convergence_errors_reported_with_other_errors(tmp_path):
+    data = patched(FULL, "sa_config.convergence", {"ci_width": 5, "min_groups": 10})
+    data = patched(data, "sa_config.mean", "yes")
+    lines = error_of(tmp_path, data).splitlines()
+    assert any(": sa_config.mean: " in line for line in lines)
+    assert any(": sa_config.convergence.ci_width: " in line for line in lines)
+    assert any(": sa_config.convergence.min_groups: " in line for line in lines)

@@ -425,3 +425,19 @@ def test_fields_have_their_own_floors_and_name_the_widest():
     out = combine(parts)
     assert (out.width, out.field, out.cell, out.n_counted) == (pytest.approx(0.2), "p", 0, 4)
     assert out.where() == "S1 of p, step 0, cell 0"
+
+
+def test_stopping_text_from_results_attributes():
+    from melissa_sa.convergence import stopping_text
+
+    assert stopping_text({}) is None
+    assert stopping_text({"stopped_by": "sweep_size"}) == "  stopped by: sweep_size"
+    attrs = {"stopped_by": "convergence", "convergence_ci_width": 0.05,
+             "convergence_min_groups": 200, "convergence_groups_at_stop": 212,
+             "convergence_width_reached": 0.0481}
+    assert stopping_text(attrs) == ("  stopped by: convergence after 212 groups "
+                                    "(CI width 0.0481 / target 0.05)")
+    attrs.update(stopped_by=b"sweep_size", convergence_groups_at_stop=-1,
+                 convergence_width_reached=float("nan"))
+    assert stopping_text(attrs) == ("  stopped by: sweep_size "
+                                    "(CI width - / target 0.05 (from 200 groups))")

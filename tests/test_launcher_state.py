@@ -233,3 +233,17 @@ def test_config_accepts_a_registered_scheduler(tmp_path):
         assert load_config(path).launcher_config.scheduler == "oar-test"
     finally:
         del _REGISTRY["oar-test"]
+
+
+def test_progress_line_shows_the_convergence_note():
+    import io
+
+    from melissa_sa.convergence import ConvergenceRule, progress_text
+    from melissa_sa.launcher.progress import Progress as Bar
+
+    out = io.StringIO()
+    bar = Bar("lines", 1000, out, interval=0.0)
+    bar.note = progress_text(0.0831, ConvergenceRule(0.05, 200))
+    bar.update(250)
+    assert "250/1000 groups done" in out.getvalue()
+    assert out.getvalue().rstrip().endswith("CI width 0.0831 / target 0.05")

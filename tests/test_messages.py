@@ -23,7 +23,9 @@ EXAMPLES = [Hello(pid=12, groups_total=10, groups_done=3, group_size=5,
                   connection="tcp://127.0.0.1:2003"),
             Ping(), Progress(4, 10, 2), Progress(4, 10), Submit(1, [5, 6], ["a.sh", "b.sh"]),
             Kill([3]), Stop(0, "done"), JobState(7, 1, "failed", -9), JobState(7, None, "running"),
-            StopRequest("SIGINT")]
+            StopRequest("SIGINT"), Progress(250, 260, 7, ci_width=0.0831, ci_target=0.05,
+                                            ci_min_groups=200),
+            Progress(3, 1000, ci_target=0.05, ci_min_groups=200)]
 
 
 @pytest.mark.parametrize("msg", EXAMPLES, ids=lambda m: m.type)
@@ -53,6 +55,12 @@ def test_each_direction_accepts_only_its_own_types():
     (b'{"type": "kill", "sim_ids": [1, "2"]}', r"sim_ids\[1\] must be an integer"),
     (b'{"type": "kill", "sim_ids": 3}', "sim_ids must be a list"),
     (b'{"type": "ping", "extra": 1}', "unknown field"),
+    (b'{"type": "progress", "groups_done": 3, "groups_total": 4, "ci_width": "0.1", '
+     b'"ci_target": 0.05}', "ci_width must be a number"),
+    (b'{"type": "progress", "groups_done": 3, "groups_total": 4, "ci_width": NaN, '
+     b'"ci_target": 0.05}', "ci_width must be a finite number"),
+    (b'{"type": "progress", "groups_done": 3, "groups_total": 4, "ci_width": 0.1}',
+     "ci_width needs progress.ci_target"),
     (b'{"type": "submit", "group_id": 1, "sim_ids": [1, 2], "scripts": ["a"]}', "2 sim_ids but 1"),
 ])
 def test_malformed_messages_are_refused_with_a_reason(raw, match):

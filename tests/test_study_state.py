@@ -7,6 +7,7 @@ from melissa_sa.design import GroupLayout
 from melissa_sa.server.study_events import (
     AbandonGroup,
     Begin,
+    Converged,
     DataSeen,
     DrawGroup,
     FinishStudy,
@@ -257,3 +258,97 @@ def test_restart_after_the_last_run_finishes_at_once():
 def test_unknown_events_are_a_type_error():
     with pytest.raises(TypeError, match="cannot handle str"):
         state().handle("tick")
+
+
+# -- convergence-driven stopping ----------------------------------------------------------
+
+
+def test_converged_draws_no_new_group_and_in_flight_ones_finish():
+    s = state(n_groups=10, window=3)
+    s.handle(Begin(0.0))
+    finish_group(s, 0, 1.0)                       # groups 1, 2, 3 in flight
+    assert s.stopped_by == "sweep_size" and s.groups_total == 10
+    out = s.handle(Converged(2.0, groups_at_stop=1, width=0.04, where="ST1, step 0, cell 3"))
+    assert out == [ReportProgress(1, 4)]          # 4 submitted groups: the new total
+    assert s.stopped_by == "convergence" and not s.all_done
+    out = finish_group(s, 1, 3.0)
+    assert of(DrawGroup, out) == [] and of(SubmitRuns, out) == []
+    assert of(GroupFinished, out) == [GroupFinished(1, 2, 4)] and of(FinishStudy, out) == []
+    finish_group(s, 2, 4.0)
+    out = finish_group(s, 3, 5.0)
+    assert of(FinishStudy, out) == [FinishStudy()] and s.all_done
+    assert s.nb_submitted_groups == 4 < s.limits.n_groups
+
+
+def test_converged_with_nothing_in_flight_finishes_at_once():
+    s = state(n_groups=10, window=1)
+    s.handle(Begin(0.0))
+    finish_group(s, 0, 1.0)                       # group 1 now in flight
+    finish_group(s, 1, 2.0)
+    s.handle(Converged(2.5, 2, 0.01))
+    # group 2 was submitted when group 1 finished; it still finishes
+    assert not s.all_done
+    out = finish_group(s, 2, 3.0)
+    assert of(FinishStudy, out) == [FinishStudy()]
+
+
+def test_a_redraw_after_convergence_still_runs():
+    s = state(n_groups=10, window=2, crashes_before_redraw=1)
+    s.handle(Begin(0.0))
+    s.handle(Converged(0.5, 0, 0.02))
+    out = s.handle(JobExited(0, 1, 1.0, state="failed"))
+    new = of(DrawGroup, out)
+    assert new == [DrawGroup(10, replaces=0)]     # the redraw replaces group 0
+    finish_group(s, 1, 2.0)
+    assert not s.all_done
+    out = finish_group(s, 10, 3.0)
+    assert of(FinishStudy, out) == [FinishStudy()]
+    assert s.groups_done == 2
+
+
+def test_convergence_survives_a_checkpoint_and_resume_draws_nothing_new():
+    s = state(n_groups=10, window=2)
+    s.handle(Begin(0.0))
+    s.convergence_rule = {"ci_width": 0.05, "min_groups": 200, "negligible_variance": 1e-6}
+    finish_group(s, 0, 1.0)
+    s.handle(Converged(1.5, 1, 0.049, "S1, step 0, cell 2"))
+    saved = s.to_dict()
+    r = state(n_groups=10, window=2)
+    r.load_dict(saved)
+    assert r.to_dict() == saved
+    assert r.reconcile_rule(dict(s.convergence_rule)) is None
+    assert r.stopped_by == "convergence" and r.converged["groups_at_stop"] == 1
+    out = r.handle(Begin(5.0, resume=True))
+    assert of(DrawGroup, out) == []
+    assert [i.group_id for i in of(SubmitRuns, out)] == [1, 2]   # in flight: resubmitted
+    assert of(ReportProgress, out) == [ReportProgress(1, 3)]
+    finish_group(r, 1, 6.0)
+    out = finish_group(r, 2, 7.0)
+    assert of(FinishStudy, out) == [FinishStudy()]
+
+
+def test_a_changed_rule_clears_the_saved_stop():
+    s = state(n_groups=10, window=2)
+    s.convergence_rule = {"ci_width": 0.05, "min_groups": 200, "negligible_variance": 1e-6}
+    s.handle(Begin(0.0))
+    s.handle(Converged(1.0, 0, 0.04))
+    r = state(n_groups=10, window=2)
+    r.load_dict(s.to_dict())
+    message = r.reconcile_rule({"ci_width": 0.01, "min_groups": 200,
+                                "negligible_variance": 1e-6})
+    assert "changed" in message and "cleared" in message
+    assert r.converged is None and r.stopped_by == "sweep_size"
+    out = r.handle(Begin(2.0, resume=True))
+    assert len(of(SubmitRuns, out)) == 2
+    out = finish_group(r, 0, 3.0)
+    assert of(DrawGroup, out) == [DrawGroup(2)]   # draws again
+
+
+def test_an_old_checkpoint_without_convergence_loads():
+    s = state(n_groups=4)
+    s.handle(Begin(0.0))
+    saved = s.to_dict()
+    del saved["convergence"]
+    r = state(n_groups=4)
+    r.load_dict(saved)
+    assert r.converged is None and r.last_width is None and r.convergence_rule is None

@@ -167,6 +167,11 @@ def fmt(v: float) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(v)
 
 
+def anything(r: Reader, path: str, v: Any):
+    """Any JSON value, checked later by a cross-key rule of the loader."""
+    return v
+
+
 def boolean(r: Reader, path: str, v: Any):
     if not isinstance(v, bool):
         r.err(path, f"expected true or false, got {show(v)}")

@@ -29,6 +29,7 @@ from melissa_sa.config.model import (
     default_bind,
     section_spec,
 )
+from melissa_sa.convergence import ConvergenceConfigError, parse_rule
 
 __all__ = ["load_config", "config_from_dict"]
 
@@ -90,6 +91,7 @@ def config_from_dict(d: Mapping, source: str = "<dict>",
         _check_study(r, so)
     if sa is not None:
         _check_sa(r, sa, so)
+        _check_convergence(r, sa, so)
     if sv is not None and c.ok(sv["connection_port"]) \
             and sv["connection_port"] == sv["data_puller_port"]:
         r.err("server_config.data_puller_port",
@@ -129,6 +131,22 @@ def _check_sa(r: c.Reader, sa: dict, so: dict | None) -> None:
         r.err("sa_config.sobol_indices",
               f"Sobol' indices need at least 2 parameters "
               f"(study_options.nb_parameters is {so['nb_parameters']})")
+
+
+def _check_convergence(r: c.Reader, sa: dict, so: dict | None) -> None:
+    """``sa_config.convergence``: raw JSON -> :class:`ConvergenceRule` or None."""
+    sweep = so["parameter_sweep_size"] if so is not None else c.BAD
+    if not c.ok(sweep) or not c.ok(sa["sobol_indices"]):
+        sa["convergence"] = c.BAD if sa["convergence"] is not None else None
+        return
+    try:
+        sa["convergence"] = parse_rule(sa["convergence"], sobol_indices=sa["sobol_indices"],
+                                       parameter_sweep_size=sweep,
+                                       path="sa_config.convergence")
+    except ConvergenceConfigError as exc:
+        for path, message in exc.errors:
+            r.err(path, message)
+        sa["convergence"] = c.BAD
 
 
 def _check_server_class(r: c.Reader, d: Mapping, base: str, server_filename: Any,

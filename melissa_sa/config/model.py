@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from melissa_sa.config import checks as c
+from melissa_sa.convergence import ConvergenceRule
 from melissa_sa.design import GroupLayout
 from melissa_sa.sampling import LAWS, SAMPLER_NAMES
 
@@ -168,6 +169,9 @@ class SAConfig:
     confidence_method: str = key("delta", c.choice(("delta", "fisher"), "confidence method"))
     checkpoint_interval: int = key(100, c.integer(1))
     checkpoint_seconds: float | None = key(None, c.number(positive=True, nullable=True))
+    #: the raw JSON value here; the loader turns it into a ConvergenceRule (or None)
+    #: with its cross-key checks (sobol_indices, parameter_sweep_size)
+    convergence: ConvergenceRule | None = key(None, c.anything)
 
 
 @dataclass(frozen=True)
@@ -293,7 +297,9 @@ class StudyConfig:
                 **_plain(so),
                 "distributions": [d.to_dict() for d in so.distributions],
             },
-            "sa_config": _plain(self.sa_config),
+            "sa_config": {**_plain(self.sa_config),
+                          "convergence": (None if self.sa_config.convergence is None
+                                          else self.sa_config.convergence.to_dict())},
             "server_config": _plain(self.server_config),
             "launcher_config": _plain(self.launcher_config),
             "client_config": _plain(self.client_config),

@@ -40,6 +40,7 @@ import zmq
 from melissa_sa import exit_codes
 from melissa_sa import messages as msgs
 from melissa_sa.auth import SecretError, study_secret
+from melissa_sa.convergence import ConvergenceRule, progress_text
 from melissa_sa.launcher.claim import ClaimError, StudyClaim, launcher_state
 from melissa_sa.launcher.jobs import JobTable
 from melissa_sa.launcher.processes import describe_exit, tail_lines
@@ -357,6 +358,9 @@ class Launcher(EndingsMixin):
 
     def _on_progress(self, msg: msgs.Progress) -> None:
         self._groups_total = msg.groups_total
+        if msg.ci_target is not None:
+            self._progress.note = progress_text(
+                msg.ci_width, ConvergenceRule(msg.ci_target, msg.ci_min_groups or 0))
         self._progress.update(msg.groups_done, self._groups_total)
         start = self._done_at_hello
         if self._restarts_in_a_row and start is not None and msg.groups_done > start:

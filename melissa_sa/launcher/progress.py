@@ -61,6 +61,8 @@ class Progress:
         self._last_line = -math.inf
         self._last_printed: int | None = None
         self._bar = None
+        #: extra text after the counts, e.g. "CI width 0.0831 / target 0.05"
+        self.note = ""
 
     @staticmethod
     def auto_mode(stream: TextIO | None = None) -> str:
@@ -90,6 +92,8 @@ class Progress:
         text = f"{PREFIX} {self.done}/{total} groups done, {_format_rate(self.rate())}"
         if self.total is not None and self.done < self.total:
             text += f", ETA {format_duration(self.eta())}"
+        if self.note:
+            text += f", {self.note}"
         return text
 
     def update(self, done: int, total: int | None = None) -> None:
@@ -117,6 +121,8 @@ class Progress:
                              smoothing=0.1, leave=True)
         if self.total is not None and self._bar.total != self.total:
             self._bar.total = self.total
+        if self.note and self._bar.postfix != self.note:
+            self._bar.set_postfix_str(self.note, refresh=False)
         if self.done != self._bar.n:
             self._bar.n = self.done
             self._bar.refresh()

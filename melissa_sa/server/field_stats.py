@@ -32,7 +32,8 @@ class StepStatistics:
                                   sobol=bool(sa.sobol_indices))
         self.moments = None
         order = 4 if (sa.skewness or sa.kurtosis) else 2
-        if sa.mean or sa.variance or sa.skewness or sa.kurtosis:
+        # the convergence rule needs each cell's variance (24 B per cell at order 2)
+        if sa.mean or sa.variance or sa.skewness or sa.kurtosis or sa.convergence is not None:
             self.moments = Moments(n_cells, order=order)
         self.extrema = Extrema(n_cells) if (sa.min or sa.max) else None
         self.threshold = (ThresholdExceedance(n_cells, sa.threshold_exceedance)

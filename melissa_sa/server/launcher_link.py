@@ -18,6 +18,7 @@ A mixin of :class:`~melissa_sa.server.base_server.BaseServer`. It
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import sys
@@ -196,11 +197,24 @@ class LauncherLink:
         self.on_group_finished(ins.group_id)
         self.send_launcher(messages.Progress(groups_done=ins.groups_done,
                                              groups_total=ins.groups_total,
-                                             group_id=ins.group_id))
+                                             group_id=ins.group_id, **self._ci_fields()))
+        check = getattr(self, "convergence", None)   # ConvergenceCheck of the SA server
+        if check is not None:
+            check.maybe_start()
 
     def _do_progress(self, ins: st.ReportProgress) -> None:
         self.send_launcher(messages.Progress(groups_done=ins.groups_done,
-                                             groups_total=ins.groups_total))
+                                             groups_total=ins.groups_total,
+                                             **self._ci_fields()))
+
+    def _ci_fields(self) -> dict:
+        """The convergence part of a progress message (empty when the rule is off)."""
+        rule = self.study.convergence_rule
+        if rule is None:
+            return {}
+        width = self.study.last_width
+        return {"ci_width": width if width is not None and math.isfinite(width) else None,
+                "ci_target": float(rule["ci_width"]), "ci_min_groups": int(rule["min_groups"])}
 
     def _do_finish(self, ins: st.FinishStudy) -> None:
         self._finishing = True

@@ -30,6 +30,10 @@ __all__ = [
     "RunsFolded",
     "RunsReceived",
     "StopRanks",
+    "SummaryReport",
+    "SummaryRequest",
+    "VarianceReport",
+    "VarianceRequest",
 ]
 
 TAG_CONTROL = 11  # rank 0 -> others
@@ -88,8 +92,41 @@ class RankStopRequest:
     rank: int
 
 
-CONTROL = (FieldDeclared, Redraw, CheckpointNow, StopRanks)
-REPORT = (RunsFolded, RunsReceived, RankStopRequest)
+@dataclass(frozen=True)
+class VarianceRequest:
+    """Rank 0 -> all: convergence check ``check_id``, round 1: report your variance totals."""
+
+    check_id: int
+
+
+@dataclass(frozen=True)
+class SummaryRequest:
+    """Rank 0 -> all: round 2 of check ``check_id``: the floors per field and time step."""
+
+    check_id: int
+    floors: dict  # field name -> tuple of per-step floors
+
+
+@dataclass(frozen=True)
+class VarianceReport:
+    """Rank ``rank`` -> 0: its slice's ``VarianceTotals`` (melissa_sa.convergence) per field."""
+
+    rank: int
+    check_id: int
+    totals: dict
+
+
+@dataclass(frozen=True)
+class SummaryReport:
+    """Rank ``rank`` -> 0: its slice's :class:`~melissa_sa.convergence.ConvergenceSummary`."""
+
+    rank: int
+    check_id: int
+    summary: object
+
+
+CONTROL = (FieldDeclared, Redraw, CheckpointNow, StopRanks, VarianceRequest, SummaryRequest)
+REPORT = (RunsFolded, RunsReceived, RankStopRequest, VarianceReport, SummaryReport)
 
 
 class RankLink:

@@ -58,6 +58,30 @@ def rank_counters(server) -> dict | None:
             "refused_peers_per_rank": np.array([r["refused"] for r in every], dtype=np.int64)}
 
 
+def convergence_attrs(server) -> dict:
+    """Rank 0: the root attributes saying how the study stopped (docs/results.md).
+
+    ``convergence_width_reached`` is the widest counted interval of the last
+    convergence check (the deciding one when the rule stopped the study), not
+    recomputed at finalisation.
+    """
+    study = server.study
+    attrs = {"stopped_by": study.stopped_by, "groups_finished": int(study.groups_done),
+             "groups_submitted": int(study.nb_submitted_groups)}
+    rule = study.convergence_rule
+    if rule is not None:
+        stop = study.converged or {}
+        attrs.update({
+            "convergence_ci_width": float(rule["ci_width"]),
+            "convergence_min_groups": int(rule["min_groups"]),
+            "convergence_negligible_variance": float(rule["negligible_variance"]),
+            "convergence_groups_at_stop": int(stop.get("groups_at_stop", -1)),
+            "convergence_width_reached": float(np.nan if study.last_width is None
+                                               else study.last_width),
+            "convergence_width_where": study.last_where})
+    return attrs
+
+
 def write_study_results(server) -> None:
     """Write ``OUT/results.h5`` from every rank (call on all ranks)."""
     layout = ResultsLayout.from_config(server.config, dict(server.field_sizes),
@@ -80,6 +104,8 @@ def write_study_results(server) -> None:
         return FieldSlice(lf.lo, lf.hi, stats)
 
     attrs = rank_counters(server)
+    if attrs is not None:
+        attrs.update(convergence_attrs(server))
     parameters = parameter_table(server) if server.rank == 0 else None
     path = write_results_parallel(server.comm if server.comm_size > 1 else None,
                                   server.config.results_path, layout, local,

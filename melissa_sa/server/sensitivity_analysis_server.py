@@ -34,6 +34,7 @@ from melissa_sa.mpi_wait import bcast_json
 from melissa_sa.server import ranks
 from melissa_sa.server.assembly import GroupAssembler, Overlap
 from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData, partition
+from melissa_sa.server.convergence_check import ConvergenceCheck
 from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
 from melissa_sa.server.snapshot import RankSnapshot, SnapshotError, load_rank, save_rank
 from melissa_sa.server.study_events import Begin, DataSeen, RunFolded, RunReceived, Tick
@@ -71,6 +72,19 @@ class SensitivityAnalysisServer(BaseServer):
         self._writer = None
         self._restored_from = None
         self._sigterm = self._sigterm_handled = False
+        rule = self.convergence_rule()
+        self.study.convergence_rule = None if rule is None else rule.to_dict()
+        self.convergence = None if rule is None else ConvergenceCheck(self, rule)
+        if self.convergence is not None:
+            self.ranks.handlers.update(self.convergence.handlers())
+
+    def convergence_rule(self):
+        """The :class:`~melissa_sa.convergence.ConvergenceRule` of the study, or None.
+
+        ``sa_config.convergence`` by default; a subclass (e.g. a test) may return
+        another rule, such as one below the config's ``min_groups`` floor.
+        """
+        return self.config.sa_config.convergence
 
     # -- fields -----------------------------------------------------------------
     def on_field_declared(self, name: str, n_cells: int) -> None:
@@ -301,6 +315,10 @@ class SensitivityAnalysisServer(BaseServer):
         if self.rank == 0 and snap.completion is not None:
             state = snap.completion
             self.study.load_dict(state)
+            rule = self.convergence_rule()
+            changed = self.study.reconcile_rule(None if rule is None else rule.to_dict())
+            if changed:
+                log.warning("%s", changed)
             self._sim_id_limit = self.study.sim_id_limit
             for sim_id in self.study.sims_done:
                 self._ranks_done[sim_id] = set(range(self.comm_size))

@@ -25,6 +25,7 @@ __all__ = [
     "StopStudy",
     "SubmitRuns",
     "Tick",
+    "Converged",
 ]
 
 
@@ -35,6 +36,20 @@ class Begin:
 
     now: float
     resume: bool = False
+
+
+@dataclass(frozen=True)
+class Converged:
+    """The convergence rule said stop: draw no new group; in-flight ones finish.
+
+    ``groups_at_stop``: the finished-group count when the deciding check
+    started; ``width`` and ``where``: the widest counted interval then.
+    """
+
+    now: float
+    groups_at_stop: int
+    width: float
+    where: str = ""
 
 
 @dataclass(frozen=True)

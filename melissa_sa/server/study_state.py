@@ -32,7 +32,10 @@ Rules:
   tolerance is off and a run fails, after ``max_consecutive_failures`` failed
   runs in a row with no completed run in between, or once more than
   ``max_redrawn_groups`` groups were redrawn;
-* it finishes when ``n_groups`` groups are finished.
+* it finishes when ``n_groups`` groups are finished, or, once the
+  convergence rule said stop (:class:`Converged`: no new group is drawn, the
+  groups in flight and their redraws still finish), when every submitted,
+  non-abandoned group is finished.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from melissa_sa.design import GroupLayout
 from melissa_sa.server.study_events import (
     AbandonGroup,
     Begin,
+    Converged,
     DataSeen,
     DrawGroup,
     FinishStudy,
@@ -135,6 +139,13 @@ class StudyState:
         #: mean seconds from a run's submission to its completion
         self.mean_run_seconds = 0.0
         self.stopped: StopStudy | None = None
+        #: set by :class:`Converged`: ``{"groups_at_stop", "width", "where"}``
+        self.converged: dict | None = None
+        #: the convergence rule (``ConvergenceRule.to_dict()``) the study runs under
+        self.convergence_rule: dict | None = None
+        #: the last check's widest interval and where (None before any check)
+        self.last_width: float | None = None
+        self.last_where: str = ""
         self._last_seen: dict[int, float] = {}
         self._exited_at: dict[int, float] = {}
         self._active: set[int] = set()
@@ -156,8 +167,20 @@ class StudyState:
         return len(self.finished_groups)
 
     @property
+    def groups_total(self) -> int:
+        """Groups the study will finish: the sweep, or those submitted once converged."""
+        return self.nb_submitted_groups if self.converged is not None else self.limits.n_groups
+
+    @property
     def all_done(self) -> bool:
+        if self.converged is not None and self.managed:
+            return self._in_flight() == 0
         return len(self.finished_groups) >= self.limits.n_groups
+
+    @property
+    def stopped_by(self) -> str:
+        """``"convergence"`` once the rule stopped the draws, else ``"sweep_size"``."""
+        return "convergence" if self.converged is not None else "sweep_size"
 
     def is_abandoned(self, group_id: int) -> bool:
         g = self.groups.get(group_id)
@@ -187,7 +210,7 @@ class StudyState:
                 if todo:
                     log.info("resubmitting group %d: simulations %s", group.group_id, todo)
                     out += self._submit(group, todo, ev.now)
-            out.append(ReportProgress(self.groups_done, self.limits.n_groups))
+            out.append(ReportProgress(self.groups_done, self.groups_total))
         return out + self._fill_window(ev.now)
 
     def _on_job_started(self, ev: JobStarted) -> list:
@@ -246,7 +269,7 @@ class StudyState:
         out: list = []
         if group.finished and group_id not in self.finished_groups and not group.abandoned:
             self.finished_groups.add(group_id)
-            out.append(GroupFinished(group_id, self.groups_done, self.limits.n_groups))
+            out.append(GroupFinished(group_id, self.groups_done, self.groups_total))
             out += self._fill_window(ev.now)
         if self.all_done:
             out.append(FinishStudy())
@@ -268,10 +291,46 @@ class StudyState:
                             "(simulation_timeout)", ev.now)
         return out
 
+    def _on_converged(self, ev: Converged) -> list:
+        self.last_width, self.last_where = ev.width, ev.where
+        if self.converged is not None:
+            return []
+        if not self.managed:  # runs are not ours to stop drawing
+            log.info("convergence reached (width %.4g at %s) but the server does not draw "
+                     "the runs (no launcher): the study goes on", ev.width, ev.where)
+            return []
+        self.converged = {"groups_at_stop": int(ev.groups_at_stop), "width": float(ev.width),
+                          "where": ev.where}
+        log.info("converged after %d groups: no new group is drawn; %d in flight finish",
+                 ev.groups_at_stop, self._in_flight())
+        out: list = [ReportProgress(self.groups_done, self.groups_total)]
+        if self.all_done:
+            out.append(FinishStudy())
+        return out
+
+    def record_check(self, width: float, where: str) -> None:
+        """Remember a check that did not stop the study (for progress and checkpoints)."""
+        self.last_width, self.last_where = float(width), where
+
+    def reconcile_rule(self, rule: dict | None) -> str | None:
+        """After a resume: keep the saved stop only under the same rule.
+
+        Returns a message to log when the configured rule differs from the
+        saved one (the stopped state is then cleared), else None.
+        """
+        saved, self.convergence_rule = self.convergence_rule, rule
+        if saved == rule:
+            return None
+        was = self.converged is not None
+        self.converged = None
+        self.last_width, self.last_where = None, ""
+        return (f"sa_config.convergence changed since the checkpoint ({saved} -> {rule})"
+                + ("; the saved stop is cleared: the study draws groups again" if was else ""))
+
     _HANDLERS: typing.ClassVar[dict] = {
         Begin: _on_begin, JobStarted: _on_job_started, DataSeen: _on_data_seen,
         JobExited: _on_job_exited, RunReceived: _on_run_received, RunFolded: _on_run_folded,
-        Tick: _on_tick}
+        Tick: _on_tick, Converged: _on_converged}
 
     # -- rules --------------------------------------------------------------------------
     def _in_flight(self) -> int:
@@ -283,7 +342,8 @@ class StudyState:
         if not self.managed:
             return out
         in_flight = self._in_flight()
-        while self.nb_submitted_groups < self.limits.n_groups and in_flight < self.limits.window:
+        while (self.converged is None and self.nb_submitted_groups < self.limits.n_groups
+               and in_flight < self.limits.window):
             gid = self.nb_submitted_groups
             group = self.groups[gid] = GroupRecord(gid, self._sim_ids(gid))
             out.append(DrawGroup(gid))
@@ -379,6 +439,10 @@ class StudyState:
                         "redraws": g.redraws, "replaces": g.replaces,
                         "abandoned": g.abandoned}
                        for g in self.groups.values()],
+            "convergence": {"stopped": self.converged is not None,
+                            **(self.converged or {}),
+                            "last_width": self.last_width, "last_where": self.last_where,
+                            "rule": self.convergence_rule},
         }
 
     def load_dict(self, state: dict) -> None:
@@ -392,6 +456,14 @@ class StudyState:
         self.redrawn_groups = int(state.get("redrawn_groups",
                                             sum(bool(g["abandoned"]) for g in state["groups"])))
         self.mean_run_seconds = float(state.get("mean_run_seconds", 0.0))
+        conv = state.get("convergence") or {}
+        self.converged = ({"groups_at_stop": int(conv["groups_at_stop"]),
+                           "width": float(conv["width"]), "where": str(conv.get("where", ""))}
+                          if conv.get("stopped") else None)
+        width = conv.get("last_width")
+        self.last_width = None if width is None else float(width)
+        self.last_where = str(conv.get("last_where", ""))
+        self.convergence_rule = conv.get("rule")
         self.groups = {}
         for g in state["groups"]:
             group = GroupRecord(int(g["group_id"]), [int(s) for s in g["sim_ids"]],

@@ -1,0 +1,130 @@
+"""The convergence check across server ranks: two asynchronous rounds, no gather of cells.
+
+Rank 0 keeps the :class:`~melissa_sa.convergence.CheckSchedule`. After a
+group finishes, if a check is due, it broadcasts :class:`VarianceRequest`;
+every rank (rank 0 too) answers with its slice's
+:func:`~melissa_sa.convergence.variance_totals` per field; once all are in,
+rank 0 sums them, broadcasts the floors (:class:`SummaryRequest`), every
+rank answers with :func:`~melissa_sa.convergence.local_summary` combined
+over its fields, and rank 0 combines those, calls
+:func:`~melissa_sa.convergence.decide` with the group count at the start of
+the check, and feeds a :class:`~melissa_sa.server.study_events.Converged`
+event to the study state when the rule says stop. Every message is a typed
+rank message (:mod:`melissa_sa.server.ranks`) sent with ``isend`` and read
+in the event loop: no rank ever blocks in a collective. A rank folds on while
+a check runs, so its slice may hold more groups than the count the decision
+uses: the rule then decides on at least that many groups.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from melissa_sa.convergence import (
+    CheckSchedule,
+    ConvergenceRule,
+    combine,
+    combine_variance_totals,
+    decide,
+    local_summary,
+    variance_totals,
+)
+from melissa_sa.server import ranks
+from melissa_sa.server.study_events import Converged
+
+log = logging.getLogger("melissa_sa.server")
+
+__all__ = ["ConvergenceCheck"]
+
+
+class ConvergenceCheck:
+    """One server rank's part of the convergence check (see the module docstring)."""
+
+    def __init__(self, server, rule: ConvergenceRule):
+        self.server = server
+        self.rule = rule
+        self.schedule: CheckSchedule | None = None   # rank 0, made at the first chance
+        self.check_id = 0
+        self._active: dict | None = None             # rank 0: the check under way
+        self.checks_run = 0
+
+    def handlers(self) -> dict:
+        return {ranks.VarianceRequest: self.on_variance_request,
+                ranks.SummaryRequest: self.on_summary_request,
+                ranks.VarianceReport: self.on_variance_report,
+                ranks.SummaryReport: self.on_summary_report}
+
+    # -- rank 0 ---------------------------------------------------------------------------
+    def maybe_start(self) -> None:
+        """Rank 0, after a group finished: start a check if one is due."""
+        study = self.server.study
+        if self._active is not None or study.converged is not None or study.all_done:
+            return
+        groups = study.groups_done
+        if self.schedule is None:   # after a restart: checks at once from min_groups on
+            self.schedule = CheckSchedule(self.rule, groups)
+        now = time.monotonic()
+        if not self.schedule.due(groups, now):
+            return
+        self.check_id += 1
+        self._active = {"id": self.check_id, "groups": groups, "started": now,
+                        "totals": {}, "summaries": {}}
+        self.server.ranks.broadcast(ranks.VarianceRequest(self.check_id))
+        self.on_variance_request(ranks.VarianceRequest(self.check_id))
+
+    def on_variance_report(self, msg: ranks.VarianceReport) -> None:
+        active = self._active
+        if active is None or msg.check_id != active["id"]:
+            return
+        active["totals"][msg.rank] = msg.totals
+        if len(active["totals"]) < self.server.comm_size:
+            return
+        parts = list(active["totals"].values())
+        floors = {name: tuple(float(f) for f in combine_variance_totals(
+                      p[name] for p in parts).floors(self.rule.negligible_variance))
+                  for name in sorted(parts[0])}
+        request = ranks.SummaryRequest(active["id"], floors)
+        self.server.ranks.broadcast(request)
+        self.on_summary_request(request)
+
+    def on_summary_report(self, msg: ranks.SummaryReport) -> None:
+        active = self._active
+        if active is None or msg.check_id != active["id"]:
+            return
+        active["summaries"][msg.rank] = msg.summary
+        if len(active["summaries"]) < self.server.comm_size:
+            return
+        self._active = None
+        summary = combine(active["summaries"].values())
+        decision = decide(summary, active["groups"], self.rule)
+        ended = time.monotonic()
+        self.schedule.done(active["groups"], active["started"], ended)
+        self.checks_run += 1
+        log.info("convergence check at %d groups (%.3g s): %s%s", active["groups"],
+                 ended - active["started"], decision.reason,
+                 "; stop drawing groups" if decision.stop else "")
+        study = self.server.study
+        if decision.stop:
+            self.server.feed(Converged(ended, active["groups"], decision.width,
+                                       summary.where()))
+        else:
+            study.record_check(decision.width, summary.where())
+
+    # -- every rank -----------------------------------------------------------------------
+    def on_variance_request(self, msg: ranks.VarianceRequest) -> None:
+        totals = {name: variance_totals(s.moments.variance for s in lf.steps)
+                  for name, lf in self.server.slices.items()}
+        self.server.ranks.report(ranks.VarianceReport(self.server.rank, msg.check_id, totals))
+
+    def on_summary_request(self, msg: ranks.SummaryRequest) -> None:
+        sa = self.server.config.sa_config
+        parts = []
+        for name, floors in msg.floors.items():
+            lf = self.server.slices[name]
+            parts.append(local_summary([s.sobol for s in lf.steps],
+                                       [s.moments.variance for s in lf.steps], floors,
+                                       sa.confidence_level, cell_offset=lf.lo, field=name,
+                                       method=sa.confidence_method))
+        self.server.ranks.report(ranks.SummaryReport(self.server.rank, msg.check_id,
+                                                     combine(parts)))
