@@ -60,17 +60,14 @@ def write_study_results(server) -> None:
     layout = ResultsLayout.from_config(server.config, dict(server.field_sizes),
                                        ci_method=server.ci_method)
 
-    # collect_results computes the costly part, the Sobol' indices and
-    # intervals (about 0.1 s per time step per 10^6 cells), at once: every
-    # rank does its own slice now, all ranks together, before they take
-    # turns to write.
-    prepared = {name: server.collect_results(name) for name in server.slices}
-
+    # collect_results is lazy: the Sobol' indices and intervals of a step
+    # are computed during this rank's turn, written, then released, so no
+    # rank holds more than one step of them (issue 10, docs/performance.md).
     def local(name: str):
         if name not in server.slices:
             return None
         lf = server.slices[name]
-        stats = prepared.pop(name)
+        stats = server.collect_results(name)
         if server.rank != 0:
             stats.pop("n_samples", None)
             stats.pop("n_groups", None)
