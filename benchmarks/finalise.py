@@ -36,7 +36,6 @@ def vm_hwm() -> int:
 
 
 def build(cells: int, steps: int, p: int, groups: int):
-    from melissa_sa.server.field_stats import StepStatistics, collect_results  # noqa: F401
     from melissa_sa.stats import Moments, SobolMartinez
     rng = np.random.default_rng(0)
     stats = []
@@ -44,7 +43,8 @@ def build(cells: int, steps: int, p: int, groups: int):
         m, s = Moments(cells), SobolMartinez(cells, p)
         for _ in range(groups):
             rows = rng.standard_normal((p + 2, cells))
-            m.update(rows[0]); m.update(rows[1])
+            m.update(rows[0])
+            m.update(rows[1])
             s.update(rows)
         stats.append(SimpleNamespace(moments=m, sobol=s, n_samples=2 * groups,
                                      extrema=None, threshold=None, quantiles=None))

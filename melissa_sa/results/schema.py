@@ -18,6 +18,7 @@ The file ``OUT/results.h5`` (see ``docs/results.md`` for the user's view)::
         sobol_first sobol_total sobol_{first,total}_{low,high}
                                                          (parameter, time_step, cell)
         n_samples (time_step,) int64; n_groups (time_step,) int64 with Sobol'
+        sobol_{first,total}_aggregated (parameter, time_step) with Sobol'
 
 Every statistic carries a one-line ``definition`` attribute; the confidence
 bounds also ``confidence_level`` and ``method``.
@@ -74,6 +75,16 @@ DEFINITIONS: dict[str, str] = {
     "n_samples": "independent runs folded in per time step (A and B of each group under Sobol')",
     "n_groups": "pick-freeze groups folded into the Sobol' indices per time step",
 }
+
+#: Aggregated Sobol' indices of the whole field (Gamboa et al. 2014, Martinez form),
+#: shaped (parameter, time_step), float64; rank 0 writes them with the counts.
+AGGREGATED = ("sobol_first_aggregated", "sobol_total_aggregated")
+DEFINITIONS["sobol_first_aggregated"] = (
+    "first-order Sobol' index of the whole field: sum_c Cov_c(Y_B, Y_Ck) / "
+    "sum_c sqrt(Var_c(Y_B) Var_c(Y_Ck)) over every cell (no interval: not done)")
+DEFINITIONS["sobol_total_aggregated"] = (
+    "total Sobol' index of the whole field: 1 - sum_c Cov_c(Y_A, Y_Ck) / "
+    "sum_c sqrt(Var_c(Y_A) Var_c(Y_Ck)) over every cell (no interval: not done)")
 
 CI_METHODS: dict[str, str] = {
     "delta": "delta-method standard error of the correlation (any law), "

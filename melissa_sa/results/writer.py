@@ -26,6 +26,7 @@ from melissa_sa.durable import durable_replace
 from melissa_sa.mpi_wait import recv_when_ready, wait_requests
 from melissa_sa.results.layout import ResultsLayout, as_table
 from melissa_sa.results.schema import (
+    AGGREGATED,
     CI_METHODS,
     COUNT_FILL,
     COUNTS,
@@ -155,6 +156,13 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
                 d = g.create_dataset(cname, shape=(T,), dtype=np.int64, fillvalue=COUNT_FILL)
                 d.dims[0].attach_scale(ts)
                 d.attrs["definition"] = layout.definition(cname)
+            if layout.has_sobol:
+                for aname in AGGREGATED:
+                    d = g.create_dataset(aname, shape=(len(layout.parameter_names), T),
+                                         dtype=np.float64, fillvalue=FLOAT_FILL)
+                    d.dims[0].attach_scale(scales["parameter"])
+                    d.dims[1].attach_scale(ts)
+                    d.attrs["definition"] = layout.definition(aname)
     return path
 
 
@@ -189,7 +197,8 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
             written += _write_step_group(g, field, lo, hi, name, stats[name])
             continue
         if name not in g or name in SCALES or not isinstance(g[name], h5py.Dataset):
-            present = [s for s in list(STATISTICS) + list(COUNTS) if s in g]
+            present = [s for s in list(STATISTICS) + list(COUNTS) + list(AGGREGATED)
+                       if s in g]
             raise KeyError(f"field {field!r}: statistic {name!r} is not in the results "
                            f"file; it holds {present}")
         d = g[name]
@@ -198,6 +207,12 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
             arr = np.asarray(value)
             if arr.shape != (T,):
                 raise ValueError(f"field {field!r}: {name} shape {arr.shape}, expected ({T},)")
+            d[...] = arr
+        elif name in AGGREGATED:
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.shape != d.shape:
+                raise ValueError(f"field {field!r}: {name} shape {arr.shape}, "
+                                 f"expected {d.shape}")
             d[...] = arr
         elif callable(value):
             step_shape = d.shape[:-2] + (n,)
@@ -241,7 +256,7 @@ def _write_step_group(g, field: str, lo: int, hi: int, names: tuple[str, ...],
         if len(arrays) != len(names):
             raise ValueError(f"field {field!r}: time step {t} gave {len(arrays)} arrays "
                              f"for {names}")
-        for name, arr in zip(names, arrays):
+        for name, arr in zip(names, arrays, strict=True):
             arr = np.asarray(arr)
             step_shape = g[name].shape[:-2] + (n,)
             if arr.shape != step_shape:

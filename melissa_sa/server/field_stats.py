@@ -123,3 +123,14 @@ def sobol_step(sobol, confidence_level: float) -> tuple[np.ndarray, ...]:
     first, total = sobol.indices
     (f_lo, f_hi), (t_lo, t_hi) = sobol.confidence_interval(confidence_level)
     return first, total, f_lo, f_hi, t_lo, t_hi
+
+
+def aggregated_sums(lf: LocalField) -> list[list[list[float]]] | None:
+    """This rank's partial sums for the aggregated indices, per time step.
+
+    ``[t][row][k]`` (rows of :meth:`SobolMartinez.aggregated_sums`), JSON-able
+    for the reduction over ranks; None without Sobol'.
+    """
+    if not lf.steps or lf.steps[0].sobol is None:
+        return None
+    return [step.sobol.aggregated_sums().tolist() for step in lf.steps]

@@ -29,8 +29,14 @@ import numpy as np
 
 from melissa_sa import messages
 from melissa_sa.durable import durable_replace
-from melissa_sa.protocol import (Hello, ProtocolError, Welcome, decode_hello, encode_refusal,
-                                 encode_welcome)
+from melissa_sa.protocol import (
+    Hello,
+    ProtocolError,
+    Welcome,
+    decode_hello,
+    encode_refusal,
+    encode_welcome,
+)
 from melissa_sa.server import ranks
 from melissa_sa.server import study_events as st
 

@@ -17,6 +17,8 @@ import numpy as np
 
 from melissa_sa.mpi_wait import gather_json
 from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results_parallel
+from melissa_sa.server.field_stats import aggregated_sums
+from melissa_sa.stats.sobol import aggregate_indices
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -55,6 +57,28 @@ def rank_counters(server) -> dict | None:
             "bytes_received_per_rank": np.array([r["bytes"] for r in every], dtype=np.int64)}
 
 
+def aggregated_indices(server) -> dict:
+    """Rank 0: ``{field: {"sobol_first_aggregated": (p, T), ...}}`` (collective).
+
+    Each rank reduces its own cells to a few sums per parameter and step;
+    the sums are gathered without a blocking collective, added, and turned
+    into the whole field's indices. Empty without Sobol'.
+    """
+    mine = {name: aggregated_sums(lf) for name, lf in sorted(server.slices.items())}
+    mine = {name: sums for name, sums in mine.items() if sums is not None}
+    every = gather_json(server.comm if server.comm_size > 1 else None, mine,
+                        "every rank's partial sums of the aggregated Sobol' indices")
+    if every is None:
+        return {}
+    out = {}
+    for name in sorted({n for r in every for n in r}):
+        total = sum(np.asarray(r[name], dtype=np.float64) for r in every if name in r)
+        per_step = [aggregate_indices(s) for s in total]  # total: (T, 4, p)
+        out[name] = {"sobol_first_aggregated": np.stack([f for f, _ in per_step], axis=1),
+                     "sobol_total_aggregated": np.stack([t for _, t in per_step], axis=1)}
+    return out
+
+
 def write_study_results(server) -> None:
     """Write ``OUT/results.h5`` from every rank (call on all ranks)."""
     layout = ResultsLayout.from_config(server.config, dict(server.field_sizes),
@@ -71,8 +95,11 @@ def write_study_results(server) -> None:
         if server.rank != 0:
             stats.pop("n_samples", None)
             stats.pop("n_groups", None)
+        else:
+            stats.update(aggregated.get(name, {}))
         return FieldSlice(lf.lo, lf.hi, stats)
 
+    aggregated = aggregated_indices(server)
     attrs = rank_counters(server)
     parameters = parameter_table(server) if server.rank == 0 else None
     path = write_results_parallel(server.comm if server.comm_size > 1 else None,

@@ -38,10 +38,22 @@ from dataclasses import dataclass, field
 
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
-from melissa_sa.server.study_events import (AbandonGroup, Begin, DataSeen, DrawGroup,
-                                            FinishStudy, GroupFinished, JobExited,
-                                            JobStarted, KillRuns, ReportProgress, RunFolded,
-                                            StopStudy, SubmitRuns, Tick)
+from melissa_sa.server.study_events import (
+    AbandonGroup,
+    Begin,
+    DataSeen,
+    DrawGroup,
+    FinishStudy,
+    GroupFinished,
+    JobExited,
+    JobStarted,
+    KillRuns,
+    ReportProgress,
+    RunFolded,
+    StopStudy,
+    SubmitRuns,
+    Tick,
+)
 
 log = logging.getLogger("melissa_sa.server")
 
