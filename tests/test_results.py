@@ -707,8 +707,16 @@ def test_aggregated_indices_match_numpy_over_two_server_ranks(tmp_path):
         keep = params.folded
         order = np.lexsort((params.member[keep], params.group_id[keep]))
         values = params.values[keep][order]
-        first_got = r.h5["f"]["sobol_first_aggregated"][...]
-        total_got = r.h5["f"]["sobol_total_aggregated"][...]
+        first_got, total_got = r.aggregated("f")
+        summary = r.summary()
+    assert "aggregated Sobol' indices of the whole field" in summary
+    assert f"x1 {first_got[0, -1]:.3f}" in summary or f"p1 {first_got[0, -1]:.3f}" in summary
+    png = tmp_path / "agg.png"
+    drawn = subprocess.run([sys.executable, "-m", "melissa_sa.cli", "plot",
+                            str(tmp_path / "out" / "results.h5"), "--stat", "aggregated",
+                            "-o", str(png)], capture_output=True, text=True, timeout=120)
+    assert drawn.returncode == 0, drawn.stderr
+    assert png.stat().st_size > 0
     y = np.stack([np.stack([field_values(v, n_cells, t) for t in range(NB_STEPS)])
                   for v in values]).reshape(groups, p + 2, NB_STEPS, n_cells)
     assert first_got.shape == total_got.shape == (p, NB_STEPS)
