@@ -217,6 +217,8 @@ def test_attributes_and_dimension_scales(tmp_path):
             assert h5py.h5ds.is_scale(g[scale].id), scale
         expected_dims = {None: ["time_step", "cell"]}
         for stat, lead in STATISTICS.items():
+            if stat.startswith("sobol_second"):  # second order: its own test
+                continue
             d = g[stat]
             dims = ([lead] if lead else []) + expected_dims[None]
             assert [dim[0].name.rsplit("/", 1)[-1] for dim in d.dims] == dims, stat
@@ -731,3 +733,33 @@ def test_aggregated_indices_match_numpy_over_two_server_ranks(tmp_path):
             total = 1 - cov(a, ck).sum() / np.sqrt(cov(a, a) * cov(ck, ck)).sum()
             np.testing.assert_allclose(first_got[k, t], first, rtol=1e-10, atol=1e-10)
             np.testing.assert_allclose(total_got[k, t], total, rtol=1e-10, atol=1e-10)
+
+
+def test_second_order_layout_pair_scale_and_round_trip(tmp_path):
+    """sobol_second{,_low,_high} (pair, time_step, cell), pair scale "x1:x2" (layout level:
+    the stand-in arrays below are not the SobolMartinez second-order statistic)."""
+    from melissa_sa.results import FieldSlice, ResultsLayout, write_results
+    from melissa_sa.results.schema import SOBOL_STATISTICS
+
+    T, N = 2, 5
+    layout = ResultsLayout(fields=("f",), n_cells=N, n_time_steps=T,
+                           statistics=("sobol", "sobol_second"),
+                           parameter_names=("x1", "x2", "x3"))
+    assert layout.pair_names == ("x1:x2", "x1:x3", "x2:x3")
+    assert layout.shape("f", "sobol_second") == (3, T, N)
+    rng = np.random.default_rng(1)
+    arrays = {s: rng.random(layout.shape("f", s)) for s in layout.statistics}
+    arrays["n_samples"] = np.full(T, 8)
+    arrays["n_groups"] = np.full(T, 4)
+    path = write_results(tmp_path / "r.h5", layout, lambda f: FieldSlice(0, N, arrays))
+    with open_results(path) as r:
+        for s in ("sobol_second", "sobol_second_low", "sobol_second_high"):
+            np.testing.assert_array_equal(r.get("f", s), arrays[s])
+        pair = [x.decode() if isinstance(x, bytes) else x for x in r.h5["f"]["pair"][...]]
+        assert pair == ["x1:x2", "x1:x3", "x2:x3"]
+        assert r.h5["f"]["sobol_second"].dims[0][0].name.endswith("/pair")
+        assert r.h5["f"]["sobol_second_low"].attrs["confidence_level"] == 0.95
+    with pytest.raises(ValueError, match="sobol_second needs"):
+        ResultsLayout(fields=("f",), n_cells=N, n_time_steps=T, statistics=("sobol_second",),
+                      parameter_names=("x1", "x2"))
+    assert set(SOBOL_STATISTICS).isdisjoint(("sobol_second",))

@@ -250,7 +250,8 @@ class Results:
         N, T = self.n_cells(fname), self.n_time_steps(fname)
         out = [f"  field {fname}: {N} cells x {T} time steps"]
         stats = self.statistics(fname)
-        shown = [s for s in stats if s not in SOBOL_STATISTICS[2:]]
+        shown = [s for s in stats if s not in SOBOL_STATISTICS[2:]
+                 and not s.startswith("sobol_second_")]
         conf = self.confidence(fname)
         text = ", ".join(shown) if shown else "(none)"
         if conf:

@@ -47,13 +47,19 @@ STATISTICS: dict[str, str | None] = {
     "sobol_first_high": "parameter",
     "sobol_total_low": "parameter",
     "sobol_total_high": "parameter",
+    "sobol_second": "pair",
+    "sobol_second_low": "pair",
+    "sobol_second_high": "pair",
 }
 SOBOL_STATISTICS = ("sobol_first", "sobol_total", "sobol_first_low", "sobol_first_high",
                     "sobol_total_low", "sobol_total_high")
 #: Per-time-step counts, shaped (time_step,), int64.
 COUNTS = ("n_samples", "n_groups")
 #: Names of the dimension-scale datasets inside a field group.
-SCALES = ("time_step", "cell", "threshold", "quantile_level", "parameter")
+SCALES = ("time_step", "cell", "threshold", "quantile_level", "parameter", "pair")
+#: Second-order Sobol' datasets (sa_config.second_order), (pair, time_step, cell);
+#: pairs in itertools.combinations(range(p), 2) order, named "x1:x2".
+SECOND_ORDER_STATISTICS = ("sobol_second", "sobol_second_low", "sobol_second_high")
 
 DEFINITIONS: dict[str, str] = {
     "mean": "sample mean over independent runs",
@@ -72,6 +78,9 @@ DEFINITIONS: dict[str, str] = {
     "sobol_first_high": "upper confidence bound of sobol_first",
     "sobol_total_low": "lower confidence bound of sobol_total",
     "sobol_total_high": "upper confidence bound of sobol_total",
+    "sobol_second": "second-order Sobol' index S_ij = S_ij^closed - S_i - S_j of the pair",
+    "sobol_second_low": "lower confidence bound of sobol_second",
+    "sobol_second_high": "upper confidence bound of sobol_second",
     "n_samples": "independent runs folded in per time step (A and B of each group under Sobol')",
     "n_groups": "pick-freeze groups folded into the Sobol' indices per time step",
 }
