@@ -133,7 +133,7 @@ def print_table(res: dict) -> None:
         for name, r in ing.items():
             s = r["setup"]
 
-            def bm(k):
+            def bm(k, r=r):
                 return f"{r[k]['best_gbps']:.2f}/{r[k]['median_gbps']:.2f}"
             print(f"{name:28} {s['clients']:>7} {s['clients'] * s['steps']:>6} {bm('raw'):>12} "
                   f"{bm('raw_tracked'):>12} {bm('server'):>12} "
@@ -148,7 +148,7 @@ def print_table(res: dict) -> None:
         print(f"{'variant':28} {'all':>6} {'main':>6} {'ZMQ IO':>6} {'send':>6}  "
               f"{'all':>6} {'main':>6} {'ZMQ IO':>6} {'client':>6}")
         for name, r in ing.items():
-            def med(k, key, thread=None):
+            def med(k, key, thread=None, r=r):
                 vals = [x[key] if thread is None else x[key].get(thread, float("nan"))
                         for x in r[k]["runs"]]
                 return statistics.median(vals)
@@ -166,9 +166,9 @@ def print_table(res: dict) -> None:
                     print(f"  {row['tottime_s']:8.3f} s {row['calls']:>7}  {row['function']}")
     st = res.get("study")
     if st:
-        print("\nWhole Sobol' study (p=3, job_limit %s): melissa-sa run vs classic "
-              "(fsync'd .npy files + NumPy post-processing)" % next(iter(st.values()))
-              ["setup"]["job_limit"])
+        job_limit = next(iter(st.values()))["setup"]["job_limit"]
+        print(f"\nWhole Sobol' study (p=3, job_limit {job_limit}): melissa-sa run vs classic "
+              "(fsync'd .npy files + NumPy post-processing)")
         print(f"{'config':7} {'cells':>8} {'steps':>5} {'runs':>5} {'GB':>6} | {'classic':>8} "
               f"{'jobs':>6} {'post':>6} | {'melissa-sa':>14} {'start':>6} {'clients':>7} "
               f"{'end':>6} | {'speed-up':>8}")

@@ -11,8 +11,18 @@ import sys
 import time
 from pathlib import Path
 
-from e2e_procs import (QUIET_WAIT, LineReader, find_rank_pid, free_port, proc_thread_cpu,
-                       read_ready, rm, spawn, stop_all, wait_quiet)
+from e2e_procs import (
+    QUIET_WAIT,
+    LineReader,
+    find_rank_pid,
+    free_port,
+    proc_thread_cpu,
+    read_ready,
+    rm,
+    spawn,
+    stop_all,
+    wait_quiet,
+)
 
 PY = sys.executable
 BIN = Path(sys.executable).parent
@@ -221,7 +231,7 @@ def build_c_client(scratch: Path) -> Path | None:
 def bench_ingest(args, scratch: Path) -> dict:
     c_client = None if args.no_c_client else build_c_client(scratch)
     variants = [("mean+variance", False, args.clients, args.steps),
-                ("mean+variance+sobol p=%d" % args.sobol_params, True,
+                (f"mean+variance+sobol p={args.sobol_params}", True,
                  args.sobol_groups * (args.sobol_params + 2), args.sobol_steps)]
     out = {}
     for name, sobol, clients, steps in variants:
@@ -276,7 +286,7 @@ def profile_summary(prof: Path, top: int = 15) -> list[dict]:
 
     st = pstats.Stats(str(prof))
     rows = []
-    for (file, line, fn), (cc, nc, tt, ct, _) in st.stats.items():
+    for (file, line, fn), (_cc, nc, tt, ct, _) in st.stats.items():
         rows.append({"function": f"{Path(file).name}:{line}({fn})", "calls": nc,
                      "tottime_s": round(tt, 4), "cumtime_s": round(ct, 4)})
     rows.sort(key=lambda r: -r["tottime_s"])

@@ -30,6 +30,7 @@ FIELD = "f"
 def role_melissa_client(a) -> None:
     """An instrumented 'simulation' that sends a precomputed array T times."""
     import numpy as np
+
     from melissa_sa.client import melissa_finalize, melissa_init, melissa_send
 
     sim_id = int(os.environ["MELISSA_SIMULATION_ID"])

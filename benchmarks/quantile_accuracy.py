@@ -103,11 +103,14 @@ def run(law: str, n_samples: int, n_cells: int, levels, seed: int, n_boot: int =
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", default="10000", help="comma-separated sample counts (default 10000)")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", default="10000",
+                        help="comma-separated sample counts (default 10000)")
     parser.add_argument("--cells", type=int, default=2000, help="replicates (cells), default 2000")
     parser.add_argument("--levels", default="0.5,0.95,0.99")
-    parser.add_argument("--laws", default="normal,lognormal,gamma2", help=f"comma-separated, among {', '.join(LAWS)}")
+    parser.add_argument("--laws", default="normal,lognormal,gamma2",
+                        help=f"comma-separated, among {', '.join(LAWS)}")
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument("--goal", type=float, default=1.2, help="target ratio (default 1.2)")
     parser.add_argument(
@@ -123,12 +126,14 @@ def main(argv=None) -> int:
     samples = [int(v) for v in args.samples.split(",")]
 
     rows = []
-    header = f"{'level':>6} {'law':>10} {'samples':>8} {'RMSE streaming':>15} {'RMSE exact':>11} {'ratio':>6}  {'95% CI':>13}"
+    header = (f"{'level':>6} {'law':>10} {'samples':>8} {'RMSE streaming':>15} "
+              f"{'RMSE exact':>11} {'ratio':>6}  {'95% CI':>13}")
     print(header)
     print("-" * len(header))
     for n_samples in samples:
         for law_i, law in enumerate(laws):
-            for row in run(law, n_samples, args.cells, levels, args.seed + 1000 * law_i + n_samples):
+            seed = args.seed + 1000 * law_i + n_samples
+            for row in run(law, n_samples, args.cells, levels, seed):
                 rows.append(row)
                 lo, hi = row["ratio_ci95"]
                 print(
@@ -144,11 +149,14 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
         "benchmark": "quantile_accuracy",
-        "command": " ".join(["python benchmarks/quantile_accuracy.py", *(argv if argv is not None else sys.argv[1:])]),
-        "estimator": "melissa_sa.stats.Quantiles (Tierney 1983 stochastic approximation, exact 8-sample warm-up)",
+        "command": " ".join(["python benchmarks/quantile_accuracy.py",
+                             *(argv if argv is not None else sys.argv[1:])]),
+        "estimator": "melissa_sa.stats.Quantiles (Tierney 1983 stochastic approximation, "
+                     "exact 8-sample warm-up)",
         "constants": {
             name: getattr(kernels, name)
-            for name in ("WARMUP", "HALF_MASS", "MASS_CAP", "GAIN", "GAIN_BOOST", "PRIOR_HITS", "KAPPA", "LAMBDA")
+            for name in ("WARMUP", "HALF_MASS", "MASS_CAP", "GAIN", "GAIN_BOOST", "PRIOR_HITS",
+                         "KAPPA", "LAMBDA")
         },
         "seed": args.seed,
         "goal_ratio": args.goal,

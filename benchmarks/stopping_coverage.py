@@ -43,8 +43,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from sobol_coverage import (A_ISHIGAMI, B_ISHIGAMI, ishigami_truth,  # noqa: E402
-                            pick_freeze_groups)
+from sobol_coverage import A_ISHIGAMI, B_ISHIGAMI, ishigami_truth, pick_freeze_groups  # noqa: E402
 
 NAMES = ("S1", "S2", "S3", "ST1", "ST2", "ST3")
 

@@ -33,7 +33,7 @@ __all__ = [
 FIRST_SLEEP = 0.0002
 
 
-class MPIWaitTimeout(TimeoutError):
+class MPIWaitTimeout(TimeoutError):  # noqa: N818 - named like its base
     """An MPI wait ran out of time; the message says for what and how long."""
 
 

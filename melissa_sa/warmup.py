@@ -38,8 +38,7 @@ def warm_up(n_params: int = 3) -> float:
     two-cell field, for float32 and float64 samples; return the seconds."""
     import numpy as np
 
-    from melissa_sa.stats import (Extrema, Moments, Quantiles, SobolMartinez,
-                                  ThresholdExceedance)
+    from melissa_sa.stats import Extrema, Moments, Quantiles, SobolMartinez, ThresholdExceedance
 
     t0 = time.perf_counter()
     for dtype in (np.float64, np.float32):
@@ -52,13 +51,13 @@ def warm_up(n_params: int = 3) -> float:
                 obj.update(x + k)
         for obj in objects[:4]:
             obj.merge(obj)
-        objects[-1].values
+        _ = objects[-1].values
         for ci in ("delta", "fisher"):
             s = SobolMartinez(2, n_params, ci=ci)
             for k in range(3):
                 s.update((group + k).astype(dtype))
             s.merge(s)
-            s.indices
+            _ = s.indices
             s.confidence_interval(0.9)
     return time.perf_counter() - t0
 

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-
 from conftest import BIN, ROOT
-from melissa_sa.protocol import (ProtocolError, Welcome, decode_hello, encode_refusal,
-                                        encode_welcome)
+
+from melissa_sa.protocol import ProtocolError, Welcome, decode_hello, encode_refusal, encode_welcome
 
 HEAT_C = ROOT / "examples" / "heat_pde_c"
 HEAT_F = ROOT / "examples" / "heat_pde_fortran" / "heat.f90"

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from conftest import child_env, kill_group
 
 CLIENTS = Path(__file__).parent / "clients"
@@ -30,7 +29,8 @@ def run_study(study: Path, timeout: float = 300, args=(), env=None) -> subproces
     except subprocess.TimeoutExpired:
         kill_group(proc)
         out, _ = proc.communicate()
-        raise AssertionError(f"study timed out:\n{out.decode(errors='replace')[-3000:]}")
+        raise AssertionError(
+            f"study timed out:\n{out.decode(errors='replace')[-3000:]}") from None
     finally:
         kill_group(proc)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out.decode(errors="replace"))

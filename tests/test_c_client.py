@@ -24,12 +24,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from cclient_util import (HEAT_C, HEAT_F, MPICC, N_CELLS, STEPS, FakeServer, cmake_build,
-                          heat_history, missing, offline, run)
+from cclient_util import (
+    HEAT_C,
+    HEAT_F,
+    MPICC,
+    N_CELLS,
+    STEPS,
+    FakeServer,
+    cmake_build,
+    heat_history,
+    missing,
+    offline,
+    run,
+)
 from conftest import MPIEXEC, free_port, write_study
-from melissa_sa.results import open_results
 from studyutil import run_study
+
+from melissa_sa.results import open_results
 
 P, GROUPS = 3, 4
 CLIENTS = Path(__file__).parent / "clients"

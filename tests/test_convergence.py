@@ -8,11 +8,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from melissa_sa.convergence import (MIN_GROUPS_FLOOR, CheckSchedule, ConvergenceConfigError,
-                                    ConvergenceRule, ConvergenceSummary, combine,
-                                    combine_variance_totals, decide, local_summary,
-                                    next_check, parse_rule, progress_text, step_summary,
-                                    variance_totals)
+from melissa_sa.convergence import (
+    MIN_GROUPS_FLOOR,
+    CheckSchedule,
+    ConvergenceConfigError,
+    ConvergenceRule,
+    ConvergenceSummary,
+    combine,
+    combine_variance_totals,
+    decide,
+    local_summary,
+    next_check,
+    parse_rule,
+    progress_text,
+    step_summary,
+    variance_totals,
+)
 from melissa_sa.stats import Moments, SobolMartinez
 
 P = 3

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import child_env, kill_group, wait_for, write_study
-from melissa_sa.results import open_results
 from studyutil import MELISSA, NB_STEPS, copy_client, offline, run_study
+
+from melissa_sa.results import open_results
 
 P, GROUPS, N_CELLS = 2, 4, 11  # 8 independent runs: quantiles exact as well
 STATS = ["mean", "variance", "skewness", "kurtosis", "min", "max",

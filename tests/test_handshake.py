@@ -8,11 +8,21 @@ import sys
 
 import pytest
 import zmq
-
 from conftest import MPIEXEC, wait_for, write_study
-from melissa_sa.protocol import (HANDSHAKE_MAGIC, PROTOCOL_VERSION, Hello, ProtocolError,
-                                        Welcome, decode_hello, decode_refusal, decode_welcome,
-                                        encode_hello, encode_refusal, encode_welcome)
+
+from melissa_sa.protocol import (
+    HANDSHAKE_MAGIC,
+    PROTOCOL_VERSION,
+    Hello,
+    ProtocolError,
+    Welcome,
+    decode_hello,
+    decode_refusal,
+    decode_welcome,
+    encode_hello,
+    encode_refusal,
+    encode_welcome,
+)
 
 WELCOME = Welcome(field_id=1, member=3, nb_time_steps=7, partition=[(0, 5), (5, 9)],
                   endpoints=["tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001"])

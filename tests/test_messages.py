@@ -3,9 +3,21 @@
 import pytest
 
 from melissa_sa import exit_codes
-from melissa_sa.messages import (LAUNCHER_TO_SERVER, SERVER_TO_LAUNCHER, Hello, JobState,
-                                 Kill, MessageError, Ping, Progress, Stop, StopRequest,
-                                 Submit, decode, encode)
+from melissa_sa.messages import (
+    LAUNCHER_TO_SERVER,
+    SERVER_TO_LAUNCHER,
+    Hello,
+    JobState,
+    Kill,
+    MessageError,
+    Ping,
+    Progress,
+    Stop,
+    StopRequest,
+    Submit,
+    decode,
+    encode,
+)
 
 EXAMPLES = [Hello(pid=12, groups_total=10, groups_done=3, group_size=5,
                   connection="tcp://127.0.0.1:2003"),
@@ -33,8 +45,10 @@ def test_each_direction_accepts_only_its_own_types():
     (b"\xff\xfe", "not JSON"),
     (b"[1, 2]", "not a JSON object"),
     (b'{"type": 3}', "not a JSON object with a type"),
-    (b'{"type": "progress", "groups_done": "3", "groups_total": 4}', "groups_done must be an integer"),
-    (b'{"type": "progress", "groups_done": true, "groups_total": 4}', "groups_done must be an integer"),
+    (b'{"type": "progress", "groups_done": "3", "groups_total": 4}',
+     "groups_done must be an integer"),
+    (b'{"type": "progress", "groups_done": true, "groups_total": 4}',
+     "groups_done must be an integer"),
     (b'{"type": "progress", "groups_total": 4}', "groups_done"),
     (b'{"type": "kill", "sim_ids": [1, "2"]}', r"sim_ids\[1\] must be an integer"),
     (b'{"type": "kill", "sim_ids": 3}', "sim_ids must be a list"),

@@ -14,8 +14,16 @@ import pytest
 import zmq
 from conftest import MPIEXEC, write_study
 
-from melissa_sa.protocol import (HEADER, MAGIC, PROTOCOL_VERSION, Hello, ProtocolError,
-                                 decode_welcome, encode_header, encode_hello)
+from melissa_sa.protocol import (
+    HEADER,
+    MAGIC,
+    PROTOCOL_VERSION,
+    Hello,
+    ProtocolError,
+    decode_welcome,
+    encode_header,
+    encode_hello,
+)
 
 N_CELLS = 8
 
@@ -33,7 +41,8 @@ def hello(ctx, address, sim_id, n_cells=N_CELLS, field="f"):
     except ProtocolError as exc:
         assert exc.kind == "refused", exc
         return {"type": "error", "message": exc.reason}
-    return {"type": "welcome", "endpoints": welcome.endpoints}
+    return {"type": "welcome", "endpoints": welcome.endpoints,
+            "partition": welcome.partition}
 
 
 def raw_header(magic=MAGIC, version=PROTOCOL_VERSION, dtype=1, sim_id=0, member=0,

@@ -163,8 +163,8 @@ def _update_cell(n, levels, state, j, v):
     if not math.isfinite(v):
         state[j, MIN] = np.nan
         state[j, MAX] = np.nan
-        for l in range(n_levels):
-            state[j, q0 + l] = np.nan
+        for lev in range(n_levels):
+            state[j, q0 + lev] = np.nan
         return
     if n == 0 or v < state[j, MIN]:
         state[j, MIN] = v
@@ -177,8 +177,8 @@ def _update_cell(n, levels, state, j, v):
             state[j, b0 + i] = state[j, b0 + i - 1]
             i -= 1
         state[j, b0 + i] = v
-        for l in range(n_levels):
-            state[j, q0 + l] = _exact_quantile(state, j, b0, nn, levels[l])
+        for lev in range(n_levels):
+            state[j, q0 + lev] = _exact_quantile(state, j, b0, nn, levels[lev])
         return
     if nn == WARMUP + 1:
         # leave the warm-up: reference, relative estimates, density prior
@@ -192,15 +192,15 @@ def _update_cell(n, levels, state, j, v):
             dd = state[j, b0 + i] - ref - mean
             ss += dd * dd
         scale = math.sqrt(ss / (WARMUP - 1))
-        for l in range(n_levels):
-            state[j, q0 + l] = state[j, q0 + l] - ref
+        for lev in range(n_levels):
+            state[j, q0 + lev] = state[j, q0 + lev] - ref
         # the buffer is no longer read: H and F may overwrite it
-        for l in range(n_levels):
-            state[j, h0 + l] = PRIOR_HITS
+        for lev in range(n_levels):
+            state[j, h0 + lev] = PRIOR_HITS
             if scale > 0.0:
-                state[j, f0 + l] = _prior_inverse_density(levels[l], scale)
+                state[j, f0 + lev] = _prior_inverse_density(levels[lev], scale)
             else:
-                state[j, f0 + l] = 0.0  # no scale yet: set by the first spread
+                state[j, f0 + lev] = 0.0  # no scale yet: set by the first spread
         state[j, REF] = ref
     dec = 1.0 - LAMBDA / nn
     inv_nn = 1.0 / nn
@@ -208,12 +208,12 @@ def _update_cell(n, levels, state, j, v):
     xr = v - ref
     lo = state[j, MIN] - ref
     hi = state[j, MAX] - ref
-    for l in range(n_levels):
-        alpha = levels[l]
-        q = state[j, q0 + l]
+    for lev in range(n_levels):
+        alpha = levels[lev]
+        q = state[j, q0 + lev]
         d = xr - q
-        hh = state[j, h0 + l]
-        ff = state[j, f0 + l]  # 1 / f = W / H
+        hh = state[j, h0 + lev]
+        ff = state[j, f0 + lev]  # 1 / f = W / H
         if ff == 0.0:
             if d == 0.0:
                 continue  # all values so far equal: the estimate is exact
@@ -235,9 +235,9 @@ def _update_cell(n, levels, state, j, v):
             q = lo
         if q > hi:
             q = hi
-        state[j, q0 + l] = q
-        state[j, h0 + l] = hh
-        state[j, f0 + l] = ff
+        state[j, q0 + lev] = q
+        state[j, h0 + lev] = hh
+        state[j, f0 + lev] = ff
 
 
 @njit(cache=True, parallel=True)
@@ -259,19 +259,19 @@ def _values_cell(n, levels, order, state, out, j):
     """Clipped, level-sorted estimates of cell ``j`` into ``out[:, j]``."""
     n_levels = levels.shape[0]
     if n == 0 or math.isnan(state[j, MIN]):
-        for l in range(n_levels):
-            out[l, j] = np.nan
+        for lev in range(n_levels):
+            out[lev, j] = np.nan
         return
     ref = state[j, REF]
     lo = state[j, MIN]
     hi = state[j, MAX]
-    for l in range(n_levels):
-        v = ref + state[j, HEAD + l]
+    for lev in range(n_levels):
+        v = ref + state[j, HEAD + lev]
         if v < lo:
             v = lo
         if v > hi:
             v = hi
-        out[l, j] = v
+        out[lev, j] = v
     # insertion sort of out[order[:], j]
     for a in range(1, n_levels):
         v = out[order[a], j]
