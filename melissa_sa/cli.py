@@ -115,7 +115,7 @@ def cmd_info(args) -> int:
 
 MAP_STATS = ("mean", "variance", "skewness", "kurtosis", "min", "max",
              "threshold_exceedance", "quantiles", "sobol_first", "sobol_total")
-PLOT_STATS = (*MAP_STATS, "std", "sobol", "convergence")
+PLOT_STATS = (*MAP_STATS, "std", "sobol", "convergence", "aggregated")
 
 
 def _square_side(n: int) -> int | None:
@@ -136,6 +136,20 @@ def _plot_map(ax, fig, values, title: str, label: str) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     ax.set_title(title)
+
+
+def _plot_aggregated(ax, res, field: str, names) -> None:
+    """The whole field's Sobol' indices over time, one line per parameter and order."""
+    agg = res.aggregated(field)
+    for kind, values, style in (("first", agg[0], "-o"), ("total", agg[1], "--s")):
+        for i, v in enumerate(values):
+            name = names[i] if i < len(names) else f"p{i + 1}"
+            ax.plot(range(v.size), v, style, ms=3, label=f"{name} {kind}")
+    ax.set_xlabel("time step")
+    ax.set_ylabel("aggregated Sobol' index")
+    ax.set_title(f"{field}: Sobol' indices of the whole field")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
 
 
 def cmd_plot(args) -> int:
@@ -162,7 +176,7 @@ def cmd_plot(args) -> int:
             return exit_codes.FAILED
         present = res.statistics(field)
         stat = args.stat
-        need = {"std": "variance", "sobol": "sobol_first",
+        need = {"std": "variance", "sobol": "sobol_first", "aggregated": "sobol_first",
                 "convergence": "sobol_first_low"}.get(stat, stat)
         if need not in present:
             _err(f"{args.results}: field {field!r} has no {need!r}; "
@@ -201,6 +215,12 @@ def cmd_plot(args) -> int:
             ax.set_title(f"{field}: Sobol' indices at cell {cell}, time step {t}{ci}")
             ax.axhline(0, color="black", lw=0.6)
             ax.legend()
+        elif stat == "aggregated":
+            if res.aggregated(field) is None:
+                _err(f"{args.results}: field {field!r} has no aggregated Sobol' indices "
+                     "(a file written before they existed)")
+                return exit_codes.FAILED
+            _plot_aggregated(ax, res, field, names)
         elif stat == "convergence":
             # mean CI width over cells, per time step and parameter
             for kind, style in (("first", "-"), ("total", "--")):
@@ -285,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "sobol_first, sobol_total) are drawn at one time step as an image when "
                     "the mesh is square (n*n cells), else as a line over the cells. "
                     "'sobol' draws first- and total-order bars with confidence intervals at "
-                    "one cell; 'convergence' the mean CI width per time step.")
+                    "one cell; 'convergence' the mean CI width per time step; 'aggregated' the "
+                    "whole field's indices over time.")
     plot.add_argument("results", help="OUT/results.h5")
     plot.add_argument("--field", help="field to plot (default: the first)")
     plot.add_argument("--stat", default="mean", choices=PLOT_STATS,

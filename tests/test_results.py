@@ -217,6 +217,8 @@ def test_attributes_and_dimension_scales(tmp_path):
             assert h5py.h5ds.is_scale(g[scale].id), scale
         expected_dims = {None: ["time_step", "cell"]}
         for stat, lead in STATISTICS.items():
+            if stat.startswith("sobol_second"):  # second order: its own test
+                continue
             d = g[stat]
             dims = ([lead] if lead else []) + expected_dims[None]
             assert [dim[0].name.rsplit("/", 1)[-1] for dim in d.dims] == dims, stat
@@ -681,3 +683,83 @@ def test_docs_example_runs(tmp_path):
             exec(compile(code, "docs/results.md", "exec"), namespace)
     finally:
         os.chdir(cwd)
+
+
+def test_aggregated_indices_match_numpy_over_two_server_ranks(tmp_path):
+    """sobol_{first,total}_aggregated = the whole-field formula over the stored design."""
+    from conftest import write_study
+    from studyutil import NB_STEPS, copy_client, field_values, run_study
+
+    n_cells, p, groups = 11, 2, 5  # the client's default --split 3,8
+    copy_client(tmp_path)
+    study = write_study(
+        tmp_path,
+        study_options={"field_names": ["f"], "nb_parameters": p,
+                       "parameter_sweep_size": groups, "nb_time_steps": NB_STEPS,
+                       "l_bounds": [-3.0, -1.0], "u_bounds": [3.0, 2.0]},
+        sa_config={"mean": True, "variance": True, "sobol_indices": True},
+        server_config={"server_processes": 2},
+        launcher_config={"job_limit": 4, "server_timeout": 60, "fault_tolerance": False},
+        client_config={"executable_command": "python analytic_client.py"},
+    )
+    done = run_study(study)
+    assert done.returncode == 0, done.stdout[-4000:]
+    with open_results(tmp_path / "out" / "results.h5") as r:
+        params = r.parameters
+        keep = params.folded
+        order = np.lexsort((params.member[keep], params.group_id[keep]))
+        values = params.values[keep][order]
+        first_got, total_got = r.aggregated("f")
+        summary = r.summary()
+    assert "aggregated Sobol' indices of the whole field" in summary
+    assert f"x1 {first_got[0, -1]:.3f}" in summary or f"p1 {first_got[0, -1]:.3f}" in summary
+    png = tmp_path / "agg.png"
+    drawn = subprocess.run([sys.executable, "-m", "melissa_sa.cli", "plot",
+                            str(tmp_path / "out" / "results.h5"), "--stat", "aggregated",
+                            "-o", str(png)], capture_output=True, text=True, timeout=120)
+    assert drawn.returncode == 0, drawn.stderr
+    assert png.stat().st_size > 0
+    y = np.stack([np.stack([field_values(v, n_cells, t) for t in range(NB_STEPS)])
+                  for v in values]).reshape(groups, p + 2, NB_STEPS, n_cells)
+    assert first_got.shape == total_got.shape == (p, NB_STEPS)
+    for k in range(p):
+        for t in range(NB_STEPS):
+            a, b, ck = y[:, 0, t], y[:, 1, t], y[:, 2 + k, t]  # (groups, cells)
+
+            def cov(u, v):
+                return ((u - u.mean(0)) * (v - v.mean(0))).sum(0)
+
+            first = cov(b, ck).sum() / np.sqrt(cov(b, b) * cov(ck, ck)).sum()
+            total = 1 - cov(a, ck).sum() / np.sqrt(cov(a, a) * cov(ck, ck)).sum()
+            np.testing.assert_allclose(first_got[k, t], first, rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(total_got[k, t], total, rtol=1e-10, atol=1e-10)
+
+
+def test_second_order_layout_pair_scale_and_round_trip(tmp_path):
+    """sobol_second{,_low,_high} (pair, time_step, cell), pair scale "x1:x2" (layout level:
+    the stand-in arrays below are not the SobolMartinez second-order statistic)."""
+    from melissa_sa.results import FieldSlice, ResultsLayout, write_results
+    from melissa_sa.results.schema import SOBOL_STATISTICS
+
+    T, N = 2, 5
+    layout = ResultsLayout(fields=("f",), n_cells=N, n_time_steps=T,
+                           statistics=("sobol", "sobol_second"),
+                           parameter_names=("x1", "x2", "x3"))
+    assert layout.pair_names == ("x1:x2", "x1:x3", "x2:x3")
+    assert layout.shape("f", "sobol_second") == (3, T, N)
+    rng = np.random.default_rng(1)
+    arrays = {s: rng.random(layout.shape("f", s)) for s in layout.statistics}
+    arrays["n_samples"] = np.full(T, 8)
+    arrays["n_groups"] = np.full(T, 4)
+    path = write_results(tmp_path / "r.h5", layout, lambda f: FieldSlice(0, N, arrays))
+    with open_results(path) as r:
+        for s in ("sobol_second", "sobol_second_low", "sobol_second_high"):
+            np.testing.assert_array_equal(r.get("f", s), arrays[s])
+        pair = [x.decode() if isinstance(x, bytes) else x for x in r.h5["f"]["pair"][...]]
+        assert pair == ["x1:x2", "x1:x3", "x2:x3"]
+        assert r.h5["f"]["sobol_second"].dims[0][0].name.endswith("/pair")
+        assert r.h5["f"]["sobol_second_low"].attrs["confidence_level"] == 0.95
+    with pytest.raises(ValueError, match="sobol_second needs"):
+        ResultsLayout(fields=("f",), n_cells=N, n_time_steps=T, statistics=("sobol_second",),
+                      parameter_names=("x1", "x2"))
+    assert set(SOBOL_STATISTICS).isdisjoint(("sobol_second",))

@@ -13,6 +13,7 @@
 from melissa_sa.results.layout import ParameterTable, ResultsLayout
 from melissa_sa.results.reader import Results, open_results
 from melissa_sa.results.schema import (
+                                       AGGREGATED,
                                        CI_METHODS,
                                        COUNTS,
                                        DEFINITIONS,
@@ -31,7 +32,7 @@ from melissa_sa.results.writer import (
 )
 
 __all__ = [
-    "FORMAT", "STATISTICS", "COUNTS", "DEFINITIONS", "CI_METHODS",
+    "FORMAT", "STATISTICS", "AGGREGATED", "COUNTS", "DEFINITIONS", "CI_METHODS",
     "ResultsLayout", "ParameterTable", "FieldSlice",
     "ResultsFileError", "ResultsWriteError",
     "create_results_file", "write_field_slice", "complete_results_file",

@@ -12,11 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field as _dc_field
+from itertools import combinations
 
 import numpy as np
 
 from melissa_sa.design import GroupLayout
-from melissa_sa.results.schema import COUNTS, DEFINITIONS, SOBOL_STATISTICS, STATISTICS
+from melissa_sa.results.schema import (
+    COUNTS,
+    DEFINITIONS,
+    SECOND_ORDER_STATISTICS,
+    SOBOL_STATISTICS,
+    STATISTICS,
+)
 
 __all__ = ["ResultsLayout", "ParameterTable", "as_table"]
 
@@ -33,6 +40,10 @@ def _expand_statistics(names) -> tuple[str, ...]:
                              "(or 'sobol' for all six Sobol' datasets)")
     if wanted & set(SOBOL_STATISTICS):
         wanted.update(SOBOL_STATISTICS)  # indices always come with their bounds
+    if wanted & set(SECOND_ORDER_STATISTICS):
+        wanted.update(SECOND_ORDER_STATISTICS)
+        if not wanted & set(SOBOL_STATISTICS):
+            raise ValueError("sobol_second needs the first-order Sobol' datasets ('sobol')")
     return tuple(s for s in STATISTICS if s in wanted)
 
 
@@ -128,6 +139,16 @@ class ResultsLayout:
         return "sobol_first" in self.statistics
 
     @property
+    def has_second_order(self) -> bool:
+        return "sobol_second" in self.statistics
+
+    @property
+    def pair_names(self) -> tuple[str, ...]:
+        """``"x1:x2"``, ... in ``itertools.combinations(range(p), 2)`` order."""
+        names = self.parameter_names
+        return tuple(f"{names[i]}:{names[j]}" for i, j in combinations(range(len(names)), 2))
+
+    @property
     def counts(self) -> tuple[str, ...]:
         """The per-time-step count datasets of each field group."""
         return COUNTS if self.has_sobol else COUNTS[:1]
@@ -136,7 +157,8 @@ class ResultsLayout:
         dim = STATISTICS[stat]
         return {None: None, "threshold": len(self.thresholds),
                 "quantile_level": len(self.quantile_levels),
-                "parameter": len(self.parameter_names)}[dim]
+                "parameter": len(self.parameter_names),
+                "pair": len(self.pair_names)}[dim]
 
     def shape(self, field: str, stat: str) -> tuple[int, ...]:
         """The full dataset shape of ``stat`` in ``field``."""
@@ -166,6 +188,8 @@ class ResultsLayout:
             stats.append("quantiles")
         if sa.sobol_indices:
             stats.append("sobol")
+            if getattr(sa, "second_order", False):
+                stats.append("sobol_second")
         names = tuple(so.parameter_names) or tuple(f"p{k + 1}" for k in range(so.nb_parameters))
         kw = dict(fields=tuple(so.field_names), n_cells=n_cells,
                   n_time_steps=so.nb_time_steps, statistics=tuple(stats),

@@ -188,6 +188,13 @@ class Results:
         g = self._group(field)
         return g["n_groups"][...] if "n_groups" in g else None
 
+    def aggregated(self, field: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """Whole-field (first, total) Sobol' indices, each (parameter, time_step), or None."""
+        g = self._group(field)
+        if "sobol_first_aggregated" not in g:
+            return None
+        return g["sobol_first_aggregated"][...], g["sobol_total_aggregated"][...]
+
     def confidence(self, field: str) -> tuple[float, str] | None:
         """``(confidence_level, method)`` of the Sobol' bounds, or None."""
         g = self._group(field)
@@ -243,7 +250,8 @@ class Results:
         N, T = self.n_cells(fname), self.n_time_steps(fname)
         out = [f"  field {fname}: {N} cells x {T} time steps"]
         stats = self.statistics(fname)
-        shown = [s for s in stats if s not in SOBOL_STATISTICS[2:]]
+        shown = [s for s in stats if s not in SOBOL_STATISTICS[2:]
+                 and not s.startswith("sobol_second_")]
         conf = self.confidence(fname)
         text = ", ".join(shown) if shown else "(none)"
         if conf:
@@ -273,6 +281,23 @@ class Results:
         if hints:
             out.append(f"    convergence at the last time step ({last}):")
             out.extend("  " + h for h in hints)
+        out.extend(self._aggregated_summary(fname))
+        return out
+
+    def _aggregated_summary(self, fname: str) -> list[str]:
+        """Whole-field indices: the last time step's value and the range over steps."""
+        agg = self.aggregated(fname)
+        if agg is None:
+            return []
+        if np.isnan(agg[0]).all():
+            return ["    aggregated Sobol' indices of the whole field: not written"]
+        names = self.parameter_names() or tuple(f"p{i + 1}" for i in range(agg[0].shape[0]))
+        out = ["    aggregated Sobol' indices of the whole field "
+               "(last time step [min, max over steps]):"]
+        for kind, values in zip(("first", "total"), agg, strict=True):
+            cells = "  ".join(f"{n} {v[-1]:.3f} [{np.nanmin(v):.3f}, {np.nanmax(v):.3f}]"
+                              for n, v in zip(names, values, strict=False))
+            out.append(f"      {kind:5s}: {cells}")
         return out
 
 

@@ -18,6 +18,7 @@ The file ``OUT/results.h5`` (see ``docs/results.md`` for the user's view)::
         sobol_first sobol_total sobol_{first,total}_{low,high}
                                                          (parameter, time_step, cell)
         n_samples (time_step,) int64; n_groups (time_step,) int64 with Sobol'
+        sobol_{first,total}_aggregated (parameter, time_step) with Sobol'
 
 Every statistic carries a one-line ``definition`` attribute; the confidence
 bounds also ``confidence_level`` and ``method``.
@@ -46,13 +47,19 @@ STATISTICS: dict[str, str | None] = {
     "sobol_first_high": "parameter",
     "sobol_total_low": "parameter",
     "sobol_total_high": "parameter",
+    "sobol_second": "pair",
+    "sobol_second_low": "pair",
+    "sobol_second_high": "pair",
 }
 SOBOL_STATISTICS = ("sobol_first", "sobol_total", "sobol_first_low", "sobol_first_high",
                     "sobol_total_low", "sobol_total_high")
 #: Per-time-step counts, shaped (time_step,), int64.
 COUNTS = ("n_samples", "n_groups")
 #: Names of the dimension-scale datasets inside a field group.
-SCALES = ("time_step", "cell", "threshold", "quantile_level", "parameter")
+SCALES = ("time_step", "cell", "threshold", "quantile_level", "parameter", "pair")
+#: Second-order Sobol' datasets (sa_config.second_order), (pair, time_step, cell);
+#: pairs in itertools.combinations(range(p), 2) order, named "x1:x2".
+SECOND_ORDER_STATISTICS = ("sobol_second", "sobol_second_low", "sobol_second_high")
 
 DEFINITIONS: dict[str, str] = {
     "mean": "sample mean over independent runs",
@@ -71,9 +78,22 @@ DEFINITIONS: dict[str, str] = {
     "sobol_first_high": "upper confidence bound of sobol_first",
     "sobol_total_low": "lower confidence bound of sobol_total",
     "sobol_total_high": "upper confidence bound of sobol_total",
+    "sobol_second": "second-order Sobol' index S_ij = S_ij^closed - S_i - S_j of the pair",
+    "sobol_second_low": "lower confidence bound of sobol_second",
+    "sobol_second_high": "upper confidence bound of sobol_second",
     "n_samples": "independent runs folded in per time step (A and B of each group under Sobol')",
     "n_groups": "pick-freeze groups folded into the Sobol' indices per time step",
 }
+
+#: Aggregated Sobol' indices of the whole field (Gamboa et al. 2014, Martinez form),
+#: shaped (parameter, time_step), float64; rank 0 writes them with the counts.
+AGGREGATED = ("sobol_first_aggregated", "sobol_total_aggregated")
+DEFINITIONS["sobol_first_aggregated"] = (
+    "first-order Sobol' index of the whole field: sum_c Cov_c(Y_B, Y_Ck) / "
+    "sum_c sqrt(Var_c(Y_B) Var_c(Y_Ck)) over every cell (no interval: not done)")
+DEFINITIONS["sobol_total_aggregated"] = (
+    "total Sobol' index of the whole field: 1 - sum_c Cov_c(Y_A, Y_Ck) / "
+    "sum_c sqrt(Var_c(Y_A) Var_c(Y_Ck)) over every cell (no interval: not done)")
 
 CI_METHODS: dict[str, str] = {
     "delta": "delta-method standard error of the correlation (any law), "

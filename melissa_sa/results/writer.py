@@ -26,6 +26,7 @@ from melissa_sa.durable import durable_replace
 from melissa_sa.mpi_wait import recv_when_ready, wait_requests
 from melissa_sa.results.layout import ResultsLayout, as_table
 from melissa_sa.results.schema import (
+    AGGREGATED,
     CI_METHODS,
     COUNT_FILL,
     COUNTS,
@@ -132,6 +133,8 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
                     "quantile_level", data=np.array(layout.quantile_levels, dtype=np.float64))
             if layout.has_sobol:
                 scales["parameter"] = _str_scale(g, "parameter", layout.parameter_names)
+            if layout.has_second_order:
+                scales["pair"] = _str_scale(g, "pair", layout.pair_names)
                 g.attrs["confidence_level"] = layout.confidence_level
                 g.attrs["ci_method"] = layout.ci_method
             for name, ds in scales.items():
@@ -155,6 +158,13 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
                 d = g.create_dataset(cname, shape=(T,), dtype=np.int64, fillvalue=COUNT_FILL)
                 d.dims[0].attach_scale(ts)
                 d.attrs["definition"] = layout.definition(cname)
+            if layout.has_sobol:
+                for aname in AGGREGATED:
+                    d = g.create_dataset(aname, shape=(len(layout.parameter_names), T),
+                                         dtype=np.float64, fillvalue=FLOAT_FILL)
+                    d.dims[0].attach_scale(scales["parameter"])
+                    d.dims[1].attach_scale(ts)
+                    d.attrs["definition"] = layout.definition(aname)
     return path
 
 
@@ -165,7 +175,10 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
     ``stats`` maps statistic names to arrays shaped ``(time_step, hi - lo)``
     (or ``(k, time_step, hi - lo)`` for thresholds, quantiles and Sobol'), or
     to a callable ``t -> array`` giving one time step (``(hi - lo,)`` or
-    ``(k, hi - lo)``), which keeps only one step in memory. Values are
+    ``(k, hi - lo)``), which keeps only one step in memory. A tuple key
+    ``(name1, name2, ...)`` maps to a callable ``t -> (array1, array2, ...)``
+    for statistics computed together (the Sobol' indices and intervals):
+    they are written step by step, one step held at a time. Values are
     fetched one at a time and released before the next, so a lazy Mapping
     holds at most one statistic. ``n_samples`` / ``n_groups`` entries (shape
     ``(time_step,)``) are written whole: rank 0 passes them. Any real dtype
@@ -182,8 +195,12 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
     n = hi - lo
     written = []
     for name in list(stats):
+        if isinstance(name, tuple):
+            written += _write_step_group(g, field, lo, hi, name, stats[name])
+            continue
         if name not in g or name in SCALES or not isinstance(g[name], h5py.Dataset):
-            present = [s for s in list(STATISTICS) + list(COUNTS) if s in g]
+            present = [s for s in list(STATISTICS) + list(COUNTS) + list(AGGREGATED)
+                       if s in g]
             raise KeyError(f"field {field!r}: statistic {name!r} is not in the results "
                            f"file; it holds {present}")
         d = g[name]
@@ -192,6 +209,12 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
             arr = np.asarray(value)
             if arr.shape != (T,):
                 raise ValueError(f"field {field!r}: {name} shape {arr.shape}, expected ({T},)")
+            d[...] = arr
+        elif name in AGGREGATED:
+            arr = np.asarray(value, dtype=np.float64)
+            if arr.shape != d.shape:
+                raise ValueError(f"field {field!r}: {name} shape {arr.shape}, "
+                                 f"expected {d.shape}")
             d[...] = arr
         elif callable(value):
             step_shape = d.shape[:-2] + (n,)
@@ -215,6 +238,36 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
         del value
         written.append(name)
     return written
+
+
+def _write_step_group(g, field: str, lo: int, hi: int, names: tuple[str, ...],
+                      step_values) -> list[str]:
+    """Write several statistics computed together, one time step at a time.
+
+    ``step_values(t)`` returns one array per name in ``names`` (each
+    ``(k, hi - lo)``) for time step ``t``; they are written, then released
+    before step ``t + 1`` is computed, so the caller holds one step of them.
+    """
+    for name in names:
+        if name not in g or name in SCALES or not isinstance(g[name], h5py.Dataset):
+            raise KeyError(f"field {field!r}: statistic {name!r} is not in the results file")
+    T = int(g.attrs["n_time_steps"])
+    n = hi - lo
+    for t in range(T):
+        arrays = step_values(t)
+        if len(arrays) != len(names):
+            raise ValueError(f"field {field!r}: time step {t} gave {len(arrays)} arrays "
+                             f"for {names}")
+        for name, arr in zip(names, arrays, strict=True):
+            arr = np.asarray(arr)
+            step_shape = g[name].shape[:-2] + (n,)
+            if arr.shape != step_shape:
+                raise ValueError(f"field {field!r}: {name} at time step {t} has shape "
+                                 f"{arr.shape}, expected {step_shape}")
+            if n:
+                g[name][..., t, lo:hi] = arr
+        del arrays
+    return list(names)
 
 
 def _check_coverage(layout: ResultsLayout, covered) -> list[str]:
@@ -290,7 +343,9 @@ def _write_local(path: Path, layout: ResultsLayout, local_slices: SliceSource,
             if s is None:
                 continue
             if s.hi > s.lo:
-                missing = [st for st in layout.statistics if st not in s.stats]
+                given = {n for key in s.stats
+                         for n in (key if isinstance(key, tuple) else (key,))}
+                missing = [st for st in layout.statistics if st not in given]
                 if missing:
                     raise ValueError(f"rank {rank}, field {fname!r}: slice [{s.lo}, {s.hi}) "
                                      f"lacks enabled statistic(s) {missing}")

@@ -88,10 +88,11 @@ def collect_results(lf: LocalField, config) -> dict:
     Each statistic is a callable ``t -> array`` giving time step ``t``
     (``(cells,)`` or ``(k, cells)`` with k thresholds or quantile levels),
     so the writer holds one step at a time; ``n_samples`` (and ``n_groups``)
-    are arrays over time steps. The six Sobol' datasets are computed here,
-    at once, as ``(parameter, time step, cell)`` arrays: indices and
-    intervals come from one pass per step, and the server computes them on
-    every rank before the ranks take turns to write.
+    are arrays over time steps. The six Sobol' datasets come under one key,
+    the tuple :data:`SOBOL_NAMES`, as a callable ``t -> six (parameter,
+    cell) arrays``: indices and intervals of a step are computed in one
+    pass, written, and released before the next step, during this rank's
+    turn to write (finalisation holds one step of them, never the field).
     """
     sa = config.sa_config
     steps = lf.steps
@@ -110,14 +111,27 @@ def collect_results(lf: LocalField, config) -> dict:
         out["quantiles"] = lambda t: steps[t].quantiles.values
     if steps[0].sobol is not None:
         out["n_groups"] = np.array([s.sobol.count for s in steps], dtype=np.int64)
-        names = ("sobol_first", "sobol_total", "sobol_first_low", "sobol_first_high",
-                 "sobol_total_low", "sobol_total_high")
-        shape = (config.study_options.nb_parameters, len(steps), lf.n_cells)
-        arrays = {key: np.empty(shape) for key in names}
-        for t, step in enumerate(steps):
-            first, total = step.sobol.indices
-            (f_lo, f_hi), (t_lo, t_hi) = step.sobol.confidence_interval(sa.confidence_level)
-            for key, value in zip(names, (first, total, f_lo, f_hi, t_lo, t_hi)):
-                arrays[key][:, t] = value
-        out.update(arrays)
+        out[SOBOL_NAMES] = lambda t: sobol_step(steps[t].sobol, sa.confidence_level)
     return out
+
+
+SOBOL_NAMES = ("sobol_first", "sobol_total", "sobol_first_low", "sobol_first_high",
+               "sobol_total_low", "sobol_total_high")
+
+
+def sobol_step(sobol, confidence_level: float) -> tuple[np.ndarray, ...]:
+    """One time step's Sobol' indices and intervals, in :data:`SOBOL_NAMES` order."""
+    first, total = sobol.indices
+    (f_lo, f_hi), (t_lo, t_hi) = sobol.confidence_interval(confidence_level)
+    return first, total, f_lo, f_hi, t_lo, t_hi
+
+
+def aggregated_sums(lf: LocalField) -> list[list[list[float]]] | None:
+    """This rank's partial sums for the aggregated indices, per time step.
+
+    ``[t][row][k]`` (rows of :meth:`SobolMartinez.aggregated_sums`), JSON-able
+    for the reduction over ranks; None without Sobol'.
+    """
+    if not lf.steps or lf.steps[0].sobol is None:
+        return None
+    return [step.sobol.aggregated_sums().tolist() for step in lf.steps]

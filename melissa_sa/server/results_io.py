@@ -17,6 +17,8 @@ import numpy as np
 
 from melissa_sa.mpi_wait import gather_json
 from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results_parallel
+from melissa_sa.server.field_stats import aggregated_sums
+from melissa_sa.stats.sobol import aggregate_indices
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -82,27 +84,49 @@ def convergence_attrs(server) -> dict:
     return attrs
 
 
+def aggregated_indices(server) -> dict:
+    """Rank 0: ``{field: {"sobol_first_aggregated": (p, T), ...}}`` (collective).
+
+    Each rank reduces its own cells to a few sums per parameter and step;
+    the sums are gathered without a blocking collective, added, and turned
+    into the whole field's indices. Empty without Sobol'.
+    """
+    mine = {name: aggregated_sums(lf) for name, lf in sorted(server.slices.items())}
+    mine = {name: sums for name, sums in mine.items() if sums is not None}
+    every = gather_json(server.comm if server.comm_size > 1 else None, mine,
+                        "every rank's partial sums of the aggregated Sobol' indices")
+    if every is None:
+        return {}
+    out = {}
+    for name in sorted({n for r in every for n in r}):
+        total = sum(np.asarray(r[name], dtype=np.float64) for r in every if name in r)
+        per_step = [aggregate_indices(s) for s in total]  # total: (T, 4, p)
+        out[name] = {"sobol_first_aggregated": np.stack([f for f, _ in per_step], axis=1),
+                     "sobol_total_aggregated": np.stack([t for _, t in per_step], axis=1)}
+    return out
+
+
 def write_study_results(server) -> None:
     """Write ``OUT/results.h5`` from every rank (call on all ranks)."""
     layout = ResultsLayout.from_config(server.config, dict(server.field_sizes),
                                        ci_method=server.ci_method)
 
-    # collect_results computes the costly part, the Sobol' indices and
-    # intervals (about 0.1 s per time step per 10^6 cells), at once: every
-    # rank does its own slice now, all ranks together, before they take
-    # turns to write.
-    prepared = {name: server.collect_results(name) for name in server.slices}
-
+    # collect_results is lazy: the Sobol' indices and intervals of a step
+    # are computed during this rank's turn, written, then released, so no
+    # rank holds more than one step of them (issue 10, docs/performance.md).
     def local(name: str):
         if name not in server.slices:
             return None
         lf = server.slices[name]
-        stats = prepared.pop(name)
+        stats = server.collect_results(name)
         if server.rank != 0:
             stats.pop("n_samples", None)
             stats.pop("n_groups", None)
+        else:
+            stats.update(aggregated.get(name, {}))
         return FieldSlice(lf.lo, lf.hi, stats)
 
+    aggregated = aggregated_indices(server)
     attrs = rank_counters(server)
     if attrs is not None:
         attrs.update(convergence_attrs(server))
