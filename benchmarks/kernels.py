@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
-
-import logging
 from types import SimpleNamespace
 
 import numpy as np
@@ -110,8 +109,7 @@ def our_cases(n_cells: int, rng, only: str = ""):
     ``build()`` returns (object, update callable, input bytes per update).
     Objects are built one at a time by the caller and dropped after their
     measurement (a 10^7-cell Sobol' state is 4.6 GB)."""
-    from melissa_sa.stats import (Extrema, Moments, Quantiles, SobolMartinez,
-                                  ThresholdExceedance)
+    from melissa_sa.stats import Extrema, Moments, Quantiles, SobolMartinez, ThresholdExceedance
 
     x = rng.standard_normal(n_cells)
     group = rng.standard_normal((5, n_cells))
@@ -165,8 +163,7 @@ def iterative_stats_cases(n_cells: int, x, group, only: str = ""):
         from iterative_stats.iterative_quantile import IterativeQuantile
         from iterative_stats.iterative_threshold import IterativeThreshold
         from iterative_stats.iterative_variance import IterativeVariance
-        from iterative_stats.sensitivity.sensitivity_martinez import (
-            IterativeSensitivityMartinez)
+        from iterative_stats.sensitivity.sensitivity_martinez import IterativeSensitivityMartinez
     except ImportError:
         return {}
     logging.disable(logging.INFO)  # iterative-stats logs every increment at DEBUG
@@ -246,7 +243,8 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
         out["iterative_stats_best"] = min(t_is)
         out["iterative_stats_median"] = statistics.median(t_is)
         out["speedup_over_iterative_stats_best"] = min(t_is) / min(t_new)
-        out["speedup_over_iterative_stats_median"] = statistics.median(t_is) / statistics.median(t_new)
+        out["speedup_over_iterative_stats_median"] = (statistics.median(t_is)
+                                                      / statistics.median(t_new))
     return out
 
 
@@ -311,7 +309,8 @@ def run(cells: list[int], repeat: int, compare: bool, only: str = "") -> dict:
             t_is = row.get("iterative_stats_seconds")
             print(f"{name:<24}{min(times) * 1e3:>9.2f}{t * 1e3:>10.2f}{row['input_GBps']:>11.2f}"
                   f"{row['traffic_GBps']:>13.2f}{frac:>7.0%}{target:>7}{st / n:>7.0f}"
-                  + (f"{t_is * 1e3:>14.1f}{row['speedup']:>8.1f}x" if t_is else f"{'-':>14}{'-':>9}"))
+                  + (f"{t_is * 1e3:>14.1f}{row['speedup']:>8.1f}x" if t_is
+                     else f"{'-':>14}{'-':>9}"))
         size = {"n_cells": n, "bandwidth": bw, "kernels": rows}
         if "layout-1" in " ".join(name for name, _ in cases):
             ab = sobol_fold_ab(n, repeat, rng, compare)

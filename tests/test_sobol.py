@@ -531,7 +531,7 @@ def test_coverage_sanity():
     (about 79 %) and S_3 (about 85 %), as benchmarks/sobol_coverage.py shows."""
     rng = np.random.default_rng(15)
     s = SobolMartinez(600, 3)
-    for chunk in range(6):
+    for _chunk in range(6):
         for group in ishigami_groups(rng, 100, 600):
             s.update(group)
     def cover(method):

@@ -14,7 +14,8 @@ import json
 import math
 import re
 import shlex
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["ConfigError", "Reader", "BAD", "REQUIRED", "ok", "show", "fmt", "join",
            "pairs_hook", "integer", "number", "boolean", "string", "choice", "port",
@@ -266,7 +267,8 @@ def identifier(r: Reader, path: str, v: Any):
         r.err(path, f"expected a string, got {show(v)}")
         return BAD
     if not IDENTIFIER.match(v):
-        r.err(path, f"must be an identifier (letters, digits, _; not starting with a digit), got {show(v)}")
+        r.err(path, "must be an identifier (letters, digits, _; not starting with a digit), "
+                    f"got {show(v)}")
         return BAD
     return v
 

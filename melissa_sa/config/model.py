@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from melissa_sa.config import checks as c
 from melissa_sa.convergence import ConvergenceRule

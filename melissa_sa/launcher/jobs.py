@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import collections
 import itertools
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Hashable
 
 from melissa_sa.messages import JobState
 

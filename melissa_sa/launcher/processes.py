@@ -18,7 +18,7 @@ import os
 import signal
 import subprocess
 import time
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 __all__ = ["ProcessTree", "terminate_trees", "process_start_time", "children_map",
            "start_in_session", "describe_exit", "tail_lines"]
@@ -125,7 +125,7 @@ class ProcessTree:
 
     @classmethod
     def from_record(cls, pid: int, start: int,
-                    members: Mapping[int, int] | None = None) -> "ProcessTree":
+                    members: Mapping[int, int] | None = None) -> ProcessTree:
         """A tree recorded earlier (e.g. by a launcher that was killed): the
         root ``pid`` started at ``start`` and the other ``members`` (pid: start
         time). Only processes that still match their start time are signalled."""

@@ -44,8 +44,8 @@ import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Hashable, Mapping
 
 # re-exported: the process helpers lived here before (schedulers import them from here)
 from melissa_sa.launcher.processes import (

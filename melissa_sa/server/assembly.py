@@ -26,7 +26,7 @@ import numpy as np
 __all__ = ["GroupAssembler", "Overlap"]
 
 
-class Overlap(ValueError):
+class Overlap(ValueError):  # noqa: N818 - a condition, not a failure
     """The cells of a message were already received for that member (a duplicate)."""
 
 

@@ -280,7 +280,7 @@ class SensitivityAnalysisServer(BaseServer):
             found = find_latest_checkpoint(self.config.checkpoint_dir, self.comm_size,
                                            self.comm if self.comm_size > 1 else None)
         except CheckpointError as exc:
-            raise SystemExit(f"cannot restart from {self.config.checkpoint_dir}: {exc}")
+            raise SystemExit(f"cannot restart from {self.config.checkpoint_dir}: {exc}") from None
         if found is None:
             if self.rank == 0:
                 log.warning("restart asked but %s holds no checkpoint: starting afresh",
@@ -293,7 +293,7 @@ class SensitivityAnalysisServer(BaseServer):
                 snap = load_rank(f, self.config, self.fields,
                                  lambda n: partition(n, self.comm_size), self.rank)
         except (CheckpointError, SnapshotError) as exc:
-            raise SystemExit(f"cannot restart from {self.config.checkpoint_dir}: {exc}")
+            raise SystemExit(f"cannot restart from {self.config.checkpoint_dir}: {exc}") from None
         self._load_snapshot(snap)
         self._choose_threads()
         self._restored_from = found

@@ -220,7 +220,7 @@ class SobolMartinez(Statistic):
         moves too, so that both keep the same block 1)."""
         martinez_recentre(self._state, self._n, self.n_params)
 
-    def merge(self, other: "SobolMartinez") -> None:
+    def merge(self, other: SobolMartinez) -> None:
         """Fold ``other``'s groups in, as if this object had seen them too."""
         self._check_merge(other, n_cells=self.n_cells, n_params=self.n_params, ci=self.ci)
         other_state = other._state.copy() if other is self else other._state
@@ -316,7 +316,7 @@ class SobolMartinez(Statistic):
                     "n_params": self.n_params, "ci": self.ci, "layout": LAYOUT})
 
     @classmethod
-    def load(cls, group) -> "SobolMartinez":
+    def load(cls, group) -> SobolMartinez:
         """Rebuild a :class:`SobolMartinez` from a group written by :meth:`save`.
 
         A state saved before layout 2 (no ``layout`` attribute: centred
