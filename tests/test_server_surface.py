@@ -22,8 +22,11 @@ class OneRank:
 
 
 class Recorder:
+    """A transport double: records what goes to the launcher; no study secret."""
+
     def __init__(self):
         self.sent = []
+        self.secret = None
 
     def send_launcher(self, raw):
         self.sent.append(messages.decode(raw, accept=messages.SERVER_TO_LAUNCHER))
