@@ -94,7 +94,9 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
         # -- /parameters
         pg = f.create_group("parameters", track_order=True)
         pg.attrs["description"] = ("the design actually run, one row per run; member 0 = A, "
-                                   "1 = B, 2 + k = C_k (A with column k from B) under Sobol'")
+                                   "1 = B, 2 + k = C_k (A with column k from B) under Sobol', "
+                                   "and 2 + p + k = D_k (B with column k from A) with "
+                                   "second order")
         run = pg.create_dataset("run", data=np.arange(len(table), dtype=np.int64))
         run.make_scale("run")
         pscale = _str_scale(pg, "parameter", table.names)
