@@ -18,10 +18,10 @@ State (``second``, C-contiguous float64, ``(n_cells, 2 + 2p + 2 n_pairs)``)
 Pairs ``q`` run over ``itertools.combinations(range(p), 2)``::
 
     0                 shift (a copy of the first-order state's shift, see below)
-    1                 count: groups that added to the interval sums
+    1                 W: sum of the weights of the IF^2 terms added
     2 + 2k, 3 + 2k    mean_Dk (relative to shift), Dk2 (centred sum)
     2 + 2p + q        CiDj11: centred co-moment of (C_i, D_j)
-    2 + 2p + P + q    sum of IF_ij^2 (prequential, see below)
+    2 + 2p + P + q    weighted sum of IF_ij^2 (prequential, see below)
 
 The shift is the same as the first-order state's (the ``A`` value of the
 first group, moved to ``A``'s running mean by re-centring and merges): the
@@ -40,11 +40,16 @@ values ``x~ = (x - mean) / sd``), that of ``S_ij`` is::
 and ``Var(S_ij) ~ E[IF_ij^2] / n``. ``E[IF_ij^2]`` needs fourth-order cross
 moments of four variables per pair; instead each new group's ``IF_ij`` is
 evaluated with the estimates from *before* the group (means, sds, ``r1``,
-``r2``, ``r3`` of its cell) and its square is added to the pair's sum
-("prequential"). A cell contributes once at least ``n0`` groups are in and
-all the variances it needs are positive; ``count`` counts its
-contributions. :func:`second_interval` gives
-``S_ij +- q sqrt(sum / count / (n - 3))``.
+``r2``, ``r3`` of its cell, from the ``t`` groups folded so far), and
+``t IF_ij^2`` is added to the pair's sum ("prequential"), ``t`` to ``W``.
+The deviations are scaled by ``sqrt(t / (t + 1))`` (a new value's
+deviation from the old mean has variance ``sd^2 (t + 1) / t``). A plug-in
+from ``t`` groups overestimates ``E[IF^2]`` by ``O(1/t)``: the weights
+``t`` make the bias of the average ``O(1/n)`` instead of ``O(log n / n)``,
+and keep the interval of a merged state close to that of one stream. A
+cell contributes once at least ``n0`` groups are in and all the variances
+it needs are positive. :func:`second_interval` gives
+``S_ij +- q sqrt(sum / W / (n - 3))``.
 
 NaN in a group propagates to its cell only. Kernels allocate nothing inside
 their cell loop. :func:`second_update` must be called *before* the
@@ -93,6 +98,9 @@ def second_update(second, state, group, n, n0):
     c2 = nf * r
     first = n == 0
     prequential = n >= n0 and n > 0
+    # x~ = (x - mean) / sd * sqrt(n / (n + 1)): the new value's deviation
+    # from the old mean has variance sd^2 (n + 1) / n
+    scale = math.sqrt(nf / (nf + 1.0))
     for c in prange(group.shape[1]):
         if first:
             second[c, 0] = group[0, c]
@@ -104,29 +112,30 @@ def second_update(second, state, group, n, n0):
             for k in range(p):
                 ok = ok and state[c, 6 + 4 * k] > 0.0 and second[c, 3 + 2 * k] > 0.0
             if ok:
-                bt = ((group[1, c] - sm) - state[c, 2]) / math.sqrt(b2 / nf)
+                bt = ((group[1, c] - sm) - state[c, 2]) / math.sqrt(b2 / nf) * scale
                 q = 0
                 for i in range(p):
                     ii = 5 + 4 * i
                     ci2 = state[c, ii + 1]
-                    ct = ((group[2 + i, c] - sm) - state[c, ii]) / math.sqrt(ci2 / nf)
+                    ct = ((group[2 + i, c] - sm) - state[c, ii]) / math.sqrt(ci2 / nf) * scale
                     r2 = _clip_corr(state[c, ii + 3], b2, ci2)
                     f2 = bt * ct - 0.5 * r2 * (bt * bt + ct * ct)
                     for j in range(i + 1, p):
                         jj = 5 + 4 * j
                         cj2 = state[c, jj + 1]
-                        cjt = ((group[2 + j, c] - sm) - state[c, jj]) / math.sqrt(cj2 / nf)
+                        cjt = ((group[2 + j, c] - sm) - state[c, jj]) \
+                            / math.sqrt(cj2 / nf) * scale
                         r3 = _clip_corr(state[c, jj + 3], b2, cj2)
                         f3 = bt * cjt - 0.5 * r3 * (bt * bt + cjt * cjt)
                         dj2 = second[c, 3 + 2 * j]
                         dt = ((group[2 + p + j, c] - s) - second[c, 2 + 2 * j]) \
-                            / math.sqrt(dj2 / nf)
+                            / math.sqrt(dj2 / nf) * scale
                         r1 = _clip_corr(second[c, co + q], ci2, dj2)
                         f1 = ct * dt - 0.5 * r1 * (ct * ct + dt * dt)
                         v = f1 - f2 - f3
-                        second[c, sq + q] += v * v
+                        second[c, sq + q] += nf * v * v
                         q += 1
-                second[c, 1] += 1.0
+                second[c, 1] += nf
         # exact shifted Welford: cross co-moments with the old means first
         q = 0
         for i in range(p):
@@ -165,8 +174,8 @@ def second_merge(sec_a, state_a, n_a, sec_b, state_b, n_b, n_params):
     states' C means as they were), then :func:`second_sync_shift`. Chan,
     Golub & LeVeque (1979): with ``δ`` the difference of the two sides'
     means (shifts accounted for) and ``w = n_a n_b / n``,
-    ``CiDj11 = CiDj11_a + CiDj11_b + w δ_Ci δ_Dj``. The IF sums and counts
-    add.
+    ``CiDj11 = CiDj11_a + CiDj11_b + w δ_Ci δ_Dj``. The weighted IF^2 sums
+    and their weights add.
     """
     if n_b == 0:
         return
@@ -243,7 +252,7 @@ RANGE_HIGH = 1.0
 def second_interval(second, state, n, n_params, q, low, high):
     """Write ``S_ij +- q se`` into ``low``, ``high`` (n_pairs, n_cells).
 
-    ``se = sqrt(sum IF^2 / count / (n - 3))``. A cell with no contribution
+    ``se = sqrt(sum t IF^2 / sum t / (n - 3))``. A cell with no contribution
     yet gets ``[0, 0]`` when its four variances are 0 (constant cell) and
     the estimator's range ``[-3, 1]`` otherwise; NaN propagates.
     """
@@ -252,7 +261,7 @@ def second_interval(second, state, n, n_params, q, low, high):
     sq = 2 + 2 * p + n_pairs
     nf = float(n)
     for c in prange(second.shape[0]):
-        count = second[c, 1]
+        weight = second[c, 1]
         qq = 0
         for i in range(p):
             for j in range(i + 1, p):
@@ -260,7 +269,7 @@ def second_interval(second, state, n, n_params, q, low, high):
                 if s != s:
                     lo = s
                     hi = s
-                elif count == 0.0 or nf <= 3.0:
+                elif weight == 0.0 or nf <= 3.0:
                     if flat:
                         lo = s
                         hi = s
@@ -268,7 +277,7 @@ def second_interval(second, state, n, n_params, q, low, high):
                         lo = RANGE_LOW
                         hi = RANGE_HIGH
                 else:
-                    se = math.sqrt(second[c, sq + qq] / count / (nf - 3.0))
+                    se = math.sqrt(second[c, sq + qq] / weight / (nf - 3.0))
                     lo = s - q * se
                     hi = s + q * se
                 low[qq, c] = lo
