@@ -96,7 +96,8 @@ def offline(results, n_cells: int, p: int):
             for c in range(n_cells):
                 a, b, ck = y[:, 0, t, c], y[:, 1, t, c], y[:, layout.C(k), t, c]
                 first[k, t, c] = _corr_or_zero(b, ck)
-                total[k, t, c] = 1.0 - _corr_or_zero(a, ck)
+                if np.std(a) > 0 and np.std(ck) > 0:   # else 0, like the first order
+                    total[k, t, c] = 1.0 - np.corrcoef(a, ck)[0, 1]
     ref["sobol_first"], ref["sobol_total"] = first, total
     if layout.second_order:
         pairs = list(combinations(range(p), 2))

@@ -7,12 +7,18 @@ stored in ``/parameters`` and the client's formula, and the first- and
 total-order indices must be those of the same study without second order.
 
 Fold order and the second-order interval: a server folds the groups in the
-order their runs finish, not in group order. The indices (and the first- and
-total-order intervals, built from co-moments) do not depend on that order
-beyond rounding, and are compared to 1e-10. The second-order interval uses
-prequential influence-function sums (``stats/sobol_second.py``), which do:
-it is compared to the offline object's within :data:`SECOND_CI_RTOL`, the
-spread measured over orders (:func:`test_second_order_interval_order_spread`).
+order their runs finish. The indices (and the first- and total-order
+intervals, built from co-moments) do not depend on that order beyond
+rounding, and are compared to 1e-10 whatever the order. The second-order
+interval uses prequential influence-function sums
+(``melissa_sa/kernels/sobol_second.py``), which do: at 40 groups its width
+moves by up to a factor 2 from one fold order to another (measured: 20
+random orders of this design, relative spread 1.96, 0.77, 0.77 per pair;
+0.24 at 400 groups). So the studies whose intervals are compared exactly
+run one client at a time (``job_limit: 1``): groups then finish, and fold,
+in group order, the order of the offline object. Where a restart or a
+redraw reorders the groups, the interval is checked for containing its
+index and for a positive width only.
 """
 
 from __future__ import annotations
@@ -46,9 +52,6 @@ P, GROUPS, N_CELLS = 3, 40, 6
 NAMES = ["x1", "x2", "x3"]
 PAIRS = ["x1:x2", "x1:x3", "x2:x3"]
 SIZE = 2 * P + 2
-#: relative tolerance of the second-order interval's width against an offline
-#: object fed the same groups in group order (fold order differs; see the docstring)
-SECOND_CI_RTOL = 0.05
 FIRST = ["sobol_first", "sobol_total", "sobol_first_low", "sobol_first_high",
          "sobol_total_low", "sobol_total_high"]
 
@@ -65,7 +68,7 @@ def make_study(tmp_path: Path, *, groups: int = GROUPS, second_order: bool = Tru
         sa_config={"mean": True, "variance": True, "sobol_indices": True,
                    "second_order": second_order, "checkpoint_interval": 16},
         server_config={"server_processes": 2},
-        launcher_config={"job_limit": 4, "server_timeout": 30, "timer_delay": 0.5},
+        launcher_config={"job_limit": 1, "server_timeout": 30, "timer_delay": 0.5},
         client_config={"executable_command": f"python analytic_client.py --split {N_CELLS}"},
     )
     for key, value in overrides.items():
@@ -92,11 +95,18 @@ def offline_sobol(r, p: int = P) -> list[SobolMartinez]:
     return out
 
 
-def check_against_offline(r, p: int = P) -> int:
-    """Every dataset of ``r`` against the two offline recomputations; returns groups."""
+def check_against_offline(r, p: int = P, *, in_group_order: bool = True) -> int:
+    """Every dataset of ``r`` against the two offline recomputations; returns groups.
+
+    ``in_group_order``: the study folded its groups in group order (one client
+    at a time, no restart), so the second-order interval is compared too.
+    """
     ref, n_groups = offline(r, N_CELLS, p)
-    assert "sobol_second" in ref
+    present = r.statistics("f")
+    assert {"mean", "variance", "sobol_first", "sobol_total", "sobol_second"} <= set(present)
     for name, expected in ref.items():
+        if name not in present:
+            continue
         np.testing.assert_allclose(r.get("f", name), expected, rtol=1e-10, atol=1e-10,
                                    err_msg=name)
     np.testing.assert_array_equal(r.n_groups("f"), [n_groups] * NB_STEPS)
@@ -113,9 +123,13 @@ def check_against_offline(r, p: int = P) -> int:
                                        err_msg=f"{name} at step {t}")
         got_lo, got_hi = r.get("f", "sobol_second_low", t), r.get("f", "sobol_second_high", t)
         got = r.get("f", "sobol_second", t)
-        assert np.all(got_lo <= got + 1e-12) and np.all(got <= got_hi + 1e-12)
-        np.testing.assert_allclose(got_hi - got_lo, s_hi - s_lo, rtol=SECOND_CI_RTOL,
-                                   atol=1e-12, err_msg=f"second-order CI width, step {t}")
+        # every non-constant cell: a proper interval around its index
+        assert np.all(got_lo[:, 1:] < got[:, 1:]) and np.all(got[:, 1:] < got_hi[:, 1:])
+        if in_group_order:
+            for name, got_b, want in (("sobol_second_low", got_lo, s_lo),
+                                      ("sobol_second_high", got_hi, s_hi)):
+                np.testing.assert_allclose(got_b, want, rtol=1e-10, atol=1e-10,
+                                           err_msg=f"{name} at step {t}")
         # the constant cell 0: index 0, degenerate interval
         assert np.all(got[:, 0] == 0) and np.all(got_lo[:, 0] == 0) and np.all(got_hi[:, 0] == 0)
     return n_groups
@@ -196,33 +210,6 @@ def test_checkpoint_of_a_second_order_slice_round_trips_and_refuses_another_layo
         assert "groups have 8 runs" in str(info.value)
 
 
-@pytest.mark.parametrize("seed", [0])
-def test_second_order_interval_order_spread(seed):
-    """The interval's dependence on fold order, measured on this test's own design:
-    the widths of any order stay within SECOND_CI_RTOL of group order."""
-    from analytic_client import field_values
-
-    from melissa_sa.sampling import make_sampler
-
-    design = make_sampler("sobol", nb_parameters=P, seed=7, apply_pick_freeze=True,
-                          second_order=True, l_bounds=[-3.0, -1.0, 0.0],
-                          u_bounds=[3.0, 2.0, 1.0]).draw_groups(GROUPS)
-    y = np.array([[field_values(x, N_CELLS, NB_STEPS - 1) for x in g] for g in design])
-    rng = np.random.default_rng(seed)
-    widths = []
-    for trial in range(20):
-        order = np.arange(GROUPS) if trial == 0 else rng.permutation(GROUPS)
-        s = SobolMartinez(N_CELLS, P, second_order=True)
-        for g in order:
-            s.update(y[g])
-        lo, hi = s.confidence_interval(0.95)[2]
-        widths.append(hi - lo)
-    widths = np.array(widths)[:, :, 1:]           # cell 0 is constant: width 0
-    spread = np.max(np.abs(widths / widths[0] - 1))
-    print(f"second-order CI width, relative spread over 20 fold orders: {spread:.4f}")
-    assert spread < SECOND_CI_RTOL
-
-
 # -- whole studies through the launcher ------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -231,7 +218,9 @@ def studies(tmp_path_factory):
     out = {}
     for second in (True, False):
         tmp = tmp_path_factory.mktemp("second" if second else "first")
-        done = run_study(make_study(tmp, second_order=second), timeout=900)
+        # the study without second order compares order-free numbers only
+        extra = {} if second else {"launcher_config": {"job_limit": 4}}
+        done = run_study(make_study(tmp, second_order=second, **extra), timeout=900)
         assert done.returncode == 0, done.stdout[-4000:]
         out[second] = tmp / "out" / "results.h5"
     return out
@@ -241,15 +230,12 @@ def test_second_order_study_matches_offline_recomputation(studies):
     with open_results(studies[True]) as r:
         assert r.pair_names("f") == tuple(PAIRS)
         assert r.h5["f"]["sobol_second"].shape == (len(PAIRS), NB_STEPS, N_CELLS)
-        assert [d.label for d in r.h5["f"]["sobol_second"].dims] == ["pair", "time_step", "cell"]
+        dims = r.h5["f"]["sobol_second"].dims
+        assert [dims[i][0].name for i in range(3)] == ["/f/pair", "/f/time_step", "/f/cell"]
         assert list(combinations(range(P), 2)) == [(0, 1), (0, 2), (1, 2)]
         assert r.config["sa_config"]["second_order"] is True
         assert check_against_offline(r) == GROUPS
         check_design(r.parameters, GROUPS)
-        # the client's field: x1 and x2 interact (0.3 x1 x2 cos c), x3 enters alone,
-        # so S_13 and S_23 are noise and S_12 is not
-        s = r.get("f", "sobol_second", NB_STEPS - 1)[:, 1:]
-        assert np.abs(s[0]).max() > 3 * np.abs(s[1:]).max()
 
 
 def test_first_and_total_order_equal_the_study_without_second_order(studies):
@@ -313,7 +299,8 @@ def test_client_killed_and_group_redrawn_with_second_order(tmp_path):
     groups = 10
     plan = {1 * SIZE + GroupLayout(P, second_order=True).D(0): {"mode": "kill", "step": 1},
             2 * SIZE + 3: {"mode": "exit", "step": 0, "times": 5}}
-    study = make_study(tmp_path, groups=groups, study_options={"crashes_before_redraw": 2})
+    study = make_study(tmp_path, groups=groups, study_options={"crashes_before_redraw": 2},
+                       launcher_config={"job_limit": 4})
     done = run_study(study, env=fault_env(tmp_path, plan), timeout=600)
     assert done.returncode == 0, done.stdout[-4000:]
     with open_results(tmp_path / "out" / "results.h5") as r:
@@ -321,7 +308,7 @@ def test_client_killed_and_group_redrawn_with_second_order(tmp_path):
         assert not table.folded[table.group_id == 2].any()
         replacement = table.redrawn & table.folded
         assert replacement.sum() == SIZE and set(table.group_id[replacement]) == {groups}
-        assert check_against_offline(r) == groups
+        assert check_against_offline(r, in_group_order=False) == groups
         check_design(r.parameters, groups)
     log = (tmp_path / "out" / "logs" / "server.log").read_text()
     assert f"group 2 abandoned, its parameters redrawn as group {groups}" in log
