@@ -210,6 +210,32 @@ def test_checkpoint_of_a_second_order_slice_round_trips_and_refuses_another_layo
         assert "groups have 8 runs" in str(info.value)
 
 
+def test_convergence_rule_counts_first_and_total_order_only():
+    """With second order on, the stopping rule sees the same widths as without:
+    second-order intervals do not count (docs/statistics.md, "The rule")."""
+    from melissa_sa.convergence import local_summary
+
+    rng = np.random.default_rng(5)
+    with_second = [SobolMartinez(7, P, second_order=True) for _ in range(2)]
+    without = [SobolMartinez(7, P) for _ in range(2)]
+    for _ in range(40):
+        for a, b in zip(with_second, without, strict=True):
+            rows = rng.normal(size=(SIZE, 7)) + rng.normal(size=7)
+            a.update(rows)
+            b.update(rows[:P + 2])
+    variances = [np.ones(7), np.ones(7)]
+    got = local_summary(with_second, variances, [0.0, 0.0], 0.95)
+    assert got == local_summary(without, variances, [0.0, 0.0], 0.95)
+    assert got.kind in ("first", "total") and got.n_counted == 14
+    cfg = config_from_dict({
+        "study_options": {"field_names": ["f"], "nb_parameters": P,
+                          "parameter_sweep_size": 400, "nb_time_steps": 2},
+        "sa_config": {"sobol_indices": True, "second_order": True,
+                      "convergence": {"ci_width": 0.1, "min_groups": 200}},
+        "client_config": {"executable_command": "true"}})
+    assert cfg.layout.second_order and cfg.sa_config.convergence.ci_width == 0.1
+
+
 # -- whole studies through the launcher ------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -240,7 +266,10 @@ def test_second_order_study_matches_offline_recomputation(studies):
 
 def test_first_and_total_order_equal_the_study_without_second_order(studies):
     with open_results(studies[True]) as second, open_results(studies[False]) as first:
-        assert "sobol_second" not in first.statistics("f")
+        assert "sobol_second" not in first.statistics("f") and "pair" not in first.h5["f"]
+        for r in (first, second):  # the field group's interval attributes, with Sobol'
+            assert r.h5["f"].attrs["confidence_level"] == 0.95
+            assert r.h5["f"].attrs["ci_method"] == "delta"
         t2, t1 = second.parameters, first.parameters
         rows2 = t2.values[np.lexsort((t2.member, t2.group_id))].reshape(GROUPS, SIZE, P)
         rows1 = t1.values[np.lexsort((t1.member, t1.group_id))].reshape(GROUPS, P + 2, P)

@@ -135,10 +135,10 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
                     "quantile_level", data=np.array(layout.quantile_levels, dtype=np.float64))
             if layout.has_sobol:
                 scales["parameter"] = _str_scale(g, "parameter", layout.parameter_names)
-            if layout.has_second_order:
-                scales["pair"] = _str_scale(g, "pair", layout.pair_names)
                 g.attrs["confidence_level"] = layout.confidence_level
                 g.attrs["ci_method"] = layout.ci_method
+            if layout.has_second_order:
+                scales["pair"] = _str_scale(g, "pair", layout.pair_names)
             for name, ds in scales.items():
                 ds.make_scale(name)
 
