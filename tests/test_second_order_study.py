@@ -255,6 +255,9 @@ def studies(tmp_path_factory):
 def test_second_order_study_matches_offline_recomputation(studies):
     with open_results(studies[True]) as r:
         assert r.pair_names("f") == tuple(PAIRS)
+        pairs = r.pair_names("f")                  # the calls docs/results.md shows
+        s12 = r.get("f", "sobol_second", time_step=-1)[pairs.index("x1:x2")]
+        np.testing.assert_array_equal(s12, r.h5["f"]["sobol_second"][0, -1, :])
         assert r.h5["f"]["sobol_second"].shape == (len(PAIRS), NB_STEPS, N_CELLS)
         dims = r.h5["f"]["sobol_second"].dims
         assert [dims[i][0].name for i in range(3)] == ["/f/pair", "/f/time_step", "/f/cell"]
