@@ -68,6 +68,16 @@ def second_width(n_params):
 
 
 @njit(cache=True, inline="always")
+def _clip(rho):
+    """``rho`` clipped to [-1, 1] (rounding can step out)."""
+    if rho > 1.0:
+        return 1.0
+    if rho < -1.0:
+        return -1.0
+    return rho
+
+
+@njit(cache=True, inline="always")
 def _clip_corr(m11, x2, y2):
     """Correlation from centred sums, in [-1, 1]; 0 when a variance is 0."""
     if x2 == 0.0 or y2 == 0.0:
@@ -98,9 +108,11 @@ def second_update(second, state, group, n, n0):
     c2 = nf * r
     first = n == 0
     prequential = n >= n0 and n > 0
-    # x~ = (x - mean) / sd * sqrt(n / (n + 1)): the new value's deviation
-    # from the old mean has variance sd^2 (n + 1) / n
-    scale = math.sqrt(nf / (nf + 1.0))
+    # x~ = (x - mean) / sd * sqrt(n / (n + 1)) with sd = sqrt(X2 / n): the new
+    # value's deviation from the old mean has variance sd^2 (n + 1) / n. With
+    # w_x = 1 / sqrt(X2): x~ = (x - mean) w_x g, g = n / sqrt(n + 1), and
+    # r = XY11 w_x w_y: one square root per variable.
+    g = nf / math.sqrt(nf + 1.0)
     for c in prange(group.shape[1]):
         if first:
             second[c, 0] = group[0, c]
@@ -112,26 +124,27 @@ def second_update(second, state, group, n, n0):
             for k in range(p):
                 ok = ok and state[c, 6 + 4 * k] > 0.0 and second[c, 3 + 2 * k] > 0.0
             if ok:
-                bt = ((group[1, c] - sm) - state[c, 2]) / math.sqrt(b2 / nf) * scale
+                wb = 1.0 / math.sqrt(b2)
+                bt = ((group[1, c] - sm) - state[c, 2]) * wb * g
+                bb = bt * bt
                 q = 0
-                for i in range(p):
+                for i in range(p - 1):
                     ii = 5 + 4 * i
-                    ci2 = state[c, ii + 1]
-                    ct = ((group[2 + i, c] - sm) - state[c, ii]) / math.sqrt(ci2 / nf) * scale
-                    r2 = _clip_corr(state[c, ii + 3], b2, ci2)
-                    f2 = bt * ct - 0.5 * r2 * (bt * bt + ct * ct)
+                    wci = 1.0 / math.sqrt(state[c, ii + 1])
+                    ct = ((group[2 + i, c] - sm) - state[c, ii]) * wci * g
+                    cc = ct * ct
+                    r2 = _clip(state[c, ii + 3] * wb * wci)
+                    f2 = bt * ct - 0.5 * r2 * (bb + cc)
                     for j in range(i + 1, p):
                         jj = 5 + 4 * j
-                        cj2 = state[c, jj + 1]
-                        cjt = ((group[2 + j, c] - sm) - state[c, jj]) \
-                            / math.sqrt(cj2 / nf) * scale
-                        r3 = _clip_corr(state[c, jj + 3], b2, cj2)
-                        f3 = bt * cjt - 0.5 * r3 * (bt * bt + cjt * cjt)
-                        dj2 = second[c, 3 + 2 * j]
-                        dt = ((group[2 + p + j, c] - s) - second[c, 2 + 2 * j]) \
-                            / math.sqrt(dj2 / nf) * scale
-                        r1 = _clip_corr(second[c, co + q], ci2, dj2)
-                        f1 = ct * dt - 0.5 * r1 * (ct * ct + dt * dt)
+                        wcj = 1.0 / math.sqrt(state[c, jj + 1])
+                        cjt = ((group[2 + j, c] - sm) - state[c, jj]) * wcj * g
+                        r3 = _clip(state[c, jj + 3] * wb * wcj)
+                        f3 = bt * cjt - 0.5 * r3 * (bb + cjt * cjt)
+                        wdj = 1.0 / math.sqrt(second[c, 3 + 2 * j])
+                        dt = ((group[2 + p + j, c] - s) - second[c, 2 + 2 * j]) * wdj * g
+                        r1 = _clip(second[c, co + q] * wci * wdj)
+                        f1 = ct * dt - 0.5 * r1 * (cc + dt * dt)
                         v = f1 - f2 - f3
                         second[c, sq + q] += nf * v * v
                         q += 1

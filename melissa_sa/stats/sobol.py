@@ -147,9 +147,17 @@ class SobolMartinez(Statistic):
     every non-degenerate interval is the whole range (``[-1, 1]`` for
     ``S_k``, ``[0, 2]`` for ``ST_k``).
 
+    **Second order** (``second_order=True``, ``p >= 2``): groups of
+    ``2p + 2`` rows, ``Y_D1 .. Y_Dp`` after the ``C_k`` (``D_k``: ``B`` with
+    column ``k`` from ``A``), and ``S_ij = corr(Y_Ci, Y_Dj) - S_i - S_j``
+    (:attr:`second_order`, pairs in :attr:`pairs` order) with a
+    prequential influence-function interval; the first- and total-order
+    state is untouched. See :mod:`melissa_sa.stats.sobol_second`.
+
     **Memory** (float64, per cell): ``8 (9 + 16 p)`` bytes with
     ``ci="delta"`` (456 at ``p = 3``), ``8 (5 + 4 p)`` with ``ci="fisher"``
-    (136 at ``p = 3``).
+    (136 at ``p = 3``); second order adds ``8 (2 + 2 p + p (p - 1))``
+    (112 at ``p = 3``).
 
     References: J.-M. Martinez, "Analyse de sensibilité globale par
     décomposition de la variance", GdR Ondes & Mascot Num, 2011.
