@@ -52,10 +52,11 @@ def warm_up(n_params: int = 3) -> float:
         for obj in objects[:4]:
             obj.merge(obj)
         _ = objects[-1].values
-        group2 = np.linspace(0.0, 1.0, 2 * (2 * n_params + 2)).reshape(2 * n_params + 2, 2)
+        p2 = max(n_params, 2)  # second order needs a pair; the kernels are the same
+        group2 = np.linspace(0.0, 1.0, 2 * (2 * p2 + 2)).reshape(2 * p2 + 2, 2)
         for ci, second, rows in (("delta", False, group), ("fisher", False, group),
                                  ("delta", True, group2)):
-            s = SobolMartinez(2, n_params, ci=ci, second_order=second)
+            s = SobolMartinez(2, p2 if second else n_params, ci=ci, second_order=second)
             for k in range(12):  # past the second-order interval's start
                 s.update((rows + k * rows[::-1]).astype(dtype))
             s.merge(s)

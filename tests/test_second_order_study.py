@@ -210,6 +210,14 @@ def test_checkpoint_of_a_second_order_slice_round_trips_and_refuses_another_layo
         assert "groups have 8 runs" in str(info.value)
 
 
+def test_warm_up_of_a_one_parameter_study():
+    """The server warms the kernels with its nb_parameters: 1 (no Sobol') must work
+    although second-order objects need a pair."""
+    from melissa_sa.warmup import warm_up
+
+    assert warm_up(1) >= 0.0
+
+
 def test_convergence_rule_counts_first_and_total_order_only():
     """With second order on, the stopping rule sees the same widths as without:
     second-order intervals do not count (docs/statistics.md, "The rule")."""
