@@ -17,7 +17,7 @@ from melissa_sa.design import GroupLayout
 from melissa_sa.kernels.sobol_second import RANGE_HIGH, RANGE_LOW
 from melissa_sa.stats import MergeError
 from melissa_sa.stats.sobol import SobolMartinez
-from melissa_sa.stats.sobol_second import IF_START
+from melissa_sa.stats.sobol_second import IF_START, SecondOrderState
 
 Z95 = 1.959963984540054
 
@@ -149,9 +149,9 @@ def test_pairs_shapes_and_memory():
     assert s.pairs == list(itertools.combinations(range(4), 2))
     assert s.second_order.shape == (6, 5)
     assert all(a.shape == (6, 5) for a in s.confidence_interval()[2])
-    # 8 (9 + 16 p) + 8 (2 + 2 p + p (p - 1)) bytes per cell
-    assert s.nbytes == 5 * 8 * (9 + 16 * 4 + 2 + 2 * 4 + 4 * 3)
-    assert SobolMartinez(1, 3, second_order=True).nbytes == 456 + 112
+    # 8 (9 + 16 p) + 8 (2 + 3 p + p (p - 1)) bytes per cell
+    assert s.nbytes == 5 * 8 * (9 + 16 * 4 + 2 + 3 * 4 + 4 * 3)
+    assert SobolMartinez(1, 3, second_order=True).nbytes == 456 + 136
     assert not SobolMartinez(5, 4).has_second_order
 
 
@@ -168,6 +168,32 @@ def test_interval_matches_prequential_numpy_reference():
     low90, high90 = s.confidence_interval(0.90)[2]
     assert np.all(low < low90) and np.all(high90 < high)
     np.testing.assert_allclose((high90 - low90) / (high - low), 1.6448536269514722 / Z95)
+
+
+def test_a_stack_of_groups_folds_like_one_after_the_other():
+    """The kernel folds a stack (m, 2p + 2, n_cells) in one pass: the sums are
+    those of single folds; the interval's terms of the stack use the
+    estimates from before it (for callers that fold several groups per pass)."""
+    rng = np.random.default_rng(16)
+    data = model_groups(skewed, rng, 64, 5, 3)
+    single = feed(data)
+    first = SobolMartinez(5, 3)              # the first-order part, folded after
+    second = SecondOrderState(5, 3)
+    for start in range(0, 64, 4):
+        stack = data[start:start + 4]
+        second.fold(first._state, stack, first.count)
+        for group in stack:
+            first.update(group[:5])
+    np.testing.assert_array_equal(first._state, single._state)
+    moments = [0] + list(range(2, 2 + 3 * 3 + 3))      # all but W and the IF sums
+    np.testing.assert_allclose(second.array[:, moments],
+                               single._second.array[:, moments], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(second.indices(first._state), single.second_order, atol=1e-13)
+    # each term is weighted by the groups before its stack
+    assert np.all(second.array[:, 1] == 4 * sum(range(12, 64, 4)))
+    low, high = second.interval(first._state, 64, Z95)
+    slow, shigh = single.confidence_interval()[2]
+    np.testing.assert_allclose(high - low, shigh - slow, rtol=0.25)
 
 
 # -- hostile data ----------------------------------------------------------------

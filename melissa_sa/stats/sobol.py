@@ -156,8 +156,8 @@ class SobolMartinez(Statistic):
 
     **Memory** (float64, per cell): ``8 (9 + 16 p)`` bytes with
     ``ci="delta"`` (456 at ``p = 3``), ``8 (5 + 4 p)`` with ``ci="fisher"``
-    (136 at ``p = 3``); second order adds ``8 (2 + 2 p + p (p - 1))``
-    (112 at ``p = 3``).
+    (136 at ``p = 3``); second order adds ``8 (2 + 3 p + p (p - 1))``
+    (136 at ``p = 3``).
 
     References: J.-M. Martinez, "Analyse de sensibilité globale par
     décomposition de la variance", GdR Ondes & Mascot Num, 2011.
@@ -248,8 +248,6 @@ class SobolMartinez(Statistic):
         full state are best conditioned about the mean (a compact state
         moves too, so that both keep the same block 1)."""
         martinez_recentre(self._state, self._n, self.n_params)
-        if self._second is not None:
-            self._second.sync_shift(self._state)
 
     def merge(self, other: SobolMartinez) -> None:
         """Fold ``other``'s groups in, as if this object had seen them too."""
@@ -257,11 +255,9 @@ class SobolMartinez(Statistic):
                           has_second_order=self.has_second_order)
         other_state = other._state.copy() if other is self else other._state
         if self._second is not None:
-            self._second.merge(self._state, self._n, other._second, other_state, other._n)
+            self._second.merge(self._n, other._second, other._n)
         martinez_merge(self._state, self._n, other_state,
                    other._n, self.n_params)
-        if self._second is not None:
-            self._second.sync_shift(self._state)
         self._n += other._n
 
     # -- results ---------------------------------------------------------
@@ -273,7 +269,7 @@ class SobolMartinez(Statistic):
     @property
     def nbytes(self) -> int:
         """Bytes of state held: ``8 * (9 + 16 p)`` or ``8 * (5 + 4 p)`` per
-        cell, plus ``8 * (2 + 2 p + p (p - 1))`` with second order."""
+        cell, plus ``8 * (2 + 3 p + p (p - 1))`` with second order."""
         extra = self._second.nbytes if self._second is not None else 0
         return self._state.nbytes + extra
 

@@ -34,7 +34,6 @@ from melissa_sa.kernels.sobol_second import (
     second_indices,
     second_interval,
     second_merge,
-    second_sync_shift,
     second_update,
     second_width,
 )
@@ -69,21 +68,23 @@ class SecondOrderState:
     def nbytes(self) -> int:
         return self.array.nbytes
 
-    def fold(self, state: np.ndarray, group: np.ndarray, n: int) -> None:
-        """Fold one checked ``(2p + 2, n_cells)`` group; ``state`` is the
-        first-order state before this group, ``n`` the groups before it."""
-        second_update(self.array, state, group, n, IF_START)
+    def fold(self, state: np.ndarray, groups: np.ndarray, n: int) -> None:
+        """Fold one checked ``(2p + 2, n_cells)`` group, or a stack of them
+        ``(m, 2p + 2, n_cells)``.
 
-    def sync_shift(self, state: np.ndarray) -> None:
-        """Follow the first-order state's shift after it moved."""
-        second_sync_shift(self.array, state, self.n_params)
+        ``n``: the groups folded so far, here and in ``state``, the
+        first-order state, which must not hold these groups yet (call this
+        first): the interval's terms of the new groups are evaluated with
+        the estimates from before them.
+        """
+        if groups.ndim == 2:
+            groups = groups[None]
+        second_update(self.array, state, groups, n, IF_START)
 
-    def merge(self, state: np.ndarray, n: int, other: SecondOrderState,
-              other_state: np.ndarray, other_n: int) -> None:
-        """Merge ``other`` in; call before the first-order merge, then
-        :meth:`sync_shift` after it."""
+    def merge(self, n: int, other: SecondOrderState, other_n: int) -> None:
+        """Merge ``other`` (``other_n`` groups) into this state (``n``)."""
         other_array = other.array.copy() if other is self else other.array
-        second_merge(self.array, state, n, other_array, other_state, other_n, self.n_params)
+        second_merge(self.array, n, other_array, other_n, self.n_params)
 
     def indices(self, state: np.ndarray) -> np.ndarray:
         out = np.empty((self.n_pairs, self.array.shape[0]))
