@@ -2,7 +2,8 @@
 
 :class:`SecondOrderState` holds the extra per-cell accumulators of the
 ``D_k`` rows (:mod:`melissa_sa.kernels.sobol_second`) next to the first-order
-state, and knows how to fold, merge, finalise, save and load them. The
+state, and folds, merges and finalises them (:class:`SobolMartinez` saves the
+array as the checkpoint dataset ``second``). The
 statistic owns one when built with ``second_order=True``; the estimator and
 its interval are documented in ``docs/statistics.md`` ("Second-order
 indices").
