@@ -196,6 +196,35 @@ def test_a_stack_of_groups_folds_like_one_after_the_other():
     np.testing.assert_allclose(high - low, shigh - slow, rtol=0.25)
 
 
+def test_a_first_order_side_that_buffers_groups():
+    """Each group folded here at once while the first-order state lags by up
+    to 3 groups (n_state < n): the sums are exact; the interval's plug-ins
+    are a few groups older (weights n_state)."""
+    rng = np.random.default_rng(17)
+    data = model_groups(ishigami, rng, 400, 6, 3, -np.pi, np.pi)
+    single = feed(data)
+    first = SobolMartinez(6, 3)
+    second = SecondOrderState(6, 3)
+    pending = []
+    weight = 0
+    for n, group in enumerate(data):
+        second.fold(first._state, group, n, first.count)
+        weight += first.count if first.count >= IF_START else 0
+        pending.append(group[:5])
+        if len(pending) == 4:
+            for rows in pending:
+                first.update(rows)
+            pending = []
+    moments = [0] + list(range(2, 2 + 3 * 3 + 3))
+    np.testing.assert_allclose(second.array[:, moments],
+                               single._second.array[:, moments], rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(second.indices(first._state), single.second_order, atol=1e-13)
+    assert np.all(second.array[:, 1] == weight)
+    low, high = second.interval(first._state, 400, Z95)
+    slow, shigh = single.confidence_interval()[2]
+    np.testing.assert_allclose(high - low, shigh - slow, rtol=0.03)
+
+
 # -- hostile data ----------------------------------------------------------------
 
 

@@ -88,14 +88,14 @@ def _clip_corr(m11, x2, y2):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def second_update(second, state, groups, n, n0):
+def second_update(second, state, groups, n, n_state, n0):
     """Fold a stack of groups into ``second``, in place.
 
     ``second``: (n_cells, 2 + 3p + p (p - 1)) holding ``n`` groups;
-    ``state``: the first-order state (compact or full) holding the same
-    ``n`` groups (not yet these); ``groups``: (m, 2p + 2, n_cells),
-    float32 or float64; ``n0``: groups needed before the prequential IF
-    sums start.
+    ``state``: the first-order state (compact or full) holding ``n_state``
+    groups, none of these (``n_state < n`` when the first-order side buffers
+    groups, ``n`` otherwise); ``groups``: (m, 2p + 2, n_cells), float32 or
+    float64; ``n0``: groups needed before the prequential IF sums start.
     """
     m = groups.shape[0]
     p = (groups.shape[1] - 2) // 2
@@ -104,12 +104,17 @@ def second_update(second, state, groups, n, n0):
     co = 2 + 3 * p
     sq = co + n_pairs
     nf = float(n)
-    prequential = n >= n0 and n > 0
+    ns = float(n_state)
+    prequential = n_state >= n0 and n_state > 0
     # x~ = (x - mean) / sd * sqrt(n / (n + 1)) with sd = sqrt(X2 / n): the new
     # value's deviation from the old mean has variance sd^2 (n + 1) / n. With
     # w_x = 1 / sqrt(X2): x~ = (x - mean) w_x g, g = n / sqrt(n + 1), and
-    # r = XY11 w_x w_y: one square root per variable.
-    g = nf / math.sqrt(nf + 1.0)
+    # r = XY11 w_x w_y: one square root per variable. B and C_k come from
+    # the first-order state (n_state groups), D_k from this one (n groups).
+    g = ns / math.sqrt(ns + 1.0) if prequential else 0.0
+    gd = nf / math.sqrt(nf + 1.0) if prequential else 0.0
+    # corr(C_i, D_j) = CiDj11 / sqrt(Ci2 Dj2), Ci2 over n groups ~ Ci2 n / n_state
+    rs = math.sqrt(ns / nf) if prequential else 0.0
     for c in prange(groups.shape[2]):
         if n == 0:
             second[c, 0] = groups[0, 0, c]
@@ -140,13 +145,13 @@ def second_update(second, state, groups, n, n0):
                             r3 = _clip(state[c, jj + 3] * wb * wcj)
                             f3 = bt * cjt - 0.5 * r3 * (bb + cjt * cjt)
                             wdj = 1.0 / math.sqrt(second[c, 3 + 2 * j])
-                            dt = ((groups[h, 2 + p + j, c] - s) - second[c, 2 + 2 * j]) * wdj * g
-                            r1 = _clip(second[c, co + q] * wci * wdj)
+                            dt = ((groups[h, 2 + p + j, c] - s) - second[c, 2 + 2 * j]) * wdj * gd
+                            r1 = _clip(second[c, co + q] * wci * wdj * rs)
                             f1 = ct * dt - 0.5 * r1 * (cc + dt * dt)
                             v = f1 - f2 - f3
-                            second[c, sq + q] += nf * v * v
+                            second[c, sq + q] += ns * v * v
                             q += 1
-                second[c, 1] += m * nf
+                second[c, 1] += m * ns
         # exact shifted Welford, one group after the other
         for h in range(m):
             t = nf + h

@@ -2,7 +2,8 @@
 
 :class:`SecondOrderState` holds the extra per-cell accumulators of the
 ``D_k`` rows (:mod:`melissa_sa.kernels.sobol_second`) next to the first-order
-state, and knows how to fold, merge, finalise, save and load them. The
+state, and folds, merges and finalises them (:class:`SobolMartinez` saves the
+array as the checkpoint dataset ``second``). The
 statistic owns one when built with ``second_order=True``; the estimator and
 its interval are documented in ``docs/statistics.md`` ("Second-order
 indices").
@@ -68,18 +69,23 @@ class SecondOrderState:
     def nbytes(self) -> int:
         return self.array.nbytes
 
-    def fold(self, state: np.ndarray, groups: np.ndarray, n: int) -> None:
+    def fold(self, state: np.ndarray, groups: np.ndarray, n: int,
+             n_state: int | None = None) -> None:
         """Fold one checked ``(2p + 2, n_cells)`` group, or a stack of them
         ``(m, 2p + 2, n_cells)``.
 
-        ``n``: the groups folded so far, here and in ``state``, the
-        first-order state, which must not hold these groups yet (call this
-        first): the interval's terms of the new groups are evaluated with
-        the estimates from before them.
+        ``n``: the groups folded here so far; ``state``: the first-order
+        state, holding ``n_state`` of them (default ``n``) and none of the
+        new ones (call this before folding them there). The interval's
+        terms of the new groups are evaluated with the estimates from before
+        them (before the stack), so a first-order side that buffers groups
+        (``n_state < n``) costs a plug-in a few groups older, nothing else:
+        the sums here are exact either way.
         """
         if groups.ndim == 2:
             groups = groups[None]
-        second_update(self.array, state, groups, n, IF_START)
+        second_update(self.array, state, groups, n, n if n_state is None else n_state,
+                      IF_START)
 
     def merge(self, n: int, other: SecondOrderState, other_n: int) -> None:
         """Merge ``other`` (``other_n`` groups) into this state (``n``)."""
