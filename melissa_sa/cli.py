@@ -40,8 +40,9 @@ def _preview_parameters(cfg, n_groups: int = 3) -> list[str]:
     n = min(n_groups, cfg.n_groups)
     groups = design.draw_groups(n)
     names = list(cfg.study_options.parameter_names)
-    members = (["A", "B", *[f"C_{k + 1}" for k in range(cfg.nb_parameters)]]
-               if cfg.sa_config.sobol_indices else [""])
+    layout = cfg.layout
+    members = ([layout.member_name(m) for m in range(layout.size)]
+               if layout.sobol else [""])
     lines = []
     for g in range(n):
         for m, label in enumerate(members):
@@ -50,6 +51,15 @@ def _preview_parameters(cfg, n_groups: int = 3) -> list[str]:
             tag = f"group {g} {label:<4} " if label else f"group {g} "
             lines.append(f"  sim {sim:<4} {tag}{values}")
     return lines
+
+
+def _group_kind(cfg) -> str:
+    """What one group is, for the dry run: its size and rows."""
+    layout, p = cfg.layout, cfg.nb_parameters
+    if not layout.sobol:
+        return "independent runs"
+    rows = f"A, B, C_1..C_{p}" + (f", D_1..D_{p}" if layout.second_order else "")
+    return f"pick-freeze groups of {layout.size} runs ({rows})"
 
 
 def cmd_run(args) -> int:
@@ -65,8 +75,7 @@ def cmd_run(args) -> int:
         sys.stdout.write(format_config(cfg))
         sys.stdout.flush()
         so = cfg.study_options
-        kind = (f"pick-freeze groups of {cfg.group_size} runs (A, B, C_1..C_{cfg.nb_parameters})"
-                if cfg.sa_config.sobol_indices else "independent runs")
+        kind = _group_kind(cfg)
         out = sys.stderr
         print(f"{PROG}: dry run: {cfg.n_groups} {kind} -> {cfg.n_runs} simulations of "
               f"{so.nb_time_steps} time steps; server: {cfg.server_config.server_processes} "
@@ -114,8 +123,9 @@ def cmd_info(args) -> int:
 # plot
 
 MAP_STATS = ("mean", "variance", "skewness", "kurtosis", "min", "max",
-             "threshold_exceedance", "quantiles", "sobol_first", "sobol_total")
-PLOT_STATS = (*MAP_STATS, "std", "sobol", "convergence", "aggregated")
+             "threshold_exceedance", "quantiles", "sobol_first", "sobol_total",
+             "sobol_second")
+PLOT_STATS = (*MAP_STATS, "std", "sobol", "second", "convergence", "aggregated")
 
 
 def _square_side(n: int) -> int | None:
@@ -152,6 +162,43 @@ def _plot_aggregated(ax, res, field: str, names) -> None:
     ax.legend(fontsize="small", ncol=2)
 
 
+def _plot_second(ax, res, field: str, t: int, cell: int | None) -> None:
+    """Second-order indices of every pair at one cell, with their intervals.
+
+    The pairs' counterpart of ``--stat sobol``: one bar per pair ("x1:x2"),
+    error bars from ``sobol_second_low`` / ``_high``. ``cell`` defaults to
+    the cell of largest variance (if written), else 0.
+    """
+    import numpy as np
+
+    if cell is None:
+        cell = (int(np.nanargmax(res.get(field, "variance", t)))
+                if "variance" in res.statistics(field) else 0)
+    pairs = res.pair_names(field)
+    val = res.get(field, "sobol_second", t)[:, cell]
+    low = res.get(field, "sobol_second_low", t)[:, cell]
+    high = res.get(field, "sobol_second_high", t)[:, cell]
+    err = np.vstack([np.maximum(val - low, 0), np.maximum(high - val, 0)])
+    k = np.arange(val.size)
+    ax.bar(k, val, 0.6, yerr=err, capsize=4, color="tab:green", label="second order")
+    ax.set_xticks(k, pairs or [str(i) for i in k], rotation=30 if len(k) > 6 else 0)
+    ax.set_ylabel("second-order Sobol' index")
+    conf = res.confidence(field)
+    ci = f", {100 * conf[0]:g}% CI" if conf else ""
+    ax.set_title(f"{field}: second-order indices at cell {cell}, time step {t}{ci}")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.legend()
+
+
+def _map_label(res, field: str, stat: str, k: int, names) -> str:
+    """Label of entry ``k`` of a statistic with a leading dimension (not thresholds
+    or quantile levels): a parameter name, or a pair "x1:x2" for sobol_second."""
+    if stat == "sobol_second":
+        pairs = res.pair_names(field)
+        return f"{stat} {pairs[k] if k < len(pairs) else k}"
+    return f"{stat} {names[k] if k < len(names) else k}"
+
+
 def cmd_plot(args) -> int:
     try:
         import matplotlib
@@ -177,7 +224,7 @@ def cmd_plot(args) -> int:
         present = res.statistics(field)
         stat = args.stat
         need = {"std": "variance", "sobol": "sobol_first", "aggregated": "sobol_first",
-                "convergence": "sobol_first_low"}.get(stat, stat)
+                "convergence": "sobol_first_low", "second": "sobol_second"}.get(stat, stat)
         if need not in present:
             _err(f"{args.results}: field {field!r} has no {need!r}; "
                  f"it has {', '.join(present) or 'no statistics'}")
@@ -215,6 +262,8 @@ def cmd_plot(args) -> int:
             ax.set_title(f"{field}: Sobol' indices at cell {cell}, time step {t}{ci}")
             ax.axhline(0, color="black", lw=0.6)
             ax.legend()
+        elif stat == "second":
+            _plot_second(ax, res, field, t, cell)
         elif stat == "aggregated":
             if res.aggregated(field) is None:
                 _err(f"{args.results}: field {field!r} has no aggregated Sobol' indices "
@@ -253,7 +302,7 @@ def cmd_plot(args) -> int:
                 elif stat == "quantiles":
                     label = f"quantile {res.quantile_levels(field)[k]:g}"
                 else:
-                    label = f"{stat} {names[k] if k < len(names) else k}"
+                    label = _map_label(res, field, stat, k, names)
                 values = values[k]
             _plot_map(ax, fig, values, f"{field}: {label}, time step {t}", label)
         out = args.output
@@ -302,11 +351,12 @@ def build_parser() -> argparse.ArgumentParser:
         "plot", help="plot a statistic as PNG",
         description="Plot one statistic of a results file. Map statistics (mean, variance, "
                     "std, skewness, kurtosis, min, max, threshold_exceedance, quantiles, "
-                    "sobol_first, sobol_total) are drawn at one time step as an image when "
-                    "the mesh is square (n*n cells), else as a line over the cells. "
-                    "'sobol' draws first- and total-order bars with confidence intervals at "
-                    "one cell; 'convergence' the mean CI width per time step; 'aggregated' the "
-                    "whole field's indices over time.")
+                    "sobol_first, sobol_total, sobol_second) are drawn at one time step as an "
+                    "image when the mesh is square (n*n cells), else as a line over the "
+                    "cells. 'sobol' draws first- and total-order bars with confidence "
+                    "intervals at one cell, 'second' the second-order index of every pair "
+                    "likewise; 'convergence' the mean CI width per time step; 'aggregated' "
+                    "the whole field's indices over time.")
     plot.add_argument("results", help="OUT/results.h5")
     plot.add_argument("--field", help="field to plot (default: the first)")
     plot.add_argument("--stat", default="mean", choices=PLOT_STATS,
@@ -314,10 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--time-step", type=int, default=None,
                       help="time step (default: the last; negative counts from the end)")
     plot.add_argument("--cell", type=int, default=None,
-                      help="cell for --stat sobol (default: the cell of largest variance)")
+                      help="cell for --stat sobol and second (default: the cell of largest "
+                           "variance)")
     plot.add_argument("--index", type=int, default=0,
-                      help="threshold / quantile level / parameter index for statistics that "
-                           "have one (default 0)")
+                      help="threshold / quantile level / parameter / pair index for statistics "
+                           "that have one (default 0)")
     plot.add_argument("-o", "--output", default="plot.png", help="output PNG (default plot.png)")
     plot.add_argument("--dpi", type=int, default=120)
     plot.set_defaults(func=cmd_plot)

@@ -227,7 +227,8 @@ def local_summary(sobols: Sequence, variances: Sequence, floors: Sequence[float]
                          f"{len(floors)} floors: one of each per time step")
     parts = []
     for t, (sobol, variance, floor) in enumerate(zip(sobols, variances, floors)):
-        first_ci, total_ci = sobol.confidence_interval(level, method=method)
+        # first and total order only: second-order intervals (if any) do not count
+        first_ci, total_ci = sobol.confidence_interval(level, method=method)[:2]
         parts.append(step_summary(first_ci, total_ci, variance, float(floor), step=t,
                                   cell_offset=cell_offset, field=field))
     return combine(parts)

@@ -52,12 +52,15 @@ def warm_up(n_params: int = 3) -> float:
         for obj in objects[:4]:
             obj.merge(obj)
         _ = objects[-1].values
-        for ci in ("delta", "fisher"):
-            s = SobolMartinez(2, n_params, ci=ci)
-            for k in range(3):
-                s.update((group + k).astype(dtype))
+        p2 = max(n_params, 2)  # second order needs a pair; the kernels are the same
+        group2 = np.linspace(0.0, 1.0, 2 * (2 * p2 + 2)).reshape(2 * p2 + 2, 2)
+        for ci, second, rows in (("delta", False, group), ("fisher", False, group),
+                                 ("delta", True, group2)):
+            s = SobolMartinez(2, p2 if second else n_params, ci=ci, second_order=second)
+            for k in range(12):  # past the second-order interval's start
+                s.update((rows + k * rows[::-1]).astype(dtype))
             s.merge(s)
-            _ = s.indices
+            _ = s.second_order if second else s.indices
             s.confidence_interval(0.9)
     return time.perf_counter() - t0
 

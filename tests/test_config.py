@@ -381,9 +381,43 @@ def test_sobol_needs_two_parameters(tmp_path):
     assert load_config(write(tmp_path, patched(data, "sa_config.sobol_indices", False)))
 
 
-def test_second_order_not_implemented(tmp_path):
-    msg = error_of(tmp_path, patched(FULL, "sa_config.second_order", True))
-    assert "sa_config.second_order: second-order indices are not implemented" in msg
+def test_second_order_is_accepted_and_doubles_the_c_rows(tmp_path):
+    cfg = load_config(write(tmp_path, patched(FULL, "sa_config.second_order", True)))
+    p = cfg.nb_parameters
+    assert cfg.sa_config.second_order is True
+    assert cfg.layout.second_order and cfg.group_size == 2 * p + 2
+    assert cfg.n_runs == cfg.n_groups * (2 * p + 2)
+    assert cfg.to_dict()["sa_config"]["second_order"] is True
+    # off: groups of p + 2
+    off = load_config(write(tmp_path, FULL))
+    assert not off.layout.second_order and off.group_size == p + 2
+
+
+def test_second_order_needs_sobol_indices(tmp_path):
+    data = patched(FULL, "sa_config.second_order", True)
+    msg = error_of(tmp_path, patched(data, "sa_config.sobol_indices", False))
+    assert "sa_config.second_order: second-order indices need sa_config.sobol_indices: true" \
+        in msg
+
+
+def test_second_order_needs_two_parameters(tmp_path):
+    data = patched(FULL, "sa_config.second_order", True)
+    data = patched(data, "study_options.nb_parameters", 1)
+    data = patched(data, "study_options.l_bounds", [0])
+    data = patched(data, "study_options.u_bounds", [1])
+    msg = error_of(tmp_path, data)
+    assert ("sa_config.second_order: second-order indices need at least 2 parameters, one "
+            "pair (study_options.nb_parameters is 1)") in msg
+    assert "sa_config.sobol_indices: Sobol' indices need at least 2 parameters" in msg
+    # both errors at once, even without Sobol' indices
+    msg = error_of(tmp_path, patched(data, "sa_config.sobol_indices", False))
+    assert "sa_config.second_order: second-order indices need sa_config.sobol_indices" in msg
+    assert "sa_config.second_order: second-order indices need at least 2 parameters" in msg
+
+
+def test_second_order_must_be_a_boolean(tmp_path):
+    msg = error_of(tmp_path, patched(FULL, "sa_config.second_order", "yes"))
+    assert "sa_config.second_order: expected true or false, got \"yes\"" in msg
 
 
 @pytest.mark.parametrize("dotted", ["server_config.connection_port", "server_config.data_puller_port"])

@@ -25,6 +25,7 @@ def make_cases():
         ("threshold", ThresholdExceedance(N, [0.0, 1.0]), rng.standard_normal(N)),
         ("quantiles", Quantiles(N, [0.1, 0.5, 0.9]), rng.standard_normal(N)),
         ("sobol", SobolMartinez(N, 3), rng.standard_normal((5, N))),
+        ("sobol-second", SobolMartinez(N, 3, second_order=True), rng.standard_normal((8, N))),
     ]
 
 
@@ -46,7 +47,8 @@ def test_update_allocates_nothing_mesh_sized(name, obj, x):
 TWINS = {"moments2": lambda: Moments(N, order=2), "moments4": lambda: Moments(N, order=4),
          "moments4-f32": lambda: Moments(N, order=4), "extrema": lambda: Extrema(N),
          "threshold": lambda: ThresholdExceedance(N, [0.0, 1.0]),
-         "sobol": lambda: SobolMartinez(N, 3)}
+         "sobol": lambda: SobolMartinez(N, 3),
+         "sobol-second": lambda: SobolMartinez(N, 3, second_order=True)}
 
 
 @pytest.mark.parametrize("name,obj,x", [c for c in make_cases() if c[0] in TWINS],

@@ -146,8 +146,10 @@ def test_bad_arguments():
         make_sampler("sobol", nb_parameters=2, seed=-1)
     with pytest.raises(TypeError):
         make_sampler("sobol", nb_parameters=2, not_a_kwarg=1)
-    with pytest.raises(NotImplementedError, match="second-order"):
-        make_sampler("sobol", nb_parameters=2, apply_pick_freeze=True, second_order=True)
+    with pytest.raises(ValueError, match="second_order=True needs apply_pick_freeze"):
+        make_sampler("sobol", nb_parameters=2, second_order=True)
+    with pytest.raises(ValueError, match="second_order: .* at least 2 parameters"):
+        make_sampler("sobol", nb_parameters=1, apply_pick_freeze=True, second_order=True)
 
 
 def test_sobol_power_of_two_warning_suppressed():
@@ -367,3 +369,95 @@ def test_user_subclass_pick_freeze():
 def test_abstract_base_refused():
     with pytest.raises(TypeError):
         make_sampler(ParameterSampler, nb_parameters=2)
+
+
+# --------------------------------------------------------------------------- second order
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_second_order_groups_are_2p_plus_2_rows(t):
+    """Rows A, B, C_1..C_p, D_1..D_p: D_k is B with column k taken from A."""
+    p = 3
+    design = make_sampler(t, nb_parameters=p, seed=3, apply_pick_freeze=True,
+                          second_order=True, l_bounds=[0, 1, 2], u_bounds=[1, 2, 3])
+    assert design.second_order and design.group_size == 2 * p + 2
+    g = design.draw_groups(12)
+    assert g.shape == (12, 2 * p + 2, p)
+    a, b = g[:, 0], g[:, 1]
+    for k in range(p):
+        others = [j for j in range(p) if j != k]
+        c, d = g[:, 2 + k], g[:, 2 + p + k]
+        assert np.array_equal(c[:, others], a[:, others]) and np.array_equal(c[:, k], b[:, k])
+        assert np.array_equal(d[:, others], b[:, others]) and np.array_equal(d[:, k], a[:, k])
+    # C_i and D_j share exactly the columns i and j when i != j (the closed index of {i, j})
+    for i in range(p):
+        for j in range(p):
+            same = np.all(g[:, 2 + i] == g[:, 2 + p + j], axis=0)
+            assert list(np.flatnonzero(same)) == ([] if i == j else sorted({i, j}))
+    assert np.all(g >= [0, 1, 2]) and np.all(g < [1, 2, 3])
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_second_order_keeps_the_first_order_rows(t):
+    """The same draws as without second order: rows A, B, C_k identical, so first-
+    and total-order indices of the two designs are the same numbers."""
+    p = 4
+    first = make_sampler(t, nb_parameters=p, seed=8, apply_pick_freeze=True).draw_groups(9)
+    second = make_sampler(t, nb_parameters=p, seed=8, apply_pick_freeze=True,
+                          second_order=True).draw_groups(9)
+    assert np.array_equal(second[:, :p + 2], first)
+
+
+def test_second_order_rows_are_the_group_layouts():
+    from melissa_sa.design import GroupLayout
+
+    p = 3
+    layout = GroupLayout(p, second_order=True)
+    design = make_sampler("sobol", nb_parameters=p, seed=1, apply_pick_freeze=True,
+                          second_order=True)
+    assert design.layout == layout
+    joint = make_sampler("sobol", nb_parameters=2 * p, seed=1).draw(5)
+    assert np.array_equal(design.draw_groups(5), layout.build(joint[:, :p], joint[:, p:]))
+    g2 = pick_freeze_groups(make_sampler("sobol", nb_parameters=2 * p, seed=1), 5,
+                            second_order=True)
+    assert np.array_equal(g2, layout.build(joint[:, :p], joint[:, p:]))
+
+
+@pytest.mark.parametrize("t", TYPES)
+def test_second_order_restore_and_redraw(t):
+    design = make_sampler(t, nb_parameters=3, seed=5, apply_pick_freeze=True, second_order=True)
+    design.draw_groups(4)
+    replacement = design.redraw()
+    assert replacement.shape == (8, 3)
+    state = json.loads(json.dumps(design.state_dict()))
+    assert state["second_order"] is True and state["position"] == 5
+    restored = restore_sampler(state)
+    assert restored.second_order and restored.group_size == 8 and restored.n_redraws == 1
+    assert np.array_equal(restored.next_group(), design.next_group())
+    whole = make_sampler(t, nb_parameters=3, seed=5, apply_pick_freeze=True,
+                         second_order=True).draw_groups(5)
+    assert np.array_equal(whole[4], replacement)
+    # a first-order state does not load into a second-order design, nor the reverse
+    plain = make_sampler(t, nb_parameters=3, seed=5, apply_pick_freeze=True)
+    with pytest.raises(ValueError, match="second_order = True, this design second_order "
+                                         "= False: its groups have 8 runs, not 5"):
+        plain.load_state(state)
+    with pytest.raises(ValueError, match="second_order = False"):
+        design.load_state(plain.state_dict())
+    # a state saved before the key existed is a first-order one
+    old = plain.state_dict()
+    del old["second_order"]
+    assert not restore_sampler(old).second_order
+
+
+def test_second_order_from_config(tmp_path):
+    from melissa_sa.config import config_from_dict
+    from melissa_sa.sampling import sampler_from_config
+
+    base = {"study_options": {"field_names": ["f"], "nb_parameters": 3,
+                              "parameter_sweep_size": 4, "nb_time_steps": 1},
+            "sa_config": {"sobol_indices": True, "second_order": True},
+            "client_config": {"executable_command": "true"}}
+    cfg = config_from_dict(base)
+    design = sampler_from_config(cfg)
+    assert design.second_order and design.group_size == cfg.group_size == 8

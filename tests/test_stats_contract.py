@@ -52,6 +52,15 @@ def _group(rng):
     return np.array([(x[0] + 2 * x[1] + x[0] * x[2]) * scale for x in runs])
 
 
+def _group2(rng):
+    """The same model on a second-order group: rows A, B, C_k, D_k."""
+    a, b = rng.random(P), rng.random(P)
+    runs = ([a, b] + [np.where(np.arange(P) == k, b, a) for k in range(P)]
+            + [np.where(np.arange(P) == k, a, b) for k in range(P)])
+    scale = 1.0 + np.arange(N_CELLS)
+    return np.array([(x[0] + 2 * x[1] + x[0] * x[2]) * scale for x in runs])
+
+
 CASES = [
     Case("moments2", lambda: Moments(N_CELLS, order=2), ("mean", "variance"),
          lambda: Moments(N_CELLS, order=4)),
@@ -67,6 +76,9 @@ CASES = [
     Case("sobol_fisher", lambda: SobolMartinez(N_CELLS, P, ci="fisher"),
          ("first_order", "total_order"), lambda: SobolMartinez(N_CELLS, P + 1, ci="fisher"),
          sample=_group),
+    Case("sobol_second", lambda: SobolMartinez(N_CELLS, P, second_order=True),
+         ("first_order", "total_order", "second_order"), lambda: SobolMartinez(N_CELLS, P),
+         sample=_group2),
 ]
 
 

@@ -124,13 +124,20 @@ def config_from_dict(d: Mapping, source: str = "<dict>",
 
 
 def _check_sa(r: c.Reader, sa: dict, so: dict | None) -> None:
-    if sa["second_order"] is True:
-        r.err("sa_config.second_order", "second-order indices are not implemented")
-    if sa["sobol_indices"] is True and so is not None and c.ok(so["nb_parameters"]) \
-            and so["nb_parameters"] < 2:
+    p = so["nb_parameters"] if so is not None and c.ok(so["nb_parameters"]) else None
+    if sa["sobol_indices"] is True and p is not None and p < 2:
         r.err("sa_config.sobol_indices",
               f"Sobol' indices need at least 2 parameters "
-              f"(study_options.nb_parameters is {so['nb_parameters']})")
+              f"(study_options.nb_parameters is {p})")
+    if sa["second_order"] is True:
+        if sa["sobol_indices"] is False:
+            r.err("sa_config.second_order",
+                  "second-order indices need sa_config.sobol_indices: true "
+                  "(they come from the same pick-freeze groups)")
+        if p is not None and p < 2:
+            r.err("sa_config.second_order",
+                  f"second-order indices need at least 2 parameters, one pair "
+                  f"(study_options.nb_parameters is {p})")
 
 
 def _check_convergence(r: c.Reader, sa: dict, so: dict | None) -> None:

@@ -266,7 +266,8 @@ class StudyConfig:
 
     @property
     def group_size(self) -> int:
-        """Runs per group: p + 2 (A, B, C_1..C_p) with Sobol' indices, else 1."""
+        """Runs per group: p + 2 (A, B, C_1..C_p) with Sobol' indices, 2p + 2 (and
+        D_1..D_p) with second order too, else 1 (:class:`GroupLayout` decides)."""
         return self.layout.size
 
     @property

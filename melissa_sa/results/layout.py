@@ -206,8 +206,9 @@ class ParameterTable:
 
     ``values`` (n_runs, n_params) float64; ``sim_id``, ``group_id`` and
     ``member`` (n_runs,) int64 (member 0 is A, 1 is B, ``2 + k`` is C_k under
-    Sobol', always 0 otherwise); ``redrawn`` (n_runs,) bool: the group's
-    parameters are a redraw that replaced a group which crashed too often;
+    Sobol', ``2 + p + k`` is D_k with second order, always 0 otherwise);
+    ``redrawn`` (n_runs,) bool: the group's parameters are a redraw that
+    replaced a group which crashed too often;
     ``folded`` (n_runs,) bool: the run's data was folded into the statistics
     (a crashed-and-replaced draw is kept with ``folded = False``).
     """

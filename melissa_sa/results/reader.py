@@ -195,6 +195,12 @@ class Results:
             return None
         return g["sobol_first_aggregated"][...], g["sobol_total_aggregated"][...]
 
+    def pair_names(self, field: str) -> tuple[str, ...]:
+        """Names of the second-order pairs (``"x1:x2"``, in
+        ``itertools.combinations`` order), or ``()`` without second order."""
+        g = self._group(field)
+        return tuple(as_text(x) for x in g["pair"][...]) if "pair" in g else ()
+
     def confidence(self, field: str) -> tuple[float, str] | None:
         """``(confidence_level, method)`` of the Sobol' bounds, or None."""
         g = self._group(field)
@@ -282,6 +288,26 @@ class Results:
             out.append(f"    convergence at the last time step ({last}):")
             out.extend("  " + h for h in hints)
         out.extend(self._aggregated_summary(fname))
+        out.extend(self._second_order_summary(fname))
+        return out
+
+    def _second_order_summary(self, fname: str) -> list[str]:
+        """Second-order indices per pair at the last time step: mean and largest
+        value over cells and the mean interval width (read in bounded blocks)."""
+        g = self._group(fname)
+        if "sobol_second" not in g:
+            return []
+        last = self.n_time_steps(fname) - 1
+        pairs = self.pair_names(fname)
+        mean, largest = _block_mean_max(g["sobol_second"], last)
+        widths = _block_width(g["sobol_second_low"], g["sobol_second_high"], last)
+        conf = self.confidence(fname)
+        level = _pct(conf[0]) if conf else ""
+        out = [f"    second-order Sobol' indices at the last time step ({last}), over cells:"]
+        width = max([len(p) for p in pairs] + [4])
+        for name, m, x, w in zip(pairs, mean, largest, widths, strict=True):
+            out.append(f"      {name:<{width}s}  mean {m:.3g}  max {x:.3g}  "
+                       f"mean {level} CI width {w:.3g}")
         return out
 
     def _aggregated_summary(self, fname: str) -> list[str]:
@@ -329,6 +355,23 @@ def _block_reduce(d: h5py.Dataset, t: int, fn) -> float:
         total += float(a[ok].sum())
         count += int(ok.sum())
     return total / count if count else float("nan")
+
+
+def _block_mean_max(d: h5py.Dataset, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per leading index (pair), the mean and max over cells at time step t (NaN skipped)."""
+    k, _, N = d.shape
+    total, count = np.zeros(k), np.zeros(k)
+    largest = np.full(k, -np.inf)
+    for lo in range(0, N, _BLOCK):
+        a = d[:, t, lo:lo + _BLOCK]
+        ok = np.isfinite(a)
+        total += np.where(ok, a, 0.0).sum(axis=1)
+        count += ok.sum(axis=1)
+        if a.shape[1]:
+            largest = np.maximum(largest, np.where(ok, a, -np.inf).max(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return mean, np.where(count > 0, largest, np.nan)
 
 
 def _block_width(low: h5py.Dataset, high: h5py.Dataset, t: int) -> np.ndarray:

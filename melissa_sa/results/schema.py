@@ -10,13 +10,15 @@ The file ``OUT/results.h5`` (see ``docs/results.md`` for the user's view)::
         value       (run, parameter)  float64, attr names
         sim_id, group_id, member (run,) int64; redrawn, folded (run,) bool
     /<field>/                  one group per field; attrs n_cells, n_time_steps
-        time_step (T,) cell (N,) [threshold] [quantile_level] [parameter]
+        time_step (T,) cell (N,) [threshold] [quantile_level] [parameter] [pair]
                                       dimension scales of this field
         mean variance skewness kurtosis min max          (time_step, cell)
         threshold_exceedance                             (threshold, time_step, cell)
         quantiles                                        (quantile_level, time_step, cell)
         sobol_first sobol_total sobol_{first,total}_{low,high}
                                                          (parameter, time_step, cell)
+        sobol_second sobol_second_{low,high}             (pair, time_step, cell)
+                                      with sa_config.second_order; pairs "x1:x2"
         n_samples (time_step,) int64; n_groups (time_step,) int64 with Sobol'
         sobol_{first,total}_aggregated (parameter, time_step) with Sobol'
 

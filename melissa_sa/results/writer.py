@@ -94,7 +94,9 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
         # -- /parameters
         pg = f.create_group("parameters", track_order=True)
         pg.attrs["description"] = ("the design actually run, one row per run; member 0 = A, "
-                                   "1 = B, 2 + k = C_k (A with column k from B) under Sobol'")
+                                   "1 = B, 2 + k = C_k (A with column k from B) under Sobol', "
+                                   "and 2 + p + k = D_k (B with column k from A) with "
+                                   "second order")
         run = pg.create_dataset("run", data=np.arange(len(table), dtype=np.int64))
         run.make_scale("run")
         pscale = _str_scale(pg, "parameter", table.names)
@@ -133,10 +135,10 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
                     "quantile_level", data=np.array(layout.quantile_levels, dtype=np.float64))
             if layout.has_sobol:
                 scales["parameter"] = _str_scale(g, "parameter", layout.parameter_names)
-            if layout.has_second_order:
-                scales["pair"] = _str_scale(g, "pair", layout.pair_names)
                 g.attrs["confidence_level"] = layout.confidence_level
                 g.attrs["ci_method"] = layout.ci_method
+            if layout.has_second_order:
+                scales["pair"] = _str_scale(g, "pair", layout.pair_names)
             for name, ds in scales.items():
                 ds.make_scale(name)
 

@@ -57,12 +57,13 @@ def make_sampler(sampler_t, *, apply_pick_freeze: bool = False, second_order: bo
     ``l_bounds``, ``u_bounds``, ``distributions``, ``seed`` and any of its own).
 
     With ``apply_pick_freeze=True`` the sampler is built in dimension 2p
-    (bounds and laws repeated) and wrapped in a :class:`PickFreezeDesign`.
-    ``second_order=True`` raises ``NotImplementedError``.
+    (bounds and laws repeated) and wrapped in a :class:`PickFreezeDesign`;
+    ``second_order=True`` makes its groups 2p + 2 runs (rows D_k added, see
+    :class:`melissa_sa.design.GroupLayout`) and needs ``apply_pick_freeze``.
     """
-    if second_order:
-        raise NotImplementedError("second-order Sobol' indices (and their design) are not "
-                                  "implemented")
+    if second_order and not apply_pick_freeze:
+        raise ValueError("second_order=True needs apply_pick_freeze=True (second-order "
+                         "indices come from pick-freeze groups)")
     cls = _resolve_type(sampler_t)
     if not apply_pick_freeze:
         return build_sampler(cls, kwargs)
@@ -73,7 +74,7 @@ def make_sampler(sampler_t, *, apply_pick_freeze: bool = False, second_order: bo
     for key in ("l_bounds", "u_bounds", "distributions"):
         if kwargs.get(key) is not None:
             doubled[key] = list(kwargs[key]) * 2
-    return PickFreezeDesign(build_sampler(cls, doubled))
+    return PickFreezeDesign(build_sampler(cls, doubled), second_order=second_order)
 
 
 def restore_sampler(state: Mapping, sampler_t: type[ParameterSampler] | None = None):
@@ -89,7 +90,8 @@ def restore_sampler(state: Mapping, sampler_t: type[ParameterSampler] | None = N
         sampler_t = name
     params = dict(state.get("params", {}))
     sampler = build_sampler(_resolve_type(sampler_t), params)
-    design = PickFreezeDesign(sampler) if state.get("pick_freeze") else sampler
+    design = (PickFreezeDesign(sampler, second_order=bool(state.get("second_order", False)))
+              if state.get("pick_freeze") else sampler)
     design.load_state(state)
     return design
 
@@ -115,4 +117,4 @@ def sampler_from_config(cfg, sampler_t=None, **extra):
         kwargs["block_size"] = so.parameter_sweep_size
     kwargs.update(extra)
     return make_sampler(sampler_t, apply_pick_freeze=cfg.sa_config.sobol_indices,
-                        second_order=cfg.sa_config.second_order, **kwargs)
+                        second_order=cfg.layout.second_order, **kwargs)

@@ -3,8 +3,12 @@
 A :class:`PickFreezeDesign` draws A and B together from ONE 2p-dimensional
 sequence (first p columns -> A, last p -> B) so that A and B are independent
 in the QMC sense, and lays each group out as :class:`melissa_sa.design.GroupLayout`
-says (rows ``A, B, C_1 .. C_p``; ``C_k`` is A with column k taken from B):
-the layout has one home, and this module only asks it.
+says (rows ``A, B, C_1 .. C_p``; ``C_k`` is A with column k taken from B; with
+``second_order=True`` also ``D_1 .. D_p``, ``D_k`` B with column k taken from
+A, Saltelli 2002): the layout has one home, and this module only asks it.
+Second order changes only the rows built from each draw, never the draws:
+rows ``A, B, C_k`` of a second-order design are those of the first-order
+design with the same sampler and seed.
 
 It offers the *group* interface the server uses, which plain samplers share
 with groups of one run: ``group_size``, ``draw_groups(n)`` (shape
@@ -37,29 +41,41 @@ def _groups(layout: GroupLayout, ab: np.ndarray) -> np.ndarray:
     return layout.build(ab[:, :p], ab[:, p:])
 
 
-def pick_freeze_groups(sampler: ParameterSampler, n_groups: int) -> np.ndarray:
+def _layout(sampler: ParameterSampler, second_order: bool) -> GroupLayout:
+    p = _half(sampler)
+    if second_order and p < 2:
+        raise ValueError(f"second_order: second-order indices need at least 2 parameters, "
+                         f"got n_params = {p}")
+    return GroupLayout(p, second_order=bool(second_order))
+
+
+def pick_freeze_groups(sampler: ParameterSampler, n_groups: int, *,
+                       second_order: bool = False) -> np.ndarray:
     """Draw ``n_groups`` pick-freeze groups from a 2p-dimensional ``sampler``.
 
     Each draw of the sampler gives one row ``[A | B]`` (first p columns -> A,
     last p -> B; the sampler maps each column to its parameter's law, so give
     it the bounds and laws of the p parameters twice). Returns an array
     ``(n_groups, p + 2, p)``: rows ``A, B, C_1 .. C_p`` with ``C_k`` equal to A
-    except column k, which is B's (:meth:`melissa_sa.design.GroupLayout.build`).
+    except column k, which is B's; with ``second_order=True``
+    ``(n_groups, 2p + 2, p)``, followed by ``D_1 .. D_p`` (``D_k`` is B except
+    column k, which is A's), as :meth:`melissa_sa.design.GroupLayout.build` says.
     """
-    return _groups(GroupLayout(_half(sampler)), sampler.draw(n_groups))
+    return _groups(_layout(sampler, second_order), sampler.draw(n_groups))
 
 
 class PickFreezeDesign:
-    """Pick-freeze groups (A, B, C_1..C_p) for Sobol' indices, resumable.
+    """Pick-freeze groups (A, B, C_1..C_p [, D_1..D_p]) for Sobol' indices, resumable.
 
     Wraps a sampler of dimension 2p (see :func:`pick_freeze_groups`);
     :func:`~melissa_sa.sampling.make_sampler` with ``apply_pick_freeze=True``
     builds it from a sampler type and the p-parameter bounds and laws.
-    ``position`` counts groups.
+    ``second_order=True`` (p >= 2) adds the rows D_k for second-order indices:
+    groups of 2p + 2 runs. ``position`` counts groups.
     """
 
-    def __init__(self, sampler: ParameterSampler) -> None:
-        self.layout = GroupLayout(_half(sampler))
+    def __init__(self, sampler: ParameterSampler, *, second_order: bool = False) -> None:
+        self.layout = _layout(sampler, second_order)
         self.sampler = sampler
         self.nb_parameters = self.layout.n_params
         self.n_redraws = 0
@@ -67,6 +83,11 @@ class PickFreezeDesign:
     @property
     def group_size(self) -> int:
         return self.layout.size
+
+    @property
+    def second_order(self) -> bool:
+        """Whether groups carry the rows D_k (second-order indices)."""
+        return self.layout.second_order
 
     @property
     def seed(self) -> int:
@@ -107,16 +128,26 @@ class PickFreezeDesign:
         return _groups(self.layout, self.sampler.draw_at(position, n_groups))
 
     def state_dict(self) -> dict:
-        """The wrapped sampler's state, marked as a pick-freeze design."""
+        """The wrapped sampler's state, marked as a pick-freeze design (and whether
+        its groups carry the rows D_k)."""
         state = self.sampler.state_dict()
         state["pick_freeze"] = True
+        state["second_order"] = self.second_order
         state["n_redraws"] = self.n_redraws
         return state
 
     def load_state(self, state: Mapping) -> None:
-        """Move to the position in ``state`` (refuses a plain sampler's state)."""
+        """Move to the position in ``state`` (refuses a plain sampler's state, and
+        a state whose groups have other rows: ``second_order`` must match; a state
+        saved before the key existed is first-order)."""
         if not state.get("pick_freeze"):
             raise ValueError("sampler state is not a pick-freeze design")
+        saved = bool(state.get("second_order", False))
+        if saved != self.second_order:
+            raise ValueError(f"sampler state has second_order = {saved}, this design "
+                             f"second_order = {self.second_order}: its groups have "
+                             f"{GroupLayout(self.nb_parameters, second_order=saved).size} "
+                             f"runs, not {self.group_size}")
         self.sampler.load_state(state)
         self.n_redraws = int(state.get("n_redraws", 0))
 
@@ -130,5 +161,5 @@ class PickFreezeDesign:
 
     def __repr__(self) -> str:
         return (f"PickFreezeDesign({type(self.sampler).__name__}, "
-                f"nb_parameters={self.nb_parameters}, seed={self.seed}, "
-                f"position={self.position})")
+                f"nb_parameters={self.nb_parameters}, second_order={self.second_order}, "
+                f"seed={self.seed}, position={self.position})")

@@ -259,13 +259,15 @@ class BaseServer(LauncherLink, ABC):
         its name, or a user subclass of :class:`~melissa_sa.sampling.ParameterSampler`.
 
         Without keyword arguments the bounds, laws and seed come from the
-        config; with ``apply_pick_freeze`` following ``sobol_indices``.
+        config; with ``apply_pick_freeze`` following ``sobol_indices`` and
+        ``second_order`` the study's group layout.
         """
         from melissa_sa import sampling
 
         if kwargs:
             kwargs.setdefault("nb_parameters", self.nb_parameters)
             kwargs.setdefault("apply_pick_freeze", self._sobol_op)
+            kwargs.setdefault("second_order", self.layout.second_order)
             self._parameter_sampler = sampling.make_sampler(sampler_t, **kwargs)
         else:
             self._parameter_sampler = sampling.sampler_from_config(self.config, sampler_t)

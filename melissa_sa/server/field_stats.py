@@ -4,7 +4,9 @@
 with one :class:`StepStatistics` per time step; :func:`collect_results`
 turns it into the arrays the results writer takes. Independent rows (A and
 B, or the one run of a group without Sobol') feed the moments, extrema,
-thresholds and quantiles; the whole group feeds the Martinez accumulators.
+thresholds and quantiles; the whole group feeds the Martinez accumulators
+(``p + 2`` rows, or ``2p + 2`` with ``sa_config.second_order``, as the
+study's :class:`~melissa_sa.design.GroupLayout` says).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from melissa_sa.design import GroupLayout
+from melissa_sa.results.schema import SECOND_ORDER_STATISTICS
 from melissa_sa.stats import Extrema, Moments, Quantiles, SobolMartinez, ThresholdExceedance
 
 __all__ = ["STAT_CLASSES", "LocalField", "StepStatistics", "collect_results"]
@@ -28,8 +30,7 @@ class StepStatistics:
 
     def __init__(self, n_cells: int, config):
         sa = config.sa_config
-        self.layout = GroupLayout(config.study_options.nb_parameters,
-                                  sobol=bool(sa.sobol_indices))
+        self.layout = config.layout
         self.moments = None
         order = 4 if (sa.skewness or sa.kurtosis) else 2
         # the convergence rule needs each cell's variance (24 B per cell at order 2)
@@ -40,7 +41,8 @@ class StepStatistics:
                           if sa.threshold_exceedance else None)
         self.quantiles = Quantiles(n_cells, sa.quantiles) if sa.quantiles else None
         self.sobol = (SobolMartinez(n_cells, config.study_options.nb_parameters,
-                                    ci=sa.confidence_method)
+                                    ci=sa.confidence_method,
+                                    second_order=self.layout.second_order)
                       if sa.sobol_indices else None)
         self.n_samples = 0
 
@@ -93,6 +95,9 @@ def collect_results(lf: LocalField, config) -> dict:
     cell) arrays``: indices and intervals of a step are computed in one
     pass, written, and released before the next step, during this rank's
     turn to write (finalisation holds one step of them, never the field).
+    With second order the key is ``SOBOL_NAMES + SECOND_NAMES`` and the
+    callable adds the three ``(pair, cell)`` arrays of :data:`SECOND_NAMES`,
+    from the same ``confidence_interval`` call (one pass per step, not two).
     """
     sa = config.sa_config
     steps = lf.steps
@@ -111,19 +116,27 @@ def collect_results(lf: LocalField, config) -> dict:
         out["quantiles"] = lambda t: steps[t].quantiles.values
     if steps[0].sobol is not None:
         out["n_groups"] = np.array([s.sobol.count for s in steps], dtype=np.int64)
-        out[SOBOL_NAMES] = lambda t: sobol_step(steps[t].sobol, sa.confidence_level)
+        names = SOBOL_NAMES + (SECOND_NAMES if steps[0].sobol.has_second_order else ())
+        out[names] = lambda t: sobol_step(steps[t].sobol, sa.confidence_level)
     return out
 
 
 SOBOL_NAMES = ("sobol_first", "sobol_total", "sobol_first_low", "sobol_first_high",
                "sobol_total_low", "sobol_total_high")
+#: the second-order datasets, each (pair, cell) per step (sa_config.second_order)
+SECOND_NAMES = SECOND_ORDER_STATISTICS
 
 
 def sobol_step(sobol, confidence_level: float) -> tuple[np.ndarray, ...]:
-    """One time step's Sobol' indices and intervals, in :data:`SOBOL_NAMES` order."""
+    """One time step's Sobol' indices and intervals, in :data:`SOBOL_NAMES` order,
+    followed by :data:`SECOND_NAMES` when ``sobol`` has second order."""
     first, total = sobol.indices
-    (f_lo, f_hi), (t_lo, t_hi) = sobol.confidence_interval(confidence_level)
-    return first, total, f_lo, f_hi, t_lo, t_hi
+    intervals = sobol.confidence_interval(confidence_level)
+    (f_lo, f_hi), (t_lo, t_hi) = intervals[:2]
+    if not sobol.has_second_order:
+        return first, total, f_lo, f_hi, t_lo, t_hi
+    s_lo, s_hi = intervals[2]
+    return first, total, f_lo, f_hi, t_lo, t_hi, sobol.second_order, s_lo, s_hi
 
 
 def aggregated_sums(lf: LocalField) -> list[list[list[float]]] | None:

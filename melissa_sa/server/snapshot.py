@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from melissa_sa.design import GroupLayout
 from melissa_sa.server.field_stats import STAT_CLASSES, LocalField, StepStatistics
 
 __all__ = ["RankSnapshot", "SnapshotError", "load_rank", "save_rank"]
@@ -75,8 +76,11 @@ def save_rank(f, snap: RankSnapshot, config, n_fields: int, n_steps: int) -> Non
 def load_rank(f, config, fields: list[str], partitions, rank: int) -> RankSnapshot:
     """Read one rank's file; ``partitions(n_cells)`` gives the ``(lo, hi)`` of every rank.
 
-    Raises :class:`SnapshotError` naming the field if this rank's slice differs.
+    Raises :class:`SnapshotError` naming the field if this rank's slice differs,
+    or naming the config key if the checkpoint's groups have other rows
+    (:func:`check_layout`).
     """
+    check_layout(f, config)
     nb_steps = config.study_options.nb_time_steps
     local: dict[str, LocalField] = {}
     sizes: dict[str, int] = {}
@@ -100,9 +104,54 @@ def load_rank(f, config, fields: list[str], partitions, rank: int) -> RankSnapsh
     folded = {int(s): np.array(bits, dtype=bool)
               for s, bits in zip(f["folded_sim_ids"][()], f["folded"][()])}
     completion = json.loads(f.attrs["completion"]) if "completion" in f.attrs else None
+    if completion is not None and completion.get("sampler") is not None:
+        _check_sampler(completion["sampler"], config)
     return RankSnapshot(local, sizes, folded,
                         abandoned_groups=set(json.loads(f.attrs["abandoned_groups"])),
                         duplicates=int(f.attrs["duplicates"]),
                         bad_messages=Counter(json.loads(f.attrs["bad_messages"])),
                         bytes_received=int(f.attrs["bytes_received"]),
                         completion=completion)
+
+
+def _saved_layout(saved: dict) -> GroupLayout | None:
+    try:
+        so, sa = saved["study_options"], saved.get("sa_config", {})
+        sobol = bool(sa.get("sobol_indices", False))
+        return GroupLayout(int(so["nb_parameters"]), sobol=sobol,
+                           second_order=sobol and bool(sa.get("second_order", False)))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_layout(f, config) -> None:
+    """Refuse a checkpoint whose groups have other rows than ``config``'s.
+
+    Resuming with another ``study_options.nb_parameters``,
+    ``sa_config.sobol_indices`` or ``sa_config.second_order`` would fold
+    groups of one size into statistics built for another: the error names
+    the key that differs and both values.
+    """
+    if "config" not in f.attrs:
+        return
+    saved = _saved_layout(json.loads(f.attrs["config"]))
+    now = config.layout
+    if saved is None or saved == now:
+        return
+    for key, old, new in (("study_options.nb_parameters", saved.n_params, now.n_params),
+                          ("sa_config.sobol_indices", saved.sobol, now.sobol),
+                          ("sa_config.second_order", saved.second_order, now.second_order)):
+        if old != new:
+            raise SnapshotError(
+                f"the checkpoint was written with {key} = {json.dumps(old)}, the config "
+                f"says {json.dumps(new)}: its groups have {saved.size} runs, not "
+                f"{now.size}; resume with the study's original {key}, or start afresh")
+
+
+def _check_sampler(state: dict, config) -> None:
+    """The saved design's group rows must be the config's (see :func:`check_layout`)."""
+    if state.get("pick_freeze") and bool(state.get("second_order", False)) \
+            != config.layout.second_order:
+        raise SnapshotError(f"the checkpoint's design has second_order = "
+                            f"{bool(state.get('second_order', False))}, the config "
+                            f"sa_config.second_order = {config.layout.second_order}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from statistics import NormalDist
 
 import numpy as np
@@ -23,16 +24,18 @@ from melissa_sa.kernels.sobol import (
 )
 from melissa_sa.stats._state import load_state, restore_array, save_state
 from melissa_sa.stats.base import Statistic
+from melissa_sa.stats.sobol_second import SecondOrderState, check_second_order
 
 _METHODS = {"delta": DELTA, "fisher": FISHER, "delta-linear": DELTA_LINEAR}
 #: group counts after which the shift moves to A's running mean
 RECENTRE_AT = (2, 16, 256)
 
 
-def as_group(group, n_params: int, n_cells: int) -> np.ndarray:
+def as_group(group, n_params: int, n_cells: int, second_order: bool = False) -> np.ndarray:
     """Return ``group`` as a C-contiguous float32/float64 (p + 2, n_cells) array.
 
-    The rows are those of :class:`melissa_sa.design.GroupLayout`: A, B, C_1..C_p.
+    The rows are those of :class:`melissa_sa.design.GroupLayout`: A, B,
+    C_1..C_p, and with ``second_order`` D_1..D_p too (``2p + 2`` rows).
 
     float32 and float64 C-contiguous arrays pass through without a copy; other
     real dtypes become float64. Raises ``ValueError`` naming the expected
@@ -43,7 +46,7 @@ def as_group(group, n_params: int, n_cells: int) -> np.ndarray:
         if group.dtype.kind not in "biuf":
             raise TypeError(f"group dtype {group.dtype} is not a real number type")
         group = group.astype(np.float64)
-    layout = GroupLayout(n_params)
+    layout = GroupLayout(n_params, second_order=second_order)
     expected = (layout.size, n_cells)
     if group.shape != expected:
         rows = ", ".join(layout.member_name(m) for m in range(layout.size))
@@ -144,8 +147,16 @@ class SobolMartinez(Statistic):
     every non-degenerate interval is the whole range (``[-1, 1]`` for
     ``S_k``, ``[0, 2]`` for ``ST_k``).
 
+    **Second order** (``second_order=True``, ``p >= 2``): groups of
+    ``2p + 2`` rows, ``Y_D1 .. Y_Dp`` after the ``C_k`` (``D_k``: ``B`` with
+    column ``k`` from ``A``), and ``S_ij = corr(Y_Ci, Y_Dj) - S_i - S_j``
+    (:attr:`second_order`, pairs in :attr:`pairs` order) with a
+    prequential influence-function interval; the first- and total-order
+    state is untouched. See :mod:`melissa_sa.stats.sobol_second`.
+
     **Memory** (float64, per cell): ``8 (9 + 16 p)`` bytes with
     ``ci="delta"`` (456 at ``p = 3``), ``8 (5 + 4 p)`` with ``ci="fisher"``
+    (136 at ``p = 3``); second order adds ``8 (2 + 3 p + p (p - 1))``
     (136 at ``p = 3``).
 
     References: J.-M. Martinez, "Analyse de sensibilité globale par
@@ -180,7 +191,8 @@ class SobolMartinez(Statistic):
     (True, 0.0)
     """
 
-    def __init__(self, n_cells: int, n_params: int, *, ci: str = "delta"):
+    def __init__(self, n_cells: int, n_params: int, *, ci: str = "delta",
+                 second_order: bool = False):
         if isinstance(n_cells, bool) or int(n_cells) != n_cells or int(n_cells) < 1:
             raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
         if isinstance(n_params, bool) or int(n_params) != n_params or int(n_params) < 1:
@@ -190,22 +202,39 @@ class SobolMartinez(Statistic):
         self.n_cells = int(n_cells)
         self.n_params = int(n_params)
         self.ci = ci
+        self.has_second_order = check_second_order(second_order, self.n_params)
         self._n = 0
         width = row_width(self.n_params, full=ci == "delta")
         self._state = np.zeros((self.n_cells, width), dtype=np.float64)
+        self._second = (SecondOrderState(self.n_cells, self.n_params)
+                        if self.has_second_order else None)
 
     def __repr__(self) -> str:
         return (f"SobolMartinez(n_cells={self.n_cells}, n_params={self.n_params}, "
-                f"ci={self.ci!r}; {self._n} groups)")
+                f"ci={self.ci!r}, second_order={self.has_second_order}; "
+                f"{self._n} groups)")
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """Parameter pairs ``(i, j)``, ``i < j``, in ``itertools.combinations`` order."""
+        return list(itertools.combinations(range(self.n_params), 2))
+
+    @property
+    def n_pairs(self) -> int:
+        return self.n_params * (self.n_params - 1) // 2
 
     # -- streaming -------------------------------------------------------
     def update(self, group) -> None:
         """Fold one pick-freeze group, shape ``(n_params + 2, n_cells)``.
 
-        Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp``; float32 or float64 pass through
-        without a copy.
+        Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with
+        second order: ``2 n_params + 2`` rows); float32 or float64 pass
+        through without a copy.
         """
-        group = as_group(group, self.n_params, self.n_cells)
+        group = as_group(group, self.n_params, self.n_cells, self.has_second_order)
+        if self._second is not None:
+            self._second.fold(self._state, group, self._n)  # reads the state before
+            group = group[:self.n_params + 2]
         if self.ci == "delta":
             martinez_update(self._state, group, self._n)
         else:
@@ -222,8 +251,11 @@ class SobolMartinez(Statistic):
 
     def merge(self, other: SobolMartinez) -> None:
         """Fold ``other``'s groups in, as if this object had seen them too."""
-        self._check_merge(other, n_cells=self.n_cells, n_params=self.n_params, ci=self.ci)
+        self._check_merge(other, n_cells=self.n_cells, n_params=self.n_params, ci=self.ci,
+                          has_second_order=self.has_second_order)
         other_state = other._state.copy() if other is self else other._state
+        if self._second is not None:
+            self._second.merge(self._n, other._second, other._n)
         martinez_merge(self._state, self._n, other_state,
                    other._n, self.n_params)
         self._n += other._n
@@ -236,8 +268,10 @@ class SobolMartinez(Statistic):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of state held: ``8 * (9 + 16 p)`` or ``8 * (5 + 4 p)`` per cell."""
-        return self._state.nbytes
+        """Bytes of state held: ``8 * (9 + 16 p)`` or ``8 * (5 + 4 p)`` per
+        cell, plus ``8 * (2 + 3 p + p (p - 1))`` with second order."""
+        extra = self._second.nbytes if self._second is not None else 0
+        return self._state.nbytes + extra
 
     def _indices(self):
         first = np.empty((self.n_params, self.n_cells))
@@ -260,6 +294,14 @@ class SobolMartinez(Statistic):
         """``(first_order, total_order)`` from one pass over the state."""
         return self._indices()
 
+    @property
+    def second_order(self) -> np.ndarray:
+        """``S_ij = corr(Y_Ci, Y_Dj) - S_i - S_j``, shape ``(n_pairs, n_cells)``,
+        pairs in :attr:`pairs` order; needs ``second_order=True``."""
+        if self._second is None:
+            raise ValueError("second_order indices need SobolMartinez(..., second_order=True)")
+        return self._second.indices(self._state)
+
     def confidence_interval(self, level: float = 0.95, method: str | None = None):
         """Two-sided confidence intervals of the first and total indices.
 
@@ -267,7 +309,10 @@ class SobolMartinez(Statistic):
         array shaped ``(n_params, n_cells)``. ``method`` is ``"delta"``
         (default when the object keeps fourth-order moments, ``ci="delta"``),
         ``"fisher"`` (default with ``ci="fisher"``) or ``"delta-linear"``;
-        see the class docstring.
+        see the class docstring. With second order, a third pair
+        ``(second_low, second_high)``, each ``(n_pairs, n_cells)``: the
+        prequential influence-function interval whatever ``method`` (see
+        :mod:`melissa_sa.kernels.sobol_second`).
         """
         level = float(level)
         if not 0.0 < level < 1.0:
@@ -286,6 +331,9 @@ class SobolMartinez(Statistic):
         out = [np.empty(shape) for _ in range(4)]
         martinez_interval(self._state, self._n, self.n_params, q,
                    _METHODS[method], *out)
+        if self._second is not None:
+            return ((out[0], out[1]), (out[2], out[3]),
+                    self._second.interval(self._state, self._n, q))
         return (out[0], out[1]), (out[2], out[3])
 
     def aggregated_sums(self) -> np.ndarray:
@@ -311,16 +359,21 @@ class SobolMartinez(Statistic):
     def save(self, group) -> None:
         """Write the state into an h5py group (attribute ``layout``: the
         meaning of the row's slots, see :mod:`melissa_sa.kernels.sobol`)."""
-        save_state(group, "SobolMartinez", {"state": self._state},
+        arrays = {"state": self._state}
+        if self._second is not None:
+            arrays["second"] = self._second.array
+        save_state(group, "SobolMartinez", arrays,
                    {"n": self._n, "n_cells": self.n_cells,
-                    "n_params": self.n_params, "ci": self.ci, "layout": LAYOUT})
+                    "n_params": self.n_params, "ci": self.ci, "layout": LAYOUT,
+                    "second_order": self.has_second_order})
 
     @classmethod
     def load(cls, group) -> SobolMartinez:
         """Rebuild a :class:`SobolMartinez` from a group written by :meth:`save`.
 
         A state saved before layout 2 (no ``layout`` attribute: centred
-        fourth-order sums) is converted; a newer layout is refused.
+        fourth-order sums) is converted; a newer layout is refused. A state
+        saved without a ``second_order`` attribute is first-order only.
         """
         arrays, attrs = load_state(group, "SobolMartinez", ["state"])
         ci = attrs["ci"]
@@ -331,8 +384,13 @@ class SobolMartinez(Statistic):
             where = getattr(group, "name", "<group>")
             raise ValueError(f"{where}: SobolMartinez state layout {layout}, "
                              f"this melissa-sa reads layouts 1 and {LAYOUT}")
-        obj = cls(int(attrs["n_cells"]), int(attrs["n_params"]), ci=str(ci))
+        second = bool(attrs.get("second_order", False))
+        obj = cls(int(attrs["n_cells"]), int(attrs["n_params"]), ci=str(ci),
+                  second_order=second)
         restore_array(group, "state", obj._state, arrays["state"])
+        if second:
+            more, _ = load_state(group, "SobolMartinez", ["second"])
+            restore_array(group, "second", obj._second.array, more["second"])
         obj._n = int(attrs["n"])
         if layout == 1 and obj.ci == "delta":
             martinez_from_centred(obj._state, obj._n, obj.n_params)
