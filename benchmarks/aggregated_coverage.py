@@ -97,13 +97,14 @@ def replicate(args) -> dict:
     from melissa_sa.stats import SobolMartinez
     from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
 
-    seed, checks, n_cells, level, n_batches, warmup = args
+    seed, checks, n_cells, level, n_batches, warmup, dense, stride = args
     coeffs = field(n_cells)
     first_true, total_true = truth(*coeffs)
     rng = np.random.default_rng(seed)
     data = groups(rng, max(checks), coeffs)
     s = SobolMartinez(n_cells, P, ci="fisher")
-    agg = SobolAggregatedInterval(n_cells, P, n_batches=n_batches, warmup=warmup)
+    agg = SobolAggregatedInterval(n_cells, P, n_batches=n_batches, warmup=warmup,
+                                  dense=dense, stride=stride)
     out = {}
     for g in range(max(checks)):
         agg.update(data[g], g, s)
@@ -116,8 +117,9 @@ def replicate(args) -> dict:
     return out
 
 
-def run(reps, checks, n_cells, level, n_batches, warmup, workers, seed):
-    jobs = [(seed + r, tuple(checks), n_cells, level, n_batches, warmup) for r in range(reps)]
+def run(reps, checks, n_cells, level, n_batches, warmup, dense, stride, workers, seed):
+    jobs = [(seed + r, tuple(checks), n_cells, level, n_batches, warmup, dense, stride)
+            for r in range(reps)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(replicate, jobs, chunksize=max(1, reps // (8 * workers))))
@@ -142,24 +144,29 @@ def main(argv=None) -> int:
     ap.add_argument("--level", type=float, default=0.95)
     ap.add_argument("--batches", type=int, default=None, help="default: N_BATCHES")
     ap.add_argument("--warmup", type=int, default=None, help="default: WARMUP")
+    ap.add_argument("--dense", type=int, default=None, help="default: DENSE")
+    ap.add_argument("--stride", type=int, default=None, help="default: STRIDE")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"
                                          / "aggregated_coverage.json"))
     args = ap.parse_args(argv)
-    from melissa_sa.stats.sobol_aggregated import N_BATCHES, WARMUP
+    from melissa_sa.stats.sobol_aggregated import DENSE, N_BATCHES, STRIDE, WARMUP
 
     n_batches = args.batches or N_BATCHES
     warmup = args.warmup or WARMUP
+    dense = DENSE if args.dense is None else args.dense
+    stride = args.stride or STRIDE
     first_true, total_true = truth(*field(args.cells))
     t0 = time.time()
     table = run(args.reps, sorted(args.groups), args.cells, args.level, n_batches, warmup,
-                args.workers, args.seed)
+                dense, stride, args.workers, args.seed)
     elapsed = time.time() - t0
     names = [f"S{k + 1}" for k in range(P)] + [f"ST{k + 1}" for k in range(P)]
     print(f"aggregated Sobol' interval coverage, nominal {100 * args.level:g}%, "
           f"{args.reps} replicates, {args.cells} cells, K = {n_batches} batches, "
-          f"warm-up {warmup} groups ({elapsed:.0f} s)")
+          f"warm-up {warmup} groups, all groups below {dense} then 1 in {stride} "
+          f"({elapsed:.0f} s)")
     print("true: " + "  ".join(f"{n} {v:.4f}" for n, v in
                                zip(names, np.concatenate([first_true, total_true]),
                                    strict=True)))
@@ -169,12 +176,14 @@ def main(argv=None) -> int:
               + "   " + " ".join(f"{w:.3f}" for w in row["mean_width"]))
     worst = max(abs(100 * c - 100 * args.level) for row in table.values()
                 for c in row["coverage"])
+    mc_se = 100 * math.sqrt(args.level * (1 - args.level) / args.reps)
     print(f"largest distance from nominal: {worst:.1f} points "
-          f"(Monte Carlo se about {100 * math.sqrt(args.level * (1 - args.level) / args.reps):.1f})")
+          f"(Monte Carlo se about {mc_se:.1f})")
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"reps": args.reps, "cells": args.cells, "level": args.level,
                                "n_batches": n_batches, "warmup": warmup,
+                               "dense": dense, "stride": stride,
                                "truth": {"first": first_true.tolist(),
                                          "total": total_true.tolist()},
                                "table": {str(k): v for k, v in table.items()},

@@ -80,22 +80,25 @@ def aggregated_influence(state, group, n, n_params, batch, partial, out):
             db = (group[1, c] - s) - state[c, 2]
             a2 = state[c, 3]
             b2 = state[c, 4]
-            ea = da * da - a2 * f
-            eb = db * db - b2 * f
+            # Psi's term 1/2 (sqrt(c2/b2) eb + sqrt(b2/c2) ec) as sc hb + sb hc,
+            # with hx = ex / (2 sx): one sqrt and one division per variable
+            sa = math.sqrt(a2)
+            sb = math.sqrt(b2)
+            ha = 0.5 * (da * da - a2 * f) / sa if a2 > 0.0 else 0.0
+            hb = 0.5 * (db * db - b2 * f) / sb if b2 > 0.0 else 0.0
             for k in range(p):
                 i = 5 + 4 * k
                 dc = (group[2 + k, c] - s) - state[c, i]
                 c2 = state[c, i + 1]
-                ec = dc * dc - c2 * f
                 partial[t, 0, k] += db * dc - state[c, i + 3] * f
                 partial[t, 2, k] += da * dc - state[c, i + 2] * f
                 if c2 > 0.0:
+                    sc = math.sqrt(c2)
+                    hc = 0.5 * (dc * dc - c2 * f) / sc
                     if b2 > 0.0:
-                        r = math.sqrt(c2 / b2)
-                        partial[t, 1, k] += 0.5 * (r * eb + ec / r)
+                        partial[t, 1, k] += sc * hb + sb * hc
                     if a2 > 0.0:
-                        r = math.sqrt(c2 / a2)
-                        partial[t, 3, k] += 0.5 * (r * ea + ec / r)
+                        partial[t, 3, k] += sc * ha + sa * hc
     for t in range(n_chunks):
         for q in range(4):
             for k in range(p):

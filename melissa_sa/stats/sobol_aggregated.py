@@ -17,8 +17,15 @@ gather of cells. At the end, with the final ``S_k`` and ``D``,
 
     Var(S_k) = sum_j T_j^2 / (n m D_pop^2)
 
-``n``: groups folded into the indices, ``m``: groups that contributed
-(all but the first ``warmup``), ``D_pop = D / (n - 1)``. The influence
+``n``: groups folded into the indices, ``m``: groups that contributed,
+``D_pop = D / (n - 1)``. Which groups contribute is a rule on the group
+number, the same on every rank: all groups numbered below ``dense`` (512),
+then one in ``stride`` (16), each once the rank has folded ``warmup`` (10)
+groups. The pass over the cells reads the Martinez state's block 1 and
+costs one to two folds on a full state (``benchmarks/kernels.py``): the
+stride keeps it to a small fraction of the fold in a long study, and the
+variance of the influence values is estimated as well from a few hundred
+groups as from all. The influence
 values are computed with the running estimates from before each group,
 scaled so that each has mean exactly zero given the past (a martingale
 difference sequence): batch sums are uncorrelated, no mean is estimated, and
@@ -66,12 +73,18 @@ from melissa_sa.stats._state import load_state, restore_array, save_state
 from melissa_sa.stats.base import MergeError, Statistic
 from melissa_sa.stats.sobol import aggregate_indices, as_group
 
-__all__ = ["SobolAggregatedInterval", "aggregated_interval", "N_BATCHES", "WARMUP"]
+__all__ = ["SobolAggregatedInterval", "aggregated_interval", "combine_slices",
+           "N_BATCHES", "WARMUP", "DENSE", "STRIDE"]
 
 #: batches of groups (group g -> batch g mod K); degrees of freedom of the variance
 N_BATCHES = 256
 #: groups folded before the influence values start to count
 WARMUP = 10
+#: groups with a number below DENSE all count; above it, one in STRIDE (see
+#: :meth:`SobolAggregatedInterval.counts_group`): the pass costs about twice
+#: the fold on a full state, so it runs on a fraction of the groups
+DENSE = 512
+STRIDE = 16
 #: fixed chunks of cells per kernel call (sums independent of the thread count)
 _CHUNKS = 64
 
@@ -94,18 +107,22 @@ class SobolAggregatedInterval(Statistic):
     """
 
     def __init__(self, n_cells: int, n_params: int, *, n_batches: int = N_BATCHES,
-                 warmup: int = WARMUP):
+                 warmup: int = WARMUP, dense: int = DENSE, stride: int = STRIDE):
         for key, value, least in (("n_cells", n_cells, 1), ("n_params", n_params, 1),
-                                  ("n_batches", n_batches, 1), ("warmup", warmup, 2)):
+                                  ("n_batches", n_batches, 1), ("warmup", warmup, 2),
+                                  ("dense", dense, 0), ("stride", stride, 1)):
             if isinstance(value, bool) or int(value) != value or int(value) < least:
                 raise ValueError(f"{key} must be an integer >= {least}, got {value!r}")
         self.n_cells = int(n_cells)
         self.n_params = int(n_params)
         self.n_batches = int(n_batches)
         self.warmup = int(warmup)
+        self.dense = int(dense)
+        self.stride = int(stride)
         self._n = 0
         self.batches = np.zeros((self.n_batches, 4, self.n_params))
         self.batch_counts = np.zeros(self.n_batches, dtype=np.int64)
+        self.batch_ids = np.zeros(self.n_batches, dtype=np.int64)   # sum of group ids
         self._partial = np.zeros((_CHUNKS, 4, self.n_params))
 
     def __repr__(self) -> str:
@@ -127,17 +144,27 @@ class SobolAggregatedInterval(Statistic):
         if group.ndim == 2 and group.shape[0] > self.n_params + 2:
             group = group[:self.n_params + 2]
         group = as_group(group, self.n_params, self.n_cells)
-        if self._n >= self.warmup:
-            batch = int(group_id) % self.n_batches
+        group_id = int(group_id)
+        if self._n >= self.warmup and self.counts_group(group_id):
+            batch = group_id % self.n_batches
             aggregated_influence(sobol._state, group, self._n, self.n_params, batch,
                                  self._partial, self.batches)
             self.batch_counts[batch] += 1
+            self.batch_ids[batch] += group_id
         self._n += 1
+
+    def counts_group(self, group_id: int) -> bool:
+        """Whether group ``group_id`` adds influence values (past the warm-up):
+        every group numbered below ``dense``, then one in ``stride``. A rule on
+        the group number, the same on every server rank."""
+        return group_id < self.dense or group_id % self.stride == 0
 
     def merge(self, other: SobolAggregatedInterval) -> None:
         """Add ``other``'s sums: the same groups over other cells."""
         self._check_merge(other, n_params=self.n_params, n_batches=self.n_batches,
-                          warmup=self.warmup, n=self._n, batch_counts=self.batch_counts)
+                          warmup=self.warmup, dense=self.dense, stride=self.stride,
+                          n=self._n, batch_counts=self.batch_counts,
+                          batch_ids=self.batch_ids)
         if other is self:
             raise MergeError(f"cannot merge {self!r} with itself: its cells would count twice")
         self.batches += other.batches
@@ -152,6 +179,11 @@ class SobolAggregatedInterval(Statistic):
     def n(self) -> int:
         return self._n
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of state held (independent of the number of cells)."""
+        return self.batches.nbytes + self.batch_counts.nbytes + self.batch_ids.nbytes
+
     def confidence_interval(self, sobol, level: float = 0.95):
         """``((first_low, first_high), (total_low, total_high))``, each ``(p,)``.
 
@@ -165,21 +197,47 @@ class SobolAggregatedInterval(Statistic):
     def save(self, group) -> None:
         """Write the batch sums into an h5py group."""
         save_state(group, "SobolAggregatedInterval",
-                   {"batches": self.batches, "batch_counts": self.batch_counts},
+                   {"batches": self.batches, "batch_counts": self.batch_counts,
+                    "batch_ids": self.batch_ids},
                    {"n": self._n, "n_cells": self.n_cells, "n_params": self.n_params,
-                    "n_batches": self.n_batches, "warmup": self.warmup})
+                    "n_batches": self.n_batches, "warmup": self.warmup,
+                    "dense": self.dense, "stride": self.stride})
 
     @classmethod
     def load(cls, group) -> SobolAggregatedInterval:
         """Rebuild from a group written by :meth:`save`."""
         arrays, attrs = load_state(group, "SobolAggregatedInterval",
-                                   ["batches", "batch_counts"])
+                                   ["batches", "batch_counts", "batch_ids"])
         obj = cls(int(attrs["n_cells"]), int(attrs["n_params"]),
-                  n_batches=int(attrs["n_batches"]), warmup=int(attrs["warmup"]))
-        restore_array(group, "batches", obj.batches, arrays["batches"])
-        restore_array(group, "batch_counts", obj.batch_counts, arrays["batch_counts"])
+                  n_batches=int(attrs["n_batches"]), warmup=int(attrs["warmup"]),
+                  dense=int(attrs["dense"]), stride=int(attrs["stride"]))
+        for name in ("batches", "batch_counts", "batch_ids"):
+            restore_array(group, name, getattr(obj, name), arrays[name])
         obj._n = int(attrs["n"])
         return obj
+
+
+def combine_slices(parts):
+    """Whole-field ``(batches, batch_counts)`` from the slices of server ranks.
+
+    ``parts``: one ``(batches, batch_counts, batch_ids)`` per slice of cells
+    (arrays of :class:`SobolAggregatedInterval`). Batches are added; a batch
+    whose count or sum of group numbers differs between slices (a group that
+    one rank folded during its warm-up and another did not: ranks fold groups
+    in their own order) holds part of a group's cells and is left out
+    (its sums and count set to 0). Returns ``(batches, batch_counts,
+    n_dropped)``.
+    """
+    parts = list(parts)
+    batches = sum(np.asarray(b, dtype=np.float64) for b, _, _ in parts)
+    counts = np.asarray(parts[0][1], dtype=np.int64).copy()
+    ids = np.asarray(parts[0][2], dtype=np.int64)
+    bad = np.zeros(counts.shape, dtype=bool)
+    for _, c, i in parts[1:]:
+        bad |= (np.asarray(c) != counts) | (np.asarray(i) != ids)
+    batches[bad] = 0.0
+    counts[bad] = 0
+    return batches, counts, int(bad.sum())
 
 
 def aggregated_interval(sums, batches, batch_counts, n: int, level: float):
