@@ -304,15 +304,31 @@ def test_server_step_checkpoints_the_interval(tmp_path):
                             "sa_config": {"sobol_indices": True},
                             "client_config": {"executable_command": "./sim"}},
                            base_dir=str(tmp_path))
+    from melissa_sa.server.field_stats import LocalField
+    from melissa_sa.server.snapshot import RankSnapshot, load_rank, save_rank
+
     step = StepStatistics(4, cfg)
     assert "sobol_aggregated" in step.items_names()
     assert STAT_CLASSES["sobol_aggregated"] is SobolAggregatedInterval
     rng = np.random.default_rng(11)
-    data = ishigami_field(rng, 15, 4)
+    data = ishigami_field(rng, 30, 4)
     for g in range(15):
         step.fold_group(data[g], 100 + g)
     assert step.sobol.count == step.sobol_aggregated.count == 15
     assert step.sobol_aggregated.batch_counts.sum() == 5
+    # a rank checkpoint keeps it; the resumed fold continues exactly
+    snap = RankSnapshot({"u": LocalField("u", 0, 0, 4, [step])}, {"u": 4}, {})
+    with h5py.File(tmp_path / "rank0.h5", "w") as f:
+        save_rank(f, snap, cfg, 1, 1)
+    with h5py.File(tmp_path / "rank0.h5", "r") as f:
+        back = load_rank(f, cfg, ["u"], lambda n: [(0, n)], 0).fields["u"].steps[0]
+    for g in range(15, 30):
+        step.fold_group(data[g], 100 + g)
+        back.fold_group(data[g], 100 + g)
+    np.testing.assert_array_equal(back.sobol_aggregated.batch_counts,
+                                  step.sobol_aggregated.batch_counts)
+    np.testing.assert_allclose(back.sobol_aggregated.batches, step.sobol_aggregated.batches,
+                               rtol=1e-12, atol=1e-12 * np.abs(step.sobol_aggregated.batches).max())
 
 
 def test_update_allocates_nothing_mesh_sized():

@@ -314,7 +314,8 @@ class Results:
                 text = f"{n} {v[-1]:.3f}"
                 if bounds:
                     low, high = bounds[i][0][k, -1], bounds[i][1][k, -1]
-                    text += f" ({low:.3f}, {high:.3f})"
+                    text += (f" ({low:.3f}, {high:.3f})" if np.isfinite([low, high]).all()
+                             else " (no interval: too few groups)")
                 cells.append(text + f" [{np.nanmin(v):.3f}, {np.nanmax(v):.3f}]")
             out.append(f"      {kind:5s}: {'  '.join(cells)}")
         return out
