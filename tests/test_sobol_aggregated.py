@@ -397,3 +397,45 @@ def test_results_file_info_and_plot(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert info.returncode == 0 and "x2 0.100 (0.050, 0.150)" in info.stdout
     assert math.isclose(level, 0.9)
+
+
+def test_server_reduction_over_two_ranks(tmp_path, monkeypatch):
+    """results_io.aggregated_indices adds two ranks' sums: the whole field's interval."""
+    from types import SimpleNamespace
+
+    from melissa_sa.config import config_from_dict
+    from melissa_sa.server import results_io
+    from melissa_sa.server.field_stats import LocalField, StepStatistics, aggregated_sums
+
+    steps = 2
+    cfg = config_from_dict({"study_options": {"field_names": ["u"], "nb_parameters": P,
+                                              "parameter_sweep_size": 60,
+                                              "nb_time_steps": steps},
+                            "sa_config": {"sobol_indices": True, "confidence_level": 0.9},
+                            "client_config": {"executable_command": "./sim"}},
+                           base_dir=str(tmp_path))
+    rng = np.random.default_rng(13)
+    data = np.stack([ishigami_field(rng, 60, 7) for _ in range(steps)])   # (T, n, P+2, 7)
+    ranks = []
+    for lo, hi in ((0, 3), (3, 7)):
+        lf = LocalField("u", 0, lo, hi, [StepStatistics(hi - lo, cfg) for _ in range(steps)])
+        for t in range(steps):
+            for g in range(60):
+                lf.steps[t].fold_group(data[t, g, :, lo:hi].copy(), g)
+        ranks.append({"u": aggregated_sums(lf)})
+    monkeypatch.setattr(results_io, "gather_json", lambda comm, obj, what: ranks)
+    server = SimpleNamespace(slices={}, comm=None, comm_size=1, config=cfg)
+    out = results_io.aggregated_indices(server)["u"]
+    assert set(out) == set(results_io.AGGREGATED_NAMES)
+    for t in range(steps):
+        s, agg = feed(data[t])
+        (flo, fhi), (tlo, thi) = agg.confidence_interval(s, 0.9)
+        first, total = aggregate_indices(s.aggregated_sums())
+        for name, want in (("sobol_first_aggregated", first), ("sobol_total_aggregated", total),
+                           ("sobol_first_aggregated_low", flo),
+                           ("sobol_first_aggregated_high", fhi),
+                           ("sobol_total_aggregated_low", tlo),
+                           ("sobol_total_aggregated_high", thi)):
+            assert out[name].shape == (P, steps)
+            np.testing.assert_allclose(out[name][:, t], want, rtol=1e-10, atol=1e-12)
+        assert np.all(flo < first) and np.all(first < fhi)
