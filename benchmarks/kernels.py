@@ -14,7 +14,9 @@ bandwidth measured in the same run (an in-place ``a += b`` update, the same
 access pattern; the plain copy bandwidth is printed too), and the speed-up over iterative-stats
 fed the same data. The Sobol' case is also measured against the layout-1
 fold it replaced (``benchmarks/sobol_layout1.py``, same data, same state
-size). Results also go to ``benchmarks/results/kernels.json``.
+size). The aggregated indices' interval update (``SobolAggregatedInterval``)
+is timed alternated with the Sobol' fold it precedes (``--kernels aggregated``
+for that line alone). Results also go to ``benchmarks/results/kernels.json``.
 Nothing here is asserted: the targets are printed next to the numbers.
 """
 
