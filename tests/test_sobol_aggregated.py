@@ -439,3 +439,14 @@ def test_server_reduction_over_two_ranks(tmp_path, monkeypatch):
             assert out[name].shape == (P, steps)
             np.testing.assert_allclose(out[name][:, t], want, rtol=1e-10, atol=1e-12)
         assert np.all(flo < first) and np.all(first < fhi)
+
+
+def test_many_cells_across_chunks_match_brute_force():
+    """3000 cells: every prefetching chunk of the kernel is used."""
+    rng = np.random.default_rng(14)
+    data = ishigami_field(rng, 16, 3000, offset=50.0)
+    kw = {"n_batches": 4, "warmup": 3, "dense": 256, "stride": 16}
+    _, agg = feed(data, ci="delta", **kw)
+    ref, counts = brute_force(data, np.arange(16), **kw)
+    np.testing.assert_array_equal(agg.batch_counts, counts)
+    np.testing.assert_allclose(agg.batches, ref, rtol=1e-9, atol=1e-10 * np.abs(ref).max())

@@ -38,12 +38,46 @@ its ``Phi`` term is 0 for a constant cell. A NaN value or state makes
 into ``partial.shape[0]`` fixed chunks, one per prange iteration, each summed
 into its own row of the caller's ``partial`` scratch array, then added in
 chunk order: the result does not depend on the thread count. Nothing is
-allocated.
+allocated. The rows ``AHEAD`` cells on are prefetched (``llvm.prefetch``):
+the pass reads block 1 only (136 of a full row's 456 bytes at ``p = 3``), a
+gapped pattern the hardware prefetcher serves badly; measured at 10^6 cells
+and ``p = 3`` it brings the pass from 122-157 % to 89-99 % of the fold
+(``docs/statistics.md``).
 """
 
 import math
 
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+#: rows ahead whose state is prefetched (measured: 4-16 all about halve the pass)
+AHEAD = 8
+
+
+@intrinsic
+def _prefetch(typingctx, array, row, col):
+    """Hint the CPU to fetch ``array[row, col]``'s cache line (``llvm.prefetch``,
+    read, high locality): the pass reads 136 of a full state row's 456 bytes,
+    which the hardware prefetcher does not anticipate."""
+    sig = types.void(array, row, col)
+
+    def codegen(context, builder, signature, args):
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]],
+                                       wraparound=False, boundscheck=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
 
 #: rows of the middle axis of the batch sums
 PHI_FIRST = 0
@@ -74,7 +108,12 @@ def aggregated_influence(state, group, n, n_params, batch, partial, out):
                 partial[t, q, k] = 0.0
         lo = t * size
         hi = min(lo + size, n_cells)
+        last = 4 + 4 * p                    # block 1's last column
         for c in range(lo, hi):
+            ahead = c + AHEAD
+            if ahead < hi:
+                for col in range(0, last + 8, 8):   # every cache line of block 1
+                    _prefetch(state, ahead, min(col, last))
             s = state[c, 0]
             da = (group[0, c] - s) - state[c, 1]
             db = (group[1, c] - s) - state[c, 2]

@@ -22,7 +22,7 @@ gather of cells. At the end, with the final ``S_k`` and ``D``,
 number, the same on every rank: all groups numbered below ``dense`` (256),
 then one in ``stride`` (16), each once the rank has folded ``warmup`` (10)
 groups. The pass over the cells reads the Martinez state's block 1 and
-costs one to two folds on a full state (``benchmarks/kernels.py``): the
+costs about one fold on a full state (``benchmarks/kernels.py``): the
 stride keeps it to a small fraction of the fold in a long study, and the
 variance of the influence values is estimated as well from a few hundred
 groups as from all. The influence
@@ -82,8 +82,8 @@ N_BATCHES = 256
 #: groups folded before the influence values start to count
 WARMUP = 10
 #: groups with a number below DENSE all count; above it, one in STRIDE (see
-#: :meth:`SobolAggregatedInterval.counts_group`): the pass costs about twice
-#: the fold on a full state, so it runs on a fraction of the groups
+#: :meth:`SobolAggregatedInterval.counts_group`): the pass costs about one
+#: fold on a full state, so it runs on a fraction of the groups
 DENSE = 256
 STRIDE = 16
 #: fixed chunks of cells per kernel call (sums independent of the thread count)
