@@ -450,3 +450,34 @@ def test_many_cells_across_chunks_match_brute_force():
     ref, counts = brute_force(data, np.arange(16), **kw)
     np.testing.assert_array_equal(agg.batch_counts, counts)
     np.testing.assert_allclose(agg.batches, ref, rtol=1e-9, atol=1e-10 * np.abs(ref).max())
+
+
+def test_study_on_two_server_ranks_writes_a_finite_interval(tmp_path):
+    """A real study (2 server ranks, 16 groups, 10 of them warm-up on each rank):
+    finite bounds around the value, shown by info."""
+    from conftest import write_study
+    from studyutil import NB_STEPS, copy_client, run_study
+
+    copy_client(tmp_path)
+    study = write_study(
+        tmp_path,
+        study_options={"field_names": ["f"], "nb_parameters": 2,
+                       "parameter_sweep_size": 16, "nb_time_steps": NB_STEPS,
+                       "l_bounds": [-3.0, -1.0], "u_bounds": [3.0, 2.0]},
+        sa_config={"sobol_indices": True, "confidence_level": 0.9},
+        server_config={"server_processes": 2},
+        launcher_config={"job_limit": 4, "server_timeout": 60, "fault_tolerance": False},
+        client_config={"executable_command": "python analytic_client.py"},
+    )
+    done = run_study(study, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:]
+    with open_results(tmp_path / "out" / "results.h5") as r:
+        first, total = r.aggregated("f")
+        (flo, fhi), (tlo, thi), level = r.aggregated_interval("f")
+        summary = r.summary()
+    assert level == 0.9
+    # the analytic client's first step may be constant in some cells; the last is not
+    for value, lo, hi in ((first, flo, fhi), (total, tlo, thi)):
+        assert np.isfinite(lo[:, -1]).all() and np.isfinite(hi[:, -1]).all()
+        assert np.all(lo[:, -1] <= value[:, -1]) and np.all(value[:, -1] <= hi[:, -1])
+    assert "(90% interval)" in summary and "no interval" not in summary.split("whole field")[-1]
