@@ -199,6 +199,10 @@ def test_update_must_come_before_the_sobol_fold():
         agg.update(group, 0, s)
     with pytest.raises(ValueError, match="warmup"):
         SobolAggregatedInterval(3, P, warmup=1)
+    agg.start_after(1)
+    agg.update(group, 1, s)
+    with pytest.raises(ValueError, match="fresh object"):
+        agg.start_after(5)
 
 
 def test_hostile_offset_float32_constant_cells_nan():
@@ -327,6 +331,15 @@ def test_server_step_checkpoints_the_interval(tmp_path):
         back.fold_group(data[g], 100 + g)
     np.testing.assert_array_equal(back.sobol_aggregated.batch_counts,
                                   step.sobol_aggregated.batch_counts)
+    # a checkpoint written before the interval existed resumes; its groups add nothing
+    with h5py.File(tmp_path / "rank0.h5", "r+") as f:
+        del f["fields/u/0/sobol_aggregated"]
+    with h5py.File(tmp_path / "rank0.h5", "r") as f:
+        old = load_rank(f, cfg, ["u"], lambda n: [(0, n)], 0).fields["u"].steps[0]
+    assert old.sobol_aggregated.count == old.sobol.count == 15
+    for g in range(15, 30):
+        old.fold_group(data[g], 100 + g)
+    assert old.sobol_aggregated.batch_counts.sum() == 15
     np.testing.assert_allclose(back.sobol_aggregated.batches, step.sobol_aggregated.batches,
                                rtol=1e-12, atol=1e-12 * np.abs(step.sobol_aggregated.batches).max())
 

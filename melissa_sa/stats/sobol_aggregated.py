@@ -154,6 +154,15 @@ class SobolAggregatedInterval(Statistic):
             self.batch_ids[batch] += group_id
         self._n += 1
 
+    def start_after(self, n_groups: int) -> None:
+        """Follow a SobolMartinez that already holds ``n_groups`` groups this
+        object never saw (a checkpoint written before it existed): they add
+        no influence values. Only on a fresh object."""
+        if self._n != 0:
+            raise ValueError(f"{self!r} has seen groups already: start_after({n_groups}) "
+                             "applies to a fresh object")
+        self._n = int(n_groups)
+
     def counts_group(self, group_id: int) -> bool:
         """Whether group ``group_id`` adds influence values (past the warm-up):
         every group numbered below ``dense``, then one in ``stride``. A rule on
