@@ -4,7 +4,9 @@
 with one :class:`StepStatistics` per time step; :func:`collect_results`
 turns it into the arrays the results writer takes. Independent rows (A and
 B, or the one run of a group without Sobol') feed the moments, extrema,
-thresholds and quantiles; the whole group feeds the Martinez accumulators.
+thresholds and quantiles; the whole group feeds the Martinez accumulators,
+after the aggregated indices' interval (:class:`SobolAggregatedInterval`,
+which reads them as they were before the group).
 """
 
 from __future__ import annotations
