@@ -72,8 +72,8 @@ def seconds_per_checkpoint(n_cells: int, steps: int, repeat: int, workdir: Path)
     server._declare_field("f", n_cells)
     rng = np.random.default_rng(0)
     for step in server.slices["f"].steps:
-        for _ in range(3):
-            step.fold_group(rng.standard_normal((5, n_cells)))
+        for g in range(3):
+            step.fold_group(rng.standard_normal((5, n_cells)), g)
     state_bytes = sum(stat.nbytes for step in server.slices["f"].steps
                       for _, stat in step.items())
     times, phases = [], []

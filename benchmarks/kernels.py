@@ -14,7 +14,9 @@ bandwidth measured in the same run (an in-place ``a += b`` update, the same
 access pattern; the plain copy bandwidth is printed too), and the speed-up over iterative-stats
 fed the same data. The Sobol' case is also measured against the layout-1
 fold it replaced (``benchmarks/sobol_layout1.py``, same data, same state
-size). Results also go to ``benchmarks/results/kernels.json``.
+size). The aggregated indices' interval update (``SobolAggregatedInterval``)
+is timed alternated with the Sobol' fold it precedes (``--kernels aggregated``
+for that line alone). Results also go to ``benchmarks/results/kernels.json``.
 Nothing here is asserted: the targets are printed next to the numbers.
 """
 
@@ -248,6 +250,34 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
     return out
 
 
+def aggregated_fold_ab(n_cells: int, repeat: int, rng) -> dict:
+    """The aggregated indices' interval update (``SobolAggregatedInterval``)
+    against the fold it precedes (``SobolMartinez.update``, full state), in
+    the server's order (interval first, then the fold), calls alternated;
+    times on :data:`CLOCK`."""
+    from melissa_sa.stats import SobolMartinez
+    from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
+
+    group = rng.standard_normal((5, n_cells))
+    s = SobolMartinez(n_cells, 3)
+    agg = SobolAggregatedInterval(n_cells, 3, warmup=2)
+    t_fold, t_agg = [], []
+    for g in range(repeat + 3):
+        t0 = CLOCK()
+        agg.update(group, g, s)
+        t1 = CLOCK()
+        s.update(group)
+        t2 = CLOCK()
+        if g >= 3:  # past the warm-up and the first touch
+            t_agg.append(t1 - t0)
+            t_fold.append(t2 - t1)
+    out = {"fold_best": min(t_fold), "fold_median": statistics.median(t_fold),
+           "interval_best": min(t_agg), "interval_median": statistics.median(t_agg)}
+    out["ratio_best"] = out["interval_best"] / out["fold_best"]
+    out["ratio_median"] = out["interval_median"] / out["fold_median"]
+    return out
+
+
 def machine() -> dict:
     import numba
     info = {"python": platform.python_version(), "numpy": np.__version__,
@@ -325,6 +355,14 @@ def run(cells: list[int], repeat: int, compare: bool, only: str = "") -> dict:
                       f" / {ab['iterative_stats_median'] * 1e3:.1f} ms: layout 2 is "
                       f"{ab['speedup_over_iterative_stats_best']:.1f}x / "
                       f"{ab['speedup_over_iterative_stats_median']:.1f}x faster; target 10x")
+        if only in "sobol aggregated interval":
+            agg = aggregated_fold_ab(n, repeat, rng)
+            size["sobol_aggregated_ab"] = agg
+            print(f"aggregated-index interval update against the sobol p=3 fold, alternated: "
+                  f"{agg['interval_best'] * 1e3:.1f} / {agg['interval_median'] * 1e3:.1f} ms "
+                  f"against {agg['fold_best'] * 1e3:.1f} / {agg['fold_median'] * 1e3:.1f} ms "
+                  f"(best / median): {agg['ratio_best']:.0%} / {agg['ratio_median']:.0%} "
+                  "of the fold; target <= 25%")
         size["load_average_end"] = os.getloadavg()
         out["sizes"].append(size)
     return out

@@ -149,15 +149,23 @@ def _plot_map(ax, fig, values, title: str, label: str) -> None:
 
 
 def _plot_aggregated(ax, res, field: str, names) -> None:
-    """The whole field's Sobol' indices over time, one line per parameter and order."""
+    """The whole field's Sobol' indices over time, one line per parameter and
+    order, with their confidence interval as a band (when the file has it)."""
     agg = res.aggregated(field)
-    for kind, values, style in (("first", agg[0], "-o"), ("total", agg[1], "--s")):
+    bounds = res.aggregated_interval(field)
+    for j, (kind, values, style) in enumerate((("first", agg[0], "-o"),
+                                               ("total", agg[1], "--s"))):
         for i, v in enumerate(values):
             name = names[i] if i < len(names) else f"p{i + 1}"
-            ax.plot(range(v.size), v, style, ms=3, label=f"{name} {kind}")
+            (line,) = ax.plot(range(v.size), v, style, ms=3, label=f"{name} {kind}")
+            if bounds is not None:
+                low, high = bounds[j]
+                ax.fill_between(range(v.size), low[i], high[i], color=line.get_color(),
+                                alpha=0.2, lw=0)
     ax.set_xlabel("time step")
     ax.set_ylabel("aggregated Sobol' index")
-    ax.set_title(f"{field}: Sobol' indices of the whole field")
+    band = f" ({100 * bounds[2]:g}% interval shaded)" if bounds is not None else ""
+    ax.set_title(f"{field}: Sobol' indices of the whole field{band}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small", ncol=2)
 

@@ -710,8 +710,13 @@ def test_aggregated_indices_match_numpy_over_two_server_ranks(tmp_path):
         order = np.lexsort((params.member[keep], params.group_id[keep]))
         values = params.values[keep][order]
         first_got, total_got = r.aggregated("f")
+        bounds = r.aggregated_interval("f")
         summary = r.summary()
     assert "aggregated Sobol' indices of the whole field" in summary
+    # 5 groups: the interval's 10-group warm-up is not over on either rank
+    assert bounds is not None and bounds[2] == 0.95
+    assert np.isnan(np.array(bounds[:2])).all()
+    assert "(no interval: too few groups)" in summary
     assert f"x1 {first_got[0, -1]:.3f}" in summary or f"p1 {first_got[0, -1]:.3f}" in summary
     png = tmp_path / "agg.png"
     drawn = subprocess.run([sys.executable, "-m", "melissa_sa.cli", "plot",

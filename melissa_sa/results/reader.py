@@ -201,6 +201,18 @@ class Results:
         g = self._group(field)
         return tuple(as_text(x) for x in g["pair"][...]) if "pair" in g else ()
 
+    def aggregated_interval(self, field: str):
+        """Bounds of the whole-field indices: ``((first_low, first_high),
+        (total_low, total_high), confidence_level)``, each array (parameter,
+        time_step); None for a file written without them."""
+        g = self._group(field)
+        if "sobol_first_aggregated_low" not in g:
+            return None
+        arrays = [g[f"sobol_{kind}_aggregated_{side}"][...]
+                  for kind in ("first", "total") for side in ("low", "high")]
+        level = float(g["sobol_first_aggregated_low"].attrs["confidence_level"])
+        return (arrays[0], arrays[1]), (arrays[2], arrays[3]), level
+
     def confidence(self, field: str) -> tuple[float, str] | None:
         """``(confidence_level, method)`` of the Sobol' bounds, or None."""
         g = self._group(field)
@@ -318,12 +330,20 @@ class Results:
         if np.isnan(agg[0]).all():
             return ["    aggregated Sobol' indices of the whole field: not written"]
         names = self.parameter_names() or tuple(f"p{i + 1}" for i in range(agg[0].shape[0]))
-        out = ["    aggregated Sobol' indices of the whole field "
-               "(last time step [min, max over steps]):"]
-        for kind, values in zip(("first", "total"), agg, strict=True):
-            cells = "  ".join(f"{n} {v[-1]:.3f} [{np.nanmin(v):.3f}, {np.nanmax(v):.3f}]"
-                              for n, v in zip(names, values, strict=False))
-            out.append(f"      {kind:5s}: {cells}")
+        bounds = self.aggregated_interval(fname)
+        ci = f" ({_pct(bounds[2])} interval)" if bounds else ""
+        out = ["    aggregated Sobol' indices of the whole field, "
+               f"last time step{ci} [min, max over steps]:"]
+        for i, (kind, values) in enumerate(zip(("first", "total"), agg, strict=True)):
+            cells = []
+            for k, (n, v) in enumerate(zip(names, values, strict=False)):
+                text = f"{n} {v[-1]:.3f}"
+                if bounds:
+                    low, high = bounds[i][0][k, -1], bounds[i][1][k, -1]
+                    text += (f" ({low:.3f}, {high:.3f})" if np.isfinite([low, high]).all()
+                             else " (no interval: too few groups)")
+                cells.append(text + f" [{np.nanmin(v):.3f}, {np.nanmax(v):.3f}]")
+            out.append(f"      {kind:5s}: {'  '.join(cells)}")
         return out
 
 

@@ -20,7 +20,7 @@ The file ``OUT/results.h5`` (see ``docs/results.md`` for the user's view)::
         sobol_second sobol_second_{low,high}             (pair, time_step, cell)
                                       with sa_config.second_order; pairs "x1:x2"
         n_samples (time_step,) int64; n_groups (time_step,) int64 with Sobol'
-        sobol_{first,total}_aggregated (parameter, time_step) with Sobol'
+        sobol_{first,total}_aggregated[_low, _high] (parameter, time_step) with Sobol'
 
 Every statistic carries a one-line ``definition`` attribute; the confidence
 bounds also ``confidence_level`` and ``method``.
@@ -89,13 +89,24 @@ DEFINITIONS: dict[str, str] = {
 
 #: Aggregated Sobol' indices of the whole field (Gamboa et al. 2014, Martinez form),
 #: shaped (parameter, time_step), float64; rank 0 writes them with the counts.
-AGGREGATED = ("sobol_first_aggregated", "sobol_total_aggregated")
+AGGREGATED = ("sobol_first_aggregated", "sobol_total_aggregated",
+              "sobol_first_aggregated_low", "sobol_first_aggregated_high",
+              "sobol_total_aggregated_low", "sobol_total_aggregated_high")
 DEFINITIONS["sobol_first_aggregated"] = (
     "first-order Sobol' index of the whole field: sum_c Cov_c(Y_B, Y_Ck) / "
-    "sum_c sqrt(Var_c(Y_B) Var_c(Y_Ck)) over every cell (no interval: not done)")
+    "sum_c sqrt(Var_c(Y_B) Var_c(Y_Ck)) over every cell")
 DEFINITIONS["sobol_total_aggregated"] = (
     "total Sobol' index of the whole field: 1 - sum_c Cov_c(Y_A, Y_Ck) / "
-    "sum_c sqrt(Var_c(Y_A) Var_c(Y_Ck)) over every cell (no interval: not done)")
+    "sum_c sqrt(Var_c(Y_A) Var_c(Y_Ck)) over every cell")
+for _kind in ("first", "total"):
+    DEFINITIONS[f"sobol_{_kind}_aggregated_low"] = (
+        f"lower confidence bound of sobol_{_kind}_aggregated")
+    DEFINITIONS[f"sobol_{_kind}_aggregated_high"] = (
+        f"upper confidence bound of sobol_{_kind}_aggregated")
+#: how the aggregated indices' bounds are computed (their ``method`` attribute)
+AGGREGATED_CI_METHOD = (
+    "batch-means delta method: value +- t_q se, se from K batch sums of the whole "
+    "field's influence values (docs/statistics.md)")
 
 CI_METHODS: dict[str, str] = {
     "delta": "delta-method standard error of the correlation (any law), "

@@ -27,6 +27,7 @@ from melissa_sa.mpi_wait import recv_when_ready, wait_requests
 from melissa_sa.results.layout import ResultsLayout, as_table
 from melissa_sa.results.schema import (
     AGGREGATED,
+    AGGREGATED_CI_METHOD,
     CI_METHODS,
     COUNT_FILL,
     COUNTS,
@@ -167,6 +168,9 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
                     d.dims[0].attach_scale(scales["parameter"])
                     d.dims[1].attach_scale(ts)
                     d.attrs["definition"] = layout.definition(aname)
+                    if aname.endswith(("_low", "_high")):
+                        d.attrs["confidence_level"] = layout.confidence_level
+                        d.attrs["method"] = AGGREGATED_CI_METHOD
     return path
 
 

@@ -6,7 +6,9 @@ turns it into the arrays the results writer takes. Independent rows (A and
 B, or the one run of a group without Sobol') feed the moments, extrema,
 thresholds and quantiles; the whole group feeds the Martinez accumulators
 (``p + 2`` rows, or ``2p + 2`` with ``sa_config.second_order``, as the
-study's :class:`~melissa_sa.design.GroupLayout` says).
+study's :class:`~melissa_sa.design.GroupLayout` says), after the aggregated
+indices' interval (:class:`SobolAggregatedInterval`, which reads them as
+they were before the group).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import numpy as np
 
 from melissa_sa.results.schema import SECOND_ORDER_STATISTICS
 from melissa_sa.stats import Extrema, Moments, Quantiles, SobolMartinez, ThresholdExceedance
+from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
 
 __all__ = ["STAT_CLASSES", "LocalField", "StepStatistics", "collect_results"]
 
 #: the statistic kept under each attribute name (and checkpoint group name)
 STAT_CLASSES = {"moments": Moments, "extrema": Extrema, "threshold": ThresholdExceedance,
-                "quantiles": Quantiles, "sobol": SobolMartinez}
+                "quantiles": Quantiles, "sobol": SobolMartinez,
+                "sobol_aggregated": SobolAggregatedInterval}
 
 
 class StepStatistics:
@@ -44,6 +48,10 @@ class StepStatistics:
                                     ci=sa.confidence_method,
                                     second_order=self.layout.second_order)
                       if sa.sobol_indices else None)
+        # the aggregated indices' interval: batch sums of the influence values
+        self.sobol_aggregated = (SobolAggregatedInterval(n_cells,
+                                                         config.study_options.nb_parameters)
+                                 if sa.sobol_indices else None)
         self.n_samples = 0
 
     def items_names(self) -> list[str]:
@@ -61,11 +69,14 @@ class StepStatistics:
                 stat.update(x)
         self.n_samples += 1
 
-    def fold_group(self, rows: np.ndarray) -> None:
-        """A complete group: its independent rows, and all rows into Sobol'."""
+    def fold_group(self, rows: np.ndarray, group_id: int) -> None:
+        """A complete group (the study's group ``group_id``): its independent
+        rows, and all rows into Sobol' (the aggregated interval first: it
+        reads the Martinez state from before the group)."""
         for row in self.layout.independent_rows:
             self.fold_sample(rows[row])
         if self.sobol is not None:
+            self.sobol_aggregated.update(rows, group_id, self.sobol)
             self.sobol.update(rows)
 
 
@@ -139,12 +150,19 @@ def sobol_step(sobol, confidence_level: float) -> tuple[np.ndarray, ...]:
     return first, total, f_lo, f_hi, t_lo, t_hi, sobol.second_order, s_lo, s_hi
 
 
-def aggregated_sums(lf: LocalField) -> list[list[list[float]]] | None:
-    """This rank's partial sums for the aggregated indices, per time step.
+def aggregated_sums(lf: LocalField) -> dict | None:
+    """This rank's partial sums for the aggregated indices and their interval.
 
-    ``[t][row][k]`` (rows of :meth:`SobolMartinez.aggregated_sums`), JSON-able
-    for the reduction over ranks; None without Sobol'.
+    JSON-able for the reduction over ranks, None without Sobol': ``sums``
+    ``[t][row][k]`` (rows of :meth:`SobolMartinez.aggregated_sums`),
+    ``n_groups`` ``[t]``, and the interval's ``batches`` ``[t][j][row][k]``,
+    ``batch_counts`` and ``batch_ids`` ``[t][j]``
+    (:class:`SobolAggregatedInterval`).
     """
     if not lf.steps or lf.steps[0].sobol is None:
         return None
-    return [step.sobol.aggregated_sums().tolist() for step in lf.steps]
+    return {"sums": [step.sobol.aggregated_sums().tolist() for step in lf.steps],
+            "n_groups": [step.sobol.count for step in lf.steps],
+            "batches": [step.sobol_aggregated.batches.tolist() for step in lf.steps],
+            "batch_counts": [step.sobol_aggregated.batch_counts.tolist() for step in lf.steps],
+            "batch_ids": [step.sobol_aggregated.batch_ids.tolist() for step in lf.steps]}

@@ -19,6 +19,7 @@ from melissa_sa.mpi_wait import gather_json
 from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results_parallel
 from melissa_sa.server.field_stats import aggregated_sums
 from melissa_sa.stats.sobol import aggregate_indices
+from melissa_sa.stats.sobol_aggregated import aggregated_interval, combine_slices
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -87,9 +88,11 @@ def convergence_attrs(server) -> dict:
 def aggregated_indices(server) -> dict:
     """Rank 0: ``{field: {"sobol_first_aggregated": (p, T), ...}}`` (collective).
 
-    Each rank reduces its own cells to a few sums per parameter and step;
-    the sums are gathered without a blocking collective, added, and turned
-    into the whole field's indices. Empty without Sobol'.
+    Each rank reduces its own cells to a few sums per parameter and step,
+    and to the interval's batch sums (``(K, 4, p)`` per step); they are
+    gathered without a blocking collective, added, and turned into the whole
+    field's indices and their intervals (``*_low``, ``*_high``, at
+    ``sa_config.confidence_level``). Empty without Sobol'.
     """
     mine = {name: aggregated_sums(lf) for name, lf in sorted(server.slices.items())}
     mine = {name: sums for name, sums in mine.items() if sums is not None}
@@ -97,13 +100,35 @@ def aggregated_indices(server) -> dict:
                         "every rank's partial sums of the aggregated Sobol' indices")
     if every is None:
         return {}
+    level = server.config.sa_config.confidence_level
     out = {}
     for name in sorted({n for r in every for n in r}):
-        total = sum(np.asarray(r[name], dtype=np.float64) for r in every if name in r)
-        per_step = [aggregate_indices(s) for s in total]  # total: (T, 4, p)
-        out[name] = {"sobol_first_aggregated": np.stack([f for f, _ in per_step], axis=1),
-                     "sobol_total_aggregated": np.stack([t for _, t in per_step], axis=1)}
+        parts = [r[name] for r in every if name in r]
+        total = sum(np.asarray(part["sums"], dtype=np.float64) for part in parts)  # (T, 4, p)
+        rows: dict[str, list] = {key: [] for key in AGGREGATED_NAMES}
+        dropped = 0
+        for t, sums in enumerate(total):
+            first, total_order = aggregate_indices(sums)
+            batches, counts, bad = combine_slices(
+                (part["batches"][t], part["batch_counts"][t], part["batch_ids"][t])
+                for part in parts)
+            dropped += bad
+            (f_lo, f_hi), (t_lo, t_hi) = aggregated_interval(
+                sums, batches, counts, int(parts[0]["n_groups"][t]), level)
+            for key, value in zip(AGGREGATED_NAMES,
+                                  (first, total_order, f_lo, f_hi, t_lo, t_hi), strict=True):
+                rows[key].append(value)
+        if dropped:
+            log.info("field %s: %d batch(es) of the aggregated interval left out (a group "
+                     "folded during one rank's warm-up only)", name, dropped)
+        out[name] = {key: np.stack(values, axis=1) for key, values in rows.items()}
     return out
+
+
+#: datasets :func:`aggregated_indices` returns, each (parameter, time_step)
+AGGREGATED_NAMES = ("sobol_first_aggregated", "sobol_total_aggregated",
+                    "sobol_first_aggregated_low", "sobol_first_aggregated_high",
+                    "sobol_total_aggregated_low", "sobol_total_aggregated_high")
 
 
 def write_study_results(server) -> None:

@@ -132,7 +132,7 @@ class SensitivityAnalysisServer(BaseServer):
             bits[h.field_id, h.time_step] = True
             self._check_received(h.sim_id)
         if rows is not None:
-            lf.steps[h.time_step].fold_group(rows)
+            lf.steps[h.time_step].fold_group(rows, data.group_id)
             group_sims = [self.layout.sim_id(data.group_id, m) for m in range(self.group_size)]
             self._mark_folded(group_sims, h.field_id, h.time_step)
 

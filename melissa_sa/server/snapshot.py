@@ -97,6 +97,9 @@ def load_rank(f, config, fields: list[str], partitions, rank: int) -> RankSnapsh
             sg = g[str(t)]
             step = StepStatistics(hi - lo, config)
             for key in step.items_names():
+                if key == "sobol_aggregated" and key not in sg:  # a checkpoint from before it
+                    step.sobol_aggregated.start_after(step.sobol.count)
+                    continue
                 setattr(step, key, STAT_CLASSES[key].load(sg[key]))
             step.n_samples = int(sg.attrs["n_samples"])
             steps.append(step)

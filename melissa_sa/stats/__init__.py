@@ -14,7 +14,9 @@ from melissa_sa.stats.extrema import Extrema
 from melissa_sa.stats.moments import Moments
 from melissa_sa.stats.quantiles import Quantiles
 from melissa_sa.stats.sobol import SobolMartinez
+from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
 from melissa_sa.stats.threshold import ThresholdExceedance
 
 __all__ = ["Moments", "Extrema", "ThresholdExceedance", "Quantiles", "SobolMartinez",
+           "SobolAggregatedInterval",
            "Statistic", "MergeError", "load_statistic", "set_threads"]

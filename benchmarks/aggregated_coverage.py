@@ -1,0 +1,197 @@
+"""Empirical coverage of the aggregated (whole-field) Sobol' intervals.
+
+A field of ``C`` cells, each an Ishigami function of the same three inputs
+with its own coefficients, scale, offset and independent noise::
+
+    Y_c = o_c + w_c (sin X1 + a_c sin^2 X2 + b_c X3^4 sin X1) + s_c E,
+    X_k ~ U(-pi, pi),  E ~ N(0, 1) drawn anew for every run
+
+(cells are correlated through the shared inputs, as in a real field). Per
+cell ``Var(Y_B) = Var(Y_Ck) = V_c`` and ``Cov(Y_B, Y_Ck) = V_kc`` (the
+first-order partial variance), ``Cov(Y_A, Y_Ck) = V_c - VT_kc - s_c^2``
+(the noise is not shared), so the aggregated indices have a closed form::
+
+    S_k  = sum_c V_kc / sum_c V_c
+    ST_k = sum_c (VT_kc + s_c^2) / sum_c V_c
+
+with Ishigami's ``V_1 = w^2 (1 + b pi^4 / 5)^2 / 2``, ``V_2 = w^2 a^2 / 8``,
+``V_3 = 0``, ``V_13 = w^2 b^2 pi^8 (1/18 - 1/50)``, ``VT_1 = V_1 + V_13``,
+``VT_2 = V_2``, ``VT_3 = V_13``, ``V_c = V_1 + V_2 + V_13 + s^2``. A few
+cells are constant (``w = s = 0``).
+
+Each replicate streams its own groups through :class:`SobolMartinez` and
+:class:`SobolAggregatedInterval` (the server's classes and kernels) and
+checks the interval at every ``--groups`` count on the way (each row on its
+own is an honest coverage estimate; the rows share their first groups).
+
+    NUMBA_NUM_THREADS=1 .venv/bin/python benchmarks/aggregated_coverage.py
+    ... --reps 1000 --groups 200 1000 5000 --workers 2
+
+prints the coverage table and writes ``benchmarks/results/aggregated_coverage.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+P = 3
+
+
+def field(n_cells: int, seed: int = 12345):
+    """Cell coefficients ``(o, w, a, b, s)``, each ``(n_cells,)``; the last 3 cells constant."""
+    rng = np.random.default_rng(seed)
+    o = rng.uniform(-5, 5, n_cells) * 10.0 ** rng.integers(0, 7, n_cells)
+    w = 10.0 ** rng.uniform(-1, 1, n_cells)
+    a = rng.uniform(0, 10, n_cells)
+    b = rng.uniform(0, 0.3, n_cells)
+    s = np.where(rng.random(n_cells) < 0.5, rng.uniform(0, 3, n_cells), 0.0)
+    w[-3:] = 0.0
+    s[-3:] = 0.0
+    return o, w, a, b, s
+
+
+def truth(o, w, a, b, s):
+    """Exact aggregated (first, total), each ``(3,)``."""
+    w2 = w * w
+    v1 = w2 * 0.5 * (1.0 + b * math.pi ** 4 / 5.0) ** 2
+    v2 = w2 * a * a / 8.0
+    v13 = w2 * b * b * math.pi ** 8 * (1.0 / 18.0 - 1.0 / 50.0)
+    v = v1 + v2 + v13 + s * s
+    first = np.array([v1.sum(), v2.sum(), 0.0]) / v.sum()
+    total = np.array([(v1 + v13 + s * s).sum(), (v2 + s * s).sum(),
+                      (v13 + s * s).sum()]) / v.sum()
+    return first, total
+
+
+def groups(rng, n_groups: int, coeffs) -> np.ndarray:
+    """``(n_groups, 5, n_cells)`` pick-freeze groups of the field."""
+    o, w, a, b, s = coeffs
+    xa = rng.uniform(-math.pi, math.pi, (n_groups, P))
+    xb = rng.uniform(-math.pi, math.pi, (n_groups, P))
+    runs = [xa, xb]
+    for k in range(P):
+        c = xa.copy()
+        c[:, k] = xb[:, k]
+        runs.append(c)
+    x = np.stack(runs, axis=1)                              # (n, 5, 3)
+    s1 = np.sin(x[..., 0:1])
+    y = s1 + a * np.sin(x[..., 1:2]) ** 2 + b * x[..., 2:3] ** 4 * s1
+    noise = rng.standard_normal(y.shape)
+    return o + w * y + s * noise
+
+
+def replicate(args) -> dict:
+    """One study: coverage hits and widths at each checkpoint count."""
+    from melissa_sa.stats import SobolMartinez
+    from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
+
+    seed, checks, n_cells, level, n_batches, warmup, dense, stride = args
+    coeffs = field(n_cells)
+    first_true, total_true = truth(*coeffs)
+    rng = np.random.default_rng(seed)
+    data = groups(rng, max(checks), coeffs)
+    s = SobolMartinez(n_cells, P, ci="fisher")
+    agg = SobolAggregatedInterval(n_cells, P, n_batches=n_batches, warmup=warmup,
+                                  dense=dense, stride=stride)
+    out = {}
+    for g in range(max(checks)):
+        agg.update(data[g], g, s)
+        s.update(data[g])
+        if g + 1 in checks:
+            (flo, fhi), (tlo, thi) = agg.confidence_interval(s, level)
+            out[g + 1] = {"hit": np.concatenate([(flo <= first_true) & (first_true <= fhi),
+                                                 (tlo <= total_true) & (total_true <= thi)]),
+                          "width": np.concatenate([fhi - flo, thi - tlo])}
+    return out
+
+
+def run(reps, checks, n_cells, level, n_batches, warmup, dense, stride, workers, seed):
+    jobs = [(seed + r, tuple(checks), n_cells, level, n_batches, warmup, dense, stride)
+            for r in range(reps)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(pool.map(replicate, jobs, chunksize=max(1, reps // (8 * workers))))
+    else:
+        results = [replicate(j) for j in jobs]
+    table = {}
+    for n in checks:
+        hits = np.array([r[n]["hit"] for r in results])
+        widths = np.array([r[n]["width"] for r in results])
+        cov = hits.mean(axis=0)
+        table[n] = {"coverage": cov.tolist(),
+                    "mc_se": np.sqrt(cov * (1 - cov) / reps).tolist(),
+                    "mean_width": widths.mean(axis=0).tolist()}
+    return table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=1000)
+    ap.add_argument("--groups", type=int, nargs="+", default=[200, 1000, 5000])
+    ap.add_argument("--cells", type=int, default=40)
+    ap.add_argument("--level", type=float, default=0.95)
+    ap.add_argument("--batches", type=int, default=None, help="default: N_BATCHES")
+    ap.add_argument("--warmup", type=int, default=None, help="default: WARMUP")
+    ap.add_argument("--dense", type=int, default=None, help="default: DENSE")
+    ap.add_argument("--stride", type=int, default=None, help="default: STRIDE")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"
+                                         / "aggregated_coverage.json"))
+    args = ap.parse_args(argv)
+    from melissa_sa.stats.sobol_aggregated import DENSE, N_BATCHES, STRIDE, WARMUP
+
+    n_batches = args.batches or N_BATCHES
+    warmup = args.warmup or WARMUP
+    dense = DENSE if args.dense is None else args.dense
+    stride = args.stride or STRIDE
+    first_true, total_true = truth(*field(args.cells))
+    t0 = time.time()
+    table = run(args.reps, sorted(args.groups), args.cells, args.level, n_batches, warmup,
+                dense, stride, args.workers, args.seed)
+    elapsed = time.time() - t0
+    names = [f"S{k + 1}" for k in range(P)] + [f"ST{k + 1}" for k in range(P)]
+    print(f"aggregated Sobol' interval coverage, nominal {100 * args.level:g}%, "
+          f"{args.reps} replicates, {args.cells} cells, K = {n_batches} batches, "
+          f"warm-up {warmup} groups, all groups below {dense} then 1 in {stride} "
+          f"({elapsed:.0f} s)")
+    print("true: " + "  ".join(f"{n} {v:.4f}" for n, v in
+                               zip(names, np.concatenate([first_true, total_true]),
+                                   strict=True)))
+    print(f"{'groups':>7} " + " ".join(f"{n:>7}" for n in names) + "   (mean width)")
+    for n, row in table.items():
+        print(f"{n:>7} " + " ".join(f"{100 * c:6.1f}%" for c in row["coverage"])
+              + "   " + " ".join(f"{w:.3f}" for w in row["mean_width"]))
+    worst = max(abs(100 * c - 100 * args.level) for row in table.values()
+                for c in row["coverage"])
+    mc_se = 100 * math.sqrt(args.level * (1 - args.level) / args.reps)
+    print(f"largest distance from nominal: {worst:.1f} points "
+          f"(Monte Carlo se about {mc_se:.1f})")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"reps": args.reps, "cells": args.cells, "level": args.level,
+                               "n_batches": n_batches, "warmup": warmup,
+                               "dense": dense, "stride": stride,
+                               "truth": {"first": first_true.tolist(),
+                                         "total": total_true.tolist()},
+                               "table": {str(k): v for k, v in table.items()},
+                               "seconds": elapsed, "machine": platform.platform(),
+                               "numba_threads": os.environ.get("NUMBA_NUM_THREADS")},
+                              indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
