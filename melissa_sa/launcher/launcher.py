@@ -76,6 +76,10 @@ class Launcher(EndingsMixin):
     poll_interval = 0.1
     #: seconds the server gets to checkpoint and exit after a stop request
     stop_grace = 15.0
+    #: seconds a starting server gets to say hello, at least, whatever
+    #: ``server_timeout`` (mpiexec, imports and the Numba cache take 2-15 s
+    #: on a busy node: start-up is not silence)
+    server_start_grace = 60.0
     #: seconds between SIGTERM and SIGKILL when terminating processes
     kill_grace = 3.0
     #: seconds between two plain progress lines
@@ -332,6 +336,10 @@ class Launcher(EndingsMixin):
                         f"by another launcher or by hand; stop it first; see {self.server_log}")
             return f"server {describe_exit(rc)} before the end of the study; see {self.server_log}"
         timeout = self.cfg.launcher_config.server_timeout
+        if not self.link.connected:
+            # start-up (mpiexec, imports, loading the Numba cache) is not
+            # silence: it takes 2-15 s on a busy node, whatever the timeout
+            timeout = max(timeout, self.server_start_grace)
         if time.monotonic() - self.link.last_message > timeout:
             what = "no message, not even a ping" if self.link.connected else "no hello"
             return (f"server silent for {timeout:g} s ({what}; "
