@@ -234,6 +234,16 @@ def _weights(m, n):
     return rs, c2s
 
 
+@njit(cache=True, parallel=True)
+def copy_group(dst, src):
+    """``dst[:] = src`` for two (rows, n_cells) arrays, over the cells in
+    parallel (the batched fold's buffer is filled at the speed of every
+    thread, not of NumPy's one); float32 into float64 is exact."""
+    for c in prange(src.shape[1]):
+        for r in range(src.shape[0]):
+            dst[r, c] = src[r, c]
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def martinez_update_many_compact(state, groups, n):
     """Fold ``m`` groups into a compact state, in one pass over it.

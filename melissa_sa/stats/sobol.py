@@ -12,6 +12,7 @@ from melissa_sa.kernels.sobol import (
     DELTA_LINEAR,
     FISHER,
     LAYOUT,
+    copy_group,
     martinez_from_centred,
     martinez_indices,
     martinez_interval,
@@ -247,7 +248,7 @@ class SobolMartinez(Statistic):
             self._flush()
             dtype = rows.dtype if buf is None else np.float64
             buf = self._buffer = np.empty((self.fold_batch,) + rows.shape, dtype=dtype)
-        buf[self._n - self._folded] = rows
+        copy_group(buf[self._n - self._folded], rows)
         self._n += 1
         if self._n - self._folded == self.fold_batch or self._n in RECENTRE_AT:
             self._flush()
