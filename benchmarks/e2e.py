@@ -30,10 +30,15 @@ What is timed, and why it is fair:
 * Client start-up and the handshake (``melissa_init``) are outside the window:
   every client connects, says hello, then prints ``ready`` and waits; all get
   ``go`` together. They are per-client costs, not ingest.
-* One warm-up simulation (a whole group under Sobol') is sent and folded
+* One warm-up simulation (two whole groups under Sobol') is sent and folded
   before ``go``: the first call of each Numba kernel (cache load) and the
   first touch of the statistics' pages are one-time costs of a study, not of
   its steady ingest. The warm-up's own rate is kept in the JSON (``cold``).
+  Under Sobol' the server buffers groups and folds them ``fold_batch`` (4)
+  at a time: the two warm-up groups are folded together (the re-centring
+  count), and the measured groups must be a multiple of 4 so that the
+  window ends with every measured group folded, none left for the results
+  (``check_sobol_groups`` refuses other counts).
 * Start = the earliest ``time.time()`` taken by a client just before its first
   send. End = the moment the benchmark reads the server's log line saying the
   last measured simulation (group) is folded on every rank ("group N done";
@@ -62,7 +67,8 @@ What is timed, and why it is fair:
   senders, over the same window. On a machine where clients and server share
   the cores, throughput ~ cores / (receiver + senders CPU s per GB).
 * Defaults: 10^6 cells (8 MB messages); mean+variance: 4 clients x 50 steps;
-  Sobol' (p = 2, groups of 4): 1 group x 20 steps. ``--profile`` reruns both
+  Sobol' (p = 2, groups of 4): 4 groups x 5 steps (16 clients; before the
+  batched fold: 1 group x 20 steps, the same 80 messages). ``--profile`` reruns both
   under cProfile (main thread) and keeps the top functions.
 
 2. A whole study: ``melissa-sa run`` against the classic way
@@ -216,8 +222,9 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--steps", type=int, default=50, help="steps per client (mean+variance)")
     ap.add_argument("--sobol-params", type=int, default=2)
-    ap.add_argument("--sobol-groups", type=int, default=1)
-    ap.add_argument("--sobol-steps", type=int, default=20)
+    ap.add_argument("--sobol-groups", type=int, default=4,
+                    help="measured Sobol' groups: a multiple of SobolMartinez's fold_batch")
+    ap.add_argument("--sobol-steps", type=int, default=5)
     ap.add_argument("--study-cells", type=int, default=50_000)
     ap.add_argument("--study-steps", type=int, default=5)
     ap.add_argument("--study-groups", type=int, default=32)
@@ -251,7 +258,7 @@ def main(argv=None) -> int:
     if args.quick:
         args.repeat = 1
         args.clients, args.steps = 2, 10
-        args.sobol_groups, args.sobol_steps = 1, 4
+        args.sobol_groups, args.sobol_steps = 4, 1
         args.study_cells, args.study_steps, args.study_groups = 10_000, 3, 6
         args.study_sizes = "small"
         args.server_processes = "1"

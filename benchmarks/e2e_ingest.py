@@ -71,6 +71,35 @@ def _client_results(clients, timeout: float) -> list[dict]:
     return res
 
 
+def warmup_runs(sobol: bool, p: int) -> int:
+    """Runs sent and folded before the window: one simulation, or under
+    Sobol' two groups. ``SobolMartinez`` buffers groups and folds them
+    ``FOLD_BATCH`` at a time (and at the re-centring count, 2): with two
+    warm-up groups the first fold of every step (the first touch of the
+    state's pages, a one-time cost of a study) happens before the window,
+    and with a multiple of ``FOLD_BATCH`` measured groups the last fold of
+    every step happens inside it, so the window holds the fold of exactly
+    the measured groups (see :func:`check_sobol_groups`)."""
+    return 2 * (p + 2) if sobol else 1
+
+
+def check_sobol_groups(groups: int) -> None:
+    """Refuse a Sobol' ingest whose measured groups would leave groups
+    buffered, unfolded, when the window closes (their fold would be paid
+    after it, at the results)."""
+    from melissa_sa.stats.sobol import FOLD_BATCH, RECENTRE_AT
+
+    pending = 0                                # per time step, after the warm-up's fold
+    for count in range(3, 3 + groups):
+        pending += 1
+        if pending == FOLD_BATCH["delta"] or count in RECENTRE_AT:
+            pending = 0
+    if pending:
+        raise ValueError(f"--sobol-groups {groups}: {pending} of them would still be buffered "
+                         f"when the window closes; use a multiple of {FOLD_BATCH['delta']} "
+                         "(SobolMartinez's fold_batch)")
+
+
 def run_server_ingest(work: Path, clients: int, cells: int, steps: int, sobol: bool,
                       p: int, profile: Path | None = None, timeout: float = 300,
                       c_client: Path | None = None, auth: bool = False) -> dict:
@@ -81,7 +110,7 @@ def run_server_ingest(work: Path, clients: int, cells: int, steps: int, sobol: b
     gs = p + 2 if sobol else 1
     if clients % gs:
         raise ValueError(f"{clients} clients do not make whole groups of {gs}")
-    n_runs = clients + gs                      # the last group is the warm-up
+    n_runs = clients + warmup_runs(sobol, p)   # the last runs are the warm-up
     work.mkdir(parents=True, exist_ok=True)
     study = ingest_config(work, n_runs, steps, sobol, p)
     env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -111,13 +140,14 @@ def run_server_ingest(work: Path, clients: int, cells: int, steps: int, sobol: b
                          env=dict(cenv, MELISSA_SIMULATION_ID=str(sim_id)), cwd=work,
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-        warm_group = clients // gs
+        warm_group = clients // gs             # the first warm-up group
         warm = [start(s) for s in range(clients, n_runs)]
         for c in warm:
             read_ready(c, "warm-up client")
         _go(warm)
         warm_res = _client_results(warm, timeout)
-        t_warm_done, _ = log.wait_for(rf"group {warm_group} done", timeout)
+        t_warm_done = max(log.wait_for(rf"group {g} done", timeout)[0]
+                          for g in range(warm_group, n_runs // gs))
         cold_t = t_warm_done - min(r["first_send"] for r in warm_res)
         measured = [start(s) for s in range(clients)]
         for c in measured:
@@ -151,7 +181,7 @@ def run_server_ingest(work: Path, clients: int, cells: int, steps: int, sobol: b
         "server_startup_s": t_listening - t_spawn,
         "server_exit_after_fold_s": t_exit - t_done,
         "server_received_gb": float(mg.group(1)),
-        "cold_gbps": gs * steps * cells * 8 / cold_t / 1e9,
+        "cold_gbps": (n_runs - clients) * steps * cells * 8 / cold_t / 1e9,
         "cpu_busy_before": busy,
         "server_cpu_s_per_gb": (sum(cpu_done.values()) - sum(cpu_go.values()))
         / (payload / 1e9) if cpu_done else float("nan"),
@@ -235,20 +265,21 @@ def build_c_client(scratch: Path) -> Path | None:
 
 
 def bench_ingest(args, scratch: Path) -> dict:
+    check_sobol_groups(args.sobol_groups)
     c_client = None if args.no_c_client else build_c_client(scratch)
     variants = [("mean+variance", False, args.clients, args.steps),
                 (f"mean+variance+sobol p={args.sobol_params}", True,
                  args.sobol_groups * (args.sobol_params + 2), args.sobol_steps)]
     out = {}
     for name, sobol, clients, steps in variants:
-        gs = args.sobol_params + 2 if sobol else 1
         runs = {"raw": [], "raw_tracked": [], "server": [], "server_auth": [], "server_c": []}
         for rep in range(args.repeat):
             tag = f"{'sobol' if sobol else 'mv'}_{rep}"
+            warm = warmup_runs(sobol, args.sobol_params)
             runs["raw"].append(run_raw(scratch / f"raw_{tag}", clients, args.cells, steps,
-                                       False, gs))
+                                       False, warm))
             runs["raw_tracked"].append(run_raw(scratch / f"rawt_{tag}", clients, args.cells,
-                                               steps, True, gs))
+                                               steps, True, warm))
             runs["server"].append(run_server_ingest(scratch / f"srv_{tag}", clients,
                                                     args.cells, steps, sobol,
                                                     args.sobol_params))
@@ -282,7 +313,8 @@ def bench_ingest(args, scratch: Path) -> dict:
         res["setup"] = {"clients": clients, "cells": args.cells, "steps": steps,
                         "message_bytes": args.cells * 8, "sobol": sobol,
                         "nb_parameters": args.sobol_params if sobol else None,
-                        "warmup_runs": gs, "server_processes": 1}
+                        "warmup_runs": warmup_runs(sobol, args.sobol_params),
+                        "server_processes": 1}
         out[name] = res
     if args.profile:
         for name, sobol, clients, steps in variants:

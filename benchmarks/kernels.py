@@ -14,9 +14,11 @@ bandwidth measured in the same run (an in-place ``a += b`` update, the same
 access pattern; the plain copy bandwidth is printed too), and the speed-up over iterative-stats
 fed the same data. The Sobol' case is also measured against the layout-1
 fold it replaced (``benchmarks/sobol_layout1.py``, same data, same state
-size). The aggregated indices' interval update (``SobolAggregatedInterval``)
-is timed alternated with the Sobol' fold it precedes (``--kernels aggregated``
-for that line alone). Results also go to ``benchmarks/results/kernels.json``.
+ size), one group at a time and batched (``fold_batch`` groups per pass over
+ the state, the default of ``SobolMartinez``), calls alternated in one loop.
+ The aggregated indices' interval update (``SobolAggregatedInterval``)
+ is timed alternated with the Sobol' fold it precedes (``--kernels aggregated``
+ for that line alone). Results also go to ``benchmarks/results/kernels.json``.
 Nothing here is asserted: the targets are printed next to the numbers.
 """
 
@@ -44,6 +46,9 @@ TARGETS = {"mean+variance": 0.80, "min/max": 0.80, "moments order 4": 0.60,
 #: (``--clock cpu``: with NUMBA_NUM_THREADS=1 the cost of an update whatever
 #: else the machine runs; a loaded machine inflates wall times)
 CLOCK = time.perf_counter
+
+#: groups per batched Sobol' fold (``--fold-batch``; melissa-sa's default)
+FOLD_BATCH = 4
 
 
 def wall_times(fn, repeat: int, min_time: float = 0.0) -> list[float]:
@@ -119,10 +124,17 @@ def our_cases(n_cells: int, rng, only: str = ""):
     def sample_case(obj):
         return obj, lambda: obj.update(x), x.nbytes
 
-    def sobol_case(ci):
-        s = SobolMartinez(n_cells, 3, ci=ci)
-        s.update(group)
-        return s, lambda: s.update(group), group.nbytes
+    def sobol_case(ci, fold_batch=1):
+        """``fold_batch`` groups per call (one fold of the buffer, and the
+        copies into it): the row reports the time per group."""
+        s = SobolMartinez(n_cells, 3, ci=ci, fold_batch=fold_batch)
+        for _ in range(2 * fold_batch):  # past the re-centring at 2 groups
+            s.update(group)
+
+        def update():
+            for _ in range(fold_batch):
+                s.update(group)
+        return s, update, group.nbytes, fold_batch
 
     def quantiles_case():
         q = Quantiles(n_cells, [0.05, 0.5, 0.95])
@@ -149,6 +161,7 @@ def our_cases(n_cells: int, rng, only: str = ""):
         "threshold x2": lambda: sample_case(ThresholdExceedance(n_cells, [0.5, 1.0])),
         "quantiles x3": quantiles_case,
         "sobol martinez p=3": lambda: sobol_case("delta"),
+        f"sobol p=3 batched x{FOLD_BATCH}": lambda: sobol_case("delta", FOLD_BATCH),
         "sobol p=3 layout-1 fold": layout1_case,
         "sobol p=3 fisher-only": lambda: sobol_case("fisher"),
     }
@@ -201,7 +214,8 @@ def iterative_stats_cases(n_cells: int, x, group, only: str = ""):
         "sobol": sobol,
     }
     out = {}
-    sobol_names = ("sobol martinez p=3", "sobol p=3 layout-1 fold", "sobol p=3 fisher-only")
+    sobol_names = ("sobol martinez p=3", "sobol p=3 layout-1 fold", "sobol p=3 fisher-only",
+                   f"sobol p=3 batched x{FOLD_BATCH}")
     for name, build in builders.items():
         names = sobol_names if name == "sobol" else (name,)
         out.update({n: build for n in names if only in n})
@@ -209,36 +223,56 @@ def iterative_stats_cases(n_cells: int, x, group, only: str = ""):
 
 
 def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
-    """Layout-2 fold (``SobolMartinez.update``) against the layout-1 fold and
-    iterative-stats' Martinez (if installed and ``compare``), calls
-    alternated so that all see the same load; times on :data:`CLOCK`. Holds
-    all three states at once (about 1.3 kB per cell)."""
+    """The Sobol' p = 3 fold (delta-interval state), calls alternated so that
+    all see the same load, times per group on :data:`CLOCK`:
+
+    * ``batched``: ``SobolMartinez.update`` with ``fold_batch = FOLD_BATCH``,
+      timed over ``FOLD_BATCH`` calls (the copies into the buffer and one
+      batched fold), divided by ``FOLD_BATCH``;
+    * ``layout2``: one group folded at once (``martinez_update``, what
+      ``fold_batch=1`` does), on the same state;
+    * ``layout1``: the layout-1 fold it replaced (its own state);
+    * iterative-stats' Martinez (if installed and ``compare``).
+
+    Holds the layout-2 state and buffer, the layout-1 state and
+    iterative-stats' (about 1.5 kB per cell)."""
+    from melissa_sa.kernels.sobol import martinez_update
     from melissa_sa.stats import SobolMartinez
     sys.path.insert(0, str(Path(__file__).parent))
     from sobol_layout1 import layout1_update
 
+    m = FOLD_BATCH
     group = rng.standard_normal((5, n_cells))
-    new = SobolMartinez(n_cells, 3)
+    new = SobolMartinez(n_cells, 3, fold_batch=m)
     old = np.zeros((n_cells, 9 + 16 * 3))
-    for k in range(3):  # first touch, past the re-centring at 2 groups
+    for k in range(2 * m):  # first touch of state and buffer, past the re-centring at 2
         new.update(group)
         layout1_update(old, group, k)
     theirs = iterative_stats_cases(n_cells, None, group, "sobol martinez") if compare else {}
     their_update = theirs["sobol martinez p=3"]() if theirs else None
-    t_new, t_old, t_is = [], [], []
+    t_batch, t_new, t_old, t_is = [], [], [], []
     for k in range(repeat):
         t0 = CLOCK()
-        new.update(group)
-        t_new.append(CLOCK() - t0)
+        for _ in range(m):
+            new.update(group)
+        t_batch.append((CLOCK() - t0) / m)
         t0 = CLOCK()
-        layout1_update(old, group, 3 + k)
+        martinez_update(new._state, group, new._folded)  # timing only: the
+        t_new.append(CLOCK() - t0)                       # count is not kept
+        t0 = CLOCK()
+        layout1_update(old, group, 2 * m + k)
         t_old.append(CLOCK() - t0)
         if their_update is not None:
             t0 = CLOCK()
             their_update()
             t_is.append(CLOCK() - t0)
-    out = {"layout2_best": min(t_new), "layout2_median": statistics.median(t_new),
+    out = {"fold_batch": m,
+           "batched_best": min(t_batch), "batched_median": statistics.median(t_batch),
+           "layout2_best": min(t_new), "layout2_median": statistics.median(t_new),
            "layout1_best": min(t_old), "layout1_median": statistics.median(t_old)}
+    for ref in ("layout1", "layout2"):
+        for stat in ("best", "median"):
+            out[f"batched_over_{ref}_{stat}"] = out[f"{ref}_{stat}"] / out[f"batched_{stat}"]
     out["speedup_best"] = out["layout1_best"] / out["layout2_best"]
     out["speedup_median"] = out["layout1_median"] / out["layout2_median"]
     if t_is:
@@ -247,6 +281,9 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
         out["speedup_over_iterative_stats_best"] = min(t_is) / min(t_new)
         out["speedup_over_iterative_stats_median"] = (statistics.median(t_is)
                                                       / statistics.median(t_new))
+        out["batched_over_iterative_stats_best"] = min(t_is) / min(t_batch)
+        out["batched_over_iterative_stats_median"] = (statistics.median(t_is)
+                                                      / statistics.median(t_batch))
     return out
 
 
@@ -276,6 +313,26 @@ def aggregated_fold_ab(n_cells: int, repeat: int, rng) -> dict:
     out["ratio_best"] = out["interval_best"] / out["fold_best"]
     out["ratio_median"] = out["interval_median"] / out["fold_median"]
     return out
+
+
+def print_fold_ab(ab: dict) -> None:
+    ms = 1e3
+    print(f"sobol p=3 fold, calls alternated, ms per group (best / median): "
+          f"batched x{ab['fold_batch']} {ab['batched_best'] * ms:.1f} / "
+          f"{ab['batched_median'] * ms:.1f}, one group (layout 2) "
+          f"{ab['layout2_best'] * ms:.1f} / {ab['layout2_median'] * ms:.1f}, layout 1 "
+          f"{ab['layout1_best'] * ms:.1f} / {ab['layout1_median'] * ms:.1f}")
+    print(f"  batched over layout 1: {ab['batched_over_layout1_best']:.2f}x / "
+          f"{ab['batched_over_layout1_median']:.2f}x (target 2x); over one-group layout 2: "
+          f"{ab['batched_over_layout2_best']:.2f}x / {ab['batched_over_layout2_median']:.2f}x; "
+          f"layout 2 over layout 1: {ab['speedup_best']:.2f}x / {ab['speedup_median']:.2f}x")
+    if "iterative_stats_best" in ab:
+        print(f"  iterative-stats in the same loop: {ab['iterative_stats_best'] * ms:.1f} / "
+              f"{ab['iterative_stats_median'] * ms:.1f} ms: batched is "
+              f"{ab['batched_over_iterative_stats_best']:.1f}x / "
+              f"{ab['batched_over_iterative_stats_median']:.1f}x faster (target 10x), one-group "
+              f"{ab['speedup_over_iterative_stats_best']:.1f}x / "
+              f"{ab['speedup_over_iterative_stats_median']:.1f}x")
 
 
 def machine() -> dict:
@@ -315,12 +372,20 @@ def run(cells: list[int], repeat: int, compare: bool, only: str = "") -> dict:
         print("-" * len(header))
         rows = []
         for name, build in cases:
-            obj, fn, in_bytes = build()
-            times = wall_times(fn, repeat)
+            obj, fn, in_bytes, *per_call = build()
+            per_call = per_call[0] if per_call else 1
+            times = [x / per_call for x in wall_times(fn, repeat)]
             t = statistics.median(times)
             st = state_bytes(obj, n)
-            del obj, fn  # free the state before iterative-stats builds its own
-            traffic = 2 * st + in_bytes
+            buffered = getattr(obj, "_buffer", None)
+            if buffered is not None:
+                # the state once per fold of the buffer; each group copied
+                # into the buffer (read, written) and read back by the fold
+                st -= buffered.nbytes
+                traffic = 2 * st / per_call + 3 * in_bytes
+            else:
+                traffic = 2 * st + in_bytes
+            del obj, fn, buffered  # free the state before iterative-stats builds its own
             frac = traffic / t / 1e9 / bw["update_GBps"]
             row = {"kernel": name, "seconds": t, "best_seconds": min(times),
                    "input_GBps": in_bytes / t / 1e9,
@@ -345,16 +410,7 @@ def run(cells: list[int], repeat: int, compare: bool, only: str = "") -> dict:
         if "layout-1" in " ".join(name for name, _ in cases):
             ab = sobol_fold_ab(n, repeat, rng, compare)
             size["sobol_fold_ab"] = ab
-            print(f"sobol p=3 fold, layout 2 against layout 1, calls alternated: "
-                  f"{ab['layout2_best'] * 1e3:.1f} / {ab['layout2_median'] * 1e3:.1f} ms "
-                  f"against {ab['layout1_best'] * 1e3:.1f} / {ab['layout1_median'] * 1e3:.1f} "
-                  f"ms (best / median): {ab['speedup_best']:.2f}x / "
-                  f"{ab['speedup_median']:.2f}x; target 2x")
-            if "iterative_stats_best" in ab:
-                print(f"  iterative-stats in the same loop: {ab['iterative_stats_best'] * 1e3:.1f}"
-                      f" / {ab['iterative_stats_median'] * 1e3:.1f} ms: layout 2 is "
-                      f"{ab['speedup_over_iterative_stats_best']:.1f}x / "
-                      f"{ab['speedup_over_iterative_stats_median']:.1f}x faster; target 10x")
+            print_fold_ab(ab)
         if only in "sobol aggregated interval":
             agg = aggregated_fold_ab(n, repeat, rng)
             size["sobol_aggregated_ab"] = agg
@@ -377,16 +433,21 @@ def main(argv=None) -> int:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: process CPU time (use with NUMBA_NUM_THREADS=1 on a "
                              "loaded machine)")
+    parser.add_argument("--fold-batch", type=int, default=None,
+                        help="groups per batched Sobol' fold (default: SobolMartinez's)")
     parser.add_argument("--kernels", default="",
                         help="run only the kernels whose name contains this string")
     parser.add_argument("--json", type=Path,
                         default=Path(__file__).parent / "results" / "kernels.json")
     args = parser.parse_args(argv)
-    global CLOCK
+    global CLOCK, FOLD_BATCH
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
+    from melissa_sa.stats.sobol import FOLD_BATCH as DEFAULT_BATCH
+    FOLD_BATCH = args.fold_batch or DEFAULT_BATCH["delta"]
     out = run([int(c) for c in args.cells], args.repeat, not args.no_compare, args.kernels)
     out["command"] = "python " + " ".join([os.path.relpath(__file__)] + (argv or sys.argv[1:]))
     out["clock"] = args.clock
+    out["fold_batch"] = FOLD_BATCH
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=2))
     print(f"\nwrote {args.json}")

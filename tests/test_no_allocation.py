@@ -26,6 +26,9 @@ def make_cases():
         ("quantiles", Quantiles(N, [0.1, 0.5, 0.9]), rng.standard_normal(N)),
         ("sobol", SobolMartinez(N, 3), rng.standard_normal((5, N))),
         ("sobol-second", SobolMartinez(N, 3, second_order=True), rng.standard_normal((8, N))),
+        ("sobol-unbatched", SobolMartinez(N, 3, fold_batch=1), rng.standard_normal((5, N))),
+        ("sobol-batch3-f32", SobolMartinez(N, 3, fold_batch=3),
+         rng.standard_normal((5, N)).astype(np.float32)),
     ]
 
 
@@ -42,6 +45,20 @@ def test_update_allocates_nothing_mesh_sized(name, obj, x):
         tracemalloc.stop()
     assert peak < N, f"{name}: update allocated {peak} bytes at peak"
 
+
+
+def test_sobol_update_many_allocates_nothing_mesh_sized():
+    """``update_many`` folds from the caller's array, fold_batch at a time."""
+    groups = np.random.default_rng(1).standard_normal((6, 5, N))
+    s = SobolMartinez(N, 3, fold_batch=4)
+    s.update_many(groups)  # compile or load, past the re-centring at 2
+    tracemalloc.start()
+    try:
+        s.update_many(groups)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < N, f"update_many allocated {peak} bytes at peak"
 
 
 TWINS = {"moments2": lambda: Moments(N, order=2), "moments4": lambda: Moments(N, order=4),

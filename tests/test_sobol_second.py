@@ -48,9 +48,10 @@ def skewed(x):
     return np.exp(x[..., 0]) * (1 + x[..., 1]) + x[..., 1] * x[..., 2] ** 2 + 0.5 * x[..., 2]
 
 
-def feed(data, ci="delta", second_order=True):
+def feed(data, ci="delta", second_order=True, fold_batch=None):
     p = (data.shape[1] - 2) // 2
-    s = SobolMartinez(data.shape[2], p, ci=ci, second_order=second_order)
+    s = SobolMartinez(data.shape[2], p, ci=ci, second_order=second_order,
+                      fold_batch=fold_batch)
     for group in data:
         s.update(group if second_order else group[:p + 2])
     return s
@@ -158,7 +159,10 @@ def test_pairs_shapes_and_memory():
 def test_interval_matches_prequential_numpy_reference():
     rng = np.random.default_rng(2)
     data = model_groups(skewed, rng, 300, 3, 3)
-    s = feed(data)
+    # the reference evaluates each group's terms with the estimates of every
+    # earlier group: fold one group at a time (the default batched fold
+    # gives a plug-in up to fold_batch - 1 groups older, tested below)
+    s = feed(data, fold_batch=1)
     low, high = s.confidence_interval(0.95)[2]
     for c in range(3):
         for q, (i, j) in enumerate(s.pairs):
@@ -231,7 +235,7 @@ def test_a_first_order_side_that_buffers_groups():
 def test_offset_1e9_plus_noise():
     rng = np.random.default_rng(3)
     data = 1e9 + model_groups(skewed, rng, 500, 5, 3)
-    s = feed(data)
+    s = feed(data, fold_batch=1)  # the exact prequential definition (see above)
     # x - x[0, 0, 0] is exact here (Sterbenz): two-pass on it is the exact answer
     ref = second_reference(data - data[0, 0, 0])
     np.testing.assert_allclose(s.second_order, ref, rtol=0, atol=1e-11)
@@ -408,7 +412,7 @@ def test_save_load_round_trip_then_continue(tmp_path, ci):
 def test_first_order_checkpoints_load_as_first_order(tmp_path):
     rng = np.random.default_rng(13)
     data = model_groups(skewed, rng, 30, 4, 3)
-    s = feed(data, second_order=False)
+    s = feed(data, second_order=False, fold_batch=1)  # no group buffer: nbytes = state
     with h5py.File(tmp_path / "ckpt.h5", "w") as f:
         s.save(f.create_group("new"))
         s.save(f.create_group("old"))

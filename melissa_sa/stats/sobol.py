@@ -13,6 +13,7 @@ from melissa_sa.kernels.sobol import (
     DELTA_LINEAR,
     FISHER,
     LAYOUT,
+    copy_group,
     martinez_from_centred,
     martinez_indices,
     martinez_interval,
@@ -20,6 +21,8 @@ from melissa_sa.kernels.sobol import (
     martinez_recentre,
     martinez_update,
     martinez_update_compact,
+    martinez_update_many,
+    martinez_update_many_compact,
     row_width,
 )
 from melissa_sa.stats._state import load_state, restore_array, save_state
@@ -29,6 +32,9 @@ from melissa_sa.stats.sobol_second import SecondOrderState, check_second_order
 _METHODS = {"delta": DELTA, "fisher": FISHER, "delta-linear": DELTA_LINEAR}
 #: group counts after which the shift moves to A's running mean
 RECENTRE_AT = (2, 16, 256)
+#: groups buffered per fold of a full (``ci="delta"``) state, and of a compact
+#: one (``ci="fisher"``): measured, see ``docs/performance.md``
+FOLD_BATCH = {"delta": 4, "fisher": 1}
 
 
 def as_group(group, n_params: int, n_cells: int, second_order: bool = False) -> np.ndarray:
@@ -157,7 +163,21 @@ class SobolMartinez(Statistic):
     **Memory** (float64, per cell): ``8 (9 + 16 p)`` bytes with
     ``ci="delta"`` (456 at ``p = 3``), ``8 (5 + 4 p)`` with ``ci="fisher"``
     (136 at ``p = 3``); second order adds ``8 (2 + 3 p + p (p - 1))``
-    (136 at ``p = 3``).
+    (136 at ``p = 3``); plus the group buffer below.
+
+    **Batched fold** (``fold_batch``, default :data:`FOLD_BATCH`: 4 for
+    ``ci="delta"``, 1 for ``ci="fisher"``). Folding one group reads and
+    writes the whole state (912 bytes per cell at ``p = 3``) for 40 bytes of
+    input: the fold is bound by that traffic. So :meth:`update` copies each
+    group into a buffer of ``fold_batch`` groups and folds them together, in
+    one pass over the state (:func:`~melissa_sa.kernels.sobol.martinez_update_many`:
+    the same operations as one-by-one updates, bit for bit). The buffer
+    holds ``fold_batch (p + 2)`` samples per cell in the groups' dtype (160
+    bytes per cell for float64 at ``p = 3`` and ``fold_batch = 4``, 80 for
+    float32), made on the first update. :attr:`count` includes the buffered
+    groups, and every result, :meth:`merge` and :meth:`save` folds them
+    first, so buffering is invisible but for speed. ``fold_batch=1`` folds
+    each group at once, without a copy.
 
     References: J.-M. Martinez, "Analyse de sensibilité globale par
     décomposition de la variance", GdR Ondes & Mascot Num, 2011.
@@ -192,18 +212,26 @@ class SobolMartinez(Statistic):
     """
 
     def __init__(self, n_cells: int, n_params: int, *, ci: str = "delta",
-                 second_order: bool = False):
+                 second_order: bool = False, fold_batch: int | None = None):
         if isinstance(n_cells, bool) or int(n_cells) != n_cells or int(n_cells) < 1:
             raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
         if isinstance(n_params, bool) or int(n_params) != n_params or int(n_params) < 1:
             raise ValueError(f"n_params must be a positive integer, got {n_params!r}")
         if ci not in ("delta", "fisher"):
             raise ValueError(f"ci must be 'delta' or 'fisher', got {ci!r}")
+        if fold_batch is None:
+            fold_batch = FOLD_BATCH[ci]
+        if (isinstance(fold_batch, bool) or not isinstance(fold_batch, (int, np.integer))
+                or fold_batch < 1):
+            raise ValueError(f"fold_batch must be a positive integer, got {fold_batch!r}")
         self.n_cells = int(n_cells)
         self.n_params = int(n_params)
         self.ci = ci
         self.has_second_order = check_second_order(second_order, self.n_params)
-        self._n = 0
+        self.fold_batch = int(fold_batch)
+        self._n = 0          # groups received (folded or buffered)
+        self._folded = 0     # groups folded into the state
+        self._buffer = None  # (fold_batch, p + 2, n_cells), made on the first update
         width = row_width(self.n_params, full=ci == "delta")
         self._state = np.zeros((self.n_cells, width), dtype=np.float64)
         self._second = (SecondOrderState(self.n_cells, self.n_params)
@@ -228,52 +256,136 @@ class SobolMartinez(Statistic):
         """Fold one pick-freeze group, shape ``(n_params + 2, n_cells)``.
 
         Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with
-        second order: ``2 n_params + 2`` rows); float32 or float64 pass
-        through without a copy.
+        second order: ``2 n_params + 2`` rows), float32 or float64. With
+        ``fold_batch = 1`` the group is folded at once, without a copy;
+        otherwise it is copied into the buffer, which is folded when full
+        (every read, merge and save folds what is buffered first). The
+        second-order sums are folded at once (they keep their own means).
         """
         group = as_group(group, self.n_params, self.n_cells, self.has_second_order)
         if self._second is not None:
-            self._second.fold(self._state, group, self._n)  # reads the state before
+            # reads the first-order state as it is (``_folded`` groups)
+            self._second.fold(self._state, group, self._n, self._folded)
             group = group[:self.n_params + 2]
-        if self.ci == "delta":
-            martinez_update(self._state, group, self._n)
-        else:
-            martinez_update_compact(self._state, group, self._n)
+        if self.fold_batch == 1:
+            self._fold(group[None])
+            return
+        rows = group
+        buf = self._buffer
+        if buf is None or np.result_type(buf.dtype, rows.dtype) != buf.dtype:
+            # first group, or float64 after float32 groups: fold what the
+            # buffer holds and keep float64 from now on (never narrowed)
+            self._flush()
+            dtype = rows.dtype if buf is None else np.float64
+            buf = self._buffer = np.empty((self.fold_batch,) + rows.shape, dtype=dtype)
+        copy_group(buf[self._n - self._folded], rows)
         self._n += 1
-        if self._n in RECENTRE_AT:
-            self._recentre()
+        if self._n - self._folded == self.fold_batch or self._n in RECENTRE_AT:
+            self._flush()
+
+    def update_many(self, groups) -> None:
+        """Fold several groups at once: ``groups`` is ``(m, n_params + 2, n_cells)``
+        (or a sequence of groups), in the order they count.
+
+        Equivalent to ``m`` calls of :meth:`update`; the groups of an
+        ``(m, p + 2, n_cells)`` C-contiguous float32/float64 array are folded
+        from it directly, ``fold_batch`` at a time, without a copy.
+        """
+        if not isinstance(groups, np.ndarray):
+            for group in groups:
+                self.update(group)
+            return
+        rows = 2 * self.n_params + 2 if self.has_second_order else self.n_params + 2
+        if groups.ndim != 3:
+            raise ValueError(f"groups shape {groups.shape}, expected (m, {rows}, "
+                             f"{self.n_cells}): one pick-freeze group per item")
+        if groups.shape[0] == 0:
+            return
+        if (self.has_second_order or groups.dtype not in (np.float32, np.float64)
+                or not groups.flags.c_contiguous
+                or groups.shape[1:] != (self.n_params + 2, self.n_cells)):
+            for group in groups:
+                self.update(group)
+            return
+        self._flush()
+        for lo in range(0, groups.shape[0], self.fold_batch):
+            self._fold(groups[lo:lo + self.fold_batch])
+
+    def _fold(self, groups) -> None:
+        """Fold the received-but-not-folded ``groups`` ((m, p + 2, n_cells),
+        the next ``m`` groups in order) into the state, re-centring at the
+        counts of :data:`RECENTRE_AT` as one-by-one updates would."""
+        done = 0
+        m = groups.shape[0]
+        many = martinez_update_many if self.ci == "delta" else martinez_update_many_compact
+        one = martinez_update if self.ci == "delta" else martinez_update_compact
+        while done < m:
+            stop = m
+            for count in RECENTRE_AT:
+                if self._folded < count < self._folded + (m - done):
+                    stop = done + count - self._folded
+                    break
+            if stop - done == 1:
+                one(self._state, groups[done], self._folded)
+            else:
+                many(self._state, groups[done:stop], self._folded)
+            self._folded += stop - done
+            done = stop
+            if self._folded in RECENTRE_AT:
+                self._recentre()
+        self._n = max(self._n, self._folded)
+
+    def flush(self) -> None:
+        """Fold the buffered groups now (results, merge and save do it anyway;
+        a reader of the raw state, like :class:`SobolAggregatedInterval`,
+        calls it first)."""
+        self._flush()
+
+    def _flush(self) -> None:
+        """Fold the buffered groups (if any) into the state."""
+        pending = self._n - self._folded
+        if pending:
+            self._fold(self._buffer[:pending])
 
     def _recentre(self) -> None:
         """Move each cell's shift to A's running mean: the power sums of a
         full state are best conditioned about the mean (a compact state
         moves too, so that both keep the same block 1)."""
-        martinez_recentre(self._state, self._n, self.n_params)
+        martinez_recentre(self._state, self._folded, self.n_params)
 
     def merge(self, other: SobolMartinez) -> None:
         """Fold ``other``'s groups in, as if this object had seen them too."""
         self._check_merge(other, n_cells=self.n_cells, n_params=self.n_params, ci=self.ci,
                           has_second_order=self.has_second_order)
+        self._flush()
+        other._flush()
         other_state = other._state.copy() if other is self else other._state
         if self._second is not None:
-            self._second.merge(self._n, other._second, other._n)
-        martinez_merge(self._state, self._n, other_state,
-                   other._n, self.n_params)
-        self._n += other._n
+            self._second.merge(self._folded, other._second, other._folded)
+        martinez_merge(self._state, self._folded, other_state,
+                       other._folded, self.n_params)
+        self._folded += other._folded
+        self._n = self._folded
 
     # -- results ---------------------------------------------------------
     @property
     def count(self) -> int:
-        """Number of groups folded in (the same for every cell)."""
+        """Number of groups received (the same for every cell), buffered ones
+        included: every result folds the buffer first."""
         return self._n
 
     @property
     def nbytes(self) -> int:
         """Bytes of state held: ``8 * (9 + 16 p)`` or ``8 * (5 + 4 p)`` per
-        cell, plus ``8 * (2 + 3 p + p (p - 1))`` with second order."""
+        cell, plus ``8 * (2 + 3 p + p (p - 1))`` with second order, plus the
+        group buffer once made (``fold_batch (p + 2)`` samples per cell in the
+        groups' dtype)."""
         extra = self._second.nbytes if self._second is not None else 0
-        return self._state.nbytes + extra
+        return (self._state.nbytes + extra
+                + (0 if self._buffer is None else self._buffer.nbytes))
 
     def _indices(self):
+        self._flush()
         first = np.empty((self.n_params, self.n_cells))
         total = np.empty((self.n_params, self.n_cells))
         martinez_indices(self._state, self.n_params, first, total)
@@ -300,6 +412,7 @@ class SobolMartinez(Statistic):
         pairs in :attr:`pairs` order; needs ``second_order=True``."""
         if self._second is None:
             raise ValueError("second_order indices need SobolMartinez(..., second_order=True)")
+        self._flush()  # S_i come from the first-order state
         return self._second.indices(self._state)
 
     def confidence_interval(self, level: float = 0.95, method: str | None = None):
@@ -326,10 +439,11 @@ class SobolMartinez(Statistic):
                 f"method {method!r} needs the fourth-order co-moments: build "
                 "SobolMartinez(..., ci='delta')"
             )
+        self._flush()
         q = NormalDist().inv_cdf(0.5 + 0.5 * level)
         shape = (self.n_params, self.n_cells)
         out = [np.empty(shape) for _ in range(4)]
-        martinez_interval(self._state, self._n, self.n_params, q,
+        martinez_interval(self._state, self._folded, self.n_params, q,
                    _METHODS[method], *out)
         if self._second is not None:
             return ((out[0], out[1]), (out[2], out[3]),
@@ -345,6 +459,7 @@ class SobolMartinez(Statistic):
         ranks) add up: reduce them with a sum, then call
         :func:`aggregate_indices`. No cell is gathered.
         """
+        self._flush()
         st = self._state
         out = np.empty((4, self.n_params))
         for k in range(self.n_params):
@@ -358,18 +473,23 @@ class SobolMartinez(Statistic):
     # -- checkpoint ------------------------------------------------------
     def save(self, group) -> None:
         """Write the state into an h5py group (attribute ``layout``: the
-        meaning of the row's slots, see :mod:`melissa_sa.kernels.sobol`)."""
+        meaning of the row's slots, see :mod:`melissa_sa.kernels.sobol`).
+        Buffered groups are folded first: the saved state holds every group
+        received. ``fold_batch`` is not saved (it is a choice of speed, not
+        part of the state)."""
+        self._flush()
         arrays = {"state": self._state}
         if self._second is not None:
             arrays["second"] = self._second.array
         save_state(group, "SobolMartinez", arrays,
-                   {"n": self._n, "n_cells": self.n_cells,
+                   {"n": self._folded, "n_cells": self.n_cells,
                     "n_params": self.n_params, "ci": self.ci, "layout": LAYOUT,
                     "second_order": self.has_second_order})
 
     @classmethod
-    def load(cls, group) -> SobolMartinez:
-        """Rebuild a :class:`SobolMartinez` from a group written by :meth:`save`.
+    def load(cls, group, *, fold_batch: int | None = None) -> SobolMartinez:
+        """Rebuild a :class:`SobolMartinez` from a group written by :meth:`save`
+        (``fold_batch``: as in the constructor).
 
         A state saved before layout 2 (no ``layout`` attribute: centred
         fourth-order sums) is converted; a newer layout is refused. A state
@@ -386,12 +506,12 @@ class SobolMartinez(Statistic):
                              f"this melissa-sa reads layouts 1 and {LAYOUT}")
         second = bool(attrs.get("second_order", False))
         obj = cls(int(attrs["n_cells"]), int(attrs["n_params"]), ci=str(ci),
-                  second_order=second)
+                  second_order=second, fold_batch=fold_batch)
         restore_array(group, "state", obj._state, arrays["state"])
         if second:
             more, _ = load_state(group, "SobolMartinez", ["second"])
             restore_array(group, "second", obj._second.array, more["second"])
-        obj._n = int(attrs["n"])
+        obj._n = obj._folded = int(attrs["n"])
         if layout == 1 and obj.ci == "delta":
             martinez_from_centred(obj._state, obj._n, obj.n_params)
         return obj

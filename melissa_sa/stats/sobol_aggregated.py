@@ -147,6 +147,9 @@ class SobolAggregatedInterval(Statistic):
         group = as_group(group, self.n_params, self.n_cells)
         group_id = int(group_id)
         if self._n >= self.warmup and self.counts_group(group_id):
+            # the running estimates must hold every earlier group: fold
+            # what the SobolMartinez buffers (its batched fold) first
+            sobol.flush()
             batch = group_id % self.n_batches
             aggregated_influence(sobol._state, group, self._n, self.n_params, batch,
                                  self._partial, self.batches)
