@@ -48,7 +48,7 @@ from melissa_sa.server.field_stats import (
 from melissa_sa.server.snapshot import RankSnapshot, SnapshotError, load_rank, save_rank
 from melissa_sa.stats import SobolMartinez
 
-P, GROUPS, N_CELLS = 3, 40, 6
+P, GROUPS, N_CELLS = 3, 16, 6
 NAMES = ["x1", "x2", "x3"]
 PAIRS = ["x1:x2", "x1:x3", "x2:x3"]
 SIZE = 2 * P + 2
@@ -161,10 +161,10 @@ def test_step_statistics_fold_2p_plus_2_rows_and_collect_the_second_order():
     rng = np.random.default_rng(3)
     lf = LocalField("f", 0, 10, 15, [StepStatistics(5, cfg) for _ in range(2)])
     ref = [SobolMartinez(5, P, second_order=True) for _ in range(2)]
-    for _ in range(30):
+    for g in range(30):
         for t in range(2):
             rows = rng.normal(size=(SIZE, 5))
-            lf.steps[t].fold_group(rows)
+            lf.steps[t].fold_group(rows, g)
             ref[t].update(rows)
     assert lf.steps[0].sobol.has_second_order and lf.steps[0].n_samples == 60
     out = collect_results(lf, cfg)
@@ -189,9 +189,9 @@ def test_checkpoint_of_a_second_order_slice_round_trips_and_refuses_another_layo
     cfg = small_config()
     rng = np.random.default_rng(4)
     lf = LocalField("f", 0, 0, 4, [StepStatistics(4, cfg) for _ in range(2)])
-    for _ in range(12):
+    for g in range(12):
         for step in lf.steps:
-            step.fold_group(rng.normal(size=(SIZE, 4)))
+            step.fold_group(rng.normal(size=(SIZE, 4)), g)
     path = tmp_path / "rank.h5"
     with h5py.File(path, "w") as f:
         save_rank(f, RankSnapshot({"f": lf}, {"f": 4}, {}), cfg, 1, 2)

@@ -177,7 +177,10 @@ class SobolMartinez(Statistic):
     float32), made on the first update. :attr:`count` includes the buffered
     groups, and every result, :meth:`merge` and :meth:`save` folds them
     first, so buffering is invisible but for speed. ``fold_batch=1`` folds
-    each group at once, without a copy.
+    each group at once, without a copy; it is the default with
+    ``second_order=True`` (the second-order interval's plug-in reads the
+    first-order state, which then holds every earlier group; with a larger
+    ``fold_batch`` the plug-in is up to ``fold_batch - 1`` groups older).
 
     References: J.-M. Martinez, "Analyse de sensibilité globale par
     décomposition de la variance", GdR Ondes & Mascot Num, 2011.
@@ -220,7 +223,10 @@ class SobolMartinez(Statistic):
         if ci not in ("delta", "fisher"):
             raise ValueError(f"ci must be 'delta' or 'fisher', got {ci!r}")
         if fold_batch is None:
-            fold_batch = FOLD_BATCH[ci]
+            # second order: its interval's plug-in reads the first-order
+            # state, which must then hold every earlier group (whatever
+            # else flushes the buffer), so one group at a time
+            fold_batch = 1 if second_order else FOLD_BATCH[ci]
         if (isinstance(fold_batch, bool) or not isinstance(fold_batch, (int, np.integer))
                 or fold_batch < 1):
             raise ValueError(f"fold_batch must be a positive integer, got {fold_batch!r}")
