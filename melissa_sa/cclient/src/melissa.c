@@ -105,7 +105,14 @@ static void fail(const char *call, const char *field, const char *fmt, ...) {
     int initialized = 0, finalized = 0;
     MPI_Initialized(&initialized);
     MPI_Finalized(&finalized);
-    if (initialized && !finalized) MPI_Abort(S.have_comm ? S.user_comm : MPI_COMM_WORLD, 1);
+    if (initialized && !finalized) {
+        /* MPI_Abort kills every rank at once: give the launcher's I/O
+           forwarding (hydra's proxy) a moment to pass the message on, or
+           it can be lost with the process */
+        struct timespec pause = {0, 300000000};
+        nanosleep(&pause, NULL);
+        MPI_Abort(S.have_comm ? S.user_comm : MPI_COMM_WORLD, 1);
+    }
     exit(1);
 }
 
