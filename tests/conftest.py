@@ -84,6 +84,18 @@ class Processes:
             kill_group(proc)
 
 
+@pytest.fixture(scope="module")
+def one_numba_thread():
+    """One Numba thread for a module of many tiny kernel calls (parallel
+    kernels on a busy 2-core box stall at their barriers); restored after."""
+    import numba
+
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(before)
+
+
 @pytest.fixture
 def processes():
     procs = Processes()

@@ -2,7 +2,6 @@
 
 import math
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -30,13 +29,8 @@ P = 3
 LEVEL = 0.95
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_numba_thread():
-    """Many tiny kernel calls: one thread avoids barrier stalls on a busy box."""
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+# many tiny kernel calls: one Numba thread (conftest.one_numba_thread)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 def field_groups(rng, n_groups, n_cells):

@@ -20,15 +20,8 @@ Z95 = 1.959963984540054
 CI_MODES = ["delta", "fisher"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_numba_thread():
-    """These tests make many tiny kernel calls; on a busy 2-core machine a
-    2-thread parallel region can stall milliseconds at its barrier, so run
-    them on one thread (``test_threads_agree`` checks two threads)."""
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+# many tiny kernel calls: one Numba thread (conftest.one_numba_thread)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 # -- helpers -------------------------------------------------------------------

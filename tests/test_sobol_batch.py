@@ -23,14 +23,8 @@ P = 3
 RTOL = 1e-14
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_numba_thread():
-    """Many tiny kernel calls: one thread avoids stalls at the parallel
-    barrier on a busy machine (``test_threads_agree`` runs two)."""
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+# many tiny kernel calls: one Numba thread (conftest.one_numba_thread)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 def groups_of(rng, n_groups, n_cells, p=P, offset=0.0, dtype=np.float64):

@@ -22,13 +22,8 @@ from melissa_sa.stats.sobol_second import IF_START, SecondOrderState
 Z95 = 1.959963984540054
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_numba_thread():
-    """Many tiny kernel calls: one thread (``test_threads_agree`` checks two)."""
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    yield
-    numba.set_num_threads(before)
+# many tiny kernel calls: one Numba thread (conftest.one_numba_thread)
+pytestmark = pytest.mark.usefixtures("one_numba_thread")
 
 
 # -- helpers -------------------------------------------------------------------
