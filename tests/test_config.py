@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 
+import numpy as np
 import pytest
 
 from melissa_sa.config import (
@@ -615,3 +616,46 @@ def test_convergence_errors_reported_with_other_errors(tmp_path):
     assert any(": sa_config.mean: " in line for line in lines)
     assert any(": sa_config.convergence.ci_width: " in line for line in lines)
     assert any(": sa_config.convergence.min_groups: " in line for line in lines)
+
+
+def test_sobol_fold_batch_reaches_the_server_statistic_and_survives_a_checkpoint(tmp_path):
+    import h5py
+
+    from melissa_sa.server.field_stats import LocalField, StepStatistics
+    from melissa_sa.server.snapshot import RankSnapshot, load_rank, save_rank
+
+    assert load_config(write(tmp_path, FULL)).sa_config.sobol_fold_batch is None
+    one_step = patched(FULL, "study_options.nb_time_steps", 1)
+    cfg = load_config(write(tmp_path, patched(one_step, "sa_config.sobol_fold_batch", 2)))
+    assert cfg.sa_config.sobol_fold_batch == 2
+    assert cfg.to_dict()["sa_config"]["sobol_fold_batch"] == 2
+    step = StepStatistics(3, cfg)
+    assert step.sobol.fold_batch == 2
+    # without the key, the statistic's own default (4 for the delta interval)
+    assert StepStatistics(3, load_config(write(tmp_path, FULL))).sobol.fold_batch == 4
+    rng = np.random.default_rng(5)
+    for g in range(5):  # leaves one group in the buffer
+        step.fold_group(rng.standard_normal((cfg.group_size, 3)), g)
+    field = cfg.study_options.field_names[0]
+    snap = RankSnapshot({field: LocalField(field, 0, 0, 3, [step])}, {field: 3}, {})
+    with h5py.File(tmp_path / "rank0.h5", "w") as f:
+        save_rank(f, snap, cfg, 1, 1)
+    with h5py.File(tmp_path / "rank0.h5", "r") as f:
+        back = load_rank(f, cfg, [field], lambda n: [(0, n)], 0).fields[field].steps[0]
+    assert back.sobol.fold_batch == 2 and back.sobol.count == 5
+    np.testing.assert_array_equal(back.sobol.first_order, step.sobol.first_order)
+
+
+@pytest.mark.parametrize("value, expected", [
+    (0, "sa_config.sobol_fold_batch: must be a positive integer, got 0"),
+    (2.5, "sa_config.sobol_fold_batch: expected an integer, got 2.5"),
+    (True, "sa_config.sobol_fold_batch: expected an integer, got true"),
+])
+def test_sobol_fold_batch_must_be_a_positive_integer(tmp_path, value, expected):
+    assert expected in error_of(tmp_path, patched(FULL, "sa_config.sobol_fold_batch", value))
+
+
+def test_sobol_fold_batch_needs_sobol_indices(tmp_path):
+    data = patched(patched(FULL, "sa_config.sobol_fold_batch", 8), "sa_config.sobol_indices", False)
+    assert ("sa_config.sobol_fold_batch: sets how many groups the Sobol' fold buffers; it "
+            "needs sa_config.sobol_indices: true") in error_of(tmp_path, data)

@@ -138,6 +138,10 @@ def _check_sa(r: c.Reader, sa: dict, so: dict | None) -> None:
             r.err("sa_config.second_order",
                   f"second-order indices need at least 2 parameters, one pair "
                   f"(study_options.nb_parameters is {p})")
+    if sa["sobol_fold_batch"] is not None and sa["sobol_indices"] is False:
+        r.err("sa_config.sobol_fold_batch",
+              "sets how many groups the Sobol' fold buffers; it needs "
+              "sa_config.sobol_indices: true")
 
 
 def _check_convergence(r: c.Reader, sa: dict, so: dict | None) -> None:

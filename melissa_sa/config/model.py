@@ -167,6 +167,8 @@ class SAConfig:
     second_order: bool = key(False, c.boolean)
     confidence_level: float = key(0.95, c.number(unit_open=True, what="confidence level"))
     confidence_method: str = key("delta", c.choice(("delta", "fisher"), "confidence method"))
+    #: groups buffered per Sobol' fold (memory for speed); None: the statistic's default
+    sobol_fold_batch: int | None = key(None, c.integer(1, nullable=True))
     checkpoint_interval: int = key(100, c.integer(1))
     checkpoint_seconds: float | None = key(None, c.number(positive=True, nullable=True))
     #: the raw JSON value here; the loader turns it into a ConvergenceRule (or None)

@@ -46,7 +46,8 @@ class StepStatistics:
         self.quantiles = Quantiles(n_cells, sa.quantiles) if sa.quantiles else None
         self.sobol = (SobolMartinez(n_cells, config.study_options.nb_parameters,
                                     ci=sa.confidence_method,
-                                    second_order=self.layout.second_order)
+                                    second_order=self.layout.second_order,
+                                    fold_batch=sa.sobol_fold_batch)
                       if sa.sobol_indices else None)
         # the aggregated indices' interval: batch sums of the influence values
         self.sobol_aggregated = (SobolAggregatedInterval(n_cells,

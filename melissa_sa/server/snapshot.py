@@ -100,7 +100,10 @@ def load_rank(f, config, fields: list[str], partitions, rank: int) -> RankSnapsh
                 if key == "sobol_aggregated" and key not in sg:  # a checkpoint from before it
                     step.sobol_aggregated.start_after(step.sobol.count)
                     continue
-                setattr(step, key, STAT_CLASSES[key].load(sg[key]))
+                # the buffer size is a setting of this run, not of the checkpoint
+                options = ({"fold_batch": config.sa_config.sobol_fold_batch}
+                           if key == "sobol" else {})
+                setattr(step, key, STAT_CLASSES[key].load(sg[key], **options))
             step.n_samples = int(sg.attrs["n_samples"])
             steps.append(step)
         local[name] = LocalField(name, fields.index(name), lo, hi, steps)
