@@ -129,6 +129,16 @@ def machine_info() -> dict:
             "platform": platform.platform(), "loadavg_at_start": load}
 
 
+def post_of(classic: dict) -> dict:
+    return classic["post_cold"] if classic.get("post_cold") else classic["post_warm"]
+
+
+def cpu_line(cpu: dict) -> str:
+    """CPU seconds of a ``melissa-sa run`` by role (``TreeCpu``)."""
+    roles = [r for r in ("server", "clients", "launcher", "mpiexec", "other") if r in cpu]
+    return ", ".join(f"{r} {cpu[r]:.1f}" for r in roles) + f"; total {cpu['total']:.1f}"
+
+
 def print_table(res: dict) -> None:
     ing = res.get("ingest")
     if ing:
@@ -181,7 +191,7 @@ def print_table(res: dict) -> None:
         for name, r in st.items():
             s, c = r["setup"], r["classic"]
             post = c["post_cold"] if c.get("post_cold") else c["post_warm"]
-            total = c.get("total_cold_s", c["total_warm_s"])
+            total = c["total_s"]
             for sp, m in r["melissa"].items():
                 print(f"{name:7} {s['cells']:>8} {s['steps']:>5} {s['runs']:>5} "
                       f"{s['data_gb']:>6.2f} | {total:>7.1f}s {c['jobs_s']:>5.1f}s "
@@ -190,10 +200,18 @@ def print_table(res: dict) -> None:
                       f"{m.get('clients_s', float('nan')):>6.1f}s "
                       f"{m.get('after_last_client_s', float('nan')):>5.1f}s | "
                       f"{m['speedup']:>7.2f}x")
-            if "total_cold_s" in c:
+                print(f"{'':7}   CPU s: {cpu_line(m['cpu_s'])}")
+            print(f"{'':7}   classic CPU s: jobs {c['jobs_cpu_s']:.1f}, post "
+                  f"{post['cpu_s']:.1f} (read {post.get('read_s', float('nan')):.1f} s, compute "
+                  f"{post.get('compute_s', float('nan')):.1f} s, write "
+                  f"{post.get('write_s', float('nan')):.1f} s)")
+            if "total_cold_s" in c and "total_warm_s" in c:
                 print(f"{'':7} classic post-processing read the files cold "
                       f"({c['drop_caches']}); with a warm page cache the classic total is "
                       f"{c['total_warm_s']:.1f} s")
+            elif "total_cold_s" in c:
+                print(f"{'':7} the files ({s['data_gb']:.1f} GB) exceed the memory "
+                      f"({s['memory_gb']:.1f} GB): read from disk ({c['drop_caches']})")
         print(f"target speed-up: {TARGET_STUDY_SPEEDUP:.1f}x; classic post = read + compute "
               "+ fsync'd write of the statistics; melissa end = after the last client exits")
 
@@ -203,11 +221,17 @@ def print_table(res: dict) -> None:
         s, c = hc["setup"], hc["classic"]
         print(f"\nWhole Sobol' study of the C heat solver ({s['cells']} cells x {s['steps']} "
               f"steps, {s['runs']} serial runs, {s['data_gb']:.2f} GB, job_limit "
-              f"{s['job_limit']}): classic {c['total_warm_s']:.1f} s (jobs {c['jobs_s']:.1f} s"
-              f" + NumPy post {c['post_warm']['wall_s']:.1f} s)")
+              f"{s['job_limit']}): classic {c['total_s']:.1f} s (jobs {c['jobs_s']:.1f} s"
+              f" + NumPy post {post_of(c)['wall_s']:.1f} s"
+              f"{', files read cold' if c.get('post_cold') else ''})")
+        print(f"  classic CPU s: jobs {c['jobs_cpu_s']:.1f}, post {post_of(c)['cpu_s']:.1f}")
         for sp, m in hc["melissa"].items():
-            print(f"  melissa-sa, {sp} server rank(s): {m['wall_s']:.1f} s; classic / "
+            print(f"  melissa-sa, {sp} server rank(s): {m['wall_s']:.1f} s (start "
+                  f"{m.get('until_first_client_s', float('nan')):.1f} s, clients "
+                  f"{m.get('clients_s', float('nan')):.1f} s, end "
+                  f"{m.get('after_last_client_s', float('nan')):.1f} s); classic / "
                   f"melissa-sa = {m['speedup']:.2f}x")
+            print(f"    CPU s: {cpu_line(m['cpu_s'])}")
 
 
 def main(argv=None) -> int:
@@ -231,8 +255,13 @@ def main(argv=None) -> int:
     ap.add_argument("--big-cells", type=int, default=10 ** 6)
     ap.add_argument("--big-steps", type=int, default=10)
     ap.add_argument("--big-groups", type=int, default=16)
+    ap.add_argument("--huge-cells", type=int, default=10 ** 6)
+    ap.add_argument("--huge-steps", type=int, default=10)
+    ap.add_argument("--huge-groups", type=int, default=72,
+                    help="huge study: 72 groups of 10^6 x 10 float64 = 28.8 GB of files, "
+                         "more than this machine's memory (no page cache can hold them)")
     ap.add_argument("--study-sizes", default="small,large",
-                    help="which study configurations to run (small, large)")
+                    help="which study configurations to run (small, large, huge)")
     ap.add_argument("--job-limit", type=int, default=2)
     ap.add_argument("--server-processes", default="1,2",
                     help="server ranks of the melissa-sa study runs (comma-separated list)")

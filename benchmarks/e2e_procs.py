@@ -139,6 +139,74 @@ def find_rank_pid(mpiexec_pid: int, marker: str, timeout: float = 30) -> int | N
     return None
 
 
+class TreeCpu:
+    """CPU seconds of the processes under ``root`` by role, from /proc.
+
+    A thread samples the tree every ``period`` s and keeps each process's last
+    utime + stime and role (the first of ``roles``, name -> regex over the
+    command line, that matches; ``other`` else). A process's CPU after its
+    last sample is missed: :meth:`stop` takes the whole tree's exact total
+    (``getrusage(RUSAGE_CHILDREN)`` delta, so the tree must be the only child
+    to end meanwhile) and puts what the samples missed in ``remainder_role``
+    (the short-lived clients). Long-lived roles (launcher, server) are exact
+    to one period.
+    """
+
+    def __init__(self, root: int, roles: dict[str, str], remainder_role: str,
+                 period: float = 0.25):
+        import resource
+
+        self.root, self.period, self.remainder_role = root, period, remainder_role
+        self.roles = [(name, re.compile(rx)) for name, rx in roles.items()]
+        self.seen: dict[int, tuple[str, float]] = {}
+        self._tck = os.sysconf("SC_CLK_TCK")
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._ru0 = ru.ru_utime + ru.ru_stime
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _role(self, pid: int) -> str:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return "other"
+        return next((name for name, rx in self.roles if rx.search(cmd)), "other")
+
+    def _sample(self) -> None:
+        for pid in {self.root} | _children_of({self.root}):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            role = self.seen[pid][0] if pid in self.seen else self._role(pid)
+            self.seen[pid] = (role, (int(fields[11]) + int(fields[12])) / self._tck)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.period):
+            self._sample()
+
+    def stop(self) -> dict[str, float]:
+        """Call after the root has been waited for: CPU seconds by role, and
+        ``total``."""
+        import resource
+
+        self._done.set()
+        self._thread.join()
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = ru.ru_utime + ru.ru_stime - self._ru0
+        out: dict[str, float] = {}
+        for role, cpu in self.seen.values():
+            out[role] = out.get(role, 0.0) + cpu
+        sampled = sum(out.values())
+        out[self.remainder_role] = out.get(self.remainder_role, 0.0) + max(0.0, total - sampled)
+        out["total"] = total
+        out["processes"] = len(self.seen)
+        return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
