@@ -94,10 +94,19 @@ study writes to a parallel file system and must have its data durable).
   twice: after dropping the page cache (``echo 3 > /proc/sys/vm/drop_caches``,
   when permitted: the files of a real study are not in the post-processing
   node's memory), then warm; both totals are reported.
-* Two configurations: a small one (5 x 10^4 cells, 5 steps, 32 groups = 160
-  runs: start-up cost dominates) and a large one (10^6 cells x 10 steps, 16
-  groups = 80 runs, 6.4 GB of field data: data volume matters); p = 3,
+* Two configurations by default: a small one (5 x 10^4 cells, 5 steps, 32
+  groups = 160 runs: start-up cost dominates) and a large one (10^6 cells x 10
+  steps, 16 groups = 80 runs, 6.4 GB of field data: data volume matters);
+  ``--study-sizes huge`` adds 72 groups of 10^6 x 10 (360 runs, 28.8 GB: more
+  than the machine's memory, so no page cache holds the classic files; the
+  classic post-processing then reads them once, from disk); p = 3,
   ``job_limit`` 2; melissa-sa with 1 and with 2 server ranks.
+* The profile of each run: wall phases from the launcher's log (time to the
+  first client, clients, after the last client) and CPU seconds by role
+  (server ranks, clients, launcher, mpiexec: ``e2e_procs.TreeCpu`` samples
+  /proc every 0.25 s, the total is the exact ``getrusage`` of the tree, the
+  clients get what the samples missed); the classic jobs' and
+  post-processing's CPU seconds likewise.
 """
 
 from __future__ import annotations
