@@ -9,6 +9,7 @@ completion: a pure state machine), :mod:`~melissa_sa.server.launcher_link`
 :mod:`~melissa_sa.server.assembly` (group buffers),
 :mod:`~melissa_sa.server.field_stats` (statistics per field slice),
 :mod:`~melissa_sa.server.snapshot` (a rank's checkpoint content),
+:mod:`~melissa_sa.server.rank_checkpoints` (taking and restoring them),
 :mod:`~melissa_sa.server.base_server` and
 :mod:`~melissa_sa.server.sensitivity_analysis_server` (the classes users
 subclass), :mod:`~melissa_sa.server.results_io` and
