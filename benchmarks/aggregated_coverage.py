@@ -1,23 +1,10 @@
 """Empirical coverage of the aggregated (whole-field) Sobol' intervals.
 
-A field of ``C`` cells, each an Ishigami function of the same three inputs
-with its own coefficients, scale, offset and independent noise::
-
-    Y_c = o_c + w_c (sin X1 + a_c sin^2 X2 + b_c X3^4 sin X1) + s_c E,
-    X_k ~ U(-pi, pi),  E ~ N(0, 1) drawn anew for every run
-
-(cells are correlated through the shared inputs, as in a real field). Per
-cell ``Var(Y_B) = Var(Y_Ck) = V_c`` and ``Cov(Y_B, Y_Ck) = V_kc`` (the
-first-order partial variance), ``Cov(Y_A, Y_Ck) = V_c - VT_kc - s_c^2``
-(the noise is not shared), so the aggregated indices have a closed form::
-
-    S_k  = sum_c V_kc / sum_c V_c
-    ST_k = sum_c (VT_kc + s_c^2) / sum_c V_c
-
-with Ishigami's ``V_1 = w^2 (1 + b pi^4 / 5)^2 / 2``, ``V_2 = w^2 a^2 / 8``,
-``V_3 = 0``, ``V_13 = w^2 b^2 pi^8 (1/18 - 1/50)``, ``VT_1 = V_1 + V_13``,
-``VT_2 = V_2``, ``VT_3 = V_13``, ``V_c = V_1 + V_2 + V_13 + s^2``. A few
-cells are constant (``w = s = 0``).
+The field is the one the tests check (``tests/aggregated_field.py``): ``C``
+cells, each an Ishigami function of the same three inputs with its own
+coefficients, weight, offset and independent noise, with a closed-form
+aggregated truth. Here the coefficients are random (:func:`field`), offsets
+reach about 5e6 in size, and a few cells are constant (``w = s = 0``).
 
 Each replicate streams its own groups through :class:`SobolMartinez` and
 :class:`SobolAggregatedInterval` (the server's classes and kernels) and
@@ -44,9 +31,10 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-P = 3
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from aggregated_field import P, aggregated_truth, field_groups  # noqa: E402
 
 
 def field(n_cells: int, seed: int = 12345):
@@ -62,46 +50,16 @@ def field(n_cells: int, seed: int = 12345):
     return o, w, a, b, s
 
 
-def truth(o, w, a, b, s):
-    """Exact aggregated (first, total), each ``(3,)``."""
-    w2 = w * w
-    v1 = w2 * 0.5 * (1.0 + b * math.pi ** 4 / 5.0) ** 2
-    v2 = w2 * a * a / 8.0
-    v13 = w2 * b * b * math.pi ** 8 * (1.0 / 18.0 - 1.0 / 50.0)
-    v = v1 + v2 + v13 + s * s
-    first = np.array([v1.sum(), v2.sum(), 0.0]) / v.sum()
-    total = np.array([(v1 + v13 + s * s).sum(), (v2 + s * s).sum(),
-                      (v13 + s * s).sum()]) / v.sum()
-    return first, total
-
-
-def groups(rng, n_groups: int, coeffs) -> np.ndarray:
-    """``(n_groups, 5, n_cells)`` pick-freeze groups of the field."""
-    o, w, a, b, s = coeffs
-    xa = rng.uniform(-math.pi, math.pi, (n_groups, P))
-    xb = rng.uniform(-math.pi, math.pi, (n_groups, P))
-    runs = [xa, xb]
-    for k in range(P):
-        c = xa.copy()
-        c[:, k] = xb[:, k]
-        runs.append(c)
-    x = np.stack(runs, axis=1)                              # (n, 5, 3)
-    s1 = np.sin(x[..., 0:1])
-    y = s1 + a * np.sin(x[..., 1:2]) ** 2 + b * x[..., 2:3] ** 4 * s1
-    noise = rng.standard_normal(y.shape)
-    return o + w * y + s * noise
-
-
 def replicate(args) -> dict:
     """One study: coverage hits and widths at each checkpoint count."""
     from melissa_sa.stats import SobolMartinez
     from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
 
     seed, checks, n_cells, level, n_batches, warmup, dense, stride = args
-    coeffs = field(n_cells)
-    first_true, total_true = truth(*coeffs)
+    o, w, a, b, sigma = field(n_cells)
+    first_true, total_true = aggregated_truth(a, b, sigma, weight=w)
     rng = np.random.default_rng(seed)
-    data = groups(rng, max(checks), coeffs)
+    data = field_groups(rng, max(checks), a, b, sigma, offset=o, weight=w)
     s = SobolMartinez(n_cells, P, ci="fisher")
     agg = SobolAggregatedInterval(n_cells, P, n_batches=n_batches, warmup=warmup,
                                   dense=dense, stride=stride)
@@ -157,7 +115,8 @@ def main(argv=None) -> int:
     warmup = args.warmup or WARMUP
     dense = DENSE if args.dense is None else args.dense
     stride = args.stride or STRIDE
-    first_true, total_true = truth(*field(args.cells))
+    _, w, a, b, sigma = field(args.cells)
+    first_true, total_true = aggregated_truth(a, b, sigma, weight=w)
     t0 = time.time()
     table = run(args.reps, sorted(args.groups), args.cells, args.level, n_batches, warmup,
                 dense, stride, args.workers, args.seed)

@@ -22,7 +22,6 @@ prints a table and writes ``benchmarks/results/sobol_coverage.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import platform
@@ -30,6 +29,9 @@ import sys
 import time
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _record import write_json  # noqa: E402
 
 A_ISHIGAMI = 7.0
 B_ISHIGAMI = 0.1
@@ -163,12 +165,7 @@ def main(argv=None):
         "machine": {"python": platform.python_version(), "numpy": np.__version__,
                     "numba": numba.__version__, "threads": args.threads},
     }
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, record)}")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import pathlib
 import platform
@@ -45,6 +44,9 @@ from statistics import NormalDist
 import numpy as np
 
 from melissa_sa.design import GroupLayout
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from _record import write_json  # noqa: E402
 
 A_ISHIGAMI = 7.0
 B_ISHIGAMI = 0.1
@@ -178,12 +180,7 @@ def main(argv=None):
     record["elapsed_s"] = time.perf_counter() - t0
     record["machine"] = {"python": platform.python_version(), "numpy": np.__version__,
                          "numba": numba.__version__, "threads": args.threads}
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, record)}")
 
 
 if __name__ == "__main__":

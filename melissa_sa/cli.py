@@ -170,32 +170,69 @@ def _plot_aggregated(ax, res, field: str, names) -> None:
     ax.legend(fontsize="small", ncol=2)
 
 
+def _default_cell(res, field: str, t: int) -> int:
+    """The cell a bar chart shows when ``--cell`` is not given: the cell of
+    largest variance at time step ``t`` (if the file has it), else 0."""
+    import numpy as np
+
+    if "variance" in res.statistics(field):
+        return int(np.nanargmax(res.get(field, "variance", t)))
+    return 0
+
+
+def _bar_chart(ax, res, field: str, t: int, cell: int, series, width: float,
+               ticks, ylabel: str, what: str, *, tick=str, rotate_past: int | None = None) -> None:
+    """Bars of interval-carrying statistics at one cell and time step.
+
+    ``series`` lists ``(statistic, label, colour)``; each statistic's bars sit
+    side by side (``width`` each, centred on the tick), with error bars from
+    ``<statistic>_low`` / ``_high``. Bar ``i`` is labelled ``ticks[i]``, or
+    ``tick(i)`` when ``ticks`` is empty; labels turn 30 degrees when there are
+    more than ``rotate_past`` bars. The title names ``what``, the cell, the time
+    step and the confidence level (when the file records it).
+    """
+    import numpy as np
+
+    for i, (stat, label, colour) in enumerate(series):
+        val = res.get(field, stat, t)[:, cell]
+        low = res.get(field, f"{stat}_low", t)[:, cell]
+        high = res.get(field, f"{stat}_high", t)[:, cell]
+        err = np.vstack([np.maximum(val - low, 0), np.maximum(high - val, 0)])
+        k = np.arange(val.size)
+        shift = (i - (len(series) - 1) / 2) * width
+        ax.bar(k + shift, val, width, yerr=err, capsize=4, color=colour, label=label)
+    rotation = 30 if rotate_past is not None and len(k) > rotate_past else 0
+    ax.set_xticks(k, ticks or [tick(i) for i in k], rotation=rotation)
+    ax.set_ylabel(ylabel)
+    conf = res.confidence(field)
+    ci = f", {100 * conf[0]:g}% CI" if conf else ""
+    ax.set_title(f"{field}: {what} at cell {cell}, time step {t}{ci}")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.legend()
+
+
+def _plot_sobol(ax, res, field: str, t: int, cell: int | None, names) -> None:
+    """First- and total-order indices of every parameter at one cell, side by
+    side, with their intervals. ``cell`` defaults to :func:`_default_cell`."""
+    if cell is None:
+        cell = _default_cell(res, field, t)
+    _bar_chart(ax, res, field, t, cell,
+               (("sobol_first", "first order", None), ("sobol_total", "total order", None)),
+               0.38, names, "Sobol' index", "Sobol' indices", tick=lambda i: f"p{i + 1}")
+
+
 def _plot_second(ax, res, field: str, t: int, cell: int | None) -> None:
     """Second-order indices of every pair at one cell, with their intervals.
 
     The pairs' counterpart of ``--stat sobol``: one bar per pair ("x1:x2"),
     error bars from ``sobol_second_low`` / ``_high``. ``cell`` defaults to
-    the cell of largest variance (if written), else 0.
+    :func:`_default_cell`.
     """
-    import numpy as np
-
     if cell is None:
-        cell = (int(np.nanargmax(res.get(field, "variance", t)))
-                if "variance" in res.statistics(field) else 0)
-    pairs = res.pair_names(field)
-    val = res.get(field, "sobol_second", t)[:, cell]
-    low = res.get(field, "sobol_second_low", t)[:, cell]
-    high = res.get(field, "sobol_second_high", t)[:, cell]
-    err = np.vstack([np.maximum(val - low, 0), np.maximum(high - val, 0)])
-    k = np.arange(val.size)
-    ax.bar(k, val, 0.6, yerr=err, capsize=4, color="tab:green", label="second order")
-    ax.set_xticks(k, pairs or [str(i) for i in k], rotation=30 if len(k) > 6 else 0)
-    ax.set_ylabel("second-order Sobol' index")
-    conf = res.confidence(field)
-    ci = f", {100 * conf[0]:g}% CI" if conf else ""
-    ax.set_title(f"{field}: second-order indices at cell {cell}, time step {t}{ci}")
-    ax.axhline(0, color="black", lw=0.6)
-    ax.legend()
+        cell = _default_cell(res, field, t)
+    _bar_chart(ax, res, field, t, cell, (("sobol_second", "second order", "tab:green"),),
+               0.6, res.pair_names(field), "second-order Sobol' index",
+               "second-order indices", rotate_past=6)
 
 
 def _map_label(res, field: str, stat: str, k: int, names) -> str:
@@ -251,25 +288,7 @@ def cmd_plot(args) -> int:
         fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
 
         if stat == "sobol":
-            first = res.get(field, "sobol_first", t)        # (p, N)
-            if cell is None:  # the cell of largest variance, if known, else 0
-                cell = int(np.nanargmax(res.get(field, "variance", t))) \
-                    if "variance" in present else 0
-            k = np.arange(first.shape[0])
-            width = 0.38
-            for shift, kind in ((-width / 2, "first"), (width / 2, "total")):
-                val = res.get(field, f"sobol_{kind}", t)[:, cell]
-                low = res.get(field, f"sobol_{kind}_low", t)[:, cell]
-                high = res.get(field, f"sobol_{kind}_high", t)[:, cell]
-                err = np.vstack([np.maximum(val - low, 0), np.maximum(high - val, 0)])
-                ax.bar(k + shift, val, width, yerr=err, capsize=4, label=f"{kind} order")
-            ax.set_xticks(k, names or [f"p{i + 1}" for i in k])
-            ax.set_ylabel("Sobol' index")
-            conf = res.confidence(field)
-            ci = f", {100 * conf[0]:g}% CI" if conf else ""
-            ax.set_title(f"{field}: Sobol' indices at cell {cell}, time step {t}{ci}")
-            ax.axhline(0, color="black", lw=0.6)
-            ax.legend()
+            _plot_sobol(ax, res, field, t, cell, names)
         elif stat == "second":
             _plot_second(ax, res, field, t, cell)
         elif stat == "aggregated":

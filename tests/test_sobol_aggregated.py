@@ -16,6 +16,7 @@ import tracemalloc
 import h5py
 import numpy as np
 import pytest
+from aggregated_field import P, aggregated_truth, field_groups
 from scipy.stats import t as student_t
 
 from melissa_sa.results import FieldSlice, ResultsLayout, open_results, write_results
@@ -27,25 +28,16 @@ from melissa_sa.stats.sobol_aggregated import (
     combine_slices,
 )
 
-P = 3
+
+def cell_coefficients(n_cells):
+    """The cells' Ishigami ``a``, ``b`` and noise ``s``, each ``(n_cells,)``."""
+    return (np.linspace(1.0, 8.0, n_cells), np.linspace(0.0, 0.2, n_cells),
+            np.linspace(0.0, 1.0, n_cells))
 
 
 def ishigami_field(rng, n_groups, n_cells, offset=0.0):
     """(n_groups, P + 2, n_cells): cells are Ishigami with cell-dependent a, b, noise."""
-    a_c = np.linspace(1.0, 8.0, n_cells)
-    b_c = np.linspace(0.0, 0.2, n_cells)
-    s_c = np.linspace(0.0, 1.0, n_cells)
-    xa = rng.uniform(-np.pi, np.pi, (n_groups, P))
-    xb = rng.uniform(-np.pi, np.pi, (n_groups, P))
-    runs = [xa, xb]
-    for k in range(P):
-        c = xa.copy()
-        c[:, k] = xb[:, k]
-        runs.append(c)
-    x = np.stack(runs, axis=1)[..., None]                     # (n, P+2, P, 1)
-    s1 = np.sin(x[:, :, 0])
-    y = s1 + a_c * np.sin(x[:, :, 1]) ** 2 + b_c * x[:, :, 2] ** 4 * s1
-    return offset + y + s_c * rng.standard_normal(y.shape)
+    return field_groups(rng, n_groups, *cell_coefficients(n_cells), offset=offset)
 
 
 def feed(data, ids=None, **kw):
@@ -256,16 +248,7 @@ def test_seeded_coverage_is_near_nominal():
     holds the exact aggregated index in 90-99 % of them, for every index.
     (A standard error off by 30 % either way lands outside.)"""
     n_cells = 6
-    a_c = np.linspace(1.0, 8.0, n_cells)
-    b_c = np.linspace(0.0, 0.2, n_cells)
-    s_c = np.linspace(0.0, 1.0, n_cells)
-    v1 = 0.5 * (1 + b_c * np.pi ** 4 / 5) ** 2
-    v2 = a_c ** 2 / 8
-    v13 = b_c ** 2 * np.pi ** 8 * (1 / 18 - 1 / 50)
-    v = v1 + v2 + v13 + s_c ** 2
-    first_true = np.array([v1.sum(), v2.sum(), 0.0]) / v.sum()
-    total_true = np.array([(v1 + v13 + s_c ** 2).sum(), (v2 + s_c ** 2).sum(),
-                           (v13 + s_c ** 2).sum()]) / v.sum()
+    first_true, total_true = aggregated_truth(*cell_coefficients(n_cells))
     hits = np.zeros(2 * P)
     reps = 200
     for r in range(reps):

@@ -11,7 +11,8 @@ the contract with the server): :mod:`~melissa_sa.launcher.claim` (one
 launcher per study, ``OUT/launcher.json``), :mod:`~melissa_sa.launcher.server_link`
 (the control link, typed messages), :mod:`~melissa_sa.launcher.server_process`
 (the server under ``mpiexec``), :mod:`~melissa_sa.launcher.jobs` (the job
-table, a pure state object), :mod:`~melissa_sa.launcher.schedulers` (client
+table, a pure state object), :mod:`~melissa_sa.launcher.client_jobs` (the
+jobs carried out), :mod:`~melissa_sa.launcher.schedulers` (client
 jobs), :mod:`~melissa_sa.launcher.progress` (what the user sees).
 
 The loop waits on the link (``poll_interval`` s, never a busy loop), hands
@@ -42,8 +43,9 @@ from melissa_sa import messages as msgs
 from melissa_sa.auth import SecretError, study_secret
 from melissa_sa.convergence import ConvergenceRule, progress_text
 from melissa_sa.launcher.claim import ClaimError, StudyClaim, launcher_state
+from melissa_sa.launcher.client_jobs import ClientJobsMixin
 from melissa_sa.launcher.jobs import JobTable
-from melissa_sa.launcher.processes import describe_exit, tail_lines
+from melissa_sa.launcher.processes import describe_exit
 from melissa_sa.launcher.progress import Console, Progress, format_duration
 from melissa_sa.launcher.schedulers import Scheduler, SchedulerError, get_scheduler
 from melissa_sa.launcher.server_link import ServerLink
@@ -55,7 +57,7 @@ from melissa_sa.server.transport import node_address
 __all__ = ["Launcher"]
 
 
-class Launcher(EndingsMixin):
+class Launcher(ClientJobsMixin, EndingsMixin):
     """Run one study: the server under mpiexec and the clients it submits.
 
     ``cfg`` is a :class:`melissa_sa.config.StudyConfig`, ``config_path`` the
@@ -401,63 +403,6 @@ class Launcher(EndingsMixin):
 
     def _on_stop(self, msg: msgs.Stop) -> None:
         self._stop_msg = msg
-
-    # -- jobs -------------------------------------------------------------------------
-    def _send_reports(self, reports: list[msgs.JobState]) -> None:
-        for report in reports:
-            self.link.send(report)
-
-    def _start_jobs(self) -> None:
-        limit = self.cfg.launcher_config.job_limit
-        for start in self.jobs.next_starts(limit - self.scheduler.running, limit):
-            job = start.job
-            try:
-                handle = self.scheduler.submit(job.key, job.script, job.log_path)
-            except SchedulerError as exc:
-                self.error(f"sim {job.sim_id} (group {job.group_id}): {exc}")
-                self._send_reports(self.jobs.start_failed(job.key))
-                continue
-            self._send_reports(self.jobs.started(job.key))
-            self.debug(f"sim {job.sim_id} (group {job.group_id}) running, pid {handle.pid}")
-        self.max_running = max(self.max_running, self.scheduler.running)
-
-    def _reap_jobs(self) -> None:
-        for key, state, rc in self.scheduler.poll():
-            job = self.jobs.job(key)
-            reports = self.jobs.ended(key, state, rc)
-            if job is None:
-                continue
-            if not reports:
-                self.debug(f"sim {job.sim_id} (group {job.group_id}) ended after being "
-                           f"stopped ({'code ' + str(rc) if rc is not None else 'no code'})")
-                continue
-            self._send_reports(reports)
-            if state == "failed":
-                self.log(f"sim {job.sim_id} (group {job.group_id}) {describe_exit(rc)}; "
-                         f"see {job.log_path}")
-            else:
-                self.debug(f"sim {job.sim_id} (group {job.group_id}) finished")
-
-    def _stop_clients(self) -> list[int]:
-        """Drop the queue and terminate every running client (bounded wait)."""
-        self.jobs.stop_all()
-        if self.scheduler is None:
-            return []
-        pids = self.scheduler.cancel_all(self.kill_grace)
-        self.jobs.clear()
-        return pids
-
-    def _client_failure_tail(self) -> str:
-        """The last failed client and its log's last lines, or ""."""
-        if self.jobs.last_failure is None:
-            return ""
-        job, rc = self.jobs.last_failure
-        lines = [line for line in tail_lines(job.log_path, self.client_tail_lines + 5)
-                 if not line.startswith("=== melissa-sa: job ")][-self.client_tail_lines:]
-        body = "".join(f"\n    {line}" for line in lines) or "\n    (empty)"
-        how = describe_exit(rc) if rc is not None else "failed"
-        return (f"\n  the last client that failed: sim {job.sim_id} (group {job.group_id}) "
-                f"{how}; last lines of {job.log_path}:{body}")
 
     def _resume_hint(self) -> str:
         return f"continue with: melissa-sa run {shlex.quote(self.config_path)} --resume"

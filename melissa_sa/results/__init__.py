@@ -4,6 +4,7 @@
   errors;
 * :mod:`.layout`: :class:`ResultsLayout` (the shapes of one study's file) and
   :class:`ParameterTable` (the design actually run);
+* :mod:`.create`: the file created with every dataset at full size;
 * :mod:`.writer`: the writer, serial or MPI, never gathered;
 * :mod:`.reader`: :func:`open_results` and :class:`Results`.
 

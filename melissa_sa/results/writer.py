@@ -9,12 +9,13 @@ and passes the token on. The last rank checks that the slices tile every
 field exactly and that the sample counts were written, marks the file
 complete, ``fsync``\\ s it and renames it to ``results.h5``: a ``results.h5``
 that exists is complete. No rank ever holds more than its own slice.
+
+Rank 0 creates the file with :func:`~melissa_sa.results.create.create_results_file`
+(:mod:`.create`, importable from here too).
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,19 +25,15 @@ import numpy as np
 
 from melissa_sa.durable import durable_replace
 from melissa_sa.mpi_wait import recv_when_ready, wait_requests
-from melissa_sa.results.layout import ResultsLayout, as_table
+from melissa_sa.results.create import create_results_file
+from melissa_sa.results.layout import ResultsLayout
 from melissa_sa.results.schema import (
     AGGREGATED,
-    AGGREGATED_CI_METHOD,
-    CI_METHODS,
     COUNT_FILL,
     COUNTS,
-    FLOAT_FILL,
-    FORMAT,
     SCALES,
     STATISTICS,
     ResultsWriteError,
-    version,
 )
 
 __all__ = [
@@ -45,133 +42,6 @@ __all__ = [
 ]
 
 _DEFAULT_TAG = 0x4D5352  # "MSR": token tag of write_results_parallel
-
-
-def _str_scale(group, name: str, values) -> h5py.Dataset:
-    return group.create_dataset(name, data=np.array(list(values), dtype=object),
-                                dtype=h5py.string_dtype())
-
-
-def _chunks(layout: ResultsLayout, shape: tuple[int, ...]) -> tuple[int, ...]:
-    T, N = shape[-2], shape[-1]
-    cells = min(N, layout.chunk_elements)
-    steps = max(1, min(T, layout.chunk_elements // cells))
-    return (1,) * (len(shape) - 2) + (steps, cells)
-
-
-def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping | None = None,
-                        parameters=None, attrs: Mapping | None = None) -> Path:
-    """Create ``path`` with every dataset of ``layout`` at full size (rank 0's job).
-
-    Statistics are float64, filled with NaN until written; counts are int64,
-    filled with -1. ``config_json`` is the study config (a JSON string or a
-    mapping); ``parameters`` a :class:`ParameterTable`, a mapping of its
-    fields, an ``(n_runs, n_params)`` array or None. The file is marked
-    incomplete (root attr ``complete = False``) until
-    :func:`complete_results_file`. Memory used is independent of the mesh size.
-    ``attrs`` adds root attributes (e.g. the server's dropped-message counts).
-    """
-    path = Path(path)
-    if config_json is None:
-        config_json = "{}"
-    elif not isinstance(config_json, str):
-        config_json = json.dumps(config_json)
-    else:
-        json.loads(config_json)  # must be valid JSON
-    table = as_table(parameters, layout)
-    T = layout.n_time_steps
-    comp = {} if layout.gzip is None else {"compression": "gzip",
-                                            "compression_opts": int(layout.gzip)}
-    with h5py.File(path, "w", libver=("v108", "v110"), track_order=True) as f:
-        f.attrs["format"] = FORMAT
-        f.attrs["melissa_sa_version"] = version()
-        f.attrs["config"] = config_json
-        f.attrs["fields"] = list(layout.fields)
-        f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        f.attrs["complete"] = False
-        for key, value in (attrs or {}).items():
-            f.attrs[key] = value
-
-        # -- /parameters
-        pg = f.create_group("parameters", track_order=True)
-        pg.attrs["description"] = ("the design actually run, one row per run; member 0 = A, "
-                                   "1 = B, 2 + k = C_k (A with column k from B) under Sobol', "
-                                   "and 2 + p + k = D_k (B with column k from A) with "
-                                   "second order")
-        run = pg.create_dataset("run", data=np.arange(len(table), dtype=np.int64))
-        run.make_scale("run")
-        pscale = _str_scale(pg, "parameter", table.names)
-        pscale.make_scale("parameter")
-        v = pg.create_dataset("value", data=table.values)
-        v.attrs["names"] = list(table.names)
-        v.dims[0].attach_scale(run)
-        v.dims[1].attach_scale(pscale)
-        for col in ("sim_id", "group_id", "member", "redrawn", "folded"):
-            d = pg.create_dataset(col, data=getattr(table, col))
-            d.dims[0].attach_scale(run)
-        pg["redrawn"].attrs["definition"] = ("parameters redrawn to replace a group that "
-                                             "crashed too often")
-        pg["folded"].attrs["definition"] = "the run's data was folded into the statistics"
-
-        # -- one group per field
-        for fname in layout.fields:
-            N = layout.n_cells[fname]
-            g = f.create_group(fname, track_order=True)
-            g.attrs["n_cells"] = N
-            g.attrs["n_time_steps"] = T
-            scales = {}
-            ts = g.create_dataset("time_step", data=np.arange(T, dtype=np.int64))
-            cell = g.create_dataset("cell", shape=(N,), dtype=np.int64,
-                                    chunks=(min(N, layout.chunk_elements),))
-            block = 1 << 20  # bounded memory, whatever the mesh size
-            for lo in range(0, N, block):
-                hi = min(N, lo + block)
-                cell[lo:hi] = np.arange(lo, hi, dtype=np.int64)
-            scales["time_step"], scales["cell"] = ts, cell
-            if layout.thresholds:
-                scales["threshold"] = g.create_dataset(
-                    "threshold", data=np.array(layout.thresholds, dtype=np.float64))
-            if layout.quantile_levels:
-                scales["quantile_level"] = g.create_dataset(
-                    "quantile_level", data=np.array(layout.quantile_levels, dtype=np.float64))
-            if layout.has_sobol:
-                scales["parameter"] = _str_scale(g, "parameter", layout.parameter_names)
-                g.attrs["confidence_level"] = layout.confidence_level
-                g.attrs["ci_method"] = layout.ci_method
-            if layout.has_second_order:
-                scales["pair"] = _str_scale(g, "pair", layout.pair_names)
-            for name, ds in scales.items():
-                ds.make_scale(name)
-
-            for stat in layout.statistics:
-                shape = layout.shape(fname, stat)
-                d = g.create_dataset(stat, shape=shape, dtype=np.float64,
-                                     chunks=_chunks(layout, shape), fillvalue=FLOAT_FILL, **comp)
-                lead = STATISTICS[stat]
-                dims = ([lead] if lead else []) + ["time_step", "cell"]
-                for i, dim in enumerate(dims):
-                    d.dims[i].attach_scale(scales[dim])
-                d.attrs["definition"] = layout.definition(stat)
-                if stat.endswith(("_low", "_high")):
-                    d.attrs["confidence_level"] = layout.confidence_level
-                    d.attrs["method"] = layout.ci_method
-                    if layout.ci_method in CI_METHODS:
-                        d.attrs["method_description"] = CI_METHODS[layout.ci_method]
-            for cname in layout.counts:
-                d = g.create_dataset(cname, shape=(T,), dtype=np.int64, fillvalue=COUNT_FILL)
-                d.dims[0].attach_scale(ts)
-                d.attrs["definition"] = layout.definition(cname)
-            if layout.has_sobol:
-                for aname in AGGREGATED:
-                    d = g.create_dataset(aname, shape=(len(layout.parameter_names), T),
-                                         dtype=np.float64, fillvalue=FLOAT_FILL)
-                    d.dims[0].attach_scale(scales["parameter"])
-                    d.dims[1].attach_scale(ts)
-                    d.attrs["definition"] = layout.definition(aname)
-                    if aname.endswith(("_low", "_high")):
-                        d.attrs["confidence_level"] = layout.confidence_level
-                        d.attrs["method"] = AGGREGATED_CI_METHOD
-    return path
 
 
 def write_field_slice(h5file, field: str, lo: int, hi: int,

@@ -5,9 +5,11 @@ Modules, by role: :mod:`~melissa_sa.server.transport` (ZeroMQ sockets),
 :mod:`~melissa_sa.server.study_state` (groups, runs, crashes, redraws,
 completion: a pure state machine), :mod:`~melissa_sa.server.launcher_link`
 (launcher messages, client handshakes, client scripts),
+:mod:`~melissa_sa.server.data_messages` (a rank's data messages, validated),
 :mod:`~melissa_sa.server.assembly` (group buffers),
 :mod:`~melissa_sa.server.field_stats` (statistics per field slice),
 :mod:`~melissa_sa.server.snapshot` (a rank's checkpoint content),
+:mod:`~melissa_sa.server.rank_checkpoints` (taking and restoring them),
 :mod:`~melissa_sa.server.base_server` and
 :mod:`~melissa_sa.server.sensitivity_analysis_server` (the classes users
 subclass), :mod:`~melissa_sa.server.results_io` and

@@ -9,7 +9,8 @@ reference recognises it. The parts live in their own modules: sockets in
 :mod:`~melissa_sa.server.transport`, messages between ranks in
 :mod:`~melissa_sa.server.ranks`, the study's bookkeeping (groups, crashes,
 redraws, completion, timeouts) in :mod:`~melissa_sa.server.study_state`,
-the launcher link in :mod:`~melissa_sa.server.launcher_link`. What a
+the launcher link in :mod:`~melissa_sa.server.launcher_link`, the
+validation of data messages in :mod:`~melissa_sa.server.data_messages`. What a
 flavour does with the data is left to :meth:`start`;
 :class:`~melissa_sa.server.sensitivity_analysis_server.SensitivityAnalysisServer`
 is the sensitivity-analysis flavour.
@@ -21,7 +22,6 @@ wait in the ZeroMQ poller and look for MPI messages with ``Iprobe``.
 
 from __future__ import annotations
 
-import enum
 import logging
 import math
 import os
@@ -30,7 +30,6 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,44 +38,25 @@ from melissa_sa import exit_codes
 from melissa_sa.auth import SECRET_FILE, SecretError, study_secret
 from melissa_sa.config import StudyConfig
 from melissa_sa.design import GroupLayout
-from melissa_sa.mpi_wait import MPIWaitTimeout, gather_json
-from melissa_sa.protocol import DataHeader, ProtocolError, decode_header, decode_payload
+from melissa_sa.mpi_wait import gather_json
 from melissa_sa.server import ranks
-from melissa_sa.server.intake import check_header, partition
+from melissa_sa.server.data_messages import (
+    FIELD_WAIT_S,
+    DataMessages,
+    ServerStatus,
+    SimulationData,
+)
+from melissa_sa.server.intake import partition
 from melissa_sa.server.launcher_link import LauncherLink
 from melissa_sa.server.study_state import StudyLimits, StudyState
 from melissa_sa.server.transport import FatalError, Transport, is_loopback_bind
 
-__all__ = ["BaseServer", "FatalError", "ServerStatus", "SimulationData", "partition"]
+__all__ = ["BaseServer", "FatalError", "ServerStatus", "SimulationData", "partition",
+           "FIELD_WAIT_S"]
 
 log = logging.getLogger("melissa_sa.server")
 
-#: seconds a rank waits for rank 0's declaration of a field a message names
-FIELD_WAIT_S = 10.0
-
-
-class ServerStatus(enum.Enum):
-    """What :meth:`BaseServer.poll_sockets` saw when it returned no data."""
-
-    TIMEOUT = 0        # nothing arrived within the timeout
-    CONTROL = 1        # a handshake, launcher or MPI message was handled
-    BAD_MESSAGE = 2    # a malformed data message was counted and dropped
-    STOP = 3           # the study is over (or was asked to stop)
-
-
-@dataclass(slots=True)
-class SimulationData:
-    """One validated data message: a slice of one field at one time step.
-
-    ``values`` is a read-only view on the received ZeroMQ frame (no copy).
-    """
-
-    header: DataHeader
-    values: np.ndarray
-    group_id: int
-
-
-class BaseServer(LauncherLink, ABC):
+class BaseServer(LauncherLink, DataMessages, ABC):
     """Connections, groups, sampler and launcher link of a melissa-sa server.
 
     Parameters
@@ -348,52 +328,6 @@ class BaseServer(LauncherLink, ABC):
             frames = t.data_socket.recv_multipart(copy=False)
             return self._receive_data(frames)
         return status if status is not None else ServerStatus.TIMEOUT
-
-    def _receive_data(self, frames):
-        """Validate one data message; count and drop it if malformed."""
-        try:
-            if len(frames) != 2:
-                raise ProtocolError(f"{len(frames)} frames, expected 2", "bad_frames")
-            header = decode_header(frames[0].buffer)
-            self._validate_header(header)
-            values = decode_payload(header, frames[1].buffer)
-        except ProtocolError as exc:
-            self.bad_messages[exc.kind] += 1
-            sender = ""
-            if len(frames) >= 1 and len(frames[0].buffer) >= 12:
-                sim = int.from_bytes(bytes(frames[0].buffer[8:12]), "little")
-                sender = f" from simulation {sim}"
-            log.warning("dropped data message%s: %s", sender, exc.reason)
-            return ServerStatus.BAD_MESSAGE
-        self._total_bytes_recv += values.nbytes
-        return SimulationData(header, values, self.layout.group_of(header.sim_id))
-
-    def _validate_header(self, h: DataHeader) -> None:
-        """Check a header against what this rank knows; raise ProtocolError."""
-        if h.field_id >= len(self.fields):
-            raise ProtocolError(f"unknown field id {h.field_id}", "unknown_field")
-        name = self.fields[h.field_id]
-        if name not in self.field_sizes:
-            self._wait_for_field(name)
-        if not 0 <= h.sim_id < self._sim_id_limit:
-            self.ranks.drain()  # a redraw announced by rank 0 may be in flight
-        check_header(h, field=name, cells=self.field_partitions[name][self.rank],
-                     rank=self.rank, layout=self.layout, sim_id_limit=self._sim_id_limit,
-                     nb_time_steps=self.nb_time_steps)
-
-    def _wait_for_field(self, name: str) -> None:
-        """A data message names a field whose size rank 0 may have sent but this
-        rank not read yet: read control messages until it is known."""
-        undeclared = ProtocolError(f"field {name!r} has not been declared by a client",
-                                   "unknown_field")
-        if self.rank == 0:
-            raise undeclared
-        try:
-            self.ranks.wait_for(lambda: name in self.field_sizes,
-                                f"rank 0's declaration of field {name!r}", FIELD_WAIT_S)
-        except MPIWaitTimeout as exc:
-            log.warning("%s", exc)
-            raise undeclared from exc
 
     # -- messages between ranks -----------------------------------------------
     def _rank_handlers(self) -> dict:

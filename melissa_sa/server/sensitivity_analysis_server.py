@@ -18,6 +18,9 @@ Every (simulation, field, time step, slice) is folded at most once: a
 restarted client may resend from the start, and what was already folded or
 buffered is dropped and counted as a duplicate. A run folded on every rank
 is reported to rank 0's study state (:class:`RunFolded`).
+
+Checkpoints (when one is due, writing, restoring) are
+:mod:`~melissa_sa.server.rank_checkpoints`'s.
 """
 
 from __future__ import annotations
@@ -33,10 +36,10 @@ from melissa_sa import exit_codes
 from melissa_sa.mpi_wait import bcast_json
 from melissa_sa.server import ranks
 from melissa_sa.server.assembly import GroupAssembler, Overlap
-from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData, partition
+from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData
 from melissa_sa.server.convergence_check import ConvergenceCheck
 from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
-from melissa_sa.server.snapshot import RankSnapshot, SnapshotError, load_rank, save_rank
+from melissa_sa.server.rank_checkpoints import RankCheckpoints
 from melissa_sa.server.study_events import Begin, DataSeen, RunFolded, RunReceived, Tick
 from melissa_sa.stats import set_threads
 from melissa_sa.warmup import warm_up
@@ -46,7 +49,7 @@ log = logging.getLogger("melissa_sa.server")
 __all__ = ["LocalField", "SensitivityAnalysisServer", "StepStatistics"]
 
 
-class SensitivityAnalysisServer(BaseServer):
+class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
     """The melissa-sa server flavour for sensitivity analysis.
 
     Run it with ``mpiexec -n P python -m melissa_sa.server.main study.json``
@@ -196,143 +199,6 @@ class SensitivityAnalysisServer(BaseServer):
             ranks_in.add(msg.rank)
             if len(ranks_in) == self.comm_size and sim_id not in self.study.sims_done:
                 self.feed(RunReceived(sim_id, now))
-
-    # -- checkpoints -------------------------------------------------------------------
-    def _checkpoint_due(self) -> bool:
-        sa = self.config.sa_config
-        if self._runs_since_checkpoint >= sa.checkpoint_interval:
-            return True
-        return (sa.checkpoint_seconds is not None and self._runs_since_checkpoint > 0
-                and time.monotonic() - self._last_checkpoint >= sa.checkpoint_seconds)
-
-    def _maybe_checkpoint(self) -> None:
-        """Rank 0: start a coordinated checkpoint when one is due."""
-        if self._checkpoint_due() and not self._stop_requested:
-            self.ranks.broadcast(ranks.CheckpointNow())
-            self.checkpoint()
-
-    def on_checkpoint_request(self) -> None:
-        self.checkpoint()
-
-    def checkpoint(self) -> int | None:
-        """Snapshot this rank's state into a new checkpoint set (collective).
-
-        Rank 0 starts it (every ``sa_config.checkpoint_interval`` completed
-        runs, every ``checkpoint_seconds`` if set, and when the study stops
-        early) by sending :class:`~melissa_sa.server.ranks.CheckpointNow` to
-        the other ranks; each rank snapshots when the message reaches it.
-        Rank 0's completion state only counts what the other ranks reported
-        before the message left, so it never claims more than their
-        snapshots hold.
-        """
-        from melissa_sa.checkpoint import CheckpointError
-
-        t0 = time.monotonic()
-        try:
-            set_id = self._checkpoint_writer().write(self._save_state,
-                                                     meta=self._checkpoint_meta())
-        except CheckpointError as exc:
-            log.error("checkpoint failed: %s (the previous one is kept)", exc)
-            return None
-        self._runs_since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
-        if self.rank == 0:
-            log.info("checkpoint %d written in %.2f s", set_id, self._last_checkpoint - t0)
-        return set_id
-
-    def _checkpoint_writer(self):
-        if self._writer is None:
-            from melissa_sa.checkpoint import CheckpointWriter
-            self._writer = CheckpointWriter(self.config.checkpoint_dir,
-                                            self.comm if self.comm_size > 1 else None,
-                                            previous=self._restored_from)
-        return self._writer
-
-    def _checkpoint_meta(self) -> dict | None:
-        if self.rank != 0:
-            return None
-        return {"groups_done": self.study.groups_done, "groups_total": self.nb_groups,
-                "groups_submitted": self.study.nb_submitted_groups,
-                "mean_run_seconds": round(self.mtt_simulation_completion, 3)}
-
-    def _completion_state(self) -> dict:
-        state = self.study.to_dict()
-        sampler = self._parameter_sampler
-        state["sampler"] = None if sampler is None else sampler.state_dict()
-        for g in state["groups"]:
-            params = self._parameters.get(g["group_id"])
-            g["parameters"] = None if params is None else params.tolist()
-        return state
-
-    def _save_state(self, f) -> None:
-        """Write this rank's statistics and completion state into ``f``."""
-        snap = RankSnapshot(self.slices, self.field_sizes, self._folded,
-                            self._abandoned_groups, self.duplicates, self.bad_messages,
-                            self._total_bytes_recv,
-                            self._completion_state() if self.rank == 0 else None)
-        save_rank(f, snap, self.config, len(self.fields), self.nb_time_steps)
-
-    def restore(self) -> bool:
-        """Load the newest intact checkpoint set (collective); False if none."""
-        from melissa_sa.checkpoint import CheckpointError, find_latest_checkpoint
-
-        try:
-            found = find_latest_checkpoint(self.config.checkpoint_dir, self.comm_size,
-                                           self.comm if self.comm_size > 1 else None)
-        except CheckpointError as exc:
-            raise SystemExit(f"cannot restart from {self.config.checkpoint_dir}: {exc}") from None
-        if found is None:
-            if self.rank == 0:
-                log.warning("restart asked but %s holds no checkpoint: starting afresh",
-                            self.config.checkpoint_dir)
-            return False
-        for problem in found.skipped if self.rank == 0 else ():
-            log.warning("checkpoint skipped: %s", problem)
-        try:
-            with found.open_rank(self.rank) as f:
-                snap = load_rank(f, self.config, self.fields,
-                                 lambda n: partition(n, self.comm_size), self.rank)
-        except (CheckpointError, SnapshotError) as exc:
-            raise SystemExit(f"cannot restart from {self.config.checkpoint_dir}: {exc}") from None
-        self._load_snapshot(snap)
-        self._choose_threads()
-        self._restored_from = found
-        if self.rank == 0:
-            log.info("restarted from checkpoint set %d: %d/%d groups done",
-                     found.set_id, self.study.groups_done, self.nb_groups)
-        return True
-
-    def _load_snapshot(self, snap: RankSnapshot) -> None:
-        for name, n_cells in snap.field_sizes.items():
-            self.field_sizes[name] = n_cells
-            self.field_partitions[name] = partition(n_cells, self.comm_size)
-        self.slices.update(snap.fields)
-        self._folded = snap.folded
-        self._abandoned_groups = snap.abandoned_groups
-        self.duplicates = snap.duplicates
-        self.bad_messages = snap.bad_messages
-        self._total_bytes_recv = snap.bytes_received
-        if self.rank == 0 and snap.completion is not None:
-            state = snap.completion
-            self.study.load_dict(state)
-            rule = self.convergence_rule()
-            changed = self.study.reconcile_rule(None if rule is None else rule.to_dict())
-            if changed:
-                log.warning("%s", changed)
-            self._sim_id_limit = self.study.sim_id_limit
-            for sim_id in self.study.sims_done:
-                self._ranks_done[sim_id] = set(range(self.comm_size))
-            self.set_parameter_sampler(self.config.study_options.sampler)
-            if state["sampler"] is not None:
-                self._parameter_sampler.load_state(state["sampler"])
-            self._parameters = {int(g["group_id"]): np.asarray(g["parameters"], dtype=float)
-                                for g in state["groups"] if g.get("parameters") is not None}
-
-    def _report_restored(self) -> None:
-        """Every rank after a restart: re-announce what is completely folded."""
-        complete = tuple(s for s, bits in self._folded.items() if bits.all())
-        if complete:
-            self.ranks.report(ranks.RunsFolded(self.rank, complete))
 
     # -- main loop -------------------------------------------------------------------
     def _on_sigterm(self, signum, frame) -> None:

@@ -1,4 +1,9 @@
-"""Martinez pick-freeze Sobol' indices with confidence intervals, per cell."""
+"""Martinez pick-freeze Sobol' indices with confidence intervals, per cell.
+
+Around :class:`SobolMartinez`: the group check (:mod:`.sobol_group`), the
+checkpoint format (:mod:`.sobol_checkpoint`), the whole-field indices
+(:mod:`.sobol_aggregated`), second order (:mod:`.sobol_second`).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,11 @@ from statistics import NormalDist
 
 import numpy as np
 
-from melissa_sa.design import GroupLayout
 from melissa_sa.kernels.sobol import (
     DELTA,
     DELTA_LINEAR,
     FISHER,
-    LAYOUT,
     copy_group,
-    martinez_from_centred,
     martinez_indices,
     martinez_interval,
     martinez_merge,
@@ -25,9 +27,13 @@ from melissa_sa.kernels.sobol import (
     martinez_update_many_compact,
     row_width,
 )
-from melissa_sa.stats._state import load_state, restore_array, save_state
 from melissa_sa.stats.base import Statistic
+from melissa_sa.stats.sobol_aggregated import aggregate_indices
+from melissa_sa.stats.sobol_checkpoint import load_martinez, save_martinez
+from melissa_sa.stats.sobol_group import as_group
 from melissa_sa.stats.sobol_second import SecondOrderState, check_second_order
+
+__all__ = ["SobolMartinez", "as_group", "aggregate_indices", "RECENTRE_AT", "FOLD_BATCH"]
 
 _METHODS = {"delta": DELTA, "fisher": FISHER, "delta-linear": DELTA_LINEAR}
 #: group counts after which the shift moves to A's running mean
@@ -35,58 +41,6 @@ RECENTRE_AT = (2, 16, 256)
 #: groups buffered per fold of a full (``ci="delta"``) state, and of a compact
 #: one (``ci="fisher"``): measured, see ``docs/performance.md``
 FOLD_BATCH = {"delta": 4, "fisher": 1}
-
-
-def as_group(group, n_params: int, n_cells: int, second_order: bool = False) -> np.ndarray:
-    """Return ``group`` as a C-contiguous float32/float64 (p + 2, n_cells) array.
-
-    The rows are those of :class:`melissa_sa.design.GroupLayout`: A, B,
-    C_1..C_p, and with ``second_order`` D_1..D_p too (``2p + 2`` rows).
-
-    float32 and float64 C-contiguous arrays pass through without a copy; other
-    real dtypes become float64. Raises ``ValueError`` naming the expected
-    shape and ``TypeError`` for a non-real dtype.
-    """
-    group = np.asarray(group)
-    if group.dtype not in (np.float32, np.float64):
-        if group.dtype.kind not in "biuf":
-            raise TypeError(f"group dtype {group.dtype} is not a real number type")
-        group = group.astype(np.float64)
-    layout = GroupLayout(n_params, second_order=second_order)
-    expected = (layout.size, n_cells)
-    if group.shape != expected:
-        rows = ", ".join(layout.member_name(m) for m in range(layout.size))
-        raise ValueError(
-            f"group shape {group.shape}, expected {expected} "
-            f"(rows {rows}; one column per cell)"
-        )
-    if not group.flags.c_contiguous:
-        group = np.ascontiguousarray(group)
-    return group
-
-
-def aggregate_indices(sums) -> tuple[np.ndarray, np.ndarray]:
-    """Aggregated first- and total-order indices of a whole field.
-
-    ``sums``: :meth:`SobolMartinez.aggregated_sums`, summed over every part
-    of the field. Gamboa, Janon, Klein & Lagnoux (2014) in Martinez'
-    correlation form, per parameter ``k``::
-
-        S_k  = sum_c Cov_c(Y_B, Y_Ck) / sum_c sqrt(Var_c(Y_B) Var_c(Y_Ck))
-        ST_k = 1 - sum_c Cov_c(Y_A, Y_Ck) / sum_c sqrt(Var_c(Y_A) Var_c(Y_Ck))
-
-    (the ``1/(n-1)`` factors cancel). Constant cells add nothing to either
-    sum; a field with no variance at all gives 0, like a constant cell.
-    Returns ``(first, total)``, each of shape ``(n_params,)``.
-    """
-    sums = np.asarray(sums, dtype=np.float64)
-    if sums.ndim != 2 or sums.shape[0] != 4:
-        raise ValueError(f"sums shape {sums.shape}, expected (4, n_params) "
-                         "from SobolMartinez.aggregated_sums")
-    with np.errstate(invalid="ignore", divide="ignore"):
-        first = np.where(sums[1] == 0, 0.0, sums[0] / sums[1])
-        total = np.where(sums[3] == 0, 0.0, 1.0 - sums[2] / sums[3])
-    return first, total
 
 
 class SobolMartinez(Statistic):
@@ -483,14 +437,7 @@ class SobolMartinez(Statistic):
         Buffered groups are folded first: the saved state holds every group
         received. ``fold_batch`` is not saved (it is a choice of speed, not
         part of the state)."""
-        self._flush()
-        arrays = {"state": self._state}
-        if self._second is not None:
-            arrays["second"] = self._second.array
-        save_state(group, "SobolMartinez", arrays,
-                   {"n": self._folded, "n_cells": self.n_cells,
-                    "n_params": self.n_params, "ci": self.ci, "layout": LAYOUT,
-                    "second_order": self.has_second_order})
+        save_martinez(self, group)
 
     @classmethod
     def load(cls, group, *, fold_batch: int | None = None) -> SobolMartinez:
@@ -501,23 +448,4 @@ class SobolMartinez(Statistic):
         fourth-order sums) is converted; a newer layout is refused. A state
         saved without a ``second_order`` attribute is first-order only.
         """
-        arrays, attrs = load_state(group, "SobolMartinez", ["state"])
-        ci = attrs["ci"]
-        if isinstance(ci, bytes):
-            ci = ci.decode()
-        layout = int(attrs.get("layout", 1))
-        if layout not in (1, LAYOUT):
-            where = getattr(group, "name", "<group>")
-            raise ValueError(f"{where}: SobolMartinez state layout {layout}, "
-                             f"this melissa-sa reads layouts 1 and {LAYOUT}")
-        second = bool(attrs.get("second_order", False))
-        obj = cls(int(attrs["n_cells"]), int(attrs["n_params"]), ci=str(ci),
-                  second_order=second, fold_batch=fold_batch)
-        restore_array(group, "state", obj._state, arrays["state"])
-        if second:
-            more, _ = load_state(group, "SobolMartinez", ["second"])
-            restore_array(group, "second", obj._second.array, more["second"])
-        obj._n = obj._folded = int(attrs["n"])
-        if layout == 1 and obj.ci == "delta":
-            martinez_from_centred(obj._state, obj._n, obj.n_params)
-        return obj
+        return load_martinez(cls, group, fold_batch)

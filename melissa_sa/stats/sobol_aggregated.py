@@ -1,8 +1,8 @@
-"""Confidence intervals of the aggregated (whole-field) Sobol' indices.
+"""The aggregated (whole-field) Sobol' indices and their confidence intervals.
 
 The aggregated indices of a field (Gamboa, Janon, Klein & Lagnoux 2014, in
-Martinez' correlation form; :func:`melissa_sa.stats.sobol.aggregate_indices`)
-are ratios ``S_k = N / D`` of sums over cells. Cells of one group are
+Martinez' correlation form; :func:`aggregate_indices`, also importable from
+:mod:`melissa_sa.stats.sobol`) are ratios ``S_k = N / D`` of sums over cells. Cells of one group are
 correlated, so the variance of ``S_k`` needs, per group, the *whole field's*
 influence value ``Phi_g - S_k Psi_g`` (:mod:`melissa_sa.kernels.sobol_aggregated`),
 which no server rank holds: each has a slice of cells.
@@ -72,10 +72,10 @@ from melissa_sa.kernels.sobol_aggregated import (
 )
 from melissa_sa.stats._state import load_state, restore_array, save_state
 from melissa_sa.stats.base import MergeError, Statistic
-from melissa_sa.stats.sobol import aggregate_indices, as_group
+from melissa_sa.stats.sobol_group import as_group
 
-__all__ = ["SobolAggregatedInterval", "aggregated_interval", "combine_slices", "effective_dof",
-           "N_BATCHES", "WARMUP", "DENSE", "STRIDE"]
+__all__ = ["SobolAggregatedInterval", "aggregate_indices", "aggregated_interval",
+           "combine_slices", "effective_dof", "N_BATCHES", "WARMUP", "DENSE", "STRIDE"]
 
 #: batches of groups (group g -> batch g mod K); degrees of freedom of the variance
 N_BATCHES = 256
@@ -88,6 +88,30 @@ DENSE = 256
 STRIDE = 16
 #: fixed chunks of cells per kernel call (sums independent of the thread count)
 _CHUNKS = 64
+
+
+def aggregate_indices(sums) -> tuple[np.ndarray, np.ndarray]:
+    """Aggregated first- and total-order indices of a whole field.
+
+    ``sums``: :meth:`SobolMartinez.aggregated_sums`, summed over every part
+    of the field. Gamboa, Janon, Klein & Lagnoux (2014) in Martinez'
+    correlation form, per parameter ``k``::
+
+        S_k  = sum_c Cov_c(Y_B, Y_Ck) / sum_c sqrt(Var_c(Y_B) Var_c(Y_Ck))
+        ST_k = 1 - sum_c Cov_c(Y_A, Y_Ck) / sum_c sqrt(Var_c(Y_A) Var_c(Y_Ck))
+
+    (the ``1/(n-1)`` factors cancel). Constant cells add nothing to either
+    sum; a field with no variance at all gives 0, like a constant cell.
+    Returns ``(first, total)``, each of shape ``(n_params,)``.
+    """
+    sums = np.asarray(sums, dtype=np.float64)
+    if sums.ndim != 2 or sums.shape[0] != 4:
+        raise ValueError(f"sums shape {sums.shape}, expected (4, n_params) "
+                         "from SobolMartinez.aggregated_sums")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        first = np.where(sums[1] == 0, 0.0, sums[0] / sums[1])
+        total = np.where(sums[3] == 0, 0.0, 1.0 - sums[2] / sums[3])
+    return first, total
 
 
 class SobolAggregatedInterval(Statistic):

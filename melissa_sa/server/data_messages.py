@@ -1,0 +1,111 @@
+"""A rank's data messages: one ZeroMQ message in, a :class:`SimulationData` out,
+or the message counted and dropped.
+
+A mixin of :class:`~melissa_sa.server.base_server.BaseServer`.
+:meth:`DataMessages._receive_data` decodes the header and payload
+(:mod:`melissa_sa.protocol`), checks the header against what the rank knows
+(:func:`~melissa_sa.server.intake.check_header`: the field, its cells on this
+rank, the simulation id, the time step), and drops a malformed message under
+the counter its :class:`~melissa_sa.protocol.ProtocolError` names
+(``bad_messages``, written as ``dropped_messages``, see ``docs/results.md``).
+A message naming a field rank 0 declared but this rank has not read yet
+waits for the declaration, up to :data:`FIELD_WAIT_S` seconds.
+:class:`ServerStatus` says what :meth:`BaseServer.poll_sockets` saw when it
+returned no data. All three names are importable from
+:mod:`~melissa_sa.server.base_server` too.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from melissa_sa.mpi_wait import MPIWaitTimeout
+from melissa_sa.protocol import DataHeader, ProtocolError, decode_header, decode_payload
+from melissa_sa.server.intake import check_header
+
+__all__ = ["DataMessages", "FIELD_WAIT_S", "ServerStatus", "SimulationData"]
+
+log = logging.getLogger("melissa_sa.server")
+
+#: seconds a rank waits for rank 0's declaration of a field a message names
+FIELD_WAIT_S = 10.0
+
+
+class ServerStatus(enum.Enum):
+    """What :meth:`BaseServer.poll_sockets` saw when it returned no data."""
+
+    TIMEOUT = 0        # nothing arrived within the timeout
+    CONTROL = 1        # a handshake, launcher or MPI message was handled
+    BAD_MESSAGE = 2    # a malformed data message was counted and dropped
+    STOP = 3           # the study is over (or was asked to stop)
+
+
+@dataclass(slots=True)
+class SimulationData:
+    """One validated data message: a slice of one field at one time step.
+
+    ``values`` is a read-only view on the received ZeroMQ frame (no copy).
+    """
+
+    header: DataHeader
+    values: np.ndarray
+    group_id: int
+
+
+class DataMessages:
+    """Validation of the data messages a rank receives.
+
+    Reads the server's ``fields``, ``field_sizes``, ``field_partitions``,
+    ``layout``, ``nb_time_steps``, ``rank``, ``ranks`` and ``_sim_id_limit``;
+    counts into ``bad_messages`` and ``_total_bytes_recv``.
+    """
+
+    def _receive_data(self, frames):
+        """Validate one data message; count and drop it if malformed."""
+        try:
+            if len(frames) != 2:
+                raise ProtocolError(f"{len(frames)} frames, expected 2", "bad_frames")
+            header = decode_header(frames[0].buffer)
+            self._validate_header(header)
+            values = decode_payload(header, frames[1].buffer)
+        except ProtocolError as exc:
+            self.bad_messages[exc.kind] += 1
+            sender = ""
+            if len(frames) >= 1 and len(frames[0].buffer) >= 12:
+                sim = int.from_bytes(bytes(frames[0].buffer[8:12]), "little")
+                sender = f" from simulation {sim}"
+            log.warning("dropped data message%s: %s", sender, exc.reason)
+            return ServerStatus.BAD_MESSAGE
+        self._total_bytes_recv += values.nbytes
+        return SimulationData(header, values, self.layout.group_of(header.sim_id))
+
+    def _validate_header(self, h: DataHeader) -> None:
+        """Check a header against what this rank knows; raise ProtocolError."""
+        if h.field_id >= len(self.fields):
+            raise ProtocolError(f"unknown field id {h.field_id}", "unknown_field")
+        name = self.fields[h.field_id]
+        if name not in self.field_sizes:
+            self._wait_for_field(name)
+        if not 0 <= h.sim_id < self._sim_id_limit:
+            self.ranks.drain()  # a redraw announced by rank 0 may be in flight
+        check_header(h, field=name, cells=self.field_partitions[name][self.rank],
+                     rank=self.rank, layout=self.layout, sim_id_limit=self._sim_id_limit,
+                     nb_time_steps=self.nb_time_steps)
+
+    def _wait_for_field(self, name: str) -> None:
+        """A data message names a field whose size rank 0 may have sent but this
+        rank not read yet: read control messages until it is known."""
+        undeclared = ProtocolError(f"field {name!r} has not been declared by a client",
+                                   "unknown_field")
+        if self.rank == 0:
+            raise undeclared
+        try:
+            self.ranks.wait_for(lambda: name in self.field_sizes,
+                                f"rank 0's declaration of field {name!r}", FIELD_WAIT_S)
+        except MPIWaitTimeout as exc:
+            log.warning("%s", exc)
+            raise undeclared from exc
