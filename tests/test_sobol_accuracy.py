@@ -280,3 +280,26 @@ def test_aggregated_indices_match_numpy_and_reduce_over_parts():
     assert np.all(flat[0] == 0) and np.all(flat[1] == 0)
     with pytest.raises(ValueError, match="aggregated_sums"):
         aggregate_indices(np.zeros((3, P)))
+
+
+def test_interval_bounds_by_the_addition_formula_match_tanh_of_atanh():
+    """The z-scale bounds come from tanh(atanh(r) -+ d) = (r -+ t) / (1 -+ r t),
+    t = tanh(d) (one transcendental instead of three): the same numbers, in
+    [-1, 1], degenerate at |r| = 1, NaN kept."""
+    from melissa_sa.kernels.sobol import DELTA, FISHER, _interval
+
+    q = 1.959963984540054
+    for rho in np.concatenate([np.linspace(-0.999999, 0.999999, 41), [0.0, 1e-300, -0.5]]):
+        for se in np.logspace(-6, 2, 17):
+            for method, scale in ((FISHER, 1.0), (DELTA, 1.0 / (1.0 - rho * rho))):
+                lo, hi = _interval(rho, se, q, method)
+                z, d = np.arctanh(rho), q * se * scale
+                assert -1.0 <= lo <= rho <= hi <= 1.0
+                # atanh near |r| = 1 is ill-conditioned: compare at its own error
+                tol = 1e-15 + 1e-15 / (1.0 - rho * rho)
+                assert abs(lo - np.tanh(z - d)) <= tol, (rho, se, method)
+                assert abs(hi - np.tanh(z + d)) <= tol, (rho, se, method)
+    assert _interval(1.0, 0.1, q, DELTA) == (1.0, 1.0)
+    assert _interval(-1.0, 0.1, q, FISHER) == (-1.0, -1.0)
+    lo, hi = _interval(0.3, float("nan"), q, DELTA)
+    assert np.isnan(lo) and np.isnan(hi)
