@@ -36,3 +36,39 @@ def test_overlapping_cells_are_refused_and_abandoned_groups_dropped():
     asm.add((5, 0, 1), 0, 0, np.zeros(6), 6)
     asm.drop_group(0)
     assert len(asm) == 1
+
+
+def test_released_rows_are_reused_by_the_next_group_of_that_shape_only():
+    from melissa_sa.server.assembly import SPARE_BUFFERS
+
+    asm = GroupAssembler(2)
+    rng = np.random.default_rng(3)
+
+    def complete(group, n_cells, dtype):
+        a, b = (rng.standard_normal(n_cells).astype(dtype) for _ in range(2))
+        assert asm.add((group, 0, 0), 0, 0, a, n_cells) is None
+        rows = asm.add((group, 0, 0), 1, 0, b, n_cells)
+        np.testing.assert_array_equal(rows, np.stack([a, b]))  # no stale values
+        return rows
+
+    first = complete(1, 6, np.float64)
+    asm.release(first)
+    assert asm.buffered_bytes == first.nbytes          # a spare counts
+    second = complete(2, 6, np.float64)
+    assert second is first                            # reused, then filled anew
+    asm.release(second)
+    other = complete(3, 5, np.float64)                 # another shape: a new buffer
+    assert other is not first
+    f32 = complete(4, 6, np.float32)                   # another dtype: a new buffer
+    assert f32 is not first and f32.dtype == np.float32
+    # in pieces: every cell written before the rows come back, whatever was there
+    asm.release(f32)
+    x, y = rng.standard_normal((2, 6)).astype(np.float32)
+    asm.add((5, 0, 0), 1, 0, y, 6)
+    asm.add((5, 0, 0), 0, 3, x[3:], 6)
+    rows = asm.add((5, 0, 0), 0, 0, x[:3], 6)
+    assert rows is f32
+    np.testing.assert_array_equal(rows, np.stack([x, y]))
+    for g in range(10):                                # the spares stay bounded
+        asm.release(np.empty((2, 7 + g)))
+    assert len(asm._spare) == SPARE_BUFFERS

@@ -121,6 +121,24 @@ def test_buffered_object_equals_unbuffered(ci, fold_batch):
     assert_same(s._state, ref._state)  # shift and every accumulator
 
 
+def test_fold_now_folds_the_buffer_and_the_group_without_changing_a_bit():
+    """``update(group, fold_now=True)`` (the server, while the aggregated
+    interval reads the state at every group) = buffered updates, bit for bit."""
+    rng = np.random.default_rng(8)
+    data = groups_of(rng, 41, 300)
+    ref = SobolMartinez(300, P, fold_batch=1)
+    s = SobolMartinez(300, P, fold_batch=4)
+    for k, group in enumerate(data):
+        ref.update(group)
+        now = k % 5 in (0, 3)  # some at once, some buffered in between
+        s.update(group, fold_now=now)
+        assert s.count == k + 1
+        if now:
+            assert s._folded == k + 1  # nothing left in the buffer
+    assert_same_results(s, ref)
+    assert_same(s._state, ref._state)
+
+
 def test_default_fold_batch():
     assert SobolMartinez(3, 2).fold_batch == FOLD_BATCH["delta"]
     assert SobolMartinez(3, 2, ci="fisher").fold_batch == FOLD_BATCH["fisher"]

@@ -78,7 +78,9 @@ class StepStatistics:
             self.fold_sample(rows[row])
         if self.sobol is not None:
             self.sobol_aggregated.update(rows, group_id, self.sobol)
-            self.sobol.update(rows)
+            # while the interval reads the state at every group (the first
+            # ``dense`` group numbers), buffering the fold would only add a copy
+            self.sobol.update(rows, fold_now=self.sobol_aggregated.counts_group(group_id + 1))
 
 
 @dataclass

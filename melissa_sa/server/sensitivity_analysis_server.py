@@ -136,6 +136,7 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
             self._check_received(h.sim_id)
         if rows is not None:
             lf.steps[h.time_step].fold_group(rows, data.group_id)
+            self._assembler.release(rows)  # the statistics copied what they keep
             group_sims = [self.layout.sim_id(data.group_id, m) for m in range(self.group_size)]
             self._mark_folded(group_sims, h.field_id, h.time_step)
 

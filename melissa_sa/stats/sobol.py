@@ -212,7 +212,7 @@ class SobolMartinez(Statistic):
         return self.n_params * (self.n_params - 1) // 2
 
     # -- streaming -------------------------------------------------------
-    def update(self, group) -> None:
+    def update(self, group, fold_now: bool = False) -> None:
         """Fold one pick-freeze group, shape ``(n_params + 2, n_cells)``.
 
         Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with
@@ -221,13 +221,18 @@ class SobolMartinez(Statistic):
         otherwise it is copied into the buffer, which is folded when full
         (every read, merge and save folds what is buffered first). The
         second-order sums are folded at once (they keep their own means).
+        ``fold_now``: fold what is buffered and this group at once, without
+        the copy (for a caller that reads the state before the next group
+        anyway, where buffering would only add the copy); the state is bit
+        for bit the same either way.
         """
         group = as_group(group, self.n_params, self.n_cells, self.has_second_order)
         if self._second is not None:
             # reads the first-order state as it is (``_folded`` groups)
             self._second.fold(self._state, group, self._n, self._folded)
             group = group[:self.n_params + 2]
-        if self.fold_batch == 1:
+        if self.fold_batch == 1 or fold_now:
+            self._flush()
             self._fold(group[None])
             return
         rows = group
