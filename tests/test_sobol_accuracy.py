@@ -303,3 +303,33 @@ def test_interval_bounds_by_the_addition_formula_match_tanh_of_atanh():
     assert _interval(-1.0, 0.1, q, FISHER) == (-1.0, -1.0)
     lo, hi = _interval(0.3, float("nan"), q, DELTA)
     assert np.isnan(lo) and np.isnan(hi)
+
+
+@pytest.mark.parametrize("ci, second_order", [("delta", False), ("fisher", False),
+                                              ("delta", True)])
+@pytest.mark.parametrize("n_groups", [3, 40])
+def test_indices_and_interval_in_one_pass_equal_the_two_calls(ci, second_order, n_groups):
+    """``indices_and_interval`` (the results writer's call) = ``indices`` and
+    ``confidence_interval``, bit for bit, with a constant and a NaN cell."""
+    rng = np.random.default_rng(21)
+    p, n_cells = 3, 50
+    s = SobolMartinez(n_cells, p, ci=ci, second_order=second_order)
+    rows = 2 * p + 2 if second_order else p + 2
+    for g in range(n_groups):
+        group = rng.standard_normal((rows, n_cells)) + 1e6
+        group[:, 7] = 4.0                      # constant cell
+        if g == 1:
+            group[2, 9] = np.nan               # NaN in one cell
+        s.update(group)
+    (first, total), bounds = s.indices_and_interval(0.9)
+    ref_first, ref_total = s.indices
+    ref_bounds = s.confidence_interval(0.9)
+    np.testing.assert_array_equal(first, ref_first)
+    np.testing.assert_array_equal(total, ref_total)
+    assert len(bounds) == len(ref_bounds) == (3 if second_order else 2)
+    for got, ref in zip(bounds, ref_bounds, strict=True):
+        np.testing.assert_array_equal(got[0], ref[0])
+        np.testing.assert_array_equal(got[1], ref[1])
+    # the NaN (row C_1) reaches the indices of parameter 1 only, in that cell
+    assert np.isnan(first[0, 9]) and np.isfinite(first[1:, 9]).all()
+    assert (first[:, 7] == 0).all() and (total[:, 7] == 0).all()

@@ -627,8 +627,12 @@ def _pair_delta_var(state, c, nf, xm, x2, x3, x4, m11, i, j, o, rho):
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def martinez_interval(state, n, n_params, q, method, first_lo, first_hi,
-                      total_lo, total_hi):
+                      total_lo, total_hi, first, total):
     """Write confidence bounds of S_k and ST_k, each (p, n_cells).
+
+    ``first`` and ``total``: (p, n_cells) arrays to receive the indices
+    themselves in the same pass (the values :func:`martinez_indices` writes,
+    bit for bit), or (p, 0) arrays for the bounds alone.
 
     ``q`` is the standard normal quantile of the two-sided level (1.96 at
     95 %). ``method``: ``FISHER`` (z = atanh r, se 1/sqrt(n-3); compact or
@@ -643,6 +647,7 @@ def martinez_interval(state, n, n_params, q, method, first_lo, first_hi,
     nf = float(n)
     few = n < 4
     se_f = 1.0 / math.sqrt(nf - 3.0) if not few else 0.0
+    indices = first.shape[1] == state.shape[0]
     for c in prange(state.shape[0]):
         for k in range(p):
             i = 5 + 4 * k
@@ -652,6 +657,11 @@ def martinez_interval(state, n, n_params, q, method, first_lo, first_hi,
                 x = 2 - side
                 m11 = state[c, i + 3 - side]
                 rho, ok = _corr(m11, state[c, x + 2], y2)
+                if indices:
+                    if side == 0:
+                        first[k, c] = rho
+                    else:
+                        total[k, c] = 1.0 - rho if ok else 0.0
                 if not ok:
                     lo = 0.0
                     hi = 0.0

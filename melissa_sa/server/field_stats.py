@@ -144,8 +144,7 @@ SECOND_NAMES = SECOND_ORDER_STATISTICS
 def sobol_step(sobol, confidence_level: float) -> tuple[np.ndarray, ...]:
     """One time step's Sobol' indices and intervals, in :data:`SOBOL_NAMES` order,
     followed by :data:`SECOND_NAMES` when ``sobol`` has second order."""
-    first, total = sobol.indices
-    intervals = sobol.confidence_interval(confidence_level)
+    (first, total), intervals = sobol.indices_and_interval(confidence_level)
     (f_lo, f_hi), (t_lo, t_hi) = intervals[:2]
     if not sobol.has_second_order:
         return first, total, f_lo, f_hi, t_lo, t_hi

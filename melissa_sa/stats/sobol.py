@@ -392,6 +392,15 @@ class SobolMartinez(Statistic):
         prequential influence-function interval whatever ``method`` (see
         :mod:`melissa_sa.kernels.sobol_second`).
         """
+        return self._interval(level, method, with_indices=False)[1]
+
+    def indices_and_interval(self, level: float = 0.95, method: str | None = None):
+        """``(indices, confidence_interval(level, method))`` from one pass over
+        the state instead of two (the results writer's call, per time step);
+        the same arrays as the two calls, bit for bit."""
+        return self._interval(level, method, with_indices=True)
+
+    def _interval(self, level, method, with_indices):
         level = float(level)
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must be in (0, 1), got {level!r}")
@@ -408,12 +417,14 @@ class SobolMartinez(Statistic):
         q = NormalDist().inv_cdf(0.5 + 0.5 * level)
         shape = (self.n_params, self.n_cells)
         out = [np.empty(shape) for _ in range(4)]
+        index_shape = shape if with_indices else (self.n_params, 0)
+        first, total = np.empty(index_shape), np.empty(index_shape)
         martinez_interval(self._state, self._folded, self.n_params, q,
-                   _METHODS[method], *out)
+                          _METHODS[method], *out, first, total)
+        bounds = (out[0], out[1]), (out[2], out[3])
         if self._second is not None:
-            return ((out[0], out[1]), (out[2], out[3]),
-                    self._second.interval(self._state, self._n, q))
-        return (out[0], out[1]), (out[2], out[3])
+            bounds += (self._second.interval(self._state, self._n, q),)
+        return ((first, total) if with_indices else None), bounds
 
     def aggregated_sums(self) -> np.ndarray:
         """This object's partial sums for the field's aggregated indices.
