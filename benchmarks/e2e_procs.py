@@ -95,11 +95,16 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
     return busy
 
 
+def stat_cpu_seconds(raw: str) -> float:
+    """utime + stime, in seconds, of the text of a /proc ``stat`` file."""
+    fields = raw.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def proc_thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of each thread of ``pid``, summed by thread name
     (``main``, ``ZMQbg/IO/0``, ...)."""
     out: dict[str, float] = {}
-    tck = os.sysconf("SC_CLK_TCK")
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
@@ -111,8 +116,7 @@ def proc_thread_cpu(pid: int) -> dict[str, float]:
         except OSError:
             continue
         name = "main" if int(tid) == pid else raw[raw.index("(") + 1:raw.rindex(")")]
-        fields = raw.rsplit(")", 1)[1].split()
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tck
+        out[name] = out.get(name, 0.0) + stat_cpu_seconds(raw)
     return out
 
 
@@ -120,6 +124,14 @@ def self_cpu_seconds() -> float:
     import resource
 
     ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this process's waited-for children (and theirs)."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
 
 
@@ -154,14 +166,10 @@ class TreeCpu:
 
     def __init__(self, root: int, roles: dict[str, str], remainder_role: str,
                  period: float = 0.25):
-        import resource
-
         self.root, self.period, self.remainder_role = root, period, remainder_role
         self.roles = [(name, re.compile(rx)) for name, rx in roles.items()]
         self.seen: dict[int, tuple[str, float]] = {}
-        self._tck = os.sysconf("SC_CLK_TCK")
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        self._ru0 = ru.ru_utime + ru.ru_stime
+        self._cpu0 = children_cpu_seconds()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -178,11 +186,11 @@ class TreeCpu:
         for pid in {self.root} | _children_of({self.root}):
             try:
                 with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                    cpu = stat_cpu_seconds(f.read())
             except OSError:
                 continue
             role = self.seen[pid][0] if pid in self.seen else self._role(pid)
-            self.seen[pid] = (role, (int(fields[11]) + int(fields[12])) / self._tck)
+            self.seen[pid] = (role, cpu)
 
     def _run(self) -> None:
         while not self._done.wait(self.period):
@@ -191,12 +199,9 @@ class TreeCpu:
     def stop(self) -> dict[str, float]:
         """Call after the root has been waited for: CPU seconds by role, and
         ``total``."""
-        import resource
-
         self._done.set()
         self._thread.join()
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        total = ru.ru_utime + ru.ru_stime - self._ru0
+        total = children_cpu_seconds() - self._cpu0
         out: dict[str, float] = {}
         for role, cpu in self.seen.values():
             out[role] = out.get(role, 0.0) + cpu

@@ -16,6 +16,7 @@ from e2e_procs import (
     QUIET_WAIT,
     LineReader,
     TreeCpu,
+    children_cpu_seconds,
     free_port,
     rm,
     spawn,
@@ -35,14 +36,6 @@ SIM = HERE_DIR / "e2e_sim.py"
 #: match wins; the clients are what the samples did not see, see TreeCpu)
 MELISSA_ROLES = {"server": r"melissa_sa[./]server", "mpiexec": r"mpiexec|hydra_pmi_proxy",
                  "clients": r"e2e_sim|/heat ", "launcher": r"melissa-sa run|melissa_sa[./]cli"}
-
-
-def cpu_children() -> float:
-    """CPU seconds of this process's waited-for children (and theirs)."""
-    import resource
-
-    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return ru.ru_utime + ru.ru_stime
 
 
 def study_config(work: Path, sim: Path, cells: int, steps: int, groups: int,
@@ -146,7 +139,7 @@ def run_classic_study(work: Path, study: Path, sim: Path, cells: int, steps: int
     env = dict(os.environ)
     env.pop("MELISSA_SERVER_ADDRESS", None)
     busy = wait_quiet(QUIET_WAIT[0])
-    cpu0 = cpu_children()
+    cpu0 = children_cpu_seconds()
     t0 = time.perf_counter()
     deadline = time.monotonic() + timeout
     try:
@@ -175,21 +168,21 @@ def run_classic_study(work: Path, study: Path, sim: Path, cells: int, steps: int
         stop_all()
         raise
     t_jobs = time.perf_counter() - t0
-    cpu_jobs = cpu_children() - cpu0
+    cpu_jobs = children_cpu_seconds() - cpu0
     data_bytes = groups * 5 * steps * cells * 8
 
     def post(tag):
         cmd = [PY, ROLES, "_postprocess", "--dir", files, "--params", 3, "--groups", groups,
                "--steps", steps, "--cells", cells, "--level", 0.95, "--suffix", suffix,
                "--out", work / f"classic_stats_{tag}.npz"]
-        t, cpu = time.perf_counter(), cpu_children()
+        t, cpu = time.perf_counter(), children_cpu_seconds()
         proc = spawn(cmd, stdout=subprocess.PIPE, cwd=work)
         out, _ = proc.communicate(timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"post-processing exited with {proc.returncode}")
         r = json.loads(out.decode().strip().splitlines()[-1])
         r["wall_s"] = time.perf_counter() - t
-        r["cpu_s"] = cpu_children() - cpu
+        r["cpu_s"] = children_cpu_seconds() - cpu
         return r
 
     res = {"jobs_s": t_jobs, "jobs_cpu_s": cpu_jobs, "data_bytes": data_bytes, "design": design,

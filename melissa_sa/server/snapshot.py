@@ -100,9 +100,9 @@ def load_rank(f, config, fields: list[str], partitions, rank: int) -> RankSnapsh
                 if key == "sobol_aggregated" and key not in sg:  # a checkpoint from before it
                     step.sobol_aggregated.start_after(step.sobol.count)
                     continue
-                # the buffer size is a setting of this run, not of the checkpoint
-                options = ({"fold_batch": config.sa_config.sobol_fold_batch}
-                           if key == "sobol" else {})
+                # the buffer size is a setting of this run (as the step built
+                # from its config chose it), not of the checkpoint
+                options = {"fold_batch": step.sobol.fold_batch} if key == "sobol" else {}
                 setattr(step, key, STAT_CLASSES[key].load(sg[key], **options))
             step.n_samples = int(sg.attrs["n_samples"])
             steps.append(step)
