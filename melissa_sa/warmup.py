@@ -39,6 +39,7 @@ def warm_up(n_params: int = 3) -> float:
     import numpy as np
 
     from melissa_sa.stats import Extrema, Moments, Quantiles, SobolMartinez, ThresholdExceedance
+    from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
 
     t0 = time.perf_counter()
     for dtype in (np.float64, np.float32):
@@ -57,8 +58,11 @@ def warm_up(n_params: int = 3) -> float:
         for ci, second, rows in (("delta", False, group), ("fisher", False, group),
                                  ("delta", True, group2)):
             s = SobolMartinez(2, p2 if second else n_params, ci=ci, second_order=second)
+            # the aggregated interval's sums: fused with the fold (full state)
+            # or its own pass (compact), from the third group
+            agg = SobolAggregatedInterval(2, s.n_params, warmup=2)
             for k in range(12):  # past the second-order interval's start
-                s.update((rows + k * rows[::-1]).astype(dtype))
+                agg.update((rows + k * rows[::-1]).astype(dtype), k, s, fold=True)
             s.merge(s)
             _ = s.second_order if second else s.indices
             s.confidence_interval(0.9)

@@ -72,15 +72,13 @@ class StepStatistics:
 
     def fold_group(self, rows: np.ndarray, group_id: int) -> None:
         """A complete group (the study's group ``group_id``): its independent
-        rows, and all rows into Sobol' (the aggregated interval first: it
-        reads the Martinez state from before the group)."""
+        rows, and all rows into Sobol': the aggregated interval folds the
+        group into the Martinez state, its influence sums (which read the
+        state from before the group) added by the batched fold."""
         for row in self.layout.independent_rows:
             self.fold_sample(rows[row])
         if self.sobol is not None:
-            self.sobol_aggregated.update(rows, group_id, self.sobol)
-            # while the interval reads the state at every group (the first
-            # ``dense`` group numbers), buffering the fold would only add a copy
-            self.sobol.update(rows, fold_now=self.sobol_aggregated.counts_group(group_id + 1))
+            self.sobol_aggregated.update(rows, group_id, self.sobol, fold=True)
 
 
 @dataclass

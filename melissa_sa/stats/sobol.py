@@ -27,6 +27,7 @@ from melissa_sa.kernels.sobol import (
     martinez_update_many_compact,
     row_width,
 )
+from melissa_sa.stats._influence import InfluenceBuffer
 from melissa_sa.stats.base import Statistic
 from melissa_sa.stats.sobol_aggregated import aggregate_indices
 from melissa_sa.stats.sobol_checkpoint import load_martinez, save_martinez
@@ -192,6 +193,7 @@ class SobolMartinez(Statistic):
         self._n = 0          # groups received (folded or buffered)
         self._folded = 0     # groups folded into the state
         self._buffer = None  # (fold_batch, p + 2, n_cells), made on the first update
+        self._influence = InfluenceBuffer(self.n_cells, self.n_params, self.fold_batch)
         width = row_width(self.n_params, full=ci == "delta")
         self._state = np.zeros((self.n_cells, width), dtype=np.float64)
         self._second = (SecondOrderState(self.n_cells, self.n_params)
@@ -212,7 +214,7 @@ class SobolMartinez(Statistic):
         return self.n_params * (self.n_params - 1) // 2
 
     # -- streaming -------------------------------------------------------
-    def update(self, group, fold_now: bool = False) -> None:
+    def update(self, group, fold_now: bool = False, influence=None) -> None:
         """Fold one pick-freeze group, shape ``(n_params + 2, n_cells)``.
 
         Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with
@@ -225,14 +227,32 @@ class SobolMartinez(Statistic):
         the copy (for a caller that reads the state before the next group
         anyway, where buffering would only add the copy); the state is bit
         for bit the same either way.
+
+        ``influence=(out, row)``: also add this group's influence sums for
+        the aggregated indices' interval into ``out[row]`` (``out``: a
+        ``(n_batches, 4, n_params)`` float64 array, the batch sums of
+        :class:`~melissa_sa.stats.sobol_aggregated.SobolAggregatedInterval`,
+        which passes them), computed with the state before this group (at
+        least 2 groups). A full state adds them while it folds the group
+        (buffered or not: one pass for both); a compact one folds its buffer,
+        adds them, then folds the group. :attr:`influence_pending` tells
+        whether some are still to be added (every fold adds them).
         """
         group = as_group(group, self.n_params, self.n_cells, self.has_second_order)
+        if influence is not None:
+            influence = self._influence.check(influence, self._n)
         if self._second is not None:
             # reads the first-order state as it is (``_folded`` groups)
             self._second.fold(self._state, group, self._n, self._folded)
             group = group[:self.n_params + 2]
+        if influence is not None and self.ci != "delta":
+            self._flush()   # the compact state: two passes, the sums first
+            self._influence.add_now(self._state, group, self._n, influence)
+            influence = None
         if self.fold_batch == 1 or fold_now:
             self._flush()
+            if influence is not None:
+                self._influence.register(0, influence)
             self._fold(group[None])
             return
         rows = group
@@ -243,7 +263,12 @@ class SobolMartinez(Statistic):
             self._flush()
             dtype = rows.dtype if buf is None else np.float64
             buf = self._buffer = np.empty((self.fold_batch,) + rows.shape, dtype=dtype)
-        copy_group(buf[self._n - self._folded], rows)
+        slot = self._n - self._folded
+        if influence is not None and not self._influence.register(slot, influence):
+            self._flush()   # sums for another array pending: add them first
+            slot = 0
+            self._influence.register(slot, influence)
+        copy_group(buf[slot], rows)
         self._n += 1
         if self._n - self._folded == self.fold_batch or self._n in RECENTRE_AT:
             self._flush()
@@ -284,13 +309,16 @@ class SobolMartinez(Statistic):
         m = groups.shape[0]
         many = martinez_update_many if self.ci == "delta" else martinez_update_many_compact
         one = martinez_update if self.ci == "delta" else martinez_update_compact
+        infl = self._influence if self._influence.pending(m) else None
         while done < m:
             stop = m
             for count in RECENTRE_AT:
                 if self._folded < count < self._folded + (m - done):
                     stop = done + count - self._folded
                     break
-            if stop - done == 1:
+            if infl is not None and infl.pending(stop, done):
+                infl.fold(self._state, groups, done, stop, self._folded)
+            elif stop - done == 1:
                 one(self._state, groups[done], self._folded)
             else:
                 many(self._state, groups[done:stop], self._folded)
@@ -299,6 +327,14 @@ class SobolMartinez(Statistic):
             if self._folded in RECENTRE_AT:
                 self._recentre()
         self._n = max(self._n, self._folded)
+        if infl is not None:
+            infl.clear(m)
+
+    @property
+    def influence_pending(self) -> bool:
+        """Whether buffered groups still have influence sums to add
+        (``update(..., influence=...)``): :meth:`flush` adds them."""
+        return self._influence.pending(self._n - self._folded)
 
     def flush(self) -> None:
         """Fold the buffered groups now (results, merge and save do it anyway;
@@ -344,9 +380,10 @@ class SobolMartinez(Statistic):
         """Bytes of state held: ``8 * (9 + 16 p)`` or ``8 * (5 + 4 p)`` per
         cell, plus ``8 * (2 + 3 p + p (p - 1))`` with second order, plus the
         group buffer once made (``fold_batch (p + 2)`` samples per cell in the
-        groups' dtype)."""
+        groups' dtype), plus the influence sums' scratch once made
+        (``update(..., influence=...)``: ``32 p fold_batch`` bytes per 256 cells)."""
         extra = self._second.nbytes if self._second is not None else 0
-        return (self._state.nbytes + extra
+        return (self._state.nbytes + extra + self._influence.nbytes
                 + (0 if self._buffer is None else self._buffer.nbytes))
 
     def _indices(self):

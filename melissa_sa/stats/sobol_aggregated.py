@@ -4,8 +4,33 @@ The aggregated indices of a field (Gamboa, Janon, Klein & Lagnoux 2014, in
 Martinez' correlation form; :func:`aggregate_indices`, also importable from
 :mod:`melissa_sa.stats.sobol`) are ratios ``S_k = N / D`` of sums over cells. Cells of one group are
 correlated, so the variance of ``S_k`` needs, per group, the *whole field's*
-influence value ``Phi_g - S_k Psi_g`` (:mod:`melissa_sa.kernels.sobol_aggregated`),
-which no server rank holds: each has a slice of cells.
+influence value ``Phi_g - S_k Psi_g`` (below), which no server rank holds:
+each has a slice of cells.
+
+**Influence values.** With ``S_k = N / D``, ``N = sum_c Cov_c(B, C_k)``,
+``D = sum_c sqrt(Var_c(B) Var_c(C_k))`` (total order: ``1 - N_A / D_A``
+with ``A`` in place of ``B``), the delta method gives
+``S_k_hat - S_k ~ (1/n) sum_g (Phi_g - S_k Psi_g) / D`` over the ``n``
+groups ``g``, with the whole field's influence values of group ``g``::
+
+    Phi_g = sum_c (b - m_b)(c - m_c) - cov
+    Psi_g = sum_c 1/2 sqrt(v_c / v_b) ((b - m_b)^2 - v_b)
+                + 1/2 sqrt(v_b / v_c) ((c - m_c)^2 - v_c)
+
+(``b``, ``c``: the group's values of ``Y_B`` and ``Y_Ck`` in cell ``c``).
+The means ``m``, variances ``v`` and covariance ``cov`` are the running
+estimates from the ``n`` groups folded in *before* ``g`` (block 1 of the
+:class:`~melissa_sa.stats.SobolMartinez` state, read in place), scaled to
+predict the new group: ``E[(b - m_b)(c - m_c)] = cov (1 + 1/n)``, so
+``v = X2 f`` and ``cov = XY11 f`` with ``f = (n + 1) / (n (n - 1))``. A
+cell with a zero running variance on either side adds nothing to ``Psi``
+(nor to ``D``); its ``Phi`` term is 0 for a constant cell; a NaN value or
+state makes ``Phi`` NaN (so the interval, like the aggregated index, is
+NaN). The kernels (:func:`~melissa_sa.kernels.sobol.aggregated_influence`,
+and :func:`~melissa_sa.kernels.sobol.martinez_update_many_influence`, the
+same sums fused with the batched fold) sum a group's terms over chunks of
+256 cells, then the chunks in order: the sums do not depend on the thread
+count nor on the path.
 
 **Batch sums.** Group ``g`` (the study's group number, the same on every
 rank) goes to batch ``g mod K``; each rank adds its cells' ``Phi`` and
@@ -63,13 +88,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from melissa_sa.kernels.sobol_aggregated import (
-    PHI_FIRST,
-    PHI_TOTAL,
-    PSI_FIRST,
-    PSI_TOTAL,
-    aggregated_influence,
-)
+from melissa_sa.kernels.sobol import CHUNK, aggregated_influence
 from melissa_sa.stats._state import load_state, restore_array, save_state
 from melissa_sa.stats.base import MergeError, Statistic
 from melissa_sa.stats.sobol_group import as_group
@@ -86,8 +105,11 @@ WARMUP = 10
 #: fold on a full state, so it runs on a fraction of the groups
 DENSE = 256
 STRIDE = 16
-#: fixed chunks of cells per kernel call (sums independent of the thread count)
-_CHUNKS = 64
+#: rows of the middle axis of the batch sums: Phi and Psi, first then total order
+PHI_FIRST = 0
+PSI_FIRST = 1
+PHI_TOTAL = 2
+PSI_TOTAL = 3
 
 
 def aggregate_indices(sums) -> tuple[np.ndarray, np.ndarray]:
@@ -118,12 +140,28 @@ class SobolAggregatedInterval(Statistic):
     """Batch sums of the influence values of the aggregated Sobol' indices.
 
     ``SobolAggregatedInterval(n_cells, n_params, n_batches=256, warmup=10)``
-    keeps ``8 (4 p + 1) n_batches`` bytes whatever ``n_cells``. Feed it each
-    group *before* the :class:`~melissa_sa.stats.SobolMartinez` of the same
-    cells: ``update(group, group_id, sobol)`` reads ``sobol``'s running
-    means, variances and covariances in place (block 1 of its state, see
-    :mod:`melissa_sa.kernels.sobol`), then ``sobol.update(group)``. It
-    refuses a ``sobol`` that has not seen exactly the groups it has.
+    keeps ``8 (4 p + 1) n_batches`` bytes whatever ``n_cells``. It reads
+    the running means, variances and covariances of the
+    :class:`~melissa_sa.stats.SobolMartinez` of the same cells in place
+    (block 1 of its state, see :mod:`melissa_sa.kernels.sobol`) as they
+    were before each group, and refuses a ``sobol`` that has not seen
+    exactly the groups it has. Two ways to feed it:
+
+    * ``update(group, group_id, sobol, fold=True)`` also folds the group
+      into ``sobol`` (``sobol.update(group, influence=...)``): a full state
+      (``ci="delta"``) buffers the group and adds its influence sums during
+      the batched fold (one pass over the state for both,
+      :func:`~melissa_sa.kernels.sobol.martinez_update_many_influence`). The
+      sums of buffered groups are added when ``sobol`` folds its buffer;
+      every reader here (:attr:`batches`, :meth:`confidence_interval`,
+      :meth:`merge`, :meth:`save`) has it fold first. The server's way.
+    * ``update(group, group_id, sobol)`` then ``sobol.update(group)``:
+      ``sobol``'s buffer is folded and the sums are added at once (a pass
+      over block 1 of the state), then ``sobol`` folds the group itself.
+
+    Both give the same sums and state, bit for bit (a compact state, and
+    second order, fold one group at a time and keep the two passes).
+    :attr:`batch_counts` and :attr:`batch_ids` count a group at once.
 
     ``merge(other)`` adds the sums of *other cells* of the same groups (a
     server rank's slice): the result is the object of the union of cells.
@@ -145,41 +183,71 @@ class SobolAggregatedInterval(Statistic):
         self.dense = int(dense)
         self.stride = int(stride)
         self._n = 0
-        self.batches = np.zeros((self.n_batches, 4, self.n_params))
+        self._batches = np.zeros((self.n_batches, 4, self.n_params))
         self.batch_counts = np.zeros(self.n_batches, dtype=np.int64)
         self.batch_ids = np.zeros(self.n_batches, dtype=np.int64)   # sum of group ids
-        self._partial = np.zeros((_CHUNKS, 4, self.n_params))
+        self._partial = None  # (ceil(n_cells / CHUNK), 4, p) scratch, made on first use
+        self._sobol = None    # the SobolMartinez that may hold sums not yet added
+
+    @property
+    def batches(self) -> np.ndarray:
+        """The batch sums ``(n_batches, 4, p)``, every group counted so far
+        included (a SobolMartinez fed with ``update(..., fold=True)`` folds
+        its buffer first)."""
+        if self._sobol is not None and self._sobol.influence_pending:
+            self._sobol.flush()
+        return self._batches
 
     def __repr__(self) -> str:
         return (f"SobolAggregatedInterval(n_cells={self.n_cells}, n_params={self.n_params}, "
                 f"n_batches={self.n_batches}, warmup={self.warmup}; {self._n} groups)")
 
-    def update(self, group, group_id: int, sobol) -> None:
-        """Add group ``group_id``'s influence values, before ``sobol`` folds it.
+    def update(self, group, group_id: int, sobol, fold: bool = False) -> None:
+        """Add group ``group_id``'s influence values, computed with ``sobol``
+        as it is before this group.
 
         ``group``: ``(p + 2, n_cells)`` (or more rows, e.g. second order:
-        only ``A, B, C_1 .. C_p`` are read); ``sobol``: the
+        only ``A, B, C_1 .. C_p`` are read here); ``sobol``: the
         :class:`~melissa_sa.stats.SobolMartinez` of the same cells.
+        ``fold=True``: fold the group into ``sobol`` too
+        (``sobol.update(group, influence=...)``, the sums added by its
+        fold); otherwise call ``sobol.update(group)`` next.
         """
         if sobol.count != self._n or sobol.n_cells != self.n_cells \
                 or sobol.n_params != self.n_params:
             raise ValueError(f"{self!r} fed with {sobol!r}: update the interval before "
                              "the SobolMartinez, with the same cells and parameters")
+        rows = group
         group = np.asarray(group)
         if group.ndim == 2 and group.shape[0] > self.n_params + 2:
             group = group[:self.n_params + 2]
         group = as_group(group, self.n_params, self.n_cells)
         group_id = int(group_id)
+        influence = None
         if self._n >= self.warmup and self.counts_group(group_id):
-            # the running estimates must hold every earlier group: fold
-            # what the SobolMartinez buffers (its batched fold) first
-            sobol.flush()
             batch = group_id % self.n_batches
-            aggregated_influence(sobol._state, group, self._n, self.n_params, batch,
-                                 self._partial, self.batches)
+            if fold:
+                influence = (self._batches, batch)
+                self._sobol = sobol
+            else:
+                # the running estimates must hold every earlier group: fold
+                # what the SobolMartinez buffers first
+                sobol.flush()
+                aggregated_influence(sobol._state, group, self._n, self.n_params, batch,
+                                     self.scratch(), self._batches)
             self.batch_counts[batch] += 1
             self.batch_ids[batch] += group_id
+        if fold:
+            sobol.update(rows, influence=influence)
         self._n += 1
+
+    def scratch(self) -> np.ndarray:
+        """The ``(ceil(n_cells / CHUNK), 4, p)`` float64 scratch of
+        :func:`~melissa_sa.kernels.sobol.aggregated_influence`, made once."""
+        if self._partial is None:
+            chunks = -(-self.n_cells // CHUNK)
+            self._partial = np.zeros((chunks, 4, self.n_params))
+        return self._partial
 
     def start_after(self, n_groups: int) -> None:
         """Follow a SobolMartinez that already holds ``n_groups`` groups this
@@ -208,7 +276,8 @@ class SobolAggregatedInterval(Statistic):
                              "differ); combine_slices leaves such batches out")
         if other is self:
             raise MergeError(f"cannot merge {self!r} with itself: its cells would count twice")
-        self.batches += other.batches
+        mine = self.batches   # this side's pending sums added first, then other's
+        mine += other.batches
         self.n_cells += other.n_cells
 
     @property
@@ -223,7 +292,7 @@ class SobolAggregatedInterval(Statistic):
     @property
     def nbytes(self) -> int:
         """Bytes of state held (independent of the number of cells)."""
-        return self.batches.nbytes + self.batch_counts.nbytes + self.batch_ids.nbytes
+        return self._batches.nbytes + self.batch_counts.nbytes + self.batch_ids.nbytes
 
     def confidence_interval(self, sobol, level: float = 0.95):
         """``((first_low, first_high), (total_low, total_high))``, each ``(p,)``.
