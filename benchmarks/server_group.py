@@ -13,7 +13,7 @@ study of fewer than 256 groups. Each round times ``fold_batch`` groups on
 one path then on the other (each path has its own state, ``p = 3``, full
 state) with ``time.process_time``; printed per group, best and median.
 ``--paths two-call`` times the old path alone (for a checkout without
-``fold=True``).
+``fold=True``); ``fold-only`` is the batched fold without the interval.
 """
 
 from __future__ import annotations
@@ -44,6 +44,10 @@ def fused(pair, group, gid):
     agg.update(group, gid, s, fold=True)
 
 
+def fold_only(pair, group, gid):
+    pair[0].update(group)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cells", type=float, default=1e6)
@@ -52,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--paths", default="two-call,fused")
     args = ap.parse_args(argv)
     n_cells, p = int(args.cells), args.params
-    paths = {"two-call": two_call, "fused": fused}
+    paths = {"two-call": two_call, "fused": fused, "fold-only": fold_only}
     names = args.paths.split(",")
     rng = np.random.default_rng(0)
     groups = [rng.standard_normal((p + 2, n_cells)) for _ in range(4)]
@@ -80,9 +84,9 @@ def main(argv=None) -> int:
     for name in names:
         t = times[name]
         print(f"  {name:<9} {min(t) * 1e3:8.1f} / {statistics.median(t) * 1e3:8.1f}")
-    if len(names) == 2:
-        a, b = (times[n] for n in names)
-        print(f"  {names[0]} / {names[1]}: {min(a) / min(b):.2f}x best, "
+    for other in names[1:]:
+        a, b = times[names[0]], times[other]
+        print(f"  {names[0]} / {other}: {min(a) / min(b):.2f}x best, "
               f"{statistics.median(a) / statistics.median(b):.2f}x median")
     return 0
 

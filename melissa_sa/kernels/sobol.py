@@ -331,24 +331,25 @@ def _prefetch(typingctx, array, row, col):
 
 
 @njit(cache=True, inline="always")
-def _influence(state, groups, g, n, p, lo, hi, partial, u, t):
+def _influence(state, groups, g, n, p, lo, hi, partial, u, t, last):
     """Group ``g``'s influence terms over cells ``[lo, hi)`` into ``partial[u, t]``.
 
     ``partial[u, t]`` (``(4, p)``: Phi and Psi, first then total order, see
     :mod:`melissa_sa.stats.sobol_aggregated`) is set to the sum over the
     cells, in cell order, of the terms computed with block 1 of ``state``
-    holding ``n >= 2`` groups (the state *before* group ``g``).
+    holding ``n >= 2`` groups (the state *before* group ``g``). The
+    columns ``0 .. last`` of the rows :data:`AHEAD` cells on are prefetched
+    (none if ``last < 0``).
     """
     nf = float(n)
     f = (nf + 1.0) / (nf * (nf - 1.0))
     for q in range(4):
         for k in range(p):
             partial[u, t, q, k] = 0.0
-    last = 4 + 4 * p                    # block 1's last column
     for c in range(lo, hi):
         ahead = c + AHEAD
-        if ahead < hi:
-            for col in range(0, last + 8, 8):   # every cache line of block 1
+        if ahead < hi and last >= 0:
+            for col in range(0, last + 8, 8):   # every cache line of the columns
                 _prefetch(state, ahead, min(col, last))
         s = state[c, 0]
         da = (groups[g, 0, c] - s) - state[c, 1]
@@ -409,7 +410,8 @@ def aggregated_influence(state, group, n, n_params, batch, partial, out):
     part = partial.reshape((1, partial.shape[0], 4, p))
     for t in prange(n_chunks):
         lo = t * CHUNK
-        _influence(state, groups, 0, n, p, lo, min(lo + CHUNK, n_cells), part, 0, t)
+        _influence(state, groups, 0, n, p, lo, min(lo + CHUNK, n_cells), part, 0, t,
+                   4 + 4 * p)   # block 1's columns
     _reduce(part, n_chunks, 0, p, out, batch)
 
 
@@ -443,8 +445,11 @@ def martinez_update_many_influence(state, groups, n, rows, partial, out):
         lo = b * CHUNK
         hi = min(lo + CHUNK, n_cells)
         for g in range(m):
+            # the first group's pass brings the rows in (prefetch all of
+            # each: the fold reads it next); later ones find them in cache
+            last = state.shape[1] - 1 if g == 0 else -1
             if rows[g] >= 0:
-                _influence(state, groups, g, n + g, p, lo, hi, partial, g, b)
+                _influence(state, groups, g, n + g, p, lo, hi, partial, g, b, last)
             nf = float(n + g)     # the weights of _weights, without its arrays
             r = 1.0 / (nf + 1.0)
             c2 = nf * r
