@@ -286,7 +286,7 @@ def test_interval_bounds_by_the_addition_formula_match_tanh_of_atanh():
     """The z-scale bounds come from tanh(atanh(r) -+ d) = (r -+ t) / (1 -+ r t),
     t = tanh(d) (one transcendental instead of three): the same numbers, in
     [-1, 1], degenerate at |r| = 1, NaN kept."""
-    from melissa_sa.kernels.sobol import DELTA, FISHER, _interval
+    from melissa_sa.kernels.sobol_centred import DELTA, FISHER, _interval
 
     q = 1.959963984540054
     for rho in np.concatenate([np.linspace(-0.999999, 0.999999, 41), [0.0, 1e-300, -0.5]]):

@@ -1,42 +1,37 @@
 """Martinez pick-freeze Sobol' indices with confidence intervals, per cell.
 
 Around :class:`SobolMartinez`: the group check (:mod:`.sobol_group`), the
-checkpoint format (:mod:`.sobol_checkpoint`), the whole-field indices
+results read from the state (:mod:`.sobol_results`), the influence sums
+added by the fold (:mod:`._influence`), the checkpoint format
+(:mod:`.sobol_checkpoint`), the whole-field indices
 (:mod:`.sobol_aggregated`), second order (:mod:`.sobol_second`).
 """
 
 from __future__ import annotations
 
 import itertools
-from statistics import NormalDist
 
 import numpy as np
 
 from melissa_sa.kernels.sobol import (
-    DELTA,
-    DELTA_LINEAR,
-    FISHER,
     copy_group,
-    martinez_indices,
-    martinez_interval,
-    martinez_merge,
-    martinez_recentre,
     martinez_update,
     martinez_update_compact,
     martinez_update_many,
     martinez_update_many_compact,
     row_width,
 )
+from melissa_sa.kernels.sobol_centred import martinez_merge, martinez_recentre
 from melissa_sa.stats._influence import InfluenceBuffer
 from melissa_sa.stats.base import Statistic
 from melissa_sa.stats.sobol_aggregated import aggregate_indices
 from melissa_sa.stats.sobol_checkpoint import load_martinez, save_martinez
 from melissa_sa.stats.sobol_group import as_group
+from melissa_sa.stats.sobol_results import MartinezResults
 from melissa_sa.stats.sobol_second import SecondOrderState, check_second_order
 
 __all__ = ["SobolMartinez", "as_group", "aggregate_indices", "RECENTRE_AT", "FOLD_BATCH"]
 
-_METHODS = {"delta": DELTA, "fisher": FISHER, "delta-linear": DELTA_LINEAR}
 #: group counts after which the shift moves to A's running mean
 RECENTRE_AT = (2, 16, 256)
 #: groups buffered per fold of a full (``ci="delta"``) state, and of a compact
@@ -44,7 +39,7 @@ RECENTRE_AT = (2, 16, 256)
 FOLD_BATCH = {"delta": 4, "fisher": 1}
 
 
-class SobolMartinez(Statistic):
+class SobolMartinez(MartinezResults, Statistic):
     r"""First- and total-order Sobol' indices by Martinez' estimator, per cell.
 
     **Definitions.** For an output ``Y = f(X_1, .., X_p)`` with independent
@@ -136,6 +131,13 @@ class SobolMartinez(Statistic):
     ``second_order=True`` (the second-order interval's plug-in reads the
     first-order state, which then holds every earlier group; with a larger
     ``fold_batch`` the plug-in is up to ``fold_batch - 1`` groups older).
+    The aggregated indices' interval
+    (:class:`~melissa_sa.stats.sobol_aggregated.SobolAggregatedInterval`)
+    has a full state add its influence sums during this fold
+    (``update(group, influence=...)``,
+    :func:`~melissa_sa.kernels.sobol.martinez_update_many_influence`); a
+    compact state (``fold_batch`` 1 by default) adds them in a pass of
+    their own before the fold.
 
     References: J.-M. Martinez, "Analyse de sensibilité globale par
     décomposition de la variance", GdR Ondes & Mascot Num, 2011.
@@ -385,103 +387,6 @@ class SobolMartinez(Statistic):
         extra = self._second.nbytes if self._second is not None else 0
         return (self._state.nbytes + extra + self._influence.nbytes
                 + (0 if self._buffer is None else self._buffer.nbytes))
-
-    def _indices(self):
-        self._flush()
-        first = np.empty((self.n_params, self.n_cells))
-        total = np.empty((self.n_params, self.n_cells))
-        martinez_indices(self._state, self.n_params, first, total)
-        return first, total
-
-    @property
-    def first_order(self) -> np.ndarray:
-        """``S_k = corr(Y_B, Y_Ck)``, shape ``(n_params, n_cells)``."""
-        return self._indices()[0]
-
-    @property
-    def total_order(self) -> np.ndarray:
-        """``ST_k = 1 - corr(Y_A, Y_Ck)``, shape ``(n_params, n_cells)``."""
-        return self._indices()[1]
-
-    @property
-    def indices(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(first_order, total_order)`` from one pass over the state."""
-        return self._indices()
-
-    @property
-    def second_order(self) -> np.ndarray:
-        """``S_ij = corr(Y_Ci, Y_Dj) - S_i - S_j``, shape ``(n_pairs, n_cells)``,
-        pairs in :attr:`pairs` order; needs ``second_order=True``."""
-        if self._second is None:
-            raise ValueError("second_order indices need SobolMartinez(..., second_order=True)")
-        self._flush()  # S_i come from the first-order state
-        return self._second.indices(self._state)
-
-    def confidence_interval(self, level: float = 0.95, method: str | None = None):
-        """Two-sided confidence intervals of the first and total indices.
-
-        Returns ``((first_low, first_high), (total_low, total_high))``, each
-        array shaped ``(n_params, n_cells)``. ``method`` is ``"delta"``
-        (default when the object keeps fourth-order moments, ``ci="delta"``),
-        ``"fisher"`` (default with ``ci="fisher"``) or ``"delta-linear"``;
-        see the class docstring. With second order, a third pair
-        ``(second_low, second_high)``, each ``(n_pairs, n_cells)``: the
-        prequential influence-function interval whatever ``method`` (see
-        :mod:`melissa_sa.kernels.sobol_second`).
-        """
-        return self._interval(level, method, with_indices=False)[1]
-
-    def indices_and_interval(self, level: float = 0.95, method: str | None = None):
-        """``(indices, confidence_interval(level, method))`` from one pass over
-        the state instead of two (the results writer's call, per time step);
-        the same arrays as the two calls, bit for bit."""
-        return self._interval(level, method, with_indices=True)
-
-    def _interval(self, level, method, with_indices):
-        level = float(level)
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level must be in (0, 1), got {level!r}")
-        if method is None:
-            method = self.ci
-        if method not in _METHODS:
-            raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
-        if method != "fisher" and self.ci != "delta":
-            raise ValueError(
-                f"method {method!r} needs the fourth-order co-moments: build "
-                "SobolMartinez(..., ci='delta')"
-            )
-        self._flush()
-        q = NormalDist().inv_cdf(0.5 + 0.5 * level)
-        shape = (self.n_params, self.n_cells)
-        out = [np.empty(shape) for _ in range(4)]
-        index_shape = shape if with_indices else (self.n_params, 0)
-        first, total = np.empty(index_shape), np.empty(index_shape)
-        martinez_interval(self._state, self._folded, self.n_params, q,
-                          _METHODS[method], *out, first, total)
-        bounds = (out[0], out[1]), (out[2], out[3])
-        if self._second is not None:
-            bounds += (self._second.interval(self._state, self._n, q),)
-        return ((first, total) if with_indices else None), bounds
-
-    def aggregated_sums(self) -> np.ndarray:
-        """This object's partial sums for the field's aggregated indices.
-
-        Shape ``(4, n_params)``, rows ``sum_c XY11(B, C_k)``,
-        ``sum_c sqrt(B2 Ck2)``, ``sum_c XY11(A, C_k)``, ``sum_c sqrt(A2 Ck2)``
-        over this object's cells. Sums from disjoint sets of cells (server
-        ranks) add up: reduce them with a sum, then call
-        :func:`aggregate_indices`. No cell is gathered.
-        """
-        self._flush()
-        st = self._state
-        out = np.empty((4, self.n_params))
-        for k in range(self.n_params):
-            i = 5 + 4 * k
-            out[0, k] = st[:, i + 3].sum()
-            out[1, k] = np.sqrt(st[:, 4] * st[:, i + 1]).sum()
-            out[2, k] = st[:, i + 2].sum()
-            out[3, k] = np.sqrt(st[:, 3] * st[:, i + 1]).sum()
-        return out
 
     # -- checkpoint ------------------------------------------------------
     def save(self, group) -> None:

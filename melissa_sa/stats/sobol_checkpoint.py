@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from melissa_sa.kernels.sobol import LAYOUT, martinez_from_centred
+from melissa_sa.kernels.sobol import LAYOUT
+from melissa_sa.kernels.sobol_centred import martinez_from_centred
 from melissa_sa.stats._state import load_state, restore_array, save_state
 
 if TYPE_CHECKING:
