@@ -100,6 +100,11 @@ LAYOUT = 2
 #: measured 1.3-1.7x slower at m = 8)
 CHUNK = 256
 
+#: the batched kernels take up to this many groups as a tuple of arrays (the
+#: caller's own arrays, folded without a copy): one tuple length, so one
+#: compiled version whatever the number of groups (:func:`group_tuple` pads)
+GROUP_TUPLE = 8
+
 
 def row_width(n_params, full=True):
     """Number of float64 accumulators per cell (``9 + 16 p`` or ``5 + 4 p``)."""
@@ -112,16 +117,16 @@ def row_width(n_params, full=True):
 
 
 @njit(cache=True, inline="always")
-def _fold_compact(state, c, groups, g, first, r, c2, p):
-    """Fold group ``g`` of ``groups`` into block 1 of cell ``c``'s row."""
+def _fold_compact(state, c, group, first, r, c2, p):
+    """Fold ``group`` ((p + 2, n_cells)) into block 1 of cell ``c``'s row."""
     if first:
-        state[c, 0] = groups[g, 0, c]
+        state[c, 0] = group[0, c]
     s = state[c, 0]
-    da = (groups[g, 0, c] - s) - state[c, 1]
-    db = (groups[g, 1, c] - s) - state[c, 2]
+    da = (group[0, c] - s) - state[c, 1]
+    db = (group[1, c] - s) - state[c, 2]
     for k in range(p):
         i = 5 + 4 * k
-        dc = (groups[g, 2 + k, c] - s) - state[c, i]
+        dc = (group[2 + k, c] - s) - state[c, i]
         state[c, i] += r * dc
         state[c, i + 1] += c2 * dc * dc
         state[c, i + 2] += c2 * da * dc
@@ -133,18 +138,18 @@ def _fold_compact(state, c, groups, g, first, r, c2, p):
 
 
 @njit(cache=True, inline="always")
-def _fold_full(state, power, c, groups, g, first, r, c2, p):
-    """Fold group ``g`` of ``groups`` into blocks 1 and 2 of cell ``c``'s row.
+def _fold_full(state, power, c, group, first, r, c2, p):
+    """Fold ``group`` ((p + 2, n_cells)) into blocks 1 and 2 of cell ``c``'s row.
 
     ``power`` is the view ``state[:, h:]`` of block 2: indexing it from 0
     lets the compiler see that no index is negative (no wrap-around test
     per access).
     """
     if first:
-        state[c, 0] = groups[g, 0, c]
+        state[c, 0] = group[0, c]
     s = state[c, 0]
-    xa = groups[g, 0, c] - s
-    xb = groups[g, 1, c] - s
+    xa = group[0, c] - s
+    xb = group[1, c] - s
     da = xa - state[c, 1]
     db = xb - state[c, 2]
     xa2 = xa * xa
@@ -152,7 +157,7 @@ def _fold_full(state, power, c, groups, g, first, r, c2, p):
     for k in range(p):
         i = 5 + 4 * k
         j = 4 + 12 * k
-        xc = groups[g, 2 + k, c] - s
+        xc = group[2 + k, c] - s
         dc = xc - state[c, i]
         state[c, i] += r * dc
         state[c, i + 1] += c2 * dc * dc
@@ -192,13 +197,12 @@ def martinez_update_compact(state, group, n):
     already folded in.
     """
     p = group.shape[0] - 2
-    groups = group.reshape((1, group.shape[0], group.shape[1]))
     nf = float(n)
     r = 1.0 / (nf + 1.0)
     c2 = nf * r
     first = n == 0
     for c in prange(group.shape[1]):
-        _fold_compact(state, c, groups, 0, first, r, c2, p)
+        _fold_compact(state, c, group, first, r, c2, p)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -210,7 +214,6 @@ def martinez_update(state, group, n):
     already folded in.
     """
     p = group.shape[0] - 2
-    groups = group.reshape((1, group.shape[0], group.shape[1]))
     nf = float(n)
     r = 1.0 / (nf + 1.0)
     c2 = nf * r
@@ -218,7 +221,7 @@ def martinez_update(state, group, n):
     first = n == 0
     power = state[:, h:]
     for c in prange(group.shape[1]):
-        _fold_full(state, power, c, groups, 0, first, r, c2, p)
+        _fold_full(state, power, c, group, first, r, c2, p)
 
 
 @njit(cache=True, inline="always")
@@ -245,34 +248,41 @@ def copy_group(dst, src):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def martinez_update_many_compact(state, groups, n):
+def martinez_update_many_compact(state, groups, n, m=-1):
     """Fold ``m`` groups into a compact state, in one pass over it.
 
-    ``groups``: (m, p + 2, n_cells) float32 or float64, the groups in the
-    order they count. The result is that of ``m`` calls of
+    ``groups``: the groups in the order they count, an ``(m, p + 2,
+    n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays (see
+    :data:`GROUP_TUPLE`) of which the first ``m`` are folded (``m < 0``:
+    all); float32 or float64. The result is that of ``m`` calls of
     :func:`martinez_update_compact` with ``n, n + 1, .., n + m - 1``, bit
     for bit; each cell's row is read and written once instead of ``m``
     times (by chunks of :data:`CHUNK` cells, as :func:`martinez_update_many`).
     """
-    if groups.shape[0] == 0:
+    if m < 0:
+        m = len(groups)
+    if m == 0:
         return
-    p = groups.shape[1] - 2
-    rs, c2s = _weights(groups.shape[0], n)
-    n_cells = groups.shape[2]
+    p = groups[0].shape[0] - 2
+    rs, c2s = _weights(m, n)
+    n_cells = groups[0].shape[1]
     for b in prange((n_cells + CHUNK - 1) // CHUNK):
         lo = b * CHUNK
         hi = min(lo + CHUNK, n_cells)
-        for g in range(groups.shape[0]):
+        for g in range(m):
+            group = groups[g]
             for c in range(lo, hi):
-                _fold_compact(state, c, groups, g, n + g == 0, rs[g], c2s[g], p)
+                _fold_compact(state, c, group, n + g == 0, rs[g], c2s[g], p)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def martinez_update_many(state, groups, n):
+def martinez_update_many(state, groups, n, m=-1):
     """Fold ``m`` groups into a full state, in one pass over it.
 
-    ``groups``: (m, p + 2, n_cells) float32 or float64, the groups in the
-    order they count. The result is that of ``m`` calls of
+    ``groups``: the groups in the order they count, an ``(m, p + 2,
+    n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays (see
+    :data:`GROUP_TUPLE`) of which the first ``m`` are folded (``m < 0``:
+    all); float32 or float64. The result is that of ``m`` calls of
     :func:`martinez_update` with ``n, n + 1, .., n + m - 1``, bit for bit
     (each accumulator goes through the same operations in the same order);
     each cell's row (``8 (9 + 16 p)`` bytes) is read from and written to
@@ -280,19 +290,30 @@ def martinez_update_many(state, groups, n):
     one-group fold): the cells go by chunks of :data:`CHUNK`, whose rows
     stay in cache while the ``m`` groups are applied to them in turn.
     """
-    if groups.shape[0] == 0:
+    if m < 0:
+        m = len(groups)
+    if m == 0:
         return
-    p = groups.shape[1] - 2
+    p = groups[0].shape[0] - 2
     h = 5 + 4 * p
-    rs, c2s = _weights(groups.shape[0], n)
+    rs, c2s = _weights(m, n)
     power = state[:, h:]
-    n_cells = groups.shape[2]
+    n_cells = groups[0].shape[1]
     for b in prange((n_cells + CHUNK - 1) // CHUNK):
         lo = b * CHUNK
         hi = min(lo + CHUNK, n_cells)
-        for g in range(groups.shape[0]):
+        for g in range(m):
+            group = groups[g]
             for c in range(lo, hi):
-                _fold_full(state, power, c, groups, g, n + g == 0, rs[g], c2s[g], p)
+                _fold_full(state, power, c, group, n + g == 0, rs[g], c2s[g], p)
+
+
+def group_tuple(groups) -> tuple:
+    """``groups`` (a list of at most :data:`GROUP_TUPLE` arrays of one shape
+    and dtype) as the batched kernels' tuple, padded with its first array."""
+    if not 0 < len(groups) <= GROUP_TUPLE:
+        raise ValueError(f"{len(groups)} groups, expected 1 to {GROUP_TUPLE} per call")
+    return tuple(groups) + (groups[0],) * (GROUP_TUPLE - len(groups))
 
 
 # ---------------------------------------------------------------------------

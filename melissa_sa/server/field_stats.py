@@ -70,17 +70,25 @@ class StepStatistics:
                 stat.update(x)
         self.n_samples += 1
 
-    def fold_group(self, rows: np.ndarray, group_id: int) -> None:
+    def fold_group(self, rows: np.ndarray, group_id: int) -> list[np.ndarray]:
         """A complete group (the study's group ``group_id``): its independent
         rows, and all rows into Sobol' (the aggregated interval first: it
-        reads the Martinez state from before the group)."""
+        reads the Martinez state from before the group).
+
+        Returns the arrays the caller may write to again: ``rows`` at once
+        without Sobol'; with it, the Sobol' buffer keeps ``rows`` (folded
+        from there, no copy) and gives back the rows of a batch once it is
+        folded (:meth:`SobolMartinez.released`)."""
         for row in self.layout.independent_rows:
             self.fold_sample(rows[row])
-        if self.sobol is not None:
-            self.sobol_aggregated.update(rows, group_id, self.sobol)
-            # while the interval reads the state at every group (the first
-            # ``dense`` group numbers), buffering the fold would only add a copy
-            self.sobol.update(rows, fold_now=self.sobol_aggregated.counts_group(group_id + 1))
+        if self.sobol is None:
+            return [rows]
+        self.sobol_aggregated.update(rows, group_id, self.sobol)
+        # while the interval reads the state at every group (the first
+        # ``dense`` group numbers), buffering the fold would gain nothing
+        self.sobol.update(rows, fold_now=self.sobol_aggregated.counts_group(group_id + 1),
+                          handed_over=True)
+        return self.sobol.released()
 
 
 @dataclass
