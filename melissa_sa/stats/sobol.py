@@ -200,7 +200,7 @@ class SobolMartinez(Statistic):
         self.fold_batch = int(fold_batch)
         self._n = 0          # groups received (folded or buffered)
         self._folded = 0     # groups folded into the state
-        self._buffer = GroupBuffer()   # received, not yet folded
+        self._buffer = GroupBuffer(self.fold_batch)   # received, not yet folded
         width = row_width(self.n_params, full=ci == "delta")
         self._state = np.zeros((self.n_cells, width), dtype=np.float64)
         self._second = (SecondOrderState(self.n_cells, self.n_params)

@@ -9,8 +9,9 @@ buffer in one of two ways:
 
 * **copied** (:meth:`GroupBuffer.add`, the default of
   :meth:`SobolMartinez.update`): into a slot the buffer owns, so the caller
-  may overwrite its array at once. Slots are made on demand, in the group's
-  shape and dtype, and reused.
+  may overwrite its array at once. The ``capacity`` slots are made at the
+  first copy, in the group's shape and dtype (again if that changes), and
+  reused.
 * **kept** (``add(group, keep=True, give_back=array)``): the buffer keeps
   a reference to the caller's array and folds it from there, without a
   copy; the caller must not write to it until :meth:`released` gives it
@@ -23,7 +24,7 @@ The kernels take the groups as one tuple of arrays of a single dtype
 dtype than the buffered ones asks for a flush first (:meth:`accepts`).
 
 >>> import numpy as np
->>> buf = GroupBuffer()
+>>> buf = GroupBuffer(capacity=2)
 >>> mine = np.ones((5, 3))
 >>> buf.add(np.zeros((5, 3)))            # copied
 >>> buf.add(mine, keep=True, give_back=mine)   # kept by reference
@@ -32,8 +33,8 @@ dtype than the buffered ones asks for a flush first (:meth:`accepts`).
 >>> buf.clear()                          # after the fold
 >>> [a is mine for a in buf.released()]
 [True]
->>> len(buf), buf.nbytes                 # one spare slot of 5 x 3 float64
-(0, 120)
+>>> len(buf), buf.nbytes                 # two free slots of 5 x 3 float64
+(0, 240)
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ __all__ = ["GroupBuffer"]
 class GroupBuffer:
     """Groups waiting to be folded, in the order they count."""
 
-    def __init__(self):
+    def __init__(self, capacity: int):
+        self.capacity = capacity              # groups per fold: slots made at once
         self.groups: list[np.ndarray] = []   # to fold, in order
         self._slot: list[bool] = []           # groups[i] is one of the buffer's slots
         self._give_back: list[np.ndarray | None] = []   # the caller's array, or None
@@ -89,6 +91,11 @@ class GroupBuffer:
         for i, slot in enumerate(self._slots):
             if slot.shape == group.shape and slot.dtype == group.dtype:
                 return self._slots.pop(i)
+        # the first copy (or another dtype): every slot a batch can need, at
+        # once, so that no later update allocates
+        in_use = sum(self._slot)
+        self._slots = [np.empty(group.shape, dtype=group.dtype)
+                       for _ in range(max(self.capacity - in_use - 1, 0))]
         return np.empty(group.shape, dtype=group.dtype)
 
     def clear(self) -> None:
