@@ -125,15 +125,18 @@ def our_cases(n_cells: int, rng, only: str = ""):
         return obj, lambda: obj.update(x), x.nbytes
 
     def sobol_case(ci, fold_batch=1):
-        """``fold_batch`` groups per call (one fold of the buffer, and the
-        copies into it): the row reports the time per group."""
+        """``fold_batch`` groups per call, handed over as the server does
+        (one fold of the buffer, from the groups themselves): the row reports
+        the time per group."""
         s = SobolMartinez(n_cells, 3, ci=ci, fold_batch=fold_batch)
         for _ in range(2 * fold_batch):  # past the re-centring at 2 groups
             s.update(group)
+        copies = [group.copy() for _ in range(fold_batch)]
 
         def update():
-            for _ in range(fold_batch):
-                s.update(group)
+            for rows in copies:
+                s.update(rows, handed_over=True)
+            s.released()
         return s, update, group.nbytes, fold_batch
 
     def quantiles_case():
@@ -226,9 +229,12 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
     """The Sobol' p = 3 fold (delta-interval state), calls alternated so that
     all see the same load, times per group on :data:`CLOCK`:
 
-    * ``batched``: ``SobolMartinez.update`` with ``fold_batch = FOLD_BATCH``,
-      timed over ``FOLD_BATCH`` calls (the copies into the buffer and one
-      batched fold), divided by ``FOLD_BATCH``;
+    * ``batched``: ``SobolMartinez.update(group, handed_over=True)`` with
+      ``fold_batch = FOLD_BATCH``, what the server does (the buffer keeps the
+      group arrays and folds them from there, no copy), timed over
+      ``FOLD_BATCH`` calls (one batched fold), divided by ``FOLD_BATCH``;
+    * ``batched_copy``: the same with ``update(group)``, which copies each
+      group into the buffer (the caller may reuse its array at once);
     * ``layout2``: one group folded at once (``martinez_update``, what
       ``fold_batch=1`` does), on the same state;
     * ``layout1``: the layout-1 fold it replaced (its own state);
@@ -248,14 +254,21 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
     for k in range(2 * m):  # first touch of state and buffer, past the re-centring at 2
         new.update(group)
         layout1_update(old, group, k)
+    new.flush()             # each timed batch of m is then one fold
     theirs = iterative_stats_cases(n_cells, None, group, "sobol martinez") if compare else {}
     their_update = theirs["sobol martinez p=3"]() if theirs else None
-    t_batch, t_new, t_old, t_is = [], [], [], []
+    copies = [group.copy() for _ in range(m)]   # the server's m assembled groups
+    t_batch, t_copy, t_new, t_old, t_is = [], [], [], [], []
     for k in range(repeat):
+        t0 = CLOCK()
+        for rows in copies:
+            new.update(rows, handed_over=True)
+        t_batch.append((CLOCK() - t0) / m)
+        new.released()
         t0 = CLOCK()
         for _ in range(m):
             new.update(group)
-        t_batch.append((CLOCK() - t0) / m)
+        t_copy.append((CLOCK() - t0) / m)
         t0 = CLOCK()
         martinez_update(new._state, group, new._folded)  # timing only: the
         t_new.append(CLOCK() - t0)                       # count is not kept
@@ -268,6 +281,7 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
             t_is.append(CLOCK() - t0)
     out = {"fold_batch": m,
            "batched_best": min(t_batch), "batched_median": statistics.median(t_batch),
+           "batched_copy_best": min(t_copy), "batched_copy_median": statistics.median(t_copy),
            "layout2_best": min(t_new), "layout2_median": statistics.median(t_new),
            "layout1_best": min(t_old), "layout1_median": statistics.median(t_old)}
     for ref in ("layout1", "layout2"):
@@ -322,7 +336,9 @@ def print_fold_ab(ab: dict) -> None:
     ms = 1e3
     print(f"sobol p=3 fold, calls alternated, ms per group (best / median): "
           f"batched x{ab['fold_batch']} {ab['batched_best'] * ms:.1f} / "
-          f"{ab['batched_median'] * ms:.1f}, one group (layout 2) "
+          f"{ab['batched_median'] * ms:.1f} (copying the groups "
+          f"{ab['batched_copy_best'] * ms:.1f} / {ab['batched_copy_median'] * ms:.1f}), "
+          f"one group (layout 2) "
           f"{ab['layout2_best'] * ms:.1f} / {ab['layout2_median'] * ms:.1f}, layout 1 "
           f"{ab['layout1_best'] * ms:.1f} / {ab['layout1_median'] * ms:.1f}")
     print(f"  batched over layout 1: {ab['batched_over_layout1_best']:.2f}x / "

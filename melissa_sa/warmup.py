@@ -55,9 +55,13 @@ def warm_up(n_params: int = 3) -> float:
         _ = objects[-1].values
         p2 = max(n_params, 2)  # second order needs a pair; the kernels are the same
         group2 = np.linspace(0.0, 1.0, 2 * (2 * p2 + 2)).reshape(2 * p2 + 2, 2)
-        for ci, second, rows in (("delta", False, group), ("fisher", False, group),
-                                 ("delta", True, group2)):
-            s = SobolMartinez(2, p2 if second else n_params, ci=ci, second_order=second)
+        # fold_batch None: each kind's default; ("fisher", 2): its batched fold
+        for ci, second, rows, batch in (("delta", False, group, None),
+                                        ("fisher", False, group, None),
+                                        ("fisher", False, group, 2),
+                                        ("delta", True, group2, None)):
+            s = SobolMartinez(2, p2 if second else n_params, ci=ci, second_order=second,
+                              fold_batch=batch)
             # the aggregated interval's sums: fused with the fold (full state)
             # or its own pass (compact), from the third group
             agg = SobolAggregatedInterval(2, s.n_params, warmup=2)

@@ -72,3 +72,7 @@ def test_released_rows_are_reused_by_the_next_group_of_that_shape_only():
     for g in range(10):                                # the spares stay bounded
         asm.release(np.empty((2, 7 + g)))
     assert len(asm._spare) == SPARE_BUFFERS
+    more = GroupAssembler(2, spares=SPARE_BUFFERS + 4)   # a Sobol' batch comes back at once
+    for g in range(10):
+        more.release(np.empty((2, 7 + g)))
+    assert len(more._spare) == SPARE_BUFFERS + 4

@@ -31,11 +31,13 @@ N_CELLS = 8
 def hello(ctx, address, sim_id, n_cells=N_CELLS, field="f"):
     req = ctx.socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
-    req.connect(address)
-    req.send(encode_hello(Hello(sim_id, field, n_cells)))
-    assert req.poll(20000), "server did not answer the hello"
-    raw = req.recv()
-    req.close()
+    try:   # closed whatever happens: ctx.term() waits for every socket
+        req.connect(address)
+        req.send(encode_hello(Hello(sim_id, field, n_cells)))
+        assert req.poll(20000), "server did not answer the hello"
+        raw = req.recv()
+    finally:
+        req.close()
     try:
         welcome = decode_welcome(raw)
     except ProtocolError as exc:
@@ -112,7 +114,7 @@ def test_every_malformed_kind_is_counted_and_dropped(server):
                     push.send_multipart([header, (values + 100).tobytes()])
         push.close()
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)   # closes what a failed assertion left open
     with h5py.File(server_results(proc, tmp_path)) as f:
         dropped = json.loads(f.attrs["dropped_messages"])
         for kind in bad:
@@ -160,7 +162,7 @@ def test_drops_and_bytes_are_summed_over_ranks(tmp_path, processes):
         for push in pushes:
             push.close()
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)   # closes what a failed assertion left open
     with h5py.File(server_results(proc, tmp_path)) as f:
         assert json.loads(f.attrs["dropped_messages"]) == {"bad_magic": 4, "bad_range": 2}
         assert json.loads(f.attrs["dropped_messages_per_rank"]) == [

@@ -249,7 +249,7 @@ def test_aggregated_sums_and_nbytes_see_the_buffer():
     assert f32.nbytes == ref.nbytes + 4 * (P + 2) * 40 * 4
 
 
-def test_float64_after_float32_widens_the_buffer():
+def test_float64_and_float32_groups_mixed():
     rng = np.random.default_rng(9)
     data = groups_of(rng, 11, 60, offset=100.0)
     mixed = [g.astype(np.float32) if k % 3 else g for k, g in enumerate(data)]
@@ -259,8 +259,64 @@ def test_float64_after_float32_widens_the_buffer():
     for group in mixed:
         ref.update(group)
         s.update(group)
-    assert s._buffer.dtype == np.float64
     assert_same_results(s, ref)
+
+
+@pytest.mark.parametrize("fold_batch", [1, 4, 9])
+def test_handed_over_groups_are_folded_in_place_and_given_back(fold_batch):
+    """``update(group, handed_over=True)`` keeps the caller's array (no copy),
+    folds it as a copied group would be, and gives it back once folded."""
+    rng = np.random.default_rng(12)
+    data = groups_of(rng, 40, 70, offset=1e6)
+    ref = feed(data, 1)
+    s = SobolMartinez(70, P, fold_batch=fold_batch)
+    given, back, kept = [], [], 0
+    for k, group in enumerate(data):
+        mine = group.copy()
+        given.append(mine)
+        s.update(mine, handed_over=True)
+        if len(s._buffer):
+            assert s._buffer.groups[-1] is mine      # kept, not copied
+            kept += 1
+        back += s.released()
+        if k == 20:
+            s.flush()
+    back += s.released()
+    assert_same_results(s, ref)
+    s.flush()
+    back += s.released()
+    assert [id(a) for a in back] == [id(a) for a in given]   # each once, in order
+    assert s.released() == []
+    assert s.nbytes == ref.nbytes        # no slot was ever made
+    assert (kept > 20) == (fold_batch > 1)
+
+
+def test_a_converted_group_handed_over_is_given_back_and_not_copied_twice():
+    rng = np.random.default_rng(13)
+    data = [g.copy() for g in groups_of(rng, 3, 10, offset=100.0)]
+    s = SobolMartinez(10, P, fold_batch=4)
+    ints = np.rint(data[2]).astype(np.int64)       # converted: a private copy
+    s.update(data[0], handed_over=True)
+    s.update(data[1], handed_over=True)            # the re-centring count 2: folded
+    assert [a is g for a, g in zip(s.released(), data[:2], strict=True)] == [True, True]
+    s.update(ints, handed_over=True)
+    assert s._buffer.groups[0] is not ints and s._buffer.nbytes == ints.nbytes
+    s.flush()
+    assert s.released()[0] is ints
+    ref = feed(np.array(data[:2]), 1)
+    ref.update(ints)
+    assert_same_results(s, ref)
+
+
+def test_group_tuple_pads_and_refuses_too_many():
+    from melissa_sa.kernels.sobol import GROUP_TUPLE, group_tuple
+    a, b = np.zeros((5, 3)), np.ones((5, 3))
+    t = group_tuple([a, b])
+    assert len(t) == GROUP_TUPLE and t[0] is a and t[1] is b and t[-1] is a
+    with pytest.raises(ValueError, match="groups"):
+        group_tuple([a] * (GROUP_TUPLE + 1))
+    with pytest.raises(ValueError, match="groups"):
+        group_tuple([])
 
 
 @pytest.mark.parametrize("dtype,offset", [(np.float64, 1e9), (np.float32, 1e4),

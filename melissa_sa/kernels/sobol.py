@@ -97,6 +97,11 @@ LAYOUT = 2
 #: measured 1.3-1.7x slower at m = 8)
 CHUNK = 256
 
+#: the batched kernels take up to this many groups as a tuple of arrays (the
+#: caller's own arrays, folded without a copy): one tuple length, so one
+#: compiled version whatever the number of groups (:func:`group_tuple` pads)
+GROUP_TUPLE = 8
+
 
 def row_width(n_params, full=True):
     """Number of float64 accumulators per cell (``9 + 16 p`` or ``5 + 4 p``)."""
@@ -109,16 +114,16 @@ def row_width(n_params, full=True):
 
 
 @njit(cache=True, inline="always")
-def _fold_compact(state, c, groups, g, first, r, c2, p):
-    """Fold group ``g`` of ``groups`` into block 1 of cell ``c``'s row."""
+def _fold_compact(state, c, group, first, r, c2, p):
+    """Fold ``group`` ((p + 2, n_cells)) into block 1 of cell ``c``'s row."""
     if first:
-        state[c, 0] = groups[g, 0, c]
+        state[c, 0] = group[0, c]
     s = state[c, 0]
-    da = (groups[g, 0, c] - s) - state[c, 1]
-    db = (groups[g, 1, c] - s) - state[c, 2]
+    da = (group[0, c] - s) - state[c, 1]
+    db = (group[1, c] - s) - state[c, 2]
     for k in range(p):
         i = 5 + 4 * k
-        dc = (groups[g, 2 + k, c] - s) - state[c, i]
+        dc = (group[2 + k, c] - s) - state[c, i]
         state[c, i] += r * dc
         state[c, i + 1] += c2 * dc * dc
         state[c, i + 2] += c2 * da * dc
@@ -130,18 +135,18 @@ def _fold_compact(state, c, groups, g, first, r, c2, p):
 
 
 @njit(cache=True, inline="always")
-def _fold_full(state, power, c, groups, g, first, r, c2, p):
-    """Fold group ``g`` of ``groups`` into blocks 1 and 2 of cell ``c``'s row.
+def _fold_full(state, power, c, group, first, r, c2, p):
+    """Fold ``group`` ((p + 2, n_cells)) into blocks 1 and 2 of cell ``c``'s row.
 
     ``power`` is the view ``state[:, h:]`` of block 2: indexing it from 0
     lets the compiler see that no index is negative (no wrap-around test
     per access).
     """
     if first:
-        state[c, 0] = groups[g, 0, c]
+        state[c, 0] = group[0, c]
     s = state[c, 0]
-    xa = groups[g, 0, c] - s
-    xb = groups[g, 1, c] - s
+    xa = group[0, c] - s
+    xb = group[1, c] - s
     da = xa - state[c, 1]
     db = xb - state[c, 2]
     xa2 = xa * xa
@@ -149,7 +154,7 @@ def _fold_full(state, power, c, groups, g, first, r, c2, p):
     for k in range(p):
         i = 5 + 4 * k
         j = 4 + 12 * k
-        xc = groups[g, 2 + k, c] - s
+        xc = group[2 + k, c] - s
         dc = xc - state[c, i]
         state[c, i] += r * dc
         state[c, i + 1] += c2 * dc * dc
@@ -189,13 +194,12 @@ def martinez_update_compact(state, group, n):
     already folded in.
     """
     p = group.shape[0] - 2
-    groups = group.reshape((1, group.shape[0], group.shape[1]))
     nf = float(n)
     r = 1.0 / (nf + 1.0)
     c2 = nf * r
     first = n == 0
     for c in prange(group.shape[1]):
-        _fold_compact(state, c, groups, 0, first, r, c2, p)
+        _fold_compact(state, c, group, first, r, c2, p)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -207,7 +211,6 @@ def martinez_update(state, group, n):
     already folded in.
     """
     p = group.shape[0] - 2
-    groups = group.reshape((1, group.shape[0], group.shape[1]))
     nf = float(n)
     r = 1.0 / (nf + 1.0)
     c2 = nf * r
@@ -215,7 +218,7 @@ def martinez_update(state, group, n):
     first = n == 0
     power = state[:, h:]
     for c in prange(group.shape[1]):
-        _fold_full(state, power, c, groups, 0, first, r, c2, p)
+        _fold_full(state, power, c, group, first, r, c2, p)
 
 
 @njit(cache=True, inline="always")
@@ -242,34 +245,41 @@ def copy_group(dst, src):
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def martinez_update_many_compact(state, groups, n):
+def martinez_update_many_compact(state, groups, n, m=-1):
     """Fold ``m`` groups into a compact state, in one pass over it.
 
-    ``groups``: (m, p + 2, n_cells) float32 or float64, the groups in the
-    order they count. The result is that of ``m`` calls of
+    ``groups``: the groups in the order they count, an ``(m, p + 2,
+    n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays (see
+    :data:`GROUP_TUPLE`) of which the first ``m`` are folded (``m < 0``:
+    all); float32 or float64. The result is that of ``m`` calls of
     :func:`martinez_update_compact` with ``n, n + 1, .., n + m - 1``, bit
     for bit; each cell's row is read and written once instead of ``m``
     times (by chunks of :data:`CHUNK` cells, as :func:`martinez_update_many`).
     """
-    if groups.shape[0] == 0:
+    if m < 0:
+        m = len(groups)
+    if m == 0:
         return
-    p = groups.shape[1] - 2
-    rs, c2s = _weights(groups.shape[0], n)
-    n_cells = groups.shape[2]
+    p = groups[0].shape[0] - 2
+    rs, c2s = _weights(m, n)
+    n_cells = groups[0].shape[1]
     for b in prange((n_cells + CHUNK - 1) // CHUNK):
         lo = b * CHUNK
         hi = min(lo + CHUNK, n_cells)
-        for g in range(groups.shape[0]):
+        for g in range(m):
+            group = groups[g]
             for c in range(lo, hi):
-                _fold_compact(state, c, groups, g, n + g == 0, rs[g], c2s[g], p)
+                _fold_compact(state, c, group, n + g == 0, rs[g], c2s[g], p)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def martinez_update_many(state, groups, n):
+def martinez_update_many(state, groups, n, m=-1):
     """Fold ``m`` groups into a full state, in one pass over it.
 
-    ``groups``: (m, p + 2, n_cells) float32 or float64, the groups in the
-    order they count. The result is that of ``m`` calls of
+    ``groups``: the groups in the order they count, an ``(m, p + 2,
+    n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays (see
+    :data:`GROUP_TUPLE`) of which the first ``m`` are folded (``m < 0``:
+    all); float32 or float64. The result is that of ``m`` calls of
     :func:`martinez_update` with ``n, n + 1, .., n + m - 1``, bit for bit
     (each accumulator goes through the same operations in the same order);
     each cell's row (``8 (9 + 16 p)`` bytes) is read from and written to
@@ -277,19 +287,30 @@ def martinez_update_many(state, groups, n):
     one-group fold): the cells go by chunks of :data:`CHUNK`, whose rows
     stay in cache while the ``m`` groups are applied to them in turn.
     """
-    if groups.shape[0] == 0:
+    if m < 0:
+        m = len(groups)
+    if m == 0:
         return
-    p = groups.shape[1] - 2
+    p = groups[0].shape[0] - 2
     h = 5 + 4 * p
-    rs, c2s = _weights(groups.shape[0], n)
+    rs, c2s = _weights(m, n)
     power = state[:, h:]
-    n_cells = groups.shape[2]
+    n_cells = groups[0].shape[1]
     for b in prange((n_cells + CHUNK - 1) // CHUNK):
         lo = b * CHUNK
         hi = min(lo + CHUNK, n_cells)
-        for g in range(groups.shape[0]):
+        for g in range(m):
+            group = groups[g]
             for c in range(lo, hi):
-                _fold_full(state, power, c, groups, g, n + g == 0, rs[g], c2s[g], p)
+                _fold_full(state, power, c, group, n + g == 0, rs[g], c2s[g], p)
+
+
+def group_tuple(groups) -> tuple:
+    """``groups`` (a list of at most :data:`GROUP_TUPLE` arrays of one shape
+    and dtype) as the batched kernels' tuple, padded with its first array."""
+    if not 0 < len(groups) <= GROUP_TUPLE:
+        raise ValueError(f"{len(groups)} groups, expected 1 to {GROUP_TUPLE} per call")
+    return tuple(groups) + (groups[0],) * (GROUP_TUPLE - len(groups))
 
 
 # ---------------------------------------------------------------------------
@@ -325,13 +346,13 @@ def _prefetch(typingctx, array, row, col):
 
 
 @njit(cache=True, inline="always")
-def _influence(state, groups, g, n, p, lo, hi, partial, u, t, last):
-    """Group ``g``'s influence terms over cells ``[lo, hi)`` into ``partial[u, t]``.
+def _influence(state, group, n, p, lo, hi, partial, u, t, last):
+    """``group``'s influence terms over cells ``[lo, hi)`` into ``partial[u, t]``.
 
     ``partial[u, t]`` (``(4, p)``: Phi and Psi, first then total order, see
     :mod:`melissa_sa.stats.sobol_aggregated`) is set to the sum over the
     cells, in cell order, of the terms computed with block 1 of ``state``
-    holding ``n >= 2`` groups (the state *before* group ``g``). The
+    holding ``n >= 2`` groups (the state *before* ``group``). The
     columns ``0 .. last`` of the rows :data:`AHEAD` cells on are prefetched
     (none if ``last < 0``).
     """
@@ -346,8 +367,8 @@ def _influence(state, groups, g, n, p, lo, hi, partial, u, t, last):
             for col in range(0, last + 8, 8):   # every cache line of the columns
                 _prefetch(state, ahead, min(col, last))
         s = state[c, 0]
-        da = (groups[g, 0, c] - s) - state[c, 1]
-        db = (groups[g, 1, c] - s) - state[c, 2]
+        da = (group[0, c] - s) - state[c, 1]
+        db = (group[1, c] - s) - state[c, 2]
         a2 = state[c, 3]
         b2 = state[c, 4]
         # Psi's term 1/2 (sqrt(c2/b2) eb + sqrt(b2/c2) ec) as sc hb + sb hc,
@@ -358,7 +379,7 @@ def _influence(state, groups, g, n, p, lo, hi, partial, u, t, last):
         hb = 0.5 * (db * db - b2 * f) / sb if b2 > 0.0 else 0.0
         for k in range(p):
             i = 5 + 4 * k
-            dc = (groups[g, 2 + k, c] - s) - state[c, i]
+            dc = (group[2 + k, c] - s) - state[c, i]
             c2 = state[c, i + 1]
             partial[u, t, 0, k] += db * dc - state[c, i + 3] * f
             partial[u, t, 2, k] += da * dc - state[c, i + 2] * f
@@ -400,17 +421,16 @@ def aggregated_influence(state, group, n, n_params, batch, partial, out):
     n_chunks = (n_cells + CHUNK - 1) // CHUNK
     if partial.shape[0] < n_chunks:
         raise ValueError("aggregated_influence: partial has fewer rows than chunks of cells")
-    groups = group.reshape((1, group.shape[0], n_cells))
     part = partial.reshape((1, partial.shape[0], 4, p))
     for t in prange(n_chunks):
         lo = t * CHUNK
-        _influence(state, groups, 0, n, p, lo, min(lo + CHUNK, n_cells), part, 0, t,
+        _influence(state, group, n, p, lo, min(lo + CHUNK, n_cells), part, 0, t,
                    4 + 4 * p)   # block 1's columns
     _reduce(part, n_chunks, 0, p, out, batch)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def martinez_update_many_influence(state, groups, n, rows, partial, out):
+def martinez_update_many_influence(state, groups, n, rows, partial, out, m=-1):
     """:func:`martinez_update_many`, adding the influence sums of the groups
     flagged in ``rows`` into ``out`` on the way (one pass over the state).
 
@@ -423,14 +443,16 @@ def martinez_update_many_influence(state, groups, n, rows, partial, out):
     then the fold of ``g``. The state is that of :func:`martinez_update_many`
     and each ``out`` row gets the sums :func:`aggregated_influence` before
     each one-group fold would add, bit for bit, whatever the thread count.
-    Nothing is allocated.
+    ``groups`` and ``m`` as in :func:`martinez_update_many` (an array, or a
+    tuple of which the first ``m`` are folded). Nothing is allocated.
     """
-    m = groups.shape[0]
+    if m < 0:
+        m = len(groups)
     if m == 0:
         return
-    p = groups.shape[1] - 2
+    p = groups[0].shape[0] - 2
     h = 5 + 4 * p
-    n_cells = groups.shape[2]
+    n_cells = groups[0].shape[1]
     n_chunks = (n_cells + CHUNK - 1) // CHUNK
     if partial.shape[0] < m or partial.shape[1] < n_chunks or rows.shape[0] < m:
         raise ValueError("martinez_update_many_influence: partial or rows too small")
@@ -439,16 +461,17 @@ def martinez_update_many_influence(state, groups, n, rows, partial, out):
         lo = b * CHUNK
         hi = min(lo + CHUNK, n_cells)
         for g in range(m):
+            group = groups[g]
             # the first group's pass brings the rows in (prefetch all of
             # each: the fold reads it next); later ones find them in cache
             last = state.shape[1] - 1 if g == 0 else -1
             if rows[g] >= 0:
-                _influence(state, groups, g, n + g, p, lo, hi, partial, g, b, last)
+                _influence(state, group, n + g, p, lo, hi, partial, g, b, last)
             nf = float(n + g)     # the weights of _weights, without its arrays
             r = 1.0 / (nf + 1.0)
             c2 = nf * r
             for c in range(lo, hi):
-                _fold_full(state, power, c, groups, g, n + g == 0, r, c2, p)
+                _fold_full(state, power, c, group, n + g == 0, r, c2, p)
     for g in range(m):
         if rows[g] >= 0:
             _reduce(partial, n_chunks, g, p, out, rows[g])

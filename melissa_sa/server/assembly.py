@@ -18,12 +18,16 @@ itemsize``. :attr:`GroupAssembler.buffered_bytes` reports the current size.
 
 Reuse: a complete group's rows, once folded, are given back
 (:meth:`GroupAssembler.release`) and the next group of the same shape and
-dtype is assembled into them. A fresh ``np.empty`` of that size is a new
+dtype is assembled into them. With Sobol' the statistic folds the rows
+themselves, without a copy: it keeps them until its batch of ``fold_batch``
+groups is folded, then gives them back all at once
+(:meth:`melissa_sa.stats.SobolMartinez.released`), so the server keeps
+``fold_batch`` more spares than :data:`SPARE_BUFFERS`. A fresh ``np.empty`` of that size is a new
 mapping whose pages the kernel faults in and zeroes on first write: copying a
 10^6-cell float64 message into one cost 8.4 ms (about 1 GB/s, measured in the
 server's profile, ``benchmarks/e2e.py --profile``), into a reused one it is a
-plain copy. At most :data:`SPARE_BUFFERS` buffers wait for reuse (their bytes
-count in :attr:`GroupAssembler.buffered_bytes`).
+plain copy. At most ``spares`` buffers (default :data:`SPARE_BUFFERS`) wait
+for reuse (their bytes count in :attr:`GroupAssembler.buffered_bytes`).
 """
 
 from __future__ import annotations
@@ -53,8 +57,9 @@ class _Buffer:
 class GroupAssembler:
     """The open buffers of this rank, keyed by ``(group_id, field_id, time_step)``."""
 
-    def __init__(self, group_size: int):
+    def __init__(self, group_size: int, spares: int = SPARE_BUFFERS):
         self.group_size = group_size
+        self.spares = spares
         self._buffers: dict[tuple[int, int, int], _Buffer] = {}
         self._spare: list[np.ndarray] = []
 
@@ -96,7 +101,7 @@ class GroupAssembler:
     def release(self, rows: np.ndarray) -> None:
         """Give back the rows :meth:`add` returned, once folded (nothing may
         keep a reference to them): a later group is assembled into them."""
-        if len(self._spare) >= SPARE_BUFFERS:
+        if len(self._spare) >= self.spares:
             self._spare.pop(0)
         self._spare.append(rows)
 

@@ -70,15 +70,22 @@ class StepStatistics:
                 stat.update(x)
         self.n_samples += 1
 
-    def fold_group(self, rows: np.ndarray, group_id: int) -> None:
+    def fold_group(self, rows: np.ndarray, group_id: int) -> list[np.ndarray]:
         """A complete group (the study's group ``group_id``): its independent
         rows, and all rows into Sobol': the aggregated interval folds the
         group into the Martinez state, its influence sums (which read the
-        state from before the group) added by the batched fold."""
+        state from before the group) added by the batched fold.
+
+        Returns the arrays the caller may write to again: ``rows`` at once
+        without Sobol'; with it, the Sobol' buffer keeps ``rows`` (folded
+        from there, no copy) and gives back the rows of a batch once it is
+        folded (:meth:`SobolMartinez.released`)."""
         for row in self.layout.independent_rows:
             self.fold_sample(rows[row])
-        if self.sobol is not None:
-            self.sobol_aggregated.update(rows, group_id, self.sobol, fold=True)
+        if self.sobol is None:
+            return [rows]
+        self.sobol_aggregated.update(rows, group_id, self.sobol, fold=True, handed_over=True)
+        return self.sobol.released()
 
 
 @dataclass

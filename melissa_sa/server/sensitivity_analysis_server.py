@@ -35,13 +35,14 @@ import numpy as np
 from melissa_sa import exit_codes
 from melissa_sa.mpi_wait import bcast_json
 from melissa_sa.server import ranks
-from melissa_sa.server.assembly import GroupAssembler, Overlap
+from melissa_sa.server.assembly import SPARE_BUFFERS, GroupAssembler, Overlap
 from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData
 from melissa_sa.server.convergence_check import ConvergenceCheck
 from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
 from melissa_sa.server.rank_checkpoints import RankCheckpoints
 from melissa_sa.server.study_events import Begin, DataSeen, RunFolded, RunReceived, Tick
 from melissa_sa.stats import set_threads
+from melissa_sa.stats.sobol import fold_batch_for
 from melissa_sa.warmup import warm_up
 
 log = logging.getLogger("melissa_sa.server")
@@ -64,7 +65,11 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
         self._folded: dict[int, np.ndarray] = {}       # sim -> (fields, steps) bool
         self._buffered: dict[int, np.ndarray] = {}     # the same, complete in the assembler
         self._received_sent: set[int] = set()         # runs reported RunsReceived
-        self._assembler = GroupAssembler(self.group_size)
+        sa = config.sa_config
+        # the Sobol' fold gives rows back a batch at a time (stats/sobol_buffer.py)
+        self._assembler = GroupAssembler(self.group_size, SPARE_BUFFERS + (
+            fold_batch_for(sa.confidence_method, self.layout.second_order, sa.sobol_fold_batch)
+            if sa.sobol_indices else 0))
         self.duplicates = 0
         self.ci_method = config.sa_config.confidence_method
         self._ranks_done: dict[int, set] = {}          # rank 0: sim -> ranks reporting
@@ -135,8 +140,9 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
             bits[h.field_id, h.time_step] = True
             self._check_received(h.sim_id)
         if rows is not None:
-            lf.steps[h.time_step].fold_group(rows, data.group_id)
-            self._assembler.release(rows)  # the statistics copied what they keep
+            # rows the statistics are done with (these, or a Sobol' batch's)
+            for done in lf.steps[h.time_step].fold_group(rows, data.group_id):
+                self._assembler.release(done)
             group_sims = [self.layout.sim_id(data.group_id, m) for m in range(self.group_size)]
             self._mark_folded(group_sims, h.field_id, h.time_step)
 

@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from melissa_sa.kernels.sobol import CHUNK, aggregated_influence, martinez_update_many_influence
+from melissa_sa.kernels.sobol import (
+    CHUNK,
+    aggregated_influence,
+    group_tuple,
+    martinez_update_many_influence,
+)
 
 
 class InfluenceBuffer:
@@ -84,10 +89,12 @@ class InfluenceBuffer:
         return bool((self.rows[start:stop] >= 0).any())
 
     def fold(self, state, groups, start: int, stop: int, n: int) -> None:
-        """Fold ``groups[start:stop]`` (slots ``start..stop-1``, ``n`` groups
-        folded before them) into the full ``state``, adding the sums on the way."""
-        martinez_update_many_influence(state, groups[start:stop], n, self.rows[start:stop],
-                                       self.partial(), self.out)
+        """Fold ``groups[start:stop]`` (a list of arrays; slots
+        ``start..stop-1``, at most ``GROUP_TUPLE``, ``n`` groups folded before
+        them) into the full ``state``, adding the sums on the way."""
+        martinez_update_many_influence(state, group_tuple(groups[start:stop]), n,
+                                       self.rows[start:stop], self.partial(), self.out,
+                                       stop - start)
 
     def clear(self, m: int) -> None:
         """The first ``m`` slots were folded: their sums are added."""

@@ -14,7 +14,8 @@ import itertools
 import numpy as np
 
 from melissa_sa.kernels.sobol import (
-    copy_group,
+    GROUP_TUPLE,
+    group_tuple,
     martinez_update,
     martinez_update_compact,
     martinez_update_many,
@@ -25,18 +26,30 @@ from melissa_sa.kernels.sobol_centred import martinez_merge, martinez_recentre
 from melissa_sa.stats._influence import InfluenceBuffer
 from melissa_sa.stats.base import Statistic
 from melissa_sa.stats.sobol_aggregated import aggregate_indices
+from melissa_sa.stats.sobol_buffer import GroupBuffer
 from melissa_sa.stats.sobol_checkpoint import load_martinez, save_martinez
 from melissa_sa.stats.sobol_group import as_group
 from melissa_sa.stats.sobol_results import MartinezResults
 from melissa_sa.stats.sobol_second import SecondOrderState, check_second_order
 
-__all__ = ["SobolMartinez", "as_group", "aggregate_indices", "RECENTRE_AT", "FOLD_BATCH"]
+__all__ = ["SobolMartinez", "as_group", "aggregate_indices", "fold_batch_for", "RECENTRE_AT",
+           "FOLD_BATCH"]
 
 #: group counts after which the shift moves to A's running mean
 RECENTRE_AT = (2, 16, 256)
 #: groups buffered per fold of a full (``ci="delta"``) state, and of a compact
 #: one (``ci="fisher"``): measured, see ``docs/performance.md``
 FOLD_BATCH = {"delta": 4, "fisher": 1}
+
+
+def fold_batch_for(ci: str, second_order: bool, fold_batch: int | None = None):
+    """The groups a :class:`SobolMartinez` buffers per fold: ``fold_batch`` if
+    given, else :data:`FOLD_BATCH` for ``ci``, and 1 with second order (its
+    interval's plug-in reads the first-order state, which must then hold
+    every earlier group, whatever else flushes the buffer)."""
+    if fold_batch is not None:
+        return fold_batch
+    return 1 if second_order else FOLD_BATCH[ci]
 
 
 class SobolMartinez(MartinezResults, Statistic):
@@ -179,11 +192,7 @@ class SobolMartinez(MartinezResults, Statistic):
             raise ValueError(f"n_params must be a positive integer, got {n_params!r}")
         if ci not in ("delta", "fisher"):
             raise ValueError(f"ci must be 'delta' or 'fisher', got {ci!r}")
-        if fold_batch is None:
-            # second order: its interval's plug-in reads the first-order
-            # state, which must then hold every earlier group (whatever
-            # else flushes the buffer), so one group at a time
-            fold_batch = 1 if second_order else FOLD_BATCH[ci]
+        fold_batch = fold_batch_for(ci, second_order, fold_batch)
         if (isinstance(fold_batch, bool) or not isinstance(fold_batch, (int, np.integer))
                 or fold_batch < 1):
             raise ValueError(f"fold_batch must be a positive integer, got {fold_batch!r}")
@@ -194,7 +203,7 @@ class SobolMartinez(MartinezResults, Statistic):
         self.fold_batch = int(fold_batch)
         self._n = 0          # groups received (folded or buffered)
         self._folded = 0     # groups folded into the state
-        self._buffer = None  # (fold_batch, p + 2, n_cells), made on the first update
+        self._buffer = GroupBuffer(self.fold_batch)   # received, not yet folded
         self._influence = InfluenceBuffer(self.n_cells, self.n_params, self.fold_batch)
         width = row_width(self.n_params, full=ci == "delta")
         self._state = np.zeros((self.n_cells, width), dtype=np.float64)
@@ -216,19 +225,22 @@ class SobolMartinez(MartinezResults, Statistic):
         return self.n_params * (self.n_params - 1) // 2
 
     # -- streaming -------------------------------------------------------
-    def update(self, group, fold_now: bool = False, influence=None) -> None:
+    def update(self, group, fold_now: bool = False, influence=None, *,
+               handed_over: bool = False) -> None:
         """Fold one pick-freeze group, shape ``(n_params + 2, n_cells)``.
 
         Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with
         second order: ``2 n_params + 2`` rows), float32 or float64. With
         ``fold_batch = 1`` the group is folded at once, without a copy;
-        otherwise it is copied into the buffer, which is folded when full
+        otherwise it is buffered, and the buffer is folded when full
         (every read, merge and save folds what is buffered first). The
         second-order sums are folded at once (they keep their own means).
-        ``fold_now``: fold what is buffered and this group at once, without
-        the copy (for a caller that reads the state before the next group
-        anyway, where buffering would only add the copy); the state is bit
-        for bit the same either way.
+        ``handed_over``: the buffer keeps ``group`` itself instead of a copy
+        (:mod:`melissa_sa.stats.sobol_buffer`); the caller must not write to
+        it until :meth:`released` returns it. ``fold_now``: fold what is
+        buffered and this group at once, without buffering it (for a caller
+        that reads the state before the next group anyway); the state is
+        bit for bit the same either way.
 
         ``influence=(out, row)``: also add this group's influence sums for
         the aggregated indices' interval into ``out[row]`` (``out``: a
@@ -240,7 +252,9 @@ class SobolMartinez(MartinezResults, Statistic):
         adds them, then folds the group. :attr:`influence_pending` tells
         whether some are still to be added (every fold adds them).
         """
+        given = group
         group = as_group(group, self.n_params, self.n_cells, self.has_second_order)
+        private = group is not given   # converted by as_group: a copy of our own
         if influence is not None:
             influence = self._influence.check(influence, self._n)
         if self._second is not None:
@@ -251,29 +265,32 @@ class SobolMartinez(MartinezResults, Statistic):
             self._flush()   # the compact state: two passes, the sums first
             self._influence.add_now(self._state, group, self._n, influence)
             influence = None
+        give_back = given if handed_over else None
         if self.fold_batch == 1 or fold_now:
             self._flush()
             if influence is not None:
                 self._influence.register(0, influence)
-            self._fold(group[None])
+            self._fold([group])
+            if give_back is not None:
+                self._buffer.hand_back(give_back)
             return
-        rows = group
-        buf = self._buffer
-        if buf is None or np.result_type(buf.dtype, rows.dtype) != buf.dtype:
-            # first group, or float64 after float32 groups: fold what the
-            # buffer holds and keep float64 from now on (never narrowed)
-            self._flush()
-            dtype = rows.dtype if buf is None else np.float64
-            buf = self._buffer = np.empty((self.fold_batch,) + rows.shape, dtype=dtype)
-        slot = self._n - self._folded
+        if not self._buffer.accepts(group):
+            self._flush()   # another dtype: the kernels take one dtype per call
+        slot = len(self._buffer)
         if influence is not None and not self._influence.register(slot, influence):
             self._flush()   # sums for another array pending: add them first
             slot = 0
             self._influence.register(slot, influence)
-        copy_group(buf[slot], rows)
+        self._buffer.add(group, keep=handed_over or private, give_back=give_back)
         self._n += 1
         if self._n - self._folded == self.fold_batch or self._n in RECENTRE_AT:
             self._flush()
+
+    def released(self) -> list[np.ndarray]:
+        """The arrays given to :meth:`update` with ``handed_over=True`` that are
+        folded now: the caller may write to them again (the server assembles
+        later groups into them)."""
+        return self._buffer.released()
 
     def update_many(self, groups) -> None:
         """Fold several groups at once: ``groups`` is ``(m, n_params + 2, n_cells)``
@@ -301,21 +318,23 @@ class SobolMartinez(MartinezResults, Statistic):
             return
         self._flush()
         for lo in range(0, groups.shape[0], self.fold_batch):
-            self._fold(groups[lo:lo + self.fold_batch])
+            self._fold(list(groups[lo:lo + self.fold_batch]))
 
-    def _fold(self, groups) -> None:
-        """Fold the received-but-not-folded ``groups`` ((m, p + 2, n_cells),
-        the next ``m`` groups in order) into the state, re-centring at the
-        counts of :data:`RECENTRE_AT` as one-by-one updates would."""
+    def _fold(self, groups: list[np.ndarray]) -> None:
+        """Fold the received-but-not-folded ``groups`` (``(p + 2, n_cells)``
+        arrays of one dtype, the next groups in order) into the state,
+        re-centring at the counts of :data:`RECENTRE_AT` as one-by-one
+        updates would; the batched kernel takes up to :data:`GROUP_TUPLE`
+        of them per call, from the arrays themselves."""
         done = 0
-        m = groups.shape[0]
+        m = len(groups)
         many = martinez_update_many if self.ci == "delta" else martinez_update_many_compact
         one = martinez_update if self.ci == "delta" else martinez_update_compact
         infl = self._influence if self._influence.pending(m) else None
         while done < m:
-            stop = m
+            stop = min(m, done + GROUP_TUPLE)
             for count in RECENTRE_AT:
-                if self._folded < count < self._folded + (m - done):
+                if self._folded < count < self._folded + (stop - done):
                     stop = done + count - self._folded
                     break
             if infl is not None and infl.pending(stop, done):
@@ -323,7 +342,7 @@ class SobolMartinez(MartinezResults, Statistic):
             elif stop - done == 1:
                 one(self._state, groups[done], self._folded)
             else:
-                many(self._state, groups[done:stop], self._folded)
+                many(self._state, group_tuple(groups[done:stop]), self._folded, stop - done)
             self._folded += stop - done
             done = stop
             if self._folded in RECENTRE_AT:
@@ -346,9 +365,9 @@ class SobolMartinez(MartinezResults, Statistic):
 
     def _flush(self) -> None:
         """Fold the buffered groups (if any) into the state."""
-        pending = self._n - self._folded
-        if pending:
-            self._fold(self._buffer[:pending])
+        if len(self._buffer):
+            self._fold(self._buffer.groups)
+            self._buffer.clear()
 
     def _recentre(self) -> None:
         """Move each cell's shift to A's running mean: the power sums of a
@@ -386,7 +405,7 @@ class SobolMartinez(MartinezResults, Statistic):
         (``update(..., influence=...)``: ``32 p fold_batch`` bytes per 256 cells)."""
         extra = self._second.nbytes if self._second is not None else 0
         return (self._state.nbytes + extra + self._influence.nbytes
-                + (0 if self._buffer is None else self._buffer.nbytes))
+                + self._buffer.nbytes)
 
     # -- checkpoint ------------------------------------------------------
     def save(self, group) -> None:

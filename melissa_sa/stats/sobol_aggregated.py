@@ -202,7 +202,8 @@ class SobolAggregatedInterval(Statistic):
         return (f"SobolAggregatedInterval(n_cells={self.n_cells}, n_params={self.n_params}, "
                 f"n_batches={self.n_batches}, warmup={self.warmup}; {self._n} groups)")
 
-    def update(self, group, group_id: int, sobol, fold: bool = False) -> None:
+    def update(self, group, group_id: int, sobol, fold: bool = False, *,
+               handed_over: bool = False) -> None:
         """Add group ``group_id``'s influence values, computed with ``sobol``
         as it is before this group.
 
@@ -211,7 +212,9 @@ class SobolAggregatedInterval(Statistic):
         :class:`~melissa_sa.stats.SobolMartinez` of the same cells.
         ``fold=True``: fold the group into ``sobol`` too
         (``sobol.update(group, influence=...)``, the sums added by its
-        fold); otherwise call ``sobol.update(group)`` next.
+        fold); otherwise call ``sobol.update(group)`` next. ``handed_over``
+        (with ``fold``): as in :meth:`SobolMartinez.update`, the group array is
+        folded from where it is and given back by ``sobol.released()``.
         """
         if sobol.count != self._n or sobol.n_cells != self.n_cells \
                 or sobol.n_params != self.n_params:
@@ -238,7 +241,7 @@ class SobolAggregatedInterval(Statistic):
             self.batch_counts[batch] += 1
             self.batch_ids[batch] += group_id
         if fold:
-            sobol.update(rows, influence=influence)
+            sobol.update(rows, influence=influence, handed_over=handed_over)
         self._n += 1
 
     def scratch(self) -> np.ndarray:
