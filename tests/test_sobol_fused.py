@@ -39,14 +39,19 @@ def field(rng, n_groups, n_cells, offset=0.0):
                         offset=offset)
 
 
-def feed(data, ids, fold, fold_batch, ci="delta", second_order=False, **kw):
+def feed(data, ids, fold, fold_batch, ci="delta", second_order=False, handed_over=False,
+         **kw):
     n, rows, n_cells = data.shape
     s = SobolMartinez(n_cells, P, ci=ci, fold_batch=fold_batch, second_order=second_order)
     agg = SobolAggregatedInterval(n_cells, P, **(kw or KW))
     for g in range(n):
-        agg.update(data[g], int(ids[g]), s, fold=fold)
+        # handed over: the server's arrays, one per group, given back once folded
+        group = data[g].copy() if handed_over else data[g]
+        agg.update(group, int(ids[g]), s, fold=fold, handed_over=handed_over)
         if not fold:
-            s.update(data[g])
+            s.update(group)
+        if handed_over:
+            s.released()
     return s, agg
 
 
@@ -101,8 +106,10 @@ def test_every_path_gives_the_same_sums_and_state(ci):
     ref = feed(data, ids, fold=False, fold_batch=1, ci=ci)
     assert 0 < ref[1].batch_counts.sum() < 267
     for fold in (False, True):
-        for fold_batch in (1, 3, 4, 5):
+        for fold_batch in (1, 3, 4, 5, 10):   # 10: two kernel calls (GROUP_TUPLE 8)
             assert_identical(feed(data, ids, fold, fold_batch, ci=ci), ref)
+    for fold_batch in (1, 4, 10):
+        assert_identical(feed(data, ids, True, fold_batch, ci=ci, handed_over=True), ref)
 
 
 def test_second_order_fused_equals_two_calls():
