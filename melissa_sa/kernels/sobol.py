@@ -183,7 +183,7 @@ def _fold_full(state, power, c, groups, g, first, r, c2, p):
     power[c, 3] += xb2 * xb2
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update_compact(state, group, n):
     """Fold one group into a compact state (block 1 only), in place.
 
@@ -201,7 +201,7 @@ def martinez_update_compact(state, group, n):
         _fold_compact(state, c, groups, 0, first, r, c2, p)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update(state, group, n):
     """Fold one group into a full state (blocks 1 and 2), in place.
 
@@ -244,7 +244,7 @@ def copy_group(dst, src):
             dst[r, c] = src[r, c]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update_many_compact(state, groups, n):
     """Fold ``m`` groups into a compact state, in one pass over it.
 
@@ -267,7 +267,7 @@ def martinez_update_many_compact(state, groups, n):
                 _fold_compact(state, c, groups, g, n + g == 0, rs[g], c2s[g], p)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update_many(state, groups, n):
     """Fold ``m`` groups into a full state, in one pass over it.
 
@@ -421,7 +421,7 @@ def _move_row(src, cs, dst, cd, nf, p, centred, d, add):
         dst[cd, h + 3] = qb4
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_recentre(state, n, n_params):
     """Move every cell's shift to ``shift + mean_A``, in place.
 
@@ -539,7 +539,7 @@ def _corr(m11, x2, y2):
     return rho, True
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_indices(state, n_params, first, total):
     """Write S_k and ST_k, each (p, n_cells), from a compact or full state.
 
@@ -625,7 +625,7 @@ def _pair_delta_var(state, c, nf, xm, x2, x3, x4, m11, i, j, o, rho):
     return _delta_var(nf, m11, sx2, sy2, x4c, y4c, q[3], q[2], q[4], rho)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_interval(state, n, n_params, q, method, first_lo, first_hi,
                       total_lo, total_hi, first, total):
     """Write confidence bounds of S_k and ST_k, each (p, n_cells).

@@ -230,7 +230,7 @@ def _second_index(second, state, c, p, i, j, q):
     return r1 - r2 - r3, flat
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def second_indices(second, state, n_params, out):
     """Write ``S_ij`` (n_pairs, n_cells): ``corr(C_i, D_j) - S_i - S_j``.
 
@@ -252,7 +252,7 @@ RANGE_LOW = -3.0
 RANGE_HIGH = 1.0
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def second_interval(second, state, n, n_params, q, low, high):
     """Write ``S_ij +- q se`` into ``low``, ``high`` (n_pairs, n_cells).
 
