@@ -31,6 +31,7 @@ from melissa_sa.results import (
     complete_results_file,
     create_results_file,
     write_field_slice,
+    write_results,
 )
 from melissa_sa.results.write_behind import WriteBehind
 from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
@@ -329,3 +330,51 @@ def test_the_workqueue_check_fails_when_the_writer_runs_a_kernel(tmp_path):
     assert done.returncode != 0
     assert "workqueue" in done.stderr and "oncurrent" in done.stderr, done.stderr[-2000:]
     assert not (tmp_path / "kernel-in-the-writer.h5").exists()
+
+
+# ---------------------------------------------------------------------------
+# chunk cache and write-back
+
+
+def test_one_step_chunks_are_written_without_a_chunk_cache(tmp_path):
+    from melissa_sa.results.writer import _step_dataset
+
+    tmp = create_results_file(tmp_path / "r.h5.tmp", _layout(chunk_elements=16))
+    small = create_results_file(tmp_path / "s.h5.tmp", _layout(chunk_elements=1 << 20))
+    with h5py.File(tmp, "r+", rdcc_nbytes=64 << 20) as f, \
+            h5py.File(small, "r+", rdcc_nbytes=64 << 20) as g:
+        d = _step_dataset(f["f"], "sobol_first")
+        assert d.chunks == (1, 1, 16) and d.id.get_access_plist().get_chunk_cache()[1] == 0
+        # chunks spanning the time steps: opened per step, with the file's cache
+        assert g["f/sobol_first"].chunks == (1, T, 40)
+        assert _step_dataset(g["f"], "sobol_first") == "sobol_first"
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_write_back_is_started_after_each_step_of_a_durable_write(tmp_path, monkeypatch,
+                                                                  durable):
+    import melissa_sa.results.writer as writer
+
+    calls = []
+    monkeypatch.setattr(writer, "start_writeback", lambda fd: calls.append(fd))
+    layout = _layout(statistics=("mean", "variance"))
+    stats = {"mean": lambda t: np.full(40, float(t)), "variance": np.ones((T, 40)),
+             "n_samples": np.full(T, 3)}
+    write_results(tmp_path / "results.h5", layout, {"f": FieldSlice(0, 40, stats)},
+                  durable=durable)
+    # the lazy mean's steps only (the whole variance is one write, fsync'd after)
+    assert len(calls) == (T if durable else 0)
+    assert all(isinstance(fd, int) for fd in calls)
+
+
+def test_start_writeback_is_a_hint(tmp_path):
+    from melissa_sa.durable import start_writeback
+
+    path = tmp_path / "x"
+    with open(path, "wb") as f:
+        f.write(b"x" * 100000)
+        start_writeback(f.fileno())  # dirty pages: write-back started, no error
+    fd = os.open(path, os.O_RDONLY)
+    os.close(fd)
+    start_writeback(fd)  # a closed descriptor: ignored (EBADF), the fsync decides
+    assert path.read_bytes() == b"x" * 100000
