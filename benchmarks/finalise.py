@@ -101,6 +101,8 @@ def main() -> None:
                     help="groups folded per step (6: every slot of the fold_batch-4 buffer "
                          "touched, 2 groups still buffered when the write starts)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", metavar="PATH", help="also write every run and the summary "
+                    "(seconds, peak RSS, ratios, load average) to PATH as JSON")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -127,8 +129,14 @@ def main() -> None:
               f"RSS before write / statistics {min(r['before'] for r in rs) / state:.2f})")
     bf = sorted(r["seconds"] for r in runs["finalise"])
     bh = sorted(r["seconds"] for r in runs["h5py"])
-    print(f"time ratio finalise / h5py: best {bf[0] / bh[0]:.2f} "
-          f"median {bf[len(bf) // 2] / bh[len(bh) // 2]:.2f}")
+    ratio = {"best": bf[0] / bh[0], "median": bf[len(bf) // 2] / bh[len(bh) // 2]}
+    print(f"time ratio finalise / h5py: best {ratio['best']:.2f} "
+          f"median {ratio['median']:.2f}")
+    if a.json:
+        summary = {"ratio": ratio, "load_average": os.getloadavg(),
+                   "peak_rss_over_state": min(r["peak_rss"] for r in runs["finalise"]) / state}
+        with open(a.json, "w") as f:
+            json.dump({"args": vars(a), "runs": runs, "summary": summary}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["durable_replace", "fsync_path"]
+__all__ = ["durable_replace", "fsync_path", "start_writeback"]
 
 
 def fsync_path(path, *, directory: bool = False) -> None:
@@ -34,6 +34,28 @@ def fsync_path(path, *, directory: bool = False) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def start_writeback(fd: int) -> None:
+    """Ask the kernel to start writing the file's dirty pages to disk now,
+    without waiting: the ``fsync`` of :func:`durable_replace` then waits only
+    for what was written since. For a file written in steps between long
+    computations (``results.h5``): the disk works during the computing
+    instead of after it (10 steps of 144 MB at 10^6 cells: the final fsync
+    goes from about 1.8 s to a fraction of that, see docs/performance.md).
+
+    ``posix_fadvise(POSIX_FADV_DONTNEED)``: Linux starts the write-back of the
+    dirty pages and drops the clean ones from the page cache (the writer does
+    not read them back). A no-op where the call does not exist; errors are
+    ignored, since it is only a hint and the ``fsync`` still follows.
+    """
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None:
+        return
+    try:
+        advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
 
 
 def durable_replace(tmp, final, *, durable: bool = True) -> Path:

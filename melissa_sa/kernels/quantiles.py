@@ -282,7 +282,7 @@ def _values_cell(n, levels, order, state, out, j):
         out[order[b], j] = v
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def quantiles_values(n, levels, order, state, out):
     """Write the estimates into ``out`` (n_levels, n_cells), in place.
 

@@ -185,7 +185,7 @@ def _fold_full(state, power, c, group, first, r, c2, p):
     power[c, 3] += xb2 * xb2
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update_compact(state, group, n):
     """Fold one group into a compact state (block 1 only), in place.
 
@@ -202,7 +202,7 @@ def martinez_update_compact(state, group, n):
         _fold_compact(state, c, group, first, r, c2, p)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update(state, group, n):
     """Fold one group into a full state (blocks 1 and 2), in place.
 
@@ -234,7 +234,7 @@ def _weights(m, n):
     return rs, c2s
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, parallel=True, nogil=True)
 def copy_group(dst, src):
     """``dst[:] = src`` for two (rows, n_cells) arrays, over the cells in
     parallel (the batched fold's buffer is filled at the speed of every
@@ -244,7 +244,7 @@ def copy_group(dst, src):
             dst[r, c] = src[r, c]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update_many_compact(state, groups, n, m=-1):
     """Fold ``m`` groups into a compact state, in one pass over it.
 
@@ -272,7 +272,7 @@ def martinez_update_many_compact(state, groups, n, m=-1):
                 _fold_compact(state, c, group, n + g == 0, rs[g], c2s[g], p)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update_many(state, groups, n, m=-1):
     """Fold ``m`` groups into a full state, in one pass over it.
 
@@ -401,7 +401,7 @@ def _reduce(partial, n_chunks, u, p, out, row):
                 out[row, q, k] += partial[u, t, q, k]
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def aggregated_influence(state, group, n, n_params, batch, partial, out):
     """Add one group's whole-slice influence sums into ``out[batch]``.
 
@@ -429,7 +429,7 @@ def aggregated_influence(state, group, n, n_params, batch, partial, out):
     _reduce(part, n_chunks, 0, p, out, batch)
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update_many_influence(state, groups, n, rows, partial, out, m=-1):
     """:func:`martinez_update_many`, adding the influence sums of the groups
     flagged in ``rows`` into ``out`` on the way (one pass over the state).

@@ -179,7 +179,7 @@ def _move_row(src, cs, dst, cd, nf, p, centred, d, add):
         dst[cd, h + 3] = qb4
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_recentre(state, n, n_params):
     """Move every cell's shift to ``shift + mean_A``, in place.
 
@@ -209,7 +209,7 @@ def martinez_recentre(state, n, n_params):
             state[c, 5 + 4 * k] -= d
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_from_centred(state, n, n_params):
     """Convert a full layout-1 state (centred block 2) to layout 2, in place."""
     nf = float(n)
@@ -222,7 +222,7 @@ def martinez_from_centred(state, n, n_params):
 # ---------------------------------------------------------------------------
 
 
-@njit(cache=True, parallel=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_merge(state_a, n_a, state_b, n_b, n_params):
     """Merge state ``b`` (``n_b`` groups) into state ``a`` (``n_a``), in place.
 

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-from melissa_sa.durable import durable_replace
+from melissa_sa.durable import durable_replace, start_writeback
 from melissa_sa.mpi_wait import recv_when_ready, wait_requests
 from melissa_sa.results.create import create_results_file
 from melissa_sa.results.layout import ResultsLayout
@@ -35,6 +35,7 @@ from melissa_sa.results.schema import (
     STATISTICS,
     ResultsWriteError,
 )
+from melissa_sa.results.write_behind import WriteBehind
 
 __all__ = [
     "FieldSlice", "create_results_file", "write_field_slice", "complete_results_file",
@@ -45,20 +46,27 @@ _DEFAULT_TAG = 0x4D5352  # "MSR": token tag of write_results_parallel
 
 
 def write_field_slice(h5file, field: str, lo: int, hi: int,
-                      stats: Mapping[str, Any]) -> list[str]:
+                      stats: Mapping[str, Any], *, writeback: bool = False) -> list[str]:
     """Write one rank's cells ``[lo, hi)`` of ``field`` into an open results file.
 
     ``stats`` maps statistic names to arrays shaped ``(time_step, hi - lo)``
     (or ``(k, time_step, hi - lo)`` for thresholds, quantiles and Sobol'), or
     to a callable ``t -> array`` giving one time step (``(hi - lo,)`` or
-    ``(k, hi - lo)``), which keeps only one step in memory. A tuple key
-    ``(name1, name2, ...)`` maps to a callable ``t -> (array1, array2, ...)``
-    for statistics computed together (the Sobol' indices and intervals):
-    they are written step by step, one step held at a time. Values are
+    ``(k, hi - lo)``), which keeps at most two steps in memory: step ``t``
+    is written by a worker thread while step ``t + 1`` is computed (in this
+    thread). A tuple key ``(name1, name2, ...)`` maps to a callable
+    ``t -> (array1, array2, ...)`` for statistics computed together (the
+    Sobol' indices and intervals): they are written step by step the same
+    way, two steps held at most. Values are
     fetched one at a time and released before the next, so a lazy Mapping
     holds at most one statistic. ``n_samples`` / ``n_groups`` entries (shape
     ``(time_step,)``) are written whole: rank 0 passes them. Any real dtype
     is accepted and stored as float64. Returns the names written.
+
+    ``writeback=True`` (for a file that is fsync'd next, as
+    :func:`write_results_parallel` does when ``durable``) starts the file's
+    write-back to disk after each step of a callable, so that the disk works
+    while the next steps are computed (:func:`~melissa_sa.durable.start_writeback`).
     """
     if field not in h5file or not isinstance(h5file[field], h5py.Group):
         raise KeyError(f"{h5file.filename}: no field {field!r}")
@@ -72,7 +80,7 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
     written = []
     for name in list(stats):
         if isinstance(name, tuple):
-            written += _write_step_group(g, field, lo, hi, name, stats[name])
+            written += _write_step_group(g, field, lo, hi, name, stats[name], writeback)
             continue
         if name not in g or name in SCALES or not isinstance(g[name], h5py.Dataset):
             present = [s for s in list(STATISTICS) + list(COUNTS) + list(AGGREGATED)
@@ -93,14 +101,7 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
                                  f"expected {d.shape}")
             d[...] = arr
         elif callable(value):
-            step_shape = d.shape[:-2] + (n,)
-            for t in range(T):
-                arr = np.asarray(value(t))
-                if arr.shape != step_shape:
-                    raise ValueError(f"field {field!r}: {name} at time step {t} has shape "
-                                     f"{arr.shape}, expected {step_shape}")
-                if n:
-                    d[..., t, lo:hi] = arr
+            _write_steps(g, field, lo, hi, (name,), lambda t, f=value: (f(t),), writeback)
         else:
             arr = np.asarray(value)
             expected = d.shape[:-1] + (n,)
@@ -117,33 +118,75 @@ def write_field_slice(h5file, field: str, lo: int, hi: int,
 
 
 def _write_step_group(g, field: str, lo: int, hi: int, names: tuple[str, ...],
-                      step_values) -> list[str]:
+                      step_values, writeback: bool) -> list[str]:
     """Write several statistics computed together, one time step at a time.
 
     ``step_values(t)`` returns one array per name in ``names`` (each
-    ``(k, hi - lo)``) for time step ``t``; they are written, then released
-    before step ``t + 1`` is computed, so the caller holds one step of them.
+    ``(k, hi - lo)``) for time step ``t``; see :func:`_write_steps`.
     """
     for name in names:
         if name not in g or name in SCALES or not isinstance(g[name], h5py.Dataset):
             raise KeyError(f"field {field!r}: statistic {name!r} is not in the results file")
-    T = int(g.attrs["n_time_steps"])
-    n = hi - lo
-    for t in range(T):
-        arrays = step_values(t)
-        if len(arrays) != len(names):
-            raise ValueError(f"field {field!r}: time step {t} gave {len(arrays)} arrays "
-                             f"for {names}")
-        for name, arr in zip(names, arrays, strict=True):
-            arr = np.asarray(arr)
-            step_shape = g[name].shape[:-2] + (n,)
-            if arr.shape != step_shape:
-                raise ValueError(f"field {field!r}: {name} at time step {t} has shape "
-                                 f"{arr.shape}, expected {step_shape}")
-            if n:
-                g[name][..., t, lo:hi] = arr
-        del arrays
+    _write_steps(g, field, lo, hi, names, step_values, writeback)
     return list(names)
+
+
+def _write_steps(g, field: str, lo: int, hi: int, names, step_values,
+                 writeback: bool) -> None:
+    """Write ``step_values(t)`` (one array per dataset of ``names``) for every time step.
+
+    Step ``t`` is written by a worker thread while step ``t + 1`` is computed
+    here (:class:`~melissa_sa.results.write_behind.WriteBehind`), so at most
+    two steps of arrays are alive: the one being written, the one being
+    computed. The computation and the shape checks stay in this thread, so
+    their errors are raised here as from a plain loop; a failed write raises
+    its own error (the first error in the loop's order wins). With
+    ``writeback``, the file's write-back to disk is started after each step
+    (:func:`~melissa_sa.durable.start_writeback`).
+    """
+    n = hi - lo
+    T = int(g.attrs["n_time_steps"])
+    datasets = [_step_dataset(g, name) for name in names]
+    step_shapes = [g[name].shape[:-2] + (n,) for name in names]
+    # the file descriptor of the default (sec2) driver; other drivers: no hint
+    fd = g.file.id.get_vfd_handle() if writeback and g.file.driver == "sec2" else None
+    with WriteBehind() as behind:
+        for t in range(T):
+            arrays = step_values(t)
+            if len(arrays) != len(names):
+                raise ValueError(f"field {field!r}: time step {t} gave {len(arrays)} arrays "
+                                 f"for {names}")
+            arrays = [np.asarray(a) for a in arrays]
+            for name, arr, step_shape in zip(names, arrays, step_shapes, strict=True):
+                if arr.shape != step_shape:
+                    raise ValueError(f"field {field!r}: {name} at time step {t} has shape "
+                                     f"{arr.shape}, expected {step_shape}")
+            if n:
+                behind.submit(_write_step, g, datasets, t, lo, hi, arrays, fd)
+            del arrays
+
+
+def _step_dataset(g, name: str):
+    """What :func:`_write_step` writes step by step into: the dataset, opened
+    once without a chunk cache, when its chunks hold one time step each
+    (a step's write covers its chunks once: a cache, 64 MB per open dataset,
+    would only copy the data once more and hold it until the dataset is
+    closed); else the name, and the dataset is opened for each step with the
+    file's cache, flushed when it is closed (chunks spanning several steps,
+    small meshes)."""
+    chunks = g[name].chunks
+    if chunks is None or chunks[-2] != 1:
+        return name
+    dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
+    dapl.set_chunk_cache(0, 0, 1.0)
+    return h5py.Dataset(h5py.h5d.open(g.id, name.encode(), dapl))
+
+
+def _write_step(g, datasets, t: int, lo: int, hi: int, arrays, fd: int | None) -> None:
+    for d, arr in zip(datasets, arrays, strict=True):
+        (g[d] if isinstance(d, str) else d)[..., t, lo:hi] = arr
+    if fd is not None:
+        start_writeback(fd)
 
 
 def _check_coverage(layout: ResultsLayout, covered) -> list[str]:
@@ -211,7 +254,7 @@ def _get_slice(local_slices: SliceSource, field: str) -> FieldSlice | None:
 
 
 def _write_local(path: Path, layout: ResultsLayout, local_slices: SliceSource,
-                 rank: int) -> list[tuple[str, int, int, int]]:
+                 rank: int, writeback: bool) -> list[tuple[str, int, int, int]]:
     covered = []
     with h5py.File(path, "r+", rdcc_nbytes=64 << 20, rdcc_nslots=10007) as f:
         for fname in layout.fields:
@@ -225,7 +268,7 @@ def _write_local(path: Path, layout: ResultsLayout, local_slices: SliceSource,
                 if missing:
                     raise ValueError(f"rank {rank}, field {fname!r}: slice [{s.lo}, {s.hi}) "
                                      f"lacks enabled statistic(s) {missing}")
-            write_field_slice(f, fname, s.lo, s.hi, s.stats)
+            write_field_slice(f, fname, s.lo, s.hi, s.stats, writeback=writeback)
             covered.append((fname, int(s.lo), int(s.hi), rank))
             del s
     return covered
@@ -287,7 +330,7 @@ def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: Slic
                 if tmp.exists():
                     tmp.unlink()
                 create_results_file(tmp, layout, config_json, parameters, attrs)
-            token["covered"].extend(_write_local(tmp, layout, local_slices, rank))
+            token["covered"].extend(_write_local(tmp, layout, local_slices, rank, durable))
         except Exception as exc:  # passed on so that no rank waits forever
             local_exc = exc
             token["error"] = f"rank {rank}: {type(exc).__name__}: {exc}"

@@ -137,8 +137,9 @@ def write_study_results(server) -> None:
                                        ci_method=server.ci_method)
 
     # collect_results is lazy: the Sobol' indices and intervals of a step
-    # are computed during this rank's turn, written, then released, so no
-    # rank holds more than one step of them (issue 10, docs/performance.md).
+    # are computed during this rank's turn, written (by the writer's worker
+    # thread, while the next step is computed), then released, so no rank
+    # holds more than two steps of them (issue 10, docs/performance.md).
     def local(name: str):
         if name not in server.slices:
             return None
