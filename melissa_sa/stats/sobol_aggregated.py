@@ -47,7 +47,8 @@ gather of cells. At the end, with the final ``S_k`` and ``D``,
 number, the same on every rank: all groups numbered below ``dense`` (256),
 then one in ``stride`` (16), each once the rank has folded ``warmup`` (10)
 groups. The pass over the cells reads the Martinez state's block 1 and
-costs about one fold on a full state (``benchmarks/kernels.py``): the
+costs about one fold on a full state alone (``benchmarks/kernels.py``),
+0.7-0.8 of a batched fold fused into it (``benchmarks/server_group.py``): the
 stride keeps it to a small fraction of the fold in a long study, and the
 variance of the influence values is estimated as well from a few hundred
 groups as from all. The influence
@@ -101,8 +102,8 @@ N_BATCHES = 256
 #: groups folded before the influence values start to count
 WARMUP = 10
 #: groups with a number below DENSE all count; above it, one in STRIDE (see
-#: :meth:`SobolAggregatedInterval.counts_group`): the pass costs about one
-#: fold on a full state, so it runs on a fraction of the groups
+#: :meth:`SobolAggregatedInterval.counts_group`): the sums cost about one
+#: fold on a full state (0.7-0.8 of it fused), so they run on a fraction of the groups
 DENSE = 256
 STRIDE = 16
 #: rows of the middle axis of the batch sums: Phi and Psi, first then total order
