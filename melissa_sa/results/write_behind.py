@@ -3,8 +3,8 @@
 The results writer takes lazy statistics: a callable ``t -> arrays`` per
 statistic (or per group of statistics computed together, the Sobol' indices
 and intervals). Computing a step (the interval kernel: about 0.4 s per 10^6
-cells and p = 3 on 2 threads) and writing it (HDF5 copying 144 MB into the
-page cache: about 0.25 s) are independent, so :class:`WriteBehind` hands the
+cells and p = 3 on 2 threads) and writing it (HDF5 copying its 144 MB into
+the page cache: 0.1 to 0.3 s) are independent, so :class:`WriteBehind` hands the
 write of step ``t`` to one worker thread while the caller computes step
 ``t + 1``. At most two steps are alive: the one being written and the one
 being computed.
@@ -13,9 +13,9 @@ being computed.
 in the calling thread, so nothing changes for them: Numba's thread count
 (kept per Python thread, see :func:`~melissa_sa.stats.set_threads`) is the
 caller's, two threads never run kernels at once (Numba's ``workqueue``
-threading layer aborts on that), and the step arrays are allocated by the
-same thread as before (a worker's own malloc arena kept 0.5 GB more
-resident at 10^6 cells). The overlap is real because both sides release the
+threading layer aborts on that; ``tests/test_results_pipeline.py`` runs a
+finalisation under it), and a computation's errors are raised where they
+always were. The overlap is real because both sides release the
 GIL: h5py around HDF5's write, the kernels by ``nogil=True``
 (``martinez_interval``, ``martinez_indices``, the folds that flush buffered
 groups, the second-order interval, the quantile values). h5py's own lock
