@@ -108,12 +108,14 @@ def collect_results(lf: LocalField, config) -> dict:
 
     Each statistic is a callable ``t -> array`` giving time step ``t``
     (``(cells,)`` or ``(k, cells)`` with k thresholds or quantile levels),
-    so the writer holds one step at a time; ``n_samples`` (and ``n_groups``)
+    so the writer holds at most two steps at a time (one being written
+    while the next is computed, ``results/write_behind.py``); ``n_samples`` (and ``n_groups``)
     are arrays over time steps. The six Sobol' datasets come under one key,
     the tuple :data:`SOBOL_NAMES`, as a callable ``t -> six (parameter,
     cell) arrays``: indices and intervals of a step are computed in one
-    pass, written, and released before the next step, during this rank's
-    turn to write (finalisation holds one step of them, never the field).
+    pass, written while the next step is computed, then released, during
+    this rank's turn to write (finalisation holds two steps of them, never
+    the field).
     With second order the key is ``SOBOL_NAMES + SECOND_NAMES`` and the
     callable adds the three ``(pair, cell)`` arrays of :data:`SECOND_NAMES`,
     from the same ``confidence_interval`` call (one pass per step, not two).
