@@ -677,6 +677,31 @@ def test_the_server_statistic_folds_the_rows_given_and_gives_them_back(tmp_path)
     assert plain.fold_group(rows, 0) == [rows]
 
 
+def test_finalisation_frees_the_sobol_buffers_and_keeps_the_results(tmp_path):
+    """collect_results folds what each step's Sobol' buffer holds and frees it
+    (trim): the results are those of the untrimmed statistic."""
+    from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
+
+    one_step = patched(FULL, "study_options.nb_time_steps", 1)
+    cfg = load_config(write(tmp_path, one_step))
+    step, twin = StepStatistics(6, cfg), StepStatistics(6, cfg)
+    rng = np.random.default_rng(8)
+    for g in range(300, 307):      # 7 groups: 1 folded at 2, 4 at 6, 1 buffered
+        rows = rng.standard_normal((cfg.group_size, 6))
+        step.fold_group(rows, g)
+        twin.fold_group(rows.copy(), g)
+    assert step.sobol.count == 7 and len(step.sobol._buffer) == 1
+    out = collect_results(LocalField("f", 0, 0, 6, [step]), cfg)
+    assert len(step.sobol._buffer) == 0
+    assert step.sobol.nbytes == step.sobol._state.nbytes + step.sobol._influence.nbytes
+    names = next(k for k in out if isinstance(k, tuple))
+    for got, want in zip(out[names](0), collect_results(
+            LocalField("f", 0, 0, 6, [twin]), cfg)[names](0), strict=True):
+        np.testing.assert_array_equal(got, want)
+    step.fold_group(rng.standard_normal((cfg.group_size, 6)), 307)   # still usable
+    assert step.sobol.count == 8
+
+
 @pytest.mark.parametrize("value, expected", [
     (0, "sa_config.sobol_fold_batch: must be a positive integer, got 0"),
     (2.5, "sa_config.sobol_fold_batch: expected an integer, got 2.5"),

@@ -119,9 +119,15 @@ def collect_results(lf: LocalField, config) -> dict:
     With second order the key is ``SOBOL_NAMES + SECOND_NAMES`` and the
     callable adds the three ``(pair, cell)`` arrays of :data:`SECOND_NAMES`,
     from the same ``confidence_interval`` call (one pass per step, not two).
+    Every step's Sobol' buffer is folded and freed first
+    (:meth:`SobolMartinez.trim`): finalisation holds the accumulators and
+    two steps of results, not the group buffers.
     """
     sa = config.sa_config
     steps = lf.steps
+    for step in steps:
+        if step.sobol is not None:
+            step.sobol.trim()   # fold the buffered groups, free the buffers
     out: dict = {"n_samples": np.array([s.n_samples for s in steps], dtype=np.int64)}
     if steps[0].moments is not None:
         for stat in ("mean", "variance", "skewness", "kurtosis"):

@@ -286,6 +286,15 @@ class SobolMartinez(MartinezResults, Statistic):
         if self._n - self._folded == self.fold_batch or self._n in RECENTRE_AT:
             self._flush()
 
+    def trim(self) -> None:
+        """Fold what is buffered, then free the buffer's memory (its copy
+        slots, the handed-over arrays not taken back by :meth:`released`);
+        the next update makes what it needs again. Finalisation calls it
+        before writing, so that the results are written from the state
+        alone."""
+        self._flush()
+        self._buffer.drop()
+
     def released(self) -> list[np.ndarray]:
         """The arrays given to :meth:`update` with ``handed_over=True`` that are
         folded now: the caller may write to them again (the server assembles

@@ -111,6 +111,14 @@ class GroupBuffer:
         self._slot.clear()
         self._give_back.clear()
 
+    def drop(self) -> None:
+        """Free the buffer's memory once nothing is buffered: its copy slots
+        and the folded arrays :meth:`released` has not given back."""
+        if self.groups:
+            raise ValueError(f"{len(self.groups)} group(s) buffered: fold them before drop()")
+        self._slots = []
+        self._released = []
+
     def released(self) -> list[np.ndarray]:
         """The handed-over arrays folded since the last call: the caller's again."""
         out, self._released = self._released, []
