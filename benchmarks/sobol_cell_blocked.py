@@ -117,23 +117,23 @@ def update_many_blocked(state, groups, n):
     """``martinez_update_many`` on a cell-blocked state ``(n_blocks, width * BLOCK)``."""
     m = groups.shape[0]
     p = groups.shape[1] - 2
-    rs, c2s = _weights(m, n)
     n_cells = groups.shape[2]
     n_blocks = state.shape[0]
     per = CHUNK // BLOCK
     for ch in prange((n_blocks + per - 1) // per):
         x = np.empty(5 * BLOCK)
         for g in range(m):
+            r, c2 = _weights(n + g)
             for b in range(ch * per, min(ch * per + per, n_blocks)):
                 lo = b * BLOCK
                 nb = min(BLOCK, n_cells - lo)
                 blk = state[b]
                 _fold_ab(blk[:9 * BLOCK], x, groups[g, 0, lo:lo + nb],
-                         groups[g, 1, lo:lo + nb], nb, n + g == 0, rs[g], c2s[g])
+                         groups[g, 1, lo:lo + nb], nb, n + g == 0, r, c2)
                 for k in range(p):
                     o = (9 + 16 * k) * BLOCK
                     _fold_pair(blk[o:o + 16 * BLOCK], x, groups[g, 2 + k, lo:lo + nb],
-                               nb, rs[g], c2s[g])
+                               nb, r, c2)
 
 
 def as_rows(state, n_cells, p):

@@ -70,7 +70,6 @@ their cell loop and touch no Python object.
 
 import math
 
-import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -194,9 +193,7 @@ def martinez_update_compact(state, group, n):
     already folded in.
     """
     p = group.shape[0] - 2
-    nf = float(n)
-    r = 1.0 / (nf + 1.0)
-    c2 = nf * r
+    r, c2 = _weights(n)
     first = n == 0
     for c in prange(group.shape[1]):
         _fold_compact(state, c, group, first, r, c2, p)
@@ -211,9 +208,7 @@ def martinez_update(state, group, n):
     already folded in.
     """
     p = group.shape[0] - 2
-    nf = float(n)
-    r = 1.0 / (nf + 1.0)
-    c2 = nf * r
+    r, c2 = _weights(n)
     h = 5 + 4 * p
     first = n == 0
     power = state[:, h:]
@@ -222,16 +217,13 @@ def martinez_update(state, group, n):
 
 
 @njit(cache=True, inline="always")
-def _weights(m, n):
-    """``(r, c2)`` of the Welford step of each of ``m`` groups after ``n``:
-    the very values a call of the one-group kernel with that count uses."""
-    rs = np.empty(m)
-    c2s = np.empty(m)
-    for g in range(m):
-        nf = float(n + g)
-        rs[g] = 1.0 / (nf + 1.0)
-        c2s[g] = nf * rs[g]
-    return rs, c2s
+def _weights(n):
+    """``(r, c2)`` of the Welford step of a group after ``n``: ``1 / (n + 1)``
+    and ``n / (n + 1)``; every fold kernel takes them from here, so a
+    batched fold uses the very values of one-group folds."""
+    nf = float(n)
+    r = 1.0 / (nf + 1.0)
+    return r, nf * r
 
 
 @njit(cache=True, parallel=True, nogil=True)
@@ -261,15 +253,15 @@ def martinez_update_many_compact(state, groups, n, m=-1):
     if m == 0:
         return
     p = groups[0].shape[0] - 2
-    rs, c2s = _weights(m, n)
     n_cells = groups[0].shape[1]
     for b in prange((n_cells + CHUNK - 1) // CHUNK):
         lo = b * CHUNK
         hi = min(lo + CHUNK, n_cells)
         for g in range(m):
             group = groups[g]
+            r, c2 = _weights(n + g)
             for c in range(lo, hi):
-                _fold_compact(state, c, group, n + g == 0, rs[g], c2s[g], p)
+                _fold_compact(state, c, group, n + g == 0, r, c2, p)
 
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
@@ -293,7 +285,6 @@ def martinez_update_many(state, groups, n, m=-1):
         return
     p = groups[0].shape[0] - 2
     h = 5 + 4 * p
-    rs, c2s = _weights(m, n)
     power = state[:, h:]
     n_cells = groups[0].shape[1]
     for b in prange((n_cells + CHUNK - 1) // CHUNK):
@@ -301,8 +292,9 @@ def martinez_update_many(state, groups, n, m=-1):
         hi = min(lo + CHUNK, n_cells)
         for g in range(m):
             group = groups[g]
+            r, c2 = _weights(n + g)
             for c in range(lo, hi):
-                _fold_full(state, power, c, group, n + g == 0, rs[g], c2s[g], p)
+                _fold_full(state, power, c, group, n + g == 0, r, c2, p)
 
 
 def group_tuple(groups) -> tuple:
@@ -467,9 +459,7 @@ def martinez_update_many_influence(state, groups, n, rows, partial, out, m=-1):
             last = state.shape[1] - 1 if g == 0 else -1
             if rows[g] >= 0:
                 _influence(state, group, n + g, p, lo, hi, partial, g, b, last)
-            nf = float(n + g)     # the weights of _weights, without its arrays
-            r = 1.0 / (nf + 1.0)
-            c2 = nf * r
+            r, c2 = _weights(n + g)
             for c in range(lo, hi):
                 _fold_full(state, power, c, group, n + g == 0, r, c2, p)
     for g in range(m):
