@@ -28,13 +28,14 @@ natural working directory to launch it from.
 The package: :mod:`~melissa_sa.config.model` (the sections as dataclasses,
 each key declared once with its default and check),
 :mod:`~melissa_sa.config.checks` (the value checkers and
-:class:`ConfigError`), :mod:`~melissa_sa.config.loader` (file -> config,
-cross-key rules) and :mod:`~melissa_sa.config.format` (config -> JSON).
+:class:`ConfigError`), :mod:`~melissa_sa.config.rules` (the cross-key rules),
+:mod:`~melissa_sa.config.loader` (:class:`StudyConfig`, file -> config) and
+:mod:`~melissa_sa.config.format` (config -> JSON).
 """
 
 from melissa_sa.config.checks import ConfigError
 from melissa_sa.config.format import format_config
-from melissa_sa.config.loader import config_from_dict, load_config
+from melissa_sa.config.loader import StudyConfig, config_from_dict, load_config
 from melissa_sa.config.model import (
     DEFAULTS,
     ClientConfig,
@@ -42,7 +43,6 @@ from melissa_sa.config.model import (
     LauncherConfig,
     SAConfig,
     ServerConfig,
-    StudyConfig,
     StudyOptions,
 )
 from melissa_sa.sampling import SAMPLER_NAMES

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from melissa_sa.config.model import StudyConfig
+from melissa_sa.config.loader import StudyConfig
 
 __all__ = ["format_config"]
 

@@ -1,10 +1,12 @@
-"""Reading a study file: JSON -> checked sections -> a :class:`StudyConfig`.
+"""The whole study config, :class:`StudyConfig`, and how it is read:
+JSON -> checked sections -> a :class:`StudyConfig`.
 
 Every problem found in one pass is reported together in one
 :class:`~melissa_sa.config.checks.ConfigError`, one line per problem, each
-naming the file and the full key path. Cross-key rules (bounds per
-parameter, ports that must differ, a server class needing its file) live
-here; single-key rules live with the key in :mod:`melissa_sa.config.model`.
+naming the file and the full key path. Single-key rules live with the key in
+:mod:`melissa_sa.config.model`; cross-key rules (bounds per parameter, ports
+that must differ, a server class needing its file) in
+:mod:`melissa_sa.config.rules`.
 """
 
 from __future__ import annotations
@@ -13,25 +15,25 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
-from typing import Any
+from dataclasses import dataclass, field
 
 from melissa_sa.config import checks as c
+from melissa_sa.config import rules
 from melissa_sa.config.model import (
-    DERIVED,
     SECTIONS,
     ClientConfig,
-    Distribution,
     LauncherConfig,
     SAConfig,
     ServerConfig,
-    StudyConfig,
     StudyOptions,
     default_bind,
+    listed,
     section_spec,
 )
-from melissa_sa.convergence import ConvergenceConfigError, parse_rule
+from melissa_sa.design import GroupLayout
 
-__all__ = ["load_config", "config_from_dict"]
+__all__ = ["StudyConfig", "load_config", "config_from_dict"]
+
 
 _TOP_KEYS = ["output_dir", *SECTIONS, "server_filename", "server_class"]
 
@@ -88,15 +90,15 @@ def config_from_dict(d: Mapping, source: str = "<dict>",
 
     so, sa, sv = raw["study_options"], raw["sa_config"], raw["server_config"]
     if so is not None:
-        _check_study(r, so)
+        rules.check_study(r, so)
     if sa is not None:
-        _check_sa(r, sa, so)
-        _check_convergence(r, sa, so)
+        rules.check_sa(r, sa, so)
+        rules.check_convergence(r, sa, so)
     if sv is not None and c.ok(sv["connection_port"]) \
             and sv["connection_port"] == sv["data_puller_port"]:
         r.err("server_config.data_puller_port",
               f"must differ from server_config.connection_port ({sv['connection_port']})")
-    server_filename = _check_server_class(r, d, base, server_filename, server_class)
+    server_filename = rules.check_server_class(r, d, base, server_filename, server_class)
 
     if r.errors:
         raise c.ConfigError(r.errors)
@@ -123,100 +125,100 @@ def config_from_dict(d: Mapping, source: str = "<dict>",
     )
 
 
-def _check_sa(r: c.Reader, sa: dict, so: dict | None) -> None:
-    p = so["nb_parameters"] if so is not None and c.ok(so["nb_parameters"]) else None
-    if sa["sobol_indices"] is True and p is not None and p < 2:
-        r.err("sa_config.sobol_indices",
-              f"Sobol' indices need at least 2 parameters "
-              f"(study_options.nb_parameters is {p})")
-    if sa["second_order"] is True:
-        if sa["sobol_indices"] is False:
-            r.err("sa_config.second_order",
-                  "second-order indices need sa_config.sobol_indices: true "
-                  "(they come from the same pick-freeze groups)")
-        if p is not None and p < 2:
-            r.err("sa_config.second_order",
-                  f"second-order indices need at least 2 parameters, one pair "
-                  f"(study_options.nb_parameters is {p})")
-    if sa["sobol_fold_batch"] is not None and sa["sobol_indices"] is False:
-        r.err("sa_config.sobol_fold_batch",
-              "sets how many groups the Sobol' fold buffers; it needs "
-              "sa_config.sobol_indices: true")
+@dataclass(frozen=True)
+class StudyConfig:
+    """The whole validated study. Build it with :func:`load_config` / :func:`config_from_dict`."""
+
+    output_dir: str
+    study_options: StudyOptions
+    sa_config: SAConfig
+    server_config: ServerConfig
+    launcher_config: LauncherConfig
+    client_config: ClientConfig
+    server_filename: str | None = None
+    server_class: str | None = None
+    #: directory relative paths were resolved against (not part of to_dict)
+    base_dir: str = field(default=".", compare=False)
+    #: where the config came from, for messages (not part of to_dict)
+    source: str = field(default="<dict>", compare=False)
+
+    # -- derived -------------------------------------------------------------
+    @property
+    def nb_parameters(self) -> int:
+        return self.study_options.nb_parameters
+
+    @property
+    def layout(self) -> GroupLayout:
+        """The rows of one group (see :mod:`melissa_sa.design`)."""
+        sa = self.sa_config
+        return GroupLayout(self.nb_parameters, sobol=sa.sobol_indices,
+                           second_order=sa.sobol_indices and sa.second_order)
+
+    @property
+    def group_size(self) -> int:
+        """Runs per group: p + 2 (A, B, C_1..C_p) with Sobol' indices, 2p + 2 (and
+        D_1..D_p) with second order too, else 1 (:class:`GroupLayout` decides)."""
+        return self.layout.size
+
+    @property
+    def n_groups(self) -> int:
+        """Number of groups in the study (= parameter_sweep_size)."""
+        return self.study_options.parameter_sweep_size
+
+    @property
+    def n_runs(self) -> int:
+        """Total number of simulations: parameter_sweep_size * group_size."""
+        return self.n_groups * self.group_size
+
+    @property
+    def results_path(self) -> str:
+        return os.path.join(self.output_dir, "results.h5")
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return os.path.join(self.output_dir, "checkpoint")
+
+    # -- serialisation ---------------------------------------------------------
+    def to_dict(self) -> dict:
+        """The effective config (defaults filled, absolute paths), JSON-serialisable."""
+        so = self.study_options
+        return {
+            "output_dir": self.output_dir,
+            "study_options": {
+                **_plain(so),
+                "distributions": [d.to_dict() for d in so.distributions],
+            },
+            "sa_config": {**_plain(self.sa_config),
+                          "convergence": (None if self.sa_config.convergence is None
+                                          else self.sa_config.convergence.to_dict())},
+            "server_config": _plain(self.server_config),
+            "launcher_config": _plain(self.launcher_config),
+            "client_config": _plain(self.client_config),
+            "server_filename": self.server_filename,
+            "server_class": self.server_class,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def updated(self, patch: Mapping) -> StudyConfig:
+        """A new, re-validated config with ``patch`` deep-merged into :meth:`to_dict`.
+
+        E.g. ``cfg.updated({"launcher_config": {"load_from_checkpoint": True}})``.
+        """
+        return config_from_dict(_deep_merge(self.to_dict(), patch), source=self.source,
+                                base_dir=self.base_dir)
 
 
-def _check_convergence(r: c.Reader, sa: dict, so: dict | None) -> None:
-    """``sa_config.convergence``: raw JSON -> :class:`ConvergenceRule` or None."""
-    sweep = so["parameter_sweep_size"] if so is not None else c.BAD
-    if not c.ok(sweep) or not c.ok(sa["sobol_indices"]):
-        sa["convergence"] = c.BAD if sa["convergence"] is not None else None
-        return
-    try:
-        sa["convergence"] = parse_rule(sa["convergence"], sobol_indices=sa["sobol_indices"],
-                                       parameter_sweep_size=sweep,
-                                       path="sa_config.convergence")
-    except ConvergenceConfigError as exc:
-        for path, message in exc.errors:
-            r.err(path, message)
-        sa["convergence"] = c.BAD
+def _plain(obj) -> dict:
+    return {f.name: listed(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
-def _check_server_class(r: c.Reader, d: Mapping, base: str, server_filename: Any,
-                        server_class: Any) -> Any:
-    """Both or neither of server_filename / server_class; returns the absolute file."""
-    if server_filename is not None and server_filename is not c.BAD:
-        server_filename = os.path.normpath(os.path.join(base, os.path.expanduser(server_filename)))
-        if not os.path.isfile(server_filename):
-            r.err("server_filename", f"file not found: {server_filename}")
-        if server_class is None:
-            r.err("server_class", "missing: server_filename needs server_class "
-                                  "(the name of the server class in that file)")
-    if server_class is not None and server_class is not c.BAD:
-        if not c.IDENTIFIER.match(server_class):
-            r.err("server_class",
-                  f"must be a class name (an identifier), got {c.show(server_class)}")
-        elif d.get("server_filename") is None:
-            r.err("server_filename", "missing: server_class needs server_filename "
-                                     "(the Python file defining it)")
-    return server_filename
-
-
-def _check_study(r: c.Reader, so: dict) -> None:
-    """Cross-key checks of study_options; fills per-parameter defaults in place."""
-    p = so["nb_parameters"]
-    if not c.ok(p):
-        for name, value in so.items():  # lengths cannot be checked; the error is recorded
-            if value is DERIVED:
-                so[name] = c.BAD
-        return
-    if so["l_bounds"] is DERIVED:
-        so["l_bounds"] = (0.0,) * p
-    if so["u_bounds"] is DERIVED:
-        so["u_bounds"] = (1.0,) * p
-    if so["parameter_names"] is DERIVED:
-        so["parameter_names"] = tuple(f"p{k + 1}" for k in range(p))
-    if so["distributions"] is DERIVED or so["distributions"] == ():
-        so["distributions"] = (Distribution("uniform"),) * p
-    for name in ("l_bounds", "u_bounds", "parameter_names", "distributions"):
-        v = so[name]
-        if c.ok(v) and len(v) != p:
-            r.err(f"study_options.{name}",
-                  f"has {len(v)} {'entry' if len(v) == 1 else 'entries'}, "
-                  f"expected nb_parameters = {p}")
-            so[name] = c.BAD
-    low, high = so["l_bounds"], so["u_bounds"]
-    if c.ok(low) and c.ok(high):
-        for k, (lo, hi) in enumerate(zip(low, high)):
-            if not lo < hi:
-                r.err(f"study_options.u_bounds[{k}]",
-                      f"must be greater than study_options.l_bounds[{k}] ({c.fmt(lo)}), "
-                      f"got {c.fmt(hi)}")
-    dists = so["distributions"]
-    if c.ok(dists) and c.ok(low) and c.ok(high):
-        for k, dist in enumerate(dists):
-            if dist.law != "truncnorm":
-                continue
-            lo = low[k] if dist.low is None else dist.low
-            hi = high[k] if dist.high is None else dist.high
-            if not lo < hi:
-                r.err(f"study_options.distributions[{k}]",
-                      f"truncnorm needs low < high, got low={c.fmt(lo)}, high={c.fmt(hi)}")
+def _deep_merge(base: dict, patch: Mapping) -> dict:
+    out = dict(base)
+    for name, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(out.get(name), Mapping):
+            out[name] = _deep_merge(out[name], value)
+        else:
+            out[name] = value
+    return out

@@ -10,22 +10,17 @@ place. ``docs/config.md`` describes every key.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from melissa_sa.config import checks as c
 from melissa_sa.convergence import ConvergenceRule
-from melissa_sa.design import GroupLayout
 from melissa_sa.sampling import LAWS, SAMPLER_NAMES
 
 __all__ = ["Distribution", "StudyOptions", "SAConfig", "ServerConfig", "LauncherConfig",
-           "ClientConfig", "StudyConfig", "SECTIONS", "DEFAULTS", "registered_schedulers",
-           "default_bind", "BIND_DEFAULTS",
-           "section_spec"]
-
+           "ClientConfig", "SECTIONS", "DEFAULTS", "registered_schedulers",
+           "default_bind", "BIND_DEFAULTS", "section_spec", "listed"]
 
 
 #: ``server_config.bind`` when the config does not set it, per scheduler: the
@@ -224,114 +219,14 @@ def section_spec(cls: type) -> dict[str, tuple[Callable, Any]]:
             for f in dataclasses.fields(cls)}
 
 
-def _listed(value: Any) -> Any:
+def listed(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
 #: Defaults of every optional key, by section ("" for the top level).
 DEFAULTS: dict[str, dict[str, Any]] = {
     "": {"output_dir": "study_out", "server_filename": None, "server_class": None},
-    **{name: {f.name: _listed(f.default) for f in dataclasses.fields(cls)
+    **{name: {f.name: listed(f.default) for f in dataclasses.fields(cls)
               if f.default is not dataclasses.MISSING}
        for name, (cls, _) in SECTIONS.items()},
 }
-
-
-@dataclass(frozen=True)
-class StudyConfig:
-    """The whole validated study. Build it with :func:`load_config` / :func:`config_from_dict`."""
-
-    output_dir: str
-    study_options: StudyOptions
-    sa_config: SAConfig
-    server_config: ServerConfig
-    launcher_config: LauncherConfig
-    client_config: ClientConfig
-    server_filename: str | None = None
-    server_class: str | None = None
-    #: directory relative paths were resolved against (not part of to_dict)
-    base_dir: str = field(default=".", compare=False)
-    #: where the config came from, for messages (not part of to_dict)
-    source: str = field(default="<dict>", compare=False)
-
-    # -- derived -------------------------------------------------------------
-    @property
-    def nb_parameters(self) -> int:
-        return self.study_options.nb_parameters
-
-    @property
-    def layout(self) -> GroupLayout:
-        """The rows of one group (see :mod:`melissa_sa.design`)."""
-        sa = self.sa_config
-        return GroupLayout(self.nb_parameters, sobol=sa.sobol_indices,
-                           second_order=sa.sobol_indices and sa.second_order)
-
-    @property
-    def group_size(self) -> int:
-        """Runs per group: p + 2 (A, B, C_1..C_p) with Sobol' indices, 2p + 2 (and
-        D_1..D_p) with second order too, else 1 (:class:`GroupLayout` decides)."""
-        return self.layout.size
-
-    @property
-    def n_groups(self) -> int:
-        """Number of groups in the study (= parameter_sweep_size)."""
-        return self.study_options.parameter_sweep_size
-
-    @property
-    def n_runs(self) -> int:
-        """Total number of simulations: parameter_sweep_size * group_size."""
-        return self.n_groups * self.group_size
-
-    @property
-    def results_path(self) -> str:
-        return os.path.join(self.output_dir, "results.h5")
-
-    @property
-    def checkpoint_dir(self) -> str:
-        return os.path.join(self.output_dir, "checkpoint")
-
-    # -- serialisation ---------------------------------------------------------
-    def to_dict(self) -> dict:
-        """The effective config (defaults filled, absolute paths), JSON-serialisable."""
-        so = self.study_options
-        return {
-            "output_dir": self.output_dir,
-            "study_options": {
-                **_plain(so),
-                "distributions": [d.to_dict() for d in so.distributions],
-            },
-            "sa_config": {**_plain(self.sa_config),
-                          "convergence": (None if self.sa_config.convergence is None
-                                          else self.sa_config.convergence.to_dict())},
-            "server_config": _plain(self.server_config),
-            "launcher_config": _plain(self.launcher_config),
-            "client_config": _plain(self.client_config),
-            "server_filename": self.server_filename,
-            "server_class": self.server_class,
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
-
-    def updated(self, patch: Mapping) -> StudyConfig:
-        """A new, re-validated config with ``patch`` deep-merged into :meth:`to_dict`.
-
-        E.g. ``cfg.updated({"launcher_config": {"load_from_checkpoint": True}})``.
-        """
-        from melissa_sa.config.loader import config_from_dict
-        return config_from_dict(_deep_merge(self.to_dict(), patch), source=self.source,
-                                base_dir=self.base_dir)
-
-
-def _plain(obj) -> dict:
-    return {f.name: _listed(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-
-
-def _deep_merge(base: dict, patch: Mapping) -> dict:
-    out = dict(base)
-    for name, value in patch.items():
-        if isinstance(value, Mapping) and isinstance(out.get(name), Mapping):
-            out[name] = _deep_merge(out[name], value)
-        else:
-            out[name] = value
-    return out

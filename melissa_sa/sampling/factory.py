@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from melissa_sa.sampling.builtin import LHSSampler
 from melissa_sa.sampling.pickfreeze import PickFreezeDesign
 from melissa_sa.sampling.samplers import (
     BUILTIN_SAMPLERS,
     SAMPLER_NAMES,
-    LHSSampler,
     ParameterSampler,
     ParameterSamplerType,
     build_sampler,
@@ -83,17 +83,10 @@ def restore_sampler(state: Mapping, sampler_t: type[ParameterSampler] | None = N
     Pre-defined samplers are found by name; a user sampler needs its class
     passed as ``sampler_t``.
     """
-    name = state.get("sampler")
-    if sampler_t is None:
-        if name not in SAMPLER_NAMES:
-            raise ValueError(f"sampler state is for {name!r}, a user sampler: pass its class")
-        sampler_t = name
-    params = dict(state.get("params", {}))
-    sampler = build_sampler(_resolve_type(sampler_t), params)
-    design = (PickFreezeDesign(sampler, second_order=bool(state.get("second_order", False)))
-              if state.get("pick_freeze") else sampler)
-    design.load_state(state)
-    return design
+    sampler_t = None if sampler_t is None else _resolve_type(sampler_t)
+    if state.get("pick_freeze"):
+        return PickFreezeDesign.from_state(state, sampler_t)
+    return (sampler_t or ParameterSampler).from_state(state)
 
 
 def sampler_from_config(cfg, sampler_t=None, **extra):

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from melissa_sa.design import GroupLayout
-from melissa_sa.sampling.samplers import ParameterSampler
+from melissa_sa.sampling.samplers import ParameterSampler, build_sampler, builtin_sampler
 
 __all__ = ["PickFreezeDesign", "pick_freeze_groups"]
 
@@ -155,9 +155,11 @@ class PickFreezeDesign:
     def from_state(cls, state: Mapping,
                    sampler_t: type[ParameterSampler] | None = None) -> PickFreezeDesign:
         """Rebuild a design from :meth:`state_dict` (a user sampler needs ``sampler_t``)."""
-        from melissa_sa.sampling.factory import restore_sampler  # the factory knows them all
-
-        return restore_sampler(state, sampler_t)
+        sampler_t = builtin_sampler(state.get("sampler")) if sampler_t is None else sampler_t
+        design = cls(build_sampler(sampler_t, dict(state.get("params", {}))),
+                     second_order=bool(state.get("second_order", False)))
+        design.load_state(state)
+        return design
 
     def __repr__(self) -> str:
         return (f"PickFreezeDesign({type(self.sampler).__name__}, "
