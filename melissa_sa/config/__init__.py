@@ -45,7 +45,6 @@ from melissa_sa.config.model import (
     ServerConfig,
     StudyOptions,
 )
-from melissa_sa.sampling import SAMPLER_NAMES
 
 __all__ = [
     "ConfigError",
@@ -59,6 +58,5 @@ __all__ = [
     "load_config",
     "config_from_dict",
     "format_config",
-    "SAMPLER_NAMES",
     "DEFAULTS",
 ]

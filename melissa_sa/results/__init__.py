@@ -11,25 +11,25 @@
 ``docs/results.md`` is the user's reference.
 """
 
+from melissa_sa.results.create import create_results_file
 from melissa_sa.results.layout import ParameterTable, ResultsLayout
 from melissa_sa.results.reader import Results, open_results
 from melissa_sa.results.schema import (
-                                       AGGREGATED,
-                                       CI_METHODS,
-                                       COUNTS,
-                                       DEFINITIONS,
-                                       FORMAT,
-                                       STATISTICS,
-                                       ResultsFileError,
-                                       ResultsWriteError,
+    AGGREGATED,
+    CI_METHODS,
+    COUNTS,
+    DEFINITIONS,
+    FORMAT,
+    STATISTICS,
+    ResultsFileError,
+    ResultsWriteError,
 )
 from melissa_sa.results.writer import (
-                                       FieldSlice,
-                                       complete_results_file,
-                                       create_results_file,
-                                       write_field_slice,
-                                       write_results,
-                                       write_results_parallel,
+    FieldSlice,
+    complete_results_file,
+    write_field_slice,
+    write_results,
+    write_results_parallel,
 )
 
 __all__ = [

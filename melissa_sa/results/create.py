@@ -7,8 +7,7 @@ design table, and per field every statistic's dataset, chunked and filled
 with :data:`~melissa_sa.results.schema.FLOAT_FILL` (counts with
 :data:`~melissa_sa.results.schema.COUNT_FILL`), with its dimension scales and
 ``definition`` attributes (:mod:`.schema`). The ranks then write their
-slices into it. Importable from :mod:`melissa_sa.results.writer` and
-:mod:`melissa_sa.results` too.
+slices into it.
 """
 
 from __future__ import annotations

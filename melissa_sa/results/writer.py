@@ -11,7 +11,7 @@ complete, ``fsync``\\ s it and renames it to ``results.h5``: a ``results.h5``
 that exists is complete. No rank ever holds more than its own slice.
 
 Rank 0 creates the file with :func:`~melissa_sa.results.create.create_results_file`
-(:mod:`.create`, importable from here too).
+(:mod:`.create`).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from melissa_sa.results.schema import (
 from melissa_sa.results.write_behind import WriteBehind
 
 __all__ = [
-    "FieldSlice", "create_results_file", "write_field_slice", "complete_results_file",
-    "write_results_parallel", "write_results",
+    "FieldSlice", "write_field_slice", "complete_results_file", "write_results_parallel",
+    "write_results",
 ]
 
 _DEFAULT_TAG = 0x4D5352  # "MSR": token tag of write_results_parallel
