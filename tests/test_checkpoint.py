@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import checkpoint_pause
 import h5py
 import numpy as np
 import pytest
@@ -259,7 +260,7 @@ def test_unreadable_manifest_files_survive_a_failed_write(tmp_path):
 
 def test_pause_hook_sees_every_stage_in_order(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(ckpt, "pause_hook", lambda stage, info: seen.append(
+    monkeypatch.setattr(ckpt, "stage_hook", lambda stage, info: seen.append(
         (stage, info["set_id"], info["rank"], Path(info["path"]).name)))
     CheckpointWriter(tmp_path).write(state_of(1.0))
     assert [s[0] for s in seen] == list(ckpt.STAGES)
@@ -270,10 +271,11 @@ def test_pause_hook_sees_every_stage_in_order(tmp_path, monkeypatch):
 
 
 def test_pause_env_is_validated(tmp_path, monkeypatch):
-    monkeypatch.setenv(ckpt.PAUSE_ENV, "bogus:1")
+    monkeypatch.setattr(ckpt, "stage_hook", checkpoint_pause.pause)
+    monkeypatch.setenv(checkpoint_pause.PAUSE_ENV, "bogus:1")
     with pytest.raises(CheckpointError, match="unknown stage 'bogus'"):
         CheckpointWriter(tmp_path).write(state_of(1.0))
-    monkeypatch.setenv(ckpt.PAUSE_ENV, "committed:0, partial:0")
+    monkeypatch.setenv(checkpoint_pause.PAUSE_ENV, "committed:0, partial:0")
     assert CheckpointWriter(tmp_path).write(state_of(1.0)) == 1  # the failed set left nothing
 
 
@@ -301,7 +303,7 @@ def test_kill_9_mid_checkpoint_leaves_a_loadable_set(tmp_path, processes, stage,
     script.write_text(CHILD)
     log_path = tmp_path / "child.log"
     proc = processes.start([sys.executable, script, d], log_path=log_path, cwd=ROOT,
-                           env=child_env(**{ckpt.PAUSE_ENV: f"{stage}:120"}))
+                           env=child_env(**checkpoint_pause.env(f"{stage}:120")))
     wait_for(lambda: "pausing" in log_path.read_text() or proc.poll() is not None, 60,
              f"the child to pause at stage {stage}")
     assert proc.poll() is None, log_path.read_text()
@@ -355,11 +357,11 @@ if phase == "write":
     # rank 1 is slow: rank 0 must wait for it without spinning the CPU
     from melissa_sa.checkpoint import store as ck
     if rank == 1:
-        ck.pause_hook = lambda stage, info: time.sleep(1.5) if stage == "renamed" else None
+        ck.stage_hook = lambda stage, info: time.sleep(1.5) if stage == "renamed" else None
     c0, t0 = time.process_time(), time.perf_counter()
     out["ids"] = [w.write(state(1, 1000 + rank), meta={"groups_done": 1})]
     out["wait_cpu"], out["wait_wall"] = time.process_time() - c0, time.perf_counter() - t0
-    ck.pause_hook = None
+    ck.stage_hook = None
     out["ids"] += [w.write(state(v, 1000 + rank), meta={"groups_done": v}) for v in (2, 3)]
     def fail_on_1(f):
         if rank == 1:
@@ -388,7 +390,10 @@ elif phase == "crash":
     w = CheckpointWriter(d, comm)
     for v in (1, 2):
         w.write(state(v, 1000), meta={"groups_done": v})
-    os.environ["MELISSA_CHECKPOINT_PAUSE"] = sys.argv[3]
+    sys.path.append(os.path.join(os.getcwd(), "tests"))
+    import checkpoint_pause
+    checkpoint_pause.install()
+    os.environ[checkpoint_pause.PAUSE_ENV] = sys.argv[3]
     w.write(state(3, 1000), meta={"groups_done": 3})   # killed in here
 else:
     cset = find_latest_checkpoint(d, size, comm)

@@ -13,6 +13,7 @@ import signal
 import time
 from pathlib import Path
 
+import checkpoint_pause
 import numpy as np
 import pytest
 from conftest import child_env, kill_group, wait_for, write_study
@@ -206,7 +207,7 @@ def test_server_killed_9_mid_study_is_relaunched(tmp_path, baseline, processes):
 def test_server_killed_9_while_writing_a_checkpoint(tmp_path, baseline, processes):
     study = make_study(tmp_path, launcher_config={"job_limit": 2},
                        sa_config={"checkpoint_interval": 3})
-    env = fault_env(tmp_path, {}, TEST_STEP_DELAY=0.2, MELISSA_CHECKPOINT_PAUSE="partial:120@2")
+    env = fault_env(tmp_path, {}, TEST_STEP_DELAY=0.2, **checkpoint_pause.env("partial:120@2"))
     proc = start_launcher(processes, study, env)
     out = tmp_path / "out"
     log_path = out / "logs" / "server.log"

@@ -56,18 +56,15 @@ newer set, by file name; a set written by another number of ranks is a
 :class:`CheckpointMismatchError`. With ``comm`` every rank verifies its own
 file and the verdicts are combined, so all ranks agree on the set.
 
-Test hook: the environment variable ``MELISSA_CHECKPOINT_PAUSE`` (read at
-each write) holds ``<seconds>`` (pause at stage ``partial``) or a
-comma-separated list of ``<stage>:<seconds>``, each optionally followed by
-``@<set id>`` to pause in that set only; a pausing process first prints
-``melissa-sa checkpoint: pausing ...`` to stderr. The module-level
-:data:`pause_hook` (a callable ``(stage, info)``) is called at every stage.
-Stages, in order: ``partial`` (state written into the ``.tmp`` file and
-flushed, file still open; every rank), ``renamed`` (rank file durable under
-its final name, before the gather; every rank), ``gathered`` (rank 0: every
-rank's file durable, manifest not yet written), ``manifest_tmp`` (rank 0:
-``manifest.json.tmp`` durable, not yet renamed), ``committed`` (rank 0:
-new manifest durable, old files not yet deleted).
+Stages of a write: :data:`melissa_sa.checkpoint.store.stage_hook`, when set,
+is called as ``stage_hook(stage, info)`` at each one, the place to instrument
+a write (time it, stop it, inject a fault); ``info`` has ``set_id``, ``rank``
+and ``path``. Stages, in order: ``partial`` (state written into the ``.tmp``
+file and flushed, file still open; every rank), ``renamed`` (rank file durable
+under its final name, before the gather; every rank), ``gathered`` (rank 0:
+every rank's file durable, manifest not yet written), ``manifest_tmp`` (rank
+0: ``manifest.json.tmp`` durable, not yet renamed), ``committed`` (rank 0: new
+manifest durable, old files not yet deleted).
 
 One writer per directory at a time; the directory may be on a shared file
 system visible to all ranks (rank 0 writes the manifest and deletes files).
@@ -75,36 +72,34 @@ system visible to all ranks (rank 0 writes the manifest and deletes files).
 
 from melissa_sa.checkpoint.reader import find_latest_checkpoint
 from melissa_sa.checkpoint.store import (
-                                         DEFAULT_CHECKSUM,
-                                         FORMAT,
-                                         MANIFEST,
-                                         PAUSE_ENV,
-                                         STAGES,
-                                         CheckpointCorruptError,
-                                         CheckpointError,
-                                         CheckpointFile,
-                                         CheckpointMismatchError,
-                                         CheckpointSet,
-                                         file_checksum,
-                                         read_manifest,
-                                         set_file_name,
+    DEFAULT_CHECKSUM,
+    FORMAT,
+    MANIFEST,
+    STAGES,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointFile,
+    CheckpointMismatchError,
+    CheckpointSet,
+    file_checksum,
+    read_manifest,
+    set_file_name,
 )
 from melissa_sa.checkpoint.writer import CheckpointWriter
 
 __all__ = [
-                                         "DEFAULT_CHECKSUM",
-                                         "FORMAT",
-                                         "MANIFEST",
-                                         "PAUSE_ENV",
-                                         "STAGES",
-                                         "CheckpointCorruptError",
-                                         "CheckpointError",
-                                         "CheckpointFile",
-                                         "CheckpointMismatchError",
-                                         "CheckpointSet",
-                                         "CheckpointWriter",
-                                         "file_checksum",
-                                         "find_latest_checkpoint",
-                                         "read_manifest",
-                                         "set_file_name",
+    "DEFAULT_CHECKSUM",
+    "FORMAT",
+    "MANIFEST",
+    "STAGES",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointFile",
+    "CheckpointMismatchError",
+    "CheckpointSet",
+    "CheckpointWriter",
+    "file_checksum",
+    "find_latest_checkpoint",
+    "read_manifest",
+    "set_file_name",
 ]

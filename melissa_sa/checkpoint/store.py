@@ -4,7 +4,7 @@ The on-disk format and the write protocol are described in
 :mod:`melissa_sa.checkpoint`. This module holds what both the writer and the
 reader need: the set file names, :func:`file_checksum`, the manifest
 (:func:`read_manifest`, :func:`write_manifest`), :class:`CheckpointSet`, the
-errors, the test pause hook, and the non-blocking collectives (as
+errors, the stage hook, and the non-blocking collectives (as
 :class:`CheckpointError` on timeout).
 """
 
@@ -13,10 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import sys
-import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,14 +30,15 @@ log = logging.getLogger("melissa_sa.checkpoint")
 FORMAT = "melissa-sa-checkpoint/1"
 MANIFEST = "manifest.json"
 MANIFEST_TMP = MANIFEST + ".tmp"
-PAUSE_ENV = "MELISSA_CHECKPOINT_PAUSE"
 STAGES = ("partial", "renamed", "gathered", "manifest_tmp", "committed")
 DEFAULT_CHECKSUM = "crc32"
 
-#: Test hook: called as ``pause_hook(stage, info)`` at every stage of a
-#: write (see the module docstring); ``info`` has ``set_id``, ``rank`` and
-#: ``path`` (the file being written at that stage).
-pause_hook: Callable[[str, dict], None] | None = None
+#: Called as ``stage_hook(stage, info)`` at every stage of a write
+#: (:data:`STAGES`, see :mod:`melissa_sa.checkpoint`) when set: the place to
+#: instrument a write (time it, stop it, inject a fault). ``info`` has
+#: ``set_id``, ``rank`` and ``path`` (the file being written at that stage).
+#: An exception it raises fails the write like any other error.
+stage_hook: Callable[[str, dict], None] | None = None
 
 _SET_RE = re.compile(r"^set-(\d+)\.rank-(\d+)\.h5(\.tmp)?$")
 _CHUNK = 1 << 20
@@ -111,32 +109,10 @@ def file_checksum(path, algorithm: str = DEFAULT_CHECKSUM) -> str:
     return h.hexdigest()
 
 
-def pause(stage: str, info: dict) -> None:
-    if pause_hook is not None:
-        pause_hook(stage, info)
-    spec = os.environ.get(PAUSE_ENV, "").strip()
-    if not spec:
-        return
-    for item in spec.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        item, _, only_set = item.partition("@")
-        if only_set and int(only_set) != info.get("set_id"):
-            continue
-        where, _, seconds = item.rpartition(":")
-        where = where or "partial"
-        if where not in STAGES:
-            raise ValueError(f"{PAUSE_ENV}={spec!r}: unknown stage {where!r} "
-                             f"(one of {', '.join(STAGES)})")
-        if where != stage:
-            continue
-        secs = float(seconds)
-        print(f"melissa-sa checkpoint: pausing {secs:g} s at stage {stage} "
-              f"(set {info.get('set_id')}, rank {info.get('rank')}, pid {os.getpid()}, "
-              f"{info.get('path')})",
-              file=sys.stderr, flush=True)
-        time.sleep(secs)
+def reach_stage(stage: str, info: dict) -> None:
+    """A write reached ``stage``: call :data:`stage_hook` if one is set."""
+    if stage_hook is not None:
+        stage_hook(stage, info)
 
 
 # -- non-blocking MPI, as CheckpointError --------------------------------------------------
@@ -228,7 +204,7 @@ def write_manifest(directory: Path, manifest: dict, durable: bool, info: dict) -
         f.write("\n")
     if durable:
         fsync_path(tmp)
-    pause("manifest_tmp", dict(info, path=str(tmp)))
+    reach_stage("manifest_tmp", dict(info, path=str(tmp)))
     durable_replace(tmp, directory / MANIFEST, durable=durable)
 
 

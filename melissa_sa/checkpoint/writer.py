@@ -31,7 +31,7 @@ from melissa_sa.checkpoint.store import (
     file_checksum,
     gather,
     parse_name,
-    pause,
+    reach_stage,
     read_manifest,
     set_file_name,
     unlink,
@@ -177,7 +177,7 @@ class CheckpointWriter:
                 f.attrs["melissa_sa_version"] = __version__
                 state_fn(f)
                 f.flush()
-                pause("partial", dict(info, path=str(tmp)))
+                reach_stage("partial", dict(info, path=str(tmp)))
             t1 = time.perf_counter()
             timings["state"] = t1 - t0
             size = tmp.stat().st_size
@@ -186,7 +186,7 @@ class CheckpointWriter:
             timings["checksum"] = t2 - t1
             durable_replace(tmp, self.directory / name, durable=self.durable)
             timings["fsync"] = time.perf_counter() - t2
-            pause("renamed", dict(info, path=str(self.directory / name)))
+            reach_stage("renamed", dict(info, path=str(self.directory / name)))
             record = {"rank": rank, "name": name, "size": size, "checksum": digest,
                       "error": None}
         except Exception as e:  # reported to every rank below, never left hanging
@@ -229,7 +229,7 @@ class CheckpointWriter:
         try:
             if errors:
                 raise CheckpointError("; ".join(errors))
-            pause("gathered", dict(info, path=str(self.directory)))
+            reach_stage("gathered", dict(info, path=str(self.directory)))
             entry = {
                 "set_id": set_id,
                 "n_ranks": self.size,
@@ -244,7 +244,7 @@ class CheckpointWriter:
             history = [entry] + self._history[: self.keep - 1]
             manifest = {"format": FORMAT, "latest": set_id, "sets": history}
             write_manifest(self.directory, manifest, self.durable, info)
-            pause("committed", dict(info, path=str(self.directory / MANIFEST)))
+            reach_stage("committed", dict(info, path=str(self.directory / MANIFEST)))
             self._history = history
             outcome = {"set_id": set_id, "error": None}
         except Exception as e:
