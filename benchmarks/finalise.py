@@ -1,4 +1,4 @@
-"""Finalisation at disk speed (issue 10 item 2): time and peak RSS of the results write.
+"""Finalisation at disk speed: time and peak RSS of the results write.
 
 Builds one field's server-side statistics (mean, variance and Sobol' p=3,
 ``--cells`` x ``--steps``) fed with a few random groups, then, in a fresh

@@ -37,7 +37,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-# Targets from the statistics-core issue: traffic as a fraction of copy bandwidth.
+# Targets: traffic as a fraction of copy bandwidth.
 TARGETS = {"mean+variance": 0.80, "min/max": 0.80, "moments order 4": 0.60,
            "sobol martinez p=3": 0.50}
 

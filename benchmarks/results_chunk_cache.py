@@ -7,7 +7,7 @@ per case, three ways:
 
 * ``reopen``: the dataset looked up for each step's write (``g[name][...] =``)
   in a file opened with the writer's 64 MB chunk cache; closing the dataset
-  flushes the cache (the writer before issue 10's write-behind);
+  flushes the cache (the writer before the write-behind);
 * ``open``: each dataset opened once, with that cache: the chunks wait in it
   (up to 64 MB per dataset) until the dataset is closed;
 * ``nocache``: each dataset opened once without a chunk cache: HDF5 writes

@@ -1,4 +1,4 @@
-"""A study with ``sa_config.second_order: true``, end to end (issue 9, item 2).
+"""A study with ``sa_config.second_order: true``, end to end.
 
 Groups of 2p + 2 runs (A, B, C_k, D_k) go through the sampler, the launcher,
 two server ranks, checkpoints, fault tolerance and the results file. The

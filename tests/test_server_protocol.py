@@ -173,7 +173,7 @@ def test_drops_and_bytes_are_summed_over_ranks(tmp_path, processes):
 
 
 def test_server_refuses_a_communicator_of_the_wrong_size(tmp_path, processes):
-    """Issue 11: one rank where server_processes says 2 fails loudly, naming both."""
+    """One rank where server_processes says 2 fails loudly, naming both."""
     study = write_study(tmp_path, server_config={"server_processes": 2})
     proc = processes.start([MPIEXEC, "-n", "1", sys.executable,
                             "-m", "melissa_sa.server.main", study],
