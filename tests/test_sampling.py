@@ -461,3 +461,19 @@ def test_second_order_from_config(tmp_path):
     cfg = config_from_dict(base)
     design = sampler_from_config(cfg)
     assert design.second_order and design.group_size == cfg.group_size == 8
+
+
+def test_from_state_without_the_factory():
+    """Each product rebuilds itself from its state (the registry of pre-defined
+    samplers finds the class by name); a plain sampler refuses a design's state."""
+    design = make_sampler("halton", nb_parameters=2, seed=4, apply_pick_freeze=True,
+                          second_order=True)
+    design.draw_groups(3)
+    state = json.loads(json.dumps(design.state_dict()))
+    again = PickFreezeDesign.from_state(state)
+    assert again.second_order and again.position == 3
+    assert np.array_equal(again.next_group(), design.next_group())
+    with pytest.raises(ValueError, match="pick-freeze"):
+        ParameterSampler.from_state(state)
+    with pytest.raises(ValueError, match="user sampler"):
+        ParameterSampler.from_state({**new("sobol").state_dict(), "sampler": "grid"})
