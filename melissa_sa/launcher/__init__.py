@@ -5,8 +5,10 @@ the server submits through a :class:`~melissa_sa.launcher.schedulers.Scheduler`
 and watches both; see ``docs/running.md`` and ``docs/internals.md``. Exit
 codes are those of :mod:`melissa_sa.exit_codes`.
 
-Modules, by role: ``launcher`` (the loop), ``shutdown`` (how a run ends),
-``client_jobs`` (starting, reaping and stopping the client jobs),
+Modules, by role: ``launcher`` (the loop), ``lifecycle`` and
+``lifecycle_events`` (the server's lifecycle, a pure state object: start,
+restart, kill, give up, exit codes), ``client_jobs`` (starting, reaping and
+stopping the client jobs),
 ``server_link`` (typed messages with the server), ``server_process`` (the
 server under mpiexec), ``jobs`` (the job table, a pure state object),
 ``claim`` (one launcher per study, ``OUT/launcher.json``), ``processes``
