@@ -13,26 +13,26 @@ stopping the client jobs),
 server under mpiexec), ``jobs`` (the job table, a pure state object),
 ``claim`` (one launcher per study, ``OUT/launcher.json``), ``processes``
 (process trees by pid), ``progress`` (what the user sees), ``schedulers``
-(the Scheduler interface, the registry, the local scheduler), ``slurm``,
-``slurm_allocation`` and ``slurm_commands`` (the Slurm schedulers).
+(the Scheduler interface and the local scheduler), ``server_jobs`` (the
+server as a local process tree), ``slurm``, ``slurm_allocation`` and
+``slurm_commands`` (the Slurm schedulers). Schedulers are known by name in
+:mod:`melissa_sa.scheduler_registry`.
 """
 
 from melissa_sa.launcher.claim import STATE_FORMAT, ClaimError, read_launcher_state
 from melissa_sa.launcher.jobs import JobTable
 from melissa_sa.launcher.launcher import Launcher
 from melissa_sa.launcher.progress import Progress, format_duration
-from melissa_sa.launcher.schedulers import (
-    PLANNED_SCHEDULERS,
-    JobHandle,
-    LocalScheduler,
-    Scheduler,
+from melissa_sa.launcher.schedulers import JobHandle, LocalScheduler, Scheduler
+from melissa_sa.launcher.server_process import LauncherError, find_mpiexec
+from melissa_sa.launcher.slurm import SlurmScheduler
+from melissa_sa.launcher.slurm_allocation import SlurmAllocationScheduler
+from melissa_sa.scheduler_registry import (
     SchedulerError,
     get_scheduler,
     register_scheduler,
     scheduler_names,
 )
-from melissa_sa.launcher.server_process import LauncherError, find_mpiexec
-from melissa_sa.launcher.slurm import SlurmAllocationScheduler, SlurmScheduler  # registers both
 
 __all__ = [
     "Launcher",
@@ -53,5 +53,4 @@ __all__ = [
     "get_scheduler",
     "register_scheduler",
     "scheduler_names",
-    "PLANNED_SCHEDULERS",
 ]

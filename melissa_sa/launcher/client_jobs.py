@@ -18,9 +18,24 @@ import os
 from melissa_sa import messages as msgs
 from melissa_sa.launcher.jobs import JobTable
 from melissa_sa.launcher.processes import describe_exit, tail_lines
-from melissa_sa.launcher.schedulers import Scheduler, SchedulerError
+from melissa_sa.launcher.schedulers import Scheduler
+from melissa_sa.launcher.server_process import path_with_venv
+from melissa_sa.scheduler_registry import SchedulerError
 
-__all__ = ["ClientJobs"]
+__all__ = ["ClientJobs", "client_env"]
+
+
+def client_env() -> dict[str, str]:
+    """The clients' environment: the launcher's, with the venv first on PATH.
+
+    ``MELISSA_SERVER_ADDRESS`` and ``MELISSA_SIMULATION_ID`` are set by the
+    client script itself (docs/internals.md).
+    """
+    env = dict(os.environ)
+    for key in ("MELISSA_LAUNCHER_ADDRESS", "MELISSA_RESTART"):
+        env.pop(key, None)
+    env["PATH"] = path_with_venv(env)
+    return env
 
 
 class ClientJobs:
@@ -122,6 +137,15 @@ class ClientJobs:
         for cancel in self.jobs.stop_all():
             self.scheduler.cancel(cancel.key)
         return pids
+
+    def end(self, cancelled: tuple[int, ...] = ()) -> None:
+        """An interrupted run ends: stop every job, name the ones that were
+        cancelled (``cancelled``: their pids)."""
+        self.scheduler.cancel_all(self.kill_grace)
+        self.jobs.clear()
+        if cancelled:
+            self.console.log(f"terminated {len(cancelled)} client job(s) "
+                             f"(pids {', '.join(map(str, cancelled))})")
 
     def stop_all(self) -> list[int]:
         """Drop the queue and terminate every running client (bounded wait)."""

@@ -6,16 +6,8 @@ watches both, restarts a failed server, and stops everything cleanly.
     >>> Launcher(load_config("study.json"), "study.json").run()   # exit code
     0
 
-The pieces (``docs/running.md`` is the user's version, ``docs/internals.md``
-the contract with the server): :mod:`~melissa_sa.launcher.lifecycle` (the
-server's lifecycle, a pure state object: when to start, restart, kill or
-give up, and the exit code), :mod:`~melissa_sa.launcher.jobs` (the job
-table, a pure state object), :mod:`~melissa_sa.launcher.client_jobs` (the
-jobs carried out), :mod:`~melissa_sa.launcher.claim` (one launcher per
-study, ``OUT/launcher.json``), :mod:`~melissa_sa.launcher.server_link` (the
-control link, typed messages), :mod:`~melissa_sa.launcher.server_process`
-(the server under ``mpiexec``), :mod:`~melissa_sa.launcher.schedulers`
-(client jobs), :mod:`~melissa_sa.launcher.progress` (what the user sees).
+``docs/running.md`` is the user's version, ``docs/internals.md`` the
+contract with the server; the package docstring lists the pieces.
 
 The loop only observes and carries out: each turn it waits on the link
 (``poll_interval`` s, never a busy loop), hands each server message to its
@@ -43,18 +35,17 @@ from melissa_sa import exit_codes
 from melissa_sa import messages as msgs
 from melissa_sa.auth import SecretError, study_secret
 from melissa_sa.convergence import ConvergenceRule, progress_text
+from melissa_sa.hosts import node_address
 from melissa_sa.launcher import lifecycle_events as ev
 from melissa_sa.launcher.claim import ClaimError, StudyClaim, launcher_state
-from melissa_sa.launcher.client_jobs import ClientJobs
+from melissa_sa.launcher.client_jobs import ClientJobs, client_env
 from melissa_sa.launcher.jobs import JobTable
 from melissa_sa.launcher.lifecycle import LifecycleRules, Phase, ServerLifecycle
-from melissa_sa.launcher.processes import describe_exit
 from melissa_sa.launcher.progress import Console, Progress, format_duration
-from melissa_sa.launcher.schedulers import Scheduler, SchedulerError, get_scheduler
+from melissa_sa.launcher.schedulers import Scheduler
 from melissa_sa.launcher.server_link import ServerLink
-from melissa_sa.launcher.server_process import LauncherError, ServerProcess, path_with_venv
-from melissa_sa.launcher.slurm import SlurmScheduler, cancel_study_jobs, find_study_jobs
-from melissa_sa.server.transport import node_address
+from melissa_sa.launcher.server_process import LauncherError, ServerProcess
+from melissa_sa.scheduler_registry import SchedulerError, get_scheduler
 
 __all__ = ["Launcher"]
 
@@ -134,12 +125,13 @@ class Launcher:
         #: answer with an event, fed back at once
         self.effects = {
             ev.StartServer: self._start_server, ev.SendPing: self._send_ping,
-            ev.WatchServer: self._watch_server, ev.Say: self._say,
+            ev.WatchServer: lambda ins: self.server.watch(), ev.Say: self._say,
             ev.FailServer: lambda ins: self._on_server_failure(ins.reason),
-            ev.KillServer: self._kill_server, ev.FinishClients: self._finish_clients,
+            ev.KillServer: lambda ins: self.server.kill(self.kill_grace),
+            ev.FinishClients: lambda ins: self.clients.finish(),
             ev.StudyFinished: self._study_finished, ev.StudyFailed: self._study_failed,
             ev.BeginInterrupt: self._begin_interrupt, ev.EndInterrupt: self._end_interrupt,
-            ev.RecordState: self._record_state, ev.Exit: self._exit}
+            ev.RecordState: lambda ins: self.claim.write(self.state()), ev.Exit: self._exit}
         self._exit_code: int | None = None
         self._signal_inbox: list[int] = []
         self._progress: Progress | None = None
@@ -170,29 +162,6 @@ class Launcher:
         """The server's environment (see docs/internals.md, Environment)."""
         return self.server.env(self.address, self.resume)
 
-    @staticmethod
-    def client_env() -> dict[str, str]:
-        """The clients' environment: the launcher's, with the venv first on PATH.
-
-        ``MELISSA_SERVER_ADDRESS`` and ``MELISSA_SIMULATION_ID`` are set by the
-        client script itself (docs/internals.md).
-        """
-        env = dict(os.environ)
-        for key in ("MELISSA_LAUNCHER_ADDRESS", "MELISSA_RESTART"):
-            env.pop(key, None)
-        env["PATH"] = path_with_venv(env)
-        return env
-
-    # -- output (the console) ---------------------------------------------------
-    def log(self, text: str) -> None:
-        self.console.log(text)
-
-    def debug(self, text: str) -> None:
-        self.console.debug(text)
-
-    def error(self, text: str) -> None:
-        self.console.error(text)
-
     # -- run ------------------------------------------------------------------------
     def run(self) -> int:
         """Run the study to its end; return the exit code."""
@@ -206,14 +175,14 @@ class Launcher:
                 self._prepare()
                 self.claim.acquire(self.stop_grace, self.kill_grace)
                 self.stats["orphans_killed"] += self.claim.orphans_killed
-                self._cancel_orphan_jobs()
+                # Slurm: the jobs of a killed launcher, named after the study
+                self.stats["orphans_killed"] += self.scheduler.cancel_orphans(self.console.log)
                 self.claim.write(self.state(), force=True)
                 self.server.compile_kernels(self.console)
                 self._feed(ev.Begin())
-            except (LauncherError, ClaimError, SchedulerError, NotImplementedError, OSError,
-                    zmq.ZMQError) as exc:
+            except (LauncherError, ClaimError, SchedulerError, OSError, zmq.ZMQError) as exc:
                 self.exit_message = str(exc)
-                self.error(str(exc))
+                self.console.error(str(exc))
                 return code
             code = self._loop()
             return code
@@ -230,16 +199,11 @@ class Launcher:
                 self._restore_signal_handlers(old_handlers)
 
     def _rules(self) -> LifecycleRules:
-        lc = self.cfg.launcher_config
-        return LifecycleRules(
-            fault_tolerance=lc.fault_tolerance, max_restarts=lc.max_server_restarts,
-            server_timeout=lc.server_timeout, start_grace=self.server_start_grace,
-            stop_grace=self.stop_grace, ping_every=lc.timer_delay,
-            # on Slurm a signal to the server is scancel, its walltime or a
-            # preemption (the launcher's own stop request is an interrupt)
-            signal_stop_is_failure=lc.scheduler != "local",
-            server_log=str(self.server_log), lock_path=str(self.server_lock_path),
-            checkpoint_path=str(self.manifest_path), resume_hint=self._resume_hint())
+        return LifecycleRules.for_study(
+            self.cfg.launcher_config, start_grace=self.server_start_grace,
+            stop_grace=self.stop_grace, server_log=str(self.server_log),
+            lock_path=str(self.server_lock_path), checkpoint_path=str(self.manifest_path),
+            resume_hint=self._resume_hint())
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -263,12 +227,9 @@ class Launcher:
         self._progress = Progress(mode, self.cfg.n_groups, self.console.stream,
                                   interval=self.progress_interval, resume=self.resume)
         self.console.progress = self._progress
-        cls = get_scheduler(self.cfg.launcher_config.scheduler)
-        options = dict(cwd=self.cfg.base_dir, env=self.client_env(), grace=self.kill_grace)
-        if hasattr(cls, "from_config"):
-            self.scheduler = cls.from_config(self.cfg, log=self.log, **options)
-        else:
-            self.scheduler = cls(**options)
+        self.scheduler = get_scheduler(self.cfg.launcher_config.scheduler).from_config(
+            self.cfg, cwd=self.cfg.base_dir, env=client_env(), grace=self.kill_grace,
+            log=self.console.log)
         self.server.scheduler = self.scheduler
         self.clients = ClientJobs(self.jobs, self.scheduler, self.link, self.console,
                                   job_limit=self.cfg.launcher_config.job_limit,
@@ -283,23 +244,6 @@ class Launcher:
         host = "127.0.0.1" if self.cfg.launcher_config.scheduler == "local" else node_address()
         self.address = self.link.bind(host, self.secret)
 
-    def _cancel_orphan_jobs(self) -> None:
-        """Slurm: scancel every job named after this study (those of a killed
-        launcher: its server and clients), before a new server starts."""
-        prefix = getattr(self.scheduler, "prefix", None)
-        if not isinstance(self.scheduler, SlurmScheduler) or not prefix:
-            return
-        found = find_study_jobs(prefix, self.scheduler.env)
-        if found:
-            ids = ", ".join(job for job, _, _ in found)
-            self.log(f"Slurm jobs of this study left by a previous launcher ({ids}): "
-                     f"cancelling them")
-            cancel_study_jobs(prefix, self.scheduler.env)
-            deadline = time.monotonic() + 60.0
-            while find_study_jobs(prefix, self.scheduler.env) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            self.stats["orphans_killed"] += len(found)
-
     def state(self, final: bool = False, exit_code: int | None = None) -> dict:
         """What ``OUT/launcher.json`` says now (see docs/internals.md)."""
         server = self.server.record()
@@ -311,15 +255,13 @@ class Launcher:
                                pid_start=self.claim.pid_start, server=server,
                                server_restarts=self.server_restarts,
                                clients=self.clients.records() if self.clients else [])
-        if isinstance(self.scheduler, SlurmScheduler):
-            jobs = self.scheduler.slurm_job_ids()
-            state["slurm"] = {
-                "job_prefix": self.scheduler.prefix,
-                "server_job_id": self.server.slurm_job_id,
-                "client_job_ids": [{"sim_id": job.sim_id if job else None, "job_id": jid}
-                                   for key, jid in jobs.items()
-                                   for job in [self.jobs.job(key)]]}
+        if self.scheduler is not None:
+            state.update(self.scheduler.record(self._sim_id_of))
         return state
+
+    def _sim_id_of(self, key) -> int | None:
+        job = self.jobs.job(key)
+        return job.sim_id if job is not None else None
 
     # -- the event loop ------------------------------------------------------------
     def _loop(self) -> int:
@@ -405,24 +347,19 @@ class Launcher:
         except LauncherError as exc:
             return ev.StartFailed(str(exc))
         restart = " from the checkpoint" if ins.resume else ""
-        self.log(f"server started{restart} ({self.server.describe()}, "
+        self.console.log(f"server started{restart} ({self.server.describe()}, "
                  f"{self.cfg.server_config.server_processes} process(es)); "
                  f"log: {self.server_log}")
-        self.debug(f"server command: {shlex.join(cmd)}; launcher at {self.address}")
+        self.console.debug(f"server command: {shlex.join(cmd)}; launcher at {self.address}")
         return ev.ServerStarted(time.monotonic())
 
     def _send_ping(self, ins: ev.SendPing) -> None:
         self.link.send(msgs.Ping())  # the launcher's heartbeat (docs/internals.md)
 
-    def _watch_server(self, ins: ev.WatchServer) -> None:
-        self.server.watch()
-
     def _say(self, ins: ev.Say) -> None:
-        say = {"log": self.log, "debug": self.debug, "error": self.error}[ins.level]
+        say = {"log": self.console.log, "debug": self.console.debug,
+               "error": self.console.error}[ins.level]
         say(ins.text + (self.server.log_tail() if ins.server_log_tail else ""))
-
-    def _record_state(self, ins: ev.RecordState) -> None:
-        self.claim.write(self.state())
 
     def _on_server_failure(self, reason: str) -> ev.ServerGone:
         """The server died or went silent (``reason``): say so, terminate its
@@ -430,16 +367,14 @@ class Launcher:
         every one of its pids, so that two servers never run at once; drop
         what it sent; cancel the running clients and forget the queued ones
         (the next server submits again what it still needs)."""
-        self.error(reason + self.server.log_tail())
-        if self.server.running:
-            self.log(f"terminating the server ({self.server.describe()})")
-        left = self.server.kill(self.kill_grace)
+        self.console.error(reason + self.server.log_tail())
+        left = self.server.terminate(self.console, self.kill_grace)
         dropped = self.link.drain_stale()
         if dropped:
-            self.debug(f"dropped {dropped} message(s) of the failed server")
+            self.console.debug(f"dropped {dropped} message(s) of the failed server")
         stopped = self.clients.stop_all()
         if stopped:
-            self.log(f"terminated {len(stopped)} running client job(s) "
+            self.console.log(f"terminated {len(stopped)} running client job(s) "
                      f"(pids {', '.join(map(str, stopped))})")
         self.claim.write(self.state())
         if not self.manifest_path.is_file():
@@ -450,20 +385,14 @@ class Launcher:
             age = None
         return ev.ServerGone(tuple(left), checkpoint=True, checkpoint_age=age)
 
-    def _kill_server(self, ins: ev.KillServer) -> None:
-        self.server.kill(self.kill_grace)
-
-    def _finish_clients(self, ins: ev.FinishClients) -> None:
-        self.clients.finish()
-
     def _study_finished(self, ins: ev.StudyFinished) -> None:
         self._progress.close()
-        self.log(f"study finished in {self._elapsed()}: {self._progress.done}/"
+        self.console.log(f"study finished in {self._elapsed()}: {self._progress.done}/"
                  f"{self._progress.total} groups; results: {self.cfg.results_path}"
                  + (f" ({ins.note})" if ins.note else ""))
 
     def _study_failed(self, ins: ev.StudyFailed) -> None:
-        self.error(f"{ins.text} after {self._elapsed()}; see {self.server_log}"
+        self.console.error(f"{ins.text} after {self._elapsed()}; see {self.server_log}"
                    + self.server.log_tail() + self.clients.failure_tail())
 
     def _begin_interrupt(self, ins: ev.BeginInterrupt) -> ev.StopRequested:
@@ -471,33 +400,22 @@ class Launcher:
         checkpoint and stop (:class:`~melissa_sa.messages.StopRequest`)."""
         if self._progress is not None:
             self._progress.close()
-        self.log(f"{ins.name} received: asking the server to checkpoint and stop "
+        self.console.log(f"{ins.name} received: asking the server to checkpoint and stop "
                  f"(again to kill at once)")
         pids = self.clients.cancel_all_async() if self.clients is not None else []
         delivered = False
         if ins.ask_server:
             delivered = self.link.send(msgs.StopRequest(reason=ins.name))
             if not delivered:
-                self.log("the server has not connected yet: terminating it")
+                self.console.log("the server has not connected yet: terminating it")
         return ev.StopRequested(tuple(pids), delivered)
 
     def _end_interrupt(self, ins: ev.EndInterrupt) -> None:
         if ins.report_server:
-            rc = self.server.poll()
-            if rc is not None:
-                self.log(f"server ({self.server.describe()}) {describe_exit(rc)}")
-            else:
-                self.log(f"server ({self.server.describe()}) still running: terminating it")
-                self.server.kill(self.kill_grace)
-                rc = self.server.poll()
-                self.log(f"server {describe_exit(rc) if rc is not None else 'did not die'}")
-        if self.scheduler is not None:
-            self.scheduler.cancel_all(self.kill_grace)
-            self.jobs.clear()
-        if ins.client_pids:
-            self.log(f"terminated {len(ins.client_pids)} client job(s) "
-                     f"(pids {', '.join(map(str, ins.client_pids))})")
-        self.log(f"checkpoint (if the server wrote one): {self.cfg.checkpoint_dir}; "
+            self.server.end(self.console, self.kill_grace)
+        if self.clients is not None:
+            self.clients.end(ins.client_pids)
+        self.console.log(f"checkpoint (if the server wrote one): {self.cfg.checkpoint_dir}; "
                  f"{self._resume_hint()}")
 
     def _exit(self, ins: ev.Exit) -> None:
@@ -512,8 +430,8 @@ class Launcher:
                 self.clients.stop_all()
             if self.server.leftovers():
                 self.server.kill(self.kill_grace)
-            elif self.server.popen is not None:
-                self.server.popen.wait()
+            else:
+                self.server.wait()
         finally:
             if self._progress is not None:
                 self._progress.close()

@@ -98,6 +98,16 @@ class LifecycleRules:
     checkpoint_path: str = "checkpoint/manifest.json"
     resume_hint: str = "continue with: melissa-sa run study.json --resume"
 
+    @classmethod
+    def for_study(cls, lc, **launcher) -> LifecycleRules:
+        """The rules of a study's ``launcher_config`` (``lc``) and the
+        launcher's own (``start_grace``, ``stop_grace``, the paths, the hint)."""
+        return cls(fault_tolerance=lc.fault_tolerance, max_restarts=lc.max_server_restarts,
+                   server_timeout=lc.server_timeout, ping_every=lc.timer_delay,
+                   # on Slurm a signal to the server is scancel, its walltime or a
+                   # preemption (the launcher's own stop request is an interrupt)
+                   signal_stop_is_failure=lc.scheduler != "local", **launcher)
+
     @property
     def stop_wait(self) -> float:
         """Seconds a server that said stop gets to exit."""
