@@ -26,7 +26,7 @@ from conftest import child_env, free_port, kill_group, wait_for, write_study
 from slurm_cluster import slurm  # noqa: F401  (the session fixture)
 from studyutil import MELISSA, NB_STEPS, copy_client, offline, run_study
 
-from melissa_sa.launcher.slurm import find_study_jobs, study_job_prefix
+from melissa_sa.launcher.slurm_commands import find_study_jobs, study_job_prefix
 from melissa_sa.protocol import Hello, encode_hello
 from melissa_sa.results import open_results
 

@@ -419,7 +419,7 @@ def test_server_that_never_says_hello_is_given_up_in_bounded_time(studies):
     out = la.stream.getvalue()
     assert out.count("error: server silent for 1 s (no hello;") == 2  # start + 1 restart
     assert "giving up" in out and la.server_restarts == 1
-    assert la.server.popen.poll() is not None and not la.server.tree.alive()
+    assert la.server.job.poll() is not None and not la.server.job.tree.alive()
 
 
 def test_server_failure_hook_is_called(studies):
@@ -869,8 +869,8 @@ def test_scheduler_registry():
     assert get_scheduler("slurm") is SlurmScheduler
     assert get_scheduler("slurm-allocation") is SlurmAllocationScheduler
     assert {"local", "slurm", "slurm-allocation"} <= set(scheduler_names())
-    with pytest.raises(NotImplementedError, match="openmpi"):
-        get_scheduler("openmpi")
+    with pytest.raises(SchedulerError, match='unknown scheduler "openmpi"'):
+        get_scheduler("openmpi")  # no placeholder for a scheduler that does not exist
     with pytest.raises(SchedulerError, match="known: local, slurm, slurm-allocation"):
         get_scheduler("pbs")
 

@@ -14,9 +14,9 @@ from melissa_sa.config import ConfigError, load_config
 from melissa_sa.launcher import JobTable, Launcher, LocalScheduler, register_scheduler
 from melissa_sa.launcher.jobs import CancelJob
 from melissa_sa.launcher.progress import Console
-from melissa_sa.launcher.schedulers import _REGISTRY
 from melissa_sa.launcher.server_link import ServerLink
 from melissa_sa.messages import JobState
+from melissa_sa.scheduler_registry import _REGISTRY
 
 
 def _submit_groups(table: JobTable, n_groups: int, size: int) -> None:

@@ -19,14 +19,24 @@ import pytest
 from slurm_cluster import slurm  # noqa: F401  (the session fixture)
 
 from melissa_sa.config import ConfigError, config_from_dict
-from melissa_sa.launcher.schedulers import SchedulerError
+from melissa_sa.launcher import SchedulerError
 
 PY = sys.executable
 
 
 def _slurm_module():
-    from melissa_sa.launcher import slurm as mod
-    return mod
+    """The Slurm schedulers and the commands that find a study's jobs."""
+    from types import SimpleNamespace
+
+    from melissa_sa.launcher import slurm_commands
+    from melissa_sa.launcher.slurm import SlurmScheduler
+    from melissa_sa.launcher.slurm_allocation import SlurmAllocationScheduler
+
+    return SimpleNamespace(SlurmScheduler=SlurmScheduler,
+                           SlurmAllocationScheduler=SlurmAllocationScheduler,
+                           find_study_jobs=slurm_commands.find_study_jobs,
+                           cancel_study_jobs=slurm_commands.cancel_study_jobs,
+                           study_job_prefix=slurm_commands.study_job_prefix)
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ def default_bind(scheduler: str) -> str:
 
 def registered_schedulers() -> tuple[str, ...]:
     """The scheduler names of the registry (``register_scheduler``): the one list."""
-    from melissa_sa.launcher.schedulers import scheduler_names
+    from melissa_sa.scheduler_registry import scheduler_names
 
     return tuple(scheduler_names())
 

@@ -5,32 +5,34 @@ the server submits through a :class:`~melissa_sa.launcher.schedulers.Scheduler`
 and watches both; see ``docs/running.md`` and ``docs/internals.md``. Exit
 codes are those of :mod:`melissa_sa.exit_codes`.
 
-Modules, by role: ``launcher`` (the loop), ``shutdown`` (how a run ends),
-``client_jobs`` (starting, reaping and stopping the client jobs),
+Modules, by role: ``launcher`` (the loop), ``lifecycle`` and
+``lifecycle_events`` (the server's lifecycle, a pure state object: start,
+restart, kill, give up, exit codes), ``client_jobs`` (starting, reaping and
+stopping the client jobs),
 ``server_link`` (typed messages with the server), ``server_process`` (the
 server under mpiexec), ``jobs`` (the job table, a pure state object),
 ``claim`` (one launcher per study, ``OUT/launcher.json``), ``processes``
 (process trees by pid), ``progress`` (what the user sees), ``schedulers``
-(the Scheduler interface, the registry, the local scheduler), ``slurm``,
-``slurm_allocation`` and ``slurm_commands`` (the Slurm schedulers).
+(the Scheduler interface and the local scheduler), ``server_jobs`` (the
+server as a local process tree), ``slurm``, ``slurm_allocation`` and
+``slurm_commands`` (the Slurm schedulers). Schedulers are known by name in
+:mod:`melissa_sa.scheduler_registry`.
 """
 
 from melissa_sa.launcher.claim import STATE_FORMAT, ClaimError, read_launcher_state
 from melissa_sa.launcher.jobs import JobTable
 from melissa_sa.launcher.launcher import Launcher
 from melissa_sa.launcher.progress import Progress, format_duration
-from melissa_sa.launcher.schedulers import (
-    PLANNED_SCHEDULERS,
-    JobHandle,
-    LocalScheduler,
-    Scheduler,
+from melissa_sa.launcher.schedulers import JobHandle, LocalScheduler, Scheduler
+from melissa_sa.launcher.server_process import LauncherError, find_mpiexec
+from melissa_sa.launcher.slurm import SlurmScheduler
+from melissa_sa.launcher.slurm_allocation import SlurmAllocationScheduler
+from melissa_sa.scheduler_registry import (
     SchedulerError,
     get_scheduler,
     register_scheduler,
     scheduler_names,
 )
-from melissa_sa.launcher.server_process import LauncherError, find_mpiexec
-from melissa_sa.launcher.slurm import SlurmAllocationScheduler, SlurmScheduler  # registers both
 
 __all__ = [
     "Launcher",
@@ -51,5 +53,4 @@ __all__ = [
     "get_scheduler",
     "register_scheduler",
     "scheduler_names",
-    "PLANNED_SCHEDULERS",
 ]

@@ -6,23 +6,16 @@ watches both, restarts a failed server, and stops everything cleanly.
     >>> Launcher(load_config("study.json"), "study.json").run()   # exit code
     0
 
-The pieces (``docs/running.md`` is the user's version, ``docs/internals.md``
-the contract with the server): :mod:`~melissa_sa.launcher.claim` (one
-launcher per study, ``OUT/launcher.json``), :mod:`~melissa_sa.launcher.server_link`
-(the control link, typed messages), :mod:`~melissa_sa.launcher.server_process`
-(the server under ``mpiexec``), :mod:`~melissa_sa.launcher.jobs` (the job
-table, a pure state object), :mod:`~melissa_sa.launcher.client_jobs` (the
-jobs carried out), :mod:`~melissa_sa.launcher.schedulers` (client
-jobs), :mod:`~melissa_sa.launcher.progress` (what the user sees).
+``docs/running.md`` is the user's version, ``docs/internals.md`` the
+contract with the server; the package docstring lists the pieces.
 
-The loop waits on the link (``poll_interval`` s, never a busy loop), hands
-each server message to its handler (:attr:`Launcher.handlers`, one per type
-of :data:`~melissa_sa.messages.SERVER_TO_LAUNCHER`), feeds the job table and
-carries out its instructions, pings the server every ``timer_delay`` s and
-watches it (exit, silence longer than ``server_timeout``); with
-``fault_tolerance`` a failed server is killed (whole process tree), the
-clients are cancelled and the server is started again, at most
-``max_server_restarts`` times in a row without a finished group.
+The loop only observes and carries out: each turn it waits on the link
+(``poll_interval`` s, never a busy loop), hands each server message to its
+handler (:attr:`Launcher.handlers`, one per type of
+:data:`~melissa_sa.messages.SERVER_TO_LAUNCHER`), moves the client jobs,
+and feeds the lifecycle what it saw (messages, the server's exit, signals,
+the time); every instruction the lifecycle answers has one effect method
+here (:attr:`Launcher.effects`).
 """
 
 from __future__ import annotations
@@ -42,22 +35,22 @@ from melissa_sa import exit_codes
 from melissa_sa import messages as msgs
 from melissa_sa.auth import SecretError, study_secret
 from melissa_sa.convergence import ConvergenceRule, progress_text
+from melissa_sa.hosts import node_address
+from melissa_sa.launcher import lifecycle_events as ev
 from melissa_sa.launcher.claim import ClaimError, StudyClaim, launcher_state
-from melissa_sa.launcher.client_jobs import ClientJobsMixin
+from melissa_sa.launcher.client_jobs import ClientJobs, client_env
 from melissa_sa.launcher.jobs import JobTable
-from melissa_sa.launcher.processes import describe_exit
+from melissa_sa.launcher.lifecycle import LifecycleRules, Phase, ServerLifecycle
 from melissa_sa.launcher.progress import Console, Progress, format_duration
-from melissa_sa.launcher.schedulers import Scheduler, SchedulerError, get_scheduler
+from melissa_sa.launcher.schedulers import Scheduler
 from melissa_sa.launcher.server_link import ServerLink
-from melissa_sa.launcher.server_process import LauncherError, ServerProcess, path_with_venv
-from melissa_sa.launcher.shutdown import EndingsMixin
-from melissa_sa.launcher.slurm import SlurmScheduler, cancel_study_jobs, find_study_jobs
-from melissa_sa.server.transport import node_address
+from melissa_sa.launcher.server_process import LauncherError, ServerProcess
+from melissa_sa.scheduler_registry import SchedulerError, get_scheduler
 
 __all__ = ["Launcher"]
 
 
-class Launcher(ClientJobsMixin, EndingsMixin):
+class Launcher:
     """Run one study: the server under mpiexec and the clients it submits.
 
     ``cfg`` is a :class:`melissa_sa.config.StudyConfig`, ``config_path`` the
@@ -94,7 +87,7 @@ class Launcher(ClientJobsMixin, EndingsMixin):
                  progress: bool | str | None = None, stream: TextIO | None = None) -> None:
         self.cfg = cfg
         self.config_path = os.path.abspath(os.fspath(config_path))
-        self.resume = bool(resume or cfg.launcher_config.load_from_checkpoint)
+        self._resume_asked = bool(resume or cfg.launcher_config.load_from_checkpoint)
         self.verbose = verbose
         self.stream = stream
         self._progress_opt = progress
@@ -105,7 +98,8 @@ class Launcher(ClientJobsMixin, EndingsMixin):
         self.manifest_path = Path(cfg.checkpoint_dir) / "manifest.json"
         self.server_lock_path = self.output_dir / "server.lock"
 
-        #: counters, for summaries and tests (shared by the link and the job table)
+        #: counters, for summaries and tests (shared by the link, the job
+        #: table and the lifecycle)
         self.stats = collections.Counter()
         self.console = Console(stream, verbose)
         self.link = ServerLink(self.console, self.stats)
@@ -115,25 +109,49 @@ class Launcher(ClientJobsMixin, EndingsMixin):
                              self.stats)
         self.claim = StudyClaim(self.output_dir, self.console)
         self.scheduler: Scheduler | None = None
+        self.clients: ClientJobs | None = None  # the jobs carried out, once prepared
+        #: the server's lifecycle (built when the run starts, from the
+        #: timeouts then set)
+        self.lifecycle: ServerLifecycle | None = None
         self.address: str | None = None
         self.secret: str | None = None  # the study secret (OUT/secret)
-        self.server_pid: int | None = None  # the server's own pid (its hello), if told
         self.exit_message = ""  # why the run ended (for callers)
-        self.server_restarts = 0  # servers started again after a failure
-        self.max_running = 0
         #: the handler of each message type the server may send; nothing else
         #: is ever dispatched (the link refuses other types)
         self.handlers = {msgs.Hello: self._on_hello, msgs.Ping: self._on_ping,
                          msgs.Progress: self._on_progress, msgs.Submit: self._on_submit,
                          msgs.Kill: self._on_kill, msgs.Stop: self._on_stop}
-        self._restarts_in_a_row = 0  # since the last group finished: the budget
-        self._done_at_hello: int | None = None
-        self._stop_msg: msgs.Stop | None = None
-        self._last_ping = -float("inf")
-        self._signals: list[int] = []
-        self._groups_total: int | None = cfg.n_groups
+        #: the effect of each instruction of the lifecycle; an effect may
+        #: answer with an event, fed back at once
+        self.effects = {
+            ev.StartServer: self._start_server, ev.SendPing: self._send_ping,
+            ev.WatchServer: lambda ins: self.server.watch(), ev.Say: self._say,
+            ev.FailServer: lambda ins: self._on_server_failure(ins.reason),
+            ev.KillServer: lambda ins: self.server.kill(self.kill_grace),
+            ev.FinishClients: lambda ins: self.clients.finish(),
+            ev.StudyFinished: self._study_finished, ev.StudyFailed: self._study_failed,
+            ev.BeginInterrupt: self._begin_interrupt, ev.EndInterrupt: self._end_interrupt,
+            ev.RecordState: lambda ins: self.claim.write(self.state()), ev.Exit: self._exit}
+        self._exit_code: int | None = None
+        self._signal_inbox: list[int] = []
         self._progress: Progress | None = None
         self._t0 = time.monotonic()
+
+    # -- what the lifecycle knows, for callers and tests --------------------------------
+    @property
+    def resume(self) -> bool:
+        """True if the next server starts from the checkpoint (``MELISSA_RESTART=1``)."""
+        return self.lifecycle.resume if self.lifecycle is not None else self._resume_asked
+
+    @property
+    def server_restarts(self) -> int:
+        """Servers started again after a failure."""
+        return self.lifecycle.restarts if self.lifecycle is not None else 0
+
+    @property
+    def max_running(self) -> int:
+        """The most client jobs that ran at once."""
+        return self.clients.max_running if self.clients is not None else 0
 
     # -- commands and environments ---------------------------------------------
     def server_command(self) -> list[str]:
@@ -144,33 +162,12 @@ class Launcher(ClientJobsMixin, EndingsMixin):
         """The server's environment (see docs/internals.md, Environment)."""
         return self.server.env(self.address, self.resume)
 
-    @staticmethod
-    def client_env() -> dict[str, str]:
-        """The clients' environment: the launcher's, with the venv first on PATH.
-
-        ``MELISSA_SERVER_ADDRESS`` and ``MELISSA_SIMULATION_ID`` are set by the
-        client script itself (docs/internals.md).
-        """
-        env = dict(os.environ)
-        for key in ("MELISSA_LAUNCHER_ADDRESS", "MELISSA_RESTART"):
-            env.pop(key, None)
-        env["PATH"] = path_with_venv(env)
-        return env
-
-    # -- output (the console) ---------------------------------------------------
-    def log(self, text: str) -> None:
-        self.console.log(text)
-
-    def debug(self, text: str) -> None:
-        self.console.debug(text)
-
-    def error(self, text: str) -> None:
-        self.console.error(text)
-
     # -- run ------------------------------------------------------------------------
     def run(self) -> int:
         """Run the study to its end; return the exit code."""
         self._t0 = time.monotonic()
+        self._exit_code = None
+        self.lifecycle = ServerLifecycle(self._rules(), self._resume_asked, self.stats)
         old_handlers = self._install_signal_handlers()
         code = exit_codes.FAILED
         try:
@@ -178,19 +175,20 @@ class Launcher(ClientJobsMixin, EndingsMixin):
                 self._prepare()
                 self.claim.acquire(self.stop_grace, self.kill_grace)
                 self.stats["orphans_killed"] += self.claim.orphans_killed
-                self._cancel_orphan_jobs()
+                # Slurm: the jobs of a killed launcher, named after the study
+                self.stats["orphans_killed"] += self.scheduler.cancel_orphans(self.console.log)
                 self.claim.write(self.state(), force=True)
                 self.server.compile_kernels(self.console)
-                self._start_server()
-            except (LauncherError, ClaimError, SchedulerError, NotImplementedError, OSError,
-                    zmq.ZMQError) as exc:
+                self._feed(ev.Begin())
+            except (LauncherError, ClaimError, SchedulerError, OSError, zmq.ZMQError) as exc:
                 self.exit_message = str(exc)
-                self.error(str(exc))
+                self.console.error(str(exc))
                 return code
             code = self._loop()
             return code
         except KeyboardInterrupt:  # only without our handlers (not the main thread)
-            code = self._interrupt(signal.SIGINT)
+            self._on_signal(signal.SIGINT, None)
+            code = self._loop()
             return code
         finally:
             try:
@@ -199,6 +197,13 @@ class Launcher(ClientJobsMixin, EndingsMixin):
                 self.claim.release(self.state(final=True, exit_code=code)
                                    if self.claim.claimed else None)
                 self._restore_signal_handlers(old_handlers)
+
+    def _rules(self) -> LifecycleRules:
+        return LifecycleRules.for_study(
+            self.cfg.launcher_config, start_grace=self.server_start_grace,
+            stop_grace=self.stop_grace, server_log=str(self.server_log),
+            lock_path=str(self.server_lock_path), checkpoint_path=str(self.manifest_path),
+            resume_hint=self._resume_hint())
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -212,23 +217,24 @@ class Launcher(ClientJobsMixin, EndingsMixin):
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     def _on_signal(self, signum, frame) -> None:
-        self._signals.append(signum)
+        self._signal_inbox.append(signum)
 
     def _prepare(self) -> None:
         for d in (self.output_dir, self.scripts_dir, self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
         mode = {None: Progress.auto_mode(self.console.stream), True: "bar",
                 False: "off"}.get(self._progress_opt, self._progress_opt)
-        self._progress = Progress(mode, self._groups_total, self.console.stream,
+        self._progress = Progress(mode, self.cfg.n_groups, self.console.stream,
                                   interval=self.progress_interval, resume=self.resume)
         self.console.progress = self._progress
-        cls = get_scheduler(self.cfg.launcher_config.scheduler)
-        options = dict(cwd=self.cfg.base_dir, env=self.client_env(), grace=self.kill_grace)
-        if hasattr(cls, "from_config"):
-            self.scheduler = cls.from_config(self.cfg, log=self.log, **options)
-        else:
-            self.scheduler = cls(**options)
+        self.scheduler = get_scheduler(self.cfg.launcher_config.scheduler).from_config(
+            self.cfg, cwd=self.cfg.base_dir, env=client_env(), grace=self.kill_grace,
+            log=self.console.log)
         self.server.scheduler = self.scheduler
+        self.clients = ClientJobs(self.jobs, self.scheduler, self.link, self.console,
+                                  job_limit=self.cfg.launcher_config.job_limit,
+                                  kill_grace=self.kill_grace, output_dir=self.output_dir,
+                                  tail_lines=self.client_tail_lines)
         try:
             self.secret = study_secret(self.output_dir)[0]
         except SecretError as exc:
@@ -238,171 +244,198 @@ class Launcher(ClientJobsMixin, EndingsMixin):
         host = "127.0.0.1" if self.cfg.launcher_config.scheduler == "local" else node_address()
         self.address = self.link.bind(host, self.secret)
 
-    def _cancel_orphan_jobs(self) -> None:
-        """Slurm: scancel every job named after this study (those of a killed
-        launcher: its server and clients), before a new server starts."""
-        prefix = getattr(self.scheduler, "prefix", None)
-        if not isinstance(self.scheduler, SlurmScheduler) or not prefix:
-            return
-        found = find_study_jobs(prefix, self.scheduler.env)
-        if found:
-            ids = ", ".join(job for job, _, _ in found)
-            self.log(f"Slurm jobs of this study left by a previous launcher ({ids}): "
-                     f"cancelling them")
-            cancel_study_jobs(prefix, self.scheduler.env)
-            deadline = time.monotonic() + 60.0
-            while find_study_jobs(prefix, self.scheduler.env) and time.monotonic() < deadline:
-                time.sleep(0.5)
-            self.stats["orphans_killed"] += len(found)
-
-    def _start_server(self) -> None:
-        """Start (or, after a failure, restart) the server process."""
-        self.link.new_server()
-        cmd = self.server.start(self.address, self.resume)
-        self.server_pid = None
-        self._stop_msg = None
-        self.stats["server_starts"] += 1
-        restart = " from the checkpoint" if self.resume else ""
-        self.log(f"server started{restart} ({self.server.describe()}, "
-                 f"{self.cfg.server_config.server_processes} process(es)); "
-                 f"log: {self.server_log}")
-        self.debug(f"server command: {shlex.join(cmd)}; launcher at {self.address}")
-        self.claim.write(self.state())
-
     def state(self, final: bool = False, exit_code: int | None = None) -> dict:
         """What ``OUT/launcher.json`` says now (see docs/internals.md)."""
         server = self.server.record()
         if server is not None:
-            server.update(reported_pid=self.server_pid, restart=self.resume)
-        clients = []
-        for key, pid, members in (self.scheduler.processes() if self.scheduler else []):
-            job = self.jobs.job(key)
-            clients.append({"sim_id": job.sim_id if job else None,
-                            "group_id": job.group_id if job else None,
-                            "pid": pid, "start_time": members.get(pid), "processes": members})
+            server.update(reported_pid=self.lifecycle.server_pid if self.lifecycle else None,
+                          restart=self.resume)
         state = launcher_state(final=final, exit_code=exit_code, config_path=self.config_path,
                                host=self.claim.host, boot=self.claim.boot,
                                pid_start=self.claim.pid_start, server=server,
-                               server_restarts=self.server_restarts, clients=clients)
-        if isinstance(self.scheduler, SlurmScheduler):
-            jobs = self.scheduler.slurm_job_ids()
-            state["slurm"] = {
-                "job_prefix": self.scheduler.prefix,
-                "server_job_id": self.server.slurm_job_id,
-                "client_job_ids": [{"sim_id": job.sim_id if job else None, "job_id": jid}
-                                   for key, jid in jobs.items()
-                                   for job in [self.jobs.job(key)]]}
+                               server_restarts=self.server_restarts,
+                               clients=self.clients.records() if self.clients else [])
+        if self.scheduler is not None:
+            state.update(self.scheduler.record(self._sim_id_of))
         return state
+
+    def _sim_id_of(self, key) -> int | None:
+        job = self.jobs.job(key)
+        return job.sim_id if job is not None else None
 
     # -- the event loop ------------------------------------------------------------
     def _loop(self) -> int:
         while True:
-            if self._signals:
-                return self._interrupt(self._signals[0])
-            self._receive(self.poll_interval)
-            if self._stop_msg is not None:
-                code = self._finish()
-                if code is not None:
-                    return code
-                continue
-            self._reap_jobs()
-            self._start_jobs()
-            reason = self._check_server()
-            if reason is not None:
-                code = self._on_server_failure(reason)
-                if code is not None:
-                    return code
+            self._feed()  # the signals received
+            if self._exit_code is not None:
+                return self._exit_code
+            self._turn()
+
+    def _turn(self) -> None:
+        """Observe once: the server's messages, the client jobs, the server's
+        exit, the time; feed the lifecycle what was seen."""
+        life = self.lifecycle
+        self._receive(self.poll_interval)
+        if life.phase is Phase.RUNNING:
+            self.clients.reap()
+            self.clients.start_queued()
+        elif life.phase is Phase.INTERRUPTING and self.scheduler is not None:
+            self.scheduler.poll()  # cancelled jobs end (none is reported)
+        if life.phase in (Phase.RUNNING, Phase.STOPPING):
+            rc = self.server.poll()
+            if rc is not None:
+                if life.phase is Phase.RUNNING:
+                    self._receive(0.2)  # it may have said stop just before exiting
+                self._feed(ev.ServerExited(rc))
+        self._feed(ev.Tick(time.monotonic(), self.link.last_message, self.link.connected,
+                           self.server.running))
+        if life.phase is Phase.RUNNING:
             self.claim.write(self.state())
 
+    def _feed(self, event=None) -> None:
+        """Hand the lifecycle ``event`` (after any signal received) and carry
+        out its instructions; their answers are fed in turn."""
+        pending = collections.deque([] if event is None else [event])
+        while self._exit_code is None:
+            signals = []
+            while self._signal_inbox:  # a signal goes before anything else
+                signals.append(ev.SignalSeen(self._signal_inbox.pop(0), time.monotonic(),
+                                             self.server.running))
+            pending.extendleft(reversed(signals))
+            if not pending:
+                return
+            for instruction in self.lifecycle.handle(pending.popleft()):
+                answer = self.effects[type(instruction)](instruction)
+                if answer is not None:
+                    pending.append(answer)
+
     def _receive(self, timeout: float) -> None:
-        """Ping if due; wait up to ``timeout`` s for messages and handle them."""
-        now = time.monotonic()
-        if self.link.connected and self._stop_msg is None \
-                and now - self._last_ping >= self.cfg.launcher_config.timer_delay:
-            self._last_ping = now  # the launcher's heartbeat (docs/internals.md)
-            self.link.send(msgs.Ping())
+        """Wait up to ``timeout`` s for messages and handle them."""
         for msg in self.link.receive(timeout):
             self.handlers[type(msg)](msg)
 
-    def _check_server(self) -> str | None:
-        """Why the server is to be considered failed, or None if it is fine."""
-        rc = self.server.poll()
-        if rc is not None:
-            # it may have said stop just before exiting: drain what is in flight
-            self._receive(0.2)
-            if self._stop_msg is not None:
-                return None
-            if rc == exit_codes.SERVER_LOCKED:
-                return (f"another server holds {self.server_lock_path} (the server exited "
-                        f"with code {rc}): a server of this study is still running, started "
-                        f"by another launcher or by hand; stop it first; see {self.server_log}")
-            return f"server {describe_exit(rc)} before the end of the study; see {self.server_log}"
-        timeout = self.cfg.launcher_config.server_timeout
-        if not self.link.connected:
-            # start-up (mpiexec, imports, loading the Numba cache) is not
-            # silence: it takes 2-15 s on a busy node, whatever the timeout
-            timeout = max(timeout, self.server_start_grace)
-        if time.monotonic() - self.link.last_message > timeout:
-            what = "no message, not even a ping" if self.link.connected else "no hello"
-            return (f"server silent for {timeout:g} s ({what}; "
-                    f"launcher_config.server_timeout); see {self.server_log}")
-        self.server.watch()
-        return None
-
     # -- messages from the server ----------------------------------------------------
     def _on_hello(self, msg: msgs.Hello) -> None:
-        self.server_pid = msg.pid
-        if msg.groups_total > 0:
-            self._groups_total = msg.groups_total
-        text = (f"server says hello (pid {msg.pid}, groups_total {msg.groups_total}, "
-                f"groups_done {msg.groups_done})")
-        if self.server_restarts:
-            self.log(f"restarted {text}")
-        else:
-            self.debug(text)
-        self._progress.update(msg.groups_done, self._groups_total)
-        self._done_at_hello = msg.groups_done
+        self._feed(ev.HelloSeen(msg.pid, msg.groups_total, msg.groups_done))
+        self._progress.update(msg.groups_done, msg.groups_total)
 
     def _on_ping(self, msg: msgs.Ping) -> None:
         """Nothing to do: any message is a sign of life (the link notes it)."""
 
     def _on_progress(self, msg: msgs.Progress) -> None:
-        self._groups_total = msg.groups_total
         if msg.ci_target is not None:
             self._progress.note = progress_text(
                 msg.ci_width, ConvergenceRule(msg.ci_target, msg.ci_min_groups or 0))
-        self._progress.update(msg.groups_done, self._groups_total)
-        start = self._done_at_hello
-        if self._restarts_in_a_row and start is not None and msg.groups_done > start:
-            # the restarted server finished a group: max_server_restarts
-            # bounds failures in a row, not over a study of many days
-            self.debug(f"the restarted server makes progress ({msg.groups_done} groups "
-                       f"done); {self._restarts_in_a_row} restart(s) in a row forgiven")
-            self._restarts_in_a_row = 0
+        self._progress.update(msg.groups_done, msg.groups_total)
+        self._feed(ev.ProgressSeen(msg.groups_done))
 
     def _on_submit(self, msg: msgs.Submit) -> None:
-        scripts = [s if os.path.isabs(s) else os.path.join(self.output_dir, s)
-                   for s in msg.scripts]
-        for cancel in self.jobs.submit(msg.group_id, msg.sim_ids, scripts):
-            self.debug(f"sim {cancel.sim_id} resubmitted: previous attempt dropped")
-            self.scheduler.cancel(cancel.key)
-        self.debug(f"group {msg.group_id}: {len(msg.sim_ids)} job(s) queued (sims "
-                   f"{msg.sim_ids}); {self.jobs.queued} waiting, "
-                   f"{self.scheduler.running} running")
+        self.clients.submit(msg)
 
     def _on_kill(self, msg: msgs.Kill) -> None:
-        """Running jobs of ``sim_ids`` are terminated, queued ones dropped;
-        none of them is reported (the server asked)."""
-        cancels, dropped = self.jobs.kill(msg.sim_ids)
-        for cancel in cancels:
-            self.scheduler.cancel(cancel.key)
-        say = self.log if cancels or dropped else self.debug  # nothing ran: no news
-        say(f"sim(s) {', '.join(map(str, sorted(set(msg.sim_ids))))} killed at the "
-            f"server's request: {len(cancels)} running job(s) terminated, "
-            f"{len(dropped)} queued dropped")
+        self.clients.kill(msg)
 
     def _on_stop(self, msg: msgs.Stop) -> None:
-        self._stop_msg = msg
+        self._feed(ev.StopSeen(msg.status, msg.message))
+
+    # -- the lifecycle's instructions carried out ------------------------------------
+    def _start_server(self, ins: ev.StartServer) -> ev.ServerStarted | ev.StartFailed:
+        """Start (or, after a failure, restart) the server process."""
+        self.link.new_server()
+        try:
+            cmd = self.server.start(self.address, ins.resume)
+        except LauncherError as exc:
+            return ev.StartFailed(str(exc))
+        restart = " from the checkpoint" if ins.resume else ""
+        self.console.log(f"server started{restart} ({self.server.describe()}, "
+                 f"{self.cfg.server_config.server_processes} process(es)); "
+                 f"log: {self.server_log}")
+        self.console.debug(f"server command: {shlex.join(cmd)}; launcher at {self.address}")
+        return ev.ServerStarted(time.monotonic())
+
+    def _send_ping(self, ins: ev.SendPing) -> None:
+        self.link.send(msgs.Ping())  # the launcher's heartbeat (docs/internals.md)
+
+    def _say(self, ins: ev.Say) -> None:
+        say = {"log": self.console.log, "debug": self.console.debug,
+               "error": self.console.error}[ins.level]
+        say(ins.text + (self.server.log_tail() if ins.server_log_tail else ""))
+
+    def _on_server_failure(self, reason: str) -> ev.ServerGone:
+        """The server died or went silent (``reason``): say so, terminate its
+        whole process tree (SIGTERM, SIGKILL after ``kill_grace``) and wait for
+        every one of its pids, so that two servers never run at once; drop
+        what it sent; cancel the running clients and forget the queued ones
+        (the next server submits again what it still needs)."""
+        self.console.error(reason + self.server.log_tail())
+        left = self.server.terminate(self.console, self.kill_grace)
+        dropped = self.link.drain_stale()
+        if dropped:
+            self.console.debug(f"dropped {dropped} message(s) of the failed server")
+        stopped = self.clients.stop_all()
+        if stopped:
+            self.console.log(f"terminated {len(stopped)} running client job(s) "
+                     f"(pids {', '.join(map(str, stopped))})")
+        self.claim.write(self.state())
+        if not self.manifest_path.is_file():
+            return ev.ServerGone(tuple(left))
+        try:
+            age = time.time() - self.manifest_path.stat().st_mtime
+        except OSError:
+            age = None
+        return ev.ServerGone(tuple(left), checkpoint=True, checkpoint_age=age)
+
+    def _study_finished(self, ins: ev.StudyFinished) -> None:
+        self._progress.close()
+        self.console.log(f"study finished in {self._elapsed()}: {self._progress.done}/"
+                 f"{self._progress.total} groups; results: {self.cfg.results_path}"
+                 + (f" ({ins.note})" if ins.note else ""))
+
+    def _study_failed(self, ins: ev.StudyFailed) -> None:
+        self.console.error(f"{ins.text} after {self._elapsed()}; see {self.server_log}"
+                   + self.server.log_tail() + self.clients.failure_tail())
+
+    def _begin_interrupt(self, ins: ev.BeginInterrupt) -> ev.StopRequested:
+        """Ctrl-C / SIGTERM: cancel the client jobs, ask the server to
+        checkpoint and stop (:class:`~melissa_sa.messages.StopRequest`)."""
+        if self._progress is not None:
+            self._progress.close()
+        self.console.log(f"{ins.name} received: asking the server to checkpoint and stop "
+                 f"(again to kill at once)")
+        pids = self.clients.cancel_all_async() if self.clients is not None else []
+        delivered = False
+        if ins.ask_server:
+            delivered = self.link.send(msgs.StopRequest(reason=ins.name))
+            if not delivered:
+                self.console.log("the server has not connected yet: terminating it")
+        return ev.StopRequested(tuple(pids), delivered)
+
+    def _end_interrupt(self, ins: ev.EndInterrupt) -> None:
+        if ins.report_server:
+            self.server.end(self.console, self.kill_grace)
+        if self.clients is not None:
+            self.clients.end(ins.client_pids)
+        self.console.log(f"checkpoint (if the server wrote one): {self.cfg.checkpoint_dir}; "
+                 f"{self._resume_hint()}")
+
+    def _exit(self, ins: ev.Exit) -> None:
+        self._exit_code = ins.code
+        self.exit_message = ins.message
+
+    # -- the end ----------------------------------------------------------------------
+    def _cleanup(self) -> None:
+        """Whatever happened, leave no process and no socket behind."""
+        try:
+            if self.clients is not None and self.scheduler.running:
+                self.clients.stop_all()
+            if self.server.leftovers():
+                self.server.kill(self.kill_grace)
+            else:
+                self.server.wait()
+        finally:
+            if self._progress is not None:
+                self._progress.close()
+            self.link.close()
 
     def _resume_hint(self) -> str:
         return f"continue with: melissa-sa run {shlex.quote(self.config_path)} --resume"

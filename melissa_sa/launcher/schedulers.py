@@ -1,9 +1,12 @@
-"""Schedulers: how the launcher starts, watches and stops client jobs.
+"""Schedulers: how the launcher starts, watches and stops client jobs and the server.
 
 A scheduler runs one *job* per simulation: a client script written by the
 server (``OUT/client_scripts/client.<sim_id>.sh``). The launcher talks to a
-scheduler through the small :class:`Scheduler` interface only:
+scheduler through the :class:`Scheduler` interface only:
 
+``from_config(cfg, cwd, env, grace, log)``
+    the scheduler for a study config (a Slurm scheduler reads its sbatch /
+    srun options there; the base takes none).
 ``submit(job_id, script_path, log_path, env=None) -> JobHandle``
     start the script now (the launcher enforces ``job_limit`` itself).
 ``poll() -> [(job_id, state, returncode), ...]``
@@ -21,17 +24,24 @@ scheduler through the small :class:`Scheduler` interface only:
     the processes of the running jobs as far as known (the launcher records
     them in ``OUT/launcher.json``; a scheduler without local processes
     returns ``[]``).
+``server_command(argv, ntasks, mpiexec_args)`` and ``start_server(command, ...)``
+    the command that runs the server's ranks and how it starts; the base
+    runs ``mpiexec`` on this machine and answers a
+    :class:`~melissa_sa.launcher.server_jobs.LocalServerJob`.
+``cancel_orphans(log) -> int``
+    before the first server: stop the jobs a killed launcher of the study
+    left behind that the recorded pids cannot reach (Slurm jobs); the base
+    has none.
+``record(sim_id_of) -> dict``
+    what the scheduler adds to ``OUT/launcher.json`` (the base: nothing).
 
-Schedulers are registered by name (:func:`register_scheduler`,
-:func:`get_scheduler`). ``"local"`` (:class:`LocalScheduler`) runs jobs as
-subprocesses of the launcher; ``"slurm"`` and ``"slurm-allocation"`` are in
-:mod:`melissa_sa.launcher.slurm` (registered when :mod:`melissa_sa.launcher`
-is imported). ``"openmpi"`` is a planned plug-in: naming it raises
-:class:`NotImplementedError`.
-
+Schedulers are known by name (:mod:`melissa_sa.scheduler_registry`):
+``"local"`` (:class:`LocalScheduler`) runs jobs as subprocesses of the
+launcher; ``"slurm"`` and ``"slurm-allocation"`` are in
+:mod:`melissa_sa.launcher.slurm` and :mod:`melissa_sa.launcher.slurm_allocation`.
 A new scheduler (OAR, PBS, ...) is one small subclass of :class:`Scheduler`
-registered with :func:`register_scheduler`; ``launcher_config.scheduler`` then
-accepts its name (the config validation consults this registry).
+registered with :func:`~melissa_sa.scheduler_registry.register_scheduler`;
+``launcher_config.scheduler`` then accepts its name.
 
 The local scheduler stops processes by process id / process group, never by
 name (:mod:`melissa_sa.launcher.processes`).
@@ -44,35 +54,20 @@ import signal
 import subprocess
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-# re-exported: the process helpers lived here before (schedulers import them from here)
 from melissa_sa.launcher.processes import (
     ProcessTree,
     children_map,
-    process_start_time,
     start_in_session,
     terminate_trees,
 )
+from melissa_sa.launcher.server_jobs import LocalServerJob
+from melissa_sa.launcher.server_process import mpiexec_command
+from melissa_sa.scheduler_registry import SchedulerError
 
-__all__ = [
-    "Scheduler",
-    "LocalScheduler",
-    "JobHandle",
-    "SchedulerError",
-    "register_scheduler",
-    "get_scheduler",
-    "scheduler_names",
-    "PLANNED_SCHEDULERS",
-    "ProcessTree",
-    "terminate_trees",
-    "process_start_time",
-]
-
-
-class SchedulerError(RuntimeError):
-    """A scheduler could not be created or could not start a job."""
+__all__ = ["Scheduler", "LocalScheduler", "JobHandle"]
 
 
 # ---------------------------------------------------------------------------
@@ -106,6 +101,14 @@ class Scheduler(ABC):
         self.env = dict(os.environ if env is None else env)
         self.grace = grace
 
+    @classmethod
+    def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
+                    grace: float = 3.0, log: Callable[[str], None] | None = None) -> Scheduler:
+        """The scheduler for a :class:`~melissa_sa.config.StudyConfig`; ``log``
+        receives the scheduler's own lines (the base reads nothing of the
+        config and says nothing)."""
+        return cls(cwd, env, grace)
+
     @abstractmethod
     def submit(self, job_id: Hashable, script_path: str, log_path: str,
                env: Mapping[str, str] | None = None) -> JobHandle:
@@ -137,6 +140,35 @@ class Scheduler(ABC):
         far as known (recorded in ``OUT/launcher.json`` so that a later
         launcher can find the jobs of one that was killed)."""
         return []
+
+    # -- the server --------------------------------------------------------------------
+    def server_command(self, argv: Sequence[str], ntasks: int,
+                       mpiexec_args: Sequence[str] = ()) -> list[str]:
+        """The command that runs the server ``argv`` as ``ntasks`` MPI ranks:
+        here ``mpiexec -n ntasks [mpiexec_args] argv`` (the venv's)."""
+        return mpiexec_command(argv, ntasks, mpiexec_args)
+
+    def start_server(self, command: list[str], *, ntasks: int, log_path: str | os.PathLike,
+                     header: str, cwd: str | None, env: dict[str, str],
+                     script_path: str | os.PathLike) -> LocalServerJob:
+        """Start the server's ``command`` (from :meth:`server_command`) and
+        answer its job (:mod:`~melissa_sa.launcher.server_jobs`): here a
+        process tree on this machine, its output appended to ``log_path``
+        after ``header``. ``script_path`` is where a batch scheduler writes
+        the server's job script. Raises OSError if it cannot start."""
+        return LocalServerJob.start(command, log_path, header, cwd=cwd, env=env)
+
+    # -- the launcher's state file --------------------------------------------------------
+    def cancel_orphans(self, log: Callable[[str], None]) -> int:
+        """Stop the jobs a killed launcher of this study left behind that its
+        recorded pids cannot reach; return how many (the base: none, the
+        recorded processes are all there is)."""
+        return 0
+
+    def record(self, sim_id_of: Callable[[Hashable], int | None]) -> dict:
+        """What the scheduler adds to ``OUT/launcher.json`` (``sim_id_of``
+        names the simulation of a job id); the base adds nothing."""
+        return {}
 
 
 class LocalScheduler(Scheduler):
@@ -242,50 +274,3 @@ class LocalScheduler(Scheduler):
 
     def job(self, job_id) -> JobHandle | None:
         return self._jobs.get(job_id)
-
-
-# ---------------------------------------------------------------------------
-# registry
-
-_REGISTRY: dict[str, type[Scheduler]] = {}
-
-#: Schedulers that are planned but not written yet, with what they will do.
-PLANNED_SCHEDULERS: dict[str, str] = {
-    "openmpi": "clients started with OpenMPI's mpirun on an allocation (direct scheduler)",
-}
-
-
-def register_scheduler(cls: type[Scheduler], name: str | None = None) -> type[Scheduler]:
-    """Register a :class:`Scheduler` subclass under ``name`` (default ``cls.name``).
-
-    Usable as a class decorator.
-    """
-    key = name or cls.name
-    if not key:
-        raise ValueError("a scheduler needs a name")
-    _REGISTRY[key] = cls
-    return cls
-
-
-def scheduler_names() -> list[str]:
-    """Names of the registered (usable) schedulers."""
-    return sorted(_REGISTRY)
-
-
-def get_scheduler(name: str) -> type[Scheduler]:
-    """The scheduler class registered as ``name``.
-
-    Raises :class:`NotImplementedError` for a planned plug-in and
-    :class:`SchedulerError` listing the known names for anything else.
-    """
-    if name in _REGISTRY:
-        return _REGISTRY[name]
-    if name in PLANNED_SCHEDULERS:
-        raise NotImplementedError(
-            f'scheduler "{name}" is not implemented yet (planned: '
-            f'{PLANNED_SCHEDULERS[name]}); available: {", ".join(scheduler_names())}')
-    raise SchedulerError(f'unknown scheduler "{name}" (known: {", ".join(scheduler_names())}; '
-                         f'planned: {", ".join(PLANNED_SCHEDULERS)})')
-
-
-register_scheduler(LocalScheduler)

@@ -1,43 +1,38 @@
-"""The server process: its command, its environment, starting it, watching
-its process tree, and terminating all of it.
+"""The server process: its command, its environment, starting it through
+the scheduler, watching it and terminating all of it.
 
-``<venv>/bin/mpiexec -n P [mpiexec_args] <python> -m melissa_sa.server.main
-<config>`` runs in a session of its own, in the config file's directory, with
-``MELISSA_LAUNCHER_ADDRESS``, ``MELISSA_RESTART``, ``MELISSA_FAULT_TOLERANCE``,
-one Numba/OpenMP thread per rank and the venv's ``bin/`` first on ``PATH``;
-its output is appended to ``OUT/logs/server.log`` after a header line.
-``mpiexec``'s ranks leave its process group, so their pids are recorded by
-scanning ``/proc`` while ``mpiexec`` lives (:meth:`ServerProcess.watch`).
-
-Under ``"slurm"`` the server is a batch job instead
-(:meth:`~melissa_sa.launcher.slurm.SlurmScheduler.submit_server`, script
-``OUT/server.sh``, ranks started by the venv's ``mpiexec`` inside the job): :attr:`popen` is
-then a :class:`~melissa_sa.launcher.slurm.SlurmServerJob` (``poll`` /
-``terminate``, no local pid). Under ``"slurm-allocation"`` it is the job step
-``srun ... -n P --mpi=pmi2 python -m melissa_sa.server.main`` run like
-``mpiexec`` (SIGTERM to srun cancels the step).
+With the local scheduler, ``<venv>/bin/mpiexec -n P [mpiexec_args] <python>
+-m melissa_sa.server.main <config>`` runs in a session of its own, in the
+config file's directory, with ``MELISSA_LAUNCHER_ADDRESS``,
+``MELISSA_RESTART``, ``MELISSA_FAULT_TOLERANCE``, one Numba/OpenMP thread per
+rank and the venv's ``bin/`` first on ``PATH``; its output is appended to
+``OUT/logs/server.log`` after a header line. The scheduler decides the
+command (:meth:`~melissa_sa.launcher.schedulers.Scheduler.server_command`)
+and how it starts (:meth:`~melissa_sa.launcher.schedulers.Scheduler.start_server`):
+under ``"slurm"`` the server is a batch job (script ``OUT/server.sh``, ranks
+started by the venv's ``mpiexec`` inside the job), under ``"slurm-allocation"``
+the job step ``srun ... -n P --mpi=pmi2 python -m melissa_sa.server.main``
+run like ``mpiexec`` (SIGTERM to srun cancels the step). What it answers is a
+server job (:mod:`~melissa_sa.launcher.server_jobs`).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from melissa_sa.auth import SECRET_FILE, SECRET_FILE_ENV
-from melissa_sa.launcher.processes import (
-    ProcessTree,
-    start_in_session,
-    tail_lines,
-    terminate_trees,
-)
+from melissa_sa.launcher.processes import describe_exit, tail_lines
+from melissa_sa.launcher.server_jobs import LocalServerJob
 
-__all__ = ["ServerProcess", "LauncherError", "find_mpiexec", "path_with_venv"]
+__all__ = ["ServerProcess", "LauncherError", "find_mpiexec", "mpiexec_command",
+           "path_with_venv"]
 
 
 class LauncherError(RuntimeError):
@@ -61,6 +56,12 @@ def find_mpiexec() -> str:
                         f"pip install mpich")
 
 
+def mpiexec_command(argv: Sequence[str], ntasks: int,
+                    mpiexec_args: Sequence[str] = ()) -> list[str]:
+    """``mpiexec -n ntasks [mpiexec_args] argv`` with the venv's ``mpiexec``."""
+    return [find_mpiexec(), "-n", str(ntasks), *mpiexec_args, *argv]
+
+
 def path_with_venv(env: dict[str, str]) -> str:
     """``env``'s PATH with this interpreter's ``bin/`` first (once)."""
     venv_bin = os.path.dirname(sys.executable)
@@ -69,31 +70,22 @@ def path_with_venv(env: dict[str, str]) -> str:
 
 
 class ServerProcess:
-    """The server of one study: one process (tree) at a time.
+    """The server of one study: one job (process tree or batch job) at a time.
 
     ``cfg`` is the study's config, ``config_path`` its file (given to the
     server), ``command`` replaces the server command (tests use a stand-in
-    server; the environment is the same).
+    server, always a local process; the environment is the same).
     """
-
-    #: seconds between two /proc scans for the server's processes;
-    #: ``scan_early`` during the first ``scan_early_for`` seconds, while
-    #: mpiexec starts the ranks
-    scan_interval = 2.0
-    scan_early = 0.25
-    scan_early_for = 5.0
 
     def __init__(self, cfg, config_path: str, command: list[str] | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self._command = list(command) if command is not None else None
         self.log_path = Path(cfg.output_dir) / "logs" / "server.log"
-        self.popen = None  # subprocess.Popen, or a SlurmServerJob under "slurm"
-        self.tree: ProcessTree | None = None
-        #: the launcher's scheduler (set before :meth:`start`): Slurm ones start the server
+        #: the running (or last) server job (:mod:`~melissa_sa.launcher.server_jobs`)
+        self.job = None
+        #: the launcher's scheduler (set before :meth:`start`): it starts the server
         self.scheduler = None
-        self.started_at = 0.0
-        self._last_scan = -math.inf
 
     @property
     def custom(self) -> bool:
@@ -104,21 +96,16 @@ class ServerProcess:
         """The server's own command, without the MPI launcher."""
         return [sys.executable, "-m", "melissa_sa.server.main", self.config_path]
 
-    @property
-    def batch(self) -> bool:
-        """True if the server is a Slurm batch job (no local process)."""
-        return not self.custom and hasattr(self.scheduler, "submit_server")
-
     def command(self) -> list[str]:
+        """The command that runs the server (``mpiexec`` on this machine
+        before a scheduler is chosen)."""
         if self._command is not None:
             return list(self._command)
-        lc = self.cfg.launcher_config
         n = self.cfg.server_config.server_processes
-        if hasattr(self.scheduler, "server_command"):  # slurm-allocation: a job step
-            return self.scheduler.server_command(self.server_argv(), ntasks=n)
-        if self.batch:  # what OUT/server.sh runs inside the job
-            return [find_mpiexec(), *lc.mpiexec_args, "-n", str(n), *self.server_argv()]
-        return [find_mpiexec(), "-n", str(n), *lc.mpiexec_args, *self.server_argv()]
+        args = self.cfg.launcher_config.mpiexec_args
+        if self.scheduler is None:
+            return mpiexec_command(self.server_argv(), n, args)
+        return self.scheduler.server_command(self.server_argv(), n, args)
 
     def env(self, address: str | None, restart: bool) -> dict[str, str]:
         """The server's environment (see docs/internals.md, Environment)."""
@@ -138,34 +125,26 @@ class ServerProcess:
         return env
 
     def start(self, address: str | None, restart: bool) -> list[str]:
-        """Start the server; return its command. Raises :class:`LauncherError`."""
+        """Start the server; return the command that started it. Raises
+        :class:`LauncherError`."""
         cmd = self.command()
         env = self.env(address, restart)
-        if self.batch:
-            script = Path(self.cfg.output_dir) / "server.sh"
-            # the venv's mpiexec (hydra) inside the job: it starts the ranks on
-            # the job's nodes through Slurm; srun --mpi=pmi2 failed here in
-            # MPI_Init now and then (mpich wheel + UCX, docs/cluster.md)
-            self.popen = self.scheduler.submit_server(
-                self.server_argv(), script, self.log_path,
-                ntasks=self.cfg.server_config.server_processes, env=env,
-                mpi=[find_mpiexec(), *self.cfg.launcher_config.mpiexec_args])
-            self.tree = None
-            self.started_at = time.monotonic()
-            return ["sbatch", str(script)]
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         header = (f"melissa-sa launcher: server started {stamp} "
                   f"(MELISSA_RESTART={env['MELISSA_RESTART']}): {shlex.join(cmd)}")
         try:
-            self.popen = start_in_session(cmd, self.log_path, header, cwd=self.cfg.base_dir,
-                                          env=env)
+            if self.custom:
+                self.job = LocalServerJob.start(cmd, self.log_path, header,
+                                                cwd=self.cfg.base_dir, env=env)
+            else:
+                self.job = self.scheduler.start_server(
+                    cmd, ntasks=self.cfg.server_config.server_processes,
+                    log_path=self.log_path, header=header, cwd=self.cfg.base_dir, env=env,
+                    script_path=Path(self.cfg.output_dir) / "server.sh")
         except OSError as exc:
             raise LauncherError(f"cannot start the server ({cmd[0]}): "
                                 f"{exc.strerror or exc}") from None
-        self.tree = ProcessTree(self.popen.pid)
-        self.started_at = time.monotonic()
-        self._last_scan = -math.inf
-        return cmd
+        return self.job.launched
 
     def compile_kernels(self, console) -> None:
         """Compile the statistics kernels once, before the first server after
@@ -183,75 +162,57 @@ class ServerProcess:
             raise LauncherError("compiling the statistics kernels failed:\n"
                                 + done.stderr[-2000:])
 
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None else None
-
-    @property
-    def slurm_job_id(self) -> str | None:
-        """The server's Slurm job id (``"slurm"`` only)."""
-        return getattr(self.popen, "job_id", None)
-
     def describe(self) -> str:
         """``pid N`` or ``Slurm job N``, for messages."""
-        if self.batch:
-            return f"Slurm job {self.slurm_job_id or '(not accepted yet)'}"
-        return f"pid {self.pid}"
+        return self.job.describe() if self.job is not None else "not started"
 
     def poll(self) -> int | None:
         """The exit code, or None while it runs (or was never started)."""
-        return self.popen.poll() if self.popen is not None else None
+        return self.job.poll() if self.job is not None else None
 
     @property
     def running(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        return self.job is not None and self.job.poll() is None
 
     def watch(self) -> None:
-        """Record the ranks while mpiexec lives (a /proc scan now and then)."""
-        now = time.monotonic()
-        interval = (self.scan_early if now - self.started_at < self.scan_early_for
-                    else self.scan_interval)
-        if self.tree is not None and now - self._last_scan >= interval:
-            self.tree.refresh()
-            self._last_scan = now
+        """Note the server's processes (a /proc scan now and then)."""
+        if self.job is not None:
+            self.job.watch()
 
     def kill(self, grace: float) -> list[int]:
-        """Terminate the whole tree (SIGTERM, SIGKILL after ``grace``) and wait
-        until all of it is gone; return the pids that survive (only a process
-        stuck in the kernel does)."""
-        if self.batch and self.popen is not None:
-            return self._cancel_job(grace)
-        if self.popen is None or self.tree is None:
-            return []
-        left = terminate_trees([(self.tree, self.popen)], grace=grace)
-        try:
-            self.popen.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            left = sorted({*left, self.popen.pid})
-        return left
+        """Terminate all of the server (SIGTERM, SIGKILL after ``grace``) and
+        wait until it is gone; return the pids that survive."""
+        return self.job.kill(grace) if self.job is not None else []
 
-    def _cancel_job(self, grace: float) -> list[int]:
-        """scancel the server's job and wait until Slurm says it ended."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout=grace + 60.0)
-            except subprocess.TimeoutExpired:
-                return [int(self.slurm_job_id)] if self.slurm_job_id else []
-        return []
+    def terminate(self, console, grace: float) -> list[int]:
+        """A failed server: say it is terminated if it runs, :meth:`kill` it."""
+        if self.running:
+            console.log(f"terminating the server ({self.describe()})")
+        return self.kill(grace)
+
+    def end(self, console, grace: float) -> None:
+        """An interrupted run ends: say how the server ended, terminating it
+        if it still runs."""
+        rc = self.poll()
+        if rc is not None:
+            console.log(f"server ({self.describe()}) {describe_exit(rc)}")
+            return
+        console.log(f"server ({self.describe()}) still running: terminating it")
+        self.kill(grace)
+        rc = self.poll()
+        console.log(f"server {describe_exit(rc) if rc is not None else 'did not die'}")
 
     def leftovers(self) -> bool:
         """True if the server or a process of its tree still runs."""
-        return self.running or (self.tree is not None and bool(self.tree.alive()))
+        return self.job is not None and self.job.leftovers()
+
+    def wait(self) -> None:
+        if self.job is not None:
+            self.job.wait()
 
     def record(self) -> dict | None:
         """The server's processes as ``OUT/launcher.json`` records them."""
-        if self.batch and self.popen is not None:
-            return {"slurm_job_id": self.slurm_job_id, "pid": None, "processes": {}}
-        if self.popen is None or self.tree is None:
-            return None
-        return {"pid": self.popen.pid, "start_time": self.tree.members.get(self.popen.pid),
-                "processes": dict(self.tree.members)}
+        return self.job.record() if self.job is not None else None
 
     def log_tail(self, n: int = 15) -> str:
         """The last lines of ``server.log``, indented, or ""."""

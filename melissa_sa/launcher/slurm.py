@@ -4,14 +4,13 @@
     Each client run is one batch job (``sbatch --parsable``, options from
     ``launcher_config.scheduler_arg_client``); the server is one batch job
     whose ``server_processes`` tasks start with the given MPI launcher
-    (:meth:`SlurmScheduler.submit_server`: ``srun --mpi=pmi2`` by default; the
-    launcher passes the venv's ``mpiexec``, see docs/cluster.md; options from
-    ``scheduler_arg_server``). One ``squeue`` call per poll watches every job
-    of the study; a job that left ``squeue`` is looked up with ``scontrol show
-    job``, then ``sacct`` (which fails on clusters without accounting: that is
-    fine). Jobs are stopped with ``scancel``.
-``"slurm-allocation"`` (:class:`SlurmAllocationScheduler`, in
-:mod:`melissa_sa.launcher.slurm_allocation`; importing this module registers both)
+    (:meth:`SlurmScheduler.start_server`: the venv's ``mpiexec`` inside the
+    job, see docs/cluster.md; options from ``scheduler_arg_server``). One
+    ``squeue`` call per poll watches every job of the study; a job that left
+    ``squeue`` is looked up with ``scontrol show job``, then ``sacct`` (which
+    fails on clusters without accounting: that is fine). Jobs are stopped with ``scancel``.
+``"slurm-allocation"`` (:class:`~melissa_sa.launcher.slurm_allocation.SlurmAllocationScheduler`,
+in :mod:`melissa_sa.launcher.slurm_allocation`)
     Clients and the server as job steps inside the allocation the launcher
     runs in.
 
@@ -45,7 +44,8 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from melissa_sa.launcher.schedulers import JobHandle, Scheduler, SchedulerError, register_scheduler
+from melissa_sa.launcher.schedulers import JobHandle, Scheduler
+from melissa_sa.launcher.server_process import find_mpiexec
 from melissa_sa.launcher.slurm_commands import (
     CRASH_STATES,
     FINAL_STATES,
@@ -56,11 +56,10 @@ from melissa_sa.launcher.slurm_commands import (
     scheduler_options,
     short,
     split_options,
-    study_job_prefix,
 )
+from melissa_sa.scheduler_registry import SchedulerError
 
-__all__ = ["SlurmScheduler", "SlurmAllocationScheduler", "SlurmServerJob", "CRASH_STATES",
-           "study_job_prefix", "find_study_jobs", "cancel_study_jobs"]
+__all__ = ["SlurmScheduler", "SlurmServerJob"]
 
 _LOG = logging.getLogger("melissa_sa.slurm")
 
@@ -83,15 +82,20 @@ class _BatchJob:
 
 
 class SlurmServerJob:
-    """The server's batch job, shaped like the :class:`subprocess.Popen` the
-    launcher watches: :meth:`poll` is None while the job is queued or running,
-    then its return code (a crash state gives the job's code, or ``-signal``)."""
+    """The server's batch job, a server job like
+    :class:`~melissa_sa.launcher.server_jobs.LocalServerJob` without local
+    processes: :meth:`poll` is None while the job is queued or running, then
+    its return code (a crash state gives the job's code, or ``-signal``)."""
+
+    #: no local process tree
+    tree = None
 
     def __init__(self, scheduler: SlurmScheduler, job: _BatchJob) -> None:
         self._scheduler = scheduler
         self._job = job
         self.pid = None
         self.returncode: int | None = None
+        self.launched = ["sbatch", job.script]
 
     @property
     def job_id(self) -> str | None:
@@ -113,8 +117,6 @@ class SlurmServerJob:
     def terminate(self) -> None:
         self._scheduler._cancel_job(self._job)
 
-    kill = terminate
-
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll() is None:
@@ -122,6 +124,29 @@ class SlurmServerJob:
                 raise subprocess.TimeoutExpired(f"slurm job {self.job_id}", timeout)
             time.sleep(0.5)
         return self.returncode
+
+    def describe(self) -> str:
+        return f"Slurm job {self.job_id or '(not accepted yet)'}"
+
+    def watch(self) -> None:
+        """Nothing to note: Slurm knows the job's processes."""
+
+    def kill(self, grace: float) -> list[int]:
+        """scancel the job and wait until Slurm says it ended; return the job
+        id if it did not within ``grace`` + 60 s."""
+        if self.poll() is None:
+            self.terminate()
+            try:
+                self.wait(timeout=grace + 60.0)
+            except subprocess.TimeoutExpired:
+                return [int(self.job_id)] if self.job_id else []
+        return []
+
+    def leftovers(self) -> bool:
+        return self.poll() is None
+
+    def record(self) -> dict:
+        return {"slurm_job_id": self.job_id, "pid": None, "processes": {}}
 
 
 class SlurmScheduler(Scheduler):
@@ -164,9 +189,11 @@ class SlurmScheduler(Scheduler):
 
     @classmethod
     def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                    grace: float = 3.0, **kwargs) -> SlurmScheduler:
-        """The scheduler for a :class:`~melissa_sa.config.StudyConfig`."""
-        return cls(cwd, env, grace, **{**scheduler_options(cfg), **kwargs})
+                    grace: float = 3.0, log: Callable[[str], None] | None = None
+                    ) -> SlurmScheduler:
+        """The scheduler for a :class:`~melissa_sa.config.StudyConfig`: its
+        sbatch options, tasks per client and job name prefix."""
+        return cls(cwd, env, grace, log=log, **scheduler_options(cfg))
 
     # -- the Scheduler interface ---------------------------------------------------
     def submit(self, job_id, script_path, log_path, env=None) -> JobHandle:
@@ -232,7 +259,47 @@ class SlurmScheduler(Scheduler):
         """``{job_id: Slurm job id}`` of the accepted client jobs."""
         return {k: j.slurm_id for k, j in self._jobs.items() if j.slurm_id}
 
+    def cancel_orphans(self, log: Callable[[str], None]) -> int:
+        """scancel every job named after this study (those of a killed
+        launcher: its server and clients) and wait, up to 60 s, until Slurm
+        lists none; return how many there were."""
+        found = find_study_jobs(self.prefix, self.env)
+        if found:
+            ids = ", ".join(job for job, _, _ in found)
+            log(f"Slurm jobs of this study left by a previous launcher ({ids}): "
+                f"cancelling them")
+            cancel_study_jobs(self.prefix, self.env)
+            deadline = time.monotonic() + 60.0
+            while find_study_jobs(self.prefix, self.env) and time.monotonic() < deadline:
+                time.sleep(0.5)
+        return len(found)
+
+    def record(self, sim_id_of: Callable[[Hashable], int | None]) -> dict:
+        """The study's job name prefix and the Slurm job ids of the server
+        and of the clients (a later launcher cancels them by name)."""
+        server = self._server.slurm_id if self._server is not None else None
+        return {"slurm": {
+            "job_prefix": self.prefix, "server_job_id": server,
+            "client_job_ids": [{"sim_id": sim_id_of(key), "job_id": jid}
+                               for key, jid in self.slurm_job_ids().items()]}}
+
     # -- the server ---------------------------------------------------------------
+    def server_command(self, argv: Sequence[str], ntasks: int,
+                       mpiexec_args: Sequence[str] = ()) -> list[str]:
+        """What ``OUT/server.sh`` runs inside the job: the venv's ``mpiexec``
+        (hydra starts the ranks on the job's nodes through Slurm; ``srun
+        --mpi=pmi2`` failed in MPI_Init now and then with the mpich wheel and
+        UCX, docs/cluster.md)."""
+        return [find_mpiexec(), *mpiexec_args, "-n", str(ntasks), *argv]
+
+    def start_server(self, command: list[str], *, ntasks: int, log_path: str | os.PathLike,
+                     header: str, cwd: str | None, env: dict[str, str],
+                     script_path: str | os.PathLike) -> SlurmServerJob:
+        """Submit the server as a batch job of ``ntasks`` tasks whose script
+        (``script_path``) runs ``command``; its output is appended to
+        ``log_path`` (no header: sbatch writes the file)."""
+        return self._submit_server_script(command, script_path, log_path, ntasks, env)
+
     def submit_server(self, argv: Sequence[str], script_path: str | os.PathLike,
                       log_path: str | os.PathLike, ntasks: int,
                       env: Mapping[str, str] | None = None,
@@ -245,11 +312,16 @@ class SlurmScheduler(Scheduler):
         inside a job; ``--kill-on-bad-exit=1``: a rank that fails ends the
         job at once, so that it is relaunched instead of waiting for
         ``server_timeout``). Refusals are retried like a client's."""
+        launch = [*mpi, "-n", str(ntasks)] if mpi else []
+        return self._submit_server_script([*launch, *argv], script_path, log_path, ntasks, env)
+
+    def _submit_server_script(self, command: Sequence[str], script_path: str | os.PathLike,
+                              log_path: str | os.PathLike, ntasks: int,
+                              env: Mapping[str, str] | None) -> SlurmServerJob:
         if self._server is not None and self._server.result is None:
             raise SchedulerError(f"the server job {self._server.slurm_id} is still active")
-        launch = [*mpi, "-n", str(ntasks)] if mpi else []
         text = ("#!/bin/sh\n# melissa-sa server as a Slurm job (melissa_sa.launcher.slurm)\n"
-                f"exec {shlex.join([*launch, *argv])}\n")
+                f"exec {shlex.join(command)}\n")
         path = Path(script_path)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
@@ -364,8 +436,3 @@ class SlurmScheduler(Scheduler):
                      f"{job.state}" + ("" if state else ": squeue, scontrol and sacct no "
                                        "longer know it; counted as a crash"))
 
-
-register_scheduler(SlurmScheduler)
-
-# the allocation scheduler lives next door; importing it registers it too
-from melissa_sa.launcher.slurm_allocation import SlurmAllocationScheduler  # noqa: E402

@@ -21,8 +21,9 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from melissa_sa.launcher.processes import process_start_time
-from melissa_sa.launcher.schedulers import JobHandle, Scheduler, SchedulerError, register_scheduler
+from melissa_sa.launcher.schedulers import JobHandle, Scheduler
 from melissa_sa.launcher.slurm_commands import scheduler_options, split_options
+from melissa_sa.scheduler_registry import SchedulerError
 
 __all__ = ["SlurmAllocationScheduler"]
 
@@ -61,9 +62,11 @@ class SlurmAllocationScheduler(Scheduler):
 
     @classmethod
     def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                    grace: float = 3.0, **kwargs) -> SlurmAllocationScheduler:
-        """The scheduler for a :class:`~melissa_sa.config.StudyConfig`."""
-        return cls(cwd, env, grace, **{**scheduler_options(cfg), **kwargs})
+                    grace: float = 3.0, log: Callable[[str], None] | None = None
+                    ) -> SlurmAllocationScheduler:
+        """The scheduler for a :class:`~melissa_sa.config.StudyConfig`: its
+        srun options, tasks per client and job name prefix."""
+        return cls(cwd, env, grace, log=log, **scheduler_options(cfg))
 
     def _srun(self, name: str, ntasks: int, extra: Sequence[str],
               mpi: Sequence[str] = ()) -> list[str]:
@@ -72,10 +75,12 @@ class SlurmAllocationScheduler(Scheduler):
                 f"--job-name={name}", f"--ntasks={ntasks}", *mpi, "--kill-on-bad-exit=1"]
 
     def server_command(self, argv: Sequence[str], ntasks: int,
+                       mpiexec_args: Sequence[str] = (),
                        mpi: Sequence[str] = ("--mpi=pmi2",)) -> list[str]:
         """The command that starts the server as a step: ``srun ... -n P
-        --mpi=pmi2 <argv>`` (run it like today's ``mpiexec`` command: the
-        launcher's SIGTERM to srun cancels the step)."""
+        --mpi=pmi2 <argv>`` (``mpiexec_args`` do not apply), started like
+        ``mpiexec`` by :meth:`~melissa_sa.launcher.schedulers.Scheduler.start_server`
+        (the launcher's SIGTERM to srun cancels the step)."""
         return [*self._srun(f"{self.prefix}-server", ntasks, self.server_args, mpi), *argv]
 
     def submit(self, job_id, script_path, log_path, env=None) -> JobHandle:
@@ -166,5 +171,3 @@ class SlurmAllocationScheduler(Scheduler):
                 found.append((key, job.pid, {job.pid: start}))
         return found
 
-
-register_scheduler(SlurmAllocationScheduler)

@@ -19,7 +19,7 @@ import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from melissa_sa.launcher.schedulers import SchedulerError
+from melissa_sa.scheduler_registry import SchedulerError
 
 __all__ = ["CRASH_STATES", "FINAL_STATES", "SlurmCommands", "study_job_prefix",
            "find_study_jobs", "cancel_study_jobs", "split_options", "pattern_safe",

@@ -22,15 +22,12 @@ the peers turned away.
 
 from __future__ import annotations
 
-import fcntl
-import ipaddress
 import logging
-import socket
-import struct
 
 import zmq
 
 from melissa_sa.auth import ZapGuard, secure_client_socket, secure_server_socket
+from melissa_sa.hosts import is_loopback, node_address
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -59,63 +56,9 @@ def bind_first_free(sock: zmq.Socket, host: str, port: int, step: int = 1) -> in
                      f"(step {step}): {last_error}")
 
 
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
-def _interface_addresses() -> list[str]:
-    """IPv4 addresses of this machine's interfaces (Linux ioctl), loopback last."""
-    found = []
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        for _, name in socket.if_nameindex():
-            try:
-                packed = fcntl.ioctl(sock.fileno(), 0x8915,  # SIOCGIFADDR
-                                     struct.pack("256s", name.encode()[:15]))
-            except OSError:
-                continue
-            found.append(socket.inet_ntoa(packed[20:24]))
-    finally:
-        sock.close()
-    return sorted(found, key=_is_loopback)
-
-
-def node_address() -> str:
-    """The IPv4 address other nodes reach this one at: the host name's
-    (FQDN's) address unless it is loopback (Debian maps the host name to
-    127.0.1.1), else the default route's source address, else the first
-    interface's. Raises :class:`FatalError` if only loopback is found."""
-    for name in (socket.getfqdn(), socket.gethostname()):
-        try:
-            infos = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
-        except OSError:
-            continue
-        for info in infos:
-            if not _is_loopback(info[4][0]):
-                return info[4][0]
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.255", 9))  # no packet is sent: only the route is looked up
-        address = probe.getsockname()[0]
-        if address and not _is_loopback(address) and address != "0.0.0.0":
-            return address
-    except OSError:
-        pass
-    finally:
-        probe.close()
-    for address in _interface_addresses():
-        if not _is_loopback(address):
-            return address
-    raise FatalError(f'server_config.bind "node": host {socket.gethostname()} has no address '
-                     f"but loopback; set server_config.bind to an address of this node")
-
-
 def is_loopback_bind(bind: str) -> bool:
     """True if ``server_config.bind`` keeps the server on loopback."""
-    return bind == "localhost" or _is_loopback(bind)
+    return bind == "localhost" or is_loopback(bind)
 
 
 def resolve_bind(bind: str) -> tuple[str, str]:
