@@ -67,7 +67,7 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
         self._buffered: dict[int, np.ndarray] = {}     # the same, complete in the assembler
         self._received_sent: set[int] = set()         # runs reported RunsReceived
         sa = config.sa_config
-        # the Sobol' fold gives rows back a batch at a time (stats/sobol_buffer.py)
+        # the Sobol' fold gives rows back a batch at a time (stats/sobol_fold.py)
         self._assembler = GroupAssembler(self.group_size, RowPool(SPARE_BUFFERS + (
             fold_batch_for(sa.confidence_method, self.layout.second_order, sa.sobol_fold_batch)
             if sa.sobol_indices else 0)))

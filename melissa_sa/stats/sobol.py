@@ -4,10 +4,10 @@
 state, the buffer of groups not yet folded, the second-order state and the
 aggregated indices' influence sums, and folds groups one way
 (:meth:`SobolMartinez.update`). Its parts, each a plain function or record
-of its own: the group check (:mod:`.sobol_group`), the buffer
-(:mod:`.sobol_buffer`, with row buffers leased from a
-:class:`~melissa_sa.stats.row_pool.RowPool`), the influence rows of the
-buffered groups (:mod:`._influence`), the results read from the state
+of its own: the group check (:mod:`.sobol_group`), the batched fold with
+its buffer (row buffers leased from a
+:class:`~melissa_sa.stats.row_pool.RowPool`) and the influence rows of the
+buffered groups (:mod:`.sobol_fold`), the results read from the state
 (:mod:`.sobol_results`), the checkpoint format (:mod:`.sobol_checkpoint`),
 the whole-field interval's batch sums (:mod:`.sobol_aggregated`), second
 order (:mod:`.sobol_second`).
@@ -22,13 +22,17 @@ import numpy as np
 from melissa_sa.kernels.sobol import row_width
 from melissa_sa.kernels.sobol_centred import martinez_merge
 from melissa_sa.stats import sobol_results
-from melissa_sa.stats._influence import InfluenceRows
 from melissa_sa.stats.base import Statistic
 from melissa_sa.stats.row_pool import RowPool
 from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
-from melissa_sa.stats.sobol_buffer import GroupBuffer
 from melissa_sa.stats.sobol_checkpoint import read_martinez, restore_martinez, save_martinez
-from melissa_sa.stats.sobol_fold import RECENTRE_AT, fold_batch_for, fold_groups
+from melissa_sa.stats.sobol_fold import (
+    RECENTRE_AT,
+    GroupBuffer,
+    InfluenceRows,
+    fold_batch_for,
+    fold_groups,
+)
 from melissa_sa.stats.sobol_group import as_group
 from melissa_sa.stats.sobol_second import SecondOrderState, check_second_order
 
@@ -81,23 +85,18 @@ class SobolMartinez(Statistic):
     (136 at ``p = 3``); plus the group buffer below.
 
     **Batched fold** (``fold_batch``, default
-    :data:`~melissa_sa.stats.sobol_fold.FOLD_BATCH`, 1 with second order):
-    :meth:`update` buffers the groups and folds ``fold_batch`` of them in one
-    pass over the state, bit for bit as one-by-one updates (why and what it
-    costs: :mod:`melissa_sa.stats.sobol_fold`). A group is copied into the
-    buffer, or, given with ``pool=``, folded from its own array and given
-    back to that :class:`~melissa_sa.stats.row_pool.RowPool` once folded.
-    :attr:`count` includes the buffered groups; every result, :meth:`merge`
-    and :meth:`save` folds them first.
-
-    **Aggregated interval** (``aggregated=``, a fresh
-    :class:`~melissa_sa.stats.sobol_aggregated.SobolAggregatedInterval`):
-    the accumulator adds each counted group's influence sums to its batch
-    sums, a full state during the batched fold
-    (:func:`~melissa_sa.kernels.sobol_influence.martinez_update_many_influence`),
-    a compact one (``fold_batch`` 1 by default) in a pass of its own before
-    the fold; :meth:`update` then takes the study's group number. Read it
-    as :attr:`aggregated`, which adds the buffered groups' sums first.
+    :data:`~melissa_sa.stats.sobol_fold.FOLD_BATCH`, 1 with second order;
+    :mod:`melissa_sa.stats.sobol_fold`): :meth:`update` folds ``fold_batch``
+    groups in one pass, bit for bit as one by one, copying each group into
+    its buffer or, given with ``pool=``, folding it from its own array and
+    giving it back to that :class:`~melissa_sa.stats.row_pool.RowPool`.
+    :attr:`count` includes the buffered groups; every result, merge and save
+    folds them first. With ``aggregated=`` (a fresh
+    :class:`~melissa_sa.stats.sobol_aggregated.SobolAggregatedInterval`),
+    :meth:`update` takes the study's group number and adds the counted
+    groups' influence sums to its batch sums (in the batched fold of a full
+    state, in a pass of their own for a compact one); read it as
+    :attr:`aggregated`, which folds first.
 
     References: J.-M. Martinez, "Analyse de sensibilité globale par
     décomposition de la variance", GdR Ondes & Mascot Num, 2011.
@@ -214,18 +213,15 @@ class SobolMartinez(Statistic):
         Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with
         second order: ``2 n_params + 2`` rows), float32 or float64. With
         ``fold_batch = 1`` the group is folded at once, without a copy;
-        otherwise it is buffered, and the buffer is folded when full
-        (every read, merge and save folds what is buffered first). The
+        otherwise it is buffered and the buffer folded when full. The
         second-order sums are folded at once (they keep their own means).
-
         ``group_id``: the study's group number, needed with an
-        :attr:`aggregated` interval (which counts the group, and adds its
-        influence sums, computed with the state before this group, if
-        :meth:`~SobolAggregatedInterval.counts_group` says so). ``pool``:
-        ``group`` is a row buffer leased from this
-        :class:`~melissa_sa.stats.row_pool.RowPool`; it is folded from where
-        it is (no copy) and given back to the pool once folded. The caller
-        must not write to it after this call.
+        :attr:`aggregated` interval (it counts the group, and adds its
+        influence sums, from the state before this group, if
+        :meth:`~SobolAggregatedInterval.counts_group`). ``pool``: ``group``
+        was leased from this :class:`~melissa_sa.stats.row_pool.RowPool`; it
+        is folded from where it is and given back to the pool once folded
+        (the caller must not write to it after this call).
         """
         given = group
         group = as_group(group, self.n_params, self.n_cells, self.has_second_order)
