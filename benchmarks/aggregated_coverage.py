@@ -60,13 +60,12 @@ def replicate(args) -> dict:
     first_true, total_true = aggregated_truth(a, b, sigma, weight=w)
     rng = np.random.default_rng(seed)
     data = field_groups(rng, max(checks), a, b, sigma, offset=o, weight=w)
-    s = SobolMartinez(n_cells, P, ci="fisher")
     agg = SobolAggregatedInterval(n_cells, P, n_batches=n_batches, warmup=warmup,
                                   dense=dense, stride=stride)
+    s = SobolMartinez(n_cells, P, ci="fisher", aggregated=agg)
     out = {}
     for g in range(max(checks)):
-        agg.update(data[g], g, s)
-        s.update(data[g])
+        s.update(data[g], g)
         if g + 1 in checks:
             (flo, fhi), (tlo, thi) = agg.confidence_interval(s, level)
             out[g + 1] = {"hit": np.concatenate([(flo <= first_true) & (first_true <= fhi),

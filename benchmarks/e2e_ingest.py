@@ -87,7 +87,7 @@ def check_sobol_groups(groups: int) -> None:
     """Refuse a Sobol' ingest whose measured groups would leave groups
     buffered, unfolded, when the window closes (their fold would be paid
     after it, at the results)."""
-    from melissa_sa.stats.sobol import FOLD_BATCH, RECENTRE_AT
+    from melissa_sa.stats.sobol_fold import FOLD_BATCH, RECENTRE_AT
 
     pending = 0                                # per time step, after the warm-up's fold
     for count in range(3, 3 + groups):

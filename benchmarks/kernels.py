@@ -117,6 +117,7 @@ def our_cases(n_cells: int, rng, only: str = ""):
     Objects are built one at a time by the caller and dropped after their
     measurement (a 10^7-cell Sobol' state is 4.6 GB)."""
     from melissa_sa.stats import Extrema, Moments, Quantiles, SobolMartinez, ThresholdExceedance
+    from melissa_sa.stats.row_pool import RowPool
 
     x = rng.standard_normal(n_cells)
     group = rng.standard_normal((5, n_cells))
@@ -125,18 +126,19 @@ def our_cases(n_cells: int, rng, only: str = ""):
         return obj, lambda: obj.update(x), x.nbytes
 
     def sobol_case(ci, fold_batch=1):
-        """``fold_batch`` groups per call, handed over as the server does
-        (one fold of the buffer, from the groups themselves): the row reports
-        the time per group."""
+        """``fold_batch`` groups per call, leased from a row pool as the server
+        does (one fold of the buffer, from the groups themselves, given back
+        to the pool): the row reports the time per group."""
         s = SobolMartinez(n_cells, 3, ci=ci, fold_batch=fold_batch)
         for _ in range(2 * fold_batch):  # past the re-centring at 2 groups
             s.update(group)
-        copies = [group.copy() for _ in range(fold_batch)]
+        pool = RowPool(fold_batch)
+        for _ in range(fold_batch):
+            pool.give_back(group.copy())
 
         def update():
-            for rows in copies:
-                s.update(rows, handed_over=True)
-            s.released()
+            for _ in range(fold_batch):
+                s.update(pool.lease(group.shape, group.dtype), pool=pool)
         return s, update, group.nbytes, fold_batch
 
     def quantiles_case():
@@ -229,9 +231,10 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
     """The Sobol' p = 3 fold (delta-interval state), calls alternated so that
     all see the same load, times per group on :data:`CLOCK`:
 
-    * ``batched``: ``SobolMartinez.update(group, handed_over=True)`` with
-      ``fold_batch = FOLD_BATCH``, what the server does (the buffer keeps the
-      group arrays and folds them from there, no copy), timed over
+    * ``batched``: ``SobolMartinez.update(rows, pool=pool)`` with
+      ``fold_batch = FOLD_BATCH``, what the server does (rows leased from a
+      :class:`RowPool`; the buffer keeps them and folds them from there, no
+      copy, then gives them back to the pool), timed over
       ``FOLD_BATCH`` calls (one batched fold), divided by ``FOLD_BATCH``;
     * ``batched_copy``: the same with ``update(group)``, which copies each
       group into the buffer (the caller may reuse its array at once);
@@ -244,6 +247,7 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
     iterative-stats' (about 1.5 kB per cell)."""
     from melissa_sa.kernels.sobol import martinez_update
     from melissa_sa.stats import SobolMartinez
+    from melissa_sa.stats.row_pool import RowPool
     sys.path.insert(0, str(Path(__file__).parent))
     from sobol_layout1 import layout1_update
 
@@ -257,14 +261,15 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
     new.flush()             # each timed batch of m is then one fold
     theirs = iterative_stats_cases(n_cells, None, group, "sobol martinez") if compare else {}
     their_update = theirs["sobol martinez p=3"]() if theirs else None
-    copies = [group.copy() for _ in range(m)]   # the server's m assembled groups
+    pool = RowPool(m)                  # the server's m assembled groups
+    for _ in range(m):
+        pool.give_back(group.copy())
     t_batch, t_copy, t_new, t_old, t_is = [], [], [], [], []
     for k in range(repeat):
         t0 = CLOCK()
-        for rows in copies:
-            new.update(rows, handed_over=True)
+        for _ in range(m):
+            new.update(pool.lease(group.shape, group.dtype), pool=pool)
         t_batch.append((CLOCK() - t0) / m)
-        new.released()
         t0 = CLOCK()
         for _ in range(m):
             new.update(group)
@@ -302,23 +307,24 @@ def sobol_fold_ab(n_cells: int, repeat: int, rng, compare: bool = True) -> dict:
 
 
 def aggregated_fold_ab(n_cells: int, repeat: int, rng) -> dict:
-    """The aggregated indices' interval update (``SobolAggregatedInterval``)
-    against the fold it precedes (``SobolMartinez.update``, full state), in
-    the server's order (interval first, then the fold), calls alternated;
-    times on :data:`CLOCK`."""
+    """The aggregated indices' influence sums in a pass of their own
+    (:func:`~melissa_sa.kernels.sobol_influence.aggregated_influence` over
+    block 1 of the state) against the one-group fold that follows it
+    (``SobolMartinez.update``, full state), calls alternated; times on
+    :data:`CLOCK`."""
+    from melissa_sa.kernels.sobol import CHUNK
+    from melissa_sa.kernels.sobol_influence import aggregated_influence
     from melissa_sa.stats import SobolMartinez
-    from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
 
     group = rng.standard_normal((5, n_cells))
-    # a contributing group folds the Sobol' buffer first (the interval reads
-    # the state of every earlier group), so the fold it is compared with is
-    # the one-group fold
     s = SobolMartinez(n_cells, 3, fold_batch=1)
-    agg = SobolAggregatedInterval(n_cells, 3, warmup=2)
+    scratch = np.zeros((-(-n_cells // CHUNK), 4, 3))
+    out = np.zeros((1, 4, 3))
     t_fold, t_agg = [], []
     for g in range(repeat + 3):
         t0 = CLOCK()
-        agg.update(group, g, s)
+        if g >= 2:   # the sums need the state of two groups
+            aggregated_influence(s.folded_state(), group, s.count, 3, 0, scratch, out)
         t1 = CLOCK()
         s.update(group)
         t2 = CLOCK()
@@ -461,7 +467,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     global CLOCK, FOLD_BATCH
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    from melissa_sa.stats.sobol import FOLD_BATCH as DEFAULT_BATCH
+    from melissa_sa.stats.sobol_fold import FOLD_BATCH as DEFAULT_BATCH
     FOLD_BATCH = args.fold_batch or DEFAULT_BATCH["delta"]
     out = run([int(c) for c in args.cells], args.repeat, not args.no_compare, args.kernels)
     out["command"] = "python " + " ".join([os.path.relpath(__file__)] + (argv or sys.argv[1:]))

@@ -1,19 +1,20 @@
 """CPU time of a server rank's per-group Sobol' work: the aggregated interval's
-update and the Martinez fold, two-call path against fused, alternated.
+influence sums and the Martinez fold, two passes against fused, alternated.
 
     NUMBA_NUM_THREADS=1 python benchmarks/server_group.py --cells 1000000 --rounds 12
 
-``two-call`` is the server before the fused fold: ``agg.update(group, id,
-sobol)`` (fold the buffer, pass over block 1 for the influence sums) then
-``sobol.update(group, fold_now=...)`` (fold at once while the next group
-counts). ``fused`` is ``agg.update(group, id, sobol, fold=True)``: the group
-is buffered and its sums are added by the batched fold. Group numbers stay
+``two-call`` is the server before the fused fold: fold the buffer, a pass
+over block 1 for the influence sums
+(:func:`~melissa_sa.kernels.sobol_influence.aggregated_influence`), then the
+group folded at once if the next group counts. ``fused`` is
+``sobol.update(group, group_id)`` on a SobolMartinez with its aggregated
+interval: the group is buffered and its sums are added by the batched fold.
+Group numbers stay
 below ``DENSE`` (256), where every group past the warm-up counts, as in any
 study of fewer than 256 groups. Each round times ``fold_batch`` groups on
 one path then on the other (each path has its own state, ``p = 3``, full
 state) with ``time.process_time``; printed per group, best and median.
-``--paths two-call`` times the old path alone (for a checkout without
-``fold=True``); ``fold-only`` is the batched fold without the interval.
+``fold-only`` is the batched fold without the interval.
 """
 
 from __future__ import annotations
@@ -27,21 +28,30 @@ import time
 import numpy as np
 
 
-def make(n_cells: int, p: int):
-    from melissa_sa.stats import SobolMartinez
-    from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
-    return SobolMartinez(n_cells, p), SobolAggregatedInterval(n_cells, p)
+def make(n_cells: int, p: int, fused: bool):
+    from melissa_sa.kernels.sobol import CHUNK
+    from melissa_sa.stats import SobolAggregatedInterval, SobolMartinez
+    agg = SobolAggregatedInterval(n_cells, p)
+    if fused:
+        return SobolMartinez(n_cells, p, aggregated=agg), agg
+    scratch = np.zeros((-(-n_cells // CHUNK), 4, p))
+    return SobolMartinez(n_cells, p), (agg, scratch)
 
 
 def two_call(pair, group, gid):
-    s, agg = pair
-    agg.update(group, gid, s)
-    s.update(group, fold_now=agg.counts_group(gid + 1))
+    from melissa_sa.kernels.sobol_influence import aggregated_influence
+    s, (agg, scratch) = pair
+    row = agg.update(gid)
+    if row >= 0:
+        aggregated_influence(s.folded_state(), group, s.count, s.n_params, row, scratch,
+                             agg.batches)
+    s.update(group)
+    if agg.counts_group(gid + 1):
+        s.flush()
 
 
 def fused(pair, group, gid):
-    s, agg = pair
-    agg.update(group, gid, s, fold=True)
+    pair[0].update(group, gid)
 
 
 def fold_only(pair, group, gid):
@@ -60,7 +70,7 @@ def main(argv=None) -> int:
     names = args.paths.split(",")
     rng = np.random.default_rng(0)
     groups = [rng.standard_normal((p + 2, n_cells)) for _ in range(4)]
-    pairs = {name: make(n_cells, p) for name in names}
+    pairs = {name: make(n_cells, p, name == "fused") for name in names}
     m = pairs[names[0]][0].fold_batch
     warm = 16          # past the warm-up (10 groups) and the re-centrings at 2 and 16:
     # then each round of fold_batch groups holds one batched fold

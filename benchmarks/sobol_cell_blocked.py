@@ -27,7 +27,7 @@ import time
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from melissa_sa.kernels.sobol import _weights, martinez_update_many, row_width
+from melissa_sa.kernels.sobol import martinez_update_many, row_width, welford_weights
 
 BLOCK = 16    # cells per block (a compile-time constant: the vectoriser needs it)
 CHUNK = 256   # cells per chunk (the m groups are applied to a chunk in turn)
@@ -83,7 +83,7 @@ def _fold_ab(blk, x, ga, gb, nb, first, r, c2):
 @njit(cache=True, inline="always")
 def _fold_pair(sk, x, gc, nb, r, c2):
     """The 16 slots of pair k: block 1 (mean, C2, AC11, BC11), then P3, P4
-    and the ten mixed power sums, as ``_fold_full`` orders its operations."""
+    and the ten mixed power sums, as ``fold_full_row`` orders its operations."""
     for c in range(nb):
         xa = x[c]
         xb = x[BLOCK + c]
@@ -123,7 +123,7 @@ def update_many_blocked(state, groups, n):
     for ch in prange((n_blocks + per - 1) // per):
         x = np.empty(5 * BLOCK)
         for g in range(m):
-            r, c2 = _weights(n + g)
+            r, c2 = welford_weights(n + g)
             for b in range(ch * per, min(ch * per + per, n_blocks)):
                 lo = b * BLOCK
                 nb = min(BLOCK, n_cells - lo)

@@ -60,13 +60,13 @@ def warm_up(n_params: int = 3) -> float:
                                         ("fisher", False, group, None),
                                         ("fisher", False, group, 2),
                                         ("delta", True, group2, None)):
-            s = SobolMartinez(2, p2 if second else n_params, ci=ci, second_order=second,
-                              fold_batch=batch)
             # the aggregated interval's sums: fused with the fold (full state)
             # or its own pass (compact), from the third group
-            agg = SobolAggregatedInterval(2, s.n_params, warmup=2)
+            p = p2 if second else n_params
+            s = SobolMartinez(2, p, ci=ci, second_order=second, fold_batch=batch,
+                              aggregated=SobolAggregatedInterval(2, p, warmup=2))
             for k in range(12):  # past the second-order interval's start
-                agg.update((rows + k * rows[::-1]).astype(dtype), k, s, fold=True)
+                s.update((rows + k * rows[::-1]).astype(dtype), k)
             s.merge(s)
             _ = s.second_order if second else s.indices
             s.confidence_interval(0.9)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from melissa_sa.server.assembly import GroupAssembler, Overlap
+from melissa_sa.stats.row_pool import RowPool
 
 
 def test_float32_rows_stay_float32_until_the_group_is_complete():
@@ -52,17 +53,17 @@ def test_released_rows_are_reused_by_the_next_group_of_that_shape_only():
         return rows
 
     first = complete(1, 6, np.float64)
-    asm.release(first)
+    asm.pool.give_back(first)
     assert asm.buffered_bytes == first.nbytes          # a spare counts
     second = complete(2, 6, np.float64)
     assert second is first                            # reused, then filled anew
-    asm.release(second)
+    asm.pool.give_back(second)
     other = complete(3, 5, np.float64)                 # another shape: a new buffer
     assert other is not first
     f32 = complete(4, 6, np.float32)                   # another dtype: a new buffer
     assert f32 is not first and f32.dtype == np.float32
     # in pieces: every cell written before the rows come back, whatever was there
-    asm.release(f32)
+    asm.pool.give_back(f32)
     x, y = rng.standard_normal((2, 6)).astype(np.float32)
     asm.add((5, 0, 0), 1, 0, y, 6)
     asm.add((5, 0, 0), 0, 3, x[3:], 6)
@@ -70,9 +71,9 @@ def test_released_rows_are_reused_by_the_next_group_of_that_shape_only():
     assert rows is f32
     np.testing.assert_array_equal(rows, np.stack([x, y]))
     for g in range(10):                                # the spares stay bounded
-        asm.release(np.empty((2, 7 + g)))
-    assert len(asm._spare) == SPARE_BUFFERS
-    more = GroupAssembler(2, spares=SPARE_BUFFERS + 4)   # a Sobol' batch comes back at once
+        asm.pool.give_back(np.empty((2, 7 + g)))
+    assert len(asm.pool) == SPARE_BUFFERS
+    more = GroupAssembler(2, RowPool(SPARE_BUFFERS + 4))   # a Sobol' batch comes back at once
     for g in range(10):
-        more.release(np.empty((2, 7 + g)))
-    assert len(more._spare) == SPARE_BUFFERS + 4
+        more.pool.give_back(np.empty((2, 7 + g)))
+    assert len(more.pool) == SPARE_BUFFERS + 4

@@ -647,34 +647,43 @@ def test_sobol_fold_batch_reaches_the_server_statistic_and_survives_a_checkpoint
 
 
 def test_the_server_statistic_folds_the_rows_given_and_gives_them_back(tmp_path):
-    """StepStatistics.fold_group hands the assembled rows to the Sobol' buffer
-    (no copy) and returns each once its batch is folded, for the assembler
-    to reuse; the results are those of copied groups."""
+    """StepStatistics.fold_group hands the leased rows to the Sobol' buffer
+    (no copy), which gives each back to the pool once its batch is folded,
+    for the assembler to reuse; the results are those of copied groups."""
     from melissa_sa.server.field_stats import StepStatistics
     from melissa_sa.stats import SobolMartinez
+    from melissa_sa.stats.row_pool import RowPool
+
+    class RecordingPool(RowPool):
+        def __init__(self):
+            super().__init__(spares=0)
+            self.back = []
+
+        def give_back(self, rows):
+            self.back.append(rows)
 
     one_step = patched(FULL, "study_options.nb_time_steps", 1)
     cfg = load_config(write(tmp_path, patched(one_step, "sa_config.sobol_fold_batch", 3)))
     step = StepStatistics(4, cfg)
     ref = SobolMartinez(4, cfg.study_options.nb_parameters, fold_batch=1)
     rng = np.random.default_rng(6)
-    given, back = [], []
+    given, pool = [], RecordingPool()
     for g in range(305, 316):   # past the aggregated interval's dense numbers, and
-        # not before one of its strided groups (320): no fold_now
+        # not before one of its strided groups (320)
         rows = rng.standard_normal((cfg.group_size, 4))
         ref.update(rows.copy())
         given.append(rows)
-        back += step.fold_group(rows, g)
+        step.fold_group(rows, g, pool)
         # kept until folded: at the re-centring count 2, then every 3 groups
-        assert (len(back) == len(given)) == (g in (306, 309, 312, 315))
+        assert (len(pool.back) == len(given)) == (g in (306, 309, 312, 315))
     step.sobol.flush()
-    back += step.sobol.released()
-    assert [id(a) for a in back] == [id(a) for a in given]
+    assert [id(a) for a in pool.back] == [id(a) for a in given]
     np.testing.assert_array_equal(step.sobol.first_order, ref.first_order)
     no_sobol = patched(one_step, "sa_config.sobol_indices", False)
     plain = StepStatistics(4, load_config(write(tmp_path, no_sobol)))
     rows = rng.standard_normal((plain.layout.size, 4))
-    assert plain.fold_group(rows, 0) == [rows]
+    plain.fold_group(rows, 0, pool)
+    assert pool.back[-1] is rows and len(pool.back) == len(given) + 1
 
 
 def test_finalisation_frees_the_sobol_buffers_and_keeps_the_results(tmp_path):

@@ -200,7 +200,7 @@ def test_checkpoint_of_a_second_order_slice_round_trips_and_refuses_another_layo
     for before, after in zip(lf.steps, snap.fields["f"].steps, strict=True):
         assert after.sobol.has_second_order
         np.testing.assert_array_equal(after.sobol.second_order, before.sobol.second_order)
-        after.sobol.update(np.ones((SIZE, 4)))  # still takes groups of 2p + 2
+        after.sobol.update(np.ones((SIZE, 4)), 12)  # still takes groups of 2p + 2
     for patch, key in (({"second_order": False}, "sa_config.second_order"),
                        ({"sobol_indices": False, "second_order": False},
                         "sa_config.sobol_indices")):

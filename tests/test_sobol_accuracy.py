@@ -251,7 +251,7 @@ def test_unknown_layout_is_refused(tmp_path):
 
 
 def test_aggregated_indices_match_numpy_and_reduce_over_parts():
-    from melissa_sa.stats.sobol import aggregate_indices
+    from melissa_sa.stats.sobol_aggregated import aggregate_indices
 
     rng = np.random.default_rng(21)
     data = pick_freeze(rng, rng.standard_normal, n_groups=400, n_cells=40)

@@ -21,9 +21,9 @@ from scipy.stats import t as student_t
 
 from melissa_sa.results import FieldSlice, ResultsLayout, open_results, write_results
 from melissa_sa.stats import MergeError, SobolMartinez, load_statistic
-from melissa_sa.stats.sobol import aggregate_indices
 from melissa_sa.stats.sobol_aggregated import (
     SobolAggregatedInterval,
+    aggregate_indices,
     aggregated_interval,
     combine_slices,
 )
@@ -44,12 +44,11 @@ def feed(data, ids=None, **kw):
     """(SobolMartinez, SobolAggregatedInterval) fed ``data`` in order, with group ids ``ids``."""
     n, _, n_cells = data.shape
     ids = np.arange(n) if ids is None else ids
-    s = SobolMartinez(n_cells, P, ci=kw.pop("ci", "fisher"))
-    agg = SobolAggregatedInterval(n_cells, P, **kw)
+    ci = kw.pop("ci", "fisher")
+    s = SobolMartinez(n_cells, P, ci=ci, aggregated=SobolAggregatedInterval(n_cells, P, **kw))
     for g in range(n):
-        agg.update(data[g], int(ids[g]), s)
-        s.update(data[g])
-    return s, agg
+        s.update(data[g], int(ids[g]))
+    return s, s.aggregated
 
 
 def brute_force(data, ids, n_batches, warmup, dense, stride):
@@ -188,11 +187,12 @@ def test_update_must_come_before_the_sobol_fold():
     group = np.arange(15.0).reshape(5, 3)
     s.update(group)
     with pytest.raises(ValueError, match="before the SobolMartinez"):
-        agg.update(group, 0, s)
+        s.attach(agg)
     with pytest.raises(ValueError, match="warmup"):
         SobolAggregatedInterval(3, P, warmup=1)
     agg.start_after(1)
-    agg.update(group, 1, s)
+    s.attach(agg)
+    s.update(group, 1)
     with pytest.raises(ValueError, match="fresh object"):
         agg.start_after(5)
 
@@ -273,9 +273,9 @@ def test_save_load_resumes_exactly(tmp_path):
         agg2 = load_statistic(f["a"])
         s2 = load_statistic(f["s"])
     assert (agg2.dense, agg2.stride, agg2.n_batches, agg2.count) == (30, 4, 9, 25)
+    s2.attach(agg2)
     for g in range(25, 50):
-        agg2.update(data[g], g, s2)
-        s2.update(data[g])
+        s2.update(data[g], g)
     _, straight = feed(data, **kw)
     np.testing.assert_array_equal(agg2.batch_counts, straight.batch_counts)
     np.testing.assert_allclose(agg2.batches, straight.batches, rtol=1e-12,
@@ -331,21 +331,20 @@ def test_update_allocates_nothing_mesh_sized():
     n = 200_000
     rng = np.random.default_rng(12)
     group = rng.standard_normal((P + 2, n))
-    s = SobolMartinez(n, P)
-    agg = SobolAggregatedInterval(n, P, warmup=2)
-    for g in range(3):
-        agg.update(group + g, g, s)
-        s.update(group + g)
-    tracemalloc.start()
-    try:
-        agg.update(group, 3, s)
-        agg.update(group, 4, s)   # the check refuses nothing: s has not moved
-    except ValueError:
-        pass
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    assert peak < n, f"update allocated {peak} bytes at peak"
+    for ci in ("fisher", "delta"):   # the sums in a pass of their own, or fused
+        s = SobolMartinez(n, P, ci=ci, aggregated=SobolAggregatedInterval(n, P, warmup=2))
+        for g in range(3):
+            s.update(group + g, g)
+        tracemalloc.start()
+        try:
+            s.update(group, 3)
+            s.update(group, 4)
+            s.flush()
+        finally:
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+        assert s.aggregated.batch_counts.sum() == 3   # groups 2, 3, 4
+        assert peak < n, f"update allocated {peak} bytes at peak"
 
 
 def test_results_file_info_and_plot(tmp_path):

@@ -14,7 +14,9 @@ from melissa_sa.kernels.sobol import (
     martinez_update_many_compact,
     row_width,
 )
-from melissa_sa.stats.sobol import FOLD_BATCH, RECENTRE_AT, SobolMartinez
+from melissa_sa.stats.row_pool import RowPool
+from melissa_sa.stats.sobol import SobolMartinez
+from melissa_sa.stats.sobol_fold import FOLD_BATCH, RECENTRE_AT
 
 P = 3
 #: the batched kernels do the operations of successive one-group folds in the
@@ -122,8 +124,8 @@ def test_buffered_object_equals_unbuffered(ci, fold_batch):
 
 
 def test_fold_now_folds_the_buffer_and_the_group_without_changing_a_bit():
-    """``update(group, fold_now=True)`` (the server, while the aggregated
-    interval reads the state at every group) = buffered updates, bit for bit."""
+    """``update(group)`` then ``flush()`` (a reader of the state at some
+    groups) = buffered updates, bit for bit."""
     rng = np.random.default_rng(8)
     data = groups_of(rng, 41, 300)
     ref = SobolMartinez(300, P, fold_batch=1)
@@ -131,7 +133,9 @@ def test_fold_now_folds_the_buffer_and_the_group_without_changing_a_bit():
     for k, group in enumerate(data):
         ref.update(group)
         now = k % 5 in (0, 3)  # some at once, some buffered in between
-        s.update(group, fold_now=now)
+        s.update(group)
+        if now:
+            s.flush()
         assert s.count == k + 1
         if now:
             assert s._folded == k + 1  # nothing left in the buffer
@@ -150,7 +154,7 @@ def test_default_fold_batch():
 def test_recentring_happens_at_the_same_counts(monkeypatch):
     """The buffer never folds across a re-centring count: the shifts move
     after exactly 2, 16 (and 256) groups, as with one-by-one updates."""
-    import melissa_sa.stats.sobol as module
+    import melissa_sa.stats.sobol_fold as module
 
     seen = []
     real = module.martinez_recentre
@@ -262,47 +266,56 @@ def test_float64_and_float32_groups_mixed():
     assert_same_results(s, ref)
 
 
+class RecordingPool(RowPool):
+    """A row pool that records the arrays given back, in order."""
+
+    def __init__(self):
+        super().__init__(spares=0)
+        self.back = []
+
+    def give_back(self, rows):
+        self.back.append(rows)
+
+
 @pytest.mark.parametrize("fold_batch", [1, 4, 9])
-def test_handed_over_groups_are_folded_in_place_and_given_back(fold_batch):
-    """``update(group, handed_over=True)`` keeps the caller's array (no copy),
-    folds it as a copied group would be, and gives it back once folded."""
+def test_leased_groups_are_folded_in_place_and_given_back(fold_batch):
+    """``update(group, pool=pool)`` keeps the leased array (no copy), folds
+    it as a copied group would be, and gives it back to the pool once folded."""
     rng = np.random.default_rng(12)
     data = groups_of(rng, 40, 70, offset=1e6)
     ref = feed(data, 1)
     s = SobolMartinez(70, P, fold_batch=fold_batch)
-    given, back, kept = [], [], 0
+    pool = RecordingPool()
+    given, kept = [], 0
     for k, group in enumerate(data):
         mine = group.copy()
         given.append(mine)
-        s.update(mine, handed_over=True)
+        s.update(mine, pool=pool)
         if len(s._buffer):
             assert s._buffer.groups[-1] is mine      # kept, not copied
             kept += 1
-        back += s.released()
         if k == 20:
             s.flush()
-    back += s.released()
     assert_same_results(s, ref)
     s.flush()
-    back += s.released()
-    assert [id(a) for a in back] == [id(a) for a in given]   # each once, in order
-    assert s.released() == []
+    assert [id(a) for a in pool.back] == [id(a) for a in given]   # each once, in order
     assert s.nbytes == ref.nbytes        # no slot was ever made
     assert (kept > 20) == (fold_batch > 1)
 
 
-def test_a_converted_group_handed_over_is_given_back_and_not_copied_twice():
+def test_a_converted_group_leased_is_given_back_and_not_copied_twice():
     rng = np.random.default_rng(13)
     data = [g.copy() for g in groups_of(rng, 3, 10, offset=100.0)]
     s = SobolMartinez(10, P, fold_batch=4)
+    pool = RecordingPool()
     ints = np.rint(data[2]).astype(np.int64)       # converted: a private copy
-    s.update(data[0], handed_over=True)
-    s.update(data[1], handed_over=True)            # the re-centring count 2: folded
-    assert [a is g for a, g in zip(s.released(), data[:2], strict=True)] == [True, True]
-    s.update(ints, handed_over=True)
+    s.update(data[0], pool=pool)
+    s.update(data[1], pool=pool)                   # the re-centring count 2: folded
+    assert [a is g for a, g in zip(pool.back, data[:2], strict=True)] == [True, True]
+    s.update(ints, pool=pool)
     assert s._buffer.groups[0] is not ints and s._buffer.nbytes == ints.nbytes
     s.flush()
-    assert s.released()[0] is ints
+    assert pool.back[2] is ints and len(pool.back) == 3
     ref = feed(np.array(data[:2]), 1)
     ref.update(ints)
     assert_same_results(s, ref)

@@ -16,18 +16,19 @@ runs only after the others ended) it is every time step of the group:
 ``groups_in_flight x n_fields x nb_time_steps x group_size x local_cells x
 itemsize``. :attr:`GroupAssembler.buffered_bytes` reports the current size.
 
-Reuse: a complete group's rows, once folded, are given back
-(:meth:`GroupAssembler.release`) and the next group of the same shape and
-dtype is assembled into them. With Sobol' the statistic folds the rows
-themselves, without a copy: it keeps them until its batch of ``fold_batch``
-groups is folded, then gives them back all at once
-(:meth:`melissa_sa.stats.SobolMartinez.released`), so the server keeps
-``fold_batch`` more spares than :data:`SPARE_BUFFERS`. A fresh ``np.empty`` of that size is a new
-mapping whose pages the kernel faults in and zeroes on first write: copying a
-10^6-cell float64 message into one cost 8.4 ms (about 1 GB/s, measured in the
-server's profile, ``benchmarks/e2e.py --profile``), into a reused one it is a
-plain copy. At most ``spares`` buffers (default :data:`SPARE_BUFFERS`) wait
-for reuse (their bytes count in :attr:`GroupAssembler.buffered_bytes`).
+Reuse: every buffer is leased from a :class:`~melissa_sa.stats.row_pool.RowPool`
+(:attr:`GroupAssembler.pool`). A complete group's rows go to the statistics,
+which give them back to that pool once folded
+(:meth:`melissa_sa.server.field_stats.StepStatistics.fold_group`); the next
+group of the same shape and dtype is assembled into them. With Sobol' the
+accumulator folds the rows themselves, without a copy, and gives a batch of
+``fold_batch`` groups back at once after its fold, so the server's pool keeps
+``fold_batch`` more spares than :data:`SPARE_BUFFERS`. A fresh ``np.empty``
+of that size is a new mapping whose pages the kernel faults in and zeroes on
+first write: copying a 10^6-cell float64 message into one cost 8.4 ms (about
+1 GB/s, measured in the server's profile, ``benchmarks/e2e.py --profile``),
+into a reused one it is a plain copy. The free buffers' bytes count in
+:attr:`GroupAssembler.buffered_bytes`.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from melissa_sa.stats.row_pool import RowPool
+
 __all__ = ["GroupAssembler", "Overlap", "SPARE_BUFFERS"]
 
-#: released group buffers kept for reuse (one per field in flight is the
+#: free group buffers kept for reuse (one per field in flight is the
 #: common case; more would only hold memory)
 SPARE_BUFFERS = 2
 
@@ -55,25 +58,26 @@ class _Buffer:
 
 
 class GroupAssembler:
-    """The open buffers of this rank, keyed by ``(group_id, field_id, time_step)``."""
+    """The open buffers of this rank, keyed by ``(group_id, field_id, time_step)``,
+    leased from ``pool`` (default: a pool of :data:`SPARE_BUFFERS` spares)."""
 
-    def __init__(self, group_size: int, spares: int = SPARE_BUFFERS):
+    def __init__(self, group_size: int, pool: RowPool | None = None):
         self.group_size = group_size
-        self.spares = spares
+        self.pool = RowPool(SPARE_BUFFERS) if pool is None else pool
         self._buffers: dict[tuple[int, int, int], _Buffer] = {}
-        self._spare: list[np.ndarray] = []
 
     def add(self, key: tuple[int, int, int], member: int, start: int, values: np.ndarray,
             n_cells: int) -> np.ndarray | None:
         """Put ``values`` at cells ``[start, start + len)`` of row ``member``.
 
         Returns the complete ``(group_size, n_cells)`` rows when this message
-        completes the group's time step (the buffer is then released), else
-        None. Raises :class:`Overlap` if those cells were already received.
+        completes the group's time step, else None: the caller holds the
+        lease of those rows and gives them back to :attr:`pool` once done.
+        Raises :class:`Overlap` if those cells were already received.
         """
         buf = self._buffers.get(key)
         if buf is None:
-            buf = _Buffer(self._new_rows(n_cells, values.dtype),
+            buf = _Buffer(self.pool.lease((self.group_size, n_cells), values.dtype),
                           np.zeros(self.group_size, dtype=np.int64),
                           [[] for _ in range(self.group_size)])
             self._buffers[key] = buf
@@ -91,20 +95,6 @@ class GroupAssembler:
             return buf.rows
         return None
 
-    def _new_rows(self, n_cells: int, dtype) -> np.ndarray:
-        shape = (self.group_size, n_cells)
-        for i, rows in enumerate(self._spare):
-            if rows.shape == shape and rows.dtype == dtype:
-                return self._spare.pop(i)
-        return np.empty(shape, dtype=dtype)
-
-    def release(self, rows: np.ndarray) -> None:
-        """Give back the rows :meth:`add` returned, once folded (nothing may
-        keep a reference to them): a later group is assembled into them."""
-        if len(self._spare) >= self.spares:
-            self._spare.pop(0)
-        self._spare.append(rows)
-
     def member_complete(self, key: tuple[int, int, int], member: int) -> bool:
         """True if the open buffer ``key`` holds every cell of ``member``'s row
         (received, waiting for a sibling); False if no buffer is open."""
@@ -121,5 +111,5 @@ class GroupAssembler:
 
     @property
     def buffered_bytes(self) -> int:
-        return (sum(b.rows.nbytes for b in self._buffers.values())
-                + sum(rows.nbytes for rows in self._spare))
+        """Bytes of the open buffers and of the pool's free ones."""
+        return sum(b.rows.nbytes for b in self._buffers.values()) + self.pool.nbytes

@@ -6,9 +6,9 @@ turns it into the arrays the results writer takes. Independent rows (A and
 B, or the one run of a group without Sobol') feed the moments, extrema,
 thresholds and quantiles; the whole group feeds the Martinez accumulators
 (``p + 2`` rows, or ``2p + 2`` with ``sa_config.second_order``, as the
-study's :class:`~melissa_sa.design.GroupLayout` says), after the aggregated
-indices' interval (:class:`SobolAggregatedInterval`, which reads them as
-they were before the group).
+study's :class:`~melissa_sa.design.GroupLayout` says): one
+:class:`SobolMartinez` per step, which also keeps the aggregated indices'
+batch sums (:class:`SobolAggregatedInterval`, attached to it).
 """
 
 from __future__ import annotations
@@ -18,8 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from melissa_sa.results.schema import SECOND_ORDER_STATISTICS
-from melissa_sa.stats import Extrema, Moments, Quantiles, SobolMartinez, ThresholdExceedance
-from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
+from melissa_sa.stats import (
+    Extrema,
+    Moments,
+    Quantiles,
+    SobolAggregatedInterval,
+    SobolMartinez,
+    ThresholdExceedance,
+)
+from melissa_sa.stats.row_pool import RowPool
 
 __all__ = ["STAT_CLASSES", "LocalField", "StepStatistics", "collect_results"]
 
@@ -44,16 +51,20 @@ class StepStatistics:
         self.threshold = (ThresholdExceedance(n_cells, sa.threshold_exceedance)
                           if sa.threshold_exceedance else None)
         self.quantiles = Quantiles(n_cells, sa.quantiles) if sa.quantiles else None
-        self.sobol = (SobolMartinez(n_cells, config.study_options.nb_parameters,
-                                    ci=sa.confidence_method,
+        p = config.study_options.nb_parameters
+        # with the aggregated indices' interval: batch sums of the influence values
+        self.sobol = (SobolMartinez(n_cells, p, ci=sa.confidence_method,
                                     second_order=self.layout.second_order,
-                                    fold_batch=sa.sobol_fold_batch)
+                                    fold_batch=sa.sobol_fold_batch,
+                                    aggregated=SobolAggregatedInterval(n_cells, p))
                       if sa.sobol_indices else None)
-        # the aggregated indices' interval: batch sums of the influence values
-        self.sobol_aggregated = (SobolAggregatedInterval(n_cells,
-                                                         config.study_options.nb_parameters)
-                                 if sa.sobol_indices else None)
         self.n_samples = 0
+
+    @property
+    def sobol_aggregated(self) -> SobolAggregatedInterval | None:
+        """The aggregated interval's batch sums, every group's added (the
+        Sobol' accumulator's :attr:`~SobolMartinez.aggregated`)."""
+        return None if self.sobol is None else self.sobol.aggregated
 
     def items_names(self) -> list[str]:
         """Names of the statistics kept (attribute names)."""
@@ -70,22 +81,42 @@ class StepStatistics:
                 stat.update(x)
         self.n_samples += 1
 
-    def fold_group(self, rows: np.ndarray, group_id: int) -> list[np.ndarray]:
+    def fold_group(self, rows: np.ndarray, group_id: int, pool: RowPool | None = None
+                   ) -> None:
         """A complete group (the study's group ``group_id``): its independent
-        rows, and all rows into Sobol': the aggregated interval folds the
-        group into the Martinez state, its influence sums (which read the
-        state from before the group) added by the batched fold.
+        rows, and all rows into the Sobol' accumulator (the aggregated
+        interval's influence sums added by its fold).
 
-        Returns the arrays the caller may write to again: ``rows`` at once
-        without Sobol'; with it, the Sobol' buffer keeps ``rows`` (folded
-        from there, no copy) and gives back the rows of a batch once it is
-        folded (:meth:`SobolMartinez.released`)."""
+        ``pool``: ``rows`` was leased from this pool and goes back to it once
+        folded (at once without Sobol'; with it, when the Sobol' buffer is
+        folded, the rows folded from where they are); without a pool the
+        accumulator copies what it keeps."""
         for row in self.layout.independent_rows:
             self.fold_sample(rows[row])
         if self.sobol is None:
-            return [rows]
-        self.sobol_aggregated.update(rows, group_id, self.sobol, fold=True, handed_over=True)
-        return self.sobol.released()
+            if pool is not None:
+                pool.give_back(rows)
+            return
+        self.sobol.update(rows, group_id, pool=pool)
+
+    def restore(self, sg) -> None:
+        """Load every statistic kept from the checkpoint group ``sg`` of this
+        step. The Sobol' accumulator keeps this step's ``fold_batch`` (a
+        setting of this run, not of the checkpoint) and takes its aggregated
+        interval from ``sg["sobol_aggregated"]``, or a fresh one that starts
+        after the saved groups (a checkpoint written before it existed)."""
+        for key in self.items_names():
+            if key == "sobol":
+                sobol = SobolMartinez.load(sg[key], fold_batch=self.sobol.fold_batch)
+                if "sobol_aggregated" in sg:
+                    aggregated = SobolAggregatedInterval.load(sg["sobol_aggregated"])
+                else:
+                    aggregated = SobolAggregatedInterval(sobol.n_cells, sobol.n_params)
+                    aggregated.start_after(sobol.count)
+                sobol.attach(aggregated)
+                self.sobol = sobol
+            elif key != "sobol_aggregated":   # restored with "sobol"
+                setattr(self, key, STAT_CLASSES[key].load(sg[key]))
 
 
 @dataclass

@@ -18,8 +18,11 @@ import numpy as np
 from melissa_sa.mpi_wait import gather_json
 from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results_parallel
 from melissa_sa.server.field_stats import aggregated_sums
-from melissa_sa.stats.sobol import aggregate_indices
-from melissa_sa.stats.sobol_aggregated import aggregated_interval, combine_slices
+from melissa_sa.stats.sobol_aggregated import (
+    aggregate_indices,
+    aggregated_interval,
+    combine_slices,
+)
 
 log = logging.getLogger("melissa_sa.server")
 

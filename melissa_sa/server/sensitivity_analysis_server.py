@@ -42,7 +42,8 @@ from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_re
 from melissa_sa.server.rank_checkpoints import RankCheckpoints
 from melissa_sa.server.study_events import Begin, DataSeen, RunFolded, RunReceived, Tick
 from melissa_sa.stats import set_threads
-from melissa_sa.stats.sobol import fold_batch_for
+from melissa_sa.stats.row_pool import RowPool
+from melissa_sa.stats.sobol_fold import fold_batch_for
 from melissa_sa.warmup import warm_up
 
 log = logging.getLogger("melissa_sa.server")
@@ -66,10 +67,10 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
         self._buffered: dict[int, np.ndarray] = {}     # the same, complete in the assembler
         self._received_sent: set[int] = set()         # runs reported RunsReceived
         sa = config.sa_config
-        # the Sobol' fold gives rows back a batch at a time (stats/sobol_buffer.py)
-        self._assembler = GroupAssembler(self.group_size, SPARE_BUFFERS + (
+        # the Sobol' fold gives rows back a batch at a time (stats/sobol_fold.py)
+        self._assembler = GroupAssembler(self.group_size, RowPool(SPARE_BUFFERS + (
             fold_batch_for(sa.confidence_method, self.layout.second_order, sa.sobol_fold_batch)
-            if sa.sobol_indices else 0))
+            if sa.sobol_indices else 0)))
         self.duplicates = 0
         self.ci_method = config.sa_config.confidence_method
         self._ranks_done: dict[int, set] = {}          # rank 0: sim -> ranks reporting
@@ -140,9 +141,8 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
             bits[h.field_id, h.time_step] = True
             self._check_received(h.sim_id)
         if rows is not None:
-            # rows the statistics are done with (these, or a Sobol' batch's)
-            for done in lf.steps[h.time_step].fold_group(rows, data.group_id):
-                self._assembler.release(done)
+            # leased rows: the statistics give them back to the pool once folded
+            lf.steps[h.time_step].fold_group(rows, data.group_id, self._assembler.pool)
             group_sims = [self.layout.sim_id(data.group_id, m) for m in range(self.group_size)]
             self._mark_folded(group_sims, h.field_id, h.time_step)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from melissa_sa.design import GroupLayout
-from melissa_sa.server.field_stats import STAT_CLASSES, LocalField, StepStatistics
+from melissa_sa.server.field_stats import LocalField, StepStatistics
 
 __all__ = ["RankSnapshot", "SnapshotError", "load_rank", "save_rank"]
 
@@ -96,14 +96,7 @@ def load_rank(f, config, fields: list[str], partitions, rank: int) -> RankSnapsh
         for t in range(nb_steps):
             sg = g[str(t)]
             step = StepStatistics(hi - lo, config)
-            for key in step.items_names():
-                if key == "sobol_aggregated" and key not in sg:  # a checkpoint from before it
-                    step.sobol_aggregated.start_after(step.sobol.count)
-                    continue
-                # the buffer size is a setting of this run (as the step built
-                # from its config chose it), not of the checkpoint
-                options = {"fold_batch": step.sobol.fold_batch} if key == "sobol" else {}
-                setattr(step, key, STAT_CLASSES[key].load(sg[key], **options))
+            step.restore(sg)
             step.n_samples = int(sg.attrs["n_samples"])
             steps.append(step)
         local[name] = LocalField(name, fields.index(name), lo, hi, steps)

@@ -1,10 +1,16 @@
 """Martinez pick-freeze Sobol' indices with confidence intervals, per cell.
 
-Around :class:`SobolMartinez`: the group check (:mod:`.sobol_group`), the
-results read from the state (:mod:`.sobol_results`), the influence sums
-added by the fold (:mod:`._influence`), the checkpoint format
-(:mod:`.sobol_checkpoint`), the whole-field indices
-(:mod:`.sobol_aggregated`), second order (:mod:`.sobol_second`).
+:class:`SobolMartinez` is the one Sobol' accumulator: it owns the Martinez
+state, the buffer of groups not yet folded, the second-order state and the
+aggregated indices' influence sums, and folds groups one way
+(:meth:`SobolMartinez.update`). Its parts, each a plain function or record
+of its own: the group check (:mod:`.sobol_group`), the batched fold with
+its buffer (row buffers leased from a
+:class:`~melissa_sa.stats.row_pool.RowPool`) and the influence rows of the
+buffered groups (:mod:`.sobol_fold`), the results read from the state
+(:mod:`.sobol_results`), the checkpoint format (:mod:`.sobol_checkpoint`),
+the whole-field interval's batch sums (:mod:`.sobol_aggregated`), second
+order (:mod:`.sobol_second`).
 """
 
 from __future__ import annotations
@@ -13,46 +19,26 @@ import itertools
 
 import numpy as np
 
-from melissa_sa.kernels.sobol import (
-    GROUP_TUPLE,
-    group_tuple,
-    martinez_update,
-    martinez_update_compact,
-    martinez_update_many,
-    martinez_update_many_compact,
-    row_width,
-)
-from melissa_sa.kernels.sobol_centred import martinez_merge, martinez_recentre
-from melissa_sa.stats._influence import InfluenceBuffer
+from melissa_sa.kernels.sobol import row_width
+from melissa_sa.kernels.sobol_centred import martinez_merge
+from melissa_sa.stats import sobol_results
 from melissa_sa.stats.base import Statistic
-from melissa_sa.stats.sobol_aggregated import aggregate_indices
-from melissa_sa.stats.sobol_buffer import GroupBuffer
-from melissa_sa.stats.sobol_checkpoint import load_martinez, save_martinez
+from melissa_sa.stats.row_pool import RowPool
+from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
+from melissa_sa.stats.sobol_checkpoint import read_martinez, restore_martinez, save_martinez
+from melissa_sa.stats.sobol_fold import (
+    RECENTRE_AT,
+    GroupBuffer,
+    InfluenceRows,
+    fold_batch_for,
+    fold_groups,
+)
 from melissa_sa.stats.sobol_group import as_group
-from melissa_sa.stats.sobol_results import MartinezResults
 from melissa_sa.stats.sobol_second import SecondOrderState, check_second_order
 
-__all__ = ["SobolMartinez", "as_group", "aggregate_indices", "fold_batch_for", "RECENTRE_AT",
-           "FOLD_BATCH"]
+__all__ = ["SobolMartinez"]
 
-#: group counts after which the shift moves to A's running mean
-RECENTRE_AT = (2, 16, 256)
-#: groups buffered per fold of a full (``ci="delta"``) state, and of a compact
-#: one (``ci="fisher"``): measured, see ``docs/performance.md``
-FOLD_BATCH = {"delta": 4, "fisher": 1}
-
-
-def fold_batch_for(ci: str, second_order: bool, fold_batch: int | None = None):
-    """The groups a :class:`SobolMartinez` buffers per fold: ``fold_batch`` if
-    given, else :data:`FOLD_BATCH` for ``ci``, and 1 with second order (its
-    interval's plug-in reads the first-order state, which must then hold
-    every earlier group, whatever else flushes the buffer)."""
-    if fold_batch is not None:
-        return fold_batch
-    return 1 if second_order else FOLD_BATCH[ci]
-
-
-class SobolMartinez(MartinezResults, Statistic):
+class SobolMartinez(Statistic):
     r"""First- and total-order Sobol' indices by Martinez' estimator, per cell.
 
     **Definitions.** For an output ``Y = f(X_1, .., X_p)`` with independent
@@ -81,40 +67,10 @@ class SobolMartinez(MartinezResults, Statistic):
     co-moments are power sums of the cell-shifted values (multiply-adds
     only), centred at finalisation.
 
-    **Constant cells.** A pair whose sample variance is zero on either side
-    (a constant cell, or fewer than two groups) has an undefined correlation;
-    its index is 0 and its interval the degenerate ``[0, 0]``. Never NaN, no
-    warning. (A NaN *sample* does propagate: the pairs of that cell it
-    touches give NaN from then on; other cells are unaffected.)
-
-    **Confidence intervals** (``confidence_interval(level, method)``), for
-    the correlation ``r`` of each pair, then mapped to ``S_k = r`` and
-    ``ST_k = 1 - r``:
-
-    * ``"delta"`` (default): asymptotic delta-method standard error of a
-      sample correlation for *any* law of the pair (not only bivariate
-      normal), ``se_r = sqrt(V / (n - 3))`` with
-      ``V = r22 (1 + r^2/2) - r (r31 + r13) + r^2/4 (r40 + r04)`` and
-      ``rij`` the standardised mixed moments ``E[x~^i y~^j]`` of the pair
-      (e.g. Ferguson, *A Course in Large Sample Theory*, 1996, ch. 8), put
-      on Fisher's z scale: ``z = atanh(r) +- q se_r / (1 - r^2)``, mapped back
-      with ``tanh``. For a bivariate normal pair ``V = (1 - r^2)^2`` and
-      this *is* Fisher's interval; the z scale keeps the bounds inside
-      ``[-1, 1]`` and improves coverage at small ``n``.
-    * ``"fisher"``: Fisher's z transform, ``atanh(r) +- q / sqrt(n - 3)``,
-      as in Melissa. Exact only for bivariate normal pairs: pick-freeze pairs
-      are not, and its coverage at nominal 95 % ranges from about 78 % to
-      96 % on Ishigami, whatever ``n``.
-    * ``"delta-linear"``: ``r +- q se_r`` (same ``se_r`` as ``"delta"``,
-      no transform); for comparison.
-
-    ``"delta"`` needs the fourth-order co-moments, kept when the object is
-    built with ``ci="delta"`` (the default); ``ci="fisher"`` keeps only
-    what the estimates and Fisher's interval need. Measured coverage
-    (``benchmarks/sobol_coverage.py``): ``"delta"`` is within 93-97 % for
-    every Ishigami index at ``n >= 1000`` groups. With fewer than 4 groups
-    every non-degenerate interval is the whole range (``[-1, 1]`` for
-    ``S_k``, ``[0, 2]`` for ``ST_k``).
+    **Constant cells** and **confidence intervals** (``"delta"``, the
+    default, ``"fisher"`` and ``"delta-linear"``; ``ci="fisher"`` keeps only
+    block 1, what the estimates and Fisher's interval need): see
+    :mod:`melissa_sa.stats.sobol_results`.
 
     **Second order** (``second_order=True``, ``p >= 2``): groups of
     ``2p + 2`` rows, ``Y_D1 .. Y_Dp`` after the ``C_k`` (``D_k``: ``B`` with
@@ -128,29 +84,19 @@ class SobolMartinez(MartinezResults, Statistic):
     (136 at ``p = 3``); second order adds ``8 (2 + 3 p + p (p - 1))``
     (136 at ``p = 3``); plus the group buffer below.
 
-    **Batched fold** (``fold_batch``, default :data:`FOLD_BATCH`: 4 for
-    ``ci="delta"``, 1 for ``ci="fisher"``). Folding one group reads and
-    writes the whole state (912 bytes per cell at ``p = 3``) for 40 bytes of
-    input: the fold is bound by that traffic. So :meth:`update` copies each
-    group into a buffer of ``fold_batch`` groups and folds them together, in
-    one pass over the state (:func:`~melissa_sa.kernels.sobol.martinez_update_many`:
-    the same operations as one-by-one updates, bit for bit). The buffer
-    holds ``fold_batch (p + 2)`` samples per cell in the groups' dtype (160
-    bytes per cell for float64 at ``p = 3`` and ``fold_batch = 4``, 80 for
-    float32), made on the first update. :attr:`count` includes the buffered
-    groups, and every result, :meth:`merge` and :meth:`save` folds them
-    first, so buffering is invisible but for speed. ``fold_batch=1`` folds
-    each group at once, without a copy; it is the default with
-    ``second_order=True`` (the second-order interval's plug-in reads the
-    first-order state, which then holds every earlier group; with a larger
-    ``fold_batch`` the plug-in is up to ``fold_batch - 1`` groups older).
-    The aggregated indices' interval
-    (:class:`~melissa_sa.stats.sobol_aggregated.SobolAggregatedInterval`)
-    has a full state add its influence sums during this fold
-    (``update(group, influence=...)``,
-    :func:`~melissa_sa.kernels.sobol.martinez_update_many_influence`); a
-    compact state (``fold_batch`` 1 by default) adds them in a pass of
-    their own before the fold.
+    **Batched fold** (``fold_batch``, default
+    :data:`~melissa_sa.stats.sobol_fold.FOLD_BATCH`, 1 with second order;
+    :mod:`melissa_sa.stats.sobol_fold`): :meth:`update` folds ``fold_batch``
+    groups in one pass, bit for bit as one by one, copying each group into
+    its buffer or, given with ``pool=``, folding it from its own array and
+    giving it back to that :class:`~melissa_sa.stats.row_pool.RowPool`.
+    :attr:`count` includes the buffered groups; every result, merge and save
+    folds them first. With ``aggregated=`` (a fresh
+    :class:`~melissa_sa.stats.sobol_aggregated.SobolAggregatedInterval`),
+    :meth:`update` takes the study's group number and adds the counted
+    groups' influence sums to its batch sums (in the batched fold of a full
+    state, in a pass of their own for a compact one); read it as
+    :attr:`aggregated`, which folds first.
 
     References: J.-M. Martinez, "Analyse de sensibilité globale par
     décomposition de la variance", GdR Ondes & Mascot Num, 2011.
@@ -185,7 +131,8 @@ class SobolMartinez(MartinezResults, Statistic):
     """
 
     def __init__(self, n_cells: int, n_params: int, *, ci: str = "delta",
-                 second_order: bool = False, fold_batch: int | None = None):
+                 second_order: bool = False, fold_batch: int | None = None,
+                 aggregated: SobolAggregatedInterval | None = None):
         if isinstance(n_cells, bool) or int(n_cells) != n_cells or int(n_cells) < 1:
             raise ValueError(f"n_cells must be a positive integer, got {n_cells!r}")
         if isinstance(n_params, bool) or int(n_params) != n_params or int(n_params) < 1:
@@ -204,11 +151,14 @@ class SobolMartinez(MartinezResults, Statistic):
         self._n = 0          # groups received (folded or buffered)
         self._folded = 0     # groups folded into the state
         self._buffer = GroupBuffer(self.fold_batch)   # received, not yet folded
-        self._influence = InfluenceBuffer(self.n_cells, self.n_params, self.fold_batch)
         width = row_width(self.n_params, full=ci == "delta")
         self._state = np.zeros((self.n_cells, width), dtype=np.float64)
         self._second = (SecondOrderState(self.n_cells, self.n_params)
                         if self.has_second_order else None)
+        self._aggregated = None
+        self._influence = None   # the buffered groups' rows of the aggregated sums
+        if aggregated is not None:
+            self.attach(aggregated)
 
     def __repr__(self) -> str:
         return (f"SobolMartinez(n_cells={self.n_cells}, n_params={self.n_params}, "
@@ -224,94 +174,116 @@ class SobolMartinez(MartinezResults, Statistic):
     def n_pairs(self) -> int:
         return self.n_params * (self.n_params - 1) // 2
 
+    # -- the aggregated interval -------------------------------------------
+    def attach(self, aggregated: SobolAggregatedInterval) -> None:
+        """Keep the aggregated indices' batch sums of these cells from now on:
+        ``aggregated`` must have seen exactly the groups this object has
+        (a fresh one, or one loaded from the same checkpoint)."""
+        if not isinstance(aggregated, SobolAggregatedInterval):
+            raise TypeError(f"aggregated must be a SobolAggregatedInterval, got {aggregated!r}")
+        if aggregated.count != self._n or aggregated.n_cells != self.n_cells \
+                or aggregated.n_params != self.n_params:
+            raise ValueError(f"{aggregated!r} attached to {self!r}: it must have seen the "
+                             "same groups, before the SobolMartinez, with the same cells "
+                             "and parameters")
+        self.flush()
+        self._aggregated = aggregated
+        self._influence = InfluenceRows(aggregated.batches, self.n_cells, self.n_params,
+                                        self.fold_batch)
+
+    @property
+    def aggregated(self) -> SobolAggregatedInterval | None:
+        """The aggregated interval's batch sums (None if none is attached),
+        every group's sums added: the buffered groups' are added first."""
+        if self.influence_pending:
+            self.flush()
+        return self._aggregated
+
+    @property
+    def influence_pending(self) -> bool:
+        """Whether buffered groups still have influence sums to add to
+        :attr:`aggregated` (every fold adds them)."""
+        return self._influence is not None and self._influence.pending(self._n - self._folded)
+
     # -- streaming -------------------------------------------------------
-    def update(self, group, fold_now: bool = False, influence=None, *,
-               handed_over: bool = False) -> None:
+    def update(self, group, group_id: int | None = None, *, pool: RowPool | None = None
+               ) -> None:
         """Fold one pick-freeze group, shape ``(n_params + 2, n_cells)``.
 
         Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with
         second order: ``2 n_params + 2`` rows), float32 or float64. With
         ``fold_batch = 1`` the group is folded at once, without a copy;
-        otherwise it is buffered, and the buffer is folded when full
-        (every read, merge and save folds what is buffered first). The
+        otherwise it is buffered and the buffer folded when full. The
         second-order sums are folded at once (they keep their own means).
-        ``handed_over``: the buffer keeps ``group`` itself instead of a copy
-        (:mod:`melissa_sa.stats.sobol_buffer`); the caller must not write to
-        it until :meth:`released` returns it. ``fold_now``: fold what is
-        buffered and this group at once, without buffering it (for a caller
-        that reads the state before the next group anyway); the state is
-        bit for bit the same either way.
-
-        ``influence=(out, row)``: also add this group's influence sums for
-        the aggregated indices' interval into ``out[row]`` (``out``: a
-        ``(n_batches, 4, n_params)`` float64 array, the batch sums of
-        :class:`~melissa_sa.stats.sobol_aggregated.SobolAggregatedInterval`,
-        which passes them), computed with the state before this group (at
-        least 2 groups). A full state adds them while it folds the group
-        (buffered or not: one pass for both); a compact one folds its buffer,
-        adds them, then folds the group. :attr:`influence_pending` tells
-        whether some are still to be added (every fold adds them).
+        ``group_id``: the study's group number, needed with an
+        :attr:`aggregated` interval (it counts the group, and adds its
+        influence sums, from the state before this group, if
+        :meth:`~SobolAggregatedInterval.counts_group`). ``pool``: ``group``
+        was leased from this :class:`~melissa_sa.stats.row_pool.RowPool`; it
+        is folded from where it is and given back to the pool once folded
+        (the caller must not write to it after this call).
         """
         given = group
         group = as_group(group, self.n_params, self.n_cells, self.has_second_order)
-        private = group is not given   # converted by as_group: a copy of our own
-        if influence is not None:
-            influence = self._influence.check(influence, self._n)
+        if pool is not None and group is not given:
+            pool.give_back(given)   # converted: our copy is folded, the lease ends now
+            pool = None
+        row = self._admit(group_id)
         if self._second is not None:
             # reads the first-order state as it is (``_folded`` groups)
             self._second.fold(self._state, group, self._n, self._folded)
             group = group[:self.n_params + 2]
-        if influence is not None and self.ci != "delta":
-            self._flush()   # the compact state: two passes, the sums first
-            self._influence.add_now(self._state, group, self._n, influence)
-            influence = None
-        give_back = given if handed_over else None
-        if self.fold_batch == 1 or fold_now:
-            self._flush()
-            if influence is not None:
-                self._influence.register(0, influence)
+        if row >= 0 and self.ci != "delta":
+            self.flush()   # the compact state: two passes, the sums first
+            self._influence.add_now(self._state, group, self._n, row)
+            row = -1
+        if self.fold_batch == 1:
+            self.flush()
+            if row >= 0:
+                self._influence.register(0, row)
             self._fold([group])
-            if give_back is not None:
-                self._buffer.hand_back(give_back)
+            if pool is not None:
+                pool.give_back(given)
             return
         if not self._buffer.accepts(group):
-            self._flush()   # another dtype: the kernels take one dtype per call
-        slot = len(self._buffer)
-        if influence is not None and not self._influence.register(slot, influence):
-            self._flush()   # sums for another array pending: add them first
-            slot = 0
-            self._influence.register(slot, influence)
-        self._buffer.add(group, keep=handed_over or private, give_back=give_back)
+            self.flush()   # another dtype: the kernels take one dtype per call
+        if row >= 0:
+            self._influence.register(len(self._buffer), row)
+        if pool is not None:
+            self._buffer.keep(group, pool, given)
+        elif group is not given:
+            self._buffer.keep(group, None)   # converted by as_group: our own copy
+        else:
+            self._buffer.copy(group)
         self._n += 1
         if self._n - self._folded == self.fold_batch or self._n in RECENTRE_AT:
-            self._flush()
+            self.flush()
 
-    def trim(self) -> None:
-        """Fold what is buffered, then free the buffer's memory (its copy
-        slots, the handed-over arrays not taken back by :meth:`released`);
-        the next update makes what it needs again. Finalisation calls it
-        before writing, so that the results are written from the state
-        alone."""
-        self._flush()
-        self._buffer.drop()
+    def _admit(self, group_id) -> int:
+        """The row of the aggregated sums this group adds to, -1 for none."""
+        if self._aggregated is None:
+            return -1
+        if group_id is None:
+            raise ValueError(f"{self!r} keeps an aggregated interval: update(group, "
+                             "group_id) needs the study's group number")
+        if self._aggregated.count != self._n:
+            raise ValueError(f"{self._aggregated!r} has not seen the groups of {self!r} "
+                             "(merged since?): it cannot follow this fold")
+        return self._aggregated.update(group_id)
 
-    def released(self) -> list[np.ndarray]:
-        """The arrays given to :meth:`update` with ``handed_over=True`` that are
-        folded now: the caller may write to them again (the server assembles
-        later groups into them)."""
-        return self._buffer.released()
-
-    def update_many(self, groups) -> None:
+    def update_many(self, groups, group_ids=None) -> None:
         """Fold several groups at once: ``groups`` is ``(m, n_params + 2, n_cells)``
-        (or a sequence of groups), in the order they count.
+        (or a sequence of groups), in the order they count; ``group_ids``:
+        their study group numbers, with an :attr:`aggregated` interval.
 
         Equivalent to ``m`` calls of :meth:`update`; the groups of an
         ``(m, p + 2, n_cells)`` C-contiguous float32/float64 array are folded
         from it directly, ``fold_batch`` at a time, without a copy.
         """
-        if not isinstance(groups, np.ndarray):
-            for group in groups:
-                self.update(group)
+        if not isinstance(groups, np.ndarray) or self._aggregated is not None:
+            ids = [None] * len(groups) if group_ids is None else group_ids
+            for group, group_id in zip(groups, ids, strict=True):
+                self.update(group, group_id)
             return
         rows = 2 * self.n_params + 2 if self.has_second_order else self.n_params + 2
         if groups.ndim != 3:
@@ -325,71 +297,39 @@ class SobolMartinez(MartinezResults, Statistic):
             for group in groups:
                 self.update(group)
             return
-        self._flush()
+        self.flush()
         for lo in range(0, groups.shape[0], self.fold_batch):
             self._fold(list(groups[lo:lo + self.fold_batch]))
 
     def _fold(self, groups: list[np.ndarray]) -> None:
-        """Fold the received-but-not-folded ``groups`` (``(p + 2, n_cells)``
-        arrays of one dtype, the next groups in order) into the state,
-        re-centring at the counts of :data:`RECENTRE_AT` as one-by-one
-        updates would; the batched kernel takes up to :data:`GROUP_TUPLE`
-        of them per call, from the arrays themselves."""
-        done = 0
-        m = len(groups)
-        many = martinez_update_many if self.ci == "delta" else martinez_update_many_compact
-        one = martinez_update if self.ci == "delta" else martinez_update_compact
-        infl = self._influence if self._influence.pending(m) else None
-        while done < m:
-            stop = min(m, done + GROUP_TUPLE)
-            for count in RECENTRE_AT:
-                if self._folded < count < self._folded + (stop - done):
-                    stop = done + count - self._folded
-                    break
-            if infl is not None and infl.pending(stop, done):
-                infl.fold(self._state, groups, done, stop, self._folded)
-            elif stop - done == 1:
-                one(self._state, groups[done], self._folded)
-            else:
-                many(self._state, group_tuple(groups[done:stop]), self._folded, stop - done)
-            self._folded += stop - done
-            done = stop
-            if self._folded in RECENTRE_AT:
-                self._recentre()
+        """Fold the received-but-not-folded ``groups`` into the state."""
+        fold_groups(self._state, groups, self._folded, self.n_params, self.ci == "delta",
+                    self._influence)
+        self._folded += len(groups)
         self._n = max(self._n, self._folded)
-        if infl is not None:
-            infl.clear(m)
-
-    @property
-    def influence_pending(self) -> bool:
-        """Whether buffered groups still have influence sums to add
-        (``update(..., influence=...)``): :meth:`flush` adds them."""
-        return self._influence.pending(self._n - self._folded)
 
     def flush(self) -> None:
-        """Fold the buffered groups now (results, merge and save do it anyway;
-        a reader of the raw state, like :class:`SobolAggregatedInterval`,
-        calls it first)."""
-        self._flush()
-
-    def _flush(self) -> None:
-        """Fold the buffered groups (if any) into the state."""
+        """Fold the buffered groups now (every result, merge and save does it
+        first): leased row buffers go back to their pools."""
         if len(self._buffer):
             self._fold(self._buffer.groups)
             self._buffer.clear()
 
-    def _recentre(self) -> None:
-        """Move each cell's shift to A's running mean: the power sums of a
-        full state are best conditioned about the mean (a compact state
-        moves too, so that both keep the same block 1)."""
-        martinez_recentre(self._state, self._folded, self.n_params)
+    def trim(self) -> None:
+        """Fold what is buffered, then free the buffer's copy slots; the next
+        update makes what it needs again. Finalisation calls it before
+        writing, so that the results are written from the state alone."""
+        self.flush()
+        self._buffer.drop()
 
     def merge(self, other: SobolMartinez) -> None:
-        """Fold ``other``'s groups in, as if this object had seen them too."""
+        """Fold ``other``'s groups in, as if this object had seen them too
+        (an :attr:`aggregated` interval does not follow: it counts the groups
+        given to :meth:`update`)."""
         self._check_merge(other, n_cells=self.n_cells, n_params=self.n_params, ci=self.ci,
                           has_second_order=self.has_second_order)
-        self._flush()
-        other._flush()
+        self.flush()
+        other.flush()
         other_state = other._state.copy() if other is self else other._state
         if self._second is not None:
             self._second.merge(self._folded, other._second, other._folded)
@@ -405,16 +345,82 @@ class SobolMartinez(MartinezResults, Statistic):
         included: every result folds the buffer first."""
         return self._n
 
+    def folded_state(self) -> np.ndarray:
+        """The per-cell state ``(n_cells, width)``, every group folded (the
+        layout of :mod:`melissa_sa.kernels.sobol`; read it, do not write)."""
+        self.flush()
+        return self._state
+
+    @property
+    def first_order(self) -> np.ndarray:
+        """``S_k = corr(Y_B, Y_Ck)``, shape ``(n_params, n_cells)``."""
+        return self.indices[0]
+
+    @property
+    def total_order(self) -> np.ndarray:
+        """``ST_k = 1 - corr(Y_A, Y_Ck)``, shape ``(n_params, n_cells)``."""
+        return self.indices[1]
+
+    @property
+    def indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(first_order, total_order)`` from one pass over the state."""
+        return sobol_results.indices(self.folded_state(), self.n_params)
+
+    @property
+    def second_order(self) -> np.ndarray:
+        """``S_ij = corr(Y_Ci, Y_Dj) - S_i - S_j``, shape ``(n_pairs, n_cells)``,
+        pairs in :attr:`pairs` order; needs ``second_order=True``."""
+        if self._second is None:
+            raise ValueError("second_order indices need SobolMartinez(..., second_order=True)")
+        return self._second.indices(self.folded_state())  # S_i from the first-order state
+
+    def confidence_interval(self, level: float = 0.95, method: str | None = None):
+        """Two-sided confidence intervals of the first and total indices.
+
+        Returns ``((first_low, first_high), (total_low, total_high))``, each
+        array shaped ``(n_params, n_cells)``. ``method`` is ``"delta"``
+        (default when the object keeps fourth-order moments, ``ci="delta"``),
+        ``"fisher"`` (default with ``ci="fisher"``) or ``"delta-linear"``;
+        see the class docstring. With second order, a third pair
+        ``(second_low, second_high)``, each ``(n_pairs, n_cells)``: the
+        prequential influence-function interval whatever ``method`` (see
+        :mod:`melissa_sa.kernels.sobol_second`).
+        """
+        return self._interval(level, method, with_indices=False)[1]
+
+    def indices_and_interval(self, level: float = 0.95, method: str | None = None):
+        """``(indices, confidence_interval(level, method))`` from one pass over
+        the state instead of two (the results writer's call, per time step);
+        the same arrays as the two calls, bit for bit."""
+        return self._interval(level, method, with_indices=True)
+
+    def _interval(self, level, method, with_indices):
+        state = self.folded_state()
+        return sobol_results.interval(state, self._folded, self.n_params, self.ci,
+                                      self._second, level, method, with_indices)
+
+    def aggregated_sums(self) -> np.ndarray:
+        """This object's partial sums for the field's aggregated indices.
+
+        Shape ``(4, n_params)``, rows ``sum_c XY11(B, C_k)``,
+        ``sum_c sqrt(B2 Ck2)``, ``sum_c XY11(A, C_k)``, ``sum_c sqrt(A2 Ck2)``
+        over this object's cells. Sums from disjoint sets of cells (server
+        ranks) add up: reduce them with a sum, then call
+        :func:`~melissa_sa.stats.sobol_aggregated.aggregate_indices`. No
+        cell is gathered.
+        """
+        return sobol_results.aggregated_sums(self.folded_state(), self.n_params)
+
     @property
     def nbytes(self) -> int:
         """Bytes of state held: ``8 * (9 + 16 p)`` or ``8 * (5 + 4 p)`` per
         cell, plus ``8 * (2 + 3 p + p (p - 1))`` with second order, plus the
         group buffer once made (``fold_batch (p + 2)`` samples per cell in the
         groups' dtype), plus the influence sums' scratch once made
-        (``update(..., influence=...)``: ``32 p fold_batch`` bytes per 256 cells)."""
+        (``32 p fold_batch`` bytes per 256 cells)."""
         extra = self._second.nbytes if self._second is not None else 0
-        return (self._state.nbytes + extra + self._influence.nbytes
-                + self._buffer.nbytes)
+        infl = self._influence.nbytes if self._influence is not None else 0
+        return self._state.nbytes + extra + infl + self._buffer.nbytes
 
     # -- checkpoint ------------------------------------------------------
     def save(self, group) -> None:
@@ -422,16 +428,28 @@ class SobolMartinez(MartinezResults, Statistic):
         meaning of the row's slots, see :mod:`melissa_sa.kernels.sobol`).
         Buffered groups are folded first: the saved state holds every group
         received. ``fold_batch`` is not saved (it is a choice of speed, not
-        part of the state)."""
-        save_martinez(self, group)
+        part of the state); the aggregated interval saves itself."""
+        state = self.folded_state()
+        save_martinez(group, state, None if self._second is None else self._second.array,
+                      n=self._folded, n_params=self.n_params, ci=self.ci)
 
     @classmethod
-    def load(cls, group, *, fold_batch: int | None = None) -> SobolMartinez:
+    def load(cls, group, *, fold_batch: int | None = None,
+             aggregated: SobolAggregatedInterval | None = None) -> SobolMartinez:
         """Rebuild a :class:`SobolMartinez` from a group written by :meth:`save`
-        (``fold_batch``: as in the constructor).
+        (``fold_batch``, ``aggregated``: as in the constructor and
+        :meth:`attach`).
 
         A state saved before layout 2 (no ``layout`` attribute: centred
         fourth-order sums) is converted; a newer layout is refused. A state
         saved without a ``second_order`` attribute is first-order only.
         """
-        return load_martinez(cls, group, fold_batch)
+        saved = read_martinez(group)
+        obj = cls(saved.n_cells, saved.n_params, ci=saved.ci,
+                  second_order=saved.second_order, fold_batch=fold_batch)
+        restore_martinez(group, saved, obj._state,
+                         None if obj._second is None else obj._second.array)
+        obj._n = obj._folded = saved.n
+        if aggregated is not None:
+            obj.attach(aggregated)
+        return obj

@@ -1,11 +1,11 @@
 """The aggregated (whole-field) Sobol' indices and their confidence intervals.
 
 The aggregated indices of a field (Gamboa, Janon, Klein & Lagnoux 2014, in
-Martinez' correlation form; :func:`aggregate_indices`, also importable from
-:mod:`melissa_sa.stats.sobol`) are ratios ``S_k = N / D`` of sums over cells. Cells of one group are
-correlated, so the variance of ``S_k`` needs, per group, the *whole field's*
-influence value ``Phi_g - S_k Psi_g`` (below), which no server rank holds:
-each has a slice of cells.
+Martinez' correlation form; :func:`aggregate_indices`) are ratios
+``S_k = N / D`` of sums over cells. Cells of one group are correlated, so
+the variance of ``S_k`` needs, per group, the *whole field's* influence
+value ``Phi_g - S_k Psi_g`` (below), which no server rank holds: each has a
+slice of cells.
 
 **Influence values.** With ``S_k = N / D``, ``N = sum_c Cov_c(B, C_k)``,
 ``D = sum_c sqrt(Var_c(B) Var_c(C_k))`` (total order: ``1 - N_A / D_A``
@@ -26,9 +26,8 @@ predict the new group: ``E[(b - m_b)(c - m_c)] = cov (1 + 1/n)``, so
 cell with a zero running variance on either side adds nothing to ``Psi``
 (nor to ``D``); its ``Phi`` term is 0 for a constant cell; a NaN value or
 state makes ``Phi`` NaN (so the interval, like the aggregated index, is
-NaN). The kernels (:func:`~melissa_sa.kernels.sobol.aggregated_influence`,
-and :func:`~melissa_sa.kernels.sobol.martinez_update_many_influence`, the
-same sums fused with the batched fold) sum a group's terms over chunks of
+NaN). The kernels (:mod:`melissa_sa.kernels.sobol_influence`: the sums
+alone, and fused with the batched fold) sum a group's terms over chunks of
 256 cells, then the chunks in order: the sums do not depend on the thread
 count nor on the path.
 
@@ -70,14 +69,12 @@ Example: a field of two cells, ``Y = X1 + 2 X2`` and ``Y = X3`` (variances
 >>> import numpy as np
 >>> from melissa_sa.stats import SobolMartinez
 >>> rng = np.random.default_rng(1)
->>> s, agg = SobolMartinez(2, 3, ci="fisher"), SobolAggregatedInterval(2, 3)
+>>> s = SobolMartinez(2, 3, ci="fisher", aggregated=SobolAggregatedInterval(2, 3))
 >>> for g in range(4000):
 ...     a, b = rng.random(3), rng.random(3)
 ...     runs = [a, b] + [np.where(np.arange(3) == k, b, a) for k in range(3)]
-...     group = np.array([[x[0] + 2 * x[1], x[2]] for x in runs])
-...     agg.update(group, g, s)   # before s.update: reads s's running state
-...     s.update(group)
->>> (low, high), _ = agg.confidence_interval(s, 0.95)
+...     s.update(np.array([[x[0] + 2 * x[1], x[2]] for x in runs]), g)
+>>> (low, high), _ = s.aggregated.confidence_interval(s, 0.95)
 >>> truth = np.array([1, 4, 1]) / 6
 >>> bool(np.all(low < truth)), bool(np.all(truth < high))
 (True, True)
@@ -89,10 +86,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from melissa_sa.kernels.sobol import CHUNK, aggregated_influence
 from melissa_sa.stats._state import load_state, restore_array, save_state
 from melissa_sa.stats.base import MergeError, Statistic
-from melissa_sa.stats.sobol_group import as_group
 
 __all__ = ["SobolAggregatedInterval", "aggregate_indices", "aggregated_interval",
            "combine_slices", "effective_dof", "N_BATCHES", "WARMUP", "DENSE", "STRIDE"]
@@ -141,27 +136,13 @@ class SobolAggregatedInterval(Statistic):
     """Batch sums of the influence values of the aggregated Sobol' indices.
 
     ``SobolAggregatedInterval(n_cells, n_params, n_batches=256, warmup=10)``
-    keeps ``8 (4 p + 1) n_batches`` bytes whatever ``n_cells``. It reads
-    the running means, variances and covariances of the
-    :class:`~melissa_sa.stats.SobolMartinez` of the same cells in place
-    (block 1 of its state, see :mod:`melissa_sa.kernels.sobol`) as they
-    were before each group, and refuses a ``sobol`` that has not seen
-    exactly the groups it has. Two ways to feed it:
-
-    * ``update(group, group_id, sobol, fold=True)`` also folds the group
-      into ``sobol`` (``sobol.update(group, influence=...)``): a full state
-      (``ci="delta"``) buffers the group and adds its influence sums during
-      the batched fold (one pass over the state for both,
-      :func:`~melissa_sa.kernels.sobol.martinez_update_many_influence`). The
-      sums of buffered groups are added when ``sobol`` folds its buffer;
-      every reader here (:attr:`batches`, :meth:`confidence_interval`,
-      :meth:`merge`, :meth:`save`) has it fold first. The server's way.
-    * ``update(group, group_id, sobol)`` then ``sobol.update(group)``:
-      ``sobol``'s buffer is folded and the sums are added at once (a pass
-      over block 1 of the state), then ``sobol`` folds the group itself.
-
-    Both give the same sums and state, bit for bit (a compact state, and
-    second order, fold one group at a time and keep the two passes).
+    keeps ``8 (4 p + 1) n_batches`` bytes whatever ``n_cells``. It does not
+    fold anything: the :class:`~melissa_sa.stats.SobolMartinez` of the same
+    cells it is attached to (``SobolMartinez(..., aggregated=this)``) counts
+    each group here (:meth:`update`) and adds the group's influence sums to
+    :attr:`batches` during its fold, computed with its state as it was
+    before the group. Buffered groups' sums are added when it folds its
+    buffer: read this object as ``sobol.aggregated``, which folds first.
     :attr:`batch_counts` and :attr:`batch_ids` count a group at once.
 
     ``merge(other)`` adds the sums of *other cells* of the same groups (a
@@ -184,74 +165,29 @@ class SobolAggregatedInterval(Statistic):
         self.dense = int(dense)
         self.stride = int(stride)
         self._n = 0
-        self._batches = np.zeros((self.n_batches, 4, self.n_params))
+        #: the batch sums ``(n_batches, 4, p)``, added to in place
+        self.batches = np.zeros((self.n_batches, 4, self.n_params))
         self.batch_counts = np.zeros(self.n_batches, dtype=np.int64)
         self.batch_ids = np.zeros(self.n_batches, dtype=np.int64)   # sum of group ids
-        self._partial = None  # (ceil(n_cells / CHUNK), 4, p) scratch, made on first use
-        self._sobol = None    # the SobolMartinez that may hold sums not yet added
-
-    @property
-    def batches(self) -> np.ndarray:
-        """The batch sums ``(n_batches, 4, p)``, every group counted so far
-        included (a SobolMartinez fed with ``update(..., fold=True)`` folds
-        its buffer first)."""
-        if self._sobol is not None and self._sobol.influence_pending:
-            self._sobol.flush()
-        return self._batches
 
     def __repr__(self) -> str:
         return (f"SobolAggregatedInterval(n_cells={self.n_cells}, n_params={self.n_params}, "
                 f"n_batches={self.n_batches}, warmup={self.warmup}; {self._n} groups)")
 
-    def update(self, group, group_id: int, sobol, fold: bool = False, *,
-               handed_over: bool = False) -> None:
-        """Add group ``group_id``'s influence values, computed with ``sobol``
-        as it is before this group.
-
-        ``group``: ``(p + 2, n_cells)`` (or more rows, e.g. second order:
-        only ``A, B, C_1 .. C_p`` are read here); ``sobol``: the
-        :class:`~melissa_sa.stats.SobolMartinez` of the same cells.
-        ``fold=True``: fold the group into ``sobol`` too
-        (``sobol.update(group, influence=...)``, the sums added by its
-        fold); otherwise call ``sobol.update(group)`` next. ``handed_over``
-        (with ``fold``): as in :meth:`SobolMartinez.update`, the group array is
-        folded from where it is and given back by ``sobol.released()``.
-        """
-        if sobol.count != self._n or sobol.n_cells != self.n_cells \
-                or sobol.n_params != self.n_params:
-            raise ValueError(f"{self!r} fed with {sobol!r}: update the interval before "
-                             "the SobolMartinez, with the same cells and parameters")
-        rows = group
-        group = np.asarray(group)
-        if group.ndim == 2 and group.shape[0] > self.n_params + 2:
-            group = group[:self.n_params + 2]
-        group = as_group(group, self.n_params, self.n_cells)
+    def update(self, group_id: int) -> int:
+        """Count group ``group_id``, the next group of the attached
+        SobolMartinez (it calls this, then adds the sums): the row of
+        :attr:`batches` its influence sums go to, or -1 if it adds none
+        (warm-up, or not a counted group, see :meth:`counts_group`). The
+        sums need a state of at least ``warmup`` (>= 2) groups."""
         group_id = int(group_id)
-        influence = None
+        row = -1
         if self._n >= self.warmup and self.counts_group(group_id):
-            batch = group_id % self.n_batches
-            if fold:
-                influence = (self._batches, batch)
-                self._sobol = sobol
-            else:
-                # the running estimates must hold every earlier group: fold
-                # what the SobolMartinez buffers first
-                sobol.flush()
-                aggregated_influence(sobol._state, group, self._n, self.n_params, batch,
-                                     self.scratch(), self._batches)
-            self.batch_counts[batch] += 1
-            self.batch_ids[batch] += group_id
-        if fold:
-            sobol.update(rows, influence=influence, handed_over=handed_over)
+            row = group_id % self.n_batches
+            self.batch_counts[row] += 1
+            self.batch_ids[row] += group_id
         self._n += 1
-
-    def scratch(self) -> np.ndarray:
-        """The ``(ceil(n_cells / CHUNK), 4, p)`` float64 scratch of
-        :func:`~melissa_sa.kernels.sobol.aggregated_influence`, made once."""
-        if self._partial is None:
-            chunks = -(-self.n_cells // CHUNK)
-            self._partial = np.zeros((chunks, 4, self.n_params))
-        return self._partial
+        return row
 
     def start_after(self, n_groups: int) -> None:
         """Follow a SobolMartinez that already holds ``n_groups`` groups this
@@ -280,8 +216,7 @@ class SobolAggregatedInterval(Statistic):
                              "differ); combine_slices leaves such batches out")
         if other is self:
             raise MergeError(f"cannot merge {self!r} with itself: its cells would count twice")
-        mine = self.batches   # this side's pending sums added first, then other's
-        mine += other.batches
+        self.batches += other.batches
         self.n_cells += other.n_cells
 
     @property
@@ -296,17 +231,19 @@ class SobolAggregatedInterval(Statistic):
     @property
     def nbytes(self) -> int:
         """Bytes of state held (independent of the number of cells)."""
-        return self._batches.nbytes + self.batch_counts.nbytes + self.batch_ids.nbytes
+        return self.batches.nbytes + self.batch_counts.nbytes + self.batch_ids.nbytes
 
     def confidence_interval(self, sobol, level: float = 0.95):
         """``((first_low, first_high), (total_low, total_high))``, each ``(p,)``.
 
-        For a field whose cells are all in this object and in ``sobol``.
+        For a field whose cells are all in this object and in ``sobol`` (its
+        :meth:`~melissa_sa.stats.SobolMartinez.aggregated_sums`, which folds
+        its buffer first, so the buffered groups' sums are added here too).
         """
         if sobol.count != self._n or sobol.n_cells != self.n_cells:
             raise ValueError(f"{self!r} and {sobol!r} did not see the same groups and cells")
-        return aggregated_interval(sobol.aggregated_sums(), self.batches, self.batch_counts,
-                                   self._n, level)
+        sums = sobol.aggregated_sums()
+        return aggregated_interval(sums, self.batches, self.batch_counts, self._n, level)
 
     def save(self, group) -> None:
         """Write the batch sums into an h5py group."""

@@ -1,4 +1,4 @@
-"""Checkpoint (de)serialisation of :class:`~melissa_sa.stats.sobol.SobolMartinez`.
+"""Checkpoint format of a :class:`~melissa_sa.stats.SobolMartinez`.
 
 The state goes into an h5py group as the ``state`` array (one row per cell;
 attribute ``layout``: the meaning of the row's slots, see
@@ -8,37 +8,50 @@ array; the attributes ``n``, ``n_cells``, ``n_params``, ``ci`` and
 before the power sums of layout 2) is converted on load; a newer layout is
 refused. ``fold_batch`` is not saved: it is a choice of speed, not part of
 the state. :meth:`SobolMartinez.save` and :meth:`SobolMartinez.load` call
-these two functions.
+these functions with the statistic's own arrays.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+
+import numpy as np
 
 from melissa_sa.kernels.sobol import LAYOUT
 from melissa_sa.kernels.sobol_centred import martinez_from_centred
 from melissa_sa.stats._state import load_state, restore_array, save_state
 
-if TYPE_CHECKING:
-    from melissa_sa.stats.sobol import SobolMartinez
+KIND = "SobolMartinez"
 
 
-def save_martinez(stat: SobolMartinez, group) -> None:
-    """Write ``stat`` into the h5py ``group``, its buffered groups folded first."""
-    stat._flush()
-    arrays = {"state": stat._state}
-    if stat._second is not None:
-        arrays["second"] = stat._second.array
-    save_state(group, "SobolMartinez", arrays,
-               {"n": stat._folded, "n_cells": stat.n_cells,
-                "n_params": stat.n_params, "ci": stat.ci, "layout": LAYOUT,
-                "second_order": stat.has_second_order})
+@dataclass
+class SavedMartinez:
+    """What a checkpoint group says of the statistic it holds."""
+
+    n: int
+    n_cells: int
+    n_params: int
+    ci: str
+    second_order: bool
+    layout: int
 
 
-def load_martinez(cls: type[SobolMartinez], group, fold_batch: int | None) -> SobolMartinez:
-    """Rebuild a ``cls`` from a group written by :func:`save_martinez` (or by a
-    melissa-sa of layout 1), with ``fold_batch`` as in the constructor."""
-    arrays, attrs = load_state(group, "SobolMartinez", ["state"])
+def save_martinez(group, state: np.ndarray, second: np.ndarray | None, *, n: int,
+                  n_params: int, ci: str) -> None:
+    """Write a folded state of ``n`` groups, one row per cell (and the
+    second-order array, or None)."""
+    arrays = {"state": state}
+    if second is not None:
+        arrays["second"] = second
+    save_state(group, KIND, arrays,
+               {"n": n, "n_cells": state.shape[0], "n_params": n_params, "ci": ci,
+                "layout": LAYOUT, "second_order": second is not None})
+
+
+def read_martinez(group) -> SavedMartinez:
+    """The attributes of a group written by :func:`save_martinez` (or by a
+    melissa-sa of layout 1); refuses a layout this melissa-sa does not read."""
+    _, attrs = load_state(group, KIND, [])
     ci = attrs["ci"]
     if isinstance(ci, bytes):
         ci = ci.decode()
@@ -47,14 +60,20 @@ def load_martinez(cls: type[SobolMartinez], group, fold_batch: int | None) -> So
         where = getattr(group, "name", "<group>")
         raise ValueError(f"{where}: SobolMartinez state layout {layout}, "
                          f"this melissa-sa reads layouts 1 and {LAYOUT}")
-    second = bool(attrs.get("second_order", False))
-    obj = cls(int(attrs["n_cells"]), int(attrs["n_params"]), ci=str(ci),
-              second_order=second, fold_batch=fold_batch)
-    restore_array(group, "state", obj._state, arrays["state"])
-    if second:
-        more, _ = load_state(group, "SobolMartinez", ["second"])
-        restore_array(group, "second", obj._second.array, more["second"])
-    obj._n = obj._folded = int(attrs["n"])
-    if layout == 1 and obj.ci == "delta":
-        martinez_from_centred(obj._state, obj._n, obj.n_params)
-    return obj
+    return SavedMartinez(n=int(attrs["n"]), n_cells=int(attrs["n_cells"]),
+                         n_params=int(attrs["n_params"]), ci=str(ci),
+                         second_order=bool(attrs.get("second_order", False)), layout=layout)
+
+
+def restore_martinez(group, saved: SavedMartinez, state: np.ndarray,
+                     second: np.ndarray | None) -> None:
+    """Copy the saved arrays into ``state`` (and ``second``), arrays of a
+    fresh statistic built as ``saved`` says; a layout-1 full state is
+    converted to the power sums of :data:`~melissa_sa.kernels.sobol.LAYOUT`."""
+    arrays, _ = load_state(group, KIND, ["state"])
+    restore_array(group, "state", state, arrays["state"])
+    if second is not None:
+        more, _ = load_state(group, KIND, ["second"])
+        restore_array(group, "second", second, more["second"])
+    if saved.layout == 1 and saved.ci == "delta":
+        martinez_from_centred(state, saved.n, saved.n_params)

@@ -1,10 +1,9 @@
-"""A pick-freeze group as the Sobol' statistics take it: the one check of its
+"""A pick-freeze group as the Sobol' accumulator takes it: the one check of its
 shape and dtype.
 
-:class:`~melissa_sa.stats.sobol.SobolMartinez` and
-:class:`~melissa_sa.stats.sobol_aggregated.SobolAggregatedInterval` both pass
-every group through :func:`as_group`, so a wrong group fails the same way
-(naming the rows expected) whichever statistic sees it first.
+:meth:`~melissa_sa.stats.SobolMartinez.update` passes every group through
+:func:`as_group` before anything else (the aggregated interval counts it),
+so a wrong group fails naming the rows expected and changes nothing.
 
 >>> import numpy as np
 >>> as_group(np.zeros((4, 3), dtype=np.int32), n_params=2, n_cells=3).dtype

@@ -1,0 +1,79 @@
+"""A pool of row buffers: arrays leased by one owner and given back by another.
+
+The server assembles a pick-freeze group's rows (one row per member, one
+column per cell of the rank's slice) into a buffer it *leases* from a
+:class:`RowPool` (:class:`melissa_sa.server.assembly.GroupAssembler`). The
+complete rows go to the Sobol' accumulator, which folds them from where they
+are, without a copy, and *gives them back* to the pool once they are folded
+(:meth:`melissa_sa.stats.SobolMartinez.update` with ``pool=``); a later group
+is assembled into them. Whoever holds a leased array may write to it; once it
+is given back, nobody may.
+
+Why reuse: a fresh ``np.empty`` of a 10^6-cell slice is a new mapping whose
+pages the kernel faults in and zeroes on first write (about 1 GB/s,
+``benchmarks/e2e.py --profile``); a reused one is a plain copy. At most
+``spares`` free arrays wait (the oldest goes first): the pool bounds memory,
+not the number of leases.
+
+>>> import numpy as np
+>>> pool = RowPool(spares=2)
+>>> rows = pool.lease((3, 4), np.float32)     # none free: a new array
+>>> pool.give_back(rows)
+>>> len(pool), pool.nbytes
+(1, 48)
+>>> pool.lease((3, 4), np.float32) is rows   # the same shape and dtype: reused
+True
+>>> pool.lease((3, 4), np.float64) is rows
+False
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["RowPool"]
+
+
+class RowPool:
+    """Free row buffers, reused by shape and dtype; at most ``spares`` kept."""
+
+    def __init__(self, spares: int):
+        if isinstance(spares, bool) or int(spares) != spares or spares < 0:
+            raise ValueError(f"spares must be an integer >= 0, got {spares!r}")
+        self.spares = int(spares)
+        self._free: list[np.ndarray] = []
+
+    def lease(self, shape: tuple[int, ...], dtype) -> np.ndarray:
+        """A C-contiguous array of ``shape`` and ``dtype``, a free one if the
+        pool holds one (its values are stale: write every cell), else new."""
+        shape = tuple(shape)
+        dtype = np.dtype(dtype)
+        for i, rows in enumerate(self._free):
+            if rows.shape == shape and rows.dtype == dtype:
+                return self._free.pop(i)
+        return np.empty(shape, dtype=dtype)
+
+    def give_back(self, rows: np.ndarray) -> None:
+        """``rows`` is free again (its holder keeps no reference to write
+        through); beyond ``spares`` free arrays the oldest is dropped."""
+        if self.spares == 0:
+            return
+        if len(self._free) >= self.spares:
+            self._free.pop(0)
+        self._free.append(rows)
+
+    def drop(self) -> None:
+        """Forget the free arrays (their memory goes back to the system)."""
+        self._free = []
+
+    def __len__(self) -> int:
+        """Free arrays waiting for a lease."""
+        return len(self._free)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the free arrays."""
+        return sum(rows.nbytes for rows in self._free)
+
+    def __repr__(self) -> str:
+        return f"RowPool(spares={self.spares}; {len(self._free)} free, {self.nbytes} bytes)"
