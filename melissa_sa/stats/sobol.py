@@ -82,7 +82,7 @@ class SobolMartinez(Statistic):
     **Memory** (float64, per cell): ``8 (9 + 16 p)`` bytes with
     ``ci="delta"`` (456 at ``p = 3``), ``8 (5 + 4 p)`` with ``ci="fisher"``
     (136 at ``p = 3``); second order adds ``8 (2 + 3 p + p (p - 1))``
-    (136 at ``p = 3``); plus the group buffer below.
+    (136 at ``p = 3``); plus the group buffer (:attr:`nbytes`).
 
     **Batched fold** (``fold_batch``, default
     :data:`~melissa_sa.stats.sobol_fold.FOLD_BATCH`, 1 with second order;
@@ -316,16 +316,14 @@ class SobolMartinez(Statistic):
             self._buffer.clear()
 
     def trim(self) -> None:
-        """Fold what is buffered, then free the buffer's copy slots; the next
-        update makes what it needs again. Finalisation calls it before
-        writing, so that the results are written from the state alone."""
+        """Fold what is buffered, then free the buffer's copy slots (made again
+        if needed): finalisation writes the results from the state alone."""
         self.flush()
         self._buffer.drop()
 
     def merge(self, other: SobolMartinez) -> None:
-        """Fold ``other``'s groups in, as if this object had seen them too
-        (an :attr:`aggregated` interval does not follow: it counts the groups
-        given to :meth:`update`)."""
+        """Fold ``other``'s groups in, as if this object had seen them too (an
+        :attr:`aggregated` interval counts only the groups of :meth:`update`)."""
         self._check_merge(other, n_cells=self.n_cells, n_params=self.n_params, ci=self.ci,
                           has_second_order=self.has_second_order)
         self.flush()
@@ -413,11 +411,9 @@ class SobolMartinez(Statistic):
 
     @property
     def nbytes(self) -> int:
-        """Bytes of state held: ``8 * (9 + 16 p)`` or ``8 * (5 + 4 p)`` per
-        cell, plus ``8 * (2 + 3 p + p (p - 1))`` with second order, plus the
-        group buffer once made (``fold_batch (p + 2)`` samples per cell in the
-        groups' dtype), plus the influence sums' scratch once made
-        (``32 p fold_batch`` bytes per 256 cells)."""
+        """Bytes held: the state (see **Memory**), the group buffer once made
+        (``fold_batch (p + 2)`` samples per cell in the groups' dtype), the
+        influence sums' scratch once made (``32 p fold_batch`` B per 256 cells)."""
         extra = self._second.nbytes if self._second is not None else 0
         infl = self._influence.nbytes if self._influence is not None else 0
         return self._state.nbytes + extra + infl + self._buffer.nbytes
