@@ -40,7 +40,7 @@ def server(tmp_path, monkeypatch):
     s = SensitivityAnalysisServer(load_config(study), comm=OneRank())
     s.transport = Recorder()
     s.connection_address = "tcp://127.0.0.1:2"
-    s.study.limits = s._study_limits()
+    s.open_study()
     return s
 
 
@@ -61,7 +61,7 @@ def test_scripts_rm_script_and_mean_run_time(server):
 
 def test_offline_scripts_set_no_server_address(server):
     server.make_study_offline()
-    server.study.limits = server._study_limits()
+    server.open_study()
     server.feed(Begin(0.0))
     text = (server.script_dir / "client.0.sh").read_text()
     assert "MELISSA_SERVER_ADDRESS" not in text and "MELISSA_OFFLINE" not in text

@@ -48,6 +48,7 @@ from melissa_sa.server.data_messages import (
 )
 from melissa_sa.server.intake import partition
 from melissa_sa.server.launcher_link import LauncherLink
+from melissa_sa.server.rank_progress import RankProgress
 from melissa_sa.server.study_state import StudyLimits, StudyState
 from melissa_sa.server.transport import FatalError, Transport, is_loopback_bind
 
@@ -128,11 +129,10 @@ class BaseServer(LauncherLink, DataMessages, ABC):
         self._finishing = False
         self._exit_status = 0
         self._exit_message = ""
-        # simulation ids accepted: grows when groups are redrawn
-        self._sim_id_limit = config.n_groups * config.group_size
         self._launcher_address = os.environ.get("MELISSA_LAUNCHER_ADDRESS")
-        self.study = StudyState(self.layout, StudyLimits(n_groups=self.nb_groups),
-                                managed=bool(self._launcher_address))
+        self.progress = RankProgress(self.layout, self.nb_groups, len(self.fields),
+                                     self.nb_time_steps)
+        self.study = self._new_study()
         self.transport: Transport | None = None
         self.ranks = ranks.RankLink(comm, self._rank_handlers())
         self.data_endpoints: list[str] = []
@@ -252,6 +252,24 @@ class BaseServer(LauncherLink, DataMessages, ABC):
         else:
             self._parameter_sampler = sampling.sampler_from_config(self.config, sampler_t)
 
+    @property
+    def _sim_id_limit(self) -> int:
+        return self.progress.sim_id_limit
+
+    def convergence_rule(self):
+        """The :class:`~melissa_sa.convergence.ConvergenceRule` of the study, or None."""
+        return None
+
+    def _new_study(self) -> StudyState:
+        rule = self.convergence_rule()
+        return StudyState(self.layout, self._study_limits(),
+                          managed=bool(self._launcher_address), n_ranks=self.comm_size,
+                          convergence_rule=None if rule is None else rule.to_dict())
+
+    def open_study(self) -> None:
+        """Rank 0: the study state under the limits known after ``setup_environment``."""
+        self.study = self._new_study()
+
     def _study_limits(self) -> StudyLimits:
         window = max(1, math.ceil(self._job_limit / self.group_size)) + 1
         return StudyLimits.from_config(self.config, window=window,
@@ -344,7 +362,6 @@ class BaseServer(LauncherLink, DataMessages, ABC):
         self._stop_requested = True
 
     def _on_redraw(self, msg: ranks.Redraw) -> None:
-        self._sim_id_limit = max(self._sim_id_limit, msg.sim_id_limit)
         self.on_group_abandoned(msg.group_id)
 
     def _on_rank_stop_request(self, msg: ranks.RankStopRequest) -> None:

@@ -31,7 +31,7 @@ from melissa_sa.convergence import (
     variance_totals,
 )
 from melissa_sa.server import ranks
-from melissa_sa.server.study_events import Converged
+from melissa_sa.server.study_events import Converged, ConvergenceChecked
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -104,12 +104,11 @@ class ConvergenceCheck:
         log.info("convergence check at %d groups (%.3g s): %s%s", active["groups"],
                  ended - active["started"], decision.reason,
                  "; stop drawing groups" if decision.stop else "")
-        study = self.server.study
         if decision.stop:
             self.server.feed(Converged(ended, active["groups"], decision.width,
                                        summary.where()))
         else:
-            study.record_check(decision.width, summary.where())
+            self.server.feed(ConvergenceChecked(ended, decision.width, summary.where()))
 
     # -- every rank -----------------------------------------------------------------------
     def on_variance_request(self, msg: ranks.VarianceRequest) -> None:

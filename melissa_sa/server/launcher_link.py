@@ -186,7 +186,6 @@ class LauncherLink:
         self.send_launcher(messages.Kill(sim_ids=[int(s) for s in ins.sim_ids]))
 
     def _do_abandon(self, ins: st.AbandonGroup) -> None:
-        self._sim_id_limit = max(self._sim_id_limit, ins.sim_id_limit)
         self.on_group_abandoned(ins.group_id)
         self.ranks.broadcast(ranks.Redraw(ins.group_id, ins.sim_id_limit))
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from melissa_sa.server import ranks
 from melissa_sa.server.intake import partition
+from melissa_sa.server.rank_progress import RankProgress
 from melissa_sa.server.snapshot import RankSnapshot, SnapshotError, load_rank, save_rank
 
 __all__ = ["RankCheckpoints"]
@@ -34,9 +35,10 @@ class RankCheckpoints:
 
     def _checkpoint_due(self) -> bool:
         sa = self.config.sa_config
-        if self._runs_since_checkpoint >= sa.checkpoint_interval:
+        runs = self.study.n_sims_completed - self._runs_at_checkpoint
+        if runs >= sa.checkpoint_interval:
             return True
-        return (sa.checkpoint_seconds is not None and self._runs_since_checkpoint > 0
+        return (sa.checkpoint_seconds is not None and runs > 0
                 and time.monotonic() - self._last_checkpoint >= sa.checkpoint_seconds)
 
     def _maybe_checkpoint(self) -> None:
@@ -68,7 +70,7 @@ class RankCheckpoints:
         except CheckpointError as exc:
             log.error("checkpoint failed: %s (the previous one is kept)", exc)
             return None
-        self._runs_since_checkpoint = 0
+        self._runs_at_checkpoint = self.study.n_sims_completed
         self._last_checkpoint = time.monotonic()
         if self.rank == 0:
             log.info("checkpoint %d written in %.2f s", set_id, self._last_checkpoint - t0)
@@ -100,8 +102,8 @@ class RankCheckpoints:
 
     def _save_state(self, f) -> None:
         """Write this rank's statistics and completion state into ``f``."""
-        snap = RankSnapshot(self.slices, self.field_sizes, self._folded,
-                            self._abandoned_groups, self.duplicates, self.bad_messages,
+        snap = RankSnapshot(self.slices, self.field_sizes, self.progress.folded,
+                            self.progress.abandoned_groups, self.duplicates, self.bad_messages,
                             self._total_bytes_recv,
                             self._completion_state() if self.rank == 0 else None)
         save_rank(f, snap, self.config, len(self.fields), self.nb_time_steps)
@@ -141,21 +143,16 @@ class RankCheckpoints:
             self.field_sizes[name] = n_cells
             self.field_partitions[name] = partition(n_cells, self.comm_size)
         self.slices.update(snap.fields)
-        self._folded = snap.folded
-        self._abandoned_groups = snap.abandoned_groups
+        self.progress = RankProgress(self.layout, self.nb_groups, len(self.fields),
+                                     self.nb_time_steps, snap.folded, snap.abandoned_groups)
         self.duplicates = snap.duplicates
         self.bad_messages = snap.bad_messages
         self._total_bytes_recv = snap.bytes_received
         if self.rank == 0 and snap.completion is not None:
             state = snap.completion
-            self.study.load_dict(state)
-            rule = self.convergence_rule()
-            changed = self.study.reconcile_rule(None if rule is None else rule.to_dict())
+            changed = self.study.load_dict(state)
             if changed:
                 log.warning("%s", changed)
-            self._sim_id_limit = self.study.sim_id_limit
-            for sim_id in self.study.sims_done:
-                self._ranks_done[sim_id] = set(range(self.comm_size))
             self.set_parameter_sampler(self.config.study_options.sampler)
             if state["sampler"] is not None:
                 self._parameter_sampler.load_state(state["sampler"])
@@ -164,6 +161,6 @@ class RankCheckpoints:
 
     def _report_restored(self) -> None:
         """Every rank after a restart: re-announce what is completely folded."""
-        complete = tuple(s for s, bits in self._folded.items() if bits.all())
+        complete = self.progress.completely_folded()
         if complete:
             self.ranks.report(ranks.RunsFolded(self.rank, complete))

@@ -30,8 +30,6 @@ import os
 import signal
 import time
 
-import numpy as np
-
 from melissa_sa import exit_codes
 from melissa_sa.mpi_wait import bcast_json
 from melissa_sa.server import ranks
@@ -62,9 +60,6 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
     def __init__(self, config, comm=None, checkpoint_file: str = "checkpoint"):
         super().__init__(config, comm, checkpoint_file)
         self.slices: dict[str, LocalField] = {}
-        self._folded: dict[int, np.ndarray] = {}       # sim -> (fields, steps) bool
-        self._buffered: dict[int, np.ndarray] = {}     # the same, complete in the assembler
-        self._received_sent: set[int] = set()         # runs reported RunsReceived
         sa = config.sa_config
         # the Sobol' fold gives rows back a batch at a time (stats/sobol_buffer.py)
         self._assembler = GroupAssembler(self.group_size, SPARE_BUFFERS + (
@@ -72,16 +67,12 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
             if sa.sobol_indices else 0))
         self.duplicates = 0
         self.ci_method = config.sa_config.confidence_method
-        self._ranks_done: dict[int, set] = {}          # rank 0: sim -> ranks reporting
-        self._ranks_received: dict[int, set] = {}      # rank 0: sim -> ranks reporting
-        self._abandoned_groups: set[int] = set()
-        self._runs_since_checkpoint = 0
+        self._runs_at_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._writer = None
         self._restored_from = None
         self._sigterm = self._sigterm_handled = False
         rule = self.convergence_rule()
-        self.study.convergence_rule = None if rule is None else rule.to_dict()
         self.convergence = None if rule is None else ConvergenceCheck(self, rule)
         if self.convergence is not None:
             self.ranks.handlers.update(self.convergence.handlers())
@@ -115,10 +106,10 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
     def process_simulation_data(self, data: SimulationData) -> None:
         """Fold or buffer one validated message (drops duplicates)."""
         h = data.header
-        if self._folded_bits(h.sim_id)[h.field_id, h.time_step]:
+        if self.progress.is_folded(h.sim_id, h.field_id, h.time_step):
             self._duplicate(h, "already folded")
             return
-        if data.group_id in self._abandoned_groups:
+        if self.progress.is_abandoned(data.group_id):
             self.bad_messages["abandoned_group"] += 1
             return
         lf = self.slices[self.fields[h.field_id]]
@@ -134,24 +125,13 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
             self._duplicate(h, str(exc))
             return
         if rows is None and self._assembler.member_complete(key, h.member):
-            bits = self._buffered.get(h.sim_id)
-            if bits is None:
-                bits = self._buffered[h.sim_id] = np.zeros_like(self._folded_bits(h.sim_id))
-            bits[h.field_id, h.time_step] = True
-            self._check_received(h.sim_id)
+            self._report(self.progress.step_buffered(h.sim_id, h.field_id, h.time_step))
         if rows is not None:
             # rows the statistics are done with (these, or a Sobol' batch's)
             for done in lf.steps[h.time_step].fold_group(rows, data.group_id):
                 self._assembler.release(done)
             group_sims = [self.layout.sim_id(data.group_id, m) for m in range(self.group_size)]
             self._mark_folded(group_sims, h.field_id, h.time_step)
-
-    def _folded_bits(self, sim_id: int) -> np.ndarray:
-        bits = self._folded.get(sim_id)
-        if bits is None:
-            bits = self._folded[sim_id] = np.zeros((len(self.fields), self.nb_time_steps),
-                                                   dtype=bool)
-        return bits
 
     def _duplicate(self, h, why: str) -> None:
         self.duplicates += 1
@@ -160,52 +140,28 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
                   h.sim_id, h.field_id, h.time_step, why)
 
     def _mark_folded(self, sim_ids, field_id: int, step: int) -> None:
-        complete = []
-        for sim_id in sim_ids:
-            bits = self._folded_bits(sim_id)
-            bits[field_id, step] = True
-            if bits.all():
-                complete.append(sim_id)
-                self._buffered.pop(sim_id, None)
-                self._received_sent.discard(sim_id)
-            else:
-                self._check_received(sim_id)
-        if complete:
-            self.ranks.report(ranks.RunsFolded(self.rank, tuple(complete)))
+        self._report(self.progress.steps_folded(sim_ids, field_id, step))
 
-    def _check_received(self, sim_id: int) -> None:
-        """Report a run whose every step arrived on this rank, folded or buffered
-        (so that a hanging sibling does not make it look unfinished)."""
-        buffered = self._buffered.get(sim_id)
-        if buffered is None or sim_id in self._received_sent:
-            return
-        if (buffered | self._folded_bits(sim_id)).all():
-            self._received_sent.add(sim_id)
-            self.ranks.report(ranks.RunsReceived(self.rank, (sim_id,)))
+    def _report(self, completed) -> None:
+        if completed.received:
+            self.ranks.report(ranks.RunsReceived(self.rank, completed.received))
+        if completed.folded:
+            self.ranks.report(ranks.RunsFolded(self.rank, completed.folded))
 
     def on_group_abandoned(self, group_id: int) -> None:
-        for sim_id in [s for s in self._buffered if self.layout.group_of(s) == group_id]:
-            del self._buffered[sim_id]
+        self.progress.abandon(group_id)
         self._assembler.drop_group(group_id)
-        self._abandoned_groups.add(group_id)
 
     # -- rank 0 bookkeeping ---------------------------------------------------------
     def on_runs_folded(self, msg: ranks.RunsFolded) -> None:
         now = time.monotonic()
         for sim_id in msg.sim_ids:
-            ranks_done = self._ranks_done.setdefault(sim_id, set())
-            ranks_done.add(msg.rank)
-            if len(ranks_done) == self.comm_size and sim_id not in self.study.sims_done:
-                self._runs_since_checkpoint += 1
-                self.feed(RunFolded(sim_id, now))
+            self.feed(RunFolded(sim_id, now, msg.rank))
 
     def on_runs_received(self, msg: ranks.RunsReceived) -> None:
         now = time.monotonic()
         for sim_id in msg.sim_ids:
-            ranks_in = self._ranks_received.setdefault(sim_id, set())
-            ranks_in.add(msg.rank)
-            if len(ranks_in) == self.comm_size and sim_id not in self.study.sims_done:
-                self.feed(RunReceived(sim_id, now))
+            self.feed(RunReceived(sim_id, now, msg.rank))
 
     # -- main loop -------------------------------------------------------------------
     def _on_sigterm(self, signum, frame) -> None:
@@ -231,7 +187,7 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
             self.output_dir.mkdir(parents=True, exist_ok=True)
         self._take_study_lock()
         self.setup_environment()
-        self.study.limits = self._study_limits()
+        self.open_study()
         restored = self.restore() if self._restart else False
         # load the compiled kernels before listening, not on the first message;
         # the launcher compiles them first when Numba's cache is stale, and a
@@ -285,8 +241,7 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
                     self.process_simulation_data(item)
                 if self.rank == 0:
                     self.feed(DataSeen(item.header.sim_id, time.monotonic()))
-                    if self._runs_since_checkpoint:
-                        self._maybe_checkpoint()
+                    self._maybe_checkpoint()
                 continue
             if item is ServerStatus.STOP:
                 if self._finishing:
