@@ -81,6 +81,13 @@ class RankProgress:
         return tuple(s for s, bits in self._folded.items() if bits.all())
 
     # -- events ------------------------------------------------------------------
+    def restore(self, folded: dict[int, np.ndarray], abandoned) -> None:
+        """A checkpoint's runs folded and groups abandoned (nothing is buffered)."""
+        self._folded = dict(folded)
+        self._abandoned = set(abandoned)
+        self._buffered.clear()
+        self._reported_received.clear()
+
     def steps_folded(self, sim_ids, field_id: int, step: int) -> Completed:
         """``(field_id, step)`` of these runs is folded (one run, or a whole group)."""
         folded, received = [], []

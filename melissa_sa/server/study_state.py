@@ -1,13 +1,8 @@
 """The study's state as a pure object: groups, runs, crashes, redraws, completion.
 
-:class:`StudyState` is fed typed events (:mod:`~melissa_sa.server.study_events`:
-:class:`Begin`, :class:`JobStarted`,
-:class:`DataSeen`, :class:`JobExited`, :class:`RunReceived`, :class:`RunFolded`,
-:class:`Tick`, :class:`Converged`, :class:`ConvergenceChecked`) and
-answers each with a list of typed instructions (:class:`DrawGroup`,
-:class:`SubmitRuns`, :class:`KillRuns`, :class:`AbandonGroup`,
-:class:`GroupFinished`, :class:`ReportProgress`, :class:`FinishStudy`,
-:class:`StopStudy`) that rank 0 of the server carries out. It knows no
+:class:`StudyState` is fed the typed events of
+:mod:`~melissa_sa.server.study_events` and answers each with a list of its
+typed instructions, which rank 0's coordinator carries out. It knows no
 socket, no MPI and no clock: the time comes in the events (``now``, seconds
 on any monotonic clock), so it is tested without a server
 (``tests/test_study_state.py``). Modelled on Dask's
@@ -195,11 +190,8 @@ class StudyState:
         """Count ``ev``'s rank for its run; True once every rank has reported it."""
         if ev.sim_id in self.sims_done:
             return False
-        if self.n_ranks == 1:
-            return True
-        ranks = reports.setdefault(ev.sim_id, set())
-        ranks.add(ev.rank)
-        return len(ranks) >= self.n_ranks
+        reports.setdefault(ev.sim_id, set()).add(ev.rank)
+        return len(reports[ev.sim_id]) >= self.n_ranks
 
     def _on_run_received(self, ev: RunReceived) -> list:
         if not self._on_every_rank(self._received_on, ev):
