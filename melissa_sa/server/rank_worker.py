@@ -78,7 +78,7 @@ class RankWorker:
                                  nb_time_steps=self.nb_time_steps, rank=self.rank,
                                  progress=self.progress, ranks=link, counters=self.counters)
         self.slices: dict[str, LocalField] = {}
-        self._assembler = self._make_assembler(config.sa_config)
+        self._open_assembler(config)
         self.checkpoints = RankCheckpoints(config, comm=comm if self.n_ranks > 1 else None,
                                            rank=self.rank, n_ranks=self.n_ranks)
         self._completion = completion
@@ -94,10 +94,11 @@ class RankWorker:
                            ranks.VarianceRequest: self._on_variance_request,
                            ranks.SummaryRequest: self._on_summary_request})
 
-    def _make_assembler(self, sa) -> GroupAssembler:
+    def _open_assembler(self, config) -> None:
         """The group buffers, with spares for the rows the Sobol' fold keeps."""
+        sa = config.sa_config
         # the Sobol' fold gives rows back a batch at a time (stats/sobol_buffer.py)
-        return GroupAssembler(self.group_size, SPARE_BUFFERS + (
+        self._assembler = GroupAssembler(self.group_size, SPARE_BUFFERS + (
             fold_batch_for(sa.confidence_method, self.layout.second_order, sa.sobol_fold_batch)
             if sa.sobol_indices else 0))
 
