@@ -64,12 +64,13 @@ def study_config(n_cells: int, steps: int, groups: int, interval: int, ports) ->
 
 def seconds_per_checkpoint(n_cells: int, steps: int, repeat: int, workdir: Path) -> dict:
     from melissa_sa.config import config_from_dict
+    from melissa_sa.server.ranks import FieldDeclared
     from melissa_sa.server.sensitivity_analysis_server import SensitivityAnalysisServer
 
     cfg = config_from_dict(study_config(n_cells, steps, 4, 100, (40003, 40100)),
                            base_dir=str(workdir))
     server = SensitivityAnalysisServer(cfg)
-    server._declare_field("f", n_cells)
+    server.ranks.broadcast(FieldDeclared("f", n_cells))
     rng = np.random.default_rng(0)
     for step in server.slices["f"].steps:
         for g in range(3):
@@ -81,8 +82,8 @@ def seconds_per_checkpoint(n_cells: int, steps: int, repeat: int, workdir: Path)
         t0 = time.perf_counter()
         assert server.checkpoint() is not None
         times.append(time.perf_counter() - t0)
-        phases.append(dict(server._writer.last_timings))
-    server._writer.close()
+        phases.append(server.worker.checkpoints.last_timings)
+    server.worker.checkpoints.close()
     files = sorted((workdir / "out" / "checkpoint").glob("set-*.h5"))
     return {"n_cells": n_cells, "time_steps": steps, "state_bytes": state_bytes,
             "file_bytes": files[-1].stat().st_size, "seconds_median": statistics.median(times),

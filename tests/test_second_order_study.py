@@ -360,7 +360,7 @@ def test_checkpoint_and_resume_with_second_order(tmp_path):
     --resume finishes it with the same results as the offline recomputation. The
     checkpoint refuses a config whose groups have another size."""
     from melissa_sa.checkpoint import find_latest_checkpoint
-    from melissa_sa.server.base_server import partition
+    from melissa_sa.server.intake import partition
 
     groups = 8
     plan = {4 * SIZE + 6: {"mode": "exit", "step": 1}}

@@ -40,7 +40,7 @@ def server(tmp_path, monkeypatch):
     s = SensitivityAnalysisServer(load_config(study), comm=OneRank())
     s.transport = Recorder()
     s.connection_address = "tcp://127.0.0.1:2"
-    s.study.limits = s._study_limits()
+    s.open_study()
     return s
 
 
@@ -61,7 +61,7 @@ def test_scripts_rm_script_and_mean_run_time(server):
 
 def test_offline_scripts_set_no_server_address(server):
     server.make_study_offline()
-    server.study.limits = server._study_limits()
+    server.open_study()
     server.feed(Begin(0.0))
     text = (server.script_dir / "client.0.sh").read_text()
     assert "MELISSA_SERVER_ADDRESS" not in text and "MELISSA_OFFLINE" not in text
@@ -109,3 +109,58 @@ def test_launcher_messages_go_through_the_handler_table(server, caplog):
         server.handle_launcher(b'{"type": "server_failure"}')
         server.handle_launcher(messages.encode(messages.Submit(group_id=0)))
     assert caplog.text.count("dropped a message from the launcher") == 2
+
+
+class Frame:
+    """A received ZeroMQ frame's stand-in: its bytes under ``buffer``."""
+
+    def __init__(self, raw: bytes):
+        self.buffer = memoryview(raw)
+
+
+def data_frames(sim_id, step, values):
+    from melissa_sa.protocol import encode_header
+    return [Frame(encode_header(sim_id, 0, 0, step, 0, 0, values.size, values.dtype)),
+            Frame(values.tobytes())]
+
+
+def test_the_rank_worker_reports_a_folded_run_to_the_coordinator(server):
+    """One rank: a hello declares the field on the worker, the data fold there,
+    and the run reaches the study state through the rank messages."""
+    import numpy as np
+
+    from melissa_sa.protocol import Hello
+    from melissa_sa.server.base_server import ServerStatus
+
+    server.feed(Begin(0.0))
+    welcome = server.coordinator.welcome(Hello(0, "f", 6))
+    assert welcome.partition == [(0, 6)] and server.field_sizes == {"f": 6}
+    assert server.slices["f"].n_cells == 6
+    values = np.arange(6.0)
+    for step in range(2):
+        server.process_simulation_data(server.worker.receive(data_frames(0, step, values)))
+    assert server.completed_sim_ids == {0} and server.bytes_received == 2 * values.nbytes
+    progress = [m for m in server.transport.sent if isinstance(m, messages.Progress)]
+    assert progress == [messages.Progress(groups_done=1, groups_total=2, group_id=0)]
+    server.process_simulation_data(server.worker.receive(data_frames(0, 1, values)))
+    assert server.duplicates == 1 and server.bad_messages["duplicate"] == 1
+    assert server.worker.receive(data_frames(7, 0, values)) is ServerStatus.BAD_MESSAGE
+    assert server.bad_messages["unknown_simulation"] == 1
+
+
+def test_a_redraw_reaches_the_rank_worker(tmp_path, monkeypatch):
+    from melissa_sa.server.study_events import JobExited
+
+    monkeypatch.setenv("MELISSA_LAUNCHER_ADDRESS", "tcp://127.0.0.1:1")
+    study = write_study(tmp_path, study_options={"parameter_sweep_size": 2,
+                                                 "crashes_before_redraw": 1})
+    s = SensitivityAnalysisServer(load_config(study), comm=OneRank())
+    s.transport = Recorder()
+    s.open_study()
+    s.feed(Begin(0.0))
+    assert s.worker.progress.sim_id_limit == 2
+    s.feed(JobExited(0, 3, 1.0, state="failed"))
+    assert s.study.is_abandoned(0) and s.worker.progress.abandoned_groups == {0}
+    assert s.worker.progress.sim_id_limit == s.study.sim_id_limit == 3
+    submits = [m for m in s.transport.sent if isinstance(m, messages.Submit)]
+    assert [m.sim_ids for m in submits] == [[0], [1], [2]]

@@ -396,8 +396,6 @@ def test_results_file_info_and_plot(tmp_path):
 
 def test_server_reduction_over_two_ranks(tmp_path, monkeypatch):
     """results_io.aggregated_indices adds two ranks' sums: the whole field's interval."""
-    from types import SimpleNamespace
-
     from melissa_sa.config import config_from_dict
     from melissa_sa.server import results_io
     from melissa_sa.server.field_stats import LocalField, StepStatistics, aggregated_sums
@@ -419,8 +417,7 @@ def test_server_reduction_over_two_ranks(tmp_path, monkeypatch):
                 lf.steps[t].fold_group(data[t, g, :, lo:hi].copy(), g)
         ranks.append({"u": aggregated_sums(lf)})
     monkeypatch.setattr(results_io, "gather_json", lambda comm, obj, what: ranks)
-    server = SimpleNamespace(slices={}, comm=None, comm_size=1, config=cfg)
-    out = results_io.aggregated_indices(server)["u"]
+    out = results_io.aggregated_indices(None, {}, cfg.sa_config.confidence_level)["u"]
     assert set(out) == set(results_io.AGGREGATED_NAMES)
     for t in range(steps):
         s, agg = feed(data[t])

@@ -25,11 +25,15 @@ from melissa_sa.server.study_events import (
 from melissa_sa.server.study_state import StudyLimits, StudyState
 
 
-def state(n_groups=3, n_params=2, sobol=True, managed=True, **limits):
+def state(n_groups=3, n_params=2, sobol=True, managed=True, rule=None, n_ranks=1, **limits):
     limits = {"window": 2, "crashes_before_redraw": 2, "simulation_timeout": 30.0,
               "completion_grace": 5.0, **limits}
     return StudyState(GroupLayout(n_params, sobol=sobol),
-                      StudyLimits(n_groups=n_groups, **limits), managed=managed)
+                      StudyLimits(n_groups=n_groups, **limits), managed=managed,
+                      n_ranks=n_ranks, convergence_rule=rule)
+
+
+RULE = {"ci_width": 0.05, "min_groups": 200, "negligible_variance": 1e-6}
 
 
 def of(kind, instructions):
@@ -307,16 +311,14 @@ def test_a_redraw_after_convergence_still_runs():
 
 
 def test_convergence_survives_a_checkpoint_and_resume_draws_nothing_new():
-    s = state(n_groups=10, window=2)
+    s = state(n_groups=10, window=2, rule=RULE)
     s.handle(Begin(0.0))
-    s.convergence_rule = {"ci_width": 0.05, "min_groups": 200, "negligible_variance": 1e-6}
     finish_group(s, 0, 1.0)
     s.handle(Converged(1.5, 1, 0.049, "S1, step 0, cell 2"))
     saved = s.to_dict()
-    r = state(n_groups=10, window=2)
-    r.load_dict(saved)
+    r = state(n_groups=10, window=2, rule=dict(s.convergence_rule))
+    assert r.load_dict(saved) is None             # the same rule: the stop is kept
     assert r.to_dict() == saved
-    assert r.reconcile_rule(dict(s.convergence_rule)) is None
     assert r.stopped_by == "convergence" and r.converged["groups_at_stop"] == 1
     out = r.handle(Begin(5.0, resume=True))
     assert of(DrawGroup, out) == []
@@ -328,14 +330,12 @@ def test_convergence_survives_a_checkpoint_and_resume_draws_nothing_new():
 
 
 def test_a_changed_rule_clears_the_saved_stop():
-    s = state(n_groups=10, window=2)
-    s.convergence_rule = {"ci_width": 0.05, "min_groups": 200, "negligible_variance": 1e-6}
+    s = state(n_groups=10, window=2, rule=RULE)
     s.handle(Begin(0.0))
     s.handle(Converged(1.0, 0, 0.04))
-    r = state(n_groups=10, window=2)
-    r.load_dict(s.to_dict())
-    message = r.reconcile_rule({"ci_width": 0.01, "min_groups": 200,
-                                "negligible_variance": 1e-6})
+    r = state(n_groups=10, window=2, rule={"ci_width": 0.01, "min_groups": 200,
+                                           "negligible_variance": 1e-6})
+    message = r.load_dict(s.to_dict())
     assert "changed" in message and "cleared" in message
     assert r.converged is None and r.stopped_by == "sweep_size"
     out = r.handle(Begin(2.0, resume=True))
@@ -352,3 +352,35 @@ def test_an_old_checkpoint_without_convergence_loads():
     r = state(n_groups=4)
     r.load_dict(saved)
     assert r.converged is None and r.last_width is None and r.convergence_rule is None
+
+
+def test_a_run_counts_once_every_rank_reported_it():
+    s = state(n_groups=1, n_params=1, sobol=False, n_ranks=3)
+    s.handle(Begin(0.0))
+    assert s.handle(RunFolded(0, 1.0, rank=0)) == []
+    assert s.handle(RunFolded(0, 1.5, rank=0)) == []      # the same rank again
+    assert s.handle(RunFolded(0, 2.0, rank=2)) == [] and 0 not in s.sims_done
+    out = s.handle(RunFolded(0, 3.0, rank=1))
+    assert of(GroupFinished, out) == [GroupFinished(0, 1, 1)] and s.sims_done == {0}
+    assert s.handle(RunFolded(0, 4.0, rank=1)) == []      # already counted
+
+
+def test_a_run_received_on_every_rank_survives_its_exit():
+    s = state(n_groups=1, n_params=1, sobol=False, n_ranks=2, completion_grace=1.0)
+    s.handle(Begin(0.0))
+    s.handle(RunReceived(0, 1.0, rank=1))
+    s.handle(JobExited(0, 0, 2.0))
+    assert of(SubmitRuns, s.handle(Tick(4.0))) == [SubmitRuns(0, (0,))]   # not received yet
+    s.handle(RunReceived(0, 5.0, rank=0))
+    s.handle(RunReceived(0, 5.0, rank=1))
+    s.handle(JobExited(0, 0, 6.0))
+    assert s.handle(Tick(10.0)) == []
+
+
+def test_a_check_that_does_not_stop_is_remembered():
+    s = state(rule=RULE)
+    s.handle(Begin(0.0))
+    from melissa_sa.server.study_events import ConvergenceChecked
+    assert s.handle(ConvergenceChecked(1.0, 0.2, "S1, step 0, cell 4")) == []
+    assert (s.last_width, s.last_where, s.converged) == (0.2, "S1, step 0, cell 4", None)
+    assert s.to_dict()["convergence"]["last_width"] == 0.2

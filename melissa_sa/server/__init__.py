@@ -1,15 +1,18 @@
-"""The melissa-sa server: transport, ranks, study state, assembly, SA flavour.
+"""The melissa-sa server: a coordinator on rank 0 and a worker on every rank.
 
 Modules, by role: :mod:`~melissa_sa.server.transport` (ZeroMQ sockets),
 :mod:`~melissa_sa.server.ranks` (typed messages between server ranks),
-:mod:`~melissa_sa.server.study_state` (groups, runs, crashes, redraws,
-completion: a pure state machine), :mod:`~melissa_sa.server.launcher_link`
-(launcher messages, client handshakes, client scripts),
-:mod:`~melissa_sa.server.data_messages` (a rank's data messages, validated),
-:mod:`~melissa_sa.server.assembly` (group buffers),
-:mod:`~melissa_sa.server.field_stats` (statistics per field slice),
-:mod:`~melissa_sa.server.snapshot` (a rank's checkpoint content),
-:mod:`~melissa_sa.server.rank_checkpoints` (taking and restoring them),
+:mod:`~melissa_sa.server.coordinator` (rank 0: the study state and its
+instructions, launcher link, client hellos) with
+:mod:`~melissa_sa.server.study_state` (a pure state machine),
+:mod:`~melissa_sa.server.launcher_link` and
+:mod:`~melissa_sa.server.client_scripts`;
+:mod:`~melissa_sa.server.rank_worker` (every rank: data messages, assembly,
+statistics, checkpoints) with :mod:`~melissa_sa.server.data_messages`,
+:mod:`~melissa_sa.server.rank_progress` (what the rank received and folded:
+a pure object), :mod:`~melissa_sa.server.assembly`,
+:mod:`~melissa_sa.server.field_stats`, :mod:`~melissa_sa.server.snapshot`
+and :mod:`~melissa_sa.server.rank_checkpoints`;
 :mod:`~melissa_sa.server.base_server` and
 :mod:`~melissa_sa.server.sensitivity_analysis_server` (the classes users
 subclass), :mod:`~melissa_sa.server.results_io` and

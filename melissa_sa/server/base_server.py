@@ -1,19 +1,19 @@
-"""The base server: the reference framework's surface over transport, ranks and study state.
+"""The base server: the reference framework's surface, built from a coordinator and rank workers.
 
 :class:`BaseServer` offers the public surface of the reference framework's
-``melissa.server.base_server.BaseServer`` (properties, ``initialize_connections``,
-``set_parameter_sampler``, ``poll_sockets``, ``close_connection``,
-``get_memory_info_in_gb``, ``setup_environment``, ``configure_logger``,
+``melissa.server.base_server.BaseServer`` (its attributes and properties,
+``initialize_connections``, ``set_parameter_sampler``, ``poll_sockets``,
+``close_connection``, ``checkpoint``, ``setup_environment``,
 ``make_study_offline`` and the abstract ``start``) so that a user of the
-reference recognises it. The parts live in their own modules: sockets in
-:mod:`~melissa_sa.server.transport`, messages between ranks in
-:mod:`~melissa_sa.server.ranks`, the study's bookkeeping (groups, crashes,
-redraws, completion, timeouts) in :mod:`~melissa_sa.server.study_state`,
-the launcher link in :mod:`~melissa_sa.server.launcher_link`, the
-validation of data messages in :mod:`~melissa_sa.server.data_messages`. What a
-flavour does with the data is left to :meth:`start`;
-:class:`~melissa_sa.server.sensitivity_analysis_server.SensitivityAnalysisServer`
-is the sensitivity-analysis flavour.
+reference recognises it. The work is done by two parts, each built with
+what it needs and talking to the other through the typed messages of
+:mod:`~melissa_sa.server.ranks`: every rank's
+:class:`~melissa_sa.server.rank_worker.RankWorker` (data messages, group
+assembly, statistics, progress, checkpoints), built with the server, and
+rank 0's :class:`~melissa_sa.server.coordinator.Coordinator` (the study
+state and its instructions, the launcher, client hellos), built by
+:meth:`BaseServer.open_study` once ``setup_environment`` ran and the sockets
+(:mod:`~melissa_sa.server.transport`) are bound.
 
 Ranks never block in an MPI call while idle: both MPICH and Open MPI spin
 while blocked, which would starve the clients on a small machine. Idle ranks
@@ -29,7 +29,6 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -39,24 +38,21 @@ from melissa_sa.auth import SECRET_FILE, SecretError, study_secret
 from melissa_sa.config import StudyConfig
 from melissa_sa.design import GroupLayout
 from melissa_sa.mpi_wait import gather_json
-from melissa_sa.server import ranks
-from melissa_sa.server.data_messages import (
-    FIELD_WAIT_S,
-    DataMessages,
-    ServerStatus,
-    SimulationData,
-)
-from melissa_sa.server.intake import partition
-from melissa_sa.server.launcher_link import LauncherLink
+from melissa_sa.server.client_scripts import ClientScripts
+from melissa_sa.server.coordinator import Coordinator
+from melissa_sa.server.data_messages import ServerStatus, SimulationData
+from melissa_sa.server.rank_checkpoints import Restored
+from melissa_sa.server.rank_worker import RankWorker
+from melissa_sa.server.ranks import RankLink
 from melissa_sa.server.study_state import StudyLimits, StudyState
 from melissa_sa.server.transport import FatalError, Transport, is_loopback_bind
 
-__all__ = ["BaseServer", "FatalError", "ServerStatus", "SimulationData", "partition",
-           "FIELD_WAIT_S"]
+__all__ = ["BaseServer", "ServerStatus", "SimulationData"]
 
 log = logging.getLogger("melissa_sa.server")
 
-class BaseServer(LauncherLink, DataMessages, ABC):
+
+class BaseServer(ABC):
     """Connections, groups, sampler and launcher link of a melissa-sa server.
 
     Parameters
@@ -111,32 +107,24 @@ class BaseServer(LauncherLink, DataMessages, ABC):
         self._is_receiving = False
         self._is_online = False
         self._consistency_lock = threading.RLock()
-        self._total_bytes_recv = 0
-        self._parameters: dict[int, np.ndarray] = {}
         self._parameter_sampler = None
-        self.bad_messages: Counter = Counter()
         self.output_dir = Path(config.output_dir)
         self.script_dir = self.output_dir / "client_scripts"
         self.connection_port = sc.connection_port
         self.data_puller_port = sc.data_puller_port
         self.connection_address = ""
-        self._t0 = time.monotonic()
-        # field name -> global size and partition, known after the first hello
-        self.field_sizes: dict[str, int] = {}
-        self.field_partitions: dict[str, list[tuple[int, int]]] = {}
-        self._stop_requested = False
-        self._finishing = False
-        self._exit_status = 0
-        self._exit_message = ""
-        # simulation ids accepted: grows when groups are redrawn
-        self._sim_id_limit = config.n_groups * config.group_size
-        self._launcher_address = os.environ.get("MELISSA_LAUNCHER_ADDRESS")
-        self.study = StudyState(self.layout, StudyLimits(n_groups=self.nb_groups),
-                                managed=bool(self._launcher_address))
-        self.transport: Transport | None = None
-        self.ranks = ranks.RankLink(comm, self._rank_handlers())
         self.data_endpoints: list[str] = []
-        LauncherLink.__init__(self)
+        self._t0 = time.monotonic()
+        self._launcher_address = os.environ.get("MELISSA_LAUNCHER_ADDRESS")
+        self.transport: Transport | None = None
+        self.ranks = RankLink(comm)
+        #: every rank's part: data messages, assembly, statistics, checkpoints
+        self.worker = RankWorker(config, comm=comm, link=self.ranks,
+                                 completion=self._completion_state,
+                                 checkpoint_meta=self._checkpoint_meta)
+        #: rank 0's part, once :meth:`open_study` built it: the study and its instructions
+        self.coordinator: Coordinator | None = None
+        self._restored: Restored | None = None
 
     # -- properties of the reference surface -----------------------------
     @property
@@ -166,6 +154,13 @@ class BaseServer(LauncherLink, DataMessages, ABC):
         return self._consistency_lock
 
     @property
+    def study(self) -> StudyState:
+        """Rank 0: the study's state (see :mod:`~melissa_sa.server.study_state`)."""
+        if self.coordinator is None:
+            raise AttributeError("the study state lives on rank 0, once open_study() ran")
+        return self.coordinator.study
+
+    @property
     def finished_groups(self) -> set[int]:
         """Groups whose every member is folded on every rank (rank 0)."""
         return self.study.finished_groups
@@ -193,19 +188,48 @@ class BaseServer(LauncherLink, DataMessages, ABC):
         return self.study.active_sim_ids
 
     @property
-    def bytes_received(self) -> int:
-        """Payload bytes this rank received in valid data messages."""
-        return self._total_bytes_recv
-
-    @property
     def group_parameters(self) -> dict[int, np.ndarray]:
         """Rank 0: the parameters drawn for each group, ``(group_size, nb_parameters)``."""
-        return dict(self._parameters)
+        return dict(self.coordinator.parameters) if self.coordinator is not None else {}
 
     @property
     def completed_sim_ids(self) -> frozenset[int]:
         """Rank 0: runs folded on every rank."""
         return frozenset(self.study.sims_done)
+
+    @property
+    def field_sizes(self) -> dict[str, int]:
+        """Field name -> global number of cells, once a client declared it."""
+        return self.worker.fields.sizes
+
+    @property
+    def field_partitions(self) -> dict[str, list[tuple[int, int]]]:
+        """Field name -> every rank's ``(lo, hi)`` cells, once declared."""
+        return self.worker.fields.partitions
+
+    @property
+    def bad_messages(self):
+        """This rank's dropped messages by kind (``dropped_messages`` in results.h5)."""
+        return self.worker.counters.bad_messages
+
+    @property
+    def bytes_received(self) -> int:
+        """Payload bytes this rank received in valid data messages."""
+        return self.worker.counters.bytes_received
+
+    @property
+    def _total_bytes_recv(self) -> int:
+        return self.worker.counters.bytes_received
+
+    @property
+    def _stop_requested(self) -> bool:
+        """True once rank 0 told every rank to stop."""
+        return self.worker.stop_requested
+
+    @property
+    def refused_peers(self) -> int:
+        """Peers refused by authentication on this rank's sockets."""
+        return self.transport.refused if self.transport is not None else 0
 
     # -- set-up -----------------------------------------------------------
     def configure_logger(self) -> None:
@@ -220,7 +244,7 @@ class BaseServer(LauncherLink, DataMessages, ABC):
         root.setLevel(level)
         root.propagate = False
 
-    def setup_environment(self) -> None:
+    def setup_environment(self) -> None:  # noqa: B027 - a hook, empty by default
         """Hook for flavour-specific initialisation (nothing by default)."""
 
     def make_study_offline(self) -> None:
@@ -252,22 +276,72 @@ class BaseServer(LauncherLink, DataMessages, ABC):
         else:
             self._parameter_sampler = sampling.sampler_from_config(self.config, sampler_t)
 
+    def _sampler(self):
+        """The parameter sampler; the config's unless one was set."""
+        if self._parameter_sampler is None:
+            self.set_parameter_sampler(self.config.study_options.sampler)
+        return self._parameter_sampler
+
+    def convergence_rule(self):
+        """The :class:`~melissa_sa.convergence.ConvergenceRule` of the study, or None."""
+        return None
+
     def _study_limits(self) -> StudyLimits:
         window = max(1, math.ceil(self._job_limit / self.group_size)) + 1
         return StudyLimits.from_config(self.config, window=window,
                                        fault_tolerance=not self.no_fault_tolerance,
                                        offline=self._offline_mode)
 
+    def restore(self) -> bool:
+        """Load this rank's part of the newest intact checkpoint set (collective);
+        False if there is none. Rank 0's study is restored by :meth:`open_study`."""
+        self._restored = self.worker.restore()
+        return self._restored is not None
+
+    def open_study(self) -> None:
+        """Rank 0: build the coordinator, its study state under the limits known
+        once ``setup_environment`` ran (restored from the checkpoint, if any),
+        sending through the sockets bound so far."""
+        rule = self.convergence_rule()
+        study = StudyState(self.layout, self._study_limits(),
+                           managed=bool(self._launcher_address), n_ranks=self.comm_size,
+                           convergence_rule=None if rule is None else rule.to_dict())
+        parameters: dict[int, np.ndarray] = {}
+        completion = self._restored.snapshot.completion if self._restored else None
+        if completion is not None:
+            changed = study.load_dict(completion)
+            if changed:
+                log.warning("%s", changed)
+            self.set_parameter_sampler(self.config.study_options.sampler)
+            if completion["sampler"] is not None:
+                self._parameter_sampler.load_state(completion["sampler"])
+            parameters = {int(g["group_id"]): np.asarray(g["parameters"], dtype=float)
+                          for g in completion["groups"] if g.get("parameters") is not None}
+            log.info("restarted from checkpoint set %d: %d/%d groups done",
+                     self._restored.set_id, study.groups_done, self.nb_groups)
+        scripts = ClientScripts(self.config, self.layout, directory=self.script_dir,
+                                connection_address=self.connection_address,
+                                offline=self._offline_mode,
+                                authenticated=bool(self.transport.secret))
+        self.coordinator = Coordinator(
+            self.config, study=study, parameters=parameters, sampler=self._sampler,
+            fields=self.worker.fields, link=self.ranks, counters=self.worker.counters,
+            transport=self.transport, data_endpoints=self.data_endpoints, scripts=scripts,
+            on_group_finished=lambda group_id: self.on_group_finished(group_id),
+            remove_scripts=lambda: self.rm_script, convergence_rule=rule,
+            lock=self._consistency_lock)
+
     def initialize_connections(self) -> None:
         """Bind the data socket on every rank, the connection socket on rank 0,
-        connect to the launcher, and share the data endpoints with rank 0."""
+        connect to the launcher, share the data endpoints with rank 0, and
+        open the study there (:meth:`open_study`)."""
         t = self.transport = Transport(rank=self.rank, size=self.comm_size,
                                        bind=self.bind_address, hwm=self.zmq_hwm,
                                        secret=self._study_secret(), log=log.warning)
         endpoint = t.bind_data(self.data_puller_port)
         # one short collective at start-up; every rank is here at once
         endpoints = gather_json(self.comm, endpoint, "every rank's data endpoint")
-        if self.rank == 0:
+        if self.ranks.is_root:
             self.data_endpoints = endpoints
             used = {int(e.rsplit(":", 1)[1]) for e in endpoints}
             self.connection_address = t.bind_connection(self.connection_port, used)
@@ -276,7 +350,8 @@ class BaseServer(LauncherLink, DataMessages, ABC):
                 t.connect_launcher(self._launcher_address)
             log.info("connection socket %s, data endpoints %s", self.connection_address,
                      ", ".join(endpoints))
-            self.say_hello()
+            self.open_study()
+            self.coordinator.say_hello()
         self._is_online = True
 
     def _study_secret(self) -> str | None:
@@ -290,15 +365,10 @@ class BaseServer(LauncherLink, DataMessages, ABC):
         except SecretError as exc:
             raise FatalError(str(exc)) from None
 
-    @property
-    def refused_peers(self) -> int:
-        """Peers refused by authentication on this rank's sockets."""
-        return self.transport.refused if self.transport is not None else 0
-
     def close_connection(self, exit_: int = 0, message: str = "") -> None:
         """Tell the launcher the study ended with status ``exit_``; close sockets."""
-        if self.rank == 0:
-            self.say_stop(exit_, message)
+        if self.coordinator is not None:
+            self.coordinator.say_stop(exit_, message)
         if self.transport is not None:
             self.transport.close()
         self._is_online = False
@@ -311,77 +381,58 @@ class BaseServer(LauncherLink, DataMessages, ABC):
         a :class:`ServerStatus` saying what happened.
         """
         status = ServerStatus.CONTROL if self.ranks.drain() else None
-        if self._stop_requested:
+        if self.worker.stop_requested:
             return ServerStatus.STOP
-        if self.rank == 0:
-            self.ping_launcher()
+        c = self.coordinator
+        if c is not None:
+            c.launcher.ping()
         t = self.transport
         events = t.poll(timeout)
-        if self.rank == 0:
-            if t.launcher_socket is not None and t.launcher_socket in events:
-                self.handle_launcher(t.launcher_socket.recv())
-                status = ServerStatus.CONTROL
-            if t.connection_socket in events:
-                t.connection_socket.send(self.handle_hello(t.connection_socket.recv()))
-                status = ServerStatus.CONTROL
+        if c is not None and c.handle_sockets(events):
+            status = ServerStatus.CONTROL
         if t.data_socket in events:
-            frames = t.data_socket.recv_multipart(copy=False)
-            return self._receive_data(frames)
+            return self.worker.receive(t.data_socket.recv_multipart(copy=False))
         return status if status is not None else ServerStatus.TIMEOUT
 
-    # -- messages between ranks -----------------------------------------------
-    def _rank_handlers(self) -> dict:
-        return {ranks.FieldDeclared: lambda m: self._declare_field(m.name, m.n_cells),
-                ranks.StopRanks: self._on_stop_ranks,
-                ranks.Redraw: self._on_redraw,
-                ranks.CheckpointNow: lambda m: self.on_checkpoint_request(),
-                ranks.RunsFolded: self.on_runs_folded,
-                ranks.RunsReceived: self.on_runs_received,
-                ranks.RankStopRequest: self._on_rank_stop_request}
+    # -- the parts' calls, on the surface --------------------------------------------------
+    def feed(self, event) -> None:
+        """Rank 0: hand ``event`` to the study state and carry out its answer."""
+        self.coordinator.feed(event)
 
-    def _on_stop_ranks(self, msg: ranks.StopRanks) -> None:
-        self._finishing = self._finishing or msg.finished
-        self._stop_requested = True
+    def handle_launcher(self, raw: bytes) -> None:
+        """Rank 0: one message from the launcher."""
+        self.coordinator.launcher.handle(raw)
 
-    def _on_redraw(self, msg: ranks.Redraw) -> None:
-        self._sim_id_limit = max(self._sim_id_limit, msg.sim_id_limit)
-        self.on_group_abandoned(msg.group_id)
-
-    def _on_rank_stop_request(self, msg: ranks.RankStopRequest) -> None:
-        if not self._stop_requested:
-            log.info("rank %d was asked to stop (SIGTERM)", msg.rank)
-            self.on_stop_request()
-
-    def on_runs_folded(self, msg: ranks.RunsFolded) -> None:
-        """Rank 0: a rank folded these runs completely; see subclasses."""
-
-    def on_runs_received(self, msg: ranks.RunsReceived) -> None:
-        """Rank 0: a rank received every step of these runs; see subclasses."""
-
-    def on_checkpoint_request(self) -> None:
-        """Every rank but 0: rank 0 started a checkpoint; see subclasses."""
-
-    def on_group_abandoned(self, group_id: int) -> None:
-        """Every rank: ``group_id`` was redrawn; drop what is buffered of it."""
-
-    def _declare_field(self, name: str, n_cells: int) -> None:
-        self.field_sizes[name] = n_cells
-        self.field_partitions[name] = partition(n_cells, self.comm_size)
-        self.on_field_declared(name, n_cells)
-
-    def on_field_declared(self, name: str, n_cells: int) -> None:
-        """Hook: a field's global size is now known on this rank."""
+    def on_group_finished(self, group_id: int) -> None:
+        """Hook (rank 0): every member of ``group_id`` is folded in on every rank."""
+        log.info("group %d done (%d/%d)", group_id, self.study.groups_done, self.nb_groups)
 
     def on_stop_request(self) -> None:
         """Rank 0: stop the study with a checkpoint (launcher request, SIGTERM, failure)."""
-        self._stop_requested = True
-        self.ranks.broadcast(ranks.StopRanks())
+        self.coordinator.request_stop()
 
     def _fail(self, message: str, status: int = exit_codes.FAILED) -> None:
-        log.error("%s", message)
-        self._exit_status = status
-        self._exit_message = message
-        self.on_stop_request()
+        """Rank 0: log ``message`` and stop the study with a checkpoint and ``status``."""
+        self.coordinator.fail(message, status)
+
+    def checkpoint(self) -> int | None:
+        """Snapshot this rank's state into a new checkpoint set (collective).
+
+        Rank 0 starts it (every ``sa_config.checkpoint_interval`` completed
+        runs, every ``checkpoint_seconds`` if set, and when the study stops
+        early) by sending :class:`~melissa_sa.server.ranks.CheckpointNow` to
+        the other ranks; each rank snapshots when the message reaches it.
+        Rank 0's completion state only counts what the other ranks reported
+        before the message left, so it never claims more than their
+        snapshots hold. Returns the set's id, or None if it failed.
+        """
+        return self.worker.checkpoint()
+
+    def _completion_state(self) -> dict | None:
+        return self.coordinator.completion_state() if self.coordinator is not None else None
+
+    def _checkpoint_meta(self) -> dict | None:
+        return self.coordinator.checkpoint_meta() if self.coordinator is not None else None
 
     # -- misc ------------------------------------------------------------------
     def get_memory_info_in_gb(self) -> tuple[float, float]:

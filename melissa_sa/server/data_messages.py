@@ -1,8 +1,7 @@
 """A rank's data messages: one ZeroMQ message in, a :class:`SimulationData` out,
 or the message counted and dropped.
 
-A mixin of :class:`~melissa_sa.server.base_server.BaseServer`.
-:meth:`DataMessages._receive_data` decodes the header and payload
+:meth:`DataIntake.receive` decodes the header and payload
 (:mod:`melissa_sa.protocol`), checks the header against what the rank knows
 (:func:`~melissa_sa.server.intake.check_header`: the field, its cells on this
 rank, the simulation id, the time step), and drops a malformed message under
@@ -11,23 +10,27 @@ the counter its :class:`~melissa_sa.protocol.ProtocolError` names
 A message naming a field rank 0 declared but this rank has not read yet
 waits for the declaration, up to :data:`FIELD_WAIT_S` seconds.
 :class:`ServerStatus` says what :meth:`BaseServer.poll_sockets` saw when it
-returned no data. All three names are importable from
-:mod:`~melissa_sa.server.base_server` too.
+returned no data. :class:`RankCounters` are the rank's message counters
+(saved in its checkpoint, summed in ``results.h5``).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from melissa_sa.design import GroupLayout
 from melissa_sa.mpi_wait import MPIWaitTimeout
 from melissa_sa.protocol import DataHeader, ProtocolError, decode_header, decode_payload
-from melissa_sa.server.intake import check_header
+from melissa_sa.server.intake import FieldCatalog, check_header
+from melissa_sa.server.rank_progress import RankProgress
+from melissa_sa.server.ranks import RankLink
 
-__all__ = ["DataMessages", "FIELD_WAIT_S", "ServerStatus", "SimulationData"]
+__all__ = ["DataIntake", "FIELD_WAIT_S", "RankCounters", "ServerStatus", "SimulationData"]
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -56,15 +59,37 @@ class SimulationData:
     group_id: int
 
 
-class DataMessages:
-    """Validation of the data messages a rank receives.
+@dataclass
+class RankCounters:
+    """One rank's message counters: dropped messages by kind (``bad_messages``,
+    written as ``dropped_messages``), payload bytes of valid data messages,
+    duplicates dropped."""
 
-    Reads the server's ``fields``, ``field_sizes``, ``field_partitions``,
-    ``layout``, ``nb_time_steps``, ``rank``, ``ranks`` and ``_sim_id_limit``;
-    counts into ``bad_messages`` and ``_total_bytes_recv``.
+    bad_messages: Counter = field(default_factory=Counter)
+    bytes_received: int = 0
+    duplicates: int = 0
+
+
+class DataIntake:
+    """Validation of the data messages one rank receives (see the module docstring).
+
+    ``fields``: the study's fields as declared; ``progress``: the rank's
+    progress (which simulation ids it accepts); ``ranks``: the link to rank 0,
+    read when a message names what rank 0 may have announced but this rank not
+    read yet; ``counters``: where dropped messages and bytes are counted.
     """
 
-    def _receive_data(self, frames):
+    def __init__(self, *, fields: FieldCatalog, layout: GroupLayout, nb_time_steps: int,
+                 rank: int, progress: RankProgress, ranks: RankLink, counters: RankCounters):
+        self.fields = fields
+        self.layout = layout
+        self.nb_time_steps = nb_time_steps
+        self.rank = rank
+        self.progress = progress
+        self.ranks = ranks
+        self.counters = counters
+
+    def receive(self, frames):
         """Validate one data message; count and drop it if malformed."""
         try:
             if len(frames) != 2:
@@ -73,38 +98,39 @@ class DataMessages:
             self._validate_header(header)
             values = decode_payload(header, frames[1].buffer)
         except ProtocolError as exc:
-            self.bad_messages[exc.kind] += 1
+            self.counters.bad_messages[exc.kind] += 1
             sender = ""
             if len(frames) >= 1 and len(frames[0].buffer) >= 12:
                 sim = int.from_bytes(bytes(frames[0].buffer[8:12]), "little")
                 sender = f" from simulation {sim}"
             log.warning("dropped data message%s: %s", sender, exc.reason)
             return ServerStatus.BAD_MESSAGE
-        self._total_bytes_recv += values.nbytes
+        self.counters.bytes_received += values.nbytes
         return SimulationData(header, values, self.layout.group_of(header.sim_id))
 
     def _validate_header(self, h: DataHeader) -> None:
         """Check a header against what this rank knows; raise ProtocolError."""
-        if h.field_id >= len(self.fields):
+        if h.field_id >= len(self.fields.names):
             raise ProtocolError(f"unknown field id {h.field_id}", "unknown_field")
-        name = self.fields[h.field_id]
-        if name not in self.field_sizes:
+        name = self.fields.names[h.field_id]
+        if not self.fields.is_declared(name):
             self._wait_for_field(name)
-        if not 0 <= h.sim_id < self._sim_id_limit:
+        if not 0 <= h.sim_id < self.progress.sim_id_limit:
             self.ranks.drain()  # a redraw announced by rank 0 may be in flight
-        check_header(h, field=name, cells=self.field_partitions[name][self.rank],
-                     rank=self.rank, layout=self.layout, sim_id_limit=self._sim_id_limit,
-                     nb_time_steps=self.nb_time_steps)
+        check_header(h, field=name, cells=self.fields.partitions[name][self.rank],
+                     rank=self.rank, layout=self.layout,
+                     sim_id_limit=self.progress.sim_id_limit, nb_time_steps=self.nb_time_steps)
 
     def _wait_for_field(self, name: str) -> None:
         """A data message names a field whose size rank 0 may have sent but this
-        rank not read yet: read control messages until it is known."""
+        rank not read yet: read control messages until it is known (rank 0
+        declares a field before it answers the hello: nothing is in flight to it)."""
         undeclared = ProtocolError(f"field {name!r} has not been declared by a client",
                                    "unknown_field")
-        if self.rank == 0:
+        if self.ranks.is_root:
             raise undeclared
         try:
-            self.ranks.wait_for(lambda: name in self.field_sizes,
+            self.ranks.wait_for(lambda: self.fields.is_declared(name),
                                 f"rank 0's declaration of field {name!r}", FIELD_WAIT_S)
         except MPIWaitTimeout as exc:
             log.warning("%s", exc)

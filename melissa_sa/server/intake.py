@@ -1,5 +1,6 @@
 """What a server rank accepts: its cells of each field, and the header checks (pure).
 
+:class:`FieldCatalog` holds the study's fields as clients declare them;
 :func:`partition` splits a field's cells over the ranks; :func:`check_header`
 raises :class:`~melissa_sa.protocol.ProtocolError` whose ``kind`` names the
 counter the message is dropped under in ``dropped_messages`` (see
@@ -11,7 +12,7 @@ from __future__ import annotations
 from melissa_sa.design import GroupLayout
 from melissa_sa.protocol import DataHeader, ProtocolError
 
-__all__ = ["check_header", "partition"]
+__all__ = ["FieldCatalog", "check_header", "partition"]
 
 
 def partition(n_cells: int, n_ranks: int) -> list[tuple[int, int]]:
@@ -46,3 +47,24 @@ def check_header(h: DataHeader, *, field: str, cells: tuple[int, int], rank: int
     if h.count == 0 or h.offset < lo or h.offset + h.count > hi:
         raise ProtocolError(f"cells [{h.offset}, {h.offset + h.count}) of {field!r} are "
                             f"not all on rank {rank} ([{lo}, {hi}))", "bad_range")
+
+
+class FieldCatalog:
+    """The study's fields: their names, and once a client declared one, its
+    global size and its partition over the ``n_ranks`` server ranks."""
+
+    def __init__(self, names, n_ranks: int):
+        self.names = list(names)
+        self.n_ranks = n_ranks
+        self.sizes: dict[str, int] = {}
+        self.partitions: dict[str, list[tuple[int, int]]] = {}
+
+    def declare(self, name: str, n_cells: int) -> None:
+        self.sizes[name] = n_cells
+        self.partitions[name] = partition(n_cells, self.n_ranks)
+
+    def is_declared(self, name: str) -> bool:
+        return name in self.sizes
+
+    def index(self, name: str) -> int:
+        return self.names.index(name)

@@ -1,15 +1,17 @@
 """Messages between server ranks: typed, non-blocking, never spinning.
 
-Rank 0 tells the other ranks what the study decided (:class:`FieldDeclared`,
-:class:`Redraw`, :class:`CheckpointNow`, :class:`StopRanks`); the other
-ranks tell rank 0 what they folded (:class:`RunsFolded`) or received
-completely (:class:`RunsReceived`) or that they were
+Rank 0's coordinator tells every rank worker, its own included, what the
+study decided (:class:`FieldDeclared`, :class:`Redraw`, :class:`CheckpointNow`,
+:class:`StopRanks`, the convergence check's requests); every rank worker
+tells the coordinator what it folded (:class:`RunsFolded`) or received
+completely (:class:`RunsReceived`) or that it was
 asked to stop (:class:`RankStopRequest`). Each message is a frozen
 dataclass sent with ``isend`` (mpi4py pickles it: the peers are the
 server's own ranks, never the network) and read with ``Iprobe``, so an idle
 rank waits in the ZeroMQ poller rather than in a spinning MPI call.
 :class:`RankLink` keeps the pending sends and dispatches what arrives
-through the handler table its owner gives it.
+through the handler tables of its users (:meth:`RankLink.add_handlers`);
+on rank 0 a message to itself is handled at once, without MPI.
 """
 
 from __future__ import annotations
@@ -50,10 +52,10 @@ class FieldDeclared:
 
 @dataclass(frozen=True)
 class Redraw:
-    """Rank 0 -> all: group ``group_id`` was abandoned; ids below ``sim_id_limit`` are valid."""
+    """Rank 0 -> all: group ``group_id`` was abandoned (and its parameters redrawn
+    as a new group: one more group's simulation ids are valid)."""
 
     group_id: int
-    sim_id_limit: int
 
 
 @dataclass(frozen=True)
@@ -130,25 +132,36 @@ REPORT = (RunsFolded, RunsReceived, RankStopRequest, VarianceReport, SummaryRepo
 
 
 class RankLink:
-    """Typed messages over ``comm``; ``handlers`` maps a message class to its handler."""
+    """Typed messages over ``comm``, dispatched to the handlers of their class."""
 
-    def __init__(self, comm, handlers: dict[type, Callable]):
+    def __init__(self, comm):
         self.comm = comm
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
-        self.handlers = handlers
+        self._handlers: dict[type, Callable] = {}
         self._pending: list = []
 
+    @property
+    def is_root(self) -> bool:
+        """True on rank 0, where the coordinator lives."""
+        return self.rank == 0
+
+    def add_handlers(self, table: dict[type, Callable]) -> None:
+        """Handle each message class of ``table`` with its function (a class has one
+        handler: a later table's replaces an earlier one's)."""
+        self._handlers.update(table)
+
     def broadcast(self, message) -> None:
-        """Rank 0: send a control message to every other rank."""
+        """Rank 0: send a control message to every other rank, then handle it here."""
         assert isinstance(message, CONTROL), message
         for r in range(1, self.size):
             self._pending.append(self.comm.isend(message, dest=r, tag=TAG_CONTROL))
+        self._dispatch(message)
 
     def report(self, message) -> None:
         """Send a report to rank 0 (rank 0 handles its own at once)."""
         assert isinstance(message, REPORT), message
-        if self.rank == 0:
+        if self.is_root:
             self._dispatch(message)
         else:
             self._pending.append(self.comm.isend(message, dest=0, tag=TAG_REPORT))
@@ -158,7 +171,7 @@ class RankLink:
         self._pending = [r for r in self._pending if not r.Test()]
         if self.size == 1:
             return False
-        source, tag = (self._any_source(), TAG_REPORT) if self.rank == 0 else (0, TAG_CONTROL)
+        source, tag = (self._any_source(), TAG_REPORT) if self.is_root else (0, TAG_CONTROL)
         handled = False
         while self.comm.Iprobe(source=source, tag=tag):
             self._dispatch(self.comm.recv(source=source, tag=tag))
@@ -180,7 +193,7 @@ class RankLink:
         self._pending = []
 
     def _dispatch(self, message) -> None:
-        handler = self.handlers.get(type(message))
+        handler = self._handlers.get(type(message))
         if handler is None:
             raise TypeError(f"rank {self.rank}: no handler for {type(message).__name__}")
         handler(message)

@@ -1,5 +1,8 @@
 """Glue between the SA server and :mod:`melissa_sa.results`.
 
+Every function takes what it reads: the config, the rank's field slices and
+counters, and on rank 0 the study state and the parameters drawn.
+
 Every rank hands the writer its own slice of each field, one field at a
 time during its turn (the statistics are finalised then); no rank ever
 gathers the mesh. The per-rank counters (dropped messages by kind, bytes
@@ -12,12 +15,15 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 
 from melissa_sa.mpi_wait import gather_json
 from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results_parallel
-from melissa_sa.server.field_stats import aggregated_sums
+from melissa_sa.server.data_messages import RankCounters
+from melissa_sa.server.field_stats import LocalField, aggregated_sums
+from melissa_sa.server.study_state import StudyState
 from melissa_sa.stats.sobol_aggregated import (
     aggregate_indices,
     aggregated_interval,
@@ -27,30 +33,29 @@ from melissa_sa.stats.sobol_aggregated import (
 log = logging.getLogger("melissa_sa.server")
 
 
-def parameter_table(server) -> ParameterTable:
-    """The design actually run, from rank 0's study state."""
-    names = tuple(server.config.study_options.parameter_names) or tuple(
-        f"p{k + 1}" for k in range(server.nb_parameters))
-    params = server.group_parameters
-    groups = [g for gid, g in sorted(server.study.groups.items()) if gid in params]
+def parameter_table(config, study: StudyState, params: dict[int, np.ndarray]) -> ParameterTable:
+    """The design actually run, from rank 0's study state and the parameters drawn."""
+    so = config.study_options
+    names = tuple(so.parameter_names) or tuple(f"p{k + 1}" for k in range(so.nb_parameters))
+    groups = [g for gid, g in sorted(study.groups.items()) if gid in params]
     if not groups:
         return ParameterTable(names=names, values=np.zeros((0, len(names))))
-    layout = server.layout
+    layout = config.layout
     values = np.concatenate([params[g.group_id] for g in groups])
     sim_id = np.concatenate([g.sim_ids for g in groups])
     return ParameterTable(
         names=names, values=values, sim_id=sim_id,
         group_id=layout.group_of(sim_id), member=layout.member_of(sim_id),
         redrawn=np.concatenate([[g.redraws > 0] * len(g.sim_ids) for g in groups]),
-        folded=np.isin(sim_id, sorted(server.completed_sim_ids)))
+        folded=np.isin(sim_id, sorted(study.sims_done)))
 
 
-def rank_counters(server) -> dict | None:
-    """Rank 0: dropped messages and bytes received, summed and per rank (collective)."""
-    mine = {"dropped": dict(server.bad_messages), "bytes": int(server.bytes_received),
-            "refused": int(getattr(server, "refused_peers", 0))}
-    every = gather_json(server.comm if server.comm_size > 1 else None, mine,
-                        "every rank's message counters for results.h5")
+def rank_counters(comm, counters: RankCounters, refused: int) -> dict | None:
+    """Rank 0: dropped messages and bytes received, summed and per rank (collective;
+    ``comm`` None for one rank)."""
+    mine = {"dropped": dict(counters.bad_messages), "bytes": int(counters.bytes_received),
+            "refused": int(refused)}
+    every = gather_json(comm, mine, "every rank's message counters for results.h5")
     if every is None:
         return None
     total: Counter = Counter()
@@ -64,14 +69,13 @@ def rank_counters(server) -> dict | None:
             "refused_peers_per_rank": np.array([r["refused"] for r in every], dtype=np.int64)}
 
 
-def convergence_attrs(server) -> dict:
+def convergence_attrs(study: StudyState) -> dict:
     """Rank 0: the root attributes saying how the study stopped (docs/results.md).
 
     ``convergence_width_reached`` is the widest counted interval of the last
     convergence check (the deciding one when the rule stopped the study), not
     recomputed at finalisation.
     """
-    study = server.study
     attrs = {"stopped_by": study.stopped_by, "groups_finished": int(study.groups_done),
              "groups_submitted": int(study.nb_submitted_groups)}
     rule = study.convergence_rule
@@ -88,7 +92,7 @@ def convergence_attrs(server) -> dict:
     return attrs
 
 
-def aggregated_indices(server) -> dict:
+def aggregated_indices(comm, slices: dict[str, LocalField], confidence_level: float) -> dict:
     """Rank 0: ``{field: {"sobol_first_aggregated": (p, T), ...}}`` (collective).
 
     Each rank reduces its own cells to a few sums per parameter and step,
@@ -97,13 +101,12 @@ def aggregated_indices(server) -> dict:
     field's indices and their intervals (``*_low``, ``*_high``, at
     ``sa_config.confidence_level``). Empty without Sobol'.
     """
-    mine = {name: aggregated_sums(lf) for name, lf in sorted(server.slices.items())}
+    mine = {name: aggregated_sums(lf) for name, lf in sorted(slices.items())}
     mine = {name: sums for name, sums in mine.items() if sums is not None}
-    every = gather_json(server.comm if server.comm_size > 1 else None, mine,
-                        "every rank's partial sums of the aggregated Sobol' indices")
+    every = gather_json(comm, mine, "every rank's partial sums of the aggregated Sobol' indices")
     if every is None:
         return {}
-    level = server.config.sa_config.confidence_level
+    level = confidence_level
     out = {}
     for name in sorted({n for r in every for n in r}):
         parts = [r[name] for r in every if name in r]
@@ -134,35 +137,40 @@ AGGREGATED_NAMES = ("sobol_first_aggregated", "sobol_total_aggregated",
                     "sobol_total_aggregated_low", "sobol_total_aggregated_high")
 
 
-def write_study_results(server) -> None:
-    """Write ``OUT/results.h5`` from every rank (call on all ranks)."""
-    layout = ResultsLayout.from_config(server.config, dict(server.field_sizes),
-                                       ci_method=server.ci_method)
+def write_study_results(*, comm, config, field_sizes: dict[str, int],
+                        slices: dict[str, LocalField], collect: Callable[[str], dict],
+                        counters: RankCounters, refused: int, study: StudyState | None = None,
+                        group_parameters: dict[int, np.ndarray] | None = None) -> None:
+    """Write ``OUT/results.h5`` from every rank (call on all ranks; ``comm`` None
+    for one rank). ``collect(name)``: this rank's statistics of field ``name``;
+    ``study`` and ``group_parameters``: rank 0's, None on the other ranks."""
+    layout = ResultsLayout.from_config(config, dict(field_sizes),
+                                       ci_method=config.sa_config.confidence_method)
+    root = study is not None
 
-    # collect_results is lazy: the Sobol' indices and intervals of a step
-    # are computed during this rank's turn, written (by the writer's worker
-    # thread, while the next step is computed), then released, so no rank
-    # holds more than two steps of them (issue 10, docs/performance.md).
+    # collect is lazy: the Sobol' indices and intervals of a step are computed
+    # during this rank's turn, written (by the writer's worker thread, while the
+    # next step is computed), then released, so no rank holds more than two
+    # steps of them (docs/performance.md).
     def local(name: str):
-        if name not in server.slices:
+        if name not in slices:
             return None
-        lf = server.slices[name]
-        stats = server.collect_results(name)
-        if server.rank != 0:
+        lf = slices[name]
+        stats = collect(name)
+        if not root:
             stats.pop("n_samples", None)
             stats.pop("n_groups", None)
         else:
             stats.update(aggregated.get(name, {}))
         return FieldSlice(lf.lo, lf.hi, stats)
 
-    aggregated = aggregated_indices(server)
-    attrs = rank_counters(server)
+    aggregated = aggregated_indices(comm, slices, config.sa_config.confidence_level)
+    attrs = rank_counters(comm, counters, refused)
     if attrs is not None:
-        attrs.update(convergence_attrs(server))
-    parameters = parameter_table(server) if server.rank == 0 else None
-    path = write_results_parallel(server.comm if server.comm_size > 1 else None,
-                                  server.config.results_path, layout, local,
-                                  config_json=server.config.to_json(), parameters=parameters,
+        attrs.update(convergence_attrs(study))
+    parameters = parameter_table(config, study, group_parameters or {}) if root else None
+    path = write_results_parallel(comm, config.results_path, layout, local,
+                                  config_json=config.to_json(), parameters=parameters,
                                   attrs=attrs)
-    if server.rank == 0:
+    if root:
         log.info("results written to %s", path)

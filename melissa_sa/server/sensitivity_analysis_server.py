@@ -1,26 +1,14 @@
-"""The sensitivity-analysis server: folds every field slice into statistics.
+"""The sensitivity-analysis server: every rank folds its slice of every field.
 
 Each rank owns a contiguous slice of every field (see
-:func:`~melissa_sa.server.base_server.partition`) and keeps, per time step,
-the statistics the config asks for over that slice
-(:mod:`~melissa_sa.server.field_stats`). Data arrive as (simulation, field,
-time step, cell range) messages, straight from the client ranks that hold
-those cells.
-
-Group assembly: with Sobol' indices on, a group's time step is folded only
-when all its members have sent it over this rank's slice
-(:mod:`~melissa_sa.server.assembly`); then the independent rows feed the
-moments, extrema, thresholds and quantiles and the whole group feeds the
-Martinez accumulators. Without Sobol', a message that covers the rank's
-whole slice is folded straight from the received frame, without a copy.
-
-Every (simulation, field, time step, slice) is folded at most once: a
-restarted client may resend from the start, and what was already folded or
-buffered is dropped and counted as a duplicate. A run folded on every rank
-is reported to rank 0's study state (:class:`RunFolded`).
-
-Checkpoints (when one is due, writing, restoring) are
-:mod:`~melissa_sa.server.rank_checkpoints`'s.
+:func:`~melissa_sa.server.intake.partition`) and keeps, per time step,
+the statistics the config asks for over that slice; its
+:class:`~melissa_sa.server.rank_worker.RankWorker` validates, assembles and
+folds the data messages, and rank 0's
+:class:`~melissa_sa.server.coordinator.Coordinator` runs the study.
+:class:`SensitivityAnalysisServer` is the loop around them: start, listen,
+fold until rank 0 says stop, then write the results (on success) or a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -28,64 +16,32 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import time
-
-import numpy as np
 
 from melissa_sa import exit_codes
 from melissa_sa.mpi_wait import bcast_json
-from melissa_sa.server import ranks
-from melissa_sa.server.assembly import SPARE_BUFFERS, GroupAssembler, Overlap
 from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData
-from melissa_sa.server.convergence_check import ConvergenceCheck
-from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
-from melissa_sa.server.rank_checkpoints import RankCheckpoints
-from melissa_sa.server.study_events import Begin, DataSeen, RunFolded, RunReceived, Tick
-from melissa_sa.stats import set_threads
-from melissa_sa.stats.row_pool import RowPool
-from melissa_sa.stats.sobol_fold import fold_batch_for
+from melissa_sa.server.field_stats import collect_results
+from melissa_sa.server.results_io import write_study_results
 from melissa_sa.warmup import warm_up
 
 log = logging.getLogger("melissa_sa.server")
 
-__all__ = ["LocalField", "SensitivityAnalysisServer", "StepStatistics"]
+__all__ = ["SensitivityAnalysisServer"]
 
 
-class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
+class SensitivityAnalysisServer(BaseServer):
     """The melissa-sa server flavour for sensitivity analysis.
 
     Run it with ``mpiexec -n P python -m melissa_sa.server.main study.json``
     (the launcher does). A user may subclass it in their own file and name it
     in the config (``server_filename``, ``server_class``) to override hooks
-    such as :meth:`setup_environment` or :meth:`on_group_finished`.
+    such as :meth:`setup_environment`, :meth:`on_group_finished` or
+    :meth:`convergence_rule`.
     """
 
     def __init__(self, config, comm=None, checkpoint_file: str = "checkpoint"):
         super().__init__(config, comm, checkpoint_file)
-        self.slices: dict[str, LocalField] = {}
-        self._folded: dict[int, np.ndarray] = {}       # sim -> (fields, steps) bool
-        self._buffered: dict[int, np.ndarray] = {}     # the same, complete in the assembler
-        self._received_sent: set[int] = set()         # runs reported RunsReceived
-        sa = config.sa_config
-        # the Sobol' fold gives rows back a batch at a time (stats/sobol_fold.py)
-        self._assembler = GroupAssembler(self.group_size, RowPool(SPARE_BUFFERS + (
-            fold_batch_for(sa.confidence_method, self.layout.second_order, sa.sobol_fold_batch)
-            if sa.sobol_indices else 0)))
-        self.duplicates = 0
         self.ci_method = config.sa_config.confidence_method
-        self._ranks_done: dict[int, set] = {}          # rank 0: sim -> ranks reporting
-        self._ranks_received: dict[int, set] = {}      # rank 0: sim -> ranks reporting
-        self._abandoned_groups: set[int] = set()
-        self._runs_since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
-        self._writer = None
-        self._restored_from = None
-        self._sigterm = self._sigterm_handled = False
-        rule = self.convergence_rule()
-        self.study.convergence_rule = None if rule is None else rule.to_dict()
-        self.convergence = None if rule is None else ConvergenceCheck(self, rule)
-        if self.convergence is not None:
-            self.ranks.handlers.update(self.convergence.handlers())
 
     def convergence_rule(self):
         """The :class:`~melissa_sa.convergence.ConvergenceRule` of the study, or None.
@@ -95,158 +51,42 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
         """
         return self.config.sa_config.convergence
 
-    # -- fields -----------------------------------------------------------------
-    def on_field_declared(self, name: str, n_cells: int) -> None:
-        lo, hi = self.field_partitions[name][self.rank]
-        steps = [StepStatistics(hi - lo, self.config) for _ in range(self.nb_time_steps)]
-        self.slices[name] = LocalField(name, self.fields.index(name), lo, hi, steps)
-        log.info("field %r: %d cells, this rank holds [%d, %d)", name, n_cells, lo, hi)
-        self._choose_threads()
+    @property
+    def slices(self):
+        """This rank's part of every declared field, by name (its statistics)."""
+        return self.worker.slices
 
-    def _choose_threads(self) -> None:
-        """Numba threads for this rank, once its cells are known (see stats.set_threads).
+    @property
+    def duplicates(self) -> int:
+        """Messages this rank dropped as already folded or buffered."""
+        return self.worker.counters.duplicates
 
-        Several ranks share the machine's cores: ``main`` gives each one thread.
-        A single rank uses every core on a large slice and one on a small one.
-        """
-        if self.comm_size == 1:
-            set_threads(n_cells=sum(f.hi - f.lo for f in self.slices.values()))
-
-    # -- data path ----------------------------------------------------------------
     def process_simulation_data(self, data: SimulationData) -> None:
         """Fold or buffer one validated message (drops duplicates)."""
-        h = data.header
-        if self._folded_bits(h.sim_id)[h.field_id, h.time_step]:
-            self._duplicate(h, "already folded")
-            return
-        if data.group_id in self._abandoned_groups:
-            self.bad_messages["abandoned_group"] += 1
-            return
-        lf = self.slices[self.fields[h.field_id]]
-        if self.group_size == 1 and h.count == lf.n_cells:
-            # the whole slice in one message: fold the frame itself, no copy
-            lf.steps[h.time_step].fold_sample(data.values)
-            self._mark_folded([h.sim_id], h.field_id, h.time_step)
-            return
-        key = (data.group_id, h.field_id, h.time_step)
-        try:
-            rows = self._assembler.add(key, h.member, h.offset - lf.lo, data.values, lf.n_cells)
-        except Overlap as exc:
-            self._duplicate(h, str(exc))
-            return
-        if rows is None and self._assembler.member_complete(key, h.member):
-            bits = self._buffered.get(h.sim_id)
-            if bits is None:
-                bits = self._buffered[h.sim_id] = np.zeros_like(self._folded_bits(h.sim_id))
-            bits[h.field_id, h.time_step] = True
-            self._check_received(h.sim_id)
-        if rows is not None:
-            # leased rows: the statistics give them back to the pool once folded
-            lf.steps[h.time_step].fold_group(rows, data.group_id, self._assembler.pool)
-            group_sims = [self.layout.sim_id(data.group_id, m) for m in range(self.group_size)]
-            self._mark_folded(group_sims, h.field_id, h.time_step)
-
-    def _folded_bits(self, sim_id: int) -> np.ndarray:
-        bits = self._folded.get(sim_id)
-        if bits is None:
-            bits = self._folded[sim_id] = np.zeros((len(self.fields), self.nb_time_steps),
-                                                   dtype=bool)
-        return bits
-
-    def _duplicate(self, h, why: str) -> None:
-        self.duplicates += 1
-        self.bad_messages["duplicate"] += 1
-        log.debug("duplicate from simulation %d, field %d, step %d: %s",
-                  h.sim_id, h.field_id, h.time_step, why)
-
-    def _mark_folded(self, sim_ids, field_id: int, step: int) -> None:
-        complete = []
-        for sim_id in sim_ids:
-            bits = self._folded_bits(sim_id)
-            bits[field_id, step] = True
-            if bits.all():
-                complete.append(sim_id)
-                self._buffered.pop(sim_id, None)
-                self._received_sent.discard(sim_id)
-            else:
-                self._check_received(sim_id)
-        if complete:
-            self.ranks.report(ranks.RunsFolded(self.rank, tuple(complete)))
-
-    def _check_received(self, sim_id: int) -> None:
-        """Report a run whose every step arrived on this rank, folded or buffered
-        (so that a hanging sibling does not make it look unfinished)."""
-        buffered = self._buffered.get(sim_id)
-        if buffered is None or sim_id in self._received_sent:
-            return
-        if (buffered | self._folded_bits(sim_id)).all():
-            self._received_sent.add(sim_id)
-            self.ranks.report(ranks.RunsReceived(self.rank, (sim_id,)))
-
-    def on_group_abandoned(self, group_id: int) -> None:
-        for sim_id in [s for s in self._buffered if self.layout.group_of(s) == group_id]:
-            del self._buffered[sim_id]
-        self._assembler.drop_group(group_id)
-        self._abandoned_groups.add(group_id)
-
-    # -- rank 0 bookkeeping ---------------------------------------------------------
-    def on_runs_folded(self, msg: ranks.RunsFolded) -> None:
-        now = time.monotonic()
-        for sim_id in msg.sim_ids:
-            ranks_done = self._ranks_done.setdefault(sim_id, set())
-            ranks_done.add(msg.rank)
-            if len(ranks_done) == self.comm_size and sim_id not in self.study.sims_done:
-                self._runs_since_checkpoint += 1
-                self.feed(RunFolded(sim_id, now))
-
-    def on_runs_received(self, msg: ranks.RunsReceived) -> None:
-        now = time.monotonic()
-        for sim_id in msg.sim_ids:
-            ranks_in = self._ranks_received.setdefault(sim_id, set())
-            ranks_in.add(msg.rank)
-            if len(ranks_in) == self.comm_size and sim_id not in self.study.sims_done:
-                self.feed(RunReceived(sim_id, now))
+        self.worker.fold(data)
 
     # -- main loop -------------------------------------------------------------------
-    def _on_sigterm(self, signum, frame) -> None:
-        self._sigterm = True
-
-    def _check_sigterm(self) -> None:
-        """SIGTERM (from mpiexec, a scheduler, the launcher) stops the study
-        with a checkpoint; a rank other than 0 asks rank 0 to start it."""
-        if not self._sigterm or self._sigterm_handled:
-            return
-        self._sigterm_handled = True
-        if self.rank == 0:
-            if not self._stop_requested:
-                log.info("SIGTERM: stopping with a checkpoint")
-                self.on_stop_request()
-        else:
-            self.ranks.report(ranks.RankStopRequest(self.rank))
-
     def start(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(signal.SIGTERM, self.worker.on_sigterm)
         self.configure_logger()
-        if self.rank == 0:
+        if self.ranks.is_root:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         self._take_study_lock()
         self.setup_environment()
-        self.study.limits = self._study_limits()
         restored = self.restore() if self._restart else False
         # load the compiled kernels before listening, not on the first message;
         # the launcher compiles them first when Numba's cache is stale, and a
         # server started alone compiles here while ZeroMQ queues the hellos
         warm_up(self.nb_parameters)
         self.initialize_connections()
-        self._last_checkpoint = time.monotonic()
         if restored:
-            self._report_restored()
-        if self.rank == 0:
+            self.worker.report_restored()
+        if self.coordinator is not None:
             if restored:
                 self.ranks.drain()
             if not self._launcher_address:
                 log.info("no launcher: accepting simulations 0..%d", self.nb_clients - 1)
-            self.feed(Begin(time.monotonic(), resume=restored))
+            self.coordinator.begin(resume=restored)
         self._is_receiving = True
         status = self._loop()
         self._is_receiving = False
@@ -256,7 +96,7 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
     def _take_study_lock(self) -> None:
         """Rank 0 holds an exclusive lock on OUT/server.lock: never two servers."""
         ok = True
-        if self.rank == 0:
+        if self.ranks.is_root:
             import fcntl
             path = self.output_dir / "server.lock"
             self._lock_file = open(path, "a+")  # noqa: SIM115 - held for the run
@@ -277,25 +117,23 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
             raise SystemExit(exit_codes.SERVER_LOCKED)
 
     def _loop(self) -> int:
+        coordinator, worker = self.coordinator, self.worker
         while True:
-            self._check_sigterm()
+            worker.check_sigterm()
             item = self.poll_sockets(timeout=0.05)
             if isinstance(item, SimulationData):
                 with self.consistency_lock:
                     self.process_simulation_data(item)
-                if self.rank == 0:
-                    self.feed(DataSeen(item.header.sim_id, time.monotonic()))
-                    if self._runs_since_checkpoint:
-                        self._maybe_checkpoint()
+                if coordinator is not None:
+                    coordinator.data_seen(item.header.sim_id)
                 continue
             if item is ServerStatus.STOP:
-                if self._finishing:
+                if worker.finishing:
                     return exit_codes.OK
-                return self._exit_status or exit_codes.INTERRUPTED
-            if self.rank == 0:
-                self.feed(Tick(time.monotonic()))
-                self.check_launcher()
-                self._maybe_checkpoint()
+                status = coordinator.exit_status if coordinator is not None else 0
+                return status or exit_codes.INTERRUPTED
+            if coordinator is not None:
+                coordinator.idle()
 
     def _finalize(self, status: int) -> None:
         """Write the results (on success) or a checkpoint, and close everything."""
@@ -303,23 +141,20 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
             self.write_results()
         else:
             self.checkpoint()
-        try:
-            self.ranks.flush()
-        except TimeoutError as exc:
-            log.error("%s", exc)
-        if self._writer is not None:
-            self._writer.close()
-        if self.rank == 0:
+        self.worker.close()
+        message = ""
+        if self.coordinator is not None:
             log.info("received %.3f GB on rank 0; dropped messages: %s; mean run %.1f s",
-                     self._total_bytes_recv / 1e9, dict(self.bad_messages) or "none",
+                     self.bytes_received / 1e9, dict(self.bad_messages) or "none",
                      self.mtt_simulation_completion)
-        self.close_connection(status, self._exit_message)
+            message = self.coordinator.exit_message
+        self.close_connection(status, message)
 
     # -- results ------------------------------------------------------------------------
     def collect_results(self, name: str) -> dict:
         """This rank's slice of every statistic of field ``name`` (see
         :func:`~melissa_sa.server.field_stats.collect_results`)."""
-        return collect_results(self.slices[name], self.config)
+        return collect_results(self.worker.slices[name], self.config)
 
     def write_results(self) -> None:
         """Write ``OUT/results.h5``; each rank writes only its own slices.
@@ -327,8 +162,11 @@ class SensitivityAnalysisServer(RankCheckpoints, BaseServer):
         A field no client ever declared (an offline study) is written with one
         cell per rank and no samples, so the file still has its layout.
         """
-        for name in self.fields:
-            if name not in self.field_sizes:
-                self._declare_field(name, self.comm_size)
-        from melissa_sa.server.results_io import write_study_results
-        write_study_results(self)
+        self.worker.declare_missing_fields()
+        c = self.coordinator
+        write_study_results(comm=self.comm if self.comm_size > 1 else None,
+                            config=self.config, field_sizes=self.field_sizes,
+                            slices=self.worker.slices, collect=self.collect_results,
+                            counters=self.worker.counters, refused=self.refused_peers,
+                            study=None if c is None else c.study,
+                            group_parameters=None if c is None else c.parameters)

@@ -26,6 +26,7 @@ __all__ = [
     "SubmitRuns",
     "Tick",
     "Converged",
+    "ConvergenceChecked",
 ]
 
 
@@ -48,6 +49,16 @@ class Converged:
 
     now: float
     groups_at_stop: int
+    width: float
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class ConvergenceChecked:
+    """A convergence check ended without stopping the study: its widest counted
+    interval and where (kept for the progress messages and the checkpoint)."""
+
+    now: float
     width: float
     where: str = ""
 
@@ -85,20 +96,24 @@ class JobExited:
 
 @dataclass(frozen=True)
 class RunFolded:
-    """Every rank folded every field and time step of the run."""
+    """Server rank ``rank`` folded every field and time step of the run (the
+    run is folded once every rank has said so)."""
 
     sim_id: int
     now: float
+    rank: int = 0
 
 
 @dataclass(frozen=True)
 class RunReceived:
-    """Every rank received every field and time step of the run: folded, or
-    buffered in the group assembler until a sibling sends the same step. The
-    run has completed; only its group's folding waits (on a sibling)."""
+    """Server rank ``rank`` received every field and time step of the run:
+    folded, or buffered in the group assembler until a sibling sends the same
+    step. Once every rank has said so the run has completed; only its group's
+    folding waits (on a sibling)."""
 
     sim_id: int
     now: float
+    rank: int = 0
 
 
 @dataclass(frozen=True)

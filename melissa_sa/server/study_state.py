@@ -1,13 +1,8 @@
 """The study's state as a pure object: groups, runs, crashes, redraws, completion.
 
-:class:`StudyState` is fed typed events (:mod:`~melissa_sa.server.study_events`:
-:class:`Begin`, :class:`JobStarted`,
-:class:`DataSeen`, :class:`JobExited`, :class:`RunReceived`, :class:`RunFolded`,
-:class:`Tick`) and
-answers each with a list of typed instructions (:class:`DrawGroup`,
-:class:`SubmitRuns`, :class:`KillRuns`, :class:`AbandonGroup`,
-:class:`GroupFinished`, :class:`ReportProgress`, :class:`FinishStudy`,
-:class:`StopStudy`) that rank 0 of the server carries out. It knows no
+:class:`StudyState` is fed the typed events of
+:mod:`~melissa_sa.server.study_events` and answers each with a list of its
+typed instructions, which rank 0's coordinator carries out. It knows no
 socket, no MPI and no clock: the time comes in the events (``now``, seconds
 on any monotonic clock), so it is tested without a server
 (``tests/test_study_state.py``). Modelled on Dask's
@@ -20,6 +15,8 @@ Rules:
 * a run fails when its job exits non-zero, when it exits 0 without all its
   data received within ``completion_grace`` s, or when nothing of it was seen
   for ``simulation_timeout`` s (its job is then killed);
+* the server ranks report their runs one by one (:class:`RunReceived` and
+  :class:`RunFolded` name the rank); a run counts once all ``n_ranks`` said so;
 * a run whose every time step was received on every rank (:class:`RunReceived`:
   folded, or buffered until a sibling of its group sends the same step) has
   completed: its exit, whatever its code, and its silence are no failure (a
@@ -50,6 +47,7 @@ from melissa_sa.server.study_events import (
     AbandonGroup,
     Begin,
     Converged,
+    ConvergenceChecked,
     DataSeen,
     DrawGroup,
     FinishStudy,
@@ -77,12 +75,18 @@ class StudyState:
 
     ``managed=False`` (no launcher): runs are not submitted, any sim id below
     the design's size may stream, and groups appear as their runs complete.
+    ``n_ranks``: the server ranks that each report a run received and folded.
+    ``convergence_rule``: the rule (``ConvergenceRule.to_dict()``) the study
+    runs under, or None. Nothing outside changes the state but :meth:`handle`
+    (and :meth:`load_dict`, the restart).
     """
 
-    def __init__(self, layout: GroupLayout, limits: StudyLimits, *, managed: bool = True):
+    def __init__(self, layout: GroupLayout, limits: StudyLimits, *, managed: bool = True,
+                 n_ranks: int = 1, convergence_rule: dict | None = None):
         self.layout = layout
         self.limits = limits
         self.managed = managed
+        self.n_ranks = n_ranks
         self.groups: dict[int, GroupRecord] = {}
         self.finished_groups: set[int] = set()
         self.sims_done: set[int] = set()
@@ -97,7 +101,7 @@ class StudyState:
         #: set by :class:`Converged`: ``{"groups_at_stop", "width", "where"}``
         self.converged: dict | None = None
         #: the convergence rule (``ConvergenceRule.to_dict()``) the study runs under
-        self.convergence_rule: dict | None = None
+        self.convergence_rule = convergence_rule
         #: the last check's widest interval and where (None before any check)
         self.last_width: float | None = None
         self.last_where: str = ""
@@ -105,6 +109,9 @@ class StudyState:
         self._exited_at: dict[int, float] = {}
         self._active: set[int] = set()
         self._received: set[int] = set()  # active runs whose every step was received
+        # run -> the ranks that reported it folded / received (until every rank has)
+        self._folded_on: dict[int, set[int]] = {}
+        self._received_on: dict[int, set[int]] = {}
 
     # -- read-only views ----------------------------------------------------------------
     @property
@@ -179,8 +186,17 @@ class StudyState:
             self._last_seen[ev.sim_id] = ev.now
         return []
 
+    def _on_every_rank(self, reports: dict[int, set[int]], ev) -> bool:
+        """Count ``ev``'s rank for its run; True once every rank has reported it."""
+        if ev.sim_id in self.sims_done:
+            return False
+        reports.setdefault(ev.sim_id, set()).add(ev.rank)
+        return len(reports[ev.sim_id]) >= self.n_ranks
+
     def _on_run_received(self, ev: RunReceived) -> list:
-        if ev.sim_id in self._active and ev.sim_id not in self.sims_done:
+        if not self._on_every_rank(self._received_on, ev):
+            return []
+        if ev.sim_id in self._active:
             self._received.add(ev.sim_id)
             self._last_seen.pop(ev.sim_id, None)
             self._exited_at.pop(ev.sim_id, None)
@@ -194,7 +210,7 @@ class StudyState:
             return []
         if ev.ok:
             if self.limits.offline:  # nothing is streamed: the exit is the completion
-                return self._on_run_folded(RunFolded(ev.sim_id, ev.now))
+                return [] if ev.sim_id in self.sims_done else self._run_done(ev.sim_id, ev.now)
             if ev.sim_id in self._active:
                 self._exited_at[ev.sim_id] = ev.now
             return []
@@ -203,9 +219,13 @@ class StudyState:
         return self._failure(ev.sim_id, why, ev.now)
 
     def _on_run_folded(self, ev: RunFolded) -> list:
-        sim_id = ev.sim_id
-        if sim_id in self.sims_done:
+        if not self._on_every_rank(self._folded_on, ev):
             return []
+        return self._run_done(ev.sim_id, ev.now)
+
+    def _run_done(self, sim_id: int, now: float) -> list:
+        self._folded_on.pop(sim_id, None)
+        self._received_on.pop(sim_id, None)
         self.sims_done.add(sim_id)
         self._forget(sim_id)
         self.n_sims_completed += 1
@@ -217,15 +237,15 @@ class StudyState:
                 return []  # a run of no known group (cannot happen with a launcher)
             group = self.groups[group_id] = GroupRecord(
                 group_id, [self.layout.sim_id(group_id, m) for m in range(self.layout.size)],
-                submitted_at=ev.now)
-        elapsed = ev.now - group.submitted_at
+                submitted_at=now)
+        elapsed = now - group.submitted_at
         self.mean_run_seconds += (elapsed - self.mean_run_seconds) / self.n_sims_completed
         group.members_done.add(member)
         out: list = []
         if group.finished and group_id not in self.finished_groups and not group.abandoned:
             self.finished_groups.add(group_id)
             out.append(GroupFinished(group_id, self.groups_done, self.groups_total))
-            out += self._fill_window(ev.now)
+            out += self._fill_window(now)
         if self.all_done:
             out.append(FinishStudy())
         return out
@@ -263,29 +283,14 @@ class StudyState:
             out.append(FinishStudy())
         return out
 
-    def record_check(self, width: float, where: str) -> None:
-        """Remember a check that did not stop the study (for progress and checkpoints)."""
-        self.last_width, self.last_where = float(width), where
-
-    def reconcile_rule(self, rule: dict | None) -> str | None:
-        """After a resume: keep the saved stop only under the same rule.
-
-        Returns a message to log when the configured rule differs from the
-        saved one (the stopped state is then cleared), else None.
-        """
-        saved, self.convergence_rule = self.convergence_rule, rule
-        if saved == rule:
-            return None
-        was = self.converged is not None
-        self.converged = None
-        self.last_width, self.last_where = None, ""
-        return (f"sa_config.convergence changed since the checkpoint ({saved} -> {rule})"
-                + ("; the saved stop is cleared: the study draws groups again" if was else ""))
+    def _on_convergence_checked(self, ev: ConvergenceChecked) -> list:
+        self.last_width, self.last_where = float(ev.width), ev.where
+        return []
 
     _HANDLERS: typing.ClassVar[dict] = {
         Begin: _on_begin, JobStarted: _on_job_started, DataSeen: _on_data_seen,
         JobExited: _on_job_exited, RunReceived: _on_run_received, RunFolded: _on_run_folded,
-        Tick: _on_tick, Converged: _on_converged}
+        Tick: _on_tick, Converged: _on_converged, ConvergenceChecked: _on_convergence_checked}
 
     # -- rules --------------------------------------------------------------------------
     def _in_flight(self) -> int:
@@ -400,8 +405,14 @@ class StudyState:
                             "rule": self.convergence_rule},
         }
 
-    def load_dict(self, state: dict) -> None:
-        """Restore :meth:`to_dict`'s output (older checkpoints lack the newer keys)."""
+    def load_dict(self, state: dict) -> str | None:
+        """Restore :meth:`to_dict`'s output (older checkpoints lack the newer keys).
+
+        The saved stop is kept only under the same convergence rule: when the
+        rule this state was built with differs from the saved one, the stop
+        and the last check are cleared and the message to log is returned
+        (else None).
+        """
         self.finished_groups = set(state["finished_groups"])
         self.nb_submitted_groups = int(state["nb_submitted_groups"])
         self.next_group_id = int(state["next_group_id"])
@@ -418,7 +429,6 @@ class StudyState:
         width = conv.get("last_width")
         self.last_width = None if width is None else float(width)
         self.last_where = str(conv.get("last_where", ""))
-        self.convergence_rule = conv.get("rule")
         self.groups = {}
         for g in state["groups"]:
             group = GroupRecord(int(g["group_id"]), [int(s) for s in g["sim_ids"]],
@@ -428,3 +438,14 @@ class StudyState:
             group.members_done = {self.layout.member_of(s) for s in group.sim_ids
                                   if s in self.sims_done}
             self.groups[group.group_id] = group
+        return self._keep_the_stop_under(conv.get("rule"))
+
+    def _keep_the_stop_under(self, saved: dict | None) -> str | None:
+        rule = self.convergence_rule
+        if saved == rule:
+            return None
+        was = self.converged is not None
+        self.converged = None
+        self.last_width, self.last_where = None, ""
+        return (f"sa_config.convergence changed since the checkpoint ({saved} -> {rule})"
+                + ("; the saved stop is cleared: the study draws groups again" if was else ""))

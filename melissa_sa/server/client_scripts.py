@@ -1,0 +1,91 @@
+"""The shell scripts that start the study's simulations (rank 0).
+
+:class:`ClientScripts` writes ``OUT/client_scripts/client.<sim_id>.sh`` for
+each run the study submits and removes a finished group's scripts when asked
+(``rm_script``). A script exports ``MELISSA_SIMULATION_ID``, the server's
+connection address (unless the study is offline) and, when the server
+authenticates, ``MELISSA_SECRET_FILE`` (the path, never the secret).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from melissa_sa.auth import SECRET_FILE
+from melissa_sa.design import GroupLayout
+from melissa_sa.durable import durable_replace
+
+__all__ = ["ClientScripts"]
+
+
+class ClientScripts:
+    """The client scripts of one study.
+
+    ``directory``: where the scripts go; ``connection_address``: where
+    clients say hello; ``offline``: the clients
+    stream nothing (:meth:`BaseServer.make_study_offline`); ``authenticated``:
+    the server's sockets accept only holders of the study secret.
+    """
+
+    def __init__(self, config, layout: GroupLayout, *, directory: Path,
+                 connection_address: str, offline: bool, authenticated: bool):
+        self.config = config
+        self.layout = layout
+        self.connection_address = connection_address
+        self.offline = offline
+        self.authenticated = authenticated
+        self.output_dir = Path(config.output_dir)
+        self.directory = directory
+
+    def path(self, sim_id: int) -> Path:
+        return self.directory / f"client.{sim_id}.sh"
+
+    def write_all(self, sim_ids, parameters) -> list[str]:
+        """Write the scripts of ``sim_ids`` (``parameters``: the group's rows);
+        their absolute paths."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for sim_id in sim_ids:
+            path = self.path(sim_id)
+            self.write(sim_id, parameters[self.layout.member_of(sim_id)], path)
+            paths.append(str(path.resolve()))
+        return paths
+
+    def remove(self, sim_ids) -> None:
+        for sim_id in sim_ids:
+            self.path(sim_id).unlink(missing_ok=True)
+
+    def write(self, sim_id: int, parameters, script_path: Path) -> None:
+        """Write the shell script that runs simulation ``sim_id``.
+
+        Offline the script sets no ``MELISSA_SERVER_ADDRESS``: the client calls
+        then do nothing. Under ``slurm-allocation`` the job step starts
+        ``client_processes`` tasks itself: no ``mpiexec`` is added.
+        """
+        cc = self.config.client_config
+        args = " ".join(repr(float(v)) for v in parameters)
+        command = cc.executable_command
+        # under slurm-allocation the job step already runs client_processes tasks
+        in_step = self.config.launcher_config.scheduler == "slurm-allocation"
+        if cc.client_processes > 1 and not in_step:
+            mpiexec = cc.mpiexec or shlex.quote(str(Path(sys.executable).parent / "mpiexec"))
+            command = f"{mpiexec} -n {cc.client_processes} {command}"
+        group, member = self.layout.split(sim_id)
+        text = (
+            "#!/bin/sh\n"
+            f"# melissa-sa simulation {sim_id}: group {group}, "
+            f"member {member} ({self.layout.member_name(member)})\n"
+            f"export MELISSA_SIMULATION_ID={sim_id}\n"
+            + ("" if self.offline else
+               f"export MELISSA_SERVER_ADDRESS={self.connection_address}\n") +
+            ("" if self.offline or not self.authenticated else
+             f"export MELISSA_SECRET_FILE={shlex.quote(str(self.output_dir / SECRET_FILE))}\n") +
+            f"exec {command} {args}\n"
+        )
+        tmp = script_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o755)
+        durable_replace(tmp, script_path, durable=False)
