@@ -5,15 +5,12 @@
 ``initialize_connections``, ``set_parameter_sampler``, ``poll_sockets``,
 ``close_connection``, ``checkpoint``, ``setup_environment``,
 ``make_study_offline`` and the abstract ``start``) so that a user of the
-reference recognises it. The work is done by two parts, each built with
-what it needs and talking to the other through the typed messages of
-:mod:`~melissa_sa.server.ranks`: every rank's
-:class:`~melissa_sa.server.rank_worker.RankWorker` (data messages, group
-assembly, statistics, progress, checkpoints), built with the server, and
-rank 0's :class:`~melissa_sa.server.coordinator.Coordinator` (the study
-state and its instructions, the launcher, client hellos), built by
-:meth:`BaseServer.open_study` once ``setup_environment`` ran and the sockets
-(:mod:`~melissa_sa.server.transport`) are bound.
+reference recognises it. The work is done by every rank's
+:class:`~melissa_sa.server.rank_worker.RankWorker` (data, assembly,
+statistics, progress, checkpoints) and rank 0's
+:class:`~melissa_sa.server.coordinator.Coordinator` (study state, launcher,
+client hellos; built by :meth:`BaseServer.open_study`), which talk through
+the typed messages of :mod:`~melissa_sa.server.ranks`.
 
 Ranks never block in an MPI call while idle: both MPICH and Open MPI spin
 while blocked, which would starve the clients on a small machine. Idle ranks

@@ -5,8 +5,7 @@
 typed instructions, which rank 0's coordinator carries out. It knows no
 socket, no MPI and no clock: the time comes in the events (``now``, seconds
 on any monotonic clock), so it is tested without a server
-(``tests/test_study_state.py``). Modelled on Dask's
-``distributed/worker_state_machine.py``.
+(``tests/test_study_state.py``), like Dask's ``worker_state_machine``.
 
 Rules:
 
