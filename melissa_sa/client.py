@@ -6,7 +6,7 @@ only its import::
     from melissa_sa.client import melissa_init, melissa_send, melissa_finalize
 
     melissa_init("temperature", local_vect_size, comm)   # once per field
-    for step in range(nb_time_steps):
+    for step in range(n_time_steps):
         ...                                              # advance the solver
         melissa_send("temperature", local_values)        # one call per step
     melissa_finalize()
@@ -42,7 +42,13 @@ import numpy as np
 import zmq
 
 from melissa_sa.auth import SecretError, secret_from_env, secure_client_socket
-from melissa_sa.protocol import Hello, ProtocolError, decode_welcome, encode_header, encode_hello
+from melissa_sa.protocol import (
+    ClientHello,
+    ProtocolError,
+    decode_welcome,
+    encode_header,
+    encode_hello,
+)
 
 __all__ = ["melissa_init", "melissa_send", "melissa_finalize", "MelissaConnectionError"]
 
@@ -69,7 +75,7 @@ class _Session:
     rank: int
     comm: object
     context: zmq.Context
-    nb_time_steps: int = 0
+    n_time_steps: int = 0
     endpoints: list[str] = field(default_factory=list)
     pushes: dict[int, zmq.Socket] = field(default_factory=dict)
     fields: dict[str, _Field] = field(default_factory=dict)
@@ -137,7 +143,7 @@ def _hello(s: _Session, field_name: str, n_total: int):
     req.setsockopt(zmq.LINGER, 0)
     try:
         req.connect(s.address)
-        req.send(encode_hello(Hello(s.sim_id, field_name, n_total)))
+        req.send(encode_hello(ClientHello(s.sim_id, field_name, n_total)))
         if not req.poll(int(timeout * 1000)):
             return (f"no answer from the melissa-sa server at {s.address} within "
                     f"{timeout:g} s (MELISSA_CONNECT_TIMEOUT)")
@@ -184,7 +190,7 @@ def melissa_init(field_name: str, local_vect_size: int, comm=None) -> None:
     if isinstance(reply, str):
         raise MelissaConnectionError(f"melissa_init({field_name!r}): {reply}")
     endpoints, partition, field_id = reply.endpoints, reply.partition, reply.field_id
-    s.member, s.nb_time_steps = reply.member, reply.nb_time_steps
+    s.member, s.n_time_steps = reply.member, reply.n_time_steps
     s.endpoints = endpoints
     routes = []
     for server_rank, (lo, hi) in enumerate(partition):
@@ -220,9 +226,9 @@ def melissa_send(field_name: str, values) -> None:
     if arr.shape[0] != f.local_size:
         raise ValueError(f"melissa_send({field_name!r}): {arr.shape[0]} values, "
                          f"melissa_init declared {f.local_size}")
-    if s.nb_time_steps and f.step >= s.nb_time_steps:
+    if s.n_time_steps and f.step >= s.n_time_steps:
         raise RuntimeError(f"melissa_send({field_name!r}): the study has "
-                           f"{s.nb_time_steps} time steps; this is one more")
+                           f"{s.n_time_steps} time steps; this is one more")
     trackers = []
     for server_rank, start, stop in f.routes:
         header = encode_header(s.sim_id, s.member, f.field_id, f.step,

@@ -1,7 +1,7 @@
 """Typed control messages between the launcher and the server's rank 0.
 
 Every message is a frozen dataclass; on the wire it is one JSON object whose
-``type`` names the class (``Hello.type == "hello"``). Never pickles.
+``type`` names the class (``ServerHello.type == "hello"``). Never pickles.
 :func:`decode` validates the type name against the set the receiver accepts
 and every field's type, and raises :class:`melissa_sa.protocol.ProtocolError`
 otherwise, so a receiver dispatches only messages it expects, through an
@@ -11,7 +11,7 @@ explicit handler table::
     msg = decode(raw, accept=tuple(HANDLERS))
     HANDLERS[type(msg)](msg)
 
-Server -> launcher: :class:`Hello`, :class:`Ping`, :class:`Progress`,
+Server -> launcher: :class:`ServerHello`, :class:`Ping`, :class:`Progress`,
 :class:`Submit`, :class:`Kill`, :class:`Stop`.
 Launcher -> server: :class:`Ping`, :class:`JobState`, :class:`StopRequest`.
 """
@@ -24,7 +24,7 @@ import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 
-__all__ = ["Message", "Hello", "Ping", "Progress", "Submit", "Kill", "Stop", "JobState",
+__all__ = ["Message", "ServerHello", "Ping", "Progress", "Submit", "Kill", "Stop", "JobState",
            "StopRequest", "SERVER_TO_LAUNCHER", "LAUNCHER_TO_SERVER", "encode", "decode",
            "MessageError"]
 
@@ -43,7 +43,7 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True)
-class Hello(Message):
+class ServerHello(Message):
     """The server is up (first start or restart) and says where it listens."""
 
     type: typing.ClassVar[str] = "hello"
@@ -136,7 +136,7 @@ class StopRequest(Message):
     reason: str = ""
 
 
-SERVER_TO_LAUNCHER: tuple[type[Message], ...] = (Hello, Ping, Progress, Submit, Kill, Stop)
+SERVER_TO_LAUNCHER: tuple[type[Message], ...] = (ServerHello, Ping, Progress, Submit, Kill, Stop)
 LAUNCHER_TO_SERVER: tuple[type[Message], ...] = (Ping, JobState, StopRequest)
 _BY_NAME = {cls.type: cls for cls in (*SERVER_TO_LAUNCHER, *LAUNCHER_TO_SERVER)}
 

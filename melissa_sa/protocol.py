@@ -31,7 +31,7 @@ hello (kind 1, client -> server)::
 
 welcome (kind 2, server -> client)::
 
-    field_id u16, member u16, nb_time_steps u32, n_ranks u32,
+    field_id u16, member u16, n_time_steps u32, n_ranks u32,
     n_ranks x (lo u64, hi u64)            the partition: rank r owns [lo, hi)
     n_ranks x (len u16, endpoint bytes)   rank r's data endpoint (ASCII)
 
@@ -142,7 +142,7 @@ def decode_payload(header: DataHeader, frame) -> np.ndarray:
 
 
 @dataclass(frozen=True, slots=True)
-class Hello:
+class ClientHello:
     """A client's hello: simulation ``sim_id`` declares ``field`` of ``n_cells``."""
 
     sim_id: int
@@ -156,7 +156,7 @@ class Welcome:
 
     field_id: int
     member: int
-    nb_time_steps: int
+    n_time_steps: int
     partition: list[tuple[int, int]]
     endpoints: list[str]
 
@@ -193,12 +193,12 @@ def _string(raw: bytes, pos: int, n: int, what: str, encoding: str = "utf-8") ->
         raise ProtocolError(f"{what} is not {encoding}") from None
 
 
-def encode_hello(hello: Hello) -> bytes:
+def encode_hello(hello: ClientHello) -> bytes:
     name = hello.field.encode()
     return (_prefix(HELLO) + _HELLO.pack(hello.sim_id, hello.n_cells, len(name)) + name)
 
 
-def decode_hello(raw) -> Hello:
+def decode_hello(raw) -> ClientHello:
     """Structure of a hello (see the module docstring); meaning is the server's."""
     raw = bytes(raw)
     _check_prefix(raw, HELLO, "hello")
@@ -210,12 +210,12 @@ def decode_hello(raw) -> Hello:
     name = _string(raw, pos, name_len, "hello: field name")
     if pos + name_len != len(raw):
         raise ProtocolError(f"hello: {len(raw) - pos - name_len} trailing bytes")
-    return Hello(sim_id, name, n_cells)
+    return ClientHello(sim_id, name, n_cells)
 
 
 def encode_welcome(w: Welcome) -> bytes:
     parts = [_prefix(WELCOME),
-             _WELCOME.pack(w.field_id, w.member, w.nb_time_steps, len(w.partition))]
+             _WELCOME.pack(w.field_id, w.member, w.n_time_steps, len(w.partition))]
     parts += [_RANGE.pack(lo, hi) for lo, hi in w.partition]
     for endpoint in w.endpoints:
         raw = endpoint.encode("ascii")

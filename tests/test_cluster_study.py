@@ -27,7 +27,7 @@ from slurm_cluster import slurm  # noqa: F401  (the session fixture)
 from studyutil import MELISSA, NB_STEPS, copy_client, offline, run_study
 
 from melissa_sa.launcher.slurm_commands import find_study_jobs, study_job_prefix
-from melissa_sa.protocol import Hello, encode_hello
+from melissa_sa.protocol import ClientHello, encode_hello
 from melissa_sa.results import open_results
 
 N_CELLS, P, GROUPS = 11, 2, 3
@@ -269,7 +269,7 @@ def test_peer_without_the_secret_is_refused_and_counted(tmp_path, local_referenc
                 if password is not None:
                     sock.plain_username, sock.plain_password = b"melissa-sa", password
             req.connect(address)
-            req.send(encode_hello(Hello(0, "f", N_CELLS)))
+            req.send(encode_hello(ClientHello(0, "f", N_CELLS)))
             for rank, push in enumerate(pushes):
                 push.connect(f"tcp://127.0.0.1:{data_port + rank}")
                 try:

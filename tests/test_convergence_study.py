@@ -31,7 +31,7 @@ def fail_after_stop(marker) -> str:
         "        import json, os\n"
         f"        if self.study.converged is not None and not os.path.exists({str(marker)!r}):\n"
         f"            with open({str(marker)!r}, 'w') as f:\n"
-        "                json.dump({'submitted': self.study.nb_submitted_groups,\n"
+        "                json.dump({'submitted': self.nb_submitted_groups,\n"
         "                           **self.study.converged}, f)\n"
         "            self._fail('test: failing once after the convergence stop')\n")
 

@@ -13,7 +13,7 @@ from conftest import MPIEXEC, wait_for, write_study
 from melissa_sa.protocol import (
     HANDSHAKE_MAGIC,
     PROTOCOL_VERSION,
-    Hello,
+    ClientHello,
     ProtocolError,
     Welcome,
     decode_hello,
@@ -24,12 +24,12 @@ from melissa_sa.protocol import (
     encode_welcome,
 )
 
-WELCOME = Welcome(field_id=1, member=3, nb_time_steps=7, partition=[(0, 5), (5, 9)],
+WELCOME = Welcome(field_id=1, member=3, n_time_steps=7, partition=[(0, 5), (5, 9)],
                   endpoints=["tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001"])
 
 
 def test_round_trips():
-    hello = Hello(sim_id=12, field="température", n_cells=1 << 40)
+    hello = ClientHello(sim_id=12, field="température", n_cells=1 << 40)
     raw = encode_hello(hello)
     assert raw[:4] == HANDSHAKE_MAGIC and len(raw) == 22 + len("température".encode())
     assert decode_hello(raw) == hello
@@ -44,7 +44,7 @@ def _prefix(version=PROTOCOL_VERSION, kind=1, magic=HANDSHAKE_MAGIC):
     return struct.pack("<4sHBB", magic, version, kind, 0)
 
 
-GOOD_HELLO = encode_hello(Hello(0, "f", 8))
+GOOD_HELLO = encode_hello(ClientHello(0, "f", 8))
 BAD_HELLOS = {
     "empty": (b"", "shorter than its 8-byte prefix"),
     "json": (b'{"type": "hello", "sim_id": 0}', "bad magic"),
@@ -78,7 +78,7 @@ def test_malformed_welcomes_are_refused_with_a_reason():
 
 def test_the_server_refuses_bad_hellos_and_keeps_serving(tmp_path, processes):
     study = write_study(tmp_path, study_options={"parameter_sweep_size": 2,
-                                                 "nb_time_steps": 2})
+                                                 "n_time_steps": 2})
     cfg = json.loads(study.read_text())
     processes.start([MPIEXEC, "-n", "1", sys.executable, "-m", "melissa_sa.server.main",
                      study], log_path=tmp_path / "server.log", cwd=tmp_path)
@@ -98,15 +98,15 @@ def test_the_server_refuses_bad_hellos_and_keeps_serving(tmp_path, processes):
     try:
         for raw, reason in BAD_HELLOS.values():
             assert reason.lower() in decode_refusal(ask(raw)).lower()
-        for hello, reason in [(Hello(0, "g", 8), "unknown field 'g'"),
-                              (Hello(99, "f", 8), "unknown simulation id 99"),
-                              (Hello(0, "f", 0), "need an integer >= 1")]:
+        for hello, reason in [(ClientHello(0, "g", 8), "unknown field 'g'"),
+                              (ClientHello(99, "f", 8), "unknown simulation id 99"),
+                              (ClientHello(0, "f", 0), "need an integer >= 1")]:
             assert reason in decode_refusal(ask(encode_hello(hello)))
-        welcome = decode_welcome(ask(encode_hello(Hello(1, "f", 8))))
+        welcome = decode_welcome(ask(encode_hello(ClientHello(1, "f", 8))))
         assert welcome.partition == [(0, 8)] and welcome.member == 0  # no Sobol: groups of 1
-        assert welcome.nb_time_steps == 2 and len(welcome.endpoints) == 1
+        assert welcome.n_time_steps == 2 and len(welcome.endpoints) == 1
         assert "field 'f' has 8 cells in this study, simulation 0 declares 9" in \
-            decode_refusal(ask(encode_hello(Hello(0, "f", 9))))
+            decode_refusal(ask(encode_hello(ClientHello(0, "f", 9))))
     finally:
         ctx.destroy(0)
     expected = len(BAD_HELLOS) + 4

@@ -27,7 +27,7 @@ from melissa_sa.launcher import (
     STATE_FORMAT,
     Launcher,
     LocalScheduler,
-    Progress,
+    ProgressDisplay,
     SchedulerError,
     get_scheduler,
     read_launcher_state,
@@ -918,7 +918,7 @@ def test_local_scheduler_states(tmp_path):
 
 def test_progress_lines():
     buf = io.StringIO()
-    p = Progress("lines", 32, buf, interval=3600)
+    p = ProgressDisplay("lines", 32, buf, interval=3600)
     p.update(4)       # first change: printed
     p.update(5)       # within the interval: not printed
     p.update(32)      # the last one: always printed
@@ -927,7 +927,7 @@ def test_progress_lines():
     assert lines[0].startswith("[melissa-sa] 4/32 groups done, ")
     assert "groups/" in lines[0] and ", ETA " in lines[0]
     assert lines[1].startswith("[melissa-sa] 32/32 groups done")
-    assert Progress.auto_mode(io.StringIO()) == "lines"
+    assert ProgressDisplay.auto_mode(io.StringIO()) == "lines"
 
 
 # ---------------------------------------------------------------------------

@@ -239,7 +239,7 @@ def test_progress_line_shows_the_convergence_note():
     import io
 
     from melissa_sa.convergence import ConvergenceRule, progress_text
-    from melissa_sa.launcher.progress import Progress as Bar
+    from melissa_sa.launcher.progress import ProgressDisplay as Bar
 
     out = io.StringIO()
     bar = Bar("lines", 1000, out, interval=0.0)

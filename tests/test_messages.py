@@ -6,12 +6,12 @@ from melissa_sa import exit_codes
 from melissa_sa.messages import (
     LAUNCHER_TO_SERVER,
     SERVER_TO_LAUNCHER,
-    Hello,
     JobState,
     Kill,
     MessageError,
     Ping,
     Progress,
+    ServerHello,
     Stop,
     StopRequest,
     Submit,
@@ -19,7 +19,7 @@ from melissa_sa.messages import (
     encode,
 )
 
-EXAMPLES = [Hello(pid=12, groups_total=10, groups_done=3, group_size=5,
+EXAMPLES = [ServerHello(pid=12, groups_total=10, groups_done=3, group_size=5,
                   connection="tcp://127.0.0.1:2003"),
             Ping(), Progress(4, 10, 2), Progress(4, 10), Submit(1, [5, 6], ["a.sh", "b.sh"]),
             Kill([3]), Stop(0, "done"), JobState(7, 1, "failed", -9), JobState(7, None, "running"),

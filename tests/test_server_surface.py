@@ -129,11 +129,11 @@ def test_the_rank_worker_reports_a_folded_run_to_the_coordinator(server):
     and the run reaches the study state through the rank messages."""
     import numpy as np
 
-    from melissa_sa.protocol import Hello
+    from melissa_sa.protocol import ClientHello
     from melissa_sa.server.base_server import ServerStatus
 
     server.feed(Begin(0.0))
-    welcome = server.coordinator.welcome(Hello(0, "f", 6))
+    welcome = server.coordinator.welcome(ClientHello(0, "f", 6))
     assert welcome.partition == [(0, 6)] and server.field_sizes == {"f": 6}
     assert server.slices["f"].n_cells == 6
     values = np.arange(6.0)

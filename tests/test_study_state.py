@@ -4,13 +4,14 @@ import pytest
 
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
+from melissa_sa.exit_codes import StopReason
 from melissa_sa.server.study_events import (
     AbandonGroup,
     Begin,
     Converged,
     DataSeen,
     DrawGroup,
-    FinishStudy,
+    EndStudy,
     GroupFinished,
     JobExited,
     JobStarted,
@@ -18,7 +19,6 @@ from melissa_sa.server.study_events import (
     ReportProgress,
     RunFolded,
     RunReceived,
-    StopStudy,
     SubmitRuns,
     Tick,
 )
@@ -40,6 +40,17 @@ def of(kind, instructions):
     return [i for i in instructions if isinstance(i, kind)]
 
 
+FINISHED = EndStudy(StopReason.FINISHED)
+
+
+def finished(instructions):
+    return [i for i in of(EndStudy, instructions) if i.reason is StopReason.FINISHED]
+
+
+def failed(instructions):
+    return [i for i in of(EndStudy, instructions) if i.reason is StopReason.FAILED]
+
+
 def finish_group(s, group_id, now):
     out = []
     for sim in s.groups[group_id].sim_ids:
@@ -59,7 +70,7 @@ def test_begin_fills_the_window_and_completion_refills_it():
     assert s.mean_run_seconds == pytest.approx(10.0)
     finish_group(s, 1, 12.0)
     out = finish_group(s, 2, 20.0)
-    assert of(FinishStudy, out) == [FinishStudy()] and s.all_done
+    assert finished(out) == [FINISHED] and s.all_done
     assert s.handle(RunFolded(0, 21.0)) == []     # already counted
 
 
@@ -148,8 +159,9 @@ def test_without_fault_tolerance_one_failure_stops_the_study():
     s = state(fault_tolerance=False)
     s.handle(Begin(0.0))
     (stop,) = s.handle(JobExited(2, 1, 1.0, state="failed"))
-    assert isinstance(stop, StopStudy) and stop.status == exit_codes.FAILED
-    assert "simulation 2 exited with code 1 and fault tolerance is off" in stop.reason
+    assert isinstance(stop, EndStudy) and stop.reason is StopReason.FAILED
+    assert stop.status == exit_codes.FAILED
+    assert "simulation 2 exited with code 1 and fault tolerance is off" in stop.message
     assert s.handle(Tick(100.0)) == []            # stopped: nothing more
 
 
@@ -162,7 +174,7 @@ def test_a_command_that_always_fails_stops_after_max_consecutive_failures():
     for _ in range(50):
         for sim in sorted(s.active_sim_ids):
             out = s.handle(JobExited(sim, 127, t))
-            stops += of(StopStudy, out)
+            stops += failed(out)
             t += 1
             if stops:
                 break
@@ -170,8 +182,8 @@ def test_a_command_that_always_fails_stops_after_max_consecutive_failures():
             break
     (stop,) = stops
     assert stop.status == exit_codes.FAILED
-    assert "7 runs failed in a row" in stop.reason
-    assert "max_consecutive_failures = 7" in stop.reason and "exited with code 127" in stop.reason
+    assert "7 runs failed in a row" in stop.message
+    assert "max_consecutive_failures = 7" in stop.message and "exited with code 127" in stop.message
 
 
 def test_a_completed_run_resets_the_failure_streak():
@@ -184,7 +196,7 @@ def test_a_completed_run_resets_the_failure_streak():
     s.handle(JobExited(0, 1, 4.0))
     s.handle(JobExited(0, 1, 5.0))
     assert s.stopped is None
-    assert of(StopStudy, s.handle(JobExited(0, 1, 6.0)))
+    assert failed(s.handle(JobExited(0, 1, 6.0)))
 
 
 def test_too_many_redrawn_groups_stop_the_study():
@@ -198,9 +210,9 @@ def test_too_many_redrawn_groups_stop_the_study():
     assert of(AbandonGroup, out)
     sim = s.groups[s.next_group_id - 1].sim_ids[0]
     out = s.handle(JobExited(sim, 1, t + 2))                 # redraw 3 > 2
-    (stop,) = of(StopStudy, out)
+    (stop,) = failed(out)
     assert "3 groups were redrawn, more than study_options.max_redrawn_groups = 2" in \
-        stop.reason
+        stop.message
     assert not of(DrawGroup, out)
 
 
@@ -223,14 +235,14 @@ def test_offline_exit_0_is_the_completion():
     s = state(n_groups=1, n_params=1, sobol=False, offline=True)
     s.handle(Begin(0.0))
     out = s.handle(JobExited(0, 0, 2.0))
-    assert of(GroupFinished, out) and of(FinishStudy, out)
+    assert of(GroupFinished, out) and finished(out)
 
 
 def test_unmanaged_groups_appear_as_their_runs_complete():
     s = state(n_groups=2, sobol=False, managed=False)
     assert s.handle(Begin(0.0)) == []
     assert of(GroupFinished, s.handle(RunFolded(1, 1.0))) == [GroupFinished(1, 1, 2)]
-    assert of(FinishStudy, s.handle(RunFolded(0, 2.0)))
+    assert finished(s.handle(RunFolded(0, 2.0)))
 
 
 def test_checkpoint_round_trip_and_resume_resubmits_unfinished_members():
@@ -256,7 +268,7 @@ def test_restart_after_the_last_run_finishes_at_once():
     finish_group(s, 0, 1.0)
     r = state(n_groups=1)
     r.load_dict(s.to_dict())
-    assert r.handle(Begin(5.0, resume=True)) == [FinishStudy()]
+    assert r.handle(Begin(5.0, resume=True)) == [FINISHED]
 
 
 def test_unknown_events_are_a_type_error():
@@ -277,11 +289,11 @@ def test_converged_draws_no_new_group_and_in_flight_ones_finish():
     assert s.stopped_by == "convergence" and not s.all_done
     out = finish_group(s, 1, 3.0)
     assert of(DrawGroup, out) == [] and of(SubmitRuns, out) == []
-    assert of(GroupFinished, out) == [GroupFinished(1, 2, 4)] and of(FinishStudy, out) == []
+    assert of(GroupFinished, out) == [GroupFinished(1, 2, 4)] and finished(out) == []
     finish_group(s, 2, 4.0)
     out = finish_group(s, 3, 5.0)
-    assert of(FinishStudy, out) == [FinishStudy()] and s.all_done
-    assert s.nb_submitted_groups == 4 < s.limits.n_groups
+    assert finished(out) == [FINISHED] and s.all_done
+    assert s.n_submitted_groups == 4 < s.limits.n_groups
 
 
 def test_converged_with_nothing_in_flight_finishes_at_once():
@@ -293,7 +305,7 @@ def test_converged_with_nothing_in_flight_finishes_at_once():
     # group 2 was submitted when group 1 finished; it still finishes
     assert not s.all_done
     out = finish_group(s, 2, 3.0)
-    assert of(FinishStudy, out) == [FinishStudy()]
+    assert finished(out) == [FINISHED]
 
 
 def test_a_redraw_after_convergence_still_runs():
@@ -306,7 +318,7 @@ def test_a_redraw_after_convergence_still_runs():
     finish_group(s, 1, 2.0)
     assert not s.all_done
     out = finish_group(s, 10, 3.0)
-    assert of(FinishStudy, out) == [FinishStudy()]
+    assert finished(out) == [FINISHED]
     assert s.groups_done == 2
 
 
@@ -326,7 +338,7 @@ def test_convergence_survives_a_checkpoint_and_resume_draws_nothing_new():
     assert of(ReportProgress, out) == [ReportProgress(1, 3)]
     finish_group(r, 1, 6.0)
     out = finish_group(r, 2, 7.0)
-    assert of(FinishStudy, out) == [FinishStudy()]
+    assert finished(out) == [FINISHED]
 
 
 def test_a_changed_rule_clears_the_saved_stop():

@@ -22,7 +22,7 @@ server as a local process tree), ``slurm``, ``slurm_allocation`` and
 from melissa_sa.launcher.claim import STATE_FORMAT, ClaimError, read_launcher_state
 from melissa_sa.launcher.jobs import JobTable
 from melissa_sa.launcher.launcher import Launcher
-from melissa_sa.launcher.progress import Progress, format_duration
+from melissa_sa.launcher.progress import ProgressDisplay, format_duration
 from melissa_sa.launcher.schedulers import JobHandle, LocalScheduler, Scheduler
 from melissa_sa.launcher.server_process import LauncherError, find_mpiexec
 from melissa_sa.launcher.slurm import SlurmScheduler
@@ -38,7 +38,7 @@ __all__ = [
     "Launcher",
     "LauncherError",
     "ClaimError",
-    "Progress",
+    "ProgressDisplay",
     "JobTable",
     "find_mpiexec",
     "format_duration",

@@ -41,7 +41,7 @@ from melissa_sa.launcher.claim import ClaimError, StudyClaim, launcher_state
 from melissa_sa.launcher.client_jobs import ClientJobs, client_env
 from melissa_sa.launcher.jobs import JobTable
 from melissa_sa.launcher.lifecycle import LifecycleRules, Phase, ServerLifecycle
-from melissa_sa.launcher.progress import Console, Progress, format_duration
+from melissa_sa.launcher.progress import Console, ProgressDisplay, format_duration
 from melissa_sa.launcher.schedulers import Scheduler
 from melissa_sa.launcher.server_link import ServerLink
 from melissa_sa.launcher.server_process import LauncherError, ServerProcess
@@ -118,7 +118,7 @@ class Launcher:
         self.exit_message = ""  # why the run ended (for callers)
         #: the handler of each message type the server may send; nothing else
         #: is ever dispatched (the link refuses other types)
-        self.handlers = {msgs.Hello: self._on_hello, msgs.Ping: self._on_ping,
+        self.handlers = {msgs.ServerHello: self._on_hello, msgs.Ping: self._on_ping,
                          msgs.Progress: self._on_progress, msgs.Submit: self._on_submit,
                          msgs.Kill: self._on_kill, msgs.Stop: self._on_stop}
         #: the effect of each instruction of the lifecycle; an effect may
@@ -134,7 +134,7 @@ class Launcher:
             ev.RecordState: lambda ins: self.claim.write(self.state()), ev.Exit: self._exit}
         self._exit_code: int | None = None
         self._signal_inbox: list[int] = []
-        self._progress: Progress | None = None
+        self._progress: ProgressDisplay | None = None
         self._t0 = time.monotonic()
 
     # -- what the lifecycle knows, for callers and tests --------------------------------
@@ -222,10 +222,10 @@ class Launcher:
     def _prepare(self) -> None:
         for d in (self.output_dir, self.scripts_dir, self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
-        mode = {None: Progress.auto_mode(self.console.stream), True: "bar",
+        mode = {None: ProgressDisplay.auto_mode(self.console.stream), True: "bar",
                 False: "off"}.get(self._progress_opt, self._progress_opt)
-        self._progress = Progress(mode, self.cfg.n_groups, self.console.stream,
-                                  interval=self.progress_interval, resume=self.resume)
+        self._progress = ProgressDisplay(mode, self.cfg.n_groups, self.console.stream,
+                                         interval=self.progress_interval, resume=self.resume)
         self.console.progress = self._progress
         self.scheduler = get_scheduler(self.cfg.launcher_config.scheduler).from_config(
             self.cfg, cwd=self.cfg.base_dir, env=client_env(), grace=self.kill_grace,
@@ -315,7 +315,7 @@ class Launcher:
             self.handlers[type(msg)](msg)
 
     # -- messages from the server ----------------------------------------------------
-    def _on_hello(self, msg: msgs.Hello) -> None:
+    def _on_hello(self, msg: msgs.ServerHello) -> None:
         self._feed(ev.HelloSeen(msg.pid, msg.groups_total, msg.groups_done))
         self._progress.update(msg.groups_done, msg.groups_total)
 

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import TextIO
 
-__all__ = ["Progress", "Console", "format_duration", "PREFIX"]
+__all__ = ["ProgressDisplay", "Console", "format_duration", "PREFIX"]
 
 PREFIX = "[melissa-sa]"
 
@@ -38,7 +38,7 @@ def _format_rate(rate: float) -> str:
 
 
 
-class Progress:
+class ProgressDisplay:
     """Groups done / total, rate and ETA: a tqdm bar or plain log lines.
 
     ``mode`` is ``"bar"`` (a terminal), ``"lines"`` (logs, CI: at most one line
@@ -155,7 +155,7 @@ class Console:
     def __init__(self, stream: TextIO | None = None, verbose: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.verbose = verbose
-        self.progress: Progress | None = None
+        self.progress: ProgressDisplay | None = None
         self._warned: set[str] = set()
 
     def write(self, text: str) -> None:

@@ -13,7 +13,7 @@ and per time step that some member has sent and another has not yet. When a
 group's members run together (the launcher starts them together where
 ``job_limit`` allows) that is a few steps; in the worst case (one member
 runs only after the others ended) it is every time step of the group:
-``groups_in_flight x n_fields x nb_time_steps x group_size x local_cells x
+``groups_in_flight x n_fields x n_time_steps x group_size x local_cells x
 itemsize``. :attr:`GroupAssembler.buffered_bytes` reports the current size.
 
 Reuse: every buffer is leased from a :class:`~melissa_sa.stats.row_pool.RowPool`

@@ -164,7 +164,7 @@ class BaseServer(ABC):
 
     @property
     def nb_submitted_groups(self) -> int:
-        return self.study.nb_submitted_groups
+        return self.study.n_submitted_groups
 
     @property
     def nb_groups_done(self) -> int:
@@ -221,7 +221,7 @@ class BaseServer(ABC):
     @property
     def _stop_requested(self) -> bool:
         """True once rank 0 told every rank to stop."""
-        return self.worker.stop_requested
+        return self.worker.stop_reason is not None
 
     @property
     def refused_peers(self) -> int:
@@ -378,7 +378,7 @@ class BaseServer(ABC):
         a :class:`ServerStatus` saying what happened.
         """
         status = ServerStatus.CONTROL if self.ranks.drain() else None
-        if self.worker.stop_requested:
+        if self.worker.stop_reason is not None:
             return ServerStatus.STOP
         c = self.coordinator
         if c is not None:

@@ -35,8 +35,9 @@ import numpy as np
 
 from melissa_sa import exit_codes, messages
 from melissa_sa.convergence import ConvergenceRule
+from melissa_sa.exit_codes import StopReason
 from melissa_sa.protocol import (
-    Hello,
+    ClientHello,
     ProtocolError,
     Welcome,
     decode_hello,
@@ -101,10 +102,10 @@ class Coordinator:
             convergence_rule, study=study, feed=self.feed, link=link))
         link.add_handlers({ranks.RunsFolded: self._on_runs_folded,
                            ranks.RunsReceived: self._on_runs_received,
-                           ranks.RankStopRequest: self._on_rank_stop_request,
+                           ranks.SignalReceived: self._on_signal_received,
                            **(self.convergence.handlers() if self.convergence else {})})
-        #: True once every rank was told to stop
-        self.stopping = False
+        #: why every rank was told to stop (None while the study runs)
+        self.stop_reason: StopReason | None = None
         self.exit_status = exit_codes.OK
         self.exit_message = ""
         self._runs_at_checkpoint = study.n_sims_completed
@@ -124,10 +125,10 @@ class Coordinator:
         return handled
 
     def say_hello(self) -> None:
-        self.launcher.send(messages.Hello(pid=os.getpid(), groups_total=self.config.n_groups,
-                                          groups_done=self.study.groups_done,
-                                          group_size=self.layout.size,
-                                          connection=self.scripts.connection_address))
+        self.launcher.send(messages.ServerHello(
+            pid=os.getpid(), groups_total=self.config.n_groups,
+            groups_done=self.study.groups_done, group_size=self.layout.size,
+            connection=self.scripts.connection_address))
 
     def say_stop(self, status: int, message: str) -> None:
         self.launcher.send(messages.Stop(status=int(status), message=message))
@@ -135,7 +136,7 @@ class Coordinator:
     # -- the launcher -----------------------------------------------------------------
     def _on_launcher_stop_request(self, msg: messages.StopRequest) -> None:
         log.info("the launcher asks to stop%s", f" ({msg.reason})" if msg.reason else "")
-        self.request_stop()
+        self.request_stop(StopReason.REQUESTED)
 
     def _on_job_state(self, msg: messages.JobState) -> None:
         now = time.monotonic()
@@ -147,7 +148,7 @@ class Coordinator:
     def _check_launcher(self) -> None:
         """Stop (with a checkpoint) when the launcher has gone silent."""
         silent = self.launcher.silent_for()
-        if not self.stopping and silent > self.config.launcher_config.server_timeout:
+        if self.stop_reason is None and silent > self.config.launcher_config.server_timeout:
             self.fail(f"no message from the launcher for {silent:.0f} s "
                       "(server_timeout): stopping with a checkpoint")
 
@@ -162,7 +163,7 @@ class Coordinator:
             reply = encode_refusal(exc.reason)
         return reply
 
-    def welcome(self, hello: Hello) -> Welcome:
+    def welcome(self, hello: ClientHello) -> Welcome:
         """Check a decoded hello; declare its field; the welcome (ProtocolError if refused)."""
         name, n_cells, sim_id = hello.field, hello.n_cells, hello.sim_id
         n_ranks = self.ranks.size
@@ -197,11 +198,11 @@ class Coordinator:
         for sim_id in msg.sim_ids:
             self.feed(st.RunReceived(sim_id, now, msg.rank))
 
-    def _on_rank_stop_request(self, msg: ranks.RankStopRequest) -> None:
-        if not self.stopping:
+    def _on_signal_received(self, msg: ranks.SignalReceived) -> None:
+        if self.stop_reason is None:
             log.info("rank %d was asked to stop (SIGTERM): stopping with a checkpoint",
                      msg.rank)
-            self.request_stop()
+            self.request_stop(StopReason.SIGNAL)
 
     # -- the loop's calls ----------------------------------------------------------------
     def data_seen(self, sim_id: int) -> None:
@@ -221,7 +222,7 @@ class Coordinator:
 
     def maybe_checkpoint(self) -> None:
         """Start a coordinated checkpoint on every rank when one is due."""
-        if self.stopping or not self._checkpoint_due():
+        if self.stop_reason is not None or not self._checkpoint_due():
             return
         self.ranks.broadcast(ranks.CheckpointNow())
         self._runs_at_checkpoint = self.study.n_sims_completed
@@ -236,16 +237,17 @@ class Coordinator:
                 and time.monotonic() - self._last_checkpoint >= sa.checkpoint_seconds)
 
     # -- stopping -----------------------------------------------------------------------
-    def request_stop(self) -> None:
-        """Stop the study with a checkpoint (launcher request, SIGTERM, failure)."""
-        self.stopping = True
-        self.ranks.broadcast(ranks.StopRanks())
+    def request_stop(self, reason: StopReason = StopReason.REQUESTED) -> None:
+        """Tell every rank to stop for ``reason``: with the results when the study
+        is finished, with a checkpoint otherwise."""
+        self.stop_reason = reason
+        self.ranks.broadcast(ranks.StopRanks(reason))
 
     def fail(self, message: str, status: int = exit_codes.FAILED) -> None:
         log.error("%s", message)
         self.exit_status = status
         self.exit_message = message
-        self.request_stop()
+        self.request_stop(StopReason.FAILED)
 
     # -- the study state ----------------------------------------------------------------
     def feed(self, event) -> None:
@@ -295,17 +297,16 @@ class Coordinator:
         return {"ci_width": width if width is not None and math.isfinite(width) else None,
                 "ci_target": float(rule["ci_width"]), "ci_min_groups": int(rule["min_groups"])}
 
-    def _do_finish(self, ins: st.FinishStudy) -> None:
-        self.stopping = True
-        self.ranks.broadcast(ranks.StopRanks(finished=True))
-
-    def _do_stop(self, ins: st.StopStudy) -> None:
-        self.fail(ins.reason, ins.status)
+    def _do_end(self, ins: st.EndStudy) -> None:
+        if ins.reason is StopReason.FINISHED:
+            self.request_stop(StopReason.FINISHED)
+        else:
+            self.fail(ins.message, ins.status)
 
     _INSTRUCTIONS: typing.ClassVar[dict] = {
         st.DrawGroup: _do_draw, st.SubmitRuns: _do_submit, st.KillRuns: _do_kill,
         st.AbandonGroup: _do_abandon, st.GroupFinished: _do_group_finished,
-        st.ReportProgress: _do_progress, st.FinishStudy: _do_finish, st.StopStudy: _do_stop}
+        st.ReportProgress: _do_progress, st.EndStudy: _do_end}
 
     # -- checkpoints ------------------------------------------------------------------------
     def completion_state(self) -> dict:
@@ -321,5 +322,5 @@ class Coordinator:
 
     def checkpoint_meta(self) -> dict:
         return {"groups_done": self.study.groups_done, "groups_total": self.config.n_groups,
-                "groups_submitted": self.study.nb_submitted_groups,
+                "groups_submitted": self.study.n_submitted_groups,
                 "mean_run_seconds": round(self.study.mean_run_seconds, 3)}

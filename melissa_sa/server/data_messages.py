@@ -79,11 +79,11 @@ class DataIntake:
     read yet; ``counters``: where dropped messages and bytes are counted.
     """
 
-    def __init__(self, *, fields: FieldCatalog, layout: GroupLayout, nb_time_steps: int,
+    def __init__(self, *, fields: FieldCatalog, layout: GroupLayout, n_time_steps: int,
                  rank: int, progress: RankProgress, ranks: RankLink, counters: RankCounters):
         self.fields = fields
         self.layout = layout
-        self.nb_time_steps = nb_time_steps
+        self.n_time_steps = n_time_steps
         self.rank = rank
         self.progress = progress
         self.ranks = ranks
@@ -119,7 +119,7 @@ class DataIntake:
             self.ranks.drain()  # a redraw announced by rank 0 may be in flight
         check_header(h, field=name, cells=self.fields.partitions[name][self.rank],
                      rank=self.rank, layout=self.layout,
-                     sim_id_limit=self.progress.sim_id_limit, nb_time_steps=self.nb_time_steps)
+                     sim_id_limit=self.progress.sim_id_limit, n_time_steps=self.n_time_steps)
 
     def _wait_for_field(self, name: str) -> None:
         """A data message names a field whose size rank 0 may have sent but this

@@ -31,7 +31,7 @@ def partition(n_cells: int, n_ranks: int) -> list[tuple[int, int]]:
 
 
 def check_header(h: DataHeader, *, field: str, cells: tuple[int, int], rank: int,
-                 layout: GroupLayout, sim_id_limit: int, nb_time_steps: int) -> None:
+                 layout: GroupLayout, sim_id_limit: int, n_time_steps: int) -> None:
     """Check ``h`` (whose field, ``field``, is declared and whose cells on this rank
     are ``cells``) for its simulation, member, time step and cell range."""
     if not 0 <= h.sim_id < sim_id_limit:
@@ -40,8 +40,8 @@ def check_header(h: DataHeader, *, field: str, cells: tuple[int, int], rank: int
     if h.member != member:
         raise ProtocolError(f"simulation {h.sim_id} is member {member}, header says "
                             f"{h.member}", "bad_member")
-    if h.time_step >= nb_time_steps:
-        raise ProtocolError(f"time step {h.time_step} >= nb_time_steps {nb_time_steps}",
+    if h.time_step >= n_time_steps:
+        raise ProtocolError(f"time step {h.time_step} >= nb_time_steps {n_time_steps}",
                             "bad_time_step")
     lo, hi = cells
     if h.count == 0 or h.offset < lo or h.offset + h.count > hi:

@@ -2,7 +2,7 @@
 
 :class:`LauncherLink` speaks the typed launcher messages of
 :mod:`melissa_sa.messages` over the server's DEALER socket: it sends what
-the coordinator gives it (``Hello``, ``Ping``, ``Progress``, ``Submit``,
+the coordinator gives it (``ServerHello``, ``Ping``, ``Progress``, ``Submit``,
 ``Kill``, ``Stop``), pings at ``launcher_config.timer_delay``, accepts only
 the message types of the handler table it is given (anything else is logged
 and dropped) and says how long the launcher has been silent once it has been

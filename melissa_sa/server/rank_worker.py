@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from melissa_sa.exit_codes import StopReason
 from melissa_sa.server import ranks
 from melissa_sa.server.assembly import SPARE_BUFFERS, GroupAssembler, Overlap
 from melissa_sa.server.convergence_check import summary_report, variance_report
@@ -68,15 +69,15 @@ class RankWorker:
         self.config = config
         self.layout = config.layout
         self.group_size = config.group_size
-        self.nb_time_steps = so.nb_time_steps
+        self.n_time_steps = so.nb_time_steps
         self.rank, self.n_ranks = link.rank, link.size
         self.ranks = link
         self.fields = FieldCatalog(so.field_names, self.n_ranks)
         self.counters = RankCounters()
         self.progress = RankProgress(self.layout, config.n_groups, len(self.fields.names),
-                                     self.nb_time_steps)
+                                     self.n_time_steps)
         self.intake = DataIntake(fields=self.fields, layout=self.layout,
-                                 nb_time_steps=self.nb_time_steps, rank=self.rank,
+                                 n_time_steps=self.n_time_steps, rank=self.rank,
                                  progress=self.progress, ranks=link, counters=self.counters)
         self.slices: dict[str, LocalField] = {}
         self._open_assembler(config)
@@ -84,9 +85,8 @@ class RankWorker:
                                            rank=self.rank, n_ranks=self.n_ranks)
         self._completion = completion
         self._checkpoint_meta = checkpoint_meta
-        #: set by rank 0's StopRanks: leave the loop; ``finishing``: write the results
-        self.stop_requested = False
-        self.finishing = False
+        #: set by rank 0's StopRanks: leave the loop, why (FINISHED: write the results)
+        self.stop_reason: StopReason | None = None
         self._sigterm = self._sigterm_handled = False
         link.add_handlers({ranks.FieldDeclared: self._on_field_declared,
                            ranks.Redraw: self._on_redraw,
@@ -158,7 +158,7 @@ class RankWorker:
         name = msg.name
         self.fields.declare(name, msg.n_cells)
         lo, hi = self.fields.partitions[name][self.rank]
-        steps = [StepStatistics(hi - lo, self.config) for _ in range(self.nb_time_steps)]
+        steps = [StepStatistics(hi - lo, self.config) for _ in range(self.n_time_steps)]
         self.slices[name] = LocalField(name, self.fields.index(name), lo, hi, steps)
         log.info("field %r: %d cells, this rank holds [%d, %d)", name, msg.n_cells, lo, hi)
         self._choose_threads()
@@ -184,8 +184,8 @@ class RankWorker:
         self._assembler.drop_group(msg.group_id)
 
     def _on_stop(self, msg: ranks.StopRanks) -> None:
-        self.finishing = self.finishing or msg.finished
-        self.stop_requested = True
+        if self.stop_reason is not StopReason.FINISHED:  # a finished study stays finished
+            self.stop_reason = msg.reason
 
     def _on_variance_request(self, msg: ranks.VarianceRequest) -> None:
         self.ranks.report(variance_report(msg, self.slices, self.rank))
@@ -202,7 +202,7 @@ class RankWorker:
         checkpoint: the rank asks rank 0's coordinator to start it."""
         if self._sigterm and not self._sigterm_handled:
             self._sigterm_handled = True
-            self.ranks.report(ranks.RankStopRequest(self.rank))
+            self.ranks.report(ranks.SignalReceived(self.rank))
 
     # -- checkpoints -------------------------------------------------------------------------
     def checkpoint(self) -> int | None:

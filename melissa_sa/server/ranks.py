@@ -5,7 +5,7 @@ study decided (:class:`FieldDeclared`, :class:`Redraw`, :class:`CheckpointNow`,
 :class:`StopRanks`, the convergence check's requests); every rank worker
 tells the coordinator what it folded (:class:`RunsFolded`) or received
 completely (:class:`RunsReceived`) or that it was
-asked to stop (:class:`RankStopRequest`). Each message is a frozen
+asked to stop (:class:`SignalReceived`). Each message is a frozen
 dataclass sent with ``isend`` (mpi4py pickles it: the peers are the
 server's own ranks, never the network) and read with ``Iprobe``, so an idle
 rank waits in the ZeroMQ poller rather than in a spinning MPI call.
@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from melissa_sa.exit_codes import StopReason
 from melissa_sa.mpi_wait import wait_requests, wait_until
 
 __all__ = [
@@ -27,10 +28,10 @@ __all__ = [
     "CheckpointNow",
     "FieldDeclared",
     "RankLink",
-    "RankStopRequest",
     "Redraw",
     "RunsFolded",
     "RunsReceived",
+    "SignalReceived",
     "StopRanks",
     "SummaryReport",
     "SummaryRequest",
@@ -65,9 +66,10 @@ class CheckpointNow:
 
 @dataclass(frozen=True)
 class StopRanks:
-    """Rank 0 -> all: leave the loop; ``finished``: the study completed (write results)."""
+    """Rank 0 -> all: leave the loop, for ``reason`` (FINISHED: write the results,
+    otherwise take a checkpoint)."""
 
-    finished: bool = False
+    reason: StopReason
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class RunsReceived:
 
 
 @dataclass(frozen=True)
-class RankStopRequest:
+class SignalReceived:
     """Rank ``rank`` -> 0: this rank received SIGTERM; please stop with a checkpoint."""
 
     rank: int
@@ -128,7 +130,7 @@ class SummaryReport:
 
 
 CONTROL = (FieldDeclared, Redraw, CheckpointNow, StopRanks, VarianceRequest, SummaryRequest)
-REPORT = (RunsFolded, RunsReceived, RankStopRequest, VarianceReport, SummaryReport)
+REPORT = (RunsFolded, RunsReceived, SignalReceived, VarianceReport, SummaryReport)
 
 
 class RankLink:

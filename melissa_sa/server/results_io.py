@@ -77,7 +77,7 @@ def convergence_attrs(study: StudyState) -> dict:
     recomputed at finalisation.
     """
     attrs = {"stopped_by": study.stopped_by, "groups_finished": int(study.groups_done),
-             "groups_submitted": int(study.nb_submitted_groups)}
+             "groups_submitted": int(study.n_submitted_groups)}
     rule = study.convergence_rule
     if rule is not None:
         stop = study.converged or {}

@@ -18,6 +18,7 @@ import os
 import signal
 
 from melissa_sa import exit_codes
+from melissa_sa.exit_codes import StopReason
 from melissa_sa.mpi_wait import bcast_json
 from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData
 from melissa_sa.server.field_stats import collect_results
@@ -128,7 +129,7 @@ class SensitivityAnalysisServer(BaseServer):
                     coordinator.data_seen(item.header.sim_id)
                 continue
             if item is ServerStatus.STOP:
-                if worker.finishing:
+                if worker.stop_reason is StopReason.FINISHED:
                     return exit_codes.OK
                 status = coordinator.exit_status if coordinator is not None else 0
                 return status or exit_codes.INTERRUPTED

@@ -81,7 +81,7 @@ def load_rank(f, config, fields: list[str], partitions, rank: int) -> RankSnapsh
     (:func:`check_layout`).
     """
     check_layout(f, config)
-    nb_steps = config.study_options.nb_time_steps
+    n_time_steps = config.study_options.nb_time_steps
     local: dict[str, LocalField] = {}
     sizes: dict[str, int] = {}
     for name, g in f["fields"].items():
@@ -93,7 +93,7 @@ def load_rank(f, config, fields: list[str], partitions, rank: int) -> RankSnapsh
                                 f"[{g.attrs['lo']}, {g.attrs['hi']}) for rank {rank}, "
                                 f"expected [{lo}, {hi})")
         steps = []
-        for t in range(nb_steps):
+        for t in range(n_time_steps):
             sg = g[str(t)]
             step = StepStatistics(hi - lo, config)
             step.restore(sg)

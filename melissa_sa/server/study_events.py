@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from melissa_sa import exit_codes
+from melissa_sa.exit_codes import StopReason
+
 __all__ = [
     "AbandonGroup",
     "Begin",
     "DataSeen",
     "DrawGroup",
-    "FinishStudy",
+    "EndStudy",
     "GroupFinished",
     "JobExited",
     "JobStarted",
@@ -22,7 +25,6 @@ __all__ = [
     "ReportProgress",
     "RunFolded",
     "RunReceived",
-    "StopStudy",
     "SubmitRuns",
     "Tick",
     "Converged",
@@ -173,13 +175,11 @@ class ReportProgress:
 
 
 @dataclass(frozen=True)
-class FinishStudy:
-    """Every group is finished: write the results."""
+class EndStudy:
+    """End the study for ``reason`` (:attr:`StopReason.FINISHED`: write the
+    results), with its exit ``status`` (a :mod:`melissa_sa.exit_codes` value) and
+    a ``message`` saying why."""
 
-
-@dataclass(frozen=True)
-class StopStudy:
-    """End the study with ``status`` (a :mod:`melissa_sa.exit_codes` value) and why."""
-
-    status: int
-    reason: str
+    reason: StopReason
+    status: int = exit_codes.OK
+    message: str = ""

@@ -42,6 +42,7 @@ from collections import Counter
 
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
+from melissa_sa.exit_codes import StopReason
 from melissa_sa.server.study_events import (
     AbandonGroup,
     Begin,
@@ -49,7 +50,7 @@ from melissa_sa.server.study_events import (
     ConvergenceChecked,
     DataSeen,
     DrawGroup,
-    FinishStudy,
+    EndStudy,
     GroupFinished,
     JobExited,
     JobStarted,
@@ -57,7 +58,6 @@ from melissa_sa.server.study_events import (
     ReportProgress,
     RunFolded,
     RunReceived,
-    StopStudy,
     SubmitRuns,
     Tick,
 )
@@ -89,14 +89,14 @@ class StudyState:
         self.groups: dict[int, GroupRecord] = {}
         self.finished_groups: set[int] = set()
         self.sims_done: set[int] = set()
-        self.nb_submitted_groups = 0
+        self.n_submitted_groups = 0
         self.next_group_id = limits.n_groups
         self.n_sims_completed = 0
         self.consecutive_failures = 0
         self.redrawn_groups = 0
         #: mean seconds from a run's submission to its completion
         self.mean_run_seconds = 0.0
-        self.stopped: StopStudy | None = None
+        self.stopped: EndStudy | None = None
         #: set by :class:`Converged`: ``{"groups_at_stop", "width", "where"}``
         self.converged: dict | None = None
         #: the convergence rule (``ConvergenceRule.to_dict()``) the study runs under
@@ -130,7 +130,7 @@ class StudyState:
     @property
     def groups_total(self) -> int:
         """Groups the study will finish: the sweep, or those submitted once converged."""
-        return self.nb_submitted_groups if self.converged is not None else self.limits.n_groups
+        return self.n_submitted_groups if self.converged is not None else self.limits.n_groups
 
     @property
     def all_done(self) -> bool:
@@ -160,7 +160,7 @@ class StudyState:
     def _on_begin(self, ev: Begin) -> list:
         out: list = []
         if self.all_done:  # restarted after the last run, before the results
-            return [FinishStudy()]
+            return [EndStudy(StopReason.FINISHED)]
         if not self.managed:
             return out
         if ev.resume:
@@ -246,7 +246,7 @@ class StudyState:
             out.append(GroupFinished(group_id, self.groups_done, self.groups_total))
             out += self._fill_window(now)
         if self.all_done:
-            out.append(FinishStudy())
+            out.append(EndStudy(StopReason.FINISHED))
         return out
 
     def _on_tick(self, ev: Tick) -> list:
@@ -279,7 +279,7 @@ class StudyState:
                  ev.groups_at_stop, self._in_flight())
         out: list = [ReportProgress(self.groups_done, self.groups_total)]
         if self.all_done:
-            out.append(FinishStudy())
+            out.append(EndStudy(StopReason.FINISHED))
         return out
 
     def _on_convergence_checked(self, ev: ConvergenceChecked) -> list:
@@ -301,13 +301,13 @@ class StudyState:
         if not self.managed:
             return out
         in_flight = self._in_flight()
-        while (self.converged is None and self.nb_submitted_groups < self.limits.n_groups
+        while (self.converged is None and self.n_submitted_groups < self.limits.n_groups
                and in_flight < self.limits.window):
-            gid = self.nb_submitted_groups
+            gid = self.n_submitted_groups
             group = self.groups[gid] = GroupRecord(gid, self._sim_ids(gid))
             out.append(DrawGroup(gid))
             out += self._submit(group, group.sim_ids, now)
-            self.nb_submitted_groups += 1
+            self.n_submitted_groups += 1
             in_flight += 1
         return out
 
@@ -331,7 +331,7 @@ class StudyState:
 
     def _stop(self, reason: str) -> list:
         log.error("%s", reason)
-        self.stopped = StopStudy(exit_codes.FAILED, reason)
+        self.stopped = EndStudy(StopReason.FAILED, exit_codes.FAILED, reason)
         return [self.stopped]
 
     def _failure(self, sim_id: int, why: str, now: float) -> list:
@@ -386,7 +386,7 @@ class StudyState:
         """JSON-able state (the ``completion`` of a checkpoint, without parameters)."""
         return {
             "finished_groups": sorted(self.finished_groups),
-            "nb_submitted_groups": self.nb_submitted_groups,
+            "nb_submitted_groups": self.n_submitted_groups,
             "next_group_id": self.next_group_id,
             "sims_done": sorted(self.sims_done),
             "n_sims_completed": self.n_sims_completed,
@@ -413,7 +413,7 @@ class StudyState:
         (else None).
         """
         self.finished_groups = set(state["finished_groups"])
-        self.nb_submitted_groups = int(state["nb_submitted_groups"])
+        self.n_submitted_groups = int(state["nb_submitted_groups"])
         self.next_group_id = int(state["next_group_id"])
         self.sims_done = set(state["sims_done"])
         self.n_sims_completed = int(state["n_sims_completed"])
