@@ -78,7 +78,7 @@ def test_malformed_welcomes_are_refused_with_a_reason():
 
 def test_the_server_refuses_bad_hellos_and_keeps_serving(tmp_path, processes):
     study = write_study(tmp_path, study_options={"parameter_sweep_size": 2,
-                                                 "n_time_steps": 2})
+                                                 "nb_time_steps": 2})
     cfg = json.loads(study.read_text())
     processes.start([MPIEXEC, "-n", "1", sys.executable, "-m", "melissa_sa.server.main",
                      study], log_path=tmp_path / "server.log", cwd=tmp_path)

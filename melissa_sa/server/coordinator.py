@@ -184,7 +184,7 @@ class Coordinator:
             raise ProtocolError(f"field {name!r} has {known} cells in this study, "
                                 f"simulation {sim_id} declares {n_cells}")
         return Welcome(field_id=self.fields.index(name), member=self.layout.member_of(sim_id),
-                       nb_time_steps=self.config.study_options.nb_time_steps,
+                       n_time_steps=self.config.study_options.nb_time_steps,
                        partition=self.fields.partitions[name], endpoints=self.data_endpoints)
 
     # -- what the rank workers report ---------------------------------------------------

@@ -3,9 +3,8 @@
 :class:`SobolMartinez` is the one Sobol' accumulator: it owns the Martinez
 state, the buffer of groups not yet folded, the second-order state and the
 aggregated indices' influence sums, and folds groups one way
-(:meth:`SobolMartinez.update`). Its parts, each a plain function or record
-of its own: the group check (:mod:`.sobol_group`), the batched fold with
-its buffer (row buffers leased from a
+(:meth:`SobolMartinez.update`). Its parts: the group check
+(:mod:`.sobol_group`), the batched fold with its buffer (rows leased from a
 :class:`~melissa_sa.stats.row_pool.RowPool`) and the influence rows of the
 buffered groups (:mod:`.sobol_fold`), the results read from the state
 (:mod:`.sobol_results`), the checkpoint format (:mod:`.sobol_checkpoint`),
