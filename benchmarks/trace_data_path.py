@@ -57,7 +57,7 @@ def make_server(tmp: Path):
     server = SensitivityAnalysisServer(load_config(path), comm=OneRank())
     server.transport = Transport(rank=0, size=1, bind="127.0.0.1", hwm=1000)
     endpoint = server.transport.bind_data(20000 + os.getpid() % 20000)
-    server.ping_launcher = lambda: None       # no launcher in this measurement
+    server.open_study()                        # rank 0's coordinator, no launcher socket
     return server, endpoint
 
 
@@ -66,10 +66,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the list here")
     args = ap.parse_args(argv)
     from melissa_sa.protocol import encode_header
+    from melissa_sa.server.ranks import FieldDeclared
 
     with tempfile.TemporaryDirectory() as tmp:
         server, endpoint = make_server(Path(tmp))
-        server._declare_field("f", N_CELLS)
+        server.ranks.broadcast(FieldDeclared("f", N_CELLS))
         push = server.transport.context.socket(zmq.PUSH)
         push.connect(endpoint)
         rng = np.random.default_rng(0)
