@@ -18,7 +18,7 @@ from melissa_sa.protocol import (
     HEADER,
     MAGIC,
     PROTOCOL_VERSION,
-    Hello,
+    ClientHello,
     ProtocolError,
     decode_welcome,
     encode_header,
@@ -33,7 +33,7 @@ def hello(ctx, address, sim_id, n_cells=N_CELLS, field="f"):
     req.setsockopt(zmq.LINGER, 0)
     try:   # closed whatever happens: ctx.term() waits for every socket
         req.connect(address)
-        req.send(encode_hello(Hello(sim_id, field, n_cells)))
+        req.send(encode_hello(ClientHello(sim_id, field, n_cells)))
         assert req.poll(20000), "server did not answer the hello"
         raw = req.recv()
     finally:
