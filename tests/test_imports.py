@@ -1,5 +1,6 @@
 """The shape of the package: no import circle among ``melissa_sa`` modules, no
-module over 450 lines.
+module over 450 lines, one import path for every name (a name is imported from
+the module that defines it, or from its package).
 
 The import graph is read from the source with :mod:`ast`, so it holds every
 import, the lazy ones inside functions too. Importing ``a.b.c`` from outside the
@@ -154,3 +155,48 @@ def test_the_circle_finder_sees_a_lazy_import_back():
     assert _imported("melissa_sa.sampling.samplers", node) == {"melissa_sa.sampling.factory"}
     assert _with_packages("melissa_sa.config.model", {"melissa_sa.launcher.schedulers"}) == {
         "melissa_sa.launcher.schedulers", "melissa_sa.launcher"}
+
+
+def _top_level_names(path: Path) -> tuple[set[str], set[str]]:
+    """(names ``path`` defines at its top level, names it imports there)."""
+    defined: set[str] = set()
+    imported: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            imported |= {a.asname or a.name.split(".")[0] for a in node.names}
+            continue
+        for sub in ast.walk(node):
+            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(sub.name)
+            elif isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                defined.add(sub.id)
+    return defined, imported
+
+
+def borrowed_imports(files) -> list[str]:
+    """``from m import x`` where ``m`` is a melissa_sa module (not a package) that
+    only imports ``x`` itself: a second import path for a name."""
+    names = {m: _top_level_names(p) for m, p in MODULES.items() if p.name != "__init__.py"}
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in names:
+                defined, imported = names[node.module]
+                found += [f"{path.name}:{node.lineno}: {a.name} from {node.module}"
+                          for a in node.names if a.name in imported - defined]
+    return found
+
+
+def test_every_name_has_one_import_path():
+    root = PACKAGE.parent
+    files = [p for d in ("melissa_sa", "tests", "benchmarks", "examples")
+             for p in sorted((root / d).rglob("*.py"))]
+    assert borrowed_imports(files) == []
+
+
+def test_a_borrowed_import_is_seen(tmp_path):
+    user = tmp_path / "user.py"
+    user.write_text("from melissa_sa.server.study_state import StudyLimits\n"
+                    "from melissa_sa.server.study_records import StudyLimits as L\n")
+    assert borrowed_imports([user]) == [
+        "user.py:1: StudyLimits from melissa_sa.server.study_state"]

@@ -130,7 +130,7 @@ def test_the_rank_worker_reports_a_folded_run_to_the_coordinator(server):
     import numpy as np
 
     from melissa_sa.protocol import ClientHello
-    from melissa_sa.server.base_server import ServerStatus
+    from melissa_sa.server.data_messages import ServerStatus
 
     server.feed(Begin(0.0))
     welcome = server.coordinator.welcome(ClientHello(0, "f", 6))

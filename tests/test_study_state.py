@@ -22,7 +22,8 @@ from melissa_sa.server.study_events import (
     SubmitRuns,
     Tick,
 )
-from melissa_sa.server.study_state import StudyLimits, StudyState
+from melissa_sa.server.study_records import StudyLimits
+from melissa_sa.server.study_state import StudyState
 
 
 def state(n_groups=3, n_params=2, sobol=True, managed=True, rule=None, n_ranks=1, **limits):

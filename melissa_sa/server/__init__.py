@@ -27,9 +27,12 @@ __all__ = ["BaseServer", "SensitivityAnalysisServer", "ServerStatus", "Simulatio
 
 
 def __getattr__(name):
-    if name in ("BaseServer", "ServerStatus", "SimulationData"):
-        from melissa_sa.server import base_server
-        return getattr(base_server, name)
+    if name == "BaseServer":
+        from melissa_sa.server.base_server import BaseServer
+        return BaseServer
+    if name in ("ServerStatus", "SimulationData"):
+        from melissa_sa.server import data_messages
+        return getattr(data_messages, name)
     if name == "SensitivityAnalysisServer":
         from melissa_sa.server.sensitivity_analysis_server import SensitivityAnalysisServer
         return SensitivityAnalysisServer

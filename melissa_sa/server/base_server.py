@@ -12,9 +12,8 @@ statistics, progress, checkpoints) and rank 0's
 client hellos; built by :meth:`BaseServer.open_study`), which talk through
 the typed messages of :mod:`~melissa_sa.server.ranks`.
 
-Ranks never block in an MPI call while idle: both MPICH and Open MPI spin
-while blocked, which would starve the clients on a small machine. Idle ranks
-wait in the ZeroMQ poller and look for MPI messages with ``Iprobe``.
+Idle ranks wait in the ZeroMQ poller and look for MPI messages with
+``Iprobe``: a blocked MPI call spins (MPICH, Open MPI) and starves clients.
 """
 
 from __future__ import annotations
@@ -37,14 +36,15 @@ from melissa_sa.design import GroupLayout
 from melissa_sa.mpi_wait import gather_json
 from melissa_sa.server.client_scripts import ClientScripts
 from melissa_sa.server.coordinator import Coordinator
-from melissa_sa.server.data_messages import ServerStatus, SimulationData
+from melissa_sa.server.data_messages import ServerStatus
 from melissa_sa.server.rank_checkpoints import Restored
 from melissa_sa.server.rank_worker import RankWorker
 from melissa_sa.server.ranks import RankLink
-from melissa_sa.server.study_state import StudyLimits, StudyState
+from melissa_sa.server.study_records import StudyLimits
+from melissa_sa.server.study_state import StudyState
 from melissa_sa.server.transport import FatalError, Transport, is_loopback_bind
 
-__all__ = ["BaseServer", "ServerStatus", "SimulationData"]
+__all__ = ["BaseServer"]
 
 log = logging.getLogger("melissa_sa.server")
 

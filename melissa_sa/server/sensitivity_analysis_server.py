@@ -20,7 +20,8 @@ import signal
 from melissa_sa import exit_codes
 from melissa_sa.exit_codes import StopReason
 from melissa_sa.mpi_wait import bcast_json
-from melissa_sa.server.base_server import BaseServer, ServerStatus, SimulationData
+from melissa_sa.server.base_server import BaseServer
+from melissa_sa.server.data_messages import ServerStatus, SimulationData
 from melissa_sa.server.field_stats import collect_results
 from melissa_sa.server.results_io import write_study_results
 from melissa_sa.warmup import warm_up

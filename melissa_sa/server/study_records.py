@@ -3,8 +3,7 @@
 :class:`StudyLimits` holds the numbers of the study's rules (the window of
 groups in flight, crash and failure limits, timeouts; the rules themselves
 are in :mod:`~melissa_sa.server.study_state`), :class:`GroupRecord` one
-group's runs and how they fared. Both are importable from
-:mod:`melissa_sa.server.study_state` too.
+group's runs and how they fared.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ from melissa_sa.server.study_records import GroupRecord, StudyLimits
 
 log = logging.getLogger("melissa_sa.server")
 
-__all__ = ["GroupRecord", "StudyLimits", "StudyState"]
+__all__ = ["StudyState"]
 
 
 # -- state ----------------------------------------------------------------------------------
