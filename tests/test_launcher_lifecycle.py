@@ -348,6 +348,21 @@ def test_a_signal_during_a_restart_starts_no_new_server():
     assert life.restarts == 0 and life.stats["server_starts"] == 1
 
 
+def test_a_signal_while_the_next_server_is_being_started_stops_it():
+    """The failed server is gone and another is being started (sbatch may take
+    seconds) when the signal comes: once started, that server is asked to stop."""
+    life = _life()
+    _started(life)
+    life.handle(ServerExited(3))
+    assert _kinds(life.handle(ServerGone(checkpoint=True))) == [Say, StartServer]
+    assert life.handle(SignalSeen(signal.SIGTERM, 5.0, server_running=False)) == []
+    out = life.handle(ServerStarted(5.1))
+    assert out == [RecordState(), BeginInterrupt("SIGTERM", ask_server=True)]
+    assert life.phase is Phase.INTERRUPTING
+    assert life.handle(StopRequested(delivered=False)) == [
+        EndInterrupt(True), Exit(143, "interrupted by SIGTERM")]
+
+
 def test_a_signal_while_the_server_exits_after_its_stop():
     life = _life()
     _started(life)

@@ -164,3 +164,45 @@ def test_a_redraw_reaches_the_rank_worker(tmp_path, monkeypatch):
     assert s.worker.progress.sim_id_limit == s.study.sim_id_limit == 3
     submits = [m for m in s.transport.sent if isinstance(m, messages.Submit)]
     assert [m.sim_ids for m in submits] == [[0], [1], [2]]
+
+
+def test_a_study_that_finishes_after_a_stop_request_stops_for_the_request(server):
+    """The first reason to stop stands on every rank: ranks that already left to
+    take a checkpoint must not meet a rank 0 that writes the results."""
+    from melissa_sa.exit_codes import StopReason
+
+    server.feed(Begin(0.0))
+    server.on_stop_request()                                   # the launcher's request
+    assert server.worker.stop_reason is StopReason.REQUESTED
+    server.feed(RunFolded(0, 4.0))
+    server.feed(RunFolded(1, 5.0))                             # every group is done now
+    assert server.study.all_done
+    assert server.coordinator.stop_reason is StopReason.REQUESTED
+    assert server.worker.stop_reason is StopReason.REQUESTED
+
+
+def test_the_clock_ticks_while_data_keeps_arriving(server, monkeypatch):
+    """Run timeouts and due checkpoints are checked even when no poll is idle."""
+    import numpy as np
+
+    from melissa_sa.protocol import DataHeader
+    from melissa_sa.server.data_messages import ServerStatus, SimulationData
+
+    header = DataHeader(sim_id=0, member=0, field_id=0, time_step=0, client_rank=0,
+                        offset=0, count=1, dtype=np.dtype("<f8"))
+    item = SimulationData(header, np.zeros(1), 0)
+    ticks = []
+    coordinator = server.coordinator
+    monkeypatch.setattr(server, "process_simulation_data", lambda data: None)
+    monkeypatch.setattr(coordinator, "data_seen", lambda sim_id: None)
+    monkeypatch.setattr(coordinator, "idle", lambda: ticks.append(1))
+    polls = []
+
+    def poll_sockets(timeout):
+        polls.append(1)   # data only, until the third tick (or 200,000 messages)
+        return ServerStatus.STOP if len(ticks) >= 3 or len(polls) > 200_000 else item
+
+    monkeypatch.setattr(server, "poll_sockets", poll_sockets)
+    server.tick_every = 0.001
+    server._loop()
+    assert len(ticks) == 3

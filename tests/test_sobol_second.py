@@ -506,3 +506,19 @@ def test_coverage_can_fail():
 def test_docstring_example():
     result = doctest.testmod(second_module, optionflags=doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_a_buffered_group_is_a_copy_when_the_caller_reuses_its_array():
+    """With a fold buffer, the accumulator keeps its own copy of each group: a
+    caller that refills one scratch array between calls changes nothing."""
+    rng = np.random.default_rng(3)
+    data = model_groups(skewed, rng, 6, 5, 3)
+    reference = feed(data, fold_batch=4)
+    s = SobolMartinez(5, 3, second_order=True, fold_batch=4)
+    scratch = np.empty_like(data[0])
+    for group in data:
+        scratch[...] = group
+        s.update(scratch)
+        scratch[...] = -1.0e6    # the caller reuses its array at once
+    np.testing.assert_array_equal(s.first_order, reference.first_order)
+    np.testing.assert_array_equal(s.second_order, reference.second_order)

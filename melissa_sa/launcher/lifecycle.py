@@ -149,6 +149,8 @@ class ServerLifecycle:
         self._interrupt_signal: int | None = None
         self._signals_at_interrupt = 0
         self._interrupted_clients: tuple[int, ...] = ()
+        #: a signal seen after the failed server was gone, while another started
+        self._signal_while_restarting: int | None = None
 
     # -- events ----------------------------------------------------------------------
     def handle(self, event) -> list:
@@ -170,6 +172,9 @@ class ServerLifecycle:
         self.done_at_hello = None
         self.stop = None
         self.exit_message = ""
+        signum, self._signal_while_restarting = self._signal_while_restarting, None
+        if signum is not None:  # it came while this server was being started
+            return [RecordState(), *self._interrupt(signum, ev.now, server_running=True)]
         return [RecordState()]
 
     def _on_start_failed(self, ev: StartFailed) -> list:
@@ -250,10 +255,14 @@ class ServerLifecycle:
                 and len(self.signals) > max(self._signals_at_interrupt, 1):
             return [Say("second signal: killing everything now"),
                     *self._end_interrupt(report_server=True)]
-        return []  # FAILING: seen when the failed server is gone
+        # FAILING: seen when the failed server is gone, or, if it is gone
+        # already and another is being started, once that one started
+        self._signal_while_restarting = ev.signum
+        return []
 
     def _on_gone(self, ev: ServerGone) -> list:
         r = self.rules
+        self._signal_while_restarting = None  # the signals so far are seen below
         if ev.survivors:
             self.exit_message = (f"server processes survive SIGKILL (pids "
                                  f"{', '.join(map(str, ev.survivors))}); not starting "

@@ -239,7 +239,13 @@ class Coordinator:
     # -- stopping -----------------------------------------------------------------------
     def request_stop(self, reason: StopReason = StopReason.REQUESTED) -> None:
         """Tell every rank to stop for ``reason``: with the results when the study
-        is finished, with a checkpoint otherwise."""
+        is finished, with a checkpoint otherwise. The first reason stands: the
+        ranks that already left for it must all end the same way (a study that
+        finishes after a stop request ends with a checkpoint and finishes on
+        ``--resume``)."""
+        if self.stop_reason is not None:
+            log.debug("already stopping (%s): %s ignored", self.stop_reason.value, reason.value)
+            return
         self.stop_reason = reason
         self.ranks.broadcast(ranks.StopRanks(reason))
 

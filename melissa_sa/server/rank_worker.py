@@ -184,7 +184,7 @@ class RankWorker:
         self._assembler.drop_group(msg.group_id)
 
     def _on_stop(self, msg: ranks.StopRanks) -> None:
-        if self.stop_reason is not StopReason.FINISHED:  # a finished study stays finished
+        if self.stop_reason is None:  # the first reason stands (Coordinator.request_stop)
             self.stop_reason = msg.reason
 
     def _on_variance_request(self, msg: ranks.VarianceRequest) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 
 from melissa_sa import exit_codes
 from melissa_sa.exit_codes import StopReason
@@ -118,8 +119,13 @@ class SensitivityAnalysisServer(BaseServer):
         if not ok:
             raise SystemExit(exit_codes.SERVER_LOCKED)
 
+    #: seconds between the coordinator's clock ticks while data keeps arriving
+    #: (run timeouts, the launcher's silence, checkpoints due)
+    tick_every = 1.0
+
     def _loop(self) -> int:
         coordinator, worker = self.coordinator, self.worker
+        last_tick = time.monotonic()
         while True:
             worker.check_sigterm()
             item = self.poll_sockets(timeout=0.05)
@@ -128,6 +134,10 @@ class SensitivityAnalysisServer(BaseServer):
                     self.process_simulation_data(item)
                 if coordinator is not None:
                     coordinator.data_seen(item.header.sim_id)
+                    # a steady stream from some runs must not hide a hung one
+                    if time.monotonic() - last_tick >= self.tick_every:
+                        coordinator.idle()
+                        last_tick = time.monotonic()
                 continue
             if item is ServerStatus.STOP:
                 if worker.stop_reason is StopReason.FINISHED:
@@ -136,6 +146,7 @@ class SensitivityAnalysisServer(BaseServer):
                 return status or exit_codes.INTERRUPTED
             if coordinator is not None:
                 coordinator.idle()
+                last_tick = time.monotonic()
 
     def _finalize(self, status: int) -> None:
         """Write the results (on success) or a checkpoint, and close everything."""

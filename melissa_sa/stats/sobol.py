@@ -210,10 +210,9 @@ class SobolMartinez(Statistic):
         """Fold one pick-freeze group, shape ``(n_params + 2, n_cells)``.
 
         Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with
-        second order: ``2 n_params + 2`` rows), float32 or float64. With
-        ``fold_batch = 1`` the group is folded at once, without a copy;
-        otherwise it is buffered and the buffer folded when full. The
-        second-order sums are folded at once (they keep their own means).
+        second order: ``2 n_params + 2`` rows), float32 or float64, folded at
+        once with ``fold_batch = 1``, else copied into the buffer (folded when
+        full). The second-order sums are folded at once (own means).
         ``group_id``: the study's group number, needed with an
         :attr:`aggregated` interval (it counts the group, and adds its
         influence sums, from the state before this group, if
@@ -224,7 +223,8 @@ class SobolMartinez(Statistic):
         """
         given = group
         group = as_group(group, self.n_params, self.n_cells, self.has_second_order)
-        if pool is not None and group is not given:
+        converted = group is not given   # as_group made our own copy
+        if pool is not None and converted:
             pool.give_back(given)   # converted: our copy is folded, the lease ends now
             pool = None
         row = self._admit(group_id)
@@ -250,8 +250,8 @@ class SobolMartinez(Statistic):
             self._influence.register(len(self._buffer), row)
         if pool is not None:
             self._buffer.keep(group, pool, given)
-        elif group is not given:
-            self._buffer.keep(group, None)   # converted by as_group: our own copy
+        elif converted:
+            self._buffer.keep(group, None)
         else:
             self._buffer.copy(group)
         self._n += 1
