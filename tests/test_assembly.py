@@ -1,4 +1,4 @@
-"""Group assembly buffers keep the incoming dtype (defect 9) and detect overlaps."""
+"""Group assembly buffers keep the incoming dtype and detect overlaps."""
 
 import numpy as np
 import pytest

@@ -282,7 +282,7 @@ def test_soak_many_random_kills(tmp_path, processes):
 
 
 def test_a_client_command_that_always_fails_stops_the_study(tmp_path):
-    """Defect 1: a typo in the client's path ends the study (exit 1) with the reason,
+    """A typo in the client's path ends the study (exit 1) with the reason,
     instead of redrawing groups without end."""
     study = make_study(tmp_path, study_options={"max_consecutive_failures": 6},
                        client_config={"executable_command": "python no_such_client.py"})

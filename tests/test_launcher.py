@@ -250,7 +250,7 @@ def test_job_limit_is_respected(studies):
 
 def test_a_group_s_members_start_together(studies):
     """job_limit 3, groups of 2: a group never starts in part with its other
-    member queued behind another group's (defect 9); a slot may stay idle."""
+    member queued behind another group's; a slot may stay idle."""
     s = studies({"groups": 3, "group_size": 2, "client": _timed_body(0.4)},
                 launcher_config={"job_limit": 3})
     la = s.launcher()
@@ -312,7 +312,7 @@ def test_server_stop_with_failure_status(studies):
 
 
 def test_failed_study_shows_the_failing_client_s_last_lines(studies):
-    """Defect 1, launcher half: the server ends the study with a failed stop
+    """The server ends the study with a failed stop
     because clients always fail; the launcher exits 1 and shows the last
     failed client's log lines."""
     s = studies({"groups": 2, "group_size": 2, "stop_after_failures": 2,
@@ -335,7 +335,7 @@ def test_failed_study_shows_the_failing_client_s_last_lines(studies):
 
 
 def test_missing_client_script_ends_the_study_non_zero(tmp_path):
-    """Defect 1 end to end: ``executable_command`` names a script that does
+    """End to end: ``executable_command`` names a script that does
     not exist. The study must end, non-zero, in bounded time, showing the
     client's error (the server bounds failures, the launcher shows them)."""
     from conftest import write_study
@@ -356,7 +356,7 @@ def test_missing_client_script_ends_the_study_non_zero(tmp_path):
 
 
 def test_messages_the_launcher_must_not_dispatch_are_refused_and_counted(studies):
-    """Defect 3: a ``server_failure`` message once reached the launcher's
+    """A ``server_failure`` message once reached the launcher's
     internal failure hook through ``getattr(self, f"_on_{type}")``."""
     raw = ['{"type": "server_failure", "reason": "forged"}',
            '{"type": "signal", "signum": 15}',

@@ -64,7 +64,7 @@ def test_jobs_run_and_are_reported_once():
 
 def test_a_group_starts_whole_or_waits():
     """job_limit 3, groups of 2: never one member of group 1 with the other
-    queued behind (defect 9)."""
+    queued behind."""
     table = JobTable()
     _submit_groups(table, 3, 2)
     assert _start(table, free=3, limit=3) == [0, 1]  # group 1 does not fit: waits
@@ -211,7 +211,7 @@ def test_the_handler_table_covers_exactly_the_server_s_messages(tmp_path):
 
 
 # ---------------------------------------------------------------------------
-# schedulers registered later are accepted by the config (defect 4)
+# schedulers registered later are accepted by the config
 
 
 def test_config_accepts_a_registered_scheduler(tmp_path):

@@ -128,7 +128,7 @@ def test_every_malformed_kind_is_counted_and_dropped(server):
 
 
 def test_drops_and_bytes_are_summed_over_ranks(tmp_path, processes):
-    """Defect 2: messages dropped on rank 1 count in results.h5, summed and per rank."""
+    """Messages dropped on rank 1 count in results.h5, summed and per rank."""
     study = write_study(tmp_path, study_options={"parameter_sweep_size": 1,
                                                  "nb_time_steps": 1},
                         server_config={"server_processes": 2})

@@ -1,5 +1,5 @@
-"""The reference-surface attributes of BaseServer do what docs/internals.md says
-(defect 5), checked on a server object without sockets or MPI."""
+"""The reference-surface attributes of BaseServer do what docs/internals.md says,
+checked on a server object without sockets or MPI."""
 
 import logging
 import threading

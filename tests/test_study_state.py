@@ -167,7 +167,7 @@ def test_without_fault_tolerance_one_failure_stops_the_study():
 
 
 def test_a_command_that_always_fails_stops_after_max_consecutive_failures():
-    """Defect 1: a client that always fails no longer redraws without end."""
+    """A client that always fails no longer redraws without end."""
     s = state(n_groups=100, crashes_before_redraw=3, max_consecutive_failures=7,
               max_redrawn_groups=1000)
     s.handle(Begin(0.0))
