@@ -89,11 +89,26 @@ def cmd_run(args) -> int:
             print(f"{PROG}: first parameter sets ({so.sampler}, seed {so.seed}):", file=out)
             for line in lines:
                 print(line, file=out)
+        from melissa_sa.launcher.output_space import check_output_dir
+
+        checked = check_output_dir(cfg)
+        for text in (checked.error, checked.warning, checked.note):
+            if text:
+                print(f"{PROG}: {text}", file=out)
         print(f"{PROG}: dry run: nothing started", file=out)
         return exit_codes.OK
 
     from melissa_sa.launcher import Launcher
+    from melissa_sa.launcher.output_space import check_output_dir
 
+    checked = check_output_dir(cfg)
+    if checked.error:  # before anything starts: nothing to clean up
+        _err(f"{args.config}: {checked.error}")
+        return exit_codes.USAGE
+    if checked.warning:
+        print(f"{PROG}: warning: {checked.warning}", file=sys.stderr)
+    if checked.note and args.verbose:
+        print(f"{PROG}: {checked.note}", file=sys.stderr)
     launcher = Launcher(cfg, args.config, resume=args.resume, verbose=args.verbose,
                         progress=False if args.no_progress else None)
     return launcher.run()

@@ -12,7 +12,9 @@ stopping the client jobs),
 ``server_link`` (typed messages with the server), ``server_process`` (the
 server under mpiexec), ``jobs`` (the job table, a pure state object),
 ``claim`` (one launcher per study, ``OUT/launcher.json``), ``processes``
-(process trees by pid), ``progress`` (what the user sees), ``schedulers``
+(process trees by pid), ``output_space`` (``output_dir`` checked before a
+study starts: writable, room for a checkpoint set and the results),
+``progress`` (what the user sees), ``schedulers``
 (the Scheduler interface and the local scheduler), ``server_jobs`` (the
 server as a local process tree), ``slurm``, ``slurm_allocation`` and
 ``slurm_commands`` (the Slurm schedulers). Schedulers are known by name in
