@@ -63,7 +63,9 @@ class Ping(Message):
 
 @dataclass(frozen=True, slots=True)
 class Progress(Message):
-    """Groups finished so far; ``group_id`` the one just finished, if any."""
+    """Groups finished so far; ``group_id`` the one just finished, if any (a
+    progress message without one also says that checkpoints began or stopped
+    failing)."""
 
     type: typing.ClassVar[str] = "progress"
     groups_done: int
@@ -74,6 +76,9 @@ class Progress(Message):
     ci_width: float | None = None
     ci_target: float | None = None
     ci_min_groups: int | None = None
+    #: why the server's checkpoints fail (one line: the directory, the error,
+    #: the bytes free and needed), None while they succeed
+    checkpoint_error: str | None = None
 
     def __post_init__(self):
         for name in ("ci_width", "ci_target"):

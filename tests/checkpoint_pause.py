@@ -8,6 +8,9 @@ kill it there.
 that set only. A pausing process first prints ``melissa-sa checkpoint: pausing
 ...`` to stderr, which the test waits for.
 
+``TEST_CHECKPOINT_FAIL`` makes a stage raise ``OSError(ENOSPC)`` instead, as a
+full disk would (:func:`fail`).
+
 In another process (a server started by a launcher, under mpiexec) the hook is
 installed at interpreter start by ``tests/site/sitecustomize.py``: give the
 process the environment :func:`env` returns.
@@ -15,6 +18,7 @@ process the environment :func:`env` returns.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -23,11 +27,29 @@ from pathlib import Path
 from melissa_sa.checkpoint import store
 
 PAUSE_ENV = "TEST_CHECKPOINT_PAUSE"
+FAIL_ENV = "TEST_CHECKPOINT_FAIL"
 SITE = Path(__file__).resolve().parent / "site"
 
 
+def fail(stage: str, info: dict) -> None:
+    """Raise ``OSError(ENOSPC)`` (a full disk) at ``stage`` if
+    ``TEST_CHECKPOINT_FAIL`` asks for it: a comma-separated list of
+    ``<stage>@<set id>``, each optionally followed by ``/<rank>`` (that rank
+    only)."""
+    for item in os.environ.get(FAIL_ENV, "").split(","):
+        where, _, rest = item.strip().partition("@")
+        if not where:
+            continue
+        set_id, _, rank = rest.partition("/")
+        if (where == stage and int(set_id) == info.get("set_id")
+                and (not rank or int(rank) == info.get("rank"))):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), info.get("path"))
+
+
 def pause(stage: str, info: dict) -> None:
-    """Sleep at ``stage`` if ``TEST_CHECKPOINT_PAUSE`` asks for it."""
+    """Sleep at ``stage`` if ``TEST_CHECKPOINT_PAUSE`` asks for it (after
+    :func:`fail`, which raises if ``TEST_CHECKPOINT_FAIL`` asks for it)."""
+    fail(stage, info)
     spec = os.environ.get(PAUSE_ENV, "").strip()
     if not spec:
         return
@@ -58,8 +80,9 @@ def install() -> None:
     store.stage_hook = pause
 
 
-def env(spec: str) -> dict[str, str]:
-    """Environment entries that make a child process pause as ``spec`` says."""
+def env(spec: str, fail_spec: str = "") -> dict[str, str]:
+    """Environment entries that make a child process pause as ``spec`` says
+    (and fail as ``fail_spec`` says)."""
     path = os.environ.get("PYTHONPATH")
-    return {PAUSE_ENV: spec,
+    return {PAUSE_ENV: spec, FAIL_ENV: fail_spec,
             "PYTHONPATH": str(SITE) if not path else f"{SITE}{os.pathsep}{path}"}

@@ -221,6 +221,35 @@ def test_server_killed_9_while_writing_a_checkpoint(tmp_path, baseline, processe
     assert_same_results(read(out / "results.h5"), baseline)
 
 
+def test_a_full_disk_fails_checkpoints_without_a_restart(tmp_path, baseline):
+    """Rank 1's disk is full for the first two checkpoint sets: the server
+    keeps going (never restarted, no run executed twice), rank 0 and the
+    launcher say so in one line each, the third set is written, and the
+    results are exact."""
+    study = make_study(tmp_path, sa_config={"checkpoint_interval": 4})
+    env = fault_env(tmp_path, {}, **checkpoint_pause.env("", "partial@1/1,partial@2/1"))
+    done = run_study(study, env=env)
+    out = tmp_path / "out"
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "Traceback" not in done.stdout
+    warned = [ln for ln in done.stdout.splitlines() if "checkpoint failed in" in ln]
+    assert len(warned) == 1, done.stdout[-3000:]
+    assert warned[0].startswith(f"[melissa-sa] warning: checkpoint failed in {out}/checkpoint: "
+                                "rank 1: OSError: [Errno 28] No space left on device; ")
+    assert " free, about " in warned[0] and " needed; " in warned[0]
+    assert "checkpoints work again" in done.stdout
+    assert done.stdout.count("server started") == 1
+    log = (out / "logs" / "server.log").read_text()
+    assert log.count("checkpoint failed in") == 1 and "checkpoint failed again" in log
+    assert "Traceback" not in log
+    manifest = json.loads((out / "checkpoint" / "manifest.json").read_text())
+    assert manifest["latest"] >= 3
+    assert not list((out / "checkpoint").glob("*.tmp"))
+    for client_log in (out / "logs").glob("client.*.log"):  # one attempt each
+        assert client_log.read_text().count("=== melissa-sa: job") == 1, client_log
+    assert_same_results(read(out / "results.h5"), baseline)
+
+
 def test_launcher_killed_9_then_resume(tmp_path, baseline, processes):
     study = make_study(tmp_path, launcher_config={"job_limit": 2, "server_timeout": 4})
     env = fault_env(tmp_path, {}, TEST_STEP_DELAY=0.3)

@@ -375,6 +375,25 @@ def test_messages_the_launcher_must_not_dispatch_are_refused_and_counted(studies
     assert final == {0: "finished", 1: "finished"}  # the forged kill / submit did nothing
 
 
+def test_failing_checkpoints_are_shown_once_and_do_not_restart_the_server(studies):
+    """The server's progress says its checkpoints fail (a full disk): the
+    launcher shows the server's line once, not again while they keep
+    failing, says when they work again, and restarts nothing."""
+    line = ("checkpoint failed in /o/checkpoint: rank 1: OSError: [Errno 28] No space left "
+            "on device; 1.0 kB free, about 2.0 MB needed")
+    failing = json.dumps({"type": "progress", "groups_done": 0, "groups_total": 1,
+                          "checkpoint_error": line})
+    working = json.dumps({"type": "progress", "groups_done": 0, "groups_total": 1})
+    s = studies({"groups": 1, "group_size": 2, "raw_after_hello": [failing, failing, working]})
+    la = s.launcher()
+    assert la.run() == 0, la.stream.getvalue()
+    out = la.stream.getvalue()
+    assert out.count(line) == 1 and f"[melissa-sa] warning: {line}" in out
+    assert out.count("checkpoints work again") == 1
+    assert la.stats["bad_messages"] == 0 and len(s.starts()) == 1
+    assert la.stats["server_failures"] == 0
+
+
 # ---------------------------------------------------------------------------
 # the server fails
 

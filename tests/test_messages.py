@@ -25,7 +25,9 @@ EXAMPLES = [ServerHello(pid=12, groups_total=10, groups_done=3, group_size=5,
             Kill([3]), Stop(0, "done"), JobState(7, 1, "failed", -9), JobState(7, None, "running"),
             StopRequest("SIGINT"), Progress(250, 260, 7, ci_width=0.0831, ci_target=0.05,
                                             ci_min_groups=200),
-            Progress(3, 1000, ci_target=0.05, ci_min_groups=200)]
+            Progress(3, 1000, ci_target=0.05, ci_min_groups=200),
+            Progress(3, 10, checkpoint_error="checkpoint failed in /o/checkpoint: rank 1: "
+                                             "OSError: [Errno 28] No space left on device")]
 
 
 @pytest.mark.parametrize("msg", EXAMPLES, ids=lambda m: m.type)
@@ -47,6 +49,8 @@ def test_each_direction_accepts_only_its_own_types():
     (b"\xff\xfe", "not JSON"),
     (b"[1, 2]", "not a JSON object"),
     (b'{"type": 3}', "not a JSON object with a type"),
+    (b'{"type": "progress", "groups_done": 3, "groups_total": 4, "checkpoint_error": 28}',
+     "progress.checkpoint_error must be a string"),
     (b'{"type": "progress", "groups_done": "3", "groups_total": 4}',
      "groups_done must be an integer"),
     (b'{"type": "progress", "groups_done": true, "groups_total": 4}',

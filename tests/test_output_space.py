@@ -14,7 +14,8 @@ import pytest
 from melissa_sa import exit_codes
 from melissa_sa.cli import main as cli_main
 from melissa_sa.config import config_from_dict, load_config
-from melissa_sa.launcher.output_space import bytes_per_cell, check_output_dir, format_bytes
+from melissa_sa.disk_space import format_bytes
+from melissa_sa.launcher.output_space import bytes_per_cell, check_output_dir
 
 
 def _study(tmp_path: Path, output_dir, **sa) -> Path:

@@ -45,7 +45,12 @@ _CHUNK = 1 << 20
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint could not be written, or no usable checkpoint was found."""
+    """A checkpoint could not be written, or no usable checkpoint was found.
+
+    ``cause``: for a failed write, which rank failed and how (``rank 1:
+    OSError: [Errno 28] No space left on device``), else None."""
+
+    cause: str | None = None
 
 
 class CheckpointCorruptError(CheckpointError):

@@ -11,6 +11,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,19 @@ from melissa_sa.checkpoint.store import (
 from melissa_sa.durable import durable_replace
 
 log = logging.getLogger("melissa_sa.checkpoint")
+
+def describe_error(exc: BaseException) -> str:
+    """``exc`` in a few words: an OSError by its errno (``OSError: [Errno 28] No
+    space left on device``, also when HDF5 wraps it in its own text), anything
+    else as ``Type: message``."""
+    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
+    if code is None and isinstance(exc, OSError):
+        found = re.search(r"errno = (\d+)", str(exc))  # HDF5's "file write failed: ..."
+        code = int(found.group(1)) if found else None
+    if code:
+        return f"OSError: [Errno {code}] {os.strerror(code)}"
+    return f"{type(exc).__name__}: {exc}"
+
 
 class CheckpointWriter:
     """Writes checkpoint sets into ``directory`` (``OUT/checkpoint``).
@@ -90,7 +104,8 @@ class CheckpointWriter:
                 self.directory.mkdir(parents=True, exist_ok=True)
                 start = {"next": self._scan_next_id(), "error": None}
             except OSError as e:  # every rank must hear of it, not hang
-                start = {"next": 0, "error": f"{self.directory}: {e}"}
+                start = {"next": 0, "error": f"{self.directory}: {e}",
+                         "cause": describe_error(e)}
             try:
                 manifest = read_manifest(self.directory)
             except CheckpointError as e:
@@ -106,8 +121,17 @@ class CheckpointWriter:
         start = bcast(self.comm, start, poll_interval, timeout,
                       "the checkpoint writer's start")
         if start["error"]:
-            raise CheckpointError(f"cannot use the checkpoint directory {start['error']}")
+            exc = CheckpointError(f"cannot use the checkpoint directory {start['error']}")
+            exc.cause = f"rank 0: {start['cause']}"
+            raise exc
         self.next_set_id = int(start["next"])
+
+    @property
+    def newest_set_bytes(self) -> int | None:
+        """Rank 0: the bytes of the newest complete set's files (None before one)."""
+        if not self._history:
+            return None
+        return sum(int(fe["size"]) for fe in self._history[0]["files"])
 
     def _scan_next_id(self) -> int:
         ids = [0]
@@ -190,8 +214,11 @@ class CheckpointWriter:
             record = {"rank": rank, "name": name, "size": size, "checksum": digest,
                       "error": None}
         except Exception as e:  # reported to every rank below, never left hanging
-            log.exception("checkpoint set %d: rank %d failed", set_id, rank)
-            record = {"error": f"rank {rank}: {type(e).__name__}: {e}"}
+            if isinstance(e, OSError):  # the file system's answer: its line says it all
+                log.debug("checkpoint set %d: rank %d failed", set_id, rank, exc_info=True)
+            else:
+                log.exception("checkpoint set %d: rank %d failed", set_id, rank)
+            record = {"error": f"rank {rank}: {describe_error(e)}"}
             try:
                 unlink(tmp)
             except OSError:
@@ -208,8 +235,10 @@ class CheckpointWriter:
         timings["total"] = time.perf_counter() - t0
         self.last_timings = timings
         if outcome["error"]:
-            raise CheckpointError(f"checkpoint set {set_id} in {self.directory} failed: "
+            exc = CheckpointError(f"checkpoint set {set_id} in {self.directory} failed: "
                                   f"{outcome['error']}")
+            exc.cause = outcome["error"]  # which rank failed and how, without the set
+            raise exc
         self.last_set_id = set_id
         return set_id
 
@@ -249,9 +278,10 @@ class CheckpointWriter:
             outcome = {"set_id": set_id, "error": None}
         except Exception as e:
             if not errors:
-                log.exception("checkpoint set %d: writing the manifest failed", set_id)
+                log.debug("checkpoint set %d: writing the manifest failed", set_id,
+                          exc_info=True)
             outcome = {"set_id": set_id, "error": str(e) if errors else
-                       f"rank 0: {type(e).__name__}: {e}"}
+                       f"rank 0: {describe_error(e)}"}
             # keep whatever the manifest on disk names (it may differ from the
             # history when resuming from a fallback); if it is unreadable,
             # delete nothing: a human may want those files

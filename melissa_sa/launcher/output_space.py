@@ -21,12 +21,13 @@ of every statistic kept, every field and time step) and of ``results.h5``
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["OutputCheck", "check_output_dir", "bytes_per_cell", "format_bytes"]
+from melissa_sa.disk_space import existing_parent, format_bytes, free_bytes
+
+__all__ = ["OutputCheck", "check_output_dir", "bytes_per_cell"]
 
 #: cells of the sample slice :func:`bytes_per_cell` measures the state on
 _SAMPLE_CELLS = 64
@@ -41,14 +42,6 @@ class OutputCheck:
     note: str | None = None
     #: bytes free on the output directory's file system (None if unknown)
     free: int | None = None
-
-
-def format_bytes(n: float) -> str:
-    """``512 B``, ``3.2 kB``, ``41.0 MB``, ``1.5 GB`` (powers of 1000)."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} B"
 
 
 def bytes_per_cell(cfg) -> tuple[int, int]:
@@ -73,13 +66,6 @@ def _prod(shape) -> int:
     for k in shape:
         n *= int(k)
     return n
-
-
-def _existing_parent(path: Path) -> Path:
-    """``path`` or its nearest parent that exists."""
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def _unwritable(directory: Path) -> str | None:
@@ -108,7 +94,7 @@ def check_output_dir(cfg, n_cells: int | None = None) -> OutputCheck:
     each field) enables the size check, otherwise the note says why it was
     skipped."""
     out = Path(cfg.output_dir)
-    where = _existing_parent(out)
+    where = existing_parent(out)
     if not where.is_dir():
         what = "is not a directory" if where == out else f"cannot be created: {where} is a file"
         return OutputCheck(error=f"output_dir: {out} {what}")
@@ -116,9 +102,8 @@ def check_output_dir(cfg, n_cells: int | None = None) -> OutputCheck:
     if why is not None:
         what = "cannot be written" if where == out else f"cannot be created in {where}"
         return OutputCheck(error=f"output_dir: {out} {what} ({why})")
-    try:
-        free = shutil.disk_usage(where).free
-    except OSError:
+    free = free_bytes(where)
+    if free is None:
         return OutputCheck()
     try:
         checkpoint, results = bytes_per_cell(cfg)

@@ -63,6 +63,8 @@ class ProgressDisplay:
         self._bar = None
         #: extra text after the counts, e.g. "CI width 0.0831 / target 0.05"
         self.note = ""
+        #: the server's line on why its checkpoints fail (None while they work)
+        self.checkpoint_error: str | None = None
 
     @staticmethod
     def auto_mode(stream: TextIO | None = None) -> str:
@@ -92,9 +94,25 @@ class ProgressDisplay:
         text = f"{PREFIX} {self.done}/{total} groups done, {_format_rate(self.rate())}"
         if self.total is not None and self.done < self.total:
             text += f", ETA {format_duration(self.eta())}"
-        if self.note:
-            text += f", {self.note}"
+        if self.postfix():
+            text += f", {self.postfix()}"
         return text
+
+    def postfix(self) -> str:
+        """What follows the counts: the note, and whether checkpoints fail."""
+        failing = "checkpoints failing" if self.checkpoint_error is not None else ""
+        return ", ".join(t for t in (self.note, failing) if t)
+
+    def checkpoint_outcome(self, error: str | None) -> str | None:
+        """The server's checkpoints fail (``error``, its one line) or work
+        (None): the line to show when that changes, else None. While they
+        fail, the progress says so."""
+        before, self.checkpoint_error = self.checkpoint_error, error
+        if error is not None and before is None:
+            return f"warning: {error}"
+        if error is None and before is not None:
+            return "a checkpoint was written: checkpoints work again"
+        return None
 
     def update(self, done: int, total: int | None = None) -> None:
         if total is not None and total > 0:
@@ -121,8 +139,8 @@ class ProgressDisplay:
                              smoothing=0.1, leave=True)
         if self.total is not None and self._bar.total != self.total:
             self._bar.total = self.total
-        if self.note and self._bar.postfix != self.note:
-            self._bar.set_postfix_str(self.note, refresh=False)
+        if self._bar.postfix != self.postfix():
+            self._bar.set_postfix_str(self.postfix(), refresh=False)
         if self.done != self._bar.n:
             self._bar.n = self.done
             self._bar.refresh()

@@ -326,7 +326,7 @@ class BaseServer(ABC):
             transport=self.transport, data_endpoints=self.data_endpoints, scripts=scripts,
             on_group_finished=lambda group_id: self.on_group_finished(group_id),
             remove_scripts=lambda: self.rm_script, convergence_rule=rule,
-            lock=self._consistency_lock)
+            lock=self._consistency_lock, checkpoints=self.worker.checkpoints)
 
     def initialize_connections(self) -> None:
         """Bind the data socket on every rank, the connection socket on rank 0,

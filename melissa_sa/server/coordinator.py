@@ -78,7 +78,7 @@ class Coordinator:
                  counters: RankCounters, transport, data_endpoints: list[str],
                  scripts: ClientScripts, on_group_finished: Callable[[int], None],
                  remove_scripts: Callable[[], bool], convergence_rule: ConvergenceRule | None,
-                 lock: threading.RLock):
+                 lock: threading.RLock, checkpoints=None):
         self.config = config
         self.study = study
         self.layout = study.layout
@@ -93,6 +93,10 @@ class Coordinator:
         self.on_group_finished = on_group_finished
         self.remove_scripts = remove_scripts
         self.lock = lock
+        #: rank 0's RankCheckpoints: its ``failure`` (None while checkpoints
+        #: succeed) goes to the launcher in the progress messages
+        self.checkpoints = checkpoints
+        self._checkpoint_error: str | None = None
         lc = config.launcher_config
         self.launcher = LauncherLink(transport.send_launcher, {
             messages.Ping: lambda msg: None,
@@ -224,9 +228,15 @@ class Coordinator:
         """Start a coordinated checkpoint on every rank when one is due."""
         if self.stop_reason is not None or not self._checkpoint_due():
             return
-        self.ranks.broadcast(ranks.CheckpointNow())
+        self.ranks.broadcast(ranks.CheckpointNow())  # written on rank 0 before it returns
         self._runs_at_checkpoint = self.study.n_sims_completed
         self._last_checkpoint = time.monotonic()
+        failure = self.checkpoints.failure if self.checkpoints is not None else None
+        if failure != self._checkpoint_error:  # failing, or working again: say so now
+            self._checkpoint_error = failure
+            self.launcher.send(messages.Progress(groups_done=self.study.groups_done,
+                                                 groups_total=self.config.n_groups,
+                                                 **self._ci_fields()))
 
     def _checkpoint_due(self) -> bool:
         sa = self.config.sa_config
@@ -295,13 +305,17 @@ class Coordinator:
                                              **self._ci_fields()))
 
     def _ci_fields(self) -> dict:
-        """The convergence part of a progress message (empty when the rule is off)."""
+        """The convergence part of a progress message (none when the rule is
+        off), and why checkpoints fail (when they do)."""
+        failing = ({"checkpoint_error": self._checkpoint_error}
+                   if self._checkpoint_error is not None else {})
         rule = self.study.convergence_rule
         if rule is None:
-            return {}
+            return failing
         width = self.study.last_width
         return {"ci_width": width if width is not None and math.isfinite(width) else None,
-                "ci_target": float(rule["ci_width"]), "ci_min_groups": int(rule["min_groups"])}
+                "ci_target": float(rule["ci_width"]), "ci_min_groups": int(rule["min_groups"]),
+                **failing}
 
     def _do_end(self, ins: st.EndStudy) -> None:
         if ins.reason is StopReason.FINISHED:

@@ -17,7 +17,9 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from melissa_sa.disk_space import format_bytes, free_bytes
 from melissa_sa.server.intake import partition
 from melissa_sa.server.snapshot import RankSnapshot, SnapshotError, load_rank, save_rank
 
@@ -47,29 +49,60 @@ class RankCheckpoints:
         self.n_ranks = n_ranks
         self._writer = None
         self._restored_from = None
+        #: why the checkpoints fail (rank 0: the line it logged the first
+        #: time), None while they succeed
+        self.failure: str | None = None
 
     def write(self, snapshot: Callable[[], RankSnapshot], meta: dict | None) -> int | None:
         """Write ``snapshot()`` into a new checkpoint set (collective); its id, or
-        None if it failed (the previous set is kept)."""
+        None if it failed on any rank (every rank then returns None: the
+        previous set stays the newest, the statistics stay in memory, and
+        :attr:`failure` says why until a set is written)."""
         from melissa_sa.checkpoint import CheckpointError, CheckpointWriter
 
-        if self._writer is None:
-            self._writer = CheckpointWriter(self.config.checkpoint_dir, self.comm,
-                                            previous=self._restored_from)
         t0 = time.monotonic()
 
         def save(f) -> None:
             save_rank(f, snapshot(), self.config, len(self.config.study_options.field_names),
                       self.config.study_options.nb_time_steps)
 
-        try:
+        try:  # the writer's start and its write are collective: every rank gets here
+            if self._writer is None:
+                self._writer = CheckpointWriter(self.config.checkpoint_dir, self.comm,
+                                                previous=self._restored_from)
             set_id = self._writer.write(save, meta=meta)
         except CheckpointError as exc:
-            log.error("checkpoint failed: %s (the previous one is kept)", exc)
+            self._failed(exc, snapshot)
             return None
         if self.rank == 0:
-            log.info("checkpoint %d written in %.2f s", set_id, time.monotonic() - t0)
+            log.info("checkpoint %d written in %.2f s%s", set_id, time.monotonic() - t0,
+                     "; checkpoints work again" if self.failure else "")
+        self.failure = None
         return set_id
+
+    def _failed(self, exc: Exception, snapshot: Callable[[], RankSnapshot]) -> None:
+        """Rank 0: one line the first time a checkpoint fails (the directory,
+        the error, the bytes free and needed), a shorter one while it keeps
+        failing; :attr:`failure` holds the first."""
+        if self.rank != 0:
+            self.failure = str(exc)
+            return
+        where = Path(self.config.checkpoint_dir)
+        free = free_bytes(where)
+        needed = self._writer.newest_set_bytes if self._writer is not None else None
+        if needed is None:  # the state in memory, as the ranks' slices are alike
+            needed = self.n_ranks * _state_bytes(snapshot())
+        error = getattr(exc, "cause", None) or str(exc)
+        line = (f"checkpoint failed in {where}: {error}; "
+                f"{'?' if free is None else format_bytes(free)} free, about "
+                f"{format_bytes(needed) if needed else '?'} needed; the statistics stay in "
+                f"memory, the previous checkpoint stays valid, tried again at the next "
+                f"checkpoint")
+        if self.failure is None:
+            log.error("%s", line)
+            self.failure = line
+        else:
+            log.warning("checkpoint failed again: %s", error)
 
     def restore(self) -> Restored | None:
         """This rank's part of the newest intact checkpoint set (collective); None if none."""
@@ -103,3 +136,9 @@ class RankCheckpoints:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def _state_bytes(snap: RankSnapshot) -> int:
+    """The bytes of the statistics a snapshot holds (the bulk of its file)."""
+    return sum(stat.nbytes for lf in snap.fields.values() for step in lf.steps
+               for _, stat in step.items())

@@ -1,11 +1,12 @@
 """Run by every Python process started with this directory on ``PYTHONPATH``
 (``checkpoint_pause.env``): with ``TEST_CHECKPOINT_PAUSE`` set, checkpoint
-writes pause where it says (``tests/checkpoint_pause.py``)."""
+writes pause where it says, with ``TEST_CHECKPOINT_FAIL`` they fail there as
+on a full disk (``tests/checkpoint_pause.py``)."""
 
 import os
 import sys
 
-if os.environ.get("TEST_CHECKPOINT_PAUSE"):
+if os.environ.get("TEST_CHECKPOINT_PAUSE") or os.environ.get("TEST_CHECKPOINT_FAIL"):
     sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import checkpoint_pause
 
