@@ -394,6 +394,42 @@ def test_failing_checkpoints_are_shown_once_and_do_not_restart_the_server(studie
     assert la.stats["server_failures"] == 0
 
 
+H5PY_DUMP = """\
+Exception ignored in: 'h5py._objects.ObjectID.__dealloc__'
+Traceback (most recent call last):
+  File "h5py/_objects.pyx", line 201, in h5py._objects.ObjectID.__dealloc__
+  File "h5py/h5fd.pyx", line 180, in h5py.h5fd.H5FD_fileobj_truncate
+RuntimeError: Can't decrement id ref count (file write failed: errno = 28, error message = '...')
+HDF5-DIAG: Error detected in HDF5 (1.14.2) thread 0:
+  #000: H5F.c line 660 in H5Fcreate(): unable to create file
+    major: File accessibility
+    minor: Unable to open file
+"""
+
+
+def test_the_server_log_tail_leaves_out_library_dumps(tmp_path):
+    """h5py's and HDF5's own error dumps stay in server.log: the lines the
+    launcher shows say how many were left out, and keep the server's own."""
+    from conftest import write_study
+
+    from melissa_sa.config import load_config
+    from melissa_sa.launcher.server_process import ServerProcess, without_library_dumps
+
+    lines = H5PY_DUMP.splitlines()
+    assert without_library_dumps(lines) == ([], len(lines))
+    mixed = ["server line 1", *lines, "server line 2", *lines[:5], "fatal: the last word"]
+    assert without_library_dumps(mixed) == (["server line 1", "server line 2",
+                                             "fatal: the last word"], len(lines) + 5)
+    study = write_study(tmp_path)
+    server = ServerProcess(load_config(study), study, None)
+    server.log_path.parent.mkdir(parents=True)
+    server.log_path.write_text("\n".join(mixed) + "\n")
+    tail = server.log_tail()
+    assert "server line 1" in tail and "fatal: the last word" in tail
+    assert "h5py._objects" not in tail and "HDF5-DIAG" not in tail and "errno" not in tail
+    assert f"({len(lines) + 5} line(s) of h5py / HDF5 messages left out" in tail
+
+
 # ---------------------------------------------------------------------------
 # the server fails
 

@@ -32,7 +32,7 @@ from melissa_sa.launcher.processes import describe_exit, tail_lines
 from melissa_sa.launcher.server_jobs import LocalServerJob
 
 __all__ = ["ServerProcess", "LauncherError", "find_mpiexec", "mpiexec_command",
-           "path_with_venv"]
+           "path_with_venv", "without_library_dumps"]
 
 
 class LauncherError(RuntimeError):
@@ -215,9 +215,47 @@ class ServerProcess:
         return self.job.record() if self.job is not None else None
 
     def log_tail(self, n: int = 15) -> str:
-        """The last lines of ``server.log``, indented, or ""."""
-        lines = tail_lines(self.log_path, n)
+        """The last ``n`` lines of ``server.log``, indented, or "": a
+        library's error dump (HDF5's diagnostics, an h5py "Exception ignored"
+        report) stays in the log, one line says how much was left out."""
+        lines, dropped = without_library_dumps(tail_lines(self.log_path, 4 * n))
+        lines = lines[-n:]
         if not lines:
             return ""
+        if dropped:
+            lines.append(f"({dropped} line(s) of h5py / HDF5 messages left out; they are "
+                         f"in the log)")
         body = "\n".join(f"    {line}" for line in lines)
         return f"\n  last lines of {self.log_path}:\n{body}"
+
+
+#: the first line of a library's error dump: HDF5's diagnostics, and the
+#: report of an exception raised where Python cannot raise it (h5py's
+#: ``ObjectID.__dealloc__`` on a full disk)
+_DUMP_STARTS = ("HDF5-DIAG: ", "Exception ignored in: ")
+
+
+def without_library_dumps(lines: Sequence[str]) -> tuple[list[str], int]:
+    """``lines`` without the libraries' error dumps, and how many lines went.
+
+    A dump is its first line (:data:`_DUMP_STARTS`), the indented lines and
+    a ``Traceback`` header after it, and, for an "Exception ignored" report,
+    the exception's own line that ends it."""
+    kept: list[str] = []
+    dropped = 0
+    dump = None  # the start of the dump being skipped
+    for line in lines:
+        if line.startswith(_DUMP_STARTS):
+            dump = line
+        elif dump is not None and not (line[:1].isspace()
+                                       or line == "Traceback (most recent call last):"):
+            ends_here = dump.startswith("Exception ignored")
+            dump = None
+            if ends_here:  # the exception's line closes the report
+                dropped += 1
+                continue
+        if dump is None:
+            kept.append(line)
+        else:
+            dropped += 1
+    return kept, dropped
