@@ -8,6 +8,7 @@ durable rename, non-blocking gather as the barrier, manifest commit on rank
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import logging
 import os
@@ -160,7 +161,8 @@ class CheckpointWriter:
         self.close()
 
     # -- writing ----------------------------------------------------------------------
-    def write(self, state_fn: Callable[[h5py.File], None], meta: Any = None) -> int:
+    def write(self, state_fn: Callable[[h5py.File], None], meta: Any = None,
+              reserve: int = 0) -> int:
         """Write one checkpoint set; collective. Returns its set id (same on
         every rank).
 
@@ -170,7 +172,8 @@ class CheckpointWriter:
         ``n_ranks``, ``created`` and ``melissa_sa_version`` are set before it
         is called. ``meta`` (rank 0's, JSON-serialisable; other ranks' is
         ignored) is stored in the manifest: a summary readable without
-        opening the HDF5 files. If any rank fails (an exception in
+        opening the HDF5 files. ``reserve``: the bytes this rank's file may
+        take (see :meth:`_reserve`). If any rank fails (an exception in
         ``state_fn``, a full disk, ...), every rank raises
         :class:`CheckpointError` naming the rank and the error, and the
         previous checkpoint stays the newest.
@@ -192,6 +195,7 @@ class CheckpointWriter:
             if rank == 0:
                 meta_json = json.loads(json.dumps(meta))
             self._remove_stale_tmp()
+            self._reserve(tmp, reserve)
             with h5py.File(tmp, "w") as f:
                 f.attrs["format"] = FORMAT
                 f.attrs["checkpoint_set"] = set_id
@@ -241,6 +245,31 @@ class CheckpointWriter:
             raise exc
         self.last_set_id = set_id
         return set_id
+
+    def _reserve(self, tmp: Path, nbytes: int) -> None:
+        """Make sure the file system has room for this rank's file before
+        HDF5 writes it: allocate the larger of ``nbytes`` and a quarter more
+        than this rank's file of the newest set, in ``tmp`` (which HDF5 then
+        truncates). A full file system or an exceeded quota is then a clean
+        :class:`OSError` here: HDF5 that meets ``ENOSPC`` in the middle of a
+        write may crash the process (a segmentation fault in ``flush``). A
+        file system without ``fallocate`` skips the reservation."""
+        if self.last_set_id is not None:
+            try:
+                last = (self.directory / set_file_name(self.last_set_id, self.rank)).stat()
+                nbytes = max(nbytes, last.st_size + last.st_size // 4)
+            except OSError:
+                pass
+        if nbytes <= 0:
+            return
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.posix_fallocate(fd, 0, int(nbytes))
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+        finally:
+            os.close(fd)
 
     def _remove_stale_tmp(self) -> None:
         suffix = f".rank-{self.rank:04d}.h5.tmp"

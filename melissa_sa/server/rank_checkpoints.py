@@ -70,7 +70,7 @@ class RankCheckpoints:
             if self._writer is None:
                 self._writer = CheckpointWriter(self.config.checkpoint_dir, self.comm,
                                                 previous=self._restored_from)
-            set_id = self._writer.write(save, meta=meta)
+            set_id = self._writer.write(save, meta=meta, reserve=_reserve_bytes(snapshot()))
         except CheckpointError as exc:
             self._failed(exc, snapshot)
             return None
@@ -89,9 +89,11 @@ class RankCheckpoints:
             return
         where = Path(self.config.checkpoint_dir)
         free = free_bytes(where)
-        needed = self._writer.newest_set_bytes if self._writer is not None else None
-        if needed is None:  # the state in memory, as the ranks' slices are alike
-            needed = self.n_ranks * _state_bytes(snapshot())
+        # what the ranks reserve (their slices are alike), or a quarter more
+        # than the newest set
+        newest = self._writer.newest_set_bytes if self._writer is not None else None
+        needed = max(self.n_ranks * _reserve_bytes(snapshot()),
+                     0 if newest is None else newest + newest // 4)
         error = getattr(exc, "cause", None) or str(exc)
         line = (f"checkpoint failed in {where}: {error}; "
                 f"{'?' if free is None else format_bytes(free)} free, about "
@@ -142,3 +144,11 @@ def _state_bytes(snap: RankSnapshot) -> int:
     """The bytes of the statistics a snapshot holds (the bulk of its file)."""
     return sum(stat.nbytes for lf in snap.fields.values() for step in lf.steps
                for _, stat in step.items())
+
+
+def _reserve_bytes(snap: RankSnapshot) -> int:
+    """The room a rank's file may take: its statistics, a quarter more for
+    what else it holds (HDF5's metadata, the folded runs, rank 0's study
+    state), and 256 kB."""
+    state = _state_bytes(snap)
+    return state + state // 4 + (1 << 18)
