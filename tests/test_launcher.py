@@ -395,6 +395,10 @@ def test_failing_checkpoints_are_shown_once_and_do_not_restart_the_server(studie
 
 
 H5PY_DUMP = """\
+Traceback (most recent call last):
+  File "h5py/_objects.pyx", line 210, in h5py._objects.ObjectID._dealloc
+RuntimeError: Can't decrement id ref count (file write failed: time = Fri Dec  4 2026
+, filename = 'set-000001.rank-0000.h5.tmp', errno = 28, error message = '...')
 Exception ignored in: 'h5py._objects.ObjectID.__dealloc__'
 Traceback (most recent call last):
   File "h5py/_objects.pyx", line 201, in h5py._objects.ObjectID.__dealloc__
@@ -417,8 +421,11 @@ def test_the_server_log_tail_leaves_out_library_dumps(tmp_path):
 
     lines = H5PY_DUMP.splitlines()
     assert without_library_dumps(lines) == ([], len(lines))
-    mixed = ["server line 1", *lines, "server line 2", *lines[:5], "fatal: the last word"]
-    assert without_library_dumps(mixed) == (["server line 1", "server line 2",
+    own = ["Traceback (most recent call last):", '  File "melissa_sa/x.py", line 1',
+           "OSError: [Errno 28] No space left on device"]
+    mixed = ["server line 1", *lines, "server line 2", *lines[4:9], *own,
+             "fatal: the last word"]
+    assert without_library_dumps(mixed) == (["server line 1", "server line 2", *own,
                                              "fatal: the last word"], len(lines) + 5)
     study = write_study(tmp_path)
     server = ServerProcess(load_config(study), study, None)

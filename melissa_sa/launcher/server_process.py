@@ -231,31 +231,40 @@ class ServerProcess:
 
 #: the first line of a library's error dump: HDF5's diagnostics, and the
 #: report of an exception raised where Python cannot raise it (h5py's
-#: ``ObjectID.__dealloc__`` on a full disk)
+#: ``ObjectID.__dealloc__`` on a full disk); h5py also prints a bare
+#: traceback of its own frames (``File "h5py/...``)
 _DUMP_STARTS = ("HDF5-DIAG: ", "Exception ignored in: ")
+_TRACEBACK = "Traceback (most recent call last):"
+
+
+def _continues(line: str) -> bool:
+    """A line inside a dump: indented, a traceback header, or the rest of an
+    HDF5 message that holds a newline (``, filename = ...``)."""
+    return line[:1].isspace() or line == _TRACEBACK or line.startswith(", ")
 
 
 def without_library_dumps(lines: Sequence[str]) -> tuple[list[str], int]:
     """``lines`` without the libraries' error dumps, and how many lines went.
 
-    A dump is its first line (:data:`_DUMP_STARTS`), the indented lines and
-    a ``Traceback`` header after it, and, for an "Exception ignored" report,
-    the exception's own line that ends it."""
+    A dump is its first line (:data:`_DUMP_STARTS`, or a traceback whose
+    first frame is in h5py), the lines that continue it (:func:`_continues`),
+    and, unless it is HDF5's diagnostics, the exception's own line that ends
+    it (with its continuation)."""
     kept: list[str] = []
-    dropped = 0
-    dump = None  # the start of the dump being skipped
-    for line in lines:
-        if line.startswith(_DUMP_STARTS):
-            dump = line
-        elif dump is not None and not (line[:1].isspace()
-                                       or line == "Traceback (most recent call last):"):
-            ends_here = dump.startswith("Exception ignored")
-            dump = None
-            if ends_here:  # the exception's line closes the report
-                dropped += 1
-                continue
-        if dump is None:
+    i, n = 0, len(lines)
+    while i < n:
+        line = lines[i]
+        h5py_traceback = (line == _TRACEBACK and i + 1 < n
+                          and lines[i + 1].lstrip().startswith('File "h5py/'))
+        if not (line.startswith(_DUMP_STARTS) or h5py_traceback):
             kept.append(line)
-        else:
-            dropped += 1
-    return kept, dropped
+            i += 1
+            continue
+        i += 1
+        while i < n and _continues(lines[i]):
+            i += 1
+        if not line.startswith("HDF5-DIAG") and i < n:  # the exception's line
+            i += 1
+            while i < n and lines[i].startswith(", "):
+                i += 1
+    return kept, len(lines) - len(kept)
