@@ -261,3 +261,24 @@ def test_two_ranks_agree_when_one_disk_is_full(tmp_path, processes):
     assert r0["after"] == r1["after"] is not None
     assert r0["failure_after"] is None and r1["failure_after"] is None
     assert "Traceback" not in text
+
+
+def test_a_run_submitted_again_does_not_rewrite_its_script(tmp_path, monkeypatch):
+    """A run submitted again (its client failed) keeps the script it has:
+    on a full disk, writing it again would fail the server."""
+    from melissa_sa.server.client_scripts import ClientScripts
+
+    config = _config(tmp_path / "out")
+    scripts = ClientScripts(config, config.layout, directory=tmp_path / "scripts",
+                            connection_address="tcp://127.0.0.1:1", offline=False,
+                            authenticated=False)
+    params = np.array([[0.25, 0.5]])
+    (path,) = scripts.write_all([0], params)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    assert scripts.write_all([0], params) == [path]           # the same script: no write
+    with pytest.raises(OSError):                             # another one must be written
+        scripts.write_all([0], params + 1)

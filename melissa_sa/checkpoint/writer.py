@@ -43,6 +43,7 @@ from melissa_sa.durable import durable_replace
 
 log = logging.getLogger("melissa_sa.checkpoint")
 
+
 def describe_error(exc: BaseException) -> str:
     """``exc`` in a few words: an OSError by its errno (``OSError: [Errno 28] No
     space left on device``, also when HDF5 wraps it in its own text), anything

@@ -63,7 +63,8 @@ class ClientScripts:
 
         Offline the script sets no ``MELISSA_SERVER_ADDRESS``: the client calls
         then do nothing. Under ``slurm-allocation`` the job step starts
-        ``client_processes`` tasks itself: no ``mpiexec`` is added.
+        ``client_processes`` tasks itself: no ``mpiexec`` is added. A script
+        already there with the same text is not written again.
         """
         cc = self.config.client_config
         args = " ".join(repr(float(v)) for v in parameters)
@@ -85,6 +86,11 @@ class ClientScripts:
              f"export MELISSA_SECRET_FILE={shlex.quote(str(self.output_dir / SECRET_FILE))}\n") +
             f"exec {command} {args}\n"
         )
+        try:  # a run submitted again: its script is there (a full disk cannot stop it)
+            if script_path.read_text() == text:
+                return
+        except (OSError, UnicodeDecodeError):
+            pass
         tmp = script_path.with_suffix(".tmp")
         tmp.write_text(text)
         os.chmod(tmp, 0o755)
