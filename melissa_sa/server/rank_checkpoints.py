@@ -61,18 +61,20 @@ class RankCheckpoints:
         from melissa_sa.checkpoint import CheckpointError, CheckpointWriter
 
         t0 = time.monotonic()
+        snap = snapshot()  # once: rank 0's holds the study state, serialised
+        reserve = _reserve_bytes(snap)
 
         def save(f) -> None:
-            save_rank(f, snapshot(), self.config, len(self.config.study_options.field_names),
+            save_rank(f, snap, self.config, len(self.config.study_options.field_names),
                       self.config.study_options.nb_time_steps)
 
         try:  # the writer's start and its write are collective: every rank gets here
             if self._writer is None:
                 self._writer = CheckpointWriter(self.config.checkpoint_dir, self.comm,
                                                 previous=self._restored_from)
-            set_id = self._writer.write(save, meta=meta, reserve=_reserve_bytes(snapshot()))
+            set_id = self._writer.write(save, meta=meta, reserve=reserve)
         except CheckpointError as exc:
-            self._failed(exc, snapshot)
+            self._failed(exc, reserve)
             return None
         if self.rank == 0:
             log.info("checkpoint %d written in %.2f s%s", set_id, time.monotonic() - t0,
@@ -80,7 +82,7 @@ class RankCheckpoints:
         self.failure = None
         return set_id
 
-    def _failed(self, exc: Exception, snapshot: Callable[[], RankSnapshot]) -> None:
+    def _failed(self, exc: Exception, reserved: int) -> None:
         """Rank 0: one line the first time a checkpoint fails (the directory,
         the error, the bytes free and needed), a shorter one while it keeps
         failing; :attr:`failure` holds the first."""
@@ -92,7 +94,7 @@ class RankCheckpoints:
         # what the ranks reserve (their slices are alike), or a quarter more
         # than the newest set
         newest = self._writer.newest_set_bytes if self._writer is not None else None
-        needed = max(self.n_ranks * _reserve_bytes(snapshot()),
+        needed = max(self.n_ranks * reserved,
                      0 if newest is None else newest + newest // 4)
         error = getattr(exc, "cause", None) or str(exc)
         line = (f"checkpoint failed in {where}: {error}; "
