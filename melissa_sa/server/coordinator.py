@@ -235,7 +235,7 @@ class Coordinator:
         if failure != self._checkpoint_error:  # failing, or working again: say so now
             self._checkpoint_error = failure
             self.launcher.send(messages.Progress(groups_done=self.study.groups_done,
-                                                 groups_total=self.config.n_groups,
+                                                 groups_total=self.study.groups_total,
                                                  **self._ci_fields()))
 
     def _checkpoint_due(self) -> bool:
