@@ -168,3 +168,51 @@ def test_a_client_whose_field_does_not_fit_the_mesh_is_refused(tmp_path):
     assert "declares 12 values; study_options.mesh (structured grid 5 x 3 (15 cells)) " \
            "has 15" in done.stdout, done.stdout[-3000:]
     assert not (tmp_path / "out" / "results.h5").exists()
+
+
+def test_export_puts_an_existing_results_file_on_a_mesh(tmp_path):
+    import json
+    import subprocess
+
+    from studyutil import MELISSA
+
+    results = small_results(tmp_path / "results.h5")
+    (tmp_path / "grid.json").write_text(json.dumps({"shape": [NX, NY], "order": "F"}))
+    done = subprocess.run([MELISSA, "export", str(results), "--mesh", str(tmp_path / "grid.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "results.xmf" in done.stderr and (tmp_path / "results.xmf").exists()
+    # the same from a study file's mesh, and one VTKHDF file of the last step
+    study = {"study_options": {"mesh": {"shape": [NX, NY], "order": "F"}}}
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    done = subprocess.run([MELISSA, "export", str(results), "--mesh", str(tmp_path / "study.json"),
+                           "--format", "vtkhdf"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "results.vtk.hdf", "r") as v, h5py.File(results, "r") as h5:
+        assert v["VTKHDF"].attrs["Type"] == b"UnstructuredGrid"
+        assert np.array_equal(v["VTKHDF/CellData/temperature S1 x3"][...],
+                              h5["temperature/sobol_first"][2, -1])
+        assert v["VTKHDF/NumberOfCells"][0] == NX * NY
+
+
+@pytest.mark.parametrize("mesh, words", [
+    ({"shape": [NX, NY + 1]}, ["--mesh", "has 30 values, the mesh has 36 cells"]),
+    ({"shape": [2, 2, 2, 2]}, ["--mesh.shape", "1, 2 or 3 axes"]),
+    ("nowhere.vtu", ["--mesh", "nowhere.vtu", "no such mesh file"]),
+])
+def test_export_refuses_a_mesh_that_does_not_fit(tmp_path, mesh, words):
+    import json
+    import subprocess
+
+    from studyutil import MELISSA
+
+    results = small_results(tmp_path / "results.h5")
+    if isinstance(mesh, dict):
+        (tmp_path / "grid.json").write_text(json.dumps(mesh))
+        mesh = "grid.json"
+    done = subprocess.run([MELISSA, "export", str(results), "--mesh", str(tmp_path / mesh)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    for word in words:
+        assert word in done.stderr, done.stderr
+    assert not (tmp_path / "results.xmf").exists()

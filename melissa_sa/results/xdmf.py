@@ -28,8 +28,8 @@ from melissa_sa.mesh.errors import MeshError
 from melissa_sa.mesh.geometry import Geometry, geometry_of
 from melissa_sa.mesh.spec import MeshFile, StructuredGrid
 
-__all__ = ["write_xdmf", "write_geometry", "xdmf_path", "attribute_names",
-           "xdmf_after_study", "MESH_GROUP"]
+__all__ = ["write_xdmf", "write_geometry", "xdmf_path", "attribute_names", "field_arrays",
+           "results_fields", "xdmf_after_study", "MESH_GROUP", "XDMF_TYPES"]
 
 log = logging.getLogger("melissa_sa.results")
 
@@ -37,7 +37,7 @@ log = logging.getLogger("melissa_sa.results")
 MESH_GROUP = "mesh"
 
 #: meshio cell type -> (XDMF topology name, XDMF mixed type code)
-_XDMF_TYPES = {
+XDMF_TYPES = {
     "vertex": ("Polyvertex", 1), "line": ("Polyline", 2), "triangle": ("Triangle", 4),
     "quad": ("Quadrilateral", 5), "tetra": ("Tetrahedron", 6), "pyramid": ("Pyramid", 7),
     "wedge": ("Wedge", 8), "hexahedron": ("Hexahedron", 9), "line3": ("Edge_3", 34),
@@ -62,15 +62,15 @@ def write_geometry(h5: h5py.File, geometry: Geometry, description: dict) -> None
     g = h5.create_group(MESH_GROUP)
     g.create_dataset("points", data=geometry.points)
     for cell_type, _ in geometry.blocks:
-        if cell_type not in _XDMF_TYPES:
+        if cell_type not in XDMF_TYPES:
             raise MeshError("--mesh", f"cell type {cell_type!r} has no XDMF equivalent "
-                                      f"(known: {', '.join(_XDMF_TYPES)})")
+                                      f"(known: {', '.join(XDMF_TYPES)})")
     if len(geometry.blocks) == 1:
         g.create_dataset("connectivity", data=geometry.blocks[0][1])
     else:
         parts = []
         for cell_type, conn in geometry.blocks:
-            code = _XDMF_TYPES[cell_type][1]
+            code = XDMF_TYPES[cell_type][1]
             head = [np.full(len(conn), code)]
             if code in (1, 2):  # polyvertex and polyline carry their node count
                 head.append(np.full(len(conn), conn.shape[1]))
@@ -83,8 +83,9 @@ def write_geometry(h5: h5py.File, geometry: Geometry, description: dict) -> None
     g.attrs["description"] = json.dumps(description)
 
 
-def _field_arrays(g: h5py.Group, field: str) -> list[tuple[str, str, tuple | None]]:
-    """(name, dataset, leading index or None; or a width: dataset is "a - b") of one field."""
+def field_arrays(g: h5py.Group, field: str) -> list[tuple[str, str, tuple | None]]:
+    """The arrays of one field's group: ``(name, dataset, leading index or None)``;
+    an interval width has dataset ``"<stat>_high - <stat>_low"``."""
     def scale(name):
         return [v.decode() if isinstance(v, bytes) else v for v in g[name][...]] \
             if name in g else []
@@ -113,10 +114,11 @@ def _field_arrays(g: h5py.Group, field: str) -> list[tuple[str, str, tuple | Non
 def attribute_names(results_path: str | os.PathLike) -> list[str]:
     """Every attribute name :func:`write_xdmf` gives, in file order."""
     with h5py.File(results_path, "r") as h5:
-        return [name for field in _fields(h5) for name, _, _ in _field_arrays(h5[field], field)]
+        return [name for field in results_fields(h5)
+                for name, _, _ in field_arrays(h5[field], field)]
 
 
-def _fields(h5: h5py.File) -> list[str]:
+def results_fields(h5: h5py.File) -> list[str]:
     fields = h5.attrs.get("fields")
     if fields is None:
         raise MeshError("RESULTS", f"{h5.filename}: not a melissa-sa results file (no "
@@ -142,7 +144,7 @@ def _topology(h5name: str, geometry: Geometry) -> str:
         cell_type, conn = geometry.blocks[0]
         n, k = conn.shape
         extra = f' NodesPerElement="{k}"' if cell_type in ("line", "vertex") else ""
-        return (f'<Topology TopologyType="{_XDMF_TYPES[cell_type][0]}" NumberOfElements="{n}"'
+        return (f'<Topology TopologyType="{XDMF_TYPES[cell_type][0]}" NumberOfElements="{n}"'
                 f'{extra}><DataItem Format="HDF" NumberType="Int" Precision="8" '
                 f'Dimensions="{n} {k}">{h5name}:/{MESH_GROUP}/connectivity</DataItem>'
                 "</Topology>")
@@ -154,7 +156,7 @@ def _topology(h5name: str, geometry: Geometry) -> str:
 
 
 def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry) -> str:
-    fields = _fields(h5)
+    fields = results_fields(h5)
     center = "Cell" if geometry.centering == "cells" else "Node"
     n_steps = None
     arrays = []
@@ -166,7 +168,7 @@ def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry) -> str:
                                       f"the mesh has {geometry.n_values} {geometry.centering}")
         steps = int(g.attrs.get("n_time_steps", g["time_step"].shape[0]))
         n_steps = steps if n_steps is None else min(n_steps, steps)
-        for name, stat, lead in _field_arrays(g, field):
+        for name, stat, lead in field_arrays(g, field):
             sources = stat.split(" - ")
             arrays.append((name, [(f"{h5name}:/{field}/{s}", g[s].shape) for s in sources],
                            lead or ()))
