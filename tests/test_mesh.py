@@ -143,3 +143,22 @@ def test_mesh_error_carries_key_and_message():
         parse_mesh({"shape": [1, 2, 3, 4, 5]}, key="--mesh")
     assert err.value.key == "--mesh.shape"
     assert json.dumps(err.value.message)
+
+
+def test_the_heat_examples_declare_their_solvers_grid():
+    """Cell c = j * nx + i centred on ((i + 1) h, (j + 1) h), h = 1 / (nx + 1)."""
+    import shlex
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "examples"
+    for directory, default_n in (("heat_pde", 100), ("heat_pde_c", 12)):
+        cfg = load_config(root / directory / "study.json")
+        words = shlex.split(cfg.client_config.executable_command)
+        nx = int(words[words.index("--nx") + 1]) if "--nx" in words else default_n
+        ny = int(words[words.index("--ny") + 1]) if "--ny" in words else default_n
+        mesh = cfg.study_options.mesh
+        assert mesh.shape == (nx, ny) and mesh.order == "F" and mesh.centering == "cells"
+        g = geometry_of(mesh)
+        centres = g.points[g.blocks[0][1]].mean(axis=1)
+        c = 3 * nx + 2   # i = 2, j = 3
+        assert np.allclose(centres[c, :2], (3 / (nx + 1), 4 / (ny + 1)))
