@@ -228,12 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         "plot", help="plot a statistic as PNG",
         description="Plot one statistic of a results file. Map statistics (mean, variance, "
                     "std, skewness, kurtosis, min, max, threshold_exceedance, quantiles, "
-                    "sobol_first, sobol_total, sobol_second) are drawn at one time step as an "
-                    "image when the mesh is square (n*n cells), else as a line over the "
-                    "cells. 'sobol' draws first- and total-order bars with confidence "
-                    "intervals at one cell, 'second' the second-order index of every pair "
-                    "likewise; 'convergence' the mean CI width per time step; 'aggregated' "
-                    "the whole field's indices over time.")
+                    "sobol_first, sobol_total, sobol_second) are drawn at one time step on the "
+                    "study's mesh when the file has one (1D line, 2D image or triangles; "
+                    "3D: use ParaView), else as an image when the mesh is square (n*n "
+                    "cells), else as a line over the cells. 'sobol' draws first- and "
+                    "total-order bars with confidence intervals at one cell, 'second' the "
+                    "second-order index of every pair likewise; 'convergence' the mean CI "
+                    "width per time step; 'aggregated' the whole field's indices over time.")
     plot.add_argument("results", help="OUT/results.h5")
     plot.add_argument("--field", help="field to plot (default: the first)")
     plot.add_argument("--stat", default="mean", choices=PLOT_STATS,
