@@ -47,6 +47,10 @@ def main(argv: list[str]) -> int:
   plots:
     melissa-sa plot {results} --field temperature --stat mean -o mean.png
     melissa-sa plot {results} --field temperature --stat sobol --cell 5050 -o sobol.png""")
+    xmf = results.with_suffix(".xmf")
+    if xmf.exists():
+        print(f"\n[example] open in ParaView: {xmf}  (with the XDMF Reader: every "
+              "statistic and Sobol' map on the 100 x 100 grid, one time step per frame)")
     return 0
 
 

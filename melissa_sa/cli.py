@@ -6,6 +6,7 @@
     melissa-sa info OUT/results.h5
     melissa-sa plot OUT/results.h5 [--field F] [--stat mean] [--time-step T]
                     [--cell C] [--index K] -o out.png
+    melissa-sa export OUT/results.h5 --mesh MESH [--format xdmf|vtkhdf]
 
 Exit codes (:mod:`melissa_sa.exit_codes`): 0 success, 1 study failed (or
 another launcher runs this study), 2 invalid config or usage, 130 interrupted
@@ -165,6 +166,32 @@ def cmd_plot(args) -> int:
 
 
 # ---------------------------------------------------------------------------
+# export
+
+
+def cmd_export(args) -> int:
+    from melissa_sa.mesh import MeshError
+    from melissa_sa.results import ResultsFileError, open_results
+    from melissa_sa.results.export import export_results, mesh_argument
+
+    try:
+        with open_results(args.results):  # refuses what is not a complete results file
+            pass
+        mesh = mesh_argument(args.mesh, args.centering)
+        out = export_results(args.results, mesh, args.format, args.output, args.time_step)
+    except MeshError as exc:
+        _err(str(exc))
+        return exit_codes.USAGE
+    except (FileNotFoundError, ResultsFileError, OSError) as exc:
+        _err(str(exc))
+        return exit_codes.FAILED
+    what = "open it in ParaView (XDMF Reader)" if args.format == "xdmf" else \
+        "open it in ParaView"
+    print(f"{PROG}: wrote {out}: {what}", file=sys.stderr)
+    return exit_codes.OK
+
+
+# ---------------------------------------------------------------------------
 # the parser
 
 
@@ -201,12 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
         "plot", help="plot a statistic as PNG",
         description="Plot one statistic of a results file. Map statistics (mean, variance, "
                     "std, skewness, kurtosis, min, max, threshold_exceedance, quantiles, "
-                    "sobol_first, sobol_total, sobol_second) are drawn at one time step as an "
-                    "image when the mesh is square (n*n cells), else as a line over the "
-                    "cells. 'sobol' draws first- and total-order bars with confidence "
-                    "intervals at one cell, 'second' the second-order index of every pair "
-                    "likewise; 'convergence' the mean CI width per time step; 'aggregated' "
-                    "the whole field's indices over time.")
+                    "sobol_first, sobol_total, sobol_second) are drawn at one time step on the "
+                    "study's mesh when the file has one (1D line, 2D image or triangles; "
+                    "3D: use ParaView), else as an image when the mesh is square (n*n "
+                    "cells), else as a line over the cells. 'sobol' draws first- and "
+                    "total-order bars with confidence intervals at one cell, 'second' the "
+                    "second-order index of every pair likewise; 'convergence' the mean CI "
+                    "width per time step; 'aggregated' the whole field's indices over time.")
     plot.add_argument("results", help="OUT/results.h5")
     plot.add_argument("--field", help="field to plot (default: the first)")
     plot.add_argument("--stat", default="mean", choices=PLOT_STATS,
@@ -222,6 +250,25 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", default="plot.png", help="output PNG (default plot.png)")
     plot.add_argument("--dpi", type=int, default=120)
     plot.set_defaults(func=cmd_plot)
+
+    export = sub.add_parser(
+        "export", help="put a results file on a mesh, for ParaView",
+        description="Write the mesh into RESULTS and results.xmf next to it (XDMF: every "
+                    "statistic at every time step, values read from RESULTS), or with "
+                    "--format vtkhdf one VTKHDF file holding the mesh and every statistic of "
+                    "one time step. MESH is a mesh file meshio reads, or a JSON file with a "
+                    "mesh object (as study_options.mesh) or a whole study file.")
+    export.add_argument("results", help="OUT/results.h5")
+    export.add_argument("--mesh", required=True, help="mesh file, mesh JSON or study file")
+    export.add_argument("--centering", choices=("cells", "points"), default=None,
+                        help="values on cells or points (default: the JSON's, else cells)")
+    export.add_argument("--format", choices=("xdmf", "vtkhdf"), default="xdmf",
+                        help="xdmf (default; results.xmf) or vtkhdf (one file)")
+    export.add_argument("--time-step", type=int, default=-1,
+                        help="time step of --format vtkhdf (default: the last)")
+    export.add_argument("-o", "--output", default=None,
+                        help="file of --format vtkhdf (default: RESULTS with .vtk.hdf)")
+    export.set_defaults(func=cmd_export)
 
     from melissa_sa.cclient.build import add_client_parser
     add_client_parser(sub)  # melissa-sa client build

@@ -1,7 +1,10 @@
 """``melissa-sa plot``: one statistic of a results file as a PNG.
 
-Map statistics are drawn at one time step as an image when the mesh is square
-(n*n cells), else as a line over the cells; ``sobol`` and ``second`` as bars
+Map statistics are drawn at one time step on the study's mesh when the file
+has one (:mod:`melissa_sa.plot_mesh`: a line over x for a 1D grid, an image of
+a 2D grid, triangles of an unstructured 2D mesh, a message for 3D); without a
+mesh as an image when the mesh is square (n*n cells), else as a line over the
+cells; ``sobol`` and ``second`` as bars
 with their confidence intervals at one cell; ``convergence`` as the mean CI
 width per time step; ``aggregated`` as the whole field's indices over time.
 matplotlib and NumPy are imported when a plot is drawn, so importing this
@@ -162,9 +165,10 @@ def _plot_convergence(ax, res, field: str, names) -> None:
 
 
 def _plot_statistic_map(ax, fig, res, field: str, stat: str, t: int, index: int,
-                        names) -> None:
+                        names, mesh) -> None:
     """A map statistic (or ``std``) at time step ``t``; entry ``index`` of one
-    with a leading dimension (threshold, quantile level, parameter, pair)."""
+    with a leading dimension (threshold, quantile level, parameter, pair); drawn on
+    ``mesh`` (:func:`~melissa_sa.plot_mesh.mesh_of`) when the study has one."""
     import numpy as np
 
     if stat == "std":
@@ -184,7 +188,13 @@ def _plot_statistic_map(ax, fig, res, field: str, stat: str, t: int, index: int,
         else:
             label = _map_label(res, field, stat, k, names)
         values = values[k]
-    _plot_map(ax, fig, values, f"{field}: {label}, time step {t}", label)
+    title = f"{field}: {label}, time step {t}"
+    if mesh is not None:
+        from melissa_sa.plot_mesh import draw_on_mesh
+
+        draw_on_mesh(ax, fig, mesh, values, title, label)
+    else:
+        _plot_map(ax, fig, values, title, label)
 
 
 def _checked(res, field: str | None, stat: str, time_step: int | None,
@@ -244,7 +254,14 @@ def plot_results(res, output, *, field: str | None = None, stat: str = "mean",
         elif stat == "convergence":
             _plot_convergence(ax, res, field, names)
         else:
-            _plot_statistic_map(ax, fig, res, field, stat, t, index, names)
+            from melissa_sa.mesh.errors import MeshError
+            from melissa_sa.plot_mesh import mesh_of
+
+            try:
+                mesh = mesh_of(res)
+                _plot_statistic_map(ax, fig, res, field, stat, t, index, names, mesh)
+            except MeshError as exc:
+                raise PlotError(f"{res.path}: {exc}") from None
         fig.savefig(output, dpi=dpi)
     finally:
         plt.close(fig)

@@ -31,6 +31,8 @@ from melissa_sa.config.model import (
     section_spec,
 )
 from melissa_sa.design import GroupLayout
+from melissa_sa.mesh.errors import MeshError
+from melissa_sa.mesh.spec import parse_mesh
 
 __all__ = ["StudyConfig", "load_config", "config_from_dict"]
 
@@ -91,6 +93,7 @@ def config_from_dict(d: Mapping, source: str = "<dict>",
     so, sa, sv = raw["study_options"], raw["sa_config"], raw["server_config"]
     if so is not None:
         rules.check_study(r, so)
+        so["mesh"] = _mesh(r, so.get("mesh"), base)
     if sa is not None:
         rules.check_sa(r, sa, so)
         rules.check_convergence(r, sa, so)
@@ -187,6 +190,7 @@ class StudyConfig:
             "study_options": {
                 **_plain(so),
                 "distributions": [d.to_dict() for d in so.distributions],
+                "mesh": None if so.mesh is None else so.mesh.to_dict(),
             },
             "sa_config": {**_plain(self.sa_config),
                           "convergence": (None if self.sa_config.convergence is None
@@ -208,6 +212,17 @@ class StudyConfig:
         """
         return config_from_dict(_deep_merge(self.to_dict(), patch), source=self.source,
                                 base_dir=self.base_dir)
+
+
+def _mesh(r: c.Reader, value, base: str):
+    """``study_options.mesh`` checked (a mesh file read once), or BAD."""
+    if value is c.BAD:
+        return value
+    try:
+        return parse_mesh(value, base)
+    except MeshError as exc:
+        r.err(exc.key, exc.message)
+        return c.BAD
 
 
 def _plain(obj) -> dict:

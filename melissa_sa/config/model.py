@@ -16,6 +16,7 @@ from typing import Any
 
 from melissa_sa.config import checks as c
 from melissa_sa.convergence import ConvergenceRule
+from melissa_sa.mesh.spec import MeshFile, StructuredGrid
 from melissa_sa.sampling import LAWS, SAMPLER_NAMES
 
 __all__ = ["Distribution", "StudyOptions", "SAConfig", "ServerConfig", "LauncherConfig",
@@ -136,6 +137,10 @@ class StudyOptions:
     crashes_before_redraw: int = key(3, c.integer(1))
     max_consecutive_failures: int = key(20, c.integer(1))
     max_redrawn_groups: int | None = key(None, c.integer(0, nullable=True))
+    #: the raw JSON value here; the loader turns it into a StructuredGrid or a
+    #: MeshFile (melissa_sa.mesh.parse_mesh, relative file names against the
+    #: study file's directory), or None
+    mesh: StructuredGrid | MeshFile | None = key(None, c.anything)
 
     @property
     def effective_max_redrawn_groups(self) -> int:

@@ -181,6 +181,11 @@ class Coordinator:
         if n_cells < n_ranks:
             raise ProtocolError(f"field {name!r}: {n_cells!r} cells; need an integer >= "
                                 f"{n_ranks} (one per server rank)")
+        mesh = self.config.study_options.mesh
+        if mesh is not None and n_cells != mesh.n_values:
+            raise ProtocolError(f"field {name!r}: simulation {sim_id} declares {n_cells} "
+                                f"values; study_options.mesh ({mesh.describe()}) has "
+                                f"{mesh.n_values}")
         known = self.fields.sizes.get(name)
         if known is None:
             self.ranks.broadcast(ranks.FieldDeclared(name, n_cells))

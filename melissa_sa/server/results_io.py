@@ -21,6 +21,7 @@ import numpy as np
 
 from melissa_sa.mpi_wait import gather_json
 from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results_parallel
+from melissa_sa.results.xdmf import xdmf_after_study
 from melissa_sa.server.data_messages import RankCounters
 from melissa_sa.server.field_stats import LocalField, aggregated_sums
 from melissa_sa.server.study_state import StudyState
@@ -174,3 +175,4 @@ def write_study_results(*, comm, config, field_sizes: dict[str, int],
                                   attrs=attrs)
     if root:
         log.info("results written to %s", path)
+        xdmf_after_study(path, config.study_options.mesh)

@@ -1,0 +1,232 @@
+"""``results.xmf``: every statistic of ``results.h5`` on the solver's mesh, for ParaView.
+
+:func:`write_xdmf` writes the mesh's points and cells once into ``results.h5``
+(group ``/mesh``) and, next to it, an XDMF 2 file that ParaView's
+``XDMFReader`` opens: a temporal collection with one grid per time step, each
+holding, for every field, every statistic of that step as a cell (or point)
+attribute. The attributes are ``HyperSlab`` items that point into the
+statistics' datasets of ``results.h5`` (by the relative name ``results.h5``,
+so the pair may move together): no value is copied. Interval widths are
+``Function`` items (``$0 - $1`` of the bounds). Names read
+``"<field> mean"``, ``"<field> P(>300)"``, ``"<field> quantile 0.95"``,
+``"<field> S1 x2"``, ``"<field> ST x2 width"``, ``"<field> S2 x1:x2"``.
+``docs/results.md`` describes the layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import h5py
+import numpy as np
+
+from melissa_sa.mesh.errors import MeshError
+from melissa_sa.mesh.geometry import Geometry, geometry_of
+from melissa_sa.mesh.spec import MeshFile, StructuredGrid
+
+__all__ = ["write_xdmf", "write_geometry", "xdmf_path", "attribute_names", "field_arrays",
+           "results_fields", "xdmf_after_study", "MESH_GROUP", "XDMF_TYPES"]
+
+log = logging.getLogger("melissa_sa.results")
+
+#: the group of results.h5 that holds the mesh
+MESH_GROUP = "mesh"
+
+#: meshio cell type -> (XDMF topology name, XDMF mixed type code)
+XDMF_TYPES = {
+    "vertex": ("Polyvertex", 1), "line": ("Polyline", 2), "triangle": ("Triangle", 4),
+    "quad": ("Quadrilateral", 5), "tetra": ("Tetrahedron", 6), "pyramid": ("Pyramid", 7),
+    "wedge": ("Wedge", 8), "hexahedron": ("Hexahedron", 9), "line3": ("Edge_3", 34),
+    "triangle6": ("Triangle_6", 36), "quad8": ("Quadrilateral_8", 37),
+    "tetra10": ("Tetrahedron_10", 38), "hexahedron20": ("Hexahedron_20", 48),
+}
+
+#: per-cell statistics of shape (time_step, cell)
+_PLAIN = ("mean", "variance", "skewness", "kurtosis", "min", "max")
+
+
+def xdmf_path(results_path: str | os.PathLike) -> Path:
+    """``results.xmf`` next to ``results.h5`` (same stem)."""
+    return Path(results_path).with_suffix(".xmf")
+
+
+def write_geometry(h5: h5py.File, geometry: Geometry, description: dict) -> None:
+    """Write ``/mesh`` (points, and connectivity for one cell type or the XDMF
+    mixed topology for several) into the open results file, replacing an old one."""
+    if MESH_GROUP in h5:
+        del h5[MESH_GROUP]
+    g = h5.create_group(MESH_GROUP)
+    g.create_dataset("points", data=geometry.points)
+    for cell_type, _ in geometry.blocks:
+        if cell_type not in XDMF_TYPES:
+            raise MeshError("--mesh", f"cell type {cell_type!r} has no XDMF equivalent "
+                                      f"(known: {', '.join(XDMF_TYPES)})")
+    if len(geometry.blocks) == 1:
+        g.create_dataset("connectivity", data=geometry.blocks[0][1])
+    else:
+        parts = []
+        for cell_type, conn in geometry.blocks:
+            code = XDMF_TYPES[cell_type][1]
+            head = [np.full(len(conn), code)]
+            if code in (1, 2):  # polyvertex and polyline carry their node count
+                head.append(np.full(len(conn), conn.shape[1]))
+            parts.append(np.column_stack([*head, conn]).ravel())
+        g.create_dataset("topology", data=np.concatenate(parts).astype(np.int64))
+    g.attrs["centering"] = geometry.centering
+    g.attrs["cell_types"] = json.dumps([t for t, _ in geometry.blocks])
+    g.attrs["n_cells"] = geometry.n_cells
+    g.attrs["n_points"] = geometry.n_points
+    g.attrs["description"] = json.dumps(description)
+
+
+def field_arrays(g: h5py.Group, field: str) -> list[tuple[str, str, tuple | None]]:
+    """The arrays of one field's group: ``(name, dataset, leading index or None)``;
+    an interval width has dataset ``"<stat>_high - <stat>_low"``."""
+    def scale(name):
+        return [v.decode() if isinstance(v, bytes) else v for v in g[name][...]] \
+            if name in g else []
+
+    out: list[tuple[str, str, tuple | None]] = []
+    for stat in _PLAIN:
+        if stat in g:
+            out.append((f"{field} {stat}", stat, None))
+    for k, thr in enumerate(scale("threshold") if "threshold_exceedance" in g else []):
+        out.append((f"{field} P(>{thr:g})", "threshold_exceedance", (k,)))
+    for k, level in enumerate(scale("quantile_level") if "quantiles" in g else []):
+        out.append((f"{field} quantile {level:g}", "quantiles", (k,)))
+    for label, stat, names in (("S1", "sobol_first", scale("parameter")),
+                               ("ST", "sobol_total", scale("parameter")),
+                               ("S2", "sobol_second", scale("pair"))):
+        if stat not in g:
+            continue
+        for k, name in enumerate(names):
+            out.append((f"{field} {label} {name}", stat, (k,)))
+            if f"{stat}_low" in g and f"{stat}_high" in g:
+                out.append((f"{field} {label} {name} width",
+                            f"{stat}_high - {stat}_low", (k,)))
+    return out
+
+
+def attribute_names(results_path: str | os.PathLike) -> list[str]:
+    """Every attribute name :func:`write_xdmf` gives, in file order."""
+    with h5py.File(results_path, "r") as h5:
+        return [name for field in results_fields(h5)
+                for name, _, _ in field_arrays(h5[field], field)]
+
+
+def results_fields(h5: h5py.File) -> list[str]:
+    fields = h5.attrs.get("fields")
+    if fields is None:
+        raise MeshError("RESULTS", f"{h5.filename}: not a melissa-sa results file (no "
+                                   "'fields' attribute)")
+    return [f.decode() if isinstance(f, bytes) else str(f) for f in fields]
+
+
+def _hyperslab(src: str, shape: tuple[int, ...], lead: tuple, t: int) -> str:
+    n = shape[-1]
+    start = [*lead, t, 0]
+    ones = " ".join("1" for _ in shape)
+    count = " ".join(["1"] * (len(shape) - 1) + [str(n)])
+    dims = " ".join(str(s) for s in shape)
+    return (f'<DataItem ItemType="HyperSlab" Dimensions="{n}" Type="HyperSlab">'
+            f'<DataItem Dimensions="3 {len(shape)}" Format="XML">'
+            f'{" ".join(map(str, start))} {ones} {count}</DataItem>'
+            f'<DataItem Format="HDF" NumberType="Float" Precision="8" Dimensions="{dims}">'
+            f"{src}</DataItem></DataItem>")
+
+
+def _topology(h5name: str, geometry: Geometry) -> str:
+    if len(geometry.blocks) == 1:
+        cell_type, conn = geometry.blocks[0]
+        n, k = conn.shape
+        extra = f' NodesPerElement="{k}"' if cell_type in ("line", "vertex") else ""
+        return (f'<Topology TopologyType="{XDMF_TYPES[cell_type][0]}" NumberOfElements="{n}"'
+                f'{extra}><DataItem Format="HDF" NumberType="Int" Precision="8" '
+                f'Dimensions="{n} {k}">{h5name}:/{MESH_GROUP}/connectivity</DataItem>'
+                "</Topology>")
+    size = sum(conn.size + len(conn) * (2 if t in ("line", "vertex") else 1)
+               for t, conn in geometry.blocks)
+    return (f'<Topology TopologyType="Mixed" NumberOfElements="{geometry.n_cells}">'
+            f'<DataItem Format="HDF" NumberType="Int" Precision="8" Dimensions="{size}">'
+            f"{h5name}:/{MESH_GROUP}/topology</DataItem></Topology>")
+
+
+def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry) -> str:
+    fields = results_fields(h5)
+    center = "Cell" if geometry.centering == "cells" else "Node"
+    n_steps = None
+    arrays = []
+    for field in fields:
+        g = h5[field]
+        n_values = int(g.attrs.get("n_cells", g["cell"].shape[0] if "cell" in g else -1))
+        if n_values != geometry.n_values:
+            raise MeshError("--mesh", f"{h5.filename}: field {field!r} has {n_values} values, "
+                                      f"the mesh has {geometry.n_values} {geometry.centering}")
+        steps = int(g.attrs.get("n_time_steps", g["time_step"].shape[0]))
+        n_steps = steps if n_steps is None else min(n_steps, steps)
+        for name, stat, lead in field_arrays(g, field):
+            sources = stat.split(" - ")
+            arrays.append((name, [(f"{h5name}:/{field}/{s}", g[s].shape) for s in sources],
+                           lead or ()))
+    topology = _topology(h5name, geometry)
+    geometry_xml = (f'<Geometry GeometryType="XYZ"><DataItem Format="HDF" NumberType="Float" '
+                    f'Precision="8" Dimensions="{geometry.n_points} 3">'
+                    f"{h5name}:/{MESH_GROUP}/points</DataItem></Geometry>")
+    lines = ['<?xml version="1.0" ?>', '<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>',
+             '<Xdmf Version="2.0">', " <Domain>",
+             '  <Grid Name="results" GridType="Collection" CollectionType="Temporal">']
+    for t in range(n_steps or 0):
+        lines.append(f'   <Grid Name="step {t}" GridType="Uniform">')
+        lines.append(f'    <Time Value="{t}"/>')
+        lines.append(f"    {topology}")
+        lines.append(f"    {geometry_xml}")
+        for name, sources, lead in arrays:
+            n = sources[0][1][-1]
+            slabs = [_hyperslab(src, shape, lead, t) for src, shape in sources]
+            if len(slabs) == 1:
+                item = slabs[0]
+            else:
+                item = (f'<DataItem ItemType="Function" Function="$0 - $1" Dimensions="{n}">'
+                        f'{"".join(slabs)}</DataItem>')
+            lines.append(f'    <Attribute Name={quoteattr(name)} AttributeType="Scalar" '
+                         f'Center="{center}">{item}</Attribute>')
+        lines.append("   </Grid>")
+    lines += ["  </Grid>", " </Domain>", "</Xdmf>", ""]
+    return "\n".join(lines)
+
+
+def write_xdmf(results_path: str | os.PathLike,
+               mesh: StructuredGrid | MeshFile | Geometry) -> Path:
+    """Write the mesh into ``results_path`` (``/mesh``) and ``results.xmf`` next
+    to it; returns the XDMF file's path. Raises :class:`MeshError` when a field's
+    size differs from the mesh's values (nothing written then)."""
+    geometry = mesh if isinstance(mesh, Geometry) else geometry_of(mesh)
+    description = {} if isinstance(mesh, Geometry) else mesh.to_dict()
+    results_path = Path(results_path)
+    out = xdmf_path(results_path)
+    with h5py.File(results_path, "r") as h5:
+        text = _xdmf_text(h5, results_path.name, geometry)
+    with h5py.File(results_path, "r+") as h5:
+        write_geometry(h5, geometry, description)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def xdmf_after_study(results_path: str | os.PathLike, mesh) -> Path | None:
+    """The server's call once ``results.h5`` is complete: :func:`write_xdmf` when
+    the study has a mesh; a failure is logged (results.h5 stays as it is)."""
+    if mesh is None:
+        return None
+    try:
+        out = write_xdmf(results_path, mesh)
+    except (MeshError, OSError) as exc:
+        log.error("results.xmf not written: %s", exc)
+        return None
+    log.info("ParaView: open %s", out)
+    return out

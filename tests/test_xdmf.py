@@ -1,0 +1,218 @@
+"""``results.xmf``: the XDMF description of results.h5 on the study's mesh.
+
+The file is checked here by reading its XML and resolving each attribute's
+HyperSlab against results.h5 with h5py; ``tests/test_paraview.py`` opens it
+with ParaView itself.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import h5py
+import numpy as np
+import pytest
+from conftest import write_study
+from studyutil import copy_client, run_study
+
+from melissa_sa.mesh import MeshError, geometry_of, parse_mesh
+from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results
+from melissa_sa.results.xdmf import attribute_names, write_xdmf
+
+T, NX, NY = 4, 6, 5
+
+
+def small_results(path, n_cells=NX * NY, second_order=False):
+    """A results file of one field 'temperature' with every statistic."""
+    names = ("x1", "x2", "x3")
+    layout = ResultsLayout(
+        fields=("temperature",), n_cells={"temperature": n_cells}, n_time_steps=T,
+        statistics=("mean", "variance", "skewness", "kurtosis", "min", "max",
+                    "threshold_exceedance", "quantiles", "sobol")
+        + (("sobol_second",) if second_order else ()),
+        thresholds=(0.5, 300.0), quantile_levels=(0.05, 0.95), parameter_names=names,
+        confidence_level=0.95, ci_method="delta")
+    rng = np.random.default_rng(1)
+    stats = {s: rng.random(layout.shape("temperature", s)) for s in layout.statistics
+             if s != "sobol"}
+    for s in ("sobol_first", "sobol_total"):
+        stats[s] = rng.random(layout.shape("temperature", s))
+    for kind in ("first", "total", "second") if second_order else ("first", "total"):
+        stats[f"sobol_{kind}_low"] = stats[f"sobol_{kind}"] - 0.1 * rng.random()
+        stats[f"sobol_{kind}_high"] = stats[f"sobol_{kind}"] + 0.2 * rng.random()
+    stats["n_samples"] = np.full(T, 20)
+    stats["n_groups"] = np.full(T, 10)
+    design = ParameterTable.from_groups(rng.random((10, 5, 3)), names)
+    write_results(path, layout, {"temperature": FieldSlice(0, n_cells, stats)},
+                  config_json={"output_dir": "."}, parameters=design)
+    return path
+
+
+def resolve(item: ET.Element, h5dir) -> np.ndarray:
+    """The values of an XDMF DataItem (HDF, HyperSlab or the "$0 - $1" Function)."""
+    kind = item.get("ItemType")
+    if kind == "Function":
+        a, b = (resolve(child, h5dir) for child in item)
+        assert item.get("Function") == "$0 - $1"
+        return a - b
+    if kind == "HyperSlab":
+        select, source = list(item)
+        start, stride, count = np.array(select.text.split(), dtype=int).reshape(3, -1)
+        data = resolve(source, h5dir)
+        index = tuple(slice(s, s + c * d, d) for s, d, c in zip(start, stride, count))
+        return data[index].reshape(-1)
+    assert item.get("Format") == "HDF"
+    name, dataset = item.text.strip().split(":")
+    with h5py.File(h5dir / name, "r") as h5:
+        return h5[dataset][...]
+
+
+def test_every_statistic_is_an_attribute_at_every_step_with_values_from_results_h5(tmp_path):
+    results = small_results(tmp_path / "results.h5", second_order=True)
+    xmf = write_xdmf(results, parse_mesh({"shape": [NX, NY], "order": "F"}))
+    assert xmf == tmp_path / "results.xmf"
+    root = ET.parse(xmf).getroot()
+    assert root.get("Version") == "2.0"
+    collection = root.find("Domain/Grid")
+    assert collection.get("CollectionType") == "Temporal"
+    steps = collection.findall("Grid")
+    assert [float(g.find("Time").get("Value")) for g in steps] == list(range(T))
+    names = attribute_names(results)
+    expected = {"temperature mean", "temperature variance", "temperature skewness",
+                "temperature kurtosis", "temperature min", "temperature max",
+                "temperature P(>0.5)", "temperature P(>300)", "temperature quantile 0.05",
+                "temperature quantile 0.95", "temperature S1 x2", "temperature ST x3",
+                "temperature S1 x1 width", "temperature ST x2 width",
+                "temperature S2 x1:x3", "temperature S2 x2:x3 width"}
+    assert expected <= set(names)
+    assert len(names) == 6 + 2 + 2 + 3 * 4 + 3 * 2
+    with h5py.File(results, "r") as h5:
+        g = h5["temperature"]
+        expect = {"temperature mean": lambda t: g["mean"][t],
+                  "temperature P(>300)": lambda t: g["threshold_exceedance"][1, t],
+                  "temperature quantile 0.95": lambda t: g["quantiles"][1, t],
+                  "temperature S1 x2": lambda t: g["sobol_first"][1, t],
+                  "temperature ST x3 width":
+                      lambda t: g["sobol_total_high"][2, t] - g["sobol_total_low"][2, t],
+                  "temperature S2 x1:x3": lambda t: g["sobol_second"][1, t]}
+        for t, grid in enumerate(steps):
+            attrs = {a.get("Name"): a for a in grid.findall("Attribute")}
+            assert list(attrs) == names
+            assert {a.get("Center") for a in attrs.values()} == {"Cell"}
+            for name, values in expect.items():
+                got = resolve(attrs[name][0], tmp_path)
+                assert np.array_equal(got, values(t)), (name, t)
+        # the geometry is in results.h5, once
+        mesh = geometry_of(parse_mesh({"shape": [NX, NY], "order": "F"}))
+        assert np.array_equal(h5["mesh/points"][...], mesh.points)
+        assert np.array_equal(h5["mesh/connectivity"][...], mesh.blocks[0][1])
+    # no value copied: the XDMF names results.h5 relatively, holds no numbers of its own
+    text = xmf.read_text()
+    assert str(tmp_path) not in text and "results.h5:/temperature/mean" in text
+
+
+def test_points_centering_and_a_mixed_mesh_file(tmp_path):
+    meshio = pytest.importorskip("meshio", reason="meshio is not installed")
+    results = small_results(tmp_path / "results.h5", n_cells=5)
+    points = np.array([[0, 0], [1, 0], [1, 1], [0, 1], [2, 0.5]], dtype=float)
+    mesh = meshio.Mesh(points, [("quad", [[0, 1, 2, 3]]), ("triangle", [[1, 4, 2]])])
+    meshio.write(tmp_path / "mixed.vtu", mesh)
+    spec = parse_mesh({"file": "mixed.vtu", "centering": "points"}, tmp_path)
+    xmf = write_xdmf(results, spec)
+    grid = ET.parse(xmf).getroot().find("Domain/Grid/Grid")
+    assert grid.find("Topology").get("TopologyType") == "Mixed"
+    assert {a.get("Center") for a in grid.findall("Attribute")} == {"Node"}
+    topology = resolve(grid.find("Topology")[0], tmp_path)
+    assert list(topology) == [5, 0, 1, 2, 3, 4, 1, 4, 2]
+    with pytest.raises(MeshError, match="has 5 values, the mesh has 2 cells"):
+        write_xdmf(results, parse_mesh({"file": "mixed.vtu"}, tmp_path))
+
+
+def _study(tmp_path, ranks: int, mesh):
+    copy_client(tmp_path)
+    return write_study(
+        tmp_path,
+        study_options={"field_names": ["f"], "nb_parameters": 2, "parameter_sweep_size": 3,
+                       "l_bounds": [-1.0, -1.0], "u_bounds": [1.0, 1.0], "mesh": mesh},
+        sa_config={"mean": True, "variance": True, "min": True, "max": True,
+                   "quantiles": [0.5], "sobol_indices": True},
+        server_config={"server_processes": ranks},
+        launcher_config={"job_limit": 4, "server_timeout": 60, "fault_tolerance": False,
+                         "max_server_restarts": 0},
+        client_config={"executable_command": "python analytic_client.py --split 4,8"})
+
+
+def test_a_study_with_a_mesh_writes_the_same_files_on_one_and_two_server_ranks(tmp_path):
+    mesh = {"shape": [4, 3], "origin": [0.5, 0.5], "spacing": [1, 1], "order": "F"}
+    outputs = {}
+    for ranks in (1, 2):
+        where = tmp_path / f"ranks{ranks}"
+        where.mkdir()
+        done = run_study(_study(where, ranks, mesh), timeout=240)
+        assert done.returncode == 0, done.stdout[-3000:]
+        out = where / "out"
+        with h5py.File(out / "results.h5", "r") as h5:
+            outputs[ranks] = ((out / "results.xmf").read_text(),
+                              {k: h5["mesh"][k][...] for k in h5["mesh"]},
+                              h5["f/sobol_first"][...])
+    assert outputs[1][0] == outputs[2][0]
+    assert outputs[1][1].keys() == outputs[2][1].keys() == {"points", "connectivity"}
+    for key in outputs[1][1]:
+        assert np.array_equal(outputs[1][1][key], outputs[2][1][key])
+    np.testing.assert_allclose(outputs[1][2], outputs[2][2], rtol=1e-12, atol=1e-12)
+
+
+def test_a_client_whose_field_does_not_fit_the_mesh_is_refused(tmp_path):
+    done = run_study(_study(tmp_path, 1, {"shape": [5, 3]}), timeout=240)
+    assert done.returncode != 0
+    assert "declares 12 values; study_options.mesh (structured grid 5 x 3 (15 cells)) " \
+           "has 15" in done.stdout, done.stdout[-3000:]
+    assert not (tmp_path / "out" / "results.h5").exists()
+
+
+def test_export_puts_an_existing_results_file_on_a_mesh(tmp_path):
+    import json
+    import subprocess
+
+    from studyutil import MELISSA
+
+    results = small_results(tmp_path / "results.h5")
+    (tmp_path / "grid.json").write_text(json.dumps({"shape": [NX, NY], "order": "F"}))
+    done = subprocess.run([MELISSA, "export", str(results), "--mesh", str(tmp_path / "grid.json")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "results.xmf" in done.stderr and (tmp_path / "results.xmf").exists()
+    # the same from a study file's mesh, and one VTKHDF file of the last step
+    study = {"study_options": {"mesh": {"shape": [NX, NY], "order": "F"}}}
+    (tmp_path / "study.json").write_text(json.dumps(study))
+    done = subprocess.run([MELISSA, "export", str(results), "--mesh", str(tmp_path / "study.json"),
+                           "--format", "vtkhdf"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    with h5py.File(tmp_path / "results.vtk.hdf", "r") as v, h5py.File(results, "r") as h5:
+        assert v["VTKHDF"].attrs["Type"] == b"UnstructuredGrid"
+        assert np.array_equal(v["VTKHDF/CellData/temperature S1 x3"][...],
+                              h5["temperature/sobol_first"][2, -1])
+        assert v["VTKHDF/NumberOfCells"][0] == NX * NY
+
+
+@pytest.mark.parametrize("mesh, words", [
+    ({"shape": [NX, NY + 1]}, ["--mesh", "has 30 values, the mesh has 36 cells"]),
+    ({"shape": [2, 2, 2, 2]}, ["--mesh.shape", "1, 2 or 3 axes"]),
+    ("nowhere.vtu", ["--mesh", "nowhere.vtu", "no such mesh file"]),
+])
+def test_export_refuses_a_mesh_that_does_not_fit(tmp_path, mesh, words):
+    import json
+    import subprocess
+
+    from studyutil import MELISSA
+
+    results = small_results(tmp_path / "results.h5")
+    if isinstance(mesh, dict):
+        (tmp_path / "grid.json").write_text(json.dumps(mesh))
+        mesh = "grid.json"
+    done = subprocess.run([MELISSA, "export", str(results), "--mesh", str(tmp_path / mesh)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    for word in words:
+        assert word in done.stderr, done.stderr
+    assert not (tmp_path / "results.xmf").exists()
