@@ -214,7 +214,7 @@ def _gave_up(config, results: Path, cause: str, wait: float, decision: str,
             newest = manifest["sets"][0]
             done = (newest.get("meta") or {}).get("groups_done", "?")
             kept = (f"no checkpoint could be written either: the newest, set "
-                    f"{newest['set_id']} in {where} ({done} groups done), is intact; "
+                    f"{newest['set_id']} in {where} ({done} group(s) done), is intact; "
                     f"{resume} once there is room reruns the runs folded since")
         else:
             kept = (f"no checkpoint could be written either: {resume} once there is room "
