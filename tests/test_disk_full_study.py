@@ -4,6 +4,13 @@ mounts (root only) and fills with a file of its own.
 * Space comes back after the first checkpoint failed: the study ends as if
   nothing had happened (exact results, the server started once, every run
   executed once, no partial file, one warning line, no traceback).
+* Only results.h5 finds no room (its reservation fails, injected:
+  ``tests/results_fail.py``; a checkpoint set needs more room than the
+  results, so on a real disk both fail): the results write waits, writing a
+  checkpoint set holding every run; room found meanwhile ends the study as
+  if nothing had happened, no room ever leaves that set, from which
+  ``--resume`` writes the results without running anything again. These two
+  run without root.
 * Space never comes back: the results write waits ``server_config.results_wait``
   seconds, the study ends by itself with exit code 1 and one message naming
   the checkpoint kept and the ``--resume`` command; that command, once space
@@ -18,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import results_fail
 from conftest import child_env, wait_for, write_study
 from studyutil import MELISSA, NB_STEPS, copy_client, offline, run_study
 
@@ -29,7 +37,7 @@ RUNS = GROUPS * (P + 2)
 STATS = ["mean", "variance", "sobol_first", "sobol_total"]
 #: bytes left free when the disk is "full": room for logs and scripts (a few
 #: kB each), not for a checkpoint set (256 kB reserved per rank at least) nor
-#: for results.h5 (1 MB reserved at least)
+#: for results.h5 (about 400 kB reserved)
 LEFT = 192 * 1024
 
 
@@ -70,7 +78,7 @@ def fill(directory: Path, left: int) -> Path:
     return filler
 
 
-def make_study(tmp_path: Path, out: Path, **launcher) -> Path:
+def make_study(tmp_path: Path, out: Path, results_wait: float = 4, **launcher) -> Path:
     copy_client(tmp_path)
     return write_study(
         tmp_path, output_dir=str(out),
@@ -79,7 +87,7 @@ def make_study(tmp_path: Path, out: Path, **launcher) -> Path:
                        "u_bounds": [3.0, 2.0], "simulation_timeout": 30},
         sa_config={"mean": True, "variance": True, "sobol_indices": True,
                    "checkpoint_interval": 4},
-        server_config={"server_processes": 2, "results_wait": 4},
+        server_config={"server_processes": 2, "results_wait": results_wait},
         launcher_config={"job_limit": 4, "server_timeout": 20, "timer_delay": 0.5, **launcher},
         client_config={"executable_command": "python analytic_client.py"})
 
@@ -167,4 +175,55 @@ def test_space_never_freed_ends_with_a_checkpoint_that_resume_completes(tmpfs, t
     filler.unlink()                             # space comes back: finish the study
     done = run_study(study, args=["--resume"], env=env, timeout=150)
     assert done.returncode == 0, done.stdout[-3000:]
+    assert_exact(out / "results.h5")
+
+
+
+def start(processes, study: Path, log_path: Path, tmp_path: Path, failures: int):
+    return processes.start([MELISSA, "run", study, "--no-progress"], log_path=log_path,
+                           cwd=tmp_path, env=child_env(TEST_STEP_DELAY=0.2,
+                                                       **results_fail.env(failures)))
+
+
+def test_results_that_find_room_during_the_wait_are_written(tmp_path, processes):
+    out = tmp_path / "out"
+    study = make_study(tmp_path, out, results_wait=30)
+    log_path = tmp_path / "launcher.out"
+    rc = start(processes, study, log_path, tmp_path, failures=2).wait(120)
+    text = log_path.read_text()
+    assert rc == 0, text[-3000:]
+    assert "Traceback" not in text and "checkpoint failed" not in text
+    said = [ln for ln in text.splitlines() if "cannot write results.h5" in ln]
+    assert len(said) == 1 and said[0].startswith(
+        f"[melissa-sa] warning: cannot write results.h5 in {out}: rank 0: OSError: [Errno 28] "
+        f"No space left on device; "), text[-3000:]
+    assert "the write that waited for room is done" in text
+    assert text.count("server started") == 1, text[-3000:]
+    starts = job_starts(out)
+    assert len(starts) == RUNS and set(starts.values()) == {1}, starts
+    assert leftovers(out) == []
+    assert_exact(out / "results.h5")
+    log = (out / "logs" / "server.log").read_text()
+    assert "results written after waiting" in log and "Traceback" not in log
+    assert log.count("results.h5 still cannot be written") == 1
+
+
+def test_results_without_room_leave_a_checkpoint_of_every_run(tmp_path, processes):
+    out = tmp_path / "out"
+    study = make_study(tmp_path, out, results_wait=2)
+    log_path = tmp_path / "launcher.out"
+    rc = start(processes, study, log_path, tmp_path, failures=1000).wait(120)
+    text = log_path.read_text()
+    assert rc == 1, text[-3000:]
+    (gave_up,) = [ln for ln in text.splitlines() if ln.startswith("[melissa-sa] error:")]
+    found = find_latest_checkpoint(out / "checkpoint", 2)
+    assert (f"checkpoint set {found.set_id} in {out}/checkpoint holds every run folded: "
+            f"melissa-sa run {study} --resume writes the results once there is room, "
+            f"without running anything again") in gave_up
+    assert leftovers(out) == [] and not (out / "results.h5").exists()
+    before = job_starts(out)
+    assert len(before) == RUNS and set(before.values()) == {1}, before
+    done = run_study(study, args=["--resume"], env=child_env(), timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert job_starts(out) == before            # nothing ran again
     assert_exact(out / "results.h5")

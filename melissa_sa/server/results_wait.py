@@ -93,7 +93,8 @@ class LauncherHeartbeat:
     def _run(self) -> None:
         last_ping = -float("inf")
         turn = min(0.1, self.ping_every)
-        while not self._done.is_set():
+        while True:
+            done = self._done.is_set()  # what was sent before the end goes out
             with self._lock:
                 out, self._outbox = self._outbox, []
             now = time.monotonic()
@@ -102,6 +103,8 @@ class LauncherHeartbeat:
                 last_ping = now
             for msg in out:
                 self.socket.send(messages.encode(msg))
+            if done:
+                return
             if self.socket.poll(int(turn * 1000)):
                 self._receive()
 
