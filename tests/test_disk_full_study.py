@@ -227,3 +227,38 @@ def test_results_without_room_leave_a_checkpoint_of_every_run(tmp_path, processe
     assert done.returncode == 0, done.stdout[-3000:]
     assert job_starts(out) == before            # nothing ran again
     assert_exact(out / "results.h5")
+
+
+def test_a_disk_full_for_a_while_from_the_start(tmpfs, tmp_path, processes):
+    """Full, to the last byte, for a few seconds, once the first runs have
+    started (and at the server's start: its lock file): client scripts,
+    client logs, the launcher's state file and the checkpoints all find no
+    room; each waits, and the study ends as if nothing had happened."""
+    out = tmpfs / "out"
+    study = make_study(tmp_path, out)
+    log_path = tmp_path / "launcher.out"
+    proc = processes.start([MELISSA, "run", study, "--no-progress"], log_path=log_path,
+                           cwd=tmp_path, env=child_env(TEST_STEP_DELAY=0.3))
+    wait_for(lambda: "server started" in log_path.read_text() or proc.poll() is not None,
+             60, "the server's start")
+    filler = fill(tmpfs, 0)                     # the server's lock file, the study's start
+    time.sleep(2)
+    filler.unlink()
+    wait_for(lambda: (out / "logs" / "client.1.log").exists() or proc.poll() is not None,
+             60, "the first runs")
+    filler = fill(tmpfs, 0)                     # the study in full flow
+    time.sleep(4)
+    filler.unlink()
+    rc = proc.wait(120)
+    text = log_path.read_text()
+    assert rc == 0, text[-3000:]
+    assert "Traceback" not in text
+    assert text.count("server started") == 1, text[-3000:]
+    starts = job_starts(out)
+    assert len(starts) == RUNS and set(starts.values()) == {1}, starts
+    assert leftovers(out) == []
+    assert_exact(out / "results.h5")
+    warnings = [ln for ln in text.splitlines() if ln.startswith("[melissa-sa] warning: ")]
+    for what in ("launcher.json", "client scripts", "checkpoint failed", "cannot start"):
+        assert sum(what in ln for ln in warnings) <= 1, text[-3000:]   # once each at most
+    assert any("No space left on device" in ln for ln in warnings), text[-3000:]

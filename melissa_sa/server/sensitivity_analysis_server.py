@@ -105,16 +105,20 @@ class SensitivityAnalysisServer(BaseServer):
             self._lock_file = open(path, "a+")  # noqa: SIM115 - held for the run
             try:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._lock_file.seek(0)
-                self._lock_file.truncate()
-                self._lock_file.write(f"{os.getpid()}\n")
-                self._lock_file.flush()
             except OSError:
                 self._lock_file.seek(0)
                 holder = self._lock_file.read().strip() or "?"
                 log.error("another server (pid %s) holds %s: refusing to run a second "
                           "server on this study", holder, path)
                 ok = False
+            else:  # the pid is for people: a full disk does not stop the server
+                fd = self._lock_file.fileno()
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                except OSError as exc:
+                    log.warning("cannot write this server's pid into %s (%s); it holds "
+                                "the lock all the same", path, exc.strerror or exc)
         ok = bcast_json(self.comm, ok, "rank 0's study lock")  # once, at start-up
         if not ok:
             raise SystemExit(exit_codes.SERVER_LOCKED)
