@@ -102,11 +102,20 @@ class LauncherHeartbeat:
                 out.append(messages.Ping())
                 last_ping = now
             for msg in out:
-                self.socket.send(messages.encode(msg))
+                self._send(msg)
             if done:
                 return
             if self.socket.poll(int(turn * 1000)):
                 self._receive()
+
+    def _send(self, msg: messages.Message) -> None:
+        """Never blocks: a launcher that is gone must not hang the server."""
+        import zmq
+
+        try:
+            self.socket.send(messages.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            log.debug("the launcher does not take messages: %s dropped", msg.type)
 
     def _receive(self) -> None:
         import zmq
