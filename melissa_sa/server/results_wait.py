@@ -153,7 +153,7 @@ def write_results_waiting(write: Callable[[], None], *, comm, rank: int, config,
     results = Path(config.results_path)
     wait = config.server_config.results_wait
     every = retry_interval(wait)
-    started = time.monotonic()
+    started = 0.0  # the first refusal: the wait counts from there
     line = cause = None
     saved: int | None = None
     while True:
@@ -173,6 +173,7 @@ def write_results_waiting(write: Callable[[], None], *, comm, rank: int, config,
         if rank == 0:
             results.with_name(results.name + ".tmp").unlink(missing_ok=True)
             if line is None:
+                started = time.monotonic()
                 line = _waiting_line(results, cause, needed, wait, every)
                 log.error("%s", line)
                 if progress is not None:
