@@ -259,6 +259,8 @@ def test_a_disk_full_for_a_while_from_the_start(tmpfs, tmp_path, processes):
     assert leftovers(out) == []
     assert_exact(out / "results.h5")
     warnings = [ln for ln in text.splitlines() if ln.startswith("[melissa-sa] warning: ")]
-    for what in ("launcher.json", "client scripts", "checkpoint failed", "cannot start"):
-        assert sum(what in ln for ln in warnings) <= 1, text[-3000:]   # once each at most
+    # at most once per time the disk was full (the launcher's state file: once)
+    for what, most in (("launcher.json", 1), ("checkpoint failed", 1), ("client scripts", 2),
+                       ("cannot start", 2)):
+        assert sum(what in ln for ln in warnings) <= most, text[-3000:]
     assert any("No space left on device" in ln for ln in warnings), text[-3000:]
