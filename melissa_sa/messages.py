@@ -79,6 +79,10 @@ class Progress(Message):
     #: why the server's checkpoints fail (one line: the directory, the error,
     #: the bytes free and needed), None while they succeed
     checkpoint_error: str | None = None
+    #: why a write into the output directory waits for room (one line: the
+    #: file, the directory, the error, the bytes free and needed), None once
+    #: it succeeded
+    write_error: str | None = None
 
     def __post_init__(self):
         for name in ("ci_width", "ci_target"):

@@ -19,8 +19,8 @@ import pytest
 from melissa_sa import messages as msgs
 from melissa_sa.checkpoint import find_latest_checkpoint
 from melissa_sa.checkpoint import store as ckpt
-from melissa_sa.checkpoint.writer import describe_error
 from melissa_sa.config import config_from_dict
+from melissa_sa.disk_space import describe_error
 from melissa_sa.launcher.progress import ProgressDisplay
 from melissa_sa.server.field_stats import LocalField, StepStatistics
 from melissa_sa.server.rank_checkpoints import RankCheckpoints

@@ -8,11 +8,9 @@ durable rename, non-blocking gather as the barrier, manifest commit on rank
 from __future__ import annotations
 
 import datetime as _dt
-import errno
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,22 +37,10 @@ from melissa_sa.checkpoint.store import (
     unlink,
     write_manifest,
 )
+from melissa_sa.disk_space import describe_error, reserve_room
 from melissa_sa.durable import durable_replace
 
 log = logging.getLogger("melissa_sa.checkpoint")
-
-
-def describe_error(exc: BaseException) -> str:
-    """``exc`` in a few words: an OSError by its errno (``OSError: [Errno 28] No
-    space left on device``, also when HDF5 wraps it in its own text), anything
-    else as ``Type: message``."""
-    code = getattr(exc, "errno", None) if isinstance(exc, OSError) else None
-    if code is None and isinstance(exc, OSError):
-        found = re.search(r"errno = (\d+)", str(exc))  # HDF5's "file write failed: ..."
-        code = int(found.group(1)) if found else None
-    if code:
-        return f"OSError: [Errno {code}] {os.strerror(code)}"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class CheckpointWriter:
@@ -261,16 +247,7 @@ class CheckpointWriter:
                 nbytes = max(nbytes, last.st_size + last.st_size // 4)
             except OSError:
                 pass
-        if nbytes <= 0:
-            return
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.posix_fallocate(fd, 0, int(nbytes))
-        except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-        finally:
-            os.close(fd)
+        reserve_room(tmp, nbytes)
 
     def _remove_stale_tmp(self) -> None:
         suffix = f".rank-{self.rank:04d}.h5.tmp"

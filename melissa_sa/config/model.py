@@ -184,6 +184,9 @@ class ServerConfig:
     #: None: :func:`default_bind` of the scheduler (the loader fills it in)
     bind: str | None = key(None, c.string(nullable=True))
     zmq_hwm: int = key(0, c.integer(0))
+    #: seconds the server keeps trying to write results.h5 when the file system
+    #: refuses it (full, quota, I/O error) before it gives up (results_wait.py)
+    results_wait: float = key(600.0, c.number(positive=True))
 
 
 @dataclass(frozen=True)

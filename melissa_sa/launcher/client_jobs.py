@@ -13,7 +13,9 @@ reports (``JobState``), stops every client at the end
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 
 from melissa_sa import messages as msgs
 from melissa_sa.launcher.jobs import JobTable
@@ -61,6 +63,8 @@ class ClientJobs:
         self.tail_lines = tail_lines
         #: the most jobs the scheduler ran at once
         self.max_running = 0
+        #: no room for a job's log (ENOSPC, EDQUOT): no start before this time
+        self._room_at: float | None = None
 
     # -- the server's requests ---------------------------------------------------------
     def submit(self, msg: msgs.Submit) -> None:
@@ -89,20 +93,42 @@ class ClientJobs:
         for report in reports:
             self.link.send(report)
 
+    #: seconds between two tries at starting jobs whose logs found no room
+    room_retry = 5.0
+
     def start_queued(self) -> None:
         limit = self.job_limit
-        for start in self.jobs.next_starts(limit - self.scheduler.running, limit):
+        if self._room_at is not None and time.monotonic() < self._room_at:
+            return
+        starts = self.jobs.next_starts(limit - self.scheduler.running, limit)
+        for i, start in enumerate(starts):
             job = start.job
             try:
                 handle = self.scheduler.submit(job.key, job.script, job.log_path)
             except SchedulerError as exc:
+                if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+                    for later in reversed(starts[i:]):  # queued again, in order
+                        self.jobs.start_later(later.job.key)
+                    self._no_room(job, exc)
+                    break
                 self.console.error(f"sim {job.sim_id} (group {job.group_id}): {exc}")
                 self._send_reports(self.jobs.start_failed(job.key))
                 continue
+            if self._room_at is not None:
+                self._room_at = None
+                self.console.log("there is room for the client logs again: jobs start")
             self._send_reports(self.jobs.started(job.key))
             self.console.debug(f"sim {job.sim_id} (group {job.group_id}) running, "
                                f"pid {handle.pid}")
         self.max_running = max(self.max_running, self.scheduler.running)
+
+    def _no_room(self, job, exc: SchedulerError) -> None:
+        """No room for ``job``'s log: it and the jobs after it wait; one line."""
+        if self._room_at is None:
+            self.console.log(f"warning: sim {job.sim_id} (group {job.group_id}): {exc}; it "
+                             f"and the jobs after it stay queued and start once there is "
+                             f"room (tried every {self.room_retry:g} s)")
+        self._room_at = time.monotonic() + self.room_retry
 
     def reap(self) -> None:
         for key, state, rc in self.scheduler.poll():

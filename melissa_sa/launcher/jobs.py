@@ -205,6 +205,19 @@ class JobTable:
         return [JobState(sim_id=job.sim_id, group_id=job.group_id, state=state,
                          returncode=returncode)]
 
+    def start_later(self, key: int) -> None:
+        """The scheduler could not start job ``key`` for now (no room for its
+        log): it goes back to the front of its group's queue, unreported."""
+        job = self._jobs.pop(key)
+        if self._reported.get(job.sim_id) == key:
+            del self._reported[job.sim_id]
+        group = job.group_id if job.group_id is not None else ("sim", job.sim_id)
+        run = _Queued(job.sim_id, job.group_id, job.script)
+        if group in self._queue:
+            self._queue[group].insert(0, run)
+        else:
+            self._queue = {group: [run], **self._queue}
+
     def reported(self, key) -> bool:
         """True if job ``key``'s end will be reported to the server."""
         job = self._jobs.get(key)

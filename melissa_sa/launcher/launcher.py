@@ -326,9 +326,10 @@ class Launcher:
         if msg.ci_target is not None:
             self._progress.note = progress_text(
                 msg.ci_width, ConvergenceRule(msg.ci_target, msg.ci_min_groups or 0))
-        said = self._progress.checkpoint_outcome(msg.checkpoint_error)
-        if said:  # the first failure of the server's checkpoints, or their return
-            self.console.log(said)
+        for said in (self._progress.checkpoint_outcome(msg.checkpoint_error),
+                     self._progress.write_outcome(msg.write_error)):
+            if said:  # the first failure of the server's checkpoints or writes, or their end
+                self.console.log(said)
         self._progress.update(msg.groups_done, msg.groups_total)
         self._feed(ev.ProgressSeen(msg.groups_done))
 

@@ -65,6 +65,8 @@ class ProgressDisplay:
         self.note = ""
         #: the server's line on why its checkpoints fail (None while they work)
         self.checkpoint_error: str | None = None
+        #: the server's line on a write that waits for room (None: none waits)
+        self.write_error: str | None = None
 
     @staticmethod
     def auto_mode(stream: TextIO | None = None) -> str:
@@ -101,7 +103,8 @@ class ProgressDisplay:
     def postfix(self) -> str:
         """What follows the counts: the note, and whether checkpoints fail."""
         failing = "checkpoints failing" if self.checkpoint_error is not None else ""
-        return ", ".join(t for t in (self.note, failing) if t)
+        waiting = "waiting for room in the output directory" if self.write_error else ""
+        return ", ".join(t for t in (self.note, failing, waiting) if t)
 
     def checkpoint_outcome(self, error: str | None) -> str | None:
         """The server's checkpoints fail (``error``, its one line) or work
@@ -112,6 +115,20 @@ class ProgressDisplay:
             return f"warning: {error}"
         if error is None and before is not None:
             return "a checkpoint was written: checkpoints work again"
+        return None
+
+    def write_outcome(self, error: str | None) -> str | None:
+        """A write of the server into the output directory waits for room
+        (``error``, its one line) or none waits (None): the line to show when
+        that changes, else None. While one waits, the progress says so (the
+        bar at once: the count may not move meanwhile)."""
+        before, self.write_error = self.write_error, error
+        if self._bar is not None and before != error:
+            self._bar.set_postfix_str(self.postfix())
+        if error is not None and error != before:
+            return f"warning: {error}"
+        if error is None and before is not None:
+            return "the write that waited for room is done"
         return None
 
     def update(self, done: int, total: int | None = None) -> None:

@@ -203,8 +203,10 @@ class LocalScheduler(Scheduler):
                 f"melissa-sa: job {job_id} started {stamp}: {self.shell} {script_path}",
                 cwd=self.cwd, env=full_env)
         except OSError as exc:
-            raise SchedulerError(f"cannot start {script_path} (log {log_path}): "
-                                 f"{exc.strerror or exc}") from None
+            error = SchedulerError(f"cannot start {script_path} (log {log_path}): "
+                                   f"{exc.strerror or exc}")
+            error.errno = exc.errno  # ENOSPC, EDQUOT: the job waits for room
+            raise error from None
         handle = JobHandle(job_id, os.fspath(script_path), os.fspath(log_path),
                            pid=popen.pid, popen=popen, tree=ProcessTree(popen.pid))
         self._jobs[job_id] = handle

@@ -131,7 +131,15 @@ class ResultsFileError(ValueError):
 
 
 class ResultsWriteError(RuntimeError):
-    """Writing the results file failed (on this rank or another one)."""
+    """Writing the results file failed (on this rank or another one).
+
+    ``cause``: the rank and the error in a few words; ``file_system``: the
+    file system refused the write (full, quota, I/O error), so the same
+    write may succeed once it has room (set by the parallel writer).
+    """
+
+    cause: str = ""
+    file_system: bool = False
 
 
 def version() -> str:

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
+from melissa_sa.disk_space import describe_error, file_system_errno, reserve_room
 from melissa_sa.durable import durable_replace, start_writeback
 from melissa_sa.mpi_wait import recv_when_ready, wait_requests
 from melissa_sa.results.create import create_results_file
@@ -291,8 +292,8 @@ def _send_all(comm, messages, poll_interval: float) -> None:
 def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: SliceSource, *,
                            config_json: str | Mapping | None = None, parameters=None,
                            attrs: Mapping | None = None, poll_interval: float = 0.02,
-                           timeout: float | None = None,
-                           durable: bool = True, tag: int = _DEFAULT_TAG) -> Path:
+                           timeout: float | None = None, durable: bool = True,
+                           tag: int = _DEFAULT_TAG, reserve: int = 0) -> Path:
     """Write ``path`` (``OUT/results.h5``) from every rank's own slices; call on every rank.
 
     ``comm`` is an mpi4py communicator or None (one process). ``local_slices``
@@ -329,11 +330,12 @@ def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: Slic
             if rank == 0:
                 if tmp.exists():
                     tmp.unlink()
+                reserve_room(tmp, reserve)
                 create_results_file(tmp, layout, config_json, parameters, attrs)
             token["covered"].extend(_write_local(tmp, layout, local_slices, rank, durable))
         except Exception as exc:  # passed on so that no rank waits forever
             local_exc = exc
-            token["error"] = f"rank {rank}: {type(exc).__name__}: {exc}"
+            token.update(_failure(rank, exc))
     if rank < size - 1:
         _send_all(comm, [(rank + 1, tag, token)], poll_interval)
         # the outcome comes after every later rank's turn: allow each its timeout
@@ -341,7 +343,7 @@ def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: Slic
                               None if timeout is None else timeout * (size - rank),
                               "results outcome")
     else:
-        final = {"error": token["error"]}
+        final = {key: token.get(key) for key in ("error", "cause", "file_system")}
         if final["error"] is None:
             try:
                 problems = _check_coverage(layout, token["covered"])
@@ -350,12 +352,22 @@ def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: Slic
                 complete_results_file(tmp, path, durable=durable)
             except Exception as exc:
                 local_exc = exc
-                final["error"] = f"rank {rank}: {type(exc).__name__}: {exc}"
+                final.update(_failure(rank, exc))
         if size > 1:
             _send_all(comm, [(r, tag + 1, final) for r in range(size - 1)], poll_interval)
     if final["error"] is not None:
-        raise ResultsWriteError(f"writing {path} failed: {final['error']}") from local_exc
+        error = ResultsWriteError(f"writing {path} failed: {final['error']}")
+        error.cause, error.file_system = final["cause"], bool(final["file_system"])
+        raise error from local_exc
     return path
+
+
+def _failure(rank: int, exc: BaseException) -> dict:
+    """What the ranks pass on about ``exc``: the error in full, its cause in a
+    few words, and whether the file system refused the write."""
+    return {"error": f"rank {rank}: {type(exc).__name__}: {exc}",
+            "cause": f"rank {rank}: {describe_error(exc)}",
+            "file_system": file_system_errno(exc) is not None}
 
 
 def write_results(path, layout: ResultsLayout, slices: SliceSource, *,

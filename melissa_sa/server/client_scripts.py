@@ -5,10 +5,17 @@ each run the study submits and removes a finished group's scripts when asked
 (``rm_script``). A script exports ``MELISSA_SIMULATION_ID``, the server's
 connection address (unless the study is offline) and, when the server
 authenticates, ``MELISSA_SECRET_FILE`` (the path, never the secret).
+
+A script the file system refuses (full, over quota, any ``OSError``) is no
+failure: :meth:`ClientScripts.submit` holds the runs back, says so in one
+line (:attr:`ClientScripts.failure`), and :meth:`ClientScripts.retry` writes
+them later; they are submitted once written (a run killed or submitted again
+meanwhile is dropped from what is held).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
 import sys
@@ -16,9 +23,15 @@ from pathlib import Path
 
 from melissa_sa.auth import SECRET_FILE
 from melissa_sa.design import GroupLayout
+from melissa_sa.disk_space import describe_error, format_bytes, free_bytes
 from melissa_sa.durable import durable_replace
 
 __all__ = ["ClientScripts"]
+
+log = logging.getLogger("melissa_sa.server")
+
+#: what :meth:`ClientScripts.submit` answers: (group id, sim ids, script paths)
+Submission = tuple[int, list[int], list[str]]
 
 
 class ClientScripts:
@@ -39,6 +52,65 @@ class ClientScripts:
         self.authenticated = authenticated
         self.output_dir = Path(config.output_dir)
         self.directory = directory
+        #: runs whose scripts the file system refused: [group id, sim ids, parameters]
+        self._held: list[list] = []
+        self._last_try = 0.0
+        #: why scripts are held back (the line logged the first time), None if none is
+        self.failure: str | None = None
+
+    #: seconds between two tries at writing the scripts held back
+    retry_every = 5.0
+
+    def submit(self, group_id: int, sim_ids, parameters, now: float) -> list[Submission]:
+        """Write the scripts of ``sim_ids`` of ``group_id`` (``parameters``: the
+        group's rows): what to submit now, or nothing if the file system
+        refused them (held back, see the module docstring)."""
+        self.forget(sim_ids)
+        self._held.append([group_id, list(sim_ids), parameters])
+        if len(self._held) > 1:  # others wait for room: so does this one
+            return []
+        return self.retry(now, force=True)
+
+    def forget(self, sim_ids) -> None:
+        """Drop ``sim_ids`` from what is held back (killed, or submitted again)."""
+        gone = set(sim_ids)
+        for entry in self._held:
+            entry[1] = [s for s in entry[1] if s not in gone]
+        self._held = [entry for entry in self._held if entry[1]]
+        if not self._held:
+            self.failure = None
+
+    def retry(self, now: float, force: bool = False) -> list[Submission]:
+        """Write the scripts held back, every :attr:`retry_every` s (at once
+        with ``force``): what can be submitted now."""
+        if not self._held or (not force and now - self._last_try < self.retry_every):
+            return []
+        self._last_try = now
+        ready = []
+        while self._held:
+            group_id, sim_ids, parameters = self._held[0]
+            try:
+                paths = self.write_all(sim_ids, parameters)
+            except OSError as exc:
+                self._refused(sim_ids, exc)
+                break
+            self._held.pop(0)
+            ready.append((group_id, sim_ids, paths))
+        if not self._held and self.failure is not None:
+            log.info("client scripts written again: the runs held back are submitted")
+            self.failure = None
+        return ready
+
+    def _refused(self, sim_ids, exc: OSError) -> None:
+        if self.failure is not None:
+            return
+        free = free_bytes(self.directory)
+        self.failure = (f"cannot write the client scripts of simulation(s) "
+                        f"{', '.join(map(str, sim_ids))} in {self.directory}: "
+                        f"{describe_error(exc)}; {'?' if free is None else format_bytes(free)} "
+                        f"free; the runs are held back and submitted once their scripts "
+                        f"are written (tried every {self.retry_every:g} s)")
+        log.error("%s", self.failure)
 
     def path(self, sim_id: int) -> Path:
         return self.directory / f"client.{sim_id}.sh"

@@ -97,6 +97,7 @@ class Coordinator:
         #: succeed) goes to the launcher in the progress messages
         self.checkpoints = checkpoints
         self._checkpoint_error: str | None = None
+        self._write_error: str | None = None  # the client scripts held back
         lc = config.launcher_config
         self.launcher = LauncherLink(transport.send_launcher, {
             messages.Ping: lambda msg: None,
@@ -224,6 +225,8 @@ class Coordinator:
         self.feed(st.Tick(time.monotonic()))
         self._check_launcher()
         self.maybe_checkpoint()
+        with self.lock:
+            self._submit(self.scripts.retry(time.monotonic()))
 
     def begin(self, resume: bool) -> None:
         """The server listens: start (or resume) the study."""
@@ -284,11 +287,21 @@ class Coordinator:
         self.parameters[ins.group_id] = params.reshape(self.layout.size, -1)
 
     def _do_submit(self, ins: st.SubmitRuns) -> None:
-        paths = self.scripts.write_all(ins.sim_ids, self.parameters[ins.group_id])
-        self.launcher.send(messages.Submit(group_id=ins.group_id, sim_ids=list(ins.sim_ids),
-                                           scripts=paths))
+        self._submit(self.scripts.submit(ins.group_id, ins.sim_ids,
+                                         self.parameters[ins.group_id], time.monotonic()))
+
+    def _submit(self, ready) -> None:
+        """Submit the runs whose scripts are written; say so when scripts
+        begin or stop being held back for want of room."""
+        for group_id, sim_ids, paths in ready:
+            self.launcher.send(messages.Submit(group_id=group_id, sim_ids=sim_ids,
+                                               scripts=paths))
+        if self.scripts.failure != self._write_error:
+            self._write_error = self.scripts.failure
+            self.launcher.send(self.progress())
 
     def _do_kill(self, ins: st.KillRuns) -> None:
+        self.scripts.forget(ins.sim_ids)
         self.launcher.send(messages.Kill(sim_ids=[int(s) for s in ins.sim_ids]))
 
     def _do_abandon(self, ins: st.AbandonGroup) -> None:
@@ -309,11 +322,22 @@ class Coordinator:
                                              groups_total=ins.groups_total,
                                              **self._ci_fields()))
 
+    def progress(self, **extra) -> messages.Progress:
+        """A progress message now (``extra``: e.g. ``write_error``), saying
+        whether the checkpoints fail as they last did."""
+        if self.checkpoints is not None:
+            self._checkpoint_error = self.checkpoints.failure
+        return messages.Progress(groups_done=self.study.groups_done,
+                                 groups_total=self.study.groups_total,
+                                 **{**self._ci_fields(), **extra})
+
     def _ci_fields(self) -> dict:
         """The convergence part of a progress message (none when the rule is
         off), and why checkpoints fail (when they do)."""
         failing = ({"checkpoint_error": self._checkpoint_error}
                    if self._checkpoint_error is not None else {})
+        if self._write_error is not None:
+            failing["write_error"] = self._write_error
         rule = self.study.convergence_rule
         if rule is None:
             return failing

@@ -138,6 +138,34 @@ AGGREGATED_NAMES = ("sobol_first_aggregated", "sobol_total_aggregated",
                     "sobol_total_aggregated_low", "sobol_total_aggregated_high")
 
 
+def results_file_bytes(layout: ResultsLayout, n_runs: int) -> int:
+    """The bytes ``results.h5`` may take (rank 0 reserves them before HDF5
+    writes it): every statistic, count and cell index in float64/int64
+    (uncompressed, whatever ``gzip``), the design table, an eighth more for
+    HDF5's chunk indexes, 8 kB per dataset for its headers and attributes, and
+    256 kB (a study of 11 cells, 1 field and 14 datasets: 59 kB written,
+    about 400 kB reserved)."""
+    data = datasets = 0
+    for name in layout.fields:
+        n_cells = layout.n_cells[name]
+        data += 8 * n_cells + 8 * layout.n_time_steps * (2 + len(layout.counts))
+        data += sum(8 * int(np.prod(layout.shape(name, stat))) for stat in layout.statistics)
+        datasets += 4 + len(layout.statistics) + len(layout.counts)
+    data += 8 * n_runs * (len(layout.parameter_names) + 6)
+    return data + data // 8 + datasets * 8192 + (1 << 18)
+
+
+def study_results_bytes(config, field_sizes: dict[str, int], study: StudyState) -> int:
+    """Rank 0: :func:`results_file_bytes` of this study's ``results.h5``."""
+    n_runs = sum(len(g.sim_ids) for g in study.groups.values())
+    return results_file_bytes(_layout(config, field_sizes), n_runs)
+
+
+def _layout(config, field_sizes: dict[str, int]) -> ResultsLayout:
+    return ResultsLayout.from_config(config, dict(field_sizes),
+                                     ci_method=config.sa_config.confidence_method)
+
+
 def write_study_results(*, comm, config, field_sizes: dict[str, int],
                         slices: dict[str, LocalField], collect: Callable[[str], dict],
                         counters: RankCounters, refused: int, study: StudyState | None = None,
@@ -145,8 +173,7 @@ def write_study_results(*, comm, config, field_sizes: dict[str, int],
     """Write ``OUT/results.h5`` from every rank (call on all ranks; ``comm`` None
     for one rank). ``collect(name)``: this rank's statistics of field ``name``;
     ``study`` and ``group_parameters``: rank 0's, None on the other ranks."""
-    layout = ResultsLayout.from_config(config, dict(field_sizes),
-                                       ci_method=config.sa_config.confidence_method)
+    layout = _layout(config, field_sizes)
     root = study is not None
 
     # collect is lazy: the Sobol' indices and intervals of a step are computed
@@ -170,9 +197,10 @@ def write_study_results(*, comm, config, field_sizes: dict[str, int],
     if attrs is not None:
         attrs.update(convergence_attrs(study))
     parameters = parameter_table(config, study, group_parameters or {}) if root else None
-    path = write_results_parallel(comm, config.results_path, layout, local,
-                                  config_json=config.to_json(), parameters=parameters,
-                                  attrs=attrs)
+    path = write_results_parallel(
+        comm, config.results_path, layout, local, config_json=config.to_json(),
+        parameters=parameters, attrs=attrs,
+        reserve=results_file_bytes(layout, len(parameters)) if root else 0)
     if root:
         log.info("results written to %s", path)
         xdmf_after_study(path, config.study_options.mesh)

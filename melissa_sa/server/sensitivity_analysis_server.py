@@ -24,7 +24,8 @@ from melissa_sa.mpi_wait import bcast_json
 from melissa_sa.server.base_server import BaseServer
 from melissa_sa.server.data_messages import ServerStatus, SimulationData
 from melissa_sa.server.field_stats import collect_results
-from melissa_sa.server.results_io import write_study_results
+from melissa_sa.server.results_io import study_results_bytes, write_study_results
+from melissa_sa.server.results_wait import LauncherHeartbeat, write_results_waiting
 from melissa_sa.warmup import warm_up
 
 log = logging.getLogger("melissa_sa.server")
@@ -93,8 +94,7 @@ class SensitivityAnalysisServer(BaseServer):
         self._is_receiving = True
         status = self._loop()
         self._is_receiving = False
-        self._finalize(status)
-        return status
+        return self._finalize(status)
 
     def _take_study_lock(self) -> None:
         """Rank 0 holds an exclusive lock on OUT/server.lock: never two servers."""
@@ -105,16 +105,20 @@ class SensitivityAnalysisServer(BaseServer):
             self._lock_file = open(path, "a+")  # noqa: SIM115 - held for the run
             try:
                 fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                self._lock_file.seek(0)
-                self._lock_file.truncate()
-                self._lock_file.write(f"{os.getpid()}\n")
-                self._lock_file.flush()
             except OSError:
                 self._lock_file.seek(0)
                 holder = self._lock_file.read().strip() or "?"
                 log.error("another server (pid %s) holds %s: refusing to run a second "
                           "server on this study", holder, path)
                 ok = False
+            else:  # the pid is for people: a full disk does not stop the server
+                fd = self._lock_file.fileno()
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                except OSError as exc:
+                    log.warning("cannot write this server's pid into %s (%s); it holds "
+                                "the lock all the same", path, exc.strerror or exc)
         ok = bcast_json(self.comm, ok, "rank 0's study lock")  # once, at start-up
         if not ok:
             raise SystemExit(exit_codes.SERVER_LOCKED)
@@ -148,20 +152,24 @@ class SensitivityAnalysisServer(BaseServer):
                 coordinator.idle()
                 last_tick = time.monotonic()
 
-    def _finalize(self, status: int) -> None:
-        """Write the results (on success) or a checkpoint, and close everything."""
+    def _finalize(self, status: int) -> int:
+        """Write the results (on success) or a checkpoint, and close everything;
+        the exit status (FAILED when the results could not be written)."""
+        not_written = ""
         if status == exit_codes.OK:
-            self.write_results()
+            not_written = self.write_results()
+            status = exit_codes.FAILED if not_written else status
         else:
             self.checkpoint()
         self.worker.close()
-        message = ""
+        message = not_written
         if self.coordinator is not None:
             log.info("received %.3f GB on rank 0; dropped messages: %s; mean run %.1f s",
                      self.bytes_received / 1e9, dict(self.bad_messages) or "none",
                      self.mtt_simulation_completion)
-            message = self.coordinator.exit_message
+            message = not_written or self.coordinator.exit_message
         self.close_connection(status, message)
+        return status
 
     # -- results ------------------------------------------------------------------------
     def collect_results(self, name: str) -> dict:
@@ -169,17 +177,30 @@ class SensitivityAnalysisServer(BaseServer):
         :func:`~melissa_sa.server.field_stats.collect_results`)."""
         return collect_results(self.worker.slices[name], self.config)
 
-    def write_results(self) -> None:
-        """Write ``OUT/results.h5``; each rank writes only its own slices.
+    def write_results(self) -> str:
+        """Write ``OUT/results.h5``; each rank writes only its own slices. ""
+        once written; else why not: the file system refused it for
+        ``server_config.results_wait`` s (:mod:`~melissa_sa.server.results_wait`).
 
         A field no client ever declared (an offline study) is written with one
         cell per rank and no samples, so the file still has its layout.
         """
         self.worker.declare_missing_fields()
         c = self.coordinator
-        write_study_results(comm=self.comm if self.comm_size > 1 else None,
-                            config=self.config, field_sizes=self.field_sizes,
-                            slices=self.worker.slices, collect=self.collect_results,
-                            counters=self.worker.counters, refused=self.refused_peers,
-                            study=None if c is None else c.study,
-                            group_parameters=None if c is None else c.parameters)
+        comm = self.comm if self.comm_size > 1 else None
+
+        def write() -> None:
+            write_study_results(comm=comm, config=self.config, field_sizes=self.field_sizes,
+                                slices=self.worker.slices, collect=self.collect_results,
+                                counters=self.worker.counters, refused=self.refused_peers,
+                                study=None if c is None else c.study,
+                                group_parameters=None if c is None else c.parameters)
+
+        socket = self.transport.launcher_socket if c is not None else None
+        with LauncherHeartbeat(socket, ping_every=self.config.launcher_config.timer_delay) as hb:
+            return write_results_waiting(
+                write, comm=comm, rank=self.rank, config=self.config, heartbeat=hb,
+                needed=0 if c is None else study_results_bytes(self.config, self.field_sizes,
+                                                               c.study),
+                checkpoint=self.checkpoint,
+                progress=None if c is None else lambda line: c.progress(write_error=line))
