@@ -1,0 +1,129 @@
+"""The cell-blocked state of a full :class:`~melissa_sa.stats.SobolMartinez`.
+
+A ``ci="delta"`` state without second order is kept cell-blocked
+(:mod:`melissa_sa.kernels.sobol_blocked`): :data:`~melissa_sa.kernels.sobol_blocked.BLOCK`
+cells per row, each accumulator's cells contiguous, so that the fold runs in
+SIMD lanes. Everything else reads the row layout of
+:mod:`melissa_sa.kernels.sobol` (one row per cell): the per-cell kernels of
+merge and re-centring run on the rows of :data:`SLICE` cells at a time,
+converted into a buffer kept for the next time (no state-sized copy, nothing
+allocated once the buffers exist); the results and the checkpoint read the
+whole row-layout state (:meth:`BlockedState.rows`), so a checkpoint's arrays
+are those of the row layout, whichever layout wrote them.
+
+>>> import numpy as np
+>>> from melissa_sa.kernels.sobol import martinez_update_many
+>>> groups = np.random.default_rng(0).random((4, 5, 21))
+>>> blocks = BlockedState(21, 3)
+>>> blocks.fold(groups, 0)
+>>> rows = np.zeros((21, 57))
+>>> martinez_update_many(rows, groups, 0)
+>>> bool(np.array_equal(blocks.rows(), rows))
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from melissa_sa.kernels.sobol import row_width
+from melissa_sa.kernels.sobol_blocked import (
+    BLOCK,
+    block_slots,
+    blocked_update_many,
+    blocked_update_many_influence,
+    blocks_to_rows,
+    n_blocks,
+    rows_to_blocks,
+    scratch_for,
+    terms_for,
+)
+from melissa_sa.kernels.sobol_centred import martinez_merge, martinez_recentre
+
+__all__ = ["SLICE", "BlockedState"]
+
+#: cells per slice of the row-layout passes (merge, re-centring): a multiple
+#: of BLOCK; the buffer is ``SLICE (9 + 16 p)`` float64 (1.9 MB at p = 3)
+SLICE = 4096
+
+
+class BlockedState:
+    """A full Martinez state of ``n_cells`` cells and ``n_params`` parameters,
+    cell-blocked: :attr:`array` is ``(n_blocks, (9 + 16 p) BLOCK)`` float64."""
+
+    def __init__(self, n_cells: int, n_params: int):
+        self.n_cells = n_cells
+        self.n_params = n_params
+        self.width = row_width(n_params)
+        self.array = np.zeros((n_blocks(n_cells), self.width * BLOCK))
+        self.slots = block_slots(n_params)
+        self._scratch = scratch_for(n_cells)   # 40 float64 per chunk of 256 cells
+        self._terms = None                     # the influence terms' scratch
+        self._slice = None                     # row buffer of the sliced passes
+
+    @property
+    def nbytes(self) -> int:
+        extra = sum(a.nbytes for a in (self._scratch, self._terms, self._slice)
+                    if a is not None)
+        return self.array.nbytes + extra
+
+    # -- the fold --------------------------------------------------------
+    def fold(self, groups, n: int, m: int = -1) -> None:
+        """Fold ``groups`` (an ``(m, p + 2, n_cells)`` array or a tuple of
+        groups, the first ``m`` folded) after ``n`` groups."""
+        blocked_update_many(self.array, groups, n, self._scratch, m)
+
+    def fold_influence(self, groups, n: int, rows, partial, out, m: int) -> None:
+        """:meth:`fold`, adding the influence sums of the groups flagged in
+        ``rows`` to ``out`` (see
+        :func:`~melissa_sa.kernels.sobol_blocked.blocked_update_many_influence`)."""
+        if self._terms is None:
+            self._terms = terms_for(self.n_cells, self.n_params)
+        blocked_update_many_influence(self.array, groups, n, self._scratch, rows, partial,
+                                      self._terms, out, m)
+
+    # -- the row layout ----------------------------------------------------
+    def rows(self) -> np.ndarray:
+        """The state in the row layout, a new ``(n_cells, 9 + 16 p)`` array."""
+        out = np.empty((self.n_cells, self.width))
+        blocks_to_rows(self.array, self.slots, 0, out)
+        return out
+
+    def load_rows(self, rows: np.ndarray) -> None:
+        """Set the state from its row layout ``(n_cells, 9 + 16 p)``."""
+        if rows.shape != (self.n_cells, self.width):
+            raise ValueError(f"rows {rows.shape}, expected {(self.n_cells, self.width)}")
+        rows_to_blocks(np.ascontiguousarray(rows, dtype=np.float64), self.slots, 0,
+                       self.array)
+
+    def _slices(self):
+        """``(first block, cells)`` of each slice of :data:`SLICE` cells."""
+        for lo in range(0, self.n_cells, SLICE):
+            yield lo // BLOCK, min(SLICE, self.n_cells - lo)
+
+    def _buffer(self) -> np.ndarray:
+        if self._slice is None:
+            self._slice = np.empty((min(SLICE, self.n_cells), self.width))
+        return self._slice
+
+    def recentre(self, n: int) -> None:
+        """:func:`~melissa_sa.kernels.sobol_centred.martinez_recentre`, slice by slice."""
+        buf = self._buffer()
+        for b0, cells in self._slices():
+            rows = buf[:cells]
+            blocks_to_rows(self.array, self.slots, b0, rows)
+            martinez_recentre(rows, n, self.n_params)
+            rows_to_blocks(rows, self.slots, b0, self.array)
+
+    def merge(self, n: int, other: BlockedState, n_other: int) -> None:
+        """:func:`~melissa_sa.kernels.sobol_centred.martinez_merge` of ``other``
+        (``n_other`` groups) into this state (``n`` groups), slice by slice."""
+        mine, theirs = self._buffer(), other._buffer()
+        if theirs is mine:   # merging a state with itself: a second buffer
+            theirs = np.empty_like(mine)
+        for b0, cells in self._slices():
+            a, b = mine[:cells], theirs[:cells]
+            blocks_to_rows(self.array, self.slots, b0, a)
+            blocks_to_rows(other.array, self.slots, b0, b)
+            martinez_merge(a, n, b, n_other, self.n_params)
+            rows_to_blocks(a, self.slots, b0, self.array)
