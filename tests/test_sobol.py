@@ -433,9 +433,8 @@ def test_constructor_and_interval_arguments():
         SobolMartinez(3, 3, ci="bootstrap")
     s = SobolMartinez(3, 2, ci="fisher")
     assert s.nbytes == 3 * 8 * row_width(2, full=False) == 3 * 8 * (5 + 4 * 2)
-    # a full state is cell-blocked: cells rounded up to BLOCK, plus the
-    # fold's scratch row per chunk of cells
-    assert SobolMartinez(3, 2).nbytes == BLOCK * 8 * (9 + 16 * 2) + 5 * BLOCK * 8
+    # a full state is cell-blocked: cells rounded up to BLOCK
+    assert SobolMartinez(3, 2).nbytes == BLOCK * 8 * (9 + 16 * 2)
     assert SobolMartinez(3, 2, second_order=True).nbytes == 3 * 8 * (9 + 16 * 2 + 2 + 6 + 2)
     with pytest.raises(ValueError, match="level"):
         s.confidence_interval(1.5)

@@ -252,9 +252,7 @@ def test_aggregated_sums_and_nbytes_see_the_buffer():
     assert_same(s.aggregated_sums(), ref.aggregated_sums())
     assert s.nbytes == ref.nbytes + 4 * (P + 2) * 40 * 8
     # buffer made lazily; the state is cell-blocked (cells rounded up to BLOCK)
-    # with the fold's scratch row per chunk of cells
-    assert SobolMartinez(40, P).nbytes == (n_blocks(40) * BLOCK * 8 * row_width(P)
-                                           + 5 * BLOCK * 8)
+    assert SobolMartinez(40, P).nbytes == n_blocks(40) * BLOCK * 8 * row_width(P)
     f32 = feed(data.astype(np.float32), 4)
     assert f32.nbytes == ref.nbytes + 4 * (P + 2) * 40 * 4
 

@@ -319,14 +319,15 @@ class SobolMartinez(Statistic):
             self._buffer.clear()
 
     def trim(self) -> None:
-        """Fold what is buffered, then free the buffer's copy slots (made again
+        """Fold what is buffered, then free the buffers and scratch (made again
         if needed): finalisation writes the results from the state alone."""
         self.flush()
         self._buffer.drop()
+        if self._blocks is not None:
+            self._blocks.drop_scratch()
 
     def merge(self, other: SobolMartinez) -> None:
-        """Fold ``other``'s groups in, as if this object had seen them too (an
-        :attr:`aggregated` interval counts only the groups of :meth:`update`)."""
+        """Fold ``other``'s groups in (not into :attr:`aggregated`)."""
         self._check_merge(other, n_cells=self.n_cells, n_params=self.n_params, ci=self.ci,
                           has_second_order=self.has_second_order)
         self.flush()

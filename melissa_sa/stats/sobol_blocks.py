@@ -57,9 +57,20 @@ class BlockedState:
         self.width = row_width(n_params)
         self.array = np.zeros((n_blocks(n_cells), self.width * BLOCK))
         self.slots = block_slots(n_params)
-        self._scratch = scratch_for(n_cells)   # 40 float64 per chunk of 256 cells
-        self._terms = None                     # the influence terms' scratch
-        self._slice = None                     # row buffer of the sliced passes
+        # made when first needed, freed by drop_scratch():
+        self._scratch = None   # the fold's, 5 BLOCK float64 per chunk of 256 cells
+        self._terms = None     # the influence terms', 4 p BLOCK float64 per chunk
+        self._slice = None     # row buffer of the sliced passes
+
+    def drop_scratch(self) -> None:
+        """Free the scratch arrays (made again when needed): the state alone
+        stays."""
+        self._scratch = self._terms = self._slice = None
+
+    def _fold_scratch(self) -> np.ndarray:
+        if self._scratch is None:
+            self._scratch = scratch_for(self.n_cells)
+        return self._scratch
 
     @property
     def nbytes(self) -> int:
@@ -71,7 +82,7 @@ class BlockedState:
     def fold(self, groups, n: int, m: int = -1) -> None:
         """Fold ``groups`` (an ``(m, p + 2, n_cells)`` array or a tuple of
         groups, the first ``m`` folded) after ``n`` groups."""
-        blocked_update_many(self.array, groups, n, self._scratch, m)
+        blocked_update_many(self.array, groups, n, self._fold_scratch(), m)
 
     def fold_influence(self, groups, n: int, rows, partial, out, m: int) -> None:
         """:meth:`fold`, adding the influence sums of the groups flagged in
@@ -79,7 +90,7 @@ class BlockedState:
         :func:`~melissa_sa.kernels.sobol_blocked.blocked_update_many_influence`)."""
         if self._terms is None:
             self._terms = terms_for(self.n_cells, self.n_params)
-        blocked_update_many_influence(self.array, groups, n, self._scratch, rows, partial,
+        blocked_update_many_influence(self.array, groups, n, self._fold_scratch(), rows, partial,
                                       self._terms, out, m)
 
     # -- the row layout ----------------------------------------------------
