@@ -104,7 +104,7 @@ def results(rows, n, ci="delta"):
     out = {"indices": sobol_results.indices(rows, P)}
     for method in ("delta", "fisher", "delta-linear"):
         out[method] = sobol_results.interval(rows, n, P, ci, None, 0.9, method, True)
-    out["sums"] = sobol_results.aggregated_sums(rows, P)
+    out["sums"] = sobol_results.aggregated_sums(lambda q: rows[:, q], P)
     return out
 
 
@@ -196,3 +196,19 @@ def test_row_layout_checkpoint_loads_and_goes_on(tmp_path, n_cells):
     with h5py.File(tmp_path / "new.h5", "w") as f:   # and writes the row layout
         s.save(f.create_group("sobol"))
         np.testing.assert_array_equal(f["sobol/state"][...], rows_reference(data))
+
+
+def test_results_by_slices_of_a_large_state():
+    """Results of a state of several slices (SLICE cells each, the last one
+    partial) are read slice by slice: the same arrays as the row layout's."""
+    from melissa_sa.stats.sobol_blocks import SLICE
+
+    n_cells = 2 * SLICE + 37
+    data = mixed(np.random.default_rng(21), 12, n_cells)
+    s = SobolMartinez(n_cells, P)
+    s.update_many(data)
+    rows = rows_reference(data)
+    np.testing.assert_array_equal(s.folded_state(), rows)
+    assert_same_results(s, rows, 12)
+    first, total = s.indices
+    assert first.shape == total.shape == (P, n_cells)

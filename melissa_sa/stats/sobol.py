@@ -171,14 +171,9 @@ class SobolMartinez(Statistic):
                 f"ci={self.ci!r}, second_order={self.has_second_order}; "
                 f"{self._n} groups)")
 
-    @property
-    def pairs(self) -> list[tuple[int, int]]:
-        """Parameter pairs ``(i, j)``, ``i < j``, in ``itertools.combinations`` order."""
-        return list(itertools.combinations(range(self.n_params), 2))
-
-    @property
-    def n_pairs(self) -> int:
-        return self.n_params * (self.n_params - 1) // 2
+    pairs = property(lambda self: list(itertools.combinations(range(self.n_params), 2)),
+                     doc="Parameter pairs ``(i, j)``, ``i < j``, in ``combinations`` order.")
+    n_pairs = property(lambda self: self.n_params * (self.n_params - 1) // 2)
 
     # -- the aggregated interval -------------------------------------------
     def attach(self, aggregated: SobolAggregatedInterval) -> None:
@@ -216,17 +211,14 @@ class SobolMartinez(Statistic):
                ) -> None:
         """Fold one pick-freeze group, shape ``(n_params + 2, n_cells)``.
 
-        Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with
-        second order: ``2 n_params + 2`` rows), float32 or float64, folded at
-        once with ``fold_batch = 1``, else copied into the buffer (folded when
-        full). The second-order sums are folded at once (own means).
-        ``group_id``: the study's group number, needed with an
-        :attr:`aggregated` interval (it counts the group, and adds its
-        influence sums, from the state before this group, if
-        :meth:`~SobolAggregatedInterval.counts_group`). ``pool``: ``group``
-        was leased from this :class:`~melissa_sa.stats.row_pool.RowPool`; it
-        is folded from where it is and given back to the pool once folded
-        (the caller must not write to it after this call).
+        Rows ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with second
+        order), float32 or float64, folded at once with ``fold_batch = 1``,
+        else buffered (folded when full); second-order sums are folded at
+        once. ``group_id``: the study's group number, needed with an
+        :attr:`aggregated` interval (which counts it and gets its influence
+        sums). ``pool``: ``group`` was leased from this
+        :class:`~melissa_sa.stats.row_pool.RowPool`; it is folded from where it
+        is and given back once folded (the caller must not write to it).
         """
         given = group
         group = as_group(group, self.n_params, self.n_cells, self.has_second_order)
@@ -361,7 +353,7 @@ class SobolMartinez(Statistic):
     @property
     def indices(self) -> tuple[np.ndarray, np.ndarray]:
         """``(first_order, total_order)`` from one pass over the state."""
-        return sobol_results.indices(self.folded_state(), self.n_params)
+        return self._read(lambda rows: sobol_results.indices(rows, self.n_params))
 
     @property
     def second_order(self) -> np.ndarray:
@@ -392,21 +384,28 @@ class SobolMartinez(Statistic):
         return self._interval(level, method, with_indices=True)
 
     def _interval(self, level, method, with_indices):
-        state = self.folded_state()
-        return sobol_results.interval(state, self._folded, self.n_params, self.ci,
-                                      self._second, level, method, with_indices)
+        return self._read(lambda state: sobol_results.interval(
+            state, self._folded, self.n_params, self.ci, self._second, level, method,
+            with_indices))
+
+    def _read(self, read):
+        """``read(state)`` of the folded row-layout state; of a cell-blocked
+        one, by slices of cells (no copy of the whole state)."""
+        self.flush()
+        return read(self._state) if self._blocks is None else self._blocks.by_slices(read)
 
     def aggregated_sums(self) -> np.ndarray:
         """This object's partial sums for the field's aggregated indices.
 
         Shape ``(4, n_params)``, rows ``sum_c XY11(B, C_k)``,
         ``sum_c sqrt(B2 Ck2)``, ``sum_c XY11(A, C_k)``, ``sum_c sqrt(A2 Ck2)``
-        over this object's cells. Sums from disjoint sets of cells (server
-        ranks) add up: reduce them with a sum, then call
-        :func:`~melissa_sa.stats.sobol_aggregated.aggregate_indices`. No
-        cell is gathered.
+        over this object's cells: sums of disjoint cells (ranks) add up, for
+        :func:`~melissa_sa.stats.sobol_aggregated.aggregate_indices`.
         """
-        return sobol_results.aggregated_sums(self.folded_state(), self.n_params)
+        self.flush()
+        column = (self._blocks.column if self._blocks is not None
+                  else lambda q: self._state[:, q])
+        return sobol_results.aggregated_sums(column, self.n_params)
 
     @property
     def nbytes(self) -> int:

@@ -5,11 +5,11 @@ A ``ci="delta"`` state without second order is kept cell-blocked
 cells per row, each accumulator's cells contiguous, so that the fold runs in
 SIMD lanes. Everything else reads the row layout of
 :mod:`melissa_sa.kernels.sobol` (one row per cell): the per-cell kernels of
-merge and re-centring run on the rows of :data:`SLICE` cells at a time,
-converted into a buffer kept for the next time (no state-sized copy, nothing
-allocated once the buffers exist); the results and the checkpoint read the
-whole row-layout state (:meth:`BlockedState.rows`), so a checkpoint's arrays
-are those of the row layout, whichever layout wrote them.
+merge, re-centring, indices and intervals run on the rows of :data:`SLICE`
+cells at a time (:meth:`BlockedState.by_slices`), converted into a buffer
+kept for the next time (no state-sized copy); the checkpoint reads the whole
+row-layout state (:meth:`BlockedState.rows`), so a checkpoint's arrays are
+those of the row layout, whichever layout wrote them.
 
 >>> import numpy as np
 >>> from melissa_sa.kernels.sobol import martinez_update_many
@@ -117,6 +117,27 @@ class BlockedState:
             self._slice = np.empty((min(SLICE, self.n_cells), self.width))
         return self._slice
 
+    def column(self, q: int) -> np.ndarray:
+        """Row slot ``q`` of every cell, a new ``(n_cells,)`` array."""
+        b = int(self.slots[q]) * BLOCK
+        return self.array[:, b:b + BLOCK].reshape(-1)[:self.n_cells].copy()
+
+    def by_slices(self, read):
+        """``read(rows)`` on the rows of each slice of :data:`SLICE` cells, its
+        arrays (a tuple tree, possibly with None leaves, of arrays whose last
+        axis is the cells) put together for all the cells: the results of
+        the per-cell kernels without a copy of the whole state."""
+        buf = self._buffer()
+        out = None
+        for b0, cells in self._slices():
+            rows = buf[:cells]
+            blocks_to_rows(self.array, self.slots, b0, rows)
+            part = read(rows)
+            if out is None:
+                out = _empty_like_tree(part, self.n_cells)
+            _fill_tree(out, part, b0 * BLOCK)
+        return out
+
     def recentre(self, n: int) -> None:
         """:func:`~melissa_sa.kernels.sobol_centred.martinez_recentre`, slice by slice."""
         buf = self._buffer()
@@ -138,3 +159,24 @@ class BlockedState:
             blocks_to_rows(other.array, self.slots, b0, b)
             martinez_merge(a, n, b, n_other, self.n_params)
             rows_to_blocks(a, self.slots, b0, self.array)
+
+
+def _empty_like_tree(tree, n_cells):
+    if tree is None:
+        return None
+    if isinstance(tree, np.ndarray):
+        if tree.shape[-1] == 0:   # an empty placeholder stays as it is
+            return tree
+        return np.empty(tree.shape[:-1] + (n_cells,), dtype=tree.dtype)
+    return tuple(_empty_like_tree(t, n_cells) for t in tree)
+
+
+def _fill_tree(out, part, lo):
+    if part is None:
+        return
+    if isinstance(part, np.ndarray):
+        if part.shape[-1]:
+            out[..., lo:lo + part.shape[-1]] = part
+        return
+    for o, p in zip(out, part, strict=True):
+        _fill_tree(o, p, lo)
