@@ -7,14 +7,9 @@ compiles them (about 20 s on one core for all of them, float32 and float64),
 later uses load them from ``melissa_sa/kernels/__pycache__`` in about a
 second. The launcher runs this before starting the server when the cache is
 missing or older than the sources (:func:`cache_is_stale`), so that no server
-spends its first minute compiling while clients wait for it. The server calls
-:func:`compile_if_stale` before it listens: with a fresh cache it loads
-nothing then (each kernel is loaded from the cache when first used, so a
-study loads only the kernels of its statistics, for the dtypes it receives:
-loading all of them cost a server about a second of CPU,
-``benchmarks/startup.py``); a server started alone with a stale cache
-compiles them there, while ZeroMQ queues the hellos, not on the first
-message.
+spends its first minute compiling while clients wait for it; the server calls
+:func:`warm_up` before it listens, so that the kernels are loaded before the
+first message rather than on it.
 """
 
 from __future__ import annotations
@@ -36,11 +31,6 @@ def cache_is_stale() -> bool:
         if not entries or max(e.stat().st_mtime for e in entries) < source.stat().st_mtime:
             return True
     return False
-
-
-def compile_if_stale(n_params: int = 3) -> float | None:
-    """:func:`warm_up` if Numba's cache is stale (its seconds), else None."""
-    return warm_up(n_params) if cache_is_stale() else None
 
 
 def warm_up(n_params: int = 3) -> float:
@@ -80,8 +70,6 @@ def warm_up(n_params: int = 3) -> float:
             s.merge(s)
             _ = s.second_order if second else s.indices
             s.confidence_interval(0.9)
-        # the batched fold of an (m, p + 2, n_cells) array (update_many)
-        SobolMartinez(2, n_params).update_many(np.stack([group, group[::-1]]).astype(dtype))
     return time.perf_counter() - t0
 
 

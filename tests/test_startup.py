@@ -1,21 +1,10 @@
-"""The server's start: kernels compiled before listening only when Numba's
-cache is stale (else loaded when first used), and its CPU line at exit."""
+"""The server's start: what it imports, and its CPU line at exit."""
 
 from __future__ import annotations
 
 import re
 
-import melissa_sa.warmup as warmup
 from melissa_sa.server import main as server_main
-
-
-def test_compile_if_stale_compiles_only_a_stale_cache(monkeypatch):
-    calls = []
-    monkeypatch.setattr(warmup, "warm_up", lambda n_params=3: calls.append(n_params) or 1.5)
-    monkeypatch.setattr(warmup, "cache_is_stale", lambda: False)
-    assert warmup.compile_if_stale(4) is None and calls == []
-    monkeypatch.setattr(warmup, "cache_is_stale", lambda: True)
-    assert warmup.compile_if_stale(4) == 1.5 and calls == [4]
 
 
 def test_cpu_seconds_grows_with_work():

@@ -25,7 +25,7 @@ from melissa_sa.server.base_server import BaseServer
 from melissa_sa.server.data_messages import ServerStatus, SimulationData
 from melissa_sa.server.field_stats import collect_results
 from melissa_sa.server.results_io import write_study_results
-from melissa_sa.warmup import compile_if_stale
+from melissa_sa.warmup import warm_up
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -77,10 +77,10 @@ class SensitivityAnalysisServer(BaseServer):
         self._take_study_lock()
         self.setup_environment()
         restored = self.restore() if self._restart else False
-        # never compile on the first message: the launcher compiles the kernels
-        # first when Numba's cache is stale, and a server started alone compiles
-        # here while ZeroMQ queues the hellos; a fresh cache is loaded lazily
-        compile_if_stale(self.nb_parameters)
+        # load the compiled kernels before listening, not on the first message;
+        # the launcher compiles them first when Numba's cache is stale, and a
+        # server started alone compiles here while ZeroMQ queues the hellos
+        warm_up(self.nb_parameters)
         self.initialize_connections()
         if restored:
             self.worker.report_restored()

@@ -260,7 +260,7 @@ def fold_groups(state: np.ndarray, groups, n: int, n_params: int,
     many = martinez_update_many if full else martinez_update_many_compact
     one = martinez_update if full else martinez_update_compact
     infl = influence if influence is not None and influence.pending(m) else None
-    whole = blocks is not None and isinstance(groups, np.ndarray)
+    whole = blocks is not None and infl is None and isinstance(groups, np.ndarray)
     while done < m:
         stop = m if whole else min(m, done + GROUP_TUPLE)
         for count in RECENTRE_AT:
