@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import melissa_sa.stats.sobol as sobol_module
 from melissa_sa.kernels.sobol import row_width
+from melissa_sa.kernels.sobol_blocked import BLOCK
 from melissa_sa.stats.sobol import SobolMartinez
 
 Z95 = 1.959963984540054
@@ -127,7 +128,7 @@ def test_accumulators_match_two_pass():
     h = 5 + 4 * p
     for cell in range(5):
         x = data[:, :, cell]
-        row = s._state[cell]
+        row = s.folded_state()[cell]
         shift = row[0]
         # re-centred after 2, 16 and 256 groups: the shift is A's mean at 256
         np.testing.assert_allclose(shift, x[:256, 0].mean(), rtol=1e-14)
@@ -222,7 +223,7 @@ def test_float32_input_is_exact_on_its_values():
     s64 = feed(data.astype(np.float64))
     s32.flush()
     s64.flush()
-    np.testing.assert_array_equal(s32._state, s64._state)
+    np.testing.assert_array_equal(s32.folded_state(), s64.folded_state())
     rb, ra = corr_reference(data)
     np.testing.assert_allclose(s32.first_order, rb, rtol=1e-11)
     np.testing.assert_allclose(1.0 - s32.total_order, ra, rtol=1e-11)
@@ -327,10 +328,10 @@ def assert_same_state(a, b):
     p = a.n_params
     means = [1, 2] + [5 + 4 * k for k in range(p)]
     sums = [3, 4] + [5 + 4 * k + t for k in range(p) for t in (1, 2, 3)]
-    mean_a, mean_b = (s._state[:, :1] + s._state[:, means] for s in (a, b))
+    mean_a, mean_b = (s.folded_state()[:, :1] + s.folded_state()[:, means] for s in (a, b))
     np.testing.assert_allclose(mean_a, mean_b, rtol=1e-13, atol=1e-13)
-    scale = np.abs(b._state[:, sums]).max(axis=0) + 1e-300
-    np.testing.assert_allclose(a._state[:, sums] / scale, b._state[:, sums] / scale,
+    scale = np.abs(b.folded_state()[:, sums]).max(axis=0) + 1e-300
+    np.testing.assert_allclose(a.folded_state()[:, sums] / scale, b.folded_state()[:, sums] / scale,
                                rtol=0, atol=1e-12)
     np.testing.assert_allclose(a.first_order, b.first_order, rtol=1e-11, atol=1e-14)
     np.testing.assert_allclose(a.total_order, b.total_order, rtol=1e-11, atol=1e-14)
@@ -432,7 +433,9 @@ def test_constructor_and_interval_arguments():
         SobolMartinez(3, 3, ci="bootstrap")
     s = SobolMartinez(3, 2, ci="fisher")
     assert s.nbytes == 3 * 8 * row_width(2, full=False) == 3 * 8 * (5 + 4 * 2)
-    assert SobolMartinez(3, 2).nbytes == 3 * 8 * (9 + 16 * 2)
+    # a full state is cell-blocked: cells rounded up to BLOCK
+    assert SobolMartinez(3, 2).nbytes == BLOCK * 8 * (9 + 16 * 2)
+    assert SobolMartinez(3, 2, second_order=True).nbytes == 3 * 8 * (9 + 16 * 2 + 2 + 6 + 2)
     with pytest.raises(ValueError, match="level"):
         s.confidence_interval(1.5)
     with pytest.raises(ValueError, match="method"):
@@ -455,10 +458,10 @@ def test_save_load_round_trip_then_continue(tmp_path, ci):
     with h5py.File(tmp_path / "ckpt.h5", "r") as f:
         back = SobolMartinez.load(f["sobol"])
     assert (back.n_cells, back.n_params, back.ci, back.count) == (7, 3, ci, 60)
-    np.testing.assert_array_equal(back._state, s._state)
+    np.testing.assert_array_equal(back.folded_state(), s.folded_state())
     for group in data[60:]:
         back.update(group)
-    np.testing.assert_array_equal(back._state, feed(data, ci)._state)
+    np.testing.assert_array_equal(back.folded_state(), feed(data, ci).folded_state())
 
 
 def test_load_refuses_other_state(tmp_path):
@@ -490,7 +493,7 @@ def test_threads_agree():
         ci_two = two.confidence_interval()
     finally:
         numba.set_num_threads(1)
-    np.testing.assert_array_equal(one._state, two._state)
+    np.testing.assert_array_equal(one.folded_state(), two.folded_state())
     for a, b in zip(one.confidence_interval(), ci_two):
         np.testing.assert_array_equal(a, b)
     assert_same_state(two_merged, one)

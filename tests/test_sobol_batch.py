@@ -14,6 +14,7 @@ from melissa_sa.kernels.sobol import (
     martinez_update_many_compact,
     row_width,
 )
+from melissa_sa.kernels.sobol_blocked import BLOCK, n_blocks
 from melissa_sa.stats.row_pool import RowPool
 from melissa_sa.stats.sobol import SobolMartinez
 from melissa_sa.stats.sobol_fold import FOLD_BATCH, RECENTRE_AT
@@ -120,7 +121,7 @@ def test_buffered_object_equals_unbuffered(ci, fold_batch):
         if k in (0, 4, 17, 29):  # reads with a partly filled buffer
             assert_same_results(s, ref)
     assert_same_results(s, ref)
-    assert_same(s._state, ref._state)  # shift and every accumulator
+    assert_same(s.folded_state(), ref.folded_state())  # shift and every accumulator
 
 
 def test_fold_now_folds_the_buffer_and_the_group_without_changing_a_bit():
@@ -140,7 +141,7 @@ def test_fold_now_folds_the_buffer_and_the_group_without_changing_a_bit():
         if now:
             assert s._folded == k + 1  # nothing left in the buffer
     assert_same_results(s, ref)
-    assert_same(s._state, ref._state)
+    assert_same(s.folded_state(), ref.folded_state())
 
 
 def test_default_fold_batch():
@@ -154,6 +155,7 @@ def test_default_fold_batch():
 def test_recentring_happens_at_the_same_counts(monkeypatch):
     """The buffer never folds across a re-centring count: the shifts move
     after exactly 2, 16 (and 256) groups, as with one-by-one updates."""
+    import melissa_sa.stats.sobol_blocks as blocks_module
     import melissa_sa.stats.sobol_fold as module
 
     seen = []
@@ -164,6 +166,7 @@ def test_recentring_happens_at_the_same_counts(monkeypatch):
         real(state, n, n_params)
 
     monkeypatch.setattr(module, "martinez_recentre", spy)
+    monkeypatch.setattr(blocks_module, "martinez_recentre", spy)   # the cell-blocked state
     rng = np.random.default_rng(4)
     data = groups_of(rng, 20, 50, offset=1e6)
     s = SobolMartinez(50, P, fold_batch=5)
@@ -174,7 +177,7 @@ def test_recentring_happens_at_the_same_counts(monkeypatch):
     t = SobolMartinez(50, P, fold_batch=6)
     t.update_many(data)
     assert seen == [2, 16]
-    assert_same(t._state, feed(data, 1)._state)
+    assert_same(t.folded_state(), feed(data, 1).folded_state())
     assert RECENTRE_AT[:2] == (2, 16)
 
 
@@ -248,7 +251,8 @@ def test_aggregated_sums_and_nbytes_see_the_buffer():
     ref = feed(data, 1)
     assert_same(s.aggregated_sums(), ref.aggregated_sums())
     assert s.nbytes == ref.nbytes + 4 * (P + 2) * 40 * 8
-    assert SobolMartinez(40, P).nbytes == 40 * 8 * row_width(P)  # buffer made lazily
+    # buffer made lazily; the state is cell-blocked (cells rounded up to BLOCK)
+    assert SobolMartinez(40, P).nbytes == n_blocks(40) * BLOCK * 8 * row_width(P)
     f32 = feed(data.astype(np.float32), 4)
     assert f32.nbytes == ref.nbytes + 4 * (P + 2) * 40 * 4
 

@@ -66,8 +66,8 @@ def two_passes(data, ids, ci="delta", second_order=False, **kw):
     for g in range(n):
         row = agg.update(int(ids[g]))
         if row >= 0:
-            aggregated_influence(s._state, np.ascontiguousarray(data[g][:P + 2]), s.count, P,
-                                 row, scratch, agg.batches)
+            aggregated_influence(s.folded_state(), np.ascontiguousarray(data[g][:P + 2]),
+                                 s.count, P, row, scratch, agg.batches)
         s.update(data[g])
     return s, agg
 
@@ -79,7 +79,7 @@ def assert_identical(a, b):
     np.testing.assert_array_equal(g1.batches, g2.batches)
     np.testing.assert_array_equal(g1.batch_counts, g2.batch_counts)
     np.testing.assert_array_equal(g1.batch_ids, g2.batch_ids)
-    np.testing.assert_array_equal(s1._state, s2._state)
+    np.testing.assert_array_equal(s1.folded_state(), s2.folded_state())
 
 
 @pytest.mark.parametrize("n_cells", [1, 255, 257, 1031])  # below, at, across chunks

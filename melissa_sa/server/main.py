@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import resource
 import sys
 from pathlib import Path
 
@@ -49,6 +50,12 @@ def check_comm_size(size: int, config) -> str | None:
             f"start the server with {wanted} MPI processes.{hint}")
 
 
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (every thread)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -72,7 +79,12 @@ def main(argv=None) -> int:
         import numba
         numba.set_num_threads(1)
     server = load_server_class(config)(config)
-    return server.start()
+    ready = cpu_seconds()
+    status = server.start()
+    print(f"melissa-sa server rank {MPI.COMM_WORLD.Get_rank()}: {cpu_seconds():.2f} s CPU "
+          f"({ready:.2f} s of it before the server class started)", file=sys.stderr,
+          flush=True)
+    return status
 
 
 if __name__ == "__main__":

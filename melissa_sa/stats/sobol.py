@@ -24,6 +24,7 @@ from melissa_sa.stats import sobol_results
 from melissa_sa.stats.base import Statistic
 from melissa_sa.stats.row_pool import RowPool
 from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
+from melissa_sa.stats.sobol_blocks import BlockedState
 from melissa_sa.stats.sobol_checkpoint import read_martinez, restore_martinez, save_martinez
 from melissa_sa.stats.sobol_fold import (
     RECENTRE_AT,
@@ -66,10 +67,8 @@ class SobolMartinez(Statistic):
     co-moments are power sums of the cell-shifted values (multiply-adds
     only), centred at finalisation.
 
-    **Constant cells** and **confidence intervals** (``"delta"``, the
-    default, ``"fisher"`` and ``"delta-linear"``; ``ci="fisher"`` keeps only
-    block 1, what the estimates and Fisher's interval need): see
-    :mod:`melissa_sa.stats.sobol_results`.
+    **Constant cells**, **confidence intervals** (``"delta"``, the default,
+    ``"fisher"``, ``"delta-linear"``): :mod:`melissa_sa.stats.sobol_results`.
 
     **Second order** (``second_order=True``, ``p >= 2``): groups of
     ``2p + 2`` rows, ``Y_D1 .. Y_Dp`` after the ``C_k`` (``D_k``: ``B`` with
@@ -79,23 +78,24 @@ class SobolMartinez(Statistic):
     state is untouched. See :mod:`melissa_sa.stats.sobol_second`.
 
     **Memory** (float64, per cell): ``8 (9 + 16 p)`` bytes with
-    ``ci="delta"`` (456 at ``p = 3``), ``8 (5 + 4 p)`` with ``ci="fisher"``
-    (136 at ``p = 3``); second order adds ``8 (2 + 3 p + p (p - 1))``
-    (136 at ``p = 3``); plus the group buffer (:attr:`nbytes`).
+    ``ci="delta"`` (456 at ``p = 3``), kept cell-blocked without second order
+    (:mod:`.sobol_blocks`: the fold runs in SIMD lanes; the cell count
+    rounded up to 16), ``8 (5 + 4 p)`` with ``ci="fisher"`` (136 at
+    ``p = 3``); second order adds ``8 (2 + 3 p + p (p - 1))`` (136 at
+    ``p = 3``); plus the group buffer (:attr:`nbytes`).
 
     **Batched fold** (``fold_batch``, default
-    :data:`~melissa_sa.stats.sobol_fold.FOLD_BATCH`, 1 with second order;
-    :mod:`melissa_sa.stats.sobol_fold`): :meth:`update` folds ``fold_batch``
-    groups in one pass, bit for bit as one by one, copying each group into
-    its buffer or, given with ``pool=``, folding it from its own array and
-    giving it back to that :class:`~melissa_sa.stats.row_pool.RowPool`.
-    :attr:`count` includes the buffered groups; every result, merge and save
-    folds them first. With ``aggregated=`` (a fresh
+    :data:`~melissa_sa.stats.sobol_fold.FOLD_BATCH`, 1 with second order):
+    :meth:`update` buffers groups (copied, or with ``pool=`` leased from a
+    :class:`~melissa_sa.stats.row_pool.RowPool` and given back once folded)
+    and folds ``fold_batch`` of them in one pass, bit for bit as one by one
+    (:mod:`melissa_sa.stats.sobol_fold`). :attr:`count` includes the
+    buffered groups; every result, merge and save folds them first. With
+    ``aggregated=`` (a fresh
     :class:`~melissa_sa.stats.sobol_aggregated.SobolAggregatedInterval`),
     :meth:`update` takes the study's group number and adds the counted
-    groups' influence sums to its batch sums (in the batched fold of a full
-    state, in a pass of their own for a compact one); read it as
-    :attr:`aggregated`, which folds first.
+    groups' influence sums to its batch sums (fused into the fold of a full
+    state); read it as :attr:`aggregated`, which folds first.
 
     References: J.-M. Martinez, "Analyse de sensibilité globale par
     décomposition de la variance", GdR Ondes & Mascot Num, 2011.
@@ -150,8 +150,15 @@ class SobolMartinez(Statistic):
         self._n = 0          # groups received (folded or buffered)
         self._folded = 0     # groups folded into the state
         self._buffer = GroupBuffer(self.fold_batch)   # received, not yet folded
-        width = row_width(self.n_params, full=ci == "delta")
-        self._state = np.zeros((self.n_cells, width), dtype=np.float64)
+        # a full first-order state is cell-blocked (the fold in SIMD lanes,
+        # :mod:`.sobol_blocks`); with second order, or compact, one row per cell
+        self._blocks = (BlockedState(self.n_cells, self.n_params)
+                        if ci == "delta" and not self.has_second_order else None)
+        if self._blocks is not None:
+            self._state = self._blocks.array
+        else:
+            width = row_width(self.n_params, full=ci == "delta")
+            self._state = np.zeros((self.n_cells, width), dtype=np.float64)
         self._second = (SecondOrderState(self.n_cells, self.n_params)
                         if self.has_second_order else None)
         self._aggregated = None
@@ -164,14 +171,9 @@ class SobolMartinez(Statistic):
                 f"ci={self.ci!r}, second_order={self.has_second_order}; "
                 f"{self._n} groups)")
 
-    @property
-    def pairs(self) -> list[tuple[int, int]]:
-        """Parameter pairs ``(i, j)``, ``i < j``, in ``itertools.combinations`` order."""
-        return list(itertools.combinations(range(self.n_params), 2))
-
-    @property
-    def n_pairs(self) -> int:
-        return self.n_params * (self.n_params - 1) // 2
+    pairs = property(lambda self: list(itertools.combinations(range(self.n_params), 2)),
+                     doc="Parameter pairs ``(i, j)``, ``i < j``, in ``combinations`` order.")
+    n_pairs = property(lambda self: self.n_params * (self.n_params - 1) // 2)
 
     # -- the aggregated interval -------------------------------------------
     def attach(self, aggregated: SobolAggregatedInterval) -> None:
@@ -209,17 +211,14 @@ class SobolMartinez(Statistic):
                ) -> None:
         """Fold one pick-freeze group, shape ``(n_params + 2, n_cells)``.
 
-        Rows are ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with
-        second order: ``2 n_params + 2`` rows), float32 or float64, folded at
-        once with ``fold_batch = 1``, else copied into the buffer (folded when
-        full). The second-order sums are folded at once (own means).
-        ``group_id``: the study's group number, needed with an
-        :attr:`aggregated` interval (it counts the group, and adds its
-        influence sums, from the state before this group, if
-        :meth:`~SobolAggregatedInterval.counts_group`). ``pool``: ``group``
-        was leased from this :class:`~melissa_sa.stats.row_pool.RowPool`; it
-        is folded from where it is and given back to the pool once folded
-        (the caller must not write to it after this call).
+        Rows ``Y_A, Y_B, Y_C1 .. Y_Cp`` (then ``Y_D1 .. Y_Dp`` with second
+        order), float32 or float64, folded at once with ``fold_batch = 1``,
+        else buffered (folded when full); second-order sums are folded at
+        once. ``group_id``: the study's group number, needed with an
+        :attr:`aggregated` interval (which counts it and gets its influence
+        sums). ``pool``: ``group`` was leased from this
+        :class:`~melissa_sa.stats.row_pool.RowPool`; it is folded from where it
+        is and given back once folded (the caller must not write to it).
         """
         given = group
         group = as_group(group, self.n_params, self.n_cells, self.has_second_order)
@@ -271,14 +270,11 @@ class SobolMartinez(Statistic):
         return self._aggregated.update(group_id)
 
     def update_many(self, groups, group_ids=None) -> None:
-        """Fold several groups at once: ``groups`` is ``(m, n_params + 2, n_cells)``
-        (or a sequence of groups), in the order they count; ``group_ids``:
-        their study group numbers, with an :attr:`aggregated` interval.
-
-        Equivalent to ``m`` calls of :meth:`update`; the groups of an
-        ``(m, p + 2, n_cells)`` C-contiguous float32/float64 array are folded
-        from it directly, ``fold_batch`` at a time, without a copy.
-        """
+        """``m`` calls of :meth:`update`: ``groups`` is ``(m, n_params + 2,
+        n_cells)`` (or a sequence of groups) in the order they count,
+        ``group_ids`` their study group numbers (with :attr:`aggregated`). A
+        C-contiguous float32/float64 array is folded from where it is,
+        ``fold_batch`` groups a pass."""
         if not isinstance(groups, np.ndarray) or self._aggregated is not None:
             ids = [None] * len(groups) if group_ids is None else group_ids
             for group, group_id in zip(groups, ids, strict=True):
@@ -298,70 +294,66 @@ class SobolMartinez(Statistic):
             return
         self.flush()
         for lo in range(0, groups.shape[0], self.fold_batch):
-            self._fold(list(groups[lo:lo + self.fold_batch]))
+            batch = groups[lo:lo + self.fold_batch]
+            self._fold(batch if self._blocks is not None else list(batch))
 
     def _fold(self, groups: list[np.ndarray]) -> None:
         """Fold the received-but-not-folded ``groups`` into the state."""
         fold_groups(self._state, groups, self._folded, self.n_params, self.ci == "delta",
-                    self._influence)
+                    self._influence, self._blocks)
         self._folded += len(groups)
         self._n = max(self._n, self._folded)
 
     def flush(self) -> None:
-        """Fold the buffered groups now (every result, merge and save does it
-        first): leased row buffers go back to their pools."""
+        """Fold the buffered groups now (leased rows go back to their pools)."""
         if len(self._buffer):
             self._fold(self._buffer.groups)
             self._buffer.clear()
 
     def trim(self) -> None:
-        """Fold what is buffered, then free the buffer's copy slots (made again
+        """Fold what is buffered, then free the buffers and scratch (made again
         if needed): finalisation writes the results from the state alone."""
         self.flush()
         self._buffer.drop()
+        if self._blocks is not None:
+            self._blocks.drop_scratch()
 
     def merge(self, other: SobolMartinez) -> None:
-        """Fold ``other``'s groups in, as if this object had seen them too (an
-        :attr:`aggregated` interval counts only the groups of :meth:`update`)."""
+        """Fold ``other``'s groups in (not into :attr:`aggregated`)."""
         self._check_merge(other, n_cells=self.n_cells, n_params=self.n_params, ci=self.ci,
                           has_second_order=self.has_second_order)
         self.flush()
         other.flush()
-        other_state = other._state.copy() if other is self else other._state
-        if self._second is not None:
-            self._second.merge(self._folded, other._second, other._folded)
-        martinez_merge(self._state, self._folded, other_state,
-                       other._folded, self.n_params)
+        if self._blocks is not None:
+            self._blocks.merge(self._folded, other._blocks, other._folded)
+        else:
+            other_state = other._state.copy() if other is self else other._state
+            if self._second is not None:
+                self._second.merge(self._folded, other._second, other._folded)
+            martinez_merge(self._state, self._folded, other_state,
+                           other._folded, self.n_params)
         self._folded += other._folded
         self._n = self._folded
 
     # -- results ---------------------------------------------------------
-    @property
-    def count(self) -> int:
-        """Number of groups received (the same for every cell), buffered ones
-        included: every result folds the buffer first."""
-        return self._n
+    count = property(lambda self: self._n, doc="Groups received, buffered ones included.")
 
     def folded_state(self) -> np.ndarray:
         """The per-cell state ``(n_cells, width)``, every group folded (the
-        layout of :mod:`melissa_sa.kernels.sobol`; read it, do not write)."""
+        layout of :mod:`melissa_sa.kernels.sobol`; read it, do not write: of a
+        cell-blocked state, it is a copy)."""
         self.flush()
-        return self._state
+        return self._state if self._blocks is None else self._blocks.rows()
 
-    @property
-    def first_order(self) -> np.ndarray:
-        """``S_k = corr(Y_B, Y_Ck)``, shape ``(n_params, n_cells)``."""
-        return self.indices[0]
-
-    @property
-    def total_order(self) -> np.ndarray:
-        """``ST_k = 1 - corr(Y_A, Y_Ck)``, shape ``(n_params, n_cells)``."""
-        return self.indices[1]
+    first_order = property(lambda self: self.indices[0],
+                           doc="``S_k = corr(Y_B, Y_Ck)``, shape ``(n_params, n_cells)``.")
+    total_order = property(lambda self: self.indices[1],
+                           doc="``ST_k = 1 - corr(Y_A, Y_Ck)``, ``(n_params, n_cells)``.")
 
     @property
     def indices(self) -> tuple[np.ndarray, np.ndarray]:
         """``(first_order, total_order)`` from one pass over the state."""
-        return sobol_results.indices(self.folded_state(), self.n_params)
+        return self._read(lambda rows: sobol_results.indices(rows, self.n_params))
 
     @property
     def second_order(self) -> np.ndarray:
@@ -392,30 +384,37 @@ class SobolMartinez(Statistic):
         return self._interval(level, method, with_indices=True)
 
     def _interval(self, level, method, with_indices):
-        state = self.folded_state()
-        return sobol_results.interval(state, self._folded, self.n_params, self.ci,
-                                      self._second, level, method, with_indices)
+        return self._read(lambda state: sobol_results.interval(
+            state, self._folded, self.n_params, self.ci, self._second, level, method,
+            with_indices))
+
+    def _read(self, read):
+        """``read(state)`` of the folded row-layout state; of a cell-blocked
+        one, by slices of cells (no copy of the whole state)."""
+        self.flush()
+        return read(self._state) if self._blocks is None else self._blocks.by_slices(read)
 
     def aggregated_sums(self) -> np.ndarray:
         """This object's partial sums for the field's aggregated indices.
 
         Shape ``(4, n_params)``, rows ``sum_c XY11(B, C_k)``,
         ``sum_c sqrt(B2 Ck2)``, ``sum_c XY11(A, C_k)``, ``sum_c sqrt(A2 Ck2)``
-        over this object's cells. Sums from disjoint sets of cells (server
-        ranks) add up: reduce them with a sum, then call
-        :func:`~melissa_sa.stats.sobol_aggregated.aggregate_indices`. No
-        cell is gathered.
+        over this object's cells: sums of disjoint cells (ranks) add up, for
+        :func:`~melissa_sa.stats.sobol_aggregated.aggregate_indices`.
         """
-        return sobol_results.aggregated_sums(self.folded_state(), self.n_params)
+        self.flush()
+        column = (self._blocks.column if self._blocks is not None
+                  else lambda q: self._state[:, q])
+        return sobol_results.aggregated_sums(column, self.n_params)
 
     @property
     def nbytes(self) -> int:
-        """Bytes held: the state (see **Memory**), the group buffer once made
-        (``fold_batch (p + 2)`` samples per cell in the groups' dtype), the
-        influence sums' scratch once made (``32 p fold_batch`` B per 256 cells)."""
+        """Bytes held: the state (see **Memory**) and its scratch, the group
+        buffer and the influence sums' scratch once made."""
         extra = self._second.nbytes if self._second is not None else 0
         infl = self._influence.nbytes if self._influence is not None else 0
-        return self._state.nbytes + extra + infl + self._buffer.nbytes
+        state = self._state.nbytes if self._blocks is None else self._blocks.nbytes
+        return state + extra + infl + self._buffer.nbytes
 
     # -- checkpoint ------------------------------------------------------
     def save(self, group) -> None:
@@ -442,7 +441,7 @@ class SobolMartinez(Statistic):
         saved = read_martinez(group)
         obj = cls(saved.n_cells, saved.n_params, ci=saved.ci,
                   second_order=saved.second_order, fold_batch=fold_batch)
-        restore_martinez(group, saved, obj._state,
+        restore_martinez(group, saved, obj._blocks or obj._state,
                          None if obj._second is None else obj._second.array)
         obj._n = obj._folded = saved.n
         if aggregated is not None:

@@ -1,6 +1,7 @@
 """Checkpoint format of a :class:`~melissa_sa.stats.SobolMartinez`.
 
-The state goes into an h5py group as the ``state`` array (one row per cell;
+The state goes into an h5py group as the ``state`` array (one row per cell,
+whether the statistic keeps it in rows or cell-blocked;
 attribute ``layout``: the meaning of the row's slots, see
 :mod:`melissa_sa.kernels.sobol`) and, with second order, the ``second``
 array; the attributes ``n``, ``n_cells``, ``n_params``, ``ci`` and
@@ -20,6 +21,7 @@ import numpy as np
 from melissa_sa.kernels.sobol import LAYOUT
 from melissa_sa.kernels.sobol_centred import martinez_from_centred
 from melissa_sa.stats._state import load_state, restore_array, save_state
+from melissa_sa.stats.sobol_blocks import BlockedState
 
 KIND = "SobolMartinez"
 
@@ -65,15 +67,21 @@ def read_martinez(group) -> SavedMartinez:
                          second_order=bool(attrs.get("second_order", False)), layout=layout)
 
 
-def restore_martinez(group, saved: SavedMartinez, state: np.ndarray,
-                     second: np.ndarray | None) -> None:
-    """Copy the saved arrays into ``state`` (and ``second``), arrays of a
-    fresh statistic built as ``saved`` says; a layout-1 full state is
-    converted to the power sums of :data:`~melissa_sa.kernels.sobol.LAYOUT`."""
+def restore_martinez(group, saved: SavedMartinez, state, second: np.ndarray | None) -> None:
+    """Copy the saved arrays into ``state`` (and ``second``), of a fresh
+    statistic built as ``saved`` says: ``state`` is its row-layout array or
+    its :class:`~melissa_sa.stats.sobol_blocks.BlockedState` (the saved rows
+    are converted); a layout-1 full state is converted to the power sums of
+    :data:`~melissa_sa.kernels.sobol.LAYOUT`."""
     arrays, _ = load_state(group, KIND, ["state"])
+    blocks = state if isinstance(state, BlockedState) else None
+    if blocks is not None:
+        state = np.zeros((blocks.n_cells, blocks.width))
     restore_array(group, "state", state, arrays["state"])
     if second is not None:
         more, _ = load_state(group, KIND, ["second"])
         restore_array(group, "second", second, more["second"])
     if saved.layout == 1 and saved.ci == "delta":
         martinez_from_centred(state, saved.n, saved.n_params)
+    if blocks is not None:
+        blocks.load_rows(state)

@@ -221,10 +221,16 @@ class InfluenceRows:
         """Whether a group in slots ``[start, stop)`` has sums to add."""
         return bool((self.rows[start:stop] >= 0).any())
 
-    def fold(self, state, groups, start: int, stop: int, n: int) -> None:
+    def fold(self, state, groups, start: int, stop: int, n: int, blocks=None) -> None:
         """Fold ``groups[start:stop]`` (a list of arrays; slots
         ``start..stop-1``, at most ``GROUP_TUPLE``, ``n`` groups folded before
-        them) into the full ``state``, adding the sums on the way."""
+        them) into the full ``state`` (or the cell-blocked ``blocks``, a
+        :class:`~melissa_sa.stats.sobol_blocks.BlockedState`), adding the sums
+        on the way."""
+        if blocks is not None:
+            blocks.fold_influence(group_tuple(groups[start:stop]), n, self.rows[start:stop],
+                                  self.partial(), self.out, stop - start)
+            return
         martinez_update_many_influence(state, group_tuple(groups[start:stop]), n,
                                        self.rows[start:stop], self.partial(), self.out,
                                        stop - start)
@@ -239,32 +245,43 @@ class InfluenceRows:
         aggregated_influence(state, group, n, self.n_params, row, self.partial()[0], self.out)
 
 
-def fold_groups(state: np.ndarray, groups: list[np.ndarray], n: int, n_params: int,
-                full: bool, influence=None) -> None:
+def fold_groups(state: np.ndarray, groups, n: int, n_params: int,
+                full: bool, influence=None, blocks=None) -> None:
     """Fold ``groups`` (``(p + 2, n_cells)`` arrays of one dtype, the next
     ones in order) into ``state``, which holds ``n`` groups; ``full``: the
     state has block 2 (``ci="delta"``). ``influence``: the rows of the
-    groups' influence sums (slot ``i`` for ``groups[i]``), cleared once added."""
+    groups' influence sums (slot ``i`` for ``groups[i]``), cleared once added.
+    ``blocks``: the state is this cell-blocked one
+    (:class:`~melissa_sa.stats.sobol_blocks.BlockedState`; ``state`` is its
+    array); ``groups`` may then be an ``(m, p + 2, n_cells)`` C-contiguous
+    array, folded in one pass whatever ``m`` (between re-centrings)."""
     done = 0
     m = len(groups)
     many = martinez_update_many if full else martinez_update_many_compact
     one = martinez_update if full else martinez_update_compact
     infl = influence if influence is not None and influence.pending(m) else None
+    whole = blocks is not None and infl is None and isinstance(groups, np.ndarray)
     while done < m:
-        stop = min(m, done + GROUP_TUPLE)
+        stop = m if whole else min(m, done + GROUP_TUPLE)
         for count in RECENTRE_AT:
             if n < count < n + (stop - done):
                 stop = done + count - n
                 break
         if infl is not None and infl.pending(stop, done):
-            infl.fold(state, groups, done, stop, n)
+            infl.fold(state, groups, done, stop, n, blocks)
+        elif whole:
+            blocks.fold(groups[done:stop], n)
+        elif blocks is not None:
+            blocks.fold(group_tuple(groups[done:stop]), n, stop - done)
         elif stop - done == 1:
             one(state, groups[done], n)
         else:
             many(state, group_tuple(groups[done:stop]), n, stop - done)
         n += stop - done
         done = stop
-        if n in RECENTRE_AT:
+        if n in RECENTRE_AT and blocks is not None:
+            blocks.recentre(n)
+        elif n in RECENTRE_AT:
             martinez_recentre(state, n, n_params)
     if infl is not None:
         infl.clear(m)

@@ -103,14 +103,17 @@ def interval(state: np.ndarray, n: int, n_params: int, ci: str, second, level: f
     return ((first, total) if with_indices else None), bounds
 
 
-def aggregated_sums(state: np.ndarray, n_params: int) -> np.ndarray:
+def aggregated_sums(column, n_params: int) -> np.ndarray:
     """The ``(4, n_params)`` partial sums of the aggregated indices over the
-    state's cells (see :meth:`SobolMartinez.aggregated_sums`)."""
+    state's cells (see :meth:`SobolMartinez.aggregated_sums`); ``column(q)``:
+    row slot ``q`` of every cell (a row-layout state ``s``: ``s[:, q]``)."""
     out = np.empty((4, n_params))
+    a2, b2 = column(3), column(4)
     for k in range(n_params):
         i = 5 + 4 * k
-        out[0, k] = state[:, i + 3].sum()
-        out[1, k] = np.sqrt(state[:, 4] * state[:, i + 1]).sum()
-        out[2, k] = state[:, i + 2].sum()
-        out[3, k] = np.sqrt(state[:, 3] * state[:, i + 1]).sum()
+        c2 = column(i + 1)
+        out[0, k] = column(i + 3).sum()
+        out[1, k] = np.sqrt(b2 * c2).sum()
+        out[2, k] = column(i + 2).sum()
+        out[3, k] = np.sqrt(a2 * c2).sum()
     return out

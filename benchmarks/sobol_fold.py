@@ -1,0 +1,174 @@
+#!/usr/bin/env python3
+"""The Sobol' fold per group, cell-blocked state, against iterative-stats.
+
+At 10^6 cells and p = 3 (``ci="delta"``: every fourth-order sum of the
+interval kept), after a warm-up of 16 groups (compilation or cache load, the
+re-centrings at 2 and 16), each repeat folds 16 more groups and the time is
+divided by 16 (amortised per group). Cases, alternated in every repeat:
+
+* ``SobolMartinez.update_many`` on the ``(16, 5, n_cells)`` array, at
+  ``fold_batch`` 4 (the default), 8 and 16 (groups folded per pass over the
+  state);
+* ``SobolMartinez.update`` one group at a time (each copied into the
+  buffer, folded every ``fold_batch``: the server's pattern), default batch;
+* the row layout the cell-blocked state replaced (the same kernels' row
+  version, 8 groups a pass at most);
+* iterative-stats 0.1.2's ``IterativeSensitivityMartinez.increment``, the
+  same 16 groups (its state has no fourth-order sums: less work than ours).
+
+Both wall and CPU time (of the whole process: every Numba thread) are
+measured; best and median of the repeats. Prints the CPU model, the thread
+count and the machine's load (``os.getloadavg`` before and after), and writes
+``benchmarks/results/sobol_fold.json``.
+
+    python benchmarks/sobol_fold.py --repeat 7
+    python benchmarks/sobol_fold.py --cells 1e6 --dtype float32
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+from numba import get_num_threads
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from _record import write_json  # noqa: E402
+
+from melissa_sa.kernels.sobol import row_width  # noqa: E402
+from melissa_sa.stats import SobolMartinez  # noqa: E402
+from melissa_sa.stats.sobol_fold import FOLD_BATCH, fold_groups  # noqa: E402
+
+P = 3
+GROUPS = 16
+
+
+def cpu_model() -> str:
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall, cpu) seconds of ``fn()``."""
+    c0, w0 = time.process_time(), time.perf_counter()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def our_cases(n_cells, groups):
+    """{name: fold 16 groups} after a 16-group warm-up of each."""
+    cases = {}
+    for batch in (FOLD_BATCH["delta"], 8, 16):
+        s = SobolMartinez(n_cells, P, fold_batch=batch)
+        s.update_many(groups)
+        cases[f"update_many, fold_batch {batch}"] = lambda s=s: s.update_many(groups)
+    one = SobolMartinez(n_cells, P)
+
+    def one_by_one(s=one):
+        for group in groups:
+            s.update(group)
+
+    one_by_one()
+    cases[f"update one by one, fold_batch {FOLD_BATCH['delta']}"] = one_by_one
+    rows = np.zeros((n_cells, row_width(P)))
+    count = [0]
+
+    def row_layout():
+        for lo in range(0, GROUPS, 8):
+            fold_groups(rows, list(groups[lo:lo + 8]), count[0], P, True)
+            count[0] += 8
+
+    row_layout()
+    cases["row layout (before), 8 a pass"] = row_layout
+    return cases
+
+
+def their_case(n_cells, groups):
+    try:
+        from iterative_stats.sensitivity.sensitivity_martinez import (
+            IterativeSensitivityMartinez,
+        )
+    except ImportError:
+        return None
+    logging.disable(logging.INFO)
+    theirs = IterativeSensitivityMartinez(P, dim=n_cells)
+    as64 = groups.astype(np.float64)
+    for group in as64[:2]:
+        theirs.increment(group)
+
+    def fold():
+        for group in as64:
+            theirs.increment(group)
+
+    return fold
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", type=float, default=1e6)
+    ap.add_argument("--repeat", type=int, default=7, help="at most 14 (stays below 256 groups)")
+    ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    a = ap.parse_args()
+    if not 1 <= a.repeat <= 14:
+        raise SystemExit(f"--repeat {a.repeat}: expected 1 to 14 (the re-centring at 256 "
+                         "groups would fall in a repeat)")
+    n_cells = int(a.cells)
+    load_before = os.getloadavg()
+    groups = np.random.default_rng(0).standard_normal((GROUPS, P + 2, n_cells)) + 3.0
+    groups = groups.astype(a.dtype)
+    ours = our_cases(n_cells, groups)
+    theirs = their_case(n_cells, groups)
+    times = {name: [] for name in ours}
+    if theirs is not None:
+        times["iterative-stats 0.1.2"] = []
+    for _ in range(a.repeat):
+        for name, fold in ours.items():
+            times[name].append(timed(fold))
+        if theirs is not None:
+            times["iterative-stats 0.1.2"].append(timed(theirs))
+    load_after = os.getloadavg()
+    record = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+              "cpu": cpu_model(), "numba_threads": get_num_threads(), "cells": n_cells,
+              "p": P, "dtype": a.dtype, "groups_per_repeat": GROUPS, "repeat": a.repeat,
+              "loadavg_before": load_before, "loadavg_after": load_after, "cases": {}}
+    print(f"{record['date']}  {record['cpu']}, {os.cpu_count()} CPUs, "
+          f"{get_num_threads()} Numba thread(s); load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after")
+    print(f"{n_cells:.0e} cells, p = {P}, {a.dtype} groups, ms per group amortised over "
+          f"{GROUPS} groups (best / median of {a.repeat}):")
+    ref = times.get("iterative-stats 0.1.2")
+    for name, ts in times.items():
+        wall = [w / GROUPS * 1e3 for w, _ in ts]
+        cpu = [c / GROUPS * 1e3 for _, c in ts]
+        row = {"wall_best": min(wall), "wall_median": statistics.median(wall),
+               "cpu_best": min(cpu), "cpu_median": statistics.median(cpu)}
+        line = (f"  {name:42s} wall {row['wall_best']:7.2f} / {row['wall_median']:7.2f}"
+                f"   cpu {row['cpu_best']:7.2f} / {row['cpu_median']:7.2f}")
+        if ref is not None and name != "iterative-stats 0.1.2":
+            row["speedup_wall_best"] = min(w for w, _ in ref) / min(w for w, _ in ts)
+            row["speedup_cpu_best"] = min(c for _, c in ref) / min(c for _, c in ts)
+            line += (f"   iterative-stats / this: wall {row['speedup_wall_best']:5.1f}x,"
+                     f" cpu {row['speedup_cpu_best']:5.1f}x")
+        record["cases"][name] = row
+        print(line, flush=True)
+    if ref is None:
+        print("  iterative-stats is not installed (pip install -e '.[bench]'): no reference")
+    out = write_json(pathlib.Path(__file__).parent / "results" / "sobol_fold.json", record)
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The Martinez fold on a cell-blocked state: the cells of a block in SIMD lanes.
+
+A full Martinez state (:mod:`melissa_sa.kernels.sobol`, ``ci="delta"``) kept
+one row per cell cannot be folded in SIMD lanes: a cell's 57 accumulators
+(``p = 3``) are contiguous, the same accumulator of two cells is not. The
+*cell-blocked* layout keeps :data:`BLOCK` cells per row of a
+``(n_blocks, width * BLOCK)`` C-contiguous float64 array, slot-major: the
+``BLOCK`` values of one accumulator are contiguous, so the loop over the
+cells of a block is a loop of vector instructions (each accumulator is still
+updated by the very operations of the row kernel, in the same order: the
+state is the row kernel's, bit for bit).
+
+Slot order in a block (``width = 9 + 16 p`` slots, :func:`block_slots`
+maps a row slot to its block slot): block 1 of ``A`` and ``B`` (shift,
+mean_A, mean_B, A2, B2), their power sums (P3_A, P4_A, P3_B, P4_B), then per
+pick-freeze pair ``k`` its 16 slots together (mean_Ck, Ck2, ACk11, BCk11,
+P3_Ck, P4_Ck, P_ACk 21, 12, 31, 22, 13, P_BCk 21, 12, 31, 22, 13). A cell
+count that is not a multiple of ``BLOCK`` leaves the last block's extra
+lanes at zero (never folded).
+
+The batched fold goes by chunks of :data:`~melissa_sa.kernels.sobol.CHUNK`
+cells and applies the ``m`` groups to a chunk in turn, as
+:func:`~melissa_sa.kernels.sobol.martinez_update_many`; the fused influence
+sums of the aggregated interval (:func:`blocked_update_many_influence`)
+compute a block's terms in lanes (square roots and divisions included) into
+a scratch row, then add them to the chunk's sums in cell order: the sums of
+:func:`~melissa_sa.kernels.sobol_influence.martinez_update_many_influence`,
+bit for bit. Nothing is allocated inside the kernels.
+"""
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from melissa_sa.kernels.sobol import CHUNK, welford_weights
+
+#: cells per block: a compile-time constant (the vectoriser needs it);
+#: CHUNK is a multiple of it (measured: docs/performance.md)
+BLOCK = 16
+#: blocks per chunk of the batched fold
+PER_CHUNK = CHUNK // BLOCK
+
+
+def n_blocks(n_cells):
+    """Blocks that hold ``n_cells`` cells."""
+    return (n_cells + BLOCK - 1) // BLOCK
+
+
+def scratch_for(n_cells):
+    """The fold's scratch for ``n_cells`` cells: ``5 BLOCK`` float64 per chunk."""
+    return np.empty(((n_cells + CHUNK - 1) // CHUNK, 5 * BLOCK))
+
+
+def terms_for(n_cells, p):
+    """The influence terms' scratch: ``(chunks, p, 4, BLOCK)`` float64."""
+    return np.empty(((n_cells + CHUNK - 1) // CHUNK, p, 4, BLOCK))
+
+
+def block_slots(p):
+    """``to[q]``: the block slot of row slot ``q`` (row layout of
+    :mod:`melissa_sa.kernels.sobol`), for ``p`` parameters."""
+    h = 5 + 4 * p
+    to = np.empty(9 + 16 * p, dtype=np.int64)
+    to[:5] = np.arange(5)
+    to[h:h + 4] = 5 + np.arange(4)
+    for k in range(p):
+        to[5 + 4 * k:9 + 4 * k] = 9 + 16 * k + np.arange(4)
+        to[h + 4 + 12 * k:h + 16 + 12 * k] = 13 + 16 * k + np.arange(12)
+    return to
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def blocks_to_rows(state, slots, b0, rows):
+    """``rows[i]`` = the row of cell ``b0 * BLOCK + i`` of the blocked ``state``
+    (``slots``: :func:`block_slots`), for every row of ``rows``."""
+    width = slots.shape[0]
+    nb = (rows.shape[0] + BLOCK - 1) // BLOCK
+    for j in prange(nb):
+        blk = state[b0 + j]
+        for lane in range(min(BLOCK, rows.shape[0] - j * BLOCK)):
+            c = j * BLOCK + lane
+            for q in range(width):
+                rows[c, q] = blk[slots[q] * BLOCK + lane]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def rows_to_blocks(rows, slots, b0, state):
+    """The inverse of :func:`blocks_to_rows`: write ``rows`` into the blocks
+    from ``b0`` on (lanes past the rows are left as they are)."""
+    width = slots.shape[0]
+    nb = (rows.shape[0] + BLOCK - 1) // BLOCK
+    for j in prange(nb):
+        blk = state[b0 + j]
+        for lane in range(min(BLOCK, rows.shape[0] - j * BLOCK)):
+            c = j * BLOCK + lane
+            for q in range(width):
+                blk[slots[q] * BLOCK + lane] = rows[c, q]
+
+
+@njit(cache=True, inline="always")
+def _fold_pair(sk, x, gc, nb, r, c2):
+    """The 16 slots ``sk`` of one pair from the block's values in ``x``
+    (:func:`_fold_ab`), as ``fold_full_row`` orders its operations."""
+    for c in range(nb):
+        xa = x[c]
+        xb = x[BLOCK + c]
+        da = x[2 * BLOCK + c]
+        db = x[3 * BLOCK + c]
+        xc = gc[c] - x[4 * BLOCK + c]
+        dc = xc - sk[c]
+        sk[c] += r * dc
+        sk[BLOCK + c] += c2 * dc * dc
+        sk[2 * BLOCK + c] += c2 * da * dc
+        sk[3 * BLOCK + c] += c2 * db * dc
+        xc2 = xc * xc
+        sk[4 * BLOCK + c] += xc2 * xc
+        sk[5 * BLOCK + c] += xc2 * xc2
+        ac = xa * xc
+        sk[6 * BLOCK + c] += ac * xa
+        sk[7 * BLOCK + c] += ac * xc
+        sk[8 * BLOCK + c] += ac * (xa * xa)
+        sk[9 * BLOCK + c] += ac * ac
+        sk[10 * BLOCK + c] += ac * xc2
+        bc = xb * xc
+        sk[11 * BLOCK + c] += bc * xb
+        sk[12 * BLOCK + c] += bc * xc
+        sk[13 * BLOCK + c] += bc * (xb * xb)
+        sk[14 * BLOCK + c] += bc * bc
+        sk[15 * BLOCK + c] += bc * xc2
+
+
+@njit(cache=True, inline="always")
+def _fold_ab(blk, x, ga, gb, nb, first, r, c2):
+    """A's and B's slots; keeps in ``x`` the values the pairs need (xa, xb,
+    da, db: before the means move; the shift)."""
+    if first:
+        for c in range(nb):
+            blk[c] = ga[c]
+    for c in range(nb):
+        s = blk[c]
+        xa = ga[c] - s
+        xb = gb[c] - s
+        da = xa - blk[BLOCK + c]
+        db = xb - blk[2 * BLOCK + c]
+        x[c] = xa
+        x[BLOCK + c] = xb
+        x[2 * BLOCK + c] = da
+        x[3 * BLOCK + c] = db
+        x[4 * BLOCK + c] = s
+        blk[BLOCK + c] += r * da
+        blk[2 * BLOCK + c] += r * db
+        blk[3 * BLOCK + c] += c2 * da * da
+        blk[4 * BLOCK + c] += c2 * db * db
+        xa2 = xa * xa
+        xb2 = xb * xb
+        blk[5 * BLOCK + c] += xa2 * xa
+        blk[6 * BLOCK + c] += xa2 * xa2
+        blk[7 * BLOCK + c] += xb2 * xb
+        blk[8 * BLOCK + c] += xb2 * xb2
+
+
+@njit(cache=True, inline="always")
+def _fold_block(state, b, group, lo, nb, first, r, c2, p, x):
+    """Fold ``group``'s cells ``[lo, lo + nb)`` into block ``b`` (``x``:
+    ``5 BLOCK`` float64 of scratch). Each accumulator sees the operations
+    of the row kernel in its order (the pairs read A's and B's old means
+    from ``x``)."""
+    blk = state[b]
+    _fold_ab(blk[:9 * BLOCK], x, group[0, lo:lo + nb], group[1, lo:lo + nb], nb, first, r, c2)
+    for k in range(p):
+        o = (9 + 16 * k) * BLOCK
+        _fold_pair(blk[o:o + 16 * BLOCK], x, group[2 + k, lo:lo + nb], nb, r, c2)
+
+
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
+def blocked_update_many(state, groups, n, scratch, m=-1):
+    """Fold ``m`` groups into a cell-blocked full state, in one pass over it.
+
+    ``groups``, ``n`` and ``m`` as in
+    :func:`~melissa_sa.kernels.sobol.martinez_update_many` (an ``(m, p + 2,
+    n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays, float32 or
+    float64); the state is that kernel's, bit for bit, in blocks.
+    ``scratch``: float64 ``(>= ceil(n_cells / CHUNK), 5 BLOCK)`` (:func:`scratch_for`).
+    """
+    if m < 0:
+        m = len(groups)
+    if m == 0:
+        return
+    p = groups[0].shape[0] - 2
+    n_cells = groups[0].shape[1]
+    n_blk = (n_cells + BLOCK - 1) // BLOCK
+    for ch in prange((n_blk + PER_CHUNK - 1) // PER_CHUNK):
+        for g in range(m):
+            group = groups[g]
+            r, c2 = welford_weights(n + g)
+            for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+                lo = b * BLOCK
+                _fold_block(state, b, group, lo, min(BLOCK, n_cells - lo), n + g == 0,
+                            r, c2, p, scratch[ch])
+
+
+@njit(cache=True, inline="always")
+def _block_terms(blk, sk, ga, gb, gc, nb, f, terms):
+    """One pair's influence terms of the block's cells, in lanes, into
+    ``terms`` (``(4, BLOCK)``: Phi and Psi, first then total order); a term
+    a cell does not add is 0 (adding 0 to the sums changes nothing)."""
+    for c in range(nb):
+        s = blk[c]
+        da = (ga[c] - s) - blk[BLOCK + c]
+        db = (gb[c] - s) - blk[2 * BLOCK + c]
+        a2 = blk[3 * BLOCK + c]
+        b2 = blk[4 * BLOCK + c]
+        sa = math.sqrt(a2)
+        sb = math.sqrt(b2)
+        ha = 0.5 * (da * da - a2 * f) / sa if a2 > 0.0 else 0.0
+        hb = 0.5 * (db * db - b2 * f) / sb if b2 > 0.0 else 0.0
+        dc = (gc[c] - s) - sk[c]
+        cc = sk[BLOCK + c]
+        terms[0, c] = db * dc - sk[3 * BLOCK + c] * f
+        terms[2, c] = da * dc - sk[2 * BLOCK + c] * f
+        sc = math.sqrt(cc)
+        hc = 0.5 * (dc * dc - cc * f) / sc
+        terms[1, c] = sc * hb + sb * hc if cc > 0.0 and b2 > 0.0 else 0.0
+        terms[3, c] = sc * ha + sa * hc if cc > 0.0 and a2 > 0.0 else 0.0
+
+
+@njit(cache=True, inline="always")
+def _influence_chunk(state, group, n, p, ch, n_cells, partial, u, terms):
+    """``group``'s influence sums over chunk ``ch`` into ``partial[u, ch]``
+    (the state before ``group``, ``n >= 2`` groups), in cell order."""
+    nf = float(n)
+    f = (nf + 1.0) / (nf * (nf - 1.0))
+    for q in range(4):
+        for k in range(p):
+            partial[u, ch, q, k] = 0.0
+    n_blk = (n_cells + BLOCK - 1) // BLOCK
+    t = terms[ch]
+    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+        lo = b * BLOCK
+        nb = min(BLOCK, n_cells - lo)
+        blk = state[b]
+        ga = group[0, lo:lo + nb]
+        gb = group[1, lo:lo + nb]
+        for k in range(p):
+            o = (9 + 16 * k) * BLOCK
+            _block_terms(blk, blk[o:o + 16 * BLOCK], ga, gb, group[2 + k, lo:lo + nb], nb,
+                         f, t[k])
+        for c in range(nb):      # in cell order, as the row kernel adds them
+            for k in range(p):
+                for q in range(4):
+                    partial[u, ch, q, k] += t[k, q, c]
+
+
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
+def blocked_update_many_influence(state, groups, n, scratch, rows, partial, terms, out,
+                                  m=-1):
+    """:func:`blocked_update_many`, adding the influence sums of the groups
+    flagged in ``rows`` into ``out`` on the way: the arguments and sums of
+    :func:`~melissa_sa.kernels.sobol_influence.martinez_update_many_influence`,
+    bit for bit, plus ``scratch`` (as :func:`blocked_update_many`) and
+    ``terms``, float64 scratch ``(>= ceil(n_cells / CHUNK), p, 4, BLOCK)``."""
+    if m < 0:
+        m = len(groups)
+    if m == 0:
+        return
+    p = groups[0].shape[0] - 2
+    n_cells = groups[0].shape[1]
+    n_blk = (n_cells + BLOCK - 1) // BLOCK
+    n_chunks = (n_cells + CHUNK - 1) // CHUNK
+    if (partial.shape[0] < m or partial.shape[1] < n_chunks or rows.shape[0] < m
+            or terms.shape[0] < n_chunks or scratch.shape[0] < n_chunks):
+        raise ValueError("blocked_update_many_influence: partial, terms or rows too small")
+    for ch in prange(n_chunks):
+        for g in range(m):
+            group = groups[g]
+            if rows[g] >= 0:
+                _influence_chunk(state, group, n + g, p, ch, n_cells, partial, g, terms)
+            r, c2 = welford_weights(n + g)
+            for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+                lo = b * BLOCK
+                _fold_block(state, b, group, lo, min(BLOCK, n_cells - lo), n + g == 0,
+                            r, c2, p, scratch[ch])
+    for g in range(m):
+        if rows[g] >= 0:
+            for t in range(n_chunks):
+                for q in range(4):
+                    for k in range(p):
+                        out[rows[g], q, k] += partial[g, t, q, k]
