@@ -31,12 +31,19 @@
 #include "handshake.h"
 #include "melissa/config.h"
 #include "melissa_api.h"
+#include "mpi_check.h"
 #include "zmq_min.h"
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "libmelissa sends the values as they are in memory; the server reads little-endian"
+#endif
 
 #define MAX_FIELDS 64
 #define MAX_REPLY (1 << 22)
 #define MAX_SECRET 255
 #define SECRET_USER "melissa-sa"
+/* ZeroMQ takes timeouts in int milliseconds */
+#define MAX_TIMEOUT_S 2000000.0
 
 typedef struct {
     char name[MSA_MAX_NAME + 1];
@@ -53,6 +60,7 @@ enum state { FRESH, ACTIVE, DISABLED, FINALIZED };
 static struct {
     enum state state;
     int use_mpi, have_comm;
+    int foreign_mpi;  /* built for another MPI: no MPI call is safe */
     MPI_Comm user_comm, comm;
     int rank;
     const char *address;
@@ -103,8 +111,10 @@ static void fail(const char *call, const char *field, const char *fmt, ...) {
     fputc('\n', stderr);
     fflush(stderr);
     int initialized = 0, finalized = 0;
-    MPI_Initialized(&initialized);
-    MPI_Finalized(&finalized);
+    if (!S.foreign_mpi) {
+        MPI_Initialized(&initialized);
+        MPI_Finalized(&finalized);
+    }
     if (initialized && !finalized) {
         /* MPI_Abort kills every rank at once: give the launcher's I/O
            forwarding (hydra's proxy) a moment to pass the message on, or
@@ -114,6 +124,26 @@ static void fail(const char *call, const char *field, const char *fmt, ...) {
         MPI_Abort(S.have_comm ? S.user_comm : MPI_COMM_WORLD, 1);
     }
     exit(1);
+}
+
+/* An MPI call's return code (the duplicated communicator has
+ * MPI_ERRORS_ARE_FATAL; the user's may return errors). */
+static void mpi_ok(const char *call, const char *field, int rc, const char *what) {
+    if (rc == MPI_SUCCESS) return;
+    char text[MPI_MAX_ERROR_STRING + 1] = "";
+    int length = 0;
+    MPI_Error_string(rc, text, &length);
+    fail(call, field, "%s failed: %s", what, text);
+}
+
+/* The MPI this process runs must be the one the library was built for:
+ * checked before any MPI handle is used. */
+static void check_mpi_library(const char *call, const char *field) {
+    char msg[1024];
+    if (msa_mpi_mismatch(msg, sizeof msg)) {
+        S.foreign_mpi = 1;
+        fail(call, field, "%s", msg);
+    }
 }
 
 static void check_name(const char *call, const char *field) {
@@ -127,6 +157,9 @@ static void check_name(const char *call, const char *field) {
         fail(call, field, "the field name is longer than %d bytes or not NUL-terminated "
              "(from Fortran, end it with char(0))", MSA_MAX_NAME);
     if (n == 0) fail(call, field, "the field name is empty");
+    if (field[n - 1] == ' ')
+        fail(call, field, "the field name ends with a blank (from Fortran, pass "
+             "trim(name)//char(0))");
 }
 
 static double env_seconds(const char *call, const char *field, const char *var,
@@ -137,6 +170,10 @@ static double env_seconds(const char *call, const char *field, const char *var,
     double v = strtod(raw, &end);
     if (*end != '\0' || !(v > 0) || !isfinite(v))
         fail(call, field, "%s=%s is not a positive number of seconds", var, raw);
+    if (v > MAX_TIMEOUT_S)
+        fail(call, field, "%s=%s is more than %.0f s (about 23 days), the longest wait "
+             "ZeroMQ takes", var, raw, MAX_TIMEOUT_S);
+    if (v < 0.001) v = 0.001;
     return v;
 }
 
@@ -173,6 +210,13 @@ static void read_secret(const char *call, const char *field) {
         if (strlen(raw) > MAX_SECRET) fail(call, field, "MELISSA_SECRET is too long");
         strcpy(S.secret, raw);
     }
+}
+
+static void set_int_option(const char *call, const char *field, void *sock, int option,
+                           int value) {
+    if (zmq_setsockopt(sock, option, &value, sizeof value) != 0)
+        fail(call, field, "cannot set ZeroMQ socket option %d to %d: %s", option, value,
+             zmq_strerror(zmq_errno()));
 }
 
 /* Present the study secret on a socket (before it connects). */
@@ -221,9 +265,18 @@ static void open_session(const char *call, const char *field, int use_mpi, MPI_C
         if (comm == MPI_COMM_NULL) fail(call, field, "comm is MPI_COMM_NULL");
         S.user_comm = comm;
         S.have_comm = 1;
-        MPI_Comm_dup(comm, &S.comm);
-        MPI_Comm_rank(S.comm, &S.rank);
+        mpi_ok(call, field, MPI_Comm_dup(comm, &S.comm), "MPI_Comm_dup of comm");
+        mpi_ok(call, field, MPI_Comm_set_errhandler(S.comm, MPI_ERRORS_ARE_FATAL),
+               "MPI_Comm_set_errhandler");
+        mpi_ok(call, field, MPI_Comm_rank(S.comm, &S.rank), "MPI_Comm_rank");
     }
+    /* the send timeout must not move with the wall clock */
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0 ||
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) != 0 ||
+        pthread_cond_init(&S.released, &attr) != 0)
+        fail(call, field, "cannot make a condition variable on CLOCK_MONOTONIC");
+    pthread_condattr_destroy(&attr);
     S.ctx = zmq_ctx_new();
     if (!S.ctx) fail(call, field, "cannot create a ZeroMQ context: %s",
                      zmq_strerror(zmq_errno()));
@@ -236,16 +289,21 @@ static size_t hello(const char *call, const char *field, uint64_t n_total,
     unsigned char buf[64 + MSA_MAX_NAME];
     size_t n = msa_encode_hello(buf, sizeof buf, S.sim_id, n_total, field);
     void *req = zmq_socket(S.ctx, ZMQ_REQ);
-    int linger = 0, timeout_ms = (int)(S.connect_timeout * 1000);
-    zmq_setsockopt(req, ZMQ_LINGER, &linger, sizeof linger);
-    zmq_setsockopt(req, ZMQ_SNDTIMEO, &timeout_ms, sizeof timeout_ms);
+    if (!req) fail(call, field, "cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
+    int timeout_ms = (int)(S.connect_timeout * 1000);
+    set_int_option(call, field, req, ZMQ_LINGER, 0);
+    set_int_option(call, field, req, ZMQ_SNDTIMEO, timeout_ms);
     credentials(call, field, req);
     if (zmq_connect(req, S.address) != 0)
         fail(call, field, "cannot connect to MELISSA_SERVER_ADDRESS=%s: %s", S.address,
              zmq_strerror(zmq_errno()));
-    if (zmq_send(req, buf, n, 0) < 0)
+    if (zmq_send(req, buf, n, 0) < 0) {
+        if (zmq_errno() != EAGAIN)
+            fail(call, field, "sending the hello to %s: %s", S.address,
+                 zmq_strerror(zmq_errno()));
         fail(call, field, "no answer from the melissa-sa server at %s within %g s "
              "(MELISSA_CONNECT_TIMEOUT)", S.address, S.connect_timeout);
+    }
     zmq_pollitem_t item = {req, 0, ZMQ_POLLIN, 0};
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -256,6 +314,8 @@ static size_t hello(const char *call, const char *field, uint64_t n_total,
         int rc = left > 0 ? zmq_poll(&item, 1, left) : 0;
         if (rc > 0) break;
         if (rc < 0 && zmq_errno() == EINTR) continue;
+        if (rc < 0) fail(call, field, "waiting for the server's answer: %s",
+                         zmq_strerror(zmq_errno()));
         fail(call, field, "no answer from the melissa-sa server at %s within %g s "
              "(MELISSA_CONNECT_TIMEOUT)", S.address, S.connect_timeout);
     }
@@ -269,7 +329,8 @@ static size_t hello(const char *call, const char *field, uint64_t n_total,
     if (!*out) fail(call, field, "out of memory");
     memcpy(*out, zmq_msg_data(&msg), size);
     zmq_msg_close(&msg);
-    zmq_close(req);
+    if (zmq_close(req) != 0)
+        fail(call, field, "closing the hello socket: %s", zmq_strerror(zmq_errno()));
     return size;
 }
 
@@ -278,8 +339,8 @@ static void *push_socket(const char *call, const char *field, int server_rank) {
     void *push = zmq_socket(S.ctx, ZMQ_PUSH);
     if (!push) fail(call, field, "cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
     int ms = (int)(S.send_timeout * 1000);
-    zmq_setsockopt(push, ZMQ_LINGER, &ms, sizeof ms);
-    zmq_setsockopt(push, ZMQ_SNDTIMEO, &ms, sizeof ms);
+    set_int_option(call, field, push, ZMQ_LINGER, ms);
+    set_int_option(call, field, push, ZMQ_SNDTIMEO, ms);
     credentials(call, field, push);
     if (zmq_connect(push, S.endpoints[server_rank]) != 0)
         fail(call, field, "cannot connect to server rank %d at %s: %s", server_rank,
@@ -314,20 +375,44 @@ static field_t *find_field(const char *field) {
     return NULL;
 }
 
+/* Every rank of the communicator declares the same field as rank 0 (ranks
+ * that call melissa_init in another order would swap the fields). */
+static void check_same_name(const char *call, const char *field) {
+    char first[MSA_MAX_NAME + 1] = "";
+    if (S.rank == 0) strcpy(first, field);
+    mpi_ok(call, field, MPI_Bcast(first, sizeof first, MPI_CHAR, 0, S.comm), "MPI_Bcast");
+    int same = strcmp(first, field) == 0, all_same = 0;
+    mpi_ok(call, field, MPI_Allreduce(&same, &all_same, 1, MPI_INT, MPI_LAND, S.comm),
+           "MPI_Allreduce");
+    if (!same)
+        fail(call, field, "rank %d declares this field while rank 0 declares \"%s\": every "
+             "rank must call melissa_init for the same fields in the same order", S.rank,
+             first);
+    if (!all_same)
+        fail(call, field, "another rank declares a different field at this call (see its "
+             "message)");
+}
+
 static void init_field(const char *call, const char *field, long long local, int use_mpi,
                        MPI_Comm comm) {
     if (S.state == DISABLED) return;
     if (S.state == FINALIZED) fail(call, field, "called after melissa_finalize");
     if (S.state == FRESH) {
         if (!in_study(call, field)) return;
+        check_mpi_library(call, field);
         check_name(call, field);
         open_session(call, field, use_mpi, comm);
     } else {
         check_name(call, field);
         if (use_mpi != S.use_mpi)
             fail(call, field, "mixes melissa_init and melissa_init_no_mpi in one simulation");
+        int finalized = 0;
+        if (use_mpi) MPI_Finalized(&finalized);
+        if (finalized) fail(call, field, "called after MPI_Finalize");
+        if (use_mpi && comm == MPI_COMM_NULL) fail(call, field, "comm is MPI_COMM_NULL");
         int same = MPI_UNEQUAL;
-        if (use_mpi) MPI_Comm_compare(comm, S.user_comm, &same);
+        if (use_mpi) mpi_ok(call, field, MPI_Comm_compare(comm, S.user_comm, &same),
+                            "MPI_Comm_compare of comm");
         if (use_mpi && same != MPI_IDENT && same != MPI_CONGRUENT)
             fail(call, field, "comm differs from the first melissa_init's");
     }
@@ -336,9 +421,12 @@ static void init_field(const char *call, const char *field, long long local, int
     if (local < 0) fail(call, field, "num_values must be >= 0, got %lld", local);
     long long offset = 0, total = local;
     if (use_mpi) {
-        MPI_Exscan(&local, &offset, 1, MPI_LONG_LONG, MPI_SUM, S.comm);
+        check_same_name(call, field);
+        mpi_ok(call, field, MPI_Exscan(&local, &offset, 1, MPI_LONG_LONG, MPI_SUM, S.comm),
+               "MPI_Exscan");
         if (S.rank == 0) offset = 0;
-        MPI_Allreduce(&local, &total, 1, MPI_LONG_LONG, MPI_SUM, S.comm);
+        mpi_ok(call, field, MPI_Allreduce(&local, &total, 1, MPI_LONG_LONG, MPI_SUM, S.comm),
+               "MPI_Allreduce");
     }
     unsigned char *reply = NULL;
     long long size = 0;
@@ -353,12 +441,13 @@ static void init_field(const char *call, const char *field, long long local, int
         if (rc < 0) fail(call, field, "the melissa-sa server at %s sent %s", S.address, error);
     }
     if (use_mpi) {
-        MPI_Bcast(&size, 1, MPI_LONG_LONG, 0, S.comm);
+        mpi_ok(call, field, MPI_Bcast(&size, 1, MPI_LONG_LONG, 0, S.comm), "MPI_Bcast");
         if (S.rank != 0) {
             reply = malloc(size ? (size_t)size : 1);
             if (!reply) fail(call, field, "out of memory");
         }
-        MPI_Bcast(reply, (int)size, MPI_UNSIGNED_CHAR, 0, S.comm);
+        mpi_ok(call, field, MPI_Bcast(reply, (int)size, MPI_UNSIGNED_CHAR, 0, S.comm),
+               "MPI_Bcast");
         if (S.rank != 0 && msa_decode_reply(reply, (size_t)size, (uint64_t)total, &w,
                                             error, sizeof error) != 0)
             fail(call, field, "the server's answer reached this rank damaged: %s", error);
@@ -400,6 +489,27 @@ static void release(void *data, void *hint) {
     pthread_mutex_unlock(&S.lock);
 }
 
+static void send_failed(const char *call, const char *field, int server_rank) {
+    if (zmq_errno() == EAGAIN)
+        fail(call, field, "the server took no data for %g s (MELISSA_SEND_TIMEOUT)",
+             S.send_timeout);
+    fail(call, field, "sending to server rank %d at %s: %s", server_rank,
+         S.endpoints[server_rank], zmq_strerror(zmq_errno()));
+}
+
+/* Milliseconds left until deadline (CLOCK_MONOTONIC); none left: the
+ * send timeout's failure. */
+static int ms_until(const char *call, const char *field, const struct timespec *deadline) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double left = (double)(deadline->tv_sec - now.tv_sec) * 1e3 +
+                  (double)(deadline->tv_nsec - now.tv_nsec) / 1e6;
+    if (left < 1.0)
+        fail(call, field, "the server took no data for %g s (MELISSA_SEND_TIMEOUT)",
+             S.send_timeout);
+    return (int)left;
+}
+
 static void send_field(const char *call, const char *field, const void *values, int dtype,
                        size_t itemsize) {
     if (S.state == DISABLED) return;
@@ -422,6 +532,17 @@ static void send_field(const char *call, const char *field, const void *values, 
         fail(call, field, "the study has %u time steps; this is send number %u",
              (unsigned)S.nb_time_steps, (unsigned)f->step + 1);
     if (f->local > 0 && !values) fail(call, field, "send_vect is NULL");
+    /* one deadline for the whole call: every send and the wait for the
+       release share MELISSA_SEND_TIMEOUT */
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    double whole = floor(S.send_timeout);
+    deadline.tv_sec += (time_t)whole;
+    deadline.tv_nsec += (long)((S.send_timeout - whole) * 1e9);
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1000000000L;
+    }
     pthread_mutex_lock(&S.lock);
     S.in_flight += f->n_routes;
     pthread_mutex_unlock(&S.lock);
@@ -432,20 +553,14 @@ static void send_field(const char *call, const char *field, const void *values, 
         void *push = S.push[f->route_rank[i]];
         zmq_msg_t msg;
         char *slice = (char *)values + f->route_start[i] * itemsize;
-        zmq_msg_init_data(&msg, slice, f->route_count[i] * itemsize, release, NULL);
-        if (zmq_send(push, header, sizeof header, ZMQ_SNDMORE) < 0 ||
-            zmq_msg_send(&msg, push, 0) < 0)
-            fail(call, field, "the server took no data for %g s (MELISSA_SEND_TIMEOUT)",
-                 S.send_timeout);
-    }
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    double whole = floor(S.send_timeout);
-    deadline.tv_sec += (time_t)whole;
-    deadline.tv_nsec += (long)((S.send_timeout - whole) * 1e9);
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec += 1;
-        deadline.tv_nsec -= 1000000000L;
+        set_int_option(call, field, push, ZMQ_SNDTIMEO, ms_until(call, field, &deadline));
+        if (zmq_send(push, header, sizeof header, ZMQ_SNDMORE) < 0)
+            send_failed(call, field, f->route_rank[i]);
+        if (zmq_msg_init_data(&msg, slice, f->route_count[i] * itemsize, release, NULL) != 0)
+            fail(call, field, "zmq_msg_init_data: %s", zmq_strerror(zmq_errno()));
+        set_int_option(call, field, push, ZMQ_SNDTIMEO, ms_until(call, field, &deadline));
+        if (zmq_msg_send(&msg, push, 0) < 0)
+            send_failed(call, field, f->route_rank[i]);
     }
     pthread_mutex_lock(&S.lock);
     while (S.in_flight > 0) {
@@ -467,6 +582,7 @@ void melissa_init(const char *field_name, int num_values, MPI_Comm comm) {
 void melissa_init_f(const char *field_name, int *local_vect_size, MPI_Fint *comm_fortran) {
     if (S.state == DISABLED || (S.state == FRESH && !in_study("melissa_init", field_name)))
         return;
+    if (S.state == FRESH) check_mpi_library("melissa_init", field_name);
     if (!local_vect_size || !comm_fortran)
         fail("melissa_init", field_name, "local_vect_size or comm is a null pointer");
     init_field("melissa_init", field_name, *local_vect_size, 1, MPI_Comm_f2c(*comm_fortran));
@@ -497,9 +613,19 @@ void melissa_finalize(void) {
         if (!in_study("melissa_finalize", NULL)) return;
         fail("melissa_finalize", NULL, "called before melissa_init");
     }
-    for (int r = 0; r < S.n_ranks; ++r)
-        if (S.push[r]) zmq_close(S.push[r]);  /* LINGER bounds the wait */
-    zmq_ctx_term(S.ctx);
+    int finalized = 0;
+    if (S.use_mpi) MPI_Finalized(&finalized);
+    if (finalized)
+        fail("melissa_finalize", NULL, "MPI_Finalize was called first: call melissa_finalize "
+             "before MPI_Finalize");
+    for (int r = 0; r < S.n_ranks; ++r)  /* LINGER bounds the wait */
+        if (S.push[r] && zmq_close(S.push[r]) != 0)
+            fail("melissa_finalize", NULL, "closing the socket to server rank %d: %s", r,
+                 zmq_strerror(zmq_errno()));
+    while (zmq_ctx_term(S.ctx) != 0)
+        if (zmq_errno() != EINTR)
+            fail("melissa_finalize", NULL, "ending the ZeroMQ context: %s",
+                 zmq_strerror(zmq_errno()));
     for (int i = 0; i < S.n_fields; ++i) {
         free(S.fields[i].route_rank);
         free(S.fields[i].route_start);
@@ -509,8 +635,8 @@ void melissa_finalize(void) {
     free(S.endpoints);
     free(S.push);
     if (S.use_mpi) {
-        MPI_Barrier(S.comm);
-        MPI_Comm_free(&S.comm);
+        mpi_ok("melissa_finalize", NULL, MPI_Barrier(S.comm), "MPI_Barrier");
+        mpi_ok("melissa_finalize", NULL, MPI_Comm_free(&S.comm), "MPI_Comm_free");
     }
     S.state = FINALIZED;
 }
