@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, free_port
 
 from melissa_sa.protocol import ProtocolError, Welcome, decode_hello, encode_refusal, encode_welcome
 
@@ -80,16 +80,18 @@ def offline(results, heat: Path, tmp: Path, p: int) -> dict:
 
 class FakeServer:
     """Server rank 0 of a one-rank study, in a thread: answers hellos (or refuses
-    them with ``refuse``) and counts the data messages it pulls."""
+    them with ``refuse``) and counts the data messages it pulls; ``deaf``: the
+    welcome names a data endpoint where nobody listens (no data is taken)."""
 
-    def __init__(self, nb_time_steps: int = 2, refuse: str | None = None):
+    def __init__(self, nb_time_steps: int = 2, refuse: str | None = None,
+                 deaf: bool = False):
         self.ctx = zmq.Context()
         self.rep = self.ctx.socket(zmq.REP)
         self.pull = self.ctx.socket(zmq.PULL)
         port = self.rep.bind_to_random_port("tcp://127.0.0.1")
         data_port = self.pull.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
-        self.data_endpoint = f"tcp://127.0.0.1:{data_port}"
+        self.data_endpoint = f"tcp://127.0.0.1:{free_port() if deaf else data_port}"
         self.nb_time_steps, self.refuse = nb_time_steps, refuse
         self.hellos, self.messages = [], 0
         self._stop = threading.Event()

@@ -1,8 +1,12 @@
 /* A C client that uses Melissa's API right or wrong, by scenario:
  *     misuse SCENARIO
  * normal, send_before_init, unknown_field, after_finalize, too_many_steps,
- * init_twice, negative_size, finalize_twice, no_mpi (serial API). Prints
- * "done" when it reaches its end. */
+ * init_twice, negative_size, finalize_twice, no_mpi (serial API),
+ * swapped_fields (ranks declare two fields in different orders),
+ * trailing_blank (a blank-padded name, as Fortran passes it), null_comm_second
+ * (a second melissa_init with MPI_COMM_NULL), mpi_finalize_first
+ * (MPI_Finalize before melissa_finalize). Prints "done" when it reaches its
+ * end. */
 #include <stdio.h>
 #include <string.h>
 
@@ -19,6 +23,25 @@ int main(int argc, char **argv) {
         melissa_finalize();
     } else if (!strcmp(s, "send_before_init")) {
         melissa_send("f", v);
+    } else if (!strcmp(s, "swapped_fields")) {
+        int rank = 0;
+        MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+        melissa_init(rank ? "g" : "f", 4, MPI_COMM_WORLD);
+        melissa_init(rank ? "f" : "g", 4, MPI_COMM_WORLD);
+        melissa_finalize();
+    } else if (!strcmp(s, "trailing_blank")) {
+        melissa_init("f   ", 4, MPI_COMM_WORLD);
+        melissa_finalize();
+    } else if (!strcmp(s, "null_comm_second")) {
+        melissa_init("f", 4, MPI_COMM_WORLD);
+        melissa_init("g", 4, MPI_COMM_NULL);
+    } else if (!strcmp(s, "mpi_finalize_first")) {
+        melissa_init("f", 4, MPI_COMM_WORLD);
+        melissa_send("f", v);
+        MPI_Finalize();
+        melissa_finalize();
+        printf("done %s\n", melissa_version());
+        return 0;
     } else {
         melissa_init("f", strcmp(s, "negative_size") ? 4 : -1, MPI_COMM_WORLD);
         if (!strcmp(s, "init_twice")) melissa_init("f", 4, MPI_COMM_WORLD);
