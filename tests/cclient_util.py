@@ -12,6 +12,7 @@ import numpy as np
 import zmq
 from conftest import BIN, ROOT, free_port
 
+from melissa_sa.auth import secure_server_socket
 from melissa_sa.protocol import ProtocolError, Welcome, decode_hello, encode_refusal, encode_welcome
 
 HEAT_C = ROOT / "examples" / "heat_pde_c"
@@ -81,13 +82,18 @@ def offline(results, heat: Path, tmp: Path, p: int) -> dict:
 class FakeServer:
     """Server rank 0 of a one-rank study, in a thread: answers hellos (or refuses
     them with ``refuse``) and counts the data messages it pulls; ``deaf``: the
-    welcome names a data endpoint where nobody listens (no data is taken)."""
+    welcome names a data endpoint where nobody listens (no data is taken);
+    ``secret``: both sockets accept only peers presenting it."""
 
     def __init__(self, nb_time_steps: int = 2, refuse: str | None = None,
-                 deaf: bool = False):
+                 deaf: bool = False, secret: str | None = None):
         self.ctx = zmq.Context()
         self.rep = self.ctx.socket(zmq.REP)
         self.pull = self.ctx.socket(zmq.PULL)
+        self.guard = None
+        if secret:
+            self.guard = secure_server_socket(self.rep, secret)
+            secure_server_socket(self.pull, secret)
         port = self.rep.bind_to_random_port("tcp://127.0.0.1")
         data_port = self.pull.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
@@ -125,4 +131,6 @@ class FakeServer:
         self._thread.join(5)
         self.rep.close(0)
         self.pull.close(0)
+        if self.guard is not None:
+            self.guard.close()
         self.ctx.term()

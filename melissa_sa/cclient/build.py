@@ -56,7 +56,7 @@ MELISSA_API_VERSION = "0.7.0"
 #: the library's ABI: its SONAME is libmelissa.so.<SOVERSION>
 SOVERSION = "0"
 SONAME = f"libmelissa.so.{SOVERSION}"
-SOURCES = ("melissa.c", "handshake.c", "mpi_check.c")
+SOURCES = ("melissa.c", "handshake.c", "mpi_check.c", "secret.c")
 
 
 def with_rpaths(link: list[str]) -> list[str]:

@@ -23,15 +23,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
-#include <fcntl.h>
 #include <unistd.h>
 
 #include "handshake.h"
 #include "melissa/config.h"
 #include "melissa_api.h"
 #include "mpi_check.h"
+#include "secret.h"
 #include "zmq_min.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -40,7 +39,7 @@
 
 #define MAX_FIELDS 64
 #define MAX_REPLY (1 << 22)
-#define MAX_SECRET 255
+#define MAX_SECRET MSA_MAX_SECRET
 #define SECRET_USER "melissa-sa"
 /* ZeroMQ takes timeouts in int milliseconds */
 #define MAX_TIMEOUT_S 2000000.0
@@ -177,32 +176,22 @@ static double env_seconds(const char *call, const char *field, const char *var,
     return v;
 }
 
-/* The study secret: MELISSA_SECRET_FILE (refused if others can read it, as
- * melissa_sa.auth does), else MELISSA_SECRET, else none. */
+/* The study secret: MELISSA_SECRET_FILE (read as melissa_sa.auth reads it,
+ * by rank 0 only: one open per simulation, not one per rank, on the parallel
+ * file system), else MELISSA_SECRET, else none. Called once the library's
+ * communicator exists; rank 0 broadcasts what it read. */
 static void read_secret(const char *call, const char *field) {
     S.secret[0] = '\0';
     const char *path = getenv("MELISSA_SECRET_FILE");
     if (path && *path) {
-        int fd = open(path, O_RDONLY);
-        if (fd < 0) fail(call, field, "MELISSA_SECRET_FILE=%s: cannot read the study secret: "
-                         "%s", path, strerror(errno));
-        struct stat st;
-        if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (st.st_mode & 077)) {
-            close(fd);
-            fail(call, field, "MELISSA_SECRET_FILE=%s: the study secret must be a regular "
-                 "file that only its owner can read (chmod 600)", path);
+        if (S.rank == 0) {
+            char error[512];
+            if (msa_read_secret(path, S.secret, error, sizeof error) != 0)
+                fail(call, field, "MELISSA_SECRET_FILE=%s: %s", path, error);
         }
-        char buf[MAX_SECRET + 2];
-        ssize_t n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n < 0) n = 0;
-        while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == ' '))
-            --n;
-        if (n == 0 || n > MAX_SECRET)
-            fail(call, field, "MELISSA_SECRET_FILE=%s: not a study secret (1 to %d "
-                 "characters on one line)", path, MAX_SECRET);
-        memcpy(S.secret, buf, (size_t)n);
-        S.secret[n] = '\0';
+        if (S.use_mpi)
+            mpi_ok(call, field, MPI_Bcast(S.secret, sizeof S.secret, MPI_CHAR, 0, S.comm),
+                   "MPI_Bcast");
         return;
     }
     const char *raw = getenv("MELISSA_SECRET");
@@ -252,7 +241,6 @@ static void open_session(const char *call, const char *field, int use_mpi, MPI_C
     S.sim_id = (uint32_t)id;
     S.connect_timeout = env_seconds(call, field, "MELISSA_CONNECT_TIMEOUT", 30.0);
     S.send_timeout = env_seconds(call, field, "MELISSA_SEND_TIMEOUT", 300.0);
-    read_secret(call, field);
     S.use_mpi = use_mpi;
     S.rank = 0;
     if (use_mpi) {
@@ -270,6 +258,7 @@ static void open_session(const char *call, const char *field, int use_mpi, MPI_C
                "MPI_Comm_set_errhandler");
         mpi_ok(call, field, MPI_Comm_rank(S.comm, &S.rank), "MPI_Comm_rank");
     }
+    read_secret(call, field);
     /* the send timeout must not move with the wall clock */
     pthread_condattr_t attr;
     if (pthread_condattr_init(&attr) != 0 ||
