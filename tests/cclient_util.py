@@ -34,6 +34,13 @@ def run(cmd, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
     return done
 
 
+def build_client(prefix: Path, source: Path, exe: Path) -> Path:
+    """A C client compiled by the mpich wheel's mpicc against ``prefix``."""
+    run([MPICC, f"-I{prefix}/include", source, "-o", exe, f"-L{prefix}/lib", "-lmelissa",
+         f"-Wl,-rpath,{prefix}/lib"])
+    return exe
+
+
 def cmake_build(source: Path, build: Path, prefix: Path, cc: str) -> None:
     run(["cmake", "-S", source, "-B", build, f"-DCMAKE_PREFIX_PATH={prefix}",
          f"-DCMAKE_C_COMPILER={cc}"])
@@ -83,10 +90,11 @@ class FakeServer:
     """Server rank 0 of a one-rank study, in a thread: answers hellos (or refuses
     them with ``refuse``) and counts the data messages it pulls; ``deaf``: the
     welcome names a data endpoint where nobody listens (no data is taken);
-    ``secret``: both sockets accept only peers presenting it."""
+    ``secret``: both sockets accept only peers presenting it; ``move``: the
+    welcomes after the first name another data endpoint."""
 
     def __init__(self, nb_time_steps: int = 2, refuse: str | None = None,
-                 deaf: bool = False, secret: str | None = None):
+                 deaf: bool = False, secret: str | None = None, move: bool = False):
         self.ctx = zmq.Context()
         self.rep = self.ctx.socket(zmq.REP)
         self.pull = self.ctx.socket(zmq.PULL)
@@ -98,7 +106,7 @@ class FakeServer:
         data_port = self.pull.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
         self.data_endpoint = f"tcp://127.0.0.1:{free_port() if deaf else data_port}"
-        self.nb_time_steps, self.refuse = nb_time_steps, refuse
+        self.nb_time_steps, self.refuse, self.move = nb_time_steps, refuse, move
         self.hellos, self.messages = [], 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -117,8 +125,11 @@ class FakeServer:
                     self.hellos.append(hello)
                     if self.refuse:
                         raise ProtocolError(self.refuse)
-                    reply = encode_welcome(Welcome(0, 0, self.nb_time_steps,
-                                                   [(0, hello.n_cells)], [self.data_endpoint]))
+                    endpoint = self.data_endpoint
+                    if self.move and len(self.hellos) > 1:
+                        endpoint = f"tcp://127.0.0.1:{free_port()}"
+                    reply = encode_welcome(Welcome(len(self.hellos) - 1, 0, self.nb_time_steps,
+                                                   [(0, hello.n_cells)], [endpoint]))
                 except ProtocolError as exc:
                     reply = encode_refusal(exc.reason)
                 self.rep.send(reply)

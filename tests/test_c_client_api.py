@@ -1,0 +1,84 @@
+"""libmelissa's API against a fake server (tests/cclient_util.py): several
+fields in one client, the field limit, NULL pointers and bad names, mixed
+MPI and serial calls, a different communicator per field, a server whose
+ranks move between two fields' welcomes.
+
+Tests skip with a message naming the missing tool.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cclient_util import MPICC, FakeServer, build_client, missing
+from conftest import MPIEXEC
+
+from melissa_sa.cclient import build
+
+MISUSE = Path(__file__).parent / "clients" / "misuse.c"
+
+
+@pytest.fixture(scope="module")
+def exe(tmp_path_factory) -> Path:
+    if missing("cc") or not Path(MPICC).exists():
+        pytest.skip(f"needs {', '.join(missing('cc') or [MPICC])}")
+    tmp = tmp_path_factory.mktemp("api")
+    build(tmp / "prefix", MPICC, zmq="wheel", quiet=True)
+    return build_client(tmp / "prefix", MISUSE, tmp / "misuse")
+
+
+def against(server: FakeServer, exe: Path, scenario: str, ranks: int = 0):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MELISSA_", "PMI_", "HYDRA_"))}
+    env.update(MELISSA_SERVER_ADDRESS=server.address, MELISSA_SIMULATION_ID="3")
+    cmd = ([MPIEXEC, "-n", str(ranks)] if ranks else []) + [str(exe), scenario]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+        deadline = time.monotonic() + 5
+        while done.returncode == 0 and server.messages < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        server.close()
+    return done
+
+
+@pytest.mark.parametrize("ranks", [0, 2])
+def test_two_fields_in_one_client(exe, ranks):
+    server = FakeServer(nb_time_steps=2)
+    done = against(server, exe, "two_fields", ranks)
+    assert done.returncode == 0, done.stderr
+    assert [(h.field, h.n_cells) for h in server.hellos] == [("f", 4 * max(ranks, 1)),
+                                                            ("g1", 4 * max(ranks, 1))]
+    assert server.messages == 4 * max(ranks, 1)
+
+
+@pytest.mark.parametrize("scenario,ranks,message", [
+    ("too_many_fields", 0, 'melissa_init("g64"): more than 64 fields'),
+    ("mixed_no_mpi", 0, 'melissa_init_no_mpi("g"): mixes melissa_init and '
+                        'melissa_init_no_mpi in one simulation'),
+    ("other_comm", 2, 'melissa_init("g"): comm differs from the first melissa_init\'s'),
+    ("null_name", 0, "melissa_init(): field_name is NULL"),
+    ("control_name", 0, 'melissa_init("f?g"): the field name holds a control character'),
+    ("long_name", 0, 'melissa_init("' + "x" * 64 + '..."): the field name is longer than '
+                     '1024 bytes or not NUL-terminated'),
+    ("empty_name", 0, 'melissa_init(""): the field name is empty'),
+    ("null_values", 0, 'melissa_send("f"): send_vect is NULL'),
+    ("null_fortran_size", 0, 'melissa_init("f"): local_vect_size or comm is a null pointer'),
+])
+def test_bad_calls_name_the_call_and_the_field(exe, scenario, ranks, message):
+    done = against(FakeServer(nb_time_steps=2), exe, scenario, ranks)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert f"melissa: {message}" in done.stderr, done.stderr
+    assert "done" not in done.stdout
+
+
+def test_server_ranks_that_move_between_fields_are_reported(exe):
+    server = FakeServer(nb_time_steps=2, move=True)
+    done = against(server, exe, "two_fields")
+    assert done.returncode == 1
+    assert ('melissa: melissa_init("g1"): server rank 0 moved from '
+            f'{server.data_endpoint} to tcp://127.0.0.1:') in done.stderr, done.stderr
