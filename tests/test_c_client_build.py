@@ -113,3 +113,40 @@ def test_a_failing_fortran_check_installs_nothing(tmp_path):
     with pytest.raises(BuildError, match="Fortran check with false"):
         build(prefix, MPICC, "false", zmq="wheel", quiet=True)
     assert not (prefix / "lib").exists() and not (prefix / "include").exists()
+
+
+def test_the_zmq_h_of_a_system_libzmq_is_used(tmp_path, monkeypatch):
+    """pkg-config's libzmq comes with its header: the library compiles with it
+    (a stand-in zmq.h that stops the compiler shows it is read)."""
+    include = tmp_path / "zmq-module" / "include"
+    include.mkdir(parents=True)
+    (include / "zmq.h").write_text("#error this zmq.h is read\n")
+    (tmp_path / "libzmq.pc").write_text(
+        f"includedir={include}\nName: libzmq\nDescription: ZeroMQ\nVersion: 4.3.5\n"
+        "Libs: -lzmq\nCflags: -I${includedir}\n")
+    monkeypatch.setenv("PKG_CONFIG_PATH", str(tmp_path))
+    with pytest.raises(BuildError, match="this zmq.h is read"):
+        build(tmp_path / "prefix", MPICC, zmq="system", quiet=True)
+
+
+def test_a_libzmq_of_another_major_version_is_refused_at_start(installed, tmp_path):
+    """A libzmq 3 found at run time (another module loaded): melissa's message."""
+    fake = tmp_path / "old_zmq.c"
+    fake.write_text("void zmq_version(int *a, int *b, int *c) { *a = 3; *b = 2; *c = 5; }\n")
+    run(["cc", "-shared", "-fPIC", fake, "-o", tmp_path / "old_zmq.so"])
+    exe = tmp_path / "client"
+    run([MPICC, f"-I{installed}/include", MISUSE, "-o", exe, f"-L{installed}/lib",
+         "-lmelissa", f"-Wl,-rpath,{installed}/lib"])
+    server = FakeServer(nb_time_steps=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MELISSA_", "PMI_"))}
+    env.update(MELISSA_SERVER_ADDRESS=server.address, MELISSA_SIMULATION_ID="3",
+               LD_PRELOAD=str(tmp_path / "old_zmq.so"))
+    try:
+        done = subprocess.run([str(exe), "normal"], capture_output=True, text=True, env=env,
+                              timeout=60)
+    finally:
+        server.close()
+    assert done.returncode == 1
+    assert ('melissa: melissa_init("f"): libzmq 3.2.5 is loaded; libmelissa needs libzmq 4'
+            in done.stderr), done.stderr
+    assert server.hellos == []

@@ -83,14 +83,19 @@ def wheel_zmq() -> list[Path]:
     return found
 
 
-def system_zmq() -> list[str] | None:
-    """Link flags of the system libzmq, or None when pkg-config does not know one."""
+def system_zmq() -> tuple[list[str], list[str]] | None:
+    """(compile flags, link flags) of the system libzmq, or None when
+    pkg-config does not know one. Its zmq.h, when there is one, is used."""
     try:
-        done = subprocess.run(["pkg-config", "--libs", "libzmq"], capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(["pkg-config", "--cflags", "--libs", "libzmq"],
+                              capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         return None
-    return shlex.split(done.stdout) if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    words = shlex.split(done.stdout)
+    return ([w for w in words if w.startswith(("-I", "-D"))],
+            [w for w in words if not w.startswith(("-I", "-D"))])
 
 
 def _fill(template: Path, out: Path, values: dict[str, str]) -> None:
@@ -135,18 +140,19 @@ end program melissa_check
             f"Fortran check with {mpifort} (--mpifort)")
 
 
-def link_zmq(zmq: str, stage_lib: Path) -> tuple[list[str], str]:
-    """(link items, where from) of the libzmq to link; pyzmq's is staged."""
-    zmq_flags = system_zmq() if zmq in ("auto", "system") else None
-    if zmq_flags is None and zmq == "system":
+def link_zmq(zmq: str, stage_lib: Path) -> tuple[list[str], list[str], str]:
+    """(compile flags, link items, where from) of the libzmq to link; pyzmq's
+    is staged."""
+    flags = system_zmq() if zmq in ("auto", "system") else None
+    if flags is None and zmq == "system":
         raise BuildError("--zmq system: pkg-config knows no libzmq (install libzmq3-dev)")
-    if zmq_flags is not None:
-        return with_rpaths(zmq_flags), "the system (pkg-config libzmq)"
+    if flags is not None:
+        return flags[0], with_rpaths(flags[1]), "the system (pkg-config libzmq)"
     bundled = wheel_zmq()
     for path in bundled:
         shutil.copyfile(path, stage_lib / path.name)
     zmq_lib = next(p.name for p in bundled if p.name.startswith("libzmq"))
-    return [f"-L{stage_lib}", f"-l:{zmq_lib}"], f"pyzmq's wheel ({zmq_lib}, copied)"
+    return [], [f"-L{stage_lib}", f"-l:{zmq_lib}"], f"pyzmq's wheel ({zmq_lib}, copied)"
 
 
 def stage_files(stage: Path, mpi: SolverMPI, mpifort: str | None) -> dict[str, str]:
@@ -175,11 +181,12 @@ def stage_files(stage: Path, mpi: SolverMPI, mpifort: str | None) -> dict[str, s
     return values
 
 
-def compile_library(stage: Path, mpi: SolverMPI, zmq_link: list[str]) -> None:
+def compile_library(stage: Path, mpi: SolverMPI, zmq_cflags: list[str],
+                    zmq_link: list[str]) -> None:
     lib = stage / "lib"
     run([mpi.mpicc, "-O2", "-g", "-fPIC", "-shared", "-std=gnu11", "-Wall",
          *[f"-I{d}" for d in mpi.includes], f"-I{stage / 'include'}", f"-I{stage}",
-         f"-I{HERE / 'src'}", *[str(HERE / "src" / s) for s in SOURCES],
+         f"-I{HERE / 'src'}", *zmq_cflags, *[str(HERE / "src" / s) for s in SOURCES],
          "-o", str(lib / SONAME), f"-Wl,-soname,{SONAME}",
          f"-Wl,--version-script={HERE / 'src' / 'libmelissa.map'}", "-Wl,-rpath,$ORIGIN",
          *zmq_link, *with_rpaths(mpi.link), "-lpthread", "-lm"],
@@ -218,8 +225,8 @@ def build(prefix: Path, mpicc: str | None = None, mpifort: str | None = None,
     with tempfile.TemporaryDirectory(prefix="melissa-build-") as tmp:
         stage = Path(tmp)
         values = stage_files(stage, mpi, mpifort)
-        zmq_link, zmq_from = link_zmq(zmq, stage / "lib")
-        compile_library(stage, mpi, zmq_link)
+        zmq_cflags, zmq_link, zmq_from = link_zmq(zmq, stage / "lib")
+        compile_library(stage, mpi, zmq_cflags, zmq_link)
         cmake_dir = stage / "lib" / "cmake" / "Melissa"
         _fill(HERE / "cmake" / "MelissaConfig.cmake.in", cmake_dir / "MelissaConfig.cmake",
               values)

@@ -31,7 +31,17 @@
 #include "melissa_api.h"
 #include "mpi_check.h"
 #include "secret.h"
+/* libzmq's own header where the build finds one (a system or module libzmq,
+ * its directory from pkg-config), else the declarations libmelissa uses */
+#if defined(__has_include)
+#if __has_include(<zmq.h>)
+#include <zmq.h>
+#define MSA_HAVE_ZMQ_H 1
+#endif
+#endif
+#ifndef MSA_HAVE_ZMQ_H
 #include "zmq_min.h"
+#endif
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "libmelissa sends the values as they are in memory; the server reads little-endian"
@@ -266,6 +276,11 @@ static void open_session(const char *call, const char *field, int use_mpi, MPI_C
         pthread_cond_init(&S.released, &attr) != 0)
         fail(call, field, "cannot make a condition variable on CLOCK_MONOTONIC");
     pthread_condattr_destroy(&attr);
+    int major = 0, minor = 0, patch = 0;
+    zmq_version(&major, &minor, &patch);
+    if (major != 4)
+        fail(call, field, "libzmq %d.%d.%d is loaded; libmelissa needs libzmq 4 (the ABI "
+             "of libzmq.so.5): load the libzmq it was built with", major, minor, patch);
     S.ctx = zmq_ctx_new();
     if (!S.ctx) fail(call, field, "cannot create a ZeroMQ context: %s",
                      zmq_strerror(zmq_errno()));
