@@ -82,3 +82,35 @@ def test_server_ranks_that_move_between_fields_are_reported(exe):
     assert done.returncode == 1
     assert ('melissa: melissa_init("g1"): server rank 0 moved from '
             f'{server.data_endpoint} to tcp://127.0.0.1:') in done.stderr, done.stderr
+
+
+def test_the_send_timeout_ignores_the_wall_clock(exe, tmp_path):
+    """The wall clock reads a day ahead (a preloaded clock_gettime): the send
+    timeout, on CLOCK_MONOTONIC, still fires after MELISSA_SEND_TIMEOUT."""
+    shift = tmp_path / "shift.c"
+    shift.write_text(
+        "#define _GNU_SOURCE\n#include <dlfcn.h>\n#include <time.h>\n"
+        "int clock_gettime(clockid_t id, struct timespec *ts) {\n"
+        "    int (*real)(clockid_t, struct timespec *) = "
+        "(int (*)(clockid_t, struct timespec *))dlsym(RTLD_NEXT, \"clock_gettime\");\n"
+        "    int rc = real(id, ts);\n"
+        "    if (id == CLOCK_REALTIME) ts->tv_sec += 86400;\n"
+        "    return rc;\n}\n")
+    run_cc = subprocess.run(["cc", "-shared", "-fPIC", str(shift), "-o",
+                             str(tmp_path / "shift.so"), "-ldl"], capture_output=True,
+                            text=True)
+    assert run_cc.returncode == 0, run_cc.stderr
+    server = FakeServer(nb_time_steps=2, deaf=True)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MELISSA_", "PMI_", "HYDRA_"))}
+    env.update(MELISSA_SERVER_ADDRESS=server.address, MELISSA_SIMULATION_ID="3",
+               MELISSA_SEND_TIMEOUT="1.5", LD_PRELOAD=str(tmp_path / "shift.so"))
+    start = time.monotonic()
+    try:
+        done = subprocess.run([str(exe), "normal"], capture_output=True, text=True, env=env,
+                              timeout=30)
+    finally:
+        server.close()
+    assert done.returncode == 1
+    assert "the server took no data for 1.5 s (MELISSA_SEND_TIMEOUT)" in done.stderr
+    assert time.monotonic() - start < 20
