@@ -114,3 +114,28 @@ def test_the_send_timeout_ignores_the_wall_clock(exe, tmp_path):
     assert done.returncode == 1
     assert "the server took no data for 1.5 s (MELISSA_SEND_TIMEOUT)" in done.stderr
     assert time.monotonic() - start < 20
+
+
+def test_a_failing_mpi_call_is_melissa_s_message(exe, tmp_path):
+    """MPI_Bcast preloaded to return an error code (as under a user's
+    MPI_ERRORS_RETURN): the code is checked, MPI's reason is in the message."""
+    fail = tmp_path / "bcast.c"
+    fail.write_text("#include <mpi.h>\n"
+                    "int MPI_Bcast(void *b, int n, MPI_Datatype t, int root, MPI_Comm c) {\n"
+                    "    (void)b; (void)n; (void)t; (void)root; (void)c;\n"
+                    "    return MPI_ERR_OTHER;\n}\n")
+    done = subprocess.run([MPICC, "-shared", "-fPIC", str(fail), "-o",
+                           str(tmp_path / "bcast.so")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    server = FakeServer(nb_time_steps=2)
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("MELISSA_", "PMI_", "HYDRA_"))}
+    env.update(MELISSA_SERVER_ADDRESS=server.address, MELISSA_SIMULATION_ID="3",
+               LD_PRELOAD=str(tmp_path / "bcast.so"))
+    try:
+        done = subprocess.run([MPIEXEC, "-n", "2", str(exe), "normal"], capture_output=True,
+                              text=True, env=env, timeout=60)
+    finally:
+        server.close()
+    assert done.returncode == 1
+    assert 'melissa: melissa_init("f"): MPI_Bcast failed: ' in done.stderr, done.stderr
