@@ -56,7 +56,8 @@ MELISSA_API_VERSION = "0.7.0"
 #: the library's ABI: its SONAME is libmelissa.so.<SOVERSION>
 SOVERSION = "0"
 SONAME = f"libmelissa.so.{SOVERSION}"
-SOURCES = ("melissa.c", "handshake.c", "mpi_check.c", "secret.c")
+SOURCES = ("melissa.c", "errors.c", "session.c", "handshake.c", "mpi_check.c",
+           "secret.c")
 
 
 def with_rpaths(link: list[str]) -> list[str]:
@@ -187,7 +188,7 @@ def compile_library(stage: Path, mpi: SolverMPI, zmq_cflags: list[str],
     run([mpi.mpicc, "-O2", "-g", "-fPIC", "-shared", "-std=gnu11", "-Wall",
          *[f"-I{d}" for d in mpi.includes], f"-I{stage / 'include'}", f"-I{stage}",
          f"-I{HERE / 'src'}", *zmq_cflags, *[str(HERE / "src" / s) for s in SOURCES],
-         "-o", str(lib / SONAME), f"-Wl,-soname,{SONAME}",
+         "-o", str(lib / SONAME), f"-Wl,-soname,{SONAME}", "-Wl,--no-undefined",
          f"-Wl,--version-script={HERE / 'src' / 'libmelissa.map'}", "-Wl,-rpath,$ORIGIN",
          *zmq_link, *with_rpaths(mpi.link), "-lpthread", "-lm"],
         f"compiling libmelissa with {mpi.mpicc}")
