@@ -107,7 +107,7 @@ class FakeServer:
         self.address = f"tcp://127.0.0.1:{port}"
         self.data_endpoint = f"tcp://127.0.0.1:{free_port() if deaf else data_port}"
         self.nb_time_steps, self.refuse, self.move = nb_time_steps, refuse, move
-        self.hellos, self.messages = [], 0
+        self.hellos, self.messages, self.payloads = [], 0, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -134,7 +134,7 @@ class FakeServer:
                     reply = encode_refusal(exc.reason)
                 self.rep.send(reply)
             if self.pull in events:
-                self.pull.recv_multipart()
+                self.payloads.append(self.pull.recv_multipart()[1])
                 self.messages += 1
 
     def close(self) -> None:

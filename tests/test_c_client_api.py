@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cclient_util import MPICC, FakeServer, build_client, missing
 from conftest import MPIEXEC
@@ -31,10 +32,10 @@ def exe(tmp_path_factory) -> Path:
     return build_client(tmp / "prefix", MISUSE, tmp / "misuse")
 
 
-def against(server: FakeServer, exe: Path, scenario: str, ranks: int = 0):
+def against(server: FakeServer, exe: Path, scenario: str, ranks: int = 0, **extra):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("MELISSA_", "PMI_", "HYDRA_"))}
-    env.update(MELISSA_SERVER_ADDRESS=server.address, MELISSA_SIMULATION_ID="3")
+    env.update(MELISSA_SERVER_ADDRESS=server.address, MELISSA_SIMULATION_ID="3", **extra)
     cmd = ([MPIEXEC, "-n", str(ranks)] if ranks else []) + [str(exe), scenario]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
@@ -139,3 +140,31 @@ def test_a_failing_mpi_call_is_melissa_s_message(exe, tmp_path):
         server.close()
     assert done.returncode == 1
     assert 'melissa: melissa_init("f"): MPI_Bcast failed: ' in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("ranks", [0, 2])
+def test_copying_sends_deliver_the_same_values(exe, ranks):
+    """MELISSA_SEND_COPY=1: melissa_send copies the array and returns at once;
+    the server gets the same values."""
+    server = FakeServer(nb_time_steps=2)
+    done = against(server, exe, "normal", ranks, MELISSA_SEND_COPY="1")
+    assert done.returncode == 0, done.stderr
+    assert server.messages == 2 * max(ranks, 1)
+    assert set(server.payloads) == {np.array([1.0, 2, 3, 4]).tobytes()}
+
+
+def test_send_copy_must_be_0_or_1(exe):
+    done = against(FakeServer(nb_time_steps=2), exe, "normal", MELISSA_SEND_COPY="yes")
+    assert done.returncode == 1
+    assert ('melissa: melissa_init("f"): MELISSA_SEND_COPY=yes is not 0 (send the caller\'s '
+            'array, wait until it is taken) or 1 (copy it, return at once)') in done.stderr
+
+
+def test_copies_the_server_never_took_fail_melissa_finalize(exe):
+    """A copying send returns at once; melissa_finalize then waits for ZeroMQ to
+    take the copy and says so when it cannot: no data is dropped silently."""
+    done = against(FakeServer(nb_time_steps=2, deaf=True), exe, "one_step",
+                   MELISSA_SEND_COPY="1", MELISSA_SEND_TIMEOUT="1.5")
+    assert done.returncode == 1
+    assert ("melissa: melissa_finalize(): the server took no data for 1.5 s "
+            "(MELISSA_SEND_TIMEOUT)") in done.stderr, done.stderr

@@ -8,7 +8,7 @@
  * (MPI_Finalize before melissa_finalize), two_fields (f and g, two steps
  * each), too_many_fields (65), mixed_no_mpi, other_comm (g on MPI_COMM_SELF),
  * null_name, control_name, long_name, empty_name, null_values,
- * null_fortran_size. Prints "done" when it reaches its end. */
+ * null_fortran_size, one_step. Prints "done" when it reaches its end. */
 #include <stdio.h>
 #include <string.h>
 
@@ -36,6 +36,10 @@ int main(int argc, char **argv) {
             melissa_send("f", v);
             melissa_send("g1", v);
         }
+        melissa_finalize();
+    } else if (!strcmp(s, "one_step")) {
+        melissa_init("f", 4, MPI_COMM_WORLD);
+        melissa_send("f", v);
         melissa_finalize();
     } else if (!strcmp(s, "mixed_no_mpi")) {
         melissa_init("f", 4, MPI_COMM_WORLD);

@@ -57,6 +57,7 @@ struct msa_state {
     unsigned member;
     uint32_t nb_time_steps;
     double connect_timeout, send_timeout;
+    int copy;  /* MELISSA_SEND_COPY=1: melissa_send copies and returns at once */
     char secret[MAX_SECRET + 1];  /* empty: no authentication */
     void *ctx;
     int n_ranks;

@@ -5,7 +5,9 @@
  * handshake, handshake.c); the answer is broadcast over the simulation's
  * communicator, then every rank pushes to each server rank the cells it
  * owns: a 44-byte header and the caller's values, sent without copying;
- * melissa_send returns once ZeroMQ has released every slice.
+ * melissa_send returns once ZeroMQ has released every slice (with
+ * MELISSA_SEND_COPY=1 it sends a copy and returns at once; the next send or
+ * melissa_finalize waits for that copy).
  *
  * Never hangs, never fails silently: every wait is bounded (one deadline per
  * melissa_send, on CLOCK_MONOTONIC), and every misuse or failure prints
@@ -143,13 +145,43 @@ static void init_field(const char *call, const char *field, long long local, int
     msa.n_fields++;
 }
 
-/* ZeroMQ's I/O thread calls this when it no longer needs a slice. */
+/* ZeroMQ's I/O thread calls this when it no longer needs a slice: the
+ * caller's array (hint NULL) or the library's copy of it (hint: the copy). */
 static void release(void *data, void *hint) {
     (void)data;
-    (void)hint;
+    free(hint);
     pthread_mutex_lock(&msa.lock);
     if (--msa.in_flight == 0) pthread_cond_broadcast(&msa.released);
     pthread_mutex_unlock(&msa.lock);
+}
+
+/* Wait until ZeroMQ has released every slice and copy (bounded). */
+static void wait_released(const char *call, const char *field,
+                          const struct timespec *deadline) {
+    pthread_mutex_lock(&msa.lock);
+    while (msa.in_flight > 0) {
+        if (pthread_cond_timedwait(&msa.released, &msa.lock, deadline) == ETIMEDOUT &&
+            msa.in_flight > 0) {
+            pthread_mutex_unlock(&msa.lock);
+            fail(call, field, "the server took no data for %g s (MELISSA_SEND_TIMEOUT)",
+                 msa.send_timeout);
+        }
+    }
+    pthread_mutex_unlock(&msa.lock);
+}
+
+/* now + MELISSA_SEND_TIMEOUT on CLOCK_MONOTONIC */
+static struct timespec send_deadline(void) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    double whole = floor(msa.send_timeout);
+    deadline.tv_sec += (time_t)whole;
+    deadline.tv_nsec += (long)((msa.send_timeout - whole) * 1e9);
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec += 1;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    return deadline;
 }
 
 static void send_failed(const char *call, const char *field, int server_rank) {
@@ -195,17 +227,14 @@ static void send_field(const char *call, const char *field, const void *values, 
         fail(call, field, "the study has %u time steps; this is send number %u",
              (unsigned)msa.nb_time_steps, (unsigned)f->step + 1);
     if (f->local > 0 && !values) fail(call, field, "send_vect is NULL");
-    /* one deadline for the whole call: every send and the wait for the
-       release share MELISSA_SEND_TIMEOUT */
-    struct timespec deadline;
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    double whole = floor(msa.send_timeout);
-    deadline.tv_sec += (time_t)whole;
-    deadline.tv_nsec += (long)((msa.send_timeout - whole) * 1e9);
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec += 1;
-        deadline.tv_nsec -= 1000000000L;
-    }
+    /* one deadline for the whole call: every send and every wait for ZeroMQ
+       to release the data share MELISSA_SEND_TIMEOUT. A copying send first
+       waits for the previous step's copies (one step in flight: the solver
+       computes the next step while this one travels); a send without copy
+       waits at its end until ZeroMQ has released the caller's array. */
+    struct timespec deadline = send_deadline();
+    int copy = msa.copy;
+    wait_released(call, field, &deadline);
     pthread_mutex_lock(&msa.lock);
     msa.in_flight += f->n_routes;
     pthread_mutex_unlock(&msa.lock);
@@ -219,22 +248,22 @@ static void send_field(const char *call, const char *field, const void *values, 
         set_int_option(call, field, push, ZMQ_SNDTIMEO, ms_until(call, field, &deadline));
         if (zmq_send(push, header, sizeof header, ZMQ_SNDMORE) < 0)
             send_failed(call, field, f->route_rank[i]);
-        if (zmq_msg_init_data(&msg, slice, f->route_count[i] * itemsize, release, NULL) != 0)
+        size_t bytes = f->route_count[i] * itemsize;
+        char *data = slice, *owned = NULL;
+        if (copy) {
+            if (!(owned = malloc(bytes ? bytes : 1)))
+                fail(call, field, "out of memory copying %zu bytes (MELISSA_SEND_COPY=0 "
+                     "sends without a copy)", bytes);
+            memcpy(owned, slice, bytes);
+            data = owned;
+        }
+        if (zmq_msg_init_data(&msg, data, bytes, release, owned) != 0)
             fail(call, field, "zmq_msg_init_data: %s", zmq_strerror(zmq_errno()));
         set_int_option(call, field, push, ZMQ_SNDTIMEO, ms_until(call, field, &deadline));
         if (zmq_msg_send(&msg, push, 0) < 0)
             send_failed(call, field, f->route_rank[i]);
     }
-    pthread_mutex_lock(&msa.lock);
-    while (msa.in_flight > 0) {
-        if (pthread_cond_timedwait(&msa.released, &msa.lock, &deadline) == ETIMEDOUT &&
-            msa.in_flight > 0) {
-            pthread_mutex_unlock(&msa.lock);
-            fail(call, field, "the server took no data for %g s (MELISSA_SEND_TIMEOUT)",
-                 msa.send_timeout);
-        }
-    }
-    pthread_mutex_unlock(&msa.lock);
+    if (!copy) wait_released(call, field, &deadline);
     f->step++;
 }
 
@@ -281,6 +310,9 @@ void melissa_finalize(void) {
     if (finalized)
         fail("melissa_finalize", NULL, "MPI_Finalize was called first: call melissa_finalize "
              "before MPI_Finalize");
+    /* the last copies must have been taken: nothing is dropped silently */
+    struct timespec deadline = send_deadline();
+    wait_released("melissa_finalize", NULL, &deadline);
     for (int r = 0; r < msa.n_ranks; ++r)  /* LINGER bounds the wait */
         if (msa.push[r] && zmq_close(msa.push[r]) != 0)
             fail("melissa_finalize", NULL, "closing the socket to server rank %d: %s", r,

@@ -75,6 +75,11 @@ void open_session(const char *call, const char *field, int use_mpi, MPI_Comm com
     msa.sim_id = (uint32_t)id;
     msa.connect_timeout = env_seconds(call, field, "MELISSA_CONNECT_TIMEOUT", 30.0);
     msa.send_timeout = env_seconds(call, field, "MELISSA_SEND_TIMEOUT", 300.0);
+    const char *copy = getenv("MELISSA_SEND_COPY");
+    if (copy && *copy && strcmp(copy, "0") != 0 && strcmp(copy, "1") != 0)
+        fail(call, field, "MELISSA_SEND_COPY=%s is not 0 (send the caller's array, wait "
+             "until it is taken) or 1 (copy it, return at once)", copy);
+    msa.copy = copy && strcmp(copy, "1") == 0;
     msa.use_mpi = use_mpi;
     msa.rank = 0;
     if (use_mpi) {
