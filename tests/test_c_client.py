@@ -147,6 +147,17 @@ def test_heat_c_equals_heat_py_explicit(heat, tmp_path):
     np.testing.assert_array_equal(np.load(npy), c_serial)
 
 
+def test_float32_c_clients_equal_the_float64_study_to_float_precision(baseline, heat,
+                                                                        tmp_path):
+    """melissa_send_float in a real study: the server decodes float32 and its
+    statistics equal the float64 study's to float32 precision (values 100-500)."""
+    results = run_ok(heat_study(tmp_path, f"{heat} --split 2,5 --float"))
+    np.testing.assert_array_equal(results["n_samples"], baseline["n_samples"])
+    for name in ("mean", "variance", "min", "max", "quantiles"):
+        np.testing.assert_allclose(results[name], baseline[name], rtol=1e-5, err_msg=name)
+    assert not np.array_equal(results["mean"], baseline["mean"])  # float32 was sent
+
+
 def test_c_and_python_clients_feed_one_study(baseline, heat, tmp_path):
     """Even simulation ids run the C solver, odd ones heat.py (both 2 ranks)."""
     heat_py = Path(__file__).parents[1] / "examples/heat_pde/heat.py"
