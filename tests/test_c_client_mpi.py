@@ -121,6 +121,24 @@ def test_cmake_refuses_a_project_of_another_mpi(wheel_prefix, open_mpi_prefix, t
     cmake_build(HEAT_C, tmp_path / "ok", open_mpi_prefix, "mpicc.openmpi")
 
 
+@needs_open_mpi
+def test_cmake_refuses_another_mpi_found_by_find_package(wheel_prefix, tmp_path):
+    """A project built with a plain C compiler that links MPI through
+    find_package(MPI) (here Open MPI's): its MPI is probed through MPI::MPI_C."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.13)\nproject(solver C)\n"
+        "find_package(MPI REQUIRED COMPONENTS C)\nfind_package(Melissa CONFIG REQUIRED)\n")
+    done = subprocess.run(["cmake", "-S", tmp_path / "src", "-B", tmp_path / "b",
+                           "-DCMAKE_C_COMPILER=cc", "-DMPI_C_COMPILER=mpicc.openmpi",
+                           f"-DCMAKE_PREFIX_PATH={wheel_prefix}"],
+                          capture_output=True, text=True, timeout=300)
+    text = " ".join(done.stderr.split())
+    assert done.returncode != 0, done.stdout
+    assert "but this project uses Open MPI 4" in text, text
+    assert "from find_package(MPI) (MPI::MPI_C)" in text
+
+
 def test_default_mpicc_is_the_one_on_path_outside_the_venv(tmp_path):
     """An activated venv puts the mpich wheel's mpicc first on PATH; the build
     skips it for the next mpicc (here Debian's MPICH under that name)."""

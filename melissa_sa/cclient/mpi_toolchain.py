@@ -91,7 +91,8 @@ def choose_mpicc(requested: str | None, path: str | None = None) -> tuple[str, s
     """(wrapper, why): the one named, else ``mpicc`` on ``PATH`` outside this
     environment, else the mpich wheel's."""
     if requested:
-        return shutil.which(requested) or requested, "named with --mpicc"
+        found = shutil.which(requested)
+        return (os.path.abspath(found) if found else requested), "named with --mpicc"
     own = {environment_bin().resolve(), (Path(sys.prefix) / "bin").resolve()}
     dirs = [d for d in (path if path is not None else os.environ.get("PATH", "")).split(
         os.pathsep) if d and Path(d).resolve() not in own]
