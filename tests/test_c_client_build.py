@@ -150,3 +150,21 @@ def test_a_libzmq_of_another_major_version_is_refused_at_start(installed, tmp_pa
     assert ('melissa: melissa_init("f"): libzmq 3.2.5 is loaded; libmelissa needs libzmq 4'
             in done.stderr), done.stderr
     assert server.hellos == []
+
+
+def test_two_builds_into_one_prefix_at_once(tmp_path):
+    """Each build has its own temporary directory and installs by rename: two
+    at once into one prefix both succeed and leave a working library."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefix = tmp_path / "prefix"
+    with ThreadPoolExecutor(2) as pool:
+        jobs = [pool.submit(build, prefix, MPICC, zmq="wheel", quiet=True) for _ in range(2)]
+        for job in jobs:
+            job.result()
+    assert not [p.name for p in (prefix / "lib").iterdir() if p.name.startswith(".")]
+    exe = tmp_path / "client"
+    run([MPICC, f"-I{prefix}/include", MISUSE, "-o", exe, f"-L{prefix}/lib", "-lmelissa",
+         f"-Wl,-rpath,{prefix}/lib"])
+    done = run_in_study(exe)
+    assert done.returncode == 0, done.stderr
