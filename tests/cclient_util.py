@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import zmq
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, free_port
 
+from melissa_sa.auth import secure_server_socket
 from melissa_sa.protocol import ProtocolError, Welcome, decode_hello, encode_refusal, encode_welcome
 
 HEAT_C = ROOT / "examples" / "heat_pde_c"
@@ -31,6 +32,13 @@ def run(cmd, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
                           timeout=timeout, **kw)
     assert done.returncode == 0, f"{cmd} failed:\n{done.stdout}\n{done.stderr}"
     return done
+
+
+def build_client(prefix: Path, source: Path, exe: Path) -> Path:
+    """A C client compiled by the mpich wheel's mpicc against ``prefix``."""
+    run([MPICC, f"-I{prefix}/include", source, "-o", exe, f"-L{prefix}/lib", "-lmelissa",
+         f"-Wl,-rpath,{prefix}/lib"])
+    return exe
 
 
 def cmake_build(source: Path, build: Path, prefix: Path, cc: str) -> None:
@@ -80,18 +88,26 @@ def offline(results, heat: Path, tmp: Path, p: int) -> dict:
 
 class FakeServer:
     """Server rank 0 of a one-rank study, in a thread: answers hellos (or refuses
-    them with ``refuse``) and counts the data messages it pulls."""
+    them with ``refuse``) and counts the data messages it pulls; ``deaf``: the
+    welcome names a data endpoint where nobody listens (no data is taken);
+    ``secret``: both sockets accept only peers presenting it; ``move``: the
+    welcomes after the first name another data endpoint."""
 
-    def __init__(self, nb_time_steps: int = 2, refuse: str | None = None):
+    def __init__(self, nb_time_steps: int = 2, refuse: str | None = None,
+                 deaf: bool = False, secret: str | None = None, move: bool = False):
         self.ctx = zmq.Context()
         self.rep = self.ctx.socket(zmq.REP)
         self.pull = self.ctx.socket(zmq.PULL)
+        self.guard = None
+        if secret:
+            self.guard = secure_server_socket(self.rep, secret)
+            secure_server_socket(self.pull, secret)
         port = self.rep.bind_to_random_port("tcp://127.0.0.1")
         data_port = self.pull.bind_to_random_port("tcp://127.0.0.1")
         self.address = f"tcp://127.0.0.1:{port}"
-        self.data_endpoint = f"tcp://127.0.0.1:{data_port}"
-        self.nb_time_steps, self.refuse = nb_time_steps, refuse
-        self.hellos, self.messages = [], 0
+        self.data_endpoint = f"tcp://127.0.0.1:{free_port() if deaf else data_port}"
+        self.nb_time_steps, self.refuse, self.move = nb_time_steps, refuse, move
+        self.hellos, self.messages, self.payloads = [], 0, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -109,13 +125,16 @@ class FakeServer:
                     self.hellos.append(hello)
                     if self.refuse:
                         raise ProtocolError(self.refuse)
-                    reply = encode_welcome(Welcome(0, 0, self.nb_time_steps,
-                                                   [(0, hello.n_cells)], [self.data_endpoint]))
+                    endpoint = self.data_endpoint
+                    if self.move and len(self.hellos) > 1:
+                        endpoint = f"tcp://127.0.0.1:{free_port()}"
+                    reply = encode_welcome(Welcome(len(self.hellos) - 1, 0, self.nb_time_steps,
+                                                   [(0, hello.n_cells)], [endpoint]))
                 except ProtocolError as exc:
                     reply = encode_refusal(exc.reason)
                 self.rep.send(reply)
             if self.pull in events:
-                self.pull.recv_multipart()
+                self.payloads.append(self.pull.recv_multipart()[1])
                 self.messages += 1
 
     def close(self) -> None:
@@ -123,4 +142,6 @@ class FakeServer:
         self._thread.join(5)
         self.rep.close(0)
         self.pull.close(0)
+        if self.guard is not None:
+            self.guard.close()
         self.ctx.term()

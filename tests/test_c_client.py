@@ -147,6 +147,17 @@ def test_heat_c_equals_heat_py_explicit(heat, tmp_path):
     np.testing.assert_array_equal(np.load(npy), c_serial)
 
 
+def test_float32_c_clients_equal_the_float64_study_to_float_precision(baseline, heat,
+                                                                        tmp_path):
+    """melissa_send_float in a real study: the server decodes float32 and its
+    statistics equal the float64 study's to float32 precision (values 100-500)."""
+    results = run_ok(heat_study(tmp_path, f"{heat} --split 2,5 --float"))
+    np.testing.assert_array_equal(results["n_samples"], baseline["n_samples"])
+    for name in ("mean", "variance", "min", "max", "quantiles"):
+        np.testing.assert_allclose(results[name], baseline[name], rtol=1e-5, err_msg=name)
+    assert not np.array_equal(results["mean"], baseline["mean"])  # float32 was sent
+
+
 def test_c_and_python_clients_feed_one_study(baseline, heat, tmp_path):
     """Even simulation ids run the C solver, odd ones heat.py (both 2 ranks)."""
     heat_py = Path(__file__).parents[1] / "examples/heat_pde/heat.py"
@@ -279,11 +290,12 @@ def test_unreachable_server_fails_within_the_timeout(misuse, mpi):
     ("MELISSA_CONNECT_TIMEOUT", "soon",
      "MELISSA_CONNECT_TIMEOUT=soon is not a positive number of seconds"),
     ("MELISSA_SEND_TIMEOUT", "0", "MELISSA_SEND_TIMEOUT=0 is not a positive number"),
+    ("MELISSA_CONNECT_TIMEOUT", "1e7", "MELISSA_CONNECT_TIMEOUT=1e7 is more than 2000000 s"),
+    ("MELISSA_SEND_TIMEOUT", "3e6", "MELISSA_SEND_TIMEOUT=3e6 is more than 2000000 s"),
     ("MELISSA_SECRET_FILE", "/nonexistent/secret",
      "MELISSA_SECRET_FILE=/nonexistent/secret: cannot read the study secret"),
     ("MELISSA_SECRET_FILE", "/etc/hostname",
-     "MELISSA_SECRET_FILE=/etc/hostname: the study secret must be a regular file that only "
-     "its owner can read"),
+     "MELISSA_SECRET_FILE=/etc/hostname: the study secret "),
 ])
 def test_bad_environment(misuse, var, value, message):
     env = {"MELISSA_SERVER_ADDRESS": "tcp://127.0.0.1:9", "MELISSA_SIMULATION_ID": 0,
@@ -301,6 +313,11 @@ def test_bad_environment(misuse, var, value, message):
     ("init_twice", 'melissa_init("f"): this field is already initialised'),
     ("negative_size", 'melissa_init("f"): num_values must be >= 0, got -1'),
     ("finalize_twice", "melissa_finalize(): called twice"),
+    ("trailing_blank", 'melissa_init("f   "): the field name ends with a blank (from '
+                       'Fortran, pass trim(name)//char(0))'),
+    ("null_comm_second", 'melissa_init("g"): comm is MPI_COMM_NULL'),
+    ("mpi_finalize_first", "melissa_finalize(): MPI_Finalize was called first: call "
+                           "melissa_finalize before MPI_Finalize"),
 ])
 def test_misuse_names_the_call_and_the_field(misuse, scenario, message):
     server = FakeServer(nb_time_steps=2)
@@ -328,6 +345,38 @@ def test_misuse_on_two_ranks_aborts_the_simulation(misuse):
             in done.stderr)
     assert server.hellos == [server.hellos[0]] and server.hellos[0].n_cells == 8
     assert elapsed < 30
+
+
+def test_ranks_declaring_fields_in_different_orders_are_stopped(misuse):
+    """Rank 0 declares "f" then "g", rank 1 "g" then "f": without the check the
+    two fields would be swapped silently."""
+    server = FakeServer(nb_time_steps=2)
+    try:
+        done, elapsed = client(misuse, "swapped_fields", 2,
+                               MELISSA_SERVER_ADDRESS=server.address, MELISSA_SIMULATION_ID=3)
+    finally:
+        server.close()
+    assert done.returncode == 1
+    assert ('melissa: melissa_init("g"): rank 1 declares this field while rank 0 declares '
+            '"f": every rank must call melissa_init for the same fields in the same order'
+            in done.stderr), done.stderr
+    assert server.hellos == [] and elapsed < 30
+
+
+@pytest.mark.parametrize("mpi", [0, 2])
+def test_send_timeout_when_the_server_takes_no_data(misuse, mpi):
+    """The welcome names a data endpoint nobody listens on: the send gives up
+    after MELISSA_SEND_TIMEOUT with melissa's message (never hangs)."""
+    server = FakeServer(nb_time_steps=2, deaf=True)
+    try:
+        done, elapsed = client(misuse, "normal", mpi, MELISSA_SERVER_ADDRESS=server.address,
+                               MELISSA_SIMULATION_ID=3, MELISSA_SEND_TIMEOUT=1.5)
+    finally:
+        server.close()
+    assert done.returncode == 1
+    assert ('melissa: melissa_send("f"): the server took no data for 1.5 s '
+            '(MELISSA_SEND_TIMEOUT)' in done.stderr), done.stderr
+    assert elapsed < 20
 
 
 @pytest.mark.parametrize("scenario,expected", [("normal", 2), ("no_mpi", 2)])

@@ -21,7 +21,8 @@
  * --split N0,N1,... --field NAME (temperature) --float (send single precision)
  * --output FILE (rank 0 writes the history: steps x nx*ny raw little-endian
  * float64, or float32 with --float) --kill-at K (tests: the last rank sends K
- * steps, then kills itself with SIGKILL). */
+ * steps, then kills itself with SIGKILL) --timing (rank 0 prints on stderr the
+ * time per step, and the part of it spent in melissa_send). */
 #include <math.h>
 #include <mpi.h>
 #include <signal.h>
@@ -38,7 +39,7 @@ static void usage(const char *why) {
     if (rank == 0)
         fprintf(stderr, "heat: %s\nusage: heat [--nx N] [--ny N] [--steps T] [--dt DT] "
                 "[--alpha A] [--split N0,N1,...] [--field NAME] [--float] [--output FILE] "
-                "[--kill-at K] T0 T1 [T2 [T3 [T4]]]\n", why);
+                "[--kill-at K] [--timing] T0 T1 [T2 [T3 [T4]]]\n", why);
     MPI_Finalize();
     exit(2);
 }
@@ -60,7 +61,7 @@ int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
-    int nx = 12, ny = 7, steps = 5, use_float = 0, kill_at = -1, n_temps = 0;
+    int nx = 12, ny = 7, steps = 5, use_float = 0, kill_at = -1, n_temps = 0, timing = 0;
     double dt = 1e-3, alpha = 1.0, temps[5];
     const char *field = "temperature", *output = NULL, *split = NULL;
     for (int i = 1; i < argc; ++i) {
@@ -76,6 +77,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--output") && more) output = argv[++i];
         else if (!strcmp(a, "--kill-at") && more) kill_at = positive(argv[++i]) - 1;
         else if (!strcmp(a, "--float")) use_float = 1;
+        else if (!strcmp(a, "--timing")) timing = 1;
         else if (n_temps < 5) temps[n_temps++] = number(a);
         else usage("too many temperatures");
     }
@@ -143,6 +145,7 @@ int main(int argc, char **argv) {
     }
 
     melissa_init(field, (int)local, MPI_COMM_WORLD);
+    double loop_start = MPI_Wtime(), in_send = 0.0;
     for (int t = 0; t < steps; ++t) {
         for (int s = 0; s < substeps; ++s) {
             MPI_Sendrecv(u + w, w, MPI_DOUBLE, below, 1, u + (nrows + 1) * w, w, MPI_DOUBLE,
@@ -167,8 +170,10 @@ int main(int argc, char **argv) {
                 send_f[j * nx + i] = (float)send[j * nx + i];
             }
         if (t == kill_at && rank == size - 1) raise(SIGKILL);
+        double send_start = MPI_Wtime();
         if (use_float) melissa_send_float(field, send_f);
         else melissa_send(field, send);
+        in_send += MPI_Wtime() - send_start;
         if (output) {
             MPI_Gatherv(send, (int)local, MPI_DOUBLE, history, counts, displs, MPI_DOUBLE, 0,
                         MPI_COMM_WORLD);
@@ -181,6 +186,10 @@ int main(int argc, char **argv) {
             }
         }
     }
+    if (timing && rank == 0)
+        fprintf(stderr, "heat: %d steps of %d x %d cells: %.3f ms per step, %.3f ms of it "
+                "in melissa_send\n", steps, nx, ny, 1e3 * (MPI_Wtime() - loop_start) / steps,
+                1e3 * in_send / steps);
     melissa_finalize();
     /* durable output, as a study's files must be */
     if (out && (fflush(out) != 0 || fsync(fileno(out)) != 0 || fclose(out) != 0)) {

@@ -6,6 +6,7 @@ the CMake / pkg-config templates (``cmake/``) ship inside the package;
 them. See ``docs/client.md``.
 """
 
-from melissa_sa.cclient.build import BuildError, build
+from melissa_sa.cclient.build import build
+from melissa_sa.cclient.mpi_toolchain import BuildError
 
 __all__ = ["build", "BuildError"]

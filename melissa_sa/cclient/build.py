@@ -1,31 +1,37 @@
 """``melissa-sa client build``: compile and install the C/Fortran client library.
 
-    melissa-sa client build --prefix PREFIX [--mpicc CC] [--mpifort FC] [--zmq auto|system|wheel]
+    melissa-sa client build --prefix PREFIX [--mpicc CC] [--mpi-cflags F --mpi-libs L]
+                            [--mpifort FC] [--zmq auto|system|wheel]
 
-* compiles ``libmelissa.so`` (``src/*.c`` of this package) with the MPI C
-  compiler wrapper that the simulation uses (default: the ``mpicc`` of the
-  mpich wheel, beside this Python);
+* compiles ``libmelissa.so.0`` (``src/*.c`` of this package; SONAME
+  ``libmelissa.so.0``, only ``melissa_*`` exported) with the solver's MPI C
+  compiler wrapper: the one named with ``--mpicc``, else the ``mpicc`` on
+  ``PATH`` outside this Python environment, else the mpich wheel's; a wrapper
+  that does not print its flags (Cray's ``cc``) takes them from
+  ``--mpi-cflags``/``--mpi-libs`` or MELISSA_MPI_CFLAGS/MELISSA_MPI_LIBS;
+* records that MPI's library version string: ``melissa_init`` and the CMake
+  package refuse a solver that runs or builds with another MPI;
 * links a libzmq: a system one found by ``pkg-config libzmq`` (``--zmq
-  auto``, the default, or ``system``), else (or with ``--zmq wheel``) the one
-  that pyzmq's wheel ships, copied with its libsodium into ``PREFIX/lib`` so
-  that the prefix does not depend on this Python environment;
+  auto``, the default, or ``system``; an rpath for each of its directories),
+  else (or with ``--zmq wheel``) the one that pyzmq's wheel ships, copied with
+  its libsodium into ``PREFIX/lib`` so that the prefix does not depend on
+  this Python environment;
 * installs the headers (``melissa_api.h``, ``melissa_api_no_mpi.h``,
   ``melissa/api.h``, ``melissa/config.h``), the Fortran include files
   (``melissa/api.f90``, ``melissa_api.f90``), the CMake package
-  ``PREFIX/lib/cmake/Melissa`` and ``PREFIX/lib/pkgconfig/melissa.pc``;
-* with ``--mpifort``, compiles and links a Fortran program that includes
-  ``mpif.h`` and ``melissa/api.f90``, to fail now rather than in the user's
-  build;
-* prints the flags a CMake or Makefile build needs.
-
-The MPI flags (``mpicc -show``) go into the CMake target and the pkg-config
-file, so that a project compiled with a plain C compiler finds ``mpi.h``.
+  ``PREFIX/lib/cmake/Melissa`` and ``PREFIX/lib/pkgconfig/melissa.pc``
+  (relocatable);
+* with ``--mpifort``, first compiles and links a Fortran program that
+  includes ``mpif.h`` and ``melissa/api.f90``: a failure installs nothing;
+* builds in a private temporary directory and installs each file by rename;
+* prints the MPI it used and the flags a CMake or Makefile build needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import os
 import shlex
 import shutil
 import subprocess
@@ -34,61 +40,36 @@ import tempfile
 from pathlib import Path
 
 from melissa_sa import __version__
+from melissa_sa.cclient.mpi_toolchain import (
+    BuildError,
+    SolverMPI,
+    c_string,
+    first_line,
+    run,
+    solver_mpi,
+)
 from melissa_sa.exit_codes import FAILED, OK
 
 HERE = Path(__file__).resolve().parent
 #: the Melissa client API whose signatures the library offers
 MELISSA_API_VERSION = "0.7.0"
-SOURCES = ("melissa.c", "handshake.c")
+#: the library's ABI: its SONAME is libmelissa.so.<SOVERSION>
+SOVERSION = "0"
+SONAME = f"libmelissa.so.{SOVERSION}"
+SOURCES = ("melissa.c", "errors.c", "session.c", "handshake.c", "mpi_check.c",
+           "secret.c")
 
 
-class BuildError(RuntimeError):
-    """The library could not be built; the message says what to do."""
-
-
-def _run(cmd: list[str], what: str) -> str:
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    except FileNotFoundError:
-        raise BuildError(f"{what}: {cmd[0]} not found") from None
-    if done.returncode != 0:
-        raise BuildError(f"{what} failed ({shlex.join(cmd)}):\n{done.stdout}{done.stderr}")
-    return done.stdout
-
-
-def default_mpicc() -> str:
-    return str(Path(sys.executable).parent / "mpicc")
-
-
-def mpi_flags(mpicc: str) -> tuple[list[str], list[str]]:
-    """(include dirs, link items) that the MPI wrapper adds (``-show`` / ``--showme``)."""
-    for flag in ("-show", "--showme"):
-        try:
-            done = subprocess.run([mpicc, flag], capture_output=True, text=True, timeout=60)
-        except FileNotFoundError:
-            raise BuildError(f"MPI C compiler {mpicc!r} not found (--mpicc)") from None
-        if done.returncode == 0 and done.stdout.strip():
-            break
-    else:
-        raise BuildError(f"{mpicc} -show / --showme printed no flags: is it an MPI "
-                         f"compiler wrapper? (--mpicc)")
-    tokens = shlex.split(done.stdout)[1:]
-    includes, link = [], []
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        if tok.startswith("-I"):
-            includes.append(tok[2:] or tokens[i + 1])
-            i += 1 if tok[2:] else 2
-            continue
-        if tok == "-Wl,-rpath" and i + 1 < len(tokens) and tokens[i + 1].startswith("-Wl,"):
-            link.append("-Wl,-rpath," + tokens[i + 1][4:])
-            i += 2
-            continue
-        if tok.startswith(("-L", "-l", "-Wl,", "-pthread")):
-            link.append(tok)
-        i += 1
-    return includes, link
+def with_rpaths(link: list[str]) -> list[str]:
+    """``link`` with an rpath for every ``-L`` directory, so that the library
+    finds what it links on a node where that module is not loaded."""
+    have = {item.split(",", 2)[2] for item in link if item.startswith("-Wl,-rpath,")}
+    out = list(link)
+    for item in link:
+        if item.startswith("-L") and item[2:] not in have:
+            out.append(f"-Wl,-rpath,{item[2:]}")
+            have.add(item[2:])
+    return out
 
 
 def wheel_zmq() -> list[Path]:
@@ -103,14 +84,19 @@ def wheel_zmq() -> list[Path]:
     return found
 
 
-def system_zmq() -> list[str] | None:
-    """Link flags of the system libzmq, or None when pkg-config does not know one."""
+def system_zmq() -> tuple[list[str], list[str]] | None:
+    """(compile flags, link flags) of the system libzmq, or None when
+    pkg-config does not know one. Its zmq.h, when there is one, is used."""
     try:
-        done = subprocess.run(["pkg-config", "--libs", "libzmq"], capture_output=True,
-                              text=True, timeout=60)
+        done = subprocess.run(["pkg-config", "--cflags", "--libs", "libzmq"],
+                              capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         return None
-    return shlex.split(done.stdout) if done.returncode == 0 else None
+    if done.returncode != 0:
+        return None
+    words = shlex.split(done.stdout)
+    return ([w for w in words if w.startswith(("-I", "-D"))],
+            [w for w in words if not w.startswith(("-I", "-D"))])
 
 
 def _fill(template: Path, out: Path, values: dict[str, str]) -> None:
@@ -121,96 +107,154 @@ def _fill(template: Path, out: Path, values: dict[str, str]) -> None:
     out.write_text(text)
 
 
-def check_fortran(prefix: Path, mpifort: str) -> None:
-    """Compile and link a program that includes ``mpif.h`` and ``melissa/api.f90``."""
+def check_fortran(stage: Path, mpifort: str) -> None:
+    """Compile and link a program that includes ``mpif.h`` and ``melissa/api.f90``
+    against the staged library (before anything is installed)."""
     source = """\
 program melissa_check
+  use iso_c_binding, only: c_ptr
   implicit none
   include "mpif.h"
   include "melissa/api.f90"
   integer :: ierr
   double precision :: u(2)
   real :: v(2)
+  type(c_ptr) :: version
   call MPI_Init(ierr)
   if (ierr < 0) then
     call melissa_init("f"//char(0), 2, MPI_COMM_WORLD)
     call melissa_send("f"//char(0), u)
     call melissa_send_float("f"//char(0), v)
+    call melissa_init_no_mpi("g"//char(0), 2)
+    call melissa_send_no_mpi("g"//char(0), u)
+    version = melissa_version()
     call melissa_finalize()
   end if
   call MPI_Finalize(ierr)
 end program melissa_check
 """
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(prefix="melissa-fortran-check-") as tmp:
         src = Path(tmp) / "check.f90"
         src.write_text(source)
-        _run([mpifort, "-I", str(prefix / "include"), str(src), "-o", str(Path(tmp) / "a"),
-              "-L", str(prefix / "lib"), "-lmelissa", f"-Wl,-rpath,{prefix / 'lib'}"],
-             f"Fortran check with {mpifort} (--mpifort)")
+        run([mpifort, "-I", str(stage / "include"), str(src), "-o", str(Path(tmp) / "a"),
+             "-L", str(stage / "lib"), "-lmelissa", f"-Wl,-rpath,{stage / 'lib'}"],
+            f"Fortran check with {mpifort} (--mpifort)")
 
 
-def build(prefix: Path, mpicc: str | None = None, mpifort: str | None = None,
-          zmq: str = "auto", quiet: bool = False) -> Path:
-    """Build and install the library into ``prefix``; return ``prefix/lib/libmelissa.so``."""
-    prefix = Path(prefix).resolve()
-    mpicc = mpicc or default_mpicc()
-    include_dirs, mpi_link = mpi_flags(mpicc)
-    lib, inc = prefix / "lib", prefix / "include"
-    (inc / "melissa").mkdir(parents=True, exist_ok=True)
-    lib.mkdir(parents=True, exist_ok=True)
+def link_zmq(zmq: str, stage_lib: Path) -> tuple[list[str], list[str], str]:
+    """(compile flags, link items, where from) of the libzmq to link; pyzmq's
+    is staged."""
+    flags = system_zmq() if zmq in ("auto", "system") else None
+    if flags is None and zmq == "system":
+        raise BuildError("--zmq system: pkg-config knows no libzmq (install libzmq3-dev)")
+    if flags is not None:
+        return flags[0], with_rpaths(flags[1]), "the system (pkg-config libzmq)"
+    bundled = wheel_zmq()
+    for path in bundled:
+        shutil.copyfile(path, stage_lib / path.name)
+    zmq_lib = next(p.name for p in bundled if p.name.startswith("libzmq"))
+    return [], [f"-L{stage_lib}", f"-l:{zmq_lib}"], f"pyzmq's wheel ({zmq_lib}, copied)"
+
+
+def stage_files(stage: Path, mpi: SolverMPI, mpifort: str | None) -> dict[str, str]:
+    """Headers and the generated MPI record into ``stage``; the template values."""
     major, minor, _ = MELISSA_API_VERSION.split(".")
     values = {"MELISSA_VERSION": MELISSA_API_VERSION, "MELISSA_VERSION_MAJOR": major,
               "MELISSA_VERSION_MINOR": minor, "MELISSA_SA_VERSION": __version__,
-              "PREFIX": str(prefix), "MPICC": mpicc, "MPIFORT": mpifort or "",
-              "MPI_INCLUDE_DIRS": ";".join(include_dirs), "MPI_LINK": ";".join(mpi_link),
-              "MPI_CFLAGS": " ".join(f"-I{d}" for d in include_dirs),
-              "MPI_LIBS": " ".join(mpi_link)}
-    src_inc = HERE / "include"
+              "MPICC": mpi.mpicc, "MPIFORT": mpifort or "", "SONAME": SONAME,
+              "MPI_INCLUDE_DIRS": ";".join(mpi.includes),
+              "MPI_LINK": ";".join(with_rpaths(mpi.link)),
+              "MPI_CFLAGS": " ".join(f"-I{d}" for d in mpi.includes),
+              "MPI_LIBS": " ".join(with_rpaths(mpi.link)),
+              "MPI_LIBRARY_VERSION": mpi.library_version.replace("]==]", "] ==]"),
+              "MPI_FAMILY": mpi.family, "MPI_FIRST_LINE": first_line(mpi.library_version)}
+    inc, src_inc = stage / "include", HERE / "include"
+    (inc / "melissa").mkdir(parents=True)
+    (stage / "lib").mkdir()
     for name in ("melissa_api.h", "melissa_api_no_mpi.h", "melissa_api.f90",
                  "melissa/api.h", "melissa/api.f90"):
         shutil.copyfile(src_inc / name, inc / name)
     _fill(src_inc / "melissa" / "config.h.in", inc / "melissa" / "config.h", values)
+    (stage / "mpi_recorded.h").write_text(
+        "/* generated by melissa-sa client build: the MPI this library is built for */\n"
+        f"#define MSA_RECORDED_MPI {c_string(mpi.library_version)}\n"
+        f"#define MSA_RECORDED_MPICC {c_string(mpi.mpicc)}\n")
+    return values
 
-    zmq_flags = system_zmq() if zmq in ("auto", "system") else None
-    if zmq_flags is None and zmq == "system":
-        raise BuildError("--zmq system: pkg-config knows no libzmq (install libzmq3-dev)")
-    if zmq_flags is None:
-        bundled = wheel_zmq()
-        for path in bundled:
-            shutil.copyfile(path, lib / path.name)
-        zmq_lib = next(p.name for p in bundled if p.name.startswith("libzmq"))
-        zmq_flags = [f"-L{lib}", f"-l:{zmq_lib}"]
-        zmq_from = f"pyzmq's wheel ({zmq_lib}, copied into {lib})"
-    else:
-        zmq_from = "the system (pkg-config libzmq)"
-    target = lib / "libmelissa.so"
-    tmp_target = lib / "libmelissa.so.tmp"
-    _run([mpicc, "-O2", "-g", "-fPIC", "-shared", "-std=gnu11", "-Wall",
-          f"-I{inc}", f"-I{HERE / 'src'}",
-          *[str(HERE / "src" / s) for s in SOURCES],
-          "-o", str(tmp_target), "-Wl,-soname,libmelissa.so", "-Wl,-rpath,$ORIGIN",
-          *zmq_flags, "-lpthread", "-lm"], f"compiling libmelissa with {mpicc}")
-    tmp_target.replace(target)
 
-    cmake_dir = lib / "cmake" / "Melissa"
-    _fill(HERE / "cmake" / "MelissaConfig.cmake.in", cmake_dir / "MelissaConfig.cmake", values)
-    _fill(HERE / "cmake" / "MelissaConfigVersion.cmake.in",
-          cmake_dir / "MelissaConfigVersion.cmake", values)
-    _fill(HERE / "cmake" / "melissa.pc.in", lib / "pkgconfig" / "melissa.pc", values)
-    if mpifort:
-        check_fortran(prefix, mpifort)
+def compile_library(stage: Path, mpi: SolverMPI, zmq_cflags: list[str],
+                    zmq_link: list[str]) -> None:
+    lib = stage / "lib"
+    run([mpi.mpicc, "-O2", "-g", "-fPIC", "-shared", "-std=gnu11", "-Wall",
+         *[f"-I{d}" for d in mpi.includes], f"-I{stage / 'include'}", f"-I{stage}",
+         f"-I{HERE / 'src'}", *zmq_cflags, *[str(HERE / "src" / s) for s in SOURCES],
+         "-o", str(lib / SONAME), f"-Wl,-soname,{SONAME}", "-Wl,--no-undefined",
+         f"-Wl,--version-script={HERE / 'src' / 'libmelissa.map'}", "-Wl,-rpath,$ORIGIN",
+         *zmq_link, *with_rpaths(mpi.link), "-lpthread", "-lm"],
+        f"compiling libmelissa with {mpi.mpicc}")
+    (lib / "libmelissa.so").symlink_to(SONAME)
+
+
+def install_tree(stage: Path, prefix: Path) -> None:
+    """Move every staged file into ``prefix`` under a unique temporary name
+    first, then rename it: a concurrent build into the same prefix never sees
+    a half-written file."""
+    for path in sorted(stage.rglob("*")):
+        rel = path.relative_to(stage)
+        if path.is_dir() or rel.name == "mpi_recorded.h":
+            continue
+        dest = prefix / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        os.close(fd)
+        os.unlink(tmp_name)
+        if path.is_symlink():
+            os.symlink(os.readlink(path), tmp_name)
+        else:
+            shutil.copy2(path, tmp_name)
+        os.replace(tmp_name, dest)
+
+
+def build(prefix: Path, mpicc: str | None = None, mpifort: str | None = None,
+          zmq: str = "auto", quiet: bool = False, mpi_cflags: str | None = None,
+          mpi_libs: str | None = None) -> Path:
+    """Build, check, then install the library into ``prefix``; return the path
+    of ``libmelissa.so``."""
+    prefix = Path(prefix).resolve()
+    mpi = solver_mpi(mpicc, mpi_cflags, mpi_libs)
+    prefix.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="melissa-build-") as tmp:
+        stage = Path(tmp)
+        values = stage_files(stage, mpi, mpifort)
+        zmq_cflags, zmq_link, zmq_from = link_zmq(zmq, stage / "lib")
+        compile_library(stage, mpi, zmq_cflags, zmq_link)
+        cmake_dir = stage / "lib" / "cmake" / "Melissa"
+        _fill(HERE / "cmake" / "MelissaConfig.cmake.in", cmake_dir / "MelissaConfig.cmake",
+              values)
+        _fill(HERE / "cmake" / "MelissaConfigVersion.cmake.in",
+              cmake_dir / "MelissaConfigVersion.cmake", values)
+        shutil.copyfile(HERE / "cmake" / "mpi_probe.c", cmake_dir / "mpi_probe.c")
+        _fill(HERE / "cmake" / "melissa.pc.in", stage / "lib" / "pkgconfig" / "melissa.pc",
+              values)
+        if mpifort:
+            check_fortran(stage, mpifort)
+        install_tree(stage, prefix)
     if not quiet:
-        print(usage_text(prefix, mpicc, mpifort, zmq_from))
-    return target
+        print(usage_text(prefix, mpi, mpifort, zmq_from))
+    return prefix / "lib" / "libmelissa.so"
 
 
-def usage_text(prefix: Path, mpicc: str, mpifort: str | None, zmq_from: str) -> str:
+def usage_text(prefix: Path, mpi: SolverMPI, mpifort: str | None, zmq_from: str) -> str:
     fortran = (f"  Fortran:  {mpifort} -I{prefix}/include solver.f90 -L{prefix}/lib "
                f"-lmelissa -Wl,-rpath,{prefix}/lib\n" if mpifort else "")
     return (
-        f"libmelissa installed in {prefix} (MPI: {mpicc}; libzmq: {zmq_from})\n"
+        f"libmelissa installed in {prefix}\n"
+        f"  MPI: {mpi.mpicc} ({mpi.why})\n"
+        f"  MPI library: {first_line(mpi.library_version)} ({mpi.family} ABI): build and "
+        f"run the solver with this MPI\n"
+        f"  libzmq: {zmq_from}\n"
         f"CMake (find_package(Melissa CONFIG REQUIRED), target melissa):\n"
-        f"  cmake -DCMAKE_PREFIX_PATH={prefix} -DCMAKE_C_COMPILER={mpicc} ..\n"
+        f"  cmake -DCMAKE_PREFIX_PATH={prefix} -DCMAKE_C_COMPILER={mpi.mpicc} ..\n"
         f"Makefile:\n"
         f"  CFLAGS += -I{prefix}/include\n"
         f"  LDLIBS += -L{prefix}/lib -lmelissa -Wl,-rpath,{prefix}/lib\n"
@@ -220,7 +264,8 @@ def usage_text(prefix: Path, mpicc: str, mpifort: str | None, zmq_from: str) -> 
 
 def cmd_client(args) -> int:
     try:
-        build(Path(args.prefix), args.mpicc, args.mpifort, args.zmq)
+        build(Path(args.prefix), args.mpicc, args.mpifort, args.zmq,
+              mpi_cflags=args.mpi_cflags, mpi_libs=args.mpi_libs)
     except BuildError as exc:
         print(f"melissa-sa client build: {exc}", file=sys.stderr)
         return FAILED
@@ -239,10 +284,17 @@ def add_client_parser(sub) -> None:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("--prefix", required=True, help="install prefix (include/, lib/)")
     b.add_argument("--mpicc", default=None,
-                   help="MPI C compiler wrapper of the simulation (default: this "
-                        "environment's mpicc, from the mpich wheel)")
+                   help="MPI C compiler wrapper of the simulation (default: the mpicc on "
+                        "PATH outside this Python environment, else the mpich wheel's)")
+    b.add_argument("--mpi-cflags", default=None,
+                   help="MPI compile flags, for a wrapper that does not print them "
+                        "(default: $MELISSA_MPI_CFLAGS, else the wrapper's -show)")
+    b.add_argument("--mpi-libs", default=None,
+                   help="MPI link flags, for a wrapper that does not print them "
+                        "(default: $MELISSA_MPI_LIBS, else the wrapper's -show)")
     b.add_argument("--mpifort", default=None,
-                   help="MPI Fortran compiler wrapper: check the Fortran include with it")
+                   help="MPI Fortran compiler wrapper: check the Fortran include with it "
+                        "before installing")
     b.add_argument("--zmq", choices=("auto", "system", "wheel"), default="auto",
                    help="libzmq to link: the system's (pkg-config) if any, else pyzmq's "
                         "(auto); or force one")

@@ -112,8 +112,12 @@ int msa_decode_reply(const unsigned char *raw, size_t len, uint64_t n_cells,
         if (!w->endpoints[r]) BAD("out of memory");
         memcpy(w->endpoints[r], raw + pos, n);
         w->endpoints[r][n] = '\0';
-        if (strlen(w->endpoints[r]) != n)
-            BAD("a welcome whose endpoint %llu holds a NUL byte", (unsigned long long)r);
+        for (size_t i = 0; i < n; ++i) {
+            unsigned char c = (unsigned char)w->endpoints[r][i];
+            if (c < 0x21 || c > 0x7e)
+                BAD("a welcome whose endpoint %llu holds byte 0x%02x (not printable ASCII)",
+                    (unsigned long long)r, c);
+        }
         pos += n;
     }
     if (pos != len) BAD("a welcome with %zu trailing bytes", len - pos);
