@@ -1,0 +1,119 @@
+"""Studies across the nodes of a Slurm made of network namespaces
+(tests/namespace_cluster.py): the launcher on the login node, the server on
+``msa-n1``, the clients on ``msa-n2`` and ``msa-n3``, data over the
+namespaces' network. Results must equal the local scheduler's to 1e-12.
+Needs root, iproute2, util-linux and Debian's slurm-wlm and munge; skips
+naming what is missing.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import child_env, kill_group
+from namespace_cluster import COMPUTE_NODES, LOGIN, address, ns_cluster  # noqa: F401
+from studyutil import MELISSA
+from test_cluster_study import (  # noqa: F401  (local_reference: the module fixture)
+    assert_same_as_local,
+    local_reference,
+    sobol_study,
+)
+
+from melissa_sa.launcher.slurm_commands import study_job_prefix
+
+SERVER_NODE, CLIENT_NODES = COMPUTE_NODES[0], COMPUTE_NODES[1:]
+
+
+def test_each_node_has_its_name_and_addresses(ns_cluster):  # noqa: F811
+    out = ns_cluster.run("srun", f"--nodes={len(COMPUTE_NODES)}",
+                         f"--ntasks={len(COMPUTE_NODES)}", "sh", "-c",
+                         "echo $(hostname) $(hostname -i)", timeout=60)
+    assert out.returncode == 0, out.stderr
+    seen = dict(line.split() for line in out.stdout.splitlines())
+    assert seen == {n: address(n) for n in COMPUTE_NODES}
+    assert set(ns_cluster.node_states()) == set(COMPUTE_NODES)
+
+
+class PeerWatch:
+    """Samples the established TCP connections on the server's node."""
+
+    def __init__(self, cluster, node: str) -> None:
+        self.cluster, self.node = cluster, node
+        self.peers: set[tuple[str, str]] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.peers |= self.cluster.tcp_peers(self.node)
+
+    def stop(self) -> set[tuple[str, str]]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.peers
+
+
+def study_nodes(cluster, study: Path) -> dict[str, str]:
+    """``{job name: node}`` of the study's jobs Slurm still remembers (MinJobAge)."""
+    prefix = study_job_prefix(study.parent / "out")
+    out = cluster.run("squeue", "--noheader", "--states=all", "--format=%j %N")
+    return {name: node for name, node in (line.split() for line in out.stdout.splitlines()
+                                          if len(line.split()) == 2)
+            if name.startswith(prefix)}
+
+
+def run_on_login(cluster, argv: list[str], cwd: Path, timeout: float = 400,
+                 **env) -> str:  # noqa: F811
+    proc = subprocess.Popen(cluster.on(LOGIN, argv), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd,
+                            env=child_env(SLURM_CONF=cluster.state["conf"], **env))
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        kill_group(proc)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-3000:] + cluster.log_tail(10)
+    return text
+
+
+def assert_across_nodes(cluster, study: Path, peers: set[tuple[str, str]],
+                        interface: str = "eth0") -> None:
+    server = address(SERVER_NODE, interface)
+    client = (study.parent / "out" / "client_scripts" / "client.0.sh").read_text()
+    assert f"MELISSA_SERVER_ADDRESS=tcp://{server}:" in client, client
+    from_clients = {remote for local, remote in peers if local == server}
+    assert from_clients & {address(n, interface) for n in CLIENT_NODES}, peers
+    assert not any(local.startswith("127.") and remote != local for local, remote in peers
+                   if remote in {address(n) for n in CLIENT_NODES}), peers
+
+
+@pytest.mark.parametrize("mode", ["slurm", "slurm-allocation"])
+def test_study_across_nodes_equals_local(ns_cluster, tmp_path, local_reference,  # noqa: F811
+                                         mode):
+    """Server on msa-n1 (``bind`` unset: its node's address), clients on the
+    other nodes, connected through the namespaces' network."""
+    launcher = {"scheduler": mode,
+                "scheduler_arg_server": [f"--nodelist={SERVER_NODE}", "--nodes=1"],
+                "scheduler_arg_client": [f"--exclude={SERVER_NODE}"]}
+    study = sobol_study(tmp_path / "s", launcher)
+    argv = [MELISSA, "run", str(study), "--no-progress"]
+    if mode == "slurm-allocation":
+        prefix = study_job_prefix(study.parent / "out")
+        argv = ["salloc", f"--nodes={len(COMPUTE_NODES)}", "--ntasks-per-node=4",
+                f"--job-name={prefix}", *argv]
+    watch = PeerWatch(ns_cluster, SERVER_NODE)
+    try:
+        run_on_login(ns_cluster, argv, study.parent, TEST_STEP_DELAY="0.1")
+    finally:
+        peers = watch.stop()
+    assert_same_as_local(study, local_reference)
+    assert_across_nodes(ns_cluster, study, peers)
+    if mode == "slurm":
+        nodes = study_nodes(ns_cluster, study)
+        servers = {node for name, node in nodes.items() if name.endswith("-server")}
+        clients = {node for name, node in nodes.items() if not name.endswith("-server")}
+        assert servers == {SERVER_NODE} and clients <= set(CLIENT_NODES), nodes
