@@ -8,6 +8,7 @@ naming what is missing.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 from pathlib import Path
@@ -117,3 +118,77 @@ def test_study_across_nodes_equals_local(ns_cluster, tmp_path, local_reference, 
         servers = {node for name, node in nodes.items() if name.endswith("-server")}
         clients = {node for name, node in nodes.items() if not name.endswith("-server")}
         assert servers == {SERVER_NODE} and clients <= set(CLIENT_NODES), nodes
+
+
+# ---------------------------------------------------------------------------
+# server_config.interface: the data network
+
+
+def test_interface_address_names_the_node_and_its_interfaces():
+    import socket
+
+    from melissa_sa.hosts import HostAddressError, interface_address
+
+    assert interface_address("lo") == "127.0.0.1"
+    with pytest.raises(HostAddressError) as err:
+        interface_address("msa-none0")
+    message = str(err.value)
+    assert "server_config.interface 'msa-none0'" in message
+    assert f"on node {socket.gethostname()}" in message and "lo (127.0.0.1)" in message
+
+
+def test_interface_config_binds_node_and_conflicts_with_an_address(tmp_path):
+    from melissa_sa.config.checks import ConfigError
+    from melissa_sa.config.loader import load_config
+
+    study = sobol_study(tmp_path / "i", {"scheduler": "local"})
+    config = json.loads(study.read_text())
+    config["server_config"]["interface"] = "ib0"
+    study.write_text(json.dumps(config))
+    assert load_config(study).server_config.bind == "node"
+    assert load_config(study).server_config.interface == "ib0"
+    config["server_config"]["bind"] = "*"
+    study.write_text(json.dumps(config))
+    assert load_config(study).server_config.bind == "*"
+    config["server_config"]["bind"] = "10.1.2.3"
+    study.write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"server_config\.interface: 'ib0' picks the address "
+                                          r"to bind; server_config\.bind '10\.1\.2\.3'"):
+        load_config(study)
+
+
+def test_study_over_the_fabric_interface(ns_cluster, tmp_path, local_reference):  # noqa: F811
+    """``interface: "ib0"``: the server binds its node's second interface and the
+    clients reach it through the second bridge."""
+    launcher = {"scheduler": "slurm",
+                "scheduler_arg_server": [f"--nodelist={SERVER_NODE}", "--nodes=1"],
+                "scheduler_arg_client": [f"--exclude={SERVER_NODE}"]}
+    study = sobol_study(tmp_path / "ib", launcher)
+    config = json.loads(study.read_text())
+    config["server_config"]["interface"] = "ib0"
+    study.write_text(json.dumps(config))
+    watch = PeerWatch(ns_cluster, SERVER_NODE)
+    try:
+        run_on_login(ns_cluster, [MELISSA, "run", str(study), "--no-progress"], study.parent,
+                     TEST_STEP_DELAY="0.1")
+    finally:
+        peers = watch.stop()
+    assert_same_as_local(study, local_reference)
+    assert_across_nodes(ns_cluster, study, peers, interface="ib0")
+
+
+def test_missing_interface_is_an_error_naming_the_node(ns_cluster, tmp_path):  # noqa: F811
+    launcher = {"scheduler": "slurm", "max_server_restarts": 0,
+                "scheduler_arg_server": [f"--nodelist={SERVER_NODE}", "--nodes=1"]}
+    study = sobol_study(tmp_path / "no", launcher)
+    config = json.loads(study.read_text())
+    config["server_config"]["interface"] = "ib7"
+    study.write_text(json.dumps(config))
+    proc = subprocess.run(ns_cluster.on(LOGIN, [MELISSA, "run", str(study), "--no-progress"]),
+                          capture_output=True, text=True, timeout=300, cwd=study.parent,
+                          env=child_env(SLURM_CONF=ns_cluster.state["conf"]))
+    assert proc.returncode != 0
+    log = (study.parent / "out" / "logs" / "server.log").read_text()
+    assert (f"server_config.interface 'ib7': on node {SERVER_NODE} that interface does not "
+            f"exist; the node's interfaces: eth0 ({address(SERVER_NODE)}), ib0 "
+            f"({address(SERVER_NODE, 'ib0')}), lo (127.0.0.1)") in log, log[-3000:]
