@@ -192,3 +192,30 @@ def test_missing_interface_is_an_error_naming_the_node(ns_cluster, tmp_path):  #
     assert (f"server_config.interface 'ib7': on node {SERVER_NODE} that interface does not "
             f"exist; the node's interfaces: eth0 ({address(SERVER_NODE)}), ib0 "
             f"({address(SERVER_NODE, 'ib0')}), lo (127.0.0.1)") in log, log[-3000:]
+
+
+# ---------------------------------------------------------------------------
+# server ranks on two nodes
+
+
+@pytest.mark.parametrize("mode", ["slurm", "slurm-allocation"])
+def test_server_ranks_on_two_nodes(ns_cluster, tmp_path, local_reference, mode):  # noqa: F811
+    """``server_processes: 2``, one rank per node: one communicator (the
+    default launch of each mode), each rank's data endpoint on its own node."""
+    server_nodes = COMPUTE_NODES[:2]
+    launcher = {"scheduler": mode,
+                "scheduler_arg_server": [f"--nodelist={','.join(server_nodes)}", "--nodes=2",
+                                         "--ntasks-per-node=1"],
+                "scheduler_arg_client": [f"--nodelist={COMPUTE_NODES[2]}"]}
+    study = sobol_study(tmp_path / "two", launcher)
+    argv = [MELISSA, "run", str(study), "--no-progress"]
+    if mode == "slurm-allocation":
+        prefix = study_job_prefix(study.parent / "out")
+        argv = ["salloc", f"--nodes={len(COMPUTE_NODES)}", "--ntasks-per-node=4",
+                f"--job-name={prefix}", *argv]
+    run_on_login(ns_cluster, argv, study.parent)
+    assert_same_as_local(study, local_reference)
+    log = (study.parent / "out" / "logs" / "server.log").read_text()
+    endpoints = log.split("data endpoints ", 1)[1].splitlines()[0].split(", ")
+    assert [e.rsplit(":", 1)[0] for e in endpoints] == [
+        f"tcp://{address(n)}" for n in server_nodes], endpoints
