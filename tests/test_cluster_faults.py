@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import child_env, kill_group, wait_for
-from namespace_cluster import COMPUTE_NODES, LOGIN, ns_cluster  # noqa: F401
+from namespace_cluster import COMPUTE_NODES, LOGIN, address, ns_cluster  # noqa: F401
 from studyutil import MELISSA
 from test_cluster_study import (  # noqa: F401  (local_reference: the module fixture)
     assert_same_as_local,
@@ -94,5 +94,31 @@ def test_a_client_node_dies(ns_cluster, broken, tmp_path, local_reference):  # n
         text = finish(ns_cluster, proc, study)
     log = (study.parent / "out" / "logs" / "server.log").read_text()
     assert "NODE_FAIL" in text or "was silent" in log, text[-3000:] + log[-3000:]
+    assert_same_as_local(study, local_reference)
+    assert_nothing_left(ns_cluster, study)
+
+
+def test_the_server_node_dies(ns_cluster, broken, tmp_path, local_reference):  # noqa: F811
+    """After a first checkpoint the server's node dies: Slurm declares it DOWN,
+    the launcher relaunches the server on another node from the checkpoint in
+    the shared output directory, listening at that node's address; the
+    clients started afterwards find it, the old ones are restarted."""
+    study = sobol_study(tmp_path / "s", {"scheduler": "slurm"}, checkpoint_interval=1,
+                        simulation_timeout=20)
+    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.5")
+    try:
+        victim = running_on(ns_cluster, study, COMPUTE_NODES, server=True)
+        manifest = study.parent / "out" / "checkpoint" / "manifest.json"
+        wait_for(manifest.is_file, 300, "a first checkpoint", interval=0.5)
+        broken.append(victim)
+        ns_cluster.kill_node(victim)
+    finally:
+        text = finish(ns_cluster, proc, study)
+    assert "from the checkpoint" in text and "ended NODE_FAIL" in text, text[-3000:]
+    assert "server silent" not in text, text[-3000:]  # Slurm said it, not the timeout
+    log = (study.parent / "out" / "logs" / "server.log").read_text()
+    addresses = [line.split("connection socket tcp://")[1].split(":")[0]
+                 for line in log.splitlines() if "connection socket tcp://" in line]
+    assert addresses[0] == address(victim) and addresses[-1] != address(victim), addresses
     assert_same_as_local(study, local_reference)
     assert_nothing_left(ns_cluster, study)
