@@ -157,10 +157,12 @@ class NamespaceCluster:
             _ip("link", "set", f"{node}-{interface}", "up")
 
     def revive(self, node: str, timeout: float = 60.0) -> None:
-        """Links up, a new slurmd on ``node``, wait until Slurm says it is idle."""
+        """Links up, a new slurmd on ``node`` if its own died, wait until Slurm
+        says it is idle."""
         self.heal(node)
-        self.state["pids"][node] = _start_slurmd(self.state, node)
-        _save(self.state)
+        if not _alive(self.state["pids"].get(node)):
+            self.state["pids"][node] = _start_slurmd(self.state, node)
+            _save(self.state)
         self.run("scontrol", "update", f"NodeName={node}", "State=RESUME")
         wait_until(f"{node} idle again", lambda: self.node_states().get(node) == "idle",
                    timeout)

@@ -6,6 +6,9 @@ breaks back (a new slurmd, links up) before the next one.
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
 import time
 
@@ -20,6 +23,7 @@ from test_cluster_study import (  # noqa: F401  (local_reference: the module fix
 )
 
 from melissa_sa.launcher.slurm_commands import find_study_jobs, study_job_prefix
+from melissa_sa.results import open_results
 
 SERVER_NODE, CLIENT_NODES = COMPUTE_NODES[0], COMPUTE_NODES[1:]
 
@@ -120,5 +124,69 @@ def test_the_server_node_dies(ns_cluster, broken, tmp_path, local_reference):  #
     addresses = [line.split("connection socket tcp://")[1].split(":")[0]
                  for line in log.splitlines() if "connection socket tcp://" in line]
     assert addresses[0] == address(victim) and addresses[-1] != address(victim), addresses
+    assert_same_as_local(study, local_reference)
+    assert_nothing_left(ns_cluster, study)
+
+
+def test_a_partition_longer_than_simulation_timeout(  # noqa: F811
+        ns_cluster, broken, tmp_path, local_reference):  # noqa: F811
+    """A client node cut off (its links down, its processes running) for
+    longer than ``simulation_timeout``, then healed: its runs are restarted;
+    what the old runs still send once the link is back (their hellos, queued
+    in ZeroMQ during the cut) is refused and counted, never folded."""
+    launcher = {"scheduler": "slurm",
+                "scheduler_arg_server": [f"--nodelist={SERVER_NODE}", "--nodes=1"],
+                "scheduler_arg_client": [f"--exclude={SERVER_NODE}"]}
+    study = sobol_study(tmp_path / "p", launcher, simulation_timeout=15)
+    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.5")
+    try:
+        victim = running_on(ns_cluster, study, CLIENT_NODES)
+        broken.append(victim)
+        ns_cluster.cut(victim)
+        time.sleep(25)
+        ns_cluster.heal(victim)
+    finally:
+        text = finish(ns_cluster, proc, study)
+    log = (study.parent / "out" / "logs" / "server.log").read_text()
+    assert "was silent" in log or "NODE_FAIL" in text, text[-3000:] + log[-3000:]
+    assert_same_as_local(study, local_reference)
+    with open_results(study.parent / "out" / "results.h5") as r:
+        dropped = json.loads(r.h5.attrs["dropped_messages"])
+    # the old runs' hellos (and any data) that arrive after the heal
+    assert dropped.get("bad_hello", 0) + dropped.get("duplicate", 0) >= 1, dropped
+    assert_nothing_left(ns_cluster, study)
+
+
+def test_launcher_killed_then_resumed_on_another_node(ns_cluster, tmp_path,  # noqa: F811
+                                                      local_reference):  # noqa: F811
+    """The launcher's node is not special: SIGKILL the launcher on the login
+    node, ``--resume`` it on a compute node (once ``OUT/launcher.json``, which
+    names a launcher on another host, is deleted); it cancels the jobs the
+    first one left (found by their names) and finishes the study."""
+    study = sobol_study(tmp_path / "r", {"scheduler": "slurm"}, checkpoint_interval=1)
+    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.3")
+    try:
+        manifest = study.parent / "out" / "checkpoint" / "manifest.json"
+        wait_for(manifest.is_file, 300, "a first checkpoint", interval=0.5)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    orphans = find_study_jobs(study_job_prefix(study.parent / "out"), env=ns_cluster.env)
+    assert any(name.endswith("-server") for _, name, _ in orphans), orphans
+    # another host cannot check the first launcher's pid: it refuses, saying
+    # what to do (docs/fault-tolerance.md); the operator deletes the file
+    state = study.parent / "out" / "launcher.json"
+    refused = subprocess.run(
+        ns_cluster.on(COMPUTE_NODES[2], [MELISSA, "run", str(study), "--no-progress",
+                                         "--resume"]),
+        capture_output=True, text=True, timeout=120, cwd=study.parent,
+        env=child_env(SLURM_CONF=ns_cluster.state["conf"]))
+    assert refused.returncode != 0
+    assert f"on host {LOGIN} is running this study" in refused.stdout + refused.stderr
+    state.unlink()
+    (study.parent / "launcher.out").write_text("")
+    resumed = start_on(ns_cluster, COMPUTE_NODES[2], study, "--resume")
+    text = finish(ns_cluster, resumed, study)
+    assert "left by a previous launcher" in text, text[-3000:]
     assert_same_as_local(study, local_reference)
     assert_nothing_left(ns_cluster, study)
