@@ -1,7 +1,9 @@
 """Node faults on the Slurm of network namespaces (tests/namespace_cluster.py):
 each study must end with the fault-free results (the local scheduler's, to
 1e-12) and nothing of it left in Slurm's queue. Every test gives the node it
-breaks back (a new slurmd, links up) before the next one.
+breaks back (a new slurmd, links up) before the next one. The client-node
+death and the partition are marked ``slow`` to keep CI short (the cluster
+tests take about 3 min there; all of them about 4 min 40 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def broken(ns_cluster):  # noqa: F811
         ns_cluster.revive(node)
 
 
+@pytest.mark.slow  # about 50 s
 def test_a_client_node_dies(ns_cluster, broken, tmp_path, local_reference):  # noqa: F811
     """Mid-study, a client node's links are cut and every process on it
     (slurmd, the job's processes) is SIGKILLed: Slurm declares the node DOWN
@@ -128,6 +131,7 @@ def test_the_server_node_dies(ns_cluster, broken, tmp_path, local_reference):  #
     assert_nothing_left(ns_cluster, study)
 
 
+@pytest.mark.slow  # about 45 s
 def test_a_partition_longer_than_simulation_timeout(  # noqa: F811
         ns_cluster, broken, tmp_path, local_reference):  # noqa: F811
     """A client node cut off (its links down, its processes running) for
