@@ -348,7 +348,7 @@ def cluster_up(timeout: float = 90.0) -> NamespaceCluster:
     except BaseException as exc:
         tail = NamespaceCluster(state).log_tail()
         cluster_down()
-        if isinstance(exc, UnavailableError):
+        if isinstance(exc, (UnavailableError, OSError)):  # e.g. no CAP_NET_ADMIN
             raise UnavailableError(f"{exc}\n{tail}") from None
         raise
     return cluster
