@@ -14,7 +14,7 @@ import ipaddress
 import socket
 import struct
 
-__all__ = ["HostAddressError", "is_loopback", "node_address"]
+__all__ = ["HostAddressError", "is_loopback", "node_address", "interface_address"]
 
 
 class HostAddressError(OSError):
@@ -30,9 +30,9 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def _interface_addresses() -> list[str]:
-    """IPv4 addresses of this machine's interfaces (Linux ioctl), loopback last."""
-    found = []
+def _interfaces() -> dict[str, str | None]:
+    """``{interface name: its IPv4 address, or None}`` of this node (Linux ioctl)."""
+    found: dict[str, str | None] = {}
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         for _, name in socket.if_nameindex():
@@ -40,11 +40,30 @@ def _interface_addresses() -> list[str]:
                 packed = fcntl.ioctl(sock.fileno(), 0x8915,  # SIOCGIFADDR
                                      struct.pack("256s", name.encode()[:15]))
             except OSError:
+                found[name] = None
                 continue
-            found.append(socket.inet_ntoa(packed[20:24]))
+            found[name] = socket.inet_ntoa(packed[20:24])
     finally:
         sock.close()
-    return sorted(found, key=is_loopback)
+    return found
+
+
+def _interface_addresses() -> list[str]:
+    """IPv4 addresses of this machine's interfaces, loopback last."""
+    return sorted((a for a in _interfaces().values() if a), key=is_loopback)
+
+
+def interface_address(name: str) -> str:
+    """The IPv4 address of this node's interface ``name`` (``server_config.interface``,
+    e.g. a fabric's ``ib0``). Raises :class:`HostAddressError` naming the node and
+    the interfaces it has if there is no such interface or it has no IPv4 address."""
+    found = _interfaces()
+    if found.get(name):
+        return found[name]
+    have = ", ".join(f"{n} ({a or 'no IPv4 address'})" for n, a in sorted(found.items()))
+    why = "has no IPv4 address" if name in found else "does not exist"
+    raise HostAddressError(f"server_config.interface {name!r}: on node {socket.gethostname()} "
+                           f"that interface {why}; the node's interfaces: {have or 'none'}")
 
 
 def node_address() -> str:

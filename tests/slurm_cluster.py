@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 
 __all__ = ["SlurmCluster", "UnavailableError", "slurm_cluster", "slurm_answers", "shared_cluster",
-           "slurm"]
+           "slurm", "check_can_start", "daemon_path", "run_command", "start_munged", "wait_until"]
 
 CLIENT_COMMANDS = ("sbatch", "squeue", "scancel", "scontrol", "srun", "sinfo", "salloc")
 DAEMONS = {"slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "munged": "munge"}
@@ -54,7 +54,7 @@ class UnavailableError(RuntimeError):
     """Slurm cannot be started here; the message says what is missing."""
 
 
-def _run(cmd: list[str], env: dict | None = None, timeout: float = 20.0):
+def run_command(cmd: list[str], env: dict | None = None, timeout: float = 20.0):
     return subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -64,7 +64,7 @@ def slurm_answers(env: dict | None = None) -> bool:
     if shutil.which("sinfo") is None:
         return False
     try:
-        return _run(["sinfo", "--noheader", "-o", "%P"], env=env, timeout=15).returncode == 0
+        return run_command(["sinfo", "--noheader", "-o", "%P"], env=env, timeout=15).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -108,7 +108,7 @@ class SlurmCluster:
         return GATE_PARTITION if self.started else None
 
     def run(self, *cmd: str, timeout: float = 30.0) -> subprocess.CompletedProcess:
-        return _run(list(cmd), env=self.env, timeout=timeout)
+        return run_command(list(cmd), env=self.env, timeout=timeout)
 
     def log_tail(self, n: int = 30) -> str:
         if self.workdir is None:
@@ -151,7 +151,7 @@ class SlurmCluster:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _check_can_start() -> None:
+def check_can_start() -> None:
     missing = []
     if os.geteuid() != 0:
         raise UnavailableError("a private Slurm needs root (slurmd runs as root); "
@@ -172,8 +172,18 @@ def _check_can_start() -> None:
         raise UnavailableError("no `munge` user (created by the munge package)") from None
 
 
-def _daemon(name: str) -> str:
+def daemon_path(name: str) -> str:
     return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+def wait_until(what: str, ok, timeout: float, interval: float = 0.3) -> None:
+    """Wait until ``ok()``; :class:`UnavailableError` naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ok():
+            return
+        time.sleep(interval)
+    raise UnavailableError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def _wait(what: str, ok, timeout: float, procs: dict, workdir: Path) -> None:
@@ -237,7 +247,7 @@ PartitionName={GATE_PARTITION} Nodes={host} Default=NO {partition}
     return conf
 
 
-def _start_munged(workdir: Path, procs: dict) -> Path:
+def start_munged(workdir: Path, procs: dict) -> Path:
     """munged as the munge user with the system key, on a private socket."""
     mdir = workdir / "munge"
     mdir.mkdir()
@@ -248,7 +258,7 @@ def _start_munged(workdir: Path, procs: dict) -> Path:
     log = open(workdir / "munged.out", "ab")
     try:
         procs["munged"] = subprocess.Popen(
-            [_daemon("munged"), "--foreground", f"--socket={sock}",
+            [daemon_path("munged"), "--foreground", f"--socket={sock}",
              f"--log-file={mdir}/munged.log", f"--pid-file={mdir}/munged.pid",
              f"--seed-file={mdir}/munged.seed", f"--key-file={MUNGE_KEY}"],
             user=user.pw_uid, group=user.pw_gid, stdin=subprocess.DEVNULL, stdout=log,
@@ -259,7 +269,7 @@ def _start_munged(workdir: Path, procs: dict) -> Path:
     def munge_works() -> bool:
         if not sock.exists():
             return False
-        enc = _run(["munge", f"--socket={sock}", "-n"], timeout=10)
+        enc = run_command(["munge", f"--socket={sock}", "-n"], timeout=10)
         if enc.returncode != 0:
             return False
         return subprocess.run(["unmunge", f"--socket={sock}"], input=enc.stdout,
@@ -279,7 +289,7 @@ def slurm_cluster(base_env: dict[str, str] | None = None,
     env = dict(os.environ if base_env is None else base_env)
     if slurm_answers(env):
         return SlurmCluster(env, started=False)
-    _check_can_start()
+    check_can_start()
     workdir = Path(tempfile.mkdtemp(prefix="melissa-slurm-"))
     os.chmod(workdir, 0o755)
     procs: dict[str, subprocess.Popen] = {}
@@ -287,7 +297,7 @@ def slurm_cluster(base_env: dict[str, str] | None = None,
     try:
         for sub in ("state", "spool"):
             (workdir / sub).mkdir()
-        sock = _start_munged(workdir, procs)
+        sock = start_munged(workdir, procs)
         host = socket.gethostname().split(".")[0]
         conf = _write_conf(workdir, host, sock)
         env["SLURM_CONF"] = str(conf)
@@ -296,7 +306,7 @@ def slurm_cluster(base_env: dict[str, str] | None = None,
             log = open(workdir / f"{name}.out", "ab")
             try:
                 procs[name] = subprocess.Popen(
-                    [_daemon(name), *args, "-f", str(conf)], env=env,
+                    [daemon_path(name), *args, "-f", str(conf)], env=env,
                     stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                     start_new_session=True, cwd=workdir)
             finally:
@@ -306,7 +316,7 @@ def slurm_cluster(base_env: dict[str, str] | None = None,
                       procs, workdir)
 
         def node_ready() -> bool:
-            out = _run(["sinfo", "--noheader", "-N", "-o", "%T"], env=env, timeout=10)
+            out = run_command(["sinfo", "--noheader", "-N", "-o", "%T"], env=env, timeout=10)
             states = out.stdout.split()
             return out.returncode == 0 and bool(states) and all(
                 s.rstrip("*") in ("idle", "mixed", "allocated") for s in states)

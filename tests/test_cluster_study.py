@@ -101,7 +101,21 @@ def assert_nothing_left(study: Path, slurm) -> None:  # noqa: F811
 
 
 def slurm_env(slurm) -> dict:  # noqa: F811
-    return child_env(SLURM_CONF=slurm.env.get("SLURM_CONF", ""))
+    """The children's environment: the cluster's ``SLURM_CONF`` when the
+    fixture started one, else the caller's own (an empty ``SLURM_CONF``
+    would hide the running Slurm's configuration)."""
+    conf = slurm.env.get("SLURM_CONF")
+    return child_env(**({"SLURM_CONF": conf} if conf else {}))
+
+
+def test_slurm_env_keeps_a_running_slurms_configuration(monkeypatch):
+    from slurm_cluster import SlurmCluster
+    monkeypatch.delenv("SLURM_CONF", raising=False)
+    assert "SLURM_CONF" not in slurm_env(SlurmCluster({}, started=False))
+    monkeypatch.setenv("SLURM_CONF", "/etc/slurm/site.conf")
+    assert slurm_env(SlurmCluster({}, started=False))["SLURM_CONF"] == "/etc/slurm/site.conf"
+    started = SlurmCluster({"SLURM_CONF": "/tmp/x/slurm.conf"}, started=True)
+    assert slurm_env(started)["SLURM_CONF"] == "/tmp/x/slurm.conf"
 
 
 def study_jobs(study: Path, slurm) -> list[tuple[str, str, str]]:  # noqa: F811

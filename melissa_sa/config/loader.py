@@ -101,6 +101,11 @@ def config_from_dict(d: Mapping, source: str = "<dict>",
             and sv["connection_port"] == sv["data_puller_port"]:
         r.err("server_config.data_puller_port",
               f"must differ from server_config.connection_port ({sv['connection_port']})")
+    if sv is not None and c.ok(sv["interface"]) and c.ok(sv["bind"]) and sv["interface"] \
+            and sv["bind"] not in (None, "node", "*", "0.0.0.0"):
+        r.err("server_config.interface",
+              f"{sv['interface']!r} picks the address to bind; server_config.bind "
+              f"{sv['bind']!r} names another: keep one of them (or bind \"*\")")
     server_filename = rules.check_server_class(r, d, base, server_filename, server_class)
 
     if r.errors:
@@ -113,7 +118,8 @@ def config_from_dict(d: Mapping, source: str = "<dict>",
         for k, dist in enumerate(so["distributions"])
     )
     if sv["bind"] is None:
-        sv = {**sv, "bind": default_bind(raw["launcher_config"]["scheduler"])}
+        sv = {**sv, "bind": "node" if sv["interface"] else
+              default_bind(raw["launcher_config"]["scheduler"])}
     return StudyConfig(
         output_dir=os.path.normpath(os.path.join(base, os.path.expanduser(output_dir))),
         study_options=StudyOptions(**{**so, "distributions": distributions}),

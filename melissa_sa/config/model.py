@@ -183,6 +183,8 @@ class ServerConfig:
     data_puller_port: int = key(5000, c.port)
     #: None: :func:`default_bind` of the scheduler (the loader fills it in)
     bind: str | None = key(None, c.string(nullable=True))
+    #: a network interface's name ("ib0"): "node" binds that interface's address
+    interface: str | None = key(None, c.string(nullable=True))
     zmq_hwm: int = key(0, c.integer(0))
     #: seconds the server keeps trying to write results.h5 when the file system
     #: refuses it (full, quota, I/O error) before it gives up (results_wait.py)

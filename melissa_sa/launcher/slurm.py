@@ -14,6 +14,11 @@ in :mod:`melissa_sa.launcher.slurm_allocation`)
     Clients and the server as job steps inside the allocation the launcher
     runs in.
 
+Every job is submitted ``--no-requeue``: when its node dies Slurm ends it
+NODE_FAIL instead of requeueing it (a requeued job would run again later,
+beside the rerun the launcher starts, and a requeued server with the
+environment of its first submission, not from its checkpoint).
+
 A job that ends FAILED, TIMEOUT, NODE_FAIL, PREEMPTED, OUT_OF_MEMORY,
 CANCELLED (by anyone but us), BOOT_FAIL or DEADLINE is reported ``"failed"``
 (a crash for fault tolerance) with a return code: the job's exit code, or
@@ -203,7 +208,7 @@ class SlurmScheduler(Scheduler):
             raise SchedulerError(f"cannot submit {script_path}: no such file")
         full_env = {**self.env, **(env or {})}
         name = f"{self.prefix}-{job_id}"
-        argv = ["sbatch", *self.client_args, "--parsable", f"--job-name={name}",
+        argv = ["sbatch", *self.client_args, "--parsable", "--no-requeue", f"--job-name={name}",
                 f"--ntasks={self.client_processes}", f"--output={pattern_safe(log_path)}",
                 "--open-mode=append", *([f"--chdir={self.cwd}"] if self.cwd else [])]
         job = _BatchJob(job_id, name, argv, os.fspath(script_path), full_env)
@@ -328,7 +333,7 @@ class SlurmScheduler(Scheduler):
         os.chmod(tmp, 0o755)
         os.replace(tmp, path)
         name = f"{self.prefix}-server"
-        sbatch = ["sbatch", *self.server_args, "--parsable", f"--job-name={name}",
+        sbatch = ["sbatch", *self.server_args, "--parsable", "--no-requeue", f"--job-name={name}",
                   f"--ntasks={ntasks}", f"--output={pattern_safe(log_path)}", "--open-mode=append",
                   *([f"--chdir={self.cwd}"] if self.cwd else [])]
         job = _BatchJob("server", name, sbatch, str(path), {**self.env, **(env or {})})

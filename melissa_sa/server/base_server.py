@@ -87,7 +87,7 @@ class BaseServer(ABC):
         self.crashes_before_redraw = so.crashes_before_redraw
         self.max_delay = so.simulation_timeout
         self.zmq_hwm = sc.zmq_hwm
-        self.bind_address = sc.bind
+        self.bind_address, self.bind_interface = sc.bind, sc.interface
         #: remove a group's client scripts once the group is finished
         self.rm_script = False
         #: 0: warnings and errors, 1: progress (default), 2: debug (or MELISSA_DEBUG=1)
@@ -332,8 +332,8 @@ class BaseServer(ABC):
         """Bind the data socket on every rank, the connection socket on rank 0,
         connect to the launcher, share the data endpoints with rank 0, and
         open the study there (:meth:`open_study`)."""
-        t = self.transport = Transport(rank=self.rank, size=self.comm_size,
-                                       bind=self.bind_address, hwm=self.zmq_hwm,
+        t = self.transport = Transport(rank=self.rank, size=self.comm_size, bind=self.bind_address,
+                                       interface=self.bind_interface, hwm=self.zmq_hwm,
                                        secret=self._study_secret(), log=log.warning)
         endpoint = t.bind_data(self.data_puller_port)
         # one short collective at start-up; every rank is here at once

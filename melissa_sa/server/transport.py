@@ -8,7 +8,9 @@ by the number of ranks, so ranks on one node never collide).
 Binding happens on ``server_config.bind`` (:func:`resolve_bind`): an address
 or host name; ``"node"`` (the Slurm default) is the IPv4 address of this
 node's host name, or, where that name resolves to loopback, the address of the
-interface of the default route; ``"*"`` / ``"0.0.0.0"`` is every interface.
+interface of the default route, or, with ``server_config.interface`` (a
+fabric's ``"ib0"``), the address of that interface on this node;
+``"*"`` / ``"0.0.0.0"`` is every interface.
 The address advertised to clients and to the launcher is the bound one, or the
 node's address when binding every interface: never 0.0.0.0, and never
 loopback when bound beyond it.
@@ -27,7 +29,7 @@ import logging
 import zmq
 
 from melissa_sa.auth import ZapGuard, secure_client_socket, secure_server_socket
-from melissa_sa.hosts import is_loopback, node_address
+from melissa_sa.hosts import HostAddressError, interface_address, is_loopback, node_address
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -61,14 +63,17 @@ def is_loopback_bind(bind: str) -> bool:
     return bind == "localhost" or is_loopback(bind)
 
 
-def resolve_bind(bind: str) -> tuple[str, str]:
-    """``(address to bind, address to advertise)`` for ``server_config.bind``."""
-    if bind == "node":
-        address = node_address()
-        return address, address
-    if bind in ("*", "0.0.0.0"):
-        return "0.0.0.0", node_address()
-    return bind, bind
+def resolve_bind(bind: str, interface: str | None = None) -> tuple[str, str]:
+    """``(address to bind, address to advertise)`` for ``server_config.bind``;
+    with ``server_config.interface``, "node" means that interface's address.
+    A node without such an address is a :class:`FatalError` saying why."""
+    if bind not in ("node", "*", "0.0.0.0"):
+        return bind, bind
+    try:
+        address = interface_address(interface) if interface else node_address()
+    except HostAddressError as exc:
+        raise FatalError(str(exc)) from None
+    return ("0.0.0.0" if bind != "node" else address), address
 
 
 class Transport:
@@ -79,9 +84,9 @@ class Transport:
     """
 
     def __init__(self, *, rank: int, size: int, bind: str, hwm: int,
-                 secret: str | None = None, log=None):
+                 secret: str | None = None, log=None, interface: str | None = None):
         self.rank, self.size = rank, size
-        self.host, self.advertised = resolve_bind(bind)
+        self.host, self.advertised = resolve_bind(bind, interface)
         self.loopback_only = is_loopback_bind(self.host)
         if secret is None and not self.loopback_only:
             raise FatalError(f"server_config.bind {bind!r} listens beyond loopback: the "

@@ -1,0 +1,196 @@
+"""Node faults on the Slurm of network namespaces (tests/namespace_cluster.py):
+each study must end with the fault-free results (the local scheduler's, to
+1e-12) and nothing of it left in Slurm's queue. Every test gives the node it
+breaks back (a new slurmd, links up) before the next one. The client-node
+death and the partition are marked ``slow`` to keep CI short (the cluster
+tests take about 3 min there; all of them about 4 min 40 s on 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import child_env, kill_group, wait_for
+from namespace_cluster import COMPUTE_NODES, LOGIN, address, ns_cluster  # noqa: F401
+from studyutil import MELISSA
+from test_cluster_study import (  # noqa: F401  (local_reference: the module fixture)
+    assert_same_as_local,
+    local_reference,
+    sobol_study,
+)
+
+from melissa_sa.launcher.slurm_commands import find_study_jobs, study_job_prefix
+from melissa_sa.results import open_results
+
+SERVER_NODE, CLIENT_NODES = COMPUTE_NODES[0], COMPUTE_NODES[1:]
+
+
+def start_on(cluster, node: str, study, *args: str, **env) -> subprocess.Popen:
+    log = open(study.parent / "launcher.out", "ab")
+    try:
+        return subprocess.Popen(
+            cluster.on(node, [MELISSA, "run", str(study), "--no-progress", *args]),
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=study.parent,
+            env=child_env(SLURM_CONF=cluster.state["conf"], **env))
+    finally:
+        log.close()
+
+
+def finish(cluster, proc: subprocess.Popen, study, timeout: float = 400) -> str:
+    try:
+        proc.wait(timeout)
+    finally:
+        kill_group(proc)
+    text = (study.parent / "launcher.out").read_text(errors="replace")
+    assert proc.returncode == 0, text[-3000:] + cluster.log_tail(10)
+    return text
+
+
+def running_on(cluster, study, nodes, server: bool = False, timeout: float = 120) -> str:
+    """The node of one of ``nodes`` running a job of the study (the server's or a client's)."""
+    prefix = study_job_prefix(study.parent / "out")
+
+    def find():
+        out = cluster.run("squeue", "--noheader", "--states=RUNNING",
+                          "--format=%j %N").stdout.split("\n")
+        for name, node in (line.split() for line in out if len(line.split()) == 2):
+            if name.startswith(prefix + "-") and name.endswith("-server") == server \
+                    and node in nodes:
+                return node
+        return None
+    return wait_for(find, timeout, f"a job of the study running on {nodes}", interval=0.3)
+
+
+def assert_nothing_left(cluster, study) -> None:
+    prefix = study_job_prefix(study.parent / "out")
+    left = find_study_jobs(prefix, env=cluster.env)
+    assert left == [], f"jobs of the study left in squeue: {left}"
+
+
+@pytest.fixture
+def broken(ns_cluster):  # noqa: F811
+    """The nodes a test breaks (append to the list); revived afterwards."""
+    nodes: list[str] = []
+    yield nodes
+    for node in nodes:
+        ns_cluster.revive(node)
+
+
+@pytest.mark.slow  # about 50 s
+def test_a_client_node_dies(ns_cluster, broken, tmp_path, local_reference):  # noqa: F811
+    """Mid-study, a client node's links are cut and every process on it
+    (slurmd, the job's processes) is SIGKILLed: Slurm declares the node DOWN
+    (SlurmdTimeout=10) or the runs go silent; they are rerun on the other
+    client node, and the results are the fault-free ones."""
+    launcher = {"scheduler": "slurm",
+                "scheduler_arg_server": [f"--nodelist={SERVER_NODE}", "--nodes=1"],
+                "scheduler_arg_client": [f"--exclude={SERVER_NODE}"]}
+    study = sobol_study(tmp_path / "c", launcher, simulation_timeout=20)
+    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.5")
+    try:
+        victim = running_on(ns_cluster, study, CLIENT_NODES)
+        broken.append(victim)
+        ns_cluster.kill_node(victim)
+        time.sleep(1)
+    finally:
+        text = finish(ns_cluster, proc, study)
+    log = (study.parent / "out" / "logs" / "server.log").read_text()
+    assert "NODE_FAIL" in text or "was silent" in log, text[-3000:] + log[-3000:]
+    assert_same_as_local(study, local_reference)
+    assert_nothing_left(ns_cluster, study)
+
+
+def test_the_server_node_dies(ns_cluster, broken, tmp_path, local_reference):  # noqa: F811
+    """After a first checkpoint the server's node dies: Slurm declares it DOWN,
+    the launcher relaunches the server on another node from the checkpoint in
+    the shared output directory, listening at that node's address; the
+    clients started afterwards find it, the old ones are restarted."""
+    study = sobol_study(tmp_path / "s", {"scheduler": "slurm"}, checkpoint_interval=1,
+                        simulation_timeout=20)
+    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.5")
+    try:
+        victim = running_on(ns_cluster, study, COMPUTE_NODES, server=True)
+        manifest = study.parent / "out" / "checkpoint" / "manifest.json"
+        wait_for(manifest.is_file, 300, "a first checkpoint", interval=0.5)
+        broken.append(victim)
+        ns_cluster.kill_node(victim)
+    finally:
+        text = finish(ns_cluster, proc, study)
+    assert "from the checkpoint" in text and "ended NODE_FAIL" in text, text[-3000:]
+    assert "server silent" not in text, text[-3000:]  # Slurm said it, not the timeout
+    log = (study.parent / "out" / "logs" / "server.log").read_text()
+    addresses = [line.split("connection socket tcp://")[1].split(":")[0]
+                 for line in log.splitlines() if "connection socket tcp://" in line]
+    assert addresses[0] == address(victim) and addresses[-1] != address(victim), addresses
+    assert_same_as_local(study, local_reference)
+    assert_nothing_left(ns_cluster, study)
+
+
+@pytest.mark.slow  # about 45 s
+def test_a_partition_longer_than_simulation_timeout(  # noqa: F811
+        ns_cluster, broken, tmp_path, local_reference):  # noqa: F811
+    """A client node cut off (its links down, its processes running) for
+    longer than ``simulation_timeout``, then healed: its runs are restarted;
+    what the old runs still send once the link is back (their hellos, queued
+    in ZeroMQ during the cut) is refused and counted, never folded."""
+    launcher = {"scheduler": "slurm",
+                "scheduler_arg_server": [f"--nodelist={SERVER_NODE}", "--nodes=1"],
+                "scheduler_arg_client": [f"--exclude={SERVER_NODE}"]}
+    study = sobol_study(tmp_path / "p", launcher, simulation_timeout=15)
+    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.5")
+    try:
+        victim = running_on(ns_cluster, study, CLIENT_NODES)
+        broken.append(victim)
+        ns_cluster.cut(victim)
+        time.sleep(25)
+        ns_cluster.heal(victim)
+    finally:
+        text = finish(ns_cluster, proc, study)
+    log = (study.parent / "out" / "logs" / "server.log").read_text()
+    assert "was silent" in log or "NODE_FAIL" in text, text[-3000:] + log[-3000:]
+    assert_same_as_local(study, local_reference)
+    with open_results(study.parent / "out" / "results.h5") as r:
+        dropped = json.loads(r.h5.attrs["dropped_messages"])
+    # the old runs' hellos (and any data) that arrive after the heal
+    assert dropped.get("bad_hello", 0) + dropped.get("duplicate", 0) >= 1, dropped
+    assert_nothing_left(ns_cluster, study)
+
+
+def test_launcher_killed_then_resumed_on_another_node(ns_cluster, tmp_path,  # noqa: F811
+                                                      local_reference):  # noqa: F811
+    """The launcher's node is not special: SIGKILL the launcher on the login
+    node, ``--resume`` it on a compute node (once ``OUT/launcher.json``, which
+    names a launcher on another host, is deleted); it cancels the jobs the
+    first one left (found by their names) and finishes the study."""
+    study = sobol_study(tmp_path / "r", {"scheduler": "slurm"}, checkpoint_interval=1)
+    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.3")
+    try:
+        manifest = study.parent / "out" / "checkpoint" / "manifest.json"
+        wait_for(manifest.is_file, 300, "a first checkpoint", interval=0.5)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    orphans = find_study_jobs(study_job_prefix(study.parent / "out"), env=ns_cluster.env)
+    assert any(name.endswith("-server") for _, name, _ in orphans), orphans
+    # another host cannot check the first launcher's pid: it refuses, saying
+    # what to do (docs/fault-tolerance.md); the operator deletes the file
+    state = study.parent / "out" / "launcher.json"
+    refused = subprocess.run(
+        ns_cluster.on(COMPUTE_NODES[2], [MELISSA, "run", str(study), "--no-progress",
+                                         "--resume"]),
+        capture_output=True, text=True, timeout=120, cwd=study.parent,
+        env=child_env(SLURM_CONF=ns_cluster.state["conf"]))
+    assert refused.returncode != 0
+    assert f"on host {LOGIN} is running this study" in refused.stdout + refused.stderr
+    state.unlink()
+    (study.parent / "launcher.out").write_text("")
+    resumed = start_on(ns_cluster, COMPUTE_NODES[2], study, "--resume")
+    text = finish(ns_cluster, resumed, study)
+    assert "left by a previous launcher" in text, text[-3000:]
+    assert_same_as_local(study, local_reference)
+    assert_nothing_left(ns_cluster, study)
