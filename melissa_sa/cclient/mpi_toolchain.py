@@ -24,18 +24,9 @@ from pathlib import Path
 #: environment variables read when the wrapper does not print its flags
 CFLAGS_VAR, LIBS_VAR = "MELISSA_MPI_CFLAGS", "MELISSA_MPI_LIBS"
 
-PROBE_SOURCE = """\
-#include <mpi.h>
-#include <stdio.h>
-/* MPI_Get_library_version may be called before MPI_Init (MPI 3.0). */
-int main(void) {
-    char version[MPI_MAX_LIBRARY_VERSION_STRING];
-    int length = 0;
-    MPI_Get_library_version(version, &length);
-    fputs(version, stdout);
-    return 0;
-}
-"""
+#: the program that prints the MPI library's version string (also used by the
+#: installed CMake package, beside MelissaConfig.cmake)
+PROBE_SOURCE = Path(__file__).resolve().parent / "cmake" / "mpi_probe.c"
 
 
 class BuildError(RuntimeError):
@@ -171,7 +162,7 @@ def library_version(mpicc: str, includes: list[str], link: list[str]) -> str:
     """MPI_Get_library_version of the MPI a program built with ``mpicc`` runs."""
     with tempfile.TemporaryDirectory(prefix="melissa-mpi-probe-") as tmp:
         src, exe = Path(tmp) / "probe.c", Path(tmp) / "probe"
-        src.write_text(PROBE_SOURCE)
+        shutil.copyfile(PROBE_SOURCE, src)
         run([mpicc, *[f"-I{d}" for d in includes], str(src), "-o", str(exe), *link],
             f"compiling an MPI probe with {mpicc}")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_COMM"))}

@@ -1,5 +1,7 @@
 /* Prints the library version string of the MPI this compiler builds with
- * (MelissaConfig.cmake compares it with the one libmelissa was built for). */
+ * (melissa-sa client build records it; MelissaConfig.cmake compares the
+ * consumer's with it). MPI_Get_library_version may be called before MPI_Init
+ * (MPI 3.0). */
 #include <mpi.h>
 #include <stdio.h>
 
