@@ -48,6 +48,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import free_port  # noqa: E402
 from slurm_cluster import (  # noqa: E402
+    SLURM_POLICY,
     UnavailableError,
     check_can_start,
     daemon_path,
@@ -209,25 +210,7 @@ SlurmctldPidFile={workdir}/slurmctld.pid
 SlurmdPidFile={workdir}/slurmd-%n.pid
 SlurmctldLogFile={workdir}/slurmctld.log
 SlurmdLogFile={workdir}/slurmd-%n.log
-SlurmctldDebug=info
-SlurmdDebug=info
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MpiDefault=none
-ReturnToService=2
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2
-MinJobAge=300
-KillWait=2
-OverTimeLimit=0
-InactiveLimit=0
-SlurmctldTimeout=30
-SlurmdTimeout=10
+{SLURM_POLICY}SlurmdTimeout=10
 SlurmdParameters=config_overrides
 {nodes}
 PartitionName={PARTITION} Nodes={','.join(COMPUTE_NODES)} Default=YES MaxTime=INFINITE State=UP \

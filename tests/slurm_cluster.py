@@ -199,6 +199,30 @@ def _wait(what: str, ok, timeout: float, procs: dict, workdir: Path) -> None:
     raise UnavailableError(f"timed out after {timeout:g} s waiting for {what}; logs in {workdir}")
 
 
+#: the scheduling and timing lines of slurm.conf that this one-node cluster
+#: and the namespace cluster (tests/namespace_cluster.py) share
+SLURM_POLICY = """\
+SlurmctldDebug=info
+SlurmdDebug=info
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+MpiDefault=none
+ReturnToService=2
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2
+MinJobAge=300
+KillWait=2
+OverTimeLimit=0
+InactiveLimit=0
+SlurmctldTimeout=30
+"""
+
+
 def _write_conf(workdir: Path, host: str, munge_socket: Path) -> Path:
     cpus = os.cpu_count() or 1
     partition = "MaxTime=INFINITE State=UP OverSubscribe=FORCE:8"
@@ -220,25 +244,7 @@ SlurmctldPidFile={workdir}/slurmctld.pid
 SlurmdPidFile={workdir}/slurmd.pid
 SlurmctldLogFile={workdir}/slurmctld.log
 SlurmdLogFile={workdir}/slurmd.log
-SlurmctldDebug=info
-SlurmdDebug=info
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-JobCompType=jobcomp/none
-MpiDefault=none
-ReturnToService=2
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=2
-MinJobAge=300
-KillWait=2
-OverTimeLimit=0
-InactiveLimit=0
-SlurmctldTimeout=30
-SlurmdTimeout=60
+{SLURM_POLICY}SlurmdTimeout=60
 SlurmdParameters=config_overrides
 NodeName={host} CPUs={max(cpus, 8)} RealMemory={_real_memory_mb()} State=UNKNOWN
 PartitionName={PARTITION} Nodes={host} Default=YES {partition}

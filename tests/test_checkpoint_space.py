@@ -10,11 +10,11 @@ import errno
 import json
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from small_tmpfs import mounted_tmpfs
 
 from melissa_sa import messages as msgs
 from melissa_sa.checkpoint import find_latest_checkpoint
@@ -162,19 +162,8 @@ def test_the_launcher_shows_the_line_once_and_the_progress_says_failing(tmp_path
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 1 MB tmpfs mounted for the test (root only), unmounted in the end."""
-    d = tmp_path / "tmpfs"
-    d.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d)],
-                       check=True, capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc})")
-    try:
+    with mounted_tmpfs(tmp_path, "1m") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=10)
 
 
 @pytest.mark.parametrize("left", [0, 40960])

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import results_fail
 from conftest import child_env, wait_for, write_study
+from small_tmpfs import mounted_tmpfs
 from studyutil import MELISSA, NB_STEPS, copy_client, offline, run_study
 
 from melissa_sa.checkpoint import find_latest_checkpoint
@@ -44,19 +45,8 @@ LEFT = 192 * 1024
 @pytest.fixture
 def tmpfs(tmp_path):
     """A 16 MB tmpfs mounted for the test (root only), unmounted at the end."""
-    d = tmp_path / "tmpfs"
-    d.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (the full-disk studies run as root only)")
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(d)],
-                       check=True, capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc})")
-    try:
+    with mounted_tmpfs(tmp_path, "16m") as d:
         yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=10)
 
 
 def fill(directory: Path, left: int) -> Path:

@@ -11,13 +11,13 @@ import errno
 import io
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
+from small_tmpfs import mounted_tmpfs
 
 from melissa_sa import messages as msgs
 from melissa_sa.config import ConfigError, config_from_dict
@@ -341,16 +341,7 @@ def test_an_unwritable_state_file_is_one_warning_and_the_next_write_retries(tmp_
 
 
 def test_a_full_disk_under_the_state_file_is_a_warning(tmp_path):
-    d = tmp_path / "tmpfs"
-    d.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)],
-                       check=True, capture_output=True, timeout=10)
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here ({exc})")
-    try:
+    with mounted_tmpfs(tmp_path, "64k") as d:
         out = io.StringIO()
         claim = _claim(d, out)
         filler = d / "filler"
@@ -368,8 +359,6 @@ def test_a_full_disk_under_the_state_file_is_a_warning(tmp_path):
         filler.unlink()
         claim.write({"state": "running", "clients": []})
         assert json.loads(claim.state_path.read_text())["clients"] == []
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True, timeout=10)
 
 
 # -- the message and the launcher's line -------------------------------------------------
