@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _record import write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -157,9 +158,7 @@ def main(argv=None) -> int:
         out["studies"] = rows
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(out, indent=2))
-    print(f"\nwrote {args.json}")
+    print(f"\nwrote {write_json(args.json, out)}")
     return 0
 
 

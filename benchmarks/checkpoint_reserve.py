@@ -20,7 +20,6 @@ Prints a table and writes ``benchmarks/results/checkpoint_reserve.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _record import write_json  # noqa: E402
 from checkpoint import study_config  # noqa: E402
 
 
@@ -99,9 +99,7 @@ def main(argv=None) -> int:
     print(f"  reservation: {r['reservation_cost_seconds'] * 1e3:+.1f} ms per checkpoint "
           f"({r['reservation_cost_seconds'] / med['not reserved']:+.1%}); the "
           f"posix_fallocate call alone: {r['reservation_alone_seconds_median'] * 1e3:.2f} ms")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(r, indent=2))
-    print(f"wrote {args.json}")
+    print(f"wrote {write_json(args.json, r)}")
     return 0
 
 
