@@ -17,21 +17,33 @@ from studyutil import copy_client, run_study
 
 from melissa_sa.mesh import MeshError, geometry_of, parse_mesh
 from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results
-from melissa_sa.results.xdmf import attribute_names, write_xdmf
+from melissa_sa.results.xdmf import (
+    attribute_names,
+    geometry_bytes,
+    study_geometry,
+    write_xdmf,
+    xdmf_after_study,
+)
+from melissa_sa.server.results_io import results_file_bytes
 
 T, NX, NY = 4, 6, 5
 
 
-def small_results(path, n_cells=NX * NY, second_order=False):
-    """A results file of one field 'temperature' with every statistic."""
-    names = ("x1", "x2", "x3")
-    layout = ResultsLayout(
+def small_layout(n_cells=NX * NY, second_order=False):
+    """One field 'temperature' with every statistic."""
+    return ResultsLayout(
         fields=("temperature",), n_cells={"temperature": n_cells}, n_time_steps=T,
         statistics=("mean", "variance", "skewness", "kurtosis", "min", "max",
                     "threshold_exceedance", "quantiles", "sobol")
         + (("sobol_second",) if second_order else ()),
-        thresholds=(0.5, 300.0), quantile_levels=(0.05, 0.95), parameter_names=names,
+        thresholds=(0.5, 300.0), quantile_levels=(0.05, 0.95), parameter_names=("x1", "x2", "x3"),
         confidence_level=0.95, ci_method="delta")
+
+
+def small_results(path, n_cells=NX * NY, second_order=False, mesh=None):
+    """A results file of :func:`small_layout` with random values."""
+    names = ("x1", "x2", "x3")
+    layout = small_layout(n_cells, second_order)
     rng = np.random.default_rng(1)
     stats = {s: rng.random(layout.shape("temperature", s)) for s in layout.statistics
              if s != "sobol"}
@@ -44,7 +56,7 @@ def small_results(path, n_cells=NX * NY, second_order=False):
     stats["n_groups"] = np.full(T, 10)
     design = ParameterTable.from_groups(rng.random((10, 5, 3)), names)
     write_results(path, layout, {"temperature": FieldSlice(0, n_cells, stats)},
-                  config_json={"output_dir": "."}, parameters=design)
+                  config_json={"output_dir": "."}, parameters=design, mesh=mesh)
     return path
 
 
@@ -109,6 +121,29 @@ def test_every_statistic_is_an_attribute_at_every_step_with_values_from_results_
     # no value copied: the XDMF names results.h5 relatively, holds no numbers of its own
     text = xmf.read_text()
     assert str(tmp_path) not in text and "results.h5:/temperature/mean" in text
+
+
+def test_the_server_writes_the_mesh_with_the_results_and_only_the_xmf_after(tmp_path):
+    """/mesh goes into results.h5 before the file is complete (and is counted in
+    the bytes reserved for it); once complete, results.h5 is never written again:
+    only results.xmf, whose failure leaves no temporary file."""
+    geometry = study_geometry(parse_mesh({"shape": [NX, NY], "order": "F"}))
+    path = small_results(tmp_path / "results.h5", mesh=geometry)
+    with h5py.File(path) as h5:
+        assert h5.attrs["complete"]
+        assert h5["mesh/points"].shape == (geometry[0].n_points, 3)
+    mesh_bytes = geometry_bytes(geometry[0])
+    assert mesh_bytes >= geometry[0].points.nbytes > 0
+    assert (results_file_bytes(small_layout(), 50, mesh_bytes)
+            - results_file_bytes(small_layout(), 50)) >= mesh_bytes
+    before = path.read_bytes()
+    out = xdmf_after_study(path, geometry)
+    assert out == tmp_path / "results.xmf" and out.exists()
+    assert path.read_bytes() == before
+    out.unlink()
+    out.mkdir()  # results.xmf cannot be replaced
+    assert xdmf_after_study(path, geometry) is None
+    assert not list(tmp_path.glob("*.tmp")) and path.read_bytes() == before
 
 
 def test_points_centering_and_a_mixed_mesh_file(tmp_path):

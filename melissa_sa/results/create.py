@@ -31,6 +31,7 @@ from melissa_sa.results.schema import (
     STATISTICS,
     version,
 )
+from melissa_sa.results.xdmf import write_geometry
 
 __all__ = ["create_results_file"]
 
@@ -48,7 +49,7 @@ def _chunks(layout: ResultsLayout, shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping | None = None,
-                        parameters=None, attrs: Mapping | None = None) -> Path:
+                        parameters=None, attrs: Mapping | None = None, mesh=None) -> Path:
     """Create ``path`` with every dataset of ``layout`` at full size (rank 0's job).
 
     Statistics are float64, filled with NaN until written; counts are int64,
@@ -58,6 +59,9 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
     incomplete (root attr ``complete = False``) until
     :func:`complete_results_file`. Memory used is independent of the mesh size.
     ``attrs`` adds root attributes (e.g. the server's dropped-message counts).
+    ``mesh``: ``(geometry, description)`` of the study's mesh, written as
+    ``/mesh`` (:func:`~melissa_sa.results.xdmf.write_geometry`) with the rest,
+    before the file is complete.
     """
     path = Path(path)
     if config_json is None:
@@ -79,6 +83,8 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
         f.attrs["complete"] = False
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
+        if mesh is not None:
+            write_geometry(f, *mesh)
 
         # -- /parameters
         pg = f.create_group("parameters", track_order=True)

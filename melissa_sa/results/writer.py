@@ -293,7 +293,7 @@ def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: Slic
                            config_json: str | Mapping | None = None, parameters=None,
                            attrs: Mapping | None = None, poll_interval: float = 0.02,
                            timeout: float | None = None, durable: bool = True,
-                           tag: int = _DEFAULT_TAG, reserve: int = 0) -> Path:
+                           tag: int = _DEFAULT_TAG, reserve: int = 0, mesh=None) -> Path:
     """Write ``path`` (``OUT/results.h5``) from every rank's own slices; call on every rank.
 
     ``comm`` is an mpi4py communicator or None (one process). ``local_slices``
@@ -306,7 +306,7 @@ def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: Slic
     convention) adds ``n_samples`` (and ``n_groups`` with Sobol'). A missing
     field or ``lo == hi`` means the rank owns no cells of it.
 
-    ``config_json`` and ``parameters`` are used on rank 0 only (see
+    ``config_json``, ``parameters`` and ``mesh`` are used on rank 0 only (see
     :func:`create_results_file`). Ranks write in turn into
     ``path + ".tmp"``, waiting by ``Iprobe`` polling (sleeps up to
     ``poll_interval`` s; ``timeout``: seconds allowed per rank's turn, None =
@@ -331,7 +331,7 @@ def write_results_parallel(comm, path, layout: ResultsLayout, local_slices: Slic
                 if tmp.exists():
                     tmp.unlink()
                 reserve_room(tmp, reserve)
-                create_results_file(tmp, layout, config_json, parameters, attrs)
+                create_results_file(tmp, layout, config_json, parameters, attrs, mesh=mesh)
             token["covered"].extend(_write_local(tmp, layout, local_slices, rank, durable))
         except Exception as exc:  # passed on so that no rank waits forever
             local_exc = exc
@@ -372,7 +372,7 @@ def _failure(rank: int, exc: BaseException) -> dict:
 
 def write_results(path, layout: ResultsLayout, slices: SliceSource, *,
                   config_json: str | Mapping | None = None, parameters=None,
-                  durable: bool = True) -> Path:
+                  durable: bool = True, mesh=None) -> Path:
     """One-process :func:`write_results_parallel` (``comm=None``)."""
     return write_results_parallel(None, path, layout, slices, config_json=config_json,
-                                  parameters=parameters, durable=durable)
+                                  parameters=parameters, durable=durable, mesh=mesh)

@@ -28,8 +28,9 @@ from melissa_sa.mesh.errors import MeshError
 from melissa_sa.mesh.geometry import Geometry, geometry_of
 from melissa_sa.mesh.spec import MeshFile, StructuredGrid
 
-__all__ = ["write_xdmf", "write_geometry", "xdmf_path", "attribute_names", "field_arrays",
-           "results_fields", "xdmf_after_study", "MESH_GROUP", "XDMF_TYPES"]
+__all__ = ["write_xdmf", "write_xdmf_file", "write_geometry", "xdmf_path", "attribute_names",
+           "field_arrays", "results_fields", "study_geometry", "geometry_bytes",
+           "xdmf_after_study", "MESH_GROUP", "XDMF_TYPES"]
 
 log = logging.getLogger("melissa_sa.results")
 
@@ -207,24 +208,61 @@ def write_xdmf(results_path: str | os.PathLike,
     geometry = mesh if isinstance(mesh, Geometry) else geometry_of(mesh)
     description = {} if isinstance(mesh, Geometry) else mesh.to_dict()
     results_path = Path(results_path)
+    with h5py.File(results_path, "r") as h5:
+        _xdmf_text(h5, results_path.name, geometry)  # the sizes are checked before writing
+    with h5py.File(results_path, "r+") as h5:
+        write_geometry(h5, geometry, description)
+    return write_xdmf_file(results_path, geometry)
+
+
+def write_xdmf_file(results_path: str | os.PathLike, geometry: Geometry) -> Path:
+    """Write ``results.xmf`` next to ``results_path`` (whose ``/mesh`` is
+    ``geometry``) through a temporary file, removed if the write fails."""
+    results_path = Path(results_path)
     out = xdmf_path(results_path)
     with h5py.File(results_path, "r") as h5:
         text = _xdmf_text(h5, results_path.name, geometry)
-    with h5py.File(results_path, "r+") as h5:
-        write_geometry(h5, geometry, description)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     return out
 
 
-def xdmf_after_study(results_path: str | os.PathLike, mesh) -> Path | None:
-    """The server's call once ``results.h5`` is complete: :func:`write_xdmf` when
-    the study has a mesh; a failure is logged (results.h5 stays as it is)."""
+def study_geometry(mesh) -> tuple[Geometry, dict] | None:
+    """Rank 0, before the results write: the geometry of ``study_options.mesh``
+    and its description, written into ``results.h5`` with its first bytes (see
+    :func:`~melissa_sa.results.create.create_results_file`); None without a
+    mesh or when the mesh cannot be read now (logged: the results are written
+    without it)."""
     if mesh is None:
         return None
     try:
-        out = write_xdmf(results_path, mesh)
+        return geometry_of(mesh), mesh.to_dict()
+    except (MeshError, OSError) as exc:
+        log.error("the mesh is left out of results.h5 and results.xmf: %s", exc)
+        return None
+
+
+def geometry_bytes(geometry: Geometry) -> int:
+    """The bytes ``/mesh`` takes in ``results.h5`` (points, connectivity, and
+    for mixed cell types two more integers per cell)."""
+    return (geometry.points.nbytes + sum(conn.nbytes for _, conn in geometry.blocks)
+            + (16 * geometry.n_cells if len(geometry.blocks) > 1 else 0))
+
+
+def xdmf_after_study(results_path: str | os.PathLike,
+                     geometry: tuple[Geometry, dict] | None) -> Path | None:
+    """The server's call once ``results.h5`` (holding ``/mesh``) is complete:
+    :func:`write_xdmf_file` when the study has a mesh; a failure is logged and
+    leaves ``results.h5`` as it is (only ``results.xmf`` is written here)."""
+    if geometry is None:
+        return None
+    try:
+        out = write_xdmf_file(results_path, geometry[0])
     except (MeshError, OSError) as exc:
         log.error("results.xmf not written: %s", exc)
         return None

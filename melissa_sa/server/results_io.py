@@ -21,7 +21,7 @@ import numpy as np
 
 from melissa_sa.mpi_wait import gather_json
 from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results_parallel
-from melissa_sa.results.xdmf import xdmf_after_study
+from melissa_sa.results.xdmf import geometry_bytes, study_geometry, xdmf_after_study
 from melissa_sa.server.data_messages import RankCounters
 from melissa_sa.server.field_stats import LocalField, aggregated_sums
 from melissa_sa.server.study_state import StudyState
@@ -138,13 +138,13 @@ AGGREGATED_NAMES = ("sobol_first_aggregated", "sobol_total_aggregated",
                     "sobol_total_aggregated_low", "sobol_total_aggregated_high")
 
 
-def results_file_bytes(layout: ResultsLayout, n_runs: int) -> int:
+def results_file_bytes(layout: ResultsLayout, n_runs: int, mesh_bytes: int = 0) -> int:
     """The bytes ``results.h5`` may take (rank 0 reserves them before HDF5
     writes it): every statistic, count and cell index in float64/int64
     (uncompressed, whatever ``gzip``), the design table, an eighth more for
     HDF5's chunk indexes, 8 kB per dataset for its headers and attributes, and
     256 kB (a study of 11 cells, 1 field and 14 datasets: 59 kB written,
-    about 400 kB reserved)."""
+    about 400 kB reserved); ``mesh_bytes``: the study's ``/mesh``."""
     data = datasets = 0
     for name in layout.fields:
         n_cells = layout.n_cells[name]
@@ -152,6 +152,7 @@ def results_file_bytes(layout: ResultsLayout, n_runs: int) -> int:
         data += sum(8 * int(np.prod(layout.shape(name, stat))) for stat in layout.statistics)
         datasets += 4 + len(layout.statistics) + len(layout.counts)
     data += 8 * n_runs * (len(layout.parameter_names) + 6)
+    data += mesh_bytes
     return data + data // 8 + datasets * 8192 + (1 << 18)
 
 
@@ -197,10 +198,12 @@ def write_study_results(*, comm, config, field_sizes: dict[str, int],
     if attrs is not None:
         attrs.update(convergence_attrs(study))
     parameters = parameter_table(config, study, group_parameters or {}) if root else None
+    mesh = study_geometry(config.study_options.mesh) if root else None
     path = write_results_parallel(
         comm, config.results_path, layout, local, config_json=config.to_json(),
-        parameters=parameters, attrs=attrs,
-        reserve=results_file_bytes(layout, len(parameters)) if root else 0)
+        parameters=parameters, attrs=attrs, mesh=mesh,
+        reserve=results_file_bytes(layout, len(parameters),
+                                   geometry_bytes(mesh[0]) if mesh else 0) if root else 0)
     if root:
         log.info("results written to %s", path)
-        xdmf_after_study(path, config.study_options.mesh)
+        xdmf_after_study(path, mesh)
