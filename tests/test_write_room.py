@@ -176,6 +176,21 @@ def test_an_error_that_is_not_the_file_system_s_is_raised_at_once(tmp_path):
                               heartbeat=LauncherHeartbeat(None, ping_every=1), progress=None)
 
 
+def test_a_heartbeat_whose_socket_fails_stops_with_a_warning(caplog):
+    class BrokenSocket:
+        def send(self, *a, **k):
+            raise zmq.ZMQError(zmq.ENOTSOCK)
+
+        def poll(self, *a, **k):
+            raise zmq.ZMQError(zmq.ENOTSOCK)
+
+    with caplog.at_level("WARNING", logger="melissa_sa.server"):
+        with LauncherHeartbeat(BrokenSocket(), ping_every=0.05) as hb:
+            hb._thread.join(5)
+            assert not hb._thread.is_alive()
+    assert "the launcher heartbeat stopped" in caplog.text
+
+
 def test_the_heartbeat_pings_reports_and_hears_a_stop_request(tmp_path):
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
@@ -313,6 +328,20 @@ def test_client_jobs_whose_log_finds_no_room_wait_in_the_queue():
     assert [(m.sim_id, m.state) for m in link.sent] == [(0, "running"), (1, "running")]
     assert out.getvalue().splitlines()[-1] == ("[melissa-sa] there is room for the client "
                                                "logs again: jobs start")
+
+
+def test_a_group_whose_members_wait_for_room_goes_on_member_by_member():
+    """Members of a started group put back in the queue start with the slots
+    there are, before a later group (as a group started in part does)."""
+    table = JobTable()
+    table.submit(0, [0, 1, 2, 3, 4], [f"{i}.sh" for i in range(5)])
+    first = table.next_starts(free=5, limit=8)
+    for start in first[:2]:
+        table.started(start.job.key)
+    for start in first[2:]:
+        table.start_later(start.job.key)    # no room for their logs
+    table.submit(1, [5, 6], ["5.sh", "6.sh"])
+    assert [s.job.sim_id for s in table.next_starts(free=2, limit=8)] == [2, 3]
 
 
 # -- the launcher's state file -----------------------------------------------------------

@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import glob
 import os
 import shlex
@@ -196,9 +197,18 @@ def compile_library(stage: Path, mpi: SolverMPI, zmq_cflags: list[str],
 
 
 def install_tree(stage: Path, prefix: Path) -> None:
-    """Move every staged file into ``prefix`` under a unique temporary name
+    """Copy every staged file into ``prefix`` under a unique temporary name
     first, then rename it: a concurrent build into the same prefix never sees
-    a half-written file."""
+    a half-written file. Installs into one prefix take turns (an ``flock`` on
+    ``prefix/.melissa-install.lock``), so the prefix ends with one build's
+    files, never a mix of two."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    with open(prefix / ".melissa-install.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _install_files(stage, prefix)
+
+
+def _install_files(stage: Path, prefix: Path) -> None:
     for path in sorted(stage.rglob("*")):
         rel = path.relative_to(stage)
         if path.is_dir() or rel.name == "mpi_recorded.h":

@@ -207,16 +207,22 @@ class JobTable:
 
     def start_later(self, key: int) -> None:
         """The scheduler could not start job ``key`` for now (no room for its
-        log): it goes back to the front of its group's queue, unreported."""
+        log): it goes back to the front of its group's queue (before the runs
+        submitted after it, so several put back keep their order), unreported."""
         job = self._jobs.pop(key)
         if self._reported.get(job.sim_id) == key:
             del self._reported[job.sim_id]
         group = job.group_id if job.group_id is not None else ("sim", job.sim_id)
         run = _Queued(job.sim_id, job.group_id, job.script)
         if group in self._queue:
-            self._queue[group].insert(0, run)
+            runs = self._queue[group]
+            at = next((i for i, r in enumerate(runs) if r.sim_id > run.sim_id), len(runs))
+            runs.insert(at, run)
         else:
             self._queue = {group: [run], **self._queue}
+        if job.group_id is not None and any(j.group_id == job.group_id
+                                            for j in self._jobs.values()):
+            self._partial = group  # members of it run: it goes on member by member
 
     def reported(self, key) -> bool:
         """True if job ``key``'s end will be reported to the server."""

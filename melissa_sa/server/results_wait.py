@@ -91,6 +91,15 @@ class LauncherHeartbeat:
         return self.stop_asked.wait(seconds)
 
     def _run(self) -> None:
+        import zmq
+
+        try:
+            self._loop()
+        except zmq.ZMQError as exc:  # the socket is unusable: say so, the write goes on
+            log.warning("the launcher heartbeat stopped (%s): the launcher hears nothing "
+                        "until the results are written", exc)
+
+    def _loop(self) -> None:
         last_ping = -float("inf")
         turn = min(0.1, self.ping_every)
         while True:

@@ -31,8 +31,8 @@
 #include "melissa/config.h"
 #include "melissa_api.h"
 
-struct msa_state msa = {.state = FRESH, .lock = PTHREAD_MUTEX_INITIALIZER,
-                        .released = PTHREAD_COND_INITIALIZER};
+/* .released is initialised once, on CLOCK_MONOTONIC, when the connection opens */
+struct msa_state msa = {.state = FRESH, .lock = PTHREAD_MUTEX_INITIALIZER};
 
 static field_t *find_field(const char *field) {
     for (int i = 0; i < msa.n_fields; ++i)
