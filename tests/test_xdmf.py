@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import pytest
 from conftest import write_study
-from studyutil import copy_client, run_study
+from studyutil import NB_STEPS, copy_client, run_study
 
 from melissa_sa.mesh import MeshError, geometry_of, parse_mesh
 from melissa_sa.results import FieldSlice, ParameterTable, ResultsLayout, write_results
@@ -168,7 +168,7 @@ def _study(tmp_path, ranks: int, mesh):
     return write_study(
         tmp_path,
         study_options={"field_names": ["f"], "nb_parameters": 2, "parameter_sweep_size": 3,
-                       "l_bounds": [-1.0, -1.0], "u_bounds": [1.0, 1.0], "mesh": mesh},
+                       "nb_time_steps": NB_STEPS, "l_bounds": [-1.0, -1.0], "u_bounds": [1.0, 1.0], "mesh": mesh},
         sa_config={"mean": True, "variance": True, "min": True, "max": True,
                    "quantiles": [0.5], "sobol_indices": True},
         server_config={"server_processes": ranks},
