@@ -168,7 +168,8 @@ def _study(tmp_path, ranks: int, mesh):
     return write_study(
         tmp_path,
         study_options={"field_names": ["f"], "nb_parameters": 2, "parameter_sweep_size": 3,
-                       "nb_time_steps": NB_STEPS, "l_bounds": [-1.0, -1.0], "u_bounds": [1.0, 1.0], "mesh": mesh},
+                       "nb_time_steps": NB_STEPS, "l_bounds": [-1.0, -1.0],
+                       "u_bounds": [1.0, 1.0], "mesh": mesh},
         sa_config={"mean": True, "variance": True, "min": True, "max": True,
                    "quantiles": [0.5], "sobol_indices": True},
         server_config={"server_processes": ranks},
