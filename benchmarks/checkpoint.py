@@ -63,7 +63,9 @@ def study_config(n_cells: int, steps: int, groups: int, interval: int, ports) ->
     }
 
 
-def seconds_per_checkpoint(n_cells: int, steps: int, repeat: int, workdir: Path) -> dict:
+def folded_server(n_cells: int, steps: int, workdir: Path):
+    """A one-rank server (no sockets used) holding field ``f`` of ``n_cells``
+    cells over ``steps`` steps with three groups folded, its output in ``workdir``."""
     from melissa_sa.config import config_from_dict
     from melissa_sa.server.ranks import FieldDeclared
     from melissa_sa.server.sensitivity_analysis_server import SensitivityAnalysisServer
@@ -76,6 +78,11 @@ def seconds_per_checkpoint(n_cells: int, steps: int, repeat: int, workdir: Path)
     for step in server.slices["f"].steps:
         for g in range(3):
             step.fold_group(rng.standard_normal((5, n_cells)), g)
+    return server
+
+
+def seconds_per_checkpoint(n_cells: int, steps: int, repeat: int, workdir: Path) -> dict:
+    server = folded_server(n_cells, steps, workdir)
     state_bytes = sum(stat.nbytes for step in server.slices["f"].steps
                       for _, stat in step.items())
     times, phases = [], []

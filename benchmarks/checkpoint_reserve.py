@@ -27,28 +27,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import write_json  # noqa: E402
-from checkpoint import study_config  # noqa: E402
+from checkpoint import folded_server  # noqa: E402
 
 
 def measure(n_cells: int, repeat: int, workdir: Path) -> dict:
     from melissa_sa.checkpoint import writer
-    from melissa_sa.config import config_from_dict
     from melissa_sa.disk_space import reserve_room
-    from melissa_sa.server.ranks import FieldDeclared
-    from melissa_sa.server.sensitivity_analysis_server import SensitivityAnalysisServer
 
-    cfg = config_from_dict(study_config(n_cells, 1, 4, 100, (40003, 40100)),
-                           base_dir=str(workdir))
-    server = SensitivityAnalysisServer(cfg)
-    server.ranks.broadcast(FieldDeclared("f", n_cells))
-    rng = np.random.default_rng(0)
-    for step in server.slices["f"].steps:
-        for g in range(3):
-            step.fold_group(rng.standard_normal((5, n_cells)), g)
+    server = folded_server(n_cells, 1, workdir)
     assert server.checkpoint() is not None  # warm: the first set has no predecessor
     times: dict[str, list[float]] = {"reserved": [], "not reserved": []}
     for _ in range(repeat):
