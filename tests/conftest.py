@@ -63,6 +63,26 @@ def kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
         pass
 
 
+def run_mpi_script(processes, script: Path, text: str, args, n: int = 2,
+                   timeout: float = 180) -> list:
+    """Write ``text`` to ``script`` and run it on ``n`` MPI ranks (the venv's
+    mpiexec, ``processes`` fixture, log beside the script); it must exit 0 and
+    print one line ``RESULT <json>``, whose value is returned."""
+    script.write_text(text)
+    log_path = script.with_suffix(".log")
+    proc = processes.start([MPIEXEC, "-n", n, sys.executable, script, *args],
+                           log_path=log_path, cwd=ROOT)
+    try:
+        rc = proc.wait(timeout)
+    except Exception:
+        kill_group(proc)
+        raise
+    text = log_path.read_text()
+    assert rc == 0, text
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
+    return json.loads(line[len("RESULT "):])
+
+
 class Processes:
     """Starts processes in new sessions and kills them all at teardown."""
 

@@ -6,7 +6,6 @@ process group (see ``conftest.py``), with bounded waits.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -19,7 +18,7 @@ import checkpoint_pause
 import h5py
 import numpy as np
 import pytest
-from conftest import MPIEXEC, ROOT, child_env, kill_group, wait_for
+from conftest import MPIEXEC, ROOT, child_env, kill_group, run_mpi_script, wait_for
 
 from melissa_sa import __version__
 from melissa_sa.checkpoint import (
@@ -411,20 +410,8 @@ if rank == 0:
 
 
 def run_mpi(tmp_path: Path, processes, d: Path, phase: str, n: int = 2) -> list[dict]:
-    script = tmp_path / "mpi_ckpt.py"
-    script.write_text(MPI_SCRIPT)
-    log_path = tmp_path / f"mpi_{phase}.log"
-    proc = processes.start([MPIEXEC, "-n", n, sys.executable, script, d, phase],
-                           log_path=log_path, cwd=ROOT)
-    try:
-        rc = proc.wait(180)
-    except Exception:
-        kill_group(proc)
-        raise
-    text = log_path.read_text()
-    assert rc == 0, text
-    (line,) = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
-    return json.loads(line[len("RESULT "):])
+    return run_mpi_script(processes, tmp_path / f"mpi_ckpt_{phase}.py", MPI_SCRIPT, [d, phase],
+                          n=n)
 
 
 def test_two_mpi_ranks(tmp_path, processes, capsys):

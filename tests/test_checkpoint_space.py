@@ -225,31 +225,17 @@ if rank == 0:
 def test_two_ranks_agree_when_one_disk_is_full(tmp_path, processes):
     """Rank 1 fails, both ranks return the same outcome (no rank waits for
     ever), rank 0 says which rank failed, and the next write succeeds on both."""
-    import sys
+    from conftest import run_mpi_script
 
-    from conftest import MPIEXEC, ROOT, kill_group
-
-    script = tmp_path / "mpi_full.py"
-    script.write_text(MPI_SCRIPT)
-    log_path = tmp_path / "mpi.log"
-    proc = processes.start([MPIEXEC, "-n", 2, sys.executable, script, tmp_path / "out"],
-                           log_path=log_path, cwd=ROOT)
-    try:
-        rc = proc.wait(120)
-    except Exception:
-        kill_group(proc)
-        raise
-    text = log_path.read_text()
-    assert rc == 0, text
-    (line,) = [ln for ln in text.splitlines() if ln.startswith("RESULT ")]
-    r0, r1 = json.loads(line[len("RESULT "):])
+    r0, r1 = run_mpi_script(processes, tmp_path / "mpi_full.py", MPI_SCRIPT, [tmp_path / "out"],
+                            timeout=120)
     assert r0["first"] == r1["first"] == 1
     assert r0["full"] == r1["full"] == [None, None]
     assert "rank 1: OSError: [Errno 28] No space left on device" in r0["failure"]
     assert r0["failure"].startswith("checkpoint failed in ") and r1["failure"]
     assert r0["after"] == r1["after"] is not None
     assert r0["failure_after"] is None and r1["failure_after"] is None
-    assert "Traceback" not in text
+    assert "Traceback" not in (tmp_path / "mpi_full.log").read_text()  # run_mpi_script's log
 
 
 def test_a_run_submitted_again_does_not_rewrite_its_script(tmp_path, monkeypatch):
