@@ -22,7 +22,7 @@ QUIET_WAIT = [60.0]   # seconds to wait for an idle machine before each measurem
 _started: list[subprocess.Popen] = []
 
 
-def _children_of(pids: set[int]) -> set[int]:
+def descendants(pids: set[int]) -> set[int]:
     """All descendants of ``pids`` (from /proc)."""
     parent: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -55,7 +55,7 @@ def stop_all() -> None:
     alive = [p for p in _started if p.poll() is None]
     if not alive:
         return
-    pids = {p.pid for p in alive} | _children_of({p.pid for p in alive})
+    pids = {p.pid for p in alive} | descendants({p.pid for p in alive})
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
@@ -139,7 +139,7 @@ def find_rank_pid(mpiexec_pid: int, marker: str, timeout: float = 30) -> int | N
     """The pid of the (single) MPI rank started by ``mpiexec_pid``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid in _children_of({mpiexec_pid}):
+        for pid in descendants({mpiexec_pid}):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     cmd = f.read().split(b"\0")
@@ -183,7 +183,7 @@ class TreeCpu:
         return next((name for name, rx in self.roles if rx.search(cmd)), "other")
 
     def _sample(self) -> None:
-        for pid in {self.root} | _children_of({self.root}):
+        for pid in {self.root} | descendants({self.root}):
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     cpu = stat_cpu_seconds(f.read())

@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from e2e_procs import _children_of, free_port, stat_cpu_seconds
+from e2e_procs import descendants, free_port, stat_cpu_seconds
 from peer_reference_study import describe, write_options
 
 HERE = Path(__file__).resolve().parent
@@ -57,7 +57,7 @@ class ServerSampler:
         self._thread.start()
 
     def _sample(self) -> None:
-        for pid in _children_of({self.root}):
+        for pid in descendants({self.root}):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
                     argv = f.read().split(b"\0")
