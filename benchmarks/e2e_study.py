@@ -275,7 +275,7 @@ def build_heat_c(scratch: Path) -> Path:
     from melissa_sa.cclient import build
 
     prefix, build_dir = scratch / "melissa_prefix_heat", scratch / "heat_c_build"
-    build(prefix, zmq="wheel", quiet=True)
+    build(prefix, mpicc=str(BIN / "mpicc"), zmq="wheel", quiet=True)  # the server's MPI
     for cmd in (["cmake", "-S", HERE_DIR.parent / "examples" / "heat_pde_c", "-B", build_dir,
                  f"-DCMAKE_PREFIX_PATH={prefix}", f"-DCMAKE_C_COMPILER={BIN / 'mpicc'}"],
                 ["cmake", "--build", build_dir]):
