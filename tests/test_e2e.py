@@ -52,12 +52,15 @@ ISHIGAMI = Path(__file__).resolve().parent.parent / "examples" / "ishigami"
 Z999_OVER_Z95 = 3.2905 / 1.9600  # widen the stored 95% interval to 99.9%
 
 
-def run_ishigami(tmp_path, groups: int, cells: int = 20, steps: int = 2):
+def run_ishigami(tmp_path, groups: int, cells: int = 20, steps: int = 2,
+                 sampler: str | None = None):
     for name in ("ishigami.py", "analytic.py"):
         (tmp_path / name).write_text((ISHIGAMI / name).read_text())
     config = json.loads((ISHIGAMI / "study.json").read_text())
     config["output_dir"] = "out"
     config["study_options"].update(parameter_sweep_size=groups, nb_time_steps=steps)
+    if sampler:
+        config["study_options"]["sampler"] = sampler
     config["client_config"]["executable_command"] = (
         f"python ishigami.py --cells {cells} --steps {steps}")
     ports = json.loads(write_study(tmp_path).read_text())["server_config"]  # free ports
@@ -94,13 +97,62 @@ def test_ishigami_field_indices_near_analytic(tmp_path):
         check_near_analytic(r, first, total, Z999_OVER_Z95)
 
 
+def ishigami_two_pass(results, cells: int, ishigami):
+    """First and total indices recomputed two-pass from the design ``results``
+    records and the Ishigami formula: ``(3, cells)`` each, for time step 0."""
+    params = results.parameters
+    keep = params.folded
+    order = np.lexsort((params.member[keep], params.group_id[keep]))
+    x = params.values[keep][order].reshape(-1, 5, 3)           # (groups, A B C1 C2 C3, p)
+    a, b = ishigami.cell_coefficients(cells)
+    y = ishigami.ishigami(x[..., 0, None], x[..., 1, None], x[..., 2, None],
+                          np.asarray(a), np.asarray(b))         # (groups, 5, cells)
+    first = np.array([[np.corrcoef(y[:, 1, c], y[:, 2 + k, c])[0, 1] for c in range(cells)]
+                      for k in range(3)])
+    total = np.array([[1 - np.corrcoef(y[:, 0, c], y[:, 2 + k, c])[0, 1]
+                       for c in range(cells)] for k in range(3)])
+    return first, total
+
+
 @pytest.mark.slow
-def test_ishigami_field_indices_near_analytic_512_groups(tmp_path):
-    path, first, total = run_ishigami(tmp_path, groups=512, cells=50, steps=1)
+def test_ishigami_512_groups_exact_on_its_design_and_mostly_near_analytic(tmp_path):
+    """512 groups of independent draws through the whole chain.
+
+    Exact: the indices equal the two-pass estimate on the study's own design
+    to 1e-10 (the one-pass fold does not drift over many groups). Near the
+    closed form: at least 95 % of the 300 (index, parameter, cell) estimates
+    lie within their interval widened to 99.9 %, and every one at the classic
+    Ishigami cell (a = 7, b = 0.1); with 300 estimates at 99.9 %, about 0.3
+    would fall outside by chance. Independent draws (``random_uniform``), not
+    the example's Sobol' sequence: the interval is built for independent
+    groups, and on one 512-point Sobol' design it can miss
+    (docs/statistics.md, *Coverage on a quasi-random design*: with the
+    example's seed 0, S3 of the last cell is off by 0.33 against a 95 %
+    half-width of 0.06).
+    """
+    cells = 50
+    path, first, total = run_ishigami(tmp_path, groups=512, cells=cells, steps=1,
+                                      sampler="random_uniform")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import analytic
+    finally:
+        sys.path.remove(str(tmp_path))
     with open_results(path) as r:
-        check_near_analytic(r, first, total, Z999_OVER_Z95)
-        s1 = r.get("y", "sobol_first")[:, 0, 0]
-        assert np.all(np.abs(s1 - first[:, 0]) < 0.15), s1
+        np.testing.assert_array_equal(r.n_groups("y"), [512])
+        two_pass = ishigami_two_pass(r, cells, analytic)
+        inside = []
+        for name, exact, offline_estimate in zip(("sobol_first", "sobol_total"),
+                                                 (first, total), two_pass, strict=True):
+            est = r.get("y", name)[:, 0]                        # (3, cells)
+            np.testing.assert_allclose(est, offline_estimate, rtol=0, atol=1e-10,
+                                       err_msg=name)
+            half = (r.get("y", name + "_high") - r.get("y", name + "_low"))[:, 0] / 2
+            ok = np.abs(est - exact) <= Z999_OVER_Z95 * half
+            assert ok[:, 0].all(), f"{name} at the classic cell: {est[:, 0]} vs {exact[:, 0]}"
+            inside.append(ok)
+    share = np.mean(inside)
+    assert share >= 0.95, f"only {share:.1%} of the estimates within their widened interval"
 
 
 def test_user_server_subclass_is_loaded(tmp_path):
