@@ -251,7 +251,7 @@ def build_c_client(scratch: Path) -> Path | None:
 
     prefix, exe = scratch / "melissa_prefix", scratch / "e2e_cclient"
     try:
-        build(prefix, zmq="wheel", quiet=True)
+        build(prefix, mpicc=str(BIN / "mpicc"), zmq="wheel", quiet=True)
         done = subprocess.run([BIN / "mpicc", "-O2", f"-I{prefix}/include", HERE_DIR /
                                "e2e_cclient.c", "-o", exe, f"-L{prefix}/lib", "-lmelissa",
                                f"-Wl,-rpath,{prefix}/lib"], capture_output=True, text=True)
