@@ -29,11 +29,19 @@ launcher (:meth:`NamespaceCluster.on`), like a cluster's login node. Its
 state (pids, names) is kept in ``STATE_DIR/state.json``; ``up`` on a
 running cluster reuses it, ``down`` stops by pid and deletes by name only
 what that file and the prefix say this module made.
+
+The names, subnets and ``/etc/hosts`` lines are the machine's, so one
+cluster at a time: a test session (and ``up`` / ``down``) holds an
+exclusive lock on ``STATE_DIR/lock`` (:func:`cluster_lock`, fcntl) while it
+uses the cluster; a second session on the same machine skips its cluster
+tests, naming the pid that holds it, instead of tearing down the other's
+cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -57,10 +65,12 @@ from slurm_cluster import (  # noqa: E402
     wait_until,
 )
 
-__all__ = ["NamespaceCluster", "cluster_up", "cluster_down", "ns_cluster", "COMPUTE_NODES"]
+__all__ = ["NamespaceCluster", "cluster_up", "cluster_down", "ns_cluster", "COMPUTE_NODES",
+           "cluster_lock", "ClusterBusyError"]
 
 PREFIX = "msa-"
 STATE_DIR = Path("/tmp/msa-cluster")
+LOCK_PATH = STATE_DIR / "lock"
 HOSTS = Path("/etc/hosts")
 HOSTS_MARK = "# msa-cluster"
 CONTROLLER = "msa-ctl"
@@ -174,6 +184,46 @@ class NamespaceCluster:
             lines = path.read_text(errors="replace").splitlines()[-n:]
             out.append(f"--- {path}\n" + "\n".join(lines))
         return "\n".join(out)
+
+
+class ClusterBusyError(UnavailableError):
+    """Another process (a test session, ``up`` or ``down``) uses the cluster."""
+
+
+#: the lock this process holds: path -> [fd, holders]
+_HELD: dict[str, list[int]] = {}
+
+
+@contextlib.contextmanager
+def cluster_lock(path: Path = LOCK_PATH):
+    """Hold the exclusive lock on ``path`` (``flock``; the kernel drops it if
+    this process dies) while the block runs; reentrant within a process.
+    Raises :class:`ClusterBusyError`, naming the holder's pid, if another
+    process holds it."""
+    key = str(path)
+    if key in _HELD:
+        _HELD[key][1] += 1
+    else:
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ClusterBusyError(
+                f"the namespace cluster ({PREFIX}* namespaces and links, {STATE_DIR}) is in use "
+                f"by another test session or script (pid {holder} holds {path}); run the "
+                f"cluster tests again when it has ended") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        _HELD[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0:
+            os.close(_HELD.pop(key)[0])  # releases the flock
 
 
 def _save(state: dict) -> None:
@@ -385,25 +435,34 @@ def cluster_down(timeout: float = 20.0) -> None:
 @pytest.fixture(scope="session")
 def ns_cluster():
     """The namespace cluster for a test session (skips, naming what is missing)."""
-    try:
-        cluster = cluster_up()
-    except UnavailableError as exc:
-        pytest.skip(f"no multi-node Slurm in namespaces: {exc}")
-    try:
-        yield cluster
-    finally:
-        if cluster.started:
-            cluster_down()
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(cluster_lock())
+            cluster = cluster_up()
+        except UnavailableError as exc:
+            pytest.skip(f"no multi-node Slurm in namespaces: {exc}")
+        try:
+            yield cluster
+        finally:
+            if cluster.started:
+                cluster_down()
 
 
 def main(argv: list[str]) -> int:
     what = argv[1] if len(argv) > 1 else "status"
-    if what == "up":
-        cluster = cluster_up()
-        print(f"export SLURM_CONF={cluster.state['conf']}\nnodes: {cluster.node_states()}")
-    elif what == "down":
-        cluster_down()
-        print("stopped")
+    if what in ("up", "down"):
+        try:
+            with cluster_lock():
+                if what == "up":
+                    cluster = cluster_up()
+                    print(f"export SLURM_CONF={cluster.state['conf']}\n"
+                          f"nodes: {cluster.node_states()}")
+                else:
+                    cluster_down()
+                    print("stopped")
+        except ClusterBusyError as exc:
+            print(f"{argv[0]} {what}: {exc}", file=sys.stderr)
+            return 1
     elif what == "status":
         state = _load()
         print("not running" if state is None else json.dumps(state, indent=1))
