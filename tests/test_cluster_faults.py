@@ -24,6 +24,7 @@ from test_cluster_study import (  # noqa: F401  (local_reference: the module fix
     sobol_study,
 )
 
+from melissa_sa.launcher.claim import HEARTBEAT_PERIOD, STALE_PERIODS, read_launcher_state
 from melissa_sa.launcher.slurm_commands import find_study_jobs, study_job_prefix
 from melissa_sa.results import open_results
 
@@ -163,34 +164,50 @@ def test_a_partition_longer_than_simulation_timeout(  # noqa: F811
 
 def test_launcher_killed_then_resumed_on_another_node(ns_cluster, tmp_path,  # noqa: F811
                                                       local_reference):  # noqa: F811
-    """The launcher's node is not special: SIGKILL the launcher on the login
-    node, ``--resume`` it on a compute node (once ``OUT/launcher.json``, which
-    names a launcher on another host, is deleted); it cancels the jobs the
-    first one left (found by their names) and finishes the study."""
+    """The launcher's node is not special: SIGKILL the launcher's whole process
+    group on the login node; ``--resume`` on a compute node is refused while
+    the dead launcher's heartbeat in ``OUT/launcher.json`` is fresh (naming
+    its host, pid and the heartbeat's age), and takes the study over once it
+    is older than the staleness bound: it cancels the jobs the first one left
+    (found by their names) and finishes the study from the checkpoint."""
     study = sobol_study(tmp_path / "r", {"scheduler": "slurm"}, checkpoint_interval=1)
     proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.3")
     try:
         manifest = study.parent / "out" / "checkpoint" / "manifest.json"
         wait_for(manifest.is_file, 300, "a first checkpoint", interval=0.5)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+    killed_at = time.time()
     orphans = find_study_jobs(study_job_prefix(study.parent / "out"), env=ns_cluster.env)
     assert any(name.endswith("-server") for _, name, _ in orphans), orphans
-    # another host cannot check the first launcher's pid: it refuses, saying
-    # what to do (docs/fault-tolerance.md); the operator deletes the file
-    state = study.parent / "out" / "launcher.json"
+    state = read_launcher_state(study.parent / "out" / "launcher.json")
+    assert state["state"] == "running" and state["host"] == LOGIN, state
+    pid, beat = state["launcher"]["pid"], state["heartbeat"]
+    assert pid == proc.pid and killed_at - beat <= HEARTBEAT_PERIOD + 2, (killed_at, beat)
+    bound = STALE_PERIODS * HEARTBEAT_PERIOD
+    # another host cannot check the first launcher's pid: its heartbeat is fresh
     refused = subprocess.run(
         ns_cluster.on(COMPUTE_NODES[2], [MELISSA, "run", str(study), "--no-progress",
                                          "--resume"]),
         capture_output=True, text=True, timeout=120, cwd=study.parent,
         env=child_env(SLURM_CONF=ns_cluster.state["conf"]))
-    assert refused.returncode != 0
-    assert f"on host {LOGIN} is running this study" in refused.stdout + refused.stderr
-    state.unlink()
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0, said
+    assert f"a launcher (pid {pid}) on host {LOGIN} is running this study" in said, said
+    assert f"presumed gone after {bound:.0f} s" in said, said
+    assert read_launcher_state(study.parent / "out" / "launcher.json") == state  # untouched
+    assert {j for j, _, _ in orphans} <= {j for j, _, _ in find_study_jobs(
+        study_job_prefix(study.parent / "out"), env=ns_cluster.env)}  # nothing cancelled
+    time.sleep(max(0.0, beat + bound + 1 - time.time()))
     (study.parent / "launcher.out").write_text("")
     resumed = start_on(ns_cluster, COMPUTE_NODES[2], study, "--resume")
     text = finish(ns_cluster, resumed, study)
-    assert "left by a previous launcher" in text, text[-3000:]
-    assert_same_as_local(study, local_reference)
+    assert f"on host {LOGIN} runs this study, but its heartbeat is" in text, text[-3000:]
+    assert "taking the study over" in text and "left by a previous launcher" in text, \
+        text[-3000:]
+    assert "from the checkpoint" in text, text[-3000:]
+    final = read_launcher_state(study.parent / "out" / "launcher.json")
+    assert final["state"] == "finished" and final["host"] == COMPUTE_NODES[2], final
+    assert_same_as_local(study, local_reference)  # every group folded once (results_of)
     assert_nothing_left(ns_cluster, study)
