@@ -287,8 +287,8 @@ class StudyClaim:
             if left:  # the local scheduler's processes, on a host out of reach
                 self.console.log(
                     f"its processes on {verdict.host} ({', '.join(left)}) cannot be stopped "
-                    f"from {self.host}; a server of it still alive holds {self.lock_path.parent}"
-                    f"/server.lock and the next server waits for it")
+                    f"from {self.host}; while a server of it lives it holds "
+                    f"{self.lock_path.parent}/server.lock and a new one exits (75)")
             return
         if verdict.action == "none":
             return
