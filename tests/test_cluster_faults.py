@@ -17,7 +17,7 @@ import time
 import pytest
 from conftest import child_env, kill_group, wait_for
 from namespace_cluster import COMPUTE_NODES, LOGIN, address, ns_cluster  # noqa: F401
-from studyutil import MELISSA
+from studyutil import MELISSA, NB_STEPS
 from test_cluster_study import (  # noqa: F401  (local_reference: the module fixture)
     assert_same_as_local,
     local_reference,
@@ -132,33 +132,92 @@ def test_the_server_node_dies(ns_cluster, broken, tmp_path, local_reference):  #
     assert_nothing_left(ns_cluster, study)
 
 
-@pytest.mark.slow  # about 45 s
+def client_jobs(out) -> dict[str, int]:
+    """``{Slurm job id: sim_id}`` of the client jobs ``OUT/launcher.json`` lists now."""
+    state = read_launcher_state(out / "launcher.json") or {}
+    return {c["job_id"]: c["sim_id"] for c in (state.get("slurm") or {}).get(
+        "client_job_ids", [])}
+
+
+def wait_until_rerun(out, sims: set[int], old_jobs: set[str], timeout: float = 240) -> None:
+    """Until every one of ``sims`` has been run again to its end: a job of
+    it other than ``old_jobs`` listed in ``OUT/launcher.json``, then gone."""
+    started: set[int] = set()
+
+    def rerun():
+        now = {sim for job, sim in client_jobs(out).items() if sim in sims
+               and job not in old_jobs}
+        started.update(now)
+        return started == sims and not now
+    wait_for(rerun, timeout, f"simulations {sorted(sims)} run again", interval=0.2)
+
+
+@pytest.mark.slow  # about 150 s
 def test_a_partition_longer_than_simulation_timeout(  # noqa: F811
         ns_cluster, broken, tmp_path, local_reference):  # noqa: F811
-    """A client node cut off (its links down, its processes running) for
-    longer than ``simulation_timeout``, then healed: its runs are restarted;
-    what the old runs still send once the link is back (their hellos, queued
-    in ZeroMQ during the cut) is refused and counted, never folded."""
-    launcher = {"scheduler": "slurm",
+    """A client node cut off (its links down, its processes running) while a
+    run on it streams data (its hello answered, its first step sent), for
+    longer than ``simulation_timeout``; healed once the runs it held have
+    been run again elsewhere to their end. What the old runs sent into the
+    partition then arrives (TCP retransmits, within a second of the heal in
+    these namespaces) and must be dropped and counted as ``duplicate`` (each
+    time step of a run is folded once), never folded again: the results are
+    the fault-free ones, and every message of every old run is counted.
+
+    The first attempts of the first two runs (those running when the node is
+    cut) wait 60 s before ``melissa_finalize``: a process that exits closes
+    its sockets, and the kernel drops a closed socket's unsent data at once
+    when the network says the peer is unreachable (as a cut link does)."""
+    launcher = {"scheduler": "slurm", "job_limit": 2,
                 "scheduler_arg_server": [f"--nodelist={SERVER_NODE}", "--nodes=1"],
                 "scheduler_arg_client": [f"--exclude={SERVER_NODE}"]}
-    study = sobol_study(tmp_path / "p", launcher, simulation_timeout=15)
-    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.5")
+    study = sobol_study(tmp_path / "p", launcher, simulation_timeout=20)
+    out = study.parent / "out"
+    pause = {"mode": "pause", "step": NB_STEPS, "seconds": 60, "times": 1}
+    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="4",
+                    TEST_FAULT_PLAN=json.dumps({"0": pause, "1": pause}),
+                    TEST_FAULT_DIR=str(tmp_path))
     try:
         victim = running_on(ns_cluster, study, CLIENT_NODES)
+        server = address(SERVER_NODE)
+
+        def data_connections():  # a run streams to both server ranks
+            found = [c for c in ns_cluster.tcp_connections(victim) if c[2] == server]
+            return found if len(found) >= 2 else None
+        wait_for(data_connections, 120, f"a run on {victim} sending data", interval=0.1)
+        time.sleep(2)  # its first time step is through; the next one comes 4 s later
+        streaming = len(data_connections()) // 2  # runs whose data flows (one per rank)
+        sockets = subprocess.run(["nsenter", f"--net=/var/run/netns/{victim}", "ss", "-tni"],
+                                 capture_output=True, text=True).stdout  # for a failure
+        prefix = study_job_prefix(out)
+        listed = ns_cluster.run("squeue", "--noheader", f"--nodelist={victim}",
+                                "--format=%i %j").stdout.split("\n")
         broken.append(victim)
         ns_cluster.cut(victim)
-        time.sleep(25)
+        old_jobs = {line.split()[0] for line in listed
+                    if len(line.split()) == 2 and line.split()[1].startswith(prefix + "-")}
+        sims = {client_jobs(out).get(job) for job in old_jobs} - {None}
+        assert streaming >= 1 and len(sims) >= streaming and sims <= {0, 1}, (listed, sims)
+        wait_until_rerun(out, sims, old_jobs)
+        assert not (out / "results.h5").exists()  # the heal comes before the study's end
         ns_cluster.heal(victim)
     finally:
         text = finish(ns_cluster, proc, study)
-    log = (study.parent / "out" / "logs" / "server.log").read_text()
+    log = (out / "logs" / "server.log").read_text()
     assert "was silent" in log or "NODE_FAIL" in text, text[-3000:] + log[-3000:]
     assert_same_as_local(study, local_reference)
-    with open_results(study.parent / "out" / "results.h5") as r:
+    with open_results(out / "results.h5") as r:
         dropped = json.loads(r.h5.attrs["dropped_messages"])
-    # the old runs' hellos (and any data) that arrive after the heal
-    assert dropped.get("bad_hello", 0) + dropped.get("duplicate", 0) >= 1, dropped
+    # every run sends NB_STEPS messages to each of the 2 server ranks; of an
+    # old run and its rerun, each step is folded once and the other copy
+    # dropped: a run's steps are all counted only if the old run's messages
+    # sent into the partition arrived after the heal (before it: only those
+    # of the first step)
+    why = (dropped, streaming, sims, old_jobs, sockets, text[-2000:], log[-3000:])
+    if ns_cluster.state.get("fast_retransmit"):
+        assert dropped.get("duplicate", 0) == streaming * 2 * NB_STEPS, why
+    else:  # TCP backs off up to 120 s: the old messages may come too late
+        assert dropped.get("duplicate", 0) >= streaming * 2, why
     assert_nothing_left(ns_cluster, study)
 
 
