@@ -32,7 +32,7 @@ what that file and the prefix say this module made.
 
 The names, subnets and ``/etc/hosts`` lines are the machine's, so one
 cluster at a time: a test session (and ``up`` / ``down``) holds an
-exclusive lock on ``STATE_DIR/lock`` (:func:`cluster_lock`, fcntl) while it
+exclusive lock on ``STATE_DIR/lock`` (:mod:`cluster_lock`) while it
 uses the cluster; a second session on the same machine skips its cluster
 tests, naming the pid that holds it, instead of tearing down the other's
 cluster.
@@ -41,7 +41,6 @@ cluster.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -54,6 +53,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cluster_lock import ClusterBusyError, cluster_lock  # noqa: E402
 from conftest import free_port  # noqa: E402
 from slurm_cluster import (  # noqa: E402
     SLURM_POLICY,
@@ -65,12 +65,10 @@ from slurm_cluster import (  # noqa: E402
     wait_until,
 )
 
-__all__ = ["NamespaceCluster", "cluster_up", "cluster_down", "ns_cluster", "COMPUTE_NODES",
-           "cluster_lock", "ClusterBusyError"]
+__all__ = ["NamespaceCluster", "cluster_up", "cluster_down", "ns_cluster", "COMPUTE_NODES"]
 
 PREFIX = "msa-"
 STATE_DIR = Path("/tmp/msa-cluster")
-LOCK_PATH = STATE_DIR / "lock"
 HOSTS = Path("/etc/hosts")
 HOSTS_MARK = "# msa-cluster"
 CONTROLLER = "msa-ctl"
@@ -191,46 +189,6 @@ class NamespaceCluster:
             lines = path.read_text(errors="replace").splitlines()[-n:]
             out.append(f"--- {path}\n" + "\n".join(lines))
         return "\n".join(out)
-
-
-class ClusterBusyError(UnavailableError):
-    """Another process (a test session, ``up`` or ``down``) uses the cluster."""
-
-
-#: the lock this process holds: path -> [fd, holders]
-_HELD: dict[str, list[int]] = {}
-
-
-@contextlib.contextmanager
-def cluster_lock(path: Path = LOCK_PATH):
-    """Hold the exclusive lock on ``path`` (``flock``; the kernel drops it if
-    this process dies) while the block runs; reentrant within a process.
-    Raises :class:`ClusterBusyError`, naming the holder's pid, if another
-    process holds it."""
-    key = str(path)
-    if key in _HELD:
-        _HELD[key][1] += 1
-    else:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise ClusterBusyError(
-                f"the namespace cluster ({PREFIX}* namespaces and links, {STATE_DIR}) is in use "
-                f"by another test session or script (pid {holder} holds {path}); run the "
-                f"cluster tests again when it has ended") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _HELD[key] = [fd, 1]
-    try:
-        yield
-    finally:
-        _HELD[key][1] -= 1
-        if _HELD[key][1] == 0:
-            os.close(_HELD.pop(key)[0])  # releases the flock
 
 
 def _save(state: dict) -> None:
@@ -461,7 +419,7 @@ def ns_cluster():
     """The namespace cluster for a test session (skips, naming what is missing)."""
     with contextlib.ExitStack() as held:
         try:
-            held.enter_context(cluster_lock())
+            held.enter_context(cluster_lock(STATE_DIR / "lock"))
             cluster = cluster_up()
         except UnavailableError as exc:
             pytest.skip(f"no multi-node Slurm in namespaces: {exc}")
@@ -476,7 +434,7 @@ def main(argv: list[str]) -> int:
     what = argv[1] if len(argv) > 1 else "status"
     if what in ("up", "down"):
         try:
-            with cluster_lock():
+            with cluster_lock(STATE_DIR / "lock"):
                 if what == "up":
                     cluster = cluster_up()
                     print(f"export SLURM_CONF={cluster.state['conf']}\n"

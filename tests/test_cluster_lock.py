@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from namespace_cluster import ClusterBusyError, cluster_lock
+from cluster_lock import ClusterBusyError, cluster_lock
 from slurm_cluster import UnavailableError
 
 HERE = Path(__file__).resolve().parent
@@ -22,7 +22,7 @@ def test_a_second_process_is_told_who_holds_the_cluster(tmp_path):
     lock = tmp_path / "state" / "lock"
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
-         "from pathlib import Path; from namespace_cluster import cluster_lock\n"
+         "from pathlib import Path; from cluster_lock import cluster_lock\n"
          "with cluster_lock(Path(sys.argv[2])):\n"
          "    print('held', flush=True); time.sleep(60)", str(HERE), str(lock)],
         stdout=subprocess.PIPE, text=True, start_new_session=True)
@@ -51,7 +51,7 @@ def test_the_lock_is_reentrant_within_a_process_and_released_at_the_end(tmp_path
         assert lock.read_text().strip().isdigit()
     probe = subprocess.run(
         [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]);"
-         "from pathlib import Path; from namespace_cluster import cluster_lock\n"
+         "from pathlib import Path; from cluster_lock import cluster_lock\n"
          "with cluster_lock(Path(sys.argv[2])): print('free')", str(HERE), str(lock)],
         capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "free", probe.stderr
