@@ -29,6 +29,13 @@ launcher (:meth:`NamespaceCluster.on`), like a cluster's login node. Its
 state (pids, names) is kept in ``STATE_DIR/state.json``; ``up`` on a
 running cluster reuses it, ``down`` stops by pid and deletes by name only
 what that file and the prefix say this module made.
+
+The names, subnets and ``/etc/hosts`` lines are the machine's, so one
+cluster at a time: a test session (and ``up`` / ``down``) holds an
+exclusive lock on ``STATE_DIR/lock`` (:mod:`cluster_lock`) while it
+uses the cluster; a second session on the same machine skips its cluster
+tests, naming the pid that holds it, instead of tearing down the other's
+cluster.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cluster_lock import ClusterBusyError, cluster_lock  # noqa: E402
 from conftest import free_port  # noqa: E402
 from slurm_cluster import (  # noqa: E402
     SLURM_POLICY,
@@ -126,19 +134,26 @@ class NamespaceCluster:
         out = run_command(["ip", "netns", "pids", node]).stdout.split()
         return [int(p) for p in out if p.isdigit()]
 
-    def tcp_peers(self, node: str) -> set[tuple[str, str]]:
-        """``(local, remote)`` IPv4 addresses of the established TCP connections
-        in ``node``'s namespace (read from its slurmd's ``/proc/<pid>/net/tcp``)."""
+    def tcp_connections(self, node: str) -> list[tuple[str, int, str, int]]:
+        """``(local address, port, remote address, port)`` of the established
+        TCP connections in ``node``'s namespace (read from its slurmd's
+        ``/proc/<pid>/net/tcp``)."""
         try:
             lines = Path(f"/proc/{self.state['pids'][node]}/net/tcp").read_text().splitlines()
         except OSError:
-            return set()
+            return []
 
-        def ip(field: str) -> str:
-            return ".".join(str(b) for b in reversed(bytes.fromhex(field.split(":")[0])))
+        def end(field: str) -> tuple[str, int]:
+            addr, port = field.split(":")
+            return ".".join(str(b) for b in reversed(bytes.fromhex(addr))), int(port, 16)
 
-        return {(ip(f[1]), ip(f[2])) for f in (line.split() for line in lines[1:])
-                if len(f) > 3 and f[3] == "01"}
+        return [(*end(f[1]), *end(f[2])) for f in (line.split() for line in lines[1:])
+                if len(f) > 3 and f[3] == "01"]
+
+    def tcp_peers(self, node: str) -> set[tuple[str, str]]:
+        """``(local, remote)`` IPv4 addresses of the established TCP connections
+        in ``node``'s namespace."""
+        return {(local, remote) for local, _, remote, _ in self.tcp_connections(node)}
 
     def kill_node(self, node: str) -> None:
         """The node dies: its link cut, its slurmd and every process on it SIGKILLed."""
@@ -247,6 +262,23 @@ def _make_network(state: dict) -> None:
         for host_address in _root_addresses():  # the machine itself is a login node too
             _ip("-n", node, "route", "replace", f"{host_address}/32", "via",
                 f"{NETS['eth0'][1]}.1")
+        state["fast_retransmit"] = _set_retransmits(node) and state.get("fast_retransmit", True)
+        _save(state)
+
+
+def _set_retransmits(node: str) -> bool:
+    """TCP in ``node``'s namespace retransmits at least every second (Linux
+    6.15 and later have ``tcp_rto_max_ms``; the default backs off up to
+    120 s), and keeps a connection (and a closed socket's unsent data) for
+    about 150 retransmissions instead of 15 and 8: what a client sent into
+    a partition of up to about 2 min arrives within a second of its
+    healing, as the partition test needs. False if the kernel lacks it."""
+    sysctl = "/proc/sys/net/ipv4"
+    done = run_command(["nsenter", f"--net={netns_path(node)}", "sh", "-c",
+                        f"test -w {sysctl}/tcp_rto_max_ms && echo 1000 > "
+                        f"{sysctl}/tcp_rto_max_ms && echo 150 > {sysctl}/tcp_retries2 && "
+                        f"echo 150 > {sysctl}/tcp_orphan_retries"])
+    return done.returncode == 0
 
 
 def _root_addresses() -> list[str]:
@@ -385,25 +417,34 @@ def cluster_down(timeout: float = 20.0) -> None:
 @pytest.fixture(scope="session")
 def ns_cluster():
     """The namespace cluster for a test session (skips, naming what is missing)."""
-    try:
-        cluster = cluster_up()
-    except UnavailableError as exc:
-        pytest.skip(f"no multi-node Slurm in namespaces: {exc}")
-    try:
-        yield cluster
-    finally:
-        if cluster.started:
-            cluster_down()
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(cluster_lock(STATE_DIR / "lock"))
+            cluster = cluster_up()
+        except UnavailableError as exc:
+            pytest.skip(f"no multi-node Slurm in namespaces: {exc}")
+        try:
+            yield cluster
+        finally:
+            if cluster.started:
+                cluster_down()
 
 
 def main(argv: list[str]) -> int:
     what = argv[1] if len(argv) > 1 else "status"
-    if what == "up":
-        cluster = cluster_up()
-        print(f"export SLURM_CONF={cluster.state['conf']}\nnodes: {cluster.node_states()}")
-    elif what == "down":
-        cluster_down()
-        print("stopped")
+    if what in ("up", "down"):
+        try:
+            with cluster_lock(STATE_DIR / "lock"):
+                if what == "up":
+                    cluster = cluster_up()
+                    print(f"export SLURM_CONF={cluster.state['conf']}\n"
+                          f"nodes: {cluster.node_states()}")
+                else:
+                    cluster_down()
+                    print("stopped")
+        except ClusterBusyError as exc:
+            print(f"{argv[0]} {what}: {exc}", file=sys.stderr)
+            return 1
     elif what == "status":
         state = _load()
         print("not running" if state is None else json.dumps(state, indent=1))

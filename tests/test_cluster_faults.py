@@ -17,13 +17,14 @@ import time
 import pytest
 from conftest import child_env, kill_group, wait_for
 from namespace_cluster import COMPUTE_NODES, LOGIN, address, ns_cluster  # noqa: F401
-from studyutil import MELISSA
+from studyutil import MELISSA, NB_STEPS
 from test_cluster_study import (  # noqa: F401  (local_reference: the module fixture)
     assert_same_as_local,
     local_reference,
     sobol_study,
 )
 
+from melissa_sa.launcher.claim import HEARTBEAT_PERIOD, STALE_PERIODS, read_launcher_state
 from melissa_sa.launcher.slurm_commands import find_study_jobs, study_job_prefix
 from melissa_sa.results import open_results
 
@@ -131,66 +132,141 @@ def test_the_server_node_dies(ns_cluster, broken, tmp_path, local_reference):  #
     assert_nothing_left(ns_cluster, study)
 
 
-@pytest.mark.slow  # about 45 s
+def client_jobs(out) -> dict[str, int]:
+    """``{Slurm job id: sim_id}`` of the client jobs ``OUT/launcher.json`` lists now."""
+    state = read_launcher_state(out / "launcher.json") or {}
+    return {c["job_id"]: c["sim_id"] for c in (state.get("slurm") or {}).get(
+        "client_job_ids", [])}
+
+
+def wait_until_rerun(out, sims: set[int], old_jobs: set[str], timeout: float = 240) -> None:
+    """Until every one of ``sims`` has been run again to its end: a job of
+    it other than ``old_jobs`` listed in ``OUT/launcher.json``, then gone."""
+    started: set[int] = set()
+
+    def rerun():
+        now = {sim for job, sim in client_jobs(out).items() if sim in sims
+               and job not in old_jobs}
+        started.update(now)
+        return started == sims and not now
+    wait_for(rerun, timeout, f"simulations {sorted(sims)} run again", interval=0.2)
+
+
+@pytest.mark.slow  # about 150 s
 def test_a_partition_longer_than_simulation_timeout(  # noqa: F811
         ns_cluster, broken, tmp_path, local_reference):  # noqa: F811
-    """A client node cut off (its links down, its processes running) for
-    longer than ``simulation_timeout``, then healed: its runs are restarted;
-    what the old runs still send once the link is back (their hellos, queued
-    in ZeroMQ during the cut) is refused and counted, never folded."""
-    launcher = {"scheduler": "slurm",
+    """A client node cut off (its links down, its processes running) while a
+    run on it streams data (its hello answered, its first step sent), for
+    longer than ``simulation_timeout``; healed once the runs it held have
+    been run again elsewhere to their end. What the old runs sent into the
+    partition then arrives (TCP retransmits, within a second of the heal in
+    these namespaces) and must be dropped and counted as ``duplicate`` (each
+    time step of a run is folded once), never folded again: the results are
+    the fault-free ones, and every message of every old run is counted.
+
+    The first attempts of the first two runs (those running when the node is
+    cut) wait 60 s before ``melissa_finalize``: a process that exits closes
+    its sockets, and the kernel drops a closed socket's unsent data at once
+    when the network says the peer is unreachable (as a cut link does)."""
+    launcher = {"scheduler": "slurm", "job_limit": 2,
                 "scheduler_arg_server": [f"--nodelist={SERVER_NODE}", "--nodes=1"],
                 "scheduler_arg_client": [f"--exclude={SERVER_NODE}"]}
-    study = sobol_study(tmp_path / "p", launcher, simulation_timeout=15)
-    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.5")
+    study = sobol_study(tmp_path / "p", launcher, simulation_timeout=20)
+    out = study.parent / "out"
+    pause = {"mode": "pause", "step": NB_STEPS, "seconds": 60, "times": 1}
+    proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="4",
+                    TEST_FAULT_PLAN=json.dumps({"0": pause, "1": pause}),
+                    TEST_FAULT_DIR=str(tmp_path))
     try:
         victim = running_on(ns_cluster, study, CLIENT_NODES)
+        server = address(SERVER_NODE)
+
+        def data_connections():  # a run streams to both server ranks
+            found = [c for c in ns_cluster.tcp_connections(victim) if c[2] == server]
+            return found if len(found) >= 2 else None
+        wait_for(data_connections, 120, f"a run on {victim} sending data", interval=0.1)
+        time.sleep(2)  # its first time step is through; the next one comes 4 s later
+        streaming = len(data_connections()) // 2  # runs whose data flows (one per rank)
+        sockets = subprocess.run(["nsenter", f"--net=/var/run/netns/{victim}", "ss", "-tni"],
+                                 capture_output=True, text=True).stdout  # for a failure
+        prefix = study_job_prefix(out)
+        listed = ns_cluster.run("squeue", "--noheader", f"--nodelist={victim}",
+                                "--format=%i %j").stdout.split("\n")
         broken.append(victim)
         ns_cluster.cut(victim)
-        time.sleep(25)
+        old_jobs = {line.split()[0] for line in listed
+                    if len(line.split()) == 2 and line.split()[1].startswith(prefix + "-")}
+        sims = {client_jobs(out).get(job) for job in old_jobs} - {None}
+        assert streaming >= 1 and len(sims) >= streaming and sims <= {0, 1}, (listed, sims)
+        wait_until_rerun(out, sims, old_jobs)
+        assert not (out / "results.h5").exists()  # the heal comes before the study's end
         ns_cluster.heal(victim)
     finally:
         text = finish(ns_cluster, proc, study)
-    log = (study.parent / "out" / "logs" / "server.log").read_text()
+    log = (out / "logs" / "server.log").read_text()
     assert "was silent" in log or "NODE_FAIL" in text, text[-3000:] + log[-3000:]
     assert_same_as_local(study, local_reference)
-    with open_results(study.parent / "out" / "results.h5") as r:
+    with open_results(out / "results.h5") as r:
         dropped = json.loads(r.h5.attrs["dropped_messages"])
-    # the old runs' hellos (and any data) that arrive after the heal
-    assert dropped.get("bad_hello", 0) + dropped.get("duplicate", 0) >= 1, dropped
+    # every run sends NB_STEPS messages to each of the 2 server ranks; of an
+    # old run and its rerun, each step is folded once and the other copy
+    # dropped: a run's steps are all counted only if the old run's messages
+    # sent into the partition arrived after the heal (before it: only those
+    # of the first step)
+    why = (dropped, streaming, sims, old_jobs, sockets, text[-2000:], log[-3000:])
+    if ns_cluster.state.get("fast_retransmit"):
+        assert dropped.get("duplicate", 0) == streaming * 2 * NB_STEPS, why
+    else:  # TCP backs off up to 120 s: the old messages may come too late
+        assert dropped.get("duplicate", 0) >= streaming * 2, why
     assert_nothing_left(ns_cluster, study)
 
 
 def test_launcher_killed_then_resumed_on_another_node(ns_cluster, tmp_path,  # noqa: F811
                                                       local_reference):  # noqa: F811
-    """The launcher's node is not special: SIGKILL the launcher on the login
-    node, ``--resume`` it on a compute node (once ``OUT/launcher.json``, which
-    names a launcher on another host, is deleted); it cancels the jobs the
-    first one left (found by their names) and finishes the study."""
+    """The launcher's node is not special: SIGKILL the launcher's whole process
+    group on the login node; ``--resume`` on a compute node is refused while
+    the dead launcher's heartbeat in ``OUT/launcher.json`` is fresh (naming
+    its host, pid and the heartbeat's age), and takes the study over once it
+    is older than the staleness bound: it cancels the jobs the first one left
+    (found by their names) and finishes the study from the checkpoint."""
     study = sobol_study(tmp_path / "r", {"scheduler": "slurm"}, checkpoint_interval=1)
     proc = start_on(ns_cluster, LOGIN, study, TEST_STEP_DELAY="0.3")
     try:
         manifest = study.parent / "out" / "checkpoint" / "manifest.json"
         wait_for(manifest.is_file, 300, "a first checkpoint", interval=0.5)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+    killed_at = time.time()
     orphans = find_study_jobs(study_job_prefix(study.parent / "out"), env=ns_cluster.env)
     assert any(name.endswith("-server") for _, name, _ in orphans), orphans
-    # another host cannot check the first launcher's pid: it refuses, saying
-    # what to do (docs/fault-tolerance.md); the operator deletes the file
-    state = study.parent / "out" / "launcher.json"
+    state = read_launcher_state(study.parent / "out" / "launcher.json")
+    assert state["state"] == "running" and state["host"] == LOGIN, state
+    pid, beat = state["launcher"]["pid"], state["heartbeat"]
+    assert pid == proc.pid and killed_at - beat <= HEARTBEAT_PERIOD + 2, (killed_at, beat)
+    bound = STALE_PERIODS * HEARTBEAT_PERIOD
+    # another host cannot check the first launcher's pid: its heartbeat is fresh
     refused = subprocess.run(
         ns_cluster.on(COMPUTE_NODES[2], [MELISSA, "run", str(study), "--no-progress",
                                          "--resume"]),
         capture_output=True, text=True, timeout=120, cwd=study.parent,
         env=child_env(SLURM_CONF=ns_cluster.state["conf"]))
-    assert refused.returncode != 0
-    assert f"on host {LOGIN} is running this study" in refused.stdout + refused.stderr
-    state.unlink()
+    said = refused.stdout + refused.stderr
+    assert refused.returncode != 0, said
+    assert f"a launcher (pid {pid}) on host {LOGIN} is running this study" in said, said
+    assert f"presumed gone after {bound:.0f} s" in said, said
+    assert read_launcher_state(study.parent / "out" / "launcher.json") == state  # untouched
+    assert {j for j, _, _ in orphans} <= {j for j, _, _ in find_study_jobs(
+        study_job_prefix(study.parent / "out"), env=ns_cluster.env)}  # nothing cancelled
+    time.sleep(max(0.0, beat + bound + 1 - time.time()))
     (study.parent / "launcher.out").write_text("")
     resumed = start_on(ns_cluster, COMPUTE_NODES[2], study, "--resume")
     text = finish(ns_cluster, resumed, study)
-    assert "left by a previous launcher" in text, text[-3000:]
-    assert_same_as_local(study, local_reference)
+    assert f"on host {LOGIN} runs this study, but its heartbeat is" in text, text[-3000:]
+    assert "taking the study over" in text and "left by a previous launcher" in text, \
+        text[-3000:]
+    assert "from the checkpoint" in text, text[-3000:]
+    final = read_launcher_state(study.parent / "out" / "launcher.json")
+    assert final["state"] == "finished" and final["host"] == COMPUTE_NODES[2], final
+    assert_same_as_local(study, local_reference)  # every group folded once (results_of)
     assert_nothing_left(ns_cluster, study)

@@ -6,17 +6,28 @@ the kernel when the launcher dies), refuses to run if ``OUT/launcher.json``
 names a launcher that is still alive, and terminates the processes (server,
 clients) left behind by one that was killed. From then on the launcher keeps
 ``OUT/launcher.json`` up to date (:meth:`StudyClaim.write`, built by
-:func:`launcher_state`) and marks it finished on the way out
-(:meth:`StudyClaim.release`). ``docs/internals.md`` describes the file.
+:func:`launcher_state`), refreshes its ``heartbeat`` every
+:data:`HEARTBEAT_PERIOD` seconds from a thread of its own (so that a long
+step, compiling the kernels or waiting for ``scancel``, never looks like a
+death) and marks it finished on the way out (:meth:`StudyClaim.release`).
+
+A launcher on another host cannot check the recorded pid: it goes by the
+heartbeat (:func:`judge_previous`). One older than :data:`STALE_PERIODS`
+periods means the launcher is gone (killed, or its node died): the new one
+takes the study over. ``docs/internals.md`` describes the file and the rule.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from melissa_sa.launcher.processes import ProcessTree, process_start_time, terminate_trees
@@ -26,10 +37,19 @@ try:
 except ImportError:  # not POSIX: no lock, OUT/launcher.json only
     fcntl = None
 
-__all__ = ["StudyClaim", "ClaimError", "STATE_FORMAT", "read_launcher_state", "launcher_state"]
+__all__ = ["StudyClaim", "ClaimError", "STATE_FORMAT", "read_launcher_state", "launcher_state",
+           "HEARTBEAT_PERIOD", "STALE_PERIODS", "PreviousLauncher", "judge_previous"]
 
 #: ``format`` of ``OUT/launcher.json``
 STATE_FORMAT = "melissa-sa-launcher/1"
+
+#: seconds between two refreshes of ``heartbeat`` in ``OUT/launcher.json``
+HEARTBEAT_PERIOD = 5.0
+#: a launcher on another host whose heartbeat is older than this many
+#: periods (its own ``heartbeat_period``, at least :data:`HEARTBEAT_PERIOD`)
+#: is presumed gone: 30 s, room for write-back stalls of a few seconds and
+#: for clocks that differ by a few seconds between nodes
+STALE_PERIODS = 6
 
 # output directories (resolved) of the launchers running in this process
 _ACTIVE_OUTPUT_DIRS: set[str] = set()
@@ -56,6 +76,69 @@ def read_launcher_state(path: str | os.PathLike) -> dict | None:
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousLauncher:
+    """What to do about the launcher an ``OUT/launcher.json`` names.
+
+    ``action``: ``"none"`` (no file, or a finished launcher of another host:
+    nothing to check), ``"check_here"`` (written on this host: its pid and
+    start time are checked here), ``"refuse"`` (a launcher on another host
+    whose heartbeat is fresh, or that has none) or ``"take_over"`` (its
+    heartbeat is older than ``bound`` seconds). ``age``: seconds since its
+    heartbeat (None if it has none).
+    """
+
+    action: str
+    host: str | None = None
+    pid: int | None = None
+    age: float | None = None
+    bound: float = STALE_PERIODS * HEARTBEAT_PERIOD
+
+    def reason(self, path) -> str:
+        """Why a ``refuse`` or a ``take_over``, for the console (``path``:
+        the file's, named in the message)."""
+        who = f"a launcher (pid {self.pid}) on host {self.host}"
+        if self.action == "take_over":
+            return (f"{path} says {who} runs this study, but its heartbeat is {self.age:.0f} s "
+                    f"old (more than {self.bound:.0f} s): presumed gone, taking the study over")
+        if self.age is None:
+            return (f"{path} says {who} is running this study and has no heartbeat to tell "
+                    f"whether it lives (written by an older melissa-sa): stop it on "
+                    f"{self.host} (kill -TERM {self.pid}), or delete {path} if it is gone")
+        return (f"{path} says {who} is running this study; its heartbeat is "
+                f"{max(self.age, 0.0):.0f} s old (it is presumed gone after {self.bound:.0f} s "
+                f"without one): stop it on {self.host} (kill -TERM {self.pid}), or, if it or "
+                f"its node died, run this again in {max(self.bound - self.age, 1.0):.0f} s")
+
+
+def _number(value) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def judge_previous(state: dict | None, host: str, now: float) -> PreviousLauncher:
+    """The claim rule for a launcher on ``host`` at ``now`` (seconds since
+    the epoch) finding ``state`` (``OUT/launcher.json``'s content, or None):
+    see :class:`PreviousLauncher`. Pure: reads no file, checks no process."""
+    if not state:
+        return PreviousLauncher("none")
+    recorded_host = state.get("host")
+    if not recorded_host or recorded_host == host:
+        return PreviousLauncher("check_here", recorded_host)
+    launcher = state.get("launcher") if isinstance(state.get("launcher"), dict) else {}
+    pid = launcher.get("pid")
+    if state.get("state") != "running":
+        return PreviousLauncher("none", recorded_host, pid)
+    period = max(_number(state.get("heartbeat_period")) or 0.0, HEARTBEAT_PERIOD)
+    bound = STALE_PERIODS * period
+    beat = _number(state.get("heartbeat"))
+    if beat is None:
+        return PreviousLauncher("refuse", recorded_host, pid, None, bound)
+    age = now - beat
+    return PreviousLauncher("take_over" if age > bound else "refuse", recorded_host, pid,
+                            age, bound)
 
 
 def _tree_of(entry) -> ProcessTree | None:
@@ -119,10 +202,14 @@ def launcher_state(*, final: bool, exit_code: int | None, config_path: str, host
 class StudyClaim:
     """This launcher's claim on ``output_dir`` (see the module docstring).
 
-    ``console`` receives log lines (:class:`~melissa_sa.launcher.progress.Console`).
+    ``console`` receives log lines (:class:`~melissa_sa.launcher.progress.Console`);
+    ``on_taken_over`` is called once (from any thread) if a launcher on
+    another host takes the study over while this one runs (its heartbeat
+    went stale: a partition, a frozen node); this one then stops writing.
     """
 
-    def __init__(self, output_dir: str | os.PathLike, console) -> None:
+    def __init__(self, output_dir: str | os.PathLike, console,
+                 on_taken_over: Callable[[], None] | None = None) -> None:
         self.output_dir = Path(output_dir)
         self.state_path = self.output_dir / "launcher.json"
         self.lock_path = self.output_dir / "launcher.lock"
@@ -135,6 +222,13 @@ class StudyClaim:
         self._lock_fd: int | None = None
         self._key: str | None = None
         self._written = None
+        #: who took the study over while this launcher ran (its heartbeat
+        #: went stale: a partition, a frozen node), or None
+        self.taken_over_by: str | None = None
+        self._on_taken_over = on_taken_over
+        self._write_lock = threading.Lock()  # the heartbeat thread writes too
+        self._beat_stop = threading.Event()
+        self._beat_thread: threading.Thread | None = None
 
     def acquire(self, stop_grace: float, kill_grace: float) -> None:
         """Claim the study (raises :class:`ClaimError`); orphans of a killed
@@ -153,6 +247,11 @@ class StudyClaim:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     previous = read_launcher_state(self.state_path)  # fresher
+                    verdict = judge_previous(previous, self.host, time.time())
+                    if verdict.action in ("refuse", "take_over"):  # held from another host
+                        raise ClaimError(PreviousLauncher(
+                            "refuse", verdict.host, verdict.pid, verdict.age,
+                            verdict.bound).reason(self.state_path)) from None
                     pid = ((previous or {}).get("launcher") or {}).get("pid")
                     raise ClaimError(self._refusal(pid)) from None
                 self.console.warn_once("lock", f"cannot lock {self.lock_path} "
@@ -165,6 +264,10 @@ class StudyClaim:
         self._key = key
         _ACTIVE_OUTPUT_DIRS.add(key)
         self.claimed = True
+        self._beat_stop.clear()
+        self._beat_thread = threading.Thread(target=self._beat, name="launcher-heartbeat",
+                                             daemon=True)
+        self._beat_thread.start()
 
     def _refusal(self, pid) -> str:
         who = f"another launcher (pid {pid})" if pid else "another launcher"
@@ -175,13 +278,19 @@ class StudyClaim:
         launcher lives, terminate what it left running if it is dead."""
         launcher = prev.get("launcher") if isinstance(prev.get("launcher"), dict) else {}
         pid, start = launcher.get("pid"), launcher.get("start_time")
-        host = prev.get("host")
-        if host and host != self.host:
-            if prev.get("state") == "running":
-                raise ClaimError(
-                    f"{self.state_path} says a launcher (pid {pid}) on host {host} is running "
-                    f"this study; it cannot be checked from {self.host}: stop it "
-                    f"first, or delete {self.state_path} if it is gone")
+        verdict = judge_previous(prev, self.host, time.time())
+        if verdict.action == "refuse":
+            raise ClaimError(verdict.reason(self.state_path))
+        if verdict.action == "take_over":
+            self.console.log(verdict.reason(self.state_path))
+            left = [what for what, _ in recorded_trees(prev)]
+            if left:  # the local scheduler's processes, on a host out of reach
+                self.console.log(
+                    f"its processes on {verdict.host} ({', '.join(left)}) cannot be stopped "
+                    f"from {self.host}; while a server of it lives it holds "
+                    f"{self.lock_path.parent}/server.lock and a new one exits (75)")
+            return
+        if verdict.action == "none":
             return
         if prev.get("boot_id") and self.boot and prev["boot_id"] != self.boot:
             self.console.debug(f"{self.state_path} is from before a reboot: nothing of it "
@@ -220,7 +329,27 @@ class StudyClaim:
         """Rewrite ``OUT/launcher.json`` atomically if ``state`` changed."""
         if not self.claimed or (not force and state == self._written):
             return
-        text = json.dumps({**state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=1)
+        with self._write_lock:
+            if self._store(state):
+                self._written = state
+
+    def _beat(self) -> None:
+        """The heartbeat thread: the last state written, with a fresh
+        ``heartbeat``, every :data:`HEARTBEAT_PERIOD` s until released."""
+        while not self._beat_stop.wait(HEARTBEAT_PERIOD):
+            with self._write_lock:
+                if self.claimed and self._written is not None:
+                    self._store(self._written)
+
+    def _store(self, state: dict) -> bool:
+        """Write ``state`` with the time and the heartbeat (under the write
+        lock); False if it could not be written, or if another launcher has
+        taken the study over (its claim is never overwritten)."""
+        if self.taken_over_by is not None or self._claimed_by_another():
+            return False
+        text = json.dumps({**state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "heartbeat": round(time.time(), 3),
+                           "heartbeat_period": HEARTBEAT_PERIOD}, indent=1)
         tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
@@ -235,11 +364,36 @@ class StudyClaim:
                 os.unlink(tmp)
             except OSError:
                 pass
-            return
-        self._written = state
+            return False
+        return True
+
+    def _claimed_by_another(self) -> bool:
+        """True (and :attr:`taken_over_by` set) if ``OUT/launcher.json`` now
+        names another running launcher: one on another host took the study
+        over while this one's heartbeat was stale."""
+        if self._written is None:
+            return False  # the first write is this launcher's claim
+        current = read_launcher_state(self.state_path)
+        if not current or current.get("state") != "running":
+            return False
+        launcher = current.get("launcher") if isinstance(current.get("launcher"), dict) else {}
+        if (current.get("host"), launcher.get("pid"), launcher.get("start_time")) == (
+                self.host, os.getpid(), self.pid_start):
+            return False
+        self.taken_over_by = f"the launcher (pid {launcher.get('pid')}) on host " \
+                             f"{current.get('host')}"
+        self.console.error(f"{self.taken_over_by} has taken this study over "
+                           f"({self.state_path}): stopping this launcher")
+        if self._on_taken_over is not None:
+            self._on_taken_over()
+        return True
 
     def release(self, final_state: dict | None) -> None:
         """The launcher ends: write ``final_state`` (if claimed), unlock."""
+        self._beat_stop.set()
+        if self._beat_thread is not None:
+            self._beat_thread.join()
+            self._beat_thread = None
         try:
             if self.claimed and final_state is not None:
                 self.write(final_state, force=True)

@@ -107,7 +107,9 @@ class Launcher:
         self.server_log = self.server.log_path
         self.jobs = JobTable(lambda sim_id: str(self.logs_dir / f"client.{sim_id}.log"),
                              self.stats)
-        self.claim = StudyClaim(self.output_dir, self.console)
+        # taken over by a launcher on another host (this one's heartbeat went stale): stop
+        self.claim = StudyClaim(self.output_dir, self.console, on_taken_over=lambda: (
+            self._signal_inbox.append(signal.SIGTERM)))
         self.scheduler: Scheduler | None = None
         self.clients: ClientJobs | None = None  # the jobs carried out, once prepared
         #: the server's lifecycle (built when the run starts, from the
@@ -175,9 +177,9 @@ class Launcher:
                 self._prepare()
                 self.claim.acquire(self.stop_grace, self.kill_grace)
                 self.stats["orphans_killed"] += self.claim.orphans_killed
-                # Slurm: the jobs of a killed launcher, named after the study
+                self.claim.write(self.state(), force=True)  # the claim, then its heartbeats
+                # Slurm: the jobs of a killed launcher (or of a stale one), named after the study
                 self.stats["orphans_killed"] += self.scheduler.cancel_orphans(self.console.log)
-                self.claim.write(self.state(), force=True)
                 self.server.compile_kernels(self.console)
                 self._feed(ev.Begin())
             except (LauncherError, ClaimError, SchedulerError, OSError, zmq.ZMQError) as exc:

@@ -32,10 +32,12 @@ def field_values(x: np.ndarray, n_cells: int, step: int) -> np.ndarray:
 def planned_fault(sim_id: int):
     """The fault this attempt of ``sim_id`` must inject, from the environment.
 
-    ``TEST_FAULT_PLAN`` is JSON ``{"<sim_id>": {"mode": "kill" | "hang" | "exit",
-    "step": k, "times": n}}``: the first ``n`` attempts of that simulation
-    kill themselves with SIGKILL (as ``kill -9``), hang, or exit 1 just before
-    sending step ``k``. Attempts are counted in files under ``TEST_FAULT_DIR``.
+    ``TEST_FAULT_PLAN`` is JSON ``{"<sim_id>": {"mode": "kill" | "hang" | "exit"
+    | "pause", "step": k, "times": n}}``: the first ``n`` attempts of that
+    simulation kill themselves with SIGKILL (as ``kill -9``), hang, exit 1, or
+    pause for ``"seconds"`` and go on, just before sending step ``k`` (``k`` =
+    ``NB_STEPS``: after the last step, before ``melissa_finalize``). Attempts
+    are counted in files under ``TEST_FAULT_DIR``.
     """
     plan = json.loads(os.environ.get("TEST_FAULT_PLAN", "{}")).get(str(sim_id))
     if not plan:
@@ -53,6 +55,8 @@ def inject(plan) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     elif plan["mode"] == "hang":
         time.sleep(3600)
+    elif plan["mode"] == "pause":
+        time.sleep(float(plan["seconds"]))
     else:
         os._exit(1)
 
@@ -87,6 +91,8 @@ def main() -> int:
             inject(fault)
         melissa_send("f", field_values(x, n_cells, step)[lo:hi])
         time.sleep(delay)
+    if fault is not None and fault["step"] >= NB_STEPS:
+        inject(fault)
     melissa_finalize()
     return 0
 
