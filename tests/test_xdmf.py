@@ -192,14 +192,6 @@ def test_a_study_with_a_mesh_writes_the_same_files_on_one_and_two_server_ranks(t
     np.testing.assert_allclose(outputs[1][2], outputs[2][2], rtol=1e-12, atol=1e-12)
 
 
-def test_a_client_whose_field_does_not_fit_the_mesh_is_refused(tmp_path):
-    done = run_study(_study(tmp_path, 1, {"shape": [5, 3]}), timeout=240)
-    assert done.returncode != 0
-    assert "declares 12 values; study_options.mesh (structured grid 5 x 3 (15 cells)) " \
-           "has 15" in done.stdout, done.stdout[-3000:]
-    assert not (tmp_path / "out" / "results.h5").exists()
-
-
 def test_export_puts_an_existing_results_file_on_a_mesh(tmp_path):
     import json
     import subprocess

@@ -38,7 +38,7 @@ from typing import Any
 from melissa_sa.mesh.errors import MeshError
 from melissa_sa.mesh.reading import read_mesh_file
 
-__all__ = ["StructuredGrid", "MeshFile", "parse_mesh", "CENTERINGS"]
+__all__ = ["StructuredGrid", "MeshFile", "parse_mesh", "size_mismatch", "CENTERINGS"]
 
 CENTERINGS = ("cells", "points")
 ORDERS = ("C", "F")
@@ -175,3 +175,19 @@ def parse_mesh(value: Any, base_dir: str | os.PathLike = ".",
     if is_file:
         return _file(key, value, os.fspath(base_dir))
     return _grid(key, value)
+
+
+def size_mismatch(mesh: StructuredGrid | MeshFile | None, field: str, sim_id: int,
+                  n_values: int) -> str | None:
+    """The one line that stops a study whose solver's field does not fit the mesh
+    (naming the key, the mesh file and both numbers), or None when it fits.
+
+    A field's size is known only when a simulation announces it: this is the
+    server's check of the first hello, which ends the study at once, since
+    every run of the same solver would be refused the same way."""
+    if mesh is None or n_values == mesh.n_values:
+        return None
+    where = f"mesh file {mesh.file}" if isinstance(mesh, MeshFile) else mesh.describe()
+    return (f"study_options.mesh: field {field!r} of simulation {sim_id} has {n_values} "
+            f"values, the mesh ({where}) has {mesh.n_values} {mesh.centering}: the study "
+            "stops (every run of this solver would be refused)")
