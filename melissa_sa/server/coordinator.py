@@ -183,7 +183,7 @@ class Coordinator:
         if n_cells < n_ranks:
             raise ProtocolError(f"field {name!r}: {n_cells!r} cells; need an integer >= "
                                 f"{n_ranks} (one per server rank)")
-        if (unfit := size_mismatch(self.config.study_options.mesh, name, sim_id, n_cells)):
+        if (unfit := size_mismatch(self.config.study_options, name, sim_id, n_cells)):
             self.fail(unfit)  # the study stops: every run would be refused
             raise ProtocolError(unfit)
         known = self.fields.sizes.get(name)
