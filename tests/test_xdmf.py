@@ -130,6 +130,14 @@ def test_the_server_writes_the_mesh_with_the_results_and_only_the_xmf_after(tmp_
     assert mesh_bytes >= geometry[0].points.nbytes > 0
     assert (results_file_bytes(small_layout(), 50, mesh_bytes)
             - results_file_bytes(small_layout(), 50)) >= mesh_bytes
+    # with the layout, the /by_step views' metadata is counted too: one per
+    # statistic row shown (and both bounds of each width), at every step
+    with h5py.File(path) as h5:
+        views = []
+        h5["by_step"].visititems(lambda _, obj: views.append(obj)
+                                 if isinstance(obj, h5py.Dataset) else None)
+    assert geometry_bytes(geometry[0], small_layout()) - mesh_bytes == 1024 * len(views)
+    assert len(views) == T * (6 + 2 + 2 + 3 * 3 * 2)
     before = path.read_bytes()
     out = xdmf_after_study(path, geometry)
     assert out == tmp_path / "results.xmf" and out.exists()

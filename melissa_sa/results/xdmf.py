@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -35,6 +36,7 @@ from melissa_sa.mesh.geometry import Geometry, geometry_of
 from melissa_sa.mesh.spec import MeshFile, StructuredGrid
 from melissa_sa.results.step_views import (
     STEPS_GROUP,
+    VIEW_BYTES,
     has_step_views,
     view_path,
     write_step_views,
@@ -284,11 +286,23 @@ def study_geometry(mesh) -> tuple[Geometry, dict] | None:
         return None
 
 
-def geometry_bytes(geometry: Geometry) -> int:
+#: the statistics the XDMF files show (with their bounds for the widths)
+_SHOWN = (*_PLAIN, "threshold_exceedance", "quantiles",
+          *(f"sobol_{kind}{end}" for kind in ("first", "total", "second")
+            for end in ("", "_low", "_high")))
+
+
+def geometry_bytes(geometry: Geometry, layout=None) -> int:
     """The bytes ``/mesh`` takes in ``results.h5`` (points, connectivity, and
-    for mixed cell types two more integers per cell)."""
+    for mixed cell types two more integers per cell) and, given the results'
+    :class:`~melissa_sa.results.layout.ResultsLayout`, the metadata of the
+    ``/by_step`` views (:data:`~melissa_sa.results.step_views.VIEW_BYTES` each)."""
+    views = 0 if layout is None else sum(
+        math.prod(layout.shape(field, stat)[:-1]) for field in layout.fields
+        for stat in layout.statistics if stat in _SHOWN)
     return (geometry.points.nbytes + sum(conn.nbytes for _, conn in geometry.blocks)
-            + (16 * geometry.n_cells if len(geometry.blocks) > 1 else 0))
+            + (16 * geometry.n_cells if len(geometry.blocks) > 1 else 0)
+            + VIEW_BYTES * views)
 
 
 def xdmf_after_study(results_path: str | os.PathLike,
