@@ -158,6 +158,7 @@ def test_the_heat_examples_declare_their_solvers_grid():
         ny = int(words[words.index("--ny") + 1]) if "--ny" in words else default_n
         mesh = cfg.study_options.mesh
         assert mesh.shape == (nx, ny) and mesh.order == "F" and mesh.centering == "cells"
+        assert cfg.study_options.field_sizes == {"temperature": nx * ny}
         g = geometry_of(mesh)
         centres = g.points[g.blocks[0][1]].mean(axis=1)
         c = 3 * nx + 2   # i = 2, j = 3

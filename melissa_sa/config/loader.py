@@ -32,7 +32,7 @@ from melissa_sa.config.model import (
 )
 from melissa_sa.design import GroupLayout
 from melissa_sa.mesh.errors import MeshError
-from melissa_sa.mesh.spec import parse_mesh
+from melissa_sa.mesh.spec import parse_field_sizes, parse_mesh
 
 __all__ = ["StudyConfig", "load_config", "config_from_dict"]
 
@@ -94,6 +94,7 @@ def config_from_dict(d: Mapping, source: str = "<dict>",
     if so is not None:
         rules.check_study(r, so)
         so["mesh"] = _mesh(r, so.get("mesh"), base)
+        so["field_sizes"] = _field_sizes(r, so)
     if sa is not None:
         rules.check_sa(r, sa, so)
         rules.check_convergence(r, sa, so)
@@ -226,6 +227,18 @@ def _mesh(r: c.Reader, value, base: str):
         return value
     try:
         return parse_mesh(value, base)
+    except MeshError as exc:
+        r.err(exc.key, exc.message)
+        return c.BAD
+
+
+def _field_sizes(r: c.Reader, so: dict):
+    """``study_options.field_sizes`` checked against the field names and the mesh."""
+    value = so.get("field_sizes")
+    if value is c.BAD or so.get("field_names") is c.BAD or so.get("mesh") is c.BAD:
+        return c.BAD if value is c.BAD else value
+    try:
+        return parse_field_sizes(value, so.get("field_names") or (), so.get("mesh"))
     except MeshError as exc:
         r.err(exc.key, exc.message)
         return c.BAD

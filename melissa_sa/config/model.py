@@ -141,6 +141,9 @@ class StudyOptions:
     #: MeshFile (melissa_sa.mesh.parse_mesh, relative file names against the
     #: study file's directory), or None
     mesh: StructuredGrid | MeshFile | None = key(None, c.anything)
+    #: {field: number of values} as the solver is set up, or None; checked by the
+    #: loader against field_names and mesh (melissa_sa.mesh.parse_field_sizes)
+    field_sizes: dict[str, int] | None = key(None, c.anything)
 
     @property
     def effective_max_redrawn_groups(self) -> int:

@@ -19,8 +19,10 @@ def read_mesh_file(path: str, fmt: str | None = None, key: str = "--mesh"):
     except ImportError:
         raise MeshError(key, f"{path}: reading a mesh file needs meshio "
                              "(pip install meshio)") from None
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise MeshError(key, f"{path}: no such mesh file")
+    if not os.path.isfile(path):
+        raise MeshError(key, f"{path}: not a mesh file (a directory or a special file)")
     if not os.access(path, os.R_OK):
         raise MeshError(key, f"{path}: mesh file not readable (permission denied)")
     said = io.StringIO()

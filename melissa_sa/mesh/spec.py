@@ -38,7 +38,8 @@ from typing import Any
 from melissa_sa.mesh.errors import MeshError
 from melissa_sa.mesh.reading import read_mesh_file
 
-__all__ = ["StructuredGrid", "MeshFile", "parse_mesh", "CENTERINGS"]
+__all__ = ["StructuredGrid", "MeshFile", "parse_mesh", "parse_field_sizes", "size_mismatch",
+           "CENTERINGS"]
 
 CENTERINGS = ("cells", "points")
 ORDERS = ("C", "F")
@@ -175,3 +176,53 @@ def parse_mesh(value: Any, base_dir: str | os.PathLike = ".",
     if is_file:
         return _file(key, value, os.fspath(base_dir))
     return _grid(key, value)
+
+
+def _mesh_words(mesh: StructuredGrid | MeshFile) -> str:
+    return f"mesh file {mesh.file}" if isinstance(mesh, MeshFile) else mesh.describe()
+
+
+def parse_field_sizes(value: Any, field_names, mesh: StructuredGrid | MeshFile | None,
+                      key: str = "study_options.field_sizes") -> dict[str, int] | None:
+    """``study_options.field_sizes``: the number of values each named field has
+    (as the solver is set up), checked against the field names and the mesh
+    when the study file is loaded; None when not given."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise MeshError(key, f'expected an object like {{"temperature": 2500}}, got {value!r}')
+    sizes = {}
+    for field, n in value.items():
+        if field not in field_names:
+            raise MeshError(f"{key}.{field}", f"not one of study_options.field_names "
+                                              f"({', '.join(field_names)})")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise MeshError(f"{key}.{field}", f"expected an integer >= 1, got {n!r}")
+        if mesh is not None and n != mesh.n_values:
+            raise MeshError(f"{key}.{field}", f"{n} values, but study_options.mesh "
+                                              f"({_mesh_words(mesh)}) has {mesh.n_values} "
+                                              f"{mesh.centering}")
+        sizes[field] = n
+    return sizes
+
+
+def size_mismatch(options, field: str, sim_id: int, n_values: int) -> str | None:
+    """The one line that stops a study whose solver's field does not fit the
+    study file (``options``: its ``study_options``, with ``mesh`` and
+    ``field_sizes``), naming the key, the mesh file and both numbers; None when
+    it fits.
+
+    A field's size is known only when a simulation announces it: this is the
+    server's check of the first hello, which ends the study at once, since
+    every run of the same solver would be refused the same way."""
+    declared = (options.field_sizes or {}).get(field)
+    if declared is not None and n_values != declared:
+        return (f"study_options.field_sizes.{field}: simulation {sim_id} has {n_values} "
+                f"values, the study file declares {declared}: the study stops (every run of "
+                "this solver would be refused)")
+    mesh = options.mesh
+    if mesh is None or n_values == mesh.n_values:
+        return None
+    return (f"study_options.mesh: field {field!r} of simulation {sim_id} has {n_values} "
+            f"values, the mesh ({_mesh_words(mesh)}) has {mesh.n_values} {mesh.centering}: "
+            "the study stops (every run of this solver would be refused)")

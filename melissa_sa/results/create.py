@@ -31,7 +31,7 @@ from melissa_sa.results.schema import (
     STATISTICS,
     version,
 )
-from melissa_sa.results.xdmf import write_geometry
+from melissa_sa.results.xdmf import write_geometry, write_views
 
 __all__ = ["create_results_file"]
 
@@ -60,7 +60,8 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
     :func:`complete_results_file`. Memory used is independent of the mesh size.
     ``attrs`` adds root attributes (e.g. the server's dropped-message counts).
     ``mesh``: ``(geometry, description)`` of the study's mesh, written as
-    ``/mesh`` (:func:`~melissa_sa.results.xdmf.write_geometry`) with the rest,
+    ``/mesh`` (:func:`~melissa_sa.results.xdmf.write_geometry`) and the
+    ``/by_step`` views of the XDMF files (:mod:`.step_views`) with the rest,
     before the file is complete.
     """
     path = Path(path)
@@ -165,4 +166,6 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
                     if aname.endswith(("_low", "_high")):
                         d.attrs["confidence_level"] = layout.confidence_level
                         d.attrs["method"] = AGGREGATED_CI_METHOD
+        if mesh is not None:
+            write_views(f)
     return path

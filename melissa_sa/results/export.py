@@ -1,8 +1,9 @@
 """``melissa-sa export``: an existing results file on a mesh, for ParaView.
 
 ``--format xdmf`` (the default) is :func:`~melissa_sa.results.xdmf.write_xdmf`:
-the mesh into ``results.h5`` and ``results.xmf`` next to it, every time step,
-no value copied. ``--format vtkhdf`` writes one self-contained VTKHDF file
+the mesh and the per-step views into ``results.h5``, ``results.xmf`` (ParaView)
+and ``results.meshio.xmf`` (meshio) next to it, every time step, no value
+copied. ``--format vtkhdf`` writes one self-contained VTKHDF file
 (``UnstructuredGrid``, version 1.0, which ParaView 5.11 reads) holding the
 mesh and every statistic of one time step (the last by default): the values
 are copied, as a single file needs.

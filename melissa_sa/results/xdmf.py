@@ -1,14 +1,20 @@
 """``results.xmf``: every statistic of ``results.h5`` on the solver's mesh, for ParaView.
 
 :func:`write_xdmf` writes the mesh's points and cells once into ``results.h5``
-(group ``/mesh``) and, next to it, an XDMF 2 file that ParaView's
-``XDMFReader`` opens: a temporal collection with one grid per time step, each
-holding, for every field, every statistic of that step as a cell (or point)
-attribute. The attributes are ``HyperSlab`` items that point into the
-statistics' datasets of ``results.h5`` (by the relative name ``results.h5``,
-so the pair may move together): no value is copied. Interval widths are
-``Function`` items (``$0 - $1`` of the bounds). Names read
-``"<field> mean"``, ``"<field> P(>300)"``, ``"<field> quantile 0.95"``,
+(group ``/mesh``), a virtual dataset per statistic and time step
+(``/by_step``, :mod:`.step_views`: no value copied) and, next to it, two XDMF
+files referring to ``results.h5`` by its relative name (the files may move
+together):
+
+* ``results.xmf`` (XDMF 2), which ParaView's ``XDMFReader`` opens: a
+  temporal collection with one grid per time step, each holding, for every
+  field, every statistic of that step as a cell (or point) attribute, and
+  interval widths as ``Function`` items (``$0 - $1`` of the bounds);
+  ParaView's Xdmf3 readers read the same file but skip the widths.
+* ``results.meshio.xmf`` (XDMF 3), the same without the widths, which
+  ``meshio.xdmf.TimeSeriesReader`` reads (meshio has no ``Function`` items).
+
+Names read ``"<field> mean"``, ``"<field> P(>300)"``, ``"<field> quantile 0.95"``,
 ``"<field> S1 x2"``, ``"<field> ST x2 width"``, ``"<field> S2 x1:x2"``.
 ``docs/results.md`` describes the layout.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
@@ -27,8 +34,16 @@ import numpy as np
 from melissa_sa.mesh.errors import MeshError
 from melissa_sa.mesh.geometry import Geometry, geometry_of
 from melissa_sa.mesh.spec import MeshFile, StructuredGrid
+from melissa_sa.results.step_views import (
+    STEPS_GROUP,
+    VIEW_BYTES,
+    has_step_views,
+    view_path,
+    write_step_views,
+)
 
-__all__ = ["write_xdmf", "write_xdmf_file", "write_geometry", "xdmf_path", "attribute_names",
+__all__ = ["write_xdmf", "write_xdmf_file", "write_geometry", "xdmf_path", "meshio_xdmf_path",
+           "write_views", "attribute_names",
            "field_arrays", "results_fields", "study_geometry", "geometry_bytes",
            "xdmf_after_study", "MESH_GROUP", "XDMF_TYPES"]
 
@@ -53,6 +68,17 @@ _PLAIN = ("mean", "variance", "skewness", "kurtosis", "min", "max")
 def xdmf_path(results_path: str | os.PathLike) -> Path:
     """``results.xmf`` next to ``results.h5`` (same stem)."""
     return Path(results_path).with_suffix(".xmf")
+
+
+def meshio_xdmf_path(results_path: str | os.PathLike) -> Path:
+    """``results.meshio.xmf`` next to ``results.h5``: the XDMF 3 file meshio reads."""
+    return Path(results_path).with_suffix(".meshio.xmf")
+
+
+def write_views(h5: h5py.File) -> int:
+    """Add to the open results file the ``/by_step`` views (:mod:`.step_views`)
+    of every array the XDMF files show; the number added."""
+    return write_step_views(h5, results_fields(h5), field_arrays)
 
 
 def write_geometry(h5: h5py.File, geometry: Geometry, description: dict) -> None:
@@ -127,17 +153,9 @@ def results_fields(h5: h5py.File) -> list[str]:
     return [f.decode() if isinstance(f, bytes) else str(f) for f in fields]
 
 
-def _hyperslab(src: str, shape: tuple[int, ...], lead: tuple, t: int) -> str:
-    n = shape[-1]
-    start = [*lead, t, 0]
-    ones = " ".join("1" for _ in shape)
-    count = " ".join(["1"] * (len(shape) - 1) + [str(n)])
-    dims = " ".join(str(s) for s in shape)
-    return (f'<DataItem ItemType="HyperSlab" Dimensions="{n}" Type="HyperSlab">'
-            f'<DataItem Dimensions="3 {len(shape)}" Format="XML">'
-            f'{" ".join(map(str, start))} {ones} {count}</DataItem>'
-            f'<DataItem Format="HDF" NumberType="Float" Precision="8" Dimensions="{dims}">'
-            f"{src}</DataItem></DataItem>")
+def _item(h5name: str, path: str, n: int) -> str:
+    return (f'<DataItem Format="HDF" NumberType="Float" Precision="8" Dimensions="{n}">'
+            f"{h5name}:{path}</DataItem>")
 
 
 def _topology(h5name: str, geometry: Geometry) -> str:
@@ -156,12 +174,11 @@ def _topology(h5name: str, geometry: Geometry) -> str:
             f"{h5name}:/{MESH_GROUP}/topology</DataItem></Topology>")
 
 
-def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry) -> str:
-    fields = results_fields(h5)
-    center = "Cell" if geometry.centering == "cells" else "Node"
+def _check_sizes(h5: h5py.File, geometry: Geometry) -> int:
+    """The number of time steps every field has; a :class:`MeshError` when a
+    field's size differs from the mesh's values."""
     n_steps = None
-    arrays = []
-    for field in fields:
+    for field in results_fields(h5):
         g = h5[field]
         n_values = int(g.attrs.get("n_cells", g["cell"].shape[0] if "cell" in g else -1))
         if n_values != geometry.n_values:
@@ -169,30 +186,43 @@ def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry) -> str:
                                       f"the mesh has {geometry.n_values} {geometry.centering}")
         steps = int(g.attrs.get("n_time_steps", g["time_step"].shape[0]))
         n_steps = steps if n_steps is None else min(n_steps, steps)
-        for name, stat, lead in field_arrays(g, field):
-            sources = stat.split(" - ")
-            arrays.append((name, [(f"{h5name}:/{field}/{s}", g[s].shape) for s in sources],
-                           lead or ()))
+    return n_steps or 0
+
+
+def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry, *, widths: bool) -> str:
+    """``results.xmf`` (XDMF 2, ``widths`` as ``Function`` items) or, without
+    widths, ``results.meshio.xmf`` (XDMF 3)."""
+    n_steps = _check_sizes(h5, geometry)
+    fields = results_fields(h5)
+    if not has_step_views(h5, fields, field_arrays):
+        raise MeshError("RESULTS", f"{h5.filename}: no /{STEPS_GROUP} views of the statistics "
+                                   "(a file written before they existed): run melissa-sa "
+                                   "export RESULTS --mesh MESH")
+    center = "Cell" if geometry.centering == "cells" else "Node"
+    arrays = [(field, name, stat, lead) for field in fields
+              for name, stat, lead in field_arrays(h5[field], field)
+              if widths or " - " not in stat]
     topology = _topology(h5name, geometry)
     geometry_xml = (f'<Geometry GeometryType="XYZ"><DataItem Format="HDF" NumberType="Float" '
                     f'Precision="8" Dimensions="{geometry.n_points} 3">'
                     f"{h5name}:/{MESH_GROUP}/points</DataItem></Geometry>")
-    lines = ['<?xml version="1.0" ?>', '<!DOCTYPE Xdmf SYSTEM "Xdmf.dtd" []>',
-             '<Xdmf Version="2.0">', " <Domain>",
-             '  <Grid Name="results" GridType="Collection" CollectionType="Temporal">']
-    for t in range(n_steps or 0):
+    n = geometry.n_values
+    lines = ['<?xml version="1.0" ?>', f'<Xdmf Version="{"2.0" if widths else "3.0"}">',
+             " <Domain>", '  <Grid Name="results" GridType="Collection" '
+                          'CollectionType="Temporal">']
+    for t in range(n_steps):
         lines.append(f'   <Grid Name="step {t}" GridType="Uniform">')
         lines.append(f'    <Time Value="{t}"/>')
         lines.append(f"    {topology}")
         lines.append(f"    {geometry_xml}")
-        for name, sources, lead in arrays:
-            n = sources[0][1][-1]
-            slabs = [_hyperslab(src, shape, lead, t) for src, shape in sources]
-            if len(slabs) == 1:
-                item = slabs[0]
+        for field, name, stat, lead in arrays:
+            items = [_item(h5name, view_path(field, source, lead, t), n)
+                     for source in stat.split(" - ")]
+            if len(items) == 1:
+                item = items[0]
             else:
                 item = (f'<DataItem ItemType="Function" Function="$0 - $1" Dimensions="{n}">'
-                        f'{"".join(slabs)}</DataItem>')
+                        f'{"".join(items)}</DataItem>')
             lines.append(f'    <Attribute Name={quoteattr(name)} AttributeType="Scalar" '
                          f'Center="{center}">{item}</Attribute>')
         lines.append("   </Grid>")
@@ -202,26 +232,21 @@ def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry) -> str:
 
 def write_xdmf(results_path: str | os.PathLike,
                mesh: StructuredGrid | MeshFile | Geometry) -> Path:
-    """Write the mesh into ``results_path`` (``/mesh``) and ``results.xmf`` next
-    to it; returns the XDMF file's path. Raises :class:`MeshError` when a field's
-    size differs from the mesh's values (nothing written then)."""
+    """Write the mesh and the ``/by_step`` views into ``results_path`` and the XDMF
+    files next to it; returns ``results.xmf``'s path. Raises :class:`MeshError`
+    when a field's size differs from the mesh's values (nothing written then)."""
     geometry = mesh if isinstance(mesh, Geometry) else geometry_of(mesh)
     description = {} if isinstance(mesh, Geometry) else mesh.to_dict()
     results_path = Path(results_path)
     with h5py.File(results_path, "r") as h5:
-        _xdmf_text(h5, results_path.name, geometry)  # the sizes are checked before writing
+        _check_sizes(h5, geometry)  # the sizes are checked before writing
     with h5py.File(results_path, "r+") as h5:
         write_geometry(h5, geometry, description)
+        write_views(h5)
     return write_xdmf_file(results_path, geometry)
 
 
-def write_xdmf_file(results_path: str | os.PathLike, geometry: Geometry) -> Path:
-    """Write ``results.xmf`` next to ``results_path`` (whose ``/mesh`` is
-    ``geometry``) through a temporary file, removed if the write fails."""
-    results_path = Path(results_path)
-    out = xdmf_path(results_path)
-    with h5py.File(results_path, "r") as h5:
-        text = _xdmf_text(h5, results_path.name, geometry)
+def _replace_text(out: Path, text: str) -> None:
     tmp = out.with_name(out.name + ".tmp")
     try:
         tmp.write_text(text, encoding="utf-8")
@@ -229,7 +254,21 @@ def write_xdmf_file(results_path: str | os.PathLike, geometry: Geometry) -> Path
     except OSError:
         tmp.unlink(missing_ok=True)
         raise
-    return out
+
+
+def write_xdmf_file(results_path: str | os.PathLike, geometry: Geometry) -> Path:
+    """Write ``results.xmf`` and ``results.meshio.xmf`` next to ``results_path``
+    (whose ``/mesh`` is ``geometry`` and which holds the ``/by_step`` views),
+    each through a temporary file, removed if the write fails; ``results.xmf``."""
+    results_path = Path(results_path)
+    with h5py.File(results_path, "r") as h5:
+        texts = {xdmf_path(results_path): _xdmf_text(h5, results_path.name, geometry,
+                                                     widths=True),
+                 meshio_xdmf_path(results_path): _xdmf_text(h5, results_path.name, geometry,
+                                                            widths=False)}
+    for out, text in texts.items():
+        _replace_text(out, text)
+    return xdmf_path(results_path)
 
 
 def study_geometry(mesh) -> tuple[Geometry, dict] | None:
@@ -247,11 +286,23 @@ def study_geometry(mesh) -> tuple[Geometry, dict] | None:
         return None
 
 
-def geometry_bytes(geometry: Geometry) -> int:
+#: the statistics the XDMF files show (with their bounds for the widths)
+_SHOWN = (*_PLAIN, "threshold_exceedance", "quantiles",
+          *(f"sobol_{kind}{end}" for kind in ("first", "total", "second")
+            for end in ("", "_low", "_high")))
+
+
+def geometry_bytes(geometry: Geometry, layout=None) -> int:
     """The bytes ``/mesh`` takes in ``results.h5`` (points, connectivity, and
-    for mixed cell types two more integers per cell)."""
+    for mixed cell types two more integers per cell) and, given the results'
+    :class:`~melissa_sa.results.layout.ResultsLayout`, the metadata of the
+    ``/by_step`` views (:data:`~melissa_sa.results.step_views.VIEW_BYTES` each)."""
+    views = 0 if layout is None else sum(
+        math.prod(layout.shape(field, stat)[:-1]) for field in layout.fields
+        for stat in layout.statistics if stat in _SHOWN)
     return (geometry.points.nbytes + sum(conn.nbytes for _, conn in geometry.blocks)
-            + (16 * geometry.n_cells if len(geometry.blocks) > 1 else 0))
+            + (16 * geometry.n_cells if len(geometry.blocks) > 1 else 0)
+            + VIEW_BYTES * views)
 
 
 def xdmf_after_study(results_path: str | os.PathLike,

@@ -36,6 +36,7 @@ import numpy as np
 from melissa_sa import exit_codes, messages
 from melissa_sa.convergence import ConvergenceRule
 from melissa_sa.exit_codes import StopReason
+from melissa_sa.mesh.spec import size_mismatch
 from melissa_sa.protocol import (
     ClientHello,
     ProtocolError,
@@ -182,11 +183,9 @@ class Coordinator:
         if n_cells < n_ranks:
             raise ProtocolError(f"field {name!r}: {n_cells!r} cells; need an integer >= "
                                 f"{n_ranks} (one per server rank)")
-        mesh = self.config.study_options.mesh
-        if mesh is not None and n_cells != mesh.n_values:
-            raise ProtocolError(f"field {name!r}: simulation {sim_id} declares {n_cells} "
-                                f"values; study_options.mesh ({mesh.describe()}) has "
-                                f"{mesh.n_values}")
+        if (unfit := size_mismatch(self.config.study_options, name, sim_id, n_cells)):
+            self.fail(unfit)  # the study stops: every run would be refused
+            raise ProtocolError(unfit)
         known = self.fields.sizes.get(name)
         if known is None:
             self.ranks.broadcast(ranks.FieldDeclared(name, n_cells))

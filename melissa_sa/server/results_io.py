@@ -203,7 +203,7 @@ def write_study_results(*, comm, config, field_sizes: dict[str, int],
         comm, config.results_path, layout, local, config_json=config.to_json(),
         parameters=parameters, attrs=attrs, mesh=mesh,
         reserve=results_file_bytes(layout, len(parameters),
-                                   geometry_bytes(mesh[0]) if mesh else 0) if root else 0)
+                                   geometry_bytes(mesh[0], layout) if mesh else 0) if root else 0)
     if root:
         log.info("results written to %s", path)
         xdmf_after_study(path, mesh)
