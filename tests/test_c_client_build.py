@@ -129,10 +129,14 @@ def test_the_zmq_h_of_a_system_libzmq_is_used(tmp_path, monkeypatch):
         build(tmp_path / "prefix", MPICC, zmq="system", quiet=True)
 
 
-def test_a_libzmq_of_another_major_version_is_refused_at_start(installed, tmp_path):
-    """A libzmq 3 found at run time (another module loaded): melissa's message."""
+@pytest.mark.parametrize("version", [(3, 2, 5), (5, 0, 0)])
+def test_a_libzmq_of_another_major_version_is_refused_at_start(installed, tmp_path, version):
+    """A libzmq 3 (or a future 5) found at run time (another module loaded):
+    melissa's message, before any ZeroMQ call."""
     fake = tmp_path / "old_zmq.c"
-    fake.write_text("void zmq_version(int *a, int *b, int *c) { *a = 3; *b = 2; *c = 5; }\n")
+    major, minor, patch = version
+    fake.write_text(f"void zmq_version(int *a, int *b, int *c) {{ *a = {major}; *b = {minor}; "
+                    f"*c = {patch}; }}\n")
     run(["cc", "-shared", "-fPIC", fake, "-o", tmp_path / "old_zmq.so"])
     exe = tmp_path / "client"
     run([MPICC, f"-I{installed}/include", MISUSE, "-o", exe, f"-L{installed}/lib",
@@ -147,8 +151,8 @@ def test_a_libzmq_of_another_major_version_is_refused_at_start(installed, tmp_pa
     finally:
         server.close()
     assert done.returncode == 1
-    assert ('melissa: melissa_init("f"): libzmq 3.2.5 is loaded; libmelissa needs libzmq 4'
-            in done.stderr), done.stderr
+    assert (f'melissa: melissa_init("f"): libzmq {major}.{minor}.{patch} is loaded; libmelissa '
+            'needs libzmq 4.0 or a later 4.x (the ABI of libzmq.so.5)' in done.stderr), done.stderr
     assert server.hellos == []
 
 

@@ -12,10 +12,12 @@
 * records that MPI's library version string: ``melissa_init`` and the CMake
   package refuse a solver that runs or builds with another MPI;
 * links a libzmq: a system one found by ``pkg-config libzmq`` (``--zmq
-  auto``, the default, or ``system``; an rpath for each of its directories),
-  else (or with ``--zmq wheel``) the one that pyzmq's wheel ships, copied with
-  its libsodium into ``PREFIX/lib`` so that the prefix does not depend on
-  this Python environment;
+  auto``, the default, or ``system``; an rpath for each of its directories;
+  compiled with its ``zmq.h`` when the compiler finds one), else (or with
+  ``--zmq wheel``) the one that pyzmq's wheel ships, copied with its
+  libsodium into ``PREFIX/lib`` so that the prefix does not depend on this
+  Python environment (compiled with ``src/zmq_min.h``: the wheel has no
+  header);
 * installs the headers (``melissa_api.h``, ``melissa_api_no_mpi.h``,
   ``melissa/api.h``, ``melissa/config.h``), the Fortran include files
   (``melissa/api.f90``, ``melissa_api.f90``), the CMake package
@@ -42,6 +44,8 @@ from pathlib import Path
 
 from melissa_sa import __version__
 from melissa_sa.cclient.mpi_toolchain import (
+    CFLAGS_VAR,
+    LIBS_VAR,
     BuildError,
     SolverMPI,
     c_string,
@@ -142,19 +146,41 @@ end program melissa_check
             f"Fortran check with {mpifort} (--mpifort)")
 
 
-def link_zmq(zmq: str, stage_lib: Path) -> tuple[list[str], list[str], str]:
+#: compile flag: libmelissa declares the libzmq functions it uses itself
+#: (src/zmq_min.h) instead of including zmq.h
+ZMQ_STAND_IN = "-DMSA_ZMQ_STAND_IN"
+
+
+def finds_zmq_h(mpicc: str, cflags: list[str]) -> bool:
+    """Whether ``mpicc`` with ``cflags`` finds a ``zmq.h`` (preprocessed only:
+    its content is not read)."""
+    probe = "#if __has_include(<zmq.h>)\nmsa_zmq_h_found\n#endif\n"
+    done = subprocess.run([mpicc, *cflags, "-E", "-x", "c", "-"], input=probe,
+                          capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise BuildError(f"{mpicc} -E failed looking for zmq.h: {done.stderr.strip()}")
+    return "msa_zmq_h_found" in done.stdout
+
+
+def link_zmq(zmq: str, stage_lib: Path, mpicc: str) -> tuple[list[str], list[str], str]:
     """(compile flags, link items, where from) of the libzmq to link; pyzmq's
-    is staged."""
+    is staged. A system libzmq compiles with its zmq.h when there is one;
+    pyzmq's, which ships none, with libmelissa's declarations (even where some
+    zmq.h of another libzmq is on the include path)."""
     flags = system_zmq() if zmq in ("auto", "system") else None
     if flags is None and zmq == "system":
         raise BuildError("--zmq system: pkg-config knows no libzmq (install libzmq3-dev)")
     if flags is not None:
-        return flags[0], with_rpaths(flags[1]), "the system (pkg-config libzmq)"
+        if finds_zmq_h(mpicc, flags[0]):
+            return flags[0], with_rpaths(flags[1]), "the system (pkg-config libzmq), its zmq.h"
+        return ([*flags[0], ZMQ_STAND_IN], with_rpaths(flags[1]),
+                "the system (pkg-config libzmq), no zmq.h: libmelissa's declarations")
     bundled = wheel_zmq()
     for path in bundled:
         shutil.copyfile(path, stage_lib / path.name)
     zmq_lib = next(p.name for p in bundled if p.name.startswith("libzmq"))
-    return [], [f"-L{stage_lib}", f"-l:{zmq_lib}"], f"pyzmq's wheel ({zmq_lib}, copied)"
+    return ([ZMQ_STAND_IN], [f"-L{stage_lib}", f"-l:{zmq_lib}"],
+            f"pyzmq's wheel ({zmq_lib}, copied), libmelissa's declarations (no zmq.h)")
 
 
 def stage_files(stage: Path, mpi: SolverMPI, mpifort: str | None) -> dict[str, str]:
@@ -236,7 +262,7 @@ def build(prefix: Path, mpicc: str | None = None, mpifort: str | None = None,
     with tempfile.TemporaryDirectory(prefix="melissa-build-") as tmp:
         stage = Path(tmp)
         values = stage_files(stage, mpi, mpifort)
-        zmq_cflags, zmq_link, zmq_from = link_zmq(zmq, stage / "lib")
+        zmq_cflags, zmq_link, zmq_from = link_zmq(zmq, stage / "lib", mpi.mpicc)
         compile_library(stage, mpi, zmq_cflags, zmq_link)
         cmake_dir = stage / "lib" / "cmake" / "Melissa"
         _fill(HERE / "cmake" / "MelissaConfig.cmake.in", cmake_dir / "MelissaConfig.cmake",
@@ -296,12 +322,11 @@ def add_client_parser(sub) -> None:
     b.add_argument("--mpicc", default=None,
                    help="MPI C compiler wrapper of the simulation (default: the mpicc on "
                         "PATH outside this Python environment, else the mpich wheel's)")
-    b.add_argument("--mpi-cflags", default=None,
-                   help="MPI compile flags, for a wrapper that does not print them "
-                        "(default: $MELISSA_MPI_CFLAGS, else the wrapper's -show)")
-    b.add_argument("--mpi-libs", default=None,
-                   help="MPI link flags, for a wrapper that does not print them "
-                        "(default: $MELISSA_MPI_LIBS, else the wrapper's -show)")
+    for option, kind, variable in (("--mpi-cflags", "compile", CFLAGS_VAR),
+                                   ("--mpi-libs", "link", LIBS_VAR)):
+        b.add_argument(option, default=None,
+                       help=f"MPI {kind} flags, for a wrapper that does not print them "
+                            f"(default: ${variable}, else the wrapper's -show)")
     b.add_argument("--mpifort", default=None,
                    help="MPI Fortran compiler wrapper: check the Fortran include with it "
                         "before installing")

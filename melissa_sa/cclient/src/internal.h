@@ -11,20 +11,29 @@
 
 #include "handshake.h"
 #include "secret.h"
-/* libzmq's own header where the build finds one (a system or module libzmq,
- * its directory from pkg-config), else the declarations libmelissa uses */
-#if defined(__has_include)
-#if __has_include(<zmq.h>)
-#include <zmq.h>
-#define MSA_HAVE_ZMQ_H 1
-#endif
-#endif
-#ifndef MSA_HAVE_ZMQ_H
+/* The header of the libzmq the library links: libzmq's own zmq.h for a
+ * system or module libzmq (its directory from pkg-config), the declarations
+ * libmelissa uses for pyzmq's libzmq, which ships none (the build defines
+ * MSA_ZMQ_STAND_IN, cclient/build.py). */
+#ifdef MSA_ZMQ_STAND_IN
 #include "zmq_min.h"
+#else
+#include <zmq.h>
+#if ZMQ_VERSION_MAJOR != 4
+#error "libmelissa needs libzmq 4: this zmq.h is of another major version"
 #endif
+#endif
+/* the oldest libzmq with what libmelissa uses (PLAIN security): checked
+ * against zmq_version at melissa_init; libzmq.so.5 is libzmq 4 */
+#define MSA_ZMQ_MAJOR 4
+#define MSA_ZMQ_MIN_MINOR 0
 
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "libmelissa sends the values as they are in memory; the server reads little-endian"
+/* The values go on the wire as they are in memory and the server reads them
+ * little-endian: a big-endian build would send wrong numbers silently. */
+#if !defined(__BYTE_ORDER__) || !defined(__ORDER_LITTLE_ENDIAN__)
+#error "libmelissa needs a compiler that defines __BYTE_ORDER__ (gcc, clang, icx)"
+#elif __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "libmelissa needs a little-endian machine (the server reads the values little-endian)"
 #endif
 
 #define MAX_FIELDS 64
@@ -84,7 +93,8 @@ void check_name(const char *call, const char *field);
 double env_seconds(const char *call, const char *field, const char *var, double fallback);
 
 /* session.c: the environment, the secret, the sockets, the hello */
-void set_int_option(const char *call, const char *field, void *sock, int option, int value);
+void set_int_option(const char *call, const char *field, void *sock, int option,
+                    const char *name, int value);
 int in_study(const char *call, const char *field);
 void open_session(const char *call, const char *field, int use_mpi, MPI_Comm comm);
 size_t hello(const char *call, const char *field, uint64_t n_total, unsigned char **out);

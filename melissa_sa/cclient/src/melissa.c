@@ -58,12 +58,18 @@ static void check_same_name(const char *call, const char *field) {
              "message)");
 }
 
+/* Whether a call has work to do: none outside a study (a first call that
+ * finds no study disables the library); a call after melissa_finalize fails. */
+static int in_use(const char *call, const char *field) {
+    if (msa.state == DISABLED) return 0;
+    if (msa.state == FINALIZED) fail(call, field, "called after melissa_finalize");
+    return msa.state == ACTIVE || in_study(call, field);
+}
+
 static void init_field(const char *call, const char *field, long long local, int use_mpi,
                        MPI_Comm comm) {
-    if (msa.state == DISABLED) return;
-    if (msa.state == FINALIZED) fail(call, field, "called after melissa_finalize");
+    if (!in_use(call, field)) return;
     if (msa.state == FRESH) {
-        if (!in_study(call, field)) return;
         check_mpi_library(call, field);
         check_name(call, field);
         open_session(call, field, use_mpi, comm);
@@ -184,12 +190,16 @@ static struct timespec send_deadline(void) {
     return deadline;
 }
 
-static void send_failed(const char *call, const char *field, int server_rank) {
-    if (zmq_errno() == EAGAIN)
+/* A failed zmq_send or zmq_msg_send: the send timeout (EAGAIN), or ZeroMQ's
+ * reason. */
+static void send_failed(const char *call, const char *field, int server_rank,
+                        const char *zmq_call) {
+    int error = zmq_errno();
+    if (error == EAGAIN)
         fail(call, field, "the server took no data for %g s (MELISSA_SEND_TIMEOUT)",
              msa.send_timeout);
-    fail(call, field, "sending to server rank %d at %s: %s", server_rank,
-         msa.endpoints[server_rank], zmq_strerror(zmq_errno()));
+    fail(call, field, "sending to server rank %d at %s (%s): %s", server_rank,
+         msa.endpoints[server_rank], zmq_call, zmq_strerror(error));
 }
 
 /* Milliseconds left until deadline (CLOCK_MONOTONIC); none left: the
@@ -207,14 +217,9 @@ static int ms_until(const char *call, const char *field, const struct timespec *
 
 static void send_field(const char *call, const char *field, const void *values, int dtype,
                        size_t itemsize) {
-    if (msa.state == DISABLED) return;
-    if (msa.state == FINALIZED) fail(call, field, "called after melissa_finalize");
-    if (msa.state == FRESH) {
-        if (!in_study(call, field)) return;
-        check_name(call, field);
-        fail(call, field, "call melissa_init for this field first");
-    }
+    if (!in_use(call, field)) return;
     check_name(call, field);
+    if (msa.state == FRESH) fail(call, field, "call melissa_init for this field first");
     field_t *f = find_field(field);
     if (!f) {
         char known[512] = "";
@@ -245,9 +250,10 @@ static void send_field(const char *call, const char *field, const void *values, 
         void *push = msa.push[f->route_rank[i]];
         zmq_msg_t msg;
         char *slice = (char *)values + f->route_start[i] * itemsize;
-        set_int_option(call, field, push, ZMQ_SNDTIMEO, ms_until(call, field, &deadline));
+        set_int_option(call, field, push, ZMQ_SNDTIMEO, "ZMQ_SNDTIMEO",
+                       ms_until(call, field, &deadline));
         if (zmq_send(push, header, sizeof header, ZMQ_SNDMORE) < 0)
-            send_failed(call, field, f->route_rank[i]);
+            send_failed(call, field, f->route_rank[i], "zmq_send");
         size_t bytes = f->route_count[i] * itemsize;
         char *data = slice, *owned = NULL;
         if (copy) {
@@ -259,9 +265,10 @@ static void send_field(const char *call, const char *field, const void *values, 
         }
         if (zmq_msg_init_data(&msg, data, bytes, release, owned) != 0)
             fail(call, field, "zmq_msg_init_data: %s", zmq_strerror(zmq_errno()));
-        set_int_option(call, field, push, ZMQ_SNDTIMEO, ms_until(call, field, &deadline));
+        set_int_option(call, field, push, ZMQ_SNDTIMEO, "ZMQ_SNDTIMEO",
+                       ms_until(call, field, &deadline));
         if (zmq_msg_send(&msg, push, 0) < 0)
-            send_failed(call, field, f->route_rank[i]);
+            send_failed(call, field, f->route_rank[i], "zmq_msg_send");
     }
     if (!copy) wait_released(call, field, &deadline);
     f->step++;
@@ -272,8 +279,7 @@ void melissa_init(const char *field_name, int num_values, MPI_Comm comm) {
 }
 
 void melissa_init_f(const char *field_name, int *local_vect_size, MPI_Fint *comm_fortran) {
-    if (msa.state == DISABLED || (msa.state == FRESH && !in_study("melissa_init", field_name)))
-        return;
+    if (!in_use("melissa_init", field_name)) return;
     if (msa.state == FRESH) check_mpi_library("melissa_init", field_name);
     if (!local_vect_size || !comm_fortran)
         fail("melissa_init", field_name, "local_vect_size or comm is a null pointer");
@@ -315,11 +321,11 @@ void melissa_finalize(void) {
     wait_released("melissa_finalize", NULL, &deadline);
     for (int r = 0; r < msa.n_ranks; ++r)  /* LINGER bounds the wait */
         if (msa.push[r] && zmq_close(msa.push[r]) != 0)
-            fail("melissa_finalize", NULL, "closing the socket to server rank %d: %s", r,
-                 zmq_strerror(zmq_errno()));
+            fail("melissa_finalize", NULL, "closing the socket to server rank %d (zmq_close): "
+                 "%s", r, zmq_strerror(zmq_errno()));
     while (zmq_ctx_term(msa.ctx) != 0)
         if (zmq_errno() != EINTR)
-            fail("melissa_finalize", NULL, "ending the ZeroMQ context: %s",
+            fail("melissa_finalize", NULL, "ending the ZeroMQ context (zmq_ctx_term): %s",
                  zmq_strerror(zmq_errno()));
     for (int i = 0; i < msa.n_fields; ++i) {
         free(msa.fields[i].route_rank);

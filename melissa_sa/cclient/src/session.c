@@ -36,10 +36,10 @@ static void read_secret(const char *call, const char *field) {
 }
 
 void set_int_option(const char *call, const char *field, void *sock, int option,
-                           int value) {
+                    const char *name, int value) {
     if (zmq_setsockopt(sock, option, &value, sizeof value) != 0)
-        fail(call, field, "cannot set ZeroMQ socket option %d to %d: %s", option, value,
-             zmq_strerror(zmq_errno()));
+        fail(call, field, "cannot set the socket option %s to %d (zmq_setsockopt): %s", name,
+             value, zmq_strerror(zmq_errno()));
 }
 
 /* Present the study secret on a socket (before it connects). */
@@ -47,7 +47,7 @@ static void credentials(const char *call, const char *field, void *sock) {
     if (!msa.secret[0]) return;
     if (zmq_setsockopt(sock, ZMQ_PLAIN_USERNAME, SECRET_USER, strlen(SECRET_USER)) != 0 ||
         zmq_setsockopt(sock, ZMQ_PLAIN_PASSWORD, msa.secret, strlen(msa.secret)) != 0)
-        fail(call, field, "cannot set the ZeroMQ PLAIN credentials: %s",
+        fail(call, field, "cannot set the PLAIN credentials (zmq_setsockopt): %s",
              zmq_strerror(zmq_errno()));
 }
 
@@ -107,12 +107,14 @@ void open_session(const char *call, const char *field, int use_mpi, MPI_Comm com
     pthread_condattr_destroy(&attr);
     int major = 0, minor = 0, patch = 0;
     zmq_version(&major, &minor, &patch);
-    if (major != 4)
-        fail(call, field, "libzmq %d.%d.%d is loaded; libmelissa needs libzmq 4 (the ABI "
-             "of libzmq.so.5): load the libzmq it was built with", major, minor, patch);
+    if (major != MSA_ZMQ_MAJOR || minor < MSA_ZMQ_MIN_MINOR)
+        fail(call, field, "libzmq %d.%d.%d is loaded; libmelissa needs libzmq %d.%d or a "
+             "later %d.x (the ABI of libzmq.so.5): load the libzmq it was built with", major,
+             minor, patch, MSA_ZMQ_MAJOR, MSA_ZMQ_MIN_MINOR, MSA_ZMQ_MAJOR);
     msa.ctx = zmq_ctx_new();
-    if (!msa.ctx) fail(call, field, "cannot create a ZeroMQ context: %s",
-                     zmq_strerror(zmq_errno()));
+    if (!msa.ctx)
+        fail(call, field, "cannot create a ZeroMQ context (zmq_ctx_new): %s",
+             zmq_strerror(zmq_errno()));
     msa.state = ACTIVE;
 }
 
@@ -122,17 +124,18 @@ size_t hello(const char *call, const char *field, uint64_t n_total,
     unsigned char buf[64 + MSA_MAX_NAME];
     size_t n = msa_encode_hello(buf, sizeof buf, msa.sim_id, n_total, field);
     void *req = zmq_socket(msa.ctx, ZMQ_REQ);
-    if (!req) fail(call, field, "cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
+    if (!req) fail(call, field, "cannot create a ZeroMQ socket (zmq_socket): %s",
+                    zmq_strerror(zmq_errno()));
     int timeout_ms = (int)(msa.connect_timeout * 1000);
-    set_int_option(call, field, req, ZMQ_LINGER, 0);
-    set_int_option(call, field, req, ZMQ_SNDTIMEO, timeout_ms);
+    set_int_option(call, field, req, ZMQ_LINGER, "ZMQ_LINGER", 0);
+    set_int_option(call, field, req, ZMQ_SNDTIMEO, "ZMQ_SNDTIMEO", timeout_ms);
     credentials(call, field, req);
     if (zmq_connect(req, msa.address) != 0)
-        fail(call, field, "cannot connect to MELISSA_SERVER_ADDRESS=%s: %s", msa.address,
-             zmq_strerror(zmq_errno()));
+        fail(call, field, "cannot connect to MELISSA_SERVER_ADDRESS=%s (zmq_connect): %s",
+             msa.address, zmq_strerror(zmq_errno()));
     if (zmq_send(req, buf, n, 0) < 0) {
         if (zmq_errno() != EAGAIN)
-            fail(call, field, "sending the hello to %s: %s", msa.address,
+            fail(call, field, "sending the hello to %s (zmq_send): %s", msa.address,
                  zmq_strerror(zmq_errno()));
         fail(call, field, "no answer from the melissa-sa server at %s within %g s "
              "(MELISSA_CONNECT_TIMEOUT)", msa.address, msa.connect_timeout);
@@ -147,37 +150,42 @@ size_t hello(const char *call, const char *field, uint64_t n_total,
         int rc = left > 0 ? zmq_poll(&item, 1, left) : 0;
         if (rc > 0) break;
         if (rc < 0 && zmq_errno() == EINTR) continue;
-        if (rc < 0) fail(call, field, "waiting for the server's answer: %s",
+        if (rc < 0) fail(call, field, "waiting for the server's answer (zmq_poll): %s",
                          zmq_strerror(zmq_errno()));
         fail(call, field, "no answer from the melissa-sa server at %s within %g s "
              "(MELISSA_CONNECT_TIMEOUT)", msa.address, msa.connect_timeout);
     }
     zmq_msg_t msg;
-    zmq_msg_init(&msg);
+    if (zmq_msg_init(&msg) != 0)
+        fail(call, field, "zmq_msg_init: %s", zmq_strerror(zmq_errno()));
     if (zmq_msg_recv(&msg, req, 0) < 0)
-        fail(call, field, "receiving the server's answer: %s", zmq_strerror(zmq_errno()));
+        fail(call, field, "receiving the server's answer (zmq_msg_recv): %s",
+             zmq_strerror(zmq_errno()));
     size_t size = zmq_msg_size(&msg);
     if (size > MAX_REPLY) fail(call, field, "the server's answer is %zu bytes", size);
     *out = malloc(size ? size : 1);
     if (!*out) fail(call, field, "out of memory");
     memcpy(*out, zmq_msg_data(&msg), size);
-    zmq_msg_close(&msg);
+    if (zmq_msg_close(&msg) != 0)
+        fail(call, field, "zmq_msg_close: %s", zmq_strerror(zmq_errno()));
     if (zmq_close(req) != 0)
-        fail(call, field, "closing the hello socket: %s", zmq_strerror(zmq_errno()));
+        fail(call, field, "closing the hello socket (zmq_close): %s",
+             zmq_strerror(zmq_errno()));
     return size;
 }
 
 void *push_socket(const char *call, const char *field, int server_rank) {
     if (msa.push[server_rank]) return msa.push[server_rank];
     void *push = zmq_socket(msa.ctx, ZMQ_PUSH);
-    if (!push) fail(call, field, "cannot create a ZeroMQ socket: %s", zmq_strerror(zmq_errno()));
+    if (!push) fail(call, field, "cannot create a ZeroMQ socket (zmq_socket): %s",
+                    zmq_strerror(zmq_errno()));
     int ms = (int)(msa.send_timeout * 1000);
-    set_int_option(call, field, push, ZMQ_LINGER, ms);
-    set_int_option(call, field, push, ZMQ_SNDTIMEO, ms);
+    set_int_option(call, field, push, ZMQ_LINGER, "ZMQ_LINGER", ms);
+    set_int_option(call, field, push, ZMQ_SNDTIMEO, "ZMQ_SNDTIMEO", ms);
     credentials(call, field, push);
     if (zmq_connect(push, msa.endpoints[server_rank]) != 0)
-        fail(call, field, "cannot connect to server rank %d at %s: %s", server_rank,
-             msa.endpoints[server_rank], zmq_strerror(zmq_errno()));
+        fail(call, field, "cannot connect to server rank %d at %s (zmq_connect): %s",
+             server_rank, msa.endpoints[server_rank], zmq_strerror(zmq_errno()));
     return msa.push[server_rank] = push;
 }
 
