@@ -88,7 +88,7 @@ def our_cases(n_cells, groups):
 
     def row_layout():
         for lo in range(0, GROUPS, 8):
-            fold_groups(rows, list(groups[lo:lo + 8]), count[0], P, True)
+            fold_groups(rows, list(groups[lo:lo + 8]), count[0], P)
             count[0] += 8
 
     row_layout()

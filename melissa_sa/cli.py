@@ -195,6 +195,16 @@ def cmd_export(args) -> int:
 # the parser
 
 
+def _results_command(sub, name: str, func, *, help: str,
+                     description: str) -> argparse.ArgumentParser:
+    """The parser of sub-command ``name`` (run by ``func``) that reads a
+    results file, its first argument RESULTS."""
+    command = sub.add_parser(name, help=help, description=description)
+    command.add_argument("results", help="OUT/results.h5")
+    command.set_defaults(func=func)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="In-transit sensitivity analysis: run studies, inspect results.")
@@ -218,14 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no progress bar or progress lines (errors are still printed)")
     run.set_defaults(func=cmd_run)
 
-    info = sub.add_parser("info", help="describe a results file",
-                          description="Print what a results file holds: fields, statistics, "
-                                      "sample counts, convergence hints.")
-    info.add_argument("results", help="OUT/results.h5")
-    info.set_defaults(func=cmd_info)
+    _results_command(sub, "info", cmd_info, help="describe a results file",
+                     description="Print what a results file holds: fields, statistics, "
+                                 "sample counts, convergence hints.")
 
-    plot = sub.add_parser(
-        "plot", help="plot a statistic as PNG",
+    plot = _results_command(
+        sub, "plot", cmd_plot, help="plot a statistic as PNG",
         description="Plot one statistic of a results file. Map statistics (mean, variance, "
                     "std, skewness, kurtosis, min, max, threshold_exceedance, quantiles, "
                     "sobol_first, sobol_total, sobol_second) are drawn at one time step on the "
@@ -235,7 +243,6 @@ def build_parser() -> argparse.ArgumentParser:
                     "total-order bars with confidence intervals at one cell, 'second' the "
                     "second-order index of every pair likewise; 'convergence' the mean CI "
                     "width per time step; 'aggregated' the whole field's indices over time.")
-    plot.add_argument("results", help="OUT/results.h5")
     plot.add_argument("--field", help="field to plot (default: the first)")
     plot.add_argument("--stat", default="mean", choices=PLOT_STATS,
                       help="what to plot (default: mean)")
@@ -249,16 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
                            "that have one (default 0)")
     plot.add_argument("-o", "--output", default="plot.png", help="output PNG (default plot.png)")
     plot.add_argument("--dpi", type=int, default=120)
-    plot.set_defaults(func=cmd_plot)
 
-    export = sub.add_parser(
-        "export", help="put a results file on a mesh, for ParaView",
+    export = _results_command(
+        sub, "export", cmd_export, help="put a results file on a mesh, for ParaView",
         description="Write the mesh into RESULTS and results.xmf next to it (XDMF: every "
                     "statistic at every time step, values read from RESULTS), or with "
                     "--format vtkhdf one VTKHDF file holding the mesh and every statistic of "
                     "one time step. MESH is a mesh file meshio reads, or a JSON file with a "
                     "mesh object (as study_options.mesh) or a whole study file.")
-    export.add_argument("results", help="OUT/results.h5")
     export.add_argument("--mesh", required=True, help="mesh file, mesh JSON or study file")
     export.add_argument("--centering", choices=("cells", "points"), default=None,
                         help="values on cells or points (default: the JSON's, else cells)")
@@ -268,7 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time step of --format vtkhdf (default: the last)")
     export.add_argument("-o", "--output", default=None,
                         help="file of --format vtkhdf (default: RESULTS with .vtk.hdf)")
-    export.set_defaults(func=cmd_export)
 
     from melissa_sa.cclient.build import add_client_parser
     add_client_parser(sub)  # melissa-sa client build

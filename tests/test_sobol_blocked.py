@@ -52,7 +52,7 @@ def rows_reference(data, dtypes=None):
     n_cells = data.shape[2]
     state = np.zeros((n_cells, row_width(P)))
     for g in range(data.shape[0]):
-        fold_groups(state, [np.ascontiguousarray(data[g])], g, P, True)
+        fold_groups(state, [np.ascontiguousarray(data[g])], g, P)
     return state
 
 

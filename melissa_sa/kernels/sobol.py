@@ -114,6 +114,18 @@ def _fold_compact(state, c, group, first, r, c2, p):
 
 
 @njit(cache=True, inline="always")
+def _mixed_power_sums(power, c, j, x, x2, xc, xc2):
+    """The five power sums ``P_XC 21, 12, 31, 22, 13`` of cell ``c``, in
+    ``power[c, j:j + 5]`` (``X``: ``A`` or ``B``; ``x2 = x * x``)."""
+    xy = x * xc
+    power[c, j] += xy * x
+    power[c, j + 1] += xy * xc
+    power[c, j + 2] += xy * x2
+    power[c, j + 3] += xy * xy
+    power[c, j + 4] += xy * xc2
+
+
+@njit(cache=True, inline="always")
 def fold_full_row(state, power, c, group, first, r, c2, p):
     """Fold ``group`` ((p + 2, n_cells)) into blocks 1 and 2 of cell ``c``'s row.
 
@@ -142,18 +154,8 @@ def fold_full_row(state, power, c, group, first, r, c2, p):
         xc2 = xc * xc
         power[c, j] += xc2 * xc
         power[c, j + 1] += xc2 * xc2
-        ac = xa * xc
-        power[c, j + 2] += ac * xa
-        power[c, j + 3] += ac * xc
-        power[c, j + 4] += ac * xa2
-        power[c, j + 5] += ac * ac
-        power[c, j + 6] += ac * xc2
-        bc = xb * xc
-        power[c, j + 7] += bc * xb
-        power[c, j + 8] += bc * xc
-        power[c, j + 9] += bc * xb2
-        power[c, j + 10] += bc * bc
-        power[c, j + 11] += bc * xc2
+        _mixed_power_sums(power, c, j + 2, xa, xa2, xc, xc2)
+        _mixed_power_sums(power, c, j + 7, xb, xb2, xc, xc2)
     state[c, 1] += r * da
     state[c, 2] += r * db
     state[c, 3] += c2 * da * da
@@ -165,35 +167,25 @@ def fold_full_row(state, power, c, group, first, r, c2, p):
 
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
-def martinez_update_compact(state, group, n):
-    """Fold one group into a compact state (block 1 only), in place.
-
-    ``state``: (n_cells, 5 + 4p) float64; ``group``: (p + 2, n_cells)
-    C-contiguous float32 or float64, rows A, B, C_1..C_p; ``n``: groups
-    already folded in.
-    """
-    p = group.shape[0] - 2
-    r, c2 = welford_weights(n)
-    first = n == 0
-    for c in prange(group.shape[1]):
-        _fold_compact(state, c, group, first, r, c2, p)
-
-
-@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update(state, group, n):
-    """Fold one group into a full state (blocks 1 and 2), in place.
+    """Fold one group into a state, in place: block 1, and block 2 too when
+    the state is full.
 
-    ``state``: (n_cells, 9 + 16p) float64; ``group``: (p + 2, n_cells)
-    C-contiguous float32 or float64, rows A, B, C_1..C_p; ``n``: groups
-    already folded in.
+    ``state``: (n_cells, 5 + 4p) (compact) or (n_cells, 9 + 16p) (full)
+    float64; ``group``: (p + 2, n_cells) C-contiguous float32 or float64,
+    rows A, B, C_1..C_p; ``n``: groups already folded in.
     """
     p = group.shape[0] - 2
     r, c2 = welford_weights(n)
     h = 5 + 4 * p
     first = n == 0
-    power = state[:, h:]
-    for c in prange(group.shape[1]):
-        fold_full_row(state, power, c, group, first, r, c2, p)
+    if state.shape[1] > h:
+        power = state[:, h:]
+        for c in prange(group.shape[1]):
+            fold_full_row(state, power, c, group, first, r, c2, p)
+    else:
+        for c in prange(group.shape[1]):
+            _fold_compact(state, c, group, first, r, c2, p)
 
 
 @njit(cache=True, inline="always")
@@ -206,6 +198,22 @@ def welford_weights(n):
     return r, nf * r
 
 
+@njit(cache=True, inline="always")
+def merged_by_copy(state_a, n_a, state_b, n_b):
+    """The merge of ``state_b`` (``n_b`` groups) into ``state_a`` (``n_a``)
+    when a side is empty: nothing to add (``n_b == 0``), or ``state_a``
+    becomes a copy of ``state_b`` (``n_a == 0``). Whether it was done (the
+    merge kernels of the first- and second-order states start with it)."""
+    if n_b == 0:
+        return True
+    if n_a > 0:
+        return False
+    for c in prange(state_a.shape[0]):
+        for q in range(state_a.shape[1]):
+            state_a[c, q] = state_b[c, q]
+    return True
+
+
 @njit(cache=True, parallel=True, nogil=True)
 def copy_group(dst, src):
     """``dst[:] = src`` for two (rows, n_cells) arrays, over the cells in
@@ -216,37 +224,34 @@ def copy_group(dst, src):
             dst[r, c] = src[r, c]
 
 
-@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
-def martinez_update_many_compact(state, groups, n, m=-1):
-    """Fold ``m`` groups into a compact state, in one pass over it.
+@njit(cache=True, inline="always")
+def batch_size(groups, m):
+    """The number of groups a batched kernel folds: ``m``, or all of
+    ``groups`` if ``m < 0``."""
+    return len(groups) if m < 0 else m
 
-    ``groups``: the groups in the order they count, an ``(m, p + 2,
-    n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays (see
-    :data:`GROUP_TUPLE`) of which the first ``m`` are folded (``m < 0``:
-    all); float32 or float64. The result is that of ``m`` calls of
-    :func:`martinez_update_compact` with ``n, n + 1, .., n + m - 1``, bit
-    for bit; each cell's row is read and written once instead of ``m``
-    times (by chunks of :data:`CHUNK` cells, as :func:`martinez_update_many`).
-    """
-    if m < 0:
-        m = len(groups)
-    if m == 0:
-        return
-    p = groups[0].shape[0] - 2
-    n_cells = groups[0].shape[1]
-    for b in prange((n_cells + CHUNK - 1) // CHUNK):
-        lo = b * CHUNK
-        hi = min(lo + CHUNK, n_cells)
-        for g in range(m):
-            group = groups[g]
-            r, c2 = welford_weights(n + g)
-            for c in range(lo, hi):
-                _fold_compact(state, c, group, n + g == 0, r, c2, p)
+
+@njit(cache=True, inline="always")
+def fold_rows(state, power, lo, hi, group, n, p):
+    """Fold ``group``, the group after ``n``, into the rows ``[lo, hi)`` of a
+    full state (``power``: its block 2, as :func:`fold_full_row` takes it)."""
+    r, c2 = welford_weights(n)
+    for c in range(lo, hi):
+        fold_full_row(state, power, c, group, n == 0, r, c2, p)
+
+
+@njit(cache=True, inline="always")
+def _fold_rows_compact(state, lo, hi, group, n, p):
+    """:func:`fold_rows` for a compact state (block 1 only)."""
+    r, c2 = welford_weights(n)
+    for c in range(lo, hi):
+        _fold_compact(state, c, group, n == 0, r, c2, p)
 
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_update_many(state, groups, n, m=-1):
-    """Fold ``m`` groups into a full state, in one pass over it.
+    """Fold ``m`` groups into a state (compact or full, as
+    :func:`martinez_update`), in one pass over it.
 
     ``groups``: the groups in the order they count, an ``(m, p + 2,
     n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays (see
@@ -254,27 +259,28 @@ def martinez_update_many(state, groups, n, m=-1):
     all); float32 or float64. The result is that of ``m`` calls of
     :func:`martinez_update` with ``n, n + 1, .., n + m - 1``, bit for bit
     (each accumulator goes through the same operations in the same order);
-    each cell's row (``8 (9 + 16 p)`` bytes) is read from and written to
-    memory once instead of ``m`` times (that traffic is what bounds the
-    one-group fold): the cells go by chunks of :data:`CHUNK`, whose rows
-    stay in cache while the ``m`` groups are applied to them in turn.
+    each cell's row (``8 (9 + 16 p)`` bytes when full) is read from and
+    written to memory once instead of ``m`` times (that traffic is what
+    bounds the one-group fold): the cells go by chunks of :data:`CHUNK`,
+    whose rows stay in cache while the ``m`` groups are applied to them in
+    turn.
     """
-    if m < 0:
-        m = len(groups)
+    m = batch_size(groups, m)
     if m == 0:
         return
     p = groups[0].shape[0] - 2
     h = 5 + 4 * p
+    full = state.shape[1] > h
     power = state[:, h:]
     n_cells = groups[0].shape[1]
     for b in prange((n_cells + CHUNK - 1) // CHUNK):
         lo = b * CHUNK
         hi = min(lo + CHUNK, n_cells)
         for g in range(m):
-            group = groups[g]
-            r, c2 = welford_weights(n + g)
-            for c in range(lo, hi):
-                fold_full_row(state, power, c, group, n + g == 0, r, c2, p)
+            if full:
+                fold_rows(state, power, lo, hi, groups[g], n + g, p)
+            else:
+                _fold_rows_compact(state, lo, hi, groups[g], n + g, p)
 
 
 def group_tuple(groups) -> tuple:

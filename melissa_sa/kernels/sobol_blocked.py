@@ -33,7 +33,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from melissa_sa.kernels.sobol import CHUNK, welford_weights
+from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
 
 #: cells per block: a compile-time constant (the vectoriser needs it);
 #: CHUNK is a multiple of it (measured: docs/performance.md)
@@ -71,31 +71,45 @@ def block_slots(p):
 
 
 @njit(cache=True, parallel=True, nogil=True)
+def _move_rows(state, slots, b0, rows, to_rows):
+    """Copy between ``rows`` (one row per cell, from cell ``b0 * BLOCK`` on)
+    and the blocks of ``state``: into ``rows`` if ``to_rows``, else into
+    the blocks (lanes past the rows are left as they are)."""
+    width = slots.shape[0]
+    nb = (rows.shape[0] + BLOCK - 1) // BLOCK
+    for j in prange(nb):
+        blk = state[b0 + j]
+        for lane in range(min(BLOCK, rows.shape[0] - j * BLOCK)):
+            c = j * BLOCK + lane
+            for q in range(width):
+                if to_rows:
+                    rows[c, q] = blk[slots[q] * BLOCK + lane]
+                else:
+                    blk[slots[q] * BLOCK + lane] = rows[c, q]
+
+
 def blocks_to_rows(state, slots, b0, rows):
     """``rows[i]`` = the row of cell ``b0 * BLOCK + i`` of the blocked ``state``
     (``slots``: :func:`block_slots`), for every row of ``rows``."""
-    width = slots.shape[0]
-    nb = (rows.shape[0] + BLOCK - 1) // BLOCK
-    for j in prange(nb):
-        blk = state[b0 + j]
-        for lane in range(min(BLOCK, rows.shape[0] - j * BLOCK)):
-            c = j * BLOCK + lane
-            for q in range(width):
-                rows[c, q] = blk[slots[q] * BLOCK + lane]
+    _move_rows(state, slots, b0, rows, True)
 
 
-@njit(cache=True, parallel=True, nogil=True)
 def rows_to_blocks(rows, slots, b0, state):
     """The inverse of :func:`blocks_to_rows`: write ``rows`` into the blocks
     from ``b0`` on (lanes past the rows are left as they are)."""
-    width = slots.shape[0]
-    nb = (rows.shape[0] + BLOCK - 1) // BLOCK
-    for j in prange(nb):
-        blk = state[b0 + j]
-        for lane in range(min(BLOCK, rows.shape[0] - j * BLOCK)):
-            c = j * BLOCK + lane
-            for q in range(width):
-                blk[slots[q] * BLOCK + lane] = rows[c, q]
+    _move_rows(state, slots, b0, rows, False)
+
+
+@njit(cache=True, inline="always")
+def _mixed_power_sums(sk, o, c, x, xc, xc2):
+    """The five power sums ``P_XC 21, 12, 31, 22, 13`` of cell ``c`` of a
+    pair, in slots ``o .. o + 4`` of ``sk`` (``X``: ``A`` or ``B``)."""
+    xy = x * xc
+    sk[o * BLOCK + c] += xy * x
+    sk[(o + 1) * BLOCK + c] += xy * xc
+    sk[(o + 2) * BLOCK + c] += xy * (x * x)
+    sk[(o + 3) * BLOCK + c] += xy * xy
+    sk[(o + 4) * BLOCK + c] += xy * xc2
 
 
 @njit(cache=True, inline="always")
@@ -116,18 +130,8 @@ def _fold_pair(sk, x, gc, nb, r, c2):
         xc2 = xc * xc
         sk[4 * BLOCK + c] += xc2 * xc
         sk[5 * BLOCK + c] += xc2 * xc2
-        ac = xa * xc
-        sk[6 * BLOCK + c] += ac * xa
-        sk[7 * BLOCK + c] += ac * xc
-        sk[8 * BLOCK + c] += ac * (xa * xa)
-        sk[9 * BLOCK + c] += ac * ac
-        sk[10 * BLOCK + c] += ac * xc2
-        bc = xb * xc
-        sk[11 * BLOCK + c] += bc * xb
-        sk[12 * BLOCK + c] += bc * xc
-        sk[13 * BLOCK + c] += bc * (xb * xb)
-        sk[14 * BLOCK + c] += bc * bc
-        sk[15 * BLOCK + c] += bc * xc2
+        _mixed_power_sums(sk, 6, c, xa, xc, xc2)
+        _mixed_power_sums(sk, 11, c, xb, xc, xc2)
 
 
 @njit(cache=True, inline="always")
@@ -173,6 +177,17 @@ def _fold_block(state, b, group, lo, nb, first, r, c2, p, x):
         _fold_pair(blk[o:o + 16 * BLOCK], x, group[2 + k, lo:lo + nb], nb, r, c2)
 
 
+@njit(cache=True, inline="always")
+def _fold_chunk(state, group, n, p, ch, n_cells, x):
+    """Fold ``group``, the group after ``n``, into the blocks of chunk ``ch``
+    (``x``: the chunk's scratch, as :func:`_fold_block` takes it)."""
+    r, c2 = welford_weights(n)
+    n_blk = (n_cells + BLOCK - 1) // BLOCK
+    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+        lo = b * BLOCK
+        _fold_block(state, b, group, lo, min(BLOCK, n_cells - lo), n == 0, r, c2, p, x)
+
+
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def blocked_update_many(state, groups, n, scratch, m=-1):
     """Fold ``m`` groups into a cell-blocked full state, in one pass over it.
@@ -183,21 +198,14 @@ def blocked_update_many(state, groups, n, scratch, m=-1):
     float64); the state is that kernel's, bit for bit, in blocks.
     ``scratch``: float64 ``(>= ceil(n_cells / CHUNK), 5 BLOCK)`` (:func:`scratch_for`).
     """
-    if m < 0:
-        m = len(groups)
+    m = batch_size(groups, m)
     if m == 0:
         return
     p = groups[0].shape[0] - 2
     n_cells = groups[0].shape[1]
-    n_blk = (n_cells + BLOCK - 1) // BLOCK
-    for ch in prange((n_blk + PER_CHUNK - 1) // PER_CHUNK):
+    for ch in prange((n_cells + CHUNK - 1) // CHUNK):
         for g in range(m):
-            group = groups[g]
-            r, c2 = welford_weights(n + g)
-            for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
-                lo = b * BLOCK
-                _fold_block(state, b, group, lo, min(BLOCK, n_cells - lo), n + g == 0,
-                            r, c2, p, scratch[ch])
+            _fold_chunk(state, groups[g], n + g, p, ch, n_cells, scratch[ch])
 
 
 @njit(cache=True, inline="always")
@@ -260,13 +268,11 @@ def blocked_update_many_influence(state, groups, n, scratch, rows, partial, term
     :func:`~melissa_sa.kernels.sobol_influence.martinez_update_many_influence`,
     bit for bit, plus ``scratch`` (as :func:`blocked_update_many`) and
     ``terms``, float64 scratch ``(>= ceil(n_cells / CHUNK), p, 4, BLOCK)``."""
-    if m < 0:
-        m = len(groups)
+    m = batch_size(groups, m)
     if m == 0:
         return
     p = groups[0].shape[0] - 2
     n_cells = groups[0].shape[1]
-    n_blk = (n_cells + BLOCK - 1) // BLOCK
     n_chunks = (n_cells + CHUNK - 1) // CHUNK
     if (partial.shape[0] < m or partial.shape[1] < n_chunks or rows.shape[0] < m
             or terms.shape[0] < n_chunks or scratch.shape[0] < n_chunks):
@@ -276,11 +282,7 @@ def blocked_update_many_influence(state, groups, n, scratch, rows, partial, term
             group = groups[g]
             if rows[g] >= 0:
                 _influence_chunk(state, group, n + g, p, ch, n_cells, partial, g, terms)
-            r, c2 = welford_weights(n + g)
-            for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
-                lo = b * BLOCK
-                _fold_block(state, b, group, lo, min(BLOCK, n_cells - lo), n + g == 0,
-                            r, c2, p, scratch[ch])
+            _fold_chunk(state, group, n + g, p, ch, n_cells, scratch[ch])
     for g in range(m):
         if rows[g] >= 0:
             for t in range(n_chunks):

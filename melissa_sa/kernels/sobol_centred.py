@@ -47,6 +47,8 @@ import math
 
 from numba import njit, prange
 
+from melissa_sa.kernels.sobol import merged_by_copy
+
 #: interval method codes for :func:`martinez_interval`
 FISHER = 0
 DELTA = 1
@@ -233,16 +235,10 @@ def martinez_merge(state_a, n_a, state_b, n_b, n_params):
     the conditioning of a single stream). The result is the state of one
     stream that saw both sets of groups, up to rounding.
     """
-    if n_b == 0:
-        return
-    width = state_a.shape[1]
-    if n_a == 0:
-        for c in prange(state_a.shape[0]):
-            for q in range(width):
-                state_a[c, q] = state_b[c, q]
+    if merged_by_copy(state_a, n_a, state_b, n_b):
         return
     p = n_params
-    full = width == 9 + 16 * p
+    full = state_a.shape[1] == 9 + 16 * p
     na = float(n_a)
     nb = float(n_b)
     n = na + nb

@@ -19,7 +19,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from melissa_sa.kernels.sobol import CHUNK, fold_full_row, welford_weights
+from melissa_sa.kernels.sobol import CHUNK, batch_size, fold_rows
 
 #: rows ahead whose block 1 is prefetched (measured: 4-16 all about halve the
 #: influence pass, which reads 136 of a full row's 456 bytes at p = 3)
@@ -150,8 +150,7 @@ def martinez_update_many_influence(state, groups, n, rows, partial, out, m=-1):
     ``groups`` and ``m`` as in :func:`martinez_update_many` (an array, or a
     tuple of which the first ``m`` are folded). Nothing is allocated.
     """
-    if m < 0:
-        m = len(groups)
+    m = batch_size(groups, m)
     if m == 0:
         return
     p = groups[0].shape[0] - 2
@@ -171,9 +170,7 @@ def martinez_update_many_influence(state, groups, n, rows, partial, out, m=-1):
             last = state.shape[1] - 1 if g == 0 else -1
             if rows[g] >= 0:
                 _influence(state, group, n + g, p, lo, hi, partial, g, b, last)
-            r, c2 = welford_weights(n + g)
-            for c in range(lo, hi):
-                fold_full_row(state, power, c, group, n + g == 0, r, c2, p)
+            fold_rows(state, power, lo, hi, group, n + g, p)
     for g in range(m):
         if rows[g] >= 0:
             _reduce(partial, n_chunks, g, p, out, rows[g])

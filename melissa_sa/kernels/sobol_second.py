@@ -63,10 +63,20 @@ import math
 
 from numba import njit, prange
 
+from melissa_sa.kernels.sobol import merged_by_copy
+
 
 def second_width(n_params):
     """Number of float64 accumulators per cell: ``2 + 3p + p (p - 1)``."""
     return 2 + 3 * n_params + n_params * (n_params - 1)
+
+
+@njit(cache=True, inline="always")
+def _offsets(p):
+    """Where the state's blocks start (the table above): ``mean_Ck``
+    (``2 + 2p``), ``CiDj11`` (``2 + 3p``), the IF^2 sums (``2 + 3p + P``)."""
+    co = 2 + 3 * p
+    return 2 + 2 * p, co, co + p * (p - 1) // 2
 
 
 @njit(cache=True, inline="always")
@@ -99,10 +109,7 @@ def second_update(second, state, groups, n, n_state, n0):
     """
     m = groups.shape[0]
     p = (groups.shape[1] - 2) // 2
-    n_pairs = p * (p - 1) // 2
-    cm = 2 + 2 * p
-    co = 2 + 3 * p
-    sq = co + n_pairs
+    cm, co, sq = _offsets(p)
     nf = float(n)
     ns = float(n_state)
     prequential = n_state >= n0 and n_state > 0
@@ -180,19 +187,10 @@ def second_merge(sec_a, n_a, sec_b, n_b, n_params):
     ``CiDj11 = CiDj11_a + CiDj11_b + w δ_Ci δ_Dj``; the merged shift is
     ``a``'s. The weighted IF^2 sums and their weights add.
     """
-    if n_b == 0:
-        return
-    width = sec_a.shape[1]
-    if n_a == 0:
-        for c in prange(sec_a.shape[0]):
-            for t in range(width):
-                sec_a[c, t] = sec_b[c, t]
+    if merged_by_copy(sec_a, n_a, sec_b, n_b):
         return
     p = n_params
-    n_pairs = p * (p - 1) // 2
-    cm = 2 + 2 * p
-    co = 2 + 3 * p
-    sq = co + n_pairs
+    cm, co, sq = _offsets(p)
     na = float(n_a)
     nb = float(n_b)
     w = na * nb / (na + nb)
@@ -218,7 +216,7 @@ def second_merge(sec_a, n_a, sec_b, n_b, n_params):
 @njit(cache=True, inline="always")
 def _second_index(second, state, c, p, i, j, q):
     """``S_ij`` of cell ``c`` and whether its four variances are all 0."""
-    co = 2 + 3 * p
+    co = _offsets(p)[1]
     b2 = state[c, 4]
     ci2 = state[c, 6 + 4 * i]
     cj2 = state[c, 6 + 4 * j]
@@ -261,8 +259,7 @@ def second_interval(second, state, n, n_params, q, low, high):
     the estimator's range ``[-3, 1]`` otherwise; NaN propagates.
     """
     p = n_params
-    n_pairs = p * (p - 1) // 2
-    sq = 2 + 3 * p + n_pairs
+    sq = _offsets(p)[2]
     nf = float(n)
     for c in prange(second.shape[0]):
         weight = second[c, 1]

@@ -19,13 +19,23 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterable, Mapping
+from typing import NamedTuple
 
 __all__ = ["ProcessTree", "terminate_trees", "process_start_time", "children_map",
            "start_in_session", "describe_exit", "tail_lines"]
 
 
-def _stat(pid: int) -> tuple[int, int, str] | None:
-    """(ppid, start time, state) of ``pid`` from /proc, or None if unknown/gone."""
+class _ProcStat(NamedTuple):
+    """What ``/proc/<pid>/stat`` says of a process."""
+
+    ppid: int
+    pgid: int
+    start: int   # clock ticks after boot (field 22)
+    state: str   # "Z": zombie
+
+
+def _stat(pid: int) -> _ProcStat | None:
+    """``pid``'s :class:`_ProcStat` from /proc, or None if unknown/gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read().decode("ascii", "replace")
@@ -34,9 +44,18 @@ def _stat(pid: int) -> tuple[int, int, str] | None:
     # the command name (field 2) may contain spaces and parentheses
     rest = data[data.rfind(")") + 2:].split()
     try:
-        return int(rest[1]), int(rest[19]), rest[0]
+        return _ProcStat(int(rest[1]), int(rest[2]), int(rest[19]), rest[0])
     except (IndexError, ValueError):
         return None
+
+
+def _proc_pids() -> list[int] | None:
+    """The pids listed in /proc, or None if /proc cannot be read."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    return [int(name) for name in names if name.isdigit()]
 
 
 def process_start_time(pid: int) -> int | None:
@@ -47,49 +66,33 @@ def process_start_time(pid: int) -> int | None:
     pid has another start time.
     """
     st = _stat(pid)
-    if st is None or st[2] == "Z":
+    if st is None or st.state == "Z":
         return None
-    return st[1]
+    return st.start
 
 
 def children_map() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
-    try:
-        names = os.listdir("/proc")
-    except OSError:
-        return children
-    for name in names:
-        if not name.isdigit():
-            continue
-        st = _stat(int(name))
+    for pid in _proc_pids() or ():
+        st = _stat(pid)
         if st is not None:
-            children.setdefault(st[0], []).append(int(name))
+            children.setdefault(st.ppid, []).append(pid)
     return children
 
 
 def _group_has_live_member(pgid: int) -> bool:
-    """True if a non-zombie process is in process group ``pgid`` (/proc scan).
+    """True if a non-zombie process is in process group ``pgid`` (/proc scan;
+    True if /proc cannot be read).
 
     ``killpg(pgid, 0)`` also succeeds for a group of zombies (orphans whose
     new parent does not reap them, as PID 1 of some containers)."""
-    try:
-        names = os.listdir("/proc")
-    except OSError:
+    pids = _proc_pids()
+    if pids is None:
         return True
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as fh:
-                data = fh.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        rest = data[data.rfind(")") + 2:].split()
-        try:
-            if int(rest[2]) == pgid and rest[0] != "Z":
-                return True
-        except (IndexError, ValueError):
-            continue
+    for pid in pids:
+        st = _stat(pid)
+        if st is not None and st.pgid == pgid and st.state != "Z":
+            return True
     return False
 
 
@@ -106,7 +109,7 @@ def _alive(pid: int, start: int | None) -> bool:
         except PermissionError:
             return True
         return True
-    return st[2] != "Z" and (start is None or st[1] == start)
+    return st.state != "Z" and (start is None or st.start == start)
 
 
 class ProcessTree:
@@ -121,7 +124,7 @@ class ProcessTree:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         st = _stat(pid)
-        self.members: dict[int, int | None] = {pid: st[1] if st else None}
+        self.members: dict[int, int | None] = {pid: st.start if st else None}
 
     @classmethod
     def from_record(cls, pid: int, start: int,
@@ -148,7 +151,7 @@ class ProcessTree:
             for child in children.get(todo.pop(), ()):
                 if child not in self.members:
                     st = _stat(child)
-                    self.members[child] = st[1] if st else None
+                    self.members[child] = st.start if st else None
                     todo.append(child)
 
     def alive(self) -> list[int]:
@@ -166,7 +169,7 @@ class ProcessTree:
         if st is None:
             return True
         start = self.members[self.pid]
-        return start is None or st[1] == start
+        return start is None or st.start == start
 
     def group_alive(self) -> bool:
         if not self._group_is_ours():

@@ -5,8 +5,9 @@ server (``OUT/client_scripts/client.<sim_id>.sh``). The launcher talks to a
 scheduler through the :class:`Scheduler` interface only:
 
 ``from_config(cfg, cwd, env, grace, log)``
-    the scheduler for a study config (a Slurm scheduler reads its sbatch /
-    srun options there; the base takes none).
+    the scheduler for a study config, with the constructor's options
+    ``config_options(cfg, log)`` reads there (a Slurm scheduler's sbatch /
+    srun options; the base takes none).
 ``submit(job_id, script_path, log_path, env=None) -> JobHandle``
     start the script now (the launcher enforces ``job_limit`` itself).
 ``poll() -> [(job_id, state, returncode), ...]``
@@ -88,6 +89,15 @@ class JobHandle:
     popen: subprocess.Popen | None = field(default=None, repr=False)
     tree: ProcessTree | None = field(default=None, repr=False)
 
+    def begin_cancel(self, grace: float) -> bool:
+        """Mark the job cancelled, to be killed ``grace`` s from now if it is
+        still running then; False if it was cancelled already."""
+        if self.cancelled:
+            return False
+        self.cancelled = True
+        self.kill_at = time.monotonic() + grace
+        return True
+
 
 class Scheduler(ABC):
     """Starts and stops client jobs. See the module docstring for the contract."""
@@ -104,10 +114,18 @@ class Scheduler(ABC):
     @classmethod
     def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
                     grace: float = 3.0, log: Callable[[str], None] | None = None) -> Scheduler:
-        """The scheduler for a :class:`~melissa_sa.config.StudyConfig`; ``log``
-        receives the scheduler's own lines (the base reads nothing of the
-        config and says nothing)."""
-        return cls(cwd, env, grace)
+        """The scheduler for a :class:`~melissa_sa.config.StudyConfig`: the
+        constructor's ``cwd``, ``env`` and ``grace`` and the keyword arguments
+        :meth:`config_options` reads from the config; ``log`` receives the
+        scheduler's own lines."""
+        return cls(cwd, env, grace, **cls.config_options(cfg, log))
+
+    @staticmethod
+    def config_options(cfg, log: Callable[[str], None] | None) -> dict:
+        """The constructor's keyword arguments read from ``cfg`` (with ``log``
+        for a scheduler that has lines of its own): the base reads nothing
+        of the config and says nothing."""
+        return {}
 
     @abstractmethod
     def submit(self, job_id: Hashable, script_path: str, log_path: str,
@@ -242,11 +260,8 @@ class LocalScheduler(Scheduler):
 
     def cancel(self, job_id) -> None:
         job = self._jobs.get(job_id)
-        if job is None or job.cancelled:
-            return
-        job.cancelled = True
-        job.kill_at = time.monotonic() + self.grace
-        job.tree.signal(signal.SIGTERM)
+        if job is not None and job.begin_cancel(self.grace):
+            job.tree.signal(signal.SIGTERM)
 
     def cancel_all(self, timeout: float | None = None) -> list[int]:
         jobs = list(self._jobs.values())

@@ -33,8 +33,9 @@ sbatch's error, and the submission is retried after a back-off that doubles
 from ``backoff[0]`` to ``backoff[1]`` seconds; jobs are submitted in order.
 
 The interface is the one of :mod:`melissa_sa.launcher.schedulers`; the
-constructor also takes the sbatch / srun options (:meth:`from_config` reads
-them from a study config).
+constructor also takes the sbatch / srun options (:func:`scheduler_options`,
+the ``config_options`` of both Slurm schedulers, reads them from a study
+config).
 """
 
 from __future__ import annotations
@@ -192,13 +193,8 @@ class SlurmScheduler(Scheduler):
         self._squeue_failing = False
         self.stats = {"submitted": 0, "refused": 0, "squeue_calls": 0}
 
-    @classmethod
-    def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                    grace: float = 3.0, log: Callable[[str], None] | None = None
-                    ) -> SlurmScheduler:
-        """The scheduler for a :class:`~melissa_sa.config.StudyConfig`: its
-        sbatch options, tasks per client and job name prefix."""
-        return cls(cwd, env, grace, log=log, **scheduler_options(cfg))
+    #: reads the sbatch options, tasks per client and job name prefix
+    config_options = staticmethod(scheduler_options)
 
     # -- the Scheduler interface ---------------------------------------------------
     def submit(self, job_id, script_path, log_path, env=None) -> JobHandle:

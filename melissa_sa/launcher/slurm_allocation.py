@@ -60,13 +60,8 @@ class SlurmAllocationScheduler(Scheduler):
         self.log = log or _LOG.warning
         self._procs: dict[Hashable, JobHandle] = {}
 
-    @classmethod
-    def from_config(cls, cfg, cwd: str | None = None, env: Mapping[str, str] | None = None,
-                    grace: float = 3.0, log: Callable[[str], None] | None = None
-                    ) -> SlurmAllocationScheduler:
-        """The scheduler for a :class:`~melissa_sa.config.StudyConfig`: its
-        srun options, tasks per client and job name prefix."""
-        return cls(cwd, env, grace, log=log, **scheduler_options(cfg))
+    #: reads the srun options, tasks per client and job name prefix
+    config_options = staticmethod(scheduler_options)
 
     def _srun(self, name: str, ntasks: int, extra: Sequence[str],
               mpi: Sequence[str] = ()) -> list[str]:
@@ -134,11 +129,8 @@ class SlurmAllocationScheduler(Scheduler):
 
     def cancel(self, job_id) -> None:
         job = self._procs.get(job_id)
-        if job is None or job.cancelled:
-            return
-        job.cancelled = True
-        job.kill_at = time.monotonic() + self.grace
-        job.popen.terminate()  # srun cancels its step
+        if job is not None and job.begin_cancel(self.grace):
+            job.popen.terminate()  # srun cancels its step
 
     def cancel_all(self, timeout: float | None = None) -> list[int]:
         jobs = list(self._procs.values())

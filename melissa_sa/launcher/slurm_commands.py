@@ -16,7 +16,7 @@ import os
 import shlex
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from melissa_sa.scheduler_registry import SchedulerError
@@ -125,12 +125,13 @@ def exit_code(text: str) -> int | None:
 
 
 
-def scheduler_options(cfg) -> dict:
-    """The Slurm schedulers' keyword arguments read from a study config."""
+def scheduler_options(cfg, log: Callable[[str], None] | None) -> dict:
+    """The Slurm schedulers' keyword arguments read from a study config (and
+    ``log``, where their lines go)."""
     lc = cfg.launcher_config
     return {"client_args": lc.scheduler_arg_client, "server_args": lc.scheduler_arg_server,
             "client_processes": cfg.client_config.client_processes,
-            "prefix": study_job_prefix(cfg.output_dir)}
+            "prefix": study_job_prefix(cfg.output_dir), "log": log}
 
 
 def find_study_jobs(prefix: str, env: Mapping[str, str] | None = None,

@@ -83,12 +83,19 @@ class ConvergenceCheck:
                         "totals": {}, "summaries": {}}
         self.ranks.broadcast(ranks.VarianceRequest(self.check_id))
 
-    def on_variance_report(self, msg: ranks.VarianceReport) -> None:
+    def _collect(self, round_name: str, msg, answer) -> dict | None:
+        """Keep rank ``msg.rank``'s ``answer`` to this round (``"totals"`` or
+        ``"summaries"``) of the check under way; the check once every rank
+        has answered, else None (an answer to an older check is dropped)."""
         active = self._active
         if active is None or msg.check_id != active["id"]:
-            return
-        active["totals"][msg.rank] = msg.totals
-        if len(active["totals"]) < self.ranks.size:
+            return None
+        active[round_name][msg.rank] = answer
+        return active if len(active[round_name]) == self.ranks.size else None
+
+    def on_variance_report(self, msg: ranks.VarianceReport) -> None:
+        active = self._collect("totals", msg, msg.totals)
+        if active is None:
             return
         parts = list(active["totals"].values())
         floors = {name: tuple(float(f) for f in combine_variance_totals(
@@ -97,11 +104,8 @@ class ConvergenceCheck:
         self.ranks.broadcast(ranks.SummaryRequest(active["id"], floors))
 
     def on_summary_report(self, msg: ranks.SummaryReport) -> None:
-        active = self._active
-        if active is None or msg.check_id != active["id"]:
-            return
-        active["summaries"][msg.rank] = msg.summary
-        if len(active["summaries"]) < self.ranks.size:
+        active = self._collect("summaries", msg, msg.summary)
+        if active is None:
             return
         self._active = None
         summary = combine(active["summaries"].values())

@@ -299,8 +299,8 @@ class SobolMartinez(Statistic):
 
     def _fold(self, groups: list[np.ndarray]) -> None:
         """Fold the received-but-not-folded ``groups`` into the state."""
-        fold_groups(self._state, groups, self._folded, self.n_params, self.ci == "delta",
-                    self._influence, self._blocks)
+        fold_groups(self._state, groups, self._folded, self.n_params, self._influence,
+                    self._blocks)
         self._folded += len(groups)
         self._n = max(self._n, self._folded)
 

@@ -225,10 +225,6 @@ class SobolAggregatedInterval(Statistic):
         return self._n
 
     @property
-    def n(self) -> int:
-        return self._n
-
-    @property
     def nbytes(self) -> int:
         """Bytes of state held (independent of the number of cells)."""
         return self.batches.nbytes + self.batch_counts.nbytes + self.batch_ids.nbytes

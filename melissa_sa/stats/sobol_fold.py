@@ -70,9 +70,7 @@ from melissa_sa.kernels.sobol import (
     copy_group,
     group_tuple,
     martinez_update,
-    martinez_update_compact,
     martinez_update_many,
-    martinez_update_many_compact,
 )
 from melissa_sa.kernels.sobol_centred import martinez_recentre
 from melissa_sa.kernels.sobol_influence import (
@@ -246,10 +244,10 @@ class InfluenceRows:
 
 
 def fold_groups(state: np.ndarray, groups, n: int, n_params: int,
-                full: bool, influence=None, blocks=None) -> None:
+                influence=None, blocks=None) -> None:
     """Fold ``groups`` (``(p + 2, n_cells)`` arrays of one dtype, the next
-    ones in order) into ``state``, which holds ``n`` groups; ``full``: the
-    state has block 2 (``ci="delta"``). ``influence``: the rows of the
+    ones in order) into ``state`` (compact, or full: ``ci="delta"``), which
+    holds ``n`` groups. ``influence``: the rows of the
     groups' influence sums (slot ``i`` for ``groups[i]``), cleared once added.
     ``blocks``: the state is this cell-blocked one
     (:class:`~melissa_sa.stats.sobol_blocks.BlockedState`; ``state`` is its
@@ -257,8 +255,6 @@ def fold_groups(state: np.ndarray, groups, n: int, n_params: int,
     array, folded in one pass whatever ``m`` (between re-centrings)."""
     done = 0
     m = len(groups)
-    many = martinez_update_many if full else martinez_update_many_compact
-    one = martinez_update if full else martinez_update_compact
     infl = influence if influence is not None and influence.pending(m) else None
     whole = blocks is not None and infl is None and isinstance(groups, np.ndarray)
     while done < m:
@@ -274,9 +270,9 @@ def fold_groups(state: np.ndarray, groups, n: int, n_params: int,
         elif blocks is not None:
             blocks.fold(group_tuple(groups[done:stop]), n, stop - done)
         elif stop - done == 1:
-            one(state, groups[done], n)
+            martinez_update(state, groups[done], n)
         else:
-            many(state, group_tuple(groups[done:stop]), n, stop - done)
+            martinez_update_many(state, group_tuple(groups[done:stop]), n, stop - done)
         n += stop - done
         done = stop
         if n in RECENTRE_AT and blocks is not None:
