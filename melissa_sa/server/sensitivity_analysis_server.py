@@ -26,7 +26,7 @@ from melissa_sa.server.data_messages import ServerStatus, SimulationData
 from melissa_sa.server.field_stats import collect_results
 from melissa_sa.server.results_io import study_results_bytes, write_study_results
 from melissa_sa.server.results_wait import LauncherHeartbeat, write_results_waiting
-from melissa_sa.warmup import warm_up
+from melissa_sa.warmup import warm_up_study
 
 log = logging.getLogger("melissa_sa.server")
 
@@ -78,10 +78,10 @@ class SensitivityAnalysisServer(BaseServer):
         self._take_study_lock()
         self.setup_environment()
         restored = self.restore() if self._restart else False
-        # load the compiled kernels before listening, not on the first message;
-        # the launcher compiles them first when Numba's cache is stale, and a
-        # server started alone compiles here while ZeroMQ queues the hellos
-        warm_up(self.nb_parameters)
+        # load the study's compiled kernels before listening, not on the first
+        # message; the launcher compiles them first when Numba's cache is stale,
+        # and a server started alone compiles here while ZeroMQ queues the hellos
+        warm_up_study(self.config)
         self.initialize_connections()
         if restored:
             self.worker.report_restored()
