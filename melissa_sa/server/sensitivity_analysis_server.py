@@ -46,6 +46,11 @@ class SensitivityAnalysisServer(BaseServer):
     def __init__(self, config, comm=None, checkpoint_file: str = "checkpoint"):
         super().__init__(config, comm, checkpoint_file)
         self.ci_method = config.sa_config.confidence_method
+        #: (phase, this process's CPU seconds when it ended) for the phases of
+        #: :meth:`start` reached: ``kernels`` (set-up, restore, the kernels
+        #: loaded), ``study`` (listening and folding), ``end`` (results or
+        #: checkpoint, connections closed)
+        self.cpu_phases: list[tuple[str, float]] = []
 
     def convergence_rule(self):
         """The :class:`~melissa_sa.convergence.ConvergenceRule` of the study, or None.
@@ -82,6 +87,7 @@ class SensitivityAnalysisServer(BaseServer):
         # message; the launcher compiles them first when Numba's cache is stale,
         # and a server started alone compiles here while ZeroMQ queues the hellos
         warm_up_study(self.config)
+        self.cpu_phases = [("kernels", time.process_time())]
         self.initialize_connections()
         if restored:
             self.worker.report_restored()
@@ -94,7 +100,10 @@ class SensitivityAnalysisServer(BaseServer):
         self._is_receiving = True
         status = self._loop()
         self._is_receiving = False
-        return self._finalize(status)
+        self.cpu_phases.append(("study", time.process_time()))
+        status = self._finalize(status)
+        self.cpu_phases.append(("end", time.process_time()))
+        return status
 
     def _take_study_lock(self) -> None:
         """Rank 0 holds an exclusive lock on OUT/server.lock: never two servers."""
