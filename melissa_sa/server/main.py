@@ -90,6 +90,11 @@ def main(argv=None) -> int:
           f"({ready:.2f} s of it before the server class started: {phase_split(marks, 0.0)}; "
           f"then {phase_split(getattr(server, 'cpu_phases', []), ready)})",
           file=sys.stderr, flush=True)
+    peaks = ", ".join(f"{name} {peak:.0f} MB"
+                      for name, _cpu, peak in getattr(server, "cpu_phases", []))
+    if peaks:
+        print(f"melissa-sa server rank {MPI.COMM_WORLD.Get_rank()}: peak resident memory "
+              f"at the end of each phase: {peaks}", file=sys.stderr, flush=True)
     return status
 
 
@@ -97,7 +102,7 @@ def phase_split(marks: list[tuple[str, float]], start: float) -> str:
     """``config 0.10 s, MPI 0.05 s``: the CPU seconds of each phase, given
     ``(phase, CPU seconds when it ended)`` from ``start`` on."""
     parts, last = [], start
-    for name, cpu in marks:
+    for name, cpu, *_ in marks:
         parts.append(f"{name} {cpu - last:.2f} s")
         last = cpu
     return ", ".join(parts) or "-"

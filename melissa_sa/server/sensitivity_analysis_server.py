@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import time
 
@@ -29,6 +30,11 @@ from melissa_sa.server.results_wait import LauncherHeartbeat, write_results_wait
 from melissa_sa.warmup import warm_up_study
 
 log = logging.getLogger("melissa_sa.server")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB (VmHWM)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 __all__ = ["SensitivityAnalysisServer"]
 
@@ -46,11 +52,11 @@ class SensitivityAnalysisServer(BaseServer):
     def __init__(self, config, comm=None, checkpoint_file: str = "checkpoint"):
         super().__init__(config, comm, checkpoint_file)
         self.ci_method = config.sa_config.confidence_method
-        #: (phase, this process's CPU seconds when it ended) for the phases of
-        #: :meth:`start` reached: ``kernels`` (set-up, restore, the kernels
-        #: loaded), ``study`` (listening and folding), ``end`` (results or
-        #: checkpoint, connections closed)
-        self.cpu_phases: list[tuple[str, float]] = []
+        #: (phase, this process's CPU seconds and peak resident MB when it
+        #: ended) for the phases of :meth:`start` reached: ``kernels`` (set-up,
+        #: restore, the kernels loaded), ``study`` (listening and folding),
+        #: ``end`` (results or checkpoint, connections closed)
+        self.cpu_phases: list[tuple[str, float, float]] = []
 
     def convergence_rule(self):
         """The :class:`~melissa_sa.convergence.ConvergenceRule` of the study, or None.
@@ -87,7 +93,7 @@ class SensitivityAnalysisServer(BaseServer):
         # message; the launcher compiles them first when Numba's cache is stale,
         # and a server started alone compiles here while ZeroMQ queues the hellos
         warm_up_study(self.config)
-        self.cpu_phases = [("kernels", time.process_time())]
+        self.cpu_phases = [("kernels", time.process_time(), peak_rss_mb())]
         self.initialize_connections()
         if restored:
             self.worker.report_restored()
@@ -100,9 +106,9 @@ class SensitivityAnalysisServer(BaseServer):
         self._is_receiving = True
         status = self._loop()
         self._is_receiving = False
-        self.cpu_phases.append(("study", time.process_time()))
+        self.cpu_phases.append(("study", time.process_time(), peak_rss_mb()))
         status = self._finalize(status)
-        self.cpu_phases.append(("end", time.process_time()))
+        self.cpu_phases.append(("end", time.process_time(), peak_rss_mb()))
         return status
 
     def _take_study_lock(self) -> None:
