@@ -201,6 +201,8 @@ class SensitivityAnalysisServer(BaseServer):
         cell per rank and no samples, so the file still has its layout.
         """
         self.worker.declare_missing_fields()
+        # the results need the accumulators only: the spare group buffers go
+        self.worker.release_spare_buffers()
         c = self.coordinator
         comm = self.comm if self.comm_size > 1 else None
 
