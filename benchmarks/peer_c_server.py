@@ -3,7 +3,8 @@ same study, in one run: server CPU seconds, peak memory and wall time, and
 their ratios.
 
     python benchmarks/peer_c_server.py --reference PREFIX [--cells 99856] [--steps 10]
-        [--groups 32] [--interval delta|fisher] [--only ours|reference] [--keep DIR]
+        [--groups 32] [--interval delta|fisher] [--fold-batch N] [--only ours|reference]
+        [--keep DIR]
 
 ``PREFIX`` is an install of github melissa-sa/melissa at commit d07c43a (June
 2021), built as ``docs/performance.md`` says; it is not a dependency of the
@@ -18,7 +19,9 @@ root and ``unshare``.
 
 The servers' CPU and peak resident memory (VmHWM) are read from /proc every
 0.05 s for every process of the server (the MPI rank and its threads; not
-mpiexec nor its proxy); wall time is the whole study's, launcher start to exit.
+mpiexec nor its proxy), and the peak of its private memory (RssAnon, as
+sampled: VmHWM also counts the pages of shared libraries, about 100 MB of
+LLVM for Numba); wall time is the whole study's, launcher start to exit.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class ServerSampler:
         self.root, self.marker, self.period = root, marker.encode(), period
         self.cpu: dict[int, float] = {}
         self.hwm_kib: dict[int, int] = {}
+        self.anon_peak_kib: dict[int, int] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -70,6 +74,9 @@ class ServerSampler:
                     for line in f:
                         if line.startswith("VmHWM:"):
                             self.hwm_kib[pid] = int(line.split()[1])
+                        elif line.startswith("RssAnon:"):
+                            self.anon_peak_kib[pid] = max(self.anon_peak_kib.get(pid, 0),
+                                                          int(line.split()[1]))
             except (OSError, ValueError):
                 continue
 
@@ -81,7 +88,9 @@ class ServerSampler:
         self._done.set()
         self._thread.join()
         return {"server_cpu_s": sum(self.cpu.values()),
-                "server_peak_mb": sum(self.hwm_kib.values()) / 1024, "server_pids": len(self.cpu)}
+                "server_peak_mb": sum(self.hwm_kib.values()) / 1024,
+                "server_private_peak_mb": sum(self.anon_peak_kib.values()) / 1024,
+                "server_pids": len(self.cpu)}
 
 
 def run(cmd, **kw) -> str:
@@ -119,7 +128,7 @@ def grid(cells: int) -> tuple[int, int]:
 
 
 def our_study(work: Path, solver: Path, cells: int, steps: int, groups: int,
-              interval: str) -> Path:
+              interval: str, fold_batch: int | None = None) -> Path:
     nx, ny = grid(cells)
     cfg = {
         "output_dir": str(work / "out"),
@@ -129,7 +138,8 @@ def our_study(work: Path, solver: Path, cells: int, steps: int, groups: int,
             "seed": 0, "l_bounds": [100.0] * 3, "u_bounds": [500.0] * 3,
             "simulation_timeout": 600, "crashes_before_redraw": 3},
         "sa_config": {"mean": True, "variance": True, "sobol_indices": True,
-                      "confidence_method": interval, "checkpoint_interval": 10 ** 9},
+                      "confidence_method": interval, "checkpoint_interval": 10 ** 9,
+                      **({} if fold_batch is None else {"sobol_fold_batch": fold_batch})},
         "server_config": {"server_processes": 1, "connection_port": free_port(),
                           "data_puller_port": free_port(), "bind": "127.0.0.1"},
         "launcher_config": {"scheduler": "local", "job_limit": 5, "fault_tolerance": True,
@@ -159,9 +169,9 @@ def measure(cmd, marker: str, cwd: Path, env: dict, timeout: float, log: Path) -
 
 
 def run_ours(work: Path, cells: int, steps: int, groups: int, interval: str,
-             timeout: float) -> dict:
+             timeout: float, fold_batch: int | None = None) -> dict:
     solver = build_ours(work)
-    study = our_study(work, solver, cells, steps, groups, interval)
+    study = our_study(work, solver, cells, steps, groups, interval, fold_batch)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MELISSA_")}
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     res = measure([BIN / "melissa-sa", "run", study, "--no-progress"], "melissa_sa.server",
@@ -169,6 +179,10 @@ def run_ours(work: Path, cells: int, steps: int, groups: int, interval: str,
     if res["rc"] != 0:
         raise SystemExit(f"melissa-sa run failed ({res['rc']}):\n"
                          f"{(work / 'melissa-sa.log').read_text()[-3000:]}")
+    server_log = work / "out" / "logs" / "server.log"
+    # the server's own account at exit: CPU and peak memory of each phase
+    res["server_phases"] = [line.strip() for line in server_log.read_text().splitlines()
+                            if line.startswith("melissa-sa server rank ")]
     return res
 
 
@@ -228,6 +242,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--groups", type=int, default=32)
     ap.add_argument("--interval", choices=("delta", "fisher"), default="delta")
+    ap.add_argument("--fold-batch", type=int, help="our sa_config.sobol_fold_batch "
+                    "(default: the interval's default)")
     ap.add_argument("--only", choices=("ours", "reference"))
     ap.add_argument("--mpicc", default="mpicc.mpich", help="MPI the reference was built with")
     ap.add_argument("--mpiexec", default="mpiexec.mpich")
@@ -244,23 +260,29 @@ def main(argv=None) -> int:
     mb = 8 * nx * ny * args.steps * 5 * args.groups / 1e6
     print(f"# {time.strftime('%Y-%m-%d')} {cpu_model()}, load {os.getloadavg()[0]:.2f}; "
           f"{nx}x{ny} = {nx * ny} cells, {args.steps} steps, {args.groups} groups of 5 runs, "
-          f"{mb:.0f} MB sent; interval {args.interval}", flush=True)
+          f"{mb:.0f} MB sent; interval {args.interval}"
+          f"{'' if args.fold_batch is None else f', fold batch {args.fold_batch}'}", flush=True)
     rows = {}
     if args.only != "reference":
         rows["melissa-sa"] = run_ours(base / "ours", nx * ny, args.steps, args.groups,
-                                      args.interval, args.timeout)
+                                      args.interval, args.timeout, args.fold_batch)
     if args.only != "ours":
         rows["reference C (d07c43a)"] = run_reference(base / "reference", args)
-    print(f"{'server':<24} {'CPU s':>8} {'peak MB':>9} {'wall s':>8}")
+    print(f"{'server':<24} {'CPU s':>8} {'peak MB':>9} {'wall s':>8} {'private MB':>11}")
     for name, r in rows.items():
-        print(f"{name:<24} {r['server_cpu_s']:8.2f} {r['server_peak_mb']:9.0f} {r['wall_s']:8.1f}")
+        print(f"{name:<24} {r['server_cpu_s']:8.2f} {r['server_peak_mb']:9.0f} {r['wall_s']:8.1f} "
+              f"{r['server_private_peak_mb']:11.0f}")
+    for line in rows.get("melissa-sa", {}).get("server_phases", []):
+        print(f"  {line}")
     if len(rows) == 2:
         ours, ref = rows.values()
         print(f"{'ratio ours / reference':<24} {ours['server_cpu_s'] / ref['server_cpu_s']:8.2f} "
               f"{ours['server_peak_mb'] / ref['server_peak_mb']:9.2f} "
-              f"{ours['wall_s'] / ref['wall_s']:8.2f}")
+              f"{ours['wall_s'] / ref['wall_s']:8.2f} "
+              f"{ours['server_private_peak_mb'] / max(ref['server_private_peak_mb'], 1e-9):11.2f}")
     print(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "cells": nx * ny,
                       "steps": args.steps, "groups": args.groups, "interval": args.interval,
+                      "fold_batch": args.fold_batch,
                       "rows": rows}))
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)

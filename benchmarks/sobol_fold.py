@@ -75,7 +75,7 @@ def our_cases(n_cells, groups):
         s = SobolMartinez(n_cells, P, fold_batch=batch)
         s.update_many(groups)
         cases[f"update_many, fold_batch {batch}"] = lambda s=s: s.update_many(groups)
-    one = SobolMartinez(n_cells, P)
+    one = SobolMartinez(n_cells, P, fold_batch=FOLD_BATCH["delta"])  # not the size default
 
     def one_by_one(s=one):
         for group in groups:

@@ -37,6 +37,16 @@ def test_at_most_spares_free_buffers_the_oldest_dropped_first():
             RowPool(bad)
 
 
+def test_a_closed_pool_keeps_nothing_given_back():
+    pool = RowPool(spares=3)
+    pool.give_back(np.empty((2, 8)))
+    pool.close()
+    assert len(pool) == 0 and pool.nbytes == 0
+    pool.give_back(np.empty((2, 8)))
+    assert len(pool) == 0
+    assert pool.lease((2, 8), np.float64).shape == (2, 8)   # a new array, still
+
+
 def test_the_assembler_leases_from_the_pool_it_is_given():
     pool = RowPool(spares=1)
     free = np.empty((2, 3))

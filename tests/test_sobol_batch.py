@@ -370,3 +370,14 @@ def test_threads_agree():
         states.append(state)
     numba.set_num_threads(1)
     assert np.array_equal(states[0], states[1])
+
+
+def test_large_groups_fold_at_once_by_default():
+    """Past BATCH_GROUP_BYTES a group (float64 rows over the cells) is folded
+    at once unless fold_batch is given: buffering it costs more than it saves."""
+    from melissa_sa.stats.sobol_fold import BATCH_GROUP_BYTES
+
+    cells = BATCH_GROUP_BYTES // (8 * 5)          # p = 3: 5 rows, just at the limit
+    assert SobolMartinez(cells, 3).fold_batch == FOLD_BATCH["delta"]
+    assert SobolMartinez(cells + 1, 3).fold_batch == 1
+    assert SobolMartinez(cells + 1, 3, fold_batch=4).fold_batch == 4

@@ -24,3 +24,33 @@ def test_server_module_imports_no_scipy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert re.fullmatch(r"\[\]\s*", out), out
+
+
+def test_phase_split_gives_each_phase_its_own_seconds():
+    marks = [("config", 0.25), ("MPI", 0.5), ("kernels", 1.0)]
+    assert server_main.phase_split(marks, 0.0) == "config 0.25 s, MPI 0.25 s, kernels 0.50 s"
+    assert server_main.phase_split([], 1.0) == "-"
+
+
+def test_study_warm_up_loads_only_the_study_kernels(tmp_path):
+    """A mean + variance study loads the Welford kernel for float64 samples,
+    and no Sobol', extrema or order-4 kernel (each costs a cache load)."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import write_study
+
+    path = write_study(tmp_path)
+    code = ("import json, sys; from melissa_sa.config import load_config; "
+            "from melissa_sa.warmup import warm_up_study; "
+            "warm_up_study(load_config(sys.argv[1])); "
+            "from melissa_sa.kernels import moments, extrema, sobol; "
+            "print(json.dumps({k: [str(s) for s in f.signatures] for k, f in ("
+            "('welford', moments.welford_update), ('pebay', moments.pebay_update), "
+            "('sobol', sobol.martinez_update)) }))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=300, check=True, cwd=tmp_path).stdout
+    loaded = json.loads(out.splitlines()[-1])
+    assert loaded["pebay"] == [] and loaded["sobol"] == []
+    assert any("float64" in sig for sig in loaded["welford"]), loaded

@@ -68,8 +68,10 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return exit_codes.USAGE
+    marks = [("start and config", cpu_seconds())]
     from mpi4py import MPI
 
+    marks.append(("MPI", cpu_seconds()))
     problem = check_comm_size(MPI.COMM_WORLD.Get_size(), config)
     if problem:
         if MPI.COMM_WORLD.Get_rank() == 0:
@@ -78,13 +80,32 @@ def main(argv=None) -> int:
     if MPI.COMM_WORLD.Get_size() > 1 and "NUMBA_NUM_THREADS" not in os.environ:
         import numba
         numba.set_num_threads(1)
-    server = load_server_class(config)(config)
-    ready = cpu_seconds()
+    server_class = load_server_class(config)
+    marks.append(("server modules", cpu_seconds()))
+    server = server_class(config)
+    marks.append(("server set-up", cpu_seconds()))
     status = server.start()
+    ready = marks[-1][1]
     print(f"melissa-sa server rank {MPI.COMM_WORLD.Get_rank()}: {cpu_seconds():.2f} s CPU "
-          f"({ready:.2f} s of it before the server class started)", file=sys.stderr,
-          flush=True)
+          f"({ready:.2f} s of it before the server class started: {phase_split(marks, 0.0)}; "
+          f"then {phase_split(getattr(server, 'cpu_phases', []), ready)})",
+          file=sys.stderr, flush=True)
+    peaks = ", ".join(f"{name} {peak:.0f} MB"
+                      for name, _cpu, peak in getattr(server, "cpu_phases", []))
+    if peaks:
+        print(f"melissa-sa server rank {MPI.COMM_WORLD.Get_rank()}: peak resident memory "
+              f"at the end of each phase: {peaks}", file=sys.stderr, flush=True)
     return status
+
+
+def phase_split(marks: list[tuple[str, float]], start: float) -> str:
+    """``config 0.10 s, MPI 0.05 s``: the CPU seconds of each phase, given
+    ``(phase, CPU seconds when it ended)`` from ``start`` on."""
+    parts, last = [], start
+    for name, cpu, *_ in marks:
+        parts.append(f"{name} {cpu - last:.2f} s")
+        last = cpu
+    return ", ".join(parts) or "-"
 
 
 if __name__ == "__main__":

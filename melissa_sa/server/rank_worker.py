@@ -237,6 +237,12 @@ class RankWorker:
         if complete:
             self.ranks.report(ranks.RunsFolded(self.rank, complete))
 
+    def release_spare_buffers(self) -> None:
+        """Free the group buffers kept for reuse, and those the Sobol' folds
+        give back from now on: after the study no group comes to reuse them
+        (up to ``2 + fold_batch`` of ``group_size x slice`` floats)."""
+        self._assembler.pool.close()
+
     def close(self) -> None:
         try:
             self.ranks.flush()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import time
 
@@ -26,9 +27,14 @@ from melissa_sa.server.data_messages import ServerStatus, SimulationData
 from melissa_sa.server.field_stats import collect_results
 from melissa_sa.server.results_io import study_results_bytes, write_study_results
 from melissa_sa.server.results_wait import LauncherHeartbeat, write_results_waiting
-from melissa_sa.warmup import warm_up
+from melissa_sa.warmup import warm_up_study
 
 log = logging.getLogger("melissa_sa.server")
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, MB (VmHWM)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 __all__ = ["SensitivityAnalysisServer"]
 
@@ -46,6 +52,11 @@ class SensitivityAnalysisServer(BaseServer):
     def __init__(self, config, comm=None, checkpoint_file: str = "checkpoint"):
         super().__init__(config, comm, checkpoint_file)
         self.ci_method = config.sa_config.confidence_method
+        #: (phase, this process's CPU seconds and peak resident MB when it
+        #: ended) for the phases of :meth:`start` reached: ``kernels`` (set-up,
+        #: restore, the kernels loaded), ``study`` (listening and folding),
+        #: ``end`` (results or checkpoint, connections closed)
+        self.cpu_phases: list[tuple[str, float, float]] = []
 
     def convergence_rule(self):
         """The :class:`~melissa_sa.convergence.ConvergenceRule` of the study, or None.
@@ -78,10 +89,11 @@ class SensitivityAnalysisServer(BaseServer):
         self._take_study_lock()
         self.setup_environment()
         restored = self.restore() if self._restart else False
-        # load the compiled kernels before listening, not on the first message;
-        # the launcher compiles them first when Numba's cache is stale, and a
-        # server started alone compiles here while ZeroMQ queues the hellos
-        warm_up(self.nb_parameters)
+        # load the study's compiled kernels before listening, not on the first
+        # message; the launcher compiles them first when Numba's cache is stale,
+        # and a server started alone compiles here while ZeroMQ queues the hellos
+        warm_up_study(self.config)
+        self.cpu_phases = [("kernels", time.process_time(), peak_rss_mb())]
         self.initialize_connections()
         if restored:
             self.worker.report_restored()
@@ -94,7 +106,10 @@ class SensitivityAnalysisServer(BaseServer):
         self._is_receiving = True
         status = self._loop()
         self._is_receiving = False
-        return self._finalize(status)
+        self.cpu_phases.append(("study", time.process_time(), peak_rss_mb()))
+        status = self._finalize(status)
+        self.cpu_phases.append(("end", time.process_time(), peak_rss_mb()))
+        return status
 
     def _take_study_lock(self) -> None:
         """Rank 0 holds an exclusive lock on OUT/server.lock: never two servers."""
@@ -186,6 +201,8 @@ class SensitivityAnalysisServer(BaseServer):
         cell per rank and no samples, so the file still has its layout.
         """
         self.worker.declare_missing_fields()
+        # the results need the accumulators only: the spare group buffers go
+        self.worker.release_spare_buffers()
         c = self.coordinator
         comm = self.comm if self.comm_size > 1 else None
 

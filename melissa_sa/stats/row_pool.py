@@ -66,6 +66,12 @@ class RowPool:
         """Forget the free arrays (their memory goes back to the system)."""
         self._free = []
 
+    def close(self) -> None:
+        """Forget the free arrays and keep none given back from now on (no
+        lease will come: e.g. the study's groups are all in)."""
+        self._free = []
+        self.spares = 0
+
     def __len__(self) -> int:
         """Free arrays waiting for a lease."""
         return len(self._free)

@@ -79,24 +79,36 @@ from melissa_sa.kernels.sobol_influence import (
 )
 from melissa_sa.stats.row_pool import RowPool
 
-__all__ = ["RECENTRE_AT", "FOLD_BATCH", "fold_batch_for", "GroupBuffer", "InfluenceRows",
-           "fold_groups"]
+__all__ = ["RECENTRE_AT", "FOLD_BATCH", "BATCH_GROUP_BYTES", "fold_batch_for", "GroupBuffer",
+           "InfluenceRows", "fold_groups"]
 
 #: group counts after which the shift moves to A's running mean
 RECENTRE_AT = (2, 16, 256)
 #: groups buffered per fold of a full (``ci="delta"``) state, and of a compact
 #: one (``ci="fisher"``): measured, see ``docs/performance.md``
 FOLD_BATCH = {"delta": 4, "fisher": 1}
+#: by default a group of more bytes (its rows over the accumulator's cells,
+#: float64) is folded at once: at 10^6 cells (40 MB a group at p = 3) a batch
+#: of 4 held 1.2 GB of groups over 10 time steps and cost more CPU than it
+#: saved (every buffer beyond the pool's spares is a fresh mapping that the
+#: kernel zeroes page by page); at 10^5 cells (4 MB) it saves 10-20 % of the
+#: server's CPU (``benchmarks/peer_c_server.py --fold-batch``, docs/performance.md)
+BATCH_GROUP_BYTES = 16 * 2**20
 
 
-def fold_batch_for(ci: str, second_order: bool, fold_batch: int | None = None):
+def fold_batch_for(ci: str, second_order: bool, fold_batch: int | None = None,
+                   group_bytes: int = 0):
     """The groups a :class:`~melissa_sa.stats.SobolMartinez` buffers per fold: ``fold_batch`` if
-    given, else :data:`FOLD_BATCH` for ``ci``, and 1 with second order (its
-    interval's plug-in reads the first-order state, which must then hold
-    every earlier group, whatever else flushes the buffer)."""
+    given, else :data:`FOLD_BATCH` for ``ci`` when a group is at most
+    :data:`BATCH_GROUP_BYTES` (``group_bytes``: its rows over the
+    accumulator's cells), else 1; and 1 with second order (its interval's
+    plug-in reads the first-order state, which must then hold every earlier
+    group, whatever else flushes the buffer)."""
     if fold_batch is not None:
         return fold_batch
-    return 1 if second_order else FOLD_BATCH[ci]
+    if second_order or group_bytes > BATCH_GROUP_BYTES:
+        return 1
+    return FOLD_BATCH[ci]
 
 #: marks a buffered group that sits in one of the buffer's own slots
 SLOT = object()
