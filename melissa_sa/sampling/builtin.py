@@ -1,20 +1,21 @@
 """The pre-defined samplers: ``random_uniform`` (NumPy's PCG64), ``lhs``
 (blocks of Latin hypercubes), ``halton`` and ``sobol`` (scrambled
-:mod:`scipy.stats.qmc` sequences; ``sobol``'s is built in NumPy by
-:mod:`~melissa_sa.sampling.sobol_points`, without importing SciPy). Defining them fills the registry
+:mod:`scipy.stats.qmc` sequences). Defining them fills the registry
 :data:`~melissa_sa.sampling.samplers.BUILTIN_SAMPLERS`.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import ClassVar
 
 import numpy as np
 
 from melissa_sa.sampling.samplers import BUILTIN_SAMPLERS, ParameterSampler, ParameterSamplerType
-from melissa_sa.sampling.sobol_points import SobolPoints
 
 __all__ = ["RandomUniformSampler", "SobolSampler", "HaltonSampler", "LHSSampler"]
+
+_SOBOL_BALANCE_WARNING = r"The balance properties of Sobol' points require n to be a power of 2"
 
 
 def _qmc_engine(cls, d: int, rng, **kwargs):
@@ -43,22 +44,23 @@ class RandomUniformSampler(ParameterSampler):
 
 
 class SobolSampler(ParameterSampler):
-    """Scrambled Sobol' sequence: ``scipy.stats.qmc.Sobol(d, scramble=True,
-    rng=seed)`` point for point, built by
-    :class:`~melissa_sa.sampling.sobol_points.SobolPoints` (importing
-    :mod:`scipy.stats` would cost a server about 0.4 s of CPU).
+    """Scrambled Sobol' sequence (``scipy.stats.qmc.Sobol``, Owen scrambling).
 
-    Draws are incremental, and SciPy's warning that balance needs a power of
-    2 points does not apply: the sequence as a whole keeps its properties.
+    Draws are incremental, so SciPy's warning that balance needs a power of 2
+    points is silenced here: the sequence as a whole keeps its properties.
     """
 
     name = ParameterSamplerType.SOBOL.value
 
     def _reset(self) -> None:
-        self._engine = SobolPoints(self.dim, self.seed)
+        from scipy.stats import qmc
+
+        self._engine = _qmc_engine(qmc.Sobol, self.dim, self.seed, scramble=True)
 
     def _unit(self, n: int) -> np.ndarray:
-        return self._engine.random(n)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_SOBOL_BALANCE_WARNING, category=UserWarning)
+            return self._engine.random(n)
 
     def _skip(self, k: int) -> None:
         self._engine.fast_forward(k)
