@@ -248,7 +248,7 @@ def _fold_rows_compact(state, lo, hi, group, n, p):
         _fold_compact(state, c, group, n == 0, r, c2, p)
 
 
-@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
+@njit(cache=True, nogil=True)
 def martinez_update_many(state, groups, n, m=-1):
     """Fold ``m`` groups into a state (compact or full, as
     :func:`martinez_update`), in one pass over it.
@@ -263,24 +263,39 @@ def martinez_update_many(state, groups, n, m=-1):
     written to memory once instead of ``m`` times (that traffic is what
     bounds the one-group fold): the cells go by chunks of :data:`CHUNK`,
     whose rows stay in cache while the ``m`` groups are applied to them in
-    turn.
+    turn. The compact and the full fold are two compiled loops: one function
+    holding both parallel loops folded a compact state about 5 % slower
+    (measured on 10^6 cells, p = 3).
     """
     m = batch_size(groups, m)
     if m == 0:
         return
     p = groups[0].shape[0] - 2
-    h = 5 + 4 * p
-    full = state.shape[1] > h
-    power = state[:, h:]
+    if state.shape[1] > 5 + 4 * p:
+        _update_many_full(state, groups, n, m, p)
+    else:
+        _update_many_compact(state, groups, n, m, p)
+
+
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
+def _update_many_full(state, groups, n, m, p):
+    power = state[:, 5 + 4 * p:]
     n_cells = groups[0].shape[1]
     for b in prange((n_cells + CHUNK - 1) // CHUNK):
         lo = b * CHUNK
         hi = min(lo + CHUNK, n_cells)
         for g in range(m):
-            if full:
-                fold_rows(state, power, lo, hi, groups[g], n + g, p)
-            else:
-                _fold_rows_compact(state, lo, hi, groups[g], n + g, p)
+            fold_rows(state, power, lo, hi, groups[g], n + g, p)
+
+
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
+def _update_many_compact(state, groups, n, m, p):
+    n_cells = groups[0].shape[1]
+    for b in prange((n_cells + CHUNK - 1) // CHUNK):
+        lo = b * CHUNK
+        hi = min(lo + CHUNK, n_cells)
+        for g in range(m):
+            _fold_rows_compact(state, lo, hi, groups[g], n + g, p)
 
 
 def group_tuple(groups) -> tuple:
