@@ -9,9 +9,10 @@ second. The launcher runs this (:func:`warm_up`, every kernel for both
 sample types) before starting the server when the cache is missing or older
 than the sources (:func:`cache_is_stale`), so that no server spends its first
 minute compiling while clients wait for it; the server calls
-:func:`warm_up_study` before it listens, which loads only the kernels of the
-study's statistics (float64 samples, about 0.02 s each from the cache), so
-that they are loaded before the first message rather than on it.
+:func:`melissa_sa.server.sensitivity_analysis_server.warm_up_study` before it
+listens, which loads only the kernels of the study's statistics (float64
+samples, about 0.02 s each from the cache), so that they are loaded before
+the first message rather than on it.
 """
 
 from __future__ import annotations
@@ -72,29 +73,6 @@ def warm_up(n_params: int = 3) -> float:
             s.merge(s)
             _ = s.second_order if second else s.indices
             s.confidence_interval(0.9)
-    return time.perf_counter() - t0
-
-
-def warm_up_study(config) -> float:
-    """Run the kernels the study's statistics use once, as a server rank
-    does (a group folded through every statistic the config asks for, past
-    the intervals' warm-up, then one step's results), on a two-cell slice of
-    float64 samples; return the seconds. A float32 field loads its own
-    kernels from the cache on its first message."""
-    import numpy as np
-
-    from melissa_sa.server.field_stats import LocalField, StepStatistics, collect_results
-
-    t0 = time.perf_counter()
-    step = StepStatistics(2, config)
-    size = config.layout.size
-    rows = np.linspace(0.0, 1.0, 2 * size).reshape(size, 2)
-    for k in range(12):  # past the intervals' warm-up (aggregated: 10 groups)
-        step.fold_group(rows + k * rows[::-1], k)
-    results = collect_results(LocalField("warm-up", 0, 0, 2, [step]), config)
-    for value in results.values():
-        if callable(value):
-            value(0)
     return time.perf_counter() - t0
 
 

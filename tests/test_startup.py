@@ -43,7 +43,7 @@ def test_study_warm_up_loads_only_the_study_kernels(tmp_path):
 
     path = write_study(tmp_path)
     code = ("import json, sys; from melissa_sa.config import load_config; "
-            "from melissa_sa.warmup import warm_up_study; "
+            "from melissa_sa.server.sensitivity_analysis_server import warm_up_study; "
             "warm_up_study(load_config(sys.argv[1])); "
             "from melissa_sa.kernels import moments, extrema, sobol; "
             "print(json.dumps({k: [str(s) for s in f.signatures] for k, f in ("

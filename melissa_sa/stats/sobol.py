@@ -84,10 +84,8 @@ class SobolMartinez(Statistic):
     ``p = 3``); second order adds ``8 (2 + 3 p + p (p - 1))`` (136 at
     ``p = 3``); plus the group buffer (:attr:`nbytes`).
 
-    **Batched fold** (``fold_batch``, default
-    :data:`~melissa_sa.stats.sobol_fold.FOLD_BATCH`; 1 with second order or
-    when a float64 group of ``n_cells`` exceeds
-    :data:`~melissa_sa.stats.sobol_fold.BATCH_GROUP_BYTES`):
+    **Batched fold** (``fold_batch``, default: see
+    :func:`~melissa_sa.stats.sobol_fold.fold_batch_for`):
     :meth:`update` buffers groups (copied, or with ``pool=`` leased from a
     :class:`~melissa_sa.stats.row_pool.RowPool` and given back once folded)
     and folds ``fold_batch`` of them in one pass, bit for bit as one by one
@@ -140,9 +138,8 @@ class SobolMartinez(Statistic):
             raise ValueError(f"n_params must be a positive integer, got {n_params!r}")
         if ci not in ("delta", "fisher"):
             raise ValueError(f"ci must be 'delta' or 'fisher', got {ci!r}")
-        group_rows = (2 * int(n_params) + 2) if second_order else int(n_params) + 2
-        fold_batch = fold_batch_for(ci, second_order, fold_batch,
-                                    group_bytes=8 * group_rows * int(n_cells))
+        rows = (2 if second_order else 1) * int(n_params) + 2   # a group's, float64
+        fold_batch = fold_batch_for(ci, second_order, fold_batch, 8 * rows * int(n_cells))
         if (isinstance(fold_batch, bool) or not isinstance(fold_batch, (int, np.integer))
                 or fold_batch < 1):
             raise ValueError(f"fold_batch must be a positive integer, got {fold_batch!r}")
