@@ -6,6 +6,8 @@ when it could not (a server that kept failing, clients that always fail),
 number when interrupted (:data:`INTERRUPTED` for SIGINT, :data:`TERMINATED`
 for SIGTERM). The server exits with :data:`SERVER_LOCKED` when another
 server already holds ``OUT/server.lock``; the launcher never restarts it.
+``melissa-sa run`` returns :data:`TAKEN_OVER` when a launcher on another host
+took the study over while this one ran (its heartbeat went stale).
 
 :class:`StopReason` is the one list of why a study ends, used by the study
 state, the messages between server ranks and the server's loop.
@@ -19,6 +21,9 @@ import signal
 OK = 0
 FAILED = 1
 USAGE = 2
+#: another launcher took the study over (this one's heartbeat went stale):
+#: this one stopped its server without a checkpoint and its clients
+TAKEN_OVER = 3
 #: EX_TEMPFAIL: another server holds the study's lock
 SERVER_LOCKED = 75
 INTERRUPTED = 128 + signal.SIGINT    # 130

@@ -12,15 +12,16 @@ import time
 
 import pytest
 
+from melissa_sa import exit_codes
 from melissa_sa.launcher import claim as claim_module
-from melissa_sa.launcher.claim import (
+from melissa_sa.launcher.claim import ClaimError, StudyClaim
+from melissa_sa.launcher.claim_rule import (
     HEARTBEAT_PERIOD,
     STALE_PERIODS,
     STATE_FORMAT,
-    ClaimError,
-    StudyClaim,
     judge_previous,
     read_launcher_state,
+    takeover_token_name,
 )
 from melissa_sa.launcher.progress import Console
 
@@ -166,7 +167,139 @@ def test_a_launcher_taken_over_stops_writing_and_is_told(tmp_path):
         claim.write({**mine, "clients": [3]})
         assert read_launcher_state(claim.state_path) == theirs
         assert calls == [1]
-        assert "launcher (pid 4242) on host node7 has taken this study over" in stream.getvalue()
+        assert claim.taken_over_by == "host node7 pid 4242"
+        assert stream.getvalue() == ""  # said by the main loop, never by the thread
     finally:
         claim.release({**mine, "state": "finished"})
     assert read_launcher_state(claim.state_path) == theirs
+
+
+# -- the take-over is atomic, the claim checked after it, the lock's stale case -------------
+def stale_file(tmp_path, **extra) -> dict:
+    content = recorded(heartbeat=round(time.time() - BOUND - 5, 3), **extra)
+    (tmp_path / "launcher.json").write_text(json.dumps(content))
+    return content
+
+
+def my_state(claim) -> dict:
+    return {"state": "running", "host": claim.host,
+            "launcher": {"pid": os.getpid(), "start_time": claim.pid_start}}
+
+
+def test_of_two_launchers_taking_one_stale_claim_over_only_one_goes_on(tmp_path, monkeypatch):
+    stale = stale_file(tmp_path)
+    first, _ = new_claim(tmp_path)
+    first.acquire(1.0, 1.0)
+    try:
+        token = tmp_path / takeover_token_name(stale)
+        assert first.takeover_token == token and token.is_file()
+        assert json.loads(token.read_text())["pid"] == os.getpid()
+        # the second judged the same stale file (read before the first wrote its claim)
+        second, _ = new_claim(tmp_path)
+        # as if on another node, where the flock is not seen (NFSv3, Lustre localflock)
+        claim_module._ACTIVE_OUTPUT_DIRS.discard(first._key)
+        monkeypatch.setattr(claim_module, "fcntl", None)
+        with pytest.raises(ClaimError, match=rf"pid {os.getpid()}\) on host {first.host} is "
+                                             r"already taking this study over"):
+            second.acquire(1.0, 1.0)
+        assert not second.claimed
+        monkeypatch.undo()
+        claim_module._ACTIVE_OUTPUT_DIRS.add(first._key)
+        first.write(my_state(first), force=True)
+        first.confirm(wait=0.0)
+    finally:
+        first.release({**my_state(first), "state": "finished"})
+    assert not token.exists()  # nothing left to block a later take-over
+
+
+def test_the_token_names_the_stale_claim_so_a_later_take_over_uses_another():
+    one = recorded(heartbeat=NOW - 100)
+    assert takeover_token_name(one) != takeover_token_name({**one, "heartbeat": NOW})
+    assert takeover_token_name(recorded(host="a/b c")).startswith("launcher.takeover.a_b_c.")
+
+
+def test_a_claim_written_by_another_after_ours_stops_the_take_over(tmp_path):
+    stale_file(tmp_path)
+    claim, _ = new_claim(tmp_path)
+    claim.acquire(1.0, 1.0)
+    try:
+        claim.write(my_state(claim), force=True)
+        (tmp_path / "launcher.json").write_text(json.dumps(recorded(host="node9",
+                                                                    heartbeat=time.time())))
+        with pytest.raises(ClaimError, match="taken over by host node9 pid 4242"):
+            claim.confirm(wait=0.0)
+    finally:
+        claim.release(None)
+
+
+def test_a_claim_that_changed_before_the_token_is_not_taken_over(tmp_path, monkeypatch):
+    stale_file(tmp_path)
+    real = claim_module.create_takeover_token
+
+    def create_then_another_writes(*args):
+        path = real(*args)
+        (tmp_path / "launcher.json").write_text(json.dumps(recorded(host="node9")))
+        return path
+    monkeypatch.setattr(claim_module, "create_takeover_token", create_then_another_writes)
+    claim, _ = new_claim(tmp_path)
+    with pytest.raises(ClaimError, match="changed while this launcher was taking"):
+        claim.acquire(1.0, 1.0)
+    claim.release(None)
+    assert not list(tmp_path.glob("launcher.takeover.*"))
+
+
+def test_a_stale_heartbeat_whose_lock_is_held_says_so(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    stale_file(tmp_path)
+    fd = os.open(tmp_path / "launcher.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the dead node's lock, still leased
+        claim, _ = new_claim(tmp_path)
+        with pytest.raises(ClaimError) as err:
+            claim.acquire(1.0, 1.0)
+    finally:
+        os.close(fd)
+    text = str(err.value)
+    assert "heartbeat is 35 s old but it still holds" in text and "launcher.lock" in text
+    assert "check host node7" in text and "run this again in" not in text
+
+
+def test_a_newer_finished_claim_is_never_overwritten(tmp_path):
+    calls = []
+    claim, _ = new_claim(tmp_path, taken=lambda: calls.append(1))
+    claim.acquire(1.0, 1.0)
+    try:
+        claim.write(my_state(claim), force=True)
+        theirs = recorded(state="finished", heartbeat=time.time())
+        (tmp_path / "launcher.json").write_text(json.dumps(theirs))
+        claim.write({**my_state(claim), "clients": [1]})
+        assert read_launcher_state(claim.state_path) == theirs and calls == [1]
+    finally:
+        claim.release({**my_state(claim), "state": "finished"})
+    assert read_launcher_state(claim.state_path) == theirs
+
+
+def test_the_heartbeat_threads_warnings_wait_for_the_main_loop(tmp_path, monkeypatch):
+    monkeypatch.setattr(claim_module, "HEARTBEAT_PERIOD", 0.02)
+    claim, stream = new_claim(tmp_path)
+    claim.acquire(1.0, 1.0)
+    try:
+        claim.write(my_state(claim), force=True)
+        monkeypatch.setattr(claim_module.os, "replace", lambda *a: (_ for _ in ()).throw(
+            PermissionError(13, "Permission denied")))
+        deadline = time.monotonic() + 10
+        while not claim._notes:
+            assert time.monotonic() < deadline, "the thread never failed to write"
+            time.sleep(0.02)
+        assert stream.getvalue() == ""
+        notes = claim.notes()
+        assert len(notes) == 1 and "cannot write" in notes[0] and claim.notes() == []
+    finally:
+        monkeypatch.undo()
+        claim.release(None)
+
+
+def test_taken_over_has_its_own_exit_code():
+    codes = [v for k, v in vars(exit_codes).items() if k.isupper() and isinstance(v, int)]
+    assert exit_codes.TAKEN_OVER not in (exit_codes.OK, exit_codes.FAILED, exit_codes.USAGE)
+    assert codes.count(exit_codes.TAKEN_OVER) == 1

@@ -24,7 +24,7 @@ from test_cluster_study import (  # noqa: F401  (local_reference: the module fix
     sobol_study,
 )
 
-from melissa_sa.launcher.claim import HEARTBEAT_PERIOD, STALE_PERIODS, read_launcher_state
+from melissa_sa.launcher.claim_rule import HEARTBEAT_PERIOD, STALE_PERIODS, read_launcher_state
 from melissa_sa.launcher.slurm_commands import find_study_jobs, study_job_prefix
 from melissa_sa.results import open_results
 

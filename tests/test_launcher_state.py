@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from melissa_sa import exit_codes
 from melissa_sa import messages as msgs
 from melissa_sa.config import ConfigError, load_config
 from melissa_sa.launcher import JobTable, Launcher, LocalScheduler, register_scheduler
@@ -208,6 +209,38 @@ def test_the_handler_table_covers_exactly_the_server_s_messages(tmp_path):
     la = Launcher(load_config(cfg_path), cfg_path, stream=io.StringIO())
     assert set(la.handlers) == set(msgs.SERVER_TO_LAUNCHER)
     assert all(callable(h) for h in la.handlers.values())
+
+
+class _Recorder:
+    """Stands in for the server, the client jobs and the progress display:
+    records each call."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+def test_a_launcher_taken_over_kills_its_server_without_a_checkpoint_request(tmp_path):
+    cfg_path = tmp_path / "study.json"
+    cfg_path.write_text(json.dumps({
+        "output_dir": "out",
+        "study_options": {"field_names": ["u"], "nb_parameters": 2,
+                          "parameter_sweep_size": 3, "nb_time_steps": 2},
+        "client_config": {"executable_command": "true"}}))
+    out = io.StringIO()
+    la = Launcher(load_config(cfg_path), cfg_path, stream=out)
+    calls: list = []
+    la.server = la.clients = la._progress = _Recorder(calls)
+    la.link.send = lambda msg: calls.append(("send", msg))
+    la.claim.taken_over_by = "host node7 pid 4242"  # the heartbeat thread saw its claim
+    assert la._loop() == exit_codes.TAKEN_OVER
+    assert calls == [("close",), ("kill", 0.0), ("stop_all",)]  # no stop request sent
+    said = out.getvalue()
+    assert "this study was taken over by host node7 pid 4242; this launcher stops" in said
+    assert "--resume" not in said and "checkpoint" not in said
+    assert la.exit_message in said
 
 
 # ---------------------------------------------------------------------------

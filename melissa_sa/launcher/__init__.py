@@ -11,7 +11,8 @@ restart, kill, give up, exit codes), ``client_jobs`` (starting, reaping and
 stopping the client jobs),
 ``server_link`` (typed messages with the server), ``server_process`` (the
 server under mpiexec), ``jobs`` (the job table, a pure state object),
-``claim`` (one launcher per study, ``OUT/launcher.json``), ``processes``
+``claim`` (one launcher per study, ``OUT/launcher.json``), ``claim_rule``
+(the rule between two launchers, the take-over token), ``processes``
 (process trees by pid), ``output_space`` (``output_dir`` checked before a
 study starts: writable, room for a checkpoint set and the results),
 ``progress`` (what the user sees), ``schedulers``
@@ -21,7 +22,8 @@ server as a local process tree), ``slurm``, ``slurm_allocation`` and
 :mod:`melissa_sa.scheduler_registry`.
 """
 
-from melissa_sa.launcher.claim import STATE_FORMAT, ClaimError, read_launcher_state
+from melissa_sa.launcher.claim import ClaimError
+from melissa_sa.launcher.claim_rule import STATE_FORMAT, read_launcher_state
 from melissa_sa.launcher.jobs import JobTable
 from melissa_sa.launcher.launcher import Launcher
 from melissa_sa.launcher.progress import ProgressDisplay, format_duration

@@ -12,24 +12,34 @@ step, compiling the kernels or waiting for ``scancel``, never looks like a
 death) and marks it finished on the way out (:meth:`StudyClaim.release`).
 
 A launcher on another host cannot check the recorded pid: it goes by the
-heartbeat (:func:`judge_previous`). One older than :data:`STALE_PERIODS`
-periods means the launcher is gone (killed, or its node died): the new one
-takes the study over. ``docs/internals.md`` describes the file and the rule.
+heartbeat (:mod:`~melissa_sa.launcher.claim_rule`). One too old means the
+launcher is gone (killed, or its node died): the new one takes the study over,
+if it is the one that creates the take-over token, and checks one heartbeat
+period after writing its claim that nobody else wrote one
+(:meth:`StudyClaim.confirm`). ``docs/internals.md`` describes the files and
+the rule.
 """
 
 from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
+from melissa_sa.launcher.claim_rule import (
+    HEARTBEAT_PERIOD,
+    STATE_FORMAT,
+    TakeoverTakenError,
+    claim_identity,
+    create_takeover_token,
+    judge_previous,
+    read_launcher_state,
+)
 from melissa_sa.launcher.processes import ProcessTree, process_start_time, terminate_trees
 
 try:
@@ -37,19 +47,7 @@ try:
 except ImportError:  # not POSIX: no lock, OUT/launcher.json only
     fcntl = None
 
-__all__ = ["StudyClaim", "ClaimError", "STATE_FORMAT", "read_launcher_state", "launcher_state",
-           "HEARTBEAT_PERIOD", "STALE_PERIODS", "PreviousLauncher", "judge_previous"]
-
-#: ``format`` of ``OUT/launcher.json``
-STATE_FORMAT = "melissa-sa-launcher/1"
-
-#: seconds between two refreshes of ``heartbeat`` in ``OUT/launcher.json``
-HEARTBEAT_PERIOD = 5.0
-#: a launcher on another host whose heartbeat is older than this many
-#: periods (its own ``heartbeat_period``, at least :data:`HEARTBEAT_PERIOD`)
-#: is presumed gone: 30 s, room for write-back stalls of a few seconds and
-#: for clocks that differ by a few seconds between nodes
-STALE_PERIODS = 6
+__all__ = ["StudyClaim", "ClaimError", "launcher_state"]
 
 # output directories (resolved) of the launchers running in this process
 _ACTIVE_OUTPUT_DIRS: set[str] = set()
@@ -66,79 +64,6 @@ def boot_id() -> str | None:
             return fh.read().strip() or None
     except OSError:
         return None
-
-
-def read_launcher_state(path: str | os.PathLike) -> dict | None:
-    """``OUT/launcher.json`` as a dict, or None if absent or unreadable."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            state = json.load(fh)
-    except (OSError, ValueError):
-        return None
-    return state if isinstance(state, dict) else None
-
-
-@dataclass(frozen=True, slots=True)
-class PreviousLauncher:
-    """What to do about the launcher an ``OUT/launcher.json`` names.
-
-    ``action``: ``"none"`` (no file, or a finished launcher of another host:
-    nothing to check), ``"check_here"`` (written on this host: its pid and
-    start time are checked here), ``"refuse"`` (a launcher on another host
-    whose heartbeat is fresh, or that has none) or ``"take_over"`` (its
-    heartbeat is older than ``bound`` seconds). ``age``: seconds since its
-    heartbeat (None if it has none).
-    """
-
-    action: str
-    host: str | None = None
-    pid: int | None = None
-    age: float | None = None
-    bound: float = STALE_PERIODS * HEARTBEAT_PERIOD
-
-    def reason(self, path) -> str:
-        """Why a ``refuse`` or a ``take_over``, for the console (``path``:
-        the file's, named in the message)."""
-        who = f"a launcher (pid {self.pid}) on host {self.host}"
-        if self.action == "take_over":
-            return (f"{path} says {who} runs this study, but its heartbeat is {self.age:.0f} s "
-                    f"old (more than {self.bound:.0f} s): presumed gone, taking the study over")
-        if self.age is None:
-            return (f"{path} says {who} is running this study and has no heartbeat to tell "
-                    f"whether it lives (written by an older melissa-sa): stop it on "
-                    f"{self.host} (kill -TERM {self.pid}), or delete {path} if it is gone")
-        return (f"{path} says {who} is running this study; its heartbeat is "
-                f"{max(self.age, 0.0):.0f} s old (it is presumed gone after {self.bound:.0f} s "
-                f"without one): stop it on {self.host} (kill -TERM {self.pid}), or, if it or "
-                f"its node died, run this again in {max(self.bound - self.age, 1.0):.0f} s")
-
-
-def _number(value) -> float | None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
-
-
-def judge_previous(state: dict | None, host: str, now: float) -> PreviousLauncher:
-    """The claim rule for a launcher on ``host`` at ``now`` (seconds since
-    the epoch) finding ``state`` (``OUT/launcher.json``'s content, or None):
-    see :class:`PreviousLauncher`. Pure: reads no file, checks no process."""
-    if not state:
-        return PreviousLauncher("none")
-    recorded_host = state.get("host")
-    if not recorded_host or recorded_host == host:
-        return PreviousLauncher("check_here", recorded_host)
-    launcher = state.get("launcher") if isinstance(state.get("launcher"), dict) else {}
-    pid = launcher.get("pid")
-    if state.get("state") != "running":
-        return PreviousLauncher("none", recorded_host, pid)
-    period = max(_number(state.get("heartbeat_period")) or 0.0, HEARTBEAT_PERIOD)
-    bound = STALE_PERIODS * period
-    beat = _number(state.get("heartbeat"))
-    if beat is None:
-        return PreviousLauncher("refuse", recorded_host, pid, None, bound)
-    age = now - beat
-    return PreviousLauncher("take_over" if age > bound else "refuse", recorded_host, pid,
-                            age, bound)
 
 
 def _tree_of(entry) -> ProcessTree | None:
@@ -226,6 +151,11 @@ class StudyClaim:
         #: went stale: a partition, a frozen node), or None
         self.taken_over_by: str | None = None
         self._on_taken_over = on_taken_over
+        #: ``OUT/launcher.takeover.*`` this launcher created (it took the
+        #: study over), removed when it ends
+        self.takeover_token: Path | None = None
+        self._notes: list[str] = []  # the heartbeat thread's warnings, for the main loop
+        self._noted: set[str] = set()
         self._write_lock = threading.Lock()  # the heartbeat thread writes too
         self._beat_stop = threading.Event()
         self._beat_thread: threading.Thread | None = None
@@ -248,10 +178,11 @@ class StudyClaim:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     previous = read_launcher_state(self.state_path)  # fresher
                     verdict = judge_previous(previous, self.host, time.time())
-                    if verdict.action in ("refuse", "take_over"):  # held from another host
-                        raise ClaimError(PreviousLauncher(
-                            "refuse", verdict.host, verdict.pid, verdict.age,
-                            verdict.bound).reason(self.state_path)) from None
+                    if verdict.action == "take_over":  # stale, but its node holds the lock
+                        raise ClaimError(verdict.lock_held_reason(
+                            self.state_path, self.lock_path)) from None
+                    if verdict.action == "refuse":  # held from another host
+                        raise ClaimError(verdict.reason(self.state_path)) from None
                     pid = ((previous or {}).get("launcher") or {}).get("pid")
                     raise ClaimError(self._refusal(pid)) from None
                 self.console.warn_once("lock", f"cannot lock {self.lock_path} "
@@ -282,6 +213,20 @@ class StudyClaim:
         if verdict.action == "refuse":
             raise ClaimError(verdict.reason(self.state_path))
         if verdict.action == "take_over":
+            me = {"host": self.host, "pid": os.getpid(), "start_time": self.pid_start}
+            try:
+                self.takeover_token = create_takeover_token(self.output_dir, prev, me)
+            except TakeoverTakenError as exc:
+                raise ClaimError(f"{exc}: not taking it over from this launcher") from None
+            except OSError as exc:
+                raise ClaimError(f"cannot create the take-over token in {self.output_dir} "
+                                 f"({exc.strerror or exc}): not taking the study over") from None
+            now = read_launcher_state(self.state_path) or {}
+            if (claim_identity(now), now.get("heartbeat")) != (claim_identity(prev),
+                                                               prev.get("heartbeat")):
+                self._drop_token()  # taken over, or alive again, between our reads
+                raise ClaimError(f"{self.state_path} changed while this launcher was taking "
+                                 f"the study over: run this again to see who runs it")
             self.console.log(verdict.reason(self.state_path))
             left = [what for what, _ in recorded_trees(prev)]
             if left:  # the local scheduler's processes, on a host out of reach
@@ -356,7 +301,7 @@ class StudyClaim:
                 fh.write(text + "\n")
             os.replace(tmp, self.state_path)
         except OSError as exc:
-            self.console.warn_once("state", f"cannot write {self.state_path} "
+            self._warn("state", f"cannot write {self.state_path} "
                                             f"({exc.strerror or exc}); another launcher could "
                                             f"not find the processes of this one if it is "
                                             f"killed")
@@ -369,24 +314,59 @@ class StudyClaim:
 
     def _claimed_by_another(self) -> bool:
         """True (and :attr:`taken_over_by` set) if ``OUT/launcher.json`` now
-        names another running launcher: one on another host took the study
-        over while this one's heartbeat was stale."""
+        names another launcher, in any state: one on another host took the
+        study over while this one's heartbeat was stale."""
         if self._written is None:
             return False  # the first write is this launcher's claim
         current = read_launcher_state(self.state_path)
-        if not current or current.get("state") != "running":
+        if not current:
             return False
-        launcher = current.get("launcher") if isinstance(current.get("launcher"), dict) else {}
-        if (current.get("host"), launcher.get("pid"), launcher.get("start_time")) == (
-                self.host, os.getpid(), self.pid_start):
+        host, pid, _ = claim_identity(current)
+        if claim_identity(current) == (self.host, os.getpid(), self.pid_start):
             return False
-        self.taken_over_by = f"the launcher (pid {launcher.get('pid')}) on host " \
-                             f"{current.get('host')}"
-        self.console.error(f"{self.taken_over_by} has taken this study over "
-                           f"({self.state_path}): stopping this launcher")
+        # another launcher's claim, running or already finished: never overwritten
+        self.taken_over_by = f"host {host} pid {pid}"
         if self._on_taken_over is not None:
             self._on_taken_over()
         return True
+
+    def confirm(self, wait: float | None = None) -> None:
+        """After a take-over, ``wait`` s (a heartbeat period) after the first
+        write: raise :class:`ClaimError` if ``OUT/launcher.json`` names
+        another launcher by then (one that judged the same stale claim and
+        wrote after this one). Nothing to wait for otherwise."""
+        if self.takeover_token is None:
+            return
+        time.sleep(HEARTBEAT_PERIOD if wait is None else wait)
+        with self._write_lock:
+            mine = self.taken_over_by is None and not self._claimed_by_another()
+        if not mine:
+            raise ClaimError(f"this study was taken over by {self.taken_over_by} right after "
+                             f"this launcher claimed it ({self.state_path}); this launcher "
+                             f"stops")
+
+    def notes(self) -> list[str]:
+        """The warnings of the heartbeat thread since the last call (the main
+        loop prints them, so that they never cut through the progress bar)."""
+        with self._write_lock:
+            said, self._notes = self._notes, []
+        return said
+
+    def _warn(self, key: str, text: str) -> None:
+        if threading.current_thread() is self._beat_thread:
+            if key not in self._noted:
+                self._noted.add(key)
+                self._notes.append(text)
+        else:
+            self.console.warn_once(key, text)
+
+    def _drop_token(self) -> None:
+        if self.takeover_token is not None:
+            try:
+                os.unlink(self.takeover_token)
+            except OSError:
+                pass
+            self.takeover_token = None
 
     def release(self, final_state: dict | None) -> None:
         """The launcher ends: write ``final_state`` (if claimed), unlock."""
@@ -399,6 +379,7 @@ class StudyClaim:
                 self.write(final_state, force=True)
         finally:
             self.claimed = False
+            self._drop_token()
             if self._key is not None:
                 _ACTIVE_OUTPUT_DIRS.discard(self._key)
                 self._key = None

@@ -1,12 +1,7 @@
 """The launcher's loop: starts the server, runs the clients it asks for,
-watches both, restarts a failed server, and stops everything cleanly.
-
-    >>> from melissa_sa.config import load_config
-    >>> from melissa_sa.launcher import Launcher
-    >>> Launcher(load_config("study.json"), "study.json").run()   # exit code
-    0
-
-``docs/running.md`` is the user's version, ``docs/internals.md`` the
+watches both, restarts a failed server, and stops everything cleanly
+(``Launcher(load_config("study.json"), "study.json").run()`` returns the exit
+code). ``docs/running.md`` is the user's version, ``docs/internals.md`` the
 contract with the server; the package docstring lists the pieces.
 
 The loop only observes and carries out: each turn it waits on the link
@@ -63,8 +58,8 @@ class Launcher:
     ``"lines"``. Messages go to ``stream`` (default ``sys.stderr``).
 
     :meth:`run` returns the exit code (:mod:`melissa_sa.exit_codes`): OK,
-    FAILED (the study failed, or another launcher runs it), or 128 + the
-    signal number when interrupted.
+    FAILED (the study failed, or another launcher runs it), TAKEN_OVER, or
+    128 + the signal number when interrupted.
     """
 
     #: seconds the event loop waits on the link per iteration
@@ -107,9 +102,7 @@ class Launcher:
         self.server_log = self.server.log_path
         self.jobs = JobTable(lambda sim_id: str(self.logs_dir / f"client.{sim_id}.log"),
                              self.stats)
-        # taken over by a launcher on another host (this one's heartbeat went stale): stop
-        self.claim = StudyClaim(self.output_dir, self.console, on_taken_over=lambda: (
-            self._signal_inbox.append(signal.SIGTERM)))
+        self.claim = StudyClaim(self.output_dir, self.console)
         self.scheduler: Scheduler | None = None
         self.clients: ClientJobs | None = None  # the jobs carried out, once prepared
         #: the server's lifecycle (built when the run starts, from the
@@ -120,9 +113,11 @@ class Launcher:
         self.exit_message = ""  # why the run ended (for callers)
         #: the handler of each message type the server may send; nothing else
         #: is ever dispatched (the link refuses other types)
-        self.handlers = {msgs.ServerHello: self._on_hello, msgs.Ping: self._on_ping,
-                         msgs.Progress: self._on_progress, msgs.Submit: self._on_submit,
-                         msgs.Kill: self._on_kill, msgs.Stop: self._on_stop}
+        #: (a ping needs nothing: any message is a sign of life, the link notes it)
+        self.handlers = {msgs.ServerHello: self._on_hello, msgs.Ping: lambda msg: None,
+                         msgs.Progress: self._on_progress,
+                         msgs.Submit: lambda msg: self.clients.submit(msg),
+                         msgs.Kill: lambda msg: self.clients.kill(msg), msgs.Stop: self._on_stop}
         #: the effect of each instruction of the lifecycle; an effect may
         #: answer with an event, fed back at once
         self.effects = {
@@ -178,6 +173,7 @@ class Launcher:
                 self.claim.acquire(self.stop_grace, self.kill_grace)
                 self.stats["orphans_killed"] += self.claim.orphans_killed
                 self.claim.write(self.state(), force=True)  # the claim, then its heartbeats
+                self.claim.confirm()  # after a take-over: still ours a heartbeat later?
                 # Slurm: the jobs of a killed launcher (or of a stale one), named after the study
                 self.stats["orphans_killed"] += self.scheduler.cancel_orphans(self.console.log)
                 self.server.compile_kernels(self.console)
@@ -258,20 +254,30 @@ class Launcher:
                                server_restarts=self.server_restarts,
                                clients=self.clients.records() if self.clients else [])
         if self.scheduler is not None:
-            state.update(self.scheduler.record(self._sim_id_of))
+            state.update(self.scheduler.record(
+                lambda key: getattr(self.jobs.job(key), "sim_id", None)))
         return state
-
-    def _sim_id_of(self, key) -> int | None:
-        job = self.jobs.job(key)
-        return job.sim_id if job is not None else None
 
     # -- the event loop ------------------------------------------------------------
     def _loop(self) -> int:
         while True:
             self._feed()  # the signals received
+            if self.claim.taken_over_by is not None:  # its heartbeat went stale meanwhile
+                return self._stop_taken_over()
             if self._exit_code is not None:
                 return self._exit_code
             self._turn()
+
+    def _stop_taken_over(self) -> int:
+        """Another launcher runs the study: kill the server at once (no stop
+        request, no checkpoint: the study is not ours) and the clients."""
+        self._progress.close()
+        self.server.kill(0.0)
+        self.clients.stop_all()
+        self.exit_message = f"this study was taken over by {self.claim.taken_over_by}; " \
+                            f"this launcher stops"
+        self.console.error(self.exit_message)
+        return exit_codes.TAKEN_OVER
 
     def _turn(self) -> None:
         """Observe once: the server's messages, the client jobs, the server's
@@ -293,6 +299,8 @@ class Launcher:
                            self.server.running))
         if life.phase is Phase.RUNNING:
             self.claim.write(self.state())
+        for note in self.claim.notes():  # the heartbeat thread's, said from here
+            self.console.warn_once(note, note)
 
     def _feed(self, event=None) -> None:
         """Hand the lifecycle ``event`` (after any signal received) and carry
@@ -321,9 +329,6 @@ class Launcher:
         self._feed(ev.HelloSeen(msg.pid, msg.groups_total, msg.groups_done))
         self._progress.update(msg.groups_done, msg.groups_total)
 
-    def _on_ping(self, msg: msgs.Ping) -> None:
-        """Nothing to do: any message is a sign of life (the link notes it)."""
-
     def _on_progress(self, msg: msgs.Progress) -> None:
         if msg.ci_target is not None:
             self._progress.note = progress_text(
@@ -334,12 +339,6 @@ class Launcher:
                 self.console.log(said)
         self._progress.update(msg.groups_done, msg.groups_total)
         self._feed(ev.ProgressSeen(msg.groups_done))
-
-    def _on_submit(self, msg: msgs.Submit) -> None:
-        self.clients.submit(msg)
-
-    def _on_kill(self, msg: msgs.Kill) -> None:
-        self.clients.kill(msg)
 
     def _on_stop(self, msg: msgs.Stop) -> None:
         self._feed(ev.StopSeen(msg.status, msg.message))
