@@ -268,5 +268,6 @@ def test_launcher_killed_then_resumed_on_another_node(ns_cluster, tmp_path,  # n
     assert "from the checkpoint" in text, text[-3000:]
     final = read_launcher_state(study.parent / "out" / "launcher.json")
     assert final["state"] == "finished" and final["host"] == COMPUTE_NODES[2], final
+    assert not list((study.parent / "out").glob("launcher.takeover.*"))  # removed at the end
     assert_same_as_local(study, local_reference)  # every group folded once (results_of)
     assert_nothing_left(ns_cluster, study)
