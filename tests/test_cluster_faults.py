@@ -82,7 +82,6 @@ def broken(ns_cluster):  # noqa: F811
         ns_cluster.revive(node)
 
 
-@pytest.mark.slow  # about 50 s
 def test_a_client_node_dies(ns_cluster, broken, tmp_path, local_reference):  # noqa: F811
     """Mid-study, a client node's links are cut and every process on it
     (slurmd, the job's processes) is SIGKILLed: Slurm declares the node DOWN
