@@ -246,3 +246,30 @@ def test_export_refuses_a_mesh_that_does_not_fit(tmp_path, mesh, words):
     for word in words:
         assert word in done.stderr, done.stderr
     assert not (tmp_path / "results.xmf").exists()
+
+
+def test_the_mesh_never_replaces_a_field_named_mesh(tmp_path):
+    """A results file with a field 'mesh' (written before the name was reserved):
+    export refuses to put the mesh in its place and leaves the field's results."""
+    from melissa_sa.results import ResultsFileError
+    from melissa_sa.results.step_views import write_step_views
+    from melissa_sa.results.xdmf import field_arrays
+
+    layout = ResultsLayout(fields=("mesh", "by_step"),
+                           n_cells={"mesh": NX * NY, "by_step": NX * NY}, n_time_steps=T,
+                           statistics=("mean",))
+    mean = np.arange(T * NX * NY, dtype=float).reshape(T, NX * NY)
+    path = tmp_path / "results.h5"
+    write_results(path, layout, {"mesh": FieldSlice(0, NX * NY, {"mean": mean,
+                                                                 "n_samples": np.full(T, 3)}),
+                                 "by_step": FieldSlice(0, NX * NY, {"mean": mean,
+                                                              "n_samples": np.full(T, 3)})},
+                  config_json={"output_dir": "."})
+    with pytest.raises(MeshError, match="holds the results of the field 'mesh'"):
+        write_xdmf(path, parse_mesh({"shape": [NX, NY]}))
+    with h5py.File(path, "r") as h5:
+        assert np.array_equal(h5["mesh/mean"][...], mean)
+    with h5py.File(path, "r+") as h5, pytest.raises(ResultsFileError, match="the field 'by_step'"):
+        write_step_views(h5, ["by_step"], field_arrays)
+    with h5py.File(path, "r") as h5:
+        assert np.array_equal(h5["by_step/mean"][...], mean)

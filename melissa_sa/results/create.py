@@ -28,6 +28,7 @@ from melissa_sa.results.schema import (
     COUNT_FILL,
     FLOAT_FILL,
     FORMAT,
+    PARAMETERS_GROUP,
     STATISTICS,
     version,
 )
@@ -88,7 +89,7 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
             write_geometry(f, *mesh)
 
         # -- /parameters
-        pg = f.create_group("parameters", track_order=True)
+        pg = f.create_group(PARAMETERS_GROUP, track_order=True)
         pg.attrs["description"] = ("the design actually run, one row per run; member 0 = A, "
                                    "1 = B, 2 + k = C_k (A with column k from B) under Sobol', "
                                    "and 2 + p + k = D_k (B with column k from A) with "

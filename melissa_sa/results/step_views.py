@@ -17,10 +17,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-__all__ = ["write_step_views", "view_path", "has_step_views", "STEPS_GROUP", "VIEW_BYTES"]
+from melissa_sa.results.schema import STEPS_GROUP, ResultsFileError
 
-#: the group of results.h5 that holds the per-step views
-STEPS_GROUP = "by_step"
+__all__ = ["write_step_views", "view_path", "has_step_views", "VIEW_BYTES"]
 
 #: metadata bytes one view takes in results.h5 (measured: about 780)
 VIEW_BYTES = 1024
@@ -56,6 +55,10 @@ def has_step_views(h5: h5py.File, fields: list[str], arrays) -> bool:
 def write_step_views(h5: h5py.File, fields: list[str], arrays) -> int:
     """Add the views of every array ``arrays(group, field)`` lists (``field_arrays``
     of :mod:`.xdmf`) that the open file lacks; the number added."""
+    if STEPS_GROUP in fields:
+        raise ResultsFileError(f"{h5.filename}: /{STEPS_GROUP} is the field {STEPS_GROUP!r}, "
+                               "not views: no views written (rename the field in "
+                               "study_options.field_names)")
     added = 0
     for field, stat, lead, t in _views(h5, fields, arrays):
         path = view_path(field, stat, lead, t)

@@ -34,8 +34,8 @@ import numpy as np
 from melissa_sa.mesh.errors import MeshError
 from melissa_sa.mesh.geometry import Geometry, geometry_of
 from melissa_sa.mesh.spec import MeshFile, StructuredGrid
+from melissa_sa.results.schema import MESH_GROUP, STEPS_GROUP
 from melissa_sa.results.step_views import (
-    STEPS_GROUP,
     VIEW_BYTES,
     has_step_views,
     view_path,
@@ -45,12 +45,9 @@ from melissa_sa.results.step_views import (
 __all__ = ["write_xdmf", "write_xdmf_file", "write_geometry", "xdmf_path", "meshio_xdmf_path",
            "write_views", "attribute_names",
            "field_arrays", "results_fields", "study_geometry", "geometry_bytes",
-           "xdmf_after_study", "MESH_GROUP", "XDMF_TYPES"]
+           "xdmf_after_study", "XDMF_TYPES"]
 
 log = logging.getLogger("melissa_sa.results")
-
-#: the group of results.h5 that holds the mesh
-MESH_GROUP = "mesh"
 
 #: meshio cell type -> (XDMF topology name, XDMF mixed type code)
 XDMF_TYPES = {
@@ -84,6 +81,10 @@ def write_views(h5: h5py.File) -> int:
 def write_geometry(h5: h5py.File, geometry: Geometry, description: dict) -> None:
     """Write ``/mesh`` (points, and connectivity for one cell type or the XDMF
     mixed topology for several) into the open results file, replacing an old one."""
+    if MESH_GROUP in [str(f) for f in h5.attrs.get("fields", ())]:
+        raise MeshError("RESULTS", f"{h5.filename}: /{MESH_GROUP} holds the results of the "
+                                   f"field {MESH_GROUP!r}: not replaced by the mesh (rename "
+                                   "the field in study_options.field_names)")
     if MESH_GROUP in h5:
         del h5[MESH_GROUP]
     g = h5.create_group(MESH_GROUP)
