@@ -19,7 +19,13 @@ import numpy as np
 
 from melissa_sa.results.schema import STEPS_GROUP, ResultsFileError
 
-__all__ = ["write_step_views", "view_path", "has_step_views", "VIEW_BYTES"]
+__all__ = ["write_step_views", "view_path", "has_step_views", "count_step_views",
+           "VIEW_BYTES", "MAX_SERVER_VIEWS"]
+
+#: the most views the server writes with the results: each costs rank 0 about
+#: 0.3 ms (docs/performance.md, "The /by_step views"); past it ``results.xmf``
+#: reads the rows with HyperSlab items and ``melissa-sa export`` writes the views
+MAX_SERVER_VIEWS = 20_000
 
 #: metadata bytes one view takes in results.h5 (measured: about 780)
 VIEW_BYTES = 1024
@@ -45,6 +51,11 @@ def _views(h5: h5py.File, fields: list[str], arrays) -> list[tuple[str, str, tup
                 out += [(field, source, lead or (), t) for t in range(steps)]
         seen.clear()
     return out
+
+
+def count_step_views(h5: h5py.File, fields: list[str], arrays) -> int:
+    """How many views ``results.xmf`` needs (those in the file included)."""
+    return len(_views(h5, fields, arrays))
 
 
 def has_step_views(h5: h5py.File, fields: list[str], arrays) -> bool:
