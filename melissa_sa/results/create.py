@@ -178,7 +178,7 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
 
 def _views_with_results(f: h5py.File) -> None:
     """The ``/by_step`` views, unless there are more than :data:`MAX_SERVER_VIEWS`
-    (each costs rank 0 about 0.3 ms): ``results.xmf`` then reads the rows with
+    (each costs rank 0 0.6-0.9 ms): ``results.xmf`` then reads the rows with
     HyperSlab items, and ``melissa-sa export`` writes the views later."""
     n = count_step_views(f, results_fields(f), field_arrays)
     if n <= MAX_SERVER_VIEWS:

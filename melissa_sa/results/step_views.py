@@ -23,7 +23,7 @@ __all__ = ["write_step_views", "view_path", "has_step_views", "count_step_views"
            "VIEW_BYTES", "MAX_SERVER_VIEWS"]
 
 #: the most views the server writes with the results: each costs rank 0 about
-#: 0.3 ms (docs/performance.md, "The /by_step views"); past it ``results.xmf``
+#: 0.6-0.9 ms (docs/performance.md, "The /by_step views"); past it ``results.xmf``
 #: reads the rows with HyperSlab items and ``melissa-sa export`` writes the views
 MAX_SERVER_VIEWS = 20_000
 
