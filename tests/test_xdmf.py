@@ -212,6 +212,8 @@ def test_export_puts_an_existing_results_file_on_a_mesh(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "results.xmf" in done.stderr and (tmp_path / "results.xmf").exists()
+    assert f"{tmp_path / 'results.meshio.xmf'} for meshio" in done.stderr
+    assert (tmp_path / "results.meshio.xmf").exists()
     # the same from a study file's mesh, and one VTKHDF file of the last step
     study = {"study_options": {"mesh": {"shape": [NX, NY], "order": "F"}}}
     (tmp_path / "study.json").write_text(json.dumps(study))
