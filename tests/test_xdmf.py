@@ -66,6 +66,11 @@ def resolve(item: ET.Element, h5dir) -> np.ndarray:
         a, b = (resolve(child, h5dir) for child in item)
         assert item.get("Function") == "$0 - $1"
         return a - b
+    if item.get("ItemType") == "HyperSlab":
+        slab, source = item
+        start, stride, count = np.array(slab.text.split(), dtype=int).reshape(3, -1)
+        rows = tuple(slice(a, a + s * c, s) for a, s, c in zip(start, stride, count))
+        return resolve(source, h5dir)[rows].reshape(-1)
     assert item.get("Format") == "HDF"
     name, dataset = item.text.strip().split(":")
     with h5py.File(h5dir / name, "r") as h5:
@@ -275,3 +280,32 @@ def test_the_mesh_never_replaces_a_field_named_mesh(tmp_path):
         write_step_views(h5, ["by_step"], field_arrays)
     with h5py.File(path, "r") as h5:
         assert np.array_equal(h5["by_step/mean"][...], mean)
+
+
+def test_past_the_cut_off_results_xmf_selects_the_same_rows_with_hyperslabs(tmp_path,
+                                                                            monkeypatch):
+    """Without the /by_step views (the server skips them past MAX_SERVER_VIEWS)
+    every attribute of results.xmf holds the same values, through HyperSlab items."""
+    import melissa_sa.results.create as create
+
+    mesh = study_geometry(parse_mesh({"shape": [NX, NY], "order": "F"}))
+    for where in ("with", "without"):
+        (tmp_path / where).mkdir()
+    xdmf_after_study(small_results(tmp_path / "with" / "results.h5", second_order=True,
+                                   mesh=mesh), mesh)
+    monkeypatch.setattr(create, "MAX_SERVER_VIEWS", 0)
+    results = small_results(tmp_path / "without" / "results.h5", second_order=True, mesh=mesh)
+    xdmf_after_study(results, mesh)
+    with h5py.File(results, "r") as h5:
+        assert "by_step" not in h5
+    seen = {}
+    for where in ("with", "without"):
+        root = ET.parse(tmp_path / where / "results.xmf").getroot()
+        seen[where] = {(grid.get("Name"), att.get("Name")): resolve(att[0], tmp_path / where)
+                       for grid in root.iter("Grid") if grid.get("GridType") == "Uniform"
+                       for att in grid.iter("Attribute")}
+    assert len(seen["with"]) == T * len(attribute_names(results))
+    assert seen["with"].keys() == seen["without"].keys()
+    for key, values in seen["with"].items():
+        assert values.shape == (NX * NY,) and np.array_equal(values, seen["without"][key]), key
+    assert not (tmp_path / "without" / "results.meshio.xmf").exists()
