@@ -12,7 +12,7 @@ from typing import Any
 from melissa_sa.config import checks as c
 from melissa_sa.config.model import DERIVED, Distribution
 from melissa_sa.convergence import ConvergenceConfigError, parse_rule
-from melissa_sa.results.schema import RESERVED_GROUPS
+from melissa_sa.result_groups import RESERVED_GROUPS
 
 __all__ = ["check_study", "check_sa", "check_convergence", "check_server_class"]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from melissa_sa.result_groups import PARAMETERS_GROUP
 from melissa_sa.results.layout import ResultsLayout, as_table
 from melissa_sa.results.schema import (
     AGGREGATED,
@@ -29,7 +30,6 @@ from melissa_sa.results.schema import (
     COUNT_FILL,
     FLOAT_FILL,
     FORMAT,
-    PARAMETERS_GROUP,
     STATISTICS,
     version,
 )

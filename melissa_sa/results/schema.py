@@ -32,14 +32,6 @@ import numpy as np
 
 FORMAT = "melissa-sa/1"
 
-#: the top-level groups of results.h5 besides one per field: the design run,
-#: the mesh (``results.xmf``) and the per-step views (:mod:`.step_views`)
-PARAMETERS_GROUP = "parameters"
-MESH_GROUP = "mesh"
-STEPS_GROUP = "by_step"
-#: names no field may take (``study_options.field_names``)
-RESERVED_GROUPS = (PARAMETERS_GROUP, MESH_GROUP, STEPS_GROUP)
-
 #: Per-cell statistics in canonical order, with the name of their leading
 #: dimension (``None``: shaped (time_step, cell)).
 STATISTICS: dict[str, str | None] = {
@@ -128,8 +120,7 @@ FLOAT_FILL = np.nan
 COUNT_FILL = -1
 
 __all__ = [
-    "FORMAT", "PARAMETERS_GROUP", "MESH_GROUP", "STEPS_GROUP", "RESERVED_GROUPS",
-    "STATISTICS", "SOBOL_STATISTICS", "COUNTS", "SCALES", "DEFINITIONS",
+    "FORMAT", "STATISTICS", "SOBOL_STATISTICS", "COUNTS", "SCALES", "DEFINITIONS",
     "CI_METHODS", "FLOAT_FILL", "COUNT_FILL", "ResultsFileError", "ResultsWriteError",
     "as_text", "version",
 ]

@@ -17,7 +17,8 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-from melissa_sa.results.schema import STEPS_GROUP, ResultsFileError
+from melissa_sa.result_groups import STEPS_GROUP
+from melissa_sa.results.schema import ResultsFileError
 
 __all__ = ["write_step_views", "view_path", "has_step_views", "count_step_views",
            "VIEW_BYTES", "MAX_SERVER_VIEWS"]

@@ -34,7 +34,7 @@ import numpy as np
 from melissa_sa.mesh.errors import MeshError
 from melissa_sa.mesh.geometry import Geometry, geometry_of
 from melissa_sa.mesh.spec import MeshFile, StructuredGrid
-from melissa_sa.results.schema import MESH_GROUP, STEPS_GROUP
+from melissa_sa.result_groups import MESH_GROUP, STEPS_GROUP
 from melissa_sa.results.step_views import (
     MAX_SERVER_VIEWS,
     VIEW_BYTES,
