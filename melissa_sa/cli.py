@@ -173,6 +173,7 @@ def cmd_export(args) -> int:
     from melissa_sa.mesh import MeshError
     from melissa_sa.results import ResultsFileError, open_results
     from melissa_sa.results.export import export_results, mesh_argument
+    from melissa_sa.results.xdmf import meshio_xdmf_path
 
     try:
         with open_results(args.results):  # refuses what is not a complete results file
@@ -185,8 +186,8 @@ def cmd_export(args) -> int:
     except (FileNotFoundError, ResultsFileError, OSError) as exc:
         _err(str(exc))
         return exit_codes.FAILED
-    what = "open it in ParaView (XDMF Reader)" if args.format == "xdmf" else \
-        "open it in ParaView"
+    what = (f"open it in ParaView (XDMF Reader); {meshio_xdmf_path(args.results)} for meshio "
+            "and ParaView's Xdmf3 readers" if args.format == "xdmf" else "open it in ParaView")
     print(f"{PROG}: wrote {out}: {what}", file=sys.stderr)
     return exit_codes.OK
 
@@ -259,8 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = _results_command(
         sub, "export", cmd_export, help="put a results file on a mesh, for ParaView",
-        description="Write the mesh into RESULTS and results.xmf next to it (XDMF: every "
-                    "statistic at every time step, values read from RESULTS), or with "
+        description="Write the mesh and the /by_step views (one HDF5 virtual dataset per "
+                    "statistic row and time step, no values copied) into RESULTS, and next "
+                    "to it results.xmf (XDMF 2 for ParaView's XDMF Reader: every statistic "
+                    "at every time step, values read from RESULTS) and results.meshio.xmf "
+                    "(XDMF 3 for meshio and ParaView's Xdmf3 readers, without the interval "
+                    "widths); a study past the server's cut-off of views (docs/results.md) "
+                    "gets its views and results.meshio.xmf this way. Or with "
                     "--format vtkhdf one VTKHDF file holding the mesh and every statistic of "
                     "one time step. MESH is a mesh file meshio reads, or a JSON file with a "
                     "mesh object (as study_options.mesh) or a whole study file.")

@@ -724,3 +724,10 @@ def test_sobol_fold_batch_needs_sobol_indices(tmp_path):
     data = patched(patched(FULL, "sa_config.sobol_fold_batch", 8), "sa_config.sobol_indices", False)
     assert ("sa_config.sobol_fold_batch: sets how many groups the Sobol' fold buffers; it "
             "needs sa_config.sobol_indices: true") in error_of(tmp_path, data)
+
+
+@pytest.mark.parametrize("name", ["parameters", "mesh", "by_step"])
+def test_a_field_cannot_take_the_name_of_a_results_group(tmp_path, name):
+    """results.h5 holds /parameters, /mesh and /by_step besides one group per field."""
+    msg = error_of(tmp_path, patched(FULL, "study_options.field_names", ["u", name]))
+    assert f"study.json: study_options.field_names[1]: {name!r} is reserved" in msg

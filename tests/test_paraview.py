@@ -179,3 +179,44 @@ def test_paraviews_xdmf3_reader_opens_the_file_meshio_reads(tmp_path):
             assert np.array_equal(got["temperature ST x3"], g["sobol_total"][2, t])
             assert np.array_equal(got["temperature S2 x1:x3"], g["sobol_second"][1, t])
     not_blank(image)
+
+
+def test_paraview_reads_results_xmf_without_the_views_past_the_servers_cut_off(
+        tmp_path, monkeypatch, caplog):
+    """Past MAX_SERVER_VIEWS the server writes no /by_step views: results.xmf
+    reads each row with a HyperSlab item, and there is no results.meshio.xmf
+    until ``melissa-sa export`` writes the views."""
+    import logging
+
+    import melissa_sa.results.create as create
+    from melissa_sa.results.xdmf import study_geometry, xdmf_after_study
+
+    monkeypatch.setattr(create, "MAX_SERVER_VIEWS", 10)
+    mesh = study_geometry(parse_mesh({"shape": [NX, NY], "order": "F"}))
+    with caplog.at_level(logging.INFO, logger="melissa_sa.results"):
+        results = small_results(tmp_path / "results.h5", second_order=True, mesh=mesh)
+    assert "melissa-sa export RESULTS --mesh MESH writes the views" in caplog.text
+    (tmp_path / "results.meshio.xmf").write_text("stale")
+    assert xdmf_after_study(results, mesh) == tmp_path / "results.xmf"
+    assert not (tmp_path / "results.meshio.xmf").exists()
+    with h5py.File(results, "r") as h5:
+        assert "by_step" not in h5 and "mesh" in h5
+    assert "HyperSlab" in (tmp_path / "results.xmf").read_text()
+    report, image = paraview_reads(tmp_path, tmp_path / "results.xmf", "temperature S2 x1:x3")
+    assert report["times"] == list(range(T))
+    names = attribute_names(results)
+    with h5py.File(results, "r") as h5:
+        g = h5["temperature"]
+        for t, step in enumerate(report["steps"]):
+            assert sorted(step["arrays"]) == sorted(names)
+            got = {name: np.array(v) for name, v in step["arrays"].items()}
+            assert np.array_equal(got["temperature mean"], g["mean"][t])
+            assert np.array_equal(got["temperature P(>300)"], g["threshold_exceedance"][1, t])
+            assert np.array_equal(got["temperature S2 x1:x3"], g["sobol_second"][1, t])
+            width = g["sobol_total_high"][2, t] - g["sobol_total_low"][2, t]
+            assert np.array_equal(got["temperature ST x3 width"], width)
+    not_blank(image)
+    # export writes the views and both files
+    write_xdmf(results, parse_mesh({"shape": [NX, NY], "order": "F"}))
+    assert (tmp_path / "results.meshio.xmf").exists()
+    assert "HyperSlab" not in (tmp_path / "results.xmf").read_text()

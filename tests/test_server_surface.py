@@ -206,3 +206,30 @@ def test_the_clock_ticks_while_data_keeps_arriving(server, monkeypatch):
     server.tick_every = 0.001
     server._loop()
     assert len(ticks) == 3
+
+
+@pytest.mark.parametrize("n_cells, batch", [(1000, None), (600_000, 1)])
+def test_the_pool_keeps_spares_for_the_sobol_batch_of_the_slice(tmp_path, monkeypatch,
+                                                                   n_cells, batch):
+    """The spares follow the step's SobolMartinez.fold_batch, which is 1 once a
+    group (p = 2: 4 float64 rows) over the slice passes BATCH_GROUP_BYTES."""
+    from melissa_sa.protocol import ClientHello
+    from melissa_sa.server.assembly import SPARE_BUFFERS
+    from melissa_sa.stats.sobol_fold import BATCH_GROUP_BYTES, FOLD_BATCH
+
+    monkeypatch.setenv("MELISSA_LAUNCHER_ADDRESS", "tcp://127.0.0.1:1")
+    study = write_study(tmp_path, study_options={"nb_time_steps": 1},
+                        sa_config={"sobol_indices": True})
+    s = SensitivityAnalysisServer(load_config(study), comm=OneRank())
+    s.transport = Recorder()
+    s.open_study()
+    s.feed(Begin(0.0))
+    s.coordinator.welcome(ClientHello(0, "f", n_cells))
+    sobol = s.slices["f"].steps[0].sobol
+    assert (8 * 4 * n_cells > BATCH_GROUP_BYTES) == (batch == 1)
+    expected = FOLD_BATCH["delta"] if batch is None else batch
+    assert sobol.fold_batch == expected
+    assert s.worker._assembler.pool.spares == SPARE_BUFFERS + expected
+    s.worker.release_spare_buffers()
+    s.worker.declare_missing_fields()
+    assert s.worker._assembler.pool.spares == 0

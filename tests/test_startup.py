@@ -13,6 +13,18 @@ def test_cpu_seconds_grows_with_work():
     assert server_main.cpu_seconds() > before >= 0.0
 
 
+def test_cpu_seconds_reads_the_clock_of_the_server_phases(monkeypatch):
+    """main's marks and the server's cpu_phases (time.process_time) share one
+    clock: getrusage's ticks could put a phase's start after its end (-0.00 s)."""
+    import time
+
+    monkeypatch.setattr(time, "process_time", lambda: 12.5)
+    assert server_main.cpu_seconds() == 12.5
+    marks = [("server set-up", server_main.cpu_seconds())]
+    assert server_main.phase_split([("kernels", time.process_time())], marks[-1][1]) \
+        == "kernels 0.00 s"
+
+
 def test_server_module_imports_no_scipy():
     """scipy costs a server 0.1-0.2 s of CPU to import: the statistics load it
     only when a threshold interval is asked for."""

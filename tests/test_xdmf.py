@@ -66,6 +66,11 @@ def resolve(item: ET.Element, h5dir) -> np.ndarray:
         a, b = (resolve(child, h5dir) for child in item)
         assert item.get("Function") == "$0 - $1"
         return a - b
+    if item.get("ItemType") == "HyperSlab":
+        slab, source = item
+        start, stride, count = np.array(slab.text.split(), dtype=int).reshape(3, -1)
+        rows = tuple(slice(a, a + s * c, s) for a, s, c in zip(start, stride, count))
+        return resolve(source, h5dir)[rows].reshape(-1)
     assert item.get("Format") == "HDF"
     name, dataset = item.text.strip().split(":")
     with h5py.File(h5dir / name, "r") as h5:
@@ -212,6 +217,8 @@ def test_export_puts_an_existing_results_file_on_a_mesh(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "results.xmf" in done.stderr and (tmp_path / "results.xmf").exists()
+    assert f"{tmp_path / 'results.meshio.xmf'} for meshio" in done.stderr
+    assert (tmp_path / "results.meshio.xmf").exists()
     # the same from a study file's mesh, and one VTKHDF file of the last step
     study = {"study_options": {"mesh": {"shape": [NX, NY], "order": "F"}}}
     (tmp_path / "study.json").write_text(json.dumps(study))
@@ -246,3 +253,59 @@ def test_export_refuses_a_mesh_that_does_not_fit(tmp_path, mesh, words):
     for word in words:
         assert word in done.stderr, done.stderr
     assert not (tmp_path / "results.xmf").exists()
+
+
+def test_the_mesh_never_replaces_a_field_named_mesh(tmp_path):
+    """A results file with a field 'mesh' (written before the name was reserved):
+    export refuses to put the mesh in its place and leaves the field's results."""
+    from melissa_sa.results import ResultsFileError
+    from melissa_sa.results.step_views import write_step_views
+    from melissa_sa.results.xdmf import field_arrays
+
+    layout = ResultsLayout(fields=("mesh", "by_step"),
+                           n_cells={"mesh": NX * NY, "by_step": NX * NY}, n_time_steps=T,
+                           statistics=("mean",))
+    mean = np.arange(T * NX * NY, dtype=float).reshape(T, NX * NY)
+    path = tmp_path / "results.h5"
+    write_results(path, layout, {"mesh": FieldSlice(0, NX * NY, {"mean": mean,
+                                                                 "n_samples": np.full(T, 3)}),
+                                 "by_step": FieldSlice(0, NX * NY, {"mean": mean,
+                                                              "n_samples": np.full(T, 3)})},
+                  config_json={"output_dir": "."})
+    with pytest.raises(MeshError, match="holds the results of the field 'mesh'"):
+        write_xdmf(path, parse_mesh({"shape": [NX, NY]}))
+    with h5py.File(path, "r") as h5:
+        assert np.array_equal(h5["mesh/mean"][...], mean)
+    with h5py.File(path, "r+") as h5, pytest.raises(ResultsFileError, match="the field 'by_step'"):
+        write_step_views(h5, ["by_step"], field_arrays)
+    with h5py.File(path, "r") as h5:
+        assert np.array_equal(h5["by_step/mean"][...], mean)
+
+
+def test_past_the_cut_off_results_xmf_selects_the_same_rows_with_hyperslabs(tmp_path,
+                                                                            monkeypatch):
+    """Without the /by_step views (the server skips them past MAX_SERVER_VIEWS)
+    every attribute of results.xmf holds the same values, through HyperSlab items."""
+    import melissa_sa.results.create as create
+
+    mesh = study_geometry(parse_mesh({"shape": [NX, NY], "order": "F"}))
+    for where in ("with", "without"):
+        (tmp_path / where).mkdir()
+    xdmf_after_study(small_results(tmp_path / "with" / "results.h5", second_order=True,
+                                   mesh=mesh), mesh)
+    monkeypatch.setattr(create, "MAX_SERVER_VIEWS", 0)
+    results = small_results(tmp_path / "without" / "results.h5", second_order=True, mesh=mesh)
+    xdmf_after_study(results, mesh)
+    with h5py.File(results, "r") as h5:
+        assert "by_step" not in h5
+    seen = {}
+    for where in ("with", "without"):
+        root = ET.parse(tmp_path / where / "results.xmf").getroot()
+        seen[where] = {(grid.get("Name"), att.get("Name")): resolve(att[0], tmp_path / where)
+                       for grid in root.iter("Grid") if grid.get("GridType") == "Uniform"
+                       for att in grid.iter("Attribute")}
+    assert len(seen["with"]) == T * len(attribute_names(results))
+    assert seen["with"].keys() == seen["without"].keys()
+    for key, values in seen["with"].items():
+        assert values.shape == (NX * NY,) and np.array_equal(values, seen["without"][key]), key
+    assert not (tmp_path / "without" / "results.meshio.xmf").exists()

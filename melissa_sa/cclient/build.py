@@ -151,15 +151,40 @@ end program melissa_check
 ZMQ_STAND_IN = "-DMSA_ZMQ_STAND_IN"
 
 
+#: preprocessed, prints whether zmq.h is on the include path, or nothing where
+#: the compiler lacks ``__has_include`` (GCC < 5)
+HAS_INCLUDE_PROBE = """#if defined(__has_include)
+#if __has_include(<zmq.h>)
+msa_zmq_h_found
+#else
+msa_zmq_h_missing
+#endif
+#endif
+"""
+
+
 def finds_zmq_h(mpicc: str, cflags: list[str]) -> bool:
-    """Whether ``mpicc`` with ``cflags`` finds a ``zmq.h`` (preprocessed only:
-    its content is not read)."""
-    probe = "#if __has_include(<zmq.h>)\nmsa_zmq_h_found\n#endif\n"
-    done = subprocess.run([mpicc, *cflags, "-E", "-x", "c", "-"], input=probe,
+    """Whether ``mpicc`` with ``cflags`` finds a ``zmq.h``: asked with
+    ``__has_include`` (its content is not read); a compiler without it (GCC < 5,
+    or one that rejects the probe) preprocesses ``#include <zmq.h>`` instead,
+    where a failure that says zmq.h is missing means not found."""
+    done = preprocess(mpicc, cflags, HAS_INCLUDE_PROBE)
+    if done.returncode == 0 and "msa_zmq_h_" in done.stdout:
+        return "msa_zmq_h_found" in done.stdout
+    done = preprocess(mpicc, cflags, "#include <zmq.h>\n")
+    if done.returncode == 0:
+        return True
+    missing = ("No such file", "not found", "cannot open", "cannot find")
+    if any("zmq.h" in line and any(m in line for m in missing)
+           for line in done.stderr.splitlines()):
+        return False
+    raise BuildError(f"{mpicc} -E failed looking for zmq.h: {done.stderr.strip()}")
+
+
+def preprocess(mpicc: str, cflags: list[str], source: str) -> subprocess.CompletedProcess:
+    """``mpicc -E`` of a C ``source`` on stdin."""
+    return subprocess.run([mpicc, *cflags, "-E", "-x", "c", "-"], input=source,
                           capture_output=True, text=True, timeout=120)
-    if done.returncode != 0:
-        raise BuildError(f"{mpicc} -E failed looking for zmq.h: {done.stderr.strip()}")
-    return "msa_zmq_h_found" in done.stdout
 
 
 def link_zmq(zmq: str, stage_lib: Path, mpicc: str) -> tuple[list[str], list[str], str]:

@@ -12,6 +12,7 @@ from typing import Any
 from melissa_sa.config import checks as c
 from melissa_sa.config.model import DERIVED, Distribution
 from melissa_sa.convergence import ConvergenceConfigError, parse_rule
+from melissa_sa.result_groups import RESERVED_GROUPS
 
 __all__ = ["check_study", "check_sa", "check_convergence", "check_server_class"]
 
@@ -75,6 +76,13 @@ def check_server_class(r: c.Reader, d: Mapping, base: str, server_filename: Any,
 
 def check_study(r: c.Reader, so: dict) -> None:
     """Cross-key checks of study_options; fills per-parameter defaults in place."""
+    names = so["field_names"]
+    for k, name in enumerate(names if c.ok(names) else ()):
+        if name in RESERVED_GROUPS:
+            r.err(f"study_options.field_names[{k}]",
+                  f"{name!r} is reserved: results.h5 has a group of that name besides the "
+                  f"fields' (reserved: {', '.join(RESERVED_GROUPS)}); rename the field")
+            so["field_names"] = c.BAD
     p = so["nb_parameters"]
     if not c.ok(p):
         for name, value in so.items():  # lengths cannot be checked; the error is recorded

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from melissa_sa.result_groups import PARAMETERS_GROUP
 from melissa_sa.results.layout import ResultsLayout, as_table
 from melissa_sa.results.schema import (
     AGGREGATED,
@@ -31,9 +33,12 @@ from melissa_sa.results.schema import (
     STATISTICS,
     version,
 )
-from melissa_sa.results.xdmf import write_geometry, write_views
+from melissa_sa.results.step_views import MAX_SERVER_VIEWS, count_step_views
+from melissa_sa.results.xdmf import field_arrays, results_fields, write_geometry, write_views
 
 __all__ = ["create_results_file"]
+
+log = logging.getLogger("melissa_sa.results")
 
 
 def _str_scale(group, name: str, values) -> h5py.Dataset:
@@ -88,7 +93,7 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
             write_geometry(f, *mesh)
 
         # -- /parameters
-        pg = f.create_group("parameters", track_order=True)
+        pg = f.create_group(PARAMETERS_GROUP, track_order=True)
         pg.attrs["description"] = ("the design actually run, one row per run; member 0 = A, "
                                    "1 = B, 2 + k = C_k (A with column k from B) under Sobol', "
                                    "and 2 + p + k = D_k (B with column k from A) with "
@@ -167,5 +172,19 @@ def create_results_file(path, layout: ResultsLayout, config_json: str | Mapping 
                         d.attrs["confidence_level"] = layout.confidence_level
                         d.attrs["method"] = AGGREGATED_CI_METHOD
         if mesh is not None:
-            write_views(f)
+            _views_with_results(f)
     return path
+
+
+def _views_with_results(f: h5py.File) -> None:
+    """The ``/by_step`` views, unless there are more than :data:`MAX_SERVER_VIEWS`
+    (each costs rank 0 0.6-0.9 ms): ``results.xmf`` then reads the rows with
+    HyperSlab items, and ``melissa-sa export`` writes the views later."""
+    n = count_step_views(f, results_fields(f), field_arrays)
+    if n <= MAX_SERVER_VIEWS:
+        write_views(f)
+        return
+    log.info("results.h5: %d /by_step views is more than %d: not written with the results; "
+             "results.xmf reads the rows with HyperSlab items (ParaView's XDMF Reader); "
+             "melissa-sa export RESULTS --mesh MESH writes the views and "
+             "results.meshio.xmf later", n, MAX_SERVER_VIEWS)

@@ -17,10 +17,16 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
-__all__ = ["write_step_views", "view_path", "has_step_views", "STEPS_GROUP", "VIEW_BYTES"]
+from melissa_sa.result_groups import STEPS_GROUP
+from melissa_sa.results.schema import ResultsFileError
 
-#: the group of results.h5 that holds the per-step views
-STEPS_GROUP = "by_step"
+__all__ = ["write_step_views", "view_path", "has_step_views", "count_step_views",
+           "VIEW_BYTES", "MAX_SERVER_VIEWS"]
+
+#: the most views the server writes with the results: each costs rank 0 about
+#: 0.6-0.9 ms (docs/performance.md, "The /by_step views"); past it ``results.xmf``
+#: reads the rows with HyperSlab items and ``melissa-sa export`` writes the views
+MAX_SERVER_VIEWS = 20_000
 
 #: metadata bytes one view takes in results.h5 (measured: about 780)
 VIEW_BYTES = 1024
@@ -48,6 +54,11 @@ def _views(h5: h5py.File, fields: list[str], arrays) -> list[tuple[str, str, tup
     return out
 
 
+def count_step_views(h5: h5py.File, fields: list[str], arrays) -> int:
+    """How many views ``results.xmf`` needs (those in the file included)."""
+    return len(_views(h5, fields, arrays))
+
+
 def has_step_views(h5: h5py.File, fields: list[str], arrays) -> bool:
     """Whether every view ``results.xmf`` needs is in the file."""
     return all(view_path(*v) in h5 for v in _views(h5, fields, arrays))
@@ -56,6 +67,10 @@ def has_step_views(h5: h5py.File, fields: list[str], arrays) -> bool:
 def write_step_views(h5: h5py.File, fields: list[str], arrays) -> int:
     """Add the views of every array ``arrays(group, field)`` lists (``field_arrays``
     of :mod:`.xdmf`) that the open file lacks; the number added."""
+    if STEPS_GROUP in fields:
+        raise ResultsFileError(f"{h5.filename}: /{STEPS_GROUP} is the field {STEPS_GROUP!r}, "
+                               "not views: no views written (rename the field in "
+                               "study_options.field_names)")
     added = 0
     for field, stat, lead, t in _views(h5, fields, arrays):
         path = view_path(field, stat, lead, t)

@@ -34,8 +34,9 @@ import numpy as np
 from melissa_sa.mesh.errors import MeshError
 from melissa_sa.mesh.geometry import Geometry, geometry_of
 from melissa_sa.mesh.spec import MeshFile, StructuredGrid
+from melissa_sa.result_groups import MESH_GROUP, STEPS_GROUP
 from melissa_sa.results.step_views import (
-    STEPS_GROUP,
+    MAX_SERVER_VIEWS,
     VIEW_BYTES,
     has_step_views,
     view_path,
@@ -45,12 +46,9 @@ from melissa_sa.results.step_views import (
 __all__ = ["write_xdmf", "write_xdmf_file", "write_geometry", "xdmf_path", "meshio_xdmf_path",
            "write_views", "attribute_names",
            "field_arrays", "results_fields", "study_geometry", "geometry_bytes",
-           "xdmf_after_study", "MESH_GROUP", "XDMF_TYPES"]
+           "xdmf_after_study", "XDMF_TYPES"]
 
 log = logging.getLogger("melissa_sa.results")
-
-#: the group of results.h5 that holds the mesh
-MESH_GROUP = "mesh"
 
 #: meshio cell type -> (XDMF topology name, XDMF mixed type code)
 XDMF_TYPES = {
@@ -84,6 +82,10 @@ def write_views(h5: h5py.File) -> int:
 def write_geometry(h5: h5py.File, geometry: Geometry, description: dict) -> None:
     """Write ``/mesh`` (points, and connectivity for one cell type or the XDMF
     mixed topology for several) into the open results file, replacing an old one."""
+    if MESH_GROUP in [str(f) for f in h5.attrs.get("fields", ())]:
+        raise MeshError("RESULTS", f"{h5.filename}: /{MESH_GROUP} holds the results of the "
+                                   f"field {MESH_GROUP!r}: not replaced by the mesh (rename "
+                                   "the field in study_options.field_names)")
     if MESH_GROUP in h5:
         del h5[MESH_GROUP]
     g = h5.create_group(MESH_GROUP)
@@ -158,6 +160,21 @@ def _item(h5name: str, path: str, n: int) -> str:
             f"{h5name}:{path}</DataItem>")
 
 
+def _hyperslab(h5: h5py.File, h5name: str, field: str, stat: str, lead: tuple,
+               t: int, n: int) -> str:
+    """Row ``[lead, t]`` of ``/<field>/<stat>`` as an XDMF 2 ``HyperSlab`` item
+    (start, stride, count per axis), for a file without the ``/by_step`` views."""
+    shape = h5[field][stat].shape
+    start = [*lead, t, 0]
+    count = [1] * (len(shape) - 1) + [n]
+    slab = " ".join(str(v) for v in (*start, *([1] * len(shape)), *count))
+    return (f'<DataItem ItemType="HyperSlab" Dimensions="{" ".join(map(str, count))}" '
+            f'Type="HyperSlab"><DataItem Dimensions="3 {len(shape)}" Format="XML">{slab}'
+            f'</DataItem><DataItem Format="HDF" NumberType="Float" Precision="8" '
+            f'Dimensions="{" ".join(map(str, shape))}">{h5name}:/{field}/{stat}</DataItem>'
+            "</DataItem>")
+
+
 def _topology(h5name: str, geometry: Geometry) -> str:
     if len(geometry.blocks) == 1:
         cell_type, conn = geometry.blocks[0]
@@ -189,12 +206,18 @@ def _check_sizes(h5: h5py.File, geometry: Geometry) -> int:
     return n_steps or 0
 
 
-def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry, *, widths: bool) -> str:
-    """``results.xmf`` (XDMF 2, ``widths`` as ``Function`` items) or, without
-    widths, ``results.meshio.xmf`` (XDMF 3)."""
+def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry, *, widths: bool,
+               views: bool = True) -> str:
+    """``results.xmf`` (XDMF 2, ``widths`` as ``Function`` items; its rows are
+    the ``/by_step`` views, or without ``views`` HyperSlab items) or, without
+    widths, ``results.meshio.xmf`` (XDMF 3, which needs the views)."""
     n_steps = _check_sizes(h5, geometry)
     fields = results_fields(h5)
-    if not has_step_views(h5, fields, field_arrays):
+    if MESH_GROUP not in h5:
+        raise MeshError("RESULTS", f"{h5.filename}: no /{MESH_GROUP} (a study without "
+                                   "study_options.mesh): run melissa-sa export RESULTS --mesh "
+                                   "MESH")
+    if views and not has_step_views(h5, fields, field_arrays):
         raise MeshError("RESULTS", f"{h5.filename}: no /{STEPS_GROUP} views of the statistics "
                                    "(a file written before they existed): run melissa-sa "
                                    "export RESULTS --mesh MESH")
@@ -216,7 +239,8 @@ def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry, *, widths: bool) 
         lines.append(f"    {topology}")
         lines.append(f"    {geometry_xml}")
         for field, name, stat, lead in arrays:
-            items = [_item(h5name, view_path(field, source, lead, t), n)
+            items = [_item(h5name, view_path(field, source, lead, t), n) if views
+                     else _hyperslab(h5, h5name, field, source, lead or (), t, n)
                      for source in stat.split(" - ")]
             if len(items) == 1:
                 item = items[0]
@@ -258,14 +282,21 @@ def _replace_text(out: Path, text: str) -> None:
 
 def write_xdmf_file(results_path: str | os.PathLike, geometry: Geometry) -> Path:
     """Write ``results.xmf`` and ``results.meshio.xmf`` next to ``results_path``
-    (whose ``/mesh`` is ``geometry`` and which holds the ``/by_step`` views),
-    each through a temporary file, removed if the write fails; ``results.xmf``."""
+    (whose ``/mesh`` is ``geometry``), each through a temporary file, removed if
+    the write fails; ``results.xmf``. A file without the ``/by_step`` views (the
+    server skips them past :data:`MAX_SERVER_VIEWS`) gets ``results.xmf`` with
+    HyperSlab items, which ParaView's XDMF Reader reads, and no
+    ``results.meshio.xmf`` (an old one is removed: its views are not there)."""
     results_path = Path(results_path)
+    meshio_path = meshio_xdmf_path(results_path)
     with h5py.File(results_path, "r") as h5:
+        views = has_step_views(h5, results_fields(h5), field_arrays)
         texts = {xdmf_path(results_path): _xdmf_text(h5, results_path.name, geometry,
-                                                     widths=True),
-                 meshio_xdmf_path(results_path): _xdmf_text(h5, results_path.name, geometry,
-                                                            widths=False)}
+                                                     widths=True, views=views)}
+        if views:
+            texts[meshio_path] = _xdmf_text(h5, results_path.name, geometry, widths=False)
+    if not views:
+        meshio_path.unlink(missing_ok=True)
     for out, text in texts.items():
         _replace_text(out, text)
     return xdmf_path(results_path)
@@ -296,10 +327,12 @@ def geometry_bytes(geometry: Geometry, layout=None) -> int:
     """The bytes ``/mesh`` takes in ``results.h5`` (points, connectivity, and
     for mixed cell types two more integers per cell) and, given the results'
     :class:`~melissa_sa.results.layout.ResultsLayout`, the metadata of the
-    ``/by_step`` views (:data:`~melissa_sa.results.step_views.VIEW_BYTES` each)."""
+    ``/by_step`` views (:data:`~melissa_sa.results.step_views.VIEW_BYTES` each;
+    none past :data:`MAX_SERVER_VIEWS`, which the server does not write)."""
     views = 0 if layout is None else sum(
         math.prod(layout.shape(field, stat)[:-1]) for field in layout.fields
         for stat in layout.statistics if stat in _SHOWN)
+    views = 0 if views > MAX_SERVER_VIEWS else views
     return (geometry.points.nbytes + sum(conn.nbytes for _, conn in geometry.blocks)
             + (16 * geometry.n_cells if len(geometry.blocks) > 1 else 0)
             + VIEW_BYTES * views)

@@ -46,7 +46,6 @@ from melissa_sa.server.rank_progress import Completed, RankProgress
 from melissa_sa.server.snapshot import RankSnapshot
 from melissa_sa.stats import set_threads
 from melissa_sa.stats.row_pool import RowPool
-from melissa_sa.stats.sobol_fold import fold_batch_for
 
 __all__ = ["RankWorker"]
 
@@ -96,12 +95,21 @@ class RankWorker:
                            ranks.SummaryRequest: self._on_summary_request})
 
     def _open_assembler(self, config) -> None:
-        """The group buffers, with spares for the rows the Sobol' fold keeps."""
-        sa = config.sa_config
-        # the Sobol' fold gives rows back a batch at a time (stats/sobol_fold.py)
-        self._assembler = GroupAssembler(self.group_size, RowPool(SPARE_BUFFERS + (
-            fold_batch_for(sa.confidence_method, self.layout.second_order, sa.sobol_fold_batch)
-            if sa.sobol_indices else 0)))
+        """The group buffers; the spares for the rows the Sobol' fold keeps come
+        with each field (:meth:`_fit_spares`), once its slice is known."""
+        self._assembler = GroupAssembler(self.group_size, RowPool(SPARE_BUFFERS))
+        self._spares_released = False
+
+    def _fit_spares(self, steps: list[StepStatistics]) -> None:
+        """The Sobol' fold gives a step's rows back ``fold_batch`` groups at once
+        (stats/sobol_fold.py), and its ``fold_batch`` depends on a group's bytes
+        over this slice (1 above ``BATCH_GROUP_BYTES``): keep that many spares
+        more than :data:`SPARE_BUFFERS`, for the field with the largest batch."""
+        sobol = steps[0].sobol if steps else None
+        if sobol is None or self._spares_released:
+            return
+        pool = self._assembler.pool
+        pool.spares = max(pool.spares, SPARE_BUFFERS + sobol.fold_batch)
 
     # -- data path ------------------------------------------------------------------------
     def receive(self, frames):
@@ -160,6 +168,7 @@ class RankWorker:
         lo, hi = self.fields.partitions[name][self.rank]
         steps = [StepStatistics(hi - lo, self.config) for _ in range(self.n_time_steps)]
         self.slices[name] = LocalField(name, self.fields.index(name), lo, hi, steps)
+        self._fit_spares(steps)
         log.info("field %r: %d cells, this rank holds [%d, %d)", name, msg.n_cells, lo, hi)
         self._choose_threads()
 
@@ -242,6 +251,7 @@ class RankWorker:
         give back from now on: after the study no group comes to reuse them
         (up to ``2 + fold_batch`` of ``group_size x slice`` floats)."""
         self._assembler.pool.close()
+        self._spares_released = True
 
     def close(self) -> None:
         try:
