@@ -285,6 +285,21 @@ def build_heat_c(scratch: Path) -> Path:
     return build_dir / "heat"
 
 
+def heat_study_config(work: Path, client_command: list, cells: int, steps: int, groups: int,
+                      job_limit: int, server_processes: int) -> Path:
+    """The Sobol' study of the C heat solver (its field, bounds and parameter
+    names), the clients run by ``client_command``."""
+    study = study_config(work, Path("unused"), cells, steps, groups, job_limit,
+                         server_processes)
+    cfg = json.loads(study.read_text())
+    cfg["study_options"].update(field_names=["temperature"], l_bounds=[100.0] * 3,
+                                u_bounds=[500.0] * 3,
+                                parameter_names=["T_initial", "T_left", "T_other_walls"])
+    cfg["client_config"]["executable_command"] = " ".join(map(str, client_command))
+    study.write_text(json.dumps(cfg, indent=1))
+    return study
+
+
 def bench_study_c(args, scratch: Path) -> dict:
     """The Sobol' study of the C heat solver (serial runs, p = 3): melissa-sa run
     against the same binary writing fsync'd raw files, then NumPy."""
@@ -297,13 +312,7 @@ def bench_study_c(args, scratch: Path) -> dict:
     work.mkdir(parents=True)
     out = {}
     for sp in [int(x) for x in str(args.server_processes).split(",")]:
-        study = study_config(work, Path("unused"), cells, steps, groups, args.job_limit, sp)
-        cfg = json.loads(study.read_text())
-        cfg["study_options"].update(field_names=["temperature"], l_bounds=[100.0] * 3,
-                                    u_bounds=[500.0] * 3,
-                                    parameter_names=["T_initial", "T_left", "T_other_walls"])
-        cfg["client_config"]["executable_command"] = " ".join(map(str, solver))
-        study.write_text(json.dumps(cfg, indent=1))
+        study = heat_study_config(work, solver, cells, steps, groups, args.job_limit, sp)
         if "classic" not in out:
             classic = run_classic_study(
                 work, study, heat, cells, steps, groups, args.job_limit,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import subprocess
@@ -45,9 +44,9 @@ from e2e_procs import children_cpu_seconds, spawn, stop_all, wait_quiet  # noqa:
 from e2e_study import (  # noqa: E402
     build_heat_c,
     compare_results,
+    heat_study_config,
     run_classic_study,
     run_melissa_study,
-    study_config,
 )
 from sobol_fold import cpu_model  # noqa: E402
 
@@ -61,15 +60,9 @@ def pinned(core: int, cmd: list) -> list:
 
 def heat_study(work: Path, heat: Path, args) -> tuple[Path, list]:
     """The study file, and the solver's command line without its parameters."""
-    cells = args.n * args.n
     solver = [heat, "--nx", args.n, "--ny", args.n, "--steps", args.steps, "--dt", args.dt]
-    study = study_config(work, Path("unused"), cells, args.steps, args.groups, 1, 1)
-    cfg = json.loads(study.read_text())
-    cfg["study_options"].update(field_names=["temperature"], l_bounds=[100.0] * 3,
-                                u_bounds=[500.0] * 3,
-                                parameter_names=["T_initial", "T_left", "T_other_walls"])
-    cfg["client_config"]["executable_command"] = " ".join(pinned(CLIENT_CORE, solver))
-    study.write_text(json.dumps(cfg, indent=1))
+    study = heat_study_config(work, pinned(CLIENT_CORE, solver), args.n * args.n, args.steps,
+                              args.groups, 1, 1)
     return study, solver
 
 
