@@ -199,13 +199,19 @@ def test_bad_messages_are_reported_five_times_then_counted_quietly():
     assert out.getvalue().count("refused a message") == 5
 
 
-def test_the_handler_table_covers_exactly_the_server_s_messages(tmp_path):
+def _small_study(tmp_path):
+    """A study file of 3 groups of a 2-parameter field, clients ``true``."""
     cfg_path = tmp_path / "study.json"
     cfg_path.write_text(json.dumps({
         "output_dir": "out",
         "study_options": {"field_names": ["u"], "nb_parameters": 2,
                           "parameter_sweep_size": 3, "nb_time_steps": 2},
         "client_config": {"executable_command": "true"}}))
+    return cfg_path
+
+
+def test_the_handler_table_covers_exactly_the_server_s_messages(tmp_path):
+    cfg_path = _small_study(tmp_path)
     la = Launcher(load_config(cfg_path), cfg_path, stream=io.StringIO())
     assert set(la.handlers) == set(msgs.SERVER_TO_LAUNCHER)
     assert all(callable(h) for h in la.handlers.values())
@@ -223,12 +229,7 @@ class _Recorder:
 
 
 def test_a_launcher_taken_over_kills_its_server_without_a_checkpoint_request(tmp_path):
-    cfg_path = tmp_path / "study.json"
-    cfg_path.write_text(json.dumps({
-        "output_dir": "out",
-        "study_options": {"field_names": ["u"], "nb_parameters": 2,
-                          "parameter_sweep_size": 3, "nb_time_steps": 2},
-        "client_config": {"executable_command": "true"}}))
+    cfg_path = _small_study(tmp_path)
     out = io.StringIO()
     la = Launcher(load_config(cfg_path), cfg_path, stream=out)
     calls: list = []
