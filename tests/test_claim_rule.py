@@ -293,7 +293,11 @@ def test_the_heartbeat_threads_warnings_wait_for_the_main_loop(tmp_path, monkeyp
             time.sleep(0.02)
         assert stream.getvalue() == ""
         notes = claim.notes()
-        assert len(notes) == 1 and "cannot write" in notes[0] and claim.notes() == []
+        assert len(notes) == 1 and "cannot write" in notes[0][1] and claim.notes() == []
+        for key, note in notes:          # the main loop says it ...
+            claim.console.warn_once(key, note)
+        claim.write({**my_state(claim), "clients": [1]})   # ... then meets it itself
+        assert stream.getvalue().count("cannot write") == 1, stream.getvalue()
     finally:
         monkeypatch.undo()
         claim.release(None)

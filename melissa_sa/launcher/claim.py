@@ -154,7 +154,7 @@ class StudyClaim:
         #: ``OUT/launcher.takeover.*`` this launcher created (it took the
         #: study over), removed when it ends
         self.takeover_token: Path | None = None
-        self._notes: list[str] = []  # the heartbeat thread's warnings, for the main loop
+        self._notes: list[tuple[str, str]] = []  # the heartbeat thread's (key, warning)
         self._noted: set[str] = set()
         self._write_lock = threading.Lock()  # the heartbeat thread writes too
         self._beat_stop = threading.Event()
@@ -345,9 +345,11 @@ class StudyClaim:
                              f"this launcher claimed it ({self.state_path}); this launcher "
                              f"stops")
 
-    def notes(self) -> list[str]:
-        """The warnings of the heartbeat thread since the last call (the main
-        loop prints them, so that they never cut through the progress bar)."""
+    def notes(self) -> list[tuple[str, str]]:
+        """The heartbeat thread's warnings since the last call, as ``(key,
+        text)`` for ``Console.warn_once`` (the main loop prints them, so that
+        they never cut through the progress bar, once per key whichever
+        thread met the failure)."""
         with self._write_lock:
             said, self._notes = self._notes, []
         return said
@@ -356,7 +358,7 @@ class StudyClaim:
         if threading.current_thread() is self._beat_thread:
             if key not in self._noted:
                 self._noted.add(key)
-                self._notes.append(text)
+                self._notes.append((key, text))
         else:
             self.console.warn_once(key, text)
 

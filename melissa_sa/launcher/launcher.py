@@ -299,8 +299,8 @@ class Launcher:
                            self.server.running))
         if life.phase is Phase.RUNNING:
             self.claim.write(self.state())
-        for note in self.claim.notes():  # the heartbeat thread's, said from here
-            self.console.warn_once(note, note)
+        for key, note in self.claim.notes():  # the heartbeat thread's, said from here
+            self.console.warn_once(key, note)
 
     def _feed(self, event=None) -> None:
         """Hand the lifecycle ``event`` (after any signal received) and carry
