@@ -153,3 +153,29 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def prefix(tmp_path_factory) -> Path:
+    """libmelissa built and installed once per session (the venv's MPI,
+    pyzmq's libzmq), for the C client tests and the C heat example."""
+    from cclient_util import MPICC, missing
+
+    lacking = missing("cc", "cmake")
+    if lacking or not Path(MPICC).exists():
+        pytest.skip(f"the C client tests need {', '.join(lacking or [MPICC])}")
+    from melissa_sa.cclient import build
+
+    path = tmp_path_factory.mktemp("melissa_prefix")
+    build(path, MPICC, zmq="wheel", quiet=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def heat(prefix, tmp_path_factory) -> Path:
+    """The C heat example, built by CMake against the installed prefix."""
+    from cclient_util import HEAT_C, MPICC, cmake_build
+
+    build = tmp_path_factory.mktemp("heat_c_build")
+    cmake_build(HEAT_C, build, prefix, MPICC)
+    return build / "heat"

@@ -49,27 +49,6 @@ STATS = ["mean", "variance", "skewness", "kurtosis", "min", "max", "threshold_ex
 DEBIAN_TOOLS = ("mpicc.mpich", "mpiexec.mpich", "mpif90.mpich")
 
 
-@pytest.fixture(scope="session")
-def prefix(tmp_path_factory) -> Path:
-    """libmelissa built and installed once per session (pyzmq's libzmq)."""
-    lacking = missing("cc", "cmake")
-    if lacking or not Path(MPICC).exists():
-        pytest.skip(f"the C client tests need {', '.join(lacking or [MPICC])}")
-    from melissa_sa.cclient import build
-
-    path = tmp_path_factory.mktemp("melissa_prefix")
-    build(path, MPICC, zmq="wheel", quiet=True)
-    return path
-
-
-@pytest.fixture(scope="session")
-def heat(prefix, tmp_path_factory) -> Path:
-    """The C heat example, built by CMake against the installed prefix."""
-    build = tmp_path_factory.mktemp("heat_c_build")
-    cmake_build(HEAT_C, build, prefix, MPICC)
-    return build / "heat"
-
-
 def heat_study(tmp: Path, command: str, processes: int = 2, **client) -> Path:
     (tmp / "faults").mkdir(exist_ok=True)
     return write_study(

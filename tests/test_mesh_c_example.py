@@ -19,8 +19,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
-from cclient_util import HEAT_C, MPICC, cmake_build, missing
+from cclient_util import HEAT_C
 from conftest import write_study
 from studyutil import run_study
 from test_xdmf_meshio import assert_equal_to_h5py, meshio_reads
@@ -28,21 +27,6 @@ from test_xdmf_meshio import assert_equal_to_h5py, meshio_reads
 from melissa_sa.mesh import geometry_of, parse_mesh
 
 GROUPS = 4
-
-
-@pytest.fixture(scope="module")
-def heat(tmp_path_factory) -> Path:
-    """libmelissa installed into a prefix, and the C heat example built against it."""
-    lacking = missing("cc", "cmake")
-    if lacking or not Path(MPICC).exists():
-        pytest.skip(f"the C heat example needs {', '.join(lacking or [MPICC])}")
-    from melissa_sa.cclient import build
-
-    prefix = tmp_path_factory.mktemp("melissa_prefix")
-    build(prefix, MPICC, zmq="wheel", quiet=True)
-    out = tmp_path_factory.mktemp("heat_c_build")
-    cmake_build(HEAT_C, out, prefix, MPICC)
-    return out / "heat"
 
 
 def example_study(tmp: Path, heat: Path) -> tuple[Path, dict]:
