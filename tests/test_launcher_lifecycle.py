@@ -16,12 +16,9 @@ from melissa_sa.launcher.lifecycle_events import (
     Exit,
     FailServer,
     FinishClients,
-    HelloSeen,
     KillServer,
-    ProgressSeen,
     RecordState,
     Say,
-    SendPing,
     ServerExited,
     ServerGone,
     ServerStarted,
@@ -29,12 +26,12 @@ from melissa_sa.launcher.lifecycle_events import (
     StartFailed,
     StartServer,
     StopRequested,
-    StopSeen,
     StudyFailed,
     StudyFinished,
     Tick,
     WatchServer,
 )
+from melissa_sa.messages import Ping, Progress, ServerHello, Stop
 
 HINT = "continue with: melissa-sa run study.json --resume"
 
@@ -48,7 +45,12 @@ def _life(resume: bool = False, **rules) -> ServerLifecycle:
 
 def _started(life: ServerLifecycle, now: float = 0.0, pid: int = 100, done: int = 0) -> None:
     assert life.handle(ServerStarted(now)) == [RecordState()]
-    life.handle(HelloSeen(pid, groups_total=4, groups_done=done))
+    life.handle(_hello(pid, groups_total=4, groups_done=done))
+
+
+def _hello(pid: int, groups_total: int, groups_done: int) -> ServerHello:
+    return ServerHello(pid, groups_total, groups_done, group_size=5,
+                       connection="tcp://127.0.0.1:5555")
 
 
 def _tick(now: float, last: float | None = None, connected: bool = True,
@@ -78,10 +80,10 @@ def test_a_study_that_finishes():
     life.handle(Begin())
     assert life.handle(ServerStarted(0.0)) == [RecordState()]
     assert life.stats["server_starts"] == 1
-    assert life.handle(HelloSeen(1234, 4, 0)) == [
+    assert life.handle(_hello(1234, 4, 0)) == [
         Say("server says hello (pid 1234, groups_total 4, groups_done 0)", "debug")]
     assert life.server_pid == 1234
-    assert life.handle(StopSeen(exit_codes.OK, "")) == [FinishClients()]
+    assert life.handle(Stop(exit_codes.OK, "")) == [FinishClients()]
     assert life.phase is Phase.STOPPING
     assert life.handle(ServerExited(0)) == [StudyFinished(""), Exit(exit_codes.OK,
                                                                     "study finished")]
@@ -92,7 +94,7 @@ def test_a_study_that_finishes():
 def test_a_stop_with_a_message_finishes_with_it():
     life = _life()
     _started(life)
-    life.handle(StopSeen(exit_codes.OK, "converged"))
+    life.handle(Stop(exit_codes.OK, "converged"))
     assert life.handle(ServerExited(0)) == [StudyFinished("converged"),
                                             Exit(exit_codes.OK, "converged")]
 
@@ -100,7 +102,7 @@ def test_a_stop_with_a_message_finishes_with_it():
 def test_a_failed_study_is_failed_not_restarted():
     life = _life()
     _started(life)
-    life.handle(StopSeen(exit_codes.FAILED, "clients always fail"))
+    life.handle(Stop(exit_codes.FAILED, "clients always fail"))
     out = life.handle(ServerExited(1))
     text = "study failed: clients always fail (server status 1, exited with code 1)"
     assert out == [StudyFailed(text), Exit(exit_codes.FAILED, text)]
@@ -110,7 +112,7 @@ def test_a_failed_study_is_failed_not_restarted():
 def test_a_server_that_said_stop_but_does_not_exit_is_killed():
     life = _life(server_timeout=10.0)
     _started(life)
-    life.handle(StopSeen(exit_codes.OK, ""))
+    life.handle(Stop(exit_codes.OK, ""))
     assert life.handle(_tick(100.0)) == []  # the wait starts: max(30, server_timeout)
     assert life.handle(_tick(129.0)) == []
     out = life.handle(_tick(130.0))
@@ -123,12 +125,12 @@ def test_no_ping_before_hello_nor_after_stop():
     life = _life(ping_every=1.0)
     life.handle(ServerStarted(0.0))
     assert life.handle(_tick(0.5, connected=False)) == [WatchServer()]
-    life.handle(HelloSeen(1, 4, 0))
-    assert life.handle(_tick(1.0)) == [WatchServer(), SendPing()]
+    life.handle(_hello(1, 4, 0))
+    assert life.handle(_tick(1.0)) == [WatchServer(), Ping()]
     assert life.handle(_tick(1.5)) == [WatchServer()]
-    assert life.handle(_tick(2.0)) == [WatchServer(), SendPing()]
-    life.handle(StopSeen(0, ""))
-    assert SendPing() not in life.handle(_tick(5.0))
+    assert life.handle(_tick(2.0)) == [WatchServer(), Ping()]
+    life.handle(Stop(0, ""))
+    assert Ping() not in life.handle(_tick(5.0))
 
 
 # ---------------------------------------------------------------------------
@@ -163,7 +165,7 @@ def test_a_restart_from_the_checkpoint_resumes():
                    StartServer(resume=True)]
     assert life.resume and life.restarts == 1
     _started(life, done=2)
-    assert _says(life.handle(HelloSeen(7, 4, 2))) == [
+    assert _says(life.handle(_hello(7, 4, 2))) == [
         "restarted server says hello (pid 7, groups_total 4, groups_done 2)"]
     # the checkpoint vanished: the next restart is from scratch
     out = _fail_and_restart(life, checkpoint=False)
@@ -199,9 +201,9 @@ def test_progress_after_a_restart_forgives_the_restarts_in_a_row():
     _started(life)
     _fail_and_restart(life)
     _started(life, done=1)
-    assert life.handle(ProgressSeen(1)) == []  # what the checkpoint had: no progress
+    assert life.handle(Progress(1, 4)) == []  # what the checkpoint had: no progress
     assert life.restarts_in_a_row == 1
-    assert _says(life.handle(ProgressSeen(2))) == [
+    assert _says(life.handle(Progress(2, 4))) == [
         "the restarted server makes progress (2 groups done); 1 restart(s) in a row forgiven"]
     assert life.restarts_in_a_row == 0
     assert _fail_and_restart(life)[-1] == StartServer(False)  # the budget is back
@@ -255,7 +257,7 @@ def test_silence_timeout():
                               "server_timeout); see out/logs/server.log")]
     life.handle(ServerGone())
     life.handle(ServerStarted(70.0))
-    life.handle(HelloSeen(9, 4, 0))
+    life.handle(_hello(9, 4, 0))
     assert life.handle(_tick(80.0, last=70.5))[0] == WatchServer()
     out = life.handle(_tick(81.0, last=70.5))
     assert out == [FailServer("server silent for 10 s (no message, not even a ping; "
@@ -266,7 +268,7 @@ def test_silence_timeout():
 def test_a_slurm_server_stopped_by_a_signal_is_a_failed_server():
     life = _life(signal_stop_is_failure=True)
     _started(life)
-    life.handle(StopSeen(143, "SIGTERM"))
+    life.handle(Stop(143, "SIGTERM"))
     out = life.handle(ServerExited(143))
     assert _kinds(out) == [FailServer]
     assert "stopped by a signal before the end of the study (exited with code 143: " \
@@ -275,7 +277,7 @@ def test_a_slurm_server_stopped_by_a_signal_is_a_failed_server():
     # the local scheduler: the same stop is the study's failure
     local = _life(signal_stop_is_failure=False)
     _started(local)
-    local.handle(StopSeen(143, "SIGTERM"))
+    local.handle(Stop(143, "SIGTERM"))
     assert _kinds(local.handle(ServerExited(143))) == [StudyFailed, Exit]
 
 
@@ -291,9 +293,9 @@ def test_a_signal_asks_the_server_to_stop_and_waits_for_it():
     assert life.exit_message == "interrupted by SIGINT"
     assert life.handle(StopRequested(client_pids=(5, 6), delivered=True)) == []
     # the heartbeat goes on while the server checkpoints; no watch, no silence check
-    assert life.handle(_tick(11.0)) == [SendPing()]
+    assert life.handle(_tick(11.0)) == [Ping()]
     assert life.handle(_tick(11.5)) == []
-    life.handle(StopSeen(130, "interrupted"))  # the server's answer changes nothing
+    life.handle(Stop(130, "interrupted"))  # the server's answer changes nothing
     assert life.phase is Phase.INTERRUPTING
     out = life.handle(_tick(12.0, running=False))
     assert out == [EndInterrupt(report_server=True, client_pids=(5, 6)),
@@ -305,7 +307,7 @@ def test_a_server_that_ignores_the_stop_request_gets_stop_grace():
     _started(life)
     life.handle(SignalSeen(signal.SIGTERM, 10.0, server_running=True))
     life.handle(StopRequested(delivered=True))
-    assert life.handle(_tick(24.9)) == [SendPing()]
+    assert life.handle(_tick(24.9)) == [Ping()]
     assert life.handle(_tick(25.0)) == [EndInterrupt(True), Exit(143, "interrupted by SIGTERM")]
 
 
@@ -366,7 +368,7 @@ def test_a_signal_while_the_next_server_is_being_started_stops_it():
 def test_a_signal_while_the_server_exits_after_its_stop():
     life = _life()
     _started(life)
-    life.handle(StopSeen(0, ""))
+    life.handle(Stop(0, ""))
     out = life.handle(SignalSeen(signal.SIGTERM, 5.0, server_running=True))
     assert out == [Say("interrupted while waiting for the server to exit"), KillServer(),
                    Exit(143, "")]

@@ -117,11 +117,11 @@ class Launcher:
         self.handlers = {msgs.ServerHello: self._on_hello, msgs.Ping: lambda msg: None,
                          msgs.Progress: self._on_progress,
                          msgs.Submit: lambda msg: self.clients.submit(msg),
-                         msgs.Kill: lambda msg: self.clients.kill(msg), msgs.Stop: self._on_stop}
+                         msgs.Kill: lambda msg: self.clients.kill(msg), msgs.Stop: self._feed}
         #: the effect of each instruction of the lifecycle; an effect may
         #: answer with an event, fed back at once
         self.effects = {
-            ev.StartServer: self._start_server, ev.SendPing: self._send_ping,
+            ev.StartServer: self._start_server, msgs.Ping: self._send_ping,
             ev.WatchServer: lambda ins: self.server.watch(), ev.Say: self._say,
             ev.FailServer: lambda ins: self._on_server_failure(ins.reason),
             ev.KillServer: lambda ins: self.server.kill(self.kill_grace),
@@ -326,7 +326,7 @@ class Launcher:
 
     # -- messages from the server ----------------------------------------------------
     def _on_hello(self, msg: msgs.ServerHello) -> None:
-        self._feed(ev.HelloSeen(msg.pid, msg.groups_total, msg.groups_done))
+        self._feed(msg)
         self._progress.update(msg.groups_done, msg.groups_total)
 
     def _on_progress(self, msg: msgs.Progress) -> None:
@@ -338,10 +338,7 @@ class Launcher:
             if said:  # the first failure of the server's checkpoints or writes, or their end
                 self.console.log(said)
         self._progress.update(msg.groups_done, msg.groups_total)
-        self._feed(ev.ProgressSeen(msg.groups_done))
-
-    def _on_stop(self, msg: msgs.Stop) -> None:
-        self._feed(ev.StopSeen(msg.status, msg.message))
+        self._feed(msg)
 
     # -- the lifecycle's instructions carried out ------------------------------------
     def _start_server(self, ins: ev.StartServer) -> ev.ServerStarted | ev.StartFailed:
@@ -358,8 +355,8 @@ class Launcher:
         self.console.debug(f"server command: {shlex.join(cmd)}; launcher at {self.address}")
         return ev.ServerStarted(time.monotonic())
 
-    def _send_ping(self, ins: ev.SendPing) -> None:
-        self.link.send(msgs.Ping())  # the launcher's heartbeat (docs/internals.md)
+    def _send_ping(self, ping: msgs.Ping) -> None:
+        self.link.send(ping)  # the launcher's heartbeat (docs/internals.md)
 
     def _say(self, ins: ev.Say) -> None:
         say = {"log": self.console.log, "debug": self.console.debug,

@@ -1,5 +1,8 @@
 """The server's lifecycle as the launcher sees it: a pure state object fed
-events, answering with instructions (:mod:`~melissa_sa.launcher.lifecycle_events`).
+events (:mod:`~melissa_sa.launcher.lifecycle_events`, and the server's
+:class:`~melissa_sa.messages.ServerHello`, :class:`~melissa_sa.messages.Progress`
+and :class:`~melissa_sa.messages.Stop` as they came), answering with
+instructions (that module's, and the :class:`~melissa_sa.messages.Ping` to send).
 No sockets, no processes, no clock (the time comes in the events): tested on
 its own (``tests/test_launcher_lifecycle.py``), like the job table
 (:mod:`~melissa_sa.launcher.jobs`) and the server's ``StudyState``.
@@ -48,12 +51,9 @@ from melissa_sa.launcher.lifecycle_events import (
     Exit,
     FailServer,
     FinishClients,
-    HelloSeen,
     KillServer,
-    ProgressSeen,
     RecordState,
     Say,
-    SendPing,
     ServerExited,
     ServerGone,
     ServerStarted,
@@ -61,7 +61,6 @@ from melissa_sa.launcher.lifecycle_events import (
     StartFailed,
     StartServer,
     StopRequested,
-    StopSeen,
     StudyFailed,
     StudyFinished,
     Tick,
@@ -69,6 +68,7 @@ from melissa_sa.launcher.lifecycle_events import (
 )
 from melissa_sa.launcher.processes import describe_exit
 from melissa_sa.launcher.progress import format_duration
+from melissa_sa.messages import Ping, Progress, ServerHello, Stop
 
 __all__ = ["Phase", "LifecycleRules", "ServerLifecycle"]
 
@@ -138,7 +138,7 @@ class ServerLifecycle:
         #: groups done when the current server said hello
         self.done_at_hello: int | None = None
         #: the current server's stop (status, message), once it said stop
-        self.stop: StopSeen | None = None
+        self.stop: Stop | None = None
         #: every signal received, in order
         self.signals: list[int] = []
         #: why the run ended, or the last failure ("" while all is well)
@@ -181,14 +181,14 @@ class ServerLifecycle:
         self.exit_message = ev.reason
         return [Say(ev.reason, "error"), self._exit(exit_codes.FAILED)]
 
-    def _on_hello(self, ev: HelloSeen) -> list:
+    def _on_hello(self, ev: ServerHello) -> list:
         self.server_pid = ev.pid
         self.done_at_hello = ev.groups_done
         text = (f"server says hello (pid {ev.pid}, groups_total {ev.groups_total}, "
                 f"groups_done {ev.groups_done})")
         return [Say(f"restarted {text}")] if self.restarts else [Say(text, "debug")]
 
-    def _on_progress(self, ev: ProgressSeen) -> list:
+    def _on_progress(self, ev: Progress) -> list:
         start = self.done_at_hello
         if self.restarts_in_a_row and start is not None and ev.groups_done > start:
             n = self.restarts_in_a_row
@@ -197,7 +197,7 @@ class ServerLifecycle:
                         f"done); {n} restart(s) in a row forgiven", "debug")]
         return []
 
-    def _on_stop(self, ev: StopSeen) -> list:
+    def _on_stop(self, ev: Stop) -> list:
         self.stop = ev
         if self.phase is not Phase.RUNNING:
             return []
@@ -303,7 +303,7 @@ class ServerLifecycle:
         return []
 
     _HANDLERS = {Begin: _on_begin, ServerStarted: _on_started, StartFailed: _on_start_failed,
-                 HelloSeen: _on_hello, ProgressSeen: _on_progress, StopSeen: _on_stop,
+                 ServerHello: _on_hello, Progress: _on_progress, Stop: _on_stop,
                  ServerExited: _on_exited, Tick: _on_tick, SignalSeen: _on_signal,
                  ServerGone: _on_gone, StopRequested: _on_stop_requested}
 
@@ -315,7 +315,7 @@ class ServerLifecycle:
     def _ping(self, ev: Tick) -> list:
         if ev.connected and self.stop is None and ev.now - self._last_ping >= self.rules.ping_every:
             self._last_ping = ev.now
-            return [SendPing()]
+            return [Ping()]
         return []
 
     def _fail(self, reason: str, rc: int | None) -> list:

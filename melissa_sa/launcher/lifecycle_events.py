@@ -1,11 +1,14 @@
 """The events and instructions of the server's lifecycle
 (:class:`~melissa_sa.launcher.lifecycle.ServerLifecycle`).
 
-Events are what the launcher observed (a message of the server, the server
-process's exit, a signal, the passing of time); instructions are what the
-lifecycle answers and the launcher carries out. Some instructions answer
-with an event of their own (written next to them): the launcher feeds it
-back before anything else.
+Events are what the launcher observed (the server process's exit, a signal,
+the passing of time); the server's own messages that concern the lifecycle
+are fed as they came (:class:`~melissa_sa.messages.ServerHello`,
+:class:`~melissa_sa.messages.Progress`, :class:`~melissa_sa.messages.Stop`).
+Instructions are what the lifecycle answers and the launcher carries out; the
+heartbeat to send is the message itself (:class:`~melissa_sa.messages.Ping`).
+Some instructions answer with an event of their own (written next to them):
+the launcher feeds it back before anything else.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ from dataclasses import dataclass
 
 __all__ = [
     # events
-    "Begin", "ServerStarted", "StartFailed", "HelloSeen", "ProgressSeen", "StopSeen",
-    "ServerExited", "Tick", "SignalSeen", "ServerGone", "StopRequested",
+    "Begin", "ServerStarted", "StartFailed", "ServerExited", "Tick", "SignalSeen", "ServerGone",
+    "StopRequested",
     # instructions
-    "StartServer", "RecordState", "SendPing", "WatchServer", "Say", "FailServer", "KillServer",
+    "StartServer", "RecordState", "WatchServer", "Say", "FailServer", "KillServer",
     "FinishClients", "StudyFinished", "StudyFailed", "BeginInterrupt", "EndInterrupt", "Exit",
 ]
 
@@ -40,30 +43,6 @@ class StartFailed:
     """The server could not be started (``reason``: why)."""
 
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class HelloSeen:
-    """The server's hello: its pid and how far the study is."""
-
-    pid: int
-    groups_total: int
-    groups_done: int
-
-
-@dataclass(frozen=True, slots=True)
-class ProgressSeen:
-    """A progress report of the server: ``groups_done`` groups are finished."""
-
-    groups_done: int
-
-
-@dataclass(frozen=True, slots=True)
-class StopSeen:
-    """The server said stop, with its status (an exit code) and message."""
-
-    status: int
-    message: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +106,6 @@ class StartServer:
 @dataclass(frozen=True, slots=True)
 class RecordState:
     """Write the launcher's state file (``OUT/launcher.json``) now."""
-
-
-@dataclass(frozen=True, slots=True)
-class SendPing:
-    """Send the launcher's heartbeat to the server."""
 
 
 @dataclass(frozen=True, slots=True)
