@@ -380,7 +380,7 @@ def test_second_order_groups_are_2p_plus_2_rows(t):
     p = 3
     design = make_sampler(t, nb_parameters=p, seed=3, apply_pick_freeze=True,
                           second_order=True, l_bounds=[0, 1, 2], u_bounds=[1, 2, 3])
-    assert design.second_order and design.group_size == 2 * p + 2
+    assert design.layout.second_order and design.group_size == 2 * p + 2
     g = design.draw_groups(12)
     assert g.shape == (12, 2 * p + 2, p)
     a, b = g[:, 0], g[:, 1]
@@ -432,7 +432,7 @@ def test_second_order_restore_and_redraw(t):
     state = json.loads(json.dumps(design.state_dict()))
     assert state["second_order"] is True and state["position"] == 5
     restored = restore_sampler(state)
-    assert restored.second_order and restored.group_size == 8 and restored.n_redraws == 1
+    assert restored.layout.second_order and restored.group_size == 8 and restored.n_redraws == 1
     assert np.array_equal(restored.next_group(), design.next_group())
     whole = make_sampler(t, nb_parameters=3, seed=5, apply_pick_freeze=True,
                          second_order=True).draw_groups(5)
@@ -447,7 +447,7 @@ def test_second_order_restore_and_redraw(t):
     # a state saved before the key existed is a first-order one
     old = plain.state_dict()
     del old["second_order"]
-    assert not restore_sampler(old).second_order
+    assert not restore_sampler(old).layout.second_order
 
 
 def test_second_order_from_config(tmp_path):
@@ -460,7 +460,7 @@ def test_second_order_from_config(tmp_path):
             "client_config": {"executable_command": "true"}}
     cfg = config_from_dict(base)
     design = sampler_from_config(cfg)
-    assert design.second_order and design.group_size == cfg.group_size == 8
+    assert design.layout.second_order and design.group_size == cfg.group_size == 8
 
 
 def test_from_state_without_the_factory():
@@ -471,7 +471,7 @@ def test_from_state_without_the_factory():
     design.draw_groups(3)
     state = json.loads(json.dumps(design.state_dict()))
     again = PickFreezeDesign.from_state(state)
-    assert again.second_order and again.position == 3
+    assert again.layout.second_order and again.position == 3
     assert np.array_equal(again.next_group(), design.next_group())
     with pytest.raises(ValueError, match="pick-freeze"):
         ParameterSampler.from_state(state)

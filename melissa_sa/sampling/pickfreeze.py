@@ -85,11 +85,6 @@ class PickFreezeDesign:
         return self.layout.size
 
     @property
-    def second_order(self) -> bool:
-        """Whether groups carry the rows D_k (second-order indices)."""
-        return self.layout.second_order
-
-    @property
     def seed(self) -> int:
         return self.sampler.seed
 
@@ -132,7 +127,7 @@ class PickFreezeDesign:
         its groups carry the rows D_k)."""
         state = self.sampler.state_dict()
         state["pick_freeze"] = True
-        state["second_order"] = self.second_order
+        state["second_order"] = self.layout.second_order
         state["n_redraws"] = self.n_redraws
         return state
 
@@ -143,9 +138,9 @@ class PickFreezeDesign:
         if not state.get("pick_freeze"):
             raise ValueError("sampler state is not a pick-freeze design")
         saved = bool(state.get("second_order", False))
-        if saved != self.second_order:
+        if saved != self.layout.second_order:
             raise ValueError(f"sampler state has second_order = {saved}, this design "
-                             f"second_order = {self.second_order}: its groups have "
+                             f"second_order = {self.layout.second_order}: its groups have "
                              f"{GroupLayout(self.nb_parameters, second_order=saved).size} "
                              f"runs, not {self.group_size}")
         self.sampler.load_state(state)
@@ -163,5 +158,5 @@ class PickFreezeDesign:
 
     def __repr__(self) -> str:
         return (f"PickFreezeDesign({type(self.sampler).__name__}, "
-                f"nb_parameters={self.nb_parameters}, second_order={self.second_order}, "
+                f"nb_parameters={self.nb_parameters}, second_order={self.layout.second_order}, "
                 f"seed={self.seed}, position={self.position})")
