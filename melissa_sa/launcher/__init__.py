@@ -27,7 +27,7 @@ from melissa_sa.launcher.claim_rule import STATE_FORMAT, read_launcher_state
 from melissa_sa.launcher.jobs import JobTable
 from melissa_sa.launcher.launcher import Launcher
 from melissa_sa.launcher.progress import ProgressDisplay, format_duration
-from melissa_sa.launcher.schedulers import JobHandle, LocalScheduler, Scheduler
+from melissa_sa.launcher.schedulers import JobHandle, LocalScheduler, RunningJobs, Scheduler
 from melissa_sa.launcher.server_process import LauncherError, find_mpiexec
 from melissa_sa.launcher.slurm import SlurmScheduler
 from melissa_sa.launcher.slurm_allocation import SlurmAllocationScheduler
@@ -50,6 +50,7 @@ __all__ = [
     "STATE_FORMAT",
     "Scheduler",
     "JobHandle",
+    "RunningJobs",
     "LocalScheduler",
     "SlurmScheduler",
     "SlurmAllocationScheduler",

@@ -57,6 +57,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from melissa_sa.launcher.processes import (
     ProcessTree,
@@ -68,7 +69,7 @@ from melissa_sa.launcher.server_jobs import LocalServerJob
 from melissa_sa.launcher.server_process import mpiexec_command
 from melissa_sa.scheduler_registry import SchedulerError
 
-__all__ = ["Scheduler", "LocalScheduler", "JobHandle"]
+__all__ = ["Scheduler", "LocalScheduler", "JobHandle", "RunningJobs"]
 
 
 # ---------------------------------------------------------------------------
@@ -97,6 +98,49 @@ class JobHandle:
         self.cancelled = True
         self.kill_at = time.monotonic() + grace
         return True
+
+
+Job = TypeVar("Job")
+
+
+class RunningJobs(Generic[Job]):
+    """The jobs a scheduler started and has not seen end, by job id, in the
+    order they were submitted: the table each scheduler owns (its
+    ``running`` is the table's length)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[Hashable, Job] = {}
+
+    def check_free(self, job_id: Hashable) -> None:
+        """Refuse a job id whose job still runs (before anything is started for it)."""
+        if job_id in self._by_id:
+            raise SchedulerError(f"job {job_id!r} is already running")
+
+    def add(self, job_id: Hashable, job: Job) -> Job:
+        """Note ``job`` as running under ``job_id`` (refused if that id runs)."""
+        self.check_free(job_id)
+        self._by_id[job_id] = job
+        return job
+
+    def get(self, job_id: Hashable) -> Job | None:
+        return self._by_id.get(job_id)
+
+    def remove(self, job_id: Hashable) -> None:
+        """The job ended (reported by ``poll``)."""
+        del self._by_id[job_id]
+
+    def items(self) -> list[tuple[Hashable, Job]]:
+        """``(job_id, job)`` pairs, a copy: jobs may be removed while it is walked."""
+        return list(self._by_id.items())
+
+    def values(self) -> list[Job]:
+        return list(self._by_id.values())
+
+    def clear(self) -> None:
+        self._by_id.clear()
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
 
 class Scheduler(ABC):
@@ -205,12 +249,11 @@ class LocalScheduler(Scheduler):
                  grace: float = 3.0, shell: str = "/bin/sh") -> None:
         super().__init__(cwd, env, grace)
         self.shell = shell
-        self._jobs: dict[Hashable, JobHandle] = {}
+        self._jobs: RunningJobs[JobHandle] = RunningJobs()
         self._last_scan = -float("inf")
 
     def submit(self, job_id, script_path, log_path, env=None) -> JobHandle:
-        if job_id in self._jobs:
-            raise SchedulerError(f"job {job_id!r} is already running")
+        self._jobs.check_free(job_id)
         full_env = dict(self.env)
         if env:
             full_env.update(env)
@@ -225,10 +268,9 @@ class LocalScheduler(Scheduler):
                                    f"{exc.strerror or exc}")
             error.errno = exc.errno  # ENOSPC, EDQUOT: the job waits for room
             raise error from None
-        handle = JobHandle(job_id, os.fspath(script_path), os.fspath(log_path),
-                           pid=popen.pid, popen=popen, tree=ProcessTree(popen.pid))
-        self._jobs[job_id] = handle
-        return handle
+        return self._jobs.add(job_id, JobHandle(job_id, os.fspath(script_path),
+                                                os.fspath(log_path), pid=popen.pid,
+                                                popen=popen, tree=ProcessTree(popen.pid)))
 
     def poll(self) -> list[tuple[Hashable, str, int | None]]:
         done = []
@@ -238,7 +280,7 @@ class LocalScheduler(Scheduler):
             # remember descendants while the roots live (one /proc scan for all)
             children = children_map()
             self._last_scan = now
-        for job_id, job in list(self._jobs.items()):
+        for job_id, job in self._jobs.items():
             rc = job.popen.poll()
             if rc is None:
                 if job.cancelled:
@@ -251,7 +293,7 @@ class LocalScheduler(Scheduler):
             # the script ended: nothing it started may outlive it
             if job.tree.alive() or job.tree.group_alive():
                 job.tree.signal(signal.SIGKILL)
-            del self._jobs[job_id]
+            self._jobs.remove(job_id)
             if job.cancelled:
                 done.append((job_id, "cancelled", rc))
             else:
@@ -264,7 +306,7 @@ class LocalScheduler(Scheduler):
             job.tree.signal(signal.SIGTERM)
 
     def cancel_all(self, timeout: float | None = None) -> list[int]:
-        jobs = list(self._jobs.values())
+        jobs = self._jobs.values()
         for job in jobs:
             job.cancelled = True
         pids = [job.pid for job in jobs if job.popen.poll() is None]

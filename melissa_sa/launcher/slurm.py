@@ -50,7 +50,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from melissa_sa.launcher.schedulers import JobHandle, Scheduler
+from melissa_sa.launcher.schedulers import JobHandle, RunningJobs, Scheduler
 from melissa_sa.launcher.server_process import find_mpiexec
 from melissa_sa.launcher.slurm_commands import (
     CRASH_STATES,
@@ -184,7 +184,7 @@ class SlurmScheduler(Scheduler):
         self.backoff = backoff
         self.log = log or _LOG.warning
         self.slurm = SlurmCommands(self.env, command_timeout)
-        self._jobs: dict[Hashable, _BatchJob] = {}   # clients, in submission order
+        self._jobs: RunningJobs[_BatchJob] = RunningJobs()  # clients, in submission order
         self._server: _BatchJob | None = None
         self._retry_at = 0.0
         self._delay = 0.0
@@ -198,8 +198,7 @@ class SlurmScheduler(Scheduler):
 
     # -- the Scheduler interface ---------------------------------------------------
     def submit(self, job_id, script_path, log_path, env=None) -> JobHandle:
-        if job_id in self._jobs:
-            raise SchedulerError(f"job {job_id!r} is already running")
+        self._jobs.check_free(job_id)
         if not os.path.isfile(script_path):
             raise SchedulerError(f"cannot submit {script_path}: no such file")
         full_env = {**self.env, **(env or {})}
@@ -209,7 +208,7 @@ class SlurmScheduler(Scheduler):
                 "--open-mode=append", *([f"--chdir={self.cwd}"] if self.cwd else [])]
         job = _BatchJob(job_id, name, argv, os.fspath(script_path), full_env)
         job.handle = JobHandle(job_id, os.fspath(script_path), os.fspath(log_path))
-        self._jobs[job_id] = job
+        self._jobs.add(job_id, job)
         self._submit_waiting()
         return job.handle
 
@@ -217,9 +216,9 @@ class SlurmScheduler(Scheduler):
         self._submit_waiting()
         self._refresh()
         done = []
-        for key, job in list(self._jobs.items()):
+        for key, job in self._jobs.items():
             if job.result is not None:
-                del self._jobs[key]
+                self._jobs.remove(key)
                 done.append((key, *job.result))
         return done
 
@@ -233,7 +232,7 @@ class SlurmScheduler(Scheduler):
         (default: ``grace`` + 30 s), until Slurm lists none as active; return
         their Slurm job ids. The server's job is stopped by its own
         :meth:`SlurmServerJob.terminate`."""
-        jobs = list(self._jobs.values())
+        jobs = self._jobs.values()
         ids = self._cancel_jobs(jobs)
         deadline = time.monotonic() + (self.grace + 30.0 if timeout is None else timeout)
         while time.monotonic() < deadline:
@@ -340,7 +339,7 @@ class SlurmScheduler(Scheduler):
     # -- internals -------------------------------------------------------------------
     def _submit_waiting(self) -> None:
         """Submit, in order, the jobs sbatch has not accepted yet (unless backing off)."""
-        waiting = [j for j in ([self._server] if self._server else []) + list(self._jobs.values())
+        waiting = [j for j in ([self._server] if self._server else []) + self._jobs.values()
                    if j.slurm_id is None and j.result is None and not j.cancelled]
         for job in waiting:
             if time.monotonic() < self._retry_at or not self._submit(job):
@@ -391,7 +390,7 @@ class SlurmScheduler(Scheduler):
         now = time.monotonic()
         if not force and now - self._last_query < self.poll_interval:
             return
-        jobs = [j for j in ([self._server] if self._server else []) + list(self._jobs.values())
+        jobs = [j for j in ([self._server] if self._server else []) + self._jobs.values()
                 if j.slurm_id is not None and j.result is None]
         if not jobs:
             return

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
 
 from melissa_sa.launcher.processes import process_start_time
-from melissa_sa.launcher.schedulers import JobHandle, Scheduler
+from melissa_sa.launcher.schedulers import JobHandle, RunningJobs, Scheduler
 from melissa_sa.launcher.slurm_commands import scheduler_options, split_options
 from melissa_sa.scheduler_registry import SchedulerError
 
@@ -58,7 +58,7 @@ class SlurmAllocationScheduler(Scheduler):
         self.client_processes = int(client_processes)
         self.prefix = prefix
         self.log = log or _LOG.warning
-        self._procs: dict[Hashable, JobHandle] = {}
+        self._steps: RunningJobs[JobHandle] = RunningJobs()
 
     #: reads the srun options, tasks per client and job name prefix
     config_options = staticmethod(scheduler_options)
@@ -79,8 +79,7 @@ class SlurmAllocationScheduler(Scheduler):
         return [*self._srun(f"{self.prefix}-server", ntasks, self.server_args, mpi), *argv]
 
     def submit(self, job_id, script_path, log_path, env=None) -> JobHandle:
-        if job_id in self._procs:
-            raise SchedulerError(f"job {job_id!r} is already running")
+        self._steps.check_free(job_id)
         cmd = [*self._srun(f"{self.prefix}-{job_id}", self.client_processes,
                            self.client_args, ("--nodes=1", "--mpi=pmi2")),
                "/bin/sh", os.fspath(script_path)]
@@ -100,21 +99,19 @@ class SlurmAllocationScheduler(Scheduler):
                                  f"{exc.strerror or exc}") from None
         finally:
             log.close()
-        handle = JobHandle(job_id, os.fspath(script_path), os.fspath(log_path),
-                           pid=popen.pid, popen=popen)
-        self._procs[job_id] = handle
-        return handle
+        return self._steps.add(job_id, JobHandle(job_id, os.fspath(script_path),
+                                                 os.fspath(log_path), pid=popen.pid, popen=popen))
 
     def poll(self) -> list[tuple[Hashable, str, int | None]]:
         done, now = [], time.monotonic()
-        for key, job in list(self._procs.items()):
+        for key, job in self._steps.items():
             rc = job.popen.poll()
             if rc is None:
                 if job.cancelled and job.kill_at is not None and now >= job.kill_at:
                     job.popen.kill()
                     job.kill_at = None
                 continue
-            del self._procs[key]
+            self._steps.remove(key)
             if rc > 128 and rc != 253:  # srun: 128 + the signal that killed a task
                 rc = -(rc - 128)
             if job.cancelled:
@@ -128,14 +125,14 @@ class SlurmAllocationScheduler(Scheduler):
         return done
 
     def cancel(self, job_id) -> None:
-        job = self._procs.get(job_id)
+        job = self._steps.get(job_id)
         if job is not None and job.begin_cancel(self.grace):
             job.popen.terminate()  # srun cancels its step
 
     def cancel_all(self, timeout: float | None = None) -> list[int]:
-        jobs = list(self._procs.values())
-        for key in list(self._procs):
-            self.cancel(key)
+        jobs = self._steps.values()
+        for job in jobs:
+            self.cancel(job.job_id)
         deadline = time.monotonic() + (self.grace if timeout is None else timeout)
         for job in jobs:
             try:
@@ -143,21 +140,21 @@ class SlurmAllocationScheduler(Scheduler):
             except subprocess.TimeoutExpired:
                 job.popen.kill()
                 job.popen.wait(10)
-        self._procs.clear()
+        self._steps.clear()
         return [job.pid for job in jobs]
 
     @property
     def running(self) -> int:
-        return len(self._procs)
+        return len(self._steps)
 
     def pids(self) -> list[int]:
-        return [job.pid for job in self._procs.values()]
+        return [job.pid for job in self._steps.values()]
 
     def processes(self) -> list[tuple[Hashable, int, dict[int, int]]]:
         """The ``srun`` of each step (recorded in ``OUT/launcher.json``: a
         later launcher terminates a killed one's, which cancels the steps)."""
         found = []
-        for key, job in self._procs.items():
+        for key, job in self._steps.items():
             start = process_start_time(job.pid)
             if start is not None:
                 found.append((key, job.pid, {job.pid: start}))
