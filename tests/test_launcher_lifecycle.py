@@ -10,14 +10,12 @@ import pytest
 from melissa_sa import exit_codes
 from melissa_sa.launcher.lifecycle import LifecycleRules, Phase, ServerLifecycle
 from melissa_sa.launcher.lifecycle_events import (
+    Act,
     Begin,
     BeginInterrupt,
     EndInterrupt,
     Exit,
     FailServer,
-    FinishClients,
-    KillServer,
-    RecordState,
     Say,
     ServerExited,
     ServerGone,
@@ -29,7 +27,6 @@ from melissa_sa.launcher.lifecycle_events import (
     StudyFailed,
     StudyFinished,
     Tick,
-    WatchServer,
 )
 from melissa_sa.messages import Ping, Progress, ServerHello, Stop
 
@@ -44,7 +41,7 @@ def _life(resume: bool = False, **rules) -> ServerLifecycle:
 
 
 def _started(life: ServerLifecycle, now: float = 0.0, pid: int = 100, done: int = 0) -> None:
-    assert life.handle(ServerStarted(now)) == [RecordState()]
+    assert life.handle(ServerStarted(now)) == [Act.RECORD_STATE]
     life.handle(_hello(pid, groups_total=4, groups_done=done))
 
 
@@ -78,12 +75,12 @@ def test_the_first_server_starts_as_asked():
 def test_a_study_that_finishes():
     life = _life()
     life.handle(Begin())
-    assert life.handle(ServerStarted(0.0)) == [RecordState()]
+    assert life.handle(ServerStarted(0.0)) == [Act.RECORD_STATE]
     assert life.stats["server_starts"] == 1
     assert life.handle(_hello(1234, 4, 0)) == [
         Say("server says hello (pid 1234, groups_total 4, groups_done 0)", "debug")]
     assert life.server_pid == 1234
-    assert life.handle(Stop(exit_codes.OK, "")) == [FinishClients()]
+    assert life.handle(Stop(exit_codes.OK, "")) == [Act.FINISH_CLIENTS]
     assert life.phase is Phase.STOPPING
     assert life.handle(ServerExited(0)) == [StudyFinished(""), Exit(exit_codes.OK,
                                                                     "study finished")]
@@ -117,18 +114,18 @@ def test_a_server_that_said_stop_but_does_not_exit_is_killed():
     assert life.handle(_tick(129.0)) == []
     out = life.handle(_tick(130.0))
     message = "the server said stop but did not exit within 30 s; killed it"
-    assert out == [Say(message, "error", server_log_tail=True), KillServer(),
+    assert out == [Say(message, "error", server_log_tail=True), Act.KILL_SERVER,
                    Exit(exit_codes.FAILED, message)]
 
 
 def test_no_ping_before_hello_nor_after_stop():
     life = _life(ping_every=1.0)
     life.handle(ServerStarted(0.0))
-    assert life.handle(_tick(0.5, connected=False)) == [WatchServer()]
+    assert life.handle(_tick(0.5, connected=False)) == [Act.WATCH_SERVER]
     life.handle(_hello(1, 4, 0))
-    assert life.handle(_tick(1.0)) == [WatchServer(), Ping()]
-    assert life.handle(_tick(1.5)) == [WatchServer()]
-    assert life.handle(_tick(2.0)) == [WatchServer(), Ping()]
+    assert life.handle(_tick(1.0)) == [Act.WATCH_SERVER, Ping()]
+    assert life.handle(_tick(1.5)) == [Act.WATCH_SERVER]
+    assert life.handle(_tick(2.0)) == [Act.WATCH_SERVER, Ping()]
     life.handle(Stop(0, ""))
     assert Ping() not in life.handle(_tick(5.0))
 
@@ -251,14 +248,14 @@ def test_silence_timeout():
     life = _life(server_timeout=10.0, start_grace=60.0)
     life.handle(ServerStarted(0.0))
     # before its hello, start-up is not silence: start_grace at least
-    assert life.handle(_tick(30.0, last=0.0, connected=False)) == [WatchServer()]
+    assert life.handle(_tick(30.0, last=0.0, connected=False)) == [Act.WATCH_SERVER]
     out = life.handle(_tick(61.0, last=0.0, connected=False))
     assert out == [FailServer("server silent for 60 s (no hello; launcher_config."
                               "server_timeout); see out/logs/server.log")]
     life.handle(ServerGone())
     life.handle(ServerStarted(70.0))
     life.handle(_hello(9, 4, 0))
-    assert life.handle(_tick(80.0, last=70.5))[0] == WatchServer()
+    assert life.handle(_tick(80.0, last=70.5))[0] == Act.WATCH_SERVER
     out = life.handle(_tick(81.0, last=70.5))
     assert out == [FailServer("server silent for 10 s (no message, not even a ping; "
                               "launcher_config.server_timeout); see out/logs/server.log")]
@@ -359,7 +356,7 @@ def test_a_signal_while_the_next_server_is_being_started_stops_it():
     assert _kinds(life.handle(ServerGone(checkpoint=True))) == [Say, StartServer]
     assert life.handle(SignalSeen(signal.SIGTERM, 5.0, server_running=False)) == []
     out = life.handle(ServerStarted(5.1))
-    assert out == [RecordState(), BeginInterrupt("SIGTERM", ask_server=True)]
+    assert out == [Act.RECORD_STATE, BeginInterrupt("SIGTERM", ask_server=True)]
     assert life.phase is Phase.INTERRUPTING
     assert life.handle(StopRequested(delivered=False)) == [
         EndInterrupt(True), Exit(143, "interrupted by SIGTERM")]
@@ -370,7 +367,7 @@ def test_a_signal_while_the_server_exits_after_its_stop():
     _started(life)
     life.handle(Stop(0, ""))
     out = life.handle(SignalSeen(signal.SIGTERM, 5.0, server_running=True))
-    assert out == [Say("interrupted while waiting for the server to exit"), KillServer(),
+    assert out == [Say("interrupted while waiting for the server to exit"), Act.KILL_SERVER,
                    Exit(143, "")]
 
 

@@ -118,17 +118,17 @@ class Launcher:
                          msgs.Progress: self._on_progress,
                          msgs.Submit: lambda msg: self.clients.submit(msg),
                          msgs.Kill: lambda msg: self.clients.kill(msg), msgs.Stop: self._feed}
-        #: the effect of each instruction of the lifecycle; an effect may
-        #: answer with an event, fed back at once
+        #: the effect of each instruction of the lifecycle (by class, an Act by
+        #: value); an effect may answer with an event, fed back at once
         self.effects = {
             ev.StartServer: self._start_server, msgs.Ping: self._send_ping,
-            ev.WatchServer: lambda ins: self.server.watch(), ev.Say: self._say,
+            ev.Act.WATCH_SERVER: lambda ins: self.server.watch(), ev.Say: self._say,
             ev.FailServer: lambda ins: self._on_server_failure(ins.reason),
-            ev.KillServer: lambda ins: self.server.kill(self.kill_grace),
-            ev.FinishClients: lambda ins: self.clients.finish(),
+            ev.Act.KILL_SERVER: lambda ins: self.server.kill(self.kill_grace),
+            ev.Act.FINISH_CLIENTS: lambda ins: self.clients.finish(),
             ev.StudyFinished: self._study_finished, ev.StudyFailed: self._study_failed,
             ev.BeginInterrupt: self._begin_interrupt, ev.EndInterrupt: self._end_interrupt,
-            ev.RecordState: lambda ins: self.claim.write(self.state()), ev.Exit: self._exit}
+            ev.Act.RECORD_STATE: lambda ins: self.claim.write(self.state()), ev.Exit: self._exit}
         self._exit_code: int | None = None
         self._signal_inbox: list[int] = []
         self._progress: ProgressDisplay | None = None
@@ -315,7 +315,7 @@ class Launcher:
             if not pending:
                 return
             for instruction in self.lifecycle.handle(pending.popleft()):
-                answer = self.effects[type(instruction)](instruction)
+                answer = self.effects[ev.effect_key(instruction)](instruction)
                 if answer is not None:
                     pending.append(answer)
 

@@ -45,14 +45,12 @@ from dataclasses import dataclass
 
 from melissa_sa import exit_codes
 from melissa_sa.launcher.lifecycle_events import (
+    Act,
     Begin,
     BeginInterrupt,
     EndInterrupt,
     Exit,
     FailServer,
-    FinishClients,
-    KillServer,
-    RecordState,
     Say,
     ServerExited,
     ServerGone,
@@ -64,7 +62,6 @@ from melissa_sa.launcher.lifecycle_events import (
     StudyFailed,
     StudyFinished,
     Tick,
-    WatchServer,
 )
 from melissa_sa.launcher.processes import describe_exit
 from melissa_sa.launcher.progress import format_duration
@@ -174,8 +171,8 @@ class ServerLifecycle:
         self.exit_message = ""
         signum, self._signal_while_restarting = self._signal_while_restarting, None
         if signum is not None:  # it came while this server was being started
-            return [RecordState(), *self._interrupt(signum, ev.now, server_running=True)]
-        return [RecordState()]
+            return [Act.RECORD_STATE, *self._interrupt(signum, ev.now, server_running=True)]
+        return [Act.RECORD_STATE]
 
     def _on_start_failed(self, ev: StartFailed) -> list:
         self.exit_message = ev.reason
@@ -203,7 +200,7 @@ class ServerLifecycle:
             return []
         self.phase = Phase.STOPPING
         self._deadline = None  # from the next tick
-        return [FinishClients()]
+        return [Act.FINISH_CLIENTS]
 
     def _on_exited(self, ev: ServerExited) -> list:
         if self.phase is Phase.STOPPING:
@@ -228,14 +225,14 @@ class ServerLifecycle:
                 what = "no message, not even a ping" if ev.connected else "no hello"
                 return self._fail(f"server silent for {timeout:g} s ({what}; "
                                   f"launcher_config.server_timeout); see {r.server_log}", None)
-            return [WatchServer(), *self._ping(ev)]
+            return [Act.WATCH_SERVER, *self._ping(ev)]
         if self.phase is Phase.STOPPING:
             if self._deadline is None:
                 self._deadline = ev.now + r.stop_wait
             elif ev.now >= self._deadline:
                 self.exit_message = (f"the server said stop but did not exit within "
                                      f"{r.stop_wait:g} s; killed it")
-                return [Say(self.exit_message, "error", server_log_tail=True), KillServer(),
+                return [Say(self.exit_message, "error", server_log_tail=True), Act.KILL_SERVER,
                         self._exit(exit_codes.FAILED)]
             return []
         if self.phase is Phase.INTERRUPTING and self._deadline is not None:
@@ -249,7 +246,7 @@ class ServerLifecycle:
         if self.phase is Phase.RUNNING:
             return self._interrupt(ev.signum, ev.now, ev.server_running)
         if self.phase is Phase.STOPPING:
-            return [Say("interrupted while waiting for the server to exit"), KillServer(),
+            return [Say("interrupted while waiting for the server to exit"), Act.KILL_SERVER,
                     self._exit(exit_codes.for_signal(self.signals[0]))]
         if self.phase is Phase.INTERRUPTING and self._deadline is not None \
                 and len(self.signals) > max(self._signals_at_interrupt, 1):

@@ -7,12 +7,14 @@ are fed as they came (:class:`~melissa_sa.messages.ServerHello`,
 :class:`~melissa_sa.messages.Progress`, :class:`~melissa_sa.messages.Stop`).
 Instructions are what the lifecycle answers and the launcher carries out; the
 heartbeat to send is the message itself (:class:`~melissa_sa.messages.Ping`).
-Some instructions answer with an event of their own (written next to them):
-the launcher feeds it back before anything else.
+Instructions without fields are the values of :class:`Act`; the others
+are dataclasses. Some instructions answer with an event of their own
+(written next to them): the launcher feeds it back before anything else.
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 __all__ = [
@@ -20,8 +22,8 @@ __all__ = [
     "Begin", "ServerStarted", "StartFailed", "ServerExited", "Tick", "SignalSeen", "ServerGone",
     "StopRequested",
     # instructions
-    "StartServer", "RecordState", "WatchServer", "Say", "FailServer", "KillServer",
-    "FinishClients", "StudyFinished", "StudyFailed", "BeginInterrupt", "EndInterrupt", "Exit",
+    "Act", "StartServer", "Say", "FailServer", "StudyFinished", "StudyFailed",
+    "BeginInterrupt", "EndInterrupt", "Exit", "effect_key",
 ]
 
 
@@ -95,22 +97,32 @@ class StopRequested:
 
 
 # -- instructions -----------------------------------------------------------------------
+class Act(enum.Enum):
+    """The instructions that carry nothing: each is one value (and has one
+    entry in the launcher's table of effects)."""
+
+    #: write the launcher's state file (``OUT/launcher.json``) now
+    RECORD_STATE = "record state"
+    #: the server is fine: note its processes (a /proc scan now and then)
+    WATCH_SERVER = "watch server"
+    #: terminate the server's whole process tree now
+    KILL_SERVER = "kill server"
+    #: the server said stop: reap the ended jobs, stop the ones left
+    FINISH_CLIENTS = "finish clients"
+
+
+def effect_key(instruction) -> type | Act:
+    """Where ``instruction`` stands in a table of effects: an :class:`Act`
+    value as itself, any other instruction by its class."""
+    return instruction if isinstance(instruction, Act) else type(instruction)
+
+
 @dataclass(frozen=True, slots=True)
 class StartServer:
     """Start the server, with ``MELISSA_RESTART=1`` if ``resume``.
     Answer: :class:`ServerStarted` or :class:`StartFailed`."""
 
     resume: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RecordState:
-    """Write the launcher's state file (``OUT/launcher.json``) now."""
-
-
-@dataclass(frozen=True, slots=True)
-class WatchServer:
-    """The server is fine: note its processes (a /proc scan now and then)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,16 +142,6 @@ class FailServer:
     jobs. Answer: :class:`ServerGone`."""
 
     reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class KillServer:
-    """Terminate the server's whole process tree now."""
-
-
-@dataclass(frozen=True, slots=True)
-class FinishClients:
-    """The server said stop: reap the ended jobs, stop the ones left."""
 
 
 @dataclass(frozen=True, slots=True)
