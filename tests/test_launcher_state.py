@@ -29,10 +29,10 @@ def _submit_groups(table: JobTable, n_groups: int, size: int) -> None:
 def _start(table: JobTable, free: int, limit: int) -> list[int]:
     """Start what the table says; return the sim ids started."""
     started = []
-    for start in table.next_starts(free, limit):
-        assert table.started(start.job.key) == [
-            JobState(sim_id=start.job.sim_id, group_id=start.job.group_id, state="running")]
-        started.append(start.job.sim_id)
+    for job in table.next_starts(free, limit):
+        assert table.started(job.key) == [
+            JobState(sim_id=job.sim_id, group_id=job.group_id, state="running")]
+        started.append(job.sim_id)
     return started
 
 
@@ -131,8 +131,8 @@ def test_kill_drops_queued_and_cancels_running_unreported():
 def test_start_failure_is_reported_failed_127():
     table = JobTable()
     table.submit(0, [0], ["missing.sh"])
-    (start,) = table.next_starts(1, 1)
-    assert table.start_failed(start.job.key) == [
+    (job,) = table.next_starts(1, 1)
+    assert table.start_failed(job.key) == [
         JobState(sim_id=0, group_id=0, state="failed", returncode=127)]
     assert table.running == 0 and table.last_failure[1] == 127
 

@@ -336,12 +336,12 @@ def test_a_group_whose_members_wait_for_room_goes_on_member_by_member():
     table = JobTable()
     table.submit(0, [0, 1, 2, 3, 4], [f"{i}.sh" for i in range(5)])
     first = table.next_starts(free=5, limit=8)
-    for start in first[:2]:
-        table.started(start.job.key)
-    for start in first[2:]:
-        table.start_later(start.job.key)    # no room for their logs
+    for job in first[:2]:
+        table.started(job.key)
+    for job in first[2:]:
+        table.start_later(job.key)    # no room for their logs
     table.submit(1, [5, 6], ["5.sh", "6.sh"])
-    assert [s.job.sim_id for s in table.next_starts(free=2, limit=8)] == [2, 3]
+    assert [job.sim_id for job in table.next_starts(free=2, limit=8)] == [2, 3]
 
 
 # -- the launcher's state file -----------------------------------------------------------

@@ -101,14 +101,13 @@ class ClientJobs:
         if self._room_at is not None and time.monotonic() < self._room_at:
             return
         starts = self.jobs.next_starts(limit - self.scheduler.running, limit)
-        for i, start in enumerate(starts):
-            job = start.job
+        for i, job in enumerate(starts):
             try:
                 handle = self.scheduler.submit(job.key, job.script, job.log_path)
             except SchedulerError as exc:
                 if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
                     for later in reversed(starts[i:]):  # queued again, in order
-                        self.jobs.start_later(later.job.key)
+                        self.jobs.start_later(later.key)
                     self._no_room(job, exc)
                     break
                 self.console.error(f"sim {job.sim_id} (group {job.group_id}): {exc}")

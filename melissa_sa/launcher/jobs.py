@@ -9,7 +9,7 @@ Events (methods) and what they answer:
 * :meth:`JobTable.kill` (the server's ``kill``): drop the queued runs, cancel
   the running ones; none of them is reported.
 * :meth:`JobTable.next_starts` (a free slot): the jobs to start now
-  (:class:`StartJob`), a group's queued members together (below).
+  (each a :class:`Job`), a group's queued members together (below).
 * :meth:`JobTable.started` / :meth:`JobTable.start_failed` (the scheduler's
   answer) and :meth:`JobTable.ended` (the scheduler's ``poll``): the
   :class:`~melissa_sa.messages.JobState` reports to send to the server.
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from melissa_sa.messages import JobState
 
-__all__ = ["Job", "StartJob", "CancelJob", "JobTable", "JOB_STATES"]
+__all__ = ["Job", "CancelJob", "JobTable", "JOB_STATES"]
 
 #: the states of :class:`~melissa_sa.messages.JobState` the launcher sends
 JOB_STATES = ("running", "finished", "failed")
@@ -55,13 +55,6 @@ class Job:
     group_id: int | None
     script: str
     log_path: str
-
-
-@dataclass(frozen=True, slots=True)
-class StartJob:
-    """Instruction: start ``job`` with the scheduler now."""
-
-    job: Job
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +138,10 @@ class JobTable:
         return cancels, dropped
 
     # -- events from the launcher and the scheduler ------------------------------
-    def next_starts(self, free: int, limit: int) -> list[StartJob]:
-        """The jobs to start with ``free`` slots of ``limit`` (``job_limit``)."""
-        starts: list[StartJob] = []
+    def next_starts(self, free: int, limit: int) -> list[Job]:
+        """The jobs to start with the scheduler now, with ``free`` slots of
+        ``limit`` (``job_limit``)."""
+        starts: list[Job] = []
         blocked = False  # an earlier group waits for slots
         for group, runs in list(self._queue.items()):
             if free <= 0:
@@ -159,7 +153,7 @@ class JobTable:
             else:
                 blocked = True
                 continue
-            starts += [StartJob(self._new_job(run)) for run in runs[:take]]
+            starts += [self._new_job(run) for run in runs[:take]]
             free -= take
             del runs[:take]
             if runs:
