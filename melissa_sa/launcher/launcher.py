@@ -21,6 +21,7 @@ import shlex
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -120,7 +121,7 @@ class Launcher:
                          msgs.Kill: lambda msg: self.clients.kill(msg), msgs.Stop: self._feed}
         #: the effect of each instruction of the lifecycle (by class, an Act by
         #: value); an effect may answer with an event, fed back at once
-        self.effects = {
+        self.effects: dict[type | ev.Act, Callable[[Any], object]] = {
             ev.StartServer: self._start_server, msgs.Ping: self._send_ping,
             ev.Act.WATCH_SERVER: lambda ins: self.server.watch(), ev.Say: self._say,
             ev.FailServer: lambda ins: self._on_server_failure(ins.reason),
