@@ -100,40 +100,41 @@ class JobHandle:
         return True
 
 
-Job = TypeVar("Job")
+#: what a scheduler keeps for one job (a JobHandle, a Slurm batch job)
+Handle = TypeVar("Handle")
 
 
-class RunningJobs(Generic[Job]):
+class RunningJobs(Generic[Handle]):
     """The jobs a scheduler started and has not seen end, by job id, in the
     order they were submitted: the table each scheduler owns (its
     ``running`` is the table's length)."""
 
     def __init__(self) -> None:
-        self._by_id: dict[Hashable, Job] = {}
+        self._by_id: dict[Hashable, Handle] = {}
 
     def check_free(self, job_id: Hashable) -> None:
         """Refuse a job id whose job still runs (before anything is started for it)."""
         if job_id in self._by_id:
             raise SchedulerError(f"job {job_id!r} is already running")
 
-    def add(self, job_id: Hashable, job: Job) -> Job:
+    def add(self, job_id: Hashable, job: Handle) -> Handle:
         """Note ``job`` as running under ``job_id`` (refused if that id runs)."""
         self.check_free(job_id)
         self._by_id[job_id] = job
         return job
 
-    def get(self, job_id: Hashable) -> Job | None:
+    def get(self, job_id: Hashable) -> Handle | None:
         return self._by_id.get(job_id)
 
     def remove(self, job_id: Hashable) -> None:
         """The job ended (reported by ``poll``)."""
         del self._by_id[job_id]
 
-    def items(self) -> list[tuple[Hashable, Job]]:
+    def items(self) -> list[tuple[Hashable, Handle]]:
         """``(job_id, job)`` pairs, a copy: jobs may be removed while it is walked."""
         return list(self._by_id.items())
 
-    def values(self) -> list[Job]:
+    def values(self) -> list[Handle]:
         return list(self._by_id.values())
 
     def clear(self) -> None:
