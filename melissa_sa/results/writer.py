@@ -178,9 +178,9 @@ def _write_steps(g, field: str, lo: int, hi: int, names, step_values,
 
 
 #: bytes of the blocks of time steps :class:`GatheredSteps` hold for one call
-#: of :func:`_write_steps` (the six Sobol' datasets of 99,856 cells at p = 3
-#: and 10 steps: 144 MB); past it, blocks of fewer steps
-GATHER_BYTES = 1 << 28
+#: of :func:`_write_steps`, past which they hold fewer steps than a chunk (the
+#: six Sobol' datasets of 99,856 cells at p = 3: 4 of a chunk's 10 steps)
+GATHER_BYTES = 1 << 26
 
 
 def _gathered_steps(g, names, n: int) -> int:
