@@ -5,6 +5,7 @@ their ratios.
     python benchmarks/peer_c_server.py --reference PREFIX [--cells 99856] [--steps 10]
         [--groups 32] [--interval delta|fisher] [--fold-batch N] [--only ours|reference]
         [--keep DIR]
+    python benchmarks/peer_c_server.py --only ours [...]     # no reference needed
 
 ``PREFIX`` is an install of github melissa-sa/melissa at commit d07c43a (June
 2021), built as ``docs/performance.md`` says; it is not a dependency of the
@@ -31,6 +32,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -183,6 +185,9 @@ def run_ours(work: Path, cells: int, steps: int, groups: int, interval: str,
     # the server's own account at exit: CPU and peak memory of each phase
     res["server_phases"] = [line.strip() for line in server_log.read_text().splitlines()
                             if line.startswith("melissa-sa server rank ")]
+    # the results phase: the CPU of the exit line's last phase ("end": results.h5 written)
+    ends = [re.search(r"\bend ([0-9.]+) s\b", line) for line in res["server_phases"]]
+    res["server_end_cpu_s"] = sum(float(m.group(1)) for m in ends if m)
     return res
 
 
@@ -237,7 +242,8 @@ def cpu_model() -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference", required=True, help="install prefix of the reference framework")
+    ap.add_argument("--reference", help="install prefix of the reference framework (not "
+                    "needed with --only ours)")
     ap.add_argument("--cells", type=int, default=99_856)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--groups", type=int, default=32)
@@ -252,6 +258,8 @@ def main(argv=None) -> int:
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.only != "ours" and not args.reference:
+        ap.error("--reference PREFIX: the reference framework's install (or --only ours)")
     if args.inside:
         run_reference_inside(args)
         return 0
@@ -274,6 +282,9 @@ def main(argv=None) -> int:
               f"{r['server_private_peak_mb']:11.0f}")
     for line in rows.get("melissa-sa", {}).get("server_phases", []):
         print(f"  {line}")
+    if "melissa-sa" in rows:
+        print(f"  results phase (the server's end: results.h5 written): "
+              f"{rows['melissa-sa']['server_end_cpu_s']:.2f} s CPU")
     if len(rows) == 2:
         ours, ref = rows.values()
         print(f"{'ratio ours / reference':<24} {ours['server_cpu_s'] / ref['server_cpu_s']:8.2f} "

@@ -30,11 +30,8 @@ whatever the first sample was. Details and measurements:
 Merge
 -----
 Block 1 merges by Chan, Golub & LeVeque (1979): with ``δ = x̄_b - x̄_a``
-(shifts accounted for) and ``n = n_a + n_b``, ``X2 = X2_a + X2_b +
-n_a n_b/n δ_x^2``, ``XY11`` likewise with ``δ_x δ_y``. Both sides' block 2
-is moved to the merged shift (the merged mean of ``A``, :func:`_move_pair`)
-and added. Both are exact in exact arithmetic: the merged state is that of
-one stream that saw both sets of groups, to rounding.
+(shifts accounted for), ``X2 = X2_a + X2_b + n_a n_b/n δ_x^2``, ``XY11``
+likewise; both sides' block 2 is moved to the merged mean of ``A`` and added.
 
 These kernels share the ``inline="always"`` helpers below, so they live in
 one file (Numba's cache does not see a change in a helper inlined from
@@ -344,9 +341,7 @@ def _interval(rho, se, q, method):
     if method == DELTA:
         se = se / (1.0 - rho * rho)
     # tanh(atanh(rho) -+ d) by the addition formula, t = tanh(d): one
-    # transcendental instead of three (they were most of the finalisation's
-    # interval pass); |rho| < 1 and 0 <= t <= 1 keep both bounds in [-1, 1]
-    # but for rounding, which the clip removes
+    # transcendental instead of three; the clip removes rounding past +-1
     t = math.tanh(q * se)
     lo = (rho - t) / (1.0 - rho * t)
     hi = (rho + t) / (1.0 + rho * t)
@@ -354,93 +349,102 @@ def _interval(rho, se, q, method):
 
 
 @njit(cache=True, inline="always")
-def _pair_delta_var(state, c, nf, xm, x2, x3, x4, m11, i, j, o, rho):
-    """``V`` of the pair (X, C_k) of cell ``c`` from its slots.
+def _centred(st, c, nf, m, s2, p3, p4):
+    """``(mean, sum x, sum x^2, P3, sum (x - mean)^4, X2)`` of a variable of cell
+    ``c`` from its slots of mean, X2, P3 and P4 (block 1's exact sums)."""
+    mean = st[c, m]
+    x2 = st[c, s2]
+    x1 = nf * mean
+    xp2 = x2 + nf * mean * mean
+    x3 = st[c, p3]
+    return mean, x1, xp2, x3, _move_single(nf, mean, x1, xp2, x3, st[c, p4])[1], x2
 
-    ``xm, x2, x3, x4``: X's slots of mean, X2, P3, P4; ``m11``: the pair's
-    centred co-moment; ``i``, ``j``: C_k's first slot in blocks 1 and 2;
-    ``o``: the pair's first block-2 slot (``P_XC 21``). Block 2's power sums are moved to the means
-    (centred) with block 1's exact means and second-order sums.
-    """
-    mx = state[c, xm]
-    my = state[c, i]
-    sx2 = state[c, x2]
-    sy2 = state[c, i + 1]
-    x1 = nf * mx
-    xp2 = sx2 + nf * mx * mx
-    y1 = nf * my
-    yp2 = sy2 + nf * my * my
-    p11 = m11 + nf * mx * my
-    q = _move_pair(nf, mx, my, x1, xp2, state[c, x3], y1, yp2, state[c, j],
-                   p11, state[c, o], state[c, o + 1], state[c, o + 2],
-                   state[c, o + 3], state[c, o + 4])
-    x4c = _move_single(nf, mx, x1, xp2, state[c, x3], state[c, x4])[1]
-    y4c = _move_single(nf, my, y1, yp2, state[c, j], state[c, j + 1])[1]
-    return _delta_var(nf, m11, sx2, sy2, x4c, y4c, q[3], q[2], q[4], rho)
+
+@njit(cache=True, inline="always")
+def _pair_delta_var(st, c, nf, m11, o, rho, x, y):
+    """``V`` of the pair (X, C_k) of cell ``c``: ``x``, ``y``: :func:`_centred`
+    of X and C_k; ``m11``: the pair's centred co-moment; ``o``: its first
+    block-2 slot (``P_XC 21``)."""
+    p11 = m11 + nf * x[0] * y[0]
+    q = _move_pair(nf, x[0], y[0], x[1], x[2], x[3], y[1], y[2], y[3],
+                   p11, st[c, o], st[c, o + 1], st[c, o + 2], st[c, o + 3], st[c, o + 4])
+    return _delta_var(nf, m11, x[5], y[5], x[4], y[4], q[3], q[2], q[4], rho)
+
+
+@njit(cache=True, inline="always")
+def cell_interval(st, c, cell, p, at, n, q, method, first_lo, first_hi, total_lo,
+                  total_hi, first, total):
+    """:func:`martinez_interval` of cell ``c`` of ``st`` (``st[c, slot]``) into
+    column ``cell`` of the outputs, for any slot order ``at = (i0, di, h, j0,
+    dj)``: pair ``k``'s block-1 slots from ``i0 + di k`` (mean_Ck, Ck2, ACk11,
+    BCk11), its block-2 slots from ``j0 + dj k`` (P3_Ck, P4_Ck, P_ACk 21..13,
+    P_BCk 21..13), P3, P4 of ``A`` then ``B`` from ``h``."""
+    i0, di, h, j0, dj = at
+    nf = float(n)
+    few = n < 4
+    se_f = 1.0 / math.sqrt(nf - 3.0) if not few else 0.0
+    full = method != FISHER and not few
+    if full:
+        xs = (_centred(st, c, nf, 1, 3, h, h + 1), _centred(st, c, nf, 2, 4, h + 2, h + 3))
+    for k in range(p):
+        i = i0 + di * k
+        j = j0 + dj * k
+        y2 = st[c, i + 1]
+        if full:
+            y = _centred(st, c, nf, i, i + 1, j, j + 1)
+        for side in range(2):
+            # side 0: first order, pair (B, C_k); side 1: total, (A, C_k)
+            x = 2 - side
+            m11 = st[c, i + 3 - side]
+            rho, ok = _corr(m11, st[c, x + 2], y2)
+            if first.shape[1] != 0:
+                if side == 0:
+                    first[k, cell] = rho
+                else:
+                    total[k, cell] = 1.0 - rho if ok else 0.0
+            if not ok:
+                lo = 0.0
+                hi = 0.0
+            elif rho != rho:  # NaN sample in this cell
+                lo = rho
+                hi = rho
+            elif few:
+                lo = -1.0
+                hi = 1.0
+            else:
+                if method == FISHER:
+                    se = se_f
+                else:
+                    v = _pair_delta_var(st, c, nf, m11, j + 7 - 5 * side, rho, xs[1 - side], y)
+                    se = math.sqrt(v / (nf - 3.0))
+                lo, hi = _interval(rho, se, q, method)
+            if side == 0:
+                first_lo[k, cell] = lo
+                first_hi[k, cell] = hi
+            elif ok:
+                total_lo[k, cell] = 1.0 - hi
+                total_hi[k, cell] = 1.0 - lo
+            else:
+                total_lo[k, cell] = 0.0
+                total_hi[k, cell] = 0.0
 
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def martinez_interval(state, n, n_params, q, method, first_lo, first_hi,
                       total_lo, total_hi, first, total):
-    """Write confidence bounds of S_k and ST_k, each (p, n_cells).
+    """Write confidence bounds of S_k and ST_k, each (p, n_cells); ``first``,
+    ``total``: (p, n_cells) arrays for the indices from the same pass (the
+    values of :func:`martinez_indices`, bit for bit), or (p, 0) arrays.
 
-    ``first`` and ``total``: (p, n_cells) arrays to receive the indices
-    themselves in the same pass (the values :func:`martinez_indices` writes,
-    bit for bit), or (p, 0) arrays for the bounds alone.
-
-    ``q`` is the standard normal quantile of the two-sided level (1.96 at
-    95 %). ``method``: ``FISHER`` (z = atanh r, se 1/sqrt(n-3); compact or
-    full state), ``DELTA`` (se of r from the delta method, mapped to the
-    z scale: se_z = se_r / (1 - r^2); full state) or ``DELTA_LINEAR``
-    (r +- q se_r; full state). Degenerate pairs (a zero variance) give
-    [0, 0]; with fewer than 4 groups every other pair gets the whole range
-    of a correlation, [-1, 1] for S_k and [0, 2] for ST_k.
+    ``q``: the standard normal quantile of the two-sided level (1.96 at 95 %).
+    ``method``: ``FISHER`` (z = atanh r, se 1/sqrt(n-3); compact or full
+    state), ``DELTA`` (se of r from the delta method on the z scale: se_z =
+    se_r / (1 - r^2); full state) or ``DELTA_LINEAR`` (r +- q se_r; full
+    state). Degenerate pairs (a zero variance) give [0, 0]; with fewer than 4
+    groups every other pair gets [-1, 1] for S_k and [0, 2] for ST_k.
     """
     p = n_params
-    h = 5 + 4 * p
-    nf = float(n)
-    few = n < 4
-    se_f = 1.0 / math.sqrt(nf - 3.0) if not few else 0.0
-    indices = first.shape[1] == state.shape[0]
+    at = (5, 4, 5 + 4 * p, 9 + 4 * p, 12)
     for c in prange(state.shape[0]):
-        for k in range(p):
-            i = 5 + 4 * k
-            y2 = state[c, i + 1]
-            for side in range(2):
-                # side 0: first order, pair (B, C_k); side 1: total, (A, C_k)
-                x = 2 - side
-                m11 = state[c, i + 3 - side]
-                rho, ok = _corr(m11, state[c, x + 2], y2)
-                if indices:
-                    if side == 0:
-                        first[k, c] = rho
-                    else:
-                        total[k, c] = 1.0 - rho if ok else 0.0
-                if not ok:
-                    lo = 0.0
-                    hi = 0.0
-                elif rho != rho:  # NaN sample in this cell
-                    lo = rho
-                    hi = rho
-                elif few:
-                    lo = -1.0
-                    hi = 1.0
-                else:
-                    if method == FISHER:
-                        se = se_f
-                    else:
-                        xb = h + 2 * (x - 1)
-                        j = h + 4 + 12 * k
-                        v = _pair_delta_var(state, c, nf, x, x + 2, xb, xb + 1,
-                                            m11, i, j, j + 7 - 5 * side, rho)
-                        se = math.sqrt(v / (nf - 3.0))
-                    lo, hi = _interval(rho, se, q, method)
-                if side == 0:
-                    first_lo[k, c] = lo
-                    first_hi[k, c] = hi
-                elif ok:
-                    total_lo[k, c] = 1.0 - hi
-                    total_hi[k, c] = 1.0 - lo
-                else:
-                    total_lo[k, c] = 0.0
-                    total_hi[k, c] = 0.0
+        cell_interval(state, c, c, p, at, n, q, method, first_lo, first_hi,
+                      total_lo, total_hi, first, total)

@@ -144,43 +144,115 @@ def _write_steps(g, field: str, lo: int, hi: int, names, step_values,
     its own error (the first error in the loop's order wins). With
     ``writeback``, the file's write-back to disk is started after each step
     (:func:`~melissa_sa.durable.start_writeback`).
+
+    Chunks of several time steps (small meshes) are written whole, once their
+    steps are gathered (:class:`GatheredSteps`; those before an error too).
     """
     n = hi - lo
     T = int(g.attrs["n_time_steps"])
-    datasets = [_step_dataset(g, name) for name in names]
+    span = _gathered_steps(g, names, n)
+    datasets = [_step_dataset(g, name) if span == 1 else GatheredSteps(g, name, span)
+                for name in names]
     step_shapes = [g[name].shape[:-2] + (n,) for name in names]
     # the file descriptor of the default (sec2) driver; other drivers: no hint
     fd = g.file.id.get_vfd_handle() if writeback and g.file.driver == "sec2" else None
-    with WriteBehind() as behind:
-        for t in range(T):
-            arrays = step_values(t)
-            if len(arrays) != len(names):
-                raise ValueError(f"field {field!r}: time step {t} gave {len(arrays)} arrays "
-                                 f"for {names}")
-            arrays = [np.asarray(a) for a in arrays]
-            for name, arr, step_shape in zip(names, arrays, step_shapes, strict=True):
-                if arr.shape != step_shape:
-                    raise ValueError(f"field {field!r}: {name} at time step {t} has shape "
-                                     f"{arr.shape}, expected {step_shape}")
-            if n:
-                behind.submit(_write_step, g, datasets, t, lo, hi, arrays, fd)
-            del arrays
+    try:
+        with WriteBehind() as behind:
+            for t in range(T):
+                arrays = step_values(t)
+                if len(arrays) != len(names):
+                    raise ValueError(f"field {field!r}: time step {t} gave {len(arrays)} "
+                                     f"arrays for {names}")
+                arrays = [np.asarray(a) for a in arrays]
+                for name, arr, step_shape in zip(names, arrays, step_shapes, strict=True):
+                    if arr.shape != step_shape:
+                        raise ValueError(f"field {field!r}: {name} at time step {t} has "
+                                         f"shape {arr.shape}, expected {step_shape}")
+                if n:
+                    behind.submit(_write_step, g, datasets, t, lo, hi, arrays, fd)
+                del arrays
+    finally:
+        for d in datasets:
+            if isinstance(d, GatheredSteps):
+                d.flush()   # only after an error: a block is written once full
 
 
-def _step_dataset(g, name: str):
-    """What :func:`_write_step` writes step by step into: the dataset, opened
-    once without a chunk cache, when its chunks hold one time step each
-    (a step's write covers its chunks once: a cache, 64 MB per open dataset,
-    would only copy the data once more and hold it until the dataset is
-    closed); else the name, and the dataset is opened for each step with the
-    file's cache, flushed when it is closed (chunks spanning several steps,
-    small meshes)."""
-    chunks = g[name].chunks
-    if chunks is None or chunks[-2] != 1:
-        return name
+#: bytes of the blocks of time steps :class:`GatheredSteps` hold for one call
+#: of :func:`_write_steps`, past which they hold fewer steps than a chunk (the
+#: six Sobol' datasets of 99,856 cells at p = 3: 4 of a chunk's 10 steps)
+GATHER_BYTES = 1 << 26
+
+
+def _gathered_steps(g, names, n: int) -> int:
+    """Time steps per write of :func:`_write_steps` into the datasets
+    ``names`` of ``n`` cells: 1 when a chunk holds one step (or they are not
+    chunked alike), else a chunk's steps, fewer if their blocks would exceed
+    :data:`GATHER_BYTES`."""
+    spans = {g[name].chunks[-2] if g[name].chunks else 1 for name in names}
+    if len(spans) != 1:
+        return 1
+    rows = sum(int(np.prod(g[name].shape[:-2], dtype=np.int64)) for name in names)
+    return max(1, min(spans.pop(), GATHER_BYTES // max(1, 8 * rows * n)))
+
+
+class GatheredSteps:
+    """A dataset of ``g`` whose chunks span several time steps, written
+    ``span`` steps at a time. One step written into a chunk of ``s`` steps
+    makes HDF5 read the chunk and write it back, ``s`` times over (at 99,856
+    cells and 10 steps, ten times the file's bytes read and written: most of
+    the results phase's CPU, docs/performance.md). So the writes ``d[..., t,
+    lo:hi] = arr`` of :func:`_write_step` (steps in order from 0, one slice of
+    cells) are copied into a block written whole once full (or by
+    :meth:`flush`), without a chunk cache: whole chunks when ``span`` is
+    theirs."""
+
+    def __init__(self, g, name: str, span: int):
+        self.dataset = _uncached(g, name)
+        self.span = span
+        self.block: np.ndarray | None = None
+        self.first = self.filled = 0
+        self.cells = slice(0, 0)
+
+    def __setitem__(self, key, value) -> None:
+        _, t, cells = key
+        if self.block is None:
+            n_steps = min(self.span, self.dataset.shape[-2] - t)
+            self.block = np.empty(self.dataset.shape[:-2] + (n_steps, cells.stop - cells.start))
+            self.first, self.filled, self.cells = t, 0, cells
+        if t != self.first + self.filled or cells != self.cells:
+            raise ValueError(f"{self.dataset.name}: step {t}, cells {cells} after "
+                             f"{self.filled} steps from {self.first}, cells {self.cells}")
+        self.block[..., self.filled, :] = value
+        self.filled += 1
+        if self.filled == self.block.shape[-2]:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the steps gathered, if any."""
+        block, self.block = self.block, None
+        if block is not None and self.filled:
+            steps = slice(self.first, self.first + self.filled)
+            self.dataset[..., steps, self.cells] = block[..., :self.filled, :]
+
+
+def _uncached(g, name: str):
+    """The dataset ``name`` of ``g`` without a chunk cache: a write of whole
+    chunks goes from the caller's array to the file (a cache, 64 MB per open
+    dataset, would copy it once more and hold it until closed)."""
     dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
     dapl.set_chunk_cache(0, 0, 1.0)
     return h5py.Dataset(h5py.h5d.open(g.id, name.encode(), dapl))
+
+
+def _step_dataset(g, name: str):
+    """What :func:`_write_step` writes step by step into: the dataset without a
+    chunk cache (:func:`_uncached`) when its chunks hold one time step each;
+    else the name: the dataset is opened for each step with the file's cache,
+    flushed when it is closed (chunks of several steps not gathered)."""
+    chunks = g[name].chunks
+    if chunks is None or chunks[-2] != 1:
+        return name
+    return _uncached(g, name)
 
 
 def _write_step(g, datasets, t: int, lo: int, hi: int, arrays, fd: int | None) -> None:

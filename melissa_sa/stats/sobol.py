@@ -385,9 +385,9 @@ class SobolMartinez(Statistic):
         return self._interval(level, method, with_indices=True)
 
     def _interval(self, level, method, with_indices):
-        return self._read(lambda state: sobol_results.interval(
-            state, self._folded, self.n_params, self.ci, self._second, level, method,
-            with_indices))
+        self.flush()   # a cell-blocked state is read in place, the arrays written whole
+        return sobol_results.interval(self._blocks or self._state, self._folded, self.n_params,
+                                      self.ci, self._second, level, method, with_indices)
 
     def _read(self, read):
         """``read(state)`` of the folded row-layout state; of a cell-blocked

@@ -3,10 +3,11 @@
 A ``ci="delta"`` state without second order is kept cell-blocked
 (:mod:`melissa_sa.kernels.sobol_blocked`): :data:`~melissa_sa.kernels.sobol_blocked.BLOCK`
 cells per row, each accumulator's cells contiguous, so that the fold runs in
-SIMD lanes. Everything else reads the row layout of
-:mod:`melissa_sa.kernels.sobol` (one row per cell): the per-cell kernels of
-merge, re-centring, indices and intervals run on the rows of :data:`SLICE`
-cells at a time (:meth:`BlockedState.by_slices`), converted into a buffer
+SIMD lanes. The intervals (with the indices) read the blocks in place
+(:mod:`melissa_sa.kernels.sobol_blocked_interval`); everything else reads the
+row layout of :mod:`melissa_sa.kernels.sobol` (one row per cell): the
+per-cell kernels of merge, re-centring and the indices alone run on the rows
+of :data:`SLICE` cells at a time (:meth:`BlockedState.by_slices`), converted into a buffer
 (no state-sized copy; the merge keeps its buffer for the next one); the checkpoint reads the whole
 row-layout state (:meth:`BlockedState.rows`), so a checkpoint's arrays are
 those of the row layout, whichever layout wrote them.

@@ -47,6 +47,7 @@ from statistics import NormalDist
 
 import numpy as np
 
+from melissa_sa.kernels.sobol_blocked_interval import blocked_interval
 from melissa_sa.kernels.sobol_centred import (
     DELTA,
     DELTA_LINEAR,
@@ -54,6 +55,7 @@ from melissa_sa.kernels.sobol_centred import (
     martinez_indices,
     martinez_interval,
 )
+from melissa_sa.stats.sobol_blocks import BlockedState
 
 __all__ = ["METHODS", "indices", "interval", "aggregated_sums"]
 
@@ -69,10 +71,12 @@ def indices(state: np.ndarray, n_params: int) -> tuple[np.ndarray, np.ndarray]:
     return first, total
 
 
-def interval(state: np.ndarray, n: int, n_params: int, ci: str, second, level: float,
+def interval(state, n: int, n_params: int, ci: str, second, level: float,
              method: str | None, with_indices: bool):
     """``(indices or None, bounds)`` of a state of ``n`` groups kept with
-    ``ci`` (``"delta"``: fourth-order co-moments, ``"fisher"``: block 1 only).
+    ``ci`` (``"delta"``: fourth-order co-moments, ``"fisher"``: block 1 only):
+    a row-layout array or a :class:`~melissa_sa.stats.sobol_blocks.BlockedState`,
+    read in place either way.
 
     ``bounds``: ``((first_low, first_high), (total_low, total_high))``, each
     ``(n_params, n_cells)``, then with ``second`` (a SecondOrderState) the
@@ -92,11 +96,16 @@ def interval(state: np.ndarray, n: int, n_params: int, ci: str, second, level: f
             "SobolMartinez(..., ci='delta')"
         )
     q = NormalDist().inv_cdf(0.5 + 0.5 * level)
-    shape = (n_params, state.shape[0])
+    blocked = isinstance(state, BlockedState)
+    shape = (n_params, state.n_cells if blocked else state.shape[0])
     out = [np.empty(shape) for _ in range(4)]
     index_shape = shape if with_indices else (n_params, 0)
     first, total = np.empty(index_shape), np.empty(index_shape)
-    martinez_interval(state, n, n_params, q, METHODS[method], *out, first, total)
+    if blocked:
+        blocked_interval(state.array, state.n_cells, n, n_params, q, METHODS[method], *out,
+                         first, total)
+    else:
+        martinez_interval(state, n, n_params, q, METHODS[method], *out, first, total)
     bounds = (out[0], out[1]), (out[2], out[3])
     if second is not None:
         bounds += (second.interval(state, n, q),)
