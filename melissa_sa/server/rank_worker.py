@@ -19,8 +19,12 @@ whole slice is folded straight from the received frame, without a copy.
 
 Every (simulation, field, time step, slice) is folded at most once: a
 restarted client may resend from the start, and what was already folded or
-buffered is dropped and counted as a duplicate. A run completely received or
-folded on this rank is reported to rank 0's coordinator
+buffered is dropped and counted as a duplicate. The restarted client's hello
+gave it a new attempt token (:class:`~melissa_sa.server.ranks.AttemptStarted`):
+the messages of the attempt it replaces are dropped (``old_attempt``,
+:class:`~melissa_sa.server.data_messages.DataIntake`), and the steps that
+attempt left incomplete on this rank are forgotten, for the rerun to fill.
+A run completely received or folded on this rank is reported to rank 0's coordinator
 (:class:`~melissa_sa.server.ranks.RunsReceived`,
 :class:`~melissa_sa.server.ranks.RunsFolded`).
 
