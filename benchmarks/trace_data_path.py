@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="also write the list here")
     args = ap.parse_args(argv)
     from melissa_sa.protocol import encode_header
-    from melissa_sa.server.ranks import FieldDeclared
+    from melissa_sa.server.ranks import AttemptStarted, FieldDeclared
 
     with tempfile.TemporaryDirectory() as tmp:
         server, endpoint = make_server(Path(tmp))
@@ -93,8 +93,10 @@ def main(argv=None) -> int:
             values = rng.random((size, N_CELLS))
             for member in range(size):
                 sim_id = server.layout.sim_id(g, member)
-                push.send_multipart([encode_header(sim_id, member, 0, 0, 0, 0, N_CELLS, np.float64),
-                                     values[member].tobytes()])
+                attempt = server.coordinator.attempts.issue()  # as for a hello
+                server.ranks.broadcast(AttemptStarted(sim_id, 0, attempt))
+                header = encode_header(sim_id, member, 0, 0, 0, 0, N_CELLS, np.float64, attempt)
+                push.send_multipart([header, values[member].tobytes()])
                 if g >= WARMUP:
                     sys.setprofile(profile)
                     try:

@@ -64,6 +64,7 @@ class _Field:
     offset: int  # global index of this rank's first cell
     # (server rank, start, stop) of this rank's cells, in local indices
     routes: list[tuple[int, int, int]]
+    attempt: int  # this run's token for the field (the welcome's), in every header
     step: int = 0
 
 
@@ -202,7 +203,7 @@ def melissa_init(field_name: str, local_vect_size: int, comm=None) -> None:
                 push.setsockopt(zmq.LINGER, int(s.send_timeout * 1000))
                 push.connect(endpoints[server_rank])
                 s.pushes[server_rank] = push
-    s.fields[field_name] = _Field(field_id, local, offset, routes)
+    s.fields[field_name] = _Field(field_id, local, offset, routes, reply.attempt)
 
 
 def melissa_send(field_name: str, values) -> None:
@@ -232,7 +233,7 @@ def melissa_send(field_name: str, values) -> None:
     trackers = []
     for server_rank, start, stop in f.routes:
         header = encode_header(s.sim_id, s.member, f.field_id, f.step,
-                               s.rank, f.offset + start, stop - start, arr.dtype)
+                               s.rank, f.offset + start, stop - start, arr.dtype, f.attempt)
         tracker = s.pushes[server_rank].send_multipart(
             [header, memoryview(arr[start:stop])], copy=False, track=True)
         trackers.append(tracker)

@@ -15,7 +15,7 @@ A data message is a two-frame ZeroMQ multipart message:
        client_rank u32 rank of the sender inside its client communicator
        offset    u64  global index of the first cell in this message
        count     u64  number of cells in this message
-       reserved  u32  0
+       attempt   u32  the token of the sender's run, from its welcome
 
 2. the raw array bytes, ``count`` values of ``dtype``, received without
    copying (``copy=False``) and viewed with :func:`numpy.frombuffer`.
@@ -31,13 +31,19 @@ hello (kind 1, client -> server)::
 
 welcome (kind 2, server -> client)::
 
-    field_id u16, member u16, n_time_steps u32, n_ranks u32,
+    field_id u16, member u16, n_time_steps u32, n_ranks u32, attempt u32,
     n_ranks x (lo u64, hi u64)            the partition: rank r owns [lo, hi)
     n_ranks x (len u16, endpoint bytes)   rank r's data endpoint (ASCII)
 
 refusal (kind 3, server -> client)::
 
     len u32, reason (UTF-8, len bytes)
+
+The attempt is a token rank 0 gives every hello it accepts, fresh for each
+(simulation, field) and drawn so that an earlier server's tokens are unlikely
+to match (:mod:`melissa_sa.server.attempts`): a data message is folded only
+while its attempt is the current one of its simulation and field, so a late
+message of a run that was restarted is dropped (``old_attempt``).
 
 :func:`encode_hello` / :func:`decode_hello`, :func:`encode_welcome` /
 :func:`decode_welcome` and :func:`encode_refusal` are used by the Python
@@ -60,12 +66,12 @@ from dataclasses import dataclass
 import numpy as np
 
 MAGIC = b"MSA\x01"
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 HANDSHAKE_MAGIC = b"MSAH"
 HANDSHAKE_PREFIX = struct.Struct("<4sHBB")
 HELLO, WELCOME, REFUSAL = 1, 2, 3
 _HELLO = struct.Struct("<IQH")
-_WELCOME = struct.Struct("<HHII")
+_WELCOME = struct.Struct("<HHIII")
 _RANGE = struct.Struct("<QQ")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -99,16 +105,17 @@ class DataHeader:
     offset: int
     count: int
     dtype: np.dtype
+    attempt: int
 
 
 def encode_header(sim_id: int, member: int, field_id: int, time_step: int,
-                  client_rank: int, offset: int, count: int, dtype) -> bytes:
-    """Pack a data header (see module docstring)."""
+                  client_rank: int, offset: int, count: int, dtype, attempt: int) -> bytes:
+    """Pack a data header (see module docstring); ``attempt``: the welcome's."""
     code = DTYPE_CODES.get(np.dtype(dtype).newbyteorder("<"))
     if code is None:
         raise TypeError(f"dtype {dtype} cannot be sent: use float32 or float64")
     return HEADER.pack(MAGIC, PROTOCOL_VERSION, code, 0, sim_id, member, field_id,
-                       time_step, client_rank, offset, count, 0)
+                       time_step, client_rank, offset, count, attempt)
 
 
 def decode_header(frame) -> DataHeader:
@@ -118,7 +125,7 @@ def decode_header(frame) -> DataHeader:
         raise ProtocolError(f"header is {buf.nbytes} bytes, expected {HEADER_SIZE}",
                             "truncated_header")
     (magic, version, code, _r1, sim_id, member, field_id, time_step, client_rank,
-     offset, count, _r2) = HEADER.unpack(buf)
+     offset, count, attempt) = HEADER.unpack(buf)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}", "bad_magic")
     if version != PROTOCOL_VERSION:
@@ -128,7 +135,7 @@ def decode_header(frame) -> DataHeader:
     if dtype is None:
         raise ProtocolError(f"unknown dtype code {code}", "bad_dtype")
     return DataHeader(sim_id, member, field_id, time_step, client_rank, offset, count,
-                      dtype)
+                      dtype, attempt)
 
 
 def decode_payload(header: DataHeader, frame) -> np.ndarray:
@@ -152,13 +159,15 @@ class ClientHello:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """The server's answer: where to send ``field`` and what the study expects."""
+    """The server's answer: where to send ``field`` and what the study expects;
+    ``attempt``: the token every data message of this run's field carries."""
 
     field_id: int
     member: int
     n_time_steps: int
     partition: list[tuple[int, int]]
     endpoints: list[str]
+    attempt: int
 
 
 def _prefix(kind: int) -> bytes:
@@ -215,7 +224,8 @@ def decode_hello(raw) -> ClientHello:
 
 def encode_welcome(w: Welcome) -> bytes:
     parts = [_prefix(WELCOME),
-             _WELCOME.pack(w.field_id, w.member, w.n_time_steps, len(w.partition))]
+             _WELCOME.pack(w.field_id, w.member, w.n_time_steps, len(w.partition),
+                           w.attempt)]
     parts += [_RANGE.pack(lo, hi) for lo, hi in w.partition]
     for endpoint in w.endpoints:
         raw = endpoint.encode("ascii")
@@ -232,7 +242,7 @@ def decode_welcome(raw) -> Welcome:
     pos = HANDSHAKE_PREFIX.size
     if len(raw) < pos + _WELCOME.size:
         raise ProtocolError(f"welcome is {len(raw)} bytes, too short for its fields")
-    field_id, member, steps, n_ranks = _WELCOME.unpack_from(raw, pos)
+    field_id, member, steps, n_ranks, attempt = _WELCOME.unpack_from(raw, pos)
     pos += _WELCOME.size
     if not 1 <= n_ranks <= MAX_SERVER_RANKS:
         raise ProtocolError(f"welcome: {n_ranks} server ranks")
@@ -256,7 +266,8 @@ def decode_welcome(raw) -> Welcome:
             raise ProtocolError(f"welcome: rank {r}'s cells [{lo}, {hi}) do not follow "
                                 f"rank {r - 1}'s")
         lo_expected = hi
-    return Welcome(field_id, member, steps, [tuple(p) for p in partition], endpoints)
+    return Welcome(field_id, member, steps, [tuple(p) for p in partition], endpoints,
+                   attempt)
 
 
 def encode_refusal(reason: str) -> bytes:

@@ -13,7 +13,14 @@ import zmq
 from conftest import BIN, ROOT, free_port
 
 from melissa_sa.auth import secure_server_socket
-from melissa_sa.protocol import ProtocolError, Welcome, decode_hello, encode_refusal, encode_welcome
+from melissa_sa.protocol import (
+    ProtocolError,
+    Welcome,
+    decode_header,
+    decode_hello,
+    encode_refusal,
+    encode_welcome,
+)
 
 HEAT_C = ROOT / "examples" / "heat_pde_c"
 HEAT_F = ROOT / "examples" / "heat_pde_fortran" / "heat.f90"
@@ -86,6 +93,10 @@ def offline(results, heat: Path, tmp: Path, p: int) -> dict:
     return ref
 
 
+#: the fake server's attempt tokens: ATTEMPT_BASE + 1 for the first hello, + 2 ...
+ATTEMPT_BASE = 0xA77E0000
+
+
 class FakeServer:
     """Server rank 0 of a one-rank study, in a thread: answers hellos (or refuses
     them with ``refuse``) and counts the data messages it pulls; ``deaf``: the
@@ -107,7 +118,7 @@ class FakeServer:
         self.address = f"tcp://127.0.0.1:{port}"
         self.data_endpoint = f"tcp://127.0.0.1:{free_port() if deaf else data_port}"
         self.nb_time_steps, self.refuse, self.move = nb_time_steps, refuse, move
-        self.hellos, self.messages, self.payloads = [], 0, []
+        self.hellos, self.messages, self.payloads, self.headers = [], 0, [], []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -129,12 +140,15 @@ class FakeServer:
                     if self.move and len(self.hellos) > 1:
                         endpoint = f"tcp://127.0.0.1:{free_port()}"
                     reply = encode_welcome(Welcome(len(self.hellos) - 1, 0, self.nb_time_steps,
-                                                   [(0, hello.n_cells)], [endpoint]))
+                                                   [(0, hello.n_cells)], [endpoint],
+                                                   ATTEMPT_BASE + len(self.hellos)))
                 except ProtocolError as exc:
                     reply = encode_refusal(exc.reason)
                 self.rep.send(reply)
             if self.pull in events:
-                self.payloads.append(self.pull.recv_multipart()[1])
+                frames = self.pull.recv_multipart()
+                self.headers.append(decode_header(frames[0]))
+                self.payloads.append(frames[1])
                 self.messages += 1
 
     def close(self) -> None:

@@ -77,3 +77,21 @@ def test_released_rows_are_reused_by_the_next_group_of_that_shape_only():
     for g in range(10):
         more.pool.give_back(np.empty((2, 7 + g)))
     assert len(more.pool) == SPARE_BUFFERS + 4
+
+
+def test_a_restarted_members_incomplete_rows_are_forgotten_complete_ones_kept():
+    pool = RowPool(2)
+    asm = GroupAssembler(group_size=2, pool=pool)
+    asm.add((4, 0, 0), 1, 0, np.ones(2), 4)            # member 1, step 0: half
+    asm.add((4, 0, 1), 1, 0, np.ones(4), 4)            # member 1, step 1: complete
+    asm.add((4, 0, 2), 0, 0, np.ones(4), 4)            # step 2: member 0 complete,
+    asm.add((4, 0, 2), 1, 0, np.ones(1), 4)            # member 1 a quarter
+    asm.add((4, 1, 0), 1, 0, np.ones(2), 4)            # another field: untouched
+    assert asm.drop_partial_rows(4, 0, member=1) == 2
+    assert len(asm) == 3 and len(pool) == 1            # step 0's buffer went back
+    assert asm.member_complete((4, 0, 1), 1)
+    # the rerun cuts step 2 otherwise: [0, 3) overlaps the forgotten [0, 1)
+    done = asm.add((4, 0, 2), 1, 0, np.full(3, 2.0), 4)
+    assert done is None
+    done = asm.add((4, 0, 2), 1, 3, np.full(1, 2.0), 4)
+    np.testing.assert_array_equal(done, [np.ones(4), np.full(4, 2.0)])

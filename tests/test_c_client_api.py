@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cclient_util import MPICC, FakeServer, build_client, missing
+from cclient_util import ATTEMPT_BASE, MPICC, FakeServer, build_client, missing
 from conftest import MPIEXEC
 
 from melissa_sa.cclient import build
@@ -55,6 +55,9 @@ def test_two_fields_in_one_client(exe, ranks):
     assert [(h.field, h.n_cells) for h in server.hellos] == [("f", 4 * max(ranks, 1)),
                                                             ("g1", 4 * max(ranks, 1))]
     assert server.messages == 4 * max(ranks, 1)
+    # every rank sends each field with the token of that field's welcome
+    assert sorted({(h.field_id, h.attempt) for h in server.headers}) == [
+        (0, ATTEMPT_BASE + 1), (1, ATTEMPT_BASE + 2)]
 
 
 @pytest.mark.parametrize("scenario,ranks,message", [

@@ -28,7 +28,7 @@ HARNESS = Path(__file__).parent / "clients" / "decode_harness.c"
 N_CELLS = 30
 WELCOME = encode_welcome(Welcome(3, 1, 7, [(0, 10), (10, 25), (25, 30)],
                                  ["tcp://127.0.0.1:2004", "tcp://127.0.0.1:2005",
-                                  "tcp://10.0.0.7:2004"]))
+                                  "tcp://10.0.0.7:2004"], 0x89ABCDEF))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def damaged(raw: bytes) -> list[bytes]:
     header = 8  # magic, version, kind, reserved
     for n_ranks in (0, 65536, 65537, 0xFFFFFFFF):
         cases.append(raw[:header + 8] + struct.pack("<I", n_ranks) + raw[header + 12:])
-    first_endpoint = header + 12 + 16 * 3
+    first_endpoint = header + 16 + 16 * 3
     cases.append(raw[:first_endpoint] + struct.pack("<H", 0xFFFF) + raw[first_endpoint + 2:])
     cases.append(raw + b"x")
     return cases
@@ -82,14 +82,14 @@ def python_view(raw: bytes) -> str | None:
         w = decode_welcome(raw)
     except ProtocolError:
         return None
-    return f"0 {w.field_id} {w.member} {w.n_time_steps} {len(w.endpoints)} " \
+    return f"0 {w.field_id} {w.member} {w.n_time_steps} {w.attempt} {len(w.endpoints)} " \
            f"{','.join(w.endpoints)} |"
 
 
 def test_damaged_welcomes_never_read_out_of_bounds(harness, tmp_path):
     cases = [WELCOME, *damaged(WELCOME)]
     lines = decode_all(harness, tmp_path, cases)
-    assert lines[0] == ("0 3 1 7 3 tcp://127.0.0.1:2004,tcp://127.0.0.1:2005,"
+    assert lines[0] == (f"0 3 1 7 {0x89ABCDEF} 3 tcp://127.0.0.1:2004,tcp://127.0.0.1:2005,"
                         "tcp://10.0.0.7:2004 |")
     accepted = 0
     for raw, line in zip(cases, lines):

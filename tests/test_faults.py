@@ -325,3 +325,21 @@ def test_a_client_command_that_always_fails_stops_the_study(tmp_path):
     assert len(scripts) <= 2 * (P + 2) + 4           # no endless redraws
     # the checkpoint left behind resumes (and fails the same way: the command is wrong)
     assert (tmp_path / "out" / "checkpoint" / "manifest.json").exists()
+
+
+def test_late_messages_of_a_restarted_run_are_dropped_as_old_attempts(tmp_path, baseline):
+    """Run 3's first attempt keeps the messages of its steps 1 and 2 (values far
+    off) and exits 1; its rerun, restarted by the launcher, replays them right
+    after its own step 0, through its own sockets: late messages of the old run
+    for steps the rerun has not sent yet. Every one is dropped as
+    ``old_attempt`` (2 steps x 2 server ranks), the rerun's step 0 is a
+    duplicate (2 ranks), and the results equal the fault-free run's."""
+    plan = {3: {"mode": "late", "step": 1}}
+    done = run_study(make_study(tmp_path), env=fault_env(tmp_path, plan))
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (tmp_path / "faults" / "late.3.npz.replayed").exists()
+    results = tmp_path / "out" / "results.h5"
+    assert_same_results(read(results), baseline)
+    with open_results(results) as r:
+        dropped = json.loads(r.h5.attrs["dropped_messages"])
+    assert dropped == {"old_attempt": 2 * 2, "duplicate": 2}, dropped

@@ -1,4 +1,4 @@
-"""Protocol version 2's binary handshake: round trips, every malformed form
+"""Protocol version 3's binary handshake: round trips, every malformed form
 refused by the decoders, and a real server that refuses (and counts) bad
 hellos with a reason and still welcomes a good one afterwards."""
 
@@ -25,7 +25,8 @@ from melissa_sa.protocol import (
 )
 
 WELCOME = Welcome(field_id=1, member=3, n_time_steps=7, partition=[(0, 5), (5, 9)],
-                  endpoints=["tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001"])
+                  endpoints=["tcp://127.0.0.1:5000", "tcp://127.0.0.1:5001"],
+                  attempt=0xFEDCBA98)
 
 
 def test_round_trips():
@@ -34,6 +35,7 @@ def test_round_trips():
     assert raw[:4] == HANDSHAKE_MAGIC and len(raw) == 22 + len("température".encode())
     assert decode_hello(raw) == hello
     assert decode_welcome(encode_welcome(WELCOME)) == WELCOME
+    assert encode_welcome(WELCOME)[20:24] == struct.pack("<I", 0xFEDCBA98)  # after n_ranks
     assert decode_refusal(encode_refusal("no such field")) == "no such field"
     with pytest.raises(ProtocolError, match="no such field") as err:
         decode_welcome(encode_refusal("no such field"))
@@ -49,6 +51,8 @@ BAD_HELLOS = {
     "empty": (b"", "shorter than its 8-byte prefix"),
     "json": (b'{"type": "hello", "sim_id": 0}', "bad magic"),
     "version": (_prefix(version=1) + GOOD_HELLO[8:], "protocol version 1"),
+    "version 2": (_prefix(version=2) + GOOD_HELLO[8:],
+                  "protocol version 2, this melissa-sa speaks 3"),
     "kind": (_prefix(kind=2) + GOOD_HELLO[8:], "message kind 2, expected 1"),
     "truncated": (GOOD_HELLO[:15], "too short"),
     "name past end": (GOOD_HELLO[:-1], "runs past the end"),
@@ -68,9 +72,9 @@ def test_malformed_hellos_are_refused_with_a_reason(name):
 
 def test_malformed_welcomes_are_refused_with_a_reason():
     good = encode_welcome(WELCOME)
-    gap = encode_welcome(Welcome(0, 0, 1, [(0, 5), (6, 9)], ["a", "b"]))
+    gap = encode_welcome(Welcome(0, 0, 1, [(0, 5), (6, 9)], ["a", "b"], 1))
     cases = {good[:10]: "too short", good + b"\0": "trailing", good[:-3]: "endpoint 1",
-             gap: "do not follow", encode_welcome(Welcome(0, 0, 1, [], [])): "0 server ranks"}
+             gap: "do not follow", encode_welcome(Welcome(0, 0, 1, [], [], 1)): "0 server ranks"}
     for raw, reason in cases.items():
         with pytest.raises(ProtocolError, match=reason):
             decode_welcome(raw)
@@ -103,6 +107,8 @@ def test_the_server_refuses_bad_hellos_and_keeps_serving(tmp_path, processes):
                               (ClientHello(0, "f", 0), "need an integer >= 1")]:
             assert reason in decode_refusal(ask(encode_hello(hello)))
         welcome = decode_welcome(ask(encode_hello(ClientHello(1, "f", 8))))
+        again = decode_welcome(ask(encode_hello(ClientHello(1, "f", 8))))  # a rerun's
+        assert again.attempt == (welcome.attempt + 1) % (1 << 32)          # a fresh token
         assert welcome.partition == [(0, 8)] and welcome.member == 0  # no Sobol: groups of 1
         assert welcome.n_time_steps == 2 and len(welcome.endpoints) == 1
         assert "field 'f' has 8 cells in this study, simulation 0 declares 9" in \

@@ -5,6 +5,7 @@ sends every kind of bad message, then the valid data. The server must
 survive, count each kind, and fold exactly the valid data.
 """
 
+import functools
 import json
 import sys
 
@@ -44,13 +45,13 @@ def hello(ctx, address, sim_id, n_cells=N_CELLS, field="f"):
         assert exc.kind == "refused", exc
         return {"type": "error", "message": exc.reason}
     return {"type": "welcome", "endpoints": welcome.endpoints,
-            "partition": welcome.partition}
+            "partition": welcome.partition, "attempt": welcome.attempt}
 
 
-def raw_header(magic=MAGIC, version=PROTOCOL_VERSION, dtype=1, sim_id=0, member=0,
+def raw_header(attempt, magic=MAGIC, version=PROTOCOL_VERSION, dtype=1, sim_id=0, member=0,
                field_id=0, step=0, offset=0, count=N_CELLS):
     return HEADER.pack(magic, version, dtype, 0, sim_id, member, field_id, step, 0,
-                       offset, count, 0)
+                       offset, count, attempt)
 
 
 def server_results(proc, tmp_path):
@@ -82,36 +83,42 @@ def test_every_malformed_kind_is_counted_and_dropped(server):
         welcome = hello(ctx, address, 0)
         assert welcome["type"] == "welcome", welcome
         assert hello(ctx, address, 1, n_cells=N_CELLS + 1)["type"] == "error"
+        attempts = {0: welcome["attempt"], 1: hello(ctx, address, 1)["attempt"]}
+        header = functools.partial(raw_header, attempts[0])
         push = ctx.socket(zmq.PUSH)
         push.setsockopt(zmq.LINGER, 5000)
         push.connect(welcome["endpoints"][0])
         good = np.arange(N_CELLS, dtype=np.float64)
         payload = good.tobytes()
         bad = {
-            "bad_magic": [raw_header(magic=b"XXXX"), payload],
-            "bad_version": [raw_header(version=PROTOCOL_VERSION + 1), payload],
-            "truncated_header": [raw_header()[:20], payload],
-            "bad_size": [raw_header(count=N_CELLS - 1), payload],
-            "bad_range": [raw_header(offset=4, count=N_CELLS), payload],
-            "unknown_field": [raw_header(field_id=3), payload],
-            "unknown_simulation": [raw_header(sim_id=1000), payload],
-            "bad_dtype": [raw_header(dtype=7), payload],
-            "bad_frames": [raw_header()],
-            "bad_time_step": [raw_header(step=5), payload],
-            "bad_member": [raw_header(sim_id=0, member=1), payload],
+            "bad_magic": [header(magic=b"XXXX"), payload],
+            "bad_version": [header(version=PROTOCOL_VERSION + 1), payload],
+            "truncated_header": [header()[:20], payload],
+            "bad_size": [header(count=N_CELLS - 1), payload],
+            "bad_range": [header(offset=4, count=N_CELLS), payload],
+            "unknown_field": [header(field_id=3), payload],
+            "unknown_simulation": [header(sim_id=1000), payload],
+            "bad_dtype": [header(dtype=7), payload],
+            "bad_frames": [header()],
+            "bad_time_step": [header(step=5), payload],
+            "bad_member": [header(sim_id=0, member=1), payload],
+            # a token sim 0 held before its last hello; one sim 1 has, not sim 0
+            "old_attempt": [raw_header(attempts[0] - 1), payload],
+            "old_attempt ": [raw_header(attempts[1]), payload],
         }
         for frames in bad.values():
             push.send_multipart(frames)
         # float32 payload announced as float64: a size mismatch, not a crash
-        push.send_multipart([raw_header(), good.astype(np.float32).tobytes()])
+        push.send_multipart([header(), good.astype(np.float32).tobytes()])
         # the valid data of both simulations; step 0 of sim 0 sent twice
         for sim_id in (0, 1):
             for step in (0, 1):
                 values = good * (sim_id + 1) + step
-                header = encode_header(sim_id, 0, 0, step, 0, 0, N_CELLS, np.float64)
-                push.send_multipart([header, values.tobytes()])
+                data = encode_header(sim_id, 0, 0, step, 0, 0, N_CELLS, np.float64,
+                                     attempts[sim_id])
+                push.send_multipart([data, values.tobytes()])
                 if sim_id == 0 and step == 0:
-                    push.send_multipart([header, (values + 100).tobytes()])
+                    push.send_multipart([data, (values + 100).tobytes()])
         push.close()
     finally:
         ctx.destroy(linger=0)   # closes what a failed assertion left open
@@ -119,7 +126,8 @@ def test_every_malformed_kind_is_counted_and_dropped(server):
         dropped = json.loads(f.attrs["dropped_messages"])
         for kind in bad:
             # bad_size also counts the float32 payload announced as float64
-            assert dropped.get(kind) == (2 if kind == "bad_size" else 1), (kind, dropped)
+            expected = {"bad_size": 2, "old_attempt": 2}.get(kind.strip(), 1)
+            assert dropped.get(kind.strip()) == expected, (kind, dropped)
         assert dropped["duplicate"] == 1
         np.testing.assert_array_equal(f["f/n_samples"][()], [2, 2])
         mean = f["f/mean"][()]
@@ -150,14 +158,15 @@ def test_drops_and_bytes_are_summed_over_ranks(tmp_path, processes):
             pushes.append(push)
         values = np.arange(N_CELLS, dtype=np.float64)
         # hostile messages to rank 1 only: 3 bad magics, 2 out-of-range
+        attempt = welcome["attempt"]
         for _ in range(3):
-            pushes[1].send_multipart([raw_header(magic=b"XXXX"), values.tobytes()])
+            pushes[1].send_multipart([raw_header(attempt, magic=b"XXXX"), values.tobytes()])
         for _ in range(2):
-            pushes[1].send_multipart([raw_header(offset=lo0, count=hi0 - lo0),
+            pushes[1].send_multipart([raw_header(attempt, offset=lo0, count=hi0 - lo0),
                                       values[lo0:hi0].tobytes()])
-        pushes[0].send_multipart([raw_header(magic=b"XXXX"), values.tobytes()])
+        pushes[0].send_multipart([raw_header(attempt, magic=b"XXXX"), values.tobytes()])
         for rank, (lo, hi) in enumerate(((lo0, hi0), (lo1, hi1))):
-            header = encode_header(0, 0, 0, 0, 0, lo, hi - lo, np.float64)
+            header = encode_header(0, 0, 0, 0, 0, lo, hi - lo, np.float64, attempt)
             pushes[rank].send_multipart([header, values[lo:hi].tobytes()])
         for push in pushes:
             push.close()

@@ -118,9 +118,9 @@ class Frame:
         self.buffer = memoryview(raw)
 
 
-def data_frames(sim_id, step, values):
+def data_frames(sim_id, step, values, attempt=0):
     from melissa_sa.protocol import encode_header
-    return [Frame(encode_header(sim_id, 0, 0, step, 0, 0, values.size, values.dtype)),
+    return [Frame(encode_header(sim_id, 0, 0, step, 0, 0, values.size, values.dtype, attempt)),
             Frame(values.tobytes())]
 
 
@@ -138,11 +138,13 @@ def test_the_rank_worker_reports_a_folded_run_to_the_coordinator(server):
     assert server.slices["f"].n_cells == 6
     values = np.arange(6.0)
     for step in range(2):
-        server.process_simulation_data(server.worker.receive(data_frames(0, step, values)))
+        server.process_simulation_data(
+            server.worker.receive(data_frames(0, step, values, welcome.attempt)))
     assert server.completed_sim_ids == {0} and server.bytes_received == 2 * values.nbytes
     progress = [m for m in server.transport.sent if isinstance(m, messages.Progress)]
     assert progress == [messages.Progress(groups_done=1, groups_total=2, group_id=0)]
-    server.process_simulation_data(server.worker.receive(data_frames(0, 1, values)))
+    server.process_simulation_data(
+        server.worker.receive(data_frames(0, 1, values, welcome.attempt)))
     assert server.duplicates == 1 and server.bad_messages["duplicate"] == 1
     assert server.worker.receive(data_frames(7, 0, values)) is ServerStatus.BAD_MESSAGE
     assert server.bad_messages["unknown_simulation"] == 1
@@ -189,7 +191,7 @@ def test_the_clock_ticks_while_data_keeps_arriving(server, monkeypatch):
     from melissa_sa.server.data_messages import ServerStatus, SimulationData
 
     header = DataHeader(sim_id=0, member=0, field_id=0, time_step=0, client_rank=0,
-                        offset=0, count=1, dtype=np.dtype("<f8"))
+                        offset=0, count=1, dtype=np.dtype("<f8"), attempt=0)
     item = SimulationData(header, np.zeros(1), 0)
     ticks = []
     coordinator = server.coordinator

@@ -106,6 +106,23 @@ class GroupAssembler:
         for key in [k for k in self._buffers if k[0] == group_id]:
             del self._buffers[key]
 
+    def drop_partial_rows(self, group_id: int, field_id: int, member: int) -> int:
+        """Forget ``member``'s incomplete rows of ``field_id`` in every open buffer
+        of ``group_id`` (its run was restarted: the rerun sends them again, maybe
+        cut into other pieces); complete rows stay. A buffer left empty goes back
+        to :attr:`pool`. Returns the number of rows forgotten."""
+        forgotten = 0
+        for key in [k for k in self._buffers if k[0] == group_id and k[1] == field_id]:
+            buf = self._buffers[key]
+            if 0 < buf.filled[member] < buf.rows.shape[1]:
+                buf.filled[member] = 0
+                buf.pieces[member] = []
+                forgotten += 1
+                if not buf.filled.any():
+                    del self._buffers[key]
+                    self.pool.give_back(buf.rows)
+        return forgotten
+
     def __len__(self) -> int:
         return len(self._buffers)
 

@@ -11,7 +11,8 @@
   kill, announce redraws to every rank worker, report progress, start a
   convergence check, finish or stop;
 * answers a client's hello on the connection socket (:meth:`handle_hello`),
-  declaring a new field to every rank worker first;
+  declaring a new field and the run's new attempt token to every rank worker
+  first;
 * talks to the launcher through its :class:`~melissa_sa.server.launcher_link.LauncherLink`
   and stops the study (with a checkpoint) when the launcher asks, when a
   rank got SIGTERM, or when the launcher has gone silent;
@@ -47,6 +48,7 @@ from melissa_sa.protocol import (
 )
 from melissa_sa.server import ranks
 from melissa_sa.server import study_events as st
+from melissa_sa.server.attempts import AttemptCounter
 from melissa_sa.server.client_scripts import ClientScripts
 from melissa_sa.server.convergence_check import ConvergenceCheck
 from melissa_sa.server.data_messages import RankCounters
@@ -116,6 +118,9 @@ class Coordinator:
         self.exit_message = ""
         self._runs_at_checkpoint = study.n_sims_completed
         self._last_checkpoint = time.monotonic()
+        #: the token each accepted hello gets (melissa_sa.server.attempts)
+        self.attempts = AttemptCounter()
+        link.broadcast(ranks.AttemptsBegin(self.attempts.first))
 
     # -- sockets ----------------------------------------------------------------------
     def handle_sockets(self, events: dict) -> bool:
@@ -192,9 +197,12 @@ class Coordinator:
         elif known != n_cells:
             raise ProtocolError(f"field {name!r} has {known} cells in this study, "
                                 f"simulation {sim_id} declares {n_cells}")
-        return Welcome(field_id=self.fields.index(name), member=self.layout.member_of(sim_id),
+        field_id, attempt = self.fields.index(name), self.attempts.issue()
+        self.ranks.broadcast(ranks.AttemptStarted(sim_id, field_id, attempt))
+        return Welcome(field_id=field_id, member=self.layout.member_of(sim_id),
                        n_time_steps=self.config.study_options.nb_time_steps,
-                       partition=self.fields.partitions[name], endpoints=self.data_endpoints)
+                       partition=self.fields.partitions[name], endpoints=self.data_endpoints,
+                       attempt=attempt)
 
     # -- what the rank workers report ---------------------------------------------------
     def _on_runs_folded(self, msg: ranks.RunsFolded) -> None:

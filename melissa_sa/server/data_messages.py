@@ -8,7 +8,11 @@ rank, the simulation id, the time step), and drops a malformed message under
 the counter its :class:`~melissa_sa.protocol.ProtocolError` names
 (``bad_messages``, written as ``dropped_messages``, see ``docs/results.md``).
 A message naming a field rank 0 declared but this rank has not read yet
-waits for the declaration, up to :data:`FIELD_WAIT_S` seconds.
+waits for the declaration, up to :data:`FIELD_WAIT_S` seconds; so does a
+message whose attempt token rank 0 may have announced and this rank not
+read yet. A message whose token is not the current one of its simulation
+and field (:mod:`~melissa_sa.server.attempts`) comes from a run that was
+restarted: it is dropped as ``old_attempt`` and logged at debug level.
 :class:`ServerStatus` says what :meth:`BaseServer.poll_sockets` saw when it
 returned no data. :class:`RankCounters` are the rank's message counters
 (saved in its checkpoint, summed in ``results.h5``).
@@ -26,6 +30,7 @@ import numpy as np
 from melissa_sa.design import GroupLayout
 from melissa_sa.mpi_wait import MPIWaitTimeout
 from melissa_sa.protocol import DataHeader, ProtocolError, decode_header, decode_payload
+from melissa_sa.server.attempts import AttemptBook
 from melissa_sa.server.intake import FieldCatalog, check_header
 from melissa_sa.server.rank_progress import RankProgress
 from melissa_sa.server.ranks import RankLink
@@ -34,8 +39,11 @@ __all__ = ["DataIntake", "FIELD_WAIT_S", "RankCounters", "ServerStatus", "Simula
 
 log = logging.getLogger("melissa_sa.server")
 
-#: seconds a rank waits for rank 0's declaration of a field a message names
+#: seconds a rank waits for rank 0's declaration of a field (or of an
+#: attempt token) a message names
 FIELD_WAIT_S = 10.0
+#: drops that are expected (a restarted run's late messages): logged at debug level
+EXPECTED_DROPS = ("old_attempt",)
 
 
 class ServerStatus(enum.Enum):
@@ -76,12 +84,15 @@ class DataIntake:
     ``fields``: the study's fields as declared; ``progress``: the rank's
     progress (which simulation ids it accepts); ``ranks``: the link to rank 0,
     read when a message names what rank 0 may have announced but this rank not
-    read yet; ``counters``: where dropped messages and bytes are counted.
+    read yet; ``counters``: where dropped messages and bytes are counted;
+    ``attempts``: the current attempt token of each run's fields.
     """
 
     def __init__(self, *, fields: FieldCatalog, layout: GroupLayout, n_time_steps: int,
-                 rank: int, progress: RankProgress, ranks: RankLink, counters: RankCounters):
+                 rank: int, progress: RankProgress, ranks: RankLink, counters: RankCounters,
+                 attempts: AttemptBook):
         self.fields = fields
+        self.attempts = attempts
         self.layout = layout
         self.n_time_steps = n_time_steps
         self.rank = rank
@@ -103,7 +114,8 @@ class DataIntake:
             if len(frames) >= 1 and len(frames[0].buffer) >= 12:
                 sim = int.from_bytes(bytes(frames[0].buffer[8:12]), "little")
                 sender = f" from simulation {sim}"
-            log.warning("dropped data message%s: %s", sender, exc.reason)
+            log.log(logging.DEBUG if exc.kind in EXPECTED_DROPS else logging.WARNING,
+                    "dropped data message%s: %s", sender, exc.reason)
             return ServerStatus.BAD_MESSAGE
         self.counters.bytes_received += values.nbytes
         return SimulationData(header, values, self.layout.group_of(header.sim_id))
@@ -120,6 +132,29 @@ class DataIntake:
         check_header(h, field=name, cells=self.fields.partitions[name][self.rank],
                      rank=self.rank, layout=self.layout,
                      sim_id_limit=self.progress.sim_id_limit, n_time_steps=self.n_time_steps)
+        if not self.attempts.is_current(h.sim_id, h.field_id, h.attempt):
+            self._check_attempt(h)
+
+    def _check_attempt(self, h: DataHeader) -> None:
+        """A token that is not the current one of the message's run and field:
+        read rank 0's pending messages (the token may be one it issued and this
+        rank not read yet, the only case worth a wait), then drop the message if
+        the token is still not current."""
+        book, sim, fid = self.attempts, h.sim_id, h.field_id
+        self.ranks.drain()
+        if (not book.is_current(sim, fid, h.attempt) and not self.ranks.is_root
+                and book.may_be_in_flight(h.attempt)):
+            try:
+                self.ranks.wait_for(lambda: book.is_current(sim, fid, h.attempt)
+                                    or not book.may_be_in_flight(h.attempt),
+                                    f"rank 0's attempt {h.attempt} of simulation {sim}",
+                                    FIELD_WAIT_S)
+            except MPIWaitTimeout as exc:
+                log.warning("%s", exc)
+        if not book.is_current(sim, fid, h.attempt):
+            raise ProtocolError(f"attempt {h.attempt} of simulation {sim}, field {fid}, "
+                                f"step {h.time_step} is not its current one (a restarted "
+                                f"run's late message)", "old_attempt")
 
     def _wait_for_field(self, name: str) -> None:
         """A data message names a field whose size rank 0 may have sent but this

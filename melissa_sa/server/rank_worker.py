@@ -19,8 +19,12 @@ whole slice is folded straight from the received frame, without a copy.
 
 Every (simulation, field, time step, slice) is folded at most once: a
 restarted client may resend from the start, and what was already folded or
-buffered is dropped and counted as a duplicate. A run completely received or
-folded on this rank is reported to rank 0's coordinator
+buffered is dropped and counted as a duplicate. The restarted client's hello
+gave it a new attempt token (:class:`~melissa_sa.server.ranks.AttemptStarted`):
+the messages of the attempt it replaces are dropped (``old_attempt``,
+:class:`~melissa_sa.server.data_messages.DataIntake`), and the steps that
+attempt left incomplete on this rank are forgotten, for the rerun to fill.
+A run completely received or folded on this rank is reported to rank 0's coordinator
 (:class:`~melissa_sa.server.ranks.RunsReceived`,
 :class:`~melissa_sa.server.ranks.RunsFolded`).
 
@@ -37,6 +41,7 @@ from collections.abc import Callable
 from melissa_sa.exit_codes import StopReason
 from melissa_sa.server import ranks
 from melissa_sa.server.assembly import SPARE_BUFFERS, GroupAssembler, Overlap
+from melissa_sa.server.attempts import AttemptBook
 from melissa_sa.server.convergence_check import summary_report, variance_report
 from melissa_sa.server.data_messages import DataIntake, RankCounters, SimulationData
 from melissa_sa.server.field_stats import LocalField, StepStatistics
@@ -77,7 +82,8 @@ class RankWorker:
                                      self.n_time_steps)
         self.intake = DataIntake(fields=self.fields, layout=self.layout,
                                  n_time_steps=self.n_time_steps, rank=self.rank,
-                                 progress=self.progress, ranks=link, counters=self.counters)
+                                 progress=self.progress, ranks=link, counters=self.counters,
+                                 attempts=AttemptBook())
         self.slices: dict[str, LocalField] = {}
         self._open_assembler(config)
         self.checkpoints = RankCheckpoints(config, comm=comm if self.n_ranks > 1 else None,
@@ -88,6 +94,8 @@ class RankWorker:
         self.stop_reason: StopReason | None = None
         self._sigterm = self._sigterm_handled = False
         link.add_handlers({ranks.FieldDeclared: self._on_field_declared,
+                           ranks.AttemptsBegin: lambda msg: self.intake.attempts.begin(msg.first),
+                           ranks.AttemptStarted: self._on_attempt_started,
                            ranks.Redraw: self._on_redraw,
                            ranks.CheckpointNow: lambda msg: self.checkpoint(),
                            ranks.StopRanks: self._on_stop,
@@ -187,6 +195,17 @@ class RankWorker:
         """
         if self.n_ranks == 1:
             set_threads(n_cells=sum(f.hi - f.lo for f in self.slices.values()))
+
+    def _on_attempt_started(self, msg: ranks.AttemptStarted) -> None:
+        """A run (re)starts a field: only its new token is accepted from now on,
+        and what an earlier attempt left incomplete here is forgotten (the
+        rerun sends it again, maybe cut otherwise); complete steps stay."""
+        self.intake.attempts.start(msg.sim_id, msg.field_id, msg.attempt)
+        forgotten = self._assembler.drop_partial_rows(
+            self.layout.group_of(msg.sim_id), msg.field_id, self.layout.member_of(msg.sim_id))
+        if forgotten:
+            log.debug("simulation %d restarted field %d: %d incomplete steps forgotten",
+                      msg.sim_id, msg.field_id, forgotten)
 
     def _on_redraw(self, msg: ranks.Redraw) -> None:
         self.progress.abandon(msg.group_id)

@@ -1,7 +1,8 @@
 """Messages between server ranks: typed, non-blocking, never spinning.
 
 Rank 0's coordinator tells every rank worker, its own included, what the
-study decided (:class:`FieldDeclared`, :class:`Redraw`, :class:`CheckpointNow`,
+study decided (:class:`FieldDeclared`, :class:`AttemptsBegin`,
+:class:`AttemptStarted`, :class:`Redraw`, :class:`CheckpointNow`,
 :class:`StopRanks`, the convergence check's requests); every rank worker
 tells the coordinator what it folded (:class:`RunsFolded`) or received
 completely (:class:`RunsReceived`) or that it was
@@ -25,6 +26,8 @@ from melissa_sa.mpi_wait import wait_requests, wait_until
 __all__ = [
     "TAG_CONTROL",
     "TAG_REPORT",
+    "AttemptStarted",
+    "AttemptsBegin",
     "CheckpointNow",
     "FieldDeclared",
     "RankLink",
@@ -49,6 +52,25 @@ class FieldDeclared:
 
     name: str
     n_cells: int
+
+
+@dataclass(frozen=True)
+class AttemptsBegin:
+    """Rank 0 -> all: this server's attempt tokens follow ``first`` (``first + 1``,
+    ``first + 2``, ... modulo 2^32; :mod:`melissa_sa.server.attempts`)."""
+
+    first: int
+
+
+@dataclass(frozen=True)
+class AttemptStarted:
+    """Rank 0 -> all, before the welcome: a run of ``sim_id`` said hello for
+    ``field_id``; from now on only data carrying ``attempt`` is accepted for them
+    (and the incomplete rows an earlier attempt left are forgotten)."""
+
+    sim_id: int
+    field_id: int
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -129,7 +151,8 @@ class SummaryReport:
     summary: object
 
 
-CONTROL = (FieldDeclared, Redraw, CheckpointNow, StopRanks, VarianceRequest, SummaryRequest)
+CONTROL = (FieldDeclared, AttemptsBegin, AttemptStarted, Redraw, CheckpointNow, StopRanks,
+           VarianceRequest, SummaryRequest)
 REPORT = (RunsFolded, RunsReceived, SignalReceived, VarianceReport, SummaryReport)
 
 

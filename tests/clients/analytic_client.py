@@ -33,11 +33,14 @@ def planned_fault(sim_id: int):
     """The fault this attempt of ``sim_id`` must inject, from the environment.
 
     ``TEST_FAULT_PLAN`` is JSON ``{"<sim_id>": {"mode": "kill" | "hang" | "exit"
-    | "pause", "step": k, "times": n}}``: the first ``n`` attempts of that
+    | "pause" | "late", "step": k, "times": n}}``: the first ``n`` attempts of that
     simulation kill themselves with SIGKILL (as ``kill -9``), hang, exit 1, or
     pause for ``"seconds"`` and go on, just before sending step ``k`` (``k`` =
-    ``NB_STEPS``: after the last step, before ``melissa_finalize``). Attempts
-    are counted in files under ``TEST_FAULT_DIR``.
+    ``NB_STEPS``: after the last step, before ``melissa_finalize``). ``"late"``:
+    the attempt keeps the messages of steps ``k`` and after, as it would have
+    sent them (its attempt token, values far off), for the next attempt to
+    replay (:func:`replay_late`), and exits 1 (a serial client). Attempts are counted in files
+    under ``TEST_FAULT_DIR``.
     """
     plan = json.loads(os.environ.get("TEST_FAULT_PLAN", "{}")).get(str(sim_id))
     if not plan:
@@ -48,6 +51,48 @@ def planned_fault(sim_id: int):
     with open(counter) as f:
         attempt = len(f.read())
     return plan if attempt <= plan.get("times", 1) else None
+
+
+def late_path(sim_id: int) -> str:
+    return os.path.join(os.environ["TEST_FAULT_DIR"], f"late.{sim_id}.npz")
+
+
+def keep_late(sim_id: int, x: np.ndarray, n_cells: int, first_step: int) -> None:
+    """The messages this attempt would send from ``first_step`` on, kept on disk
+    (values 1e6 off: folded, they would change every statistic)."""
+    from melissa_sa import client
+    from melissa_sa.protocol import encode_header
+
+    s = client._session
+    f = s.fields["f"]
+    kept = {}
+    for step in range(first_step, NB_STEPS):
+        values = field_values(x, n_cells, step)[f.offset:f.offset + f.local_size] + 1e6
+        for server_rank, start, stop in f.routes:
+            header = encode_header(s.sim_id, s.member, f.field_id, step, s.rank,
+                                   f.offset + start, stop - start, values.dtype, f.attempt)
+            kept[f"{step}.{server_rank}.header"] = np.frombuffer(header, np.uint8)
+            kept[f"{step}.{server_rank}.values"] = values[start:stop]
+    np.savez(late_path(sim_id), **kept)
+
+
+def replay_late(sim_id: int) -> int:
+    """Send what an earlier attempt kept (:func:`keep_late`) through this
+    attempt's own sockets, after what this attempt sent: the late messages of
+    an old run reaching the server ranks; the number of messages."""
+    from melissa_sa import client
+
+    if "TEST_FAULT_DIR" not in os.environ or not os.path.exists(late_path(sim_id)):
+        return 0
+    kept = np.load(late_path(sim_id))
+    headers = [k for k in kept.files if k.endswith(".header")]
+    for key in headers:
+        server_rank = int(key.split(".")[1])
+        values = kept[key.replace(".header", ".values")]
+        client._session.pushes[server_rank].send_multipart([kept[key].tobytes(),
+                                                            values.tobytes()])
+    os.rename(late_path(sim_id), late_path(sim_id) + ".replayed")
+    return len(headers)
 
 
 def inject(plan) -> None:
@@ -88,8 +133,14 @@ def main() -> int:
     delay = float(os.environ.get("TEST_STEP_DELAY", "0"))
     for step in range(NB_STEPS):
         if fault is not None and step == fault["step"]:
+            if fault["mode"] == "late":
+                keep_late(sim_id, x, n_cells, step)
+                melissa_finalize()
+                return 1
             inject(fault)
         melissa_send("f", field_values(x, n_cells, step)[lo:hi])
+        if step == 0 and rank == 0:
+            replay_late(sim_id)
         time.sleep(delay)
     if fault is not None and fault["step"] >= NB_STEPS:
         inject(fault)

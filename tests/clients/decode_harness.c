@@ -3,7 +3,7 @@
  *     decode_harness CASES
  * CASES holds records: n_cells (8 bytes, little-endian), length (8 bytes),
  * then the reply. One line per record on stdout:
- *     <rc> <field_id> <member> <nb_time_steps> <n_ranks> <endpoint,...> | <error>
+ *     <rc> <field_id> <member> <nb_time_steps> <attempt> <n_ranks> <endpoint,...> | <error>
  * (rc: 0 welcome, 1 refusal, -1 malformed). */
 #include <stdint.h>
 #include <stdio.h>
@@ -31,8 +31,8 @@ int main(int argc, char **argv) {
         char error[4096] = "";
         int rc = msa_decode_reply(raw, len, n_cells, &w, error, sizeof error);
         if (rc == 0) {
-            printf("0 %u %u %u %d ", w.field_id, w.member, (unsigned)w.nb_time_steps,
-                   w.n_ranks);
+            printf("0 %u %u %u %u %d ", w.field_id, w.member, (unsigned)w.nb_time_steps,
+                   (unsigned)w.attempt, w.n_ranks);
             for (int r = 0; r < w.n_ranks; ++r)
                 printf("%s%s", r ? "," : "", w.endpoints[r]);
             printf(" |\n");

@@ -74,12 +74,13 @@ int msa_decode_reply(const unsigned char *raw, size_t len, uint64_t n_cells,
     }
     if (raw[6] != KIND_WELCOME) BAD("a reply of kind %u, expected a welcome", raw[6]);
     size_t pos = PREFIX;
-    if (len < pos + 12) BAD("a welcome of %zu bytes, too short for its fields", len);
+    if (len < pos + 16) BAD("a welcome of %zu bytes, too short for its fields", len);
     w->field_id = (unsigned)get(raw + pos, 2);
     w->member = (unsigned)get(raw + pos + 2, 2);
     w->nb_time_steps = (uint32_t)get(raw + pos + 4, 4);
     uint64_t n_ranks = get(raw + pos + 8, 4);
-    pos += 12;
+    w->attempt = (uint32_t)get(raw + pos + 12, 4);
+    pos += 16;
     if (n_ranks < 1 || n_ranks > MSA_MAX_RANKS)
         BAD("a welcome announcing %llu server ranks", (unsigned long long)n_ranks);
     if (w->nb_time_steps < 1) BAD("a welcome announcing 0 time steps");
@@ -126,7 +127,8 @@ int msa_decode_reply(const unsigned char *raw, size_t len, uint64_t n_cells,
 
 void msa_encode_header(unsigned char out[MSA_HEADER_SIZE], int dtype, uint32_t sim_id,
                        unsigned member, unsigned field_id, uint32_t time_step,
-                       uint32_t client_rank, uint64_t offset, uint64_t count) {
+                       uint32_t client_rank, uint64_t offset, uint64_t count,
+                       uint32_t attempt) {
     memcpy(out, DATA_MAGIC, 4);
     put(out + 4, MSA_PROTOCOL_VERSION, 2);
     out[6] = (unsigned char)dtype;
@@ -138,5 +140,5 @@ void msa_encode_header(unsigned char out[MSA_HEADER_SIZE], int dtype, uint32_t s
     put(out + 20, client_rank, 4);
     put(out + 24, offset, 8);
     put(out + 32, count, 8);
-    put(out + 40, 0, 4);
+    put(out + 40, attempt, 4);
 }

@@ -1,4 +1,4 @@
-/* The binary handshake of protocol version 2 and the data header, written
+/* The binary handshake of protocol version 3 and the data header, written
  * and read exactly as melissa_sa/protocol.py does (see its docstring:
  * the one description of the wire format). */
 #ifndef MELISSA_HANDSHAKE_H
@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MSA_PROTOCOL_VERSION 2
+#define MSA_PROTOCOL_VERSION 3
 #define MSA_HEADER_SIZE 44
 #define MSA_MAX_NAME 1024
 #define MSA_MAX_RANKS 65536
@@ -18,6 +18,7 @@ typedef struct {
     int n_ranks;
     unsigned field_id, member;
     uint32_t nb_time_steps;
+    uint32_t attempt;   /* the token every data message of this field carries */
     uint64_t *lo, *hi;  /* n_ranks each: the partition */
     char **endpoints;   /* n_ranks NUL-terminated strings */
 } msa_welcome;
@@ -32,9 +33,10 @@ int msa_decode_reply(const unsigned char *raw, size_t len, uint64_t n_cells,
                      msa_welcome *w, char *error, size_t error_cap);
 void msa_free_welcome(msa_welcome *w);
 
-/* The 44-byte header of one data message. */
+/* The 44-byte header of one data message; attempt: the field's welcome's. */
 void msa_encode_header(unsigned char out[MSA_HEADER_SIZE], int dtype, uint32_t sim_id,
                        unsigned member, unsigned field_id, uint32_t time_step,
-                       uint32_t client_rank, uint64_t offset, uint64_t count);
+                       uint32_t client_rank, uint64_t offset, uint64_t count,
+                       uint32_t attempt);
 
 #endif

@@ -46,6 +46,7 @@
 typedef struct {
     char name[MSA_MAX_NAME + 1];
     unsigned field_id;
+    uint32_t attempt;  /* this run's token for the field, from its welcome */
     uint64_t local, offset;
     uint32_t step;
     int n_routes;

@@ -129,6 +129,7 @@ static void init_field(const char *call, const char *field, long long local, int
     memset(f, 0, sizeof *f);
     strcpy(f->name, field);
     f->field_id = w.field_id;
+    f->attempt = w.attempt;
     f->local = (uint64_t)local;
     f->offset = (uint64_t)offset;
     f->route_rank = calloc((size_t)msa.n_ranks, sizeof *f->route_rank);
@@ -246,7 +247,8 @@ static void send_field(const char *call, const char *field, const void *values, 
     for (int i = 0; i < f->n_routes; ++i) {
         unsigned char header[MSA_HEADER_SIZE];
         msa_encode_header(header, dtype, msa.sim_id, msa.member, f->field_id, f->step,
-                          (uint32_t)msa.rank, f->offset + f->route_start[i], f->route_count[i]);
+                          (uint32_t)msa.rank, f->offset + f->route_start[i], f->route_count[i],
+                          f->attempt);
         void *push = msa.push[f->route_rank[i]];
         zmq_msg_t msg;
         char *slice = (char *)values + f->route_start[i] * itemsize;
