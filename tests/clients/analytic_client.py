@@ -36,7 +36,9 @@ def planned_fault(sim_id: int):
     | "pause", "step": k, "times": n}}``: the first ``n`` attempts of that
     simulation kill themselves with SIGKILL (as ``kill -9``), hang, exit 1, or
     pause for ``"seconds"`` and go on, just before sending step ``k`` (``k`` =
-    ``NB_STEPS``: after the last step, before ``melissa_finalize``). Attempts
+    ``NB_STEPS``: after the last step, before ``melissa_finalize``). A pause
+    with ``"until": name`` ends as soon as the file ``TEST_FAULT_DIR/name``
+    exists (the test says so), ``"seconds"`` being then its bound. Attempts
     are counted in files under ``TEST_FAULT_DIR``.
     """
     plan = json.loads(os.environ.get("TEST_FAULT_PLAN", "{}")).get(str(sim_id))
@@ -50,13 +52,24 @@ def planned_fault(sim_id: int):
     return plan if attempt <= plan.get("times", 1) else None
 
 
+def pause(seconds: float, until: str | None) -> None:
+    """Sleep ``seconds``, or less if the file ``TEST_FAULT_DIR/until`` appears."""
+    deadline = time.monotonic() + seconds
+    if until is None:
+        time.sleep(seconds)
+        return
+    marker = os.path.join(os.environ["TEST_FAULT_DIR"], until)
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def inject(plan) -> None:
     if plan["mode"] == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif plan["mode"] == "hang":
         time.sleep(3600)
     elif plan["mode"] == "pause":
-        time.sleep(float(plan["seconds"]))
+        pause(float(plan["seconds"]), plan.get("until"))
     else:
         os._exit(1)
 
