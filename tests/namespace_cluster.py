@@ -77,6 +77,7 @@ COMPUTE_NODES = ("msa-n1", "msa-n2", "msa-n3")
 NETS = {"eth0": ("msa-br0", "10.213.7"), "ib0": ("msa-br1", "10.213.8")}
 HOST_NUMBER = {LOGIN: 10, "msa-n1": 11, "msa-n2": 12, "msa-n3": 13}
 PARTITION = "nodes"
+TCP_ESTABLISHED = 1  # the state of an established socket in /proc/net/tcp
 
 
 def address(node: str, interface: str = "eth0") -> str:
@@ -134,10 +135,12 @@ class NamespaceCluster:
         out = run_command(["ip", "netns", "pids", node]).stdout.split()
         return [int(p) for p in out if p.isdigit()]
 
-    def tcp_connections(self, node: str) -> list[tuple[str, int, str, int]]:
-        """``(local address, port, remote address, port)`` of the established
-        TCP connections in ``node``'s namespace (read from its slurmd's
-        ``/proc/<pid>/net/tcp``)."""
+    def tcp_sockets(self, node: str) -> list[tuple[str, int, str, int, int, int]]:
+        """``(local address, port, remote address, port, state, unacknowledged
+        bytes)`` of every IPv4 TCP socket in ``node``'s namespace (read from
+        its slurmd's ``/proc/<pid>/net/tcp``; state 1 is established; the
+        last field is the kernel's ``tx_queue``: bytes sent and not yet
+        acknowledged by the peer)."""
         try:
             lines = Path(f"/proc/{self.state['pids'][node]}/net/tcp").read_text().splitlines()
         except OSError:
@@ -147,8 +150,13 @@ class NamespaceCluster:
             addr, port = field.split(":")
             return ".".join(str(b) for b in reversed(bytes.fromhex(addr))), int(port, 16)
 
-        return [(*end(f[1]), *end(f[2])) for f in (line.split() for line in lines[1:])
-                if len(f) > 3 and f[3] == "01"]
+        return [(*end(f[1]), *end(f[2]), int(f[3], 16), int(f[4].split(":")[0], 16))
+                for f in (line.split() for line in lines[1:]) if len(f) > 4]
+
+    def tcp_connections(self, node: str) -> list[tuple[str, int, str, int]]:
+        """``(local address, port, remote address, port)`` of the established
+        TCP connections in ``node``'s namespace."""
+        return [s[:4] for s in self.tcp_sockets(node) if s[4] == TCP_ESTABLISHED]
 
     def tcp_peers(self, node: str) -> set[tuple[str, str]]:
         """``(local, remote)`` IPv4 addresses of the established TCP connections
@@ -172,10 +180,24 @@ class NamespaceCluster:
         for interface in NETS:
             _ip("link", "set", f"{node}-{interface}", "up")
 
+    def hide_controller(self, node: str) -> None:
+        """``node`` cannot talk to slurmctld (blackhole routes to the
+        controller's addresses in its namespace), whatever its links: a
+        partition can then heal for the other nodes first, before Slurm
+        hears from ``node`` again (and kills there the jobs it gave up)."""
+        for _, net in NETS.values():
+            _ip("-n", node, "route", "replace", "blackhole", f"{net}.1/32")
+
+    def show_controller(self, node: str) -> None:
+        """Undo :meth:`hide_controller` (nothing to do if it was not hidden)."""
+        for _, net in NETS.values():
+            _ip("-n", node, "route", "del", "blackhole", f"{net}.1/32", check=False)
+
     def revive(self, node: str, timeout: float = 60.0) -> None:
-        """Links up, a new slurmd on ``node`` if its own died, wait until Slurm
-        says it is idle."""
+        """Links up, the controller reachable, a new slurmd on ``node`` if its
+        own died, wait until Slurm says it is idle."""
         self.heal(node)
+        self.show_controller(node)
         if not _alive(self.state["pids"].get(node)):
             self.state["pids"][node] = _start_slurmd(self.state, node)
             _save(self.state)

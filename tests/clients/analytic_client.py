@@ -39,8 +39,10 @@ def planned_fault(sim_id: int):
     ``NB_STEPS``: after the last step, before ``melissa_finalize``). ``"late"``:
     the attempt keeps the messages of steps ``k`` and after, as it would have
     sent them (its attempt token, values far off), for the next attempt to
-    replay (:func:`replay_late`), and exits 1 (a serial client). Attempts are counted in files
-    under ``TEST_FAULT_DIR``.
+    replay (:func:`replay_late`), and exits 1 (a serial client). A pause
+    with ``"until": name`` ends as soon as the file ``TEST_FAULT_DIR/name``
+    exists (the test says so), ``"seconds"`` being then its bound. Attempts
+    are counted in files under ``TEST_FAULT_DIR``.
     """
     plan = json.loads(os.environ.get("TEST_FAULT_PLAN", "{}")).get(str(sim_id))
     if not plan:
@@ -95,13 +97,24 @@ def replay_late(sim_id: int) -> int:
     return len(headers)
 
 
+def pause(seconds: float, until: str | None) -> None:
+    """Sleep ``seconds``, or less if the file ``TEST_FAULT_DIR/until`` appears."""
+    deadline = time.monotonic() + seconds
+    if until is None:
+        time.sleep(seconds)
+        return
+    marker = os.path.join(os.environ["TEST_FAULT_DIR"], until)
+    while not os.path.exists(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def inject(plan) -> None:
     if plan["mode"] == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     elif plan["mode"] == "hang":
         time.sleep(3600)
     elif plan["mode"] == "pause":
-        time.sleep(float(plan["seconds"]))
+        pause(float(plan["seconds"]), plan.get("until"))
     else:
         os._exit(1)
 
