@@ -110,3 +110,33 @@ def test_steps_out_of_order_are_refused(tmp_path):
         with pytest.raises(ValueError, match=r"/f/mean: step 2, cells slice\(0, 2000, None\) "
                                              r"after 1 steps from 0"):
             gathered[..., 2, 0:N] = np.zeros(N)
+
+
+def test_a_block_never_crosses_a_chunk(tmp_path):
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.create_dataset("d", shape=(20, N), chunks=(10, N), dtype="f8")
+        gathered = writer.GatheredSteps(f, "d", 4)   # blocks of 4, chunks of 10 steps
+        for t in range(20):
+            gathered[..., t, 0:N] = np.full(N, float(t))
+            if t in (3, 7, 9, 13, 17, 19):   # 0-3, 4-7, 8-9 | 10-13, 14-17, 18-19
+                assert gathered.block is None, t
+        np.testing.assert_array_equal(f["d"][...], np.repeat(np.arange(20.0), N).reshape(20, N))
+
+
+def test_an_error_while_writing_the_gathered_steps_never_hides_the_first(tmp_path,
+                                                                         monkeypatch):
+    def full_disk(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writer.GatheredSteps, "flush", full_disk)
+    boom = ArithmeticError("step 2")
+
+    def sobol(t):
+        if t == 2:
+            raise boom
+        return _sobol(0, N)(t)
+
+    with h5py.File(_file(tmp_path), "r+") as f:
+        with pytest.raises(ArithmeticError) as info:
+            write_field_slice(f, "f", 0, N, {SOBOL: sobol})
+    assert info.value is boom

@@ -16,6 +16,7 @@ Rank 0 creates the file with :func:`~melissa_sa.results.create.create_results_fi
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -171,10 +172,12 @@ def _write_steps(g, field: str, lo: int, hi: int, names, step_values,
                 if n:
                     behind.submit(_write_step, g, datasets, t, lo, hi, arrays, fd)
                 del arrays
-    finally:
+    except BaseException:  # write the steps gathered; the first error stands
         for d in datasets:
             if isinstance(d, GatheredSteps):
-                d.flush()   # only after an error: a block is written once full
+                with contextlib.suppress(Exception):
+                    d.flush()
+        raise
 
 
 #: bytes of the blocks of time steps :class:`GatheredSteps` hold for one call
@@ -196,15 +199,12 @@ def _gathered_steps(g, names, n: int) -> int:
 
 
 class GatheredSteps:
-    """A dataset of ``g`` whose chunks span several time steps, written
-    ``span`` steps at a time. One step written into a chunk of ``s`` steps
-    makes HDF5 read the chunk and write it back, ``s`` times over (at 99,856
-    cells and 10 steps, ten times the file's bytes read and written: most of
-    the results phase's CPU, docs/performance.md). So the writes ``d[..., t,
-    lo:hi] = arr`` of :func:`_write_step` (steps in order from 0, one slice of
-    cells) are copied into a block written whole once full (or by
-    :meth:`flush`), without a chunk cache: whole chunks when ``span`` is
-    theirs."""
+    """A dataset of ``g`` whose chunks span several time steps, written ``span``
+    steps at a time (one step written into a chunk of ``s`` steps makes HDF5
+    read and write back the chunk, ``s`` times over: docs/performance.md). The
+    writes ``d[..., t, lo:hi] = arr`` of :func:`_write_step` (steps in order,
+    one slice of cells) fill a block, written once full (or by :meth:`flush`)
+    without a chunk cache; a block never crosses a chunk's first step."""
 
     def __init__(self, g, name: str, span: int):
         self.dataset = _uncached(g, name)
@@ -216,7 +216,8 @@ class GatheredSteps:
     def __setitem__(self, key, value) -> None:
         _, t, cells = key
         if self.block is None:
-            n_steps = min(self.span, self.dataset.shape[-2] - t)
+            per_chunk = self.dataset.chunks[-2]
+            n_steps = min(self.span, self.dataset.shape[-2] - t, per_chunk - t % per_chunk)
             self.block = np.empty(self.dataset.shape[:-2] + (n_steps, cells.stop - cells.start))
             self.first, self.filled, self.cells = t, 0, cells
         if t != self.first + self.filled or cells != self.cells:
@@ -245,10 +246,9 @@ def _uncached(g, name: str):
 
 
 def _step_dataset(g, name: str):
-    """What :func:`_write_step` writes step by step into: the dataset without a
-    chunk cache (:func:`_uncached`) when its chunks hold one time step each;
-    else the name: the dataset is opened for each step with the file's cache,
-    flushed when it is closed (chunks of several steps not gathered)."""
+    """What :func:`_write_step` writes into: the dataset without a chunk cache
+    (:func:`_uncached`) when its chunks hold one time step each; else the name
+    (opened for each step with the file's cache, flushed when closed)."""
     chunks = g[name].chunks
     if chunks is None or chunks[-2] != 1:
         return name
