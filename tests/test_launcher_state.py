@@ -13,6 +13,7 @@ from melissa_sa import exit_codes
 from melissa_sa import messages as msgs
 from melissa_sa.config import ConfigError, load_config
 from melissa_sa.launcher import JobTable, Launcher, LocalScheduler, register_scheduler
+from melissa_sa.launcher import lifecycle_events as ev
 from melissa_sa.launcher.jobs import CancelJob
 from melissa_sa.launcher.progress import Console
 from melissa_sa.launcher.server_link import ServerLink
@@ -215,6 +216,18 @@ def test_the_handler_table_covers_exactly_the_server_s_messages(tmp_path):
     la = Launcher(load_config(cfg_path), cfg_path, stream=io.StringIO())
     assert set(la.handlers) == set(msgs.SERVER_TO_LAUNCHER)
     assert all(callable(h) for h in la.handlers.values())
+
+
+def test_the_effects_table_covers_every_instruction_of_the_lifecycle(tmp_path):
+    """Each value of ``Act``, each instruction class of ``lifecycle_events``
+    (listed after ``Act`` in its ``__all__``) and the ``Ping`` the lifecycle
+    answers has its one effect: a missing one would fail only at run time."""
+    cfg_path = _small_study(tmp_path)
+    la = Launcher(load_config(cfg_path), cfg_path, stream=io.StringIO())
+    names = ev.__all__[ev.__all__.index("Act") + 1:]
+    instructions = {getattr(ev, name) for name in names if isinstance(getattr(ev, name), type)}
+    assert set(la.effects) == {*ev.Act, *instructions, msgs.Ping}
+    assert all(callable(effect) for effect in la.effects.values())
 
 
 class _Recorder:
