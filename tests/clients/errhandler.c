@@ -1,7 +1,7 @@
 /* melissa_init on MPI_COMM_WORLD whose error handler is MPI_ERRORS_RETURN,
- * then prints the error handler of the communicator libmelissa duplicated
- * from it: "fatal" (MPI_ERRORS_ARE_FATAL), "return" (MPI_ERRORS_RETURN,
- * inherited) or "other". The duplicate is caught through MPI's profiling
+ * then prints, after "rank <r>: ", the error handler of the communicator
+ * libmelissa duplicated from it: "fatal" (MPI_ERRORS_ARE_FATAL), "return"
+ * (MPI_ERRORS_RETURN, inherited) or "other". The duplicate is caught through MPI's profiling
  * interface: this program's MPI_Comm_dup stands before the MPI library's. */
 #include <stdio.h>
 
@@ -26,9 +26,11 @@ int main(int argc, char **argv) {
     }
     MPI_Errhandler handler;
     MPI_Comm_get_errhandler(duplicate, &handler);
-    printf("%s\n", handler == MPI_ERRORS_ARE_FATAL ? "fatal"
-                   : handler == MPI_ERRORS_RETURN  ? "return"
-                                                   : "other");
+    int rank;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    printf("rank %d: %s\n", rank, handler == MPI_ERRORS_ARE_FATAL ? "fatal"
+                                   : handler == MPI_ERRORS_RETURN  ? "return"
+                                                                   : "other");
     fflush(stdout);
     MPI_Errhandler_free(&handler);
     melissa_send("f", v);
