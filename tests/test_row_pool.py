@@ -61,3 +61,48 @@ def test_the_assembler_leases_from_the_pool_it_is_given():
     assert asm.buffered_bytes == 0                          # the caller holds the lease
     pool.give_back(rows)
     assert asm.buffered_bytes == free.nbytes
+
+
+def test_free_buffers_kept_up_to_the_most_ever_leased_at_once():
+    pool = RowPool(spares=1)
+    held = [pool.lease((2, 4), np.float64) for _ in range(4)]   # four groups in flight
+    assert (pool.leased, pool.peak_leased) == (4, 4)
+    for rows in held:
+        pool.give_back(rows)
+    assert len(pool) == 4 and pool.leased == 0                  # all kept: 4 were held
+    again = [pool.lease((2, 4), np.float64) for _ in range(4)]
+    assert {id(a) for a in again} == {id(a) for a in held}      # no new array
+    extra = np.empty((2, 4))                                    # never leased here
+    for rows in [*again, extra]:
+        pool.give_back(rows)
+    assert len(pool) == 4 and pool._free[-1] is extra          # the oldest went
+    assert pool.free_limit == 4
+    pool.close()
+    pool.give_back(pool.lease((2, 4), np.float64))
+    assert len(pool) == 0 and pool.free_limit == 0
+
+
+def test_the_pool_never_holds_more_than_its_peak_or_leased_plus_spares():
+    rng = np.random.default_rng(7)
+    pool, held = RowPool(spares=2), []
+    for _ in range(500):
+        if held and rng.random() < 0.5:
+            pool.give_back(held.pop(int(rng.integers(len(held)))))
+        else:
+            held.append(pool.lease((3,), np.float32))
+        assert len(pool) + len(held) <= max(pool.peak_leased, len(held) + pool.spares)
+        assert pool.leased == len(held)
+
+
+def test_an_abandoned_or_widened_buffer_goes_back_to_the_pool():
+    pool = RowPool(spares=2)
+    asm = GroupAssembler(2, pool)
+    asm.add((5, 0, 0), 0, 0, np.ones(3, np.float32), 3)
+    narrow = asm._buffers[(5, 0, 0)].rows
+    asm.add((5, 0, 0), 1, 0, np.full(2, 2.0), 3)               # float64: widened
+    wide = asm._buffers[(5, 0, 0)].rows
+    assert wide.dtype == np.float64 and pool._free == [narrow]
+    np.testing.assert_array_equal(wide[0], [1, 1, 1])
+    asm.drop_group(5)
+    assert len(asm) == 0 and pool.leased == 0
+    assert pool.lease((2, 3), np.float64) is wide

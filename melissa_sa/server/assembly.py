@@ -27,7 +27,11 @@ accumulator folds the rows themselves, without a copy, and gives a batch of
 of that size is a new mapping whose pages the kernel faults in and zeroes on
 first write: copying a 10^6-cell float64 message into one cost 8.4 ms (about
 1 GB/s, measured in the server's profile, ``benchmarks/e2e.py --profile``),
-into a reused one it is a plain copy. The free buffers' bytes count in
+into a reused one it is a plain copy. The pool keeps as many free buffers
+as the assembler and the fold held at once at their busiest (several groups
+in flight: 8 of 30 leases were new arrays with a fixed number of spares in
+the Sobol' ingest of ``benchmarks/e2e.py``), so a steady stream of groups
+reuses them all. The free buffers' bytes count in
 :attr:`GroupAssembler.buffered_bytes`.
 """
 
@@ -85,8 +89,8 @@ class GroupAssembler:
         for a, b in buf.pieces[member]:
             if start < b and a < stop:
                 raise Overlap(f"cells [{start}, {stop}) overlap [{a}, {b}) already received")
-        if np.result_type(buf.rows.dtype, values.dtype) != buf.rows.dtype:
-            buf.rows = buf.rows.astype(np.result_type(buf.rows.dtype, values.dtype))
+        if values.dtype != buf.rows.dtype:
+            self._promote(buf, values.dtype)
         buf.rows[member, start:stop] = values
         buf.pieces[member].append((start, stop))
         buf.filled[member] += values.size
@@ -95,6 +99,16 @@ class GroupAssembler:
             return buf.rows
         return None
 
+    def _promote(self, buf: _Buffer, dtype: np.dtype) -> None:
+        """Widen ``buf`` to hold ``dtype`` too (float32 rows meet float64 ones):
+        the wider rows are leased from :attr:`pool`, the narrower given back."""
+        wider = np.result_type(buf.rows.dtype, dtype)
+        if wider != buf.rows.dtype:
+            rows = self.pool.lease(buf.rows.shape, wider)
+            rows[...] = buf.rows
+            self.pool.give_back(buf.rows)
+            buf.rows = rows
+
     def member_complete(self, key: tuple[int, int, int], member: int) -> bool:
         """True if the open buffer ``key`` holds every cell of ``member``'s row
         (received, waiting for a sibling); False if no buffer is open."""
@@ -102,9 +116,10 @@ class GroupAssembler:
         return buf is not None and int(buf.filled[member]) == buf.rows.shape[1]
 
     def drop_group(self, group_id: int) -> None:
-        """Forget the buffered, unfolded data of an abandoned group."""
+        """Forget the buffered, unfolded data of an abandoned group (its
+        buffers go back to :attr:`pool`)."""
         for key in [k for k in self._buffers if k[0] == group_id]:
-            del self._buffers[key]
+            self.pool.give_back(self._buffers.pop(key).rows)
 
     def drop_partial_rows(self, group_id: int, field_id: int, member: int) -> int:
         """Forget ``member``'s incomplete rows of ``field_id`` in every open buffer

@@ -11,9 +11,16 @@ is given back, nobody may.
 
 Why reuse: a fresh ``np.empty`` of a 10^6-cell slice is a new mapping whose
 pages the kernel faults in and zeroes on first write (about 1 GB/s,
-``benchmarks/e2e.py --profile``); a reused one is a plain copy. At most
-``spares`` free arrays wait (the oldest goes first): the pool bounds memory,
-not the number of leases.
+``benchmarks/e2e.py --profile``); a reused one is a plain copy. The pool
+bounds memory, not the number of leases: free arrays wait up to ``spares``,
+or, when more were leased at once earlier (several groups in flight), up to
+that high-water mark less the arrays leased now (the oldest goes first). So
+the arrays leased and free together never exceed what the pool's owner
+already held at its busiest moment (or the leased ones plus ``spares``), and
+a steady stream of groups finds its buffers free instead of faulting in new
+ones. An array whose holder drops it instead of giving it back still counts
+as leased: such a holder should give it back (the assembler does, for a
+group it abandons).
 
 >>> import numpy as np
 >>> pool = RowPool(spares=2)
@@ -42,12 +49,16 @@ class RowPool:
             raise ValueError(f"spares must be an integer >= 0, got {spares!r}")
         self.spares = int(spares)
         self._free: list[np.ndarray] = []
+        #: arrays leased and not given back yet, and the most ever at once
+        self.leased = self.peak_leased = 0
 
     def lease(self, shape: tuple[int, ...], dtype) -> np.ndarray:
         """A C-contiguous array of ``shape`` and ``dtype``, a free one if the
         pool holds one (its values are stale: write every cell), else new."""
         shape = tuple(shape)
         dtype = np.dtype(dtype)
+        self.leased += 1
+        self.peak_leased = max(self.peak_leased, self.leased)
         for i, rows in enumerate(self._free):
             if rows.shape == shape and rows.dtype == dtype:
                 return self._free.pop(i)
@@ -55,12 +66,21 @@ class RowPool:
 
     def give_back(self, rows: np.ndarray) -> None:
         """``rows`` is free again (its holder keeps no reference to write
-        through); beyond ``spares`` free arrays the oldest is dropped."""
+        through); beyond :attr:`free_limit` free arrays the oldest is dropped."""
+        self.leased = max(0, self.leased - 1)
         if self.spares == 0:
             return
-        if len(self._free) >= self.spares:
+        if len(self._free) >= self.free_limit:
             self._free.pop(0)
         self._free.append(rows)
+
+    @property
+    def free_limit(self) -> int:
+        """Free arrays kept at most now: ``spares``, or the high-water mark of
+        leases less the arrays leased now if that is more (none once closed)."""
+        if self.spares == 0:
+            return 0
+        return max(self.spares, self.peak_leased - self.leased)
 
     def drop(self) -> None:
         """Forget the free arrays (their memory goes back to the system)."""
@@ -82,4 +102,5 @@ class RowPool:
         return sum(rows.nbytes for rows in self._free)
 
     def __repr__(self) -> str:
-        return f"RowPool(spares={self.spares}; {len(self._free)} free, {self.nbytes} bytes)"
+        return (f"RowPool(spares={self.spares}; {len(self._free)} free, {self.nbytes} bytes, "
+                f"{self.leased} leased, at most {self.peak_leased} at once)")
