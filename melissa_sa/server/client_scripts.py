@@ -66,13 +66,14 @@ class ClientScripts:
     retry_every = 5.0
 
     def submit(self, group_id: int, sim_ids, parameters, now: float,
-               submissions: dict[int, int]) -> list[Submission]:
+               submissions: dict[int, int] | None = None) -> list[Submission]:
         """Write the scripts of ``sim_ids`` of ``group_id`` (``parameters``: the
-        group's rows; ``submissions``: each run's submission number): what to
+        group's rows; ``submissions``: each run's submission number, 0 for a
+        run missing or for all without it): what to
         submit now, or nothing if the file system refused them (held back,
         see the module docstring)."""
         self.forget(sim_ids)
-        self._held.append([group_id, list(sim_ids), parameters, submissions])
+        self._held.append([group_id, list(sim_ids), parameters, submissions or {}])
         if len(self._held) > 1:  # others wait for room: so does this one
             return []
         return self.retry(now, force=True)
@@ -121,9 +122,12 @@ class ClientScripts:
     def path(self, sim_id: int) -> Path:
         return self.directory / f"client.{sim_id}.sh"
 
-    def write_all(self, sim_ids, parameters, submissions: dict[int, int]) -> list[str]:
+    def write_all(self, sim_ids, parameters,
+                  submissions: dict[int, int] | None = None) -> list[str]:
         """Write the scripts of ``sim_ids`` (``parameters``: the group's rows;
-        ``submissions``: each run's submission number); their absolute paths."""
+        ``submissions``: each run's submission number, 0 for a run missing or
+        for all without it); their absolute paths."""
+        submissions = submissions or {}
         self.directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for sim_id in sim_ids:
