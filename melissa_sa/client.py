@@ -15,8 +15,9 @@ only its import::
 contiguous part of the field, rank ``r``'s part following rank ``r - 1``'s in
 the global cell numbering) or ``None`` for a serial simulation.
 
-The launcher sets ``MELISSA_SERVER_ADDRESS`` and ``MELISSA_SIMULATION_ID`` in
-the environment. Rank 0 of the client says hello to the server's rank 0 and
+The launcher sets ``MELISSA_SERVER_ADDRESS``, ``MELISSA_SIMULATION_ID`` and
+``MELISSA_RUN_SUBMISSION`` (the run's submission number, sent in the hello;
+0 when unset) in the environment. Rank 0 of the client says hello to the server's rank 0 and
 learns the server ranks' data endpoints and which cells each owns; then every
 client rank pushes to each server rank exactly the cells that rank owns
 (N-to-M redistribution), as raw arrays behind a fixed header (see
@@ -83,6 +84,8 @@ class _Session:
     send_timeout: float = 300.0
     #: the study secret (``MELISSA_SECRET_FILE``), presented on every socket; None: none
     secret: str | None = None
+    #: the run's submission number (``MELISSA_RUN_SUBMISSION``), sent in each hello
+    submission: int = 0
 
     def socket(self, kind: int) -> zmq.Socket:
         """A new socket of the session, with the study's credentials if any."""
@@ -123,6 +126,15 @@ def _start_session(comm) -> _Session | None:
     except ValueError:
         raise MelissaConnectionError(
             f"MELISSA_SIMULATION_ID={raw_id!r} is not an integer") from None
+    raw_submission = os.environ.get("MELISSA_RUN_SUBMISSION", "0")
+    try:
+        submission = int(raw_submission)
+        if not 0 <= submission < 1 << 32:
+            raise ValueError
+    except ValueError:
+        raise MelissaConnectionError(
+            f"MELISSA_RUN_SUBMISSION={raw_submission!r} is not a submission number (an "
+            f"integer from 0 to 2^32 - 1)") from None
     rank = comm.Get_rank() if comm is not None else 0
     try:
         secret = secret_from_env()
@@ -130,7 +142,8 @@ def _start_session(comm) -> _Session | None:
         raise MelissaConnectionError(f"{exc} (MELISSA_SECRET_FILE)") from None
     return _Session(address=address, sim_id=sim_id, member=-1, rank=rank, comm=comm,
                     context=zmq.Context(),
-                    send_timeout=_env_float("MELISSA_SEND_TIMEOUT", 300.0), secret=secret)
+                    send_timeout=_env_float("MELISSA_SEND_TIMEOUT", 300.0), secret=secret,
+                    submission=submission)
 
 
 def _hello(s: _Session, field_name: str, n_total: int):
@@ -144,7 +157,7 @@ def _hello(s: _Session, field_name: str, n_total: int):
     req.setsockopt(zmq.LINGER, 0)
     try:
         req.connect(s.address)
-        req.send(encode_hello(ClientHello(s.sim_id, field_name, n_total)))
+        req.send(encode_hello(ClientHello(s.sim_id, field_name, n_total, s.submission)))
         if not req.poll(int(timeout * 1000)):
             return (f"no answer from the melissa-sa server at {s.address} within "
                     f"{timeout:g} s (MELISSA_CONNECT_TIMEOUT)")

@@ -27,7 +27,12 @@ handshake message starts with the 8-byte prefix ``magic 4s b"MSAH"``,
 
 hello (kind 1, client -> server)::
 
-    sim_id u32, n_cells u64, name_len u16, name (UTF-8, name_len bytes)
+    sim_id u32, submission u32, n_cells u64, name_len u16,
+    name (UTF-8, name_len bytes)
+
+    submission: how many times the server had (re)submitted this run when
+    it wrote the run's client script (``MELISSA_RUN_SUBMISSION``; 0 when
+    unset, as for a client started by hand)
 
 welcome (kind 2, server -> client)::
 
@@ -43,7 +48,10 @@ The attempt is a token rank 0 gives every hello it accepts, fresh for each
 (simulation, field) and drawn so that an earlier server's tokens are unlikely
 to match (:mod:`melissa_sa.server.attempts`): a data message is folded only
 while its attempt is the current one of its simulation and field, so a late
-message of a run that was restarted is dropped (``old_attempt``).
+message of a run that was restarted is dropped (``old_attempt``). Rank 0
+refuses a hello whose submission is below the highest it accepted for its
+simulation: a late hello of a run that was resubmitted cannot take the token
+from its rerun.
 
 :func:`encode_hello` / :func:`decode_hello`, :func:`encode_welcome` /
 :func:`decode_welcome` and :func:`encode_refusal` are used by the Python
@@ -70,7 +78,7 @@ PROTOCOL_VERSION = 3
 HANDSHAKE_MAGIC = b"MSAH"
 HANDSHAKE_PREFIX = struct.Struct("<4sHBB")
 HELLO, WELCOME, REFUSAL = 1, 2, 3
-_HELLO = struct.Struct("<IQH")
+_HELLO = struct.Struct("<IIQH")
 _WELCOME = struct.Struct("<HHIII")
 _RANGE = struct.Struct("<QQ")
 _U16 = struct.Struct("<H")
@@ -150,11 +158,13 @@ def decode_payload(header: DataHeader, frame) -> np.ndarray:
 
 @dataclass(frozen=True, slots=True)
 class ClientHello:
-    """A client's hello: simulation ``sim_id`` declares ``field`` of ``n_cells``."""
+    """A client's hello: simulation ``sim_id`` declares ``field`` of ``n_cells``;
+    ``submission``: the run's submission number (``MELISSA_RUN_SUBMISSION``)."""
 
     sim_id: int
     field: str
     n_cells: int
+    submission: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +196,8 @@ def _check_prefix(raw: bytes, kind: int, what: str) -> None:
                             f"protocol version 1 sends JSON; rebuild it)")
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"{what}: protocol version {version}, this melissa-sa speaks "
-                            f"{PROTOCOL_VERSION}")
+                            f"{PROTOCOL_VERSION} (a C or Fortran client: rebuild its "
+                            f"library with `melissa-sa client build`)")
     if got != kind:
         raise ProtocolError(f"{what}: message kind {got}, expected {kind}")
 
@@ -204,7 +215,8 @@ def _string(raw: bytes, pos: int, n: int, what: str, encoding: str = "utf-8") ->
 
 def encode_hello(hello: ClientHello) -> bytes:
     name = hello.field.encode()
-    return (_prefix(HELLO) + _HELLO.pack(hello.sim_id, hello.n_cells, len(name)) + name)
+    return (_prefix(HELLO) + _HELLO.pack(hello.sim_id, hello.submission, hello.n_cells,
+                                                  len(name)) + name)
 
 
 def decode_hello(raw) -> ClientHello:
@@ -214,12 +226,12 @@ def decode_hello(raw) -> ClientHello:
     pos = HANDSHAKE_PREFIX.size
     if len(raw) < pos + _HELLO.size:
         raise ProtocolError(f"hello is {len(raw)} bytes, too short for its fields")
-    sim_id, n_cells, name_len = _HELLO.unpack_from(raw, pos)
+    sim_id, submission, n_cells, name_len = _HELLO.unpack_from(raw, pos)
     pos += _HELLO.size
     name = _string(raw, pos, name_len, "hello: field name")
     if pos + name_len != len(raw):
         raise ProtocolError(f"hello: {len(raw) - pos - name_len} trailing bytes")
-    return ClientHello(sim_id, name, n_cells)
+    return ClientHello(sim_id, name, n_cells, submission)
 
 
 def encode_welcome(w: Welcome) -> bytes:

@@ -102,10 +102,13 @@ class FakeServer:
     them with ``refuse``) and counts the data messages it pulls; ``deaf``: the
     welcome names a data endpoint where nobody listens (no data is taken);
     ``secret``: both sockets accept only peers presenting it; ``move``: the
-    welcomes after the first name another data endpoint."""
+    welcomes after the first name another data endpoint; ``submissions``: a
+    :class:`~melissa_sa.server.attempts.SubmissionRecord` checked as rank 0
+    checks it (a hello of an older submission is refused)."""
 
     def __init__(self, nb_time_steps: int = 2, refuse: str | None = None,
-                 deaf: bool = False, secret: str | None = None, move: bool = False):
+                 deaf: bool = False, secret: str | None = None, move: bool = False,
+                 submissions=None):
         self.ctx = zmq.Context()
         self.rep = self.ctx.socket(zmq.REP)
         self.pull = self.ctx.socket(zmq.PULL)
@@ -118,6 +121,7 @@ class FakeServer:
         self.address = f"tcp://127.0.0.1:{port}"
         self.data_endpoint = f"tcp://127.0.0.1:{free_port() if deaf else data_port}"
         self.nb_time_steps, self.refuse, self.move = nb_time_steps, refuse, move
+        self.submissions = submissions
         self.hellos, self.messages, self.payloads, self.headers = [], 0, [], []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
@@ -136,6 +140,9 @@ class FakeServer:
                     self.hellos.append(hello)
                     if self.refuse:
                         raise ProtocolError(self.refuse)
+                    if self.submissions is not None:
+                        self.submissions.check(hello.sim_id, hello.submission)
+                        self.submissions.accept(hello.sim_id, hello.submission)
                     endpoint = self.data_endpoint
                     if self.move and len(self.hellos) > 1:
                         endpoint = f"tcp://127.0.0.1:{free_port()}"

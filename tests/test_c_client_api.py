@@ -19,6 +19,7 @@ from cclient_util import ATTEMPT_BASE, MPICC, FakeServer, build_client, missing
 from conftest import MPIEXEC
 
 from melissa_sa.cclient import build
+from melissa_sa.server.attempts import SubmissionRecord
 
 MISUSE = Path(__file__).parent / "clients" / "misuse.c"
 
@@ -58,6 +59,30 @@ def test_two_fields_in_one_client(exe, ranks):
     # every rank sends each field with the token of that field's welcome
     assert sorted({(h.field_id, h.attempt) for h in server.headers}) == [
         (0, ATTEMPT_BASE + 1), (1, ATTEMPT_BASE + 2)]
+
+
+def test_the_run_submission_is_sent_and_an_older_one_refused(exe):
+    """MELISSA_RUN_SUBMISSION goes into the hello; a hello below the highest
+    submission accepted for the simulation is refused naming both numbers."""
+    record = SubmissionRecord()
+    record.accept(3, 2)
+    server = FakeServer(nb_time_steps=2, submissions=record)
+    done = against(server, exe, "two_fields", MELISSA_RUN_SUBMISSION="1")
+    assert done.returncode == 1
+    assert "this run is submission 1 (MELISSA_RUN_SUBMISSION), the server already " \
+           "accepted submission 2" in done.stderr
+    server = FakeServer(nb_time_steps=2, submissions=record)
+    done = against(server, exe, "two_fields", MELISSA_RUN_SUBMISSION="2")
+    assert done.returncode == 0, done.stderr
+    assert [h.submission for h in server.hellos] == [2, 2]
+    server = FakeServer(nb_time_steps=2)
+    done = against(server, exe, "two_fields")  # unset: 0
+    assert done.returncode == 0, done.stderr
+    assert [h.submission for h in server.hellos] == [0, 0]
+    server = FakeServer(nb_time_steps=2)
+    done = against(server, exe, "two_fields", MELISSA_RUN_SUBMISSION="-1")
+    assert done.returncode == 1
+    assert "MELISSA_RUN_SUBMISSION=-1 is not a submission number" in done.stderr
 
 
 @pytest.mark.parametrize("scenario,ranks,message", [

@@ -239,8 +239,11 @@ def test_two_ranks_agree_when_one_disk_is_full(tmp_path, processes):
 
 
 def test_a_run_submitted_again_does_not_rewrite_its_script(tmp_path, monkeypatch):
-    """A run submitted again (its client failed) keeps the script it has:
-    on a full disk, writing it again would fail the server."""
+    """A run submitted again with its submission number (a server restart
+    resubmits the runs in flight) keeps the script it has: on a full disk,
+    writing it again would hold it back. A restart after a crash (the next
+    submission number) must write it (ClientScripts.submit holds it back
+    until there is room)."""
     from melissa_sa.server.client_scripts import ClientScripts
 
     config = _config(tmp_path / "out")
@@ -257,3 +260,5 @@ def test_a_run_submitted_again_does_not_rewrite_its_script(tmp_path, monkeypatch
     assert scripts.write_all([0], params) == [path]           # the same script: no write
     with pytest.raises(OSError):                             # another one must be written
         scripts.write_all([0], params + 1)
+    with pytest.raises(OSError):                             # so must another submission's
+        scripts.write_all([0], params, {0: 1})

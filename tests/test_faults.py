@@ -331,15 +331,21 @@ def test_late_messages_of_a_restarted_run_are_dropped_as_old_attempts(tmp_path, 
     """Run 3's first attempt keeps the messages of its steps 1 and 2 (values far
     off) and exits 1; its rerun, restarted by the launcher, replays them right
     after its own step 0, through its own sockets: late messages of the old run
-    for steps the rerun has not sent yet. Every one is dropped as
-    ``old_attempt`` (2 steps x 2 server ranks), the rerun's step 0 is a
-    duplicate (2 ranks), and the results equal the fault-free run's."""
+    for steps the rerun has not sent yet, after the old run's late hello
+    (submission 0), refused (``bad_hello``) since the rerun's (submission 1)
+    was accepted.
+    Every data message is dropped as ``old_attempt`` (2 steps x 2 server
+    ranks), the rerun's step 0 is a duplicate (2 ranks), and the results equal
+    the fault-free run's."""
     plan = {3: {"mode": "late", "step": 1}}
     done = run_study(make_study(tmp_path), env=fault_env(tmp_path, plan))
     assert done.returncode == 0, done.stdout[-3000:]
     assert (tmp_path / "faults" / "late.3.npz.replayed").exists()
+    assert (tmp_path / "faults" / "late.3.npz.hello").read_text() == (
+        "refused: simulation 3: this run is submission 0 (MELISSA_RUN_SUBMISSION), the "
+        "server already accepted submission 1: a resubmitted run's late hello, refused")
     results = tmp_path / "out" / "results.h5"
     assert_same_results(read(results), baseline)
     with open_results(results) as r:
         dropped = json.loads(r.h5.attrs["dropped_messages"])
-    assert dropped == {"old_attempt": 2 * 2, "duplicate": 2}, dropped
+    assert dropped == {"old_attempt": 2 * 2, "duplicate": 2, "bad_hello": 1}, dropped

@@ -102,8 +102,8 @@ def test_every_malformed_kind_is_counted_and_dropped(server):
             "bad_frames": [header()],
             "bad_time_step": [header(step=5), payload],
             "bad_member": [header(sim_id=0, member=1), payload],
-            # a token sim 0 held before its last hello; one sim 1 has, not sim 0
-            "old_attempt": [raw_header(attempts[0] - 1), payload],
+            # the counter's first value, never issued; a token sim 1 holds, not sim 0
+            "old_attempt": [raw_header((attempts[0] - 1) % 2**32), payload],
             "old_attempt ": [raw_header(attempts[1]), payload],
         }
         for frames in bad.values():

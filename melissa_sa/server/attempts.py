@@ -24,13 +24,28 @@ within :data:`IN_FLIGHT_WINDOW` after the last one it read
 (:meth:`AttemptBook.may_be_in_flight`). The rank then reads its pending
 control messages before it decides; a token behind the last one read, or
 far ahead, cannot come any more and is dropped at once.
+
+Tokens are issued in the order hellos arrive, so a hello of a run that was
+resubmitted may reach rank 0 after its rerun's (a hello sent into a network
+partition is retransmitted after the heal; a job slow to die). Each client
+script exports the run's submission number (``MELISSA_RUN_SUBMISSION``: its
+crash count when submitted, which only grows), each hello carries it, and
+:class:`SubmissionRecord` keeps the highest accepted per simulation: a hello
+below it is refused, one equal gets a fresh token as any hello, one above it
+also retires the simulation's other fields: rank 0 announces for each a
+token given to nobody, so the old run's data of fields its rerun has not
+said hello for yet are dropped too (and their incomplete rows forgotten).
+The record is not checkpointed either: after a restart the first hello of
+each simulation sets it.
 """
 
 from __future__ import annotations
 
 import secrets
 
-__all__ = ["IN_FLIGHT_WINDOW", "TOKENS", "AttemptBook", "AttemptCounter"]
+from melissa_sa.protocol import ProtocolError
+
+__all__ = ["IN_FLIGHT_WINDOW", "TOKENS", "AttemptBook", "AttemptCounter", "SubmissionRecord"]
 
 #: the number of distinct tokens (they are u32 on the wire)
 TOKENS = 1 << 32
@@ -80,3 +95,26 @@ class AttemptBook:
         if self.latest is None:
             return True
         return 0 < (attempt - self.latest) % TOKENS <= IN_FLIGHT_WINDOW
+
+
+class SubmissionRecord:
+    """Rank 0's highest submission number accepted per simulation."""
+
+    def __init__(self):
+        self._highest: dict[int, int] = {}
+
+    def check(self, sim_id: int, submission: int) -> bool:
+        """True if ``submission`` is above the highest accepted for ``sim_id``
+        (a rerun: its old run's tokens retire), False if equal or the first;
+        :class:`~melissa_sa.protocol.ProtocolError` naming both numbers if below."""
+        highest = self._highest.get(sim_id)
+        if highest is not None and submission < highest:
+            raise ProtocolError(
+                f"simulation {sim_id}: this run is submission {submission} "
+                f"(MELISSA_RUN_SUBMISSION), the server already accepted submission "
+                f"{highest}: a resubmitted run's late hello, refused")
+        return highest is not None and submission > highest
+
+    def accept(self, sim_id: int, submission: int) -> None:
+        """``submission`` of ``sim_id`` said hello and was welcome."""
+        self._highest[sim_id] = max(submission, self._highest.get(sim_id, submission))

@@ -2,7 +2,10 @@
 
 :class:`ClientScripts` writes ``OUT/client_scripts/client.<sim_id>.sh`` for
 each run the study submits and removes a finished group's scripts when asked
-(``rm_script``). A script exports ``MELISSA_SIMULATION_ID``, the server's
+(``rm_script``). A script exports ``MELISSA_SIMULATION_ID``, the run's
+submission number ``MELISSA_RUN_SUBMISSION`` (how many times the run crashed
+before this submission: rank 0 refuses a hello of a lower number than it
+accepted, see :mod:`melissa_sa.server.attempts`), the server's
 connection address (unless the study is offline) and, when the server
 authenticates, ``MELISSA_SECRET_FILE`` (the path, never the secret).
 
@@ -52,7 +55,8 @@ class ClientScripts:
         self.authenticated = authenticated
         self.output_dir = Path(config.output_dir)
         self.directory = directory
-        #: runs whose scripts the file system refused: [group id, sim ids, parameters]
+        #: runs whose scripts the file system refused:
+        #: [group id, sim ids, parameters, submission numbers]
         self._held: list[list] = []
         self._last_try = 0.0
         #: why scripts are held back (the line logged the first time), None if none is
@@ -61,12 +65,15 @@ class ClientScripts:
     #: seconds between two tries at writing the scripts held back
     retry_every = 5.0
 
-    def submit(self, group_id: int, sim_ids, parameters, now: float) -> list[Submission]:
+    def submit(self, group_id: int, sim_ids, parameters, now: float,
+               submissions: dict[int, int] | None = None) -> list[Submission]:
         """Write the scripts of ``sim_ids`` of ``group_id`` (``parameters``: the
-        group's rows): what to submit now, or nothing if the file system
-        refused them (held back, see the module docstring)."""
+        group's rows; ``submissions``: each run's submission number, 0 for a
+        run missing or for all without it): what to
+        submit now, or nothing if the file system refused them (held back,
+        see the module docstring)."""
         self.forget(sim_ids)
-        self._held.append([group_id, list(sim_ids), parameters])
+        self._held.append([group_id, list(sim_ids), parameters, submissions or {}])
         if len(self._held) > 1:  # others wait for room: so does this one
             return []
         return self.retry(now, force=True)
@@ -88,9 +95,9 @@ class ClientScripts:
         self._last_try = now
         ready = []
         while self._held:
-            group_id, sim_ids, parameters = self._held[0]
+            group_id, sim_ids, parameters, submissions = self._held[0]
             try:
-                paths = self.write_all(sim_ids, parameters)
+                paths = self.write_all(sim_ids, parameters, submissions)
             except OSError as exc:
                 self._refused(sim_ids, exc)
                 break
@@ -115,14 +122,18 @@ class ClientScripts:
     def path(self, sim_id: int) -> Path:
         return self.directory / f"client.{sim_id}.sh"
 
-    def write_all(self, sim_ids, parameters) -> list[str]:
-        """Write the scripts of ``sim_ids`` (``parameters``: the group's rows);
-        their absolute paths."""
+    def write_all(self, sim_ids, parameters,
+                  submissions: dict[int, int] | None = None) -> list[str]:
+        """Write the scripts of ``sim_ids`` (``parameters``: the group's rows;
+        ``submissions``: each run's submission number, 0 for a run missing or
+        for all without it); their absolute paths."""
+        submissions = submissions or {}
         self.directory.mkdir(parents=True, exist_ok=True)
         paths = []
         for sim_id in sim_ids:
             path = self.path(sim_id)
-            self.write(sim_id, parameters[self.layout.member_of(sim_id)], path)
+            self.write(sim_id, parameters[self.layout.member_of(sim_id)], path,
+                       submissions.get(sim_id, 0))
             paths.append(str(path.resolve()))
         return paths
 
@@ -130,13 +141,16 @@ class ClientScripts:
         for sim_id in sim_ids:
             self.path(sim_id).unlink(missing_ok=True)
 
-    def write(self, sim_id: int, parameters, script_path: Path) -> None:
-        """Write the shell script that runs simulation ``sim_id``.
+    def write(self, sim_id: int, parameters, script_path: Path, submission: int = 0) -> None:
+        """Write the shell script that runs simulation ``sim_id`` for its
+        ``submission``-th resubmission (0: its first submission).
 
         Offline the script sets no ``MELISSA_SERVER_ADDRESS``: the client calls
         then do nothing. Under ``slurm-allocation`` the job step starts
         ``client_processes`` tasks itself: no ``mpiexec`` is added. A script
-        already there with the same text is not written again.
+        already there with the same text is not written again; another text
+        replaces it by a rename, so that a job still running the old script
+        (a shell reads it as it goes) keeps its own copy.
         """
         cc = self.config.client_config
         args = " ".join(repr(float(v)) for v in parameters)
@@ -152,6 +166,7 @@ class ClientScripts:
             f"# melissa-sa simulation {sim_id}: group {group}, "
             f"member {member} ({self.layout.member_name(member)})\n"
             f"export MELISSA_SIMULATION_ID={sim_id}\n"
+            f"export MELISSA_RUN_SUBMISSION={int(submission)}\n"
             + ("" if self.offline else
                f"export MELISSA_SERVER_ADDRESS={self.connection_address}\n") +
             ("" if self.offline or not self.authenticated else

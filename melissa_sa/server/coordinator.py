@@ -48,7 +48,7 @@ from melissa_sa.protocol import (
 )
 from melissa_sa.server import ranks
 from melissa_sa.server import study_events as st
-from melissa_sa.server.attempts import AttemptCounter
+from melissa_sa.server.attempts import AttemptCounter, SubmissionRecord
 from melissa_sa.server.client_scripts import ClientScripts
 from melissa_sa.server.convergence_check import ConvergenceCheck
 from melissa_sa.server.data_messages import RankCounters
@@ -120,6 +120,8 @@ class Coordinator:
         self._last_checkpoint = time.monotonic()
         #: the token each accepted hello gets (melissa_sa.server.attempts)
         self.attempts = AttemptCounter()
+        #: the highest submission number each simulation's hellos carried
+        self.submissions = SubmissionRecord()
         link.broadcast(ranks.AttemptsBegin(self.attempts.first))
 
     # -- sockets ----------------------------------------------------------------------
@@ -185,6 +187,7 @@ class Coordinator:
             raise ProtocolError(f"unknown simulation id {sim_id!r}")
         if self.study.managed and sim_id not in self.study.active_sim_ids:
             raise ProtocolError(f"simulation {sim_id} is not running in this study")
+        rerun = self.submissions.check(sim_id, hello.submission)
         if n_cells < n_ranks:
             raise ProtocolError(f"field {name!r}: {n_cells!r} cells; need an integer >= "
                                 f"{n_ranks} (one per server rank)")
@@ -198,6 +201,12 @@ class Coordinator:
             raise ProtocolError(f"field {name!r} has {known} cells in this study, "
                                 f"simulation {sim_id} declares {n_cells}")
         field_id, attempt = self.fields.index(name), self.attempts.issue()
+        if rerun:  # the old run's other fields: a token nobody holds
+            for other in list(self.fields.sizes):
+                if other != name:
+                    self.ranks.broadcast(ranks.AttemptStarted(
+                        sim_id, self.fields.index(other), self.attempts.issue()))
+        self.submissions.accept(sim_id, hello.submission)
         self.ranks.broadcast(ranks.AttemptStarted(sim_id, field_id, attempt))
         return Welcome(field_id=field_id, member=self.layout.member_of(sim_id),
                        n_time_steps=self.config.study_options.nb_time_steps,
@@ -294,8 +303,11 @@ class Coordinator:
         self.parameters[ins.group_id] = params.reshape(self.layout.size, -1)
 
     def _do_submit(self, ins: st.SubmitRuns) -> None:
+        crashes = self.study.groups[ins.group_id].crashes
+        submissions = {s: crashes[self.layout.member_of(s)] for s in ins.sim_ids}
         self._submit(self.scripts.submit(ins.group_id, ins.sim_ids,
-                                         self.parameters[ins.group_id], time.monotonic()))
+                                         self.parameters[ins.group_id], time.monotonic(),
+                                         submissions))
 
     def _submit(self, ready) -> None:
         """Submit the runs whose scripts are written; say so when scripts

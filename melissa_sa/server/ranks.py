@@ -66,7 +66,10 @@ class AttemptsBegin:
 class AttemptStarted:
     """Rank 0 -> all, before the welcome: a run of ``sim_id`` said hello for
     ``field_id``; from now on only data carrying ``attempt`` is accepted for them
-    (and the incomplete rows an earlier attempt left are forgotten)."""
+    (and the incomplete rows an earlier attempt left are forgotten). Also sent,
+    with a token given to nobody, for each other field of a simulation whose
+    hello carries a higher submission number than before: the old run's data
+    of those fields are dropped (:mod:`melissa_sa.server.attempts`)."""
 
     sim_id: int
     field_id: int

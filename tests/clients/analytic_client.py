@@ -39,10 +39,11 @@ def planned_fault(sim_id: int):
     ``NB_STEPS``: after the last step, before ``melissa_finalize``). ``"late"``:
     the attempt keeps the messages of steps ``k`` and after, as it would have
     sent them (its attempt token, values far off), for the next attempt to
-    replay (:func:`replay_late`), and exits 1 (a serial client). A pause
-    with ``"until": name`` ends as soon as the file ``TEST_FAULT_DIR/name``
-    exists (the test says so), ``"seconds"`` being then its bound. Attempts
-    are counted in files under ``TEST_FAULT_DIR``.
+    replay (:func:`replay_late`), with its hello (its submission number), and
+    exits 1 (a serial client). A pause with ``"until": name`` ends as soon as
+    the file ``TEST_FAULT_DIR/name`` exists (the test says so), ``"seconds"``
+    being then its bound. Attempts are counted in files under
+    ``TEST_FAULT_DIR``.
     """
     plan = json.loads(os.environ.get("TEST_FAULT_PLAN", "{}")).get(str(sim_id))
     if not plan:
@@ -63,11 +64,12 @@ def keep_late(sim_id: int, x: np.ndarray, n_cells: int, first_step: int) -> None
     """The messages this attempt would send from ``first_step`` on, kept on disk
     (values 1e6 off: folded, they would change every statistic)."""
     from melissa_sa import client
-    from melissa_sa.protocol import encode_header
+    from melissa_sa.protocol import ClientHello, encode_header, encode_hello
 
     s = client._session
     f = s.fields["f"]
-    kept = {}
+    hello = encode_hello(ClientHello(s.sim_id, "f", n_cells, s.submission))
+    kept = {"hello": np.frombuffer(hello, np.uint8)}
     for step in range(first_step, NB_STEPS):
         values = field_values(x, n_cells, step)[f.offset:f.offset + f.local_size] + 1e6
         for server_rank, start, stop in f.routes:
@@ -81,12 +83,30 @@ def keep_late(sim_id: int, x: np.ndarray, n_cells: int, first_step: int) -> None
 def replay_late(sim_id: int) -> int:
     """Send what an earlier attempt kept (:func:`keep_late`) through this
     attempt's own sockets, after what this attempt sent: the late messages of
-    an old run reaching the server ranks; the number of messages."""
+    an old run reaching the server ranks, and first its late hello (the reply
+    written to ``late.<sim_id>.npz.hello``: ``refused: <reason>`` or
+    ``welcome``); the number of data messages."""
+    import zmq
+
     from melissa_sa import client
+    from melissa_sa.protocol import ProtocolError, decode_welcome
 
     if "TEST_FAULT_DIR" not in os.environ or not os.path.exists(late_path(sim_id)):
         return 0
     kept = np.load(late_path(sim_id))
+    req = client._session.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(client._session.address)
+    req.send(kept["hello"].tobytes())
+    assert req.poll(30000), "no answer to the old run's hello"
+    try:
+        decode_welcome(req.recv())
+        answer = "welcome"
+    except ProtocolError as exc:
+        answer = f"refused: {exc.reason}"
+    req.close()
+    with open(late_path(sim_id) + ".hello", "w") as out:
+        out.write(answer)
     headers = [k for k in kept.files if k.endswith(".header")]
     for key in headers:
         server_rank = int(key.split(".")[1])

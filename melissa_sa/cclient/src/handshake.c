@@ -28,14 +28,15 @@ static void prefix(unsigned char *p, int kind) {
 }
 
 size_t msa_encode_hello(unsigned char *buf, size_t cap, uint32_t sim_id,
-                        uint64_t n_cells, const char *field) {
-    size_t n = strlen(field), size = PREFIX + 4 + 8 + 2 + n;
+                        uint32_t submission, uint64_t n_cells, const char *field) {
+    size_t n = strlen(field), size = PREFIX + 4 + 4 + 8 + 2 + n;
     if (size > cap || n > MSA_MAX_NAME) return 0;
     prefix(buf, KIND_HELLO);
     put(buf + 8, sim_id, 4);
-    put(buf + 12, n_cells, 8);
-    put(buf + 20, n, 2);
-    memcpy(buf + 22, field, n);
+    put(buf + 12, submission, 4);
+    put(buf + 16, n_cells, 8);
+    put(buf + 24, n, 2);
+    memcpy(buf + 26, field, n);
     return size;
 }
 

@@ -23,9 +23,10 @@ typedef struct {
     char **endpoints;   /* n_ranks NUL-terminated strings */
 } msa_welcome;
 
-/* Write a hello into buf (capacity cap); return its size, or 0 if too small. */
+/* Write a hello into buf (capacity cap); return its size, or 0 if too small.
+ * submission: the run's submission number (MELISSA_RUN_SUBMISSION). */
 size_t msa_encode_hello(unsigned char *buf, size_t cap, uint32_t sim_id,
-                        uint64_t n_cells, const char *field);
+                        uint32_t submission, uint64_t n_cells, const char *field);
 
 /* Decode a server reply. 0: a welcome, *w filled (free with msa_free_welcome).
  * 1: a refusal, its reason in error. -1: malformed, why in error. */

@@ -64,6 +64,7 @@ struct msa_state {
     int rank;
     const char *address;
     uint32_t sim_id;
+    uint32_t submission;  /* MELISSA_RUN_SUBMISSION, sent in each hello (unset: 0) */
     unsigned member;
     uint32_t nb_time_steps;
     double connect_timeout, send_timeout;

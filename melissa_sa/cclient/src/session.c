@@ -1,6 +1,6 @@
 /* libmelissa: the session with the melissa-sa server. The environment
- * (MELISSA_SERVER_ADDRESS, MELISSA_SIMULATION_ID, the timeouts, the study
- * secret), the library's communicator, the ZeroMQ context, rank 0's hello
+ * (MELISSA_SERVER_ADDRESS, MELISSA_SIMULATION_ID, MELISSA_RUN_SUBMISSION, the
+ * timeouts, the study secret), the library's communicator, the ZeroMQ context, rank 0's hello
  * and the push sockets to the server's ranks. */
 #include <errno.h>
 #include <stdio.h>
@@ -73,6 +73,13 @@ void open_session(const char *call, const char *field, int use_mpi, MPI_Comm com
         fail(call, field, "MELISSA_SIMULATION_ID=%s is not a simulation id (an integer "
              "from 0 to %u)", raw ? raw : "(unset)", UINT32_MAX);
     msa.sim_id = (uint32_t)id;
+    raw = getenv("MELISSA_RUN_SUBMISSION");
+    end = NULL;
+    id = raw && *raw ? strtoull(raw, &end, 10) : 0;
+    if (raw && (!*raw || *end != '\0' || raw[0] == '-' || id > UINT32_MAX))
+        fail(call, field, "MELISSA_RUN_SUBMISSION=%s is not a submission number (an "
+             "integer from 0 to %u)", raw, UINT32_MAX);
+    msa.submission = (uint32_t)id;
     msa.connect_timeout = env_seconds(call, field, "MELISSA_CONNECT_TIMEOUT", 30.0);
     msa.send_timeout = env_seconds(call, field, "MELISSA_SEND_TIMEOUT", 300.0);
     const char *copy = getenv("MELISSA_SEND_COPY");
@@ -122,7 +129,8 @@ void open_session(const char *call, const char *field, int use_mpi, MPI_Comm com
 size_t hello(const char *call, const char *field, uint64_t n_total,
                     unsigned char **out) {
     unsigned char buf[64 + MSA_MAX_NAME];
-    size_t n = msa_encode_hello(buf, sizeof buf, msa.sim_id, n_total, field);
+    size_t n = msa_encode_hello(buf, sizeof buf, msa.sim_id, msa.submission, n_total,
+                                field);
     void *req = zmq_socket(msa.ctx, ZMQ_REQ);
     if (!req) fail(call, field, "cannot create a ZeroMQ socket (zmq_socket): %s",
                     zmq_strerror(zmq_errno()));
