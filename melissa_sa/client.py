@@ -109,6 +109,19 @@ def _env_float(name: str, default: float) -> float:
         raise MelissaConnectionError(f"{name}={raw!r} is not a number") from None
 
 
+def _env_u32(name: str, default: str, what: str) -> int:
+    """The environment variable ``name`` as an integer from 0 to 2^32 - 1, or a
+    :class:`MelissaConnectionError` saying ``NAME='value' <what>``."""
+    raw = os.environ.get(name, default)
+    try:
+        value = int(raw)
+        if not 0 <= value < 1 << 32:
+            raise ValueError
+    except ValueError:
+        raise MelissaConnectionError(f"{name}={raw!r} {what}") from None
+    return value
+
+
 def _start_session(comm) -> _Session | None:
     global _disabled
     address = os.environ.get("MELISSA_SERVER_ADDRESS")
@@ -118,23 +131,9 @@ def _start_session(comm) -> _Session | None:
                                          "this client was not started by melissa-sa")
         _disabled = True
         return None
-    raw_id = os.environ.get("MELISSA_SIMULATION_ID", "")
-    try:
-        sim_id = int(raw_id)
-        if not 0 <= sim_id < 1 << 32:
-            raise ValueError
-    except ValueError:
-        raise MelissaConnectionError(
-            f"MELISSA_SIMULATION_ID={raw_id!r} is not an integer") from None
-    raw_submission = os.environ.get("MELISSA_RUN_SUBMISSION", "0")
-    try:
-        submission = int(raw_submission)
-        if not 0 <= submission < 1 << 32:
-            raise ValueError
-    except ValueError:
-        raise MelissaConnectionError(
-            f"MELISSA_RUN_SUBMISSION={raw_submission!r} is not a submission number (an "
-            f"integer from 0 to 2^32 - 1)") from None
+    sim_id = _env_u32("MELISSA_SIMULATION_ID", "", "is not an integer")
+    submission = _env_u32("MELISSA_RUN_SUBMISSION", "0",
+                          "is not a submission number (an integer from 0 to 2^32 - 1)")
     rank = comm.Get_rank() if comm is not None else 0
     try:
         secret = secret_from_env()
