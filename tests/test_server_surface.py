@@ -10,7 +10,13 @@ from conftest import write_study
 from melissa_sa import messages
 from melissa_sa.config import load_config
 from melissa_sa.server import SensitivityAnalysisServer
-from melissa_sa.server.study_events import Begin, JobStarted, RunFolded
+from melissa_sa.server.ranks import RunsReport
+from melissa_sa.server.study_events import Begin, RunSeen, RunsReported
+
+
+def folded(sim_id, now):
+    """Rank 0 (the only one) reports run ``sim_id`` folded, at ``now``."""
+    return RunsReported(now, RunsReport(0, folded=(sim_id,)))
 
 
 class OneRank:
@@ -52,7 +58,7 @@ def test_scripts_rm_script_and_mean_run_time(server):
     text = script.read_text()
     assert "MELISSA_OFFLINE" not in text and "MELISSA_SERVER_ADDRESS=tcp://127.0.0.1:2" in text
     server.rm_script = True
-    server.feed(RunFolded(0, 4.0))
+    server.feed(folded(0, 4.0))
     assert not script.exists() and (server.script_dir / "client.1.sh").exists()
     assert server.mtt_simulation_completion == pytest.approx(4.0)
     progress = [m for m in server.transport.sent if isinstance(m, messages.Progress)]
@@ -81,8 +87,8 @@ def test_the_consistency_lock_is_held_while_the_state_changes(server):
 
     server.on_group_finished = on_group_finished
     server.feed(Begin(0.0))
-    server.feed(JobStarted(0, 1.0))
-    server.feed(RunFolded(0, 2.0))
+    server.feed(RunSeen(0, 1.0))
+    server.feed(folded(0, 2.0))
     assert seen == [False]
     assert server.consistency_lock.acquire(blocking=False)   # released afterwards
     server.consistency_lock.release()
@@ -176,8 +182,8 @@ def test_a_study_that_finishes_after_a_stop_request_stops_for_the_request(server
     server.feed(Begin(0.0))
     server.on_stop_request()                                   # the launcher's request
     assert server.worker.stop_reason is StopReason.REQUESTED
-    server.feed(RunFolded(0, 4.0))
-    server.feed(RunFolded(1, 5.0))                             # every group is done now
+    server.feed(folded(0, 4.0))
+    server.feed(folded(1, 5.0))                             # every group is done now
     assert server.study.all_done
     assert server.coordinator.stop_reason is StopReason.REQUESTED
     assert server.worker.stop_reason is StopReason.REQUESTED

@@ -5,20 +5,18 @@ import pytest
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
 from melissa_sa.exit_codes import StopReason
+from melissa_sa.server.ranks import Redraw, RunsReport
 from melissa_sa.server.study_events import (
-    AbandonGroup,
     Begin,
     Converged,
-    DataSeen,
     DrawGroup,
     EndStudy,
     GroupFinished,
     JobExited,
-    JobStarted,
     KillRuns,
     ReportProgress,
-    RunFolded,
-    RunReceived,
+    RunSeen,
+    RunsReported,
     SubmitRuns,
     Tick,
 )
@@ -52,10 +50,20 @@ def failed(instructions):
     return [i for i in of(EndStudy, instructions) if i.reason is StopReason.FAILED]
 
 
+def folded(sim, now, rank=0):
+    """Rank ``rank`` reports run ``sim`` completely folded, at ``now``."""
+    return RunsReported(now, RunsReport(rank, folded=(sim,)))
+
+
+def received(sim, now, rank=0):
+    """Rank ``rank`` reports every step of run ``sim`` received, at ``now``."""
+    return RunsReported(now, RunsReport(rank, received=(sim,)))
+
+
 def finish_group(s, group_id, now):
     out = []
-    for sim in s.groups[group_id].sim_ids:
-        out += s.handle(RunFolded(sim, now))
+    for sim in s.group_sim_ids(group_id):
+        out += s.handle(folded(sim, now))
     return out
 
 
@@ -66,13 +74,14 @@ def test_begin_fills_the_window_and_completion_refills_it():
     assert of(SubmitRuns, out) == [SubmitRuns(0, (0, 1, 2, 3)), SubmitRuns(1, (4, 5, 6, 7))]
     assert s.active_sim_ids == frozenset(range(8))
     out = finish_group(s, 0, 10.0)
-    assert of(GroupFinished, out) == [GroupFinished(0, 1, 3)]
+    assert of(GroupFinished, out) == [GroupFinished(0)]
+    assert of(ReportProgress, out) == [ReportProgress(1, 3, group_id=0)]
     assert of(SubmitRuns, out) == [SubmitRuns(2, (8, 9, 10, 11))]
     assert s.mean_run_seconds == pytest.approx(10.0)
     finish_group(s, 1, 12.0)
     out = finish_group(s, 2, 20.0)
     assert finished(out) == [FINISHED] and s.all_done
-    assert s.handle(RunFolded(0, 21.0)) == []     # already counted
+    assert s.handle(folded(0, 21.0)) == []     # already counted
 
 
 def test_a_failed_run_is_resubmitted_then_its_group_redrawn():
@@ -82,10 +91,10 @@ def test_a_failed_run_is_resubmitted_then_its_group_redrawn():
     assert out == [SubmitRuns(0, (1,))]
     out = s.handle(JobExited(1, 3, 2.0))           # crashes_before_redraw = 2
     assert of(KillRuns, out) == [KillRuns((0, 1, 2, 3))]
-    assert of(AbandonGroup, out) == [AbandonGroup(0, 12)]
+    assert of(Redraw, out) == [Redraw(0)]
     assert of(DrawGroup, out) == [DrawGroup(2, replaces=0)]
     assert of(SubmitRuns, out) == [SubmitRuns(2, (8, 9, 10, 11))]
-    assert s.is_abandoned(0) and s.groups[2].redraws == 1 and s.groups[2].replaces == 0
+    assert s.is_abandoned(0) and s.is_redrawn(2) and s.groups[2].replaces == 0
     assert s.sim_id_limit == 12 and s.redrawn_groups == 1
     # a late exit of the abandoned group changes nothing
     assert s.handle(JobExited(0, 1, 3.0)) == []
@@ -94,7 +103,7 @@ def test_a_failed_run_is_resubmitted_then_its_group_redrawn():
 def test_exit_0_without_data_fails_after_the_grace_period():
     s = state()
     s.handle(Begin(0.0))
-    s.handle(JobStarted(0, 0.5))
+    s.handle(RunSeen(0, 0.5))
     assert s.handle(JobExited(0, 0, 1.0)) == []
     assert s.handle(Tick(5.0)) == []
     assert s.handle(Tick(6.5)) == [SubmitRuns(0, (0,))]
@@ -106,10 +115,10 @@ def test_members_received_in_full_are_not_restarted_while_a_sibling_hangs():
     s = state()
     s.handle(Begin(0.0))
     for sim in range(4):
-        s.handle(JobStarted(sim, 0.5))
-        s.handle(DataSeen(sim, 1.0))
+        s.handle(RunSeen(sim, 0.5))
+        s.handle(RunSeen(sim, 1.0))
     for sim in range(3):
-        assert s.handle(RunReceived(sim, 2.0)) == []
+        assert s.handle(received(sim, 2.0)) == []
         assert s.handle(JobExited(sim, 0, 2.5)) == []
     # past completion_grace: the siblings are done, nothing is resubmitted
     assert s.handle(Tick(10.0)) == []
@@ -118,10 +127,11 @@ def test_members_received_in_full_are_not_restarted_while_a_sibling_hangs():
     assert s.active_sim_ids == frozenset(range(8))
     # a received run that is killed afterwards (e.g. its walltime) loses nothing
     assert s.handle(JobExited(1, -15, 32.0, state="failed")) == []
-    assert s.groups[0].crashes[1] == 0
+    assert s.submission(1) == 0
     # the restarted member completes the group: every member is folded
     out = finish_group(s, 0, 40.0)
-    assert of(GroupFinished, out) == [GroupFinished(0, 1, 3)]
+    assert of(GroupFinished, out) == [GroupFinished(0)]
+    assert of(ReportProgress, out) == [ReportProgress(1, 3, group_id=0)]
     assert s.handle(Tick(100.0)) == []  # nothing of group 0 is watched any more
 
 
@@ -129,8 +139,8 @@ def test_exit_0_with_steps_missing_still_fails_after_the_grace_period():
     # the completion rule is unchanged for a run that did not send everything
     s = state()
     s.handle(Begin(0.0))
-    s.handle(JobStarted(0, 0.5))
-    s.handle(RunReceived(1, 0.8))           # a sibling's, not this run's
+    s.handle(RunSeen(0, 0.5))
+    s.handle(received(1, 0.8))           # a sibling's, not this run's
     assert s.handle(JobExited(0, 0, 1.0)) == []
     assert s.handle(Tick(6.5)) == [SubmitRuns(0, (0,))]
 
@@ -138,10 +148,10 @@ def test_exit_0_with_steps_missing_still_fails_after_the_grace_period():
 def test_a_run_received_then_resubmitted_after_a_redraw_is_watched_again():
     s = state(n_groups=2)
     s.handle(Begin(0.0))
-    s.handle(RunReceived(0, 1.0))
+    s.handle(received(0, 1.0))
     s.handle(JobExited(1, 3, 1.0))
     out = s.handle(JobExited(1, 3, 2.0))           # group 0 redrawn as group 2
-    assert of(AbandonGroup, out) == [AbandonGroup(0, 12)]
+    assert of(Redraw, out) == [Redraw(0)] and s.sim_id_limit == 12
     # sim 0 belonged to the abandoned group: forgotten, late events do nothing
     assert s.handle(JobExited(0, 0, 3.0)) == []
     assert 0 not in s.active_sim_ids
@@ -150,8 +160,8 @@ def test_a_run_received_then_resubmitted_after_a_redraw_is_watched_again():
 def test_silence_past_simulation_timeout_kills_and_restarts():
     s = state()
     s.handle(Begin(0.0))
-    s.handle(JobStarted(3, 1.0))
-    s.handle(DataSeen(3, 20.0))
+    s.handle(RunSeen(3, 1.0))
+    s.handle(RunSeen(3, 20.0))
     assert s.handle(Tick(49.0)) == []
     assert s.handle(Tick(51.0)) == [KillRuns((3,)), SubmitRuns(0, (3,))]
 
@@ -192,7 +202,7 @@ def test_a_completed_run_resets_the_failure_streak():
     s.handle(Begin(0.0))
     s.handle(JobExited(0, 1, 1.0))
     s.handle(JobExited(0, 1, 2.0))
-    s.handle(RunFolded(5, 3.0))
+    s.handle(folded(5, 3.0))
     assert s.consecutive_failures == 0
     s.handle(JobExited(0, 1, 4.0))
     s.handle(JobExited(0, 1, 5.0))
@@ -206,9 +216,9 @@ def test_too_many_redrawn_groups_stop_the_study():
     s.handle(Begin(0.0))
     t = 1.0
     out = s.handle(JobExited(0, 1, t))                       # redraw 1
-    assert of(AbandonGroup, out)
+    assert of(Redraw, out)
     out = s.handle(JobExited(4, 1, t + 1))                   # redraw 2 (group 1)
-    assert of(AbandonGroup, out)
+    assert of(Redraw, out)
     sim = s.groups[s.next_group_id - 1].sim_ids[0]
     out = s.handle(JobExited(sim, 1, t + 2))                 # redraw 3 > 2
     (stop,) = failed(out)
@@ -242,8 +252,10 @@ def test_offline_exit_0_is_the_completion():
 def test_unmanaged_groups_appear_as_their_runs_complete():
     s = state(n_groups=2, sobol=False, managed=False)
     assert s.handle(Begin(0.0)) == []
-    assert of(GroupFinished, s.handle(RunFolded(1, 1.0))) == [GroupFinished(1, 1, 2)]
-    assert finished(s.handle(RunFolded(0, 2.0)))
+    out = s.handle(folded(1, 1.0))
+    assert of(GroupFinished, out) == [GroupFinished(1)]
+    assert of(ReportProgress, out) == [ReportProgress(1, 2, group_id=1)]
+    assert finished(s.handle(folded(0, 2.0)))
 
 
 def test_checkpoint_round_trip_and_resume_resubmits_unfinished_members():
@@ -251,7 +263,7 @@ def test_checkpoint_round_trip_and_resume_resubmits_unfinished_members():
     s.handle(Begin(0.0))
     s.handle(JobExited(1, 2, 1.0))
     finish_group(s, 0, 2.0)
-    s.handle(RunFolded(5, 3.0))
+    s.handle(folded(5, 3.0))
     saved = s.to_dict()
     r = state(n_groups=3)
     r.load_dict(saved)
@@ -260,7 +272,7 @@ def test_checkpoint_round_trip_and_resume_resubmits_unfinished_members():
     assert of(SubmitRuns, out)[:2] == [SubmitRuns(1, (4, 6, 7)), SubmitRuns(2, (8, 9, 10, 11))]
     assert of(ReportProgress, out) == [ReportProgress(1, 3)]
     assert not of(DrawGroup, out)                  # every group was drawn before
-    assert r.groups[0].crashes[1] == 1
+    assert r.submission(1) == 1
 
 
 def test_restart_after_the_last_run_finishes_at_once():
@@ -290,7 +302,8 @@ def test_converged_draws_no_new_group_and_in_flight_ones_finish():
     assert s.stopped_by == "convergence" and not s.all_done
     out = finish_group(s, 1, 3.0)
     assert of(DrawGroup, out) == [] and of(SubmitRuns, out) == []
-    assert of(GroupFinished, out) == [GroupFinished(1, 2, 4)] and finished(out) == []
+    assert of(GroupFinished, out) == [GroupFinished(1)] and finished(out) == []
+    assert of(ReportProgress, out) == [ReportProgress(2, 4, group_id=1)]
     finish_group(s, 2, 4.0)
     out = finish_group(s, 3, 5.0)
     assert finished(out) == [FINISHED] and s.all_done
@@ -370,22 +383,23 @@ def test_an_old_checkpoint_without_convergence_loads():
 def test_a_run_counts_once_every_rank_reported_it():
     s = state(n_groups=1, n_params=1, sobol=False, n_ranks=3)
     s.handle(Begin(0.0))
-    assert s.handle(RunFolded(0, 1.0, rank=0)) == []
-    assert s.handle(RunFolded(0, 1.5, rank=0)) == []      # the same rank again
-    assert s.handle(RunFolded(0, 2.0, rank=2)) == [] and 0 not in s.sims_done
-    out = s.handle(RunFolded(0, 3.0, rank=1))
-    assert of(GroupFinished, out) == [GroupFinished(0, 1, 1)] and s.sims_done == {0}
-    assert s.handle(RunFolded(0, 4.0, rank=1)) == []      # already counted
+    assert s.handle(folded(0, 1.0, rank=0)) == []
+    assert s.handle(folded(0, 1.5, rank=0)) == []      # the same rank again
+    assert s.handle(folded(0, 2.0, rank=2)) == [] and 0 not in s.sims_done
+    out = s.handle(folded(0, 3.0, rank=1))
+    assert of(GroupFinished, out) == [GroupFinished(0)] and s.sims_done == {0}
+    assert of(ReportProgress, out) == [ReportProgress(1, 1, group_id=0)]
+    assert s.handle(folded(0, 4.0, rank=1)) == []      # already counted
 
 
 def test_a_run_received_on_every_rank_survives_its_exit():
     s = state(n_groups=1, n_params=1, sobol=False, n_ranks=2, completion_grace=1.0)
     s.handle(Begin(0.0))
-    s.handle(RunReceived(0, 1.0, rank=1))
+    s.handle(received(0, 1.0, rank=1))
     s.handle(JobExited(0, 0, 2.0))
     assert of(SubmitRuns, s.handle(Tick(4.0))) == [SubmitRuns(0, (0,))]   # not received yet
-    s.handle(RunReceived(0, 5.0, rank=0))
-    s.handle(RunReceived(0, 5.0, rank=1))
+    s.handle(received(0, 5.0, rank=0))
+    s.handle(received(0, 5.0, rank=1))
     s.handle(JobExited(0, 0, 6.0))
     assert s.handle(Tick(10.0)) == []
 
@@ -397,3 +411,42 @@ def test_a_check_that_does_not_stop_is_remembered():
     assert s.handle(ConvergenceChecked(1.0, 0.2, "S1, step 0, cell 4")) == []
     assert (s.last_width, s.last_where, s.converged) == (0.2, "S1, step 0, cell 4", None)
     assert s.to_dict()["convergence"]["last_width"] == 0.2
+
+
+def test_one_report_carries_the_runs_received_and_folded_on_a_rank():
+    # two ranks; each reports group 0's four runs in one message, received and
+    # folded at once: the group finishes with the second rank's report
+    s = state(n_groups=1, n_ranks=2)
+    s.handle(Begin(0.0))
+    everything = RunsReport(0, received=(0, 1, 2, 3), folded=(0, 1, 2, 3))
+    assert s.handle(RunsReported(1.0, everything)) == []
+    out = s.handle(RunsReported(2.0, RunsReport(1, received=(0, 1, 2, 3), folded=(0, 1, 2, 3))))
+    assert out == [ReportProgress(1, 1, group_id=0), GroupFinished(0), FINISHED]
+    assert s.sims_done == {0, 1, 2, 3} and s.mean_run_seconds == pytest.approx(2.0)
+
+
+def test_a_report_of_received_runs_only_spares_them_their_exit():
+    s = state(n_groups=1, completion_grace=1.0)
+    s.handle(Begin(0.0))
+    assert s.handle(RunsReported(1.0, RunsReport(0, received=(0, 1)))) == []
+    s.handle(JobExited(0, 0, 2.0))
+    s.handle(JobExited(2, 0, 2.0))
+    assert s.handle(Tick(4.0)) == [SubmitRuns(0, (2,))]   # run 2 sent nothing
+
+
+def test_a_late_sign_of_life_after_the_exit_does_not_extend_the_grace():
+    s = state(completion_grace=5.0, simulation_timeout=30.0)
+    s.handle(Begin(0.0))
+    s.handle(RunSeen(0, 0.5))
+    s.handle(JobExited(0, 0, 1.0))
+    s.handle(RunSeen(0, 2.0))                    # a data message still on its way
+    assert s.handle(Tick(6.5)) == [SubmitRuns(0, (0,))]
+
+
+def test_the_coordinators_questions_are_answered_by_methods():
+    s = state(n_groups=2)
+    s.handle(Begin(0.0))
+    assert s.group_ids() == [0, 1] and s.group_sim_ids(1) == (4, 5, 6, 7)
+    s.handle(JobExited(5, 1, 1.0))
+    assert s.submission(5) == 1 and s.submission(4) == 0
+    assert not s.is_redrawn(1)

@@ -4,8 +4,7 @@
 
 * feeds the :class:`~melissa_sa.server.study_state.StudyState` its events
   (:meth:`feed`: the launcher's job states, data seen, time passing, every
-  rank's :class:`~melissa_sa.server.ranks.RunsReceived` /
-  :class:`~melissa_sa.server.ranks.RunsFolded` reports, the convergence
+  rank's :class:`~melissa_sa.server.ranks.RunsReport`, the convergence
   check's verdict) and carries out the instructions it answers, under the
   server's consistency lock: draw parameters, write client scripts, submit,
   kill, announce redraws to every rank worker, report progress, start a
@@ -108,8 +107,7 @@ class Coordinator:
             messages.StopRequest: self._on_launcher_stop_request}, ping_every=lc.timer_delay)
         self.convergence = (None if convergence_rule is None else ConvergenceCheck(
             convergence_rule, study=study, feed=self.feed, link=link))
-        link.add_handlers({ranks.RunsFolded: self._on_runs_folded,
-                           ranks.RunsReceived: self._on_runs_received,
+        link.add_handlers({ranks.RunsReport: self._on_runs_report,
                            ranks.SignalReceived: self._on_signal_received,
                            **(self.convergence.handlers() if self.convergence else {})})
         #: why every rank was told to stop (None while the study runs)
@@ -154,7 +152,7 @@ class Coordinator:
     def _on_job_state(self, msg: messages.JobState) -> None:
         now = time.monotonic()
         if msg.state == "running":
-            self.feed(st.JobStarted(msg.sim_id, now))
+            self.feed(st.RunSeen(msg.sim_id, now))
         else:
             self.feed(st.JobExited(msg.sim_id, msg.returncode, now, state=msg.state))
 
@@ -214,15 +212,8 @@ class Coordinator:
                        attempt=attempt)
 
     # -- what the rank workers report ---------------------------------------------------
-    def _on_runs_folded(self, msg: ranks.RunsFolded) -> None:
-        now = time.monotonic()
-        for sim_id in msg.sim_ids:
-            self.feed(st.RunFolded(sim_id, now, msg.rank))
-
-    def _on_runs_received(self, msg: ranks.RunsReceived) -> None:
-        now = time.monotonic()
-        for sim_id in msg.sim_ids:
-            self.feed(st.RunReceived(sim_id, now, msg.rank))
+    def _on_runs_report(self, msg: ranks.RunsReport) -> None:
+        self.feed(st.RunsReported(time.monotonic(), msg))
 
     def _on_signal_received(self, msg: ranks.SignalReceived) -> None:
         if self.stop_reason is None:
@@ -233,7 +224,7 @@ class Coordinator:
     # -- the loop's calls ----------------------------------------------------------------
     def data_seen(self, sim_id: int) -> None:
         """A data message of ``sim_id`` reached rank 0."""
-        self.feed(st.DataSeen(sim_id, time.monotonic()))
+        self.feed(st.RunSeen(sim_id, time.monotonic()))
         self.maybe_checkpoint()
 
     def idle(self) -> None:
@@ -257,10 +248,7 @@ class Coordinator:
         self._last_checkpoint = time.monotonic()
         failure = self.checkpoints.failure if self.checkpoints is not None else None
         if failure != self._checkpoint_error:  # failing, or working again: say so now
-            self._checkpoint_error = failure
-            self.launcher.send(messages.Progress(groups_done=self.study.groups_done,
-                                                 groups_total=self.study.groups_total,
-                                                 **self._ci_fields()))
+            self.launcher.send(self.progress())
 
     def _checkpoint_due(self) -> bool:
         sa = self.config.sa_config
@@ -303,8 +291,7 @@ class Coordinator:
         self.parameters[ins.group_id] = params.reshape(self.layout.size, -1)
 
     def _do_submit(self, ins: st.SubmitRuns) -> None:
-        crashes = self.study.groups[ins.group_id].crashes
-        submissions = {s: crashes[self.layout.member_of(s)] for s in ins.sim_ids}
+        submissions = {s: self.study.submission(s) for s in ins.sim_ids}
         self._submit(self.scripts.submit(ins.group_id, ins.sim_ids,
                                          self.parameters[ins.group_id], time.monotonic(),
                                          submissions))
@@ -323,23 +310,20 @@ class Coordinator:
         self.scripts.forget(ins.sim_ids)
         self.launcher.send(messages.Kill(sim_ids=[int(s) for s in ins.sim_ids]))
 
-    def _do_abandon(self, ins: st.AbandonGroup) -> None:
-        self.ranks.broadcast(ranks.Redraw(ins.group_id))
+    def _do_broadcast(self, ins: ranks.Redraw) -> None:
+        self.ranks.broadcast(ins)
 
     def _do_group_finished(self, ins: st.GroupFinished) -> None:
         if self.remove_scripts():
-            self.scripts.remove(self.study.groups[ins.group_id].sim_ids)
+            self.scripts.remove(self.study.group_sim_ids(ins.group_id))
         self.on_group_finished(ins.group_id)
-        self.launcher.send(messages.Progress(groups_done=ins.groups_done,
-                                             groups_total=ins.groups_total,
-                                             group_id=ins.group_id, **self._ci_fields()))
         if self.convergence is not None:
             self.convergence.maybe_start()
 
     def _do_progress(self, ins: st.ReportProgress) -> None:
         self.launcher.send(messages.Progress(groups_done=ins.groups_done,
                                              groups_total=ins.groups_total,
-                                             **self._ci_fields()))
+                                             group_id=ins.group_id, **self._ci_fields()))
 
     def progress(self, **extra) -> messages.Progress:
         """A progress message now (``extra``: e.g. ``write_error``), saying
@@ -373,7 +357,7 @@ class Coordinator:
 
     _INSTRUCTIONS: typing.ClassVar[dict] = {
         st.DrawGroup: _do_draw, st.SubmitRuns: _do_submit, st.KillRuns: _do_kill,
-        st.AbandonGroup: _do_abandon, st.GroupFinished: _do_group_finished,
+        ranks.Redraw: _do_broadcast, st.GroupFinished: _do_group_finished,
         st.ReportProgress: _do_progress, st.EndStudy: _do_end}
 
     # -- checkpoints ------------------------------------------------------------------------

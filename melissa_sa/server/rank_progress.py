@@ -6,8 +6,7 @@ complete in the group assembler (waiting for a sibling of the group), and
 the groups rank 0 abandoned. Events come in as method calls (a step folded,
 a step buffered complete, a group abandoned); the answers are facts: the
 runs that became completely folded or completely received on this rank,
-which the rank reports to rank 0 (:class:`~melissa_sa.server.ranks.RunsFolded`,
-:class:`~melissa_sa.server.ranks.RunsReceived`). Rank 0's
+which the rank reports to rank 0 (:class:`~melissa_sa.server.ranks.RunsReport`). Rank 0's
 :class:`~melissa_sa.server.study_state.StudyState` counts a run once every
 rank has reported it: completion is kept there and nowhere else.
 

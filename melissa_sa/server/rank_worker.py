@@ -25,8 +25,7 @@ the messages of the attempt it replaces are dropped (``old_attempt``,
 :class:`~melissa_sa.server.data_messages.DataIntake`), and the steps that
 attempt left incomplete on this rank are forgotten, for the rerun to fill.
 A run completely received or folded on this rank is reported to rank 0's coordinator
-(:class:`~melissa_sa.server.ranks.RunsReceived`,
-:class:`~melissa_sa.server.ranks.RunsFolded`).
+(:class:`~melissa_sa.server.ranks.RunsReport`).
 
 The worker does what the coordinator's messages say (a field declared, a
 group abandoned, a checkpoint now, stop, the convergence check's two rounds)
@@ -164,10 +163,8 @@ class RankWorker:
                   h.sim_id, h.field_id, h.time_step, why)
 
     def _report(self, completed: Completed) -> None:
-        if completed.received:
-            self.ranks.report(ranks.RunsReceived(self.rank, completed.received))
-        if completed.folded:
-            self.ranks.report(ranks.RunsFolded(self.rank, completed.folded))
+        if completed.received or completed.folded:
+            self.ranks.report(ranks.RunsReport(self.rank, completed.received, completed.folded))
 
     # -- rank 0's messages ----------------------------------------------------------------
     def _on_field_declared(self, msg: ranks.FieldDeclared) -> None:
@@ -263,7 +260,7 @@ class RankWorker:
         """After a restart: re-announce what this rank holds completely folded."""
         complete = self.progress.completely_folded()
         if complete:
-            self.ranks.report(ranks.RunsFolded(self.rank, complete))
+            self.ranks.report(ranks.RunsReport(self.rank, folded=complete))
 
     def release_spare_buffers(self) -> None:
         """Free the group buffers kept for reuse, and those the Sobol' folds

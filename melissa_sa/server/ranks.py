@@ -4,12 +4,12 @@ Rank 0's coordinator tells every rank worker, its own included, what the
 study decided (:class:`FieldDeclared`, :class:`AttemptsBegin`,
 :class:`AttemptStarted`, :class:`Redraw`, :class:`CheckpointNow`,
 :class:`StopRanks`, the convergence check's requests); every rank worker
-tells the coordinator what it folded (:class:`RunsFolded`) or received
-completely (:class:`RunsReceived`) or that it was
-asked to stop (:class:`SignalReceived`). Each message is a frozen
-dataclass sent with ``isend`` (mpi4py pickles it: the peers are the
-server's own ranks, never the network) and read with ``Iprobe``, so an idle
-rank waits in the ZeroMQ poller rather than in a spinning MPI call.
+tells the coordinator which runs it received or folded completely
+(:class:`RunsReport`) or that it was asked to stop (:class:`SignalReceived`).
+Each message is a frozen dataclass sent with ``isend`` (mpi4py pickles it:
+the peers are the server's own ranks, never the network) and read with
+``Iprobe``, so an idle rank waits in the ZeroMQ poller rather than in a
+spinning MPI call.
 :class:`RankLink` keeps the pending sends and dispatches what arrives
 through the handler tables of its users (:meth:`RankLink.add_handlers`);
 on rank 0 a message to itself is handled at once, without MPI.
@@ -32,8 +32,7 @@ __all__ = [
     "FieldDeclared",
     "RankLink",
     "Redraw",
-    "RunsFolded",
-    "RunsReceived",
+    "RunsReport",
     "SignalReceived",
     "StopRanks",
     "SummaryReport",
@@ -98,20 +97,14 @@ class StopRanks:
 
 
 @dataclass(frozen=True)
-class RunsFolded:
-    """Rank ``rank`` -> 0: these runs are completely folded on ``rank``."""
+class RunsReport:
+    """Rank ``rank`` -> 0: the runs that became complete on ``rank``:
+    ``received``, every step arrived (folded, or buffered waiting for a
+    sibling of the group); ``folded``, every step folded."""
 
     rank: int
-    sim_ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class RunsReceived:
-    """Rank ``rank`` -> 0: every step of these runs arrived on ``rank``
-    (folded, or buffered waiting for a sibling of the group)."""
-
-    rank: int
-    sim_ids: tuple[int, ...]
+    received: tuple[int, ...] = ()
+    folded: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,7 +149,7 @@ class SummaryReport:
 
 CONTROL = (FieldDeclared, AttemptsBegin, AttemptStarted, Redraw, CheckpointNow, StopRanks,
            VarianceRequest, SummaryRequest)
-REPORT = (RunsFolded, RunsReceived, SignalReceived, VarianceReport, SummaryReport)
+REPORT = (RunsReport, SignalReceived, VarianceReport, SummaryReport)
 
 
 class RankLink:

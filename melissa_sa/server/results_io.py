@@ -38,16 +38,18 @@ def parameter_table(config, study: StudyState, params: dict[int, np.ndarray]) ->
     """The design actually run, from rank 0's study state and the parameters drawn."""
     so = config.study_options
     names = tuple(so.parameter_names) or tuple(f"p{k + 1}" for k in range(so.nb_parameters))
-    groups = [g for gid, g in sorted(study.groups.items()) if gid in params]
+    groups = [gid for gid in study.group_ids() if gid in params]
     if not groups:
         return ParameterTable(names=names, values=np.zeros((0, len(names))))
     layout = config.layout
-    values = np.concatenate([params[g.group_id] for g in groups])
-    sim_id = np.concatenate([g.sim_ids for g in groups])
+    values = np.concatenate([params[gid] for gid in groups])
+    runs = [study.group_sim_ids(gid) for gid in groups]
+    sim_id = np.concatenate(runs)
     return ParameterTable(
         names=names, values=values, sim_id=sim_id,
         group_id=layout.group_of(sim_id), member=layout.member_of(sim_id),
-        redrawn=np.concatenate([[g.redraws > 0] * len(g.sim_ids) for g in groups]),
+        redrawn=np.concatenate([[study.is_redrawn(gid)] * len(sims)
+                                for gid, sims in zip(groups, runs, strict=True)]),
         folded=np.isin(sim_id, sorted(study.sims_done)))
 
 
@@ -158,7 +160,7 @@ def results_file_bytes(layout: ResultsLayout, n_runs: int, mesh_bytes: int = 0) 
 
 def study_results_bytes(config, field_sizes: dict[str, int], study: StudyState) -> int:
     """Rank 0: :func:`results_file_bytes` of this study's ``results.h5``."""
-    n_runs = sum(len(g.sim_ids) for g in study.groups.values())
+    n_runs = sum(len(study.group_sim_ids(gid)) for gid in study.group_ids())
     return results_file_bytes(_layout(config, field_sizes), n_runs)
 
 

@@ -2,7 +2,10 @@
 
 Events carry the time (``now``, seconds on any monotonic clock) so that
 :class:`~melissa_sa.server.study_state.StudyState` reads no clock. See that
-module for the rules.
+module for the rules. One instruction is a message to the rank workers as it
+is to be broadcast (:class:`~melissa_sa.server.ranks.Redraw`: a group was
+abandoned), and a rank's report of its runs comes in as it was sent, with
+the time it reached rank 0 (:class:`RunsReported`).
 """
 
 from __future__ import annotations
@@ -11,20 +14,18 @@ from dataclasses import dataclass
 
 from melissa_sa import exit_codes
 from melissa_sa.exit_codes import StopReason
+from melissa_sa.server.ranks import RunsReport
 
 __all__ = [
-    "AbandonGroup",
     "Begin",
-    "DataSeen",
     "DrawGroup",
     "EndStudy",
     "GroupFinished",
     "JobExited",
-    "JobStarted",
     "KillRuns",
     "ReportProgress",
-    "RunFolded",
-    "RunReceived",
+    "RunSeen",
+    "RunsReported",
     "SubmitRuns",
     "Tick",
     "Converged",
@@ -66,16 +67,9 @@ class ConvergenceChecked:
 
 
 @dataclass(frozen=True)
-class JobStarted:
-    """The launcher reports the run's job running."""
-
-    sim_id: int
-    now: float
-
-
-@dataclass(frozen=True)
-class DataSeen:
-    """A data message of the run arrived (on rank 0)."""
+class RunSeen:
+    """The run showed life at ``now``: the launcher reports its job running,
+    or a data message of it reached rank 0."""
 
     sim_id: int
     now: float
@@ -97,25 +91,16 @@ class JobExited:
 
 
 @dataclass(frozen=True)
-class RunFolded:
-    """Server rank ``rank`` folded every field and time step of the run (the
-    run is folded once every rank has said so)."""
+class RunsReported:
+    """A server rank's :class:`~melissa_sa.server.ranks.RunsReport` reached rank 0
+    at ``now``: the runs of which that rank received every field and time step
+    (folded, or buffered in the group assembler until a sibling sends the same
+    step) and those it folded completely. A run is received (it has completed;
+    only its group's folding waits, on a sibling), or folded, once every rank
+    has reported it so."""
 
-    sim_id: int
     now: float
-    rank: int = 0
-
-
-@dataclass(frozen=True)
-class RunReceived:
-    """Server rank ``rank`` received every field and time step of the run:
-    folded, or buffered in the group assembler until a sibling sends the same
-    step. Once every rank has said so the run has completed; only its group's
-    folding waits (on a sibling)."""
-
-    sim_id: int
-    now: float
-    rank: int = 0
+    report: RunsReport
 
 
 @dataclass(frozen=True)
@@ -150,28 +135,21 @@ class KillRuns:
 
 
 @dataclass(frozen=True)
-class AbandonGroup:
-    """Drop the group's buffered data on every rank; accept sim ids below ``sim_id_limit``."""
-
-    group_id: int
-    sim_id_limit: int
-
-
-@dataclass(frozen=True)
 class GroupFinished:
-    """Every member of the group is folded on every rank."""
+    """Every member of the group is folded on every rank: its scripts may go,
+    the server's hook runs, a convergence check may be due."""
 
     group_id: int
-    groups_done: int
-    groups_total: int
 
 
 @dataclass(frozen=True)
 class ReportProgress:
-    """Tell the launcher how far the study is (after a restart)."""
+    """Tell the launcher how far the study is; ``group_id``: the group whose
+    finish this reports (None: after a restart or a convergence stop)."""
 
     groups_done: int
     groups_total: int
+    group_id: int | None = None
 
 
 @dataclass(frozen=True)

@@ -57,3 +57,18 @@ class GroupRecord:
     @property
     def finished(self) -> bool:
         return len(self.members_done) == len(self.sim_ids)
+
+    def to_dict(self) -> dict:
+        """JSON-able record (a checkpoint's; ``members_done`` and
+        ``submitted_at`` are not kept: they follow from the runs done)."""
+        return {"group_id": self.group_id, "sim_ids": self.sim_ids,
+                "crashes": {str(k): v for k, v in self.crashes.items()},
+                "redraws": self.redraws, "replaces": self.replaces, "abandoned": self.abandoned}
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> GroupRecord:
+        """:meth:`to_dict`'s output back (``members_done`` empty)."""
+        return cls(int(saved["group_id"]), [int(s) for s in saved["sim_ids"]],
+                   Counter({int(k): v for k, v in saved["crashes"].items()}),
+                   redraws=int(saved["redraws"]), replaces=saved["replaces"],
+                   abandoned=bool(saved["abandoned"]))

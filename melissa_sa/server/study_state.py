@@ -14,13 +14,13 @@ Rules:
 * a run fails when its job exits non-zero, when it exits 0 without all its
   data received within ``completion_grace`` s, or when nothing of it was seen
   for ``simulation_timeout`` s (its job is then killed);
-* the server ranks report their runs one by one (:class:`RunReceived` and
-  :class:`RunFolded` name the rank); a run counts once all ``n_ranks`` said so;
-* a run whose every time step was received on every rank (:class:`RunReceived`:
-  folded, or buffered until a sibling of its group sends the same step) has
+* each server rank reports the runs it received and folded completely
+  (:class:`RunsReported`); a run counts once all ``n_ranks`` said so;
+* a run whose every time step was received on every rank (folded, or
+  buffered until a sibling of its group sends the same step) has
   completed: its exit, whatever its code, and its silence are no failure (a
   hanging sibling must not make the members that sent everything run again);
-  it counts as done once its group's steps are folded (:class:`RunFolded`);
+  it counts as done once its group's steps are folded on every rank;
 * a failed run is resubmitted, until one member of a group failed
   ``crashes_before_redraw`` times: the group is then abandoned and its
   parameters redrawn as a new group;
@@ -38,26 +38,23 @@ from __future__ import annotations
 
 import logging
 import typing
-from collections import Counter
 
 from melissa_sa import exit_codes
 from melissa_sa.design import GroupLayout
 from melissa_sa.exit_codes import StopReason
+from melissa_sa.server.ranks import Redraw
 from melissa_sa.server.study_events import (
-    AbandonGroup,
     Begin,
     Converged,
     ConvergenceChecked,
-    DataSeen,
     DrawGroup,
     EndStudy,
     GroupFinished,
     JobExited,
-    JobStarted,
     KillRuns,
     ReportProgress,
-    RunFolded,
-    RunReceived,
+    RunSeen,
+    RunsReported,
     SubmitRuns,
     Tick,
 )
@@ -147,6 +144,23 @@ class StudyState:
         g = self.groups.get(group_id)
         return g is not None and g.abandoned
 
+    def group_ids(self) -> list[int]:
+        """Every group drawn so far (abandoned ones too), in order."""
+        return sorted(self.groups)
+
+    def group_sim_ids(self, group_id: int) -> tuple[int, ...]:
+        """The runs of group ``group_id`` (KeyError if it was never drawn)."""
+        return tuple(self.groups[group_id].sim_ids)
+
+    def is_redrawn(self, group_id: int) -> bool:
+        """Whether the group's parameters replace an abandoned group's."""
+        return self.groups[group_id].redraws > 0
+
+    def submission(self, sim_id: int) -> int:
+        """How many times the run failed before: its next job's submission number."""
+        group_id, member = self.layout.split(sim_id)
+        return self.groups[group_id].crashes[member]
+
     # -- events -------------------------------------------------------------------------
     def handle(self, event) -> list:
         """Apply one event; return the instructions to carry out, in order."""
@@ -174,32 +188,32 @@ class StudyState:
             out.append(ReportProgress(self.groups_done, self.groups_total))
         return out + self._fill_window(ev.now)
 
-    def _on_job_started(self, ev: JobStarted) -> list:
+    def _on_run_seen(self, ev: RunSeen) -> list:
+        # the silence of a received run is no failure; one that exited is
+        # watched by its grace period (Tick), which also forgets when it was seen
         if ev.sim_id in self._active and ev.sim_id not in self._received:
             self._last_seen[ev.sim_id] = ev.now
         return []
 
-    def _on_data_seen(self, ev: DataSeen) -> list:
-        if ev.sim_id in self._active and ev.sim_id not in self._exited_at \
-                and ev.sim_id not in self._received:
-            self._last_seen[ev.sim_id] = ev.now
-        return []
+    def _on_runs_reported(self, ev: RunsReported) -> list:
+        rank = ev.report.rank
+        for sim_id in ev.report.received:
+            if self._on_every_rank(self._received_on, sim_id, rank) and sim_id in self._active:
+                self._received.add(sim_id)
+                self._last_seen.pop(sim_id, None)
+                self._exited_at.pop(sim_id, None)
+        out: list = []
+        for sim_id in ev.report.folded:
+            if self._on_every_rank(self._folded_on, sim_id, rank):
+                out += self._run_done(sim_id, ev.now)
+        return out
 
-    def _on_every_rank(self, reports: dict[int, set[int]], ev) -> bool:
-        """Count ``ev``'s rank for its run; True once every rank has reported it."""
-        if ev.sim_id in self.sims_done:
+    def _on_every_rank(self, reports: dict[int, set[int]], sim_id: int, rank: int) -> bool:
+        """Count ``rank``'s report of ``sim_id``; True once every rank has reported it."""
+        if sim_id in self.sims_done:
             return False
-        reports.setdefault(ev.sim_id, set()).add(ev.rank)
-        return len(reports[ev.sim_id]) >= self.n_ranks
-
-    def _on_run_received(self, ev: RunReceived) -> list:
-        if not self._on_every_rank(self._received_on, ev):
-            return []
-        if ev.sim_id in self._active:
-            self._received.add(ev.sim_id)
-            self._last_seen.pop(ev.sim_id, None)
-            self._exited_at.pop(ev.sim_id, None)
-        return []
+        reports.setdefault(sim_id, set()).add(rank)
+        return len(reports[sim_id]) >= self.n_ranks
 
     def _on_job_exited(self, ev: JobExited) -> list:
         if ev.sim_id in self._received:
@@ -217,11 +231,6 @@ class StudyState:
                else f"{ev.state} (exit code {ev.returncode})")
         return self._failure(ev.sim_id, why, ev.now)
 
-    def _on_run_folded(self, ev: RunFolded) -> list:
-        if not self._on_every_rank(self._folded_on, ev):
-            return []
-        return self._run_done(ev.sim_id, ev.now)
-
     def _run_done(self, sim_id: int, now: float) -> list:
         self._folded_on.pop(sim_id, None)
         self._received_on.pop(sim_id, None)
@@ -234,16 +243,16 @@ class StudyState:
         if group is None:
             if self.managed:
                 return []  # a run of no known group (cannot happen with a launcher)
-            group = self.groups[group_id] = GroupRecord(
-                group_id, [self.layout.sim_id(group_id, m) for m in range(self.layout.size)],
-                submitted_at=now)
+            group = self.groups[group_id] = GroupRecord(group_id, self._sim_ids(group_id),
+                                                        submitted_at=now)
         elapsed = now - group.submitted_at
         self.mean_run_seconds += (elapsed - self.mean_run_seconds) / self.n_sims_completed
         group.members_done.add(member)
         out: list = []
         if group.finished and group_id not in self.finished_groups and not group.abandoned:
             self.finished_groups.add(group_id)
-            out.append(GroupFinished(group_id, self.groups_done, self.groups_total))
+            out += [ReportProgress(self.groups_done, self.groups_total, group_id),
+                    GroupFinished(group_id)]
             out += self._fill_window(now)
         if self.all_done:
             out.append(EndStudy(StopReason.FINISHED))
@@ -287,9 +296,9 @@ class StudyState:
         return []
 
     _HANDLERS: typing.ClassVar[dict] = {
-        Begin: _on_begin, JobStarted: _on_job_started, DataSeen: _on_data_seen,
-        JobExited: _on_job_exited, RunReceived: _on_run_received, RunFolded: _on_run_folded,
-        Tick: _on_tick, Converged: _on_converged, ConvergenceChecked: _on_convergence_checked}
+        Begin: _on_begin, RunSeen: _on_run_seen, JobExited: _on_job_exited,
+        RunsReported: _on_runs_reported, Tick: _on_tick, Converged: _on_converged,
+        ConvergenceChecked: _on_convergence_checked}
 
     # -- rules --------------------------------------------------------------------------
     def _in_flight(self) -> int:
@@ -317,10 +326,8 @@ class StudyState:
     def _submit(self, group: GroupRecord, sim_ids, now: float) -> list:
         group.submitted_at = now
         for s in sim_ids:
+            self._forget(s)
             self._active.add(s)
-            self._received.discard(s)
-            self._last_seen.pop(s, None)
-            self._exited_at.pop(s, None)
         return [SubmitRuns(group.group_id, tuple(sim_ids))]
 
     def _forget(self, sim_id: int) -> None:
@@ -377,8 +384,7 @@ class StudyState:
                                                 replaces=group.group_id)
         log.warning("%s; group %d abandoned, its parameters redrawn as group %d "
                     "(time steps it completed stay folded in)", why, group.group_id, new_id)
-        out += [AbandonGroup(group.group_id, self.sim_id_limit),
-                DrawGroup(new_id, replaces=group.group_id)]
+        out += [Redraw(group.group_id), DrawGroup(new_id, replaces=group.group_id)]
         return out + self._submit(new, new.sim_ids, now)
 
     # -- checkpoint ---------------------------------------------------------------------
@@ -393,11 +399,7 @@ class StudyState:
             "consecutive_failures": self.consecutive_failures,
             "redrawn_groups": self.redrawn_groups,
             "mean_run_seconds": self.mean_run_seconds,
-            "groups": [{"group_id": g.group_id, "sim_ids": g.sim_ids,
-                        "crashes": {str(k): v for k, v in g.crashes.items()},
-                        "redraws": g.redraws, "replaces": g.replaces,
-                        "abandoned": g.abandoned}
-                       for g in self.groups.values()],
+            "groups": [g.to_dict() for g in self.groups.values()],
             "convergence": {"stopped": self.converged is not None,
                             **(self.converged or {}),
                             "last_width": self.last_width, "last_where": self.last_where,
@@ -429,11 +431,8 @@ class StudyState:
         self.last_width = None if width is None else float(width)
         self.last_where = str(conv.get("last_where", ""))
         self.groups = {}
-        for g in state["groups"]:
-            group = GroupRecord(int(g["group_id"]), [int(s) for s in g["sim_ids"]],
-                                Counter({int(k): v for k, v in g["crashes"].items()}),
-                                redraws=int(g["redraws"]), replaces=g["replaces"],
-                                abandoned=bool(g["abandoned"]))
+        for saved in state["groups"]:
+            group = GroupRecord.from_dict(saved)
             group.members_done = {self.layout.member_of(s) for s in group.sim_ids
                                   if s in self.sims_done}
             self.groups[group.group_id] = group
