@@ -8,7 +8,7 @@ from melissa_sa.exit_codes import StopReason
 from melissa_sa.server.ranks import Redraw, RunsReport
 from melissa_sa.server.study_events import (
     Begin,
-    Converged,
+    ConvergenceChecked,
     DrawGroup,
     EndStudy,
     GroupFinished,
@@ -297,7 +297,8 @@ def test_converged_draws_no_new_group_and_in_flight_ones_finish():
     s.handle(Begin(0.0))
     finish_group(s, 0, 1.0)                       # groups 1, 2, 3 in flight
     assert s.stopped_by == "sweep_size" and s.groups_total == 10
-    out = s.handle(Converged(2.0, groups_at_stop=1, width=0.04, where="ST1, step 0, cell 3"))
+    out = s.handle(ConvergenceChecked(2.0, groups=1, width=0.04, where="ST1, step 0, cell 3",
+                                      stop=True))
     assert out == [ReportProgress(1, 4)]          # 4 submitted groups: the new total
     assert s.stopped_by == "convergence" and not s.all_done
     out = finish_group(s, 1, 3.0)
@@ -315,7 +316,7 @@ def test_converged_with_nothing_in_flight_finishes_at_once():
     s.handle(Begin(0.0))
     finish_group(s, 0, 1.0)                       # group 1 now in flight
     finish_group(s, 1, 2.0)
-    s.handle(Converged(2.5, 2, 0.01))
+    s.handle(ConvergenceChecked(2.5, 2, 0.01, stop=True))
     # group 2 was submitted when group 1 finished; it still finishes
     assert not s.all_done
     out = finish_group(s, 2, 3.0)
@@ -325,7 +326,7 @@ def test_converged_with_nothing_in_flight_finishes_at_once():
 def test_a_redraw_after_convergence_still_runs():
     s = state(n_groups=10, window=2, crashes_before_redraw=1)
     s.handle(Begin(0.0))
-    s.handle(Converged(0.5, 0, 0.02))
+    s.handle(ConvergenceChecked(0.5, 0, 0.02, stop=True))
     out = s.handle(JobExited(0, 1, 1.0, state="failed"))
     new = of(DrawGroup, out)
     assert new == [DrawGroup(10, replaces=0)]     # the redraw replaces group 0
@@ -340,7 +341,7 @@ def test_convergence_survives_a_checkpoint_and_resume_draws_nothing_new():
     s = state(n_groups=10, window=2, rule=RULE)
     s.handle(Begin(0.0))
     finish_group(s, 0, 1.0)
-    s.handle(Converged(1.5, 1, 0.049, "S1, step 0, cell 2"))
+    s.handle(ConvergenceChecked(1.5, 1, 0.049, "S1, step 0, cell 2", stop=True))
     saved = s.to_dict()
     r = state(n_groups=10, window=2, rule=dict(s.convergence_rule))
     assert r.load_dict(saved) is None             # the same rule: the stop is kept
@@ -358,7 +359,7 @@ def test_convergence_survives_a_checkpoint_and_resume_draws_nothing_new():
 def test_a_changed_rule_clears_the_saved_stop():
     s = state(n_groups=10, window=2, rule=RULE)
     s.handle(Begin(0.0))
-    s.handle(Converged(1.0, 0, 0.04))
+    s.handle(ConvergenceChecked(1.0, 0, 0.04, stop=True))
     r = state(n_groups=10, window=2, rule={"ci_width": 0.01, "min_groups": 200,
                                            "negligible_variance": 1e-6})
     message = r.load_dict(s.to_dict())
@@ -404,11 +405,19 @@ def test_a_run_received_on_every_rank_survives_its_exit():
     assert s.handle(Tick(10.0)) == []
 
 
+def test_a_stop_after_the_stop_changes_only_the_last_check():
+    s = state(n_groups=10, window=2, rule=RULE)
+    s.handle(Begin(0.0))
+    s.handle(ConvergenceChecked(1.0, 0, 0.04, "S1, step 0, cell 1", stop=True))
+    assert s.handle(ConvergenceChecked(2.0, 0, 0.03, "S1, step 0, cell 2", stop=True)) == []
+    assert s.converged == {"groups_at_stop": 0, "width": 0.04, "where": "S1, step 0, cell 1"}
+    assert (s.last_width, s.last_where) == (0.03, "S1, step 0, cell 2")
+
+
 def test_a_check_that_does_not_stop_is_remembered():
     s = state(rule=RULE)
     s.handle(Begin(0.0))
-    from melissa_sa.server.study_events import ConvergenceChecked
-    assert s.handle(ConvergenceChecked(1.0, 0.2, "S1, step 0, cell 4")) == []
+    assert s.handle(ConvergenceChecked(1.0, 3, 0.2, "S1, step 0, cell 4")) == []
     assert (s.last_width, s.last_where, s.converged) == (0.2, "S1, step 0, cell 4", None)
     assert s.to_dict()["convergence"]["last_width"] == 0.2
 

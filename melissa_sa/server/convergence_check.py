@@ -10,10 +10,9 @@ rank answers with :func:`summary_report`,
 :func:`~melissa_sa.convergence.local_summary` combined over its fields, and
 rank 0 combines those, calls
 :func:`~melissa_sa.convergence.decide` with the group count at the start of
-the check, and feeds a :class:`~melissa_sa.server.study_events.Converged`
-event to the study state when the rule says stop (a
-:class:`~melissa_sa.server.study_events.ConvergenceChecked` when it does
-not). Every message is a typed
+the check, and feeds the study state a
+:class:`~melissa_sa.server.study_events.ConvergenceChecked` event saying
+whether the rule says stop. Every message is a typed
 rank message (:mod:`melissa_sa.server.ranks`) sent with ``isend`` and read
 in the event loop: no rank ever blocks in a collective. A rank folds on while
 a check runs, so its slice may hold more groups than the count the decision
@@ -36,7 +35,7 @@ from melissa_sa.convergence import (
     variance_totals,
 )
 from melissa_sa.server import ranks
-from melissa_sa.server.study_events import Converged, ConvergenceChecked
+from melissa_sa.server.study_events import ConvergenceChecked
 from melissa_sa.server.study_state import StudyState
 
 log = logging.getLogger("melissa_sa.server")
@@ -116,10 +115,8 @@ class ConvergenceCheck:
         log.info("convergence check at %d groups (%.3g s): %s%s", active["groups"],
                  ended - active["started"], decision.reason,
                  "; stop drawing groups" if decision.stop else "")
-        if decision.stop:
-            self.feed(Converged(ended, active["groups"], decision.width, summary.where()))
-        else:
-            self.feed(ConvergenceChecked(ended, decision.width, summary.where()))
+        self.feed(ConvergenceChecked(ended, active["groups"], decision.width, summary.where(),
+                                     stop=decision.stop))
 
 
 # -- every rank worker ----------------------------------------------------------------------

@@ -28,7 +28,6 @@ __all__ = [
     "RunsReported",
     "SubmitRuns",
     "Tick",
-    "Converged",
     "ConvergenceChecked",
 ]
 
@@ -43,27 +42,17 @@ class Begin:
 
 
 @dataclass(frozen=True)
-class Converged:
-    """The convergence rule said stop: draw no new group; in-flight ones finish.
-
-    ``groups_at_stop``: the finished-group count when the deciding check
-    started; ``width`` and ``where``: the widest counted interval then.
-    """
-
-    now: float
-    groups_at_stop: int
-    width: float
-    where: str = ""
-
-
-@dataclass(frozen=True)
 class ConvergenceChecked:
-    """A convergence check ended without stopping the study: its widest counted
-    interval and where (kept for the progress messages and the checkpoint)."""
+    """A convergence check ended: ``groups``, the finished-group count when it
+    started; ``width`` and ``where``, the widest counted interval (kept for the
+    progress messages and the checkpoint); ``stop``, the rule said stop: draw
+    no new group, the groups in flight finish."""
 
     now: float
+    groups: int
     width: float
     where: str = ""
+    stop: bool = False
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 :class:`StudyState` is fed the typed events of
 :mod:`~melissa_sa.server.study_events` and answers each with a list of its
-typed instructions, which rank 0's coordinator carries out. It knows no
+typed instructions (and the rank message :class:`~melissa_sa.server.ranks.Redraw`
+as it is to be broadcast), which rank 0's coordinator carries out. It knows no
 socket, no MPI and no clock: the time comes in the events (``now``, seconds
 on any monotonic clock), so it is tested without a server
 (``tests/test_study_state.py``), like Dask's ``worker_state_machine``.
@@ -29,9 +30,9 @@ Rules:
   runs in a row with no completed run in between, or once more than
   ``max_redrawn_groups`` groups were redrawn;
 * it finishes when ``n_groups`` groups are finished, or, once the
-  convergence rule said stop (:class:`Converged`: no new group is drawn, the
-  groups in flight and their redraws still finish), when every submitted,
-  non-abandoned group is finished.
+  convergence rule said stop (a :class:`ConvergenceChecked` with ``stop``:
+  no new group is drawn, the groups in flight and their redraws still
+  finish), when every submitted, non-abandoned group is finished.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from melissa_sa.exit_codes import StopReason
 from melissa_sa.server.ranks import Redraw
 from melissa_sa.server.study_events import (
     Begin,
-    Converged,
     ConvergenceChecked,
     DrawGroup,
     EndStudy,
@@ -94,7 +94,7 @@ class StudyState:
         #: mean seconds from a run's submission to its completion
         self.mean_run_seconds = 0.0
         self.stopped: EndStudy | None = None
-        #: set by :class:`Converged`: ``{"groups_at_stop", "width", "where"}``
+        #: set by the check that stopped: ``{"groups_at_stop", "width", "where"}``
         self.converged: dict | None = None
         #: the convergence rule (``ConvergenceRule.to_dict()``) the study runs under
         self.convergence_rule = convergence_rule
@@ -274,30 +274,26 @@ class StudyState:
                             "(simulation_timeout)", ev.now)
         return out
 
-    def _on_converged(self, ev: Converged) -> list:
-        self.last_width, self.last_where = ev.width, ev.where
-        if self.converged is not None:
+    def _on_convergence_checked(self, ev: ConvergenceChecked) -> list:
+        self.last_width, self.last_where = float(ev.width), ev.where
+        if not ev.stop or self.converged is not None:
             return []
         if not self.managed:  # runs are not ours to stop drawing
             log.info("convergence reached (width %.4g at %s) but the server does not draw "
                      "the runs (no launcher): the study goes on", ev.width, ev.where)
             return []
-        self.converged = {"groups_at_stop": int(ev.groups_at_stop), "width": float(ev.width),
+        self.converged = {"groups_at_stop": int(ev.groups), "width": float(ev.width),
                           "where": ev.where}
         log.info("converged after %d groups: no new group is drawn; %d in flight finish",
-                 ev.groups_at_stop, self._in_flight())
+                 ev.groups, self._in_flight())
         out: list = [ReportProgress(self.groups_done, self.groups_total)]
         if self.all_done:
             out.append(EndStudy(StopReason.FINISHED))
         return out
 
-    def _on_convergence_checked(self, ev: ConvergenceChecked) -> list:
-        self.last_width, self.last_where = float(ev.width), ev.where
-        return []
-
     _HANDLERS: typing.ClassVar[dict] = {
         Begin: _on_begin, RunSeen: _on_run_seen, JobExited: _on_job_exited,
-        RunsReported: _on_runs_reported, Tick: _on_tick, Converged: _on_converged,
+        RunsReported: _on_runs_reported, Tick: _on_tick,
         ConvergenceChecked: _on_convergence_checked}
 
     # -- rules --------------------------------------------------------------------------
