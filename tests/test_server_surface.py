@@ -65,6 +65,17 @@ def test_scripts_rm_script_and_mean_run_time(server):
     assert progress == [messages.Progress(groups_done=1, groups_total=2, group_id=0)]
 
 
+def test_a_finished_group_is_reported_before_the_servers_hook_runs(server):
+    # the study state answers ReportProgress, then GroupFinished: the launcher
+    # hears of the group before the hook (and a convergence check) runs
+    reported = []
+    server.on_group_finished = lambda group_id: reported.append(
+        [m.group_id for m in server.transport.sent if isinstance(m, messages.Progress)])
+    server.feed(Begin(0.0))
+    server.feed(folded(1, 3.0))
+    assert reported == [[1]]
+
+
 def test_offline_scripts_set_no_server_address(server):
     server.make_study_offline()
     server.open_study()

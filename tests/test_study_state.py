@@ -94,7 +94,8 @@ def test_a_failed_run_is_resubmitted_then_its_group_redrawn():
     assert of(Redraw, out) == [Redraw(0)]
     assert of(DrawGroup, out) == [DrawGroup(2, replaces=0)]
     assert of(SubmitRuns, out) == [SubmitRuns(2, (8, 9, 10, 11))]
-    assert s.is_abandoned(0) and s.is_redrawn(2) and s.groups[2].replaces == 0
+    assert s.is_abandoned(0) and s.groups[2].redraws == 1 and s.groups[2].replaces == 0
+    assert s.is_redrawn(2) and not s.is_redrawn(1)
     assert s.sim_id_limit == 12 and s.redrawn_groups == 1
     # a late exit of the abandoned group changes nothing
     assert s.handle(JobExited(0, 1, 3.0)) == []
