@@ -9,11 +9,19 @@ line the server writes at exit in ``OUT/logs/server.log`` (user + system
 seconds of the rank's process, every thread, and its split: the interpreter's
 start and the config, MPI, the server's modules, the server's set-up; then
 the kernels loaded, the study, the end). Almost all of it is fixed cost: the
-study folds 10 messages of 100 cells. Prints the CPU model, the machine's
-load and the median of each phase, and writes
-``benchmarks/results/startup.json``.
+study folds 10 messages of 100 cells. Prints each run's CPU and split with
+the machine's load average when it started, the CPU model and the median of
+each phase, and writes ``benchmarks/results/startup.json``.
+
+``--against DIR`` alternates the runs with those of another copy of the
+repository (e.g. ``git worktree add DIR COMMIT``, or ``git archive COMMIT |
+tar -x -C DIR``): its ``melissa_sa`` is put first on ``PYTHONPATH`` for the
+launcher, the server and the clients, with this interpreter and its
+packages. Its kernels compile on its first run (the launcher does it before
+starting the server, so the server's CPU does not include it).
 
     python benchmarks/startup.py --repeat 5
+    python benchmarks/startup.py --repeat 3 --against /tmp/melissa-before
 """
 
 from __future__ import annotations
@@ -58,13 +66,23 @@ def study(out: pathlib.Path) -> dict:
     }
 
 
-def run_once(tmp: pathlib.Path, k: int) -> tuple[float, float, dict[str, float]]:
+def run_once(tmp: pathlib.Path, k: int, source: pathlib.Path | None = None
+             ) -> tuple[float, float, dict[str, float]]:
+    """One study; its server's CPU, the part before the server class
+    started and the split. ``source``: a copy of the repository whose
+    ``melissa_sa`` runs instead of this one's."""
     out = tmp / f"out{k}"
     path = tmp / f"study{k}.json"
     path.write_text(json.dumps(study(out), indent=1))
     cli = pathlib.Path(sys.executable).parent / "melissa-sa"
+    env = dict(os.environ)
+    if source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(source), *filter(None, [os.environ.get("PYTHONPATH")])])
+    # run from tmp: ``python -m`` children (the launcher's kernel compile) put
+    # their working directory first on sys.path, before PYTHONPATH
     done = subprocess.run([str(cli), "run", str(path)], capture_output=True, text=True,
-                          timeout=600, check=False)
+                          timeout=900, check=False, env=env, cwd=tmp)
     log = out / "logs" / "server.log"
     text = log.read_text() if log.exists() else ""
     found = LINE.search(text)
@@ -77,28 +95,59 @@ def run_once(tmp: pathlib.Path, k: int) -> tuple[float, float, dict[str, float]]
     return float(found.group(2)), float(found.group(3)), phases
 
 
+def summary(runs: list[dict]) -> dict:
+    """Best and median server CPU, and the median of each phase, of ``runs``."""
+    total = [r["server_cpu_s"] for r in runs]
+    before = [r["before_server_class_s"] for r in runs]
+    names = list(dict.fromkeys(name for r in runs for name in r["phases_s"]))
+    return {"best_s": min(total), "median_s": statistics.median(total),
+            "before_server_class_median_s": statistics.median(before),
+            "phase_medians_s": {name: statistics.median(
+                [r["phases_s"].get(name, float("nan")) for r in runs]) for name in names}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--against", type=pathlib.Path, default=None, metavar="DIR",
+                    help="another copy of the repository, run alternately with this one")
     a = ap.parse_args()
+    if a.repeat < 1:
+        raise SystemExit(f"--repeat: need at least one run, got {a.repeat}")
+    sources: dict[str, pathlib.Path | None] = {"this": None}
+    if a.against is not None:
+        against = a.against.resolve()
+        if not (against / "melissa_sa" / "server" / "main.py").is_file():
+            raise SystemExit(f"--against: {against} holds no melissa_sa/server/main.py "
+                             "(give a copy of this repository)")
+        sources["against"] = against
     load_before = os.getloadavg()
+    runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="melissa-startup-") as tmp:
-        runs = [run_once(pathlib.Path(tmp), k) for k in range(a.repeat)]
+        for k in range(a.repeat):
+            for label, source in sources.items():
+                load = os.getloadavg()
+                total, before, split = run_once(pathlib.Path(tmp), len(runs), source)
+                runs.append({"tree": label, "loadavg": load, "server_cpu_s": total,
+                             "before_server_class_s": before, "phases_s": split})
+                print(f"run {k + 1} {label}: {total:.2f} s ({before:.2f} before the "
+                      f"server class; {', '.join(f'{n} {v:.2f}' for n, v in split.items())}); "
+                      f"load average {load[0]:.2f}", flush=True)
     load_after = os.getloadavg()
-    total = [t for t, _, _ in runs]
-    before = [b for _, b, _ in runs]
-    names = list(dict.fromkeys(name for _, _, split in runs for name in split))
-    phases = {name: [split.get(name, float("nan")) for _, _, split in runs] for name in names}
     record = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "cpu": cpu_model(), "loadavg_before": load_before, "loadavg_after": load_after,
-              "server_cpu_s": total, "before_server_class_s": before, "phases_s": phases}
+              "trees": {label: str(source or ROOT) for label, source in sources.items()},
+              "runs": runs}
     print(f"{record['date']}  {record['cpu']}; load average {load_before[0]:.2f} before, "
           f"{load_after[0]:.2f} after")
-    print(f"server CPU of a 10x10-cell, 2-group study, {a.repeat} runs: best "
-          f"{min(total):.2f} s, median {statistics.median(total):.2f} s (before the server "
-          f"class started: best {min(before):.2f} s, median {statistics.median(before):.2f} s)")
-    print("median CPU of each phase: " + ", ".join(
-        f"{name} {statistics.median(v):.2f} s" for name, v in phases.items()))
+    for label in sources:
+        mine = [r for r in runs if r["tree"] == label]
+        s = record[f"summary_{label}"] = summary(mine)
+        print(f"{label} ({record['trees'][label]}): server CPU of a 10x10-cell, 2-group "
+              f"study, {len(mine)} runs: best {s['best_s']:.2f} s, median "
+              f"{s['median_s']:.2f} s (before the server class started: median "
+              f"{s['before_server_class_median_s']:.2f} s); median of each phase: "
+              + ", ".join(f"{n} {v:.2f} s" for n, v in s["phase_medians_s"].items()))
     out = write_json(pathlib.Path(__file__).parent / "results" / "startup.json", record)
     print(f"written {out}")
 
