@@ -38,6 +38,20 @@ def test_server_module_imports_no_scipy():
     assert re.fullmatch(r"\[\]\s*", out), out
 
 
+def test_server_modules_leave_the_xdmf_writer_s_xml_escaping_for_a_mesh():
+    """xml.sax.saxutils imports urllib.request, http.client and ssl: only a study
+    with a mesh writes an XDMF file, so the server's modules do not import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import melissa_sa.server.sensitivity_analysis_server; "
+            "print(sorted(m for m in ('xml.sax.saxutils', 'urllib.request', 'http.client') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert re.fullmatch(r"\[\]\s*", out), out
+
+
 def test_phase_split_gives_each_phase_its_own_seconds():
     marks = [("config", 0.25), ("MPI", 0.5), ("kernels", 1.0)]
     assert server_main.phase_split(marks, 0.0) == "config 0.25 s, MPI 0.25 s, kernels 0.50 s"
