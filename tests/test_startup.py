@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from melissa_sa.server import main as server_main
 
 
@@ -80,3 +82,35 @@ def test_study_warm_up_loads_only_the_study_kernels(tmp_path):
     loaded = json.loads(out.splitlines()[-1])
     assert loaded["pebay"] == [] and loaded["sobol"] == []
     assert any("float64" in sig for sig in loaded["welford"]), loaded
+
+
+def test_the_start_up_runs_with_the_collector_paused_and_leaves_it_on(monkeypatch):
+    """main builds the server with the cyclic collector off (about 360
+    collections of the imports' objects otherwise), freezes what it built and
+    turns the collector back on, also when the start-up fails."""
+    import gc
+
+    from melissa_sa import exit_codes
+
+    seen = []
+
+    def start_up(path):
+        seen.append((path, gc.isenabled()))
+        return exit_codes.USAGE
+
+    monkeypatch.setattr(server_main, "start_up", start_up)
+    try:
+        assert server_main.main(["study.json"]) == exit_codes.USAGE
+        assert seen == [("study.json", False)] and gc.isenabled()
+        assert gc.get_freeze_count() > 0
+
+        def failing(path):
+            raise RuntimeError("no config")
+
+        monkeypatch.setattr(server_main, "start_up", failing)
+        with pytest.raises(RuntimeError, match="no config"):
+            server_main.main(["study.json"])
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()
