@@ -8,10 +8,11 @@ with ``melissa-sa run`` ``--repeat`` times and reads each run's server CPU
 from the lines the ranks write at exit in ``OUT/logs/server.log`` (user +
 system seconds of the rank's process, every thread, and its split: the
 interpreter's start and NumPy, the config, MPI, Numba, the server's modules,
-the server's set-up; then the kernels loaded, the study, the end). Almost all of it is fixed cost: the
-study folds 10 messages of 100 cells. Prints each run's CPU and split with
-the machine's load average when it started, the CPU model and the median of
-each phase, and writes ``benchmarks/results/startup.json``.
+the server's set-up; then the kernels loaded, the study, the end). Almost
+all of it is fixed cost: the study folds 10 messages of 100 cells. Prints
+each run's CPU and split with the machine's load average when it started,
+the CPU model and the median of each phase, and writes
+``benchmarks/results/startup.json``.
 
 ``--against DIR`` alternates the runs with those of another copy of the
 repository (e.g. ``git worktree add DIR COMMIT``, or ``git archive COMMIT |
