@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from melissa_sa.server import main as server_main
 
 
@@ -38,6 +40,20 @@ def test_server_module_imports_no_scipy():
     assert re.fullmatch(r"\[\]\s*", out), out
 
 
+def test_server_modules_leave_the_xdmf_writer_s_xml_escaping_for_a_mesh():
+    """xml.sax.saxutils imports urllib.request, http.client and ssl: only a study
+    with a mesh writes an XDMF file, so the server's modules do not import it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import melissa_sa.server.sensitivity_analysis_server; "
+            "print(sorted(m for m in ('xml.sax.saxutils', 'urllib.request', 'http.client') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert re.fullmatch(r"\[\]\s*", out), out
+
+
 def test_phase_split_gives_each_phase_its_own_seconds():
     marks = [("config", 0.25), ("MPI", 0.5), ("kernels", 1.0)]
     assert server_main.phase_split(marks, 0.0) == "config 0.25 s, MPI 0.25 s, kernels 0.50 s"
@@ -66,3 +82,35 @@ def test_study_warm_up_loads_only_the_study_kernels(tmp_path):
     loaded = json.loads(out.splitlines()[-1])
     assert loaded["pebay"] == [] and loaded["sobol"] == []
     assert any("float64" in sig for sig in loaded["welford"]), loaded
+
+
+def test_the_start_up_runs_with_the_collector_paused_and_leaves_it_on(monkeypatch):
+    """main builds the server with the cyclic collector off (about 360
+    collections of the imports' objects otherwise), freezes what it built and
+    turns the collector back on, also when the start-up fails."""
+    import gc
+
+    from melissa_sa import exit_codes
+
+    seen = []
+
+    def start_up(path):
+        seen.append((path, gc.isenabled()))
+        return exit_codes.USAGE
+
+    monkeypatch.setattr(server_main, "start_up", start_up)
+    try:
+        assert server_main.main(["study.json"]) == exit_codes.USAGE
+        assert seen == [("study.json", False)] and gc.isenabled()
+        assert gc.get_freeze_count() > 0
+
+        def failing(path):
+            raise RuntimeError("no config")
+
+        monkeypatch.setattr(server_main, "start_up", failing)
+        with pytest.raises(RuntimeError, match="no config"):
+            server_main.main(["study.json"])
+        assert gc.isenabled()
+    finally:
+        gc.unfreeze()
+        gc.enable()

@@ -26,7 +26,6 @@ import logging
 import math
 import os
 from pathlib import Path
-from xml.sax.saxutils import quoteattr
 
 import h5py
 import numpy as np
@@ -211,6 +210,10 @@ def _xdmf_text(h5: h5py.File, h5name: str, geometry: Geometry, *, widths: bool,
     """``results.xmf`` (XDMF 2, ``widths`` as ``Function`` items; its rows are
     the ``/by_step`` views, or without ``views`` HyperSlab items) or, without
     widths, ``results.meshio.xmf`` (XDMF 3, which needs the views)."""
+    # here: xml.sax.saxutils imports urllib, http and email (about 0.01 s), which
+    # a server whose study has no mesh never needs
+    from xml.sax.saxutils import quoteattr
+
     n_steps = _check_sizes(h5, geometry)
     fields = results_fields(h5)
     if MESH_GROUP not in h5:

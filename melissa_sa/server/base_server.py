@@ -18,6 +18,7 @@ Idle ranks wait in the ZeroMQ poller and look for MPI messages with
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -33,6 +34,7 @@ from melissa_sa import exit_codes
 from melissa_sa.auth import SECRET_FILE, SecretError, study_secret
 from melissa_sa.config import StudyConfig
 from melissa_sa.design import GroupLayout
+from melissa_sa.gc_pause import collector_paused
 from melissa_sa.mpi_wait import gather_json
 from melissa_sa.server.client_scripts import ClientScripts
 from melissa_sa.server.coordinator import Coordinator
@@ -52,14 +54,9 @@ log = logging.getLogger("melissa_sa.server")
 class BaseServer(ABC):
     """Connections, groups, sampler and launcher link of a melissa-sa server.
 
-    Parameters
-    ----------
-    config:
-        The validated study configuration.
-    comm:
-        The server's MPI communicator (``MPI.COMM_WORLD`` by default).
-    checkpoint_file:
-        Base name of the checkpoint files in ``OUT/checkpoint/``.
+    ``config`` is the validated study configuration, ``comm`` the server's MPI
+    communicator (``MPI.COMM_WORLD`` by default), ``checkpoint_file`` the base
+    name of the checkpoint files in ``OUT/checkpoint/``.
     """
 
     def __init__(self, config: StudyConfig, comm=None, checkpoint_file: str = "checkpoint"):
@@ -274,9 +271,12 @@ class BaseServer(ABC):
             self._parameter_sampler = sampling.sampler_from_config(self.config, sampler_t)
 
     def _sampler(self):
-        """The parameter sampler; the config's unless one was set."""
+        """The parameter sampler; the config's unless one was set. Built at the first draw
+        with the collector paused, then frozen as in :mod:`~melissa_sa.server.main`."""
         if self._parameter_sampler is None:
-            self.set_parameter_sampler(self.config.study_options.sampler)
+            with collector_paused():
+                self.set_parameter_sampler(self.config.study_options.sampler)
+                gc.freeze()
         return self._parameter_sampler
 
     def convergence_rule(self):
