@@ -119,7 +119,7 @@ class GroupAssembler:
         """Forget the buffered, unfolded data of an abandoned group (its
         buffers go back to :attr:`pool`)."""
         for key in [k for k in self._buffers if k[0] == group_id]:
-            self.pool.give_back(self._buffers.pop(key).rows)
+            self._release(key)
 
     def drop_partial_rows(self, group_id: int, field_id: int, member: int) -> int:
         """Forget ``member``'s incomplete rows of ``field_id`` in every open buffer
@@ -134,9 +134,12 @@ class GroupAssembler:
                 buf.pieces[member] = []
                 forgotten += 1
                 if not buf.filled.any():
-                    del self._buffers[key]
-                    self.pool.give_back(buf.rows)
+                    self._release(key)
         return forgotten
+
+    def _release(self, key: tuple[int, int, int]) -> None:
+        """Close the open buffer ``key`` unfolded: its rows go back to :attr:`pool`."""
+        self.pool.give_back(self._buffers.pop(key).rows)
 
     def __len__(self) -> int:
         return len(self._buffers)
