@@ -162,3 +162,36 @@ def test_a_new_attempt_forgets_the_old_partial_step_and_another_cut_completes_it
     np.testing.assert_array_equal(w.slices["f"].steps[1].moments.mean, values(1))
     assert not deliver(w, frames(0, 0, LO, values(0), 1002))           # complete: stays
     assert w.counters.bad_messages == {"old_attempt": 1, "duplicate": 1}
+
+
+class RootLink(QueuedLink):
+    """Rank 0's link: its tokens are its own (handled at once); ``queued`` holds
+    the other ranks' reports, which only the server's loop may read."""
+
+    rank, size, is_root = 0, 2, True
+
+    def __init__(self):
+        super().__init__()
+        self.drains = 0
+
+    def drain(self):
+        self.drains += 1
+        return super().drain()
+
+
+def test_rank_0_drops_an_old_token_without_reading_the_other_ranks_messages(tmp_path):
+    study = write_study(tmp_path, study_options={"nb_time_steps": 3},
+                        server_config={"server_processes": 2})
+    link = RootLink()
+    w = RankWorker(load_config(study), comm=None, link=link, completion=lambda: None,
+                   checkpoint_meta=lambda: None)
+    for message in (ranks.AttemptsBegin(1000), ranks.FieldDeclared("f", N_CELLS),
+                    ranks.AttemptStarted(0, 0, 1001), ranks.AttemptStarted(0, 0, 1002)):
+        link.handlers[type(message)](message)                # rank 0's own, at once
+    link.queued.append(ranks.AttemptsBegin(5))               # stands for a report
+    mine = np.arange(0, LO, dtype=np.float64)                # rank 0 owns [0, 5)
+    assert not deliver(w, frames(0, 0, 0, mine, 1001), read_control_first=False)
+    assert w.counters.bad_messages == {"old_attempt": 1}
+    assert link.drains == 0 and link.queued                  # nothing read on the way
+    assert deliver(w, frames(0, 0, 0, mine, 1002), read_control_first=False)
+    assert link.drains == 0

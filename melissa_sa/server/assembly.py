@@ -54,11 +54,12 @@ class Overlap(ValueError):  # noqa: N818 - a condition, not a failure
     """The cells of a message were already received for that member (a duplicate)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Buffer:
     rows: np.ndarray                                   # (group_size, n_cells)
-    filled: np.ndarray                                 # cells received per member
+    filled: list[int]                                  # cells received per member
     pieces: list[list[tuple[int, int]]] = field(default_factory=list)
+    complete: int = 0                                  # members with every cell
 
 
 class GroupAssembler:
@@ -82,8 +83,7 @@ class GroupAssembler:
         buf = self._buffers.get(key)
         if buf is None:
             buf = _Buffer(self.pool.lease((self.group_size, n_cells), values.dtype),
-                          np.zeros(self.group_size, dtype=np.int64),
-                          [[] for _ in range(self.group_size)])
+                          [0] * self.group_size, [[] for _ in range(self.group_size)])
             self._buffers[key] = buf
         stop = start + values.size
         for a, b in buf.pieces[member]:
@@ -94,9 +94,11 @@ class GroupAssembler:
         buf.rows[member, start:stop] = values
         buf.pieces[member].append((start, stop))
         buf.filled[member] += values.size
-        if np.all(buf.filled == n_cells):
-            del self._buffers[key]
-            return buf.rows
+        if buf.filled[member] == n_cells:
+            buf.complete += 1
+            if buf.complete == self.group_size:
+                del self._buffers[key]
+                return buf.rows
         return None
 
     def _promote(self, buf: _Buffer, dtype: np.dtype) -> None:
@@ -113,13 +115,13 @@ class GroupAssembler:
         """True if the open buffer ``key`` holds every cell of ``member``'s row
         (received, waiting for a sibling); False if no buffer is open."""
         buf = self._buffers.get(key)
-        return buf is not None and int(buf.filled[member]) == buf.rows.shape[1]
+        return buf is not None and buf.filled[member] == buf.rows.shape[1]
 
     def drop_group(self, group_id: int) -> None:
         """Forget the buffered, unfolded data of an abandoned group (its
         buffers go back to :attr:`pool`)."""
         for key in [k for k in self._buffers if k[0] == group_id]:
-            self.pool.give_back(self._buffers.pop(key).rows)
+            self._release(key)
 
     def drop_partial_rows(self, group_id: int, field_id: int, member: int) -> int:
         """Forget ``member``'s incomplete rows of ``field_id`` in every open buffer
@@ -133,10 +135,13 @@ class GroupAssembler:
                 buf.filled[member] = 0
                 buf.pieces[member] = []
                 forgotten += 1
-                if not buf.filled.any():
-                    del self._buffers[key]
-                    self.pool.give_back(buf.rows)
+                if not any(buf.filled):
+                    self._release(key)
         return forgotten
+
+    def _release(self, key: tuple[int, int, int]) -> None:
+        """Close the open buffer ``key`` unfolded: its rows go back to :attr:`pool`."""
+        self.pool.give_back(self._buffers.pop(key).rows)
 
     def __len__(self) -> int:
         return len(self._buffers)

@@ -127,7 +127,7 @@ class DataIntake:
         name = self.fields.names[h.field_id]
         if not self.fields.is_declared(name):
             self._wait_for_field(name)
-        if not 0 <= h.sim_id < self.progress.sim_id_limit:
+        if not 0 <= h.sim_id < self.progress.sim_id_limit and not self.ranks.is_root:
             self.ranks.drain()  # a redraw announced by rank 0 may be in flight
         check_header(h, field=name, cells=self.fields.partitions[name][self.rank],
                      rank=self.rank, layout=self.layout,
@@ -137,20 +137,23 @@ class DataIntake:
 
     def _check_attempt(self, h: DataHeader) -> None:
         """A token that is not the current one of the message's run and field:
-        read rank 0's pending messages (the token may be one it issued and this
-        rank not read yet, the only case worth a wait), then drop the message if
+        on another rank than 0, read rank 0's pending messages (the token may be
+        one it issued and this rank not read yet, the only case worth a wait);
+        rank 0 issued every token itself, so its book is current and nothing is
+        read there (its waiting messages are the other ranks' reports, handled
+        by its loop, not in the middle of a message). Then drop the message if
         the token is still not current."""
         book, sim, fid = self.attempts, h.sim_id, h.field_id
-        self.ranks.drain()
-        if (not book.is_current(sim, fid, h.attempt) and not self.ranks.is_root
-                and book.may_be_in_flight(h.attempt)):
-            try:
-                self.ranks.wait_for(lambda: book.is_current(sim, fid, h.attempt)
-                                    or not book.may_be_in_flight(h.attempt),
-                                    f"rank 0's attempt {h.attempt} of simulation {sim}",
-                                    FIELD_WAIT_S)
-            except MPIWaitTimeout as exc:
-                log.warning("%s", exc)
+        if not self.ranks.is_root:
+            self.ranks.drain()
+            if not book.is_current(sim, fid, h.attempt) and book.may_be_in_flight(h.attempt):
+                try:
+                    self.ranks.wait_for(lambda: book.is_current(sim, fid, h.attempt)
+                                        or not book.may_be_in_flight(h.attempt),
+                                        f"rank 0's attempt {h.attempt} of simulation {sim}",
+                                        FIELD_WAIT_S)
+                except MPIWaitTimeout as exc:
+                    log.warning("%s", exc)
         if not book.is_current(sim, fid, h.attempt):
             raise ProtocolError(f"attempt {h.attempt} of simulation {sim}, field {fid}, "
                                 f"step {h.time_step} is not its current one (a restarted "
