@@ -9,6 +9,11 @@ divided by 16 (amortised per group). Cases, alternated in every repeat:
 * ``SobolMartinez.update_many`` on the ``(16, 5, n_cells)`` array, at
   ``fold_batch`` 4 (the default), 8 and 16 (groups folded per pass over the
   state);
+* the same batches folded by the kernel before (``before, fold_batch m``):
+  :func:`~melissa_sa.kernels.sobol_blocked.fold_chunk` one group at a time,
+  each block's accumulators loaded and stored once per group (the fold
+  now goes four groups per load, :mod:`melissa_sa.kernels.sobol_blocked_fold`),
+  on a state of its own fed the same groups;
 * ``SobolMartinez.update`` one group at a time (each copied into the
   buffer, folded every ``fold_batch``: the server's pattern), default batch;
 * the row layout the cell-blocked state replaced (the same kernels' row
@@ -38,13 +43,15 @@ import sys
 import time
 
 import numpy as np
-from numba import get_num_threads
+from numba import get_num_threads, njit, prange
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _record import write_json  # noqa: E402
 
-from melissa_sa.kernels.sobol import row_width  # noqa: E402
+from melissa_sa.kernels.sobol import CHUNK, row_width  # noqa: E402
+from melissa_sa.kernels.sobol_blocked import fold_chunk, scratch_for  # noqa: E402
 from melissa_sa.stats import SobolMartinez  # noqa: E402
+from melissa_sa.stats.sobol_blocks import BlockedState  # noqa: E402
 from melissa_sa.stats.sobol_fold import FOLD_BATCH, fold_groups  # noqa: E402
 
 P = 3
@@ -68,13 +75,42 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def our_cases(n_cells, groups):
+@njit(parallel=True, error_model="numpy", nogil=True)
+def fold_before(state, groups, n, scratch):
+    """The batched fold before four groups went per load: every group of the
+    batch through :func:`fold_chunk` in turn, chunk by chunk."""
+    n_cells = groups[0].shape[1]
+    for ch in prange((n_cells + CHUNK - 1) // CHUNK):
+        for g in range(len(groups)):
+            fold_chunk(state, groups[g], n + g, P, ch, n_cells, scratch[ch])
+
+
+def before_case(n_cells, groups, batch):
+    """The 16 groups folded ``batch`` a pass by :func:`fold_before` into a
+    cell-blocked state of its own, after the same 16 groups of warm-up (the
+    accumulator's re-centrings left out: they change values, not work)."""
+    blocks = BlockedState(n_cells, P)
+    scratch = scratch_for(n_cells, P)
+    count = [0]
+
+    def fold():
+        for lo in range(0, GROUPS, batch):
+            fold_before(blocks.array, groups[lo:lo + batch], count[0], scratch)
+            count[0] += batch
+
+    fold()
+    return fold
+
+
+def our_cases(n_cells, groups, before):
     """{name: fold 16 groups} after a 16-group warm-up of each."""
     cases = {}
     for batch in (FOLD_BATCH["delta"], 8, 16):
         s = SobolMartinez(n_cells, P, fold_batch=batch)
         s.update_many(groups)
         cases[f"update_many, fold_batch {batch}"] = lambda s=s: s.update_many(groups)
+        if before:
+            cases[f"before, fold_batch {batch}"] = before_case(n_cells, groups, batch)
     one = SobolMartinez(n_cells, P, fold_batch=FOLD_BATCH["delta"])  # not the size default
 
     def one_by_one(s=one):
@@ -121,6 +157,8 @@ def main() -> None:
     ap.add_argument("--cells", type=float, default=1e6)
     ap.add_argument("--repeat", type=int, default=7, help="at most 14 (stays below 256 groups)")
     ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    ap.add_argument("--no-before", action="store_true",
+                    help="leave out the kernel before four groups per load")
     a = ap.parse_args()
     if not 1 <= a.repeat <= 14:
         raise SystemExit(f"--repeat {a.repeat}: expected 1 to 14 (the re-centring at 256 "
@@ -129,7 +167,7 @@ def main() -> None:
     load_before = os.getloadavg()
     groups = np.random.default_rng(0).standard_normal((GROUPS, P + 2, n_cells)) + 3.0
     groups = groups.astype(a.dtype)
-    ours = our_cases(n_cells, groups)
+    ours = our_cases(n_cells, groups, not a.no_before)
     theirs = their_case(n_cells, groups)
     times = {name: [] for name in ours}
     if theirs is not None:

@@ -18,9 +18,11 @@ P3_Ck, P4_Ck, P_ACk 21, 12, 31, 22, 13, P_BCk 21, 12, 31, 22, 13). A cell
 count that is not a multiple of ``BLOCK`` leaves the last block's extra
 lanes at zero (never folded).
 
-The batched fold goes by chunks of :data:`~melissa_sa.kernels.sobol.CHUNK`
-cells and applies the ``m`` groups to a chunk in turn, as
-:func:`~melissa_sa.kernels.sobol.martinez_update_many`; the fused influence
+The fold goes by chunks of :data:`~melissa_sa.kernels.sobol.CHUNK` cells
+and applies the groups to a chunk in turn, as
+:func:`~melissa_sa.kernels.sobol.martinez_update_many`: :func:`fold_chunk`
+here one group at a time, the batched fold of
+:mod:`melissa_sa.kernels.sobol_blocked_fold` four at a time; the fused influence
 sums of the aggregated interval (:func:`blocked_update_many_influence`)
 compute a block's terms in lanes (square roots and divisions included) into
 a scratch row, then add them to the chunk's sums in cell order: the sums of
@@ -47,9 +49,12 @@ def n_blocks(n_cells):
     return (n_cells + BLOCK - 1) // BLOCK
 
 
-def scratch_for(n_cells):
-    """The fold's scratch for ``n_cells`` cells: ``5 BLOCK`` float64 per chunk."""
-    return np.empty(((n_cells + CHUNK - 1) // CHUNK, 5 * BLOCK))
+def scratch_for(n_cells, n_params):
+    """The fold's scratch for ``n_cells`` cells and ``n_params`` parameters:
+    ``4 (p + 4) BLOCK`` float64 per chunk (the batched fold's staged groups,
+    :mod:`melissa_sa.kernels.sobol_blocked_fold`; the one-group fold uses
+    the first ``5 BLOCK``)."""
+    return np.empty(((n_cells + CHUNK - 1) // CHUNK, 4 * (n_params + 4) * BLOCK))
 
 
 def terms_for(n_cells, p):
@@ -178,7 +183,7 @@ def _fold_block(state, b, group, lo, nb, first, r, c2, p, x):
 
 
 @njit(cache=True, inline="always")
-def _fold_chunk(state, group, n, p, ch, n_cells, x):
+def fold_chunk(state, group, n, p, ch, n_cells, x):
     """Fold ``group``, the group after ``n``, into the blocks of chunk ``ch``
     (``x``: the chunk's scratch, as :func:`_fold_block` takes it)."""
     r, c2 = welford_weights(n)
@@ -186,26 +191,6 @@ def _fold_chunk(state, group, n, p, ch, n_cells, x):
     for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
         lo = b * BLOCK
         _fold_block(state, b, group, lo, min(BLOCK, n_cells - lo), n == 0, r, c2, p, x)
-
-
-@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
-def blocked_update_many(state, groups, n, scratch, m=-1):
-    """Fold ``m`` groups into a cell-blocked full state, in one pass over it.
-
-    ``groups``, ``n`` and ``m`` as in
-    :func:`~melissa_sa.kernels.sobol.martinez_update_many` (an ``(m, p + 2,
-    n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays, float32 or
-    float64); the state is that kernel's, bit for bit, in blocks.
-    ``scratch``: float64 ``(>= ceil(n_cells / CHUNK), 5 BLOCK)`` (:func:`scratch_for`).
-    """
-    m = batch_size(groups, m)
-    if m == 0:
-        return
-    p = groups[0].shape[0] - 2
-    n_cells = groups[0].shape[1]
-    for ch in prange((n_cells + CHUNK - 1) // CHUNK):
-        for g in range(m):
-            _fold_chunk(state, groups[g], n + g, p, ch, n_cells, scratch[ch])
 
 
 @njit(cache=True, inline="always")
@@ -263,10 +248,11 @@ def _influence_chunk(state, group, n, p, ch, n_cells, partial, u, terms):
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def blocked_update_many_influence(state, groups, n, scratch, rows, partial, terms, out,
                                   m=-1):
-    """:func:`blocked_update_many`, adding the influence sums of the groups
+    """:func:`~melissa_sa.kernels.sobol_blocked_fold.blocked_update_many` (one
+    group at a time), adding the influence sums of the groups
     flagged in ``rows`` into ``out`` on the way: the arguments and sums of
     :func:`~melissa_sa.kernels.sobol_influence.martinez_update_many_influence`,
-    bit for bit, plus ``scratch`` (as :func:`blocked_update_many`) and
+    bit for bit, plus ``scratch`` (:func:`scratch_for`) and
     ``terms``, float64 scratch ``(>= ceil(n_cells / CHUNK), p, 4, BLOCK)``."""
     m = batch_size(groups, m)
     if m == 0:
@@ -282,7 +268,7 @@ def blocked_update_many_influence(state, groups, n, scratch, rows, partial, term
             group = groups[g]
             if rows[g] >= 0:
                 _influence_chunk(state, group, n + g, p, ch, n_cells, partial, g, terms)
-            _fold_chunk(state, group, n + g, p, ch, n_cells, scratch[ch])
+            fold_chunk(state, group, n + g, p, ch, n_cells, scratch[ch])
     for g in range(m):
         if rows[g] >= 0:
             for t in range(n_chunks):

@@ -31,7 +31,6 @@ from melissa_sa.kernels.sobol import row_width
 from melissa_sa.kernels.sobol_blocked import (
     BLOCK,
     block_slots,
-    blocked_update_many,
     blocked_update_many_influence,
     blocks_to_rows,
     n_blocks,
@@ -39,6 +38,7 @@ from melissa_sa.kernels.sobol_blocked import (
     scratch_for,
     terms_for,
 )
+from melissa_sa.kernels.sobol_blocked_fold import blocked_update_many
 from melissa_sa.kernels.sobol_centred import martinez_merge, martinez_recentre
 
 __all__ = ["SLICE", "BlockedState"]
@@ -59,7 +59,7 @@ class BlockedState:
         self.array = np.zeros((n_blocks(n_cells), self.width * BLOCK))
         self.slots = block_slots(n_params)
         # made when first needed, freed by drop_scratch():
-        self._scratch = None   # the fold's, 5 BLOCK float64 per chunk of 256 cells
+        self._scratch = None   # the fold's, 4 (p + 4) BLOCK float64 per chunk of 256 cells
         self._terms = None     # the influence terms', 4 p BLOCK float64 per chunk
         self._slice = None     # row buffer of the merge (kept: merges repeat)
 
@@ -70,7 +70,7 @@ class BlockedState:
 
     def _fold_scratch(self) -> np.ndarray:
         if self._scratch is None:
-            self._scratch = scratch_for(self.n_cells)
+            self._scratch = scratch_for(self.n_cells, self.n_params)
         return self._scratch
 
     @property

@@ -1,0 +1,218 @@
+"""The batched fold of a cell-blocked Martinez state, four groups per load.
+
+:func:`blocked_update_many` folds ``m`` groups into the cell-blocked state of
+:mod:`melissa_sa.kernels.sobol_blocked`. The one-group fold
+(:func:`~melissa_sa.kernels.sobol_blocked.fold_chunk`) loads and stores
+every accumulator of a block once per group: 57 stores per cell and group at
+``p = 3``, the bound of the fold once it runs in SIMD lanes. Here the groups
+go :data:`QUAD` at a time: each accumulator of a lane is loaded once, goes
+through the four groups' updates in a register (the loop over the four
+groups has a constant count: LLVM unrolls it, then vectorises the loop over
+the block's cells), and is stored once. Each accumulator still sees the
+operations of the row kernel in their order, so the state is the same bit
+for bit; the ``m mod 4`` groups left go one at a time.
+
+Per block and quad the values the updates share are laid out first in a
+scratch row of ``4 (p + 4) BLOCK`` float64 (:func:`~melissa_sa.kernels.sobol_blocked.scratch_for`),
+row ``q`` of group ``g`` at ``(q 4 + g) BLOCK``: ``q = 0, 1`` the shifted
+``A`` and ``B`` (``x = value - shift``), ``2, 3`` their deviations from the
+old means (``da``, ``db``, written by the A/B pass), ``4 + k`` the shifted
+``C_k``. Every loop then reads one base pointer at constant offsets and
+writes one (LLVM needs no run-time alias checks, and no index can wrap).
+The rows of the groups a chunk ahead are prefetched
+(:mod:`melissa_sa.kernels.sobol_prefetch`).
+"""
+
+from numba import njit, prange
+
+from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
+from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, fold_chunk
+from melissa_sa.kernels.sobol_prefetch import prefetch
+
+__all__ = ["QUAD", "blocked_update_many"]
+
+#: groups folded per load of a block's accumulators (a compile-time constant)
+QUAD = 4
+#: float64 per cache line: a row's block of 16 float64 cells spans two
+LINE = 8
+
+
+@njit(cache=True, inline="always")
+def _stage(x, blk, groups, g0, lo, nb, p, first):
+    """The block's cells ``[lo, lo + nb)`` of groups ``g0 .. g0 + 3``, shifted,
+    into the scratch ``x`` (lanes past ``nb`` set to 0: they fold zeros into
+    zeros); the shift set from ``A`` first if ``first``. Prefetches the same
+    cells a chunk ahead."""
+    if first:
+        a = groups[g0][0]
+        for c in range(nb):
+            blk[c] = a[lo + c]
+    ahead = lo + CHUNK
+    for g in range(QUAD):
+        grp = groups[g0 + g]
+        for row in range(p + 2):
+            src = grp[row]
+            if ahead < src.shape[0]:
+                prefetch(src, ahead)
+                if ahead + LINE < src.shape[0]:
+                    prefetch(src, ahead + LINE)
+            q = row if row < 2 else row + 2
+            dst = x[(q * QUAD + g) * BLOCK:(q * QUAD + g + 1) * BLOCK]
+            cells = src[lo:lo + nb]
+            for c in range(nb):
+                dst[c] = cells[c] - blk[c]
+            for c in range(nb, BLOCK):
+                dst[c] = 0.0
+
+
+@njit(cache=True, inline="always")
+def _quad_ab(blk, x, n):
+    """A's and B's 9 slots through the four groups; ``da``, ``db`` of each
+    group into ``x`` (rows 2 and 3) for the pairs."""
+    for c in range(BLOCK):
+        ma = blk[BLOCK + c]
+        mb = blk[2 * BLOCK + c]
+        a2 = blk[3 * BLOCK + c]
+        b2 = blk[4 * BLOCK + c]
+        p3a = blk[5 * BLOCK + c]
+        p4a = blk[6 * BLOCK + c]
+        p3b = blk[7 * BLOCK + c]
+        p4b = blk[8 * BLOCK + c]
+        for g in range(QUAD):
+            r, c2 = welford_weights(n + g)
+            xa = x[g * BLOCK + c]
+            xb = x[(QUAD + g) * BLOCK + c]
+            da = xa - ma
+            db = xb - mb
+            x[(2 * QUAD + g) * BLOCK + c] = da
+            x[(3 * QUAD + g) * BLOCK + c] = db
+            ma += r * da
+            mb += r * db
+            a2 += c2 * da * da
+            b2 += c2 * db * db
+            xa2 = xa * xa
+            xb2 = xb * xb
+            p3a += xa2 * xa
+            p4a += xa2 * xa2
+            p3b += xb2 * xb
+            p4b += xb2 * xb2
+        blk[BLOCK + c] = ma
+        blk[2 * BLOCK + c] = mb
+        blk[3 * BLOCK + c] = a2
+        blk[4 * BLOCK + c] = b2
+        blk[5 * BLOCK + c] = p3a
+        blk[6 * BLOCK + c] = p4a
+        blk[7 * BLOCK + c] = p3b
+        blk[8 * BLOCK + c] = p4b
+
+
+@njit(cache=True, inline="always")
+def _quad_pair(sk, x, xk, n):
+    """The 16 slots ``sk`` of pair ``k`` through the four groups (``xk``: the
+    pair's rows of shifted ``C_k`` in ``x``), in the row kernel's order."""
+    for c in range(BLOCK):
+        mc = sk[c]
+        cc = sk[BLOCK + c]
+        ac = sk[2 * BLOCK + c]
+        bc = sk[3 * BLOCK + c]
+        p3 = sk[4 * BLOCK + c]
+        p4 = sk[5 * BLOCK + c]
+        a21 = sk[6 * BLOCK + c]
+        a12 = sk[7 * BLOCK + c]
+        a31 = sk[8 * BLOCK + c]
+        a22 = sk[9 * BLOCK + c]
+        a13 = sk[10 * BLOCK + c]
+        b21 = sk[11 * BLOCK + c]
+        b12 = sk[12 * BLOCK + c]
+        b31 = sk[13 * BLOCK + c]
+        b22 = sk[14 * BLOCK + c]
+        b13 = sk[15 * BLOCK + c]
+        for g in range(QUAD):
+            r, c2 = welford_weights(n + g)
+            xa = x[g * BLOCK + c]
+            xb = x[(QUAD + g) * BLOCK + c]
+            da = x[(2 * QUAD + g) * BLOCK + c]
+            db = x[(3 * QUAD + g) * BLOCK + c]
+            xc = xk[g * BLOCK + c]
+            dc = xc - mc
+            mc += r * dc
+            cc += c2 * dc * dc
+            ac += c2 * da * dc
+            bc += c2 * db * dc
+            xc2 = xc * xc
+            p3 += xc2 * xc
+            p4 += xc2 * xc2
+            xy = xa * xc
+            a21 += xy * xa
+            a12 += xy * xc
+            a31 += xy * (xa * xa)
+            a22 += xy * xy
+            a13 += xy * xc2
+            xy = xb * xc
+            b21 += xy * xb
+            b12 += xy * xc
+            b31 += xy * (xb * xb)
+            b22 += xy * xy
+            b13 += xy * xc2
+        sk[c] = mc
+        sk[BLOCK + c] = cc
+        sk[2 * BLOCK + c] = ac
+        sk[3 * BLOCK + c] = bc
+        sk[4 * BLOCK + c] = p3
+        sk[5 * BLOCK + c] = p4
+        sk[6 * BLOCK + c] = a21
+        sk[7 * BLOCK + c] = a12
+        sk[8 * BLOCK + c] = a31
+        sk[9 * BLOCK + c] = a22
+        sk[10 * BLOCK + c] = a13
+        sk[11 * BLOCK + c] = b21
+        sk[12 * BLOCK + c] = b12
+        sk[13 * BLOCK + c] = b31
+        sk[14 * BLOCK + c] = b22
+        sk[15 * BLOCK + c] = b13
+
+
+@njit(cache=True, inline="always")
+def _quad_chunk(state, groups, g0, n, p, ch, n_cells, x):
+    """Fold groups ``g0 .. g0 + 3`` (the first after ``n``) into the blocks of
+    chunk ``ch`` (``x``: the chunk's scratch row)."""
+    n_blk = (n_cells + BLOCK - 1) // BLOCK
+    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+        lo = b * BLOCK
+        blk = state[b]
+        _stage(x, blk, groups, g0, lo, min(BLOCK, n_cells - lo), p, n == 0)
+        _quad_ab(blk, x, n)
+        for k in range(p):
+            o = (9 + 16 * k) * BLOCK
+            xk = x[(4 + k) * QUAD * BLOCK:(5 + k) * QUAD * BLOCK]
+            _quad_pair(blk[o:o + 16 * BLOCK], x, xk, n)
+
+
+@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
+def blocked_update_many(state, groups, n, scratch, m=-1):
+    """Fold ``m`` groups into a cell-blocked full state, in one pass over it.
+
+    ``groups``, ``n`` and ``m`` as in
+    :func:`~melissa_sa.kernels.sobol.martinez_update_many` (an ``(m, p + 2,
+    n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays, float32 or
+    float64); the state is that kernel's, bit for bit, in blocks.
+    ``scratch``: float64 ``(>= ceil(n_cells / CHUNK), >= 4 (p + 4) BLOCK)``
+    (:func:`~melissa_sa.kernels.sobol_blocked.scratch_for`).
+    """
+    m = batch_size(groups, m)
+    if m == 0:
+        return
+    p = groups[0].shape[0] - 2
+    n_cells = groups[0].shape[1]
+    n_chunks = (n_cells + CHUNK - 1) // CHUNK
+    if scratch.shape[0] < n_chunks or scratch.shape[1] < QUAD * (p + 4) * BLOCK:
+        raise ValueError("blocked_update_many: scratch too small (see scratch_for)")
+    for ch in prange(n_chunks):
+        x = scratch[ch]
+        g = 0
+        while g + QUAD <= m:
+            _quad_chunk(state, groups, g, n + g, p, ch, n_cells, x)
+            g += QUAD
+        while g < m:
+            fold_chunk(state, groups[g], n + g, p, ch, n_cells, x)
+            g += 1
