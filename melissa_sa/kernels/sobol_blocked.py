@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
+from melissa_sa.kernels.sobol_prefetch import prefetch_cells
 
 #: cells per block: a compile-time constant (the vectoriser needs it);
 #: CHUNK is a multiple of it (measured: docs/performance.md)
@@ -190,6 +191,7 @@ def fold_chunk(state, group, n, p, ch, n_cells, x):
     n_blk = (n_cells + BLOCK - 1) // BLOCK
     for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
         lo = b * BLOCK
+        prefetch_cells(group, lo + CHUNK)
         _fold_block(state, b, group, lo, min(BLOCK, n_cells - lo), n == 0, r, c2, p, x)
 
 

@@ -27,14 +27,12 @@ from numba import njit, prange
 
 from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
 from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, fold_chunk
-from melissa_sa.kernels.sobol_prefetch import prefetch
+from melissa_sa.kernels.sobol_prefetch import prefetch_cells
 
 __all__ = ["QUAD", "blocked_update_many"]
 
 #: groups folded per load of a block's accumulators (a compile-time constant)
 QUAD = 4
-#: float64 per cache line: a row's block of 16 float64 cells spans two
-LINE = 8
 
 
 @njit(cache=True, inline="always")
@@ -47,15 +45,11 @@ def _stage(x, blk, groups, g0, lo, nb, p, first):
         a = groups[g0][0]
         for c in range(nb):
             blk[c] = a[lo + c]
-    ahead = lo + CHUNK
     for g in range(QUAD):
         grp = groups[g0 + g]
+        prefetch_cells(grp, lo + CHUNK)
         for row in range(p + 2):
             src = grp[row]
-            if ahead < src.shape[0]:
-                prefetch(src, ahead)
-                if ahead + LINE < src.shape[0]:
-                    prefetch(src, ahead + LINE)
             q = row if row < 2 else row + 2
             dst = x[(q * QUAD + g) * BLOCK:(q * QUAD + g + 1) * BLOCK]
             cells = src[lo:lo + nb]
