@@ -8,12 +8,12 @@ divided by 16 (amortised per group). Cases, alternated in every repeat:
 
 * ``SobolMartinez.update_many`` on the ``(16, 5, n_cells)`` array, at
   ``fold_batch`` 4 (the default), 8 and 16 (groups folded per pass over the
-  state);
-* the same batches folded by the kernel before (``before, fold_batch m``):
-  :func:`~melissa_sa.kernels.sobol_blocked.fold_chunk` one group at a time,
-  each block's accumulators loaded and stored once per group (the fold
-  now goes four groups per load, :mod:`melissa_sa.kernels.sobol_blocked_fold`),
-  on a state of its own fed the same groups;
+  state), and 1 (the default when a group exceeds 16 MiB, as at 10^6 cells);
+* the same batches folded by the kernel before (``before, fold_batch m``,
+  :func:`fold_before`): one group at a time, each block's accumulators
+  loaded and stored once per group, no prefetch (the fold now goes four
+  groups per load, :mod:`melissa_sa.kernels.sobol_blocked_fold`), on a
+  cell-blocked state of its own fed the same groups;
 * ``SobolMartinez.update`` one group at a time (each copied into the
   buffer, folded every ``fold_batch``: the server's pattern), default batch;
 * the row layout the cell-blocked state replaced (the same kernels' row
@@ -48,8 +48,12 @@ from numba import get_num_threads, njit, prange
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _record import write_json  # noqa: E402
 
-from melissa_sa.kernels.sobol import CHUNK, row_width  # noqa: E402
-from melissa_sa.kernels.sobol_blocked import fold_chunk, scratch_for  # noqa: E402
+from melissa_sa.kernels.sobol import CHUNK, row_width, welford_weights  # noqa: E402
+from melissa_sa.kernels.sobol_blocked import (  # noqa: E402
+    BLOCK,
+    PER_CHUNK,
+    _fold_block,
+)
 from melissa_sa.stats import SobolMartinez  # noqa: E402
 from melissa_sa.stats.sobol_blocks import BlockedState  # noqa: E402
 from melissa_sa.stats.sobol_fold import FOLD_BATCH, fold_groups  # noqa: E402
@@ -77,12 +81,18 @@ def timed(fn) -> tuple[float, float]:
 
 @njit(parallel=True, error_model="numpy", nogil=True)
 def fold_before(state, groups, n, scratch):
-    """The batched fold before four groups went per load: every group of the
-    batch through :func:`fold_chunk` in turn, chunk by chunk."""
+    """The batched fold as it was before four groups went per load (and
+    before the rows were prefetched): every group of the batch in turn,
+    chunk by chunk, each block's accumulators loaded and stored per group."""
     n_cells = groups[0].shape[1]
+    n_blk = (n_cells + BLOCK - 1) // BLOCK
     for ch in prange((n_cells + CHUNK - 1) // CHUNK):
         for g in range(len(groups)):
-            fold_chunk(state, groups[g], n + g, P, ch, n_cells, scratch[ch])
+            r, c2 = welford_weights(n + g)
+            for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+                lo = b * BLOCK
+                _fold_block(state, b, groups[g], lo, min(BLOCK, n_cells - lo), n + g == 0,
+                            r, c2, P, scratch[ch])
 
 
 def before_case(n_cells, groups, batch):
@@ -90,7 +100,7 @@ def before_case(n_cells, groups, batch):
     cell-blocked state of its own, after the same 16 groups of warm-up (the
     accumulator's re-centrings left out: they change values, not work)."""
     blocks = BlockedState(n_cells, P)
-    scratch = scratch_for(n_cells, P)
+    scratch = np.empty(((n_cells + CHUNK - 1) // CHUNK, 5 * BLOCK))   # one row per chunk
     count = [0]
 
     def fold():
@@ -105,7 +115,7 @@ def before_case(n_cells, groups, batch):
 def our_cases(n_cells, groups, before):
     """{name: fold 16 groups} after a 16-group warm-up of each."""
     cases = {}
-    for batch in (FOLD_BATCH["delta"], 8, 16):
+    for batch in (FOLD_BATCH["delta"], 8, 16, 1):
         s = SobolMartinez(n_cells, P, fold_batch=batch)
         s.update_many(groups)
         cases[f"update_many, fold_batch {batch}"] = lambda s=s: s.update_many(groups)
@@ -202,6 +212,12 @@ def main() -> None:
                      f" cpu {row['speedup_cpu_best']:5.1f}x")
         record["cases"][name] = row
         print(line, flush=True)
+    for name, ts in times.items():
+        if name.startswith("before, "):
+            after = times[name.replace("before, ", "update_many, ")]
+            gain = min(c for _, c in ts) / min(c for _, c in after)
+            record["cases"][name]["after_over_before_cpu_best"] = gain
+            print(f"  {name[8:]}: CPU best before / now {gain:4.2f}x")
     if ref is None:
         print("  iterative-stats is not installed (pip install -e '.[bench]'): no reference")
     out = write_json(pathlib.Path(__file__).parent / "results" / "sobol_fold.json", record)

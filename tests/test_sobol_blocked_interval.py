@@ -44,7 +44,7 @@ def blocked_state(n_groups, n_cells, seed=0):
             data[2, 4, 2] = np.nan
     state = np.zeros((n_blocks(n_cells), row_width(P) * BLOCK))
     if n_groups:
-        blocked_update_many(state, data, 0, scratch_for(n_cells, P))
+        blocked_update_many(state, data, 0, scratch_for(P))
     return state
 
 

@@ -5,38 +5,48 @@
 (:func:`~melissa_sa.kernels.sobol_blocked.fold_chunk`) loads and stores
 every accumulator of a block once per group: 57 stores per cell and group at
 ``p = 3``, the bound of the fold once it runs in SIMD lanes. Here the groups
-go :data:`QUAD` at a time: each accumulator of a lane is loaded once, goes
-through the four groups' updates in a register (the loop over the four
-groups has a constant count: LLVM unrolls it, then vectorises the loop over
-the block's cells), and is stored once. Each accumulator still sees the
+go :data:`~melissa_sa.kernels.sobol_blocked.QUAD` (4) at a time: each
+accumulator of a lane is loaded once, goes through the four groups'
+updates in a register (the loop over the four groups has a constant
+count: LLVM unrolls it, then vectorises the loop over the block's cells),
+and is stored once. Each accumulator still sees the
 operations of the row kernel in their order, so the state is the same bit
 for bit; the ``m mod 4`` groups left go one at a time.
 
 Per block and quad the values the updates share are laid out first in a
-scratch row of ``4 (p + 4) BLOCK`` float64 (:func:`~melissa_sa.kernels.sobol_blocked.scratch_for`),
-row ``q`` of group ``g`` at ``(q 4 + g) BLOCK``: ``q = 0, 1`` the shifted
-``A`` and ``B`` (``x = value - shift``), ``2, 3`` their deviations from the
-old means (``da``, ``db``, written by the A/B pass), ``4 + k`` the shifted
+scratch row of ``4 (p + 8) BLOCK`` float64
+(:func:`~melissa_sa.kernels.sobol_blocked.scratch_for`, a row per worker
+of the parallel loop), row ``q`` of group ``g`` at ``(q 4 + g) BLOCK``:
+``q = 0, 1`` the shifted ``A`` and ``B`` (``x = value - shift``), ``2, 3``
+their deviations from the old means (``da``, ``db``, written by the A/B
+pass), ``4 .. 7`` A's and B's parts of the influence terms (only with them,
+:mod:`melissa_sa.kernels.sobol_blocked_influence`), ``8 + k`` the shifted
 ``C_k``. Every loop then reads one base pointer at constant offsets and
 writes one (LLVM needs no run-time alias checks, and no index can wrap).
 The rows of the groups a chunk ahead are prefetched
 (:mod:`melissa_sa.kernels.sobol_prefetch`).
 """
 
+import math
+
 from numba import njit, prange
 
 from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
-from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, fold_chunk
+from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, QUAD, fold_chunk
 from melissa_sa.kernels.sobol_prefetch import prefetch_cells
 
-__all__ = ["QUAD", "blocked_update_many"]
-
-#: groups folded per load of a block's accumulators (a compile-time constant)
-QUAD = 4
+__all__ = ["blocked_update_many", "check_scratch", "influence_factor", "pair_rows", "quad_ab",
+           "quad_chunk", "quad_pair", "stage_quad", "worker_chunks"]
 
 
 @njit(cache=True, inline="always")
-def _stage(x, blk, groups, g0, lo, nb, p, first):
+def pair_rows(x, k):
+    """The rows of the shifted ``C_k`` of the quad in the scratch row ``x``."""
+    return x[(8 + k) * QUAD * BLOCK:(9 + k) * QUAD * BLOCK]
+
+
+@njit(cache=True, inline="always")
+def stage_quad(x, blk, groups, g0, lo, nb, p, first):
     """The block's cells ``[lo, lo + nb)`` of groups ``g0 .. g0 + 3``, shifted,
     into the scratch ``x`` (lanes past ``nb`` set to 0: they fold zeros into
     zeros); the shift set from ``A`` first if ``first``. Prefetches the same
@@ -50,7 +60,7 @@ def _stage(x, blk, groups, g0, lo, nb, p, first):
         prefetch_cells(grp, lo + CHUNK)
         for row in range(p + 2):
             src = grp[row]
-            q = row if row < 2 else row + 2
+            q = row if row < 2 else row + 6
             dst = x[(q * QUAD + g) * BLOCK:(q * QUAD + g + 1) * BLOCK]
             cells = src[lo:lo + nb]
             for c in range(nb):
@@ -60,9 +70,12 @@ def _stage(x, blk, groups, g0, lo, nb, p, first):
 
 
 @njit(cache=True, inline="always")
-def _quad_ab(blk, x, n):
+def quad_ab(blk, x, n, influence):
     """A's and B's 9 slots through the four groups; ``da``, ``db`` of each
-    group into ``x`` (rows 2 and 3) for the pairs."""
+    group into ``x`` (rows 2 and 3) for the pairs, and if ``influence`` A's
+    and B's parts of its influence terms (rows 4 .. 7: ``sa, sb, ha, hb``, the
+    operations of :func:`~melissa_sa.kernels.sobol_blocked_influence.block_terms`),
+    from the state before the group."""
     for c in range(BLOCK):
         ma = blk[BLOCK + c]
         mb = blk[2 * BLOCK + c]
@@ -80,6 +93,14 @@ def _quad_ab(blk, x, n):
             db = xb - mb
             x[(2 * QUAD + g) * BLOCK + c] = da
             x[(3 * QUAD + g) * BLOCK + c] = db
+            if influence:
+                f = influence_factor(n + g)
+                sa = math.sqrt(a2)
+                sb = math.sqrt(b2)
+                x[(4 * QUAD + g) * BLOCK + c] = sa
+                x[(5 * QUAD + g) * BLOCK + c] = sb
+                x[(6 * QUAD + g) * BLOCK + c] = 0.5 * (da * da - a2 * f) / sa if a2 > 0.0 else 0.0
+                x[(7 * QUAD + g) * BLOCK + c] = 0.5 * (db * db - b2 * f) / sb if b2 > 0.0 else 0.0
             ma += r * da
             mb += r * db
             a2 += c2 * da * da
@@ -101,7 +122,15 @@ def _quad_ab(blk, x, n):
 
 
 @njit(cache=True, inline="always")
-def _quad_pair(sk, x, xk, n):
+def influence_factor(n):
+    """``(n + 1) / (n (n - 1))``: the influence terms' factor of the state of
+    ``n >= 2`` groups (every kernel takes it from here)."""
+    nf = float(n)
+    return (nf + 1.0) / (nf * (nf - 1.0))
+
+
+@njit(cache=True, inline="always")
+def quad_pair(sk, x, xk, n):
     """The 16 slots ``sk`` of pair ``k`` through the four groups (``xk``: the
     pair's rows of shifted ``C_k`` in ``x``), in the row kernel's order."""
     for c in range(BLOCK):
@@ -167,19 +196,34 @@ def _quad_pair(sk, x, xk, n):
 
 
 @njit(cache=True, inline="always")
-def _quad_chunk(state, groups, g0, n, p, ch, n_cells, x):
+def quad_chunk(state, groups, g0, n, p, ch, n_cells, x):
     """Fold groups ``g0 .. g0 + 3`` (the first after ``n``) into the blocks of
     chunk ``ch`` (``x``: the chunk's scratch row)."""
     n_blk = (n_cells + BLOCK - 1) // BLOCK
     for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
         lo = b * BLOCK
         blk = state[b]
-        _stage(x, blk, groups, g0, lo, min(BLOCK, n_cells - lo), p, n == 0)
-        _quad_ab(blk, x, n)
+        stage_quad(x, blk, groups, g0, lo, min(BLOCK, n_cells - lo), p, n == 0)
+        quad_ab(blk, x, n, False)
         for k in range(p):
             o = (9 + 16 * k) * BLOCK
-            xk = x[(4 + k) * QUAD * BLOCK:(5 + k) * QUAD * BLOCK]
-            _quad_pair(blk[o:o + 16 * BLOCK], x, xk, n)
+            quad_pair(blk[o:o + 16 * BLOCK], x, pair_rows(x, k), n)
+
+
+@njit(cache=True, inline="always")
+def check_scratch(scratch, p):
+    """Refuse a scratch smaller than :func:`~melissa_sa.kernels.sobol_blocked.scratch_for`'s."""
+    if scratch.shape[0] < 1 or scratch.shape[1] < QUAD * (p + 8) * BLOCK:
+        raise ValueError("scratch too small: rows of 4 (p + 8) 16 float64 "
+                         "(kernels.sobol_blocked.scratch_for)")
+
+
+@njit(cache=True, inline="always")
+def worker_chunks(w, n_workers, n_chunks):
+    """The chunks of worker ``w`` of ``n_workers`` (one per scratch row, the
+    parallel loop's iterations): a contiguous range."""
+    per = (n_chunks + n_workers - 1) // n_workers
+    return range(w * per, min(w * per + per, n_chunks))
 
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
@@ -190,8 +234,10 @@ def blocked_update_many(state, groups, n, scratch, m=-1):
     :func:`~melissa_sa.kernels.sobol.martinez_update_many` (an ``(m, p + 2,
     n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays, float32 or
     float64); the state is that kernel's, bit for bit, in blocks.
-    ``scratch``: float64 ``(>= ceil(n_cells / CHUNK), >= 4 (p + 4) BLOCK)``
-    (:func:`~melissa_sa.kernels.sobol_blocked.scratch_for`).
+    ``scratch``: float64 ``(workers, >= 4 (p + 8) BLOCK)``
+    (:func:`~melissa_sa.kernels.sobol_blocked.scratch_for`: a row per Numba
+    thread): the parallel loop runs a worker per row, each over a contiguous
+    range of chunks with its own scratch row.
     """
     m = batch_size(groups, m)
     if m == 0:
@@ -199,14 +245,15 @@ def blocked_update_many(state, groups, n, scratch, m=-1):
     p = groups[0].shape[0] - 2
     n_cells = groups[0].shape[1]
     n_chunks = (n_cells + CHUNK - 1) // CHUNK
-    if scratch.shape[0] < n_chunks or scratch.shape[1] < QUAD * (p + 4) * BLOCK:
-        raise ValueError("blocked_update_many: scratch too small (see scratch_for)")
-    for ch in prange(n_chunks):
-        x = scratch[ch]
-        g = 0
-        while g + QUAD <= m:
-            _quad_chunk(state, groups, g, n + g, p, ch, n_cells, x)
-            g += QUAD
-        while g < m:
-            fold_chunk(state, groups[g], n + g, p, ch, n_cells, x)
-            g += 1
+    check_scratch(scratch, p)
+    n_workers = scratch.shape[0]
+    for w in prange(n_workers):
+        x = scratch[w]
+        for ch in worker_chunks(w, n_workers, n_chunks):
+            g = 0
+            while g + QUAD <= m:
+                quad_chunk(state, groups, g, n + g, p, ch, n_cells, x)
+                g += QUAD
+            while g < m:
+                fold_chunk(state, groups[g], n + g, p, ch, n_cells, x)
+                g += 1
