@@ -21,8 +21,9 @@ of the parallel loop), row ``q`` of group ``g`` at ``(q 4 + g) BLOCK``:
 their deviations from the old means (``da``, ``db``, written by the A/B
 pass), ``4 .. 7`` A's and B's parts of the influence terms (only with them,
 :mod:`melissa_sa.kernels.sobol_blocked_influence`), ``8 + k`` the shifted
-``C_k``. Every loop then reads one base pointer at constant offsets and
-writes one (LLVM needs no run-time alias checks, and no index can wrap).
+``C_k`` (:func:`pair_rows`). Every loop reads few base pointers at
+constant offsets and writes one or two (LLVM vectorises it with few
+run-time alias checks, and no index can wrap).
 The rows of the groups a chunk ahead are prefetched
 (:mod:`melissa_sa.kernels.sobol_prefetch`).
 """
@@ -41,7 +42,7 @@ __all__ = ["blocked_update_many", "check_scratch", "influence_factor", "pair_row
 
 @njit(cache=True, inline="always")
 def pair_rows(x, k):
-    """The rows of the shifted ``C_k`` of the quad in the scratch row ``x``."""
+    """The quad's shifted ``C_k`` in the scratch row ``x``."""
     return x[(8 + k) * QUAD * BLOCK:(9 + k) * QUAD * BLOCK]
 
 
@@ -60,8 +61,8 @@ def stage_quad(x, blk, groups, g0, lo, nb, p, first):
         prefetch_cells(grp, lo + CHUNK)
         for row in range(p + 2):
             src = grp[row]
-            q = row if row < 2 else row + 6
-            dst = x[(q * QUAD + g) * BLOCK:(q * QUAD + g + 1) * BLOCK]
+            q = (row if row < 2 else row + 6) * QUAD + g
+            dst = x[q * BLOCK:(q + 1) * BLOCK]
             cells = src[lo:lo + nb]
             for c in range(nb):
                 dst[c] = cells[c] - blk[c]

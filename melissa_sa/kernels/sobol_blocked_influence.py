@@ -14,8 +14,9 @@ The groups go :data:`~melissa_sa.kernels.sobol_blocked.QUAD` at a time as
 in the fold: in a quad holding a flagged group, A's and B's parts of every
 group's terms are computed by the A/B pass
 (:func:`~melissa_sa.kernels.sobol_blocked_fold.quad_ab`) and each pair's
-terms by the pair's pass before it updates its slots (:func:`_quad_pair_terms`),
-so the accumulators are still loaded and stored once per quad. The groups
+terms by a pass of their own over the pair's slots before the pair's fold
+(:func:`_quad_pair_terms`, reading four of its slots), so the accumulators
+are still stored once per quad. The groups
 left over go one at a time (:func:`block_terms`, then
 :func:`~melissa_sa.kernels.sobol_blocked.fold_chunk`).
 """
@@ -32,6 +33,7 @@ from melissa_sa.kernels.sobol_blocked_fold import (
     pair_rows,
     quad_ab,
     quad_chunk,
+    quad_pair,
     stage_quad,
     worker_chunks,
 )
@@ -92,81 +94,41 @@ def _influence_chunk(state, group, n, p, ch, n_cells, partial, u, t):
 
 @njit(cache=True, inline="always")
 def _quad_pair_terms(sk, x, xk, n, tk):
-    """:func:`~melissa_sa.kernels.sobol_blocked_fold.quad_pair`, writing on the
-    way each group's terms of the pair, from the slots before the group (the
-    operations of :func:`block_terms`), into ``tk`` (row ``4 g + q``)."""
+    """Each group's influence terms of pair ``k`` (slots ``sk``, part ``xk`` of
+    the scratch) from the slots before the group, with the operations of
+    :func:`block_terms`, into ``tk``'s rows ``4 g + q``. The four slots
+    the terms read (mean_Ck, Ck2, ACk11, BCk11) go through the quad's updates
+    here in registers, as :func:`~melissa_sa.kernels.sobol_blocked_fold.quad_pair`
+    moves them (the same operations: the same values); ``sk`` and ``xk`` are
+    only read, so that the loop writes one array and vectorises."""
     for c in range(BLOCK):
         mc = sk[c]
         cc = sk[BLOCK + c]
         ac = sk[2 * BLOCK + c]
         bc = sk[3 * BLOCK + c]
-        p3 = sk[4 * BLOCK + c]
-        p4 = sk[5 * BLOCK + c]
-        a21 = sk[6 * BLOCK + c]
-        a12 = sk[7 * BLOCK + c]
-        a31 = sk[8 * BLOCK + c]
-        a22 = sk[9 * BLOCK + c]
-        a13 = sk[10 * BLOCK + c]
-        b21 = sk[11 * BLOCK + c]
-        b12 = sk[12 * BLOCK + c]
-        b31 = sk[13 * BLOCK + c]
-        b22 = sk[14 * BLOCK + c]
-        b13 = sk[15 * BLOCK + c]
         for g in range(QUAD):
             r, c2 = welford_weights(n + g)
             f = influence_factor(n + g)
-            xa = x[g * BLOCK + c]
-            xb = x[(QUAD + g) * BLOCK + c]
             da = x[(2 * QUAD + g) * BLOCK + c]
             db = x[(3 * QUAD + g) * BLOCK + c]
             sa = x[(4 * QUAD + g) * BLOCK + c]
             sb = x[(5 * QUAD + g) * BLOCK + c]
             ha = x[(6 * QUAD + g) * BLOCK + c]
             hb = x[(7 * QUAD + g) * BLOCK + c]
-            xc = xk[g * BLOCK + c]
-            dc = xc - mc
+            dc = xk[g * BLOCK + c] - mc
             tk[4 * g * BLOCK + c] = db * dc - bc * f
             tk[(4 * g + 2) * BLOCK + c] = da * dc - ac * f
             sc = math.sqrt(cc)
             hc = 0.5 * (dc * dc - cc * f) / sc
-            # sb > 0 exactly when b2 > 0 (sb = sqrt(b2); NaN compares false)
-            tk[(4 * g + 1) * BLOCK + c] = sc * hb + sb * hc if cc > 0.0 and sb > 0.0 else 0.0
-            tk[(4 * g + 3) * BLOCK + c] = sc * ha + sa * hc if cc > 0.0 and sa > 0.0 else 0.0
+            # sb > 0 exactly when b2 > 0 (sb = sqrt(b2); NaN compares false);
+            # & rather than and: no branch, so that the loop vectorises
+            pos = cc > 0.0
+            tk[(4 * g + 1) * BLOCK + c] = sc * hb + sb * hc if pos & (sb > 0.0) else 0.0
+            tk[(4 * g + 3) * BLOCK + c] = sc * ha + sa * hc if pos & (sa > 0.0) else 0.0
             mc += r * dc
             cc += c2 * dc * dc
             ac += c2 * da * dc
             bc += c2 * db * dc
-            xc2 = xc * xc
-            p3 += xc2 * xc
-            p4 += xc2 * xc2
-            xy = xa * xc
-            a21 += xy * xa
-            a12 += xy * xc
-            a31 += xy * (xa * xa)
-            a22 += xy * xy
-            a13 += xy * xc2
-            xy = xb * xc
-            b21 += xy * xb
-            b12 += xy * xc
-            b31 += xy * (xb * xb)
-            b22 += xy * xy
-            b13 += xy * xc2
-        sk[c] = mc
-        sk[BLOCK + c] = cc
-        sk[2 * BLOCK + c] = ac
-        sk[3 * BLOCK + c] = bc
-        sk[4 * BLOCK + c] = p3
-        sk[5 * BLOCK + c] = p4
-        sk[6 * BLOCK + c] = a21
-        sk[7 * BLOCK + c] = a12
-        sk[8 * BLOCK + c] = a31
-        sk[9 * BLOCK + c] = a22
-        sk[10 * BLOCK + c] = a13
-        sk[11 * BLOCK + c] = b21
-        sk[12 * BLOCK + c] = b12
-        sk[13 * BLOCK + c] = b31
-        sk[14 * BLOCK + c] = b22
-        sk[15 * BLOCK + c] = b13
 
 
 @njit(cache=True, inline="always")
@@ -189,8 +151,10 @@ def _quad_chunk_terms(state, groups, g0, n, p, ch, n_cells, x, t, rows, partial)
         quad_ab(blk, x, n, True)
         for k in range(p):
             o = (9 + 16 * k) * BLOCK
-            _quad_pair_terms(blk[o:o + 16 * BLOCK], x, pair_rows(x, k), n,
-                             t[4 * QUAD * k * BLOCK:4 * QUAD * (k + 1) * BLOCK])
+            sk = blk[o:o + 16 * BLOCK]
+            xk = pair_rows(x, k)
+            _quad_pair_terms(sk, x, xk, n, t[4 * QUAD * k * BLOCK:4 * QUAD * (k + 1) * BLOCK])
+            quad_pair(sk, x, xk, n)
         for g in range(QUAD):
             if rows[g0 + g] >= 0:
                 for c in range(nb):      # in cell order, as the row kernel adds them
