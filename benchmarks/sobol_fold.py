@@ -10,10 +10,14 @@ divided by 16 (amortised per group). Cases, alternated in every repeat:
   ``fold_batch`` 4 (the default), 8 and 16 (groups folded per pass over the
   state), and 1 (the default when a group exceeds 16 MiB, as at 10^6 cells);
 * the same batches folded by the kernel before (``before, fold_batch m``,
-  :func:`fold_before`): one group at a time, each block's accumulators
-  loaded and stored once per group, no prefetch (the fold now goes four
-  groups per load, :mod:`melissa_sa.kernels.sobol_blocked_fold`), on a
-  cell-blocked state of its own fed the same groups;
+  ``benchmarks/sobol_fold_before.py``): one group at a time, each block's
+  accumulators loaded and stored once per group, no prefetch (the fold now
+  goes four groups per load, :mod:`melissa_sa.kernels.sobol_blocked_fold`),
+  on a cell-blocked state of its own fed the same groups;
+* the fold adding every group's influence sums of the aggregated interval
+  (the server's path), default batch, now
+  (:meth:`~melissa_sa.stats.sobol_blocks.BlockedState.fold_influence`) and
+  before;
 * ``SobolMartinez.update`` one group at a time (each copied into the
   buffer, folded every ``fold_batch``: the server's pattern), default batch;
 * the row layout the cell-blocked state replaced (the same kernels' row
@@ -43,17 +47,14 @@ import sys
 import time
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import get_num_threads
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _record import write_json  # noqa: E402
+from sobol_fold_before import fold_before, influence_before  # noqa: E402
 
-from melissa_sa.kernels.sobol import CHUNK, row_width, welford_weights  # noqa: E402
-from melissa_sa.kernels.sobol_blocked import (  # noqa: E402
-    BLOCK,
-    PER_CHUNK,
-    _fold_block,
-)
+from melissa_sa.kernels.sobol import CHUNK, row_width  # noqa: E402
+from melissa_sa.kernels.sobol_blocked import BLOCK  # noqa: E402
 from melissa_sa.stats import SobolMartinez  # noqa: E402
 from melissa_sa.stats.sobol_blocks import BlockedState  # noqa: E402
 from melissa_sa.stats.sobol_fold import FOLD_BATCH, fold_groups  # noqa: E402
@@ -79,22 +80,6 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-@njit(parallel=True, error_model="numpy", nogil=True)
-def fold_before(state, groups, n, scratch):
-    """The batched fold as it was before four groups went per load (and
-    before the rows were prefetched): every group of the batch in turn,
-    chunk by chunk, each block's accumulators loaded and stored per group."""
-    n_cells = groups[0].shape[1]
-    n_blk = (n_cells + BLOCK - 1) // BLOCK
-    for ch in prange((n_cells + CHUNK - 1) // CHUNK):
-        for g in range(len(groups)):
-            r, c2 = welford_weights(n + g)
-            for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
-                lo = b * BLOCK
-                _fold_block(state, b, groups[g], lo, min(BLOCK, n_cells - lo), n + g == 0,
-                            r, c2, P, scratch[ch])
-
-
 def before_case(n_cells, groups, batch):
     """The 16 groups folded ``batch`` a pass by :func:`fold_before` into a
     cell-blocked state of its own, after the same 16 groups of warm-up (the
@@ -112,6 +97,44 @@ def before_case(n_cells, groups, batch):
     return fold
 
 
+def influence_cases(n_cells, groups, batch, before):
+    """{name: fold 16 groups adding every group's influence sums} (the
+    server's path: it keeps the aggregated interval), now and before, each
+    on a cell-blocked state of its own after the same 16-group warm-up."""
+    chunks = (n_cells + CHUNK - 1) // CHUNK
+    flags = np.arange(batch, dtype=np.int64) % 4   # every group counted, 4 batch rows
+    partial = np.zeros((batch, chunks, 4, P))
+    cases = {}
+    for name in ("now", "before") if before else ("now",):
+        blocks = BlockedState(n_cells, P)
+        out = np.zeros((4, 4, P))
+        if name == "before":
+            scratch = np.empty((chunks, 5 * BLOCK))
+            terms = np.empty((chunks, P, 4, BLOCK))
+
+            def fold_batch(lo, n, blocks=blocks, out=out, scratch=scratch, terms=terms):
+                influence_before(blocks.array, groups[lo:lo + batch], n, scratch, flags,
+                                 partial, terms, out, batch)
+        else:
+            def fold_batch(lo, n, blocks=blocks, out=out):
+                blocks.fold_influence(groups[lo:lo + batch], n, flags, partial, out, batch)
+        count = [0]
+
+        def fold(fold_batch=fold_batch, count=count):
+            for lo in range(0, GROUPS, batch):
+                fold_batch(lo, count[0])
+                count[0] += batch
+
+        blocks.fold(groups[:batch], 0)   # the first batch without sums (n < 2)
+        count[0] = batch
+        for lo in range(batch, GROUPS, batch):
+            fold_batch(lo, count[0])
+            count[0] += batch
+        label = "influence sums" if name == "now" else "before, influence sums"
+        cases[f"{label}, fold_batch {batch}"] = fold
+    return cases
+
+
 def our_cases(n_cells, groups, before):
     """{name: fold 16 groups} after a 16-group warm-up of each."""
     cases = {}
@@ -121,6 +144,7 @@ def our_cases(n_cells, groups, before):
         cases[f"update_many, fold_batch {batch}"] = lambda s=s: s.update_many(groups)
         if before:
             cases[f"before, fold_batch {batch}"] = before_case(n_cells, groups, batch)
+    cases.update(influence_cases(n_cells, groups, FOLD_BATCH["delta"], before))
     one = SobolMartinez(n_cells, P, fold_batch=FOLD_BATCH["delta"])  # not the size default
 
     def one_by_one(s=one):
@@ -214,7 +238,8 @@ def main() -> None:
         print(line, flush=True)
     for name, ts in times.items():
         if name.startswith("before, "):
-            after = times[name.replace("before, ", "update_many, ")]
+            now = name[8:] if name.startswith("before, influence") else "update_many, " + name[8:]
+            after = times[now]
             gain = min(c for _, c in ts) / min(c for _, c in after)
             record["cases"][name]["after_over_before_cpu_best"] = gain
             print(f"  {name[8:]}: CPU best before / now {gain:4.2f}x")
