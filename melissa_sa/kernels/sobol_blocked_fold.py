@@ -125,7 +125,8 @@ def quad_ab(blk, x, n, influence):
 @njit(cache=True, inline="always")
 def influence_factor(n):
     """``(n + 1) / (n (n - 1))``: the influence terms' factor of the state of
-    ``n >= 2`` groups (every kernel takes it from here)."""
+    ``n >= 2`` groups (the cell-blocked kernels take it from here; the row
+    kernels of :mod:`melissa_sa.kernels.sobol_influence` compute the same)."""
     nf = float(n)
     return (nf + 1.0) / (nf * (nf - 1.0))
 

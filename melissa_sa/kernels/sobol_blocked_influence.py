@@ -16,9 +16,8 @@ group's terms are computed by the A/B pass
 (:func:`~melissa_sa.kernels.sobol_blocked_fold.quad_ab`) and each pair's
 terms by a pass of their own over the pair's slots before the pair's fold
 (:func:`_quad_pair_terms`, reading four of its slots), so the accumulators
-are still stored once per quad. The groups
-left over go one at a time (:func:`block_terms`, then
-:func:`~melissa_sa.kernels.sobol_blocked.fold_chunk`).
+are still stored once per quad. The groups left over go one at a time
+(:func:`block_terms`, then :func:`~melissa_sa.kernels.sobol_blocked.fold_chunk`).
 """
 
 import math
