@@ -8,7 +8,16 @@ divided by 16 (amortised per group). Cases, alternated in every repeat:
 
 * ``SobolMartinez.update_many`` on the ``(16, 5, n_cells)`` array, at
   ``fold_batch`` 4 (the default), 8 and 16 (groups folded per pass over the
-  state);
+  state), and 1 (the default when a group exceeds 16 MiB, as at 10^6 cells);
+* the same batches folded by the kernel before (``before, fold_batch m``,
+  ``benchmarks/sobol_fold_before.py``): one group at a time, each block's
+  accumulators loaded and stored once per group, no prefetch (the fold now
+  goes four groups per load, :mod:`melissa_sa.kernels.sobol_blocked_fold`),
+  on a cell-blocked state of its own fed the same groups;
+* the fold adding every group's influence sums of the aggregated interval
+  (the server's path), default batch, now
+  (:meth:`~melissa_sa.stats.sobol_blocks.BlockedState.fold_influence`) and
+  before;
 * ``SobolMartinez.update`` one group at a time (each copied into the
   buffer, folded every ``fold_batch``: the server's pattern), default batch;
 * the row layout the cell-blocked state replaced (the same kernels' row
@@ -42,9 +51,12 @@ from numba import get_num_threads
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _record import write_json  # noqa: E402
+from sobol_fold_before import fold_before, influence_before  # noqa: E402
 
-from melissa_sa.kernels.sobol import row_width  # noqa: E402
+from melissa_sa.kernels.sobol import CHUNK, row_width  # noqa: E402
+from melissa_sa.kernels.sobol_blocked import BLOCK  # noqa: E402
 from melissa_sa.stats import SobolMartinez  # noqa: E402
+from melissa_sa.stats.sobol_blocks import BlockedState  # noqa: E402
 from melissa_sa.stats.sobol_fold import FOLD_BATCH, fold_groups  # noqa: E402
 
 P = 3
@@ -68,13 +80,71 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - w0, time.process_time() - c0
 
 
-def our_cases(n_cells, groups):
+def before_case(n_cells, groups, batch):
+    """The 16 groups folded ``batch`` a pass by :func:`fold_before` into a
+    cell-blocked state of its own, after the same 16 groups of warm-up (the
+    accumulator's re-centrings left out: they change values, not work)."""
+    blocks = BlockedState(n_cells, P)
+    scratch = np.empty(((n_cells + CHUNK - 1) // CHUNK, 5 * BLOCK))   # one row per chunk
+    count = [0]
+
+    def fold():
+        for lo in range(0, GROUPS, batch):
+            fold_before(blocks.array, groups[lo:lo + batch], count[0], scratch)
+            count[0] += batch
+
+    fold()
+    return fold
+
+
+def influence_cases(n_cells, groups, batch, before):
+    """{name: fold 16 groups adding every group's influence sums} (the
+    server's path: it keeps the aggregated interval), now and before, each
+    on a cell-blocked state of its own after the same 16-group warm-up."""
+    chunks = (n_cells + CHUNK - 1) // CHUNK
+    flags = np.arange(batch, dtype=np.int64) % 4   # every group counted, 4 batch rows
+    partial = np.zeros((batch, chunks, 4, P))
+    cases = {}
+    for name in ("now", "before") if before else ("now",):
+        blocks = BlockedState(n_cells, P)
+        out = np.zeros((4, 4, P))
+        if name == "before":
+            scratch = np.empty((chunks, 5 * BLOCK))
+            terms = np.empty((chunks, P, 4, BLOCK))
+
+            def fold_batch(lo, n, blocks=blocks, out=out, scratch=scratch, terms=terms):
+                influence_before(blocks.array, groups[lo:lo + batch], n, scratch, flags,
+                                 partial, terms, out, batch)
+        else:
+            def fold_batch(lo, n, blocks=blocks, out=out):
+                blocks.fold_influence(groups[lo:lo + batch], n, flags, partial, out, batch)
+        count = [0]
+
+        def fold(fold_batch=fold_batch, count=count):
+            for lo in range(0, GROUPS, batch):
+                fold_batch(lo, count[0])
+                count[0] += batch
+
+        blocks.fold(groups[:batch], 0)   # the first batch without sums (n < 2)
+        count[0] = batch
+        for lo in range(batch, GROUPS, batch):
+            fold_batch(lo, count[0])
+            count[0] += batch
+        label = "influence sums" if name == "now" else "before, influence sums"
+        cases[f"{label}, fold_batch {batch}"] = fold
+    return cases
+
+
+def our_cases(n_cells, groups, before):
     """{name: fold 16 groups} after a 16-group warm-up of each."""
     cases = {}
-    for batch in (FOLD_BATCH["delta"], 8, 16):
+    for batch in (FOLD_BATCH["delta"], 8, 16, 1):
         s = SobolMartinez(n_cells, P, fold_batch=batch)
         s.update_many(groups)
         cases[f"update_many, fold_batch {batch}"] = lambda s=s: s.update_many(groups)
+        if before:
+            cases[f"before, fold_batch {batch}"] = before_case(n_cells, groups, batch)
+    cases.update(influence_cases(n_cells, groups, FOLD_BATCH["delta"], before))
     one = SobolMartinez(n_cells, P, fold_batch=FOLD_BATCH["delta"])  # not the size default
 
     def one_by_one(s=one):
@@ -121,6 +191,8 @@ def main() -> None:
     ap.add_argument("--cells", type=float, default=1e6)
     ap.add_argument("--repeat", type=int, default=7, help="at most 14 (stays below 256 groups)")
     ap.add_argument("--dtype", default="float64", choices=("float64", "float32"))
+    ap.add_argument("--no-before", action="store_true",
+                    help="leave out the kernel before four groups per load")
     a = ap.parse_args()
     if not 1 <= a.repeat <= 14:
         raise SystemExit(f"--repeat {a.repeat}: expected 1 to 14 (the re-centring at 256 "
@@ -129,7 +201,7 @@ def main() -> None:
     load_before = os.getloadavg()
     groups = np.random.default_rng(0).standard_normal((GROUPS, P + 2, n_cells)) + 3.0
     groups = groups.astype(a.dtype)
-    ours = our_cases(n_cells, groups)
+    ours = our_cases(n_cells, groups, not a.no_before)
     theirs = their_case(n_cells, groups)
     times = {name: [] for name in ours}
     if theirs is not None:
@@ -164,6 +236,13 @@ def main() -> None:
                      f" cpu {row['speedup_cpu_best']:5.1f}x")
         record["cases"][name] = row
         print(line, flush=True)
+    for name, ts in times.items():
+        if name.startswith("before, "):
+            now = name[8:] if name.startswith("before, influence") else "update_many, " + name[8:]
+            after = times[now]
+            gain = min(c for _, c in ts) / min(c for _, c in after)
+            record["cases"][name]["after_over_before_cpu_best"] = gain
+            print(f"  {name[8:]}: CPU best before / now {gain:4.2f}x")
     if ref is None:
         print("  iterative-stats is not installed (pip install -e '.[bench]'): no reference")
     out = write_json(pathlib.Path(__file__).parent / "results" / "sobol_fold.json", record)

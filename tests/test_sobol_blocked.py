@@ -19,14 +19,14 @@ from melissa_sa.kernels.sobol import CHUNK, group_tuple, martinez_update_many, r
 from melissa_sa.kernels.sobol_blocked import (
     BLOCK,
     block_slots,
-    blocked_update_many,
-    blocked_update_many_influence,
     blocks_to_rows,
     n_blocks,
     rows_to_blocks,
     scratch_for,
     terms_for,
 )
+from melissa_sa.kernels.sobol_blocked_fold import blocked_update_many
+from melissa_sa.kernels.sobol_blocked_influence import blocked_update_many_influence
 from melissa_sa.kernels.sobol_influence import martinez_update_many_influence
 from melissa_sa.stats import SobolAggregatedInterval, SobolMartinez, sobol_results
 from melissa_sa.stats.sobol_checkpoint import save_martinez
@@ -62,7 +62,7 @@ def test_kernel_same_state_bit_for_bit(n_cells, dtype):
     data = mixed(np.random.default_rng(n_cells), 24, n_cells, dtype)
     rows = np.zeros((n_cells, row_width(P)))
     blocks = np.zeros((n_blocks(n_cells), row_width(P) * BLOCK))
-    scratch = scratch_for(n_cells)
+    scratch = scratch_for(P)
     for lo in range(0, 24, 8):
         martinez_update_many(rows, group_tuple(list(data[lo:lo + 8])), lo, 8)
         blocked_update_many(blocks, data[lo:lo + 8], lo, scratch)
@@ -77,23 +77,58 @@ def test_kernel_same_state_bit_for_bit(n_cells, dtype):
     np.testing.assert_array_equal(again, blocks)
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("n_params", [1, 2, 5])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_kernel_fused_influence_sums_bit_for_bit(dtype):
+def test_kernel_quads_and_remainders_bit_for_bit(n_params, dtype, workers):
+    """Four groups per load, the groups left one by one, any p, any number of
+    scratch rows (workers): the row kernel's state, one group at a time."""
+    n_cells = CHUNK + 21
+    rng = np.random.default_rng(n_params)
+    data = (rng.standard_normal((30, n_params + 2, n_cells)) * 3.0 + 1e5).astype(dtype)
+    rows = np.zeros((n_cells, row_width(n_params)))
+    blocks = np.zeros((n_blocks(n_cells), row_width(n_params) * BLOCK))
+    scratch = np.empty((workers, scratch_for(n_params).shape[1]))
+    lo = 0
+    for m in (5, 7, 1, 4, 6, 2, 3, 2):
+        blocked_update_many(blocks, data[lo:lo + m], lo, scratch)
+        lo += m
+    for g in range(lo):
+        martinez_update_many(rows, data[g:g + 1], g)
+    back = np.empty_like(rows)
+    blocks_to_rows(blocks, block_slots(n_params), 0, back)
+    np.testing.assert_array_equal(back, rows)
+    assert not blocks[-1].reshape(row_width(n_params), BLOCK)[:, n_cells % BLOCK:].any()
+
+
+def test_kernel_refuses_a_small_scratch():
+    groups = np.ones((4, P + 2, 40))
+    blocks = np.zeros((n_blocks(40), row_width(P) * BLOCK))
+    with pytest.raises(ValueError, match="scratch too small"):
+        blocked_update_many(blocks, groups, 0, scratch_for(1))
+
+
+@pytest.mark.parametrize("flags", [[0, -1, 1, 0, 2, -1, 1, 2],        # two quads
+                                   [-1, -1, -1, -1, 0, 1, -1, 2],    # a quad with none
+                                   [2, -1, 0, 1, 1, -1, 0]])         # a quad, three left
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_kernel_fused_influence_sums_bit_for_bit(dtype, flags):
     n_cells = 3 * CHUNK + 5
-    data = mixed(np.random.default_rng(3), 12, n_cells, dtype)
+    data = mixed(np.random.default_rng(3), 4 + len(flags), n_cells, dtype)
     rows = np.zeros((n_cells, row_width(P)))
     blocks = np.zeros((n_blocks(n_cells), row_width(P) * BLOCK))
-    scratch = scratch_for(n_cells)
+    scratch = scratch_for(P)
     martinez_update_many(rows, data[:4], 0)
     blocked_update_many(blocks, data[:4], 0, scratch)
-    flags = np.array([0, -1, 1, 0, 2, -1, 1, 2], dtype=np.int64)
+    m = len(flags)
+    flags = np.array(flags + [-1] * (8 - m), dtype=np.int64)
     chunks = -(-n_cells // CHUNK)
     out_rows, out_blocks = np.zeros((3, 4, P)), np.zeros((3, 4, P))
     part = np.zeros((8, chunks, 4, P))
     martinez_update_many_influence(rows, group_tuple(list(data[4:])), 4, flags, part,
-                                   out_rows, 8)
+                                   out_rows, m)
     blocked_update_many_influence(blocks, group_tuple(list(data[4:])), 4, scratch, flags,
-                                  part, terms_for(n_cells, P), out_blocks, 8)
+                                  part, terms_for(P), out_blocks, m)
     np.testing.assert_array_equal(out_blocks, out_rows)
     back = np.empty_like(rows)
     blocks_to_rows(blocks, block_slots(P), 0, back)

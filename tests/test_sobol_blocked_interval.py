@@ -20,11 +20,11 @@ from melissa_sa.kernels.sobol import row_width
 from melissa_sa.kernels.sobol_blocked import (
     BLOCK,
     block_slots,
-    blocked_update_many,
     blocks_to_rows,
     n_blocks,
     scratch_for,
 )
+from melissa_sa.kernels.sobol_blocked_fold import blocked_update_many
 from melissa_sa.kernels.sobol_blocked_interval import blocked_interval
 from melissa_sa.kernels.sobol_centred import DELTA, DELTA_LINEAR, FISHER, martinez_interval
 from melissa_sa.stats import SobolMartinez
@@ -44,7 +44,7 @@ def blocked_state(n_groups, n_cells, seed=0):
             data[2, 4, 2] = np.nan
     state = np.zeros((n_blocks(n_cells), row_width(P) * BLOCK))
     if n_groups:
-        blocked_update_many(state, data, 0, scratch_for(n_cells))
+        blocked_update_many(state, data, 0, scratch_for(P))
     return state
 
 

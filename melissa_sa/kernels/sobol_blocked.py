@@ -18,28 +18,31 @@ P3_Ck, P4_Ck, P_ACk 21, 12, 31, 22, 13, P_BCk 21, 12, 31, 22, 13). A cell
 count that is not a multiple of ``BLOCK`` leaves the last block's extra
 lanes at zero (never folded).
 
-The batched fold goes by chunks of :data:`~melissa_sa.kernels.sobol.CHUNK`
-cells and applies the ``m`` groups to a chunk in turn, as
-:func:`~melissa_sa.kernels.sobol.martinez_update_many`; the fused influence
-sums of the aggregated interval (:func:`blocked_update_many_influence`)
-compute a block's terms in lanes (square roots and divisions included) into
-a scratch row, then add them to the chunk's sums in cell order: the sums of
-:func:`~melissa_sa.kernels.sobol_influence.martinez_update_many_influence`,
-bit for bit. Nothing is allocated inside the kernels.
+The fold goes by chunks of :data:`~melissa_sa.kernels.sobol.CHUNK` cells
+and applies the groups to a chunk in turn, as
+:func:`~melissa_sa.kernels.sobol.martinez_update_many`: :func:`fold_chunk`
+here one group at a time, the batched fold of
+:mod:`melissa_sa.kernels.sobol_blocked_fold` :data:`QUAD` at a time; the
+fused influence sums of the aggregated interval are in
+:mod:`melissa_sa.kernels.sobol_blocked_influence`. Nothing is allocated
+inside the kernels: their scratch has a row per Numba thread
+(:func:`scratch_for`).
 """
 
-import math
-
 import numpy as np
-from numba import njit, prange
+from numba import config, njit, prange
 
-from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
+from melissa_sa.kernels.sobol import CHUNK, welford_weights
+from melissa_sa.kernels.sobol_prefetch import prefetch_cells
 
 #: cells per block: a compile-time constant (the vectoriser needs it);
 #: CHUNK is a multiple of it (measured: docs/performance.md)
 BLOCK = 16
 #: blocks per chunk of the batched fold
 PER_CHUNK = CHUNK // BLOCK
+#: groups folded per load of a block's accumulators by the batched fold
+#: (:mod:`melissa_sa.kernels.sobol_blocked_fold`; a compile-time constant)
+QUAD = 4
 
 
 def n_blocks(n_cells):
@@ -47,14 +50,19 @@ def n_blocks(n_cells):
     return (n_cells + BLOCK - 1) // BLOCK
 
 
-def scratch_for(n_cells):
-    """The fold's scratch for ``n_cells`` cells: ``5 BLOCK`` float64 per chunk."""
-    return np.empty(((n_cells + CHUNK - 1) // CHUNK, 5 * BLOCK))
+def scratch_for(n_params):
+    """The folds' scratch for ``n_params`` parameters, one row per Numba
+    thread (the kernels run a worker per row, each over a contiguous range
+    of chunks): ``QUAD (p + 8) BLOCK`` float64, the batched fold's staged groups
+    (:mod:`melissa_sa.kernels.sobol_blocked_fold`; the one-group fold uses
+    the first ``5 BLOCK``)."""
+    return np.empty((config.NUMBA_NUM_THREADS, QUAD * (n_params + 8) * BLOCK))
 
 
-def terms_for(n_cells, p):
-    """The influence terms' scratch: ``(chunks, p, 4, BLOCK)`` float64."""
-    return np.empty(((n_cells + CHUNK - 1) // CHUNK, p, 4, BLOCK))
+def terms_for(n_params):
+    """The influence terms' scratch, one row per Numba thread: ``QUAD p 4
+    BLOCK`` float64 (:mod:`melissa_sa.kernels.sobol_blocked_influence`)."""
+    return np.empty((config.NUMBA_NUM_THREADS, QUAD * n_params * 4 * BLOCK))
 
 
 def block_slots(p):
@@ -178,114 +186,12 @@ def _fold_block(state, b, group, lo, nb, first, r, c2, p, x):
 
 
 @njit(cache=True, inline="always")
-def _fold_chunk(state, group, n, p, ch, n_cells, x):
+def fold_chunk(state, group, n, p, ch, n_cells, x):
     """Fold ``group``, the group after ``n``, into the blocks of chunk ``ch``
     (``x``: the chunk's scratch, as :func:`_fold_block` takes it)."""
     r, c2 = welford_weights(n)
     n_blk = (n_cells + BLOCK - 1) // BLOCK
     for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
         lo = b * BLOCK
+        prefetch_cells(group, lo + CHUNK)
         _fold_block(state, b, group, lo, min(BLOCK, n_cells - lo), n == 0, r, c2, p, x)
-
-
-@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
-def blocked_update_many(state, groups, n, scratch, m=-1):
-    """Fold ``m`` groups into a cell-blocked full state, in one pass over it.
-
-    ``groups``, ``n`` and ``m`` as in
-    :func:`~melissa_sa.kernels.sobol.martinez_update_many` (an ``(m, p + 2,
-    n_cells)`` array or a tuple of ``(p + 2, n_cells)`` arrays, float32 or
-    float64); the state is that kernel's, bit for bit, in blocks.
-    ``scratch``: float64 ``(>= ceil(n_cells / CHUNK), 5 BLOCK)`` (:func:`scratch_for`).
-    """
-    m = batch_size(groups, m)
-    if m == 0:
-        return
-    p = groups[0].shape[0] - 2
-    n_cells = groups[0].shape[1]
-    for ch in prange((n_cells + CHUNK - 1) // CHUNK):
-        for g in range(m):
-            _fold_chunk(state, groups[g], n + g, p, ch, n_cells, scratch[ch])
-
-
-@njit(cache=True, inline="always")
-def _block_terms(blk, sk, ga, gb, gc, nb, f, terms):
-    """One pair's influence terms of the block's cells, in lanes, into
-    ``terms`` (``(4, BLOCK)``: Phi and Psi, first then total order); a term
-    a cell does not add is 0 (adding 0 to the sums changes nothing)."""
-    for c in range(nb):
-        s = blk[c]
-        da = (ga[c] - s) - blk[BLOCK + c]
-        db = (gb[c] - s) - blk[2 * BLOCK + c]
-        a2 = blk[3 * BLOCK + c]
-        b2 = blk[4 * BLOCK + c]
-        sa = math.sqrt(a2)
-        sb = math.sqrt(b2)
-        ha = 0.5 * (da * da - a2 * f) / sa if a2 > 0.0 else 0.0
-        hb = 0.5 * (db * db - b2 * f) / sb if b2 > 0.0 else 0.0
-        dc = (gc[c] - s) - sk[c]
-        cc = sk[BLOCK + c]
-        terms[0, c] = db * dc - sk[3 * BLOCK + c] * f
-        terms[2, c] = da * dc - sk[2 * BLOCK + c] * f
-        sc = math.sqrt(cc)
-        hc = 0.5 * (dc * dc - cc * f) / sc
-        terms[1, c] = sc * hb + sb * hc if cc > 0.0 and b2 > 0.0 else 0.0
-        terms[3, c] = sc * ha + sa * hc if cc > 0.0 and a2 > 0.0 else 0.0
-
-
-@njit(cache=True, inline="always")
-def _influence_chunk(state, group, n, p, ch, n_cells, partial, u, terms):
-    """``group``'s influence sums over chunk ``ch`` into ``partial[u, ch]``
-    (the state before ``group``, ``n >= 2`` groups), in cell order."""
-    nf = float(n)
-    f = (nf + 1.0) / (nf * (nf - 1.0))
-    for q in range(4):
-        for k in range(p):
-            partial[u, ch, q, k] = 0.0
-    n_blk = (n_cells + BLOCK - 1) // BLOCK
-    t = terms[ch]
-    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
-        lo = b * BLOCK
-        nb = min(BLOCK, n_cells - lo)
-        blk = state[b]
-        ga = group[0, lo:lo + nb]
-        gb = group[1, lo:lo + nb]
-        for k in range(p):
-            o = (9 + 16 * k) * BLOCK
-            _block_terms(blk, blk[o:o + 16 * BLOCK], ga, gb, group[2 + k, lo:lo + nb], nb,
-                         f, t[k])
-        for c in range(nb):      # in cell order, as the row kernel adds them
-            for k in range(p):
-                for q in range(4):
-                    partial[u, ch, q, k] += t[k, q, c]
-
-
-@njit(cache=True, parallel=True, error_model="numpy", nogil=True)
-def blocked_update_many_influence(state, groups, n, scratch, rows, partial, terms, out,
-                                  m=-1):
-    """:func:`blocked_update_many`, adding the influence sums of the groups
-    flagged in ``rows`` into ``out`` on the way: the arguments and sums of
-    :func:`~melissa_sa.kernels.sobol_influence.martinez_update_many_influence`,
-    bit for bit, plus ``scratch`` (as :func:`blocked_update_many`) and
-    ``terms``, float64 scratch ``(>= ceil(n_cells / CHUNK), p, 4, BLOCK)``."""
-    m = batch_size(groups, m)
-    if m == 0:
-        return
-    p = groups[0].shape[0] - 2
-    n_cells = groups[0].shape[1]
-    n_chunks = (n_cells + CHUNK - 1) // CHUNK
-    if (partial.shape[0] < m or partial.shape[1] < n_chunks or rows.shape[0] < m
-            or terms.shape[0] < n_chunks or scratch.shape[0] < n_chunks):
-        raise ValueError("blocked_update_many_influence: partial, terms or rows too small")
-    for ch in prange(n_chunks):
-        for g in range(m):
-            group = groups[g]
-            if rows[g] >= 0:
-                _influence_chunk(state, group, n + g, p, ch, n_cells, partial, g, terms)
-            _fold_chunk(state, group, n + g, p, ch, n_cells, scratch[ch])
-    for g in range(m):
-        if rows[g] >= 0:
-            for t in range(n_chunks):
-                for q in range(4):
-                    for k in range(p):
-                        out[rows[g], q, k] += partial[g, t, q, k]

@@ -14,39 +14,15 @@ chunks in order: the sums do not depend on the thread count nor on the path.
 
 import math
 
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from melissa_sa.kernels.sobol import CHUNK, batch_size, fold_rows
+from melissa_sa.kernels.sobol_prefetch import prefetch
 
 #: rows ahead whose block 1 is prefetched (measured: 4-16 all about halve the
-#: influence pass, which reads 136 of a full row's 456 bytes at p = 3)
+#: influence pass, which reads 136 of a full row's 456 bytes at p = 3: a
+#: gapped pattern the hardware prefetcher does not anticipate)
 AHEAD = 8
-
-
-@intrinsic
-def _prefetch(typingctx, array, row, col):
-    """Hint the CPU to fetch ``array[row, col]``'s cache line (``llvm.prefetch``,
-    read, high locality): the influence terms read block 1 of each row, a
-    gapped pattern the hardware prefetcher does not anticipate."""
-    sig = types.void(array, row, col)
-
-    def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]],
-                                       wraparound=False, boundscheck=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3),
-                          ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
 
 
 @njit(cache=True, inline="always")
@@ -69,7 +45,7 @@ def _influence(state, group, n, p, lo, hi, partial, u, t, last):
         ahead = c + AHEAD
         if ahead < hi and last >= 0:
             for col in range(0, last + 8, 8):   # every cache line of the columns
-                _prefetch(state, ahead, min(col, last))
+                prefetch(state[ahead], min(col, last))
         s = state[c, 0]
         da = (group[0, c] - s) - state[c, 1]
         db = (group[1, c] - s) - state[c, 2]

@@ -31,14 +31,14 @@ from melissa_sa.kernels.sobol import row_width
 from melissa_sa.kernels.sobol_blocked import (
     BLOCK,
     block_slots,
-    blocked_update_many,
-    blocked_update_many_influence,
     blocks_to_rows,
     n_blocks,
     rows_to_blocks,
     scratch_for,
     terms_for,
 )
+from melissa_sa.kernels.sobol_blocked_fold import blocked_update_many
+from melissa_sa.kernels.sobol_blocked_influence import blocked_update_many_influence
 from melissa_sa.kernels.sobol_centred import martinez_merge, martinez_recentre
 
 __all__ = ["SLICE", "BlockedState"]
@@ -59,8 +59,8 @@ class BlockedState:
         self.array = np.zeros((n_blocks(n_cells), self.width * BLOCK))
         self.slots = block_slots(n_params)
         # made when first needed, freed by drop_scratch():
-        self._scratch = None   # the fold's, 5 BLOCK float64 per chunk of 256 cells
-        self._terms = None     # the influence terms', 4 p BLOCK float64 per chunk
+        self._scratch = None   # the folds', 4 (p + 8) BLOCK float64 per Numba thread
+        self._terms = None     # the influence terms', 16 p BLOCK float64 per Numba thread
         self._slice = None     # row buffer of the merge (kept: merges repeat)
 
     def drop_scratch(self) -> None:
@@ -70,7 +70,7 @@ class BlockedState:
 
     def _fold_scratch(self) -> np.ndarray:
         if self._scratch is None:
-            self._scratch = scratch_for(self.n_cells)
+            self._scratch = scratch_for(self.n_params)
         return self._scratch
 
     @property
@@ -88,9 +88,9 @@ class BlockedState:
     def fold_influence(self, groups, n: int, rows, partial, out, m: int) -> None:
         """:meth:`fold`, adding the influence sums of the groups flagged in
         ``rows`` to ``out`` (see
-        :func:`~melissa_sa.kernels.sobol_blocked.blocked_update_many_influence`)."""
+        :func:`~melissa_sa.kernels.sobol_blocked_influence.blocked_update_many_influence`)."""
         if self._terms is None:
-            self._terms = terms_for(self.n_cells, self.n_params)
+            self._terms = terms_for(self.n_params)
         blocked_update_many_influence(self.array, groups, n, self._fold_scratch(), rows, partial,
                                       self._terms, out, m)
 

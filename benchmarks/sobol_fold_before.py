@@ -1,0 +1,124 @@
+"""The cell-blocked Sobol' folds before four groups went per load, as a
+benchmark baseline.
+
+Copies (but for their names and the removed caching) of the batched fold
+and of the fold with the aggregated interval's influence sums as they were
+on 5 December 2026 before the folds went four groups per load of a block's
+accumulators (:mod:`melissa_sa.kernels.sobol_blocked_fold`): each group of a
+batch in turn, chunk by chunk, every accumulator loaded and stored per
+group, the rows not prefetched, a scratch row per chunk. This file exists
+only so that ``benchmarks/sobol_fold.py`` measures the folds before and now
+side by side in one run; nothing in melissa-sa uses it.
+"""
+
+import math
+
+from numba import njit, prange
+
+from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
+from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, _fold_block
+
+
+@njit(inline="always")
+def _fold_chunk(state, group, n, p, ch, n_cells, x):
+    r, c2 = welford_weights(n)
+    n_blk = (n_cells + BLOCK - 1) // BLOCK
+    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+        lo = b * BLOCK
+        _fold_block(state, b, group, lo, min(BLOCK, n_cells - lo), n == 0, r, c2, p, x)
+
+
+@njit(parallel=True, error_model="numpy", nogil=True)
+def fold_before(state, groups, n, scratch, m=-1):
+    """The batched fold before (``scratch``: ``(chunks, 5 BLOCK)`` float64)."""
+    m = batch_size(groups, m)
+    if m == 0:
+        return
+    p = groups[0].shape[0] - 2
+    n_cells = groups[0].shape[1]
+    for ch in prange((n_cells + CHUNK - 1) // CHUNK):
+        for g in range(m):
+            _fold_chunk(state, groups[g], n + g, p, ch, n_cells, scratch[ch])
+
+
+@njit(inline="always")
+def _block_terms(blk, sk, ga, gb, gc, nb, f, terms):
+    """One pair's influence terms of the block's cells, in lanes, into
+    ``terms`` (``(4, BLOCK)``: Phi and Psi, first then total order); a term
+    a cell does not add is 0 (adding 0 to the sums changes nothing)."""
+    for c in range(nb):
+        s = blk[c]
+        da = (ga[c] - s) - blk[BLOCK + c]
+        db = (gb[c] - s) - blk[2 * BLOCK + c]
+        a2 = blk[3 * BLOCK + c]
+        b2 = blk[4 * BLOCK + c]
+        sa = math.sqrt(a2)
+        sb = math.sqrt(b2)
+        ha = 0.5 * (da * da - a2 * f) / sa if a2 > 0.0 else 0.0
+        hb = 0.5 * (db * db - b2 * f) / sb if b2 > 0.0 else 0.0
+        dc = (gc[c] - s) - sk[c]
+        cc = sk[BLOCK + c]
+        terms[0, c] = db * dc - sk[3 * BLOCK + c] * f
+        terms[2, c] = da * dc - sk[2 * BLOCK + c] * f
+        sc = math.sqrt(cc)
+        hc = 0.5 * (dc * dc - cc * f) / sc
+        terms[1, c] = sc * hb + sb * hc if cc > 0.0 and b2 > 0.0 else 0.0
+        terms[3, c] = sc * ha + sa * hc if cc > 0.0 and a2 > 0.0 else 0.0
+
+
+@njit(inline="always")
+def _influence_chunk(state, group, n, p, ch, n_cells, partial, u, terms):
+    """``group``'s influence sums over chunk ``ch`` into ``partial[u, ch]``
+    (the state before ``group``, ``n >= 2`` groups), in cell order."""
+    nf = float(n)
+    f = (nf + 1.0) / (nf * (nf - 1.0))
+    for q in range(4):
+        for k in range(p):
+            partial[u, ch, q, k] = 0.0
+    n_blk = (n_cells + BLOCK - 1) // BLOCK
+    t = terms[ch]
+    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+        lo = b * BLOCK
+        nb = min(BLOCK, n_cells - lo)
+        blk = state[b]
+        ga = group[0, lo:lo + nb]
+        gb = group[1, lo:lo + nb]
+        for k in range(p):
+            o = (9 + 16 * k) * BLOCK
+            _block_terms(blk, blk[o:o + 16 * BLOCK], ga, gb, group[2 + k, lo:lo + nb], nb,
+                         f, t[k])
+        for c in range(nb):      # in cell order, as the row kernel adds them
+            for k in range(p):
+                for q in range(4):
+                    partial[u, ch, q, k] += t[k, q, c]
+
+
+@njit(parallel=True, error_model="numpy", nogil=True)
+def influence_before(state, groups, n, scratch, rows, partial, terms, out,
+                                  m=-1):
+    """:func:`fold_before`, adding the influence sums of the groups
+    flagged in ``rows`` into ``out`` on the way: the arguments and sums of
+    :func:`~melissa_sa.kernels.sobol_influence.martinez_update_many_influence`,
+    bit for bit, plus ``scratch`` (:func:`scratch_for`) and
+    ``terms``, float64 scratch ``(>= ceil(n_cells / CHUNK), p, 4, BLOCK)``."""
+    m = batch_size(groups, m)
+    if m == 0:
+        return
+    p = groups[0].shape[0] - 2
+    n_cells = groups[0].shape[1]
+    n_chunks = (n_cells + CHUNK - 1) // CHUNK
+    if (partial.shape[0] < m or partial.shape[1] < n_chunks or rows.shape[0] < m
+            or terms.shape[0] < n_chunks or scratch.shape[0] < n_chunks):
+        raise ValueError("blocked_update_many_influence: partial, terms or rows too small")
+    for ch in prange(n_chunks):
+        for g in range(m):
+            group = groups[g]
+            if rows[g] >= 0:
+                _influence_chunk(state, group, n + g, p, ch, n_cells, partial, g, terms)
+            _fold_chunk(state, group, n + g, p, ch, n_cells, scratch[ch])
+    for g in range(m):
+        if rows[g] >= 0:
+            for t in range(n_chunks):
+                for q in range(4):
+                    for k in range(p):
+                        out[rows[g], q, k] += partial[g, t, q, k]
