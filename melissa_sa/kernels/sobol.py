@@ -214,16 +214,6 @@ def merged_by_copy(state_a, n_a, state_b, n_b):
     return True
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def copy_group(dst, src):
-    """``dst[:] = src`` for two (rows, n_cells) arrays, over the cells in
-    parallel (the batched fold's buffer is filled at the speed of every
-    thread, not of NumPy's one); float32 into float64 is exact."""
-    for c in prange(src.shape[1]):
-        for r in range(src.shape[0]):
-            dst[r, c] = src[r, c]
-
-
 @njit(cache=True, inline="always")
 def batch_size(groups, m):
     """The number of groups a batched kernel folds: ``m``, or all of

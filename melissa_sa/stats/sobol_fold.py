@@ -143,10 +143,10 @@ class GroupBuffer:
         """Buffer a copy of ``group`` (C-contiguous, float32/float64) in a slot."""
         self._check(group)
         slot = self._take_slot(group)
-        # NumPy's copy, a memcpy of each row: the Numba copy over the cells in
-        # parallel (kernels.sobol.copy_group) reads the rows column by column
-        # and cost 11 ms per 40 MB group on one thread, 16 ms of CPU on two,
-        # against 2.0-2.5 ms (10^6 cells, p = 3: benchmarks/sobol_fold.py)
+        # NumPy's copy, a memcpy of each row: a Numba copy over the cells in
+        # parallel, reading the rows column by column, cost 11 ms per 40 MB
+        # group on one thread, 16 ms of CPU on two, against 2.0-2.5 ms
+        # (10^6 cells, p = 3: benchmarks/sobol_fold.py, 5 Dec 2026)
         np.copyto(slot, group)
         self.groups.append(slot)
         self._after.append(SLOT)
