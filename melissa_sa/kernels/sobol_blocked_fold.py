@@ -36,7 +36,7 @@ from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
 from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, QUAD, fold_chunk
 from melissa_sa.kernels.sobol_prefetch import prefetch_cells
 
-__all__ = ["blocked_update_many", "check_scratch", "influence_factor", "pair_rows", "quad_ab",
+__all__ = ["batch_dims", "blocked_update_many", "influence_factor", "pair_rows", "quad_ab",
            "quad_chunk", "quad_pair", "stage_quad", "worker_chunks"]
 
 
@@ -213,11 +213,16 @@ def quad_chunk(state, groups, g0, n, p, ch, n_cells, x):
 
 
 @njit(cache=True, inline="always")
-def check_scratch(scratch, p):
-    """Refuse a scratch smaller than :func:`~melissa_sa.kernels.sobol_blocked.scratch_for`'s."""
+def batch_dims(groups, scratch):
+    """``(p, n_cells, n_chunks)`` of a batched fold of ``groups`` (at least
+    one); refuses a scratch smaller than
+    :func:`~melissa_sa.kernels.sobol_blocked.scratch_for`'s."""
+    p = groups[0].shape[0] - 2
+    n_cells = groups[0].shape[1]
     if scratch.shape[0] < 1 or scratch.shape[1] < QUAD * (p + 8) * BLOCK:
         raise ValueError("scratch too small: rows of 4 (p + 8) 16 float64 "
                          "(kernels.sobol_blocked.scratch_for)")
+    return p, n_cells, (n_cells + CHUNK - 1) // CHUNK
 
 
 @njit(cache=True, inline="always")
@@ -244,10 +249,7 @@ def blocked_update_many(state, groups, n, scratch, m=-1):
     m = batch_size(groups, m)
     if m == 0:
         return
-    p = groups[0].shape[0] - 2
-    n_cells = groups[0].shape[1]
-    n_chunks = (n_cells + CHUNK - 1) // CHUNK
-    check_scratch(scratch, p)
+    p, n_cells, n_chunks = batch_dims(groups, scratch)
     n_workers = scratch.shape[0]
     for w in prange(n_workers):
         x = scratch[w]

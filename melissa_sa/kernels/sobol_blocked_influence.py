@@ -24,10 +24,10 @@ import math
 
 from numba import njit, prange
 
-from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
+from melissa_sa.kernels.sobol import batch_size, welford_weights
 from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, QUAD, fold_chunk
 from melissa_sa.kernels.sobol_blocked_fold import (
-    check_scratch,
+    batch_dims,
     influence_factor,
     pair_rows,
     quad_ab,
@@ -176,10 +176,7 @@ def blocked_update_many_influence(state, groups, n, scratch, rows, partial, term
     m = batch_size(groups, m)
     if m == 0:
         return
-    p = groups[0].shape[0] - 2
-    n_cells = groups[0].shape[1]
-    n_chunks = (n_cells + CHUNK - 1) // CHUNK
-    check_scratch(scratch, p)
+    p, n_cells, n_chunks = batch_dims(groups, scratch)
     if (partial.shape[0] < m or partial.shape[1] < n_chunks or rows.shape[0] < m
             or terms.shape[0] < scratch.shape[0] or terms.shape[1] < QUAD * p * 4 * BLOCK):
         raise ValueError("blocked_update_many_influence: partial, terms or rows too small")
