@@ -2,7 +2,8 @@
 benchmark baseline.
 
 Copies (but for their names and the removed caching) of the batched fold
-and of the fold with the aggregated interval's influence sums as they were
+and of the fold with the aggregated interval's influence sums (whose
+per-block terms, unchanged, are the package's ``block_terms``) as they were
 on 5 December 2026 before the folds went four groups per load of a block's
 accumulators (:mod:`melissa_sa.kernels.sobol_blocked_fold`): each group of a
 batch in turn, chunk by chunk, every accumulator loaded and stored per
@@ -11,12 +12,11 @@ only so that ``benchmarks/sobol_fold.py`` measures the folds before and now
 side by side in one run; nothing in melissa-sa uses it.
 """
 
-import math
-
 from numba import njit, prange
 
 from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
 from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, _fold_block
+from melissa_sa.kernels.sobol_blocked_influence import block_terms
 
 
 @njit(inline="always")
@@ -42,31 +42,6 @@ def fold_before(state, groups, n, scratch, m=-1):
 
 
 @njit(inline="always")
-def _block_terms(blk, sk, ga, gb, gc, nb, f, terms):
-    """One pair's influence terms of the block's cells, in lanes, into
-    ``terms`` (``(4, BLOCK)``: Phi and Psi, first then total order); a term
-    a cell does not add is 0 (adding 0 to the sums changes nothing)."""
-    for c in range(nb):
-        s = blk[c]
-        da = (ga[c] - s) - blk[BLOCK + c]
-        db = (gb[c] - s) - blk[2 * BLOCK + c]
-        a2 = blk[3 * BLOCK + c]
-        b2 = blk[4 * BLOCK + c]
-        sa = math.sqrt(a2)
-        sb = math.sqrt(b2)
-        ha = 0.5 * (da * da - a2 * f) / sa if a2 > 0.0 else 0.0
-        hb = 0.5 * (db * db - b2 * f) / sb if b2 > 0.0 else 0.0
-        dc = (gc[c] - s) - sk[c]
-        cc = sk[BLOCK + c]
-        terms[0, c] = db * dc - sk[3 * BLOCK + c] * f
-        terms[2, c] = da * dc - sk[2 * BLOCK + c] * f
-        sc = math.sqrt(cc)
-        hc = 0.5 * (dc * dc - cc * f) / sc
-        terms[1, c] = sc * hb + sb * hc if cc > 0.0 and b2 > 0.0 else 0.0
-        terms[3, c] = sc * ha + sa * hc if cc > 0.0 and a2 > 0.0 else 0.0
-
-
-@njit(inline="always")
 def _influence_chunk(state, group, n, p, ch, n_cells, partial, u, terms):
     """``group``'s influence sums over chunk ``ch`` into ``partial[u, ch]``
     (the state before ``group``, ``n >= 2`` groups), in cell order."""
@@ -85,8 +60,8 @@ def _influence_chunk(state, group, n, p, ch, n_cells, partial, u, terms):
         gb = group[1, lo:lo + nb]
         for k in range(p):
             o = (9 + 16 * k) * BLOCK
-            _block_terms(blk, blk[o:o + 16 * BLOCK], ga, gb, group[2 + k, lo:lo + nb], nb,
-                         f, t[k])
+            block_terms(blk, blk[o:o + 16 * BLOCK], ga, gb, group[2 + k, lo:lo + nb], nb,
+                        f, t[k].reshape(4 * BLOCK))
         for c in range(nb):      # in cell order, as the row kernel adds them
             for k in range(p):
                 for q in range(4):
