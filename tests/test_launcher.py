@@ -1046,3 +1046,33 @@ def test_plot_unknown_statistic(results_file, tmp_path):
     r = _cli("plot", str(results_file), "--stat", "quantiles", "-o", str(tmp_path / "q.png"))
     assert r.returncode == 1
     assert "quantiles" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_kernels_compile_where_the_server_runs(tmp_path, monkeypatch):
+    """The launcher's compile step runs ``python -m melissa_sa.warmup`` in the
+    server's working directory (``python -m`` imports from its working
+    directory first: the launcher's own could hold another melissa_sa)."""
+    from conftest import write_study
+
+    import melissa_sa.warmup
+    from melissa_sa.launcher import server_process
+    from melissa_sa.launcher.progress import Console
+
+    (tmp_path / "study").mkdir()
+    study = write_study(tmp_path / "study")
+    server = server_process.ServerProcess(load_config(study), study, None)
+    calls = []
+
+    def run(cmd, **kwargs):
+        calls.append((cmd, kwargs))
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(melissa_sa.warmup, "cache_is_stale", lambda: True)
+    monkeypatch.setattr(server_process.subprocess, "run", run)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    server.compile_kernels(Console(io.StringIO()))
+    [(cmd, kwargs)] = calls
+    assert cmd[1:] == ["-m", "melissa_sa.warmup"]
+    assert Path(kwargs["cwd"]) == Path(server.cfg.base_dir) != elsewhere

@@ -155,9 +155,10 @@ class ServerProcess:
             return
         console.log("compiling the statistics kernels (first study after an install; "
                     "about 20 s, once)")
+        # run where the server runs, so that both import the same melissa_sa
         done = subprocess.run([sys.executable, "-m", "melissa_sa.warmup"],
-                              env=self.env(None, False), stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True)
+                              cwd=self.cfg.base_dir, env=self.env(None, False),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True)
         if done.returncode != 0:
             raise LauncherError("compiling the statistics kernels failed:\n"
                                 + done.stderr[-2000:])
