@@ -193,3 +193,72 @@ def test_load_refuses_a_state_of_another_shape(tmp_path):
         g.create_dataset("state", data=np.zeros((5, 4)))
         with pytest.raises(ValueError, match=r"/m: state shape \(5, 4\), expected \(5, 3\)"):
             Moments.load(g)
+
+
+@pytest.mark.parametrize("order", [2, 4])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_update_pair_is_two_updates_bit_for_bit(order, dtype):
+    """update_pair(x, y) leaves the state of update(x); update(y), from the
+    first sample on, on hostile data (a 1e9 offset, a NaN, a constant cell)."""
+    rng = np.random.default_rng(7)
+    data = (1e9 + rng.standard_normal((9, 33)) * rng.choice([1e-3, 1.0, 1e3], 33)).astype(dtype)
+    data[:, 0] = 2.5
+    data[4, 5] = np.nan
+    one, two = Moments(33, order=order), Moments(33, order=order)
+    one.update(data[0])
+    two.update(data[0])
+    for k in range(1, 9, 2):   # pairs from n = 1 (odd) ...
+        one.update(data[k])
+        one.update(data[k + 1])
+        two.update_pair(data[k], data[k + 1])
+        assert np.array_equal(one._state, two._state, equal_nan=True)
+    first, pair = Moments(33, order=order), Moments(33, order=order)
+    for k in range(0, 8, 2):   # ... and from n = 0
+        first.update(data[k])
+        first.update(data[k + 1])
+        pair.update_pair(data[k], data[k + 1])
+    assert np.array_equal(first._state, pair._state, equal_nan=True)
+    assert pair.count[0] == 8 and np.isnan(pair.mean[5]) and pair.variance[0] == 0.0
+
+
+def test_update_pair_checks_and_mixes_sample_types():
+    one, two = Moments(4, order=4), Moments(4, order=4)
+    x = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
+    y = np.array([0.1, 0.2, 0.3, 0.4])
+    one.update(x)
+    one.update(y)
+    two.update_pair(x, y)
+    assert np.array_equal(one._state, two._state)
+    with pytest.raises(ValueError, match=r"expected \(4,\)"):
+        two.update_pair(x, np.zeros(5))
+
+
+@pytest.mark.parametrize("extra", [{}, {"skewness": True, "min": True, "max": True,
+                                        "threshold_exceedance": [0.5]}])
+def test_a_server_step_folds_a_and_b_as_two_samples(tmp_path, extra):
+    """A Sobol' group's independent rows A and B fold into the step's
+    statistics as two samples, one after the other, bit for bit."""
+    from melissa_sa.config import config_from_dict
+    from melissa_sa.server.field_stats import StepStatistics
+
+    cfg = config_from_dict({"study_options": {"field_names": ["u"], "nb_parameters": 2,
+                                              "parameter_sweep_size": 6, "nb_time_steps": 1},
+                            "sa_config": {"sobol_indices": True, **extra},
+                            "client_config": {"executable_command": "./sim"}},
+                           base_dir=str(tmp_path))
+    groups = np.random.default_rng(3).random((6, 4, 11)) + 1e6
+    step, ref = StepStatistics(11, cfg), StepStatistics(11, cfg)
+    for g, rows in enumerate(groups):
+        step.fold_group(rows, g)
+        ref.fold_sample(rows[0])
+        ref.fold_sample(rows[1])
+    assert step.n_samples == ref.n_samples == 12
+    for name, stat in step.items():
+        if name.startswith("sobol"):
+            continue
+        mine, theirs = vars(stat), vars(getattr(ref, name))
+        for key, value in mine.items():
+            if isinstance(value, np.ndarray):
+                assert np.array_equal(value, theirs[key], equal_nan=True), (name, key)
+            else:
+                assert value == theirs[key], (name, key)

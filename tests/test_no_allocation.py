@@ -83,3 +83,18 @@ def test_merge_allocates_nothing_mesh_sized(name, obj, x):
     finally:
         tracemalloc.stop()
     assert peak < N, f"{name}: merge allocated {peak} bytes at peak"
+
+
+@pytest.mark.parametrize("order", [2, 4])
+def test_moments_update_pair_allocates_nothing_mesh_sized(order):
+    rows = np.random.default_rng(1).standard_normal((2, N))
+    m = Moments(N, order=order)
+    for _ in range(2):
+        m.update_pair(rows[0], rows[1])
+    tracemalloc.start()
+    try:
+        m.update_pair(rows[0], rows[1])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < N, f"update_pair allocated {peak} bytes at peak"

@@ -81,6 +81,17 @@ class StepStatistics:
                 stat.update(x)
         self.n_samples += 1
 
+    def _fold_pair(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Two independent runs' values (A then B): the moments in one pass
+        over their state, the other statistics one run after the other."""
+        if self.moments is not None:
+            self.moments.update_pair(x, y)
+        for stat in (self.extrema, self.threshold, self.quantiles):
+            if stat is not None:
+                stat.update(x)
+                stat.update(y)
+        self.n_samples += 2
+
     def fold_group(self, rows: np.ndarray, group_id: int, pool: RowPool | None = None
                    ) -> None:
         """A complete group (the study's group ``group_id``): its independent
@@ -91,8 +102,12 @@ class StepStatistics:
         folded (at once without Sobol'; with it, when the Sobol' buffer is
         folded, the rows folded from where they are); without a pool the
         accumulator copies what it keeps."""
-        for row in self.layout.independent_rows:
-            self.fold_sample(rows[row])
+        independent = self.layout.independent_rows
+        if len(independent) == 2:
+            self._fold_pair(rows[independent[0]], rows[independent[1]])
+        else:
+            for row in independent:
+                self.fold_sample(rows[row])
         if self.sobol is None:
             if pool is not None:
                 pool.give_back(rows)

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from melissa_sa.kernels.moments import moments_merge, pebay_update, welford_update
+from melissa_sa.kernels.moments import (
+    moments_merge,
+    pebay_update,
+    pebay_update_pair,
+    welford_update,
+    welford_update_pair,
+)
 from melissa_sa.stats._state import as_sample, load_state, restore_array, save_state
 from melissa_sa.stats.base import Statistic
 
@@ -75,6 +81,20 @@ class Moments(Statistic):
         else:
             pebay_update(self._n, self._state, x)
         self._n += 1
+
+    def update_pair(self, x, y) -> None:
+        """Fold sample ``x`` then sample ``y`` (each ``(n_cells,)``): the state
+        of ``update(x); update(y)`` bit for bit, in one pass over it."""
+        x = as_sample(x, self.n_cells)
+        y = as_sample(y, self.n_cells)
+        if x.dtype != y.dtype:   # one kernel signature per sample type
+            y = y.astype(np.result_type(x, y))
+            x = x.astype(y.dtype)
+        if self.order == 2:
+            welford_update_pair(self._n, self._state, x, y)
+        else:
+            pebay_update_pair(self._n, self._state, x, y)
+        self._n += 2
 
     def merge(self, other: Moments) -> None:
         """Fold ``other``'s samples in, exactly as if this object saw them."""
