@@ -23,6 +23,10 @@ The servers' CPU and peak resident memory (VmHWM) are read from /proc every
 mpiexec nor its proxy), and the peak of its private memory (RssAnon, as
 sampled: VmHWM also counts the pages of shared libraries, about 100 MB of
 LLVM for Numba); wall time is the whole study's, launcher start to exit.
+The CPU of each of the server's threads (the main thread, ZeroMQ's I/O
+thread, the results writer, ...) is printed in user and system seconds:
+system time is mostly the kernel zeroing pages the server touches for the
+first time (on this project's VM, 1-2.5 s per GB of fresh memory).
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class ServerSampler:
         self.cpu: dict[int, float] = {}
         self.hwm_kib: dict[int, int] = {}
         self.anon_peak_kib: dict[int, int] = {}
+        #: (pid, tid) -> (thread name, user s, system s), as last sampled
+        self.threads: dict[tuple[int, int], tuple[str, float, float]] = {}
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -72,6 +78,7 @@ class ServerSampler:
                     continue
                 with open(f"/proc/{pid}/stat") as f:
                     self.cpu[pid] = stat_cpu_seconds(f.read())
+                self._sample_threads(pid)
                 with open(f"/proc/{pid}/status") as f:
                     for line in f:
                         if line.startswith("VmHWM:"):
@@ -81,6 +88,28 @@ class ServerSampler:
                                                           int(line.split()[1]))
             except (OSError, ValueError):
                 continue
+
+    def _sample_threads(self, pid: int) -> None:
+        tick = os.sysconf("SC_CLK_TCK")
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    raw = f.read()
+            except OSError:
+                continue
+            name = "main" if int(tid) == pid else raw[raw.index("(") + 1:raw.rindex(")")]
+            fields = raw.rsplit(")", 1)[1].split()
+            self.threads[pid, int(tid)] = (name, int(fields[11]) / tick, int(fields[12]) / tick)
+
+    def thread_cpu(self) -> dict[str, list[float]]:
+        """``{thread name: [user s, system s]}``, the threads of one name summed."""
+        out: dict[str, list[float]] = {}
+        for name, user, system in self.threads.values():
+            total = out.setdefault(name, [0.0, 0.0])
+            total[0] += user
+            total[1] += system
+        return {k: [round(u, 2), round(s, 2)] for k, (u, s) in
+                sorted(out.items(), key=lambda kv: -sum(kv[1]))}
 
     def _run(self) -> None:
         while not self._done.wait(self.period):
@@ -92,7 +121,7 @@ class ServerSampler:
         return {"server_cpu_s": sum(self.cpu.values()),
                 "server_peak_mb": sum(self.hwm_kib.values()) / 1024,
                 "server_private_peak_mb": sum(self.anon_peak_kib.values()) / 1024,
-                "server_pids": len(self.cpu)}
+                "server_pids": len(self.cpu), "server_threads": self.thread_cpu()}
 
 
 def run(cmd, **kw) -> str:
@@ -282,6 +311,10 @@ def main(argv=None) -> int:
               f"{r['server_private_peak_mb']:11.0f}")
     for line in rows.get("melissa-sa", {}).get("server_phases", []):
         print(f"  {line}")
+    for name, r in rows.items():
+        threads = ", ".join(f"{t} {u:.2f} + {s:.2f}" for t, (u, s) in r["server_threads"].items()
+                            if u + s >= 0.01)
+        print(f"  {name} threads, CPU s user + system: {threads}")
     if "melissa-sa" in rows:
         print(f"  results phase (the server's end: results.h5 written): "
               f"{rows['melissa-sa']['server_end_cpu_s']:.2f} s CPU")
