@@ -221,8 +221,9 @@ def test_update_pair_is_two_updates_bit_for_bit(order, dtype):
     assert pair.count[0] == 8 and np.isnan(pair.mean[5]) and pair.variance[0] == 0.0
 
 
-def test_update_pair_checks_and_mixes_sample_types():
-    one, two = Moments(4, order=4), Moments(4, order=4)
+@pytest.mark.parametrize("order", [2, 4])
+def test_update_pair_checks_and_mixes_sample_types(order):
+    one, two = Moments(4, order=order), Moments(4, order=order)
     x = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
     y = np.array([0.1, 0.2, 0.3, 0.4])
     one.update(x)

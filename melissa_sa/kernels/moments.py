@@ -30,12 +30,14 @@ The update for one sample (``n`` samples already folded in), on ``y``:
 Chan-Golub-LeVeque update for ``M2``). Every term is built from deviations,
 never from raw power sums.
 
-Two samples at once (:func:`welford_update_pair`, :func:`pebay_update_pair`:
-the independent rows A and B of a Sobol' group): each cell's state is read
-and written once for both, with the very operations of two successive
-one-sample updates in the same order, so the state is the same bit for bit
-(one pass over the state instead of two: 0.98 against 1.58 ms of CPU for
-10^6 cells at order 2 on one thread, 5 Dec 2026).
+Two samples at once at order 2 (:func:`welford_update_pair`: the independent
+rows A and B of a Sobol' group): each cell's state is read and written once
+for both, with the very operations of two successive one-sample updates in
+the same order, so the state is the same bit for bit (one pass over the state
+instead of two: 0.89 against 1.34 ms of CPU for 10^6 cells on one thread,
+5 Dec 2026). Not at order 4: the same fusion of the Pébay update did not
+vectorise (6.2 ms against 2.4 for two updates), so two samples there are two
+updates.
 
 NaN policy: NaN propagates. A NaN sample value makes that cell's state NaN
 from then on, as ``numpy.mean`` would; the other cells are unaffected.
@@ -114,47 +116,6 @@ def welford_update_pair(n, state, x, y):
         d = delta / n2
         state[1, i] = mu + d
         state[2, i] = m2 + delta * d * nx
-
-
-@njit(cache=True, parallel=True)
-def pebay_update_pair(n, state, x, y):
-    """Fold sample ``x`` then sample ``y`` (each (n_cells,)) into ``state``
-    (5, n_cells) in place: :func:`pebay_update` twice, in one pass.
-
-    ``n`` is the number of samples already folded in.
-    """
-    n1 = n + 1.0
-    c4 = n1 * n1 - 3.0 * n1 + 3.0
-    c3 = n1 - 2.0
-    nx = n + 1
-    n2 = nx + 1.0
-    c4y = n2 * n2 - 3.0 * n2 + 3.0
-    c3y = n2 - 2.0
-    first = n == 0
-    for i in prange(x.shape[0]):
-        if first:
-            state[0, i] = x[i]
-        shift = state[0, i]
-        mu = state[1, i]
-        m2 = state[2, i]
-        m3 = state[3, i]
-        m4 = state[4, i]
-        delta = (x[i] - shift) - mu
-        d = delta / n1
-        d2 = d * d
-        t = delta * d * n
-        mu = mu + d
-        m4 = m4 + (t * d2 * c4 + 6.0 * d2 * m2 - 4.0 * d * m3)
-        m3 = m3 + t * d * c3 - 3.0 * d * m2
-        m2 = m2 + t
-        delta = (y[i] - shift) - mu
-        d = delta / n2
-        d2 = d * d
-        t = delta * d * nx
-        state[1, i] = mu + d
-        state[4, i] = m4 + (t * d2 * c4y + 6.0 * d2 * m2 - 4.0 * d * m3)
-        state[3, i] = m3 + t * d * c3y - 3.0 * d * m2
-        state[2, i] = m2 + t
 
 
 @njit(cache=True, parallel=True)

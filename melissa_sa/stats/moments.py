@@ -7,7 +7,6 @@ import numpy as np
 from melissa_sa.kernels.moments import (
     moments_merge,
     pebay_update,
-    pebay_update_pair,
     welford_update,
     welford_update_pair,
 )
@@ -84,16 +83,18 @@ class Moments(Statistic):
 
     def update_pair(self, x, y) -> None:
         """Fold sample ``x`` then sample ``y`` (each ``(n_cells,)``): the state
-        of ``update(x); update(y)`` bit for bit, in one pass over it."""
+        of ``update(x); update(y)`` bit for bit, at order 2 in one pass over
+        it (at order 4 it is those two updates)."""
         x = as_sample(x, self.n_cells)
         y = as_sample(y, self.n_cells)
+        if self.order == 4:
+            self.update(x)
+            self.update(y)
+            return
         if x.dtype != y.dtype:   # one kernel signature per sample type
             y = y.astype(np.result_type(x, y))
             x = x.astype(y.dtype)
-        if self.order == 2:
-            welford_update_pair(self._n, self._state, x, y)
-        else:
-            pebay_update_pair(self._n, self._state, x, y)
+        welford_update_pair(self._n, self._state, x, y)
         self._n += 2
 
     def merge(self, other: Moments) -> None:
