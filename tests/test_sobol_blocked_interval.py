@@ -11,6 +11,8 @@ output's initial garbage), nothing written past them.
 
 from __future__ import annotations
 
+import platform
+import re
 from statistics import NormalDist
 
 import numpy as np
@@ -150,3 +152,25 @@ def test_any_split_of_the_blocks_between_threads(workers):
                       np.empty((workers, SCRATCH_ROWS * BLOCK)))
     for g, w in zip(got, want, strict=True):
         assert g.tobytes() == w.tobytes()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                    reason="checks x86-64 instructions; this machine is not x86-64")
+def test_the_lane_loops_compile_to_packed_square_roots_and_divisions():
+    """The loops over a block's lanes vectorise: the kernel's machine code has
+    packed (``pd``) square roots and divisions and no gathered loads (an
+    index LLVM cannot prove non-negative turns the lanes' loads into
+    gathers). Compiled here without Numba's cache, whose entries cannot be
+    inspected."""
+    from numba import njit
+
+    from melissa_sa.kernels import sobol_blocked_interval as kernel
+
+    compiled = njit(parallel=True, error_model="numpy", nogil=True)(
+        kernel._blocked_interval.py_func)
+    n_cells = 2 * BLOCK + 3
+    compiled(blocked_state(6, n_cells), n_cells, 6, P, 1.96, DELTA, *outputs(n_cells, True, 0.0),
+             np.empty((1, kernel.SCRATCH_ROWS * BLOCK)))
+    asm = compiled.inspect_asm(compiled.signatures[0])
+    assert re.search(r"\bv?sqrtpd\b", asm) and re.search(r"\bv?divpd\b", asm)
+    assert not re.search(r"\bvgather", asm)
