@@ -1,6 +1,7 @@
 """The results phase of one server rank on the peer study's statistics, alone.
 
     python benchmarks/results_phase.py [--cells 99856] [--steps 10] [--groups 32] [--repeat 2]
+        [--threads N]
 
 Builds one field's statistics as a rank of the peer study
 (``peer_c_server.py``) holds them at the end: mean, variance and first/total
@@ -10,6 +11,8 @@ seconds (every thread: ``time.process_time``) of the aggregated interval's
 partial sums, of the indices and intervals alone (every step), and of the
 server's path (``collect_results`` + ``write_results``, durable) into a
 temporary ``results.h5``, with the wall time and the peak resident memory.
+``--threads``: Numba threads of the kernels (default: Numba's; the launcher
+gives the server one per rank).
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ def peak_mb() -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def numba_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 def build(cells: int, steps: int, groups: int):
@@ -58,7 +67,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--groups", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="Numba threads (default: Numba's)")
     args = ap.parse_args()
+    if args.threads is not None:
+        import numba
+
+        numba.set_num_threads(args.threads)
 
     from melissa_sa.results import FieldSlice, ResultsLayout, write_results
     from melissa_sa.server.field_stats import collect_results
@@ -73,7 +87,7 @@ def main() -> None:
                            parameter_names=("t0", "left", "walls"))
     steps[0].sobol.indices_and_interval(0.95)   # the kernels loaded
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}, {args.cells} cells, {args.steps} steps, "
-          f"{args.groups} groups of 5, p = 3; CPU s")
+          f"{args.groups} groups of 5, p = 3, {numba_threads()} Numba threads; CPU s")
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeat):
             c0, w0 = time.process_time(), time.perf_counter()

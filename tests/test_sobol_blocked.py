@@ -139,7 +139,7 @@ def results(rows, n, ci="delta"):
     out = {"indices": sobol_results.indices(rows, P)}
     for method in ("delta", "fisher", "delta-linear"):
         out[method] = sobol_results.interval(rows, n, P, ci, None, 0.9, method, True)
-    out["sums"] = sobol_results.aggregated_sums(lambda q: rows[:, q], P)
+    out["sums"] = sobol_results.aggregated_sums(rows, P)
     return out
 
 

@@ -11,6 +11,8 @@ output's initial garbage), nothing written past them.
 
 from __future__ import annotations
 
+import platform
+import re
 from statistics import NormalDist
 
 import numpy as np
@@ -99,3 +101,76 @@ def test_the_accumulator_reads_its_blocked_state_in_place():
     martinez_interval(rows, s.count, P, NormalDist().inv_cdf(0.95), DELTA, *want)
     for g, w in zip((f_lo, f_hi, t_lo, t_hi, first, total), want, strict=True):
         assert g.tobytes() == np.ascontiguousarray(w).tobytes()
+
+
+def edge_state(n_cells):
+    """A state whose first pair is ``C_0 = B`` (first-order correlation 1
+    exactly: the bounds' ``|rho| = 1`` case) and second ``C_1 = -A``
+    (total-order correlation -1 up to rounding: the clip to [-1, 1]), the
+    third random."""
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((12, P + 2, n_cells)) * 3.0 + 40.0
+    data[:, 2] = data[:, 1]
+    data[:, 3] = -data[:, 0]
+    state = np.zeros((n_blocks(n_cells), row_width(P) * BLOCK))
+    blocked_update_many(state, data, 0, scratch_for(P))
+    return state
+
+
+@pytest.mark.parametrize("method", [DELTA, FISHER, DELTA_LINEAR])
+def test_correlations_of_one_and_contiguous_outputs(method):
+    """``|rho| = 1`` (the bounds are ``rho`` itself) and C-contiguous
+    outputs (the arrays the statistics pass, a type of their own for Numba)
+    give the row kernel's arrays."""
+    n_cells = 4 * BLOCK + 7
+    state = edge_state(n_cells)
+    rows = np.empty((n_cells, row_width(P)))
+    blocks_to_rows(state, block_slots(P), 0, rows)
+    want = [np.zeros((P, n_cells)) for _ in range(6)]
+    martinez_interval(rows, 12, P, 1.96, method, *want)
+    assert np.all(want[4][0] == 1.0)   # the edge is reached
+    if method != DELTA_LINEAR:        # whose bounds are rho +- q se, no edge case
+        assert np.all(want[0][0] == 1.0) and np.all(want[1][0] == 1.0)
+    got = [np.full((P, n_cells), np.nan) for _ in range(6)]
+    blocked_interval(state, n_cells, 12, P, 1.96, method, *got)
+    for g, w in zip(got, want, strict=True):
+        assert g.tobytes() == w.tobytes()
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3, 7])
+def test_any_split_of_the_blocks_between_threads(workers):
+    """The kernel's blocks split into ``workers`` ranges, each with its own
+    scratch (more ranges than blocks too), give the same arrays."""
+    from melissa_sa.kernels.sobol_blocked_interval import SCRATCH_ROWS, _blocked_interval
+
+    n_cells = 5 * BLOCK + 3
+    state = blocked_state(30, n_cells)
+    want = outputs(n_cells, True, 0.0)
+    blocked_interval(state, n_cells, 30, P, 1.7, DELTA, *want)
+    got = outputs(n_cells, True, np.nan)
+    _blocked_interval(state, n_cells, 30, P, 1.7, DELTA, *got,
+                      np.empty((workers, SCRATCH_ROWS * BLOCK)))
+    for g, w in zip(got, want, strict=True):
+        assert g.tobytes() == w.tobytes()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
+                    reason="checks x86-64 instructions; this machine is not x86-64")
+def test_the_lane_loops_compile_to_packed_square_roots_and_divisions():
+    """The loops over a block's lanes vectorise: the kernel's machine code has
+    packed (``pd``) square roots and divisions and no gathered loads (an
+    index LLVM cannot prove non-negative turns the lanes' loads into
+    gathers). Compiled here without Numba's cache, whose entries cannot be
+    inspected."""
+    from numba import njit
+
+    from melissa_sa.kernels import sobol_blocked_interval as kernel
+
+    compiled = njit(parallel=True, error_model="numpy", nogil=True)(
+        kernel._blocked_interval.py_func)
+    n_cells = 2 * BLOCK + 3
+    compiled(blocked_state(6, n_cells), n_cells, 6, P, 1.96, DELTA, *outputs(n_cells, True, 0.0),
+             np.empty((1, kernel.SCRATCH_ROWS * BLOCK)))
+    asm = compiled.inspect_asm(compiled.signatures[0])
+    assert re.search(r"\bv?sqrtpd\b", asm) and re.search(r"\bv?divpd\b", asm)
+    assert not re.search(r"\bvgather", asm)

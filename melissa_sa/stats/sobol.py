@@ -404,9 +404,8 @@ class SobolMartinez(Statistic):
         :func:`~melissa_sa.stats.sobol_aggregated.aggregate_indices`.
         """
         self.flush()
-        column = (self._blocks.column if self._blocks is not None
-                  else lambda q: self._state[:, q])
-        return sobol_results.aggregated_sums(column, self.n_params)
+        state = self._blocks if self._blocks is not None else self._state
+        return sobol_results.aggregated_sums(state, self.n_params)
 
     @property
     def nbytes(self) -> int:

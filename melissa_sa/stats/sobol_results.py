@@ -48,6 +48,7 @@ from statistics import NormalDist
 import numpy as np
 
 from melissa_sa.kernels.sobol_blocked_interval import blocked_interval
+from melissa_sa.kernels.sobol_blocked_sums import blocked_aggregated_sums
 from melissa_sa.kernels.sobol_centred import (
     DELTA,
     DELTA_LINEAR,
@@ -112,11 +113,20 @@ def interval(state, n: int, n_params: int, ci: str, second, level: float,
     return ((first, total) if with_indices else None), bounds
 
 
-def aggregated_sums(column, n_params: int) -> np.ndarray:
+def aggregated_sums(state, n_params: int) -> np.ndarray:
     """The ``(4, n_params)`` partial sums of the aggregated indices over the
-    state's cells (see :meth:`SobolMartinez.aggregated_sums`); ``column(q)``:
-    row slot ``q`` of every cell (a row-layout state ``s``: ``s[:, q]``)."""
+    cells of ``state`` (see :meth:`SobolMartinez.aggregated_sums`): a
+    row-layout array or a :class:`~melissa_sa.stats.sobol_blocks.BlockedState`,
+    read in place (the same sums bit for bit either way: NumPy's summation,
+    :mod:`melissa_sa.kernels.sobol_blocked_sums`)."""
     out = np.empty((4, n_params))
+    if isinstance(state, BlockedState):
+        blocked_aggregated_sums(state.array, state.n_cells, n_params, out)
+        return out
+
+    def column(q):
+        return state[:, q]
+
     a2, b2 = column(3), column(4)
     for k in range(n_params):
         i = 5 + 4 * k
