@@ -154,14 +154,16 @@ def test_recentring_happens_at_the_same_counts(monkeypatch):
     import melissa_sa.stats.sobol_fold as module
 
     seen = []
-    real = module.martinez_recentre
 
-    def spy(state, n, n_params):
-        seen.append(n)
-        real(state, n, n_params)
+    def spy_on(real):
+        def spy(state, n, n_params):
+            seen.append(n)
+            real(state, n, n_params)
+        return spy
 
-    monkeypatch.setattr(module, "martinez_recentre", spy)
-    monkeypatch.setattr(blocks_module, "martinez_recentre", spy)   # the cell-blocked state
+    monkeypatch.setattr(module, "martinez_recentre", spy_on(module.martinez_recentre))
+    # the cell-blocked state's own re-centring
+    monkeypatch.setattr(blocks_module, "blocked_recentre", spy_on(blocks_module.blocked_recentre))
     rng = np.random.default_rng(4)
     data = groups_of(rng, 20, 50, offset=1e6)
     s = SobolMartinez(50, P, fold_batch=5)
