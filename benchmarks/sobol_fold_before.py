@@ -7,16 +7,41 @@ per-block terms, unchanged, are the package's ``block_terms``) as they were
 on 5 December 2026 before the folds went four groups per load of a block's
 accumulators (:mod:`melissa_sa.kernels.sobol_blocked_fold`): each group of a
 batch in turn, chunk by chunk, every accumulator loaded and stored per
-group, the rows not prefetched, a scratch row per chunk. This file exists
-only so that ``benchmarks/sobol_fold.py`` measures the folds before and now
-side by side in one run; nothing in melissa-sa uses it.
+group, the rows not prefetched, a scratch row per chunk. And the
+re-centring of a cell-blocked state as it was until 5 December 2026
+(:func:`recentre_before`: through the row layout a slice at a time, with the
+package's kernels), before it moved the blocks in place
+(:mod:`melissa_sa.kernels.sobol_blocked_recentre`). This file exists only so
+that ``benchmarks/sobol_fold.py`` measures before and now side by side in one
+run; nothing in melissa-sa uses it.
 """
 
+import numpy as np
 from numba import njit, prange
 
 from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
-from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, _fold_block
+from melissa_sa.kernels.sobol_blocked import (
+    BLOCK,
+    PER_CHUNK,
+    _fold_block,
+    blocks_to_rows,
+    rows_to_blocks,
+)
 from melissa_sa.kernels.sobol_blocked_influence import block_terms
+from melissa_sa.kernels.sobol_centred import martinez_recentre
+from melissa_sa.stats.sobol_blocks import SLICE
+
+
+def recentre_before(blocks, n):
+    """Re-centre the :class:`~melissa_sa.stats.sobol_blocks.BlockedState`
+    ``blocks`` (``n`` groups) as before: each slice of ``SLICE`` cells copied
+    to rows, re-centred by the row kernel, copied back."""
+    buf = np.empty((min(SLICE, blocks.n_cells), blocks.width))
+    for lo in range(0, blocks.n_cells, SLICE):
+        rows = buf[:min(SLICE, blocks.n_cells - lo)]
+        blocks_to_rows(blocks.array, blocks.slots, lo // BLOCK, rows)
+        martinez_recentre(rows, n, blocks.n_params)
+        rows_to_blocks(rows, blocks.slots, lo // BLOCK, blocks.array)
 
 
 @njit(inline="always")
