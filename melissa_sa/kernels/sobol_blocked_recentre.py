@@ -41,19 +41,22 @@ def _shift_move(blk, c):
 
 
 @njit(cache=True, inline="always")
+def _ab_sums(blk, c, nf):
+    """``(mean, sum x, sum x^2, sum x^3)`` of ``A`` then of ``B`` for cell ``c``
+    (about the shift), as the row kernel derives them from block 1."""
+    ma = blk[BLOCK + c]
+    mb = blk[2 * BLOCK + c]
+    return (ma, nf * ma, blk[3 * BLOCK + c] + nf * ma * ma, blk[5 * BLOCK + c],
+            mb, nf * mb, blk[4 * BLOCK + c] + nf * mb * mb, blk[7 * BLOCK + c])
+
+
+@njit(cache=True, inline="always")
 def _recentre_pair(blk, sk, nf):
     """Pair ``k``'s slots ``sk`` of block ``blk`` re-expanded (mean_Ck moves
     later, in :func:`_recentre_ab`)."""
     for c in range(BLOCK):
         d, moves = _shift_move(blk, c)
-        ma = blk[BLOCK + c]
-        mb = blk[2 * BLOCK + c]
-        a1 = nf * ma
-        a2 = blk[3 * BLOCK + c] + nf * ma * ma
-        a3 = blk[5 * BLOCK + c]
-        b1 = nf * mb
-        b2 = blk[4 * BLOCK + c] + nf * mb * mb
-        b3 = blk[7 * BLOCK + c]
+        ma, a1, a2, a3, mb, b1, b2, b3 = _ab_sums(blk, c, nf)
         mc = sk[c]
         c1 = nf * mc
         c2 = sk[BLOCK + c] + nf * mc * mc
@@ -82,15 +85,8 @@ def _recentre_ab(blk, nf, p):
     """A's and B's power sums re-expanded, then the shift and every mean moved."""
     for c in range(BLOCK):
         d, moves = _shift_move(blk, c)
-        ma = blk[BLOCK + c]
-        mb = blk[2 * BLOCK + c]
-        a1 = nf * ma
-        a2 = blk[3 * BLOCK + c] + nf * ma * ma
-        a3 = blk[5 * BLOCK + c]
+        ma, a1, a2, a3, mb, b1, b2, b3 = _ab_sums(blk, c, nf)
         a4 = blk[6 * BLOCK + c]
-        b1 = nf * mb
-        b2 = blk[4 * BLOCK + c] + nf * mb * mb
-        b3 = blk[7 * BLOCK + c]
         b4 = blk[8 * BLOCK + c]
         qa3, qa4 = move_single(nf, d, a1, a2, a3, a4)
         qb3, qb4 = move_single(nf, d, b1, b2, b3, b4)
