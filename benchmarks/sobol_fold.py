@@ -114,7 +114,7 @@ def influence_cases(n_cells, groups, batch, before):
         blocks = BlockedState(n_cells, P)
         out = np.zeros((4, 4, P))
         if name == "before":
-            scratch = np.empty((chunks, 5 * BLOCK))
+            scratch = np.empty((chunks, 7 * BLOCK))
             terms = np.empty((chunks, P, 4, BLOCK))
 
             def fold_batch(lo, n, blocks=blocks, out=out, scratch=scratch, terms=terms):

@@ -33,7 +33,7 @@ import math
 from numba import njit, prange
 
 from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
-from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, QUAD, fold_chunk
+from melissa_sa.kernels.sobol_blocked import BLOCK, QUAD, chunk_blocks, fold_chunk
 from melissa_sa.kernels.sobol_prefetch import prefetch_cells
 
 __all__ = ["batch_dims", "blocked_update_many", "influence_factor", "pair_rows", "quad_ab",
@@ -75,7 +75,7 @@ def quad_ab(blk, x, n, influence):
     """A's and B's 9 slots through the four groups; ``da``, ``db`` of each
     group into ``x`` (rows 2 and 3) for the pairs, and if ``influence`` A's
     and B's parts of its influence terms (rows 4 .. 7: ``sa, sb, ha, hb``, the
-    operations of :func:`~melissa_sa.kernels.sobol_blocked_influence.block_terms`),
+    operations of :func:`~melissa_sa.kernels.sobol_blocked_influence.ab_terms`),
     from the state before the group."""
     for c in range(BLOCK):
         ma = blk[BLOCK + c]
@@ -201,8 +201,7 @@ def quad_pair(sk, x, xk, n):
 def quad_chunk(state, groups, g0, n, p, ch, n_cells, x):
     """Fold groups ``g0 .. g0 + 3`` (the first after ``n``) into the blocks of
     chunk ``ch`` (``x``: the chunk's scratch row)."""
-    n_blk = (n_cells + BLOCK - 1) // BLOCK
-    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+    for b in chunk_blocks(ch, n_cells):
         lo = b * BLOCK
         blk = state[b]
         stage_quad(x, blk, groups, g0, lo, min(BLOCK, n_cells - lo), p, n == 0)
