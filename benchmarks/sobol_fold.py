@@ -15,7 +15,7 @@ divided by 16 (amortised per group). Cases, alternated in every repeat:
   goes four groups per load, :mod:`melissa_sa.kernels.sobol_blocked_fold`),
   on a cell-blocked state of its own fed the same groups;
 * the fold adding every group's influence sums of the aggregated interval
-  (the server's path), default batch, now
+  (the server's path), default batch and one group a pass, now
   (:meth:`~melissa_sa.stats.sobol_blocks.BlockedState.fold_influence`) and
   before;
 * ``SobolMartinez.update`` one group at a time (each copied into the
@@ -149,7 +149,8 @@ def our_cases(n_cells, groups, before):
         cases[f"update_many, fold_batch {batch}"] = lambda s=s: s.update_many(groups)
         if before:
             cases[f"before, fold_batch {batch}"] = before_case(n_cells, groups, batch)
-    cases.update(influence_cases(n_cells, groups, FOLD_BATCH["delta"], before))
+    for batch in (FOLD_BATCH["delta"], 1):   # 1: the default past 16 MiB a group
+        cases.update(influence_cases(n_cells, groups, batch, before))
     one = SobolMartinez(n_cells, P, fold_batch=FOLD_BATCH["delta"])  # not the size default
 
     def one_by_one(s=one):
