@@ -154,16 +154,23 @@ def test_recentring_happens_at_the_same_counts(monkeypatch):
     import melissa_sa.stats.sobol_fold as module
 
     seen = []
+    real = module.martinez_recentre
 
-    def spy_on(real):
-        def spy(state, n, n_params):
-            seen.append(n)
-            real(state, n, n_params)
-        return spy
+    def spy(state, n, n_params):
+        seen.append(n)
+        real(state, n, n_params)
 
-    monkeypatch.setattr(module, "martinez_recentre", spy_on(module.martinez_recentre))
-    # the cell-blocked state's own re-centring
-    monkeypatch.setattr(blocks_module, "blocked_recentre", spy_on(blocks_module.blocked_recentre))
+    fold = blocks_module.blocked_update_many
+
+    def fold_spy(state, groups, n, scratch, m=-1, recentre=False):
+        # the cell-blocked state re-centres in the pass of the fold that
+        # reaches the count
+        fold(state, groups, n, scratch, m, recentre)
+        if recentre:
+            seen.append(n + (len(groups) if m < 0 else m))
+
+    monkeypatch.setattr(module, "martinez_recentre", spy)
+    monkeypatch.setattr(blocks_module, "blocked_update_many", fold_spy)
     rng = np.random.default_rng(4)
     data = groups_of(rng, 20, 50, offset=1e6)
     s = SobolMartinez(50, P, fold_batch=5)

@@ -5,7 +5,9 @@ bit for bit, the state that
 :func:`~melissa_sa.kernels.sobol_centred.martinez_recentre` gives on the row
 layout: for any p, a last block that is partly filled, states folded from
 float32 and float64 groups with large offsets, constant and NaN cells, and
-arbitrary values (infinite or NaN means, cells that do not move).
+arbitrary values (infinite or NaN means, cells that do not move); and the
+folds that re-centre in their own pass (``recentre=True``) must give the
+state of the fold followed by ``blocked_recentre``.
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from melissa_sa.kernels.sobol import CHUNK, row_width
+from melissa_sa.kernels.sobol import CHUNK, group_tuple, row_width
 from melissa_sa.kernels.sobol_blocked import (
     BLOCK,
     block_slots,
     blocks_to_rows,
     n_blocks,
     rows_to_blocks,
+    scratch_for,
+    terms_for,
 )
+from melissa_sa.kernels.sobol_blocked_fold import blocked_update_many
+from melissa_sa.kernels.sobol_blocked_influence import blocked_update_many_influence
 from melissa_sa.kernels.sobol_blocked_recentre import blocked_recentre
 from melissa_sa.kernels.sobol_centred import martinez_recentre
 from melissa_sa.stats.sobol_blocks import BlockedState
@@ -118,3 +124,38 @@ def test_blocked_state_recentre_is_the_row_kernels():
     expected = row_recentred(state.array, n_cells, p, 2)
     state.recentre(2)
     same_bits(state.rows(), expected)
+
+
+@pytest.mark.parametrize("m", [2, 5, 8])
+@pytest.mark.parametrize("p", [1, 3, 5])
+@pytest.mark.parametrize("workers", [1, 3])
+def test_folds_that_recentre_in_their_pass(m, p, workers):
+    """The fold and the fold with influence sums, quads and groups left one by
+    one, re-centring each chunk once folded: the state of the fold then
+    ``blocked_recentre``, and the same sums."""
+    n_cells = 3 * CHUNK + 5
+    rng = np.random.default_rng(m + 10 * p)
+    first = folded(rng, 3, n_cells, p, np.float64)
+    data = rng.standard_normal((m, p + 2, n_cells)) * 2.0 + np.linspace(-1e6, 1e6, n_cells)
+    scratch = np.empty((workers, scratch_for(p).shape[1]))
+    expected = first.array.copy()
+    blocked_update_many(expected, data, 3, scratch)
+    blocked_recentre(expected, 3 + m, p)
+    fused = first.array.copy()
+    blocked_update_many(fused, data, 3, scratch, -1, True)
+    same_bits(fused, expected)
+
+    flags = np.arange(m, dtype=np.int64) % 2
+    chunks = -(-n_cells // CHUNK)
+    terms = np.empty((workers, terms_for(p).shape[1]))
+    sums = []
+    for recentre in (False, True):
+        state = first.array.copy()
+        out = np.zeros((2, 4, p))
+        blocked_update_many_influence(state, group_tuple(list(data)), 3, scratch, flags,
+                                      np.zeros((m, chunks, 4, p)), terms, out, m, recentre)
+        if not recentre:
+            blocked_recentre(state, 3 + m, p)
+        same_bits(state, expected)
+        sums.append(out)
+    same_bits(sums[1], sums[0])

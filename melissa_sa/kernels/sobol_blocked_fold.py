@@ -34,10 +34,11 @@ from numba import njit, prange
 
 from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
 from melissa_sa.kernels.sobol_blocked import BLOCK, QUAD, chunk_blocks, fold_chunk
+from melissa_sa.kernels.sobol_blocked_recentre import recentre_block
 from melissa_sa.kernels.sobol_prefetch import prefetch_cells
 
 __all__ = ["batch_dims", "blocked_update_many", "influence_factor", "pair_rows", "quad_ab",
-           "quad_chunk", "quad_pair", "stage_quad", "worker_chunks"]
+           "quad_chunk", "quad_pair", "recentre_chunk", "stage_quad", "worker_chunks"]
 
 
 @njit(cache=True, inline="always")
@@ -212,6 +213,14 @@ def quad_chunk(state, groups, g0, n, p, ch, n_cells, x):
 
 
 @njit(cache=True, inline="always")
+def recentre_chunk(state, ch, n_cells, n, p, recentre):
+    """If ``recentre``, re-centre the blocks of chunk ``ch`` (``n`` groups)."""
+    if recentre:
+        for b in chunk_blocks(ch, n_cells):
+            recentre_block(state[b], float(n), p)
+
+
+@njit(cache=True, inline="always")
 def batch_dims(groups, scratch):
     """``(p, n_cells, n_chunks)`` of a batched fold of ``groups`` (at least
     one); refuses a scratch smaller than
@@ -233,7 +242,7 @@ def worker_chunks(w, n_workers, n_chunks):
 
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
-def blocked_update_many(state, groups, n, scratch, m=-1):
+def blocked_update_many(state, groups, n, scratch, m=-1, recentre=False):
     """Fold ``m`` groups into a cell-blocked full state, in one pass over it.
 
     ``groups``, ``n`` and ``m`` as in
@@ -243,7 +252,10 @@ def blocked_update_many(state, groups, n, scratch, m=-1):
     ``scratch``: float64 ``(workers, >= 4 (p + 8) BLOCK)``
     (:func:`~melissa_sa.kernels.sobol_blocked.scratch_for`: a row per Numba
     thread): the parallel loop runs a worker per row, each over a contiguous
-    range of chunks with its own scratch row.
+    range of chunks with its own scratch row. ``recentre``: then re-centre
+    the state of ``n + m`` groups as
+    :func:`~melissa_sa.kernels.sobol_blocked_recentre.blocked_recentre`
+    does, each chunk once folded (the same state, one pass less).
     """
     m = batch_size(groups, m)
     if m == 0:
@@ -260,3 +272,4 @@ def blocked_update_many(state, groups, n, scratch, m=-1):
             while g < m:
                 fold_chunk(state, groups[g], n + g, p, ch, n_cells, x)
                 g += 1
+            recentre_chunk(state, ch, n_cells, n + m, p, recentre)

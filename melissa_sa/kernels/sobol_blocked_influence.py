@@ -34,6 +34,7 @@ from melissa_sa.kernels.sobol_blocked_fold import (
     quad_ab,
     quad_chunk,
     quad_pair,
+    recentre_chunk,
     stage_quad,
     worker_chunks,
 )
@@ -192,13 +193,13 @@ def _quad_chunk_terms(state, groups, g0, n, p, ch, n_cells, x, t, rows, partial)
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def blocked_update_many_influence(state, groups, n, scratch, rows, partial, terms, out,
-                                  m=-1):
+                                  m=-1, recentre=False):
     """:func:`~melissa_sa.kernels.sobol_blocked_fold.blocked_update_many`,
     adding the influence sums of the groups flagged in ``rows`` into ``out``
     on the way: the arguments and sums of
     :func:`~melissa_sa.kernels.sobol_influence.martinez_update_many_influence`,
     bit for bit, plus ``scratch`` and ``terms`` (a row per worker of the
-    parallel loop, as in ``blocked_update_many``;
+    parallel loop, as in ``blocked_update_many``, and its ``recentre``;
     :func:`~melissa_sa.kernels.sobol_blocked.scratch_for`,
     :func:`~melissa_sa.kernels.sobol_blocked.terms_for`)."""
     m = batch_size(groups, m)
@@ -227,6 +228,7 @@ def blocked_update_many_influence(state, groups, n, scratch, rows, partial, term
                     _influence_chunk(state, group, n + g, p, ch, n_cells, partial, g, t, x)
                 fold_chunk(state, group, n + g, p, ch, n_cells, x)
                 g += 1
+            recentre_chunk(state, ch, n_cells, n + m, p, recentre)
     for g in range(m):
         if rows[g] >= 0:
             for c in range(n_chunks):

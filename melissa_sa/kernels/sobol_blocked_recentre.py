@@ -16,7 +16,9 @@ A block is done in ``p + 1`` passes over its cells: pair ``k``'s 16 slots
 (:func:`_recentre_pair`, which reads block 1 and A's and B's third power
 sums before they move), then A's and B's power sums, the shift and the
 means (:func:`_recentre_ab`). The row kernel's path went through the row
-layout a slice at a time (copy out, re-centre, copy back).
+layout a slice at a time (copy out, re-centre, copy back). The batched folds
+re-centre each chunk right after folding it (:func:`recentre_block`), which
+saves a pass over the state.
 """
 
 import math
@@ -26,7 +28,7 @@ from numba import njit, prange
 from melissa_sa.kernels.sobol_blocked import BLOCK
 from melissa_sa.kernels.sobol_centred import move_pair, move_single
 
-__all__ = ["blocked_recentre"]
+__all__ = ["blocked_recentre", "recentre_block"]
 
 
 @njit(cache=True, inline="always")
@@ -104,6 +106,18 @@ def _recentre_ab(blk, nf, p):
             blk[o] = mc - d if moves else mc
 
 
+@njit(cache=True, inline="always")
+def recentre_block(blk, nf, p):
+    """Re-centre the cells of block ``blk`` (``nf`` groups, float); the folds
+    call it on a chunk's blocks right after its last group
+    (:func:`~melissa_sa.kernels.sobol_blocked_fold.blocked_update_many`'s
+    ``recentre``), while they are in cache."""
+    for k in range(p):
+        o = (9 + 16 * k) * BLOCK
+        _recentre_pair(blk, blk[o:o + 16 * BLOCK], nf)
+    _recentre_ab(blk, nf, p)
+
+
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def blocked_recentre(state, n, n_params):
     """Move every cell's shift of the cell-blocked full ``state`` (``n``
@@ -118,8 +132,4 @@ def blocked_recentre(state, n, n_params):
                          "of n_params parameters ((9 + 16 p) 16 float64 a block)")
     nf = float(n)
     for b in prange(state.shape[0]):
-        blk = state[b]
-        for k in range(p):
-            o = (9 + 16 * k) * BLOCK
-            _recentre_pair(blk, blk[o:o + 16 * BLOCK], nf)
-        _recentre_ab(blk, nf, p)
+        recentre_block(state[b], nf, p)

@@ -82,19 +82,21 @@ class BlockedState:
         return self.array.nbytes + extra
 
     # -- the fold --------------------------------------------------------
-    def fold(self, groups, n: int, m: int = -1) -> None:
+    def fold(self, groups, n: int, m: int = -1, recentre: bool = False) -> None:
         """Fold ``groups`` (an ``(m, p + 2, n_cells)`` array or a tuple of
-        groups, the first ``m`` folded) after ``n`` groups."""
-        blocked_update_many(self.array, groups, n, self._fold_scratch(), m)
+        groups, the first ``m`` folded) after ``n`` groups; then, if
+        ``recentre``, :meth:`recentre` in the same pass."""
+        blocked_update_many(self.array, groups, n, self._fold_scratch(), m, recentre)
 
-    def fold_influence(self, groups, n: int, rows, partial, out, m: int) -> None:
+    def fold_influence(self, groups, n: int, rows, partial, out, m: int,
+                       recentre: bool = False) -> None:
         """:meth:`fold`, adding the influence sums of the groups flagged in
         ``rows`` to ``out`` (see
         :func:`~melissa_sa.kernels.sobol_blocked_influence.blocked_update_many_influence`)."""
         if self._terms is None:
             self._terms = terms_for(self.n_params)
         blocked_update_many_influence(self.array, groups, n, self._fold_scratch(), rows, partial,
-                                      self._terms, out, m)
+                                      self._terms, out, m, recentre)
 
     # -- the row layout ----------------------------------------------------
     def rows(self) -> np.ndarray:
