@@ -21,8 +21,6 @@ re-centre each chunk right after folding it (:func:`recentre_block`), which
 saves a pass over the state.
 """
 
-import math
-
 from numba import njit, prange
 
 from melissa_sa.kernels.sobol_blocked import BLOCK
@@ -39,7 +37,9 @@ def _shift_move(blk, c):
     s = blk[c]
     target = s + blk[BLOCK + c]
     d = target - s
-    return d, math.isfinite(target) & (d != 0.0)
+    # target - target is 0 exactly when target is finite (NaN otherwise):
+    # math.isfinite as a plain compare in the lanes
+    return d, ((target - target) == 0.0) & (d != 0.0)
 
 
 @njit(cache=True, inline="always")
@@ -53,9 +53,20 @@ def _ab_sums(blk, c, nf):
 
 
 @njit(cache=True, inline="always")
+def _store_moved(sk, q, c, moved, moves):
+    """The 5 ``moved`` sums into lane ``c`` of slots ``q .. q + 4`` if ``moves``."""
+    sk[q * BLOCK + c] = moved[0] if moves else sk[q * BLOCK + c]
+    sk[(q + 1) * BLOCK + c] = moved[1] if moves else sk[(q + 1) * BLOCK + c]
+    sk[(q + 2) * BLOCK + c] = moved[2] if moves else sk[(q + 2) * BLOCK + c]
+    sk[(q + 3) * BLOCK + c] = moved[3] if moves else sk[(q + 3) * BLOCK + c]
+    sk[(q + 4) * BLOCK + c] = moved[4] if moves else sk[(q + 4) * BLOCK + c]
+
+
+@njit(cache=True, inline="always")
 def _recentre_pair(blk, sk, nf):
-    """Pair ``k``'s slots ``sk`` of block ``blk`` re-expanded (mean_Ck moves
-    later, in :func:`_recentre_ab`)."""
+    """Pair ``k``'s slots ``sk`` of block ``blk`` re-expanded, and its mean
+    moved (A's and B's move in :func:`_recentre_ab`, once every pair has read
+    them)."""
     for c in range(BLOCK):
         d, moves = _shift_move(blk, c)
         ma, a1, a2, a3, mb, b1, b2, b3 = _ab_sums(blk, c, nf)
@@ -73,18 +84,16 @@ def _recentre_pair(blk, sk, nf):
                        sk[11 * BLOCK + c], sk[12 * BLOCK + c], sk[13 * BLOCK + c],
                        sk[14 * BLOCK + c], sk[15 * BLOCK + c])
         q3, q4 = move_single(nf, d, c1, c2, c3, p4)
+        sk[c] = mc - d if moves else mc
         sk[4 * BLOCK + c] = q3 if moves else c3
         sk[5 * BLOCK + c] = q4 if moves else p4
-        for t in range(5):
-            old = sk[(6 + t) * BLOCK + c]
-            sk[(6 + t) * BLOCK + c] = qa[t] if moves else old
-            old = sk[(11 + t) * BLOCK + c]
-            sk[(11 + t) * BLOCK + c] = qb[t] if moves else old
+        _store_moved(sk, 6, c, qa, moves)
+        _store_moved(sk, 11, c, qb, moves)
 
 
 @njit(cache=True, inline="always")
-def _recentre_ab(blk, nf, p):
-    """A's and B's power sums re-expanded, then the shift and every mean moved."""
+def _recentre_ab(blk, nf):
+    """A's and B's power sums re-expanded, the shift and their means moved."""
     for c in range(BLOCK):
         d, moves = _shift_move(blk, c)
         ma, a1, a2, a3, mb, b1, b2, b3 = _ab_sums(blk, c, nf)
@@ -100,10 +109,6 @@ def _recentre_ab(blk, nf, p):
         blk[c] = s + ma if moves else s   # the row kernel's target
         blk[BLOCK + c] = ma - d if moves else ma
         blk[2 * BLOCK + c] = mb - d if moves else mb
-        for k in range(p):
-            o = (9 + 16 * k) * BLOCK + c
-            mc = blk[o]
-            blk[o] = mc - d if moves else mc
 
 
 @njit(cache=True, inline="always")
@@ -115,7 +120,7 @@ def recentre_block(blk, nf, p):
     for k in range(p):
         o = (9 + 16 * k) * BLOCK
         _recentre_pair(blk, blk[o:o + 16 * BLOCK], nf)
-    _recentre_ab(blk, nf, p)
+    _recentre_ab(blk, nf)
 
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
