@@ -13,17 +13,8 @@ import numpy as np
 import pytest
 
 from melissa_sa.kernels.sobol import CHUNK, group_tuple, martinez_update_many, row_width
-from melissa_sa.kernels.sobol_blocked import (
-    BLOCK,
-    block_slots,
-    blocks_to_rows,
-    n_blocks,
-    scratch_for,
-    terms_for,
-)
-from melissa_sa.kernels.sobol_blocked_fold import blocked_update_many
-from melissa_sa.kernels.sobol_blocked_influence import blocked_update_many_influence
 from melissa_sa.kernels.sobol_influence import martinez_update_many_influence
+from melissa_sa.stats.sobol_blocks import BlockedState
 
 
 @pytest.mark.parametrize("flags", [[1, 0, -1],                 # one at a time only
@@ -32,7 +23,7 @@ from melissa_sa.kernels.sobol_influence import martinez_update_many_influence
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_sums_and_state_of_the_row_kernel_bit_for_bit(dtype, n_params, flags):
     p = n_params
-    n_cells = 2 * CHUNK + BLOCK + 3
+    n_cells = 2 * CHUNK + 19           # a last block of 3 cells
     rng = np.random.default_rng(10 * p + len(flags))
     data = rng.standard_normal((4 + len(flags), p + 2, n_cells)) * np.linspace(0.1, 4.0, n_cells)
     data += np.linspace(-1e5, 1e5, n_cells)
@@ -42,20 +33,16 @@ def test_sums_and_state_of_the_row_kernel_bit_for_bit(dtype, n_params, flags):
     data[5, 2, 7] = np.nan
     data = data.astype(dtype)
     rows = np.zeros((n_cells, row_width(p)))
-    blocks = np.zeros((n_blocks(n_cells), row_width(p) * BLOCK))
-    scratch = scratch_for(p)
     martinez_update_many(rows, data[:4], 0)
-    blocked_update_many(blocks, data[:4], 0, scratch)
+    state = BlockedState(n_cells, p)
+    state.fold(data[:4], 0)
     m = len(flags)
     flags = np.array(flags + [-1] * (8 - m), dtype=np.int64)
     part = np.zeros((8, -(-n_cells // CHUNK), 4, p))
-    out_rows, out_blocks = np.zeros((3, 4, p)), np.zeros((3, 4, p))
+    sums = {"rows": np.zeros((3, 4, p)), "blocks": np.zeros((3, 4, p))}
     groups = group_tuple(list(data[4:]))
-    martinez_update_many_influence(rows, groups, 4, flags, part, out_rows, m)
-    blocked_update_many_influence(blocks, groups, 4, scratch, flags, part, terms_for(p),
-                                  out_blocks, m)
-    assert np.any(out_rows != 0.0)
-    np.testing.assert_array_equal(out_blocks.view(np.int64), out_rows.view(np.int64))
-    back = np.empty_like(rows)
-    blocks_to_rows(blocks, block_slots(p), 0, back)
-    np.testing.assert_array_equal(back.view(np.int64), rows.view(np.int64))
+    martinez_update_many_influence(rows, groups, 4, flags, part, sums["rows"], m)
+    state.fold_influence(groups, 4, flags, part, sums["blocks"], m)
+    assert np.any(sums["rows"] != 0.0)
+    for got, want in ((sums["blocks"], sums["rows"]), (state.rows(), rows)):
+        np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))

@@ -15,16 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from melissa_sa.kernels import sobol_blocked as blocked
 from melissa_sa.kernels.sobol import CHUNK, group_tuple, row_width
-from melissa_sa.kernels.sobol_blocked import (
-    BLOCK,
-    block_slots,
-    blocks_to_rows,
-    n_blocks,
-    rows_to_blocks,
-    scratch_for,
-    terms_for,
-)
 from melissa_sa.kernels.sobol_blocked_fold import blocked_update_many
 from melissa_sa.kernels.sobol_blocked_influence import blocked_update_many_influence
 from melissa_sa.kernels.sobol_blocked_recentre import blocked_recentre
@@ -57,7 +49,7 @@ def same_bits(a, b):
 def row_recentred(blocks, n_cells, p, n):
     """The row kernel's re-centring of the blocked state ``blocks``, as rows."""
     rows = np.empty((n_cells, row_width(p)))
-    blocks_to_rows(blocks, block_slots(p), 0, rows)
+    blocked.blocks_to_rows(blocks, blocked.block_slots(p), 0, rows)
     martinez_recentre(rows, n, p)
     return rows
 
@@ -73,10 +65,11 @@ def test_same_state_as_the_row_kernel_bit_for_bit(n_cells, p, dtype):
     blocked_recentre(state.array, 16, p)
     assert not np.array_equal(state.array, before, equal_nan=True)   # the shifts moved
     got = np.empty_like(expected)
-    blocks_to_rows(state.array, block_slots(p), 0, got)
+    blocked.blocks_to_rows(state.array, blocked.block_slots(p), 0, got)
     same_bits(got, expected)
-    if n_cells % BLOCK:   # the last block's extra lanes stay zero
-        assert not state.array[-1].reshape(row_width(p), BLOCK)[:, n_cells % BLOCK:].any()
+    lanes = n_cells % blocked.BLOCK
+    if lanes:   # the last block's extra lanes stay zero
+        assert not state.array[-1].reshape(row_width(p), blocked.BLOCK)[:, lanes:].any()
 
 
 @pytest.mark.parametrize("p", [1, 3])
@@ -85,7 +78,7 @@ def test_arbitrary_values_and_cells_that_do_not_move(p):
     whose new shift is not finite (NaN or infinite mean of A, an infinite
     shift) or equal to the old one (mean of A zero, or lost beside a large
     shift): those keep every bit, the others move as in the row kernel."""
-    n_cells = 3 * BLOCK + 5
+    n_cells = 3 * blocked.BLOCK + 5
     rng = np.random.default_rng(p)
     rows = rng.standard_normal((n_cells, row_width(p))) * 10.0 ** rng.integers(-3, 4, n_cells)[:,
                                                                                            None]
@@ -96,15 +89,15 @@ def test_arbitrary_values_and_cells_that_do_not_move(p):
     rows[4, 0] = -np.inf
     rows[5, 2] = np.nan                     # B's mean NaN: the cell moves, NaN spreads
     rows[6, 1] = -0.0
-    blocks = np.zeros((n_blocks(n_cells), row_width(p) * BLOCK))
-    rows_to_blocks(rows, block_slots(p), 0, blocks)
+    blocks = np.zeros((blocked.n_blocks(n_cells), row_width(p) * blocked.BLOCK))
+    blocked.rows_to_blocks(rows, blocked.block_slots(p), 0, blocks)
     expected = rows.copy()
     martinez_recentre(expected, 7, p)
     for c in (0, 1, 2, 3, 4, 6):
         same_bits(expected[c], rows[c])
     blocked_recentre(blocks, 7, p)
     got = np.empty_like(rows)
-    blocks_to_rows(blocks, block_slots(p), 0, got)
+    blocked.blocks_to_rows(blocks, blocked.block_slots(p), 0, got)
     same_bits(got, expected)
 
 
@@ -137,7 +130,7 @@ def test_folds_that_recentre_in_their_pass(m, p, workers):
     rng = np.random.default_rng(m + 10 * p)
     first = folded(rng, 3, n_cells, p, np.float64)
     data = rng.standard_normal((m, p + 2, n_cells)) * 2.0 + np.linspace(-1e6, 1e6, n_cells)
-    scratch = np.empty((workers, scratch_for(p).shape[1]))
+    scratch = np.empty((workers, blocked.scratch_for(p).shape[1]))
     expected = first.array.copy()
     blocked_update_many(expected, data, 3, scratch)
     blocked_recentre(expected, 3 + m, p)
@@ -147,7 +140,7 @@ def test_folds_that_recentre_in_their_pass(m, p, workers):
 
     flags = np.arange(m, dtype=np.int64) % 2
     chunks = -(-n_cells // CHUNK)
-    terms = np.empty((workers, terms_for(p).shape[1]))
+    terms = np.empty((workers, blocked.terms_for(p).shape[1]))
     sums = []
     for recentre in (False, True):
         state = first.array.copy()
