@@ -15,7 +15,7 @@ divided by 16 (amortised per group). Cases, alternated in every repeat:
   goes four groups per load, :mod:`melissa_sa.kernels.sobol_blocked_fold`),
   on a cell-blocked state of its own fed the same groups;
 * the fold adding every group's influence sums of the aggregated interval
-  (the server's path), default batch, now
+  (the server's path), default batch and one group a pass, now
   (:meth:`~melissa_sa.stats.sobol_blocks.BlockedState.fold_influence`) and
   before;
 * ``SobolMartinez.update`` one group at a time (each copied into the
@@ -23,7 +23,12 @@ divided by 16 (amortised per group). Cases, alternated in every repeat:
 * the row layout the cell-blocked state replaced (the same kernels' row
   version, 8 groups a pass at most);
 * iterative-stats 0.1.2's ``IterativeSensitivityMartinez.increment``, the
-  same 16 groups (its state has no fourth-order sums: less work than ours).
+  same 16 groups (its state has no fourth-order sums: less work than ours);
+* apart, per call (not per group): the re-centring of the cell-blocked state
+  (:meth:`~melissa_sa.stats.sobol_blocks.BlockedState.recentre`, in place
+  on the blocks, what the fold does after 2, 16 and 256 groups) and the one
+  before (``recentre_before``: through the row layout a slice at a time),
+  each on the state of the 16 warm-up groups, copied in before every call.
 
 Both wall and CPU time (of the whole process: every Numba thread) are
 measured; best and median of the repeats. Prints the CPU model, the thread
@@ -51,7 +56,7 @@ from numba import get_num_threads
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from _record import write_json  # noqa: E402
-from sobol_fold_before import fold_before, influence_before  # noqa: E402
+from sobol_fold_before import fold_before, influence_before, recentre_before  # noqa: E402
 
 from melissa_sa.kernels.sobol import CHUNK, row_width  # noqa: E402
 from melissa_sa.kernels.sobol_blocked import BLOCK  # noqa: E402
@@ -109,7 +114,7 @@ def influence_cases(n_cells, groups, batch, before):
         blocks = BlockedState(n_cells, P)
         out = np.zeros((4, 4, P))
         if name == "before":
-            scratch = np.empty((chunks, 5 * BLOCK))
+            scratch = np.empty((chunks, 7 * BLOCK))
             terms = np.empty((chunks, P, 4, BLOCK))
 
             def fold_batch(lo, n, blocks=blocks, out=out, scratch=scratch, terms=terms):
@@ -144,7 +149,8 @@ def our_cases(n_cells, groups, before):
         cases[f"update_many, fold_batch {batch}"] = lambda s=s: s.update_many(groups)
         if before:
             cases[f"before, fold_batch {batch}"] = before_case(n_cells, groups, batch)
-    cases.update(influence_cases(n_cells, groups, FOLD_BATCH["delta"], before))
+    for batch in (FOLD_BATCH["delta"], 1):   # 1: the default past 16 MiB a group
+        cases.update(influence_cases(n_cells, groups, batch, before))
     one = SobolMartinez(n_cells, P, fold_batch=FOLD_BATCH["delta"])  # not the size default
 
     def one_by_one(s=one):
@@ -163,6 +169,20 @@ def our_cases(n_cells, groups, before):
 
     row_layout()
     cases["row layout (before), 8 a pass"] = row_layout
+    return cases
+
+
+def recentre_cases(n_cells, groups):
+    """{name: (state, re-centre it, the array to copy in first)}."""
+    blocks = BlockedState(n_cells, P)
+    blocks.fold(groups, 0)
+    saved = blocks.array.copy()
+    cases = {"re-centring, in place on the blocks":
+             (blocks, lambda: blocks.recentre(GROUPS), saved),
+             "before, re-centring through rows by slices":
+             (blocks, lambda: recentre_before(blocks, GROUPS), saved)}
+    for _, recentre, _ in cases.values():   # compiled or loaded from the cache here
+        recentre()
     return cases
 
 
@@ -203,14 +223,19 @@ def main() -> None:
     groups = groups.astype(a.dtype)
     ours = our_cases(n_cells, groups, not a.no_before)
     theirs = their_case(n_cells, groups)
+    recentres = recentre_cases(n_cells, groups)
     times = {name: [] for name in ours}
     if theirs is not None:
         times["iterative-stats 0.1.2"] = []
+    recentre_times = {name: [] for name in recentres}
     for _ in range(a.repeat):
         for name, fold in ours.items():
             times[name].append(timed(fold))
         if theirs is not None:
             times["iterative-stats 0.1.2"].append(timed(theirs))
+        for name, (blocks, recentre, saved) in recentres.items():
+            np.copyto(blocks.array, saved)
+            recentre_times[name].append(timed(recentre))
     load_after = os.getloadavg()
     record = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "cpu": cpu_model(), "numba_threads": get_num_threads(), "cells": n_cells,
@@ -243,6 +268,15 @@ def main() -> None:
             gain = min(c for _, c in ts) / min(c for _, c in after)
             record["cases"][name]["after_over_before_cpu_best"] = gain
             print(f"  {name[8:]}: CPU best before / now {gain:4.2f}x")
+    print("ms per re-centring (best / median):")
+    for name, ts in recentre_times.items():
+        row = {"wall_best": min(w for w, _ in ts) * 1e3,
+               "wall_median": statistics.median(w for w, _ in ts) * 1e3,
+               "cpu_best": min(c for _, c in ts) * 1e3,
+               "cpu_median": statistics.median(c for _, c in ts) * 1e3}
+        record["cases"][name] = row
+        print(f"  {name:42s} wall {row['wall_best']:7.2f} / {row['wall_median']:7.2f}"
+              f"   cpu {row['cpu_best']:7.2f} / {row['cpu_median']:7.2f}")
     if ref is None:
         print("  iterative-stats is not installed (pip install -e '.[bench]'): no reference")
     out = write_json(pathlib.Path(__file__).parent / "results" / "sobol_fold.json", record)

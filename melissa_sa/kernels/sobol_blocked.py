@@ -186,12 +186,17 @@ def _fold_block(state, b, group, lo, nb, first, r, c2, p, x):
 
 
 @njit(cache=True, inline="always")
+def chunk_blocks(ch, n_cells):
+    """The blocks of chunk ``ch`` of a state of ``n_cells`` cells."""
+    return range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, (n_cells + BLOCK - 1) // BLOCK))
+
+
+@njit(cache=True, inline="always")
 def fold_chunk(state, group, n, p, ch, n_cells, x):
     """Fold ``group``, the group after ``n``, into the blocks of chunk ``ch``
     (``x``: the chunk's scratch, as :func:`_fold_block` takes it)."""
     r, c2 = welford_weights(n)
-    n_blk = (n_cells + BLOCK - 1) // BLOCK
-    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+    for b in chunk_blocks(ch, n_cells):
         lo = b * BLOCK
         prefetch_cells(group, lo + CHUNK)
         _fold_block(state, b, group, lo, min(BLOCK, n_cells - lo), n == 0, r, c2, p, x)

@@ -33,11 +33,12 @@ import math
 from numba import njit, prange
 
 from melissa_sa.kernels.sobol import CHUNK, batch_size, welford_weights
-from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, QUAD, fold_chunk
+from melissa_sa.kernels.sobol_blocked import BLOCK, QUAD, chunk_blocks, fold_chunk
+from melissa_sa.kernels.sobol_blocked_recentre import recentre_block
 from melissa_sa.kernels.sobol_prefetch import prefetch_cells
 
 __all__ = ["batch_dims", "blocked_update_many", "influence_factor", "pair_rows", "quad_ab",
-           "quad_chunk", "quad_pair", "stage_quad", "worker_chunks"]
+           "quad_chunk", "quad_pair", "recentre_chunk", "stage_quad", "worker_chunks"]
 
 
 @njit(cache=True, inline="always")
@@ -71,21 +72,36 @@ def stage_quad(x, blk, groups, g0, lo, nb, p, first):
 
 
 @njit(cache=True, inline="always")
+def _load_run(blk, q, c):
+    """Lane ``c`` of the 8 slots ``q .. q + 7`` of a block, as a tuple (the
+    quads keep them in registers through the four groups)."""
+    return (blk[q * BLOCK + c], blk[(q + 1) * BLOCK + c], blk[(q + 2) * BLOCK + c],
+            blk[(q + 3) * BLOCK + c], blk[(q + 4) * BLOCK + c], blk[(q + 5) * BLOCK + c],
+            blk[(q + 6) * BLOCK + c], blk[(q + 7) * BLOCK + c])
+
+
+@njit(cache=True, inline="always")
+def _store_run(blk, q, c, values):
+    """Store the 8 ``values`` into lane ``c`` of slots ``q .. q + 7``."""
+    blk[q * BLOCK + c] = values[0]
+    blk[(q + 1) * BLOCK + c] = values[1]
+    blk[(q + 2) * BLOCK + c] = values[2]
+    blk[(q + 3) * BLOCK + c] = values[3]
+    blk[(q + 4) * BLOCK + c] = values[4]
+    blk[(q + 5) * BLOCK + c] = values[5]
+    blk[(q + 6) * BLOCK + c] = values[6]
+    blk[(q + 7) * BLOCK + c] = values[7]
+
+
+@njit(cache=True, inline="always")
 def quad_ab(blk, x, n, influence):
     """A's and B's 9 slots through the four groups; ``da``, ``db`` of each
     group into ``x`` (rows 2 and 3) for the pairs, and if ``influence`` A's
     and B's parts of its influence terms (rows 4 .. 7: ``sa, sb, ha, hb``, the
-    operations of :func:`~melissa_sa.kernels.sobol_blocked_influence.block_terms`),
+    operations of :func:`~melissa_sa.kernels.sobol_blocked_influence.ab_terms`),
     from the state before the group."""
     for c in range(BLOCK):
-        ma = blk[BLOCK + c]
-        mb = blk[2 * BLOCK + c]
-        a2 = blk[3 * BLOCK + c]
-        b2 = blk[4 * BLOCK + c]
-        p3a = blk[5 * BLOCK + c]
-        p4a = blk[6 * BLOCK + c]
-        p3b = blk[7 * BLOCK + c]
-        p4b = blk[8 * BLOCK + c]
+        ma, mb, a2, b2, p3a, p4a, p3b, p4b = _load_run(blk, 1, c)
         for g in range(QUAD):
             r, c2 = welford_weights(n + g)
             xa = x[g * BLOCK + c]
@@ -112,14 +128,7 @@ def quad_ab(blk, x, n, influence):
             p4a += xa2 * xa2
             p3b += xb2 * xb
             p4b += xb2 * xb2
-        blk[BLOCK + c] = ma
-        blk[2 * BLOCK + c] = mb
-        blk[3 * BLOCK + c] = a2
-        blk[4 * BLOCK + c] = b2
-        blk[5 * BLOCK + c] = p3a
-        blk[6 * BLOCK + c] = p4a
-        blk[7 * BLOCK + c] = p3b
-        blk[8 * BLOCK + c] = p4b
+        _store_run(blk, 1, c, (ma, mb, a2, b2, p3a, p4a, p3b, p4b))
 
 
 @njit(cache=True, inline="always")
@@ -132,26 +141,20 @@ def influence_factor(n):
 
 
 @njit(cache=True, inline="always")
+def _add_mixed(x, xc, xc2, s21, s12, s31, s22, s13):
+    """The power sums ``P_XC 21, 12, 31, 22, 13`` with one more ``(x, xc)``
+    (``xc2 = xc * xc``), as the row kernel adds them."""
+    xy = x * xc
+    return s21 + xy * x, s12 + xy * xc, s31 + xy * (x * x), s22 + xy * xy, s13 + xy * xc2
+
+
+@njit(cache=True, inline="always")
 def quad_pair(sk, x, xk, n):
     """The 16 slots ``sk`` of pair ``k`` through the four groups (``xk``: the
     pair's rows of shifted ``C_k`` in ``x``), in the row kernel's order."""
     for c in range(BLOCK):
-        mc = sk[c]
-        cc = sk[BLOCK + c]
-        ac = sk[2 * BLOCK + c]
-        bc = sk[3 * BLOCK + c]
-        p3 = sk[4 * BLOCK + c]
-        p4 = sk[5 * BLOCK + c]
-        a21 = sk[6 * BLOCK + c]
-        a12 = sk[7 * BLOCK + c]
-        a31 = sk[8 * BLOCK + c]
-        a22 = sk[9 * BLOCK + c]
-        a13 = sk[10 * BLOCK + c]
-        b21 = sk[11 * BLOCK + c]
-        b12 = sk[12 * BLOCK + c]
-        b31 = sk[13 * BLOCK + c]
-        b22 = sk[14 * BLOCK + c]
-        b13 = sk[15 * BLOCK + c]
+        mc, cc, ac, bc, p3, p4, a21, a12 = _load_run(sk, 0, c)
+        a31, a22, a13, b21, b12, b31, b22, b13 = _load_run(sk, 8, c)
         for g in range(QUAD):
             r, c2 = welford_weights(n + g)
             xa = x[g * BLOCK + c]
@@ -167,42 +170,17 @@ def quad_pair(sk, x, xk, n):
             xc2 = xc * xc
             p3 += xc2 * xc
             p4 += xc2 * xc2
-            xy = xa * xc
-            a21 += xy * xa
-            a12 += xy * xc
-            a31 += xy * (xa * xa)
-            a22 += xy * xy
-            a13 += xy * xc2
-            xy = xb * xc
-            b21 += xy * xb
-            b12 += xy * xc
-            b31 += xy * (xb * xb)
-            b22 += xy * xy
-            b13 += xy * xc2
-        sk[c] = mc
-        sk[BLOCK + c] = cc
-        sk[2 * BLOCK + c] = ac
-        sk[3 * BLOCK + c] = bc
-        sk[4 * BLOCK + c] = p3
-        sk[5 * BLOCK + c] = p4
-        sk[6 * BLOCK + c] = a21
-        sk[7 * BLOCK + c] = a12
-        sk[8 * BLOCK + c] = a31
-        sk[9 * BLOCK + c] = a22
-        sk[10 * BLOCK + c] = a13
-        sk[11 * BLOCK + c] = b21
-        sk[12 * BLOCK + c] = b12
-        sk[13 * BLOCK + c] = b31
-        sk[14 * BLOCK + c] = b22
-        sk[15 * BLOCK + c] = b13
+            a21, a12, a31, a22, a13 = _add_mixed(xa, xc, xc2, a21, a12, a31, a22, a13)
+            b21, b12, b31, b22, b13 = _add_mixed(xb, xc, xc2, b21, b12, b31, b22, b13)
+        _store_run(sk, 0, c, (mc, cc, ac, bc, p3, p4, a21, a12))
+        _store_run(sk, 8, c, (a31, a22, a13, b21, b12, b31, b22, b13))
 
 
 @njit(cache=True, inline="always")
 def quad_chunk(state, groups, g0, n, p, ch, n_cells, x):
     """Fold groups ``g0 .. g0 + 3`` (the first after ``n``) into the blocks of
     chunk ``ch`` (``x``: the chunk's scratch row)."""
-    n_blk = (n_cells + BLOCK - 1) // BLOCK
-    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+    for b in chunk_blocks(ch, n_cells):
         lo = b * BLOCK
         blk = state[b]
         stage_quad(x, blk, groups, g0, lo, min(BLOCK, n_cells - lo), p, n == 0)
@@ -210,6 +188,14 @@ def quad_chunk(state, groups, g0, n, p, ch, n_cells, x):
         for k in range(p):
             o = (9 + 16 * k) * BLOCK
             quad_pair(blk[o:o + 16 * BLOCK], x, pair_rows(x, k), n)
+
+
+@njit(cache=True, inline="always")
+def recentre_chunk(state, ch, n_cells, n, p, recentre):
+    """If ``recentre``, re-centre the blocks of chunk ``ch`` (``n`` groups)."""
+    if recentre:
+        for b in chunk_blocks(ch, n_cells):
+            recentre_block(state[b], float(n), p)
 
 
 @njit(cache=True, inline="always")
@@ -234,7 +220,7 @@ def worker_chunks(w, n_workers, n_chunks):
 
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
-def blocked_update_many(state, groups, n, scratch, m=-1):
+def blocked_update_many(state, groups, n, scratch, m=-1, recentre=False):
     """Fold ``m`` groups into a cell-blocked full state, in one pass over it.
 
     ``groups``, ``n`` and ``m`` as in
@@ -244,7 +230,10 @@ def blocked_update_many(state, groups, n, scratch, m=-1):
     ``scratch``: float64 ``(workers, >= 4 (p + 8) BLOCK)``
     (:func:`~melissa_sa.kernels.sobol_blocked.scratch_for`: a row per Numba
     thread): the parallel loop runs a worker per row, each over a contiguous
-    range of chunks with its own scratch row.
+    range of chunks with its own scratch row. ``recentre``: then re-centre
+    the state of ``n + m`` groups as
+    :func:`~melissa_sa.kernels.sobol_blocked_recentre.blocked_recentre`
+    does, each chunk once folded (the same state, one pass less).
     """
     m = batch_size(groups, m)
     if m == 0:
@@ -261,3 +250,4 @@ def blocked_update_many(state, groups, n, scratch, m=-1):
             while g < m:
                 fold_chunk(state, groups[g], n + g, p, ch, n_cells, x)
                 g += 1
+            recentre_chunk(state, ch, n_cells, n + m, p, recentre)

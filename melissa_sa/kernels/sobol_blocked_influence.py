@@ -17,7 +17,8 @@ group's terms are computed by the A/B pass
 terms by a pass of their own over the pair's slots before the pair's fold
 (:func:`_quad_pair_terms`, reading four of its slots), so the accumulators
 are still stored once per quad. The groups left over go one at a time
-(:func:`block_terms`, then :func:`~melissa_sa.kernels.sobol_blocked.fold_chunk`).
+(:func:`ab_terms` once per block, :func:`pair_terms` per pair, then
+:func:`~melissa_sa.kernels.sobol_blocked.fold_chunk`).
 """
 
 import math
@@ -25,7 +26,7 @@ import math
 from numba import njit, prange
 
 from melissa_sa.kernels.sobol import batch_size, welford_weights
-from melissa_sa.kernels.sobol_blocked import BLOCK, PER_CHUNK, QUAD, fold_chunk
+from melissa_sa.kernels.sobol_blocked import BLOCK, QUAD, chunk_blocks, fold_chunk
 from melissa_sa.kernels.sobol_blocked_fold import (
     batch_dims,
     influence_factor,
@@ -33,18 +34,21 @@ from melissa_sa.kernels.sobol_blocked_fold import (
     quad_ab,
     quad_chunk,
     quad_pair,
+    recentre_chunk,
     stage_quad,
     worker_chunks,
 )
 
-__all__ = ["block_terms", "blocked_update_many_influence"]
+__all__ = ["ab_terms", "blocked_update_many_influence", "pair_terms"]
 
 
 @njit(cache=True, inline="always")
-def block_terms(blk, sk, ga, gb, gc, nb, f, terms):
-    """One pair's influence terms of the block's cells, in lanes, into
-    ``terms`` (``4 BLOCK`` float64: Phi and Psi, first then total order); a
-    term a cell does not add is 0 (adding 0 to the sums changes nothing)."""
+def ab_terms(blk, ga, gb, nb, f, ab):
+    """A's and B's parts of the block's cells' influence terms (the state
+    before the group), in lanes, into ``ab``'s rows (``7 BLOCK`` float64):
+    the shift, ``da``, ``db``, ``sa``, ``sb``, ``ha``, ``hb``. Every pair's
+    terms read them (:func:`pair_terms`): computed once per block, not once
+    per pair."""
     for c in range(nb):
         s = blk[c]
         da = (ga[c] - s) - blk[BLOCK + c]
@@ -53,49 +57,80 @@ def block_terms(blk, sk, ga, gb, gc, nb, f, terms):
         b2 = blk[4 * BLOCK + c]
         sa = math.sqrt(a2)
         sb = math.sqrt(b2)
-        ha = 0.5 * (da * da - a2 * f) / sa if a2 > 0.0 else 0.0
-        hb = 0.5 * (db * db - b2 * f) / sb if b2 > 0.0 else 0.0
-        dc = (gc[c] - s) - sk[c]
+        ab[c] = s
+        ab[BLOCK + c] = da
+        ab[2 * BLOCK + c] = db
+        ab[3 * BLOCK + c] = sa
+        ab[4 * BLOCK + c] = sb
+        ab[5 * BLOCK + c] = 0.5 * (da * da - a2 * f) / sa if a2 > 0.0 else 0.0
+        ab[6 * BLOCK + c] = 0.5 * (db * db - b2 * f) / sb if b2 > 0.0 else 0.0
+
+
+@njit(cache=True, inline="always")
+def pair_terms(sk, ab, gc, nb, f, terms):
+    """One pair's influence terms of the block's cells (slots ``sk``, A's and
+    B's parts in ``ab``: :func:`ab_terms`), in lanes, into ``terms`` (``4
+    BLOCK`` float64: Phi and Psi, first then total order); a term a cell does
+    not add is 0 (adding 0 to the sums changes nothing)."""
+    for c in range(nb):
+        da = ab[BLOCK + c]
+        db = ab[2 * BLOCK + c]
+        sa = ab[3 * BLOCK + c]
+        sb = ab[4 * BLOCK + c]
+        dc = (gc[c] - ab[c]) - sk[c]
         cc = sk[BLOCK + c]
         terms[c] = db * dc - sk[3 * BLOCK + c] * f
         terms[2 * BLOCK + c] = da * dc - sk[2 * BLOCK + c] * f
         sc = math.sqrt(cc)
         hc = 0.5 * (dc * dc - cc * f) / sc
-        terms[BLOCK + c] = sc * hb + sb * hc if cc > 0.0 and b2 > 0.0 else 0.0
-        terms[3 * BLOCK + c] = sc * ha + sa * hc if cc > 0.0 and a2 > 0.0 else 0.0
+        # sb > 0 exactly when b2 > 0 (sb = sqrt(b2); NaN compares false)
+        pos = cc > 0.0
+        terms[BLOCK + c] = sc * ab[6 * BLOCK + c] + sb * hc if pos & (sb > 0.0) else 0.0
+        terms[3 * BLOCK + c] = sc * ab[5 * BLOCK + c] + sa * hc if pos & (sa > 0.0) else 0.0
 
 
 @njit(cache=True, inline="always")
-def _influence_chunk(state, group, n, p, ch, n_cells, partial, u, t):
-    """``group``'s influence sums over chunk ``ch`` into ``partial[u, ch]``
-    (the state before ``group``, ``n >= 2`` groups), in cell order (``t``:
-    ``4 p BLOCK`` float64 of scratch)."""
-    f = influence_factor(n)
+def _zero_sums(partial, u, ch, p):
     for q in range(4):
         for k in range(p):
             partial[u, ch, q, k] = 0.0
-    n_blk = (n_cells + BLOCK - 1) // BLOCK
-    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+
+
+@njit(cache=True, inline="always")
+def _add_terms(partial, u, ch, p, nb, t, k_rows):
+    """Add the block's terms ``t`` (pair ``k``'s term ``q`` in row ``k k_rows +
+    q``) to ``partial[u, ch]``, in cell order, as the row kernel adds them."""
+    for c in range(nb):
+        for k in range(p):
+            for q in range(4):
+                partial[u, ch, q, k] += t[(k * k_rows + q) * BLOCK + c]
+
+
+@njit(cache=True, inline="always")
+def _influence_chunk(state, group, n, p, ch, n_cells, partial, u, t, x):
+    """``group``'s influence sums over chunk ``ch`` into ``partial[u, ch]``
+    (the state before ``group``, ``n >= 2`` groups), in cell order (``t``:
+    ``4 p BLOCK`` float64 of scratch, ``x``: the fold's scratch row)."""
+    f = influence_factor(n)
+    _zero_sums(partial, u, ch, p)
+    ab = x[:7 * BLOCK]
+    for b in chunk_blocks(ch, n_cells):
         lo = b * BLOCK
         nb = min(BLOCK, n_cells - lo)
         blk = state[b]
-        ga = group[0, lo:lo + nb]
-        gb = group[1, lo:lo + nb]
+        ab_terms(blk, group[0, lo:lo + nb], group[1, lo:lo + nb], nb, f, ab)
         for k in range(p):
             o = (9 + 16 * k) * BLOCK
-            block_terms(blk, blk[o:o + 16 * BLOCK], ga, gb, group[2 + k, lo:lo + nb], nb,
-                        f, t[4 * k * BLOCK:4 * (k + 1) * BLOCK])
-        for c in range(nb):      # in cell order, as the row kernel adds them
-            for k in range(p):
-                for q in range(4):
-                    partial[u, ch, q, k] += t[(4 * k + q) * BLOCK + c]
+            pair_terms(blk[o:o + 16 * BLOCK], ab, group[2 + k, lo:lo + nb], nb, f,
+                       t[4 * k * BLOCK:4 * (k + 1) * BLOCK])
+        _add_terms(partial, u, ch, p, nb, t, 4)
 
 
 @njit(cache=True, inline="always")
 def _quad_pair_terms(sk, x, xk, n, tk):
     """Each group's influence terms of pair ``k`` (slots ``sk``, part ``xk`` of
     the scratch) from the slots before the group, with the operations of
-    :func:`block_terms`, into ``tk``'s rows ``4 g + q``. The four slots
+    :func:`ab_terms` and :func:`pair_terms`, into ``tk``'s rows ``4 g + q``. The four slots
     the terms read (mean_Ck, Ck2, ACk11, BCk11) go through the quad's updates
     here in registers, as :func:`~melissa_sa.kernels.sobol_blocked_fold.quad_pair`
     moves them (the same operations: the same values); ``sk`` and ``xk`` are
@@ -138,11 +173,8 @@ def _quad_chunk_terms(state, groups, g0, n, p, ch, n_cells, x, t, rows, partial)
     order within the chunk, as :func:`_influence_chunk`)."""
     for g in range(g0, g0 + QUAD):
         if rows[g] >= 0:
-            for q in range(4):
-                for k in range(p):
-                    partial[g, ch, q, k] = 0.0
-    n_blk = (n_cells + BLOCK - 1) // BLOCK
-    for b in range(ch * PER_CHUNK, min(ch * PER_CHUNK + PER_CHUNK, n_blk)):
+            _zero_sums(partial, g, ch, p)
+    for b in chunk_blocks(ch, n_cells):
         lo = b * BLOCK
         nb = min(BLOCK, n_cells - lo)
         blk = state[b]
@@ -156,21 +188,18 @@ def _quad_chunk_terms(state, groups, g0, n, p, ch, n_cells, x, t, rows, partial)
             quad_pair(sk, x, xk, n)
         for g in range(QUAD):
             if rows[g0 + g] >= 0:
-                for c in range(nb):      # in cell order, as the row kernel adds them
-                    for k in range(p):
-                        for q in range(4):
-                            partial[g0 + g, ch, q, k] += t[((QUAD * k + g) * 4 + q) * BLOCK + c]
+                _add_terms(partial, g0 + g, ch, p, nb, t[4 * g * BLOCK:], 4 * QUAD)
 
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
 def blocked_update_many_influence(state, groups, n, scratch, rows, partial, terms, out,
-                                  m=-1):
+                                  m=-1, recentre=False):
     """:func:`~melissa_sa.kernels.sobol_blocked_fold.blocked_update_many`,
     adding the influence sums of the groups flagged in ``rows`` into ``out``
     on the way: the arguments and sums of
     :func:`~melissa_sa.kernels.sobol_influence.martinez_update_many_influence`,
     bit for bit, plus ``scratch`` and ``terms`` (a row per worker of the
-    parallel loop, as in ``blocked_update_many``;
+    parallel loop, as in ``blocked_update_many``, and its ``recentre``;
     :func:`~melissa_sa.kernels.sobol_blocked.scratch_for`,
     :func:`~melissa_sa.kernels.sobol_blocked.terms_for`)."""
     m = batch_size(groups, m)
@@ -196,9 +225,10 @@ def blocked_update_many_influence(state, groups, n, scratch, rows, partial, term
             while g < m:
                 group = groups[g]
                 if rows[g] >= 0:
-                    _influence_chunk(state, group, n + g, p, ch, n_cells, partial, g, t)
+                    _influence_chunk(state, group, n + g, p, ch, n_cells, partial, g, t, x)
                 fold_chunk(state, group, n + g, p, ch, n_cells, x)
                 g += 1
+            recentre_chunk(state, ch, n_cells, n + m, p, recentre)
     for g in range(m):
         if rows[g] >= 0:
             for c in range(n_chunks):

@@ -2,8 +2,8 @@
 
 The state layout is described in :mod:`melissa_sa.kernels.sobol` (layout 2:
 block 1 exact shifted Welford sums, block 2 power sums of the shifted
-values). Block 2 is moved by binomial expansion (:func:`_move_single`,
-:func:`_move_pair`, :func:`_move_row`) to:
+values). Block 2 is moved by binomial expansion (:func:`move_single`,
+:func:`move_pair`, :func:`_move_row`) to:
 
 * ``A``'s running mean (:func:`martinez_recentre`, called by the object
   after 2, 16 and 256 groups), which keeps the power sums well conditioned
@@ -20,7 +20,7 @@ The indices need only block 1, kept by exact Welford recursions on
 deviations from the running mean: they match a two-pass computation
 whatever the offset. The delta-method interval is a variance estimate: power
 sums (multiply-adds, no division) suffice, moved to the means at
-finalisation (:func:`_move_pair`) with block 1's exact means and second-order
+finalisation (:func:`move_pair`) with block 1's exact means and second-order
 sums. That loses about ``eps (d / sd)^4`` relative, ``d`` the distance of the
 shift from the mean; :func:`martinez_recentre` (called by the object after 2,
 16 and 256 groups; the merge moves to the merged mean) keeps ``d`` small
@@ -33,11 +33,10 @@ Block 1 merges by Chan, Golub & LeVeque (1979): with ``δ = x̄_b - x̄_a``
 (shifts accounted for), ``X2 = X2_a + X2_b + n_a n_b/n δ_x^2``, ``XY11``
 likewise; both sides' block 2 is moved to the merged mean of ``A`` and added.
 
-These kernels share the ``inline="always"`` helpers below, so they live in
-one file (Numba's cache does not see a change in a helper inlined from
-another file). NaN in a cell propagates to that cell only; nothing is
-allocated inside the cell loops. The interval and indices kernels release
-the GIL (``nogil=True``): a thread can run them beside other Python work.
+The row kernels share the ``inline="always"`` helpers below; the cell-blocked
+re-centring (:mod:`melissa_sa.kernels.sobol_blocked_recentre`) inlines the
+two public ones. NaN in a cell propagates to that cell only; nothing is
+allocated in the cell loops. The interval and indices kernels release the GIL.
 """
 
 import math
@@ -52,13 +51,11 @@ DELTA = 1
 DELTA_LINEAR = 2
 
 
-# ---------------------------------------------------------------------------
-# moving power sums to another origin (binomial expansion)
-# ---------------------------------------------------------------------------
+# -- moving power sums to another origin (binomial expansion) -----------------
 
 
 @njit(cache=True, inline="always")
-def _move_single(n, a, p1, p2, p3, p4):
+def move_single(n, a, p1, p2, p3, p4):
     """``(sum (x-a)^3, sum (x-a)^4)`` from ``p_k = sum x^k`` and ``n``."""
     aa = a * a
     q3 = p3 - 3.0 * a * p2 + 3.0 * aa * p1 - n * aa * a
@@ -67,7 +64,7 @@ def _move_single(n, a, p1, p2, p3, p4):
 
 
 @njit(cache=True, inline="always")
-def _move_pair(n, a, b, x1, x2, x3, y1, y2, y3, p11, p21, p12, p31, p22, p13):
+def move_pair(n, a, b, x1, x2, x3, y1, y2, y3, p11, p21, p12, p31, p22, p13):
     """Mixed sums of ``(x - a, y - b)`` from those of ``(x, y)``.
 
     ``x1..x3``, ``y1..y3``: ``sum x^k``, ``sum y^k``; ``pij = sum x^i y^j``.
@@ -93,6 +90,9 @@ def _move_pair(n, a, b, x1, x2, x3, y1, y2, y3, p11, p21, p12, p31, p22, p13):
             X1Y3 - 3.0 * b * X1Y2 + 3.0 * bb * X1Y1 - bb * b * X1)
 
 
+_move_single, _move_pair = move_single, move_pair   # the names the interval kernels use
+
+
 @njit(cache=True, inline="always")
 def _move_row(src, cs, dst, cd, nf, p, centred, d, add):
     """Block 2 of ``src[cs]`` moved to another origin, into ``dst[cd]``.
@@ -103,8 +103,7 @@ def _move_row(src, cs, dst, cd, nf, p, centred, d, add):
     holds layout-1 centred sums; each variable moves by minus its own mean
     (``sum x = 0``, ``sum x^2 = X2``), giving power sums about the shift.
     ``add``: add into ``dst`` (merge) instead of overwriting it. ``src`` and
-    ``dst`` may be the same row: pairs are written before the singles they
-    read.
+    ``dst`` may be the same row: pairs are written before the singles they read.
     """
     h = 5 + 4 * p
     ma = src[cs, 1]
@@ -145,11 +144,11 @@ def _move_row(src, cs, dst, cd, nf, p, centred, d, add):
         for side in range(2):
             o = j + 2 + 5 * side
             if side == 0:
-                q = _move_pair(nf, ua, uc, a1, a2, a3, c1, c2, c3, ac11,
+                q = move_pair(nf, ua, uc, a1, a2, a3, c1, c2, c3, ac11,
                                src[cs, o], src[cs, o + 1], src[cs, o + 2],
                                src[cs, o + 3], src[cs, o + 4])
             else:
-                q = _move_pair(nf, ub, uc, b1, b2, b3, c1, c2, c3, bc11,
+                q = move_pair(nf, ub, uc, b1, b2, b3, c1, c2, c3, bc11,
                                src[cs, o], src[cs, o + 1], src[cs, o + 2],
                                src[cs, o + 3], src[cs, o + 4])
             for t in range(5):
@@ -157,15 +156,15 @@ def _move_row(src, cs, dst, cd, nf, p, centred, d, add):
                     dst[cd, o + t] += q[t]
                 else:
                     dst[cd, o + t] = q[t]
-        q3, q4 = _move_single(nf, uc, c1, c2, c3, src[cs, j + 1])
+        q3, q4 = move_single(nf, uc, c1, c2, c3, src[cs, j + 1])
         if add:
             dst[cd, j] += q3
             dst[cd, j + 1] += q4
         else:
             dst[cd, j] = q3
             dst[cd, j + 1] = q4
-    qa3, qa4 = _move_single(nf, ua, a1, a2, a3, src[cs, h + 1])
-    qb3, qb4 = _move_single(nf, ub, b1, b2, b3, src[cs, h + 3])
+    qa3, qa4 = move_single(nf, ua, a1, a2, a3, src[cs, h + 1])
+    qb3, qb4 = move_single(nf, ub, b1, b2, b3, src[cs, h + 3])
     if add:
         dst[cd, h] += qa3
         dst[cd, h + 1] += qa4

@@ -4,9 +4,10 @@ A ``ci="delta"`` state without second order is kept cell-blocked
 (:mod:`melissa_sa.kernels.sobol_blocked`): :data:`~melissa_sa.kernels.sobol_blocked.BLOCK`
 cells per row, each accumulator's cells contiguous, so that the fold runs in
 SIMD lanes. The intervals (with the indices) read the blocks in place
-(:mod:`melissa_sa.kernels.sobol_blocked_interval`); everything else reads the
+(:mod:`melissa_sa.kernels.sobol_blocked_interval`), the re-centring moves them
+in place (:mod:`melissa_sa.kernels.sobol_blocked_recentre`); everything else reads the
 row layout of :mod:`melissa_sa.kernels.sobol` (one row per cell): the
-per-cell kernels of merge, re-centring and the indices alone run on the rows
+per-cell kernels of merge and the indices alone run on the rows
 of :data:`SLICE` cells at a time (:meth:`BlockedState.by_slices`), converted into a buffer
 (no state-sized copy; the merge keeps its buffer for the next one); the checkpoint reads the whole
 row-layout state (:meth:`BlockedState.rows`), so a checkpoint's arrays are
@@ -39,11 +40,12 @@ from melissa_sa.kernels.sobol_blocked import (
 )
 from melissa_sa.kernels.sobol_blocked_fold import blocked_update_many
 from melissa_sa.kernels.sobol_blocked_influence import blocked_update_many_influence
-from melissa_sa.kernels.sobol_centred import martinez_merge, martinez_recentre
+from melissa_sa.kernels.sobol_blocked_recentre import blocked_recentre
+from melissa_sa.kernels.sobol_centred import martinez_merge
 
 __all__ = ["SLICE", "BlockedState"]
 
-#: cells per slice of the row-layout passes (merge, re-centring): a multiple
+#: cells per slice of the row-layout passes (merge, results): a multiple
 #: of BLOCK; the buffer is ``SLICE (9 + 16 p)`` float64 (1.9 MB at p = 3)
 SLICE = 4096
 
@@ -80,19 +82,21 @@ class BlockedState:
         return self.array.nbytes + extra
 
     # -- the fold --------------------------------------------------------
-    def fold(self, groups, n: int, m: int = -1) -> None:
+    def fold(self, groups, n: int, m: int = -1, recentre: bool = False) -> None:
         """Fold ``groups`` (an ``(m, p + 2, n_cells)`` array or a tuple of
-        groups, the first ``m`` folded) after ``n`` groups."""
-        blocked_update_many(self.array, groups, n, self._fold_scratch(), m)
+        groups, the first ``m`` folded) after ``n`` groups; then, if
+        ``recentre``, :meth:`recentre` in the same pass."""
+        blocked_update_many(self.array, groups, n, self._fold_scratch(), m, recentre)
 
-    def fold_influence(self, groups, n: int, rows, partial, out, m: int) -> None:
+    def fold_influence(self, groups, n: int, rows, partial, out, m: int,
+                       recentre: bool = False) -> None:
         """:meth:`fold`, adding the influence sums of the groups flagged in
         ``rows`` to ``out`` (see
         :func:`~melissa_sa.kernels.sobol_blocked_influence.blocked_update_many_influence`)."""
         if self._terms is None:
             self._terms = terms_for(self.n_params)
         blocked_update_many_influence(self.array, groups, n, self._fold_scratch(), rows, partial,
-                                      self._terms, out, m)
+                                      self._terms, out, m, recentre)
 
     # -- the row layout ----------------------------------------------------
     def rows(self) -> np.ndarray:
@@ -115,8 +119,8 @@ class BlockedState:
 
     def _buffer(self, keep: bool = False) -> np.ndarray:
         """A row buffer of a slice: the kept one (made once) if ``keep``, else
-        the kept one if it exists or a new one (re-centring and results are
-        rare: no buffer stays for them, 1.9 MB per statistic at p = 3)."""
+        the kept one if it exists or a new one (results are rare: no buffer
+        stays for them, 1.9 MB per statistic at p = 3)."""
         if self._slice is not None:
             return self._slice
         buf = np.empty((min(SLICE, self.n_cells), self.width))
@@ -146,13 +150,11 @@ class BlockedState:
         return out
 
     def recentre(self, n: int) -> None:
-        """:func:`~melissa_sa.kernels.sobol_centred.martinez_recentre`, slice by slice."""
-        buf = self._buffer()
-        for b0, cells in self._slices():
-            rows = buf[:cells]
-            blocks_to_rows(self.array, self.slots, b0, rows)
-            martinez_recentre(rows, n, self.n_params)
-            rows_to_blocks(rows, self.slots, b0, self.array)
+        """:func:`~melissa_sa.kernels.sobol_centred.martinez_recentre` of the
+        state, in place on the blocks
+        (:func:`~melissa_sa.kernels.sobol_blocked_recentre.blocked_recentre`:
+        the same state bit for bit, with no row buffer)."""
+        blocked_recentre(self.array, n, self.n_params)
 
     def merge(self, n: int, other: BlockedState, n_other: int) -> None:
         """:func:`~melissa_sa.kernels.sobol_centred.martinez_merge` of ``other``

@@ -42,7 +42,8 @@ one pass for ``fold_batch`` groups and their sums; the sums and the state of
 the two-pass path, bit for bit).
 
 **The fold** (:func:`fold_groups`) cuts a batch at the counts of
-:data:`RECENTRE_AT`, where every cell's shift moves to A's running mean (the
+:data:`RECENTRE_AT`, where every cell's shift moves to A's running mean (a
+cell-blocked state in the pass of the fold that reaches the count; the
 power sums of a full state are best conditioned about the mean; a compact
 state moves too, so that both keep the same block 1), and passes at most
 :data:`~melissa_sa.kernels.sobol.GROUP_TUPLE` arrays per kernel call.
@@ -234,15 +235,16 @@ class InfluenceRows:
         """Whether a group in slots ``[start, stop)`` has sums to add."""
         return bool((self.rows[start:stop] >= 0).any())
 
-    def fold(self, state, groups, start: int, stop: int, n: int, blocks=None) -> None:
+    def fold(self, state, groups, start: int, stop: int, n: int, blocks=None,
+             recentre: bool = False) -> None:
         """Fold ``groups[start:stop]`` (a list of arrays; slots
         ``start..stop-1``, at most ``GROUP_TUPLE``, ``n`` groups folded before
         them) into the full ``state`` (or the cell-blocked ``blocks``, a
-        :class:`~melissa_sa.stats.sobol_blocks.BlockedState`), adding the sums
-        on the way."""
+        :class:`~melissa_sa.stats.sobol_blocks.BlockedState`, re-centred in
+        the same pass if ``recentre``), adding the sums on the way."""
         if blocks is not None:
             blocks.fold_influence(group_tuple(groups[start:stop]), n, self.rows[start:stop],
-                                  self.partial(), self.out, stop - start)
+                                  self.partial(), self.out, stop - start, recentre)
             return
         martinez_update_many_influence(state, group_tuple(groups[start:stop]), n,
                                        self.rows[start:stop], self.partial(), self.out,
@@ -278,21 +280,21 @@ def fold_groups(state: np.ndarray, groups, n: int, n_params: int,
             if n < count < n + (stop - done):
                 stop = done + count - n
                 break
+        # a cell-blocked state re-centres in the fold's pass
+        recentre = n + stop - done in RECENTRE_AT
         if infl is not None and infl.pending(stop, done):
-            infl.fold(state, groups, done, stop, n, blocks)
+            infl.fold(state, groups, done, stop, n, blocks, recentre)
         elif whole:
-            blocks.fold(groups[done:stop], n)
+            blocks.fold(groups[done:stop], n, -1, recentre)
         elif blocks is not None:
-            blocks.fold(group_tuple(groups[done:stop]), n, stop - done)
+            blocks.fold(group_tuple(groups[done:stop]), n, stop - done, recentre)
         elif stop - done == 1:
             martinez_update(state, groups[done], n)
         else:
             martinez_update_many(state, group_tuple(groups[done:stop]), n, stop - done)
         n += stop - done
         done = stop
-        if n in RECENTRE_AT and blocks is not None:
-            blocks.recentre(n)
-        elif n in RECENTRE_AT:
+        if recentre and blocks is None:
             martinez_recentre(state, n, n_params)
     if infl is not None:
         infl.clear(m)
