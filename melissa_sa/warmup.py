@@ -7,7 +7,8 @@ compiles them (about 20 s on one core for all of them, float32 and float64),
 later uses load them from ``melissa_sa/kernels/__pycache__`` in about a
 second. The launcher runs this (:func:`warm_up`, every kernel for both
 sample types) before starting the server when the cache is missing or older
-than the sources (:func:`cache_is_stale`), so that no server spends its first
+than the newest kernel source (:func:`cache_is_stale`; the stale entries
+are removed first, :func:`clear_stale_cache`), so that no server spends its first
 minute compiling while clients wait for it; the server calls
 :func:`melissa_sa.server.sensitivity_analysis_server.warm_up_study` before it
 listens, which loads only the kernels of the study's statistics (float64
@@ -24,16 +25,43 @@ from pathlib import Path
 KERNELS = Path(__file__).resolve().parent / "kernels"
 
 
-def cache_is_stale() -> bool:
-    """True if some kernel module has no cache entry newer than its source."""
-    cache = KERNELS / "__pycache__"
-    for source in KERNELS.glob("*.py"):
-        if source.name == "__init__.py":
-            continue
+def _kernel_sources(kernels: Path) -> list[Path]:
+    return [s for s in kernels.glob("*.py") if s.name != "__init__.py"]
+
+
+def cache_is_stale(kernels: Path = KERNELS) -> bool:
+    """True if some kernel module has no cache entry, or an entry older than
+    the newest kernel source. Kernels inline helpers of other kernel modules
+    while Numba checks a cached function against its own module's source
+    only, so a change to any file of ``kernels/`` makes every entry stale."""
+    cache = kernels / "__pycache__"
+    sources = _kernel_sources(kernels)
+    newest = max(s.stat().st_mtime for s in sources)
+    for source in sources:
         entries = list(cache.glob(f"{source.stem}.*.nbi")) if cache.is_dir() else []
-        if not entries or max(e.stat().st_mtime for e in entries) < source.stat().st_mtime:
+        if not entries or min(e.stat().st_mtime for e in entries) < newest:
             return True
     return False
+
+
+def clear_stale_cache(kernels: Path = KERNELS) -> int:
+    """Remove the cache files (``*.nbi``, ``*.nbc``) older than the newest
+    kernel source, so that Numba compiles those kernels again rather than
+    load code built with an older helper (:func:`cache_is_stale`); return
+    how many were removed."""
+    cache = kernels / "__pycache__"
+    if not cache.is_dir():
+        return 0
+    newest = max(s.stat().st_mtime for s in _kernel_sources(kernels))
+    removed = 0
+    for entry in [*cache.glob("*.nbi"), *cache.glob("*.nbc")]:
+        try:
+            if entry.stat().st_mtime < newest:
+                entry.unlink()
+                removed += 1
+        except FileNotFoundError:   # another process cleared it first
+            pass
+    return removed
 
 
 def warm_up(n_params: int = 3) -> float:
@@ -78,6 +106,7 @@ def warm_up(n_params: int = 3) -> float:
 
 
 def main() -> int:
+    clear_stale_cache()
     seconds = warm_up()
     print(f"melissa-sa: statistics kernels ready in {seconds:.1f} s", file=sys.stderr)
     return 0

@@ -35,7 +35,7 @@ bit for bit (``tests/test_sobol_blocked_interval.py``). Selects compute both
 sides of a branch: a discarded side may divide by zero or take a square root
 of a negative number (``error_model="numpy"``: no exception), never a kept one.
 
-``_move_single``, ``_move_pair`` and ``_delta_var`` are inlined from
+``move_single``, ``move_pair`` and ``delta_var`` are inlined from
 :mod:`melissa_sa.kernels.sobol_centred`: Numba's cache of this file does not
 see a change there, so a change of those helpers needs this file's cache
 entries dropped (or this file touched).
@@ -51,9 +51,9 @@ from melissa_sa.kernels.sobol_centred import (
     DELTA,
     DELTA_LINEAR,
     FISHER,
-    _delta_var,
-    _move_pair,
-    _move_single,
+    delta_var,
+    move_pair,
+    move_single,
 )
 
 __all__ = ["blocked_interval"]
@@ -74,7 +74,7 @@ def _centred(v, c, nf, m, s2, p3):
     x1 = nf * mean
     xp2 = x2 + nf * mean * mean
     x3 = v[p3 * BLOCK + c]
-    return mean, x1, xp2, x3, _move_single(nf, mean, x1, xp2, x3, v[(p3 + 1) * BLOCK + c])[1], x2
+    return mean, x1, xp2, x3, move_single(nf, mean, x1, xp2, x3, v[(p3 + 1) * BLOCK + c])[1], x2
 
 
 @njit(cache=True, inline="always")
@@ -108,10 +108,10 @@ def _side_se(ab, pk, c, nf, y, side):
     x = _centred(ab, c, nf, 2 - side, 4 - side, 7 - 2 * side)
     o = (11 - 5 * side) * BLOCK + c   # P_BCk 21 (side 0) or P_ACk 21
     p11 = m11 + nf * x[0] * y[0]
-    q = _move_pair(nf, x[0], y[0], x[1], x[2], x[3], y[1], y[2], y[3],
+    q = move_pair(nf, x[0], y[0], x[1], x[2], x[3], y[1], y[2], y[3],
                    p11, pk[o], pk[o + BLOCK], pk[o + 2 * BLOCK], pk[o + 3 * BLOCK],
                    pk[o + 4 * BLOCK])
-    v = _delta_var(nf, m11, x[5], y[5], x[4], y[4], q[3], q[2], q[4], rho)
+    v = delta_var(nf, m11, x[5], y[5], x[4], y[4], q[3], q[2], q[4], rho)
     return rho, ok, math.sqrt(v / (nf - 3.0))
 
 

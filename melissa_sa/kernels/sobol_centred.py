@@ -90,7 +90,6 @@ def move_pair(n, a, b, x1, x2, x3, y1, y2, y3, p11, p21, p12, p31, p22, p13):
             X1Y3 - 3.0 * b * X1Y2 + 3.0 * bb * X1Y1 - bb * b * X1)
 
 
-_move_single, _move_pair = move_single, move_pair   # the names the interval kernels use
 
 
 @njit(cache=True, inline="always")
@@ -310,7 +309,7 @@ def martinez_indices(state, n_params, first, total):
 
 
 @njit(cache=True, inline="always")
-def _delta_var(n, m11, x2, y2, x4, y4, m22, m31, m13, rho):
+def delta_var(n, m11, x2, y2, x4, y4, m22, m31, m13, rho):
     """Asymptotic variance ``n Var(r)`` of a sample correlation, any law.
 
     ``V = r22 (1 + rho^2/2) - rho (r31 + r13) + rho^2/4 (r40 + r04)`` with the
@@ -356,7 +355,7 @@ def _centred(st, c, nf, m, s2, p3, p4):
     x1 = nf * mean
     xp2 = x2 + nf * mean * mean
     x3 = st[c, p3]
-    return mean, x1, xp2, x3, _move_single(nf, mean, x1, xp2, x3, st[c, p4])[1], x2
+    return mean, x1, xp2, x3, move_single(nf, mean, x1, xp2, x3, st[c, p4])[1], x2
 
 
 @njit(cache=True, inline="always")
@@ -365,9 +364,9 @@ def _pair_delta_var(st, c, nf, m11, o, rho, x, y):
     of X and C_k; ``m11``: the pair's centred co-moment; ``o``: its first
     block-2 slot (``P_XC 21``)."""
     p11 = m11 + nf * x[0] * y[0]
-    q = _move_pair(nf, x[0], y[0], x[1], x[2], x[3], y[1], y[2], y[3],
+    q = move_pair(nf, x[0], y[0], x[1], x[2], x[3], y[1], y[2], y[3],
                    p11, st[c, o], st[c, o + 1], st[c, o + 2], st[c, o + 3], st[c, o + 4])
-    return _delta_var(nf, m11, x[5], y[5], x[4], y[4], q[3], q[2], q[4], rho)
+    return delta_var(nf, m11, x[5], y[5], x[4], y[4], q[3], q[2], q[4], rho)
 
 
 @njit(cache=True, inline="always")
