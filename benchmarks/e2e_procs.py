@@ -101,14 +101,15 @@ def stat_cpu_seconds(raw: str) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def proc_thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of ``pid``, summed by thread name
-    (``main``, ``ZMQbg/IO/0``, ...)."""
-    out: dict[str, float] = {}
+def proc_thread_times(pid: int) -> dict[int, tuple[str, float, float]]:
+    """``{thread id: (name, user s, system s)}`` of each thread of ``pid``
+    (the name ``main`` for the process's own thread, ``ZMQbg/IO/0``, ...)."""
+    out: dict[int, tuple[str, float, float]] = {}
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
+    tick = os.sysconf("SC_CLK_TCK")
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as f:
@@ -116,7 +117,17 @@ def proc_thread_cpu(pid: int) -> dict[str, float]:
         except OSError:
             continue
         name = "main" if int(tid) == pid else raw[raw.index("(") + 1:raw.rindex(")")]
-        out[name] = out.get(name, 0.0) + stat_cpu_seconds(raw)
+        fields = raw.rsplit(")", 1)[1].split()
+        out[int(tid)] = (name, int(fields[11]) / tick, int(fields[12]) / tick)
+    return out
+
+
+def proc_thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of ``pid``, summed by thread name
+    (``main``, ``ZMQbg/IO/0``, ...)."""
+    out: dict[str, float] = {}
+    for name, user, system in proc_thread_times(pid).values():
+        out[name] = out.get(name, 0.0) + user + system
     return out
 
 

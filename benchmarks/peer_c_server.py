@@ -45,7 +45,7 @@ import threading
 import time
 from pathlib import Path
 
-from e2e_procs import descendants, free_port, stat_cpu_seconds
+from e2e_procs import descendants, free_port, proc_thread_times, stat_cpu_seconds
 from peer_reference_study import describe, write_options
 
 HERE = Path(__file__).resolve().parent
@@ -90,16 +90,8 @@ class ServerSampler:
                 continue
 
     def _sample_threads(self, pid: int) -> None:
-        tick = os.sysconf("SC_CLK_TCK")
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    raw = f.read()
-            except OSError:
-                continue
-            name = "main" if int(tid) == pid else raw[raw.index("(") + 1:raw.rindex(")")]
-            fields = raw.rsplit(")", 1)[1].split()
-            self.threads[pid, int(tid)] = (name, int(fields[11]) / tick, int(fields[12]) / tick)
+        for tid, times in proc_thread_times(pid).items():
+            self.threads[pid, tid] = times
 
     def thread_cpu(self) -> dict[str, list[float]]:
         """``{thread name: [user s, system s]}``, the threads of one name summed."""

@@ -46,6 +46,15 @@ from then on, as ``numpy.mean`` would; the other cells are unaffected.
 from numba import njit, prange
 
 
+@njit(cache=True, inline="always")
+def _welford_step(shift, mu, m2, x, n, n1):
+    """A cell's mean and ``M2`` after value ``x`` (``n`` values before it,
+    ``n1 = n + 1.0``): Welford's recurrence on the shifted value."""
+    delta = (x - shift) - mu
+    d = delta / n1
+    return mu + d, m2 + delta * d * n
+
+
 @njit(cache=True, parallel=True)
 def welford_update(n, state, x):
     """Fold sample ``x`` (n_cells,) into ``state`` (3, n_cells) in place.
@@ -58,11 +67,8 @@ def welford_update(n, state, x):
     for i in prange(x.shape[0]):
         if first:
             state[0, i] = x[i]
-        mu = state[1, i]
-        delta = (x[i] - state[0, i]) - mu
-        d = delta / n1
-        state[1, i] = mu + d
-        state[2, i] += delta * d * n
+        state[1, i], state[2, i] = _welford_step(state[0, i], state[1, i], state[2, i],
+                                                 x[i], n, n1)
 
 
 @njit(cache=True, parallel=True)
@@ -107,15 +113,8 @@ def welford_update_pair(n, state, x, y):
         if first:
             state[0, i] = x[i]
         shift = state[0, i]
-        mu = state[1, i]
-        delta = (x[i] - shift) - mu
-        d = delta / n1
-        mu = mu + d
-        m2 = state[2, i] + delta * d * n
-        delta = (y[i] - shift) - mu
-        d = delta / n2
-        state[1, i] = mu + d
-        state[2, i] = m2 + delta * d * nx
+        mu, m2 = _welford_step(shift, state[1, i], state[2, i], x[i], n, n1)
+        state[1, i], state[2, i] = _welford_step(shift, mu, m2, y[i], nx, n2)
 
 
 @njit(cache=True, parallel=True)

@@ -128,11 +128,6 @@ class BlockedState:
             self._slice = buf
         return buf
 
-    def column(self, q: int) -> np.ndarray:
-        """Row slot ``q`` of every cell, a new ``(n_cells,)`` array."""
-        b = int(self.slots[q]) * BLOCK
-        return self.array[:, b:b + BLOCK].reshape(-1)[:self.n_cells].copy()
-
     def by_slices(self, read):
         """``read(rows)`` on the rows of each slice of :data:`SLICE` cells, its
         arrays (a tuple tree, possibly with None leaves, of arrays whose last
