@@ -148,13 +148,13 @@ class ServerProcess:
 
     def compile_kernels(self, console) -> None:
         """Compile the statistics kernels once, before the first server after
-        an install (about 20 s), so that no server makes clients wait."""
+        an install or an update (about 2.5 min), so that no server makes clients wait."""
         from melissa_sa.warmup import cache_is_stale
 
         if self.custom or not cache_is_stale():
             return
         console.log("compiling the statistics kernels (first study after an install; "
-                    "about 20 s, once)")
+                    "about 2.5 min, once)")
         # run where the server runs, so that both import the same melissa_sa
         done = subprocess.run([sys.executable, "-m", "melissa_sa.warmup"],
                               cwd=self.cfg.base_dir, env=self.env(None, False),
