@@ -7,9 +7,9 @@ compiles them (all of them, float32 and float64: about 2.5 min on one core
 of a 2-core AMD EPYC, 5 December 2026),
 later uses load them from ``melissa_sa/kernels/__pycache__`` in about a
 second. The launcher runs this (:func:`warm_up`, every kernel for both
-sample types) before starting the server when the cache is missing or older
-than the newest kernel source (:func:`cache_is_stale`; the stale entries
-are removed first, :func:`clear_stale_cache`), so that no server spends its first
+sample types) before starting the server unless the last warm-up ran on the
+kernel sources as they are (:func:`cache_is_stale`; the entries older than
+the newest source are removed first, :func:`clear_stale_cache`), so that no server spends its first
 minute compiling while clients wait for it; the server calls
 :func:`melissa_sa.server.sensitivity_analysis_server.warm_up_study` before it
 listens, which loads only the kernels of the study's statistics (float64
@@ -19,6 +19,7 @@ the first message rather than on it.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,19 +31,40 @@ def _kernel_sources(kernels: Path) -> list[Path]:
     return [s for s in kernels.glob("*.py") if s.name != "__init__.py"]
 
 
+#: written into the cache directory by :func:`main` once every kernel is
+#: compiled: the kernel sources' names, sizes and modification times then
+STAMP = "warm-up.stamp"
+
+
+def _sources_stamp(kernels: Path) -> str:
+    return "".join(f"{s.name} {st.st_size} {st.st_mtime_ns}\n"
+                   for s in sorted(_kernel_sources(kernels)) for st in (s.stat(),))
+
+
 def cache_is_stale(kernels: Path = KERNELS) -> bool:
-    """True if some kernel module has no cache entry, or an entry older than
-    the newest kernel source. Kernels inline helpers of other kernel modules
-    while Numba checks a cached function against its own module's source
-    only, so a change to any file of ``kernels/`` makes every entry stale."""
+    """True unless the last complete warm-up (:func:`main`) ran on the kernel
+    sources as they are now. A stamp rather than each module's entries: some
+    modules hold only inlined helpers (no entry of their own), and kernels
+    inline helpers of other kernel modules while Numba checks a cached
+    function against its own module's source only, so a change to any file
+    of ``kernels/`` calls for the warm-up (which removes the stale entries
+    first, :func:`clear_stale_cache`)."""
+    try:
+        return (kernels / "__pycache__" / STAMP).read_text() != _sources_stamp(kernels)
+    except OSError:
+        return True
+
+
+def record_warm_cache(kernels: Path = KERNELS) -> None:
+    """Write the stamp of :func:`cache_is_stale` (atomically; a cache
+    directory that cannot be written is left as it is)."""
     cache = kernels / "__pycache__"
-    sources = _kernel_sources(kernels)
-    newest = max(s.stat().st_mtime for s in sources)
-    for source in sources:
-        entries = list(cache.glob(f"{source.stem}.*.nbi")) if cache.is_dir() else []
-        if not entries or min(e.stat().st_mtime for e in entries) < newest:
-            return True
-    return False
+    tmp = cache / f"{STAMP}.{os.getpid()}"
+    try:
+        tmp.write_text(_sources_stamp(kernels))
+        os.replace(tmp, cache / STAMP)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def clear_stale_cache(kernels: Path = KERNELS) -> int:
@@ -109,6 +131,7 @@ def warm_up(n_params: int = 3) -> float:
 def main() -> int:
     clear_stale_cache()
     seconds = warm_up()
+    record_warm_cache()
     print(f"melissa-sa: statistics kernels ready in {seconds:.1f} s", file=sys.stderr)
     return 0
 
