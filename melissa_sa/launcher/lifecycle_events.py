@@ -146,7 +146,8 @@ class FailServer:
 
 @dataclass(frozen=True, slots=True)
 class StudyFinished:
-    """Tell the user the study finished (``note``: the server's message)."""
+    """Tell the user the study finished, with the time it ran, the groups done
+    and where the results are, and ``note``, the server's message (if any)."""
 
     note: str
 

@@ -116,14 +116,16 @@ class SignalReceived:
 
 @dataclass(frozen=True)
 class VarianceRequest:
-    """Rank 0 -> all: convergence check ``check_id``, round 1: report your variance totals."""
+    """Rank 0 -> all: convergence check ``check_id``, round 1: report your variance totals.
+    Answer: :class:`VarianceReport`."""
 
     check_id: int
 
 
 @dataclass(frozen=True)
 class SummaryRequest:
-    """Rank 0 -> all: round 2 of check ``check_id``: the floors per field and time step."""
+    """Rank 0 -> all: round 2 of check ``check_id``: the floors per field and time step.
+    Answer: :class:`SummaryReport`."""
 
     check_id: int
     floors: dict  # field name -> tuple of per-step floors

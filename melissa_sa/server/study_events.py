@@ -94,7 +94,9 @@ class RunsReported:
 
 @dataclass(frozen=True)
 class Tick:
-    """Time passes: check the grace periods and ``simulation_timeout``."""
+    """Time passes (fed when the server's loop finds nothing to do): a run that
+    exited without completing fails once ``completion_grace`` has passed; a run
+    silent for longer than ``simulation_timeout`` is killed and fails."""
 
     now: float
 
