@@ -47,13 +47,16 @@ def test_write_behind_writes_in_order_one_at_a_time_in_another_thread():
     done, threads, running = [], set(), [0]
     peak = [0]
     lock = threading.Lock()
+    # write t finishes only once the test has looked at ``done`` after submitting
+    # it: no timing, so a loaded machine cannot reorder the check and the write
+    may_finish = [threading.Event() for _ in range(6)]
 
     def write(t):
         with lock:
             running[0] += 1
             peak[0] = max(peak[0], running[0])
         threads.add(threading.get_ident())
-        time.sleep(0.01)
+        assert may_finish[t].wait(timeout=30)
         done.append(t)
         with lock:
             running[0] -= 1
@@ -62,6 +65,7 @@ def test_write_behind_writes_in_order_one_at_a_time_in_another_thread():
         for t in range(6):
             behind.submit(write, t)
             assert done == list(range(t))  # the previous write is over, this one may run
+            may_finish[t].set()
     assert done == list(range(6))
     assert peak[0] == 1 and threading.get_ident() not in threads
 
