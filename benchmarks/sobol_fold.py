@@ -25,8 +25,9 @@ divided by 16 (amortised per group). Cases, alternated in every repeat:
 * iterative-stats 0.1.2's ``IterativeSensitivityMartinez.increment``, the
   same 16 groups (its state has no fourth-order sums: less work than ours);
 * apart, per call (not per group): the re-centring of the cell-blocked state
-  (:meth:`~melissa_sa.stats.sobol_blocks.BlockedState.recentre`, in place
-  on the blocks, what the fold does after 2, 16 and 256 groups) and the one
+  (:func:`~melissa_sa.kernels.sobol_blocked_recentre.blocked_recentre`, in
+  place on the blocks, what the fold does after 2, 16 and 256 groups, now
+  chunk by chunk in its own pass) and the one
   before (``recentre_before``: through the row layout a slice at a time),
   each on the state of the 16 warm-up groups, copied in before every call.
 
@@ -60,6 +61,7 @@ from sobol_fold_before import fold_before, influence_before, recentre_before  # 
 
 from melissa_sa.kernels.sobol import CHUNK, row_width  # noqa: E402
 from melissa_sa.kernels.sobol_blocked import BLOCK  # noqa: E402
+from melissa_sa.kernels.sobol_blocked_recentre import blocked_recentre  # noqa: E402
 from melissa_sa.stats import SobolMartinez  # noqa: E402
 from melissa_sa.stats.sobol_blocks import BlockedState  # noqa: E402
 from melissa_sa.stats.sobol_fold import FOLD_BATCH, fold_groups  # noqa: E402
@@ -178,7 +180,7 @@ def recentre_cases(n_cells, groups):
     blocks.fold(groups, 0)
     saved = blocks.array.copy()
     cases = {"re-centring, in place on the blocks":
-             (blocks, lambda: blocks.recentre(GROUPS), saved),
+             (blocks, lambda: blocked_recentre(blocks.array, GROUPS, P), saved),
              "before, re-centring through rows by slices":
              (blocks, lambda: recentre_before(blocks, GROUPS), saved)}
     for _, recentre, _ in cases.values():   # compiled or loaded from the cache here

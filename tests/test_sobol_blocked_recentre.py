@@ -110,12 +110,12 @@ def test_no_groups_changes_nothing_and_a_wrong_width_is_refused():
         blocked_recentre(state.array, 4, 3)
 
 
-def test_blocked_state_recentre_is_the_row_kernels():
-    """BlockedState.recentre (what the fold calls at 2, 16, 256 groups)."""
+def test_a_blocked_state_over_several_chunks_recentres_as_the_row_kernels():
+    """A whole BlockedState of several chunks, read back through its rows."""
     n_cells, p = 2 * CHUNK + 7, 3
     state = folded(np.random.default_rng(7), 2, n_cells, p, np.float64)
     expected = row_recentred(state.array, n_cells, p, 2)
-    state.recentre(2)
+    blocked_recentre(state.array, 2, p)
     same_bits(state.rows(), expected)
 
 

@@ -74,11 +74,17 @@ class StepStatistics:
         """(name, statistic) pairs of the statistics kept."""
         return [(k, getattr(self, k)) for k in self.items_names()]
 
+    def _value_statistics(self) -> list:
+        """The statistics kept besides the moments that independent runs feed
+        one run at a time (extrema, threshold exceedance, quantiles)."""
+        return [s for s in (self.extrema, self.threshold, self.quantiles) if s is not None]
+
     def fold_sample(self, x: np.ndarray) -> None:
         """One independent run's values over the slice."""
-        for stat in (self.moments, self.extrema, self.threshold, self.quantiles):
-            if stat is not None:
-                stat.update(x)
+        if self.moments is not None:
+            self.moments.update(x)
+        for stat in self._value_statistics():
+            stat.update(x)
         self.n_samples += 1
 
     def _fold_pair(self, x: np.ndarray, y: np.ndarray) -> None:
@@ -86,10 +92,9 @@ class StepStatistics:
         over their state, the other statistics one run after the other."""
         if self.moments is not None:
             self.moments.update_pair(x, y)
-        for stat in (self.extrema, self.threshold, self.quantiles):
-            if stat is not None:
-                stat.update(x)
-                stat.update(y)
+        for stat in self._value_statistics():
+            stat.update(x)
+            stat.update(y)
         self.n_samples += 2
 
     def fold_group(self, rows: np.ndarray, group_id: int, pool: RowPool | None = None

@@ -40,7 +40,6 @@ from melissa_sa.kernels.sobol_blocked import (
 )
 from melissa_sa.kernels.sobol_blocked_fold import blocked_update_many
 from melissa_sa.kernels.sobol_blocked_influence import blocked_update_many_influence
-from melissa_sa.kernels.sobol_blocked_recentre import blocked_recentre
 from melissa_sa.kernels.sobol_centred import martinez_merge
 
 __all__ = ["SLICE", "BlockedState"]
@@ -85,7 +84,9 @@ class BlockedState:
     def fold(self, groups, n: int, m: int = -1, recentre: bool = False) -> None:
         """Fold ``groups`` (an ``(m, p + 2, n_cells)`` array or a tuple of
         groups, the first ``m`` folded) after ``n`` groups; then, if
-        ``recentre``, :meth:`recentre` in the same pass."""
+        ``recentre``, re-centre each chunk in the same pass (the state
+        :func:`~melissa_sa.kernels.sobol_blocked_recentre.blocked_recentre`
+        would give, bit for bit)."""
         blocked_update_many(self.array, groups, n, self._fold_scratch(), m, recentre)
 
     def fold_influence(self, groups, n: int, rows, partial, out, m: int,
@@ -143,13 +144,6 @@ class BlockedState:
                 out = _empty_like_tree(part, self.n_cells)
             _fill_tree(out, part, b0 * BLOCK)
         return out
-
-    def recentre(self, n: int) -> None:
-        """:func:`~melissa_sa.kernels.sobol_centred.martinez_recentre` of the
-        state, in place on the blocks
-        (:func:`~melissa_sa.kernels.sobol_blocked_recentre.blocked_recentre`:
-        the same state bit for bit, with no row buffer)."""
-        blocked_recentre(self.array, n, self.n_params)
 
     def merge(self, n: int, other: BlockedState, n_other: int) -> None:
         """:func:`~melissa_sa.kernels.sobol_centred.martinez_merge` of ``other``
