@@ -94,9 +94,10 @@ class RunsReported:
 
 @dataclass(frozen=True)
 class Tick:
-    """Time passes (fed when the server's loop finds nothing to do): a run that
-    exited without completing fails once ``completion_grace`` has passed; a run
-    silent for longer than ``simulation_timeout`` is killed and fails."""
+    """Time passes (fed when the server's loop finds nothing to do, and every
+    ``tick_every`` s while data flows): a run that exited without completing
+    fails once ``completion_grace`` has passed; a run silent for longer than
+    ``simulation_timeout`` is killed and fails."""
 
     now: float
 
