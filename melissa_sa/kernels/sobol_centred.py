@@ -90,8 +90,6 @@ def move_pair(n, a, b, x1, x2, x3, y1, y2, y3, p11, p21, p12, p31, p22, p13):
             X1Y3 - 3.0 * b * X1Y2 + 3.0 * bb * X1Y1 - bb * b * X1)
 
 
-
-
 @njit(cache=True, inline="always")
 def _move_row(src, cs, dst, cd, nf, p, centred, d, add):
     """Block 2 of ``src[cs]`` moved to another origin, into ``dst[cd]``.
@@ -144,12 +142,12 @@ def _move_row(src, cs, dst, cd, nf, p, centred, d, add):
             o = j + 2 + 5 * side
             if side == 0:
                 q = move_pair(nf, ua, uc, a1, a2, a3, c1, c2, c3, ac11,
-                               src[cs, o], src[cs, o + 1], src[cs, o + 2],
-                               src[cs, o + 3], src[cs, o + 4])
+                              src[cs, o], src[cs, o + 1], src[cs, o + 2],
+                              src[cs, o + 3], src[cs, o + 4])
             else:
                 q = move_pair(nf, ub, uc, b1, b2, b3, c1, c2, c3, bc11,
-                               src[cs, o], src[cs, o + 1], src[cs, o + 2],
-                               src[cs, o + 3], src[cs, o + 4])
+                              src[cs, o], src[cs, o + 1], src[cs, o + 2],
+                              src[cs, o + 3], src[cs, o + 4])
             for t in range(5):
                 if add:
                     dst[cd, o + t] += q[t]
@@ -365,19 +363,19 @@ def _pair_delta_var(st, c, nf, m11, o, rho, x, y):
     block-2 slot (``P_XC 21``)."""
     p11 = m11 + nf * x[0] * y[0]
     q = move_pair(nf, x[0], y[0], x[1], x[2], x[3], y[1], y[2], y[3],
-                   p11, st[c, o], st[c, o + 1], st[c, o + 2], st[c, o + 3], st[c, o + 4])
+                  p11, st[c, o], st[c, o + 1], st[c, o + 2], st[c, o + 3], st[c, o + 4])
     return delta_var(nf, m11, x[5], y[5], x[4], y[4], q[3], q[2], q[4], rho)
 
 
 @njit(cache=True, inline="always")
-def cell_interval(st, c, cell, p, at, n, q, method, first_lo, first_hi, total_lo,
-                  total_hi, first, total):
-    """:func:`martinez_interval` of cell ``c`` of ``st`` (``st[c, slot]``) into
-    column ``cell`` of the outputs, for any slot order ``at = (i0, di, h, j0,
-    dj)``: pair ``k``'s block-1 slots from ``i0 + di k`` (mean_Ck, Ck2, ACk11,
-    BCk11), its block-2 slots from ``j0 + dj k`` (P3_Ck, P4_Ck, P_ACk 21..13,
-    P_BCk 21..13), P3, P4 of ``A`` then ``B`` from ``h``."""
-    i0, di, h, j0, dj = at
+def cell_interval(st, c, p, n, q, method, first_lo, first_hi, total_lo, total_hi,
+                  first, total):
+    """:func:`martinez_interval` of cell ``c`` of the row-layout state ``st``
+    into column ``c`` of the outputs: pair ``k``'s block-1 slots from ``5 +
+    4 k`` (mean_Ck, Ck2, ACk11, BCk11), its block-2 slots from ``9 + 4 p +
+    12 k`` (P3_Ck, P4_Ck, P_ACk 21..13, P_BCk 21..13), P3, P4 of ``A`` then
+    ``B`` from ``5 + 4 p``."""
+    h = 5 + 4 * p
     nf = float(n)
     few = n < 4
     se_f = 1.0 / math.sqrt(nf - 3.0) if not few else 0.0
@@ -385,8 +383,8 @@ def cell_interval(st, c, cell, p, at, n, q, method, first_lo, first_hi, total_lo
     if full:
         xs = (_centred(st, c, nf, 1, 3, h, h + 1), _centred(st, c, nf, 2, 4, h + 2, h + 3))
     for k in range(p):
-        i = i0 + di * k
-        j = j0 + dj * k
+        i = 5 + 4 * k
+        j = h + 4 + 12 * k
         y2 = st[c, i + 1]
         if full:
             y = _centred(st, c, nf, i, i + 1, j, j + 1)
@@ -397,9 +395,9 @@ def cell_interval(st, c, cell, p, at, n, q, method, first_lo, first_hi, total_lo
             rho, ok = _corr(m11, st[c, x + 2], y2)
             if first.shape[1] != 0:
                 if side == 0:
-                    first[k, cell] = rho
+                    first[k, c] = rho
                 else:
-                    total[k, cell] = 1.0 - rho if ok else 0.0
+                    total[k, c] = 1.0 - rho if ok else 0.0
             if not ok:
                 lo = 0.0
                 hi = 0.0
@@ -417,14 +415,14 @@ def cell_interval(st, c, cell, p, at, n, q, method, first_lo, first_hi, total_lo
                     se = math.sqrt(v / (nf - 3.0))
                 lo, hi = _interval(rho, se, q, method)
             if side == 0:
-                first_lo[k, cell] = lo
-                first_hi[k, cell] = hi
+                first_lo[k, c] = lo
+                first_hi[k, c] = hi
             elif ok:
-                total_lo[k, cell] = 1.0 - hi
-                total_hi[k, cell] = 1.0 - lo
+                total_lo[k, c] = 1.0 - hi
+                total_hi[k, c] = 1.0 - lo
             else:
-                total_lo[k, cell] = 0.0
-                total_hi[k, cell] = 0.0
+                total_lo[k, c] = 0.0
+                total_hi[k, c] = 0.0
 
 
 @njit(cache=True, parallel=True, error_model="numpy", nogil=True)
@@ -441,8 +439,6 @@ def martinez_interval(state, n, n_params, q, method, first_lo, first_hi,
     state). Degenerate pairs (a zero variance) give [0, 0]; with fewer than 4
     groups every other pair gets [-1, 1] for S_k and [0, 2] for ST_k.
     """
-    p = n_params
-    at = (5, 4, 5 + 4 * p, 9 + 4 * p, 12)
     for c in prange(state.shape[0]):
-        cell_interval(state, c, c, p, at, n, q, method, first_lo, first_hi,
+        cell_interval(state, c, n_params, n, q, method, first_lo, first_hi,
                       total_lo, total_hi, first, total)
