@@ -123,16 +123,12 @@ def aggregated_sums(state, n_params: int) -> np.ndarray:
     if isinstance(state, BlockedState):
         blocked_aggregated_sums(state.array, state.n_cells, n_params, out)
         return out
-
-    def column(q):
-        return state[:, q]
-
-    a2, b2 = column(3), column(4)
+    a2, b2 = state[:, 3], state[:, 4]
     for k in range(n_params):
         i = 5 + 4 * k
-        c2 = column(i + 1)
-        out[0, k] = column(i + 3).sum()
+        c2 = state[:, i + 1]
+        out[0, k] = state[:, i + 3].sum()
         out[1, k] = np.sqrt(b2 * c2).sum()
-        out[2, k] = column(i + 2).sum()
+        out[2, k] = state[:, i + 2].sum()
         out[3, k] = np.sqrt(a2 * c2).sum()
     return out
