@@ -34,12 +34,6 @@ def peak_mb() -> float:
     return float("nan")
 
 
-def numba_threads() -> int:
-    import numba
-
-    return numba.get_num_threads()
-
-
 def build(cells: int, steps: int, groups: int):
     from melissa_sa.stats import Moments, SobolMartinez
     from melissa_sa.stats.sobol_aggregated import SobolAggregatedInterval
@@ -69,9 +63,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, help="Numba threads (default: Numba's)")
     args = ap.parse_args()
-    if args.threads is not None:
-        import numba
+    import numba
 
+    if args.threads is not None:
         numba.set_num_threads(args.threads)
 
     from melissa_sa.results import FieldSlice, ResultsLayout, write_results
@@ -87,7 +81,7 @@ def main() -> None:
                            parameter_names=("t0", "left", "walls"))
     steps[0].sobol.indices_and_interval(0.95)   # the kernels loaded
     print(f"# {time.strftime('%Y-%m-%d %H:%M:%S')}, {args.cells} cells, {args.steps} steps, "
-          f"{args.groups} groups of 5, p = 3, {numba_threads()} Numba threads; CPU s")
+          f"{args.groups} groups of 5, p = 3, {numba.get_num_threads()} Numba threads; CPU s")
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeat):
             c0, w0 = time.process_time(), time.perf_counter()
